@@ -1,0 +1,366 @@
+import {
+  AckPolicy,
+  connect,
+  DeliverPolicy,
+  headers as natsHeaders,
+  JsMsg,
+  Msg,
+  MsgHdrs,
+  NatsConnection,
+  nanos,
+  RetentionPolicy,
+  StorageType,
+  Subscription,
+  ConsumerMessages,
+  JetStreamClient,
+} from "nats";
+import { Counter, Registry } from "prom-client";
+import type { Logger } from "./log.js";
+import { headerNames } from "./subjects.js";
+
+/** What ts-proto generates for each message: enough to put it on the wire and take it off. */
+export interface Codec<T> {
+  encode(message: T): { finish(): Uint8Array };
+  decode(input: Uint8Array): T;
+}
+
+export interface BusOptions {
+  /** Comma-separated NATS URLs. */
+  servers: string;
+  /** Connection name shown by the NATS server (service + instance). */
+  name: string;
+  log: Logger;
+  registry: Registry;
+}
+
+export interface SubscribeOptions {
+  /** Short stable name for logs and metric labels (never a per-call subject). */
+  name: string;
+  /** Queue group: one member receives each message. */
+  queue?: string;
+  /** Run the handler for one message at a time, in arrival order (per-call audio). */
+  ordered?: boolean;
+}
+
+export interface Delivery {
+  subject: string;
+  callId: string | undefined;
+}
+
+export type Handler<T> = (message: T, delivery: Delivery) => void | Promise<void>;
+
+export interface WorkItem {
+  subject: string;
+  /** 1 on first delivery; more when a crashed or slow worker's message came back. */
+  deliveryCount: number;
+  ack(): void;
+  /** Give the message back to be redelivered after delayMs. */
+  nak(delayMs?: number): void;
+  /** Tell JetStream the work is still going (resets the ack deadline). */
+  working(): void;
+}
+
+export interface WorkQueueDefinition {
+  name: string;
+  subjects: readonly string[];
+  durable: string;
+}
+
+export interface ConsumeOptions {
+  name: string;
+  /** How long a message may stay unacked before JetStream gives it to another worker. */
+  ackWaitMs: number;
+  maxDeliver: number;
+  /** Most messages in progress at once in this process. */
+  concurrency: number;
+}
+
+export class BusError extends Error {
+  constructor(
+    message: string,
+    readonly code: "timeout" | "no_responders" | "disconnected" | "remote",
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Typed NATS access for every service: protobuf codecs, call ids in headers, handler isolation (a bad message or
+ * a throwing handler is logged and counted, never fatal), request/reply and a JetStream work queue.
+ */
+export class Bus {
+  private readonly subs = new Set<Subscription>();
+  private readonly consumers = new Set<ConsumerMessages>();
+  private readonly js: JetStreamClient;
+  private readonly decodeErrors: Counter<"handler">;
+  private readonly handlerErrors: Counter<"handler">;
+  private readonly received: Counter<"handler">;
+  private readonly published: Counter;
+  private readonly statusChanges: Counter<"type">;
+
+  private constructor(
+    readonly nc: NatsConnection,
+    private readonly log: Logger,
+    registry: Registry,
+  ) {
+    this.js = nc.jetstream();
+    const metric = <L extends string>(name: string, help: string, labelNames: L[]) =>
+      (registry.getSingleMetric(name) as Counter<L> | undefined) ??
+      new Counter({ name, help, labelNames, registers: [registry] });
+    this.decodeErrors = metric("voicebot_bus_decode_errors_total", "Messages that failed protobuf decoding", ["handler"]);
+    this.handlerErrors = metric("voicebot_bus_handler_errors_total", "Message handlers that threw", ["handler"]);
+    this.received = metric("voicebot_bus_messages_received_total", "Messages handled", ["handler"]);
+    this.published = metric("voicebot_bus_messages_published_total", "Messages published", []);
+    this.statusChanges = metric("voicebot_bus_connection_events_total", "NATS connection status changes", ["type"]);
+    void this.watchStatus();
+  }
+
+  /** Connects, retrying until NATS answers; afterwards reconnects forever. */
+  static async connect(options: BusOptions): Promise<Bus> {
+    const nc = await connect({
+      servers: options.servers.split(",").map((s) => s.trim()),
+      name: options.name,
+      waitOnFirstConnect: true,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      reconnectJitter: 100,
+      pingInterval: 5_000,
+      maxPingOut: 2,
+    });
+    options.log.info("nats connected", { server: nc.getServer() });
+    return new Bus(nc, options.log, options.registry);
+  }
+
+  get connected(): boolean {
+    // isClosed() is final; between a disconnect and a reconnect the protocol reports no server.
+    return !this.nc.isClosed() && this.isLinkUp;
+  }
+  private isLinkUp = true;
+
+  private async watchStatus(): Promise<void> {
+    for await (const status of this.nc.status()) {
+      this.statusChanges.inc({ type: status.type });
+      if (status.type === "disconnect" || status.type === "staleConnection") this.isLinkUp = false;
+      if (status.type === "reconnect") this.isLinkUp = true;
+      if (status.type === "disconnect" || status.type === "reconnect" || status.type === "error") {
+        this.log.warn(`nats ${status.type}`, { data: String(status.data) });
+      }
+    }
+  }
+
+  /** Resolves when the connection is closed for good (the error, if it died). */
+  closed(): Promise<void | Error> {
+    return this.nc.closed();
+  }
+
+  publish<T>(subject: string, codec: Codec<T>, message: T, callId?: string): void {
+    this.nc.publish(subject, codec.encode(message).finish(), { headers: callHeaders(callId) });
+    this.published.inc();
+  }
+
+  subscribe<T>(subject: string, codec: Codec<T>, handler: Handler<T>, options: SubscribeOptions): Subscription {
+    let chain: Promise<void> = Promise.resolve();
+    const sub = this.nc.subscribe(subject, {
+      queue: options.queue,
+      callback: (err, msg) => {
+        if (err) {
+          this.log.error("subscription error", { handler: options.name, error: err.message });
+          return;
+        }
+        const run = () => this.dispatch(msg, codec, handler, options.name);
+        if (options.ordered) chain = chain.then(run);
+        else void run();
+      },
+    });
+    this.subs.add(sub);
+    void sub.closed.then(() => this.subs.delete(sub));
+    return sub;
+  }
+
+  private async dispatch<T>(msg: Msg, codec: Codec<T>, handler: Handler<T>, name: string): Promise<void> {
+    const message = this.decode(codec, msg.data, name, msg.subject);
+    if (message === undefined) return;
+    this.received.inc({ handler: name });
+    try {
+      await handler(message, { subject: msg.subject, callId: msg.headers?.get(headerNames.callId) || undefined });
+    } catch (error) {
+      this.handlerErrors.inc({ handler: name });
+      this.log.error("message handler failed", { handler: name, subject: msg.subject, error: errorText(error) });
+    }
+  }
+
+  private decode<T>(codec: Codec<T>, data: Uint8Array, name: string, subject: string): T | undefined {
+    try {
+      return codec.decode(data);
+    } catch (error) {
+      this.decodeErrors.inc({ handler: name });
+      this.log.error("undecodable message dropped", { handler: name, subject, error: errorText(error) });
+      return undefined;
+    }
+  }
+
+  async request<Req, Res>(
+    subject: string,
+    requestCodec: Codec<Req>,
+    message: Req,
+    responseCodec: Codec<Res>,
+    timeoutMs: number,
+    callId?: string,
+  ): Promise<Res> {
+    let reply: Msg;
+    try {
+      reply = await this.nc.request(subject, requestCodec.encode(message).finish(), {
+        timeout: timeoutMs,
+        headers: callHeaders(callId),
+      });
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === "503") throw new BusError(`no responders on ${subject}`, "no_responders");
+      if (code === "TIMEOUT") throw new BusError(`request on ${subject} timed out after ${timeoutMs} ms`, "timeout");
+      throw new BusError(`request on ${subject} failed: ${errorText(error)}`, "disconnected");
+    }
+    return responseCodec.decode(reply.data);
+  }
+
+  /** Answers requests; with a queue group, one replica answers each. */
+  serve<Req, Res>(
+    subject: string,
+    requestCodec: Codec<Req>,
+    responseCodec: Codec<Res>,
+    handler: (request: Req, delivery: Delivery) => Promise<Res>,
+    options: SubscribeOptions,
+  ): Subscription {
+    const sub = this.nc.subscribe(subject, {
+      queue: options.queue,
+      callback: (err, msg) => {
+        if (err) return;
+        const request = this.decode(requestCodec, msg.data, options.name, msg.subject);
+        if (request === undefined) return;
+        this.received.inc({ handler: options.name });
+        const delivery = { subject: msg.subject, callId: msg.headers?.get(headerNames.callId) || undefined };
+        handler(request, delivery).then(
+          (response) => msg.respond(responseCodec.encode(response).finish()),
+          (error) => {
+            this.handlerErrors.inc({ handler: options.name });
+            this.log.error("request handler failed", { handler: options.name, error: errorText(error) });
+          },
+        );
+      },
+    });
+    this.subs.add(sub);
+    void sub.closed.then(() => this.subs.delete(sub));
+    return sub;
+  }
+
+  /** Creates or updates a work-queue stream: each message is kept until one worker acks it. */
+  async ensureWorkQueue(definition: WorkQueueDefinition, ackWaitMs: number, maxDeliver: number): Promise<void> {
+    const jsm = await this.nc.jetstreamManager();
+    const config = {
+      name: definition.name,
+      subjects: [...definition.subjects],
+      retention: RetentionPolicy.Workqueue,
+      storage: StorageType.File,
+      max_age: nanos(60 * 60 * 1000),
+      duplicate_window: nanos(2 * 60 * 1000),
+    };
+    try {
+      await jsm.streams.info(definition.name);
+      await jsm.streams.update(definition.name, config);
+    } catch (error) {
+      if (!/stream not found/i.test(errorText(error))) throw error;
+      await jsm.streams.add(config);
+    }
+    await jsm.consumers.add(definition.name, {
+      durable_name: definition.durable,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: nanos(ackWaitMs),
+      max_deliver: maxDeliver,
+    });
+  }
+
+  /** Publishes to a JetStream subject; the same msgId within two minutes is stored once. */
+  async publishDurable<T>(subject: string, codec: Codec<T>, message: T, msgId: string, callId?: string): Promise<void> {
+    await this.js.publish(subject, codec.encode(message).finish(), { msgID: msgId, headers: callHeaders(callId) });
+    this.published.inc();
+  }
+
+  /** Pulls from a work queue and runs up to `concurrency` handlers at once. The handler must ack or nak. */
+  async consume<T>(
+    definition: WorkQueueDefinition,
+    codec: Codec<T>,
+    handler: (message: T, item: WorkItem, delivery: Delivery) => Promise<void>,
+    options: ConsumeOptions,
+  ): Promise<{ stop(): Promise<void> }> {
+    await this.ensureWorkQueue(definition, options.ackWaitMs, options.maxDeliver);
+    const consumer = await this.js.consumers.get(definition.name, definition.durable);
+    const messages = await consumer.consume({ max_messages: options.concurrency });
+    this.consumers.add(messages);
+    const inFlight = new Set<Promise<void>>();
+    const loop = (async () => {
+      for await (const msg of messages) {
+        const task = this.runWorkItem(msg, codec, handler, options.name).finally(() => inFlight.delete(task));
+        inFlight.add(task);
+        if (inFlight.size >= options.concurrency) await Promise.race(inFlight);
+      }
+    })();
+    return {
+      stop: async () => {
+        // Stop pulling new work, then let the work in hand finish (rolling updates lose nothing).
+        messages.stop();
+        this.consumers.delete(messages);
+        await loop.catch(() => undefined);
+        await Promise.allSettled(inFlight);
+      },
+    };
+  }
+
+  private async runWorkItem<T>(
+    msg: JsMsg,
+    codec: Codec<T>,
+    handler: (message: T, item: WorkItem, delivery: Delivery) => Promise<void>,
+    name: string,
+  ): Promise<void> {
+    const message = this.decode(codec, msg.data, name, msg.subject);
+    if (message === undefined) {
+      msg.term(); // undecodable: redelivery cannot help
+      return;
+    }
+    this.received.inc({ handler: name });
+    const item: WorkItem = {
+      subject: msg.subject,
+      deliveryCount: msg.info.redeliveryCount,
+      ack: () => msg.ack(),
+      nak: (delayMs) => msg.nak(delayMs),
+      working: () => msg.working(),
+    };
+    try {
+      await handler(message, item, { subject: msg.subject, callId: msg.headers?.get(headerNames.callId) || undefined });
+    } catch (error) {
+      this.handlerErrors.inc({ handler: name });
+      this.log.error("work item failed; it will be redelivered", { handler: name, subject: msg.subject, error: errorText(error) });
+      msg.nak(250);
+    }
+  }
+
+  /** Stops taking messages on every subscription, lets in-flight work finish, then closes. */
+  async drain(): Promise<void> {
+    for (const messages of this.consumers) messages.stop();
+    if (!this.nc.isClosed()) await this.nc.drain().catch(() => this.nc.close());
+  }
+
+  async close(): Promise<void> {
+    if (!this.nc.isClosed()) await this.nc.close();
+  }
+}
+
+function callHeaders(callId: string | undefined): MsgHdrs | undefined {
+  if (!callId) return undefined;
+  const h = natsHeaders();
+  h.set(headerNames.callId, callId);
+  return h;
+}
+
+export function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,4 @@
+export * from "./bus.js";
+export * from "./log.js";
+export * from "./subjects.js";
+export type { Subscription } from "nats";

@@ -1,0 +1,4 @@
+export * from "./config.js";
+export * from "./http.js";
+export * from "./log.js";
+export * from "./service.js";

@@ -1,0 +1,30 @@
+// Every Redis key is named here. `{callId}` is a hash tag: one call's keys share a cluster slot.
+export const keys = {
+  meta: (callId: string) => `vb:{${callId}}:meta`,
+  transcript: (callId: string) => `vb:{${callId}}:transcript`,
+  toolCalls: (callId: string) => `vb:{${callId}}:tools`,
+  turns: (callId: string) => `vb:{${callId}}:turns`,
+  dialog: (callId: string) => `vb:{${callId}}:dialog`,
+  hints: (callId: string) => `vb:{${callId}}:asr-hints`,
+  lease: (callId: string, role: string) => `vb:{${callId}}:lease:${role}`,
+  once: (callId: string, scope: string, id: string) => `vb:{${callId}}:once:${scope}:${id}`,
+  toolResult: (callId: string, toolCallId: string) => `vb:{${callId}}:tool:${toolCallId}`,
+  /** Live calls per owner role, scored by lease expiry, so a replica can find calls whose owner died. */
+  leaseIndex: (role: string) => `vb:leases:${role}`,
+  cache: (namespace: string, digest: string) => `vb:cache:${namespace}:${digest}`,
+} as const;
+
+/** Keys that make up the call record; they outlive the call by the record TTL. */
+export const recordKeys = (callId: string) => [
+  keys.meta(callId),
+  keys.transcript(callId),
+  keys.toolCalls(callId),
+  keys.turns(callId),
+];
+
+/** Keys that only matter while the call is live; deleted when it ends. */
+export const liveKeys = (callId: string, roles: readonly string[]) => [
+  keys.dialog(callId),
+  keys.hints(callId),
+  ...roles.map((role) => keys.lease(callId, role)),
+];

@@ -1,0 +1,141 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { accessSync, constants } from "node:fs";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+
+export interface ServerHandle {
+  url: string;
+  port: number;
+  process: ChildProcess;
+  /** SIGKILL (a crash), no cleanup. */
+  kill(): void;
+  stop(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** Asks the OS for a free TCP port on loopback. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export async function waitFor<T>(
+  probe: () => Promise<T | undefined | false> | T | undefined | false,
+  { timeoutMs = 10_000, intervalMs = 25, what = "condition" } = {},
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  for (;;) {
+    try {
+      const value = await probe();
+      if (value !== undefined && value !== false) return value as T;
+    } catch (error) {
+      lastError = error;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `: ${String(lastError)}` : ""}`);
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+export function canConnect(port: number, host = "127.0.0.1"): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, host);
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
+}
+
+function requireBinary(binary: string, install: string): string {
+  const dirs = (process.env.PATH ?? "").split(path.delimiter).concat(["/usr/sbin", "/usr/bin", "/usr/local/bin"]);
+  for (const dir of dirs) {
+    const candidate = path.join(dir, binary);
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      /* keep looking */
+    }
+  }
+  throw new Error(`${binary} not found on PATH: install it (${install})`);
+}
+
+
+
+function handleFor(url: string, port: number, child: ChildProcess, cleanup: () => Promise<void>): ServerHandle {
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 3_000))]);
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    await cleanup();
+  };
+  return { url, port, process: child, kill: () => child.kill("SIGKILL"), stop, [Symbol.asyncDispose]: stop };
+}
+
+/**
+ * Starts a real nats-server with JetStream on an OS-chosen port (port -1 plus a ports file: no races, no sleeps).
+ * Pass `port` to restart a server on the same address (for reconnect tests) and `storeDir` to keep its streams.
+ */
+export async function startNats(options: { port?: number; storeDir?: string } = {}): Promise<ServerHandle & { storeDir: string }> {
+  const binary = requireBinary("nats-server", "apt-get install nats-server");
+  const dir = await mkdtemp(path.join(os.tmpdir(), "vb-nats-"));
+  const storeDir = options.storeDir ?? path.join(dir, "js");
+  const child = spawn(binary, ["-a", "127.0.0.1", "-p", String(options.port ?? -1), "-js", "-sd", storeDir, "--ports_file_dir", dir], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let stderr = "";
+  child.stderr!.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
+  const port = await waitFor(
+    async () => {
+      if (child.exitCode !== null) throw new Error(`nats-server exited: ${stderr}`);
+      const files = (await readdir(dir)).filter((f) => f.endsWith(".ports"));
+      if (files.length === 0) return undefined;
+      const ports = JSON.parse(await readFile(path.join(dir, files[0]), "utf8")) as { nats: string[] };
+      const port = Number(new URL(ports.nats[0]).port);
+      return (await canConnect(port)) ? port : undefined;
+    },
+    { what: "nats-server to listen" },
+  );
+  // The temp dir holds the ports file (and the JetStream store unless the caller keeps its own).
+  const handle = handleFor(`nats://127.0.0.1:${port}`, port, child, () => rm(dir, { recursive: true, force: true, maxRetries: 3 }));
+  return { ...handle, storeDir };
+}
+
+/** Starts a real redis-server without persistence on a free port (or the given one, for restart tests). */
+export async function startRedis(options: { port?: number } = {}): Promise<ServerHandle> {
+  const binary = requireBinary("redis-server", "apt-get install redis-server");
+  for (let attempt = 0; ; attempt++) {
+    const port = options.port ?? (await freePort());
+    const child = spawn(binary, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", os.tmpdir()], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let output = "";
+    child.stdout!.on("data", (d) => (output = (output + d).slice(-4000)));
+    try {
+      await waitFor(
+        async () => {
+          if (child.exitCode !== null) throw new Error(`redis-server exited: ${output}`);
+          return (await canConnect(port)) || undefined;
+        },
+        { what: "redis-server to listen" },
+      );
+      return handleFor(`redis://127.0.0.1:${port}`, port, child, async () => undefined);
+    } catch (error) {
+      child.kill("SIGKILL");
+      if (options.port || attempt >= 3) throw error; // a random port may have been taken meanwhile: try another
+    }
+  }
+}
