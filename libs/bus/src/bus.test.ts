@@ -1,0 +1,128 @@
+import { CallEnded, CallStarted, DialogInput, KeypadPress } from "@voicebot/proto";
+import { startNats, waitFor, type ServerHandle } from "@voicebot/testing";
+import { Registry } from "prom-client";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Bus, BusError } from "./bus.js";
+import { silentLogger } from "./log.js";
+import { isValidCallId, subjects } from "./subjects.js";
+
+let nats: ServerHandle;
+const buses: Bus[] = [];
+async function connect(registry = new Registry()): Promise<Bus> {
+  const bus = await Bus.connect({ servers: nats.url, name: "test", log: silentLogger, registry });
+  buses.push(bus);
+  return bus;
+}
+
+beforeAll(async () => {
+  nats = await startNats();
+});
+afterAll(async () => {
+  await Promise.all(buses.map((b) => b.close()));
+  await nats.stop();
+});
+
+describe("subjects", () => {
+  it("accepts provider call ids and rejects anything that would break a subject or key", () => {
+    expect(isValidCallId("CA0123456789abcdef0123456789abcdef")).toBe(true);
+    for (const bad of ["", "a.b", "a*", "a>", "a b", "x".repeat(129), "{x}"]) {
+      expect(isValidCallId(bad)).toBe(false);
+      expect(() => subjects.callerAudio(bad)).toThrow(/invalid call id/);
+    }
+  });
+});
+
+describe("Bus", () => {
+  it("delivers typed messages with the call id header, in order when asked", async () => {
+    const bus = await connect();
+    const got: Array<{ digit: string; callId?: string }> = [];
+    bus.subscribe(
+      "t.order",
+      KeypadPress,
+      async (m, d) => {
+        await new Promise((r) => setTimeout(r, Math.random() * 5));
+        got.push({ digit: m.digit, callId: d.callId });
+      },
+      { name: "t", ordered: true },
+    );
+    await bus.nc.flush();
+    for (const digit of "0123456789") bus.publish("t.order", KeypadPress, KeypadPress.create({ callId: "CA1", digit }), "CA1");
+    await waitFor(() => got.length === 10);
+    expect(got.map((g) => g.digit).join("")).toBe("0123456789");
+    expect(got[0].callId).toBe("CA1");
+  });
+
+  it("counts and survives undecodable messages and throwing handlers", async () => {
+    const registry = new Registry();
+    const bus = await connect(registry);
+    const seen: string[] = [];
+    bus.subscribe(
+      "t.bad",
+      CallEnded,
+      (m) => {
+        if (m.reason === "boom") throw new Error("handler bug");
+        seen.push(m.reason);
+      },
+      { name: "bad" },
+    );
+    await bus.nc.flush();
+    bus.nc.publish("t.bad", new Uint8Array([0xff, 0xff, 0xff, 0xff]));
+    bus.publish("t.bad", CallEnded, CallEnded.create({ reason: "boom" }));
+    bus.publish("t.bad", CallEnded, CallEnded.create({ reason: "ok" }));
+    await waitFor(() => seen.includes("ok"));
+    const text = await registry.metrics();
+    expect(text).toMatch(/voicebot_bus_decode_errors_total\{handler="bad"\} 1/);
+    expect(text).toMatch(/voicebot_bus_handler_errors_total\{handler="bad"\} 1/);
+  });
+
+  it("splits a queue group's work and answers requests, with clear errors when nobody answers", async () => {
+    const a = await connect();
+    const b = await connect();
+    let countA = 0;
+    let countB = 0;
+    a.subscribe("t.q", CallEnded, () => void countA++, { name: "q", queue: "g" });
+    b.subscribe("t.q", CallEnded, () => void countB++, { name: "q", queue: "g" });
+    await Promise.all([a.nc.flush(), b.nc.flush()]);
+    for (let i = 0; i < 40; i++) a.publish("t.q", CallEnded, CallEnded.create({ reason: String(i) }));
+    await waitFor(() => countA + countB === 40);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(countA + countB).toBe(40);
+
+    b.serve("t.echo", KeypadPress, KeypadPress, async (m) => ({ ...m, digit: m.digit + "!" }), { name: "echo", queue: "g" });
+    await b.nc.flush();
+    const reply = await a.request("t.echo", KeypadPress, KeypadPress.create({ digit: "5" }), KeypadPress, 1000);
+    expect(reply.digit).toBe("5!");
+    await expect(a.request("t.nobody", KeypadPress, KeypadPress.create({}), KeypadPress, 500)).rejects.toMatchObject({
+      code: "no_responders",
+    } satisfies Partial<BusError>);
+  });
+
+  it("work queue: deduplicates by message id and redelivers what a worker did not ack", async () => {
+    const bus = await connect();
+    const queue = { name: "T_WORK", subjects: ["t.work.>"], durable: "w" };
+    await bus.ensureWorkQueue(queue, 500, 5);
+    const input = DialogInput.create({
+      callId: "CA1",
+      inputId: "CA1:start",
+      input: { $case: "callStarted", value: CallStarted.create({ callId: "CA1" }) },
+    });
+    await bus.publishDurable("t.work.CA1", DialogInput, input, "CA1:start");
+    await bus.publishDurable("t.work.CA1", DialogInput, input, "CA1:start"); // duplicate: stored once
+    const deliveries: number[] = [];
+    const consumer = await bus.consume(
+      queue,
+      DialogInput,
+      async (m, item) => {
+        expect(m.input?.$case).toBe("callStarted");
+        deliveries.push(item.deliveryCount);
+        if (deliveries.length === 1) return; // "crash": neither ack nor nak; JetStream redelivers after ack_wait
+        item.ack();
+      },
+      { name: "w", ackWaitMs: 500, maxDeliver: 5, concurrency: 4 },
+    );
+    await waitFor(() => deliveries.length >= 2, { timeoutMs: 5000 });
+    await new Promise((r) => setTimeout(r, 700));
+    await consumer.stop();
+    expect(deliveries).toEqual([1, 2]);
+  });
+});

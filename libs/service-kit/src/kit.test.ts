@@ -1,0 +1,107 @@
+import { startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ConfigError, EnvReader } from "./config.js";
+import { createLogger } from "./log.js";
+import { startService, type ServiceDefinition } from "./service.js";
+
+describe("EnvReader", () => {
+  it("reports every bad variable at once, by name", () => {
+    const env = new EnvReader({ A: "x", B: "70000", C: "maybe", D: "tts,nope" });
+    env.int("A", 1);
+    env.int("B", 1, { min: 0, max: 65535 });
+    env.bool("C", false);
+    env.list("D", ["tts", "asr"] as const, ["tts"]);
+    expect(() => env.done()).toThrow(ConfigError);
+    try {
+      env.done();
+    } catch (error) {
+      const message = (error as Error).message;
+      for (const name of ["A=", "B=", "C=", "D="]) expect(message).toContain(name);
+      expect(message).toContain("between 0 and 65535");
+      expect(message).toContain("unknown nope");
+    }
+  });
+  it("uses defaults for unset values", () => {
+    const env = new EnvReader({});
+    expect(env.int("X", 5)).toBe(5);
+    expect(env.list("Y", ["a", "b"] as const, ["a"])).toEqual(["a"]);
+    env.done();
+  });
+});
+
+describe("logger", () => {
+  it("writes JSON lines and never writes secrets", () => {
+    const lines: string[] = [];
+    const log = createLogger({ service: "t" }, "info", (l) => lines.push(l));
+    log.debug("hidden");
+    log.info("connecting", { apiKey: "sk-123", url: "redis://:hunter2@localhost:6379", nested: { authToken: "abc" }, ok: 1 });
+    expect(lines).toHaveLength(1);
+    const record = JSON.parse(lines[0]);
+    expect(record).toMatchObject({ level: "info", service: "t", msg: "connecting", apiKey: "***", ok: 1, nested: { authToken: "***" } });
+    expect(lines[0]).not.toContain("sk-123");
+    expect(lines[0]).not.toContain("hunter2");
+  });
+});
+
+describe("startService", () => {
+  let nats: ServerHandle & { storeDir: string };
+  let redis: ServerHandle;
+  beforeAll(async () => {
+    nats = await startNats();
+    redis = await startRedis();
+  });
+  afterAll(async () => {
+    await nats.stop();
+    await redis.stop();
+  });
+
+  it("serves ops endpoints, follows NATS and Redis in /readyz and drains live work on stop", async () => {
+    let live = 1;
+    const definition: ServiceDefinition<{ greeting: string }> = {
+      name: "tools",
+      defaultHttpPort: 0,
+      readConfig: (env) => ({ greeting: env.string("GREETING", "hi") }),
+      start: async () => ({
+        activeCalls: () => live,
+        drain: () => waitFor(() => live === 0, { timeoutMs: 5000 }).then(() => undefined),
+      }),
+    };
+    const handle = await startService(definition, { NATS_URL: nats.url, REDIS_URL: redis.url, HTTP_PORT: "0", LOG_LEVEL: "error" });
+    const base = `http://127.0.0.1:${handle.ctx.port}`;
+    const status = async (path: string) => (await fetch(base + path)).status;
+    await waitFor(async () => (await status("/readyz")) === 200, { what: "ready" });
+    expect(await status("/healthz")).toBe(200);
+    const metrics = await (await fetch(base + "/metrics")).text();
+    expect(metrics).toContain('voicebot_tools_active_calls{service="tools"} 1');
+
+    await redis.stop();
+    await waitFor(async () => (await status("/readyz")) === 503, { what: "unready without redis" });
+    expect(await (await fetch(base + "/readyz")).json()).toMatchObject({ reason: expect.stringMatching(/^redis/) });
+    redis = await startRedis({ port: redis.port });
+    await waitFor(async () => (await status("/readyz")) === 200, { what: "ready with redis back", timeoutMs: 15000 });
+
+    nats.kill();
+    await waitFor(async () => (await status("/readyz")) === 503, { what: "unready without nats" });
+    nats = await startNats({ port: nats.port });
+    await waitFor(async () => (await status("/readyz")) === 200, { what: "ready with nats back", timeoutMs: 15000 });
+
+    let stopped = false;
+    const stopping = handle.stop().then(() => (stopped = true));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(stopped).toBe(false); // a live call holds the drain open
+    live = 0;
+    await stopping;
+  });
+
+  it("rejects a bad configuration with a ConfigError naming the variable", async () => {
+    const definition: ServiceDefinition<number> = {
+      name: "tts",
+      defaultHttpPort: 0,
+      readConfig: (env) => env.int("TTS_MAX_CONCURRENT", 4, { min: 1 }),
+      start: async () => ({ activeCalls: () => 0, drain: async () => undefined }),
+    };
+    await expect(startService(definition, { TTS_MAX_CONCURRENT: "zero", NATS_URL: nats.url, REDIS_URL: redis.url })).rejects.toThrow(
+      /TTS_MAX_CONCURRENT="zero" must be an integer/,
+    );
+  });
+});
