@@ -58,6 +58,14 @@ describe("CallStore", () => {
     expect(await store.leaseOwner("CA3", "asr")).toBe("b");
   });
 
+  it("saves no dialog state for a call that has ended", async () => {
+    await store.createCall(meta("CA5"));
+    const before = await store.loadDialog("CA5");
+    await store.endCall("CA5", "caller_hangup");
+    expect(await store.saveDialog("CA5", { late: true }, before.version)).toBe(false);
+    expect((await store.loadDialog("CA5")).value).toBeUndefined();
+  });
+
   it("firstTime is true once per id", async () => {
     expect(await store.firstTime("CA4", "tool", "x")).toBe(true);
     expect(await store.firstTime("CA4", "tool", "x")).toBe(false);

@@ -82,7 +82,10 @@ const RELEASE_SCRIPT = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0`;
 
+// KEYS[2] (optional) is the call's meta hash: nothing is saved for a call that already ended, so a turn that
+// finishes after the hang-up cannot bring back live state that endCall deleted.
 const CAS_SCRIPT = `
+if KEYS[2] and redis.call('HGET', KEYS[2], 'state') == 'ended' then return -1 end
 local version = redis.call('HGET', KEYS[1], 'v') or '0'
 if version ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'v', tostring(tonumber(ARGV[1]) + 1), 'd', ARGV[2])
@@ -106,7 +109,7 @@ export class CallStore {
   ) {
     redis.defineCommand("vbLease", { numberOfKeys: 1, lua: LEASE_SCRIPT });
     redis.defineCommand("vbRelease", { numberOfKeys: 1, lua: RELEASE_SCRIPT });
-    redis.defineCommand("vbCas", { numberOfKeys: 1, lua: CAS_SCRIPT });
+    redis.defineCommand("vbCas", { lua: CAS_SCRIPT });
   }
 
   /** Connects with bounded retries per command so callers see errors instead of hanging while Redis is down. */
@@ -200,9 +203,13 @@ export class CallStore {
     return { value: data ? (JSON.parse(data) as T) : undefined, version: version ?? "0" };
   }
 
-  /** Saves only if nobody saved since `version` was read; false means reload and redo. */
-  async saveVersioned<T>(key: string, value: T, version: string): Promise<boolean> {
-    const saved = await (this.redis as RedisWithScripts).vbCas(key, version, JSON.stringify(value), this.options.liveTtlMs);
+  /**
+   * Saves only if nobody saved since `version` was read; false means reload and redo.
+   * With `callId`, also false once the call has ended (nothing to save for it any more).
+   */
+  async saveVersioned<T>(key: string, value: T, version: string, callId?: string): Promise<boolean> {
+    const keyList = callId ? [key, keys.meta(callId)] : [key];
+    const saved = await (this.redis as RedisWithScripts).vbCas(keyList.length, ...keyList, version, JSON.stringify(value), this.options.liveTtlMs);
     return saved === 1;
   }
 
@@ -211,7 +218,7 @@ export class CallStore {
   }
 
   async saveDialog<T>(callId: string, value: T, version: string): Promise<boolean> {
-    return this.saveVersioned(keys.dialog(callId), value, version);
+    return this.saveVersioned(keys.dialog(callId), value, version, callId);
   }
 
   async setJson(key: string, value: unknown, ttlMs = this.options.liveTtlMs): Promise<void> {
@@ -235,8 +242,21 @@ export class CallStore {
     return held;
   }
 
+  /** Gives up the lease (when this owner holds it) and takes the call out of the orphan index. */
   async releaseLease(callId: string, role: string, owner: string): Promise<void> {
-    await (this.redis as RedisWithScripts).vbRelease(keys.lease(callId, role), owner);
+    if ((await (this.redis as RedisWithScripts).vbRelease(keys.lease(callId, role), owner)) === 1) {
+      await this.redis.zrem(keys.leaseIndex(role), callId);
+    }
+  }
+
+  /**
+   * Gives up `owner`'s lease now and marks the call orphaned in the lease index, so another replica's orphan
+   * scan takes it over at once instead of after the lease would have expired. False if `owner` did not hold it.
+   */
+  async handOver(callId: string, role: string, owner: string): Promise<boolean> {
+    const released = (await (this.redis as RedisWithScripts).vbRelease(keys.lease(callId, role), owner)) === 1;
+    if (released) await this.redis.zadd(keys.leaseIndex(role), Date.now(), callId);
+    return released;
   }
 
   async leaseOwner(callId: string, role: string): Promise<string | undefined> {
@@ -271,5 +291,5 @@ export class CallStore {
 interface RedisWithScripts extends Redis {
   vbLease(key: string, owner: string, ttlMs: number): Promise<number>;
   vbRelease(key: string, owner: string): Promise<number>;
-  vbCas(key: string, version: string, data: string, ttlMs: number): Promise<number>;
+  vbCas(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Promise<number>;
 }

@@ -1,0 +1,347 @@
+import { Bus, silentLogger, subjects } from "@voicebot/bus";
+import {
+  AudioEncoding,
+  CallControl,
+  CallControl_Action,
+  CallEnded,
+  CallStarted,
+  DialogInput,
+  KeypadPress,
+  SpeakRequest,
+  Transcript,
+} from "@voicebot/proto";
+import { startService, type ServiceHandle } from "@voicebot/service-kit";
+import { CallStore, keys } from "@voicebot/state";
+import { startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { Registry } from "prom-client";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { definition as toolsDefinition } from "../../tools/src/service.js";
+import { definition } from "./service.js";
+
+let nats: ServerHandle;
+let redis: ServerHandle;
+let dialog: ServiceHandle;
+let tools: ServiceHandle | undefined;
+let bus: Bus;
+let store: CallStore;
+const speaks: SpeakRequest[] = [];
+let counter = 0;
+
+beforeAll(async () => {
+  [nats, redis] = await Promise.all([startNats(), startRedis()]);
+  const env = { NATS_URL: nats.url, REDIS_URL: redis.url, HTTP_PORT: "0", LOG_LEVEL: "error" };
+  tools = await startService(toolsDefinition, env);
+  dialog = await startService(definition, { ...env, DIALOG_LEASE_WAIT_MS: "100" });
+  bus = await Bus.connect({ servers: nats.url, name: "dialog-test", log: silentLogger, registry: new Registry() });
+  store = CallStore.connect(redis.url);
+  bus.subscribe(subjects.ttsSpeak, SpeakRequest, (m) => void speaks.push(m), { name: "test.speak" });
+  await bus.nc.flush();
+});
+
+afterAll(async () => {
+  await bus?.close();
+  await store?.close();
+  await dialog?.stop();
+  await tools?.stop();
+  await Promise.all([nats?.stop(), redis?.stop()]);
+});
+
+/** Plays the parts of ingress and asr for one call: creates it, publishes its dialog inputs, watches the output. */
+class TestCall {
+  readonly id = `CAdialog${++counter}x${Date.now()}`;
+  readonly controls: CallControl[] = [];
+  private dtmfSeq = 0;
+  private utterance = 0;
+  readonly startedAtMs = Date.now() - 500;
+
+  async start(agent = "order-line"): Promise<void> {
+    bus.subscribe(subjects.control(this.id), CallControl, (m) => void this.controls.push(m), { name: "test.control" });
+    await bus.nc.flush();
+    await store.createCall({ callSid: this.id, provider: "twilio", streamSid: "MZ1", agent, from: "+15551234567", to: "+15557654321", startedAt: new Date(this.startedAtMs).toISOString() });
+    const started = CallStarted.create({
+      callId: this.id,
+      provider: "twilio",
+      agent,
+      botFormat: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 },
+      startedAtMs: this.startedAtMs,
+    });
+    await this.publish({ $case: "callStarted", value: started }, `${this.id}:start`);
+  }
+
+  async key(digit: string, atMs = Date.now()): Promise<string> {
+    const id = `${this.id}:dtmf:${++this.dtmfSeq}`;
+    await this.publish({ $case: "keypad", value: KeypadPress.create({ callId: this.id, digit, atMs }) }, id);
+    return id;
+  }
+
+  async keys(digits: string): Promise<void> {
+    for (const d of digits) await this.key(d);
+  }
+
+  async say(text: string, extra: Partial<Transcript> = {}, inputId?: string, msgId?: string): Promise<string> {
+    const utteranceId = `u${++this.utterance}`;
+    const id = inputId ?? `${this.id}:utt:${utteranceId}`;
+    const transcript = Transcript.create({
+      callId: this.id,
+      utteranceId,
+      text,
+      isFinal: true,
+      confidence: 0.87,
+      alternatives: [],
+      engine: "test",
+      speechEndMs: Date.now() - 300,
+      finalAtMs: Date.now(),
+      endpointWaitMs: 300,
+      ...extra,
+    });
+    await this.publish({ $case: "transcript", value: transcript }, msgId ?? id, id);
+    return id;
+  }
+
+  async publish(input: DialogInput["input"], msgId: string, inputId = msgId): Promise<void> {
+    const message = DialogInput.create({ callId: this.id, inputId, atMs: Date.now() });
+    message.input = input;
+    await bus.publishDurable(subjects.dialogInput(this.id), DialogInput, message, msgId, this.id);
+  }
+
+  chunks(turnId: string): SpeakRequest[] {
+    return speaks.filter((s) => s.callId === this.id && s.turnId === turnId).sort((a, b) => a.chunkSeq - b.chunkSeq);
+  }
+
+  turnIds(): string[] {
+    return [...new Set(speaks.filter((s) => s.callId === this.id).map((s) => s.turnId))];
+  }
+
+  /** Waits until every chunk of the turn arrived; returns its text. */
+  async turn(turnId: string): Promise<string> {
+    const chunks = await waitFor(
+      () => {
+        const got = this.chunks(turnId);
+        const last = got.find((c) => c.turnDone);
+        return last && got.length === last.chunkSeq + 1 && got.every((c, i) => c.chunkSeq === i) ? got : undefined;
+      },
+      { what: `turn ${turnId} of ${this.id}`, timeoutMs: 10_000 },
+    );
+    return chunks.map((c) => c.text).join(" ");
+  }
+
+  async hints(): Promise<{ mode: string; phrases: string[] } | undefined> {
+    return store.getJson(keys.hints(this.id));
+  }
+
+  async record() {
+    return (await store.getRecord(this.id))!;
+  }
+}
+
+async function metric(name: string, labels: Record<string, string> = {}): Promise<number> {
+  const values = (await dialog.ctx.registry.getSingleMetric(name)?.get())?.values ?? [];
+  return values.filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want)).reduce((s, v) => s + v.value, 0);
+}
+
+const GREETING =
+  "Thanks for calling the demo shop. To check an order, say order status or press 1. To talk to an agent, say agent or press 0.";
+const ASK = "Please say or key in your order number, then press pound.";
+
+describe("dialog service", () => {
+  it("greets on callStarted, with cacheable chunks, timing and phrase hints", async () => {
+    const call = new TestCall();
+    await call.start();
+    expect(await call.turn("t1")).toBe(GREETING);
+    const chunks = call.chunks("t1");
+    expect(chunks.map((c) => c.chunkSeq)).toEqual([0, 1, 2]);
+    expect(chunks.map((c) => c.turnDone)).toEqual([false, false, true]);
+    for (const chunk of chunks) {
+      expect(chunk.cacheable).toBe(true);
+      expect(chunk.format).toEqual({ encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 });
+      expect(chunk.timing!.inputEndMs).toBe(call.startedAtMs);
+      expect(chunk.timing!.dialogStartMs).toBeGreaterThanOrEqual(call.startedAtMs);
+      expect(chunk.timing!.dialogFirstTextMs).toBeGreaterThanOrEqual(chunk.timing!.dialogStartMs);
+    }
+    await waitFor(async () => (await call.record()).transcript.length === 1, { what: "greeting in the record" });
+    expect((await call.record()).transcript[0]).toMatchObject({ role: "bot", text: GREETING });
+    expect(await call.hints()).toMatchObject({ mode: "phrases", phrases: expect.arrayContaining(["order status", "agent"]) });
+  });
+
+  it('"1" then "12345#" looks up the order and says it has shipped', async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    await call.key("1");
+    expect(await call.turn("t2")).toBe(ASK);
+    expect(await call.hints()).toMatchObject({ mode: "digits" });
+    await call.keys("12345");
+    const poundAt = Date.now();
+    await call.key("#", poundAt);
+    const reply = await call.turn("t3");
+    expect(reply).toMatch(/^Order 1 2 3 4 5 has shipped with UPS and should arrive on [A-Z]\w+day, [A-Z]\w+ \d+\. Is there anything else\?/);
+    const first = call.chunks("t3")[0];
+    expect(first.cacheable).toBe(false); // it holds the order number
+    expect(first.timing!.inputEndMs).toBe(poundAt);
+    expect(first.timing!.toolMs).toBeGreaterThanOrEqual(0);
+    expect(call.chunks("t3").at(-1)!.cacheable).toBe(true);
+
+    await waitFor(async () => (await call.record()).transcript.length === 5, { what: "five transcript entries" });
+    const record = await call.record();
+    expect(record.transcript.map((e) => [e.role, e.text, e.source])).toEqual([
+      ["bot", GREETING, undefined],
+      ["caller", "1", "keypad"],
+      ["bot", ASK, undefined],
+      ["caller", "12345#", "keypad"],
+      ["bot", reply, undefined],
+    ]);
+    expect(record.toolCalls).toHaveLength(1);
+    expect(record.toolCalls[0]).toMatchObject({ name: "lookup_order", ok: true, arguments: { order_number: "12345" } });
+    expect(await call.hints()).toMatchObject({ mode: "phrases" });
+    expect(await metric("voicebot_dialog_turns_total", { outcome: "slot" })).toBeGreaterThan(0);
+  });
+
+  it('"0" transfers: the line is spoken, then transfer_to_human sends CallControl TRANSFER after that turn', async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    await call.key("0");
+    expect(await call.turn("t2")).toBe("Transferring you to an agent now.");
+    await waitFor(() => call.controls.length > 0, { what: "CallControl" });
+    expect(call.controls).toEqual([
+      expect.objectContaining({ callId: call.id, action: CallControl_Action.ACTION_TRANSFER, afterTurnId: "t2", target: "+15550100" }),
+    ]);
+    const record = await call.record();
+    expect(record.toolCalls.map((t) => t.name)).toEqual(["transfer_to_human"]);
+  });
+
+  it('"9" says goodbye and hangs up after the goodbye turn; later input is ignored', async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    await call.key("9");
+    expect(await call.turn("t2")).toBe("Thanks for calling. Goodbye.");
+    await waitFor(() => call.controls.length > 0, { what: "CallControl" });
+    expect(call.controls[0]).toMatchObject({ action: CallControl_Action.ACTION_HANGUP, afterTurnId: "t2" });
+
+    const before = await metric("voicebot_dialog_inputs_dropped_total", { reason: "conversation_over" });
+    await call.say("hello?");
+    await waitFor(async () => (await metric("voicebot_dialog_inputs_dropped_total", { reason: "conversation_over" })) > before, {
+      what: "the late input to be dropped",
+    });
+    expect(call.turnIds()).toEqual(["t1", "t2"]);
+  });
+
+  it("spoken order status, then a spoken number, looks the order up", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    await call.say("order status please");
+    expect(await call.turn("t2")).toBe(ASK);
+    const speechEnd = Date.now() - 400;
+    await call.say("one two three four five", { speechEndMs: speechEnd, finalAtMs: speechEnd + 350, endpointWaitMs: 350 });
+    expect(await call.turn("t3")).toContain("has shipped");
+    const timing = call.chunks("t3")[0].timing!;
+    expect(timing).toMatchObject({ inputEndMs: speechEnd, asrFinalMs: speechEnd + 350, endpointWaitMs: 350 });
+    const record = await call.record();
+    expect(record.toolCalls[0].arguments).toEqual({ order_number: "12345" });
+    expect(record.transcript.filter((e) => e.role === "caller")).toEqual([
+      expect.objectContaining({ text: "order status please", source: "speech", confidence: expect.closeTo(0.87, 5) }),
+      expect.objectContaining({ text: "one two three four five", source: "speech" }),
+    ]);
+  });
+
+  it("an empty transcript gets a reprompt", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    await call.say("");
+    const reprompt = await call.turn("t2");
+    expect(reprompt).toMatch(/^Sorry, I didn't catch that\./);
+    expect(call.chunks("t2").every((c) => c.cacheable)).toBe(true);
+    expect(await metric("voicebot_dialog_reprompts_total", { agent: "order-line" })).toBeGreaterThan(0);
+  });
+
+  it("a redelivered input (same inputId) is acted on once", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    const inputId = await call.say("order status");
+    // The same input again, as JetStream redelivers it after a worker died between saving and acking.
+    await call.say("order status", {}, inputId, `${inputId}:again`);
+    await call.say("goodbye");
+    expect(await call.turn("t2")).toBe(ASK);
+    expect(await call.turn("t3")).toBe("Thanks for calling. Goodbye.");
+    expect(call.turnIds()).toEqual(["t1", "t2", "t3"]);
+    const record = await call.record();
+    expect(record.transcript.filter((e) => e.role === "caller").map((e) => e.text)).toEqual(["order status", "goodbye"]);
+    expect(await metric("voicebot_dialog_inputs_dropped_total", { reason: "duplicate" })).toBeGreaterThan(0);
+  });
+
+  it("a not-found order is reported and asked for again", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    await call.key("1");
+    await call.turn("t2");
+    await call.keys("99999#");
+    expect(await call.turn("t3")).toBe(`Sorry, I couldn't find order 9 9 9 9 9. ${ASK}`);
+  });
+
+  it("waits for another replica's turn of the same call (lease), then plays the input", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    expect(await store.acquireLease(call.id, "dialog", "other-replica", 10_000)).toBe(true);
+    const busy = await metric("voicebot_dialog_lease_busy_total");
+    await call.key("1");
+    await waitFor(async () => (await metric("voicebot_dialog_lease_busy_total")) > busy, { what: "the input to be handed back" });
+    expect(call.turnIds()).toEqual(["t1"]);
+    await store.releaseLease(call.id, "dialog", "other-replica");
+    expect(await call.turn("t2")).toBe(ASK);
+  });
+
+  it("drops inputs for unknown and ended calls without disturbing other calls", async () => {
+    const ghost = new TestCall();
+    const unknownBefore = await metric("voicebot_dialog_inputs_dropped_total", { reason: "unknown_call" });
+    await ghost.key("1");
+    await waitFor(async () => (await metric("voicebot_dialog_inputs_dropped_total", { reason: "unknown_call" })) > unknownBefore, {
+      what: "unknown call dropped",
+    });
+
+    const ended = new TestCall();
+    await ended.start();
+    await ended.turn("t1");
+    await store.endCall(ended.id, "caller hung up");
+    const message = DialogInput.create({ callId: ended.id, inputId: `${ended.id}:end`, atMs: Date.now() });
+    message.input = { $case: "callEnded", value: CallEnded.create({ callId: ended.id, reason: "caller hung up", endedAtMs: Date.now() }) };
+    await bus.publishDurable(subjects.dialogInput(ended.id), DialogInput, message, `${ended.id}:end`, ended.id);
+    const endedBefore = await metric("voicebot_dialog_inputs_dropped_total", { reason: "ended_call" });
+    await ended.key("1");
+    await waitFor(async () => (await metric("voicebot_dialog_inputs_dropped_total", { reason: "ended_call" })) > endedBefore, {
+      what: "ended call dropped",
+    });
+    expect(ended.turnIds()).toEqual(["t1"]);
+    expect(await store.loadDialog(ended.id)).toEqual({ value: undefined, version: "0" });
+
+    const live = new TestCall();
+    await live.start();
+    expect(await live.turn("t1")).toBe(GREETING);
+  });
+
+  it("gives a call that asks for an unknown agent the default agent", async () => {
+    const before = await metric("voicebot_dialog_unknown_agents_total");
+    const call = new TestCall();
+    await call.start("no-such-agent");
+    expect(await call.turn("t1")).toBe(GREETING);
+    expect(await metric("voicebot_dialog_unknown_agents_total")).toBe(before + 1);
+  });
+
+  it("apologizes when the tools service is unavailable", async () => {
+    await tools!.stop();
+    tools = undefined;
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    await call.key("1");
+    await call.turn("t2");
+    await call.keys("12345#");
+    expect(await call.turn("t3")).toMatch(/^Sorry, I can't look up orders right now\./);
+    expect(await metric("voicebot_dialog_tool_duration_seconds", { tool: "lookup_order", outcome: "unavailable" })).toBeGreaterThan(0);
+  });
+});

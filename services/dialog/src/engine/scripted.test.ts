@@ -1,0 +1,339 @@
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+import { validateAgent } from "../agents/config.js";
+import { ScriptedEngine, type ScriptedState } from "./scripted.js";
+import { normalizeText, renderTemplate, spell, splitSentences, spokenDigits, spokenKey } from "./text.js";
+import type { EngineInput, RecognitionHints, ToolOutcome, TurnIO } from "./types.js";
+
+const orderLine = validateAgent(
+  JSON.parse(readFileSync(fileURLToPath(new URL("../../agents/order-line.json", import.meta.url)), "utf8")),
+  "order-line",
+);
+
+type Event =
+  | { type: "say"; text: string; cacheable: boolean }
+  | { type: "tool"; name: string; args: Record<string, unknown> }
+  | { type: "heard"; text: string; source: string }
+  | { type: "hints"; hints: RecognitionHints };
+
+type ToolFn = (name: string, args: Record<string, unknown>) => ToolOutcome;
+
+const orders: Record<string, unknown> = {
+  "12345": { found: true, order_number: "12345", status: "shipped", carrier: "UPS", eta_text: "Thursday, March 6" },
+  "67890": { found: true, order_number: "67890", status: "processing" },
+  "55555": { found: true, order_number: "55555", status: "delivered", delivered_text: "Monday, March 3" },
+  "13579": { found: true, order_number: "13579", status: "returned" },
+};
+
+const demoTools: ToolFn = (name, args) => {
+  if (name === "lookup_order") {
+    const n = String(args.order_number);
+    return { ok: true, result: orders[n] ?? { found: false, order_number: n }, ms: 3 };
+  }
+  return { ok: true, result: { action: name }, ms: 1 };
+};
+
+/** Drives the engine through inputs with a recording TurnIO; no I/O. */
+class Conversation {
+  readonly engine = new ScriptedEngine(orderLine);
+  state: ScriptedState = this.engine.initialState();
+  done = false;
+  events: Event[] = [];
+  outcome = "";
+
+  constructor(private readonly tools: ToolFn = demoTools) {}
+
+  async send(input: EngineInput): Promise<Event[]> {
+    const events: Event[] = [];
+    const io: TurnIO = {
+      heard: (e) => void events.push({ type: "heard", text: e.text, source: e.source }),
+      say: (text, options) => void events.push({ type: "say", text, cacheable: options?.cacheable === true }),
+      callTool: async (name, args) => {
+        events.push({ type: "tool", name, args });
+        return this.tools(name, args);
+      },
+      setHints: (hints) => void events.push({ type: "hints", hints }),
+    };
+    const result = await this.engine.turn(input, this.state, io);
+    this.state = result.state;
+    this.done = result.done === true;
+    this.outcome = result.outcome;
+    this.events.push(...events);
+    return events;
+  }
+
+  start = () => this.send({ kind: "start" });
+  key = (digit: string) => this.send({ kind: "keypad", digit, atMs: 1 });
+  speak = (text: string) => this.send({ kind: "speech", text, confidence: 0.9 });
+  async keys(digits: string): Promise<Event[]> {
+    const all: Event[] = [];
+    for (const d of digits) all.push(...(await this.key(d)));
+    return all;
+  }
+}
+
+const said = (events: Event[]) => events.filter((e) => e.type === "say").map((e) => (e as { text: string }).text).join(" ");
+const tools = (events: Event[]) => events.filter((e) => e.type === "tool");
+const hints = (events: Event[]) => events.filter((e) => e.type === "hints").map((e) => (e as { hints: RecognitionHints }).hints);
+
+const GREETING =
+  "Thanks for calling the demo shop. To check an order, say order status or press 1. To talk to an agent, say agent or press 0.";
+const ASK = "Please say or key in your order number, then press pound.";
+const ANYTHING_ELSE = "Is there anything else? Say order status, agent, or goodbye.";
+
+describe("scripted engine: order line", () => {
+  it("greets, enters the menu and sets phrase hints", async () => {
+    const c = new Conversation();
+    const events = await c.start();
+    expect(said(events)).toBe(GREETING);
+    expect(events.filter((e) => e.type === "say").every((e) => (e as { cacheable: boolean }).cacheable)).toBe(true);
+    const [menuHints] = hints(events);
+    expect(menuHints.mode).toBe("phrases");
+    expect(menuHints.phrases).toEqual(expect.arrayContaining(["order status", "agent", "goodbye", "one", "zero"]));
+    expect(c.state.state).toBe("menu");
+    expect(c.outcome).toBe("greeting");
+  });
+
+  it("1 then 12345# looks the order up and reads the status back", async () => {
+    const c = new Conversation();
+    await c.start();
+    const one = await c.key("1");
+    expect(one[0]).toEqual({ type: "heard", text: "1", source: "keypad" });
+    expect(said(one)).toBe(ASK);
+    expect(hints(one)[0]).toMatchObject({ mode: "digits", minSilenceMs: 1000, maxSilenceMs: 2500 });
+
+    const typing = await c.keys("12345");
+    expect(typing).toEqual([]); // digits are gathered silently
+    expect(c.outcome).toBe("collecting");
+    const pound = await c.key("#");
+    expect(pound[0]).toEqual({ type: "heard", text: "12345#", source: "keypad" });
+    expect(tools(pound)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+    // The tool runs before the reply that uses its result.
+    expect(pound.findIndex((e) => e.type === "tool")).toBeLessThan(pound.findIndex((e) => e.type === "say"));
+    expect(said(pound)).toBe(
+      `Order 1 2 3 4 5 has shipped with UPS and should arrive on Thursday, March 6. ${ANYTHING_ELSE}`,
+    );
+    const reply = pound.filter((e) => e.type === "say") as Array<{ text: string; cacheable: boolean }>;
+    expect(reply.map((e) => e.cacheable)).toEqual([false, true]);
+    expect(c.state.slots.order_number).toBe("12345");
+    expect(c.state.state).toBe("anything_else");
+    expect(c.outcome).toBe("slot");
+  });
+
+  it("accepts a spoken order number", async () => {
+    const c = new Conversation();
+    await c.start();
+    expect(said(await c.speak("order status"))).toBe(ASK);
+    const events = await c.speak("one two three four five");
+    expect(events[0]).toMatchObject({ type: "heard", text: "one two three four five", source: "speech" });
+    expect(tools(events)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+    expect(said(events)).toContain("has shipped");
+  });
+
+  it("reads other statuses and falls back to a generic line", async () => {
+    const c = new Conversation();
+    await c.start();
+    await c.key("1");
+    expect(said(await c.keys("55555#"))).toContain("was delivered on Monday, March 3");
+    await c.speak("order status");
+    expect(said(await c.speak("67890"))).toContain("hasn't shipped yet");
+    await c.key("1");
+    expect(said(await c.keys("13579#"))).toContain("The status of order 1 3 5 7 9 is returned.");
+  });
+
+  it("says when an order is not found and asks again", async () => {
+    const c = new Conversation();
+    await c.start();
+    await c.key("1");
+    const events = await c.keys("99999#");
+    expect(said(events)).toBe(`Sorry, I couldn't find order 9 9 9 9 9. ${ASK}`);
+    expect(c.state.state).toBe("ask_order");
+    expect(hints(events)[0].mode).toBe("digits");
+  });
+
+  it("apologizes when the lookup fails", async () => {
+    const c = new Conversation(() => ({ ok: false, errorCode: "timeout", errorMessage: "slow", ms: 3000 }));
+    await c.start();
+    await c.key("1");
+    const events = await c.keys("12345#");
+    expect(said(events)).toBe(`Sorry, I can't look up orders right now. Please try again later, or ask for an agent. ${ANYTHING_ELSE}`);
+  });
+
+  it("0 transfers after saying so", async () => {
+    const c = new Conversation();
+    await c.start();
+    const events = await c.key("0");
+    expect(events.map((e) => e.type)).toEqual(["heard", "say", "tool"]);
+    expect(said(events)).toBe("Transferring you to an agent now.");
+    expect(tools(events)[0]).toMatchObject({ name: "transfer_to_human" });
+    expect(c.done).toBe(true);
+  });
+
+  it.each(["agent", "I want to talk to a person", "representative please", "Human!"])("speech %j transfers", async (text) => {
+    const c = new Conversation();
+    await c.start();
+    const events = await c.speak(text);
+    expect(tools(events)[0]).toMatchObject({ name: "transfer_to_human" });
+  });
+
+  it.each([["9"], ["goodbye"], ["that's all"], ["bye"]])("%j says goodbye and ends the call", async (input) => {
+    const c = new Conversation();
+    await c.start();
+    const events = input === "9" ? await c.key("9") : await c.speak(input);
+    expect(said(events)).toBe("Thanks for calling. Goodbye.");
+    expect(events.filter((e) => e.type !== "heard").map((e) => e.type)).toEqual(["say", "tool"]);
+    expect(tools(events)[0]).toMatchObject({ name: "end_call" });
+    expect(c.done).toBe(true);
+  });
+
+  it("keeps the conversation going when the transfer fails", async () => {
+    const c = new Conversation((name, args) => (name === "transfer_to_human" ? { ok: false, errorCode: "unavailable", errorMessage: "", ms: 1 } : demoTools(name, args)));
+    await c.start();
+    const events = await c.key("0");
+    expect(said(events)).toBe(`Transferring you to an agent now. Sorry, I couldn't reach an agent right now. Say order status, or goodbye. ${ANYTHING_ELSE}`);
+    expect(c.done).toBe(false);
+    expect(c.state.state).toBe("anything_else");
+  });
+
+  it("reprompts unrecognized input (never silence) and offers an agent after the maximum", async () => {
+    const c = new Conversation();
+    await c.start();
+    const empty = await c.speak("");
+    expect(said(empty)).toMatch(/^Sorry, I didn't catch that\./);
+    expect(c.outcome).toBe("reprompt");
+    expect(said(await c.key("5"))).toMatch(/^Sorry/);
+    const third = await c.speak("blah blah");
+    expect(said(third)).toContain("Would you like to talk to an agent?");
+    expect(c.outcome).toBe("max_reprompts");
+    expect(c.state.state).toBe("offer_agent");
+    const yes = await c.speak("yes please");
+    expect(tools(yes)[0]).toMatchObject({ name: "transfer_to_human" });
+  });
+
+  it("transfers when the caller still cannot be understood in the offer", async () => {
+    const c = new Conversation();
+    await c.start();
+    for (let i = 0; i < 3; i++) await c.speak("");
+    expect(c.state.state).toBe("offer_agent");
+    expect(said(await c.speak(""))).toBe("Would you like to talk to an agent? Say yes or press 0.");
+    const last = await c.speak("");
+    expect(said(last)).toContain("Transferring you to an agent now.");
+    expect(tools(last)[0]).toMatchObject({ name: "transfer_to_human" });
+  });
+
+  it("treats NoInput like an unrecognized input", async () => {
+    const c = new Conversation();
+    await c.start();
+    expect(said(await c.send({ kind: "noInput" }))).toMatch(/^Sorry/);
+  });
+
+  it("resets the reprompt count after a recognized input", async () => {
+    const c = new Conversation();
+    await c.start();
+    await c.speak("");
+    await c.speak("");
+    expect(said(await c.speak("order status"))).toBe(ASK);
+    expect(c.state.reprompts).toBe(0);
+  });
+
+  it("ends a keypad entry at the maximum length and rejects too-short entries", async () => {
+    const c = new Conversation();
+    await c.start();
+    await c.key("1");
+    const tooShort = await c.keys("12#");
+    expect(said(tooShort)).toMatch(/doesn't look like an order number/);
+    expect(tools(tooShort)).toEqual([]);
+    const long = await c.keys("123456789012");
+    expect(long.find((e) => e.type === "heard")).toEqual({ type: "heard", text: "123456789012", source: "keypad" });
+    expect(tools(long)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "123456789012" } }]);
+  });
+
+  it("understands agent and goodbye while collecting digits, and * drops a half entry", async () => {
+    const c = new Conversation();
+    await c.start();
+    await c.key("1");
+    await c.keys("12");
+    const star = await c.key("*");
+    expect(star[0]).toEqual({ type: "heard", text: "12*", source: "keypad" });
+    expect(said(star)).toMatch(/^Sorry/);
+    expect(c.state.keypad).toBe("");
+    const agent = await c.speak("agent");
+    expect(tools(agent)[0]).toMatchObject({ name: "transfer_to_human" });
+  });
+
+  it("prefers the longer phrase and the state's own intents", async () => {
+    const c = new Conversation();
+    await c.start();
+    await c.key("1");
+    await c.keys("12345#");
+    const events = await c.speak("no, I want an agent");
+    expect(tools(events)[0]).toMatchObject({ name: "transfer_to_human" });
+    const d = new Conversation();
+    await d.start();
+    await d.key("1");
+    await d.keys("12345#");
+    const no = await d.speak("No thanks.");
+    expect(tools(no)[0]).toMatchObject({ name: "end_call" });
+  });
+
+  it("never changes the state it was given", async () => {
+    const c = new Conversation();
+    await c.start();
+    const before = structuredClone(c.state);
+    const frozen = c.state;
+    await c.engine.turn({ kind: "keypad", digit: "1", atMs: 1 }, frozen, {
+      heard() {},
+      say() {},
+      callTool: async () => ({ ok: true, result: null, ms: 0 }),
+      setHints() {},
+    });
+    expect(frozen).toEqual(before);
+  });
+
+  it("continues from the start state when the saved state is unknown", async () => {
+    const c = new Conversation();
+    c.state = { state: "removed", reprompts: 0, slots: {}, keypad: "" };
+    const events = await c.key("1");
+    expect(said(events)).toBe(ASK);
+  });
+});
+
+describe("text helpers", () => {
+  it("normalizes", () => {
+    expect(normalizeText("  That's ALL, thanks!  ")).toBe("thats all thanks");
+  });
+
+  it("finds spoken digits", () => {
+    expect(spokenDigits("one two three four five")).toBe("12345");
+    expect(spokenDigits("12345")).toBe("12345");
+    expect(spokenDigits("1 2 3 4 5")).toBe("12345");
+    expect(spokenDigits("my order number is 1, 2, 3")).toBe("123");
+    expect(spokenDigits("twelve three forty five")).toBe("12345");
+    expect(spokenDigits("double five triple oh one")).toBe("550001");
+    expect(spokenDigits("six oh two")).toBe("602");
+    expect(spokenDigits("oh I don't know")).toBe("");
+    expect(spokenDigits("twenty")).toBe("20");
+    expect(spokenDigits("agent")).toBe("");
+  });
+
+  it("finds a spoken key", () => {
+    expect(spokenKey("one")).toBe("1");
+    expect(spokenKey("Press 0.")).toBe("0");
+    expect(spokenKey("option nine please")).toBe("9");
+    expect(spokenKey("one two")).toBeUndefined();
+    expect(spokenKey("order status")).toBeUndefined();
+  });
+
+  it("renders templates", () => {
+    const scope = { slots: { n: "123" }, result: { status: "shipped", items: ["a", "b", "c"], nested: { x: 1 } } };
+    expect(renderTemplate("Order {{slots.n|spell}} {{ result.status }}.", scope)).toBe("Order 1 2 3 shipped.");
+    expect(renderTemplate("{{result.items}} {{result.nested.x}} {{result.missing}}!", scope)).toBe("a, b and c 1 !");
+    expect(spell("12 3")).toBe("1 2 3");
+  });
+
+  it("splits sentences", () => {
+    expect(splitSentences("Hi there. How are you? Fine!  Ok")).toEqual(["Hi there.", "How are you?", "Fine!", "Ok"]);
+    expect(splitSentences("It costs 3.50 dollars.")).toEqual(["It costs 3.50 dollars."]);
+  });
+});

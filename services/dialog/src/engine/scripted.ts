@@ -1,0 +1,281 @@
+import type { Action, AgentConfig, Intent, Scalar, StateConfig } from "../agents/config.js";
+import type { DialogEngine, EngineInput, RecognitionHints, TurnIO, TurnResult } from "./types.js";
+import { hasTemplate, lookup, normalizeText, renderTemplate, spokenDigits, spokenKey } from "./text.js";
+
+/** What the scripted engine keeps between turns (saved with the call's dialog state). */
+export interface ScriptedState {
+  /** Current state; "" before the greeting. */
+  state: string;
+  /** Unrecognized inputs in a row in this state. */
+  reprompts: number;
+  slots: Record<string, string>;
+  /** Digits of a keypad entry in progress. */
+  keypad: string;
+}
+
+interface CompiledIntent {
+  intent: Intent;
+  phrases: string[];
+  keywords: string[];
+}
+
+interface CompiledState {
+  name: string;
+  config: StateConfig;
+  /** The state's own intents, then the agent's (when enabled): earlier wins a tie. */
+  intents: CompiledIntent[];
+  keys: Map<string, Intent>;
+  hints: RecognitionHints;
+}
+
+const KEY_WORDS: Record<string, string> = {
+  "0": "zero",
+  "1": "one",
+  "2": "two",
+  "3": "three",
+  "4": "four",
+  "5": "five",
+  "6": "six",
+  "7": "seven",
+  "8": "eight",
+  "9": "nine",
+};
+
+/** Runs an agent written in the JSON config language (agents/README.md). Pure: all effects go through TurnIO. */
+export class ScriptedEngine implements DialogEngine<ScriptedState> {
+  private readonly states = new Map<string, CompiledState>();
+  private readonly startState: string;
+
+  constructor(readonly agent: AgentConfig) {
+    for (const [name, config] of Object.entries(agent.states)) this.states.set(name, compileState(name, config, agent));
+    this.startState = agent.greeting.goto ?? Object.keys(agent.states)[0];
+  }
+
+  initialState(): ScriptedState {
+    return { state: "", reprompts: 0, slots: {}, keypad: "" };
+  }
+
+  async turn(input: EngineInput, previous: ScriptedState, io: TurnIO): Promise<TurnResult<ScriptedState>> {
+    const state: ScriptedState = structuredClone(previous);
+    // A state that vanished from the config (redeployed mid-call) continues from the start state.
+    if (input.kind !== "start" && !this.states.has(state.state)) {
+      state.state = this.startState;
+      state.reprompts = 0;
+      state.keypad = "";
+    }
+    const turn = new Turn(this.agent, this.states, state, io);
+    const outcome = await turn.play(input);
+    return { state, outcome, done: turn.done };
+  }
+}
+
+function compileState(name: string, config: StateConfig, agent: AgentConfig): CompiledState {
+  const all = config.globalIntents ? [...config.intents, ...agent.intents] : [...config.intents];
+  const intents = all.map((intent) => ({
+    intent,
+    phrases: intent.phrases.map(normalizeText).filter(Boolean),
+    keywords: intent.keywords.map(normalizeText).filter(Boolean),
+  }));
+  const keys = new Map<string, Intent>();
+  for (const intent of all) {
+    for (const key of intent.keys) {
+      // In a collecting state digits and the terminator belong to the entry.
+      if (config.collect && (/\d/.test(key) || key === config.collect.terminator)) continue;
+      if (!keys.has(key)) keys.set(key, intent); // the state's own intents shadow the agent's
+    }
+  }
+  const derived = new Set<string>();
+  for (const { intent } of intents) for (const phrase of [...intent.phrases, ...intent.keywords]) derived.add(phrase);
+  if (!config.collect) for (const key of keys.keys()) if (KEY_WORDS[key]) derived.add(KEY_WORDS[key]);
+  const hints: RecognitionHints = {
+    mode: config.hints?.mode ?? (config.collect ? "digits" : "phrases"),
+    phrases: config.hints?.phrases ?? [...derived],
+  };
+  if (config.hints?.minSilenceMs !== undefined) hints.minSilenceMs = config.hints.minSilenceMs;
+  if (config.hints?.maxSilenceMs !== undefined) hints.maxSilenceMs = config.hints.maxSilenceMs;
+  return { name, config, intents, keys, hints };
+}
+
+type Flow = "moved" | "ended" | undefined;
+
+/** One turn of the scripted engine: mutates `state` and acts through `io`. */
+class Turn {
+  done = false;
+
+  constructor(
+    private readonly agent: AgentConfig,
+    private readonly states: Map<string, CompiledState>,
+    private readonly state: ScriptedState,
+    private readonly io: TurnIO,
+  ) {}
+
+  private get current(): CompiledState {
+    return this.states.get(this.state.state)!;
+  }
+
+  async play(input: EngineInput): Promise<string> {
+    switch (input.kind) {
+      case "start":
+        await this.run(this.agent.greeting, {});
+        return "greeting";
+      case "noInput":
+        return this.miss();
+      case "speech":
+        this.io.heard({ text: input.text, source: "speech", confidence: input.confidence });
+        return this.speech(input.text);
+      case "keypad":
+        return this.keypad(input.digit);
+    }
+  }
+
+  private async speech(text: string): Promise<string> {
+    const current = this.current;
+    const collect = current.config.collect;
+    this.state.keypad = ""; // speaking abandons a half-keyed entry
+    if (collect) {
+      const digits = spokenDigits(text);
+      if (digits.length >= collect.minLength && digits.length <= collect.maxLength) return this.collected(digits);
+      const intent = matchSpeech(text, current.intents);
+      if (intent) return this.intent(intent);
+      if (digits.length > 0) return this.miss(collect.invalid);
+      return this.miss();
+    }
+    const key = spokenKey(text);
+    const byKey = key !== undefined ? current.keys.get(key) : undefined;
+    const intent = byKey ?? matchSpeech(text, current.intents);
+    return intent ? this.intent(intent) : this.miss();
+  }
+
+  private async keypad(digit: string): Promise<string> {
+    const current = this.current;
+    const collect = current.config.collect;
+    if (collect && (/^\d$/.test(digit) || digit === collect.terminator)) {
+      if (digit === collect.terminator) {
+        const entry = this.state.keypad;
+        this.state.keypad = "";
+        this.io.heard({ text: entry + digit, source: "keypad" });
+        return entry ? this.collected(entry) : this.miss();
+      }
+      this.state.keypad += digit;
+      if (this.state.keypad.length < collect.maxLength) return "collecting";
+      const entry = this.state.keypad;
+      this.state.keypad = "";
+      this.io.heard({ text: entry, source: "keypad" });
+      return this.collected(entry);
+    }
+    // A menu key acts at once; any other key ends a half-keyed entry.
+    const text = this.state.keypad + digit;
+    this.state.keypad = "";
+    this.io.heard({ text, source: "keypad" });
+    const intent = current.keys.get(digit);
+    return intent ? this.intent(intent) : this.miss();
+  }
+
+  private async collected(value: string): Promise<string> {
+    const collect = this.current.config.collect!;
+    if (value.length < collect.minLength || value.length > collect.maxLength) return this.miss(collect.invalid);
+    this.state.slots[collect.slot] = value;
+    this.state.reprompts = 0;
+    await this.run(collect.do, {});
+    return "slot";
+  }
+
+  private async intent(intent: Intent): Promise<string> {
+    this.state.reprompts = 0;
+    await this.run(intent.do, {});
+    return "intent";
+  }
+
+  /** Input that was not understood: a short reprompt, or after too many the state's escalation. */
+  private async miss(text?: string): Promise<string> {
+    const config = this.current.config;
+    this.state.keypad = "";
+    this.state.reprompts += 1;
+    const max = config.maxReprompts ?? this.agent.maxReprompts;
+    const escalation = config.onMaxReprompts ?? this.agent.onMaxReprompts;
+    if (this.state.reprompts > max && escalation) {
+      this.state.reprompts = 0;
+      await this.run(escalation, {});
+      return "max_reprompts";
+    }
+    this.say(text ?? config.reprompt ?? this.agent.reprompt, {});
+    return "reprompt";
+  }
+
+  private say(template: string, scope: Record<string, unknown>): void {
+    const text = renderTemplate(template, { ...scope, slots: this.state.slots });
+    if (text) this.io.say(text, { cacheable: !hasTemplate(template) });
+  }
+
+  private async run(action: Action, scope: Record<string, unknown>): Promise<Flow> {
+    if (action.say !== undefined) this.say(action.say, scope);
+    if (action.tool) {
+      const args = renderArgs(action.tool.args, { ...scope, slots: this.state.slots }) as Record<string, unknown>;
+      const outcome = await this.io.callTool(action.tool.name, args, action.tool.timeoutMs ? { timeoutMs: action.tool.timeoutMs } : {});
+      let flow: Flow;
+      if (outcome.ok) {
+        if (action.end) {
+          this.done = true;
+          return "ended";
+        }
+        const branch = action.results?.find((b) => matches(b.when, outcome.result));
+        if (branch) flow = await this.run(branch, { ...scope, result: outcome.result });
+      } else {
+        // Also after a failed end_call/transfer: the caller hears why, and the conversation goes on.
+        flow = await this.run(action.onError ?? this.agent.onToolError, {
+          ...scope,
+          error: { code: outcome.errorCode, message: outcome.errorMessage },
+        });
+      }
+      if (flow) return flow;
+    }
+    if (action.goto !== undefined) {
+      this.enter(action.goto);
+      return "moved";
+    }
+    return undefined;
+  }
+
+  private enter(name: string): void {
+    this.state.state = name;
+    this.state.reprompts = 0;
+    this.state.keypad = "";
+    const target = this.current;
+    this.say(target.config.prompt, {});
+    this.io.setHints(target.hints);
+  }
+}
+
+/** The intent whose phrase (else keyword) occurs in the text as whole words; the longest match wins, then order. */
+export function matchSpeech(text: string, intents: CompiledIntent[]): Intent | undefined {
+  const normalized = normalizeText(text);
+  if (!normalized) return undefined;
+  const padded = ` ${normalized} `;
+  for (const field of ["phrases", "keywords"] as const) {
+    let best: { intent: Intent; length: number } | undefined;
+    for (const compiled of intents) {
+      for (const phrase of compiled[field]) {
+        if (padded.includes(` ${phrase} `) && (!best || phrase.length > best.length)) best = { intent: compiled.intent, length: phrase.length };
+      }
+    }
+    if (best) return best.intent;
+  }
+  return undefined;
+}
+
+function matches(when: Record<string, Scalar | Scalar[]> | undefined, result: unknown): boolean {
+  if (!when) return true;
+  return Object.entries(when).every(([path, expected]) => {
+    const value = lookup(result, path) ?? null;
+    return Array.isArray(expected) ? expected.includes(value as Scalar) : expected === value;
+  });
+}
+
+function renderArgs(value: unknown, scope: Record<string, unknown>): unknown {
+  if (typeof value === "string") return renderTemplate(value, scope);
+  if (Array.isArray(value)) return value.map((v) => renderArgs(v, scope));
+  if (value && typeof value === "object") {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, renderArgs(v, scope)]));
+  }
+  return value;
+}

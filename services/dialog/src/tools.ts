@@ -1,0 +1,63 @@
+import { BusError, errorText, subjects, type Bus } from "@voicebot/bus";
+import { ToolCallRequest, ToolCallResult } from "@voicebot/proto";
+import type { ToolOutcome } from "./engine/types.js";
+import type { DialogMetrics } from "./metrics.js";
+
+/** Wait for a tool whose request sets no timeout (the tools service applies its per-tool default, a few seconds). */
+const DEFAULT_TOOL_WAIT_MS = 5_000;
+/** Extra wait beyond the tool's own timeout for the request and reply to travel. */
+const TRANSPORT_MARGIN_MS = 1_000;
+
+export interface ToolRequest {
+  callId: string;
+  /** Idempotency key: the same key returns the first result without running the tool again. */
+  toolCallId: string;
+  name: string;
+  args: Record<string, unknown>;
+  timeoutMs: number;
+  /** The bot turn that must play before a tool acting on the call (hang-up, transfer) takes effect. */
+  turnId: string;
+  agent: string;
+}
+
+/** Calls tools over the bus (any tools replica answers) and turns every failure into a ToolOutcome. */
+export class ToolClient {
+  constructor(
+    private readonly bus: Bus,
+    private readonly metrics: DialogMetrics,
+  ) {}
+
+  async call(request: ToolRequest): Promise<ToolOutcome> {
+    const started = Date.now();
+    const outcome = await this.request(request, started);
+    this.metrics.toolSeconds.observe({ tool: request.name, outcome: outcome.ok ? "ok" : outcome.errorCode }, outcome.ms / 1000);
+    return outcome;
+  }
+
+  private async request(request: ToolRequest, started: number): Promise<ToolOutcome> {
+    const message = ToolCallRequest.create({
+      callId: request.callId,
+      toolCallId: request.toolCallId,
+      name: request.name,
+      argumentsJson: JSON.stringify(request.args),
+      timeoutMs: request.timeoutMs,
+      turnId: request.turnId,
+      agent: request.agent,
+    });
+    const waitMs = (request.timeoutMs || DEFAULT_TOOL_WAIT_MS) + TRANSPORT_MARGIN_MS;
+    let reply: ToolCallResult;
+    try {
+      reply = await this.bus.request(subjects.toolsCall, ToolCallRequest, message, ToolCallResult, waitMs, request.callId);
+    } catch (error) {
+      const code = error instanceof BusError ? (error.code === "no_responders" ? "unavailable" : error.code) : "failed";
+      return { ok: false, errorCode: code, errorMessage: errorText(error), ms: Date.now() - started };
+    }
+    const ms = Date.now() - started;
+    if (!reply.ok) return { ok: false, errorCode: reply.errorCode || "failed", errorMessage: reply.errorMessage, ms };
+    try {
+      return { ok: true, result: reply.resultJson ? JSON.parse(reply.resultJson) : null, ms };
+    } catch (error) {
+      return { ok: false, errorCode: "failed", errorMessage: `tool result is not JSON: ${errorText(error)}`, ms };
+    }
+  }
+}

@@ -1,0 +1,116 @@
+import { silentLogger } from "@voicebot/bus";
+import { ToolCallRequest } from "@voicebot/proto";
+import { CallStore } from "@voicebot/state";
+import { startRedis, type ServerHandle } from "@voicebot/testing";
+import { Registry } from "prom-client";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createExecutorMetrics, parseArguments, ToolExecutor } from "./executor.js";
+import { normalizeOrderNumber, JsonFileOrderSource, spokenDate } from "./orders.js";
+import type { Tool } from "./tool.js";
+
+let redis: ServerHandle;
+let store: CallStore;
+
+beforeAll(async () => {
+  redis = await startRedis();
+  store = CallStore.connect(redis.url);
+});
+afterAll(async () => {
+  await store?.close();
+  await redis?.stop();
+});
+
+async function liveCall(callId: string) {
+  await store.createCall({ callSid: callId, provider: "twilio", streamSid: "MZ", agent: "a", from: "", to: "", startedAt: "" });
+}
+
+function request(callId: string, name: string, extra: Partial<ToolCallRequest> = {}) {
+  return ToolCallRequest.create({ callId, toolCallId: `${name}-1`, name, argumentsJson: "{}", turnId: "t1", ...extra });
+}
+
+describe("ToolExecutor", () => {
+  it("times out a slow tool, aborts it, and records the failure", async () => {
+    let aborted = false;
+    const slow: Tool = {
+      name: "slow",
+      defaultTimeoutMs: 5_000,
+      run: (_args, ctx) =>
+        new Promise((resolve) => {
+          ctx.signal.addEventListener("abort", () => (aborted = true));
+          setTimeout(() => resolve("late"), 2_000);
+        }),
+    };
+    const registry = new Registry();
+    const executor = new ToolExecutor([slow], store, createExecutorMetrics(registry), silentLogger);
+    await liveCall("CAslow");
+    const started = Date.now();
+    const result = await executor.handle(request("CAslow", "slow", { timeoutMs: 100 }));
+    expect(Date.now() - started).toBeLessThan(1_500);
+    expect(result).toMatchObject({ ok: false, errorCode: "timeout" });
+    expect(aborted).toBe(true);
+    const record = await store.getRecord("CAslow");
+    expect(record!.toolCalls).toEqual([expect.objectContaining({ name: "slow", ok: false, result: null })]);
+    const counted = (await registry.getSingleMetric("voicebot_tools_calls_total")!.get()).values;
+    expect(counted).toEqual([expect.objectContaining({ labels: { tool: "slow", outcome: "timeout" }, value: 1 })]);
+  });
+
+  it("reports a throwing tool as failed", async () => {
+    const broken: Tool = { name: "broken", defaultTimeoutMs: 1_000, run: async () => Promise.reject(new Error("database down")) };
+    const executor = new ToolExecutor([broken], store, createExecutorMetrics(new Registry()), silentLogger);
+    await liveCall("CAbroken");
+    const result = await executor.handle(request("CAbroken", "broken"));
+    expect(result).toMatchObject({ ok: false, errorCode: "failed", errorMessage: "database down" });
+  });
+
+  it("lets a duplicate wait for the execution that claimed the id", async () => {
+    let runs = 0;
+    const counted: Tool = {
+      name: "counted",
+      defaultTimeoutMs: 2_000,
+      run: async () => {
+        runs++;
+        await new Promise((r) => setTimeout(r, 200));
+        return { runs };
+      },
+    };
+    const executor = new ToolExecutor([counted], store, createExecutorMetrics(new Registry()), silentLogger);
+    await liveCall("CAdup");
+    const [a, b] = await Promise.all([executor.handle(request("CAdup", "counted")), executor.handle(request("CAdup", "counted"))]);
+    expect(runs).toBe(1);
+    expect(a).toEqual(b);
+    expect(JSON.parse(a.resultJson)).toEqual({ runs: 1 });
+  });
+
+  it("refuses ended calls", async () => {
+    const executor = new ToolExecutor([], store, createExecutorMetrics(new Registry()), silentLogger);
+    await liveCall("CAended");
+    await store.endCall("CAended", "hangup");
+    expect(await executor.handle(request("CAended", "end_call"))).toMatchObject({ ok: false, errorCode: "failed" });
+    expect(await executor.handle(request("bad id!", "end_call"))).toMatchObject({ ok: false, errorCode: "invalid_arguments" });
+  });
+});
+
+describe("arguments and orders", () => {
+  it("parses JSON object arguments only", () => {
+    expect(parseArguments("")).toEqual({ ok: true, value: {} });
+    expect(parseArguments('{"a":1}')).toEqual({ ok: true, value: { a: 1 } });
+    expect(parseArguments("[1]").ok).toBe(false);
+    expect(parseArguments("nope").ok).toBe(false);
+  });
+
+  it("normalizes spoken and keyed order numbers", () => {
+    expect(normalizeOrderNumber("#12345#")).toBe("12345");
+    expect(normalizeOrderNumber("12 34 5")).toBe("12345");
+    expect(normalizeOrderNumber("one two three four five")).toBe("12345");
+    expect(normalizeOrderNumber("Order number: 6 7 eight nine oh")).toBe("67890");
+    expect(normalizeOrderNumber("none")).toBe("");
+  });
+
+  it("validates the orders file and resolves relative dates", async () => {
+    expect(() => JsonFileOrderSource.fromEntries([{ order_number: "x", status: "" }])).toThrow(/orders\[0\]\.order_number.*orders\[0\]\.status/);
+    expect(() => JsonFileOrderSource.fromEntries([{ order_number: "1", status: "a" }, { order_number: "1", status: "b" }])).toThrow(/appears twice/);
+    const source = JsonFileOrderSource.fromEntries([{ order_number: 42, status: "shipped", eta_in_days: 2 }], () => new Date("2025-03-04T23:30:00Z"));
+    expect(await source.findOrder("42")).toMatchObject({ orderNumber: "42", status: "shipped", etaDate: "2025-03-06" });
+    expect(spokenDate("2025-03-06")).toBe("Thursday, March 6");
+  });
+});

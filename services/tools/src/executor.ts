@@ -1,0 +1,238 @@
+import { errorText, isValidCallId, type Logger } from "@voicebot/bus";
+import { ToolCallResult, type ToolCallRequest } from "@voicebot/proto";
+import { keys, type CallStore } from "@voicebot/state";
+import { Counter, Histogram, type Registry } from "prom-client";
+import { InvalidArgumentsError, type Tool } from "./tool.js";
+
+export type ToolErrorCode = "unknown_tool" | "invalid_arguments" | "timeout" | "failed";
+
+/** Longest a request may ask a tool to run. */
+export const MAX_TOOL_TIMEOUT_MS = 30_000;
+const MAX_TOOL_CALL_ID = 200;
+// How often a duplicate request looks for the result of the execution it lost the claim to.
+const RESULT_POLL_MS = 20;
+// Extra time a duplicate waits beyond the tool timeout for the winner to store its result.
+const RESULT_WAIT_GRACE_MS = 2_000;
+
+export interface ExecutorMetrics {
+  calls: Counter<"tool" | "outcome">;
+  duration: Histogram<"tool">;
+  duplicates: Counter<"kind">;
+}
+
+export function createExecutorMetrics(registry: Registry): ExecutorMetrics {
+  return {
+    calls: new Counter({
+      name: "voicebot_tools_calls_total",
+      help: "Tool executions by tool and outcome (ok or an error code)",
+      labelNames: ["tool", "outcome"],
+      registers: [registry],
+    }),
+    duration: new Histogram({
+      name: "voicebot_tools_duration_seconds",
+      help: "Tool execution time",
+      labelNames: ["tool"],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    }),
+    duplicates: new Counter({
+      name: "voicebot_tools_duplicate_requests_total",
+      help: "Requests answered from a stored result (stored) or after waiting for a concurrent execution (waited)",
+      labelNames: ["kind"],
+      registers: [registry],
+    }),
+  };
+}
+
+/**
+ * Runs tool requests exactly once per toolCallId: the first request claims the id and stores the result;
+ * retries and concurrent duplicates get the stored result. Every execution is appended to the call record.
+ */
+export class ToolExecutor {
+  private readonly tools = new Map<string, Tool>();
+  private readonly inFlight = new Map<Promise<unknown>, string>();
+
+  constructor(
+    tools: Tool[],
+    private readonly store: CallStore,
+    private readonly metrics: ExecutorMetrics,
+    private readonly log: Logger,
+  ) {
+    for (const tool of tools) this.tools.set(tool.name, tool);
+  }
+
+  /** Calls with a tool request being executed right now. */
+  activeCalls(): number {
+    return new Set(this.inFlight.values()).size;
+  }
+
+  /** Resolves when every execution in progress has finished. */
+  async idle(): Promise<void> {
+    await Promise.allSettled([...this.inFlight.keys()]);
+  }
+
+  async handle(request: ToolCallRequest): Promise<ToolCallResult> {
+    const task = this.handleOnce(request);
+    this.inFlight.set(task, request.callId);
+    try {
+      return await task;
+    } finally {
+      this.inFlight.delete(task);
+    }
+  }
+
+  private async handleOnce(request: ToolCallRequest): Promise<ToolCallResult> {
+    const { callId, toolCallId, name } = request;
+    // Without a valid call and key there is nothing to record or deduplicate against: refuse before running.
+    if (!isValidCallId(callId)) return this.refuse(request, "invalid_arguments", `invalid call id ${JSON.stringify(callId)}`);
+    if (!toolCallId || toolCallId.length > MAX_TOOL_CALL_ID) {
+      return this.refuse(request, "invalid_arguments", `tool_call_id must be 1..${MAX_TOOL_CALL_ID} characters`);
+    }
+    const state = await this.store.callState(callId);
+    if (state !== "live") return this.refuse(request, "failed", state === "ended" ? "the call has ended" : "unknown call");
+
+    const resultKey = keys.toolResult(callId, toolCallId);
+    const stored = await this.store.getJson<ToolCallResult>(resultKey);
+    if (stored) {
+      this.metrics.duplicates.inc({ kind: "stored" });
+      this.log.info("tool request answered from stored result", { callId, toolCallId, tool: name });
+      return stored;
+    }
+    const timeoutMs = this.timeoutFor(request);
+    if (!(await this.store.firstTime(callId, "tool", toolCallId))) {
+      this.metrics.duplicates.inc({ kind: "waited" });
+      return this.waitForStored(request, resultKey, timeoutMs + RESULT_WAIT_GRACE_MS);
+    }
+
+    const result = await this.execute(request, timeoutMs);
+    await this.store.setJson(resultKey, result);
+    return result;
+  }
+
+  private timeoutFor(request: ToolCallRequest): number {
+    const tool = this.tools.get(request.name);
+    const requested = request.timeoutMs > 0 ? request.timeoutMs : (tool?.defaultTimeoutMs ?? 5_000);
+    return Math.min(requested, MAX_TOOL_TIMEOUT_MS);
+  }
+
+  private async execute(request: ToolCallRequest, timeoutMs: number): Promise<ToolCallResult> {
+    const { callId, toolCallId, name } = request;
+    const started = Date.now();
+    const tool = this.tools.get(name);
+    let args: unknown = request.argumentsJson;
+    let outcome: { ok: true; value: unknown } | { ok: false; code: ToolErrorCode; message: string };
+
+    if (!tool) {
+      outcome = { ok: false, code: "unknown_tool", message: `no tool named ${JSON.stringify(name)}` };
+    } else {
+      const parsed = parseArguments(request.argumentsJson);
+      if (!parsed.ok) {
+        outcome = { ok: false, code: "invalid_arguments", message: parsed.message };
+      } else {
+        args = parsed.value;
+        outcome = await this.runWithTimeout(tool, parsed.value, request, timeoutMs);
+      }
+    }
+
+    const ms = Date.now() - started;
+    const label = tool ? name : "unknown";
+    this.metrics.calls.inc({ tool: label, outcome: outcome.ok ? "ok" : outcome.code });
+    this.metrics.duration.observe({ tool: label }, ms / 1000);
+    if (outcome.ok) this.log.info("tool ran", { callId, toolCallId, tool: name, ms });
+    else this.log.warn("tool failed", { callId, toolCallId, tool: name, ms, errorCode: outcome.code, error: outcome.message });
+
+    await this.store.appendToolCall(callId, {
+      name,
+      arguments: args,
+      result: outcome.ok ? outcome.value : null,
+      ok: outcome.ok,
+      ...(outcome.ok ? {} : { error: `${outcome.code}: ${outcome.message}` }),
+      ms,
+      at: new Date(started).toISOString(),
+    });
+    return ToolCallResult.create({
+      callId,
+      toolCallId,
+      name,
+      ok: outcome.ok,
+      resultJson: outcome.ok ? JSON.stringify(outcome.value ?? null) : "",
+      errorCode: outcome.ok ? "" : outcome.code,
+      errorMessage: outcome.ok ? "" : outcome.message,
+      durationMs: ms,
+    });
+  }
+
+  private async runWithTimeout(
+    tool: Tool,
+    args: Record<string, unknown>,
+    request: ToolCallRequest,
+    timeoutMs: number,
+  ): Promise<{ ok: true; value: unknown } | { ok: false; code: ToolErrorCode; message: string }> {
+    const abort = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<"timeout">((resolve) => {
+      timer = setTimeout(() => resolve("timeout"), timeoutMs);
+    });
+    const run = tool.run(args, { callId: request.callId, turnId: request.turnId, agent: request.agent, signal: abort.signal });
+    try {
+      const value = await Promise.race([run, timedOut]);
+      if (value === "timeout") {
+        abort.abort();
+        run.catch(() => undefined); // the late outcome is not wanted
+        return { ok: false, code: "timeout", message: `${tool.name} did not finish within ${timeoutMs} ms` };
+      }
+      return { ok: true, value };
+    } catch (error) {
+      if (error instanceof InvalidArgumentsError) return { ok: false, code: "invalid_arguments", message: error.message };
+      return { ok: false, code: "failed", message: errorText(error) };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Another request holds the claim: wait for the result it stores. */
+  private async waitForStored(request: ToolCallRequest, resultKey: string, waitMs: number): Promise<ToolCallResult> {
+    const deadline = Date.now() + waitMs;
+    while (Date.now() < deadline) {
+      const stored = await this.store.getJson<ToolCallResult>(resultKey);
+      if (stored) return stored;
+      await new Promise((resolve) => setTimeout(resolve, RESULT_POLL_MS));
+    }
+    // The execution that claimed the id died or hangs; it must not run twice, so report a timeout.
+    this.log.warn("duplicate tool request gave up waiting for the first execution", {
+      callId: request.callId,
+      toolCallId: request.toolCallId,
+      tool: request.name,
+    });
+    return this.errorResult(request, "timeout", `an earlier request with the same tool_call_id did not finish within ${waitMs} ms`);
+  }
+
+  private refuse(request: ToolCallRequest, code: ToolErrorCode, message: string): ToolCallResult {
+    this.metrics.calls.inc({ tool: this.tools.has(request.name) ? request.name : "unknown", outcome: code });
+    this.log.warn("tool request refused", { callId: request.callId, toolCallId: request.toolCallId, tool: request.name, errorCode: code, error: message });
+    return this.errorResult(request, code, message);
+  }
+
+  private errorResult(request: ToolCallRequest, code: ToolErrorCode, message: string): ToolCallResult {
+    return ToolCallResult.create({
+      callId: request.callId,
+      toolCallId: request.toolCallId,
+      name: request.name,
+      ok: false,
+      errorCode: code,
+      errorMessage: message,
+    });
+  }
+}
+
+export function parseArguments(json: string): { ok: true; value: Record<string, unknown> } | { ok: false; message: string } {
+  if (json.trim() === "") return { ok: true, value: {} };
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch (error) {
+    return { ok: false, message: `arguments are not valid JSON: ${errorText(error)}` };
+  }
+  if (!value || typeof value !== "object" || Array.isArray(value)) return { ok: false, message: "arguments must be a JSON object" };
+  return { ok: true, value: value as Record<string, unknown> };
+}

@@ -1,0 +1,29 @@
+/** What a tool sees of the request that runs it. */
+export interface ToolContext {
+  callId: string;
+  turnId: string;
+  agent: string;
+  /** Aborted when the request timed out: stop work that is no longer wanted. */
+  signal: AbortSignal;
+}
+
+export interface Tool {
+  name: string;
+  /** Used when the request does not set its own timeout. */
+  defaultTimeoutMs: number;
+  /** Runs the tool; the value returned is the JSON result. Throws InvalidArgumentsError for bad arguments. */
+  run(args: Record<string, unknown>, ctx: ToolContext): Promise<unknown>;
+}
+
+/** The arguments do not fit the tool: the caller's fault, retrying cannot help. */
+export class InvalidArgumentsError extends Error {}
+
+/** Reads an optional string argument, accepting numbers (an LLM may send 12345 for "12345"). */
+export function optionalString(args: Record<string, unknown>, name: string, maxLength = 500): string | undefined {
+  const value = args[name];
+  if (value === undefined || value === null || value === "") return undefined;
+  if (typeof value !== "string" && typeof value !== "number") throw new InvalidArgumentsError(`${name} must be a string`);
+  const text = String(value);
+  if (text.length > maxLength) throw new InvalidArgumentsError(`${name} is longer than ${maxLength} characters`);
+  return text;
+}
