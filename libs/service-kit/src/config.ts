@@ -15,6 +15,16 @@ export class EnvReader {
     return raw === undefined || raw === "" ? fallback : raw;
   }
 
+  /** The value exactly as set ("" included); undefined when unset. */
+  raw(name: string): string | undefined {
+    return this.env[name];
+  }
+
+  /** Reports a problem no single reader method can see (e.g. two settings that conflict). */
+  problem(message: string): void {
+    this.problems.push(message);
+  }
+
   optional(name: string): string | undefined {
     const raw = this.env[name];
     return raw === undefined || raw === "" ? undefined : raw;

@@ -1,0 +1,95 @@
+import type { EnvReader } from "@voicebot/service-kit";
+
+export const PROBED_SERVICES = ["asr", "dialog", "tools", "tts"] as const;
+export type ProbedService = (typeof PROBED_SERVICES)[number];
+
+export interface TwilioRestConfig {
+  accountSid: string;
+  authToken: string;
+  baseUrl: string;
+  timeoutMs: number;
+}
+
+export interface IngressConfig {
+  /** Agent for calls whose stream carries no `agent` custom parameter. */
+  defaultAgent: string;
+  /** How much audio may sit in Twilio's buffer ahead of real time. */
+  playoutLeadMs: number;
+  /** Period of the one timer that paces every call's playout. */
+  playoutTickMs: number;
+  /** A turn waiting this long for a missing chunk or part, with a later turn queued, is given up. */
+  playoutStallMs: number;
+  /** The same with no later turn queued (a pause inside a turn is normal then). */
+  playoutAloneStallMs: number;
+  /** HANGUP/TRANSFER act after this long even if the turn they wait for never finished playing. */
+  controlTimeoutMs: number;
+  /** Services that must answer a readiness ping for this ingress to accept calls. */
+  requireServices: ProbedService[];
+  readinessProbeIntervalMs: number;
+  /** WebSocket message size limit (ws `maxPayload`). */
+  maxMessageBytes: number;
+  /** Largest decoded `media` payload accepted (Twilio sends 160 bytes). */
+  maxMediaBytes: number;
+  /** Sustained inbound messages per second per connection; above it messages are dropped. */
+  maxMessagesPerSecond: number;
+  messageBurst: number;
+  /** A stream that sends no `start` within this time is closed. */
+  startTimeoutMs: number;
+  /** New streams are refused above this many live ones (0 = no limit). */
+  maxCalls: number;
+  /** Set when both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are: transfers and DTMF go through the REST API. */
+  twilioRest: TwilioRestConfig | undefined;
+  /** Check X-Twilio-Signature on the upgrade (needs TWILIO_AUTH_TOKEN). */
+  validateSignature: boolean;
+  /** The public wss:// URL Twilio connects to, as signed; default: built from the Host header. */
+  publicStreamUrl: string | undefined;
+  authToken: string | undefined;
+}
+
+const AGENT = /^[A-Za-z0-9_.-]{1,64}$/;
+
+export function readIngressConfig(env: EnvReader): IngressConfig {
+  const defaultAgent = env.string("DEFAULT_AGENT", "order-line");
+  const accountSid = env.optional("TWILIO_ACCOUNT_SID");
+  const authToken = env.optional("TWILIO_AUTH_TOKEN");
+  const baseUrl = env.url("TWILIO_API_BASE_URL", "https://api.twilio.com", ["https", "http"]).replace(/\/+$/, "");
+  const timeoutMs = env.int("TWILIO_API_TIMEOUT_MS", 5_000, { min: 100, max: 60_000 });
+  const validateSignature = env.bool("TWILIO_VALIDATE_SIGNATURE", false);
+  const publicStreamUrl = env.optional("TWILIO_STREAM_URL");
+  if (publicStreamUrl) env.url("TWILIO_STREAM_URL", publicStreamUrl, ["wss", "ws"]);
+
+  const config: IngressConfig = {
+    defaultAgent,
+    playoutLeadMs: env.int("PLAYOUT_LEAD_MS", 100, { min: 20, max: 2_000 }),
+    playoutTickMs: env.int("PLAYOUT_TICK_MS", 20, { min: 5, max: 100 }),
+    playoutStallMs: env.int("PLAYOUT_STALL_MS", 5_000, { min: 100 }),
+    playoutAloneStallMs: env.int("PLAYOUT_ALONE_STALL_MS", 30_000, { min: 100 }),
+    controlTimeoutMs: env.int("CONTROL_TIMEOUT_MS", 15_000, { min: 0 }),
+    requireServices: readRequiredServices(env),
+    readinessProbeIntervalMs: env.int("INGRESS_READINESS_PROBE_MS", 1_000, { min: 100, max: 60_000 }),
+    maxMessageBytes: env.int("INGRESS_MAX_MESSAGE_BYTES", 64 * 1024, { min: 1_024, max: 16 * 1024 * 1024 }),
+    maxMediaBytes: env.int("INGRESS_MAX_MEDIA_BYTES", 8_000, { min: 160 }),
+    maxMessagesPerSecond: env.int("INGRESS_MAX_MSGS_PER_SEC", 200, { min: 1 }),
+    messageBurst: env.int("INGRESS_MSG_BURST", 400, { min: 1 }),
+    startTimeoutMs: env.int("INGRESS_START_TIMEOUT_MS", 10_000, { min: 100 }),
+    maxCalls: env.int("INGRESS_MAX_CALLS", 0, { min: 0 }),
+    twilioRest: accountSid && authToken ? { accountSid, authToken, baseUrl, timeoutMs } : undefined,
+    validateSignature,
+    publicStreamUrl,
+    authToken,
+  };
+  if (!AGENT.test(defaultAgent)) env.problem(`DEFAULT_AGENT=${JSON.stringify(defaultAgent)} must match ${AGENT}`);
+  if (validateSignature && !authToken) env.problem("TWILIO_VALIDATE_SIGNATURE=true needs TWILIO_AUTH_TOKEN");
+  return config;
+}
+
+export function isValidAgent(agent: string): boolean {
+  return AGENT.test(agent);
+}
+
+/** INGRESS_REQUIRE_SERVICES: comma list, default all four; "" or "none" requires none. */
+function readRequiredServices(env: EnvReader): ProbedService[] {
+  const raw = env.raw("INGRESS_REQUIRE_SERVICES");
+  if (raw !== undefined && (raw.trim() === "" || raw.trim().toLowerCase() === "none")) return [];
+  return env.list("INGRESS_REQUIRE_SERVICES", PROBED_SERVICES, [...PROBED_SERVICES]);
+}

@@ -1,0 +1,428 @@
+// The ingress in-process against real NATS and Redis, driven by a WebSocket client speaking Twilio Media Streams.
+// The test plays the other stages by publishing and subscribing their messages on the bus.
+import { createHmac } from "node:crypto";
+import http from "node:http";
+import { performance } from "node:perf_hooks";
+import { subjects, type Bus } from "@voicebot/bus";
+import {
+  AudioEncoding,
+  BotAudio,
+  CallControl,
+  CallControl_Action,
+  CallEnded,
+  CallerAudio,
+  CallStarted,
+  PlaybackEvent,
+  PlaybackEvent_Kind,
+  SynthesisFailed,
+  TurnTiming,
+  type DialogInput,
+} from "@voicebot/proto";
+import type { CallRecord } from "@voicebot/state";
+import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  captureLogs,
+  collect,
+  connectBus,
+  consumeDialogInputs,
+  frames,
+  logs,
+  metricValue,
+  newCallSid,
+  startIngress,
+  TwilioClient,
+  waitFor,
+  type Ingress,
+} from "./test-support/harness.js";
+
+let nats: ServerHandle;
+let redis: ServerHandle;
+let bus: Bus;
+let ingress: Ingress;
+let dialog: { items: DialogInput[]; stop(): Promise<void> };
+const env = () => ({ NATS_URL: nats.url, REDIS_URL: redis.url });
+
+beforeAll(async () => {
+  captureLogs();
+  [nats, redis] = await Promise.all([startNats(), startRedis()]);
+  bus = await connectBus(nats.url);
+  dialog = await consumeDialogInputs(bus); // creates the dialog work queue, as the dialog service does
+  ingress = await startIngress({ ...env(), DEFAULT_AGENT: "order-line", PLAYOUT_LEAD_MS: "100" });
+});
+
+afterAll(async () => {
+  await ingress?.handle.stop();
+  await dialog?.stop();
+  await bus?.close();
+  await Promise.all([nats?.stop(), redis?.stop()]);
+});
+
+function inputsFor(callSid: string) {
+  return dialog.items.filter((i) => i.callId === callSid);
+}
+
+async function getRecord(callSid: string): Promise<{ status: number; body: any }> {
+  const res = await fetch(`${ingress.baseUrl}/v1/calls/${encodeURIComponent(callSid)}`);
+  return { status: res.status, body: await res.json() };
+}
+
+/** Connects, starts the call and waits until the pipeline knows about it. */
+async function startCall(params: Record<string, string> = {}, url = ingress.wsUrl): Promise<TwilioClient> {
+  const client = await TwilioClient.connect(url, newCallSid());
+  client.sendConnected();
+  client.sendStart(params);
+  await waitFor(() => inputsFor(client.callSid).some((i) => i.input?.$case === "callStarted"), { what: "DialogInput callStarted" });
+  return client;
+}
+
+function botAudio(callId: string, turnId: string, chunkSeq: number, partSeq: number, payload: Buffer, extra: Partial<BotAudio> = {}) {
+  bus.publish(
+    subjects.botAudio(callId),
+    BotAudio,
+    BotAudio.create({
+      callId,
+      turnId,
+      chunkSeq,
+      partSeq,
+      payload,
+      format: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 },
+      ...extra,
+    }),
+    callId,
+  );
+}
+
+function control(callId: string, action: CallControl_Action, extra: Partial<CallControl> = {}) {
+  bus.publish(subjects.control(callId), CallControl, CallControl.create({ callId, action, ...extra }), callId);
+}
+
+describe("call start, caller audio and keys", () => {
+  it("start creates the record and publishes CallStarted and DialogInput{callStarted}", async () => {
+    const started = collect(bus, subjects.callStarted, CallStarted);
+    await bus.nc.flush();
+    const client = await startCall({ agent: "pharmacy", from: "+15550100", to: "+15550199" });
+    const callSid = client.callSid;
+    await waitFor(() => started.items.find((s) => s.callId === callSid), { what: "CallStarted" });
+    const callStarted = started.items.find((s) => s.callId === callSid)!;
+    expect(callStarted).toMatchObject({
+      provider: "twilio",
+      streamId: client.streamSid,
+      accountId: "ACtest",
+      from: "+15550100",
+      to: "+15550199",
+      agent: "pharmacy",
+      callerFormat: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 },
+      botFormat: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 },
+      customParameters: { agent: "pharmacy", from: "+15550100", to: "+15550199" },
+    });
+    const input = inputsFor(callSid).find((i) => i.input?.$case === "callStarted")!;
+    expect(input.inputId).toBe(`${callSid}:start`);
+    expect(input.input?.value).toMatchObject({ callId: callSid, agent: "pharmacy" });
+
+    const record = await getRecord(callSid);
+    expect(record.status).toBe(200);
+    expect(record.body).toMatchObject({ callSid, provider: "twilio", streamSid: client.streamSid, agent: "pharmacy", state: "live" });
+    started.sub.unsubscribe();
+    client.sendStop();
+    await client.closed;
+  });
+
+  it("uses the default agent when the stream names none", async () => {
+    const started = collect(bus, subjects.callStarted, CallStarted);
+    await bus.nc.flush();
+    const client = await startCall();
+    await waitFor(() => started.items.find((s) => s.callId === client.callSid), { what: "CallStarted" });
+    expect(started.items.find((s) => s.callId === client.callSid)!.agent).toBe("order-line");
+    started.sub.unsubscribe();
+    client.close();
+  });
+
+  it("forwards inbound media as CallerAudio frames, in order", async () => {
+    const client = await startCall();
+    const audio = collect(bus, subjects.callerAudio(client.callSid), CallerAudio);
+    await bus.nc.flush();
+    for (let chunk = 1; chunk <= 50; chunk++) client.sendMedia(chunk, Buffer.alloc(160, chunk));
+    // The outbound track (if a stream had one) is not forwarded.
+    client.send({ event: "media", streamSid: client.streamSid, media: { track: "outbound", chunk: "51", timestamp: "1000", payload: frames(1, 1).toString("base64") } });
+    await waitFor(() => audio.items.length >= 50, { what: "50 CallerAudio messages" });
+    expect(audio.items.map((a) => a.firstFrame)).toEqual(Array.from({ length: 50 }, (_, i) => i));
+    for (const [i, a] of audio.items.entries()) {
+      expect(a).toMatchObject({ callId: client.callSid, frameCount: 1, format: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 } });
+      expect(a.payload.equals(Buffer.alloc(160, i + 1))).toBe(true);
+      expect(a.receivedAtMs).toBeGreaterThan(Date.now() - 10_000);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    expect(audio.items.length).toBe(50);
+    audio.sub.unsubscribe();
+    client.close();
+  });
+
+  it("turns each dtmf into a durable DialogInput{keypad}", async () => {
+    const client = await startCall();
+    const seq1 = client.sendDtmf("4");
+    const seq2 = client.sendDtmf("#");
+    await waitFor(() => inputsFor(client.callSid).filter((i) => i.input?.$case === "keypad").length === 2, { what: "two keypad inputs" });
+    const keys = inputsFor(client.callSid).filter((i) => i.input?.$case === "keypad");
+    expect(keys.map((k) => k.inputId)).toEqual([`${client.callSid}:dtmf:${seq1}`, `${client.callSid}:dtmf:${seq2}`]);
+    expect(keys.map((k) => (k.input?.value as { digit: string }).digit)).toEqual(["4", "#"]);
+    client.close();
+  });
+
+  it("stop ends the call: CallEnded, DialogInput{callEnded} and an ended record", async () => {
+    const client = await startCall();
+    const ended = collect(bus, subjects.ended(client.callSid), CallEnded);
+    await bus.nc.flush();
+    client.sendStop();
+    await waitFor(() => ended.items[0], { what: "CallEnded" });
+    expect(ended.items[0]).toMatchObject({ callId: client.callSid, reason: "caller_hangup" });
+    await waitFor(() => inputsFor(client.callSid).find((i) => i.input?.$case === "callEnded"), { what: "DialogInput callEnded" });
+    expect(inputsFor(client.callSid).map((i) => i.inputId)).toEqual([`${client.callSid}:start`, `${client.callSid}:end`]);
+    await waitFor(async () => (await getRecord(client.callSid)).body.state === "ended", { what: "record ended" });
+    expect((await getRecord(client.callSid)).body).toMatchObject({ state: "ended", endReason: "caller_hangup" });
+    ended.sub.unsubscribe();
+    await client.closed;
+  });
+
+  it("a socket that just closes also ends the call", async () => {
+    const client = await startCall();
+    client.close();
+    await waitFor(async () => (await getRecord(client.callSid)).body.state === "ended", { what: "record ended" });
+    expect((await getRecord(client.callSid)).body.endReason).toBe("stream_closed");
+  });
+});
+
+describe("bot audio playout", () => {
+  it("plays out-of-order parts in order, paced at real time, with marks, and reports what was heard", async () => {
+    const client = await startCall();
+    const callId = client.callSid;
+    const playback = collect(bus, subjects.playback(callId), PlaybackEvent);
+    await bus.nc.flush();
+    client.echoMarks(0); // our own check below reads when marks were sent; echo right away
+    const inputEndMs = Date.now() - 500;
+    const timing = TurnTiming.create({ inputEndMs, asrFinalMs: inputEndMs + 200, dialogStartMs: inputEndMs + 210, ttsRequestMs: Date.now() - 50, ttsFirstAudioMs: Date.now() - 20 });
+    // Turn t1: 2 chunks x 2 parts x 10 frames (800 ms), then t2 (200 ms). Parts from different tts replicas.
+    botAudio(callId, "t1", 1, 1, frames(10, 4), { chunkDone: true, turnDone: true });
+    botAudio(callId, "t2", 0, 0, frames(10, 5), { chunkDone: true, turnDone: true, text: "Bye." });
+    botAudio(callId, "t1", 1, 0, frames(10, 3), { text: "How are you?" });
+    botAudio(callId, "t1", 0, 1, frames(10, 2), { chunkDone: true });
+    botAudio(callId, "t1", 0, 0, frames(10, 1), { text: "Hello.", timing });
+
+    await waitFor(() => client.events("mark").length === 3, { what: "three marks", timeoutMs: 5_000 });
+    const audio = client.audio();
+    expect(audio.length).toBe(50 * 160);
+    const valueAt = (frame: number) => audio[frame * 160];
+    expect([0, 9, 10, 19, 20, 29, 30, 39, 40, 49].map(valueAt)).toEqual([1, 1, 2, 2, 3, 3, 4, 4, 5, 5]);
+
+    // Marks follow the last frame of their chunk.
+    const sequence: string[] = [];
+    let framesSoFar = 0;
+    for (const r of client.received) {
+      if (r.message.event === "media") framesSoFar += Buffer.from(r.message.media.payload, "base64").length / 160;
+      if (r.message.event === "mark") sequence.push(`${r.message.mark.name}@${framesSoFar}`);
+      expect(r.message.streamSid).toBe(client.streamSid);
+    }
+    expect(sequence).toEqual(["t1.0@20", "t1.1@40", "t2.0@50"]);
+
+    // Pacing: 1 s of audio takes ~(1 s - lead) to send, and never runs more than the lead ahead.
+    const media = client.events("media");
+    const t0 = media[0].at;
+    expect(media.at(-1)!.at - t0).toBeGreaterThan(1000 - 100 - 60);
+    expect(media.at(-1)!.at - t0).toBeLessThan(1000 + 250);
+    let sentMs = 0;
+    for (const m of media) {
+      sentMs += (Buffer.from(m.message.media.payload, "base64").length / 160) * 20;
+      expect(sentMs - (m.at - t0)).toBeLessThanOrEqual(100 + 40);
+    }
+
+    await waitFor(() => playback.items.filter((e) => e.kind === PlaybackEvent_Kind.KIND_TURN_PLAYED).length === 2, { what: "two TURN_PLAYED" });
+    expect(playback.items.map((e) => [e.turnId, PlaybackEvent_Kind[e.kind], e.chunkSeq, e.heardText])).toEqual([
+      ["t1", "KIND_CHUNK_PLAYED", 0, "Hello."],
+      ["t1", "KIND_CHUNK_PLAYED", 1, "Hello. How are you?"],
+      ["t1", "KIND_TURN_PLAYED", 1, "Hello. How are you?"],
+      ["t2", "KIND_CHUNK_PLAYED", 0, "Bye."],
+      ["t2", "KIND_TURN_PLAYED", 0, "Bye."],
+    ]);
+
+    // The record has both turns, t1 with its latency split.
+    const record = await waitFor(async () => {
+      const r = (await getRecord(callId)).body as CallRecord;
+      return r.turns.length === 2 ? r : undefined;
+    }, { what: "two turns in the record" });
+    expect(record.turns.map((t) => t.turnId)).toEqual(["t1", "t2"]);
+    expect(record.turns[0].latencyMs).toBeGreaterThanOrEqual(500);
+    expect(record.turns[0].latencyMs).toBeLessThan(5_000);
+    expect(record.turns[0].inputEndAt).toBe(new Date(inputEndMs).toISOString());
+    expect(record.turns[0].stages).toMatchObject({ asrMs: 200, asrToDialogQueueMs: 10, ttsMs: 30 });
+    expect(Object.keys(record.turns[0].stages)).not.toContain("dialogMs");
+    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_turn_latency_seconds_count")).toBeGreaterThanOrEqual(1);
+    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_frames_out_total")).toBeGreaterThanOrEqual(50);
+    playback.sub.unsubscribe();
+    client.close();
+  });
+
+  it("skips a chunk whose synthesis failed", async () => {
+    const client = await startCall();
+    const callId = client.callSid;
+    client.echoMarks(0);
+    botAudio(callId, "t1", 0, 0, frames(2, 1), { chunkDone: true });
+    bus.publish(subjects.ttsFailed(callId), SynthesisFailed, SynthesisFailed.create({ callId, turnId: "t1", chunkSeq: 1, error: "all engines failed" }), callId);
+    botAudio(callId, "t1", 2, 0, frames(2, 3), { chunkDone: true, turnDone: true });
+    await waitFor(() => client.events("mark").length === 2, { what: "two marks" });
+    expect(client.events("mark").map((m) => m.message.mark.name)).toEqual(["t1.0", "t1.2"]);
+    expect(client.audio().length).toBe(4 * 160);
+    client.close();
+  });
+
+  it("CLEAR sends clear, drops queued audio and reports INTERRUPTED with the last chunk heard", async () => {
+    const client = await startCall();
+    const callId = client.callSid;
+    const playback = collect(bus, subjects.playback(callId), PlaybackEvent);
+    await bus.nc.flush();
+    botAudio(callId, "t1", 0, 0, frames(2, 1), { chunkDone: true, text: "One." });
+    botAudio(callId, "t1", 1, 0, frames(100, 2), { chunkDone: true, turnDone: true, text: "Two." }); // 2 s
+    await waitFor(() => client.events("mark").length === 1, { what: "mark t1.0" });
+    client.sendMark("t1.0");
+    await waitFor(() => playback.items.length === 1, { what: "CHUNK_PLAYED" });
+    control(callId, CallControl_Action.ACTION_CLEAR, { reason: "barge-in" });
+    await waitFor(() => client.events("clear").length === 1, { what: "clear" });
+    const framesAtClear = client.audio().length / 160;
+    expect(framesAtClear).toBeLessThan(50);
+    await waitFor(() => playback.items.find((e) => e.kind === PlaybackEvent_Kind.KIND_INTERRUPTED), { what: "INTERRUPTED" });
+    expect(playback.items.at(-1)).toMatchObject({ turnId: "t1", chunkSeq: 0, heardText: "One." });
+
+    // Twilio echoes the pending mark after a clear: it is not reported as played.
+    client.sendMark("t1.1");
+    // Late audio of the cut turn is dropped; the next turn plays.
+    botAudio(callId, "t1", 1, 1, frames(5, 7), { chunkDone: true });
+    botAudio(callId, "t2", 0, 0, frames(3, 8), { chunkDone: true, turnDone: true });
+    await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t2.0"), { what: "mark t2.0" });
+    const after = client.received.slice(client.received.findIndex((r) => r.message.event === "clear") + 1);
+    const afterAudio = Buffer.concat(after.filter((r) => r.message.event === "media").map((r) => Buffer.from(r.message.media.payload, "base64")));
+    expect([...new Set(afterAudio)]).toEqual([8]);
+    expect(playback.items.filter((e) => e.turnId === "t1").map((e) => PlaybackEvent_Kind[e.kind])).toEqual(["KIND_CHUNK_PLAYED", "KIND_INTERRUPTED"]);
+    playback.sub.unsubscribe();
+    client.close();
+  });
+});
+
+describe("call control", () => {
+  it("HANGUP after a turn waits until its last mark is echoed, then closes the socket (1000) and ends the call", async () => {
+    const client = await startCall();
+    const callId = client.callSid;
+    const ended = collect(bus, subjects.ended(callId), CallEnded);
+    await bus.nc.flush();
+    control(callId, CallControl_Action.ACTION_HANGUP, { afterTurnId: "t3", reason: "goodbye" });
+    botAudio(callId, "t3", 0, 0, frames(10, 1), { chunkDone: true, turnDone: true, text: "Goodbye." });
+    await waitFor(() => client.events("mark").length === 1, { what: "mark t3.0" });
+    // Not yet heard: the socket must stay open.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(client.ws.readyState).toBe(client.ws.OPEN);
+    const echoedAt = performance.now();
+    client.sendMark("t3.0");
+    const closed = await client.closed;
+    expect(closed.code).toBe(1000);
+    expect(performance.now() - echoedAt).toBeLessThan(1_000);
+    await waitFor(() => ended.items[0], { what: "CallEnded" });
+    expect(ended.items[0].reason).toBe("bot_hangup");
+    await waitFor(async () => (await getRecord(callId)).body.state === "ended", { what: "record ended" });
+    expect((await getRecord(callId)).body.endReason).toBe("bot_hangup");
+    expect(inputsFor(callId).at(-1)?.input?.$case).toBe("callEnded");
+    ended.sub.unsubscribe();
+  });
+
+  it("HANGUP for a turn that never plays acts after the safety timeout", async () => {
+    const quick = await startIngress({ ...env(), CONTROL_TIMEOUT_MS: "300" });
+    try {
+      const client = await startCall({}, quick.wsUrl);
+      control(client.callSid, CallControl_Action.ACTION_HANGUP, { afterTurnId: "t9" });
+      const closed = await client.closed;
+      expect(closed.code).toBe(1000);
+      await waitFor(async () => (await getRecord(client.callSid)).body.endReason === "bot_hangup", { what: "record ended" });
+    } finally {
+      await quick.handle.stop();
+    }
+  });
+
+  it("TRANSFER without REST credentials closes the stream with reason transfer", async () => {
+    const client = await startCall();
+    control(client.callSid, CallControl_Action.ACTION_TRANSFER, { target: "+15550123" });
+    expect((await client.closed).code).toBe(1000);
+    await waitFor(async () => (await getRecord(client.callSid)).body.endReason === "transfer", { what: "transfer recorded" });
+  });
+
+  it("TRANSFER with REST credentials redirects the call to <Dial> through the Twilio API", async () => {
+    const requests: Array<{ method: string; url: string; auth: string; body: string }> = [];
+    const api = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (d) => (body += d));
+      req.on("end", () => {
+        requests.push({ method: req.method!, url: req.url!, auth: req.headers.authorization ?? "", body });
+        res.writeHead(200, { "content-type": "application/json" }).end('{"sid":"CA"}');
+      });
+    });
+    await new Promise<void>((resolve) => api.listen(0, "127.0.0.1", resolve));
+    const apiUrl = `http://127.0.0.1:${(api.address() as { port: number }).port}`;
+    const rest = await startIngress({ ...env(), TWILIO_ACCOUNT_SID: "ACabc", TWILIO_AUTH_TOKEN: "secret-token", TWILIO_API_BASE_URL: apiUrl });
+    try {
+      const client = await startCall({}, rest.wsUrl);
+      control(client.callSid, CallControl_Action.ACTION_TRANSFER, { target: "+15550123" });
+      expect((await client.closed).code).toBe(1000);
+      expect(requests).toHaveLength(1);
+      expect(requests[0].method).toBe("POST");
+      expect(requests[0].url).toBe(`/2010-04-01/Accounts/ACabc/Calls/${client.callSid}.json`);
+      expect(requests[0].auth).toBe("Basic " + Buffer.from("ACabc:secret-token").toString("base64"));
+      expect(new URLSearchParams(requests[0].body).get("Twiml")).toBe("<Response><Dial>+15550123</Dial></Response>");
+      await waitFor(async () => (await getRecord(client.callSid)).body.endReason === "transfer", { what: "transfer recorded" });
+      expect(JSON.stringify(logs)).not.toContain("secret-token");
+    } finally {
+      await rest.handle.stop();
+      api.close();
+    }
+  });
+});
+
+describe("stream admission", () => {
+  it("checks X-Twilio-Signature when asked to", async () => {
+    const streamUrl = "wss://voice.example.com/twilio?tenant=a";
+    const signed = await startIngress({ ...env(), TWILIO_VALIDATE_SIGNATURE: "true", TWILIO_AUTH_TOKEN: "tok", TWILIO_STREAM_URL: streamUrl });
+    try {
+      const signature = createHmac("sha1", "tok").update(streamUrl).digest("base64");
+      await expect(TwilioClient.connect(signed.wsUrl, newCallSid())).rejects.toThrow(/403/);
+      await expect(TwilioClient.connect(signed.wsUrl, newCallSid(), { "x-twilio-signature": "bm9wZQ==" })).rejects.toThrow(/403/);
+      const client = await TwilioClient.connect(signed.wsUrl, newCallSid(), { "x-twilio-signature": signature });
+      client.close();
+      expect(await metricValue(signed.baseUrl, "voicebot_ingress_rejected_streams_total", { reason: "bad_signature" })).toBe(2);
+    } finally {
+      await signed.handle.stop();
+    }
+  });
+});
+
+describe("record route", () => {
+  it("answers 404 for an unknown call and 400 for an invalid id", async () => {
+    const missing = await getRecord("CAdoesnotexist");
+    expect(missing.status).toBe(404);
+    expect(missing.body).toMatchObject({ error: "call not found" });
+    const invalid = await getRecord("bad id!");
+    expect(invalid.status).toBe(400);
+    expect(invalid.body).toMatchObject({ error: "invalid call id" });
+  });
+});
+
+describe("drain", () => {
+  it("refuses new streams with 503 and finishes once live calls end", async () => {
+    const draining = await startIngress(env());
+    const client = await startCall({}, draining.wsUrl);
+    expect(((await (await fetch(`${draining.baseUrl}/info`)).json()) as { activeCalls: number }).activeCalls).toBe(1);
+    let stopped = false;
+    const stop = draining.handle.stop().then(() => (stopped = true));
+    await waitFor(async () => (await fetch(`${draining.baseUrl}/readyz`)).status === 503, { what: "readyz 503" });
+    await expect(TwilioClient.connect(draining.wsUrl, newCallSid())).rejects.toThrow(/503/);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(stopped).toBe(false);
+    client.sendStop();
+    await stop;
+    await waitFor(async () => (await getRecord(client.callSid)).body.state === "ended", { what: "record ended" });
+  });
+});

@@ -1,0 +1,89 @@
+import { Counter, Histogram, type Registry } from "prom-client";
+
+/** Every metric the ingress exports besides the kit's own (active calls, readiness, bus). */
+export class IngressMetrics {
+  readonly protocolErrors: Counter<"reason">;
+  readonly framesIn: Counter;
+  readonly framesOut: Counter;
+  readonly turnLatency: Histogram;
+  readonly underruns: Counter;
+  readonly skippedChunks: Counter<"reason">;
+  readonly droppedBotAudio: Counter<"reason">;
+  readonly controls: Counter<"action" | "outcome">;
+  readonly twilioApi: Counter<"action" | "outcome">;
+  readonly rejectedStreams: Counter<"reason">;
+  readonly publishErrors: Counter<"message">;
+  readonly storeErrors: Counter<"op">;
+  readonly playbackEvents: Counter<"kind">;
+
+  constructor(registry: Registry) {
+    const registers = [registry];
+    this.protocolErrors = new Counter({
+      name: "voicebot_ingress_protocol_errors_total",
+      help: "Inbound Twilio messages rejected, by reason",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.framesIn = new Counter({ name: "voicebot_ingress_frames_in_total", help: "20 ms caller frames forwarded", registers });
+    this.framesOut = new Counter({ name: "voicebot_ingress_frames_out_total", help: "20 ms bot frames sent to Twilio", registers });
+    this.turnLatency = new Histogram({
+      name: "voicebot_ingress_turn_latency_seconds",
+      help: "Caller input end to the turn's first audio frame sent",
+      buckets: [0.2, 0.4, 0.6, 0.8, 1, 1.25, 1.5, 2, 3, 5, 8],
+      registers,
+    });
+    this.underruns = new Counter({
+      name: "voicebot_ingress_playout_underruns_total",
+      help: "Times Twilio's buffer ran dry in the middle of a turn (audio arrived late)",
+      registers,
+    });
+    this.skippedChunks = new Counter({
+      name: "voicebot_ingress_playout_skipped_chunks_total",
+      help: "Speech chunks not played (synthesis failed, stalled, bad format)",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.droppedBotAudio = new Counter({
+      name: "voicebot_ingress_bot_audio_dropped_total",
+      help: "BotAudio parts dropped (late, duplicate, for a finished turn)",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.controls = new Counter({
+      name: "voicebot_ingress_controls_total",
+      help: "CallControl actions handled, by outcome",
+      labelNames: ["action", "outcome"],
+      registers,
+    });
+    this.twilioApi = new Counter({
+      name: "voicebot_ingress_twilio_api_requests_total",
+      help: "Twilio REST API calls, by outcome",
+      labelNames: ["action", "outcome"],
+      registers,
+    });
+    this.rejectedStreams = new Counter({
+      name: "voicebot_ingress_rejected_streams_total",
+      help: "WebSocket upgrades refused",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.publishErrors = new Counter({
+      name: "voicebot_ingress_publish_errors_total",
+      help: "Messages that could not be published to NATS",
+      labelNames: ["message"],
+      registers,
+    });
+    this.storeErrors = new Counter({
+      name: "voicebot_ingress_store_errors_total",
+      help: "Failed Redis writes/reads",
+      labelNames: ["op"],
+      registers,
+    });
+    this.playbackEvents = new Counter({
+      name: "voicebot_ingress_playback_events_total",
+      help: "PlaybackEvents published",
+      labelNames: ["kind"],
+      registers,
+    });
+  }
+}

@@ -1,0 +1,198 @@
+// One call's outbound audio: paces the TurnQueue at real time into Twilio, tracks marks to learn what the
+// caller actually heard, and handles barge-in (clear). Driven by the shared PlayoutScheduler.
+import { FRAME_MS, TurnQueue, type AddResult, type AudioPart, type ChunkState, type SkipReason, type TurnState } from "./turn-queue.js";
+
+export interface PlayoutOutput {
+  /** One media message carrying one or more consecutive 20 ms frames. */
+  sendMedia(payload: Buffer, frames: number): void;
+  sendMark(name: string): void;
+  sendClear(): void;
+}
+
+export interface PlayoutListener {
+  /** The first frame of a turn was just sent (wall-clock ms). */
+  turnStarted(turn: TurnState, chunk: ChunkState, atMs: number): void;
+  chunkPlayed(turn: TurnState, chunkSeq: number): void;
+  /** Every chunk of the turn has played (or the rest was given up); chunkSeq = last heard, -1 if none. */
+  turnPlayed(turn: TurnState): void;
+  /** Cut by a clear; lastHeardChunk = last chunk fully heard, -1 if none. */
+  interrupted(turn: TurnState): void;
+  chunkSkipped(turn: TurnState, chunkSeq: number, reason: SkipReason): void;
+  turnAbandoned(turn: TurnState, missingChunk: number): void;
+  underrun(turn: TurnState): void;
+}
+
+export interface PlayoutOptions {
+  leadMs: number;
+  /** Give up waiting for missing audio of a turn after this long when a later turn is queued... */
+  stallMs: number;
+  /** ...and after this long when nothing is queued behind it. */
+  aloneStallMs: number;
+}
+
+interface SentMark {
+  turn: TurnState;
+  chunkSeq: number;
+  text: string;
+}
+
+/** Remembers this many completed turn ids per call (for controls that wait on a turn). */
+const MAX_COMPLETED_TURNS = 1_000;
+
+export class CallPlayout {
+  private readonly queue: TurnQueue;
+  /** Monotonic ms at which Twilio will have played everything sent so far. */
+  private bufferedUntil = 0;
+  private starved = false;
+  private readonly marks = new Map<string, SentMark>();
+  private readonly completed = new Set<string>();
+  private readonly waiters = new Map<string, Array<() => void>>();
+  private closed = false;
+
+  constructor(
+    private readonly options: PlayoutOptions,
+    private readonly output: PlayoutOutput,
+    private readonly listener: PlayoutListener,
+    private readonly wallClock: () => number = Date.now,
+  ) {
+    this.queue = new TurnQueue(options.stallMs, options.aloneStallMs);
+  }
+
+  addAudio(part: AudioPart, nowMs: number): AddResult {
+    if (this.closed) return "finished_turn";
+    return this.queue.add(part, nowMs);
+  }
+
+  failChunk(turnId: string, chunkSeq: number, reason: SkipReason, nowMs: number): boolean {
+    if (this.closed) return false;
+    return this.queue.fail(turnId, chunkSeq, reason, nowMs);
+  }
+
+  /** Sends whatever is due; false when there is nothing left to pace (the scheduler stops calling). */
+  pump(nowMs: number): boolean {
+    if (this.closed) return false;
+    if (this.bufferedUntil < nowMs) {
+      // Twilio's buffer ran dry. In the middle of a turn that is an audible gap.
+      const current = this.queue.current;
+      if (!this.starved && current && current.framesSent > 0 && this.bufferedUntil > 0) {
+        this.starved = true;
+        this.listener.underrun(current);
+      }
+      this.bufferedUntil = nowMs;
+    }
+    const batch: Buffer[] = [];
+    const flush = () => {
+      if (batch.length === 0) return;
+      this.output.sendMedia(batch.length === 1 ? batch[0] : Buffer.concat(batch), batch.length);
+      batch.length = 0;
+    };
+    for (;;) {
+      const frameAllowed = this.bufferedUntil + FRAME_MS - nowMs <= this.options.leadMs;
+      const step = this.queue.next(nowMs, frameAllowed);
+      switch (step.kind) {
+        case "frame":
+          batch.push(step.frame);
+          this.bufferedUntil += FRAME_MS;
+          this.starved = false;
+          if (step.firstOfTurn) this.listener.turnStarted(step.turn, step.chunk, this.wallClock());
+          continue;
+        case "mark":
+          flush();
+          this.marks.set(step.name, { turn: step.turn, chunkSeq: step.chunkSeq, text: step.text });
+          step.turn.pendingMarks.add(step.name);
+          this.output.sendMark(step.name);
+          continue;
+        case "skipped":
+          this.listener.chunkSkipped(step.turn, step.chunkSeq, step.reason);
+          continue;
+        case "abandoned":
+          this.listener.turnAbandoned(step.turn, step.missingChunk);
+          continue;
+        case "turnSent":
+          this.maybeComplete(step.turn);
+          continue;
+        case "full":
+        case "wait":
+          flush();
+          return true;
+        case "idle":
+          flush();
+          return false;
+      }
+    }
+  }
+
+  /** Twilio echoed a mark: everything before it has played. False for marks we do not know (e.g. after a clear). */
+  markEchoed(name: string): boolean {
+    const mark = this.marks.get(name);
+    if (!mark) return false;
+    this.marks.delete(name);
+    const { turn } = mark;
+    turn.pendingMarks.delete(name);
+    turn.lastHeardChunk = mark.chunkSeq;
+    turn.heard.push(mark.text);
+    this.listener.chunkPlayed(turn, mark.chunkSeq);
+    this.maybeComplete(turn);
+    return true;
+  }
+
+  /**
+   * Barge-in: tells Twilio to drop its buffer, drops everything queued here, and reports each cut turn with
+   * what the caller heard of it. Marks Twilio echoes for the cleared audio are then unknown and ignored.
+   */
+  clear(): TurnState[] {
+    if (this.closed) return [];
+    const cut = new Set<TurnState>();
+    for (const mark of this.marks.values()) cut.add(mark.turn);
+    for (const turn of this.queue.dropAll()) cut.add(turn);
+    this.marks.clear();
+    this.bufferedUntil = 0;
+    this.starved = false;
+    this.output.sendClear();
+    const turns = [...cut].filter((turn) => !this.completed.has(turn.id));
+    for (const turn of turns) {
+      turn.pendingMarks.clear();
+      this.complete(turn);
+      this.listener.interrupted(turn);
+    }
+    return turns;
+  }
+
+  /** True once the turn has fully played, was given up, or was cut. */
+  isTurnDone(turnId: string): boolean {
+    return this.completed.has(turnId);
+  }
+
+  /** Resolves when the turn is done, or when the call's playout closes. */
+  whenTurnDone(turnId: string): Promise<void> {
+    if (this.closed || this.completed.has(turnId)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const list = this.waiters.get(turnId) ?? [];
+      list.push(resolve);
+      this.waiters.set(turnId, list);
+    });
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.queue.dropAll();
+    this.marks.clear();
+    for (const list of this.waiters.values()) for (const resolve of list) resolve();
+    this.waiters.clear();
+  }
+
+  private maybeComplete(turn: TurnState): void {
+    if (!turn.sendingDone || turn.pendingMarks.size > 0 || this.completed.has(turn.id)) return;
+    this.complete(turn);
+    this.listener.turnPlayed(turn);
+  }
+
+  private complete(turn: TurnState): void {
+    this.completed.add(turn.id);
+    if (this.completed.size > MAX_COMPLETED_TURNS) this.completed.delete(this.completed.values().next().value!);
+    const list = this.waiters.get(turn.id);
+    this.waiters.delete(turn.id);
+    for (const resolve of list ?? []) resolve();
+  }
+}

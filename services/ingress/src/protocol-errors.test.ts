@@ -1,0 +1,171 @@
+// Malformed and abusive input on one stream: each case is logged with its reason and counted, recoverable ones
+// leave the socket open, and a second call streaming at the same time is not affected.
+import { subjects, type Bus } from "@voicebot/bus";
+import { CallerAudio, type DialogInput } from "@voicebot/proto";
+import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import WebSocket from "ws";
+import {
+  captureLogs,
+  collect,
+  connectBus,
+  consumeDialogInputs,
+  frames,
+  logs,
+  metricValue,
+  newCallSid,
+  startIngress,
+  TwilioClient,
+  waitFor,
+  waitForLog,
+  type Ingress,
+} from "./test-support/harness.js";
+
+let nats: ServerHandle;
+let redis: ServerHandle;
+let bus: Bus;
+let ingress: Ingress;
+let dialog: { items: DialogInput[]; stop(): Promise<void> };
+
+beforeAll(async () => {
+  captureLogs();
+  [nats, redis] = await Promise.all([startNats(), startRedis()]);
+  bus = await connectBus(nats.url);
+  dialog = await consumeDialogInputs(bus);
+  ingress = await startIngress({ NATS_URL: nats.url, REDIS_URL: redis.url, INGRESS_MAX_MSGS_PER_SEC: "200", INGRESS_MSG_BURST: "400" });
+});
+
+afterAll(async () => {
+  await ingress?.handle.stop();
+  await dialog?.stop();
+  await bus?.close();
+  await Promise.all([nats?.stop(), redis?.stop()]);
+});
+
+async function startedCall(): Promise<TwilioClient> {
+  const client = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+  client.sendStart();
+  await waitFor(() => dialog.items.some((i) => i.callId === client.callSid && i.input?.$case === "callStarted"), { what: "call started" });
+  return client;
+}
+
+function errorLogged(reason: string, streamSid?: string) {
+  return waitForLog(
+    (l) => l.msg === "twilio protocol error" && l.reason === reason && (streamSid === undefined || l.streamSid === streamSid),
+    `a protocol error log with reason ${reason}`,
+  );
+}
+
+async function expectCounted(reason: string, atLeast = 1) {
+  await waitFor(async () => (await metricValue(ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason })) >= atLeast, {
+    what: `voicebot_ingress_protocol_errors_total{reason="${reason}"} >= ${atLeast}`,
+  });
+}
+
+describe("bad input", () => {
+  it("is logged and counted per reason, and never disturbs another call", async () => {
+    // Call B streams real-time audio for the whole test.
+    const healthy = await startedCall();
+    const healthyAudio = collect(bus, subjects.callerAudio(healthy.callSid), CallerAudio);
+    await bus.nc.flush();
+    let sent = 0;
+    const streaming = setInterval(() => healthy.sendMedia(++sent, frames(1, sent % 256)), 20);
+
+    try {
+      const bad = await startedCall();
+      let chunk = 0;
+      const recoverable: Array<[string, () => void]> = [
+        ["invalid_json", () => bad.send("this is not json")],
+        ["not_an_object", () => bad.send("[1,2,3]")],
+        ["unknown_event", () => bad.send({ event: "hello", streamSid: bad.streamSid })],
+        [
+          "bad_base64",
+          () => bad.send({ event: "media", streamSid: bad.streamSid, media: { track: "inbound", chunk: String(++chunk), timestamp: "0", payload: "@@@@" } }),
+        ],
+        [
+          "bad_payload_size",
+          () =>
+            bad.send({
+              event: "media",
+              streamSid: bad.streamSid,
+              media: { track: "inbound", chunk: String(++chunk), timestamp: "0", payload: Buffer.alloc(8001, 1).toString("base64") },
+            }),
+        ],
+        ["bad_media", () => bad.send({ event: "media", streamSid: bad.streamSid, media: { chunk: "one", payload: "AAAA" } })],
+        ["bad_dtmf", () => bad.send({ event: "dtmf", sequenceNumber: "9", streamSid: bad.streamSid, dtmf: { digit: "??" } })],
+        ["binary_frame", () => bad.ws.send(Buffer.alloc(160, 0xff), { binary: true })],
+        ["duplicate_start", () => bad.sendStart()],
+        ["stream_sid_mismatch", () => bad.send({ event: "media", streamSid: "MZother", media: { track: "inbound", chunk: String(++chunk + 100), timestamp: "0", payload: frames(1, 1).toString("base64") } })],
+      ];
+      for (const [reason, send] of recoverable) {
+        send();
+        await errorLogged(reason, bad.streamSid);
+        await expectCounted(reason);
+        expect(bad.ws.readyState, `socket open after ${reason}`).toBe(WebSocket.OPEN);
+      }
+      // A bad start on a call that is running does not end it either.
+      bad.sendStart({}, { callSid: "not a sid!" });
+      await waitFor(() => logs.some((l) => l.reason === "invalid_call_sid" && l.streamSid === bad.streamSid), { what: "invalid second start logged" });
+      expect(bad.ws.readyState).toBe(WebSocket.OPEN);
+
+      // A flood: far above 200 msgs/s; the excess is dropped and counted, the socket stays open.
+      for (let i = 0; i < 1_500; i++) bad.sendConnected();
+      await errorLogged("rate_limited", bad.streamSid);
+      await expectCounted("rate_limited", 500);
+      expect(bad.ws.readyState).toBe(WebSocket.OPEN);
+
+      // Once the flood is over the stream works again.
+      await new Promise((r) => setTimeout(r, 300));
+      const badAudio = collect(bus, subjects.callerAudio(bad.callSid), CallerAudio);
+      await bus.nc.flush();
+      bad.sendMedia(200, frames(1, 42));
+      await waitFor(() => badAudio.items[0], { what: "audio after the bad input" });
+      expect(badAudio.items[0].firstFrame).toBe(199);
+      badAudio.sub.unsubscribe();
+      bad.close();
+
+      // Media before start: dropped, the socket stays open and can still start.
+      const early = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+      early.sendMedia(1, frames(1, 1));
+      await errorLogged("media_before_start");
+      await expectCounted("media_before_start");
+      expect(early.ws.readyState).toBe(WebSocket.OPEN);
+      early.sendStart();
+      await waitFor(() => dialog.items.some((i) => i.callId === early.callSid), { what: "late start accepted" });
+      early.close();
+
+      // A start we cannot serve closes the stream with 1008 (policy violation).
+      const fatal: Array<[string, Record<string, unknown>]> = [
+        ["missing_call_sid", { callSid: undefined }],
+        ["invalid_call_sid", { callSid: "CA../../etc" }],
+        ["unsupported_media_format", { mediaFormat: { encoding: "audio/l16", sampleRate: 16000, channels: 1 } }],
+      ];
+      for (const [reason, overrides] of fatal) {
+        const client = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+        client.sendStart({}, overrides);
+        const closed = await client.closed;
+        expect(closed.code, reason).toBe(1008);
+        await errorLogged(reason);
+        await expectCounted(reason);
+      }
+
+      // A message above maxPayload (64 KiB): ws closes with 1009; logged and counted.
+      const big = await startedCall();
+      big.send({ event: "media", streamSid: big.streamSid, media: { track: "inbound", chunk: "1", timestamp: "0", payload: "A".repeat(70_000) } });
+      expect((await big.closed).code).toBe(1009);
+      await errorLogged("oversized_message");
+      await expectCounted("oversized_message");
+    } finally {
+      clearInterval(streaming);
+    }
+
+    // The healthy call got every frame, in order, the whole time.
+    await waitFor(() => healthyAudio.items.length === sent, { what: `all ${sent} healthy frames` });
+    expect(healthyAudio.items.map((a) => a.firstFrame)).toEqual(Array.from({ length: sent }, (_, i) => i));
+    expect(healthy.ws.readyState).toBe(WebSocket.OPEN);
+    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_protocol_errors_total")).toBeGreaterThan(10);
+    healthyAudio.sub.unsubscribe();
+    healthy.sendStop();
+    await healthy.closed;
+  });
+});

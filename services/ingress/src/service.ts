@@ -1,0 +1,46 @@
+import { errorText } from "@voicebot/bus";
+import type { RunningService, ServiceDefinition } from "@voicebot/service-kit";
+import { readIngressConfig, type IngressConfig } from "./config.js";
+import { TwilioEndpoint } from "./endpoint.js";
+import { IngressMetrics } from "./metrics.js";
+import { ReadinessProbe } from "./readiness.js";
+import { registerRecordRoute } from "./record-route.js";
+import { PlayoutScheduler } from "./scheduler.js";
+import { TwilioRestClient } from "./twilio-rest.js";
+
+export const definition: ServiceDefinition<IngressConfig> = {
+  name: "ingress",
+  defaultHttpPort: 8080,
+  portEnv: "INGRESS_PORT",
+  readConfig: readIngressConfig,
+  async start(ctx, config): Promise<RunningService> {
+    const { log, bus, store, http, registry } = ctx;
+    const metrics = new IngressMetrics(registry);
+    const scheduler = new PlayoutScheduler(config.playoutTickMs, (error) =>
+      log.error("playout failed for a call; its audio stopped", { error: errorText(error) }),
+    );
+    const twilioApi = config.twilioRest ? new TwilioRestClient(config.twilioRest) : undefined;
+    log.info(twilioApi ? "Twilio REST API configured: transfers redirect the call" : "no Twilio REST credentials: transfers close the stream", {
+      requireServices: config.requireServices,
+    });
+    const endpoint = new TwilioEndpoint({ bus, store, log, metrics, config, scheduler, twilioApi });
+    http.upgrade("/twilio", endpoint.handleUpgrade);
+    registerRecordRoute(http, store, log, metrics);
+    const probe = new ReadinessProbe(bus, config.requireServices, config.readinessProbeIntervalMs, ctx.common.instanceId, log);
+    probe.start();
+
+    return {
+      notReadyReason: () => {
+        if (config.maxCalls > 0 && endpoint.activeCalls >= config.maxCalls) return "at capacity";
+        return probe.notReadyReason();
+      },
+      activeCalls: () => endpoint.activeCalls,
+      drain: () => endpoint.drain(),
+      close: async () => {
+        probe.stop();
+        await endpoint.close();
+        scheduler.close();
+      },
+    };
+  },
+};

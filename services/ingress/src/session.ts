@@ -1,0 +1,596 @@
+// One Twilio media stream = one call: forwards caller audio and keys to the pipeline, plays the bot's audio back,
+// and acts on call controls. Everything that goes wrong with one stream stays inside its session.
+import { performance } from "node:perf_hooks";
+import { errorText, subjects, type Bus, type Codec, type Logger, type Subscription } from "@voicebot/bus";
+import {
+  AudioEncoding,
+  BotAudio,
+  CallControl,
+  CallControl_Action,
+  CallEnded,
+  CallerAudio,
+  CallStarted,
+  DialogInput,
+  KeypadPress,
+  PlaybackEvent,
+  PlaybackEvent_Kind,
+  SynthesisFailed,
+} from "@voicebot/proto";
+import type { CallMeta, CallStore } from "@voicebot/state";
+import WebSocket, { type RawData } from "ws";
+import { isValidAgent, type IngressConfig } from "./config.js";
+import { ProtocolErrorReporter, RateLimiter } from "./guard.js";
+import type { IngressMetrics } from "./metrics.js";
+import { CallPlayout, type PlayoutListener, type PlayoutOutput } from "./playout.js";
+import type { PlayoutScheduler } from "./scheduler.js";
+import { FRAME_BYTES, type SkipReason, type TurnState } from "./turn-queue.js";
+import { turnLatency } from "./turn-record.js";
+import {
+  clearMessage,
+  markMessage,
+  mediaMessage,
+  parseInbound,
+  ProtocolError,
+  type DtmfMessage,
+  type InboundMessage,
+  type MediaMessage,
+  type StartMessage,
+} from "./twilio.js";
+import { dialTwiml, playDigitsTwiml, type TwilioRestClient } from "./twilio-rest.js";
+
+export interface SessionDeps {
+  bus: Bus;
+  store: CallStore;
+  log: Logger;
+  metrics: IngressMetrics;
+  config: IngressConfig;
+  scheduler: PlayoutScheduler;
+  /** Set when Twilio REST credentials are configured. */
+  twilioApi: TwilioRestClient | undefined;
+}
+
+const MULAW_8K = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 };
+/** Durable dialog inputs are retried this many times (JetStream dedupes by msgId, so retrying is safe). */
+const DURABLE_ATTEMPTS = 5;
+
+export class CallSession {
+  private callSid: string | undefined;
+  private streamSid = "";
+  private log: Logger;
+  private playout: CallPlayout | undefined;
+  private readonly subs: Subscription[] = [];
+  private lastChunk = 0;
+  private startedAtMs = 0;
+  private endReason: string | undefined;
+  private ended = false;
+  private ending: Promise<void> | undefined;
+  private finalActionPending = false;
+  /** Ordered async work of this call (record writes, durable inputs), so start < keys < end everywhere. */
+  private tasks: Promise<void> = Promise.resolve();
+  private readonly limiter: RateLimiter;
+  private readonly errors: ProtocolErrorReporter;
+  private readonly startTimer: NodeJS.Timeout;
+  private lastPublishErrorLog = 0;
+  private closeCode: number | undefined;
+  private resolveFinished!: () => void;
+  /** Resolves once the stream is over and the call's end has been published and recorded. */
+  readonly finished = new Promise<void>((resolve) => (this.resolveFinished = resolve));
+
+  constructor(
+    private readonly ws: WebSocket,
+    private readonly deps: SessionDeps,
+    remote: string,
+  ) {
+    this.log = deps.log.child({ remote });
+    this.errors = new ProtocolErrorReporter(this.log, deps.metrics);
+    this.limiter = new RateLimiter(deps.config.maxMessagesPerSecond, deps.config.messageBurst, performance.now());
+    ws.on("message", (data, isBinary) => this.onMessage(data, isBinary));
+    ws.on("close", (code) => {
+      this.closeCode = code;
+      void this.end(this.endReason ?? "stream_closed");
+    });
+    ws.on("error", (error: Error & { code?: string }) => {
+      const oversized = error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH";
+      this.errors.report(oversized ? "oversized_message" : "websocket_error", error.message, performance.now(), { code: error.code });
+    });
+    this.startTimer = setTimeout(() => {
+      if (this.callSid || this.ended) return;
+      this.errors.report("start_timeout", `no start within ${deps.config.startTimeoutMs} ms`, performance.now());
+      this.close(1008, "no start");
+    }, deps.config.startTimeoutMs);
+  }
+
+  /** Ends the call from our side (shutdown after a drain timeout). */
+  shutdown(reason: string): Promise<void> {
+    this.endReason ??= reason;
+    this.close(1001, reason);
+    return this.end(this.endReason);
+  }
+
+  // ---- Twilio -> us ----
+
+  private onMessage(data: RawData, isBinary: boolean): void {
+    try {
+      this.handleMessage(data, isBinary);
+    } catch (error) {
+      // A bug triggered by one message must not take the process (and every other call) down.
+      this.log.error("handling a twilio message failed", { error: errorText(error) });
+    }
+  }
+
+  private handleMessage(data: RawData, isBinary: boolean): void {
+    const now = performance.now();
+    if (!this.limiter.take(now)) {
+      this.errors.report("rate_limited", "message rate above the limit; message dropped", now);
+      return;
+    }
+    if (isBinary) {
+      this.errors.report("binary_frame", "binary frames are not part of the protocol", now);
+      return;
+    }
+    let message: InboundMessage;
+    try {
+      message = parseInbound(rawText(data), { maxMediaBytes: this.deps.config.maxMediaBytes });
+    } catch (error) {
+      if (!(error instanceof ProtocolError)) throw error; // a bug, logged by onMessage
+      // A bad second start must not end a call that is already running.
+      const fatal = error.fatal && !this.callSid;
+      this.errors.report(error.reason, error.message, now, fatal ? { closing: 1008 } : {});
+      if (fatal) this.close(1008, error.reason);
+      return;
+    }
+    if (this.ended) return;
+    switch (message.event) {
+      case "connected":
+        this.log.debug("twilio connected");
+        return;
+      case "start":
+        this.onStart(message);
+        return;
+      case "media":
+        this.onMedia(message, now);
+        return;
+      case "dtmf":
+        this.onDtmf(message, now);
+        return;
+      case "mark":
+        if (!this.playout) return this.errors.report("event_before_start", "mark before start", now);
+        if (!this.playout.markEchoed(message.name)) this.log.debug("mark echo ignored (cleared or unknown)", { mark: message.name });
+        return;
+      case "stop":
+        this.endReason ??= "caller_hangup";
+        this.close(1000, "stop");
+        void this.end(this.endReason);
+        return;
+    }
+  }
+
+  private onStart(start: StartMessage): void {
+    const now = performance.now();
+    if (this.callSid) return this.errors.report("duplicate_start", "second start on one stream ignored", now);
+    clearTimeout(this.startTimer);
+    const callId = start.callSid;
+    this.callSid = callId;
+    this.streamSid = start.streamSid;
+    this.log = this.log.child({ callId, streamSid: start.streamSid });
+    this.errors.setLogger(this.log);
+
+    const { config, bus } = this.deps;
+    const params = start.customParameters;
+    let agent = config.defaultAgent;
+    if (params.agent) {
+      if (isValidAgent(params.agent)) agent = params.agent;
+      else this.log.warn("invalid agent parameter ignored", { agent: params.agent.slice(0, 80), using: agent });
+    }
+    const startedAtMs = Date.now();
+    this.startedAtMs = startedAtMs;
+    const from = params.from ?? params.From ?? "";
+    const to = params.to ?? params.To ?? "";
+
+    this.playout = new CallPlayout(
+      { leadMs: config.playoutLeadMs, stallMs: config.playoutStallMs, aloneStallMs: config.playoutAloneStallMs },
+      this.output,
+      this.listener,
+    );
+    this.subs.push(
+      bus.subscribe(subjects.botAudio(callId), BotAudio, (m) => this.onBotAudio(m), { name: "bot-audio", ordered: true }),
+      bus.subscribe(subjects.ttsFailed(callId), SynthesisFailed, (m) => this.onSynthesisFailed(m), { name: "tts-failed" }),
+      bus.subscribe(subjects.control(callId), CallControl, (m) => this.onControl(m), { name: "control" }),
+    );
+
+    const callStarted = CallStarted.create({
+      callId,
+      provider: "twilio",
+      streamId: start.streamSid,
+      accountId: start.accountSid,
+      from,
+      to,
+      customParameters: params,
+      callerFormat: MULAW_8K,
+      botFormat: MULAW_8K,
+      agent,
+      startedAtMs,
+    });
+    const meta: CallMeta = {
+      callSid: callId,
+      provider: "twilio",
+      streamSid: start.streamSid,
+      agent,
+      from,
+      to,
+      startedAt: new Date(startedAtMs).toISOString(),
+    };
+    this.log.info("call started", { agent, tracks: start.tracks });
+    this.enqueue(async () => {
+      await this.storeOp("create_call", () => this.deps.store.createCall(meta));
+      this.publish(subjects.callStarted, CallStarted, callStarted, "call_started");
+      await this.publishInput(
+        DialogInput.create({ callId, inputId: `${callId}:start`, atMs: startedAtMs, input: { $case: "callStarted", value: callStarted } }),
+      );
+    });
+  }
+
+  private onMedia(media: MediaMessage, now: number): void {
+    const callId = this.callSid;
+    if (!callId) return this.errors.report("media_before_start", "media before start dropped", now);
+    if (media.streamSid && media.streamSid !== this.streamSid) {
+      return this.errors.report("stream_sid_mismatch", `media for stream ${media.streamSid.slice(0, 40)}`, now);
+    }
+    if (media.track !== "inbound") return; // only the caller's side goes to recognition
+    if (media.chunk <= this.lastChunk) {
+      return this.errors.report("chunk_out_of_order", `chunk ${media.chunk} after ${this.lastChunk}`, now);
+    }
+    this.lastChunk = media.chunk;
+    const frameCount = Math.ceil(media.payload.length / FRAME_BYTES);
+    const audio = CallerAudio.create({
+      callId,
+      firstFrame: media.chunk - 1,
+      frameCount,
+      format: MULAW_8K,
+      payload: media.payload,
+      receivedAtMs: Date.now(),
+    });
+    if (this.publish(subjects.callerAudio(callId), CallerAudio, audio, "caller_audio")) this.deps.metrics.framesIn.inc(frameCount);
+  }
+
+  private onDtmf(dtmf: DtmfMessage, now: number): void {
+    const callId = this.callSid;
+    if (!callId) return this.errors.report("event_before_start", "dtmf before start dropped", now);
+    if (dtmf.streamSid && dtmf.streamSid !== this.streamSid) {
+      return this.errors.report("stream_sid_mismatch", `dtmf for stream ${dtmf.streamSid.slice(0, 40)}`, now);
+    }
+    const atMs = Date.now();
+    const inputId = `${callId}:dtmf:${dtmf.sequenceNumber}`;
+    // The digit itself is not logged: callers key in card and account numbers.
+    this.log.info("keypad press", { inputId });
+    this.enqueue(() =>
+      this.publishInput(
+        DialogInput.create({ callId, inputId, atMs, input: { $case: "keypad", value: KeypadPress.create({ callId, digit: dtmf.digit, atMs }) } }),
+      ),
+    );
+  }
+
+  // ---- pipeline -> us ----
+
+  private onBotAudio(audio: BotAudio): void {
+    const playout = this.playout;
+    if (this.ended || !playout) return;
+    const { metrics, scheduler } = this.deps;
+    if (!audio.turnId) {
+      metrics.droppedBotAudio.inc({ reason: "no_turn_id" });
+      this.log.warn("bot audio without turnId dropped");
+      return;
+    }
+    const now = performance.now();
+    const format = audio.format;
+    const usable =
+      !format ||
+      ((format.encoding === AudioEncoding.AUDIO_ENCODING_UNSPECIFIED || format.encoding === AudioEncoding.AUDIO_ENCODING_MULAW) &&
+        (format.sampleRate === 0 || format.sampleRate === 8000));
+    if (!usable) {
+      metrics.droppedBotAudio.inc({ reason: "bad_format" });
+      if (playout.failChunk(audio.turnId, audio.chunkSeq, "bad_format", now)) {
+        this.log.error("bot audio is not μ-law 8000 Hz; chunk skipped", { turnId: audio.turnId, chunkSeq: audio.chunkSeq, format });
+      }
+      scheduler.wake(playout);
+      return;
+    }
+    const result = playout.addAudio(
+      {
+        turnId: audio.turnId,
+        chunkSeq: audio.chunkSeq,
+        partSeq: audio.partSeq,
+        payload: audio.payload,
+        chunkDone: audio.chunkDone,
+        turnDone: audio.turnDone,
+        text: audio.text,
+        timing: audio.timing,
+      },
+      now,
+    );
+    if (result !== "accepted") {
+      metrics.droppedBotAudio.inc({ reason: result });
+      this.log.debug("bot audio part dropped", { reason: result, turnId: audio.turnId, chunkSeq: audio.chunkSeq, partSeq: audio.partSeq });
+      return;
+    }
+    scheduler.wake(playout);
+  }
+
+  private onSynthesisFailed(failure: SynthesisFailed): void {
+    const playout = this.playout;
+    if (this.ended || !playout) return;
+    if (playout.failChunk(failure.turnId, failure.chunkSeq, "synthesis_failed", performance.now())) {
+      this.log.warn("chunk could not be synthesized; playing past it", { turnId: failure.turnId, chunkSeq: failure.chunkSeq, error: failure.error });
+      this.deps.scheduler.wake(playout);
+    }
+  }
+
+  private onControl(control: CallControl): void {
+    const playout = this.playout;
+    if (this.ended || !playout) return;
+    const { metrics } = this.deps;
+    switch (control.action) {
+      case CallControl_Action.ACTION_CLEAR: {
+        const cut = playout.clear();
+        metrics.controls.inc({ action: "clear", outcome: "done" });
+        this.log.info("playback cleared", { reason: control.reason, cutTurns: cut.map((t) => t.id) });
+        return;
+      }
+      case CallControl_Action.ACTION_HANGUP:
+      case CallControl_Action.ACTION_TRANSFER:
+        void this.runFinalAction(control, playout);
+        return;
+      case CallControl_Action.ACTION_SEND_DTMF:
+        void this.sendDigits(control.target);
+        return;
+      default:
+        metrics.controls.inc({ action: "unknown", outcome: "ignored" });
+        this.log.warn("unknown call control ignored", { action: control.action });
+    }
+  }
+
+  /** HANGUP / TRANSFER: after `afterTurnId` has played (or the safety timeout), end the stream. */
+  private async runFinalAction(control: CallControl, playout: CallPlayout): Promise<void> {
+    const action = control.action === CallControl_Action.ACTION_HANGUP ? "hangup" : "transfer";
+    const { metrics, config } = this.deps;
+    if (this.finalActionPending) {
+      metrics.controls.inc({ action, outcome: "ignored" });
+      this.log.warn("call control ignored: a hang-up or transfer is already pending", { action });
+      return;
+    }
+    this.finalActionPending = true;
+    const turnId = control.afterTurnId;
+    if (turnId && !playout.isTurnDone(turnId)) {
+      this.log.info("call control waits for the turn to play", { action, afterTurnId: turnId });
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = await Promise.race([
+        playout.whenTurnDone(turnId).then(() => false),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), config.controlTimeoutMs))),
+      ]);
+      clearTimeout(timer);
+      if (timedOut && !this.ended) {
+        this.log.warn("turn did not finish playing in time; acting anyway", { action, afterTurnId: turnId, timeoutMs: config.controlTimeoutMs });
+      }
+    }
+    if (this.ended) {
+      metrics.controls.inc({ action, outcome: "call_ended" });
+      return;
+    }
+    if (action === "hangup") {
+      this.log.info("bot hangs up", { reason: control.reason });
+      metrics.controls.inc({ action, outcome: "done" });
+      this.finish("bot_hangup");
+      return;
+    }
+    await this.transfer(control.target);
+  }
+
+  private async transfer(target: string): Promise<void> {
+    const { twilioApi, metrics } = this.deps;
+    const twiml = dialTwiml(target);
+    if (!twilioApi) {
+      this.log.info("transfer: closing the stream so the TwiML after <Connect> takes over (no Twilio REST credentials)", { target });
+    } else if (!twiml) {
+      metrics.twilioApi.inc({ action: "transfer", outcome: "invalid_target" });
+      this.log.error("transfer target is not a phone number or SIP URI; closing the stream instead", { target });
+    } else {
+      this.endReason ??= "transfer"; // Twilio answers the redirect with `stop`
+      try {
+        await twilioApi.updateCallTwiml(this.callSid!, twiml);
+        metrics.twilioApi.inc({ action: "transfer", outcome: "ok" });
+        this.log.info("transfer: call redirected to <Dial> through the Twilio REST API", { target });
+      } catch (error) {
+        metrics.twilioApi.inc({ action: "transfer", outcome: "error" });
+        this.log.error("transfer through the Twilio REST API failed; closing the stream instead", { target, error: errorText(error) });
+      }
+    }
+    metrics.controls.inc({ action: "transfer", outcome: "done" });
+    if (!this.ended) this.finish("transfer");
+  }
+
+  private async sendDigits(digits: string): Promise<void> {
+    const { twilioApi, metrics } = this.deps;
+    if (!twilioApi) {
+      metrics.controls.inc({ action: "send_dtmf", outcome: "unsupported" });
+      this.log.warn("SEND_DTMF is unsupported on media streams without the Twilio REST API; ignored");
+      return;
+    }
+    const twiml = playDigitsTwiml(digits);
+    if (!twiml) {
+      metrics.controls.inc({ action: "send_dtmf", outcome: "invalid_target" });
+      this.log.error("SEND_DTMF target is not keypad digits; ignored", { length: digits.length });
+      return;
+    }
+    const ownReason = this.endReason === undefined;
+    if (ownReason) this.endReason = "sent_dtmf"; // Twilio answers the redirect with `stop`
+    try {
+      await twilioApi.updateCallTwiml(this.callSid!, twiml);
+      metrics.twilioApi.inc({ action: "send_dtmf", outcome: "ok" });
+      metrics.controls.inc({ action: "send_dtmf", outcome: "done" });
+      // Twilio leaves <Connect><Stream> to run the new TwiML: this stream gets `stop`.
+      this.log.info("keypad tones sent through the Twilio REST API (<Play digits>)");
+    } catch (error) {
+      if (ownReason && !this.ended) this.endReason = undefined;
+      metrics.twilioApi.inc({ action: "send_dtmf", outcome: "error" });
+      metrics.controls.inc({ action: "send_dtmf", outcome: "error" });
+      this.log.error("SEND_DTMF through the Twilio REST API failed", { error: errorText(error) });
+    }
+  }
+
+  // ---- playout -> Twilio and the bus ----
+
+  private readonly output: PlayoutOutput = {
+    sendMedia: (payload, frames) => {
+      if (this.send(mediaMessage(this.streamSid, payload))) this.deps.metrics.framesOut.inc(frames);
+    },
+    sendMark: (name) => void this.send(markMessage(this.streamSid, name)),
+    sendClear: () => void this.send(clearMessage(this.streamSid)),
+  };
+
+  private readonly listener: PlayoutListener = {
+    turnStarted: (turn, chunk, atMs) => {
+      const callId = this.callSid!;
+      const { entry, inputLatencyMs } = turnLatency(turn.id, chunk.timing ?? turn.timing, atMs);
+      if (inputLatencyMs !== undefined) this.deps.metrics.turnLatency.observe(Math.max(0, inputLatencyMs) / 1000);
+      this.log.info("turn started playing", { turnId: turn.id, latencyMs: entry.latencyMs, stages: entry.stages });
+      this.enqueue(() => this.storeOp("append_turn", () => this.deps.store.appendTurn(callId, entry)));
+    },
+    chunkPlayed: (turn, chunkSeq) => this.publishPlayback(PlaybackEvent_Kind.KIND_CHUNK_PLAYED, turn, chunkSeq),
+    turnPlayed: (turn) => this.publishPlayback(PlaybackEvent_Kind.KIND_TURN_PLAYED, turn, turn.lastHeardChunk),
+    interrupted: (turn) => this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, turn, turn.lastHeardChunk),
+    chunkSkipped: (turn, chunkSeq, reason: SkipReason) => {
+      this.deps.metrics.skippedChunks.inc({ reason });
+      const fields = { turnId: turn.id, chunkSeq, reason };
+      if (reason === "stalled") this.log.warn("chunk never arrived in time; skipped", fields);
+      else this.log.info("chunk skipped", fields);
+    },
+    turnAbandoned: (turn, missingChunk) => {
+      this.deps.metrics.skippedChunks.inc({ reason: "turn_abandoned" });
+      this.log.warn("rest of the turn never arrived; turn ended early", { turnId: turn.id, missingChunk });
+    },
+    underrun: (turn) => {
+      this.deps.metrics.underruns.inc();
+      this.log.debug("playout underrun: bot audio arrived late", { turnId: turn.id });
+    },
+  };
+
+  private publishPlayback(kind: PlaybackEvent_Kind, turn: TurnState, chunkSeq: number): void {
+    const callId = this.callSid;
+    if (!callId) return;
+    const event = PlaybackEvent.create({ callId, turnId: turn.id, kind, chunkSeq, atMs: Date.now(), heardText: turn.heardText });
+    if (this.publish(subjects.playback(callId), PlaybackEvent, event, "playback")) {
+      this.deps.metrics.playbackEvents.inc({ kind: PlaybackEvent_Kind[kind] ?? String(kind) });
+    }
+  }
+
+  // ---- end of the call ----
+
+  /** Ends the stream from our side: a normal close, then the call ends with `reason`. */
+  private finish(reason: string): void {
+    this.endReason ??= reason;
+    this.close(1000, reason);
+    void this.end(this.endReason);
+  }
+
+  private close(code: number, reason: string): void {
+    if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) this.ws.close(code, reason);
+  }
+
+  /** Publishes the end once (stop, close, hang-up, shutdown: whichever comes first) and records it. */
+  private end(reason: string): Promise<void> {
+    if (this.ending) return this.ending;
+    this.ended = true;
+    clearTimeout(this.startTimer);
+    for (const sub of this.subs.splice(0)) {
+      try {
+        sub.unsubscribe();
+      } catch {
+        /* connection already closed: nothing left to unsubscribe */
+      }
+    }
+    if (this.playout) {
+      this.deps.scheduler.remove(this.playout);
+      this.playout.close();
+    }
+    this.ending = (async () => {
+      const callId = this.callSid;
+      if (!callId) return;
+      const endedAtMs = Date.now();
+      await this.tasks; // the start and record writes land before the end
+      this.publish(subjects.ended(callId), CallEnded, CallEnded.create({ callId, reason, endedAtMs }), "call_ended");
+      await this.publishInput(
+        DialogInput.create({
+          callId,
+          inputId: `${callId}:end`,
+          atMs: endedAtMs,
+          input: { $case: "callEnded", value: CallEnded.create({ callId, reason, endedAtMs }) },
+        }),
+      );
+      await this.storeOp("end_call", () => this.deps.store.endCall(callId, reason, new Date(endedAtMs)));
+      this.log.info("call ended", { reason, durationMs: endedAtMs - this.startedAtMs, closeCode: this.closeCode });
+    })()
+      .catch((error) => this.log.error("ending the call failed", { error: errorText(error) }))
+      .finally(() => this.resolveFinished());
+    return this.ending;
+  }
+
+  // ---- helpers ----
+
+  private send(text: string): boolean {
+    if (this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(text);
+    return true;
+  }
+
+  private enqueue(task: () => Promise<void>): void {
+    this.tasks = this.tasks.then(task).catch((error) => this.log.error("call task failed", { error: errorText(error) }));
+  }
+
+  private publish<T>(subject: string, codec: Codec<T>, message: T, what: string): boolean {
+    try {
+      this.deps.bus.publish(subject, codec, message, this.callSid);
+      return true;
+    } catch (error) {
+      this.deps.metrics.publishErrors.inc({ message: what });
+      const now = performance.now();
+      if (now - this.lastPublishErrorLog > 1_000) {
+        this.lastPublishErrorLog = now;
+        this.log.error("publish failed", { message: what, error: errorText(error) });
+      }
+      return false;
+    }
+  }
+
+  /** Durable dialog input, retried with backoff; JetStream stores a msgId once, so retries cannot duplicate. */
+  private async publishInput(input: DialogInput): Promise<void> {
+    const callId = input.callId;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.deps.bus.publishDurable(subjects.dialogInput(callId), DialogInput, input, input.inputId, callId);
+        return;
+      } catch (error) {
+        if (attempt >= DURABLE_ATTEMPTS) {
+          this.deps.metrics.publishErrors.inc({ message: `dialog_${input.input?.$case ?? "input"}` });
+          this.log.error("dialog input could not be published", { inputId: input.inputId, attempts: attempt, error: errorText(error) });
+          return;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attempt));
+      }
+    }
+  }
+
+  private async storeOp(op: string, run: () => Promise<void>): Promise<void> {
+    try {
+      await run();
+    } catch (error) {
+      this.deps.metrics.storeErrors.inc({ op });
+      this.log.error("call record write failed", { op, error: errorText(error) });
+    }
+  }
+}
+
+function rawText(data: RawData): string {
+  if (Buffer.isBuffer(data)) return data.toString("utf8");
+  if (Array.isArray(data)) return Buffer.concat(data).toString("utf8");
+  return Buffer.from(data).toString("utf8");
+}

@@ -1,0 +1,266 @@
+// Reassembles one call's bot audio into a single ordered stream of 20 ms frames and marks.
+// BotAudio parts come from several tts replicas, so they may arrive in any order: turns play in the order their
+// first part (or failure) arrived, chunks in chunkSeq order, parts in partSeq order. This module is pure state;
+// CallPlayout paces it and does the I/O.
+import type { TurnTiming } from "@voicebot/proto";
+
+export const FRAME_BYTES = 160;
+export const FRAME_MS = 20;
+/** μ-law code of silence, used to pad a chunk's last partial frame. */
+const MULAW_SILENCE = 0xff;
+const EMPTY = Buffer.alloc(0);
+
+export interface AudioPart {
+  turnId: string;
+  chunkSeq: number;
+  partSeq: number;
+  payload: Uint8Array;
+  chunkDone: boolean;
+  turnDone: boolean;
+  text: string;
+  timing: TurnTiming | undefined;
+}
+
+export type AddResult = "accepted" | "finished_turn" | "late_chunk" | "duplicate" | "after_last_chunk";
+export type SkipReason = "synthesis_failed" | "bad_format" | "stalled" | "empty";
+
+export class ChunkState {
+  readonly parts = new Map<number, Uint8Array>();
+  nextPart = 0;
+  lastPart: number | undefined;
+  /** Bytes taken from parts in order but not yet sent (less than a frame, or waiting for lead). */
+  carry: Buffer = EMPTY;
+  framesSent = 0;
+  text = "";
+  timing: TurnTiming | undefined;
+  constructor(readonly seq: number) {}
+
+  get complete(): boolean {
+    return this.lastPart !== undefined && this.nextPart > this.lastPart;
+  }
+
+  /** Keep what has arrived in order, drop the rest: the chunk ends where it is. */
+  truncate(): void {
+    this.parts.clear();
+    this.lastPart = this.nextPart - 1;
+  }
+}
+
+export class TurnState {
+  readonly chunks = new Map<number, ChunkState>();
+  readonly failed = new Map<number, SkipReason>();
+  /** The chunk to play next. */
+  next = 0;
+  /** chunkSeq of the turn's final chunk, once a part with turnDone arrived. */
+  last: number | undefined;
+  framesSent = 0;
+  /** Every chunk has been sent (or skipped); only marks may still be pending. */
+  sendingDone = false;
+  timing: TurnTiming | undefined;
+  lastActivityMs: number;
+  waitingSince: number | undefined;
+  // Playback bookkeeping, kept by CallPlayout.
+  readonly pendingMarks = new Set<string>();
+  readonly heard: string[] = [];
+  lastHeardChunk = -1;
+
+  constructor(
+    readonly id: string,
+    nowMs: number,
+  ) {
+    this.lastActivityMs = nowMs;
+  }
+
+  get heardText(): string {
+    return this.heard.filter(Boolean).join(" ");
+  }
+}
+
+export type QueueStep =
+  | { kind: "frame"; frame: Buffer; turn: TurnState; chunk: ChunkState; firstOfTurn: boolean }
+  | { kind: "mark"; name: string; turn: TurnState; chunkSeq: number; text: string }
+  | { kind: "skipped"; turn: TurnState; chunkSeq: number; reason: SkipReason }
+  | { kind: "abandoned"; turn: TurnState; missingChunk: number }
+  | { kind: "turnSent"; turn: TurnState }
+  /** The next frame is ready but the caller's lead budget is spent. */
+  | { kind: "full" }
+  /** The current turn is missing its next part or chunk. */
+  | { kind: "wait"; turn: TurnState }
+  | { kind: "idle" };
+
+const IDLE: QueueStep = { kind: "idle" };
+const FULL: QueueStep = { kind: "full" };
+
+/** Remembers this many finished turn ids per call, to drop their late audio. */
+const MAX_CLOSED_TURNS = 1_000;
+
+export class TurnQueue {
+  private readonly turns: TurnState[] = [];
+  private readonly byId = new Map<string, TurnState>();
+  private readonly closed = new Set<string>();
+
+  /**
+   * @param stallMs how long a turn may wait for a missing chunk or part while a later turn is queued behind it
+   *   (the dialog has moved on, so what is missing is late or lost)
+   * @param aloneStallMs the same with nothing queued behind it: a long pause inside a turn (a tool call between
+   *   two sentences) is normal then, and waiting blocks nothing
+   */
+  constructor(
+    private readonly stallMs: number,
+    private readonly aloneStallMs: number,
+  ) {}
+
+  /** The turn being played (or about to be). */
+  get current(): TurnState | undefined {
+    return this.turns[0];
+  }
+
+  get idle(): boolean {
+    return this.turns.length === 0;
+  }
+
+  isClosed(turnId: string): boolean {
+    return this.closed.has(turnId);
+  }
+
+  add(part: AudioPart, nowMs: number): AddResult {
+    const turn = this.turn(part.turnId, nowMs);
+    if (!turn) return "finished_turn";
+    turn.lastActivityMs = nowMs;
+    if (part.chunkSeq < turn.next) return "late_chunk";
+    if (turn.last !== undefined && part.chunkSeq > turn.last) return "after_last_chunk";
+    if (turn.failed.has(part.chunkSeq)) return "late_chunk";
+    let chunk = turn.chunks.get(part.chunkSeq);
+    if (!chunk) {
+      chunk = new ChunkState(part.chunkSeq);
+      turn.chunks.set(part.chunkSeq, chunk);
+    }
+    if (part.partSeq < chunk.nextPart || chunk.parts.has(part.partSeq)) return "duplicate";
+    if (chunk.lastPart !== undefined && part.partSeq > chunk.lastPart) return "duplicate";
+    chunk.parts.set(part.partSeq, part.payload);
+    if (part.chunkDone) chunk.lastPart = part.partSeq;
+    if (part.turnDone && part.chunkDone) turn.last = part.chunkSeq;
+    if (part.text && !chunk.text) chunk.text = part.text;
+    if (part.timing && !chunk.timing) chunk.timing = part.timing;
+    if (part.timing && !turn.timing) turn.timing = part.timing;
+    return "accepted";
+  }
+
+  /** A chunk that will never come (synthesis failed, unusable audio): play past it. */
+  fail(turnId: string, chunkSeq: number, reason: SkipReason, nowMs: number): boolean {
+    const turn = this.turn(turnId, nowMs);
+    if (!turn || chunkSeq < turn.next || turn.failed.has(chunkSeq)) return false;
+    turn.lastActivityMs = nowMs;
+    turn.failed.set(chunkSeq, reason);
+    return true;
+  }
+
+  /**
+   * The next thing to send. Informational steps (skipped, abandoned, turnSent) and marks do not use the lead
+   * budget; a frame is only taken when `frameAllowed`.
+   */
+  next(nowMs: number, frameAllowed: boolean): QueueStep {
+    for (;;) {
+      const turn = this.turns[0];
+      if (!turn) return IDLE;
+      if (turn.last !== undefined && turn.next > turn.last) {
+        this.finish(turn);
+        return { kind: "turnSent", turn };
+      }
+      const seq = turn.next;
+      let chunk = turn.chunks.get(seq);
+      const failure = turn.failed.get(seq);
+      if (failure) {
+        if (!chunk || (chunk.framesSent === 0 && chunk.carry.length === 0)) {
+          turn.chunks.delete(seq);
+          turn.next++;
+          return { kind: "skipped", turn, chunkSeq: seq, reason: failure };
+        }
+        // It failed half-way: finish with what was already sent.
+        chunk.truncate();
+      }
+      if (chunk) {
+        while (chunk.parts.has(chunk.nextPart)) {
+          const part = chunk.parts.get(chunk.nextPart)!;
+          chunk.parts.delete(chunk.nextPart);
+          chunk.nextPart++;
+          if (part.length > 0) chunk.carry = chunk.carry.length === 0 ? Buffer.from(part) : Buffer.concat([chunk.carry, part]);
+        }
+        if (chunk.carry.length >= FRAME_BYTES || (chunk.complete && chunk.carry.length > 0)) {
+          if (!frameAllowed) return FULL;
+          return this.takeFrame(turn, chunk);
+        }
+        if (chunk.complete) {
+          turn.chunks.delete(seq);
+          turn.next++;
+          if (chunk.framesSent === 0) return { kind: "skipped", turn, chunkSeq: seq, reason: "empty" };
+          return { kind: "mark", name: `${turn.id}.${seq}`, turn, chunkSeq: seq, text: chunk.text };
+        }
+      }
+      // Missing data: wait, unless this turn has been stuck longer than the stall limit.
+      turn.waitingSince ??= nowMs;
+      const limit = this.turns.length > 1 ? this.stallMs : this.aloneStallMs;
+      if (nowMs - Math.max(turn.waitingSince, turn.lastActivityMs) < limit) return { kind: "wait", turn };
+      if (chunk) {
+        chunk.truncate();
+        if (chunk.framesSent === 0 && chunk.carry.length === 0) {
+          turn.chunks.delete(seq);
+          turn.next++;
+          return { kind: "skipped", turn, chunkSeq: seq, reason: "stalled" };
+        }
+        continue; // ends the chunk with what arrived
+      }
+      const later = [...turn.chunks.keys(), ...turn.failed.keys()].some((k) => k > seq);
+      if (later) {
+        turn.next++;
+        return { kind: "skipped", turn, chunkSeq: seq, reason: "stalled" };
+      }
+      // Nothing beyond the gap has arrived: the rest of the turn is not coming.
+      turn.last = seq - 1;
+      return { kind: "abandoned", turn, missingChunk: seq };
+    }
+  }
+
+  /** Drops every queued turn (barge-in); their late audio will be ignored. */
+  dropAll(): TurnState[] {
+    const dropped = this.turns.splice(0);
+    for (const turn of dropped) this.finish(turn);
+    return dropped;
+  }
+
+  private takeFrame(turn: TurnState, chunk: ChunkState): QueueStep {
+    let frame: Buffer;
+    if (chunk.carry.length >= FRAME_BYTES) {
+      frame = chunk.carry.subarray(0, FRAME_BYTES);
+      chunk.carry = chunk.carry.subarray(FRAME_BYTES);
+    } else {
+      frame = Buffer.alloc(FRAME_BYTES, MULAW_SILENCE);
+      chunk.carry.copy(frame);
+      chunk.carry = EMPTY;
+    }
+    const firstOfTurn = turn.framesSent === 0;
+    chunk.framesSent++;
+    turn.framesSent++;
+    turn.waitingSince = undefined;
+    return { kind: "frame", frame, turn, chunk, firstOfTurn };
+  }
+
+  private turn(turnId: string, nowMs: number): TurnState | undefined {
+    const known = this.byId.get(turnId);
+    if (known) return known;
+    if (this.closed.has(turnId)) return undefined;
+    const turn = new TurnState(turnId, nowMs);
+    this.byId.set(turnId, turn);
+    this.turns.push(turn);
+    return turn;
+  }
+
+  private finish(turn: TurnState): void {
+    turn.sendingDone = true;
+    const index = this.turns.indexOf(turn);
+    if (index >= 0) this.turns.splice(index, 1);
+    this.byId.delete(turn.id);
+    this.closed.add(turn.id);
+    if (this.closed.size > MAX_CLOSED_TURNS) this.closed.delete(this.closed.values().next().value!);
+  }
+}
