@@ -1,0 +1,2 @@
+export { FliteEngine, type FliteEngineOptions } from "./flite.js";
+export { EspeakEngine, type EspeakEngineOptions } from "./espeak.js";

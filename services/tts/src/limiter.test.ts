@@ -1,0 +1,37 @@
+import { describe, expect, it } from "vitest";
+import { Limiter, QueueAbortedError } from "./limiter.js";
+
+describe("Limiter", () => {
+  it("runs at most max holders and hands slots out in arrival order", async () => {
+    const limiter = new Limiter(2);
+    const a = await limiter.acquire();
+    const b = await limiter.acquire();
+    const order: string[] = [];
+    const c = limiter.acquire().then((release) => (order.push("c"), release));
+    const d = limiter.acquire().then((release) => (order.push("d"), release));
+    expect(limiter.active).toBe(2);
+    expect(limiter.queued).toBe(2);
+    a();
+    a(); // a second release of the same slot changes nothing
+    const releaseC = await c;
+    expect(order).toEqual(["c"]);
+    expect(limiter.queued).toBe(1);
+    b();
+    (await d)();
+    releaseC();
+    expect(limiter.active).toBe(0);
+  });
+
+  it("drops a waiter whose signal aborts, without taking a slot", async () => {
+    const limiter = new Limiter(1);
+    const release = await limiter.acquire();
+    const controller = new AbortController();
+    const waiting = limiter.acquire(controller.signal);
+    controller.abort();
+    await expect(waiting).rejects.toBeInstanceOf(QueueAbortedError);
+    expect(limiter.queued).toBe(0);
+    release();
+    expect(limiter.active).toBe(0);
+    await expect(limiter.acquire(controller.signal)).rejects.toBeInstanceOf(QueueAbortedError);
+  });
+});

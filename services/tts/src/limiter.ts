@@ -1,0 +1,63 @@
+/** Thrown to a waiter whose work was cancelled while it stood in the queue. */
+export class QueueAbortedError extends Error {
+  constructor() {
+    super("cancelled while queued");
+  }
+}
+
+/**
+ * At most `max` holders at once, the rest wait in arrival order. A waiter whose signal aborts leaves the queue
+ * at once, so cancelled work never holds up the work behind it.
+ */
+export class Limiter {
+  private running = 0;
+  private readonly waiting: Array<{ grant: () => void }> = [];
+
+  constructor(readonly max: number) {
+    if (!Number.isInteger(max) || max < 1) throw new Error(`limiter size must be a positive integer, got ${max}`);
+  }
+
+  get active(): number {
+    return this.running;
+  }
+
+  get queued(): number {
+    return this.waiting.length;
+  }
+
+  /** Resolves with a release function once a slot is free; rejects with QueueAbortedError if `signal` aborts first. */
+  acquire(signal?: AbortSignal): Promise<() => void> {
+    if (signal?.aborted) return Promise.reject(new QueueAbortedError());
+    if (this.running < this.max) {
+      this.running++;
+      return Promise.resolve(this.releaser());
+    }
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        const index = this.waiting.indexOf(waiter);
+        if (index >= 0) this.waiting.splice(index, 1);
+        reject(new QueueAbortedError());
+      };
+      const waiter = {
+        grant: () => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve(this.releaser());
+        },
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.waiting.push(waiter);
+    });
+  }
+
+  private releaser(): () => void {
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.waiting.shift();
+      // The slot passes straight to the next waiter, so `running` only drops when nobody waits.
+      if (next) next.grant();
+      else this.running--;
+    };
+  }
+}

@@ -1,0 +1,168 @@
+import os from "node:os";
+import { errorText, queueGroups, subjects } from "@voicebot/bus";
+import { CallEnded, CancelTurn, SpeakRequest } from "@voicebot/proto";
+import type { EnvReader, RunningService, ServiceContext, ServiceDefinition } from "@voicebot/service-kit";
+import type { FallbackEngine } from "./fallback.js";
+import { JobRegistry } from "./jobs.js";
+import { Limiter } from "./limiter.js";
+import { TtsMetrics } from "./metrics.js";
+import { createEngine, defaultEngines, readEngineSettings, type EngineRegistry, type EngineSettings } from "./registry.js";
+import { Speaker } from "./speaker.js";
+import { warmUp } from "./warmup.js";
+
+export interface TtsConfig extends EngineSettings {
+  /** TTS_RATE: speaking rate, 1 = the engine's normal speed. */
+  rate: number;
+  /** TTS_CACHE_TTL_SECONDS (default 7 days), in ms. */
+  cacheTtlMs: number;
+  /** TTS_MAX_CONCURRENT: syntheses at once (default 2 per CPU core); more requests wait in a queue. */
+  maxConcurrent: number;
+}
+
+export interface TtsServiceOptions {
+  /** Engines selectable in TTS_ENGINES (default: flite, espeak). */
+  engines?: EngineRegistry;
+}
+
+/** Part 0 carries 2 frames (40 ms) so playback starts at once; later parts up to 200 ms. */
+const FIRST_PART_FRAMES = 2;
+const MAX_PART_FRAMES = 10;
+/** After a warm-up in which no engine worked, try again this often. */
+const WARMUP_RETRY_MS = 10_000;
+/** An engine that cannot say one word in this long (or TTS_STALL_MS if longer) fails warm-up. */
+const WARMUP_TIMEOUT_MS = 10_000;
+
+export function readTtsConfig(env: EnvReader, registry: EngineRegistry = defaultEngines): TtsConfig {
+  return {
+    ...readEngineSettings(env, registry),
+    rate: env.number("TTS_RATE", 1, { min: 0.5, max: 2 }),
+    cacheTtlMs: env.int("TTS_CACHE_TTL_SECONDS", 7 * 24 * 3600, { min: 1 }) * 1000,
+    maxConcurrent: env.int("TTS_MAX_CONCURRENT", 2 * os.availableParallelism(), { min: 1, max: 1024 }),
+  };
+}
+
+export function createDefinition(options: TtsServiceOptions = {}): ServiceDefinition<TtsConfig> {
+  const registry = options.engines ?? defaultEngines;
+  return {
+    name: "tts",
+    defaultHttpPort: 9104,
+    readConfig: (env) => readTtsConfig(env, registry),
+    start: (ctx, config) => startTts(ctx, config, registry),
+  };
+}
+
+export const definition = createDefinition();
+
+async function startTts(ctx: ServiceContext, config: TtsConfig, registry: EngineRegistry): Promise<RunningService> {
+  const { bus, log } = ctx;
+  const limiter = new Limiter(config.maxConcurrent);
+  const jobs = new JobRegistry();
+  const metrics = new TtsMetrics(ctx.registry, { queued: () => limiter.queued, active: () => limiter.active });
+  const engine: FallbackEngine = createEngine(config, registry, {
+    onFailover: (failed, reason, error) => {
+      metrics.failovers.inc({ from: failed.label, reason });
+      metrics.engineErrors.inc({ engine: failed.label, phase: "before_audio" });
+      log.warn("tts engine failed; trying the next one", { engine: failed.label, reason, error });
+    },
+  });
+  const speaker = new Speaker({
+    bus,
+    store: ctx.store,
+    log,
+    engine,
+    metrics,
+    limiter,
+    jobs,
+    options: {
+      defaultVoice: config.voice,
+      rate: config.rate,
+      cacheTtlMs: config.cacheTtlMs,
+      firstPartFrames: FIRST_PART_FRAMES,
+      maxPartFrames: MAX_PART_FRAMES,
+    },
+  });
+  log.info("tts engines", { engines: engine.engines.map((e) => e.label), voice: config.voice, maxConcurrent: config.maxConcurrent });
+
+  const speakSub = bus.subscribe(subjects.ttsSpeak, SpeakRequest, (request) => speaker.speak(request, Date.now()), {
+    name: "speak",
+    queue: queueGroups.tts,
+  });
+  bus.subscribe(
+    subjects.cancelAll,
+    CancelTurn,
+    (cancel, delivery) => {
+      const callId = callIdOf(delivery.subject) || cancel.callId;
+      const stopped = jobs.cancel(callId, cancel.turnId);
+      if (stopped > 0) {
+        metrics.cancellations.inc({ reason: "cancel" }, stopped);
+        log.info("tts work cancelled", { callId, turnId: cancel.turnId, reason: cancel.reason, chunks: stopped });
+      }
+    },
+    { name: "cancel" },
+  );
+  bus.subscribe(
+    subjects.endedAll,
+    CallEnded,
+    (ended, delivery) => {
+      const callId = callIdOf(delivery.subject) || ended.callId;
+      const stopped = jobs.end(callId);
+      if (stopped > 0) {
+        metrics.cancellations.inc({ reason: "ended" }, stopped);
+        log.info("tts work dropped: call ended", { callId, chunks: stopped });
+      }
+    },
+    { name: "ended" },
+  );
+
+  // Warm-up runs in the background; the replica is ready once one engine has spoken.
+  const warm = new Set<string>();
+  const coldErrors = new Map<string, string>();
+  let warming = true;
+  let retryTimer: NodeJS.Timeout | undefined;
+  const stopWarmUp = new AbortController();
+  const runWarmUp = async () => {
+    warming = true;
+    coldErrors.clear();
+    await warmUp(engine.engines, {
+      timeoutMs: Math.max(WARMUP_TIMEOUT_MS, config.stallMs),
+      signal: stopWarmUp.signal,
+      onResult: (warmed, error) => {
+        if (!error) {
+          warm.add(warmed.label);
+          log.info("tts engine warm", { engine: warmed.label });
+          return;
+        }
+        coldErrors.set(warmed.label, error);
+        metrics.warmupFailures.inc({ engine: warmed.label });
+        log.error("tts engine failed warm-up", { engine: warmed.label, error });
+      },
+    });
+    warming = false;
+    if (warm.size === 0 && !stopWarmUp.signal.aborted) retryTimer = setTimeout(() => void runWarmUp(), WARMUP_RETRY_MS);
+  };
+  void runWarmUp().catch((error) => log.error("tts warm-up crashed", { error: errorText(error) }));
+
+  return {
+    notReadyReason() {
+      if (warm.size > 0) return undefined;
+      if (warming) return "tts engines warming up";
+      return `no tts engine passed warm-up (${[...coldErrors].map(([name, error]) => `${name}: ${error}`).join("; ")})`;
+    },
+    activeCalls: () => jobs.activeCalls(),
+    async drain() {
+      speakSub.unsubscribe();
+      await jobs.whenIdle();
+    },
+    async close() {
+      stopWarmUp.abort();
+      clearTimeout(retryTimer);
+      jobs.abortAll();
+      await engine.close();
+    },
+  };
+}
+
+/** vb.v1.call.<id>.<kind>: the call id token of a per-call subject. */
+function callIdOf(subject: string): string {
+  return subject.split(".")[3] ?? "";
+}

@@ -1,0 +1,496 @@
+import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { mulawDecode, mulawFrameEnergy, l16FromBytes, rmsDbfs } from "@voicebot/audio";
+import { Bus, silentLogger, subjects } from "@voicebot/bus";
+import {
+  AudioEncoding,
+  BotAudio,
+  CallEnded,
+  CancelTurn,
+  SpeakRequest,
+  SynthesisFailed,
+  TurnTiming,
+} from "@voicebot/proto";
+import { ConfigError, startService, type ServiceHandle } from "@voicebot/service-kit";
+import { startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { Registry } from "prom-client";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { TtsEngine } from "./engine.js";
+import { defaultEngines, type EngineRegistry } from "./registry.js";
+import { createDefinition } from "./service.js";
+
+// ---- test doubles of the engine edge ----
+
+type EngineRequest = Parameters<TtsEngine["synthesize"]>[0];
+
+/** Throws before any audio. */
+class ThrowingEngine implements TtsEngine {
+  readonly label = "throwing";
+  readonly sampleRate = 16000;
+  calls = 0;
+  // eslint-disable-next-line require-yield
+  async *synthesize(): AsyncGenerator<Int16Array> {
+    this.calls++;
+    throw new Error("engine exploded");
+  }
+  async close() {}
+}
+
+/** Never yields until aborted. */
+class StallingEngine implements TtsEngine {
+  readonly label = "stalling";
+  readonly sampleRate = 16000;
+  aborts = 0;
+  // eslint-disable-next-line require-yield
+  async *synthesize(request: EngineRequest): AsyncGenerator<Int16Array> {
+    await new Promise<void>((resolve) => request.signal?.addEventListener("abort", () => resolve(), { once: true }));
+    this.aborts++;
+    throw new Error("aborted");
+  }
+  async close() {}
+}
+
+/** Yields 100 ms of a tone, then dies (the warm-up word succeeds). */
+class DyingEngine implements TtsEngine {
+  readonly label = "dying";
+  readonly sampleRate = 16000;
+  async *synthesize(request: EngineRequest): AsyncGenerator<Int16Array> {
+    yield tone(1600, this.sampleRate);
+    if (request.text !== "Hello.") throw new Error("engine died mid-sentence");
+  }
+  async close() {}
+}
+
+/** Real flite audio, released at real-time pace in 20 ms pieces, so a chunk can be cancelled mid-synthesis. */
+class PacedEngine implements TtsEngine {
+  readonly label: string;
+  readonly sampleRate: number;
+  signals: AbortSignal[] = [];
+  constructor(private readonly inner: TtsEngine) {
+    this.label = `paced-${inner.label}`;
+    this.sampleRate = inner.sampleRate;
+  }
+  async *synthesize(request: EngineRequest): AsyncGenerator<Int16Array> {
+    if (request.signal) this.signals.push(request.signal);
+    const step = this.sampleRate / 50;
+    for await (const pcm of this.inner.synthesize(request)) {
+      for (let i = 0; i < pcm.length; i += step) {
+        yield pcm.slice(i, i + step);
+        await sleep(20, undefined, { signal: request.signal });
+      }
+    }
+  }
+  close() {
+    return this.inner.close();
+  }
+}
+
+function tone(samples: number, rate: number): Int16Array {
+  return Int16Array.from({ length: samples }, (_, i) => Math.round(8000 * Math.sin((2 * Math.PI * 440 * i) / rate)));
+}
+
+// ---- harness ----
+
+let nats: ServerHandle;
+let redis: ServerHandle;
+let client: Bus;
+
+beforeAll(async () => {
+  [nats, redis] = await Promise.all([startNats(), startRedis()]);
+  client = await Bus.connect({ servers: nats.url, name: "tts-test", log: silentLogger, registry: new Registry() });
+});
+
+afterAll(async () => {
+  await client?.close();
+  await Promise.all([nats?.stop(), redis?.stop()]);
+});
+
+async function startTts(env: Record<string, string>, engines?: EngineRegistry, waitReady = true): Promise<ServiceHandle> {
+  const handle = await startService(createDefinition({ engines }), {
+    NATS_URL: nats.url,
+    REDIS_URL: redis.url,
+    HTTP_PORT: "0",
+    LOG_LEVEL: "error",
+    ...env,
+  });
+  if (waitReady) {
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${handle.ctx.port}/readyz`)).status === 200, {
+      what: "tts to be ready",
+    });
+  }
+  return handle;
+}
+
+function newCallId(): string {
+  return `CA${randomUUID().replace(/-/g, "")}`;
+}
+
+async function listen(callId: string) {
+  const parts: BotAudio[] = [];
+  const failures: SynthesisFailed[] = [];
+  const subs = [
+    client.subscribe(subjects.botAudio(callId), BotAudio, (m) => void parts.push(m), { name: "test-audio" }),
+    client.subscribe(subjects.ttsFailed(callId), SynthesisFailed, (m) => void failures.push(m), { name: "test-failed" }),
+  ];
+  await client.nc.flush();
+  return {
+    parts,
+    failures,
+    chunk: (turnId: string, chunkSeq = 0) => parts.filter((p) => p.turnId === turnId && p.chunkSeq === chunkSeq),
+    done: (turnId: string, chunkSeq = 0) =>
+      waitFor(() => parts.some((p) => p.turnId === turnId && p.chunkSeq === chunkSeq && p.chunkDone), {
+        what: `chunk ${turnId}.${chunkSeq} to finish`,
+      }),
+    close: () => subs.forEach((s) => s.unsubscribe()),
+  };
+}
+
+function speak(fields: Partial<SpeakRequest> & { callId: string }): void {
+  const request = SpeakRequest.create({
+    turnId: "t1",
+    format: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 },
+    ...fields,
+  });
+  client.publish(subjects.ttsSpeak, SpeakRequest, request, fields.callId);
+}
+
+async function metric(handle: ServiceHandle, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const found = handle.ctx.registry.getSingleMetric(name);
+  if (!found) throw new Error(`no metric ${name}`);
+  const values = (await found.get()).values as Array<{ value: number; labels: Record<string, unknown>; metricName?: string }>;
+  // A histogram counts observations in <name>_count.
+  return values
+    .filter((v) => (v.metricName ?? name) === name || v.metricName === `${name}_count`)
+    .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
+    .reduce((sum, v) => sum + v.value, 0);
+}
+
+async function info(handle: ServiceHandle): Promise<{ activeCalls: number }> {
+  return (await (await fetch(`http://127.0.0.1:${handle.ctx.port}/info`)).json()) as { activeCalls: number };
+}
+
+function joined(parts: BotAudio[]): Uint8Array {
+  return Buffer.concat(parts.map((p) => p.payload));
+}
+
+/** Parts are numbered 0.. in order; part 0 alone has text and timing; only the last closes the chunk. */
+function expectWellFormedChunk(parts: BotAudio[], frameBytes: number): void {
+  expect(parts.length).toBeGreaterThan(1);
+  expect(parts.map((p) => p.partSeq)).toEqual(parts.map((_, i) => i));
+  expect(parts.map((p) => p.chunkDone)).toEqual(parts.map((_, i) => i === parts.length - 1));
+  for (const part of parts) {
+    expect(part.payload.length % frameBytes).toBe(0);
+    expect(part.payload.length).toBeGreaterThan(0);
+    expect(part.payload.length).toBeLessThanOrEqual(10 * frameBytes); // ≤ 200 ms
+  }
+  expect(parts[0].payload.length).toBeLessThanOrEqual(2 * frameBytes); // small first part
+  expect(parts.slice(1).every((p) => p.text === "" && p.timing === undefined)).toBe(true);
+}
+
+const SENTENCE = "Thanks for calling Acme dental, this is the virtual assistant. How can I help you today?";
+
+// ---- behaviour ----
+
+describe("tts with flite", () => {
+  let tts: ServiceHandle;
+  beforeAll(async () => {
+    tts = await startTts({ TTS_ENGINES: "flite" });
+  });
+  afterAll(async () => {
+    await tts?.stop();
+  });
+
+  it("speaks a chunk as ordered μ-law parts of whole 20 ms frames with text, timing and the done flags", async () => {
+    const callId = newCallId();
+    const audio = await listen(callId);
+    const timing = TurnTiming.create({ inputEndMs: Date.now() - 500, dialogFirstTextMs: Date.now() - 50 });
+    const sentAt = Date.now();
+    speak({ callId, turnId: "t3", chunkSeq: 1, text: SENTENCE, turnDone: true, timing });
+    await audio.done("t3", 1);
+    const parts = audio.chunk("t3", 1);
+    expectWellFormedChunk(parts, 160);
+
+    const first = parts[0];
+    expect(first.text).toBe(SENTENCE);
+    expect(first.format).toEqual({ encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 });
+    expect(first.timing?.inputEndMs).toBe(timing.inputEndMs);
+    expect(first.timing?.dialogFirstTextMs).toBe(timing.dialogFirstTextMs);
+    expect(first.timing!.ttsRequestMs).toBeGreaterThanOrEqual(sentAt);
+    expect(first.timing!.ttsFirstAudioMs).toBeGreaterThanOrEqual(first.timing!.ttsRequestMs);
+    expect(parts.at(-1)!.turnDone).toBe(true);
+    expect(parts.slice(0, -1).some((p) => p.turnDone)).toBe(false);
+
+    // 15 words: a few seconds of speech, with real energy in it.
+    const bytes = joined(parts);
+    const seconds = bytes.length / 8000;
+    expect(seconds).toBeGreaterThan(2.5);
+    expect(seconds).toBeLessThan(9);
+    expect(rmsDbfs(mulawDecode(bytes))).toBeGreaterThan(-35);
+    const frames = Array.from({ length: bytes.length / 160 }, (_, i) => mulawFrameEnergy(bytes.subarray(i * 160, (i + 1) * 160)));
+    expect(frames.filter((db) => db > -40).length / frames.length).toBeGreaterThan(0.4);
+    expect(await metric(tts, "voicebot_tts_first_audio_seconds", { source: "engine" })).toBeGreaterThanOrEqual(1);
+    audio.close();
+  });
+
+  it("produces L16 16 kHz when asked, and a turn's chunks independently", async () => {
+    const callId = newCallId();
+    const audio = await listen(callId);
+    speak({ callId, chunkSeq: 0, text: "One moment please.", format: { encoding: AudioEncoding.AUDIO_ENCODING_L16, sampleRate: 16000 } });
+    speak({ callId, chunkSeq: 1, text: "Let me check.", turnDone: true, format: { encoding: AudioEncoding.AUDIO_ENCODING_L16, sampleRate: 16000 } });
+    await audio.done("t1", 0);
+    await audio.done("t1", 1);
+    for (const seq of [0, 1]) {
+      const parts = audio.chunk("t1", seq);
+      expectWellFormedChunk(parts, 640);
+      expect(parts[0].format).toEqual({ encoding: AudioEncoding.AUDIO_ENCODING_L16, sampleRate: 16000 });
+      expect(rmsDbfs(l16FromBytes(joined(parts)))).toBeGreaterThan(-35);
+      expect(parts.at(-1)!.turnDone).toBe(seq === 1);
+    }
+    audio.close();
+  });
+
+  it("serves a repeated cacheable chunk from the Redis cache, identical and much faster", async () => {
+    const text = "Our office is open Monday to Friday from eight in the morning until six in the evening. On Saturdays we open from nine until noon. We are closed on Sundays and public holidays.";
+    const run = async () => {
+      const callId = newCallId();
+      const audio = await listen(callId);
+      const started = performance.now();
+      speak({ callId, text, cacheable: true, turnDone: true });
+      await audio.done("t1");
+      const ms = performance.now() - started;
+      audio.close();
+      return { ms, parts: audio.chunk("t1") };
+    };
+    const first = await run();
+    expect(await metric(tts, "voicebot_tts_cache_lookups_total", { result: "miss" })).toBe(1);
+    await waitFor(async () => (await tts.ctx.store.redis.keys("vb:cache:tts:*")).length === 1, { what: "the audio to be cached" });
+    const second = await run();
+    expect(await metric(tts, "voicebot_tts_cache_lookups_total", { result: "hit" })).toBe(1);
+    expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "cache", outcome: "ok" })).toBe(1);
+    expectWellFormedChunk(second.parts, 160);
+    expect(Buffer.compare(joined(second.parts), joined(first.parts))).toBe(0);
+    expect(second.parts[0].text).toBe(text);
+    expect(second.parts.at(-1)!.turnDone).toBe(true);
+    expect(second.ms).toBeLessThan(first.ms / 3);
+
+    const [key] = await tts.ctx.store.redis.keys("vb:cache:tts:*");
+    const ttl = await tts.ctx.store.redis.pttl(key);
+    expect(ttl).toBeGreaterThan(7 * 24 * 3600_000 - 60_000);
+    expect(ttl).toBeLessThanOrEqual(7 * 24 * 3600_000);
+  });
+
+  it("answers a request it cannot serve with SynthesisFailed, and keeps serving others", async () => {
+    const callId = newCallId();
+    const audio = await listen(callId);
+    speak({ callId, text: "Hello there.", format: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 12345 } });
+    await waitFor(() => audio.failures.length === 1, { what: "SynthesisFailed" });
+    expect(audio.failures[0]).toMatchObject({ callId, turnId: "t1", chunkSeq: 0 });
+    expect(audio.failures[0].error).toMatch(/sample rate/);
+    speak({ callId, turnId: "t2", text: "Hello there." });
+    await audio.done("t2");
+    expect(audio.parts.every((p) => p.turnId === "t2")).toBe(true);
+    audio.close();
+  });
+});
+
+describe("tts cancellation", () => {
+  let tts: ServiceHandle;
+  let paced: PacedEngine;
+  beforeAll(async () => {
+    paced = new PacedEngine(defaultEngines.flite.create("slt"));
+    tts = await startTts({ TTS_ENGINES: "paced" }, { paced: { defaultVoice: "slt", create: () => paced } });
+  });
+  afterAll(async () => {
+    await tts?.stop();
+  });
+
+  it("stops a turn's synthesis mid-chunk on CancelTurn, publishes nothing more, and drops its late chunks", async () => {
+    const callId = newCallId();
+    const audio = await listen(callId);
+    speak({ callId, turnId: "t2", text: SENTENCE });
+    await waitFor(() => audio.parts.length >= 3, { what: "the first parts" });
+    const signal = paced.signals.at(-1)!;
+    client.publish(subjects.cancel(callId), CancelTurn, CancelTurn.create({ callId, turnId: "t2", reason: "barge-in" }), callId);
+    await waitFor(() => signal.aborted, { what: "the engine to be told to stop" });
+    await client.nc.flush();
+    const heard = audio.parts.length;
+    await sleep(400); // the paced engine makes 20 frames in this time: any leak would show as new parts
+    expect(audio.parts.length).toBe(heard);
+    expect(audio.parts.some((p) => p.chunkDone)).toBe(false);
+    expect(await metric(tts, "voicebot_tts_cancellations_total", { reason: "cancel" })).toBe(1);
+
+    // A chunk of the cancelled turn that arrives late is dropped; the next turn is spoken.
+    speak({ callId, turnId: "t2", chunkSeq: 1, text: "And another thing." });
+    speak({ callId, turnId: "t3", text: "Sure.", turnDone: true });
+    await audio.done("t3");
+    expect(audio.parts.filter((p) => p.turnId === "t2").length).toBe(heard);
+    expect(await metric(tts, "voicebot_tts_chunks_total", { outcome: "cancelled" })).toBe(2);
+    audio.close();
+  });
+
+  it("stops all of a call's work when the call ends, leaving other calls alone", async () => {
+    const [ending, other] = [newCallId(), newCallId()];
+    const [endingAudio, otherAudio] = await Promise.all([listen(ending), listen(other)]);
+    speak({ callId: ending, text: SENTENCE });
+    speak({ callId: other, text: "Goodbye.", turnDone: true });
+    await waitFor(() => endingAudio.parts.length >= 2, { what: "the first parts" });
+    client.publish(subjects.ended(ending), CallEnded, CallEnded.create({ callId: ending, reason: "hangup", endedAtMs: Date.now() }), ending);
+    await waitFor(async () => (await metric(tts, "voicebot_tts_cancellations_total", { reason: "ended" })) === 1, { what: "the cancellation" });
+    await otherAudio.done("t1");
+    expect(endingAudio.parts.some((p) => p.chunkDone)).toBe(false);
+    expectWellFormedChunk(otherAudio.chunk("t1"), 160);
+    await waitFor(async () => (await info(tts)).activeCalls === 0, {
+      what: "no active calls",
+    });
+    endingAudio.close();
+    otherAudio.close();
+  });
+});
+
+describe("tts drain", () => {
+  it("stops taking requests but finishes the chunks in flight", async () => {
+    const paced = new PacedEngine(defaultEngines.flite.create("slt"));
+    const tts = await startTts({ TTS_ENGINES: "paced" }, { paced: { defaultVoice: "slt", create: () => paced } });
+    const callId = newCallId();
+    const audio = await listen(callId);
+    speak({ callId, text: "Please hold while I check.", turnDone: true });
+    await waitFor(() => audio.parts.length >= 2, { what: "the first parts" });
+    expect((await info(tts)).activeCalls).toBe(1);
+    const stopped = tts.stop();
+    await audio.done("t1");
+    await stopped;
+    expectWellFormedChunk(audio.chunk("t1"), 160);
+    audio.close();
+  });
+});
+
+describe("tts engine failover", () => {
+  const engines = (extra: EngineRegistry): EngineRegistry => ({ ...defaultEngines, ...extra });
+
+  it("moves a chunk to flite when the first engine throws", async () => {
+    const throwing = new ThrowingEngine();
+    const tts = await startTts({ TTS_ENGINES: "throwing,flite" }, engines({ throwing: { defaultVoice: "x", create: () => throwing } }));
+    try {
+      const callId = newCallId();
+      const audio = await listen(callId);
+      speak({ callId, text: SENTENCE, turnDone: true });
+      await audio.done("t1");
+      expectWellFormedChunk(audio.chunk("t1"), 160);
+      expect(rmsDbfs(mulawDecode(joined(audio.parts)))).toBeGreaterThan(-35);
+      expect(throwing.calls).toBeGreaterThanOrEqual(2); // warm-up + the chunk
+      expect(await metric(tts, "voicebot_tts_failovers_total", { from: "throwing", reason: "error" })).toBeGreaterThanOrEqual(1);
+      expect(await metric(tts, "voicebot_tts_chunks_total", { outcome: "ok" })).toBe(1);
+      audio.close();
+    } finally {
+      await tts.stop();
+    }
+  });
+
+  it("fails over to espeak, whose 22.05 kHz audio is resampled to the request's format", async () => {
+    const tts = await startTts(
+      { TTS_ENGINES: "throwing,espeak" },
+      engines({ throwing: { defaultVoice: "x", create: () => new ThrowingEngine() } }),
+    );
+    try {
+      const callId = newCallId();
+      const audio = await listen(callId);
+      speak({ callId, text: SENTENCE, turnDone: true });
+      await audio.done("t1");
+      const parts = audio.chunk("t1");
+      expectWellFormedChunk(parts, 160);
+      const bytes = joined(parts);
+      expect(bytes.length / 8000).toBeGreaterThan(2.5);
+      expect(rmsDbfs(mulawDecode(bytes))).toBeGreaterThan(-35);
+      expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "espeak-ng", outcome: "ok" })).toBe(1);
+      audio.close();
+    } finally {
+      await tts.stop();
+    }
+  });
+
+  it("moves a chunk on when the first engine stalls past TTS_STALL_MS", async () => {
+    const stalling = new StallingEngine();
+    const tts = await startTts(
+      { TTS_ENGINES: "stalling,flite", TTS_STALL_MS: "300" },
+      engines({ stalling: { defaultVoice: "x", create: () => stalling } }),
+    );
+    try {
+      const callId = newCallId();
+      const audio = await listen(callId);
+      speak({ callId, text: "Please hold.", turnDone: true });
+      await audio.done("t1");
+      const timing = audio.parts[0].timing!;
+      expect(timing.ttsFirstAudioMs - timing.ttsRequestMs).toBeGreaterThanOrEqual(290);
+      expectWellFormedChunk(audio.chunk("t1"), 160);
+      expect(await metric(tts, "voicebot_tts_failovers_total", { from: "stalling", reason: "stall" })).toBe(1);
+      await waitFor(() => stalling.aborts >= 1, { what: "the stalled engine to be stopped" });
+      audio.close();
+    } finally {
+      await tts.stop();
+    }
+  });
+
+  it("closes the chunk with the audio that exists when an engine dies after audio began", async () => {
+    const tts = await startTts({ TTS_ENGINES: "dying,flite" }, engines({ dying: { defaultVoice: "x", create: () => new DyingEngine() } }));
+    try {
+      const callId = newCallId();
+      const audio = await listen(callId);
+      speak({ callId, text: SENTENCE, turnDone: true });
+      await audio.done("t1");
+      const parts = audio.chunk("t1");
+      expectWellFormedChunk(parts, 160);
+      expect(parts.at(-1)!.turnDone).toBe(true);
+      expect(joined(parts).length).toBe(800); // the 100 ms that existed, not a restart in another engine
+      expect(audio.failures).toEqual([]);
+      expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "dying", outcome: "partial" })).toBe(1);
+      audio.close();
+    } finally {
+      await tts.stop();
+    }
+  });
+
+  it("reports SynthesisFailed when every engine fails, and is not ready when no engine passed warm-up", async () => {
+    const tts = await startTts(
+      { TTS_ENGINES: "throwing" },
+      { ...defaultEngines, throwing: { defaultVoice: "x", create: () => new ThrowingEngine() } },
+      false,
+    );
+    try {
+      const ready = await waitFor(
+        async () => {
+          const res = await fetch(`http://127.0.0.1:${tts.ctx.port}/readyz`);
+          const body = (await res.json()) as { reason?: string };
+          return body.reason?.includes("warm-up") ? { status: res.status, body } : undefined;
+        },
+        { what: "the warm-up verdict" },
+      );
+      expect(ready.status).toBe(503);
+      expect(ready.body.reason).toMatch(/throwing: engine exploded/);
+
+      const callId = newCallId();
+      const audio = await listen(callId);
+      speak({ callId, turnId: "t4", chunkSeq: 2, text: "Hello.", turnDone: true });
+      await waitFor(() => audio.failures.length === 1, { what: "SynthesisFailed" });
+      expect(audio.failures[0]).toMatchObject({ callId, turnId: "t4", chunkSeq: 2 });
+      expect(audio.failures[0].error).toMatch(/engine exploded/);
+      expect(audio.parts).toEqual([]);
+      expect(await metric(tts, "voicebot_tts_chunks_total", { outcome: "failed" })).toBe(1);
+      audio.close();
+    } finally {
+      await tts.stop();
+    }
+  });
+});
+
+describe("tts configuration", () => {
+  it("rejects an unknown engine in TTS_ENGINES with a clear error", async () => {
+    const attempt = startService(createDefinition(), { TTS_ENGINES: "flite,festival", NATS_URL: "nats://127.0.0.1:1", HTTP_PORT: "0" });
+    await expect(attempt).rejects.toBeInstanceOf(ConfigError);
+    await expect(attempt).rejects.toThrow(/TTS_ENGINES="flite,festival": unknown festival \(allowed: flite, espeak\)/);
+  });
+
+  it("rejects bad numbers for the tts settings", async () => {
+    const attempt = startService(createDefinition(), { TTS_STALL_MS: "soon", TTS_MAX_CONCURRENT: "0", HTTP_PORT: "0" });
+    await expect(attempt).rejects.toThrow(/TTS_STALL_MS="soon".*TTS_MAX_CONCURRENT="0"/);
+  });
+});

@@ -1,0 +1,304 @@
+import { createHash } from "node:crypto";
+import { errorText, isValidCallId, subjects, type Bus, type Logger } from "@voicebot/bus";
+import { BotAudio, SynthesisFailed, TurnTiming, type SpeakRequest } from "@voicebot/proto";
+import { keys, type CallStore } from "@voicebot/state";
+import type { FallbackEngine } from "./fallback.js";
+import { PcmEncoder, resolveFormat, type OutputFormat } from "./format.js";
+import type { Job, JobRegistry } from "./jobs.js";
+import { QueueAbortedError, type Limiter } from "./limiter.js";
+import type { ChunkOutcome, TtsMetrics } from "./metrics.js";
+import { PartPacker } from "./packer.js";
+
+export interface SpeakerOptions {
+  /** Voice of the primary engine when a request names none (part of the cache key). */
+  defaultVoice: string;
+  /** Speaking rate passed to the engines (part of the cache key). */
+  rate: number;
+  cacheTtlMs: number;
+  /** Frames in part 0 of a chunk (small: the caller hears the bot as soon as audio exists). */
+  firstPartFrames: number;
+  /** Most frames in a later part (10 = 200 ms). */
+  maxPartFrames: number;
+}
+
+export interface SpeakerDeps {
+  bus: Bus;
+  store: CallStore;
+  log: Logger;
+  engine: FallbackEngine;
+  metrics: TtsMetrics;
+  limiter: Limiter;
+  jobs: JobRegistry;
+  options: SpeakerOptions;
+}
+
+/** Text without a letter or digit makes no sound in any engine. */
+const SPEAKABLE = /[\p{L}\p{N}]/u;
+
+/** A slow Redis must not delay the bot more than this: past it, the engines speak instead. */
+const CACHE_READ_TIMEOUT_MS = 250;
+
+/** Audio cache namespace; the digest covers everything that changes the audio. */
+const CACHE_NAMESPACE = "tts";
+
+/**
+ * Serves SpeakRequests: cached audio when there is some, otherwise the engines' audio converted to the requested
+ * format and published as BotAudio parts while it is being synthesized. Never throws: every failure ends either
+ * in a closed chunk (chunkDone) or a SynthesisFailed, so ingress is never left waiting.
+ */
+export class Speaker {
+  constructor(private readonly deps: SpeakerDeps) {}
+
+  async speak(request: SpeakRequest, receivedAtMs = Date.now()): Promise<void> {
+    const { log, metrics, jobs } = this.deps;
+    const { callId, turnId, chunkSeq } = request;
+    if (!isValidCallId(callId) || !turnId) {
+      metrics.badRequests.inc({ reason: isValidCallId(callId) ? "missing_turn_id" : "invalid_call_id" });
+      log.error("speak request dropped: it needs a valid call id and a turn id", { callId, turnId, chunkSeq });
+      return;
+    }
+    const started = jobs.start(callId, turnId, chunkSeq);
+    if ("refused" in started) {
+      metrics.cancellations.inc({ reason: started.refused });
+      metrics.chunks.inc({ engine: "none", outcome: "cancelled" });
+      log.debug("speak request dropped: turn cancelled or call ended", { callId, turnId, chunkSeq, reason: started.refused });
+      return;
+    }
+    const job = started.job;
+    try {
+      await this.serve(request, job, receivedAtMs);
+    } catch (error) {
+      // Only a bug gets here; still close the chunk for ingress.
+      log.error("speak request failed unexpectedly", { callId, turnId, chunkSeq, error: errorText(error) });
+      this.fail(request, job, `internal error: ${errorText(error)}`);
+    } finally {
+      jobs.finish(job);
+    }
+  }
+
+  private async serve(request: SpeakRequest, job: Job, receivedAtMs: number): Promise<void> {
+    const { log, metrics, limiter, engine, options } = this.deps;
+    const format = resolveFormat(request.format);
+    if ("error" in format) {
+      metrics.badRequests.inc({ reason: "unsupported_format" });
+      log.error("speak request has an unsupported audio format", { callId: request.callId, turnId: request.turnId, error: format.error });
+      this.fail(request, job, format.error);
+      return;
+    }
+    const out = new ChunkOut(this.deps, request, format, job, receivedAtMs, request.cacheable);
+
+    if (!SPEAKABLE.test(request.text)) {
+      // Nothing to say (an empty closing chunk, lone punctuation): one frame of silence still carries the done flags.
+      out.source = "none";
+      out.push(new Uint8Array(format.frameBytes).fill(format.padByte));
+      out.finish();
+      metrics.chunks.inc({ engine: "none", outcome: "ok" });
+      return;
+    }
+
+    const voice = request.voice || options.defaultVoice;
+    const cacheKey = request.cacheable
+      ? keys.cache(CACHE_NAMESPACE, digest([engine.primary.label, voice, options.rate, format.label, request.text]))
+      : undefined;
+    if (cacheKey) {
+      const cached = await this.cached(cacheKey, format, request);
+      if (job.signal.aborted) return this.cancelled(request, "none");
+      if (cached) {
+        out.source = "cache";
+        out.push(cached);
+        out.finish();
+        metrics.chunks.inc({ engine: "cache", outcome: "ok" });
+        metrics.audioSeconds.inc({ source: "cache" }, out.seconds);
+        return;
+      }
+    }
+
+    let release: () => void;
+    try {
+      release = await limiter.acquire(job.signal);
+    } catch (error) {
+      if (error instanceof QueueAbortedError) return this.cancelled(request, "none");
+      throw error;
+    }
+    let result: { outcome: ChunkOutcome; engine: string; primary: boolean };
+    try {
+      result = await this.synthesize(request, job, format, out);
+    } finally {
+      release();
+    }
+    metrics.chunks.inc({ engine: result.engine, outcome: result.outcome });
+    if (result.outcome === "ok") metrics.audioSeconds.inc({ source: "engine" }, out.seconds);
+    if (result.outcome === "cancelled") this.cancelled(request, result.engine, false);
+
+    // Only the primary engine's audio is cached: a failover voice must not be replayed for days.
+    if (cacheKey && result.outcome === "ok" && result.primary) {
+      try {
+        await this.deps.store.setBuffer(cacheKey, out.collected(), options.cacheTtlMs);
+      } catch (error) {
+        metrics.cacheWriteErrors.inc();
+        log.warn("tts cache write failed", { callId: request.callId, error: errorText(error) });
+      }
+    }
+  }
+
+  private async synthesize(
+    request: SpeakRequest,
+    job: Job,
+    format: OutputFormat,
+    out: ChunkOut,
+  ): Promise<{ outcome: ChunkOutcome; engine: string; primary: boolean }> {
+    const { engine, log, metrics, options } = this.deps;
+    const { callId, turnId, chunkSeq } = request;
+    const encoder = new PcmEncoder(engine.sampleRate, format);
+    let answered = { label: "none", index: -1 };
+    try {
+      const audio = engine.synthesize({
+        text: request.text,
+        voice: request.voice || undefined,
+        rate: options.rate,
+        signal: job.signal,
+        onEngine: (label, index) => (answered = { label, index }),
+      });
+      for await (const pcm of audio) {
+        if (job.signal.aborted) break;
+        out.push(encoder.push(pcm));
+      }
+      if (job.signal.aborted) return { outcome: "cancelled", engine: answered.label, primary: false };
+      out.push(encoder.flush());
+      if (!out.hasAudio) throw new Error("engine produced no audio");
+      out.finish();
+      return { outcome: "ok", engine: answered.label, primary: answered.index === 0 };
+    } catch (error) {
+      if (job.signal.aborted) return { outcome: "cancelled", engine: answered.label, primary: false };
+      if (out.hasAudio) {
+        // The caller already hears this chunk: close it with what exists rather than restart it in another voice.
+        metrics.engineErrors.inc({ engine: answered.label, phase: "after_audio" });
+        log.error("tts engine failed after audio began; chunk cut short", { callId, turnId, chunkSeq, engine: answered.label, error: errorText(error) });
+        out.push(encoder.flush());
+        out.finish();
+        return { outcome: "partial", engine: answered.label, primary: false };
+      }
+      log.error("no tts engine could speak the chunk", { callId, turnId, chunkSeq, error: errorText(error) });
+      this.fail(request, job, errorText(error));
+      return { outcome: "failed", engine: "none", primary: false };
+    }
+  }
+
+  /** Cached audio for the key, if present and sane; a Redis problem is a miss (the engines still work). */
+  private async cached(key: string, format: OutputFormat, request: SpeakRequest): Promise<Uint8Array | undefined> {
+    const { store, metrics, log } = this.deps;
+    let audio: Buffer | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const slow = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer within ${CACHE_READ_TIMEOUT_MS} ms`)), CACHE_READ_TIMEOUT_MS);
+      });
+      audio = await Promise.race([store.getBuffer(key), slow]);
+    } catch (error) {
+      metrics.cacheLookups.inc({ result: "error" });
+      log.warn("tts cache read failed; synthesizing", { callId: request.callId, error: errorText(error) });
+      return undefined;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (!audio || audio.length === 0 || audio.length % format.frameBytes !== 0) {
+      metrics.cacheLookups.inc({ result: "miss" });
+      return undefined;
+    }
+    metrics.cacheLookups.inc({ result: "hit" });
+    return audio;
+  }
+
+  private cancelled(request: SpeakRequest, engine: string, count = true): void {
+    this.deps.log.debug("speak request cancelled", { callId: request.callId, turnId: request.turnId, chunkSeq: request.chunkSeq });
+    if (count) this.deps.metrics.chunks.inc({ engine, outcome: "cancelled" });
+  }
+
+  private fail(request: SpeakRequest, job: Job, error: string): void {
+    if (job.signal.aborted) return;
+    this.deps.bus.publish(
+      subjects.ttsFailed(request.callId),
+      SynthesisFailed,
+      SynthesisFailed.create({ callId: request.callId, turnId: request.turnId, chunkSeq: request.chunkSeq, error }),
+      request.callId,
+    );
+  }
+}
+
+/** Publishes one chunk's BotAudio parts in order; nothing once the job is cancelled. */
+class ChunkOut {
+  private readonly packer: PartPacker;
+  private partSeq = 0;
+  private bytesOut = 0;
+  private readonly kept: Uint8Array[] | undefined;
+  /** Where the audio comes from (metric label). */
+  source: "engine" | "cache" | "none" = "engine";
+
+  constructor(
+    private readonly deps: SpeakerDeps,
+    private readonly request: SpeakRequest,
+    private readonly format: OutputFormat,
+    private readonly job: Job,
+    private readonly receivedAtMs: number,
+    keep: boolean,
+  ) {
+    this.packer = new PartPacker({
+      frameBytes: format.frameBytes,
+      padByte: format.padByte,
+      firstPartFrames: deps.options.firstPartFrames,
+      maxPartFrames: deps.options.maxPartFrames,
+    });
+    this.kept = keep ? [] : undefined;
+  }
+
+  get hasAudio(): boolean {
+    return this.packer.hasAudio;
+  }
+
+  /** Seconds of audio published so far. */
+  get seconds(): number {
+    return this.bytesOut / (this.format.frameBytes * 50);
+  }
+
+  push(bytes: Uint8Array): void {
+    for (const payload of this.packer.push(bytes)) this.publish(payload, false);
+  }
+
+  finish(): void {
+    const payloads = this.packer.finish();
+    payloads.forEach((payload, i) => this.publish(payload, i === payloads.length - 1));
+  }
+
+  /** Everything published, as one buffer (for the cache). */
+  collected(): Uint8Array {
+    return Buffer.concat(this.kept ?? []);
+  }
+
+  private publish(payload: Uint8Array, last: boolean): void {
+    if (this.job.signal.aborted) return;
+    const { bus, metrics } = this.deps;
+    const { callId, turnId, chunkSeq, text, turnDone } = this.request;
+    const first = this.partSeq === 0;
+    const now = Date.now();
+    const message = BotAudio.create({
+      callId,
+      turnId,
+      chunkSeq,
+      partSeq: this.partSeq++,
+      format: { encoding: this.format.encoding, sampleRate: this.format.sampleRate },
+      payload: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
+      chunkDone: last,
+      turnDone: last && turnDone,
+      text: first ? text : "",
+      timing: first ? { ...TurnTiming.create(), ...this.request.timing, ttsRequestMs: this.receivedAtMs, ttsFirstAudioMs: now } : undefined,
+    });
+    bus.publish(subjects.botAudio(callId), BotAudio, message, callId);
+    this.bytesOut += payload.length;
+    this.kept?.push(payload);
+    if (first) metrics.firstAudio.observe({ source: this.source }, (now - this.receivedAtMs) / 1000);
+  }
+}
+
+function digest(parts: unknown[]): string {
+  return createHash("sha256").update(JSON.stringify(parts)).digest("hex");
+}
