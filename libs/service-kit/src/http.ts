@@ -1,5 +1,7 @@
 import http from "node:http";
 import type { Duplex } from "node:stream";
+import { errorText, silentLogger, type Logger } from "@voicebot/bus";
+import { Counter, type Registry } from "prom-client";
 
 export type RouteHandler = (req: http.IncomingMessage, res: http.ServerResponse, match: RegExpMatchArray) => void | Promise<void>;
 export type UpgradeHandler = (req: http.IncomingMessage, socket: Duplex, head: Buffer) => void;
@@ -10,25 +12,75 @@ interface Route {
   handler: RouteHandler;
 }
 
-/** The one HTTP server of a process: ops endpoints plus whatever routes and WebSocket paths the service adds. */
+/** The path of a request target, or undefined for targets URL cannot parse (`//[`, `//`...). */
+function pathOf(target: string | undefined): string | undefined {
+  try {
+    return new URL(target ?? "/", "http://x").pathname;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The one HTTP server of a process: ops endpoints plus whatever routes and WebSocket paths the service adds.
+ * A bad request target or a throwing handler costs only that request or socket, never the process.
+ */
 export class HttpServer {
   readonly server: http.Server;
   private readonly routes: Route[] = [];
   private readonly upgrades = new Map<string, UpgradeHandler>();
+  private readonly rejected: Counter<"reason">;
+  private lastRejectLog = 0;
 
-  constructor() {
-    this.server = http.createServer((req, res) => void this.handle(req, res));
+  constructor(
+    private readonly log: Logger = silentLogger,
+    registry?: Registry,
+  ) {
+    this.rejected = new Counter({
+      name: "voicebot_http_rejected_total",
+      help: "HTTP requests and upgrades refused before reaching a handler",
+      labelNames: ["reason"],
+      registers: registry ? [registry] : [],
+    });
+    this.server = http.createServer((req, res) => {
+      this.handle(req, res).catch((error) => this.refuse("handler_failed", req, error));
+    });
     this.server.on("upgrade", (req, socket, head) => {
-      const path = new URL(req.url ?? "/", "http://x").pathname;
-      const handler = this.upgrades.get(path);
-      if (!handler) {
-        socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n");
+      socket.on("error", () => undefined); // a peer resetting mid-handshake is not our error
+      const path = pathOf(req.url);
+      if (path === undefined) {
+        this.refuse("bad_url", req);
+        socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
         return;
       }
-      handler(req, socket, head);
+      const handler = this.upgrades.get(path);
+      if (!handler) {
+        socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        return;
+      }
+      try {
+        handler(req, socket, head);
+      } catch (error) {
+        this.refuse("upgrade_failed", req, error);
+        socket.destroy();
+      }
     });
     // Keep-alive sockets of scrapers must not hold a drain open.
     this.server.keepAliveTimeout = 5_000;
+  }
+
+  /** Counts every refusal; logs at most one line a second so junk traffic cannot flood the logs. */
+  private refuse(reason: string, req: http.IncomingMessage, error?: unknown): void {
+    this.rejected.inc({ reason });
+    const now = Date.now();
+    if (now - this.lastRejectLog < 1_000) return;
+    this.lastRejectLog = now;
+    this.log.warn("http request refused", {
+      reason,
+      method: req.method,
+      target: (req.url ?? "").slice(0, 120),
+      ...(error === undefined ? {} : { error: errorText(error) }),
+    });
   }
 
   route(method: string, pattern: RegExp, handler: RouteHandler): void {
@@ -40,7 +92,13 @@ export class HttpServer {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const path = new URL(req.url ?? "/", "http://x").pathname;
+    const path = pathOf(req.url);
+    if (path === undefined) {
+      this.refuse("bad_url", req);
+      res.setHeader("connection", "close");
+      sendJson(res, 400, { error: "bad request target" });
+      return;
+    }
     for (const route of this.routes) {
       const match = path.match(route.pattern);
       if (!match) continue;
@@ -50,7 +108,7 @@ export class HttpServer {
       } catch (error) {
         if (!res.headersSent) sendJson(res, 500, { error: "internal error" });
         else res.destroy();
-        throw error;
+        this.refuse("handler_failed", req, error);
       }
       return;
     }

@@ -109,7 +109,7 @@ export async function startService<C>(definition: ServiceDefinition<C>, env: Nod
     return running.notReadyReason?.();
   };
 
-  const http = new HttpServer();
+  const http = new HttpServer(log, registry);
   http.route("GET", /^\/healthz$/, (_req, res) => {
     const problem = bus?.nc.isClosed() ? "nats connection closed" : stall.stalledMs() > 5_000 ? "event loop stalled" : undefined;
     sendJson(res, problem ? 503 : 200, { status: problem ? "unhealthy" : "ok", reason: problem });

@@ -37,6 +37,18 @@ export interface IngressConfig {
   startTimeoutMs: number;
   /** New streams are refused above this many live ones (0 = no limit). */
   maxCalls: number;
+  /** Live streams allowed per client address; more are refused with 429 (0 = no limit). */
+  maxCallsPerClient: number;
+  /** Take the client address from X-Forwarded-For (only behind a proxy that sets it). */
+  trustProxy: boolean;
+  /** Proxies in front of the ingress that append to X-Forwarded-For: the client is that many entries from the right. */
+  proxyHops: number;
+  /** Stop bot audio when the caller starts speaking (per call: customParameters.bargeIn). */
+  bargeIn: boolean;
+  /** Barge in only once the caller has spoken this long since SpeechActivity STARTED arrived (0 = at once). */
+  bargeInMinSpeechMs: number;
+  /** How long an inbound frame that arrived out of order may be held to wait for the frames before it. */
+  inboundJitterMs: number;
   /** Set when both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are: transfers and DTMF go through the REST API. */
   twilioRest: TwilioRestConfig | undefined;
   /** Check X-Twilio-Signature on the upgrade (needs TWILIO_AUTH_TOKEN). */
@@ -73,6 +85,12 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
     messageBurst: env.int("INGRESS_MSG_BURST", 400, { min: 1 }),
     startTimeoutMs: env.int("INGRESS_START_TIMEOUT_MS", 10_000, { min: 100 }),
     maxCalls: env.int("INGRESS_MAX_CALLS", 0, { min: 0 }),
+    maxCallsPerClient: env.int("INGRESS_MAX_CALLS_PER_CLIENT", 0, { min: 0 }),
+    trustProxy: env.bool("INGRESS_TRUST_PROXY", false),
+    proxyHops: env.int("INGRESS_PROXY_HOPS", 1, { min: 1, max: 10 }),
+    bargeIn: env.bool("BARGE_IN", true),
+    bargeInMinSpeechMs: env.int("BARGE_IN_MIN_SPEECH_MS", 0, { min: 0, max: 5_000 }),
+    inboundJitterMs: env.int("INBOUND_JITTER_MS", 60, { min: 0, max: 1_000 }),
     twilioRest: accountSid && authToken ? { accountSid, authToken, baseUrl, timeoutMs } : undefined,
     validateSignature,
     publicStreamUrl,
@@ -81,6 +99,15 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
   if (!AGENT.test(defaultAgent)) env.problem(`DEFAULT_AGENT=${JSON.stringify(defaultAgent)} must match ${AGENT}`);
   if (validateSignature && !authToken) env.problem("TWILIO_VALIDATE_SIGNATURE=true needs TWILIO_AUTH_TOKEN");
   return config;
+}
+
+/** customParameters.bargeIn: "true"/"false" (also 1/0, yes/no, on/off); undefined when absent or unreadable. */
+export function parseBool(value: string | undefined): boolean | undefined {
+  const v = value?.trim().toLowerCase();
+  if (v === undefined || v === "") return undefined;
+  if (["1", "true", "yes", "on"].includes(v)) return true;
+  if (["0", "false", "no", "off"].includes(v)) return false;
+  return undefined;
 }
 
 export function isValidAgent(agent: string): boolean {

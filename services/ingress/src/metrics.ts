@@ -6,7 +6,7 @@ export class IngressMetrics {
   readonly framesIn: Counter;
   readonly framesOut: Counter;
   readonly turnLatency: Histogram;
-  readonly underruns: Counter;
+  readonly underruns: Counter<"where">;
   readonly skippedChunks: Counter<"reason">;
   readonly droppedBotAudio: Counter<"reason">;
   readonly controls: Counter<"action" | "outcome">;
@@ -15,6 +15,14 @@ export class IngressMetrics {
   readonly publishErrors: Counter<"message">;
   readonly storeErrors: Counter<"op">;
   readonly playbackEvents: Counter<"kind">;
+  readonly bargeIns: Counter;
+  readonly bargeInsIgnored: Counter<"reason">;
+  readonly clearLatency: Histogram;
+  readonly cancels: Counter<"reason">;
+  readonly inboundReordered: Counter;
+  readonly inboundDropped: Counter<"reason">;
+  readonly inboundMissing: Counter;
+  readonly inboundConcealed: Counter;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -34,7 +42,8 @@ export class IngressMetrics {
     });
     this.underruns = new Counter({
       name: "voicebot_ingress_playout_underruns_total",
-      help: "Times Twilio's buffer ran dry in the middle of a turn (audio arrived late)",
+      help: "Times Twilio's buffer ran dry in the middle of a turn (audio arrived late): inside a chunk or between two",
+      labelNames: ["where"],
       registers,
     });
     this.skippedChunks = new Counter({
@@ -83,6 +92,50 @@ export class IngressMetrics {
       name: "voicebot_ingress_playback_events_total",
       help: "PlaybackEvents published",
       labelNames: ["kind"],
+      registers,
+    });
+    this.bargeIns = new Counter({
+      name: "voicebot_ingress_barge_ins_total",
+      help: "Bot audio cut because the caller started speaking",
+      registers,
+    });
+    this.bargeInsIgnored = new Counter({
+      name: "voicebot_ingress_barge_ins_ignored_total",
+      help: "Caller speech onsets that cut nothing (nothing playing, barge-in off, speech too short)",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.clearLatency = new Histogram({
+      name: "voicebot_ingress_clear_latency_seconds",
+      help: "Caller speech onset (SpeechActivity.atMs) to the Twilio clear sent",
+      buckets: [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2],
+      registers,
+    });
+    this.cancels = new Counter({
+      name: "voicebot_ingress_cancels_total",
+      help: "CancelTurn messages published, by reason",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.inboundReordered = new Counter({
+      name: "voicebot_ingress_inbound_frames_reordered_total",
+      help: "Caller frames that arrived out of order and were put back in order",
+      registers,
+    });
+    this.inboundDropped = new Counter({
+      name: "voicebot_ingress_inbound_frames_dropped_total",
+      help: "Caller frames dropped: duplicate, or late (arrived after their place was filled)",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.inboundMissing = new Counter({
+      name: "voicebot_ingress_inbound_frames_missing_total",
+      help: "Caller frames that never arrived in time (gaps in Twilio's chunk numbering)",
+      registers,
+    });
+    this.inboundConcealed = new Counter({
+      name: "voicebot_ingress_inbound_frames_concealed_total",
+      help: "Missing caller frames replaced by silence or a repeat of the previous frame",
       registers,
     });
   }

@@ -19,7 +19,8 @@ export interface PlayoutListener {
   interrupted(turn: TurnState): void;
   chunkSkipped(turn: TurnState, chunkSeq: number, reason: SkipReason): void;
   turnAbandoned(turn: TurnState, missingChunk: number): void;
-  underrun(turn: TurnState): void;
+  /** Twilio's buffer ran dry with the turn unfinished: inside a chunk (its next part was late) or between two. */
+  underrun(turn: TurnState, where: "mid_chunk" | "between_chunks"): void;
 }
 
 export interface PlayoutOptions {
@@ -35,6 +36,12 @@ interface SentMark {
   chunkSeq: number;
   text: string;
 }
+
+/**
+ * A tick may run a hair early by the monotonic clock (the event loop's timer clock has ms resolution). Without
+ * this slack such a tick would send nothing and the next one two frames: a 40 ms hole in the cadence for nothing.
+ */
+const PACING_SLACK_MS = 5;
 
 /** Remembers this many completed turn ids per call (for controls that wait on a turn). */
 const MAX_COMPLETED_TURNS = 1_000;
@@ -68,15 +75,20 @@ export class CallPlayout {
     return this.queue.fail(turnId, chunkSeq, reason, nowMs);
   }
 
-  /** Sends whatever is due; false when there is nothing left to pace (the scheduler stops calling). */
-  pump(nowMs: number): boolean {
+  /**
+   * Sends whatever is due; false when there is nothing left to pace (the scheduler stops calling). Between ticks
+   * (new audio arrived) frames go out only while Twilio's buffer is low (a turn starts, or audio was late), so a
+   * healthy stream keeps the ticks' steady one-frame-per-tick cadence.
+   */
+  pump(nowMs: number, onTick = true): boolean {
     if (this.closed) return false;
     if (this.bufferedUntil < nowMs) {
       // Twilio's buffer ran dry. In the middle of a turn that is an audible gap.
       const current = this.queue.current;
       if (!this.starved && current && current.framesSent > 0 && this.bufferedUntil > 0) {
         this.starved = true;
-        this.listener.underrun(current);
+        const chunk = current.chunks.get(current.next);
+        this.listener.underrun(current, chunk && chunk.framesSent > 0 ? "mid_chunk" : "between_chunks");
       }
       this.bufferedUntil = nowMs;
     }
@@ -86,8 +98,9 @@ export class CallPlayout {
       this.output.sendMedia(batch.length === 1 ? batch[0] : Buffer.concat(batch), batch.length);
       batch.length = 0;
     };
+    const budgetMs = onTick ? this.options.leadMs + PACING_SLACK_MS : Math.max(FRAME_MS, this.options.leadMs - FRAME_MS);
     for (;;) {
-      const frameAllowed = this.bufferedUntil + FRAME_MS - nowMs <= this.options.leadMs;
+      const frameAllowed = this.bufferedUntil + FRAME_MS - nowMs <= budgetMs;
       const step = this.queue.next(nowMs, frameAllowed);
       switch (step.kind) {
         case "frame":
@@ -120,6 +133,11 @@ export class CallPlayout {
           return false;
       }
     }
+  }
+
+  /** Bot audio is playing or waiting to: sent but not yet heard (marks pending), or queued here. */
+  get hasPendingAudio(): boolean {
+    return !this.closed && (this.marks.size > 0 || !this.queue.idle);
   }
 
   /** Twilio echoed a mark: everything before it has played. False for marks we do not know (e.g. after a clear). */

@@ -1,8 +1,11 @@
 import { performance } from "node:perf_hooks";
 
 export interface Pacer {
-  /** Sends what is due at `nowMs` (monotonic); false when it has nothing left to pace. */
-  pump(nowMs: number): boolean;
+  /**
+   * Sends what is due at `nowMs` (monotonic); false when it has nothing left to pace. `onTick` is false when
+   * woken by new input between ticks.
+   */
+  pump(nowMs: number, onTick: boolean): boolean;
 }
 
 /**
@@ -26,7 +29,7 @@ export class PlayoutScheduler {
   /** New audio (or a new state) for a call: pace it now, then on every tick while it has work. */
   wake(pacer: Pacer): void {
     this.active.add(pacer);
-    this.run(pacer, this.now());
+    this.run(pacer, this.now(), false);
     if (this.active.size > 0 && !this.timer) this.timer = setInterval(() => this.tick(), this.tickMs);
   }
 
@@ -42,13 +45,13 @@ export class PlayoutScheduler {
 
   private tick(): void {
     const now = this.now();
-    for (const pacer of this.active) this.run(pacer, now);
+    for (const pacer of this.active) this.run(pacer, now, true);
     this.stopIfIdle();
   }
 
-  private run(pacer: Pacer, now: number): void {
+  private run(pacer: Pacer, now: number, onTick: boolean): void {
     try {
-      if (!pacer.pump(now)) this.active.delete(pacer);
+      if (!pacer.pump(now, onTick)) this.active.delete(pacer);
     } catch (error) {
       // One call's failure must not stop the others' audio.
       this.active.delete(pacer);

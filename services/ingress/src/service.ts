@@ -6,6 +6,7 @@ import { IngressMetrics } from "./metrics.js";
 import { ReadinessProbe } from "./readiness.js";
 import { registerRecordRoute } from "./record-route.js";
 import { PlayoutScheduler } from "./scheduler.js";
+import { LiveCalls } from "./session.js";
 import { TwilioRestClient } from "./twilio-rest.js";
 
 export const definition: ServiceDefinition<IngressConfig> = {
@@ -23,7 +24,7 @@ export const definition: ServiceDefinition<IngressConfig> = {
     log.info(twilioApi ? "Twilio REST API configured: transfers redirect the call" : "no Twilio REST credentials: transfers close the stream", {
       requireServices: config.requireServices,
     });
-    const endpoint = new TwilioEndpoint({ bus, store, log, metrics, config, scheduler, twilioApi });
+    const endpoint = new TwilioEndpoint({ bus, store, log, metrics, config, scheduler, twilioApi, liveCalls: new LiveCalls() });
     http.upgrade("/twilio", endpoint.handleUpgrade);
     registerRecordRoute(http, store, log, metrics);
     const probe = new ReadinessProbe(bus, config.requireServices, config.readinessProbeIntervalMs, ctx.common.instanceId, log);

@@ -10,20 +10,24 @@ import {
   CallEnded,
   CallerAudio,
   CallStarted,
+  CancelTurn,
   DialogInput,
   KeypadPress,
   PlaybackEvent,
   PlaybackEvent_Kind,
+  SpeechActivity,
+  SpeechActivity_Kind,
   SynthesisFailed,
 } from "@voicebot/proto";
 import type { CallMeta, CallStore } from "@voicebot/state";
 import WebSocket, { type RawData } from "ws";
-import { isValidAgent, type IngressConfig } from "./config.js";
+import { isValidAgent, parseBool, type IngressConfig } from "./config.js";
 import { ProtocolErrorReporter, RateLimiter } from "./guard.js";
+import { InboundJitterBuffer, type JitterSink } from "./jitter.js";
 import type { IngressMetrics } from "./metrics.js";
 import { CallPlayout, type PlayoutListener, type PlayoutOutput } from "./playout.js";
-import type { PlayoutScheduler } from "./scheduler.js";
-import { FRAME_BYTES, type SkipReason, type TurnState } from "./turn-queue.js";
+import type { Pacer, PlayoutScheduler } from "./scheduler.js";
+import type { SkipReason, TurnState } from "./turn-queue.js";
 import { turnLatency } from "./turn-record.js";
 import {
   clearMessage,
@@ -47,9 +51,31 @@ export interface SessionDeps {
   scheduler: PlayoutScheduler;
   /** Set when Twilio REST credentials are configured. */
   twilioApi: TwilioRestClient | undefined;
+  liveCalls: LiveCalls;
+}
+
+/**
+ * Call ids streaming through this process. Twilio opens one bidirectional stream per call, so a second `start`
+ * for a live call id is someone else's: refused, or it would inject audio into that call and end it.
+ */
+export class LiveCalls {
+  private readonly owners = new Map<string, object>();
+
+  claim(callId: string, owner: object): boolean {
+    const current = this.owners.get(callId);
+    if (current && current !== owner) return false;
+    this.owners.set(callId, owner);
+    return true;
+  }
+
+  release(callId: string, owner: object): void {
+    if (this.owners.get(callId) === owner) this.owners.delete(callId);
+  }
 }
 
 const MULAW_8K = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 };
+/** End reasons on the caller's side: the call's work is cancelled with reason "hangup". */
+const CALLER_END_REASONS = new Set(["caller_hangup", "stream_closed"]);
 /** Durable dialog inputs are retried this many times (JetStream dedupes by msgId, so retrying is safe). */
 const DURABLE_ATTEMPTS = 5;
 
@@ -59,7 +85,12 @@ export class CallSession {
   private log: Logger;
   private playout: CallPlayout | undefined;
   private readonly subs: Subscription[] = [];
-  private lastChunk = 0;
+  private jitter: InboundJitterBuffer | undefined;
+  /** Pumps the jitter buffer from the shared scheduler while it holds frames. */
+  private readonly jitterPacer: Pacer = { pump: (now) => this.jitter?.pump(now) ?? false };
+  private bargeIn = true;
+  /** A speech onset waiting out BARGE_IN_MIN_SPEECH_MS before it cuts the bot off. */
+  private pendingBargeIn: { utteranceId: string; timer: NodeJS.Timeout } | undefined;
   private startedAtMs = 0;
   private endReason: string | undefined;
   private ended = false;
@@ -168,6 +199,11 @@ export class CallSession {
   private onStart(start: StartMessage): void {
     const now = performance.now();
     if (this.callSid) return this.errors.report("duplicate_start", "second start on one stream ignored", now);
+    if (!this.deps.liveCalls.claim(start.callSid, this)) {
+      this.errors.report("call_already_streaming", `call ${start.callSid} already has a live stream here`, now, { closing: 1008 });
+      this.close(1008, "call_already_streaming");
+      return;
+    }
     clearTimeout(this.startTimer);
     const callId = start.callSid;
     this.callSid = callId;
@@ -186,6 +222,13 @@ export class CallSession {
     this.startedAtMs = startedAtMs;
     const from = params.from ?? params.From ?? "";
     const to = params.to ?? params.To ?? "";
+    this.bargeIn = config.bargeIn;
+    if (params.bargeIn !== undefined) {
+      const value = parseBool(params.bargeIn);
+      if (value === undefined) this.log.warn("invalid bargeIn parameter ignored", { bargeIn: params.bargeIn.slice(0, 20), using: this.bargeIn });
+      else this.bargeIn = value;
+    }
+    this.jitter = new InboundJitterBuffer(config.inboundJitterMs, this.jitterSink);
 
     this.playout = new CallPlayout(
       { leadMs: config.playoutLeadMs, stallMs: config.playoutStallMs, aloneStallMs: config.playoutAloneStallMs },
@@ -196,6 +239,7 @@ export class CallSession {
       bus.subscribe(subjects.botAudio(callId), BotAudio, (m) => this.onBotAudio(m), { name: "bot-audio", ordered: true }),
       bus.subscribe(subjects.ttsFailed(callId), SynthesisFailed, (m) => this.onSynthesisFailed(m), { name: "tts-failed" }),
       bus.subscribe(subjects.control(callId), CallControl, (m) => this.onControl(m), { name: "control" }),
+      bus.subscribe(subjects.speech(callId), SpeechActivity, (m) => this.onSpeech(m), { name: "speech", ordered: true }),
     );
 
     const callStarted = CallStarted.create({
@@ -220,7 +264,7 @@ export class CallSession {
       to,
       startedAt: new Date(startedAtMs).toISOString(),
     };
-    this.log.info("call started", { agent, tracks: start.tracks });
+    this.log.info("call started", { agent, tracks: start.tracks, bargeIn: this.bargeIn });
     this.enqueue(async () => {
       await this.storeOp("create_call", () => this.deps.store.createCall(meta));
       this.publish(subjects.callStarted, CallStarted, callStarted, "call_started");
@@ -237,21 +281,29 @@ export class CallSession {
       return this.errors.report("stream_sid_mismatch", `media for stream ${media.streamSid.slice(0, 40)}`, now);
     }
     if (media.track !== "inbound") return; // only the caller's side goes to recognition
-    if (media.chunk <= this.lastChunk) {
-      return this.errors.report("chunk_out_of_order", `chunk ${media.chunk} after ${this.lastChunk}`, now);
-    }
-    this.lastChunk = media.chunk;
-    const frameCount = Math.ceil(media.payload.length / FRAME_BYTES);
-    const audio = CallerAudio.create({
-      callId,
-      firstFrame: media.chunk - 1,
-      frameCount,
-      format: MULAW_8K,
-      payload: media.payload,
-      receivedAtMs: Date.now(),
-    });
-    if (this.publish(subjects.callerAudio(callId), CallerAudio, audio, "caller_audio")) this.deps.metrics.framesIn.inc(frameCount);
+    const jitter = this.jitter!;
+    // In order: forwarded right here. Ahead of a gap: held, and the shared scheduler closes the gap in time.
+    if (jitter.push(media.chunk, media.payload, now, Date.now()) === "held") this.deps.scheduler.wake(this.jitterPacer);
   }
+
+  private readonly jitterSink: JitterSink = {
+    forward: (chunk, payload, frameCount, receivedAtMs, concealed) => {
+      const callId = this.callSid!;
+      const audio = CallerAudio.create({ callId, firstFrame: chunk - 1, frameCount, format: MULAW_8K, payload, receivedAtMs });
+      if (this.publish(subjects.callerAudio(callId), CallerAudio, audio, "caller_audio") && !concealed) this.deps.metrics.framesIn.inc(frameCount);
+    },
+    reordered: () => this.deps.metrics.inboundReordered.inc(),
+    dropped: (reason) => {
+      this.deps.metrics.inboundDropped.inc({ reason });
+      this.log.debug("caller frame dropped", { reason });
+    },
+    gap: (missing, concealed) => {
+      const { metrics } = this.deps;
+      metrics.inboundMissing.inc(missing);
+      if (concealed > 0) metrics.inboundConcealed.inc(concealed);
+      this.log.debug("caller audio gap", { missingFrames: missing, concealedFrames: concealed });
+    },
+  };
 
   private onDtmf(dtmf: DtmfMessage, now: number): void {
     const callId = this.callSid;
@@ -316,6 +368,70 @@ export class CallSession {
     scheduler.wake(playout);
   }
 
+  /** Caller speech onset/end from the asr's VAD: barge-in. */
+  private onSpeech(activity: SpeechActivity): void {
+    if (this.ended || !this.playout) return;
+    const { metrics, config } = this.deps;
+    if (activity.kind === SpeechActivity_Kind.KIND_STOPPED) {
+      const pending = this.pendingBargeIn;
+      if (pending && (!pending.utteranceId || !activity.utteranceId || pending.utteranceId === activity.utteranceId)) {
+        clearTimeout(pending.timer);
+        this.pendingBargeIn = undefined;
+        metrics.bargeInsIgnored.inc({ reason: "short_speech" });
+        this.log.debug("speech ended before the barge-in minimum; bot keeps talking", { utteranceId: activity.utteranceId });
+      }
+      return;
+    }
+    if (activity.kind !== SpeechActivity_Kind.KIND_STARTED) return;
+    if (!this.playout.hasPendingAudio) {
+      metrics.bargeInsIgnored.inc({ reason: "nothing_playing" });
+      return;
+    }
+    if (!this.bargeIn) {
+      metrics.bargeInsIgnored.inc({ reason: "disabled" });
+      this.log.debug("caller spoke over the bot; barge-in is off for this call");
+      return;
+    }
+    if (config.bargeInMinSpeechMs === 0) return this.bargeInNow(activity);
+    if (this.pendingBargeIn) return; // already waiting on an onset
+    const timer = setTimeout(() => {
+      this.pendingBargeIn = undefined;
+      this.bargeInNow(activity);
+    }, config.bargeInMinSpeechMs);
+    this.pendingBargeIn = { utteranceId: activity.utteranceId, timer };
+  }
+
+  /** Cuts the bot off: Twilio `clear` first, then tell the pipeline what was cut and what the caller heard. */
+  private bargeInNow(activity: SpeechActivity): void {
+    const playout = this.playout;
+    if (this.ended || !playout) return;
+    const { metrics } = this.deps;
+    if (!playout.hasPendingAudio) {
+      metrics.bargeInsIgnored.inc({ reason: "nothing_playing" });
+      return;
+    }
+    const cut = playout.clear();
+    const clearedAtMs = Date.now();
+    if (activity.atMs > 0) metrics.clearLatency.observe(Math.max(0, clearedAtMs - activity.atMs) / 1000);
+    metrics.bargeIns.inc();
+    this.publishCancels(cut.map((t) => t.id), "barge_in");
+    this.log.info("barge-in: caller spoke over the bot; playback cleared", {
+      utteranceId: activity.utteranceId,
+      cutTurns: cut.map((t) => ({ turnId: t.id, lastHeardChunk: t.lastHeardChunk })),
+      onsetToClearMs: activity.atMs > 0 ? clearedAtMs - activity.atMs : undefined,
+    });
+  }
+
+  /** Tells tts and the dialog to stop working on turns the caller will not hear ("" = every turn of the call). */
+  private publishCancels(turnIds: string[], reason: string): void {
+    const callId = this.callSid!;
+    for (const turnId of turnIds) {
+      if (this.publish(subjects.cancel(callId), CancelTurn, CancelTurn.create({ callId, turnId, reason }), "cancel_turn")) {
+        this.deps.metrics.cancels.inc({ reason });
+      }
+    }
+  }
+
   private onSynthesisFailed(failure: SynthesisFailed): void {
     const playout = this.playout;
     if (this.ended || !playout) return;
@@ -332,6 +448,7 @@ export class CallSession {
     switch (control.action) {
       case CallControl_Action.ACTION_CLEAR: {
         const cut = playout.clear();
+        this.publishCancels(cut.map((t) => t.id), "clear");
         metrics.controls.inc({ action: "clear", outcome: "done" });
         this.log.info("playback cleared", { reason: control.reason, cutTurns: cut.map((t) => t.id) });
         return;
@@ -456,8 +573,8 @@ export class CallSession {
       this.enqueue(() => this.storeOp("append_turn", () => this.deps.store.appendTurn(callId, entry)));
     },
     chunkPlayed: (turn, chunkSeq) => this.publishPlayback(PlaybackEvent_Kind.KIND_CHUNK_PLAYED, turn, chunkSeq),
-    turnPlayed: (turn) => this.publishPlayback(PlaybackEvent_Kind.KIND_TURN_PLAYED, turn, turn.lastHeardChunk),
-    interrupted: (turn) => this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, turn, turn.lastHeardChunk),
+    turnPlayed: (turn) => this.publishPlayback(PlaybackEvent_Kind.KIND_TURN_PLAYED, turn, turn.lastHeardChunk, "played"),
+    interrupted: (turn) => this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, turn, turn.lastHeardChunk, "int"),
     chunkSkipped: (turn, chunkSeq, reason: SkipReason) => {
       this.deps.metrics.skippedChunks.inc({ reason });
       const fields = { turnId: turn.id, chunkSeq, reason };
@@ -468,19 +585,31 @@ export class CallSession {
       this.deps.metrics.skippedChunks.inc({ reason: "turn_abandoned" });
       this.log.warn("rest of the turn never arrived; turn ended early", { turnId: turn.id, missingChunk });
     },
-    underrun: (turn) => {
-      this.deps.metrics.underruns.inc();
-      this.log.debug("playout underrun: bot audio arrived late", { turnId: turn.id });
+    underrun: (turn, where) => {
+      this.deps.metrics.underruns.inc({ where });
+      this.log.debug("playout underrun: bot audio arrived late", { turnId: turn.id, where });
     },
   };
 
-  private publishPlayback(kind: PlaybackEvent_Kind, turn: TurnState, chunkSeq: number): void {
+  /**
+   * On `playback(id)` for anyone watching; with `durableTag` also to the dialog's work queue, msgId
+   * `<id>:<tag>:<turnId>` (TURN_PLAYED starts its no-input timer, INTERRUPTED tells it what was heard).
+   */
+  private publishPlayback(kind: PlaybackEvent_Kind, turn: TurnState, chunkSeq: number, durableTag?: "played" | "int"): void {
     const callId = this.callSid;
     if (!callId) return;
     const event = PlaybackEvent.create({ callId, turnId: turn.id, kind, chunkSeq, atMs: Date.now(), heardText: turn.heardText });
     if (this.publish(subjects.playback(callId), PlaybackEvent, event, "playback")) {
       this.deps.metrics.playbackEvents.inc({ kind: PlaybackEvent_Kind[kind] ?? String(kind) });
     }
+    if (!durableTag) return;
+    const input = DialogInput.create({
+      callId,
+      inputId: `${callId}:${durableTag}:${turn.id}`,
+      atMs: event.atMs,
+      input: { $case: "playback", value: event },
+    });
+    this.enqueue(() => this.publishInput(input));
   }
 
   // ---- end of the call ----
@@ -499,6 +628,17 @@ export class CallSession {
   /** Publishes the end once (stop, close, hang-up, shutdown: whichever comes first) and records it. */
   private end(reason: string): Promise<void> {
     if (this.ending) return this.ending;
+    if (this.jitter) {
+      this.jitter.flushAll(); // the caller's last words still reach the recognizer
+      this.deps.scheduler.remove(this.jitterPacer);
+    }
+    // Every stage drops the call's work now; CallEnded follows once the record writes are done.
+    if (this.callSid) {
+      this.publishCancels([""], CALLER_END_REASONS.has(reason) ? "hangup" : reason);
+      this.deps.liveCalls.release(this.callSid, this);
+    }
+    if (this.pendingBargeIn) clearTimeout(this.pendingBargeIn.timer);
+    this.pendingBargeIn = undefined;
     this.ended = true;
     clearTimeout(this.startTimer);
     for (const sub of this.subs.splice(0)) {

@@ -1,8 +1,8 @@
 // Test harness: real NATS + Redis, the ingress in-process, a Twilio-speaking WebSocket client, and helpers that
 // play the other stages' roles on the bus.
 import { performance } from "node:perf_hooks";
-import { Bus, silentLogger, streams, type Codec, type Subscription } from "@voicebot/bus";
-import { DialogInput } from "@voicebot/proto";
+import { Bus, silentLogger, streams, subjects, type Codec, type Subscription } from "@voicebot/bus";
+import { AudioEncoding, BotAudio, DialogInput } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { waitFor } from "@voicebot/testing";
 import { Registry } from "prom-client";
@@ -105,6 +105,45 @@ export async function consumeDialogInputs(bus: Bus): Promise<{ items: DialogInpu
     { name: "test-dialog", ackWaitMs: 30_000, maxDeliver: 5, concurrency: 16 },
   );
   return { items, stop: () => consumer.stop() };
+}
+
+/** Plays one tts replica: a BotAudio part, μ-law 8000. */
+export function publishBotAudio(
+  bus: Bus,
+  callId: string,
+  turnId: string,
+  chunkSeq: number,
+  partSeq: number,
+  payload: Buffer,
+  extra: Partial<BotAudio> = {},
+): void {
+  bus.publish(
+    subjects.botAudio(callId),
+    BotAudio,
+    BotAudio.create({ callId, turnId, chunkSeq, partSeq, payload, format: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 }, ...extra }),
+    callId,
+  );
+}
+
+/** Connects, starts a call and waits until its DialogInput{callStarted} is in the work queue. */
+export async function startCall(
+  wsUrl: string,
+  dialogInputs: DialogInput[],
+  params: Record<string, string> = {},
+): Promise<TwilioClient> {
+  const client = await TwilioClient.connect(wsUrl, newCallSid());
+  client.sendConnected();
+  client.sendStart(params);
+  await waitFor(() => dialogInputs.some((i) => i.callId === client.callSid && i.input?.$case === "callStarted"), {
+    what: "DialogInput callStarted",
+  });
+  return client;
+}
+
+/** p-th percentile (0..100) of the values. */
+export function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
 }
 
 // ---- a Twilio Media Streams client ----

@@ -1,0 +1,135 @@
+// Who may open streams: calls per client (by socket address, or X-Forwarded-For behind a trusted proxy), and
+// requests whose target the router cannot parse.
+import net from "node:net";
+import type { IncomingMessage } from "node:http";
+import type { Bus } from "@voicebot/bus";
+import type { DialogInput } from "@voicebot/proto";
+import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { clientAddress } from "./client-address.js";
+import {
+  captureLogs,
+  connectBus,
+  consumeDialogInputs,
+  metricValue,
+  newCallSid,
+  startIngress,
+  TwilioClient,
+  waitFor,
+  waitForLog,
+} from "./test-support/harness.js";
+
+let nats: ServerHandle;
+let redis: ServerHandle;
+let bus: Bus;
+let dialog: { items: DialogInput[]; stop(): Promise<void> };
+const env = () => ({ NATS_URL: nats.url, REDIS_URL: redis.url });
+
+beforeAll(async () => {
+  captureLogs();
+  [nats, redis] = await Promise.all([startNats(), startRedis()]);
+  bus = await connectBus(nats.url);
+  dialog = await consumeDialogInputs(bus);
+});
+
+afterAll(async () => {
+  await dialog?.stop();
+  await bus?.close();
+  await Promise.all([nats?.stop(), redis?.stop()]);
+});
+
+function fakeRequest(remoteAddress: string, forwardedFor?: string | string[]): IncomingMessage {
+  return { socket: { remoteAddress }, headers: forwardedFor === undefined ? {} : { "x-forwarded-for": forwardedFor } } as unknown as IncomingMessage;
+}
+
+/** One raw HTTP exchange; resolves with the status line. */
+function rawRequest(port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1", () => socket.write(text));
+    let out = "";
+    socket.on("data", (d) => (out += d.toString("latin1")));
+    socket.on("close", () => resolve(out.split("\r\n")[0]));
+    socket.on("error", reject);
+    socket.setTimeout(3_000, () => {
+      socket.destroy();
+      resolve(`no answer: ${out.split("\r\n")[0]}`);
+    });
+  });
+}
+
+describe("clientAddress", () => {
+  it("uses the socket peer unless a proxy is trusted, then the entry our proxies appended", () => {
+    const direct = { trustProxy: false, proxyHops: 1 };
+    const proxied = { trustProxy: true, proxyHops: 1 };
+    expect(clientAddress(fakeRequest("::ffff:10.0.0.7", "203.0.113.9"), direct)).toBe("10.0.0.7");
+    expect(clientAddress(fakeRequest("10.0.0.7", "203.0.113.9"), proxied)).toBe("203.0.113.9");
+    // The client may send its own X-Forwarded-For; only the rightmost entry (written by our proxy) counts.
+    expect(clientAddress(fakeRequest("10.0.0.7", "1.1.1.1, 203.0.113.9"), proxied)).toBe("203.0.113.9");
+    expect(clientAddress(fakeRequest("10.0.0.7", "198.51.100.4, 203.0.113.9"), { trustProxy: true, proxyHops: 2 })).toBe("198.51.100.4");
+    expect(clientAddress(fakeRequest("10.0.0.7", ["1.1.1.1", "[2001:db8::1]:443"]), proxied)).toBe("2001:db8::1");
+    expect(clientAddress(fakeRequest("10.0.0.7", "203.0.113.9:5060"), proxied)).toBe("203.0.113.9");
+    // Junk in the header: the peer.
+    expect(clientAddress(fakeRequest("10.0.0.7", "not-an-ip"), proxied)).toBe("10.0.0.7");
+    expect(clientAddress(fakeRequest("10.0.0.7", ""), proxied)).toBe("10.0.0.7");
+  });
+});
+
+describe("calls per client", () => {
+  it("refuses the upgrade with 429 above INGRESS_MAX_CALLS_PER_CLIENT, and admits again once a call ends", async () => {
+    const ingress = await startIngress({ ...env(), INGRESS_MAX_CALLS_PER_CLIENT: "2" });
+    try {
+      const a = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+      const b = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+      // Without a trusted proxy, a forged X-Forwarded-For changes nothing.
+      await expect(TwilioClient.connect(ingress.wsUrl, newCallSid(), { "x-forwarded-for": "198.51.100.77" })).rejects.toThrow(/429/);
+      expect(await metricValue(ingress.baseUrl, "voicebot_ingress_rejected_streams_total", { reason: "client_limit" })).toBe(1);
+      await waitForLog((l) => l.msg === "stream refused" && l.reason === "client_limit" && l.client === "127.0.0.1", "the refusal logged");
+      a.close();
+      await waitFor(async () => {
+        try {
+          const c = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+          c.close();
+          return true;
+        } catch {
+          return false;
+        }
+      }, { what: "a slot freed" });
+      b.close();
+    } finally {
+      await ingress.handle.stop();
+    }
+  });
+
+  it("counts by X-Forwarded-For when INGRESS_TRUST_PROXY=true", async () => {
+    const ingress = await startIngress({ ...env(), INGRESS_MAX_CALLS_PER_CLIENT: "1", INGRESS_TRUST_PROXY: "true" });
+    try {
+      const one = await TwilioClient.connect(ingress.wsUrl, newCallSid(), { "x-forwarded-for": "203.0.113.5" });
+      await expect(TwilioClient.connect(ingress.wsUrl, newCallSid(), { "x-forwarded-for": "9.9.9.9, 203.0.113.5" })).rejects.toThrow(/429/);
+      const other = await TwilioClient.connect(ingress.wsUrl, newCallSid(), { "x-forwarded-for": "203.0.113.6" });
+      other.sendStart();
+      await waitFor(() => dialog.items.some((i) => i.callId === other.callSid), { what: "the other client's call started" });
+      one.close();
+      other.close();
+    } finally {
+      await ingress.handle.stop();
+    }
+  });
+});
+
+describe("unparsable request targets", () => {
+  it("are answered 400 (requests and upgrades), counted, and the process keeps serving", async () => {
+    const ingress = await startIngress(env());
+    try {
+      expect(await rawRequest(ingress.port, "GET // HTTP/1.1\r\nHost: x\r\n\r\n")).toBe("HTTP/1.1 400 Bad Request");
+      expect(await rawRequest(ingress.port, "GET //[ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).toBe("HTTP/1.1 400 Bad Request");
+      const upgrade = "GET // HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+      expect(await rawRequest(ingress.port, upgrade)).toBe("HTTP/1.1 400 Bad Request");
+      expect(await metricValue(ingress.baseUrl, "voicebot_http_rejected_total", { reason: "bad_url" })).toBe(3);
+      expect((await fetch(`${ingress.baseUrl}/healthz`)).status).toBe(200);
+      const client = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+      client.close();
+    } finally {
+      await ingress.handle.stop();
+    }
+  });
+});

@@ -1,0 +1,145 @@
+import { describe, expect, it } from "vitest";
+import { InboundJitterBuffer, MAX_CONCEAL_FRAMES, MAX_HELD_FRAMES, type JitterSink } from "./jitter.js";
+
+interface Out {
+  chunk: number;
+  frames: number;
+  concealed: boolean;
+  bytes: number[];
+  receivedAtMs: number;
+}
+
+function setup(holdMs = 60) {
+  const out: Out[] = [];
+  const stats = { reordered: 0, duplicate: 0, late: 0, missing: 0, concealed: 0 };
+  const sink: JitterSink = {
+    forward: (chunk, payload, frames, receivedAtMs, concealed) =>
+      out.push({ chunk, frames, concealed, bytes: [...new Set(payload)], receivedAtMs }),
+    reordered: () => stats.reordered++,
+    dropped: (reason) => stats[reason]++,
+    gap: (missing, concealed) => {
+      stats.missing += missing;
+      stats.concealed += concealed;
+    },
+  };
+  const buffer = new InboundJitterBuffer(holdMs, sink);
+  /** Frame `chunk` carries bytes equal to chunk % 256 (never 0xff, the silence code, for chunks < 255). */
+  const push = (chunk: number, now: number) => buffer.push(chunk, Buffer.alloc(160, chunk % 256), now, 1_000 + now);
+  const chunks = () => out.map((o) => (o.concealed ? `~${o.chunk}x${o.frames}` : String(o.chunk)));
+  return { buffer, out, stats, push, chunks };
+}
+
+describe("InboundJitterBuffer", () => {
+  it("passes frames that arrive in order on at once, whatever their timing (bursts included)", () => {
+    const { push, chunks, buffer } = setup();
+    expect(push(1, 0)).toBe("forwarded");
+    expect(chunks()).toEqual(["1"]);
+    for (let c = 2; c <= 10; c++) expect(push(c, 500)).toBe("forwarded"); // a burst after a stall
+    expect(chunks()).toEqual(["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
+    expect(buffer.holding).toBe(false);
+  });
+
+  it("reorders frames that arrive within the hold time", () => {
+    const { push, chunks, stats, buffer } = setup();
+    push(1, 0);
+    expect(push(3, 20)).toBe("held");
+    expect(push(4, 21)).toBe("held");
+    expect(chunks()).toEqual(["1"]);
+    expect(buffer.pump(40)).toBe(true);
+    expect(push(2, 45)).toBe("forwarded");
+    expect(chunks()).toEqual(["1", "2", "3", "4"]);
+    expect(stats).toMatchObject({ reordered: 2, missing: 0, concealed: 0 });
+    expect(buffer.holding).toBe(false);
+  });
+
+  it("conceals a single lost frame by repeating the previous one, after the hold time", () => {
+    const { push, out, chunks, stats, buffer } = setup(60);
+    push(1, 0);
+    push(2, 20);
+    push(4, 60);
+    push(5, 80);
+    expect(buffer.pump(100)).toBe(true); // 40 ms held: still waiting for 3
+    expect(chunks()).toEqual(["1", "2"]);
+    expect(buffer.pump(120)).toBe(false);
+    expect(chunks()).toEqual(["1", "2", "~3x1", "4", "5"]);
+    expect(out[2].bytes).toEqual([2]); // a copy of frame 2
+    expect(out[2].receivedAtMs).toBe(1_060); // placed just before frame 4
+    expect(stats).toMatchObject({ missing: 1, concealed: 1, reordered: 0 });
+    // Frame 3 turning up now is too late: its place was filled.
+    expect(push(3, 130)).toBe("late");
+    expect(stats.late).toBe(1);
+  });
+
+  it("fills a longer gap with μ-law silence, numbered so the next frame keeps its index", () => {
+    const { push, out, chunks, stats, buffer } = setup(60);
+    push(1, 0);
+    push(5, 20);
+    buffer.pump(80);
+    expect(chunks()).toEqual(["1", "~2x3", "5"]);
+    expect(out[1]).toMatchObject({ frames: 3, bytes: [0xff] });
+    expect(stats).toMatchObject({ missing: 3, concealed: 3 });
+  });
+
+  it("holds from the stream start too (chunk 1 late), and closes several gaps in turn", () => {
+    const { push, chunks, buffer } = setup(60);
+    push(2, 0);
+    push(4, 10);
+    push(7, 50);
+    buffer.pump(59);
+    expect(chunks()).toEqual([]);
+    buffer.pump(60); // 2 has waited long enough; 4 and 7 have not
+    expect(chunks()).toEqual(["~1x1", "2"]);
+    buffer.pump(70);
+    expect(chunks()).toEqual(["~1x1", "2", "~3x1", "4"]);
+    expect(buffer.holding).toBe(true);
+    buffer.pump(110);
+    expect(chunks()).toEqual(["~1x1", "2", "~3x1", "4", "~5x2", "7"]);
+  });
+
+  it("drops duplicates, whether already passed on or still held", () => {
+    const { push, chunks, stats } = setup();
+    push(1, 0);
+    expect(push(1, 5)).toBe("duplicate");
+    push(3, 10);
+    expect(push(3, 11)).toBe("duplicate");
+    push(2, 12);
+    expect(push(2, 13)).toBe("duplicate");
+    expect(chunks()).toEqual(["1", "2", "3"]);
+    expect(stats).toMatchObject({ duplicate: 3, late: 0 });
+  });
+
+  it("passes a gap longer than the concealment limit on as a gap", () => {
+    const { push, chunks, stats, buffer } = setup(60);
+    push(1, 0);
+    const far = 2 + MAX_CONCEAL_FRAMES + 5;
+    push(far, 10);
+    buffer.pump(70);
+    expect(chunks()).toEqual(["1", String(far)]);
+    expect(stats).toMatchObject({ missing: far - 2, concealed: 0 });
+    expect(push(far + 1, 80)).toBe("forwarded");
+  });
+
+  it("bounds what it holds: past the limit the oldest gap is closed at once", () => {
+    const { push, out, buffer } = setup(60);
+    push(1, 0);
+    for (let c = 3; c <= 3 + MAX_HELD_FRAMES; c++) push(c, 1);
+    expect(out.length).toBe(1 + 1 + MAX_HELD_FRAMES + 1);
+    expect(buffer.holding).toBe(false);
+  });
+
+  it("with no hold time, conceals a gap as soon as a later frame arrives", () => {
+    const { push, chunks, buffer } = setup(0);
+    push(1, 0);
+    expect(push(3, 20)).toBe("held");
+    expect(chunks()).toEqual(["1", "~2x1", "3"]);
+    expect(buffer.holding).toBe(false);
+  });
+
+  it("flushAll passes on what is held at the end of the stream", () => {
+    const { push, chunks, buffer } = setup(60);
+    push(1, 0);
+    push(3, 20);
+    buffer.flushAll();
+    expect(chunks()).toEqual(["1", "~2x1", "3"]);
+  });
+});

@@ -1,0 +1,135 @@
+// Inbound jitter buffer of one call: Twilio `media` frames may arrive in bursts, late, out of order, twice or not
+// at all. Frames are keyed by Twilio's 1-based `chunk` counter. A frame that arrives in order is passed on at
+// once; one that arrives ahead of a gap is held (at most `holdMs`) for the missing frames; when the gap is still
+// open after that, the missing frames are concealed (silence, or a repeat of the previous frame for a single one)
+// so the recognizer sees continuous audio with correct frame numbering. Pure state: the caller drives time, and
+// the shared playout scheduler calls `pump` while frames are held (no timer per call).
+import { FRAME_BYTES } from "./turn-queue.js";
+
+const MULAW_SILENCE = 0xff;
+/** Gaps longer than this (1 s) are passed on as gaps, not filled: the recognizer caps its own filling. */
+export const MAX_CONCEAL_FRAMES = 50;
+/** More frames than this (2.5 s) waiting behind one gap: stop waiting for it. Bounds memory per call. */
+export const MAX_HELD_FRAMES = 128;
+/** Concealed ranges remembered, to tell a frame that came too late from a duplicate. */
+const MAX_CONCEALED_RANGES = 16;
+
+export interface JitterSink {
+  /**
+   * Audio to pass on, in chunk order: `frames` frames starting at Twilio chunk `chunk`. `concealed` blocks
+   * stand in for frames that never arrived. `receivedAtMs` is the wall-clock arrival of the block's last frame.
+   */
+  forward(chunk: number, payload: Buffer, frames: number, receivedAtMs: number, concealed: boolean): void;
+  /** A held frame passed on because the frame it waited for arrived late: it came out of order. */
+  reordered(): void;
+  dropped(reason: "duplicate" | "late"): void;
+  /** `missing` frames never came in time; `concealed` of them were filled in (0 when the gap was too long). */
+  gap(missing: number, concealed: number): void;
+}
+
+interface HeldFrame {
+  payload: Buffer;
+  receivedAtMs: number;
+  /** Monotonic arrival time (the hold is measured on it). */
+  arrivedAt: number;
+}
+
+export type PushResult = "forwarded" | "held" | "duplicate" | "late";
+
+export class InboundJitterBuffer {
+  /** The chunk expected next: every chunk below it has been passed on (or concealed, or skipped). */
+  private next = 1;
+  private readonly held = new Map<number, HeldFrame>();
+  private lastPayload: Buffer | undefined;
+  private readonly concealedRanges: Array<[number, number]> = [];
+
+  constructor(
+    private readonly holdMs: number,
+    private readonly sink: JitterSink,
+  ) {}
+
+  /** True while frames are held for a gap (the scheduler keeps pumping until then). */
+  get holding(): boolean {
+    return this.held.size > 0;
+  }
+
+  push(chunk: number, payload: Buffer, nowMs: number, receivedAtMs: number): PushResult {
+    if (chunk < this.next) {
+      const reason = this.wasConcealed(chunk) ? "late" : "duplicate";
+      this.sink.dropped(reason);
+      return reason;
+    }
+    if (this.held.has(chunk)) {
+      this.sink.dropped("duplicate");
+      return "duplicate";
+    }
+    if (chunk === this.next) {
+      this.pass(chunk, payload, receivedAtMs);
+      this.releaseRun(true);
+      return "forwarded";
+    }
+    this.held.set(chunk, { payload, receivedAtMs, arrivedAt: nowMs });
+    if (this.held.size > MAX_HELD_FRAMES) this.closeGap();
+    if (this.holdMs === 0) this.pump(nowMs);
+    return "held";
+  }
+
+  /** Closes every gap whose hold time is over; true while frames are still held. */
+  pump(nowMs: number): boolean {
+    while (this.held.size > 0) {
+      let earliest = Infinity;
+      for (const frame of this.held.values()) earliest = Math.min(earliest, frame.arrivedAt);
+      if (nowMs - earliest < this.holdMs) break;
+      this.closeGap();
+    }
+    return this.held.size > 0;
+  }
+
+  /** End of the stream: pass on everything held, closing the gaps now. */
+  flushAll(): void {
+    while (this.held.size > 0) this.closeGap();
+  }
+
+  /** Gives up on the frames missing before the lowest held one, then passes on the run that follows. */
+  private closeGap(): void {
+    let lowest = Infinity;
+    for (const chunk of this.held.keys()) lowest = Math.min(lowest, chunk);
+    const missing = lowest - this.next;
+    if (missing <= MAX_CONCEAL_FRAMES) {
+      const repeat = missing === 1 && this.lastPayload?.length === FRAME_BYTES;
+      const fill = repeat ? Buffer.from(this.lastPayload!) : Buffer.alloc(missing * FRAME_BYTES, MULAW_SILENCE);
+      const receivedAtMs = this.held.get(lowest)!.receivedAtMs;
+      this.sink.forward(this.next, fill, missing, receivedAtMs, true);
+      this.rememberConcealed(this.next, lowest - 1);
+      this.sink.gap(missing, missing);
+    } else {
+      this.sink.gap(missing, 0);
+    }
+    this.next = lowest;
+    this.releaseRun(false);
+  }
+
+  /** Passes on held frames that are now in order (`reordered`: because the frame they waited for arrived). */
+  private releaseRun(reordered: boolean): void {
+    for (let frame = this.held.get(this.next); frame; frame = this.held.get(this.next)) {
+      this.held.delete(this.next);
+      if (reordered) this.sink.reordered();
+      this.pass(this.next, frame.payload, frame.receivedAtMs);
+    }
+  }
+
+  private pass(chunk: number, payload: Buffer, receivedAtMs: number): void {
+    this.next = chunk + 1;
+    this.lastPayload = payload;
+    this.sink.forward(chunk, payload, Math.ceil(payload.length / FRAME_BYTES), receivedAtMs, false);
+  }
+
+  private rememberConcealed(from: number, to: number): void {
+    this.concealedRanges.push([from, to]);
+    if (this.concealedRanges.length > MAX_CONCEALED_RANGES) this.concealedRanges.shift();
+  }
+
+  private wasConcealed(chunk: number): boolean {
+    return this.concealedRanges.some(([from, to]) => chunk >= from && chunk <= to);
+  }
+}
