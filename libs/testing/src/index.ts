@@ -1,2 +1,3 @@
 export * from "./processes.js";
 export * from "./servers.js";
+export * from "./fakes/index.js";

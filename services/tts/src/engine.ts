@@ -3,6 +3,10 @@ export interface SynthesisRequest { text: string; voice?: string; rate?: number 
 export interface TtsEngine {
   readonly label: string;           // "flite", "espeak-ng"
   readonly sampleRate: number;      // rate of the PCM it yields
+  /** What else shapes the audio besides text, voice and rate (model, endpoint, settings): part of cache keys. */
+  readonly variant?: string;
   synthesize(req: SynthesisRequest): AsyncIterable<Int16Array>;
+  /** Readiness check instead of the warm-up synthesis, for engines where synthesizing costs money (cloud APIs). */
+  warmUp?(signal: AbortSignal): Promise<void>;
   close(): Promise<void>;
 }

@@ -5,6 +5,7 @@ export {
   defaultEngines,
   engineFromEnv,
   readEngineSettings,
+  type ConfigurableEngine,
   type EngineEntry,
   type EngineRegistry,
   type EngineSettings,

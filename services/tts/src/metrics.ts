@@ -4,7 +4,7 @@ export type ChunkOutcome = "ok" | "partial" | "failed" | "cancelled" | "rejected
 
 /** Everything the tts service counts, registered on the service's registry. */
 export class TtsMetrics {
-  readonly firstAudio: Histogram<"source">;
+  readonly firstAudio: Histogram<"source" | "engine">;
   readonly chunks: Counter<"engine" | "outcome">;
   readonly cacheLookups: Counter<"result">;
   readonly cacheWriteErrors: Counter;
@@ -19,8 +19,8 @@ export class TtsMetrics {
     const registers = [registry];
     this.firstAudio = new Histogram({
       name: "voicebot_tts_first_audio_seconds",
-      help: "SpeakRequest received -> first BotAudio part published",
-      labelNames: ["source"],
+      help: "SpeakRequest received -> first BotAudio part published, by source (engine, cache, none) and the engine that spoke",
+      labelNames: ["source", "engine"],
       buckets: [0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 1, 1.5, 2.5, 5, 10],
       registers,
     });

@@ -1,7 +1,9 @@
 import { EnvReader } from "@voicebot/service-kit";
 import type { TtsEngine } from "./engine.js";
+import { ElevenLabsEngine, readElevenLabsConfig } from "./engines/elevenlabs.js";
 import { EspeakEngine } from "./engines/espeak.js";
 import { FliteEngine } from "./engines/flite.js";
+import { OpenAIEngine, readOpenAIConfig } from "./engines/openai.js";
 import { FallbackEngine, type FallbackOptions } from "./fallback.js";
 
 export interface EngineEntry {
@@ -10,13 +12,33 @@ export interface EngineEntry {
   create(voice: string): TtsEngine;
 }
 
-/** Engines by the name used in TTS_ENGINES. Tests add doubles of the engine edge here. */
-export type EngineRegistry = Readonly<Record<string, EngineEntry>>;
+/**
+ * An engine with settings of its own (endpoint, API key, model), read from the environment only when TTS_ENGINES
+ * lists it; problems (a missing key) go to `env.problem` and fail the configuration.
+ */
+export interface ConfigurableEngine {
+  configure(env: EnvReader): EngineEntry;
+}
 
-export const defaultEngines: EngineRegistry = {
-  flite: { defaultVoice: "slt", create: (voice) => new FliteEngine({ voice }) },
-  espeak: { defaultVoice: "en-us", create: (voice) => new EspeakEngine({ voice }) },
-};
+/** Engines by the name used in TTS_ENGINES. Tests add doubles of the engine edge here. */
+export type EngineRegistry = Readonly<Record<string, EngineEntry | ConfigurableEngine>>;
+
+export const defaultEngines = {
+  flite: { defaultVoice: "slt", create: (voice: string) => new FliteEngine({ voice }) },
+  espeak: { defaultVoice: "en-us", create: (voice: string) => new EspeakEngine({ voice }) },
+  openai: {
+    configure(env: EnvReader): EngineEntry {
+      const { voice, ...options } = readOpenAIConfig(env);
+      return { defaultVoice: voice, create: (chosen) => new OpenAIEngine({ ...options, voice: chosen }) };
+    },
+  },
+  elevenlabs: {
+    configure(env: EnvReader): EngineEntry {
+      const { voiceId, ...options } = readElevenLabsConfig(env);
+      return { defaultVoice: voiceId, create: (chosen) => new ElevenLabsEngine({ ...options, voiceId: chosen }) };
+    },
+  },
+} satisfies EngineRegistry;
 
 export interface EngineSettings {
   /** Failover order: the first is the primary engine. */
@@ -25,31 +47,29 @@ export interface EngineSettings {
   voice: string;
   /** TTS_STALL_MS: no audio for this long counts as a failed engine. */
   stallMs: number;
+  /** The listed engines with their settings read, in failover order. */
+  entries: EngineEntry[];
 }
 
-/** TTS_ENGINES (ordered failover list, default "flite"), TTS_VOICE, TTS_STALL_MS. */
+/** TTS_ENGINES (ordered failover list, default "flite"), TTS_VOICE, TTS_STALL_MS, and the listed engines' own settings. */
 export function readEngineSettings(env: EnvReader, registry: EngineRegistry = defaultEngines): EngineSettings {
   const names = Object.keys(registry);
   const engines = [...new Set(env.list("TTS_ENGINES", names, [names.includes("flite") ? "flite" : names[0]]))];
-  const primary = registry[engines[0]] ?? registry[names[0]];
+  const entries = engines.map((name) => {
+    const entry = registry[name];
+    return "configure" in entry ? entry.configure(env) : entry;
+  });
   return {
     engines,
-    voice: env.string("TTS_VOICE", primary.defaultVoice),
+    voice: env.string("TTS_VOICE", entries[0].defaultVoice),
     stallMs: env.int("TTS_STALL_MS", 3_000, { min: 100, max: 60_000 }),
+    entries,
   };
 }
 
 /** The configured engines in failover order, behind one TtsEngine. */
-export function createEngine(
-  settings: EngineSettings,
-  registry: EngineRegistry = defaultEngines,
-  events: Omit<FallbackOptions, "stallMs"> = {},
-): FallbackEngine {
-  const engines = settings.engines.map((name, index) => {
-    const entry = registry[name];
-    if (!entry) throw new Error(`unknown tts engine ${JSON.stringify(name)} (known: ${Object.keys(registry).join(", ")})`);
-    return entry.create(index === 0 ? settings.voice : entry.defaultVoice);
-  });
+export function createEngine(settings: EngineSettings, events: Omit<FallbackOptions, "stallMs"> = {}): FallbackEngine {
+  const engines = settings.entries.map((entry, index) => entry.create(index === 0 ? settings.voice : entry.defaultVoice));
   return new FallbackEngine(engines, { ...events, stallMs: settings.stallMs });
 }
 
@@ -58,5 +78,5 @@ export function engineFromEnv(env: NodeJS.ProcessEnv = process.env, registry: En
   const reader = new EnvReader(env);
   const settings = readEngineSettings(reader, registry);
   reader.done();
-  return createEngine(settings, registry);
+  return createEngine(settings);
 }

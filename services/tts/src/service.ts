@@ -20,7 +20,7 @@ export interface TtsConfig extends EngineSettings {
 }
 
 export interface TtsServiceOptions {
-  /** Engines selectable in TTS_ENGINES (default: flite, espeak). */
+  /** Engines selectable in TTS_ENGINES (default: flite, espeak, openai, elevenlabs). */
   engines?: EngineRegistry;
 }
 
@@ -47,18 +47,18 @@ export function createDefinition(options: TtsServiceOptions = {}): ServiceDefini
     name: "tts",
     defaultHttpPort: 9104,
     readConfig: (env) => readTtsConfig(env, registry),
-    start: (ctx, config) => startTts(ctx, config, registry),
+    start: (ctx, config) => startTts(ctx, config),
   };
 }
 
 export const definition = createDefinition();
 
-async function startTts(ctx: ServiceContext, config: TtsConfig, registry: EngineRegistry): Promise<RunningService> {
+async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<RunningService> {
   const { bus, log } = ctx;
   const limiter = new Limiter(config.maxConcurrent);
   const jobs = new JobRegistry();
   const metrics = new TtsMetrics(ctx.registry, { queued: () => limiter.queued, active: () => limiter.active });
-  const engine: FallbackEngine = createEngine(config, registry, {
+  const engine: FallbackEngine = createEngine(config, {
     onFailover: (failed, reason, error) => {
       metrics.failovers.inc({ from: failed.label, reason });
       metrics.engineErrors.inc({ engine: failed.label, phase: "before_audio" });

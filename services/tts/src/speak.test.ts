@@ -486,7 +486,7 @@ describe("tts configuration", () => {
   it("rejects an unknown engine in TTS_ENGINES with a clear error", async () => {
     const attempt = startService(createDefinition(), { TTS_ENGINES: "flite,festival", NATS_URL: "nats://127.0.0.1:1", HTTP_PORT: "0" });
     await expect(attempt).rejects.toBeInstanceOf(ConfigError);
-    await expect(attempt).rejects.toThrow(/TTS_ENGINES="flite,festival": unknown festival \(allowed: flite, espeak\)/);
+    await expect(attempt).rejects.toThrow(/TTS_ENGINES="flite,festival": unknown festival \(allowed: flite, espeak, openai, elevenlabs\)/);
   });
 
   it("rejects bad numbers for the tts settings", async () => {

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { errorText, isValidCallId, subjects, type Bus, type Logger } from "@voicebot/bus";
 import { BotAudio, SynthesisFailed, TurnTiming, type SpeakRequest } from "@voicebot/proto";
 import { keys, type CallStore } from "@voicebot/state";
+import type { TtsEngine } from "./engine.js";
 import type { FallbackEngine } from "./fallback.js";
 import { PcmEncoder, resolveFormat, type OutputFormat } from "./format.js";
 import type { Job, JobRegistry } from "./jobs.js";
@@ -98,7 +99,7 @@ export class Speaker {
 
     const voice = request.voice || options.defaultVoice;
     const cacheKey = request.cacheable
-      ? keys.cache(CACHE_NAMESPACE, digest([engine.primary.label, voice, options.rate, format.label, request.text]))
+      ? keys.cache(CACHE_NAMESPACE, digest([engine.primary.label, ...variant(engine.primary), voice, options.rate, format.label, request.text]))
       : undefined;
     if (cacheKey) {
       const cached = await this.cached(cacheKey, format, request);
@@ -157,7 +158,10 @@ export class Speaker {
         voice: request.voice || undefined,
         rate: options.rate,
         signal: job.signal,
-        onEngine: (label, index) => (answered = { label, index }),
+        onEngine: (label, index) => {
+          answered = { label, index };
+          out.engine = label;
+        },
       });
       for await (const pcm of audio) {
         if (job.signal.aborted) break;
@@ -233,6 +237,8 @@ class ChunkOut {
   private readonly kept: Uint8Array[] | undefined;
   /** Where the audio comes from (metric label). */
   source: "engine" | "cache" | "none" = "engine";
+  /** The engine speaking, once known (metric label). */
+  engine = "none";
 
   constructor(
     private readonly deps: SpeakerDeps,
@@ -295,8 +301,16 @@ class ChunkOut {
     bus.publish(subjects.botAudio(callId), BotAudio, message, callId);
     this.bytesOut += payload.length;
     this.kept?.push(payload);
-    if (first) metrics.firstAudio.observe({ source: this.source }, (now - this.receivedAtMs) / 1000);
+    if (first) {
+      const engine = this.source === "engine" ? this.engine : this.source;
+      metrics.firstAudio.observe({ source: this.source, engine }, (now - this.receivedAtMs) / 1000);
+    }
   }
+}
+
+/** The engine's variant for the cache key; none for engines whose label says it all (keeps their keys as they were). */
+function variant(engine: TtsEngine): string[] {
+  return engine.variant ? [engine.variant] : [];
 }
 
 function digest(parts: unknown[]): string {

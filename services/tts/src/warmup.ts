@@ -5,7 +5,8 @@ const WARMUP_TEXT = "Hello.";
 
 /**
  * Has every engine speak a short word (loads the voice, proves the engine works), reporting each engine as soon
- * as it is done, so the replica can be ready once one engine works while a slow one is still warming.
+ * as it is done, so the replica can be ready once one engine works while a slow one is still warming. An engine
+ * with its own warmUp() (a paid cloud API) runs that instead of a synthesis.
  */
 export async function warmUp(
   engines: readonly TtsEngine[],
@@ -16,6 +17,12 @@ export async function warmUp(
       const timeout = AbortSignal.timeout(options.timeoutMs);
       const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
       try {
+        if (engine.warmUp) {
+          await engine.warmUp(signal);
+          if (options.signal?.aborted) return;
+          options.onResult(engine);
+          return;
+        }
         let samples = 0;
         for await (const pcm of engine.synthesize({ text: WARMUP_TEXT, signal })) {
           samples += pcm.length;

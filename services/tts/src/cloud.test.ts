@@ -1,0 +1,214 @@
+// The tts service with cloud engines, each against a local fake of its provider (real NATS and Redis).
+
+import { randomUUID } from "node:crypto";
+import { mulawDecode, mulawEncode, mulawFrameEnergy, rmsDbfs } from "@voicebot/audio";
+import { Bus, silentLogger, subjects } from "@voicebot/bus";
+import { AudioEncoding, BotAudio, SpeakRequest, SynthesisFailed } from "@voicebot/proto";
+import { ConfigError, startService, type ServiceHandle } from "@voicebot/service-kit";
+import {
+  startFakeElevenLabs,
+  startFakeOpenAISpeech,
+  startNats,
+  startRedis,
+  waitFor,
+  type FakeElevenLabs,
+  type FakeOpenAISpeech,
+  type FakeTtsReply,
+  type ServerHandle,
+} from "@voicebot/testing";
+import { Registry } from "prom-client";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FliteEngine } from "./engines/flite.js";
+import { createDefinition } from "./service.js";
+
+const OPENAI_KEY = "sk-test-service-0123456789";
+const ELEVENLABS_KEY = "xi-test-service-0123456789";
+const SENTENCE = "Thanks for calling Acme dental, this is the virtual assistant. How can I help you today?";
+
+/** Real speech for the fakes to send: flite at the asked rate, made once per text and rate (so the fakes answer
+ *  at once, like a provider's first byte, rather than after a flite run). */
+const flites = new Map<number, FliteEngine>();
+const spoken = new Map<string, Promise<Int16Array>>();
+function fliteSpeech(text: string, sampleRate: number): Promise<Int16Array> {
+  const key = `${sampleRate}:${text}`;
+  if (!spoken.has(key)) {
+    if (!flites.has(sampleRate)) flites.set(sampleRate, new FliteEngine({ voice: "slt", sampleRate }));
+    const engine = flites.get(sampleRate)!;
+    spoken.set(key, (async () => {
+      const pieces: Int16Array[] = [];
+      for await (const piece of engine.synthesize({ text })) pieces.push(piece);
+      return Int16Array.from(pieces.flatMap((p) => [...p]));
+    })());
+  }
+  return spoken.get(key)!;
+}
+
+let nats: ServerHandle;
+let redis: ServerHandle;
+let client: Bus;
+let openai: FakeOpenAISpeech;
+let elevenlabs: FakeElevenLabs;
+let openaiReply: () => FakeTtsReply = () => ({});
+
+beforeAll(async () => {
+  [nats, redis, openai, elevenlabs] = await Promise.all([
+    startNats(),
+    startRedis(),
+    startFakeOpenAISpeech({ apiKey: OPENAI_KEY, speech: fliteSpeech, reply: () => openaiReply() }),
+    startFakeElevenLabs({ apiKey: ELEVENLABS_KEY, speech: fliteSpeech }),
+  ]);
+  client = await Bus.connect({ servers: nats.url, name: "tts-cloud-test", log: silentLogger, registry: new Registry() });
+  await Promise.all([fliteSpeech(SENTENCE, 24000), fliteSpeech(SENTENCE, 8000)]);
+});
+
+afterAll(async () => {
+  await client?.close();
+  await Promise.all([nats?.stop(), redis?.stop(), openai?.stop(), elevenlabs?.stop(), ...[...flites.values()].map((f) => f.close())]);
+});
+
+async function startTts(env: Record<string, string>): Promise<ServiceHandle> {
+  const handle = await startService(createDefinition(), {
+    NATS_URL: nats.url,
+    REDIS_URL: redis.url,
+    HTTP_PORT: "0",
+    LOG_LEVEL: "error",
+    TTS_OPENAI_BASE_URL: openai.baseUrl,
+    TTS_OPENAI_API_KEY: OPENAI_KEY,
+    ELEVENLABS_BASE_URL: elevenlabs.baseUrl,
+    ELEVENLABS_API_KEY: ELEVENLABS_KEY,
+    ...env,
+  });
+  await waitFor(async () => (await fetch(`http://127.0.0.1:${handle.ctx.port}/readyz`)).status === 200, { what: "tts to be ready" });
+  return handle;
+}
+
+/** Speaks one chunk on a new call and returns its BotAudio parts once the chunk is done. */
+async function speakChunk(text: string): Promise<{ parts: BotAudio[]; failures: SynthesisFailed[] }> {
+  const callId = `CA${randomUUID().replace(/-/g, "")}`;
+  const parts: BotAudio[] = [];
+  const failures: SynthesisFailed[] = [];
+  const subs = [
+    client.subscribe(subjects.botAudio(callId), BotAudio, (m) => void parts.push(m), { name: "test-audio" }),
+    client.subscribe(subjects.ttsFailed(callId), SynthesisFailed, (m) => void failures.push(m), { name: "test-failed" }),
+  ];
+  await client.nc.flush();
+  const request = SpeakRequest.create({ callId, turnId: "t1", chunkSeq: 0, text, turnDone: true, format: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 } });
+  client.publish(subjects.ttsSpeak, SpeakRequest, request, callId);
+  await waitFor(() => parts.some((p) => p.chunkDone) || failures.length > 0, { what: "the chunk to finish" });
+  subs.forEach((s) => s.unsubscribe());
+  return { parts, failures };
+}
+
+async function metric(handle: ServiceHandle, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const found = handle.ctx.registry.getSingleMetric(name);
+  if (!found) throw new Error(`no metric ${name}`);
+  const values = (await found.get()).values as Array<{ value: number; labels: Record<string, unknown>; metricName?: string }>;
+  return values
+    .filter((v) => (v.metricName ?? name) === name || v.metricName === `${name}_count`)
+    .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
+    .reduce((sum, v) => sum + v.value, 0);
+}
+
+/** Whole μ-law frames with speech in them: loud enough overall, and most frames above the noise floor. */
+function expectSpeech(parts: BotAudio[]): Uint8Array {
+  const bytes = Buffer.concat(parts.map((p) => p.payload));
+  expect(parts.map((p) => p.partSeq)).toEqual(parts.map((_, i) => i));
+  expect(parts.every((p) => p.payload.length % 160 === 0)).toBe(true);
+  expect(bytes.length / 8000).toBeGreaterThan(2.5);
+  expect(rmsDbfs(mulawDecode(bytes))).toBeGreaterThan(-35);
+  const frames = Array.from({ length: bytes.length / 160 }, (_, i) => mulawFrameEnergy(bytes.subarray(i * 160, (i + 1) * 160)));
+  expect(frames.filter((db) => db > -40).length / frames.length).toBeGreaterThan(0.4);
+  return bytes;
+}
+
+const firstAudioMs = (parts: BotAudio[]) => parts[0].timing!.ttsFirstAudioMs - parts[0].timing!.ttsRequestMs;
+
+describe("tts with TTS_ENGINES=openai,flite", () => {
+  let tts: ServiceHandle;
+  beforeAll(async () => {
+    tts = await startTts({ TTS_ENGINES: "openai,flite", TTS_STALL_MS: "1000" });
+  });
+  afterAll(async () => {
+    await tts?.stop();
+  });
+
+  it("is ready without calling the paid API, then speaks with openai (24 kHz resampled to μ-law 8 kHz)", async () => {
+    expect(openai.requests.length).toBe(0); // warm-up checked the configuration only
+    openaiReply = () => ({});
+    const { parts, failures } = await speakChunk(SENTENCE);
+    expect(failures).toEqual([]);
+    expectSpeech(parts);
+    expect(parts.at(-1)!.turnDone).toBe(true);
+    expect(openai.speeches.length).toBe(1);
+    expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "openai", outcome: "ok" })).toBe(1);
+    expect(await metric(tts, "voicebot_tts_first_audio_seconds", { source: "engine", engine: "openai" })).toBe(1);
+    expect(firstAudioMs(parts)).toBeLessThan(1000);
+  });
+
+  it("moves a chunk to flite when openai answers 500, and when it stalls after the headers", async () => {
+    for (const [reply, reason] of [[{ status: 500, message: "The server had an error" }, "error"], [{ stallAfterChunks: 0 }, "stall"]] as const) {
+      openaiReply = () => reply;
+      const asked = openai.speeches.length;
+      const { parts, failures } = await speakChunk(SENTENCE);
+      expect(failures).toEqual([]);
+      expectSpeech(parts);
+      expect(openai.speeches.length).toBe(asked + 1);
+      expect(await metric(tts, "voicebot_tts_failovers_total", { from: "openai", reason })).toBe(1);
+      if (reason === "stall") {
+        expect(firstAudioMs(parts)).toBeGreaterThanOrEqual(990);
+        expect(await openai.speeches.at(-1)!.delivery.ended).toBe("client-closed"); // the stalled request was dropped
+      }
+    }
+    expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "flite", outcome: "ok" })).toBe(2);
+    expect(await metric(tts, "voicebot_tts_first_audio_seconds", { source: "engine", engine: "flite" })).toBe(2);
+    expect(await metric(tts, "voicebot_tts_engine_errors_total", { engine: "openai", phase: "before_audio" })).toBe(2);
+  });
+
+  it("closes the chunk with the audio that exists when openai's stream is cut mid-way", async () => {
+    openaiReply = () => ({ cutAfterChunks: 4 });
+    const { parts, failures } = await speakChunk(SENTENCE);
+    expect(failures).toEqual([]);
+    expect(parts.at(-1)!.chunkDone).toBe(true);
+    expect(parts.at(-1)!.turnDone).toBe(true);
+    const seconds = Buffer.concat(parts.map((p) => p.payload)).length / 8000;
+    expect(seconds).toBeGreaterThan(0.2);
+    expect(seconds).toBeLessThan(0.6); // about 4 × 100 ms, not a restart in flite
+    expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "openai", outcome: "partial" })).toBe(1);
+  });
+});
+
+describe("tts with TTS_ENGINES=elevenlabs", () => {
+  it("publishes ElevenLabs' μ-law speech as BotAudio parts, byte for byte", async () => {
+    const tts = await startTts({ TTS_ENGINES: "elevenlabs" });
+    try {
+      expect(elevenlabs.requests.length).toBe(0);
+      const { parts, failures } = await speakChunk(SENTENCE);
+      expect(failures).toEqual([]);
+      const bytes = expectSpeech(parts);
+      expect(parts[0].text).toBe(SENTENCE);
+      expect(parts.at(-1)!.turnDone).toBe(true);
+      // ulaw_8000 needs no resampling: decoding and re-encoding μ-law gives back the provider's bytes (but for
+      // 0x7f, "negative zero", which comes back as 0xff: both are silence).
+      const sent = mulawEncode(await fliteSpeech(SENTENCE, 8000)).map((b) => (b === 0x7f ? 0xff : b));
+      expect(Buffer.compare(bytes.subarray(0, sent.length), sent)).toBe(0);
+      expect(bytes.length - sent.length).toBeLessThan(160); // only the last frame's padding
+      const request = elevenlabs.speeches.at(-1)!;
+      expect(request.request.query.output_format).toBe("ulaw_8000");
+      expect(request.body).toEqual({ text: SENTENCE, model_id: "eleven_flash_v2_5" });
+      expect(await metric(tts, "voicebot_tts_first_audio_seconds", { source: "engine", engine: "elevenlabs" })).toBe(1);
+      expect(firstAudioMs(parts)).toBeLessThan(1000);
+    } finally {
+      await tts.stop();
+    }
+  });
+});
+
+describe("tts cloud engine configuration", () => {
+  it("refuses a cloud engine without its API key", async () => {
+    const attempt = startService(createDefinition(), { TTS_ENGINES: "openai,elevenlabs,flite", NATS_URL: "nats://127.0.0.1:1", HTTP_PORT: "0" });
+    await expect(attempt).rejects.toBeInstanceOf(ConfigError);
+    await expect(attempt).rejects.toThrow(
+      /TTS_ENGINES includes openai but TTS_OPENAI_API_KEY is not set; TTS_ENGINES includes elevenlabs but ELEVENLABS_API_KEY is not set/,
+    );
+  });
+});
