@@ -256,6 +256,7 @@ describe("bot audio playout", () => {
     expect(record.turns[0].stages).toMatchObject({ asrMs: 200, asrToDialogQueueMs: 10, ttsMs: 30 });
     expect(Object.keys(record.turns[0].stages)).not.toContain("dialogMs");
     expect(await metricValue(ingress.baseUrl, "voicebot_ingress_turn_latency_seconds_count")).toBeGreaterThanOrEqual(1);
+    expect(await metricValue(ingress.baseUrl, "voicebot_turn_stage_seconds_count", { stage: "asr" })).toBeGreaterThanOrEqual(1);
     expect(await metricValue(ingress.baseUrl, "voicebot_ingress_frames_out_total")).toBeGreaterThanOrEqual(50);
     playback.sub.unsubscribe();
     client.close();

@@ -6,6 +6,8 @@ export class IngressMetrics {
   readonly framesIn: Counter;
   readonly framesOut: Counter;
   readonly turnLatency: Histogram;
+  /** The latency budget: each turn's time per stage (the same split the call record shows). */
+  readonly turnStage: Histogram<"stage">;
   readonly underruns: Counter<"where">;
   readonly skippedChunks: Counter<"reason">;
   readonly droppedBotAudio: Counter<"reason">;
@@ -34,6 +36,13 @@ export class IngressMetrics {
     });
     this.framesIn = new Counter({ name: "voicebot_ingress_frames_in_total", help: "20 ms caller frames forwarded", registers });
     this.framesOut = new Counter({ name: "voicebot_ingress_frames_out_total", help: "20 ms bot frames sent to Twilio", registers });
+    this.turnStage = new Histogram({
+      name: "voicebot_turn_stage_seconds",
+      help: "Per-turn time spent in each stage: endpoint wait, ASR, queues, dialog, tools, LLM first token, TTS first audio, ingress send",
+      labelNames: ["stage"],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5],
+      registers,
+    });
     this.turnLatency = new Histogram({
       name: "voicebot_ingress_turn_latency_seconds",
       help: "Caller input end to the turn's first audio frame sent",

@@ -569,6 +569,9 @@ export class CallSession {
       const callId = this.callSid!;
       const { entry, inputLatencyMs } = turnLatency(turn.id, chunk.timing ?? turn.timing, atMs);
       if (inputLatencyMs !== undefined) this.deps.metrics.turnLatency.observe(Math.max(0, inputLatencyMs) / 1000);
+      for (const [stage, ms] of Object.entries(entry.stages)) {
+        this.deps.metrics.turnStage.observe({ stage: stage.replace(/Ms$/, "") }, Math.max(0, ms) / 1000);
+      }
       this.log.info("turn started playing", { turnId: turn.id, latencyMs: entry.latencyMs, stages: entry.stages });
       this.enqueue(() => this.storeOp("append_turn", () => this.deps.store.appendTurn(callId, entry)));
     },
