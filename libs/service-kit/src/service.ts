@@ -146,9 +146,18 @@ export async function startService<C>(definition: ServiceDefinition<C>, env: Nod
     },
   });
 
-  bus = await Bus.connect({ servers: common.natsUrl, name: common.instanceId, log, registry });
+  try {
+    bus = await Bus.connect({ servers: common.natsUrl, name: common.instanceId, log, registry });
+    running = await definition.start({ name: definition.name, common, log, registry, bus, store, http, port }, config);
+  } catch (error) {
+    // Leave nothing open behind a service that could not start.
+    await bus?.close().catch(() => undefined);
+    await store.close();
+    await http.close();
+    stall.stop();
+    throw error;
+  }
   const ctx: ServiceContext = { name: definition.name, common, log, registry, bus, store, http, port };
-  running = await definition.start(ctx, config);
   log.info("started", { natsUrl: common.natsUrl, redisUrl: common.redisUrl });
 
   // Only ready replicas answer readiness pings, so one answer means the service can take a call.

@@ -246,6 +246,23 @@ describe("dialog service", () => {
     ]);
   });
 
+  it("reads back an order number heard with low confidence, and looks it up after a yes", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    await call.key("1");
+    await call.turn("t2");
+    await call.say("one two three four five", { confidence: 0.55 });
+    expect(await call.turn("t3")).toBe("I heard 1 2 3 4 5. Is that right? Say yes, or key in the number.");
+    expect(await call.hints()).toMatchObject({ mode: "phrases", phrases: expect.arrayContaining(["yes", "no"]) });
+    expect((await call.record()).toolCalls).toEqual([]);
+    await call.say("yes", { confidence: 0.9 });
+    expect(await call.turn("t4")).toContain("has shipped with UPS");
+    expect((await call.record()).toolCalls.map((t) => t.arguments)).toEqual([{ order_number: "12345" }]);
+    expect(await metric("voicebot_dialog_digit_confirmations_total", { outcome: "asked" })).toBeGreaterThan(0);
+    expect(await metric("voicebot_dialog_digit_confirmations_total", { outcome: "confirmed" })).toBeGreaterThan(0);
+  });
+
   it("an empty transcript gets a reprompt", async () => {
     const call = new TestCall();
     await call.start();
@@ -287,7 +304,8 @@ describe("dialog service", () => {
     const call = new TestCall();
     await call.start();
     await call.turn("t1");
-    expect(await store.acquireLease(call.id, "dialog", "other-replica", 10_000)).toBe(true);
+    // The greeting's chunks go out before its turn has saved and released the lease.
+    await waitFor(() => store.acquireLease(call.id, "dialog", "other-replica", 10_000), { what: "the dialog lease" });
     const busy = await metric("voicebot_dialog_lease_busy_total");
     await call.key("1");
     await waitFor(async () => (await metric("voicebot_dialog_lease_busy_total")) > busy, { what: "the input to be handed back" });

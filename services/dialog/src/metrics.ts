@@ -1,4 +1,4 @@
-import { Counter, Histogram, type Registry } from "prom-client";
+import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 
 export interface DialogMetrics {
   turns: Counter<"outcome">;
@@ -9,6 +9,15 @@ export interface DialogMetrics {
   leaseBusy: Counter;
   conflicts: Counter;
   unknownAgents: Counter;
+  llmRequests: Counter<"model" | "outcome">;
+  llmFirstToken: Histogram<"model">;
+  llmTokens: Counter<"model" | "kind">;
+  llmFallbacks: Counter<"agent" | "reason">;
+  llmCircuit: Gauge<"model">;
+  bargeIns: Counter;
+  cancelledTurns: Counter;
+  confirmations: Counter<"outcome">;
+  fillers: Counter;
 }
 
 export function createDialogMetrics(registry: Registry): DialogMetrics {
@@ -57,6 +66,58 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
     unknownAgents: new Counter({
       name: "voicebot_dialog_unknown_agents_total",
       help: "Calls that asked for an agent that is not configured (the default agent took them)",
+      registers: [registry],
+    }),
+    llmRequests: new Counter({
+      name: "voicebot_dialog_llm_requests_total",
+      help: "LLM requests by outcome (ok, first_token_timeout, timeout, http_error, connection, malformed, empty, circuit_open, cancelled)",
+      labelNames: ["model", "outcome"],
+      registers: [registry],
+    }),
+    llmFirstToken: new Histogram({
+      name: "voicebot_dialog_llm_first_token_seconds",
+      help: "LLM request sent -> first content or tool call token",
+      labelNames: ["model"],
+      buckets: [0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 5],
+      registers: [registry],
+    }),
+    llmTokens: new Counter({
+      name: "voicebot_dialog_llm_tokens_total",
+      help: "Tokens used, from the usage the endpoint reports at the end of a stream (kind: prompt or completion)",
+      labelNames: ["model", "kind"],
+      registers: [registry],
+    }),
+    llmFallbacks: new Counter({
+      name: "voicebot_dialog_llm_fallbacks_total",
+      help: "Inputs the scripted agent answered because the LLM failed, by reason",
+      labelNames: ["agent", "reason"],
+      registers: [registry],
+    }),
+    llmCircuit: new Gauge({
+      name: "voicebot_dialog_llm_circuit_state",
+      help: "LLM circuit breaker of this replica: 0 closed, 1 half-open (probing), 2 open (every input falls back)",
+      labelNames: ["model"],
+      registers: [registry],
+    }),
+    bargeIns: new Counter({
+      name: "voicebot_dialog_barge_ins_total",
+      help: "Bot turns the caller talked over (PlaybackEvent INTERRUPTED inputs applied to the history)",
+      registers: [registry],
+    }),
+    cancelledTurns: new Counter({
+      name: "voicebot_dialog_cancelled_turns_total",
+      help: "Inputs whose speech generation was stopped by a CancelTurn (barge-in while the dialog was still producing)",
+      registers: [registry],
+    }),
+    confirmations: new Counter({
+      name: "voicebot_dialog_digit_confirmations_total",
+      help: "Spoken digits read back for confirmation, and how the caller answered (asked, confirmed, corrected, rejected)",
+      labelNames: ["outcome"],
+      registers: [registry],
+    }),
+    fillers: new Counter({
+      name: "voicebot_dialog_tool_fillers_total",
+      help: "Filler lines spoken because a tool took longer than TOOL_FILLER_MS",
       registers: [registry],
     }),
   };

@@ -1,10 +1,24 @@
+import { createHash } from "node:crypto";
 import { errorText, isValidCallId, subjects, type Bus, type Delivery, type Logger, type WorkItem } from "@voicebot/bus";
-import { AudioEncoding, AudioFormat, SpeakRequest, type CallStarted, type DialogInput, type TurnTiming } from "@voicebot/proto";
+import {
+  AudioEncoding,
+  AudioFormat,
+  DialogInput as DialogInputCodec,
+  NoInput,
+  PlaybackEvent_Kind,
+  SpeakRequest,
+  type CallStarted,
+  type DialogInput,
+  type PlaybackEvent,
+  type TurnTiming,
+} from "@voicebot/proto";
 import { keys, type CallStore, type TranscriptEntry } from "@voicebot/state";
 import { KEYS } from "./agents/config.js";
+import type { InFlightTurns } from "./cancel.js";
 import type { DialogEngine, EngineInput, RecognitionHints, TurnIO, TurnResult } from "./engine/types.js";
 import type { TurnLease } from "./lease.js";
 import type { DialogMetrics } from "./metrics.js";
+import { markInterrupted } from "./record.js";
 import { SpeechOutput } from "./speech.js";
 import type { ToolClient } from "./tools.js";
 
@@ -13,6 +27,8 @@ export interface Agent {
   name: string;
   engine: DialogEngine;
   voice: string;
+  /** Said as its own turn when a tool is slow (null = never). */
+  toolFiller: string | null;
 }
 
 /** A call's dialog state in Redis (store.loadDialog/saveDialog). */
@@ -28,6 +44,8 @@ export interface DialogState {
   done: boolean;
   /** The engine's own state. */
   engine: unknown;
+  /** The latest bot turns and the text recorded for each (to rewrite the record after a barge-in). */
+  spoken?: Array<{ turnId: string; text: string }>;
 }
 
 export interface RunnerDependencies {
@@ -39,9 +57,30 @@ export interface RunnerDependencies {
   defaultAgent: string;
   lease: TurnLease;
   tools: ToolClient;
+  inFlight: InFlightTurns;
+  /** The work queue's ack wait: a turn in progress tells JetStream it is alive well within it. */
+  ackWaitMs: number;
+  /** A tool still running after this long gets a filler line. */
+  toolFillerMs: number;
 }
 
 const MAX_PROCESSED = 50;
+const MAX_SPOKEN = 10;
+/** Engine outcomes that are steps of confirming digits -> the confirmation metric's label. */
+const CONFIRMATION_OUTCOMES: Record<string, string> = {
+  confirm_asked: "asked",
+  confirmed: "confirmed",
+  corrected: "corrected",
+  confirm_rejected: "rejected",
+};
+/**
+ * An input whose earlier delivery started but never finished (its replica died) may have sent some turns. The redo
+ * numbers its turns past anything that attempt can have used, so ingress never mixes the two: an input makes at
+ * most a handful of turns (LLM rounds are bounded), far fewer than this.
+ */
+const REDO_TURN_GAP = 20;
+/** Tools that act on the call; a filler before them would only delay the goodbye. */
+const NO_FILLER_TOOLS = new Set(["end_call", "transfer_to_human", "send_dtmf"]);
 const MAX_ATTEMPTS = 3;
 const DEFAULT_FORMAT = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 };
 const APOLOGY = "Sorry, something went wrong on my side.";
@@ -71,8 +110,11 @@ export class TurnRunner {
       this.drop(item, "invalid_call_id", { callId, inputId: message.inputId });
       return Promise.resolve();
     }
+    // Tell JetStream the input is being worked on (also while it waits behind the call's earlier inputs), so a
+    // long turn does not make it hand the input to another replica; only a dead replica stops the heartbeat.
+    const heartbeat = setInterval(() => item.working(), Math.max(250, Math.floor(this.deps.ackWaitMs / 3)));
     const previous = this.chains.get(callId) ?? Promise.resolve();
-    const task = previous.then(() => this.process({ ...message, callId }, item, receivedAt));
+    const task = previous.then(() => this.process({ ...message, callId }, item, receivedAt)).finally(() => clearInterval(heartbeat));
     const tail = task.catch(() => undefined);
     this.chains.set(callId, tail);
     void tail.then(() => {
@@ -99,12 +141,21 @@ export class TurnRunner {
       item.ack();
       return;
     }
-    if (input.$case === "playback") {
-      item.ack(); // the scripted dialog does not act on playback progress
+    if (input.$case === "playback" && input.value.kind !== PlaybackEvent_Kind.KIND_INTERRUPTED) {
+      item.ack(); // the dialog only acts on interruptions; progress events are for observers
       return;
     }
-    const engineInput = toEngineInput(message);
+    const engineInput: EngineInput | Dropped | { interrupted: PlaybackEvent } =
+      input.$case === "playback" ? { interrupted: input.value } : toEngineInput(message);
     if ("drop" in engineInput) return this.drop(item, engineInput.drop, fields);
+    if ("kind" in engineInput && engineInput.kind === "wake") {
+      // A timer input: it was queued at once and comes back (nak with delay) until it is due.
+      const dueIn = message.atMs - Date.now();
+      if (dueIn > 0) {
+        item.nak(dueIn);
+        return;
+      }
+    }
     const callState = await this.deps.store.callState(callId);
     if (callState !== "live") return this.drop(item, callState === "ended" ? "ended_call" : "unknown_call", fields);
 
@@ -116,10 +167,45 @@ export class TurnRunner {
       return;
     }
     try {
-      await this.turn(message, engineInput, item, receivedAt);
+      if ("interrupted" in engineInput) await this.interruption(message, engineInput.interrupted, item);
+      else await this.turn(message, engineInput, item, receivedAt);
     } finally {
       await release();
     }
+  }
+
+  /** The caller talked over a bot turn: the history and the record keep only what they heard. */
+  private async interruption(message: DialogInput, event: PlaybackEvent, item: WorkItem): Promise<void> {
+    const { store, metrics, log } = this.deps;
+    const { callId, inputId } = message;
+    const fields = { callId, inputId, turnId: event.turnId };
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const loaded = await store.loadDialog<DialogState>(callId);
+      const state = loaded.value;
+      if (!state) return this.drop(item, "no_dialog_state", fields);
+      if (state.processed.includes(inputId)) return this.drop(item, "duplicate", fields);
+      const engine = this.agentFor(state.agent).engine;
+      const spoken = state.spoken?.find((t) => t.turnId === event.turnId);
+      if (attempt === 0) {
+        await markInterrupted(store, callId, spoken?.text ?? "", event.heardText, new Date(event.atMs || Date.now()).toISOString()).catch((error) =>
+          log.warn("interrupted turn not rewritten in the record", { ...fields, error: errorText(error) }),
+        );
+      }
+      const next: DialogState = {
+        ...state,
+        engine: engine.interrupted ? engine.interrupted(state.engine ?? engine.initialState(), { turnId: event.turnId, heardText: event.heardText }) : state.engine,
+        spoken: state.spoken?.map((t) => (t.turnId === event.turnId ? { ...t, text: event.heardText } : t)),
+        processed: [...state.processed, inputId].slice(-MAX_PROCESSED),
+      };
+      if (await store.saveDialog(callId, next, loaded.version)) {
+        item.ack();
+        metrics.bargeIns.inc();
+        log.info("barge-in applied", { ...fields, chunkSeq: event.chunkSeq, heard: event.heardText.length });
+        return;
+      }
+      metrics.conflicts.inc();
+    }
+    throw new Error(`dialog state of call ${callId} kept changing during input ${inputId}`);
   }
 
   private async turn(message: DialogInput, engineInput: EngineInput, item: WorkItem, receivedAt: number): Promise<void> {
@@ -127,57 +213,94 @@ export class TurnRunner {
     const { callId, inputId } = message;
     const fields = { callId, inputId };
     const input = message.input!;
-    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const loaded = await store.loadDialog<DialogState>(callId);
-      let state = loaded.value;
-      if (state?.processed.includes(inputId)) return this.drop(item, "duplicate", fields);
-      if (input.$case === "callStarted") {
-        if (state) return this.drop(item, "already_started", fields);
-        state = this.newState(input.value, message.atMs || receivedAt);
-      } else if (!state) {
-        state = await this.recoverState(callId, receivedAt);
-      }
-      if (state.done) return this.drop(item, "conversation_over", fields);
-      if (input.$case === "noInput" && input.value.turnId && input.value.turnId !== `t${state.turns}`) {
-        return this.drop(item, "stale_no_input", fields);
-      }
+    let redone: boolean | undefined;
+    let abort: AbortController | undefined;
+    /** The highest turn number any attempt reached (a redone attempt sends nothing, so may count fewer). */
+    let turnsReached = 0;
+    try {
+      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+        const loaded = await store.loadDialog<DialogState>(callId);
+        let state = loaded.value;
+        if (state?.processed.includes(inputId)) return this.drop(item, "duplicate", fields);
+        redone ??= !(await store.firstTime(callId, "dialog-input", inputId));
+        if (redone && attempt === 0) {
+          log.warn("input was started before by a replica that did not finish it; redoing it", { ...fields, delivery: item.deliveryCount });
+        }
+        if (input.$case === "callStarted") {
+          if (state) return this.drop(item, "already_started", fields);
+          state = this.newState(input.value, message.atMs || receivedAt);
+        } else if (!state) {
+          state = await this.recoverState(callId, receivedAt);
+        }
+        if (state.done) return this.drop(item, "conversation_over", fields);
+        if (engineInput.kind === "noInput" && input.$case === "noInput" && input.value.turnId && input.value.turnId !== `t${state.turns}`) {
+          return this.drop(item, "stale_no_input", fields);
+        }
 
-      const agent = this.agentFor(state.agent);
-      const played = await this.play(agent, state, engineInput, message, receivedAt, attempt > 0);
-      const next: DialogState = {
-        ...state,
-        turns: played.turns,
-        done: played.result.done === true,
-        engine: played.result.state,
-        processed: [...state.processed, inputId].slice(-MAX_PROCESSED),
-      };
-      if (played.hints) await store.setJson(keys.hints(callId), played.hints);
-      if (await store.saveDialog(callId, next, loaded.version)) {
-        item.ack();
-        const outcome = played.result.outcome;
-        metrics.turns.inc({ outcome });
-        if (outcome === "reprompt" || outcome === "max_reprompts") metrics.reprompts.inc({ agent: agent.name });
-        metrics.turnSeconds.observe((Date.now() - receivedAt) / 1000);
-        log.info("turn done", { ...fields, kind: engineInput.kind, outcome, turns: next.turns, done: next.done, ms: Date.now() - receivedAt });
-        return;
+        const agent = this.agentFor(state.agent);
+        const turnsBefore = redone ? state.turns + REDO_TURN_GAP : state.turns;
+        // One per delivery: a barge-in during the first attempt also stops a redone one.
+        abort ??= this.deps.inFlight.begin(callId, state.turns);
+        const played = await this.play(agent, state, turnsBefore, engineInput, message, receivedAt, attempt > 0, abort);
+        turnsReached = Math.max(turnsReached, played.turns);
+        const next: DialogState = {
+          ...state,
+          turns: turnsReached,
+          done: played.result.done === true,
+          engine: played.result.state,
+          processed: [...state.processed, inputId].slice(-MAX_PROCESSED),
+          spoken: [...(state.spoken ?? []), ...played.spoken].slice(-MAX_SPOKEN),
+        };
+        if (played.hints) await store.setJson(keys.hints(callId), played.hints);
+        if (played.result.wake) await this.publishWake(callId, inputId, played.result.wake);
+        if (await store.saveDialog(callId, next, loaded.version)) {
+          item.ack();
+          const outcome = played.result.outcome;
+          metrics.turns.inc({ outcome });
+          if (outcome === "reprompt" || outcome === "max_reprompts") metrics.reprompts.inc({ agent: agent.name });
+          const confirmation = CONFIRMATION_OUTCOMES[outcome];
+          if (confirmation) metrics.confirmations.inc({ outcome: confirmation });
+          if (played.cancelled) metrics.cancelledTurns.inc();
+          metrics.turnSeconds.observe((Date.now() - receivedAt) / 1000);
+          log.info("turn done", { ...fields, kind: engineInput.kind, outcome, turns: next.turns, done: next.done, ms: Date.now() - receivedAt });
+          return;
+        }
+        // Someone saved in between (a lease that expired mid-turn): redo on the new state without repeating speech.
+        metrics.conflicts.inc();
+        log.warn("dialog state changed during the turn; redoing it", { ...fields, attempt });
+        if ((await store.callState(callId)) !== "live") return this.drop(item, "ended_call", fields);
       }
-      // Someone saved in between (a lease that expired mid-turn): redo on the new state without repeating speech.
-      metrics.conflicts.inc();
-      log.warn("dialog state changed during the turn; redoing it", { ...fields, attempt });
-      if ((await store.callState(callId)) !== "live") return this.drop(item, "ended_call", fields);
+    } finally {
+      if (abort) this.deps.inFlight.end(callId, abort);
     }
     throw new Error(`dialog state of call ${callId} kept changing during input ${inputId}`);
+  }
+
+  /** Queues the timer input an engine asked for; its id comes from the input that set it, so a redo queues it once. */
+  private async publishWake(callId: string, inputId: string, wake: { afterMs: number; token: string }): Promise<void> {
+    const id = `${inputId}:wake`;
+    const message = DialogInputCodec.create({ callId, inputId: id, atMs: Date.now() + wake.afterMs });
+    message.input = { $case: "noInput", value: NoInput.create({ turnId: `${WAKE_PREFIX}${wake.token}` }) };
+    await this.deps.bus.publishDurable(subjects.dialogInput(callId), DialogInputCodec, message, id, callId);
   }
 
   private async play(
     agent: Agent,
     state: DialogState,
+    turnsBefore: number,
     engineInput: EngineInput,
     message: DialogInput,
     receivedAt: number,
     replay: boolean,
-  ): Promise<{ result: TurnResult<unknown>; hints?: RecognitionHints; turns: number }> {
-    const { store, bus, log, tools } = this.deps;
+    abort: AbortController,
+  ): Promise<{
+    result: TurnResult<unknown>;
+    hints?: RecognitionHints;
+    turns: number;
+    spoken: Array<{ turnId: string; text: string }>;
+    cancelled: boolean;
+  }> {
+    const { store, bus, log, tools, metrics } = this.deps;
     const callId = message.callId;
     let records = Promise.resolve();
     const record = (entry: TranscriptEntry) => {
@@ -187,36 +310,66 @@ export class TurnRunner {
     };
     let toolMs = 0;
     let toolIndex = 0;
+    let heardIndex = 0;
+    let fillerSaid = false;
     let hints: RecognitionHints | undefined;
+    const spoken: Array<{ turnId: string; text: string }> = [];
     const speech = new SpeechOutput({
       callId,
       voice: agent.voice,
       format: AudioFormat.create(state.format),
-      turnsSoFar: state.turns,
+      turnsSoFar: turnsBefore,
       timing: timingFor(message, receivedAt),
       toolMs: () => toolMs,
       live: !replay,
       publish: (request) => bus.publish(subjects.ttsSpeak, SpeakRequest, request, callId),
-      onTurnDone: (_turnId, text) => record({ role: "bot", text, at: new Date().toISOString() }),
+      onTurnDone: (turnId, text) => {
+        spoken.push({ turnId, text });
+        record({ role: "bot", text, at: new Date().toISOString() });
+      },
     });
+    this.deps.inFlight.attach(callId, speech);
     const io: TurnIO = {
       heard: (entry) => {
         if (replay) return;
-        record({ role: "caller", at: new Date(inputTime(message, receivedAt)).toISOString(), ...entry });
+        const line: TranscriptEntry = { role: "caller", at: new Date(inputTime(message, receivedAt)).toISOString(), ...entry };
+        // Once per input and position: a replica that died on this input may have recorded the line already.
+        const key = `${message.inputId}#${heardIndex++}`;
+        records = records
+          .then(async () => {
+            if (await store.firstTime(callId, "heard", key)) await store.appendTranscript(callId, line);
+          })
+          .catch((error) => log.warn("transcript entry not recorded", { callId, error: errorText(error) }));
       },
-      say: (text, options) => speech.say(text, options?.cacheable === true),
+      say: (text, options) => speech.say(text, options?.cacheable === true, options?.now === true),
       callTool: async (name, args, options) => {
         speech.close(); // what was said so far plays before the tool acts
-        const outcome = await tools.call({
-          callId,
-          // Deterministic per input and position, so a redone turn gets the first execution's result.
-          toolCallId: `${message.inputId}/${toolIndex++}`,
-          name,
-          args,
-          timeoutMs: options?.timeoutMs ?? 0,
-          turnId: speech.lastTurnId,
-          agent: agent.name,
-        });
+        const saidBefore = speech.turnIds.length > 0;
+        // A slow tool gets a short filler so the caller does not sit in silence (once per input, and only when
+        // nothing was said for this input yet: a "let me check" before the tool does the same job).
+        const filler =
+          agent.toolFiller && !fillerSaid && !saidBefore && !replay && !NO_FILLER_TOOLS.has(name)
+            ? setTimeout(() => {
+                fillerSaid = true;
+                if (speech.sayTurn(agent.toolFiller!, true)) metrics.fillers.inc();
+              }, this.deps.toolFillerMs)
+            : undefined;
+        let outcome;
+        try {
+          outcome = await tools.call({
+            callId,
+            // Deterministic per input, position, tool and arguments: a redone turn that makes the same call gets
+            // the first execution's result instead of acting twice.
+            toolCallId: toolCallId(message.inputId, toolIndex++, name, args),
+            name,
+            args,
+            timeoutMs: options?.timeoutMs ?? 0,
+            turnId: speech.lastTurnId,
+            agent: agent.name,
+          });
+        } finally {
+          clearTimeout(filler);
+        }
         toolMs += outcome.ms;
         if (!outcome.ok) log.warn("tool call failed", { callId, tool: name, errorCode: outcome.errorCode, error: outcome.errorMessage });
         return outcome;
@@ -224,6 +377,8 @@ export class TurnRunner {
       setHints: (next) => {
         hints = next;
       },
+      llmFirstToken: (ms) => speech.setLlmFirstToken(ms),
+      signal: abort.signal,
     };
 
     let result: TurnResult<unknown>;
@@ -238,7 +393,7 @@ export class TurnRunner {
     }
     speech.close();
     await records;
-    return { result, hints, turns: speech.turnCount };
+    return { result, hints, turns: speech.turnCount, spoken, cancelled: speech.isCancelled };
   }
 
   private agentFor(name: string): Agent {
@@ -298,10 +453,31 @@ export function toEngineInput(message: DialogInput): EngineInput | Dropped {
       return { kind: "keypad", digit, atMs: input.value.atMs || message.atMs };
     }
     case "noInput":
+      if (input.value.turnId.startsWith(WAKE_PREFIX)) return { kind: "wake", token: input.value.turnId.slice(WAKE_PREFIX.length) };
       return { kind: "noInput" };
     default:
       return { drop: "invalid_input" };
   }
+}
+
+/** NoInput.turnId of the timer inputs an engine asks for (TurnResult.wake). */
+const WAKE_PREFIX = "wake:";
+
+/** The idempotency key of a tool call (at most 200 characters, which the tools service accepts). */
+export function toolCallId(inputId: string, index: number, name: string, args: Record<string, unknown>): string {
+  const base = inputId.length > 120 ? createHash("sha256").update(inputId).digest("hex").slice(0, 32) : inputId;
+  const argsHash = createHash("sha256").update(stableJson(args)).digest("hex").slice(0, 12);
+  return `${base}/${index}:${name.slice(0, 40)}:${argsHash}`;
+}
+
+/** JSON with object keys sorted, so the same arguments always hash the same. */
+function stableJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(stableJson).join(",")}]`;
+  if (value && typeof value === "object") {
+    const entries = Object.entries(value as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${stableJson(v)}`).join(",")}}`;
+  }
+  return JSON.stringify(value) ?? "null";
 }
 
 /** When the caller's input ended: speech end, the key press, or the call's start. */

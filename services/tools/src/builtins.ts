@@ -13,6 +13,9 @@ export interface BuiltinDependencies {
 }
 
 const MAX_ORDER_DIGITS = 20;
+const MAX_DTMF_DIGITS = 32;
+// Keypad tones; w/W are the half-second/one-second pauses Twilio understands in sendDigits.
+const DTMF = /^[0-9*#wW]+$/;
 // A phone number in E.164 form or a SIP URI: what a telephony provider can dial.
 const TRANSFER_TARGET = /^(\+[1-9]\d{6,14}|sips?:[^\s@]+@[^\s]+)$/;
 
@@ -20,10 +23,13 @@ export function isDialableTarget(target: string): boolean {
   return TRANSFER_TARGET.test(target);
 }
 
+export const BUILTIN_TOOL_NAMES = ["lookup_order", "end_call", "transfer_to_human", "send_dtmf"] as const;
+
 export function builtinTools(deps: BuiltinDependencies): Tool[] {
   const lookupOrder: Tool = {
     name: "lookup_order",
     defaultTimeoutMs: 3_000,
+    idempotent: true,
     async run(args, ctx) {
       const raw = optionalString(args, "order_number", 100);
       if (raw === undefined) throw new InvalidArgumentsError("order_number is required");
@@ -78,5 +84,19 @@ export function builtinTools(deps: BuiltinDependencies): Tool[] {
     },
   };
 
-  return [lookupOrder, endCall, transferToHuman];
+  const sendDtmf: Tool = {
+    name: "send_dtmf",
+    defaultTimeoutMs: 2_000,
+    async run(args, ctx) {
+      const digits = optionalString(args, "digits", MAX_DTMF_DIGITS);
+      if (digits === undefined) throw new InvalidArgumentsError("digits is required");
+      if (!DTMF.test(digits)) throw new InvalidArgumentsError(`digits may only hold 0-9, *, #, and w or W (a pause)`);
+      deps.control(
+        ctx.callId,
+        CallControl.create({ callId: ctx.callId, action: CallControl_Action.ACTION_SEND_DTMF, afterTurnId: ctx.turnId, target: digits, reason: "send_dtmf" }),
+      );
+      return { action: "send_dtmf", digits, after_turn_id: ctx.turnId };
+    },
+  };
+  return [lookupOrder, endCall, transferToHuman, sendDtmf];
 }

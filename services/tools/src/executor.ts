@@ -2,7 +2,7 @@ import { errorText, isValidCallId, type Logger } from "@voicebot/bus";
 import { ToolCallResult, type ToolCallRequest } from "@voicebot/proto";
 import { keys, type CallStore } from "@voicebot/state";
 import { Counter, Histogram, type Registry } from "prom-client";
-import { InvalidArgumentsError, type Tool } from "./tool.js";
+import { InvalidArgumentsError, PermanentToolError, type Tool } from "./tool.js";
 
 export type ToolErrorCode = "unknown_tool" | "invalid_arguments" | "timeout" | "failed";
 
@@ -13,12 +13,19 @@ const MAX_TOOL_CALL_ID = 200;
 const RESULT_POLL_MS = 20;
 // Extra time a duplicate waits beyond the tool timeout for the winner to store its result.
 const RESULT_WAIT_GRACE_MS = 2_000;
+/** Retries of a failed idempotent tool (within its timeout), after 100 ms, then 200 ms (plus jitter). */
+const MAX_RETRIES = 2;
+const RETRY_BASE_MS = 100;
 
 export interface ExecutorMetrics {
   calls: Counter<"tool" | "outcome">;
   duration: Histogram<"tool">;
   duplicates: Counter<"kind">;
+  retries: Counter<"tool">;
 }
+
+/** Which tool runs a request: the tools of the request's agent first (webhooks, overrides), then the built-ins. */
+export type ToolResolver = (agent: string, name: string) => Tool | undefined;
 
 export function createExecutorMetrics(registry: Registry): ExecutorMetrics {
   return {
@@ -41,6 +48,12 @@ export function createExecutorMetrics(registry: Registry): ExecutorMetrics {
       labelNames: ["kind"],
       registers: [registry],
     }),
+    retries: new Counter({
+      name: "voicebot_tools_retries_total",
+      help: "Retries of failed idempotent tools",
+      labelNames: ["tool"],
+      registers: [registry],
+    }),
   };
 }
 
@@ -49,16 +62,21 @@ export function createExecutorMetrics(registry: Registry): ExecutorMetrics {
  * retries and concurrent duplicates get the stored result. Every execution is appended to the call record.
  */
 export class ToolExecutor {
-  private readonly tools = new Map<string, Tool>();
+  private readonly resolve: ToolResolver;
   private readonly inFlight = new Map<Promise<unknown>, string>();
 
+  /** `tools`: the same tools for every agent, or a resolver that knows each agent's own tools. */
   constructor(
-    tools: Tool[],
+    tools: Tool[] | ToolResolver,
     private readonly store: CallStore,
     private readonly metrics: ExecutorMetrics,
     private readonly log: Logger,
   ) {
-    for (const tool of tools) this.tools.set(tool.name, tool);
+    if (typeof tools === "function") this.resolve = tools;
+    else {
+      const byName = new Map(tools.map((tool) => [tool.name, tool]));
+      this.resolve = (_agent, name) => byName.get(name);
+    }
   }
 
   /** Calls with a tool request being executed right now. */
@@ -110,7 +128,7 @@ export class ToolExecutor {
   }
 
   private timeoutFor(request: ToolCallRequest): number {
-    const tool = this.tools.get(request.name);
+    const tool = this.resolve(request.agent, request.name);
     const requested = request.timeoutMs > 0 ? request.timeoutMs : (tool?.defaultTimeoutMs ?? 5_000);
     return Math.min(requested, MAX_TOOL_TIMEOUT_MS);
   }
@@ -118,7 +136,7 @@ export class ToolExecutor {
   private async execute(request: ToolCallRequest, timeoutMs: number): Promise<ToolCallResult> {
     const { callId, toolCallId, name } = request;
     const started = Date.now();
-    const tool = this.tools.get(name);
+    const tool = this.resolve(request.agent, name);
     let args: unknown = request.argumentsJson;
     let outcome: { ok: true; value: unknown } | { ok: false; code: ToolErrorCode; message: string };
 
@@ -173,7 +191,7 @@ export class ToolExecutor {
     const timedOut = new Promise<"timeout">((resolve) => {
       timer = setTimeout(() => resolve("timeout"), timeoutMs);
     });
-    const run = tool.run(args, { callId: request.callId, turnId: request.turnId, agent: request.agent, signal: abort.signal });
+    const run = this.runWithRetries(tool, args, request, abort.signal, Date.now() + timeoutMs);
     try {
       const value = await Promise.race([run, timedOut]);
       if (value === "timeout") {
@@ -187,6 +205,24 @@ export class ToolExecutor {
       return { ok: false, code: "failed", message: errorText(error) };
     } finally {
       clearTimeout(timer);
+    }
+  }
+
+  /** Runs the tool; a failure of an idempotent tool is tried again after a short back-off while time is left. */
+  private async runWithRetries(tool: Tool, args: Record<string, unknown>, request: ToolCallRequest, signal: AbortSignal, deadline: number): Promise<unknown> {
+    const ctx = { callId: request.callId, turnId: request.turnId, agent: request.agent, toolCallId: request.toolCallId, signal };
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await tool.run(args, ctx);
+      } catch (error) {
+        const permanent = error instanceof InvalidArgumentsError || error instanceof PermanentToolError;
+        const backoff = RETRY_BASE_MS * 2 ** attempt * (1 + Math.random() * 0.25);
+        if (permanent || !tool.idempotent || attempt >= MAX_RETRIES || signal.aborted || Date.now() + backoff >= deadline) throw error;
+        this.metrics.retries.inc({ tool: tool.name });
+        this.log.info("tool failed; retrying", { callId: request.callId, toolCallId: request.toolCallId, tool: tool.name, attempt: attempt + 1, error: errorText(error) });
+        await new Promise((resolve) => setTimeout(resolve, backoff));
+        if (signal.aborted) throw error;
+      }
     }
   }
 
@@ -208,7 +244,7 @@ export class ToolExecutor {
   }
 
   private refuse(request: ToolCallRequest, code: ToolErrorCode, message: string): ToolCallResult {
-    this.metrics.calls.inc({ tool: this.tools.has(request.name) ? request.name : "unknown", outcome: code });
+    this.metrics.calls.inc({ tool: this.resolve(request.agent, request.name) ? request.name : "unknown", outcome: code });
     this.log.warn("tool request refused", { callId: request.callId, toolCallId: request.toolCallId, tool: request.name, errorCode: code, error: message });
     return this.errorResult(request, code, message);
   }

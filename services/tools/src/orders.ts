@@ -87,6 +87,13 @@ export class JsonFileOrderSource implements OrderSource {
     return this.orders.size;
   }
 
+  /** Every order, with relative dates resolved for today (to seed a database from the demo file). */
+  async all(): Promise<Order[]> {
+    const orders: Order[] = [];
+    for (const number of this.orders.keys()) orders.push((await this.findOrder(number))!);
+    return orders;
+  }
+
   async findOrder(orderNumber: string): Promise<Order | undefined> {
     const entry = this.orders.get(orderNumber);
     if (!entry) return undefined;

@@ -3,6 +3,8 @@ export interface ToolContext {
   callId: string;
   turnId: string;
   agent: string;
+  /** The request's idempotency key (webhooks pass it on as Idempotency-Key). */
+  toolCallId: string;
   /** Aborted when the request timed out: stop work that is no longer wanted. */
   signal: AbortSignal;
 }
@@ -11,12 +13,17 @@ export interface Tool {
   name: string;
   /** Used when the request does not set its own timeout. */
   defaultTimeoutMs: number;
+  /** Running it twice does no harm: failures are retried (with back-off, within the timeout). */
+  idempotent?: boolean;
   /** Runs the tool; the value returned is the JSON result. Throws InvalidArgumentsError for bad arguments. */
   run(args: Record<string, unknown>, ctx: ToolContext): Promise<unknown>;
 }
 
 /** The arguments do not fit the tool: the caller's fault, retrying cannot help. */
 export class InvalidArgumentsError extends Error {}
+
+/** A failure retrying cannot fix (a backend's 4xx answer); any other error of an idempotent tool is retried. */
+export class PermanentToolError extends Error {}
 
 /** Reads an optional string argument, accepting numbers (an LLM may send 12345 for "12345"). */
 export function optionalString(args: Record<string, unknown>, name: string, maxLength = 500): string | undefined {

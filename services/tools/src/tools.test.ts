@@ -139,6 +139,19 @@ describe("tools service", () => {
     expect(received[1]).toMatchObject({ action: CallControl_Action.ACTION_TRANSFER, target: "+15557654321", afterTurnId: "t5", reason: "billing" });
   });
 
+  it("send_dtmf publishes SEND_DTMF with the digits after the request's turn, and refuses other characters", async () => {
+    const callId = await newCall();
+    const received = controls(callId);
+    await bus.nc.flush();
+    const result = await call(callId, "send_dtmf", { digits: "1w23#" }, { turnId: "t6" });
+    expect(result.ok).toBe(true);
+    expect(JSON.parse(result.resultJson)).toEqual({ action: "send_dtmf", digits: "1w23#", after_turn_id: "t6" });
+    expect(await call(callId, "send_dtmf", { digits: "12; rm" })).toMatchObject({ ok: false, errorCode: "invalid_arguments" });
+    expect(await call(callId, "send_dtmf", {})).toMatchObject({ ok: false, errorCode: "invalid_arguments" });
+    await waitFor(() => received.length === 1, { what: "CallControl" });
+    expect(received[0]).toMatchObject({ callId, action: CallControl_Action.ACTION_SEND_DTMF, target: "1w23#", afterTurnId: "t6" });
+  });
+
   it("runs a toolCallId once: a retry gets the stored result", async () => {
     const callId = await newCall();
     const received = controls(callId);

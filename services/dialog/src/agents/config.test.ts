@@ -180,9 +180,80 @@ describe("agent config validation", () => {
     }
   });
 
+  it("accepts tools, llm, endpointing and toolFiller, and the shipped order line runs on an LLM with its tool schemas", async () => {
+    const orderLine = (await loadAgents(agentsDir)).get("order-line")!;
+    expect(orderLine.llm).toMatchObject({ tools: ["lookup_order", "transfer_to_human", "end_call"], greeting: expect.any(String) });
+    expect(orderLine.llm!.systemPrompt).toContain("lookup_order");
+    expect(orderLine.tools.find((t) => t.name === "lookup_order")).toMatchObject({
+      idempotent: true,
+      confirm: { argument: "order_number", minLength: 3, maxLength: 12 },
+      parameters: { type: "object", required: ["order_number"] },
+    });
+    expect(orderLine.toolFiller).toBe("One moment while I check that.");
+    expect(orderLine.states.ask_order.collect!.confirm).toBe(true);
+
+    const raw = base();
+    raw.endpointing = { minSilenceMs: 400, maxSilenceMs: 900 };
+    raw.toolFiller = false;
+    raw.tools = [
+      { name: "check_points", description: "Points.", parameters: { type: "object", properties: { id: { type: "string" } } }, webhook: { url: "${URL}/p" } },
+    ];
+    raw.llm = { systemPrompt: "Be brief.", model: "m", temperature: 0.2 };
+    const agent = validateAgent(raw, "test");
+    expect(agent.endpointing).toEqual({ minSilenceMs: 400, maxSilenceMs: 900 });
+    expect(agent.toolFiller).toBeNull();
+    expect(agent.llm).toMatchObject({ systemPrompt: "Be brief.", tools: ["check_points"], temperature: 0.2 });
+  });
+
+  it("reports problems in tools and llm", () => {
+    const raw = base();
+    raw.tools = [
+      { name: "bad name!", description: "x" },
+      { name: "a", description: "x", parameters: { type: "array" } },
+      { name: "b", description: "x", parameters: { type: "object", properties: { n: { type: "string" } } }, confirm: { argument: "m" } },
+      { name: "c", description: "x", webhook: { method: "GET" } },
+      { name: "c", description: "x", timeoutMs: 5 },
+    ];
+    raw.llm = { systemPrompt: "", tools: ["a", "nope"], temperature: 3, apiKeyEnv: "lower", baseUrl: "ftp://x" };
+    raw.endpointing = { minSilenceMs: 900, maxSilenceMs: 400 };
+    expect(problemsOf(raw)).toEqual(
+      expect.arrayContaining([
+        expect.stringContaining("tools[0].name: must be a tool name"),
+        expect.stringContaining('tools[1] (a).parameters: must be a JSON Schema with "type": "object"'),
+        expect.stringContaining("tools[2] (b).confirm.argument: must name one of the parameters (n)"),
+        expect.stringContaining("tools[3] (c).webhook.url: is required"),
+        expect.stringContaining('tools[4] (c).name: tool "c" is declared twice'),
+        expect.stringContaining("tools[4] (c).timeoutMs: must be an integer between 100 and 30000"),
+        expect.stringContaining("llm.systemPrompt: must be a non-empty string"),
+        expect.stringContaining('llm.tools: "nope" is not declared in tools'),
+        expect.stringContaining("llm.temperature: must be a number between 0 and 2"),
+        expect.stringContaining("llm.apiKeyEnv: must be an environment variable name"),
+        expect.stringContaining("llm.baseUrl: must be an http(s) URL"),
+        expect.stringContaining("endpointing: minSilenceMs is more than maxSilenceMs"),
+      ]),
+    );
+  });
+
+  it("loads YAML agents and reports YAML errors and duplicate names", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "vb-agents-yaml-"));
+    try {
+      await writeFile(path.join(dir, "one.yaml"), "greeting: { say: Hello., goto: menu }\nreprompt: Sorry?\nstates:\n  menu:\n    prompt: Say something.\n");
+      expect((await loadAgents(dir)).get("one")!.states.menu.prompt).toBe("Say something.");
+      await writeFile(path.join(dir, "two.yml"), "greeting: [unclosed\n");
+      await writeFile(path.join(dir, "one.json"), JSON.stringify(base()));
+      const problems = ((await loadAgents(dir).catch((e: unknown) => e)) as AgentConfigError).problems;
+      expect(problems).toEqual([
+        expect.stringMatching(/one\.yaml: agent "one" is also defined by .*one\.json/),
+        expect.stringMatching(/two\.yml: not valid YAML: .*line 2/),
+      ]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("the shipped README documents every top-level and state field the validator accepts", async () => {
     const readme = await readFile(path.join(agentsDir, "README.md"), "utf8");
-    for (const field of ["greeting", "reprompt", "maxReprompts", "onMaxReprompts", "onToolError", "intents", "states", "voice", "prompt", "globalIntents", "collect", "hints"]) {
+    for (const field of ["greeting", "reprompt", "maxReprompts", "onMaxReprompts", "onToolError", "intents", "states", "voice", "prompt", "globalIntents", "collect", "hints", "tools", "llm", "endpointing", "toolFiller", "confirm", "webhook", "idempotent", "systemPrompt"]) {
       expect(readme).toContain(`\`${field}\``);
     }
   });

@@ -51,6 +51,8 @@ export interface Collect {
   terminator: string;
   /** Said when the entry has the wrong length (default: the state's reprompt). */
   invalid?: string;
+  /** Read spoken digits back for confirmation when the recognizer was unsure or the length is wrong (default true). */
+  confirm: boolean;
   do: Action;
 }
 
@@ -75,9 +77,55 @@ export interface StateConfig {
   onMaxReprompts?: Action;
 }
 
+/** A tool the agent may call: its schema (offered to the LLM) and how the tools service runs it. */
+export interface ToolDeclaration {
+  name: string;
+  description: string;
+  /** JSON Schema of the arguments (an object schema). */
+  parameters: Record<string, unknown>;
+  /** Safe to retry (the tools service retries failures of idempotent tools). */
+  idempotent?: boolean;
+  timeoutMs?: number;
+  /**
+   * Digits of this argument are read back to the caller before the tool runs when they came from speech the
+   * recognizer was unsure of, have the wrong length, or were never said (LLM agents).
+   */
+  confirm?: { argument: string; minLength: number; maxLength: number };
+  /** An HTTP webhook; the tools service validates and runs it (see agents/README.md). */
+  webhook?: Record<string, unknown>;
+}
+
+export interface LlmConfig {
+  systemPrompt: string;
+  /** Said when the call starts, without asking the LLM (default: the scripted greeting). */
+  greeting?: string;
+  model?: string;
+  baseUrl?: string;
+  /** Environment variable holding the API key (LLM_API_KEY wins). */
+  apiKeyEnv?: string;
+  temperature?: number;
+  maxTokens?: number;
+  /** Declared tools offered to the LLM as functions. */
+  tools: string[];
+  firstTokenTimeoutMs?: number;
+}
+
+export interface Endpointing {
+  minSilenceMs?: number;
+  maxSilenceMs?: number;
+}
+
 export interface AgentConfig {
   name: string;
   voice: string;
+  /** Declared tools (webhooks, and the schemas of built-in tools the LLM may call). */
+  tools: ToolDeclaration[];
+  /** Present when the agent can run on an LLM (with the scripted agent as its fallback). */
+  llm?: LlmConfig;
+  /** Default end-of-speech silences for the recognizer (states' own hints win). */
+  endpointing?: Endpointing;
+  /** Said as its own turn when a tool is slow (null = never). */
+  toolFiller: string | null;
   greeting: Action;
   /** Default reprompt for states without their own. */
   reprompt: string;
@@ -90,6 +138,9 @@ export interface AgentConfig {
 }
 
 export const KEYS = "0123456789*#";
+export const DEFAULT_TOOL_FILLER = "One moment while I check that.";
+const TOOL_NAME = /^[a-zA-Z][\w-]{0,63}$/;
+const ENV_NAME = /^[A-Z_][A-Z0-9_]*$/;
 export const TEMPLATE_FILTERS = ["spell"] as const;
 const NAME = /^[a-zA-Z][\w-]*$/;
 
@@ -193,7 +244,7 @@ class Validator {
     const obj = this.object(
       raw,
       "(agent)",
-      ["voice", "greeting", "reprompt", "maxReprompts", "onMaxReprompts", "onToolError", "intents", "states"],
+      ["voice", "greeting", "reprompt", "maxReprompts", "onMaxReprompts", "onToolError", "intents", "states", "tools", "llm", "endpointing", "toolFiller"],
       ["greeting", "reprompt", "states"],
     );
     if (!obj) return undefined;
@@ -213,6 +264,14 @@ class Validator {
     const config: AgentConfig = {
       name,
       voice: typeof obj.voice === "string" ? obj.voice : "",
+      tools: this.toolDeclarations(obj.tools, "tools"),
+      endpointing: obj.endpointing === undefined ? undefined : this.endpointing(obj.endpointing, "endpointing"),
+      toolFiller:
+        obj.toolFiller === undefined
+          ? DEFAULT_TOOL_FILLER
+          : obj.toolFiller === false || obj.toolFiller === null
+            ? null
+            : (this.text(obj.toolFiller, "toolFiller", {}) ?? null),
       greeting: this.action(obj.greeting, "greeting", {}) ?? {},
       reprompt: this.text(obj.reprompt, "reprompt", {}) ?? "",
       maxReprompts: obj.maxReprompts === undefined ? 2 : (this.int(obj.maxReprompts, "maxReprompts", 0, 10) ?? 2),
@@ -231,6 +290,7 @@ class Validator {
       const checked = this.state(state, `states.${stateName}`);
       if (checked) config.states[stateName] = checked;
     }
+    if (obj.llm !== undefined) config.llm = this.llm(obj.llm, "llm", config.tools);
     for (const { path, target } of this.gotos) {
       if (!this.stateNames.has(target)) this.problem(path, `unknown state "${target}" (states: ${[...this.stateNames].join(", ")})`);
     }
@@ -238,6 +298,128 @@ class Validator {
       if (!this.slots.has(slot)) this.problem(path, `{{slots.${slot}}}: no state collects a slot named "${slot}"`);
     }
     return config;
+  }
+
+  private bool(value: unknown, path: string, fallback: boolean): boolean {
+    if (typeof value !== "boolean") {
+      this.problem(path, "must be true or false");
+      return fallback;
+    }
+    return value;
+  }
+
+  private endpointing(raw: unknown, path: string): Endpointing | undefined {
+    const obj = this.object(raw, path, ["minSilenceMs", "maxSilenceMs"]);
+    if (!obj) return undefined;
+    const endpointing: Endpointing = {
+      minSilenceMs: obj.minSilenceMs === undefined ? undefined : this.int(obj.minSilenceMs, `${path}.minSilenceMs`, 0, 10_000),
+      maxSilenceMs: obj.maxSilenceMs === undefined ? undefined : this.int(obj.maxSilenceMs, `${path}.maxSilenceMs`, 0, 30_000),
+    };
+    if (endpointing.minSilenceMs !== undefined && endpointing.maxSilenceMs !== undefined && endpointing.minSilenceMs > endpointing.maxSilenceMs) {
+      this.problem(path, "minSilenceMs is more than maxSilenceMs");
+    }
+    return endpointing;
+  }
+
+  private toolDeclarations(value: unknown, path: string): ToolDeclaration[] {
+    if (value === undefined) return [];
+    if (!Array.isArray(value)) {
+      this.problem(path, "must be a list of tools");
+      return [];
+    }
+    const tools: ToolDeclaration[] = [];
+    const seen = new Set<string>();
+    value.forEach((raw, i) => {
+      const where = `${path}[${i}]`;
+      const obj = this.object(raw, where, ["name", "description", "parameters", "idempotent", "timeoutMs", "confirm", "webhook"], ["name", "description"]);
+      if (!obj) return;
+      if (typeof obj.name !== "string" || !TOOL_NAME.test(obj.name)) {
+        this.problem(`${where}.name`, "must be a tool name (a letter, then letters, digits, _ or -; at most 64)");
+        return;
+      }
+      const toolPath = `${path}[${i}] (${obj.name})`;
+      if (seen.has(obj.name)) this.problem(`${toolPath}.name`, `tool "${obj.name}" is declared twice`);
+      seen.add(obj.name);
+      const tool: ToolDeclaration = {
+        name: obj.name,
+        description: this.text(obj.description, `${toolPath}.description`, {}) ?? "",
+        parameters: { type: "object", properties: {} },
+      };
+      if (obj.parameters !== undefined) {
+        const schema = obj.parameters as Obj;
+        if (!schema || typeof schema !== "object" || Array.isArray(schema) || schema.type !== "object") {
+          this.problem(`${toolPath}.parameters`, 'must be a JSON Schema with "type": "object"');
+        } else if (schema.properties !== undefined && (typeof schema.properties !== "object" || Array.isArray(schema.properties))) {
+          this.problem(`${toolPath}.parameters.properties`, "must be an object");
+        } else tool.parameters = schema;
+      }
+      if (obj.idempotent !== undefined) tool.idempotent = this.bool(obj.idempotent, `${toolPath}.idempotent`, false);
+      if (obj.timeoutMs !== undefined) tool.timeoutMs = this.int(obj.timeoutMs, `${toolPath}.timeoutMs`, 100, 30_000);
+      if (obj.confirm !== undefined) {
+        const confirm = this.object(obj.confirm, `${toolPath}.confirm`, ["argument", "minLength", "maxLength"], ["argument"]);
+        if (confirm) {
+          const properties = (tool.parameters.properties ?? {}) as Obj;
+          if (typeof confirm.argument !== "string" || !(confirm.argument in properties)) {
+            this.problem(`${toolPath}.confirm.argument`, `must name one of the parameters (${Object.keys(properties).join(", ") || "none"})`);
+          }
+          const minLength = confirm.minLength === undefined ? 1 : (this.int(confirm.minLength, `${toolPath}.confirm.minLength`, 1, 32) ?? 1);
+          const maxLength = confirm.maxLength === undefined ? 32 : (this.int(confirm.maxLength, `${toolPath}.confirm.maxLength`, 1, 32) ?? 32);
+          if (minLength > maxLength) this.problem(`${toolPath}.confirm`, `minLength ${minLength} is more than maxLength ${maxLength}`);
+          tool.confirm = { argument: String(confirm.argument), minLength, maxLength };
+        }
+      }
+      if (obj.webhook !== undefined) {
+        // The tools service checks the webhook in depth (URL, secrets); here only its shape.
+        const webhook = this.object(obj.webhook, `${toolPath}.webhook`, ["url", "method", "headers"], ["url"]);
+        if (webhook) {
+          if (typeof webhook.url !== "string" || webhook.url.trim() === "") this.problem(`${toolPath}.webhook.url`, "must be a URL");
+          tool.webhook = webhook;
+        }
+      }
+      tools.push(tool);
+    });
+    return tools;
+  }
+
+  private llm(raw: unknown, path: string, declared: ToolDeclaration[]): LlmConfig | undefined {
+    const obj = this.object(
+      raw,
+      path,
+      ["systemPrompt", "greeting", "model", "baseUrl", "apiKeyEnv", "temperature", "maxTokens", "tools", "firstTokenTimeoutMs"],
+      ["systemPrompt"],
+    );
+    if (!obj) return undefined;
+    const llm: LlmConfig = {
+      systemPrompt: typeof obj.systemPrompt === "string" && obj.systemPrompt.trim() ? obj.systemPrompt : "",
+      tools: [],
+    };
+    if (!llm.systemPrompt) this.problem(`${path}.systemPrompt`, "must be a non-empty string");
+    if (obj.greeting !== undefined) llm.greeting = this.text(obj.greeting, `${path}.greeting`, {});
+    for (const key of ["model", "baseUrl"] as const) {
+      if (obj[key] === undefined) continue;
+      if (typeof obj[key] !== "string" || !(obj[key] as string).trim()) this.problem(`${path}.${key}`, "must be a non-empty string");
+      else llm[key] = obj[key] as string;
+    }
+    if (llm.baseUrl !== undefined && !isHttpUrl(llm.baseUrl)) this.problem(`${path}.baseUrl`, "must be an http(s) URL");
+    if (obj.apiKeyEnv !== undefined) {
+      if (typeof obj.apiKeyEnv !== "string" || !ENV_NAME.test(obj.apiKeyEnv)) this.problem(`${path}.apiKeyEnv`, "must be an environment variable name (A-Z, 0-9, _)");
+      else llm.apiKeyEnv = obj.apiKeyEnv;
+    }
+    if (obj.temperature !== undefined) {
+      if (typeof obj.temperature !== "number" || obj.temperature < 0 || obj.temperature > 2) this.problem(`${path}.temperature`, "must be a number between 0 and 2");
+      else llm.temperature = obj.temperature;
+    }
+    if (obj.maxTokens !== undefined) llm.maxTokens = this.int(obj.maxTokens, `${path}.maxTokens`, 16, 32_000);
+    if (obj.firstTokenTimeoutMs !== undefined) llm.firstTokenTimeoutMs = this.int(obj.firstTokenTimeoutMs, `${path}.firstTokenTimeoutMs`, 100, 60_000);
+    const names = declared.map((t) => t.name);
+    if (obj.tools === undefined) llm.tools = names;
+    else {
+      llm.tools = this.strings(obj.tools, `${path}.tools`);
+      for (const name of llm.tools) {
+        if (!names.includes(name)) this.problem(`${path}.tools`, `"${name}" is not declared in tools (declared: ${names.join(", ") || "none"})`);
+      }
+    }
+    return llm;
   }
 
   private intents(value: unknown, path: string): Intent[] {
@@ -311,7 +493,7 @@ class Validator {
   }
 
   private collect(raw: unknown, path: string): Collect | undefined {
-    const obj = this.object(raw, path, ["slot", "minLength", "maxLength", "terminator", "invalid", "do"], ["slot", "do"]);
+    const obj = this.object(raw, path, ["slot", "minLength", "maxLength", "terminator", "invalid", "confirm", "do"], ["slot", "do"]);
     if (!obj) return undefined;
     if (typeof obj.slot !== "string" || !NAME.test(obj.slot)) this.problem(`${path}.slot`, "must be a name (letters, digits, _)");
     const minLength = obj.minLength === undefined ? 1 : (this.int(obj.minLength, `${path}.minLength`, 1, 32) ?? 1);
@@ -325,6 +507,7 @@ class Validator {
       maxLength,
       terminator: String(terminator),
       invalid: obj.invalid === undefined ? undefined : this.text(obj.invalid, `${path}.invalid`, {}),
+      confirm: obj.confirm === undefined ? true : this.bool(obj.confirm, `${path}.confirm`, true),
       do: this.action(obj.do, `${path}.do`, {}) ?? {},
     };
   }
@@ -416,6 +599,15 @@ class Validator {
       args: args ?? {},
       timeoutMs: obj.timeoutMs === undefined ? 0 : (this.int(obj.timeoutMs, `${path}.timeoutMs`, 100, 30_000) ?? 0),
     };
+  }
+}
+
+function isHttpUrl(text: string): boolean {
+  try {
+    const url = new URL(text);
+    return url.protocol === "http:" || url.protocol === "https:";
+  } catch {
+    return false;
   }
 }
 

@@ -2,14 +2,13 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { validateAgent } from "../agents/config.js";
+import { parseAgentText } from "../agents/load.js";
 import { ScriptedEngine, type ScriptedState } from "./scripted.js";
-import { normalizeText, renderTemplate, spell, splitSentences, spokenDigits, spokenKey } from "./text.js";
+import { normalizeText, renderTemplate, spell, splitSentences, spokenDigits, spokenKey, spokenNumbers } from "./text.js";
 import type { EngineInput, RecognitionHints, ToolOutcome, TurnIO } from "./types.js";
 
-const orderLine = validateAgent(
-  JSON.parse(readFileSync(fileURLToPath(new URL("../../agents/order-line.json", import.meta.url)), "utf8")),
-  "order-line",
-);
+const orderLineFile = fileURLToPath(new URL("../../agents/order-line.yaml", import.meta.url));
+const orderLine = validateAgent(parseAgentText(readFileSync(orderLineFile, "utf8"), orderLineFile), "order-line");
 
 type Event =
   | { type: "say"; text: string; cacheable: boolean }
@@ -48,7 +47,10 @@ class Conversation {
     const events: Event[] = [];
     const io: TurnIO = {
       heard: (e) => void events.push({ type: "heard", text: e.text, source: e.source }),
-      say: (text, options) => void events.push({ type: "say", text, cacheable: options?.cacheable === true }),
+      say: (text, options) => {
+        events.push({ type: "say", text, cacheable: options?.cacheable === true });
+        return "t1";
+      },
       callTool: async (name, args) => {
         events.push({ type: "tool", name, args });
         return this.tools(name, args);
@@ -65,7 +67,7 @@ class Conversation {
 
   start = () => this.send({ kind: "start" });
   key = (digit: string) => this.send({ kind: "keypad", digit, atMs: 1 });
-  speak = (text: string) => this.send({ kind: "speech", text, confidence: 0.9 });
+  speak = (text: string, confidence = 0.9) => this.send({ kind: "speech", text, confidence });
   async keys(digits: string): Promise<Event[]> {
     const all: Event[] = [];
     for (const d of digits) all.push(...(await this.key(d)));
@@ -284,7 +286,7 @@ describe("scripted engine: order line", () => {
     const frozen = c.state;
     await c.engine.turn({ kind: "keypad", digit: "1", atMs: 1 }, frozen, {
       heard() {},
-      say() {},
+      say: () => "",
       callTool: async () => ({ ok: true, result: null, ms: 0 }),
       setHints() {},
     });
@@ -296,6 +298,91 @@ describe("scripted engine: order line", () => {
     c.state = { state: "removed", reprompts: 0, slots: {}, keypad: "" };
     const events = await c.key("1");
     expect(said(events)).toBe(ASK);
+  });
+});
+
+describe("scripted engine: confirming uncertain digits", () => {
+  const READBACK = "I heard 1 2 3 4 5. Is that right? Say yes, or key in the number.";
+
+  async function asked(): Promise<Conversation> {
+    const c = new Conversation();
+    await c.start();
+    await c.key("1");
+    const events = await c.speak("one two three four five", 0.6);
+    expect(said(events)).toBe(READBACK);
+    expect(events.find((e) => e.type === "say")).toMatchObject({ cacheable: false });
+    expect(tools(events)).toEqual([]);
+    expect(hints(events)[0]).toMatchObject({ mode: "phrases", phrases: expect.arrayContaining(["yes", "no", "five"]), minSilenceMs: 1000 });
+    expect(c.outcome).toBe("confirm_asked");
+    return c;
+  }
+
+  it("reads a low-confidence number back and looks it up after a yes", async () => {
+    const c = await asked();
+    const yes = await c.speak("yes that's right", 0.7);
+    expect(tools(yes)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+    expect(said(yes)).toContain("has shipped");
+    expect(c.outcome).toBe("confirmed");
+    expect(c.state.confirm).toBeUndefined();
+  });
+
+  it('asks again after a "no" and takes the corrected number', async () => {
+    const c = await asked();
+    const no = await c.speak("no", 0.9);
+    expect(said(no)).toBe("Sorry about that. Please say or key in the number again.");
+    expect(hints(no)[0].mode).toBe("digits");
+    expect(c.outcome).toBe("confirm_rejected");
+    const again = await c.speak("five five five five five", 0.95);
+    expect(tools(again)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "55555" } }]);
+  });
+
+  it('takes "no, <number>" said clearly as the correction, and reads back an unclear one', async () => {
+    const c = await asked();
+    const corrected = await c.speak("no, six seven eight nine zero", 0.92);
+    expect(tools(corrected)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "67890" } }]);
+    expect(c.outcome).toBe("corrected");
+    const d = await asked();
+    expect(said(await d.speak("no it's five five five five five", 0.5))).toBe("I heard 5 5 5 5 5. Is that right? Say yes, or key in the number.");
+  });
+
+  it("takes a keyed-in number instead", async () => {
+    const c = await asked();
+    expect(await c.keys("5555")).toEqual([]);
+    const pound = await c.key("#");
+    expect(tools(pound)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "5555" } }]);
+  });
+
+  it("reads back digits of the wrong length, and a yes to them gets the invalid line", async () => {
+    const c = new Conversation();
+    await c.start();
+    await c.key("1");
+    expect(said(await c.speak("one two", 0.99))).toBe("I heard 1 2. Is that right? Say yes, or key in the number.");
+    expect(said(await c.speak("yes", 0.99))).toMatch(/doesn't look like an order number/);
+    expect(tools(c.events)).toEqual([]);
+  });
+
+  it("repeats the question on silence or something else, then asks for the keypad", async () => {
+    const c = await asked();
+    expect(said(await c.send({ kind: "noInput" }))).toBe(READBACK);
+    expect(said(await c.speak("hmm", 0.9))).toBe(READBACK);
+    const last = await c.speak("what", 0.9);
+    expect(said(last)).toBe("Please key in the number on your keypad, then press pound.");
+    expect(c.state.confirm).toBeUndefined();
+  });
+
+  it("still understands the agent's intents while confirming", async () => {
+    const c = await asked();
+    expect(tools(await c.speak("agent", 0.9))[0]).toMatchObject({ name: "transfer_to_human" });
+  });
+
+  it("uses the configured threshold", async () => {
+    const engine = new ScriptedEngine(orderLine, { digitsConfirmConfidence: 0.5 });
+    const state = engine.initialState();
+    const io: TurnIO = { heard() {}, say: () => "", callTool: async () => ({ ok: true, result: { found: false }, ms: 1 }), setHints() {} };
+    const menu = await engine.turn({ kind: "start" }, state, io);
+    const ask = await engine.turn({ kind: "keypad", digit: "1", atMs: 1 }, menu.state, io);
+    const result = await engine.turn({ kind: "speech", text: "12345", confidence: 0.6 }, ask.state, io);
+    expect(result.outcome).toBe("slot");
   });
 });
 
@@ -315,6 +402,13 @@ describe("text helpers", () => {
     expect(spokenDigits("oh I don't know")).toBe("");
     expect(spokenDigits("twenty")).toBe("20");
     expect(spokenDigits("agent")).toBe("");
+  });
+
+  it("finds each spoken number on its own", () => {
+    expect(spokenNumbers("my order is 1 2 3 4 5 and my zip is 90210")).toEqual(["12345", "90210"]);
+    expect(spokenNumbers("one two three, four five")).toEqual(["12345"]);
+    expect(spokenNumbers("six oh two double five")).toEqual(["60255"]);
+    expect(spokenNumbers("no numbers here")).toEqual([]);
   });
 
   it("finds a spoken key", () => {

@@ -1,4 +1,5 @@
 import type { Action, AgentConfig, Intent, Scalar, StateConfig } from "../agents/config.js";
+import { CORRECTION_PROMPT, confirmHints, DEFAULT_CONFIRM_CONFIDENCE, keyItInPrompt, readback, yesNo } from "./confirm.js";
 import type { DialogEngine, EngineInput, RecognitionHints, TurnIO, TurnResult } from "./types.js";
 import { hasTemplate, lookup, normalizeText, renderTemplate, spokenDigits, spokenKey } from "./text.js";
 
@@ -11,6 +12,13 @@ export interface ScriptedState {
   slots: Record<string, string>;
   /** Digits of a keypad entry in progress. */
   keypad: string;
+  /** Spoken digits read back to the caller, waiting for a yes, a no or a new number. */
+  confirm?: { value: string; asks: number };
+}
+
+export interface ScriptedOptions {
+  /** Spoken digits recognized with less confidence than this are read back for confirmation. */
+  digitsConfirmConfidence: number;
 }
 
 interface CompiledIntent {
@@ -46,7 +54,13 @@ export class ScriptedEngine implements DialogEngine<ScriptedState> {
   private readonly states = new Map<string, CompiledState>();
   private readonly startState: string;
 
-  constructor(readonly agent: AgentConfig) {
+  private readonly options: ScriptedOptions;
+
+  constructor(
+    readonly agent: AgentConfig,
+    options: Partial<ScriptedOptions> = {},
+  ) {
+    this.options = { digitsConfirmConfidence: DEFAULT_CONFIRM_CONFIDENCE, ...options };
     for (const [name, config] of Object.entries(agent.states)) this.states.set(name, compileState(name, config, agent));
     this.startState = agent.greeting.goto ?? Object.keys(agent.states)[0];
   }
@@ -55,15 +69,36 @@ export class ScriptedEngine implements DialogEngine<ScriptedState> {
     return { state: "", reprompts: 0, slots: {}, keypad: "" };
   }
 
+  /**
+   * A copy of the saved state to work on. A call that began on the LLM (the LLM was switched off during the call)
+   * continues from the state its fallback kept; anything unrecognizable starts over.
+   */
+  private adopt(previous: ScriptedState | undefined): ScriptedState {
+    const saved = previous as (ScriptedState & { scripted?: ScriptedState }) | undefined;
+    const candidate = saved && typeof saved.state !== "string" && saved.scripted ? saved.scripted : saved;
+    if (candidate && typeof candidate.state === "string" && candidate.slots && typeof candidate.slots === "object") {
+      return { ...this.initialState(), ...structuredClone(candidate) };
+    }
+    return this.initialState();
+  }
+
+  /** Whether the conversation is in the middle of something (a number being entered or confirmed). */
+  isCollecting(state: ScriptedState): boolean {
+    return Boolean(state.keypad || state.confirm || this.states.get(state.state)?.config.collect);
+  }
+
   async turn(input: EngineInput, previous: ScriptedState, io: TurnIO): Promise<TurnResult<ScriptedState>> {
-    const state: ScriptedState = structuredClone(previous);
+    // The scripted agent sets no timers, so a wake can only be a leftover of an LLM turn: nothing to do.
+    if (input.kind === "wake") return { state: previous, outcome: "wake_ignored" };
+    const state = this.adopt(previous);
     // A state that vanished from the config (redeployed mid-call) continues from the start state.
     if (input.kind !== "start" && !this.states.has(state.state)) {
       state.state = this.startState;
       state.reprompts = 0;
       state.keypad = "";
+      state.confirm = undefined;
     }
-    const turn = new Turn(this.agent, this.states, state, io);
+    const turn = new Turn(this.agent, this.states, state, io, this.options);
     const outcome = await turn.play(input);
     return { state, outcome, done: turn.done };
   }
@@ -91,8 +126,11 @@ function compileState(name: string, config: StateConfig, agent: AgentConfig): Co
     mode: config.hints?.mode ?? (config.collect ? "digits" : "phrases"),
     phrases: config.hints?.phrases ?? [...derived],
   };
-  if (config.hints?.minSilenceMs !== undefined) hints.minSilenceMs = config.hints.minSilenceMs;
-  if (config.hints?.maxSilenceMs !== undefined) hints.maxSilenceMs = config.hints.maxSilenceMs;
+  // The state's own silences win over the agent's endpointing defaults.
+  const minSilenceMs = config.hints?.minSilenceMs ?? agent.endpointing?.minSilenceMs;
+  const maxSilenceMs = config.hints?.maxSilenceMs ?? agent.endpointing?.maxSilenceMs;
+  if (minSilenceMs !== undefined) hints.minSilenceMs = minSilenceMs;
+  if (maxSilenceMs !== undefined) hints.maxSilenceMs = maxSilenceMs;
   return { name, config, intents, keys, hints };
 }
 
@@ -107,6 +145,7 @@ class Turn {
     private readonly states: Map<string, CompiledState>,
     private readonly state: ScriptedState,
     private readonly io: TurnIO,
+    private readonly options: ScriptedOptions,
   ) {}
 
   private get current(): CompiledState {
@@ -119,25 +158,33 @@ class Turn {
         await this.run(this.agent.greeting, {});
         return "greeting";
       case "noInput":
+        if (this.state.confirm) return this.askConfirm(this.state.confirm.value, this.state.confirm.asks + 1);
         return this.miss();
       case "speech":
         this.io.heard({ text: input.text, source: "speech", confidence: input.confidence });
-        return this.speech(input.text);
+        return this.speech(input.text, input.confidence);
       case "keypad":
         return this.keypad(input.digit);
+      case "wake":
+        return "wake_ignored";
     }
   }
 
-  private async speech(text: string): Promise<string> {
+  private async speech(text: string, confidence: number): Promise<string> {
     const current = this.current;
     const collect = current.config.collect;
     this.state.keypad = ""; // speaking abandons a half-keyed entry
     if (collect) {
+      if (this.state.confirm) return this.confirming(text, confidence);
       const digits = spokenDigits(text);
-      if (digits.length >= collect.minLength && digits.length <= collect.maxLength) return this.collected(digits);
+      const validLength = digits.length >= collect.minLength && digits.length <= collect.maxLength;
+      if (validLength && (!collect.confirm || confidence >= this.options.digitsConfirmConfidence)) return this.collected(digits);
+      // A number the recognizer was unsure of: read it back rather than act on a wrong one.
+      if (validLength) return this.askConfirm(digits, 1);
       const intent = matchSpeech(text, current.intents);
       if (intent) return this.intent(intent);
-      if (digits.length > 0) return this.miss(collect.invalid);
+      // Digits of the wrong length are often a misrecognized number: read them back too.
+      if (digits.length > 0) return collect.confirm ? this.askConfirm(digits, 1) : this.miss(collect.invalid);
       return this.miss();
     }
     const key = spokenKey(text);
@@ -150,6 +197,7 @@ class Turn {
     const current = this.current;
     const collect = current.config.collect;
     if (collect && (/^\d$/.test(digit) || digit === collect.terminator)) {
+      this.state.confirm = undefined; // a keyed entry replaces a number being confirmed
       if (digit === collect.terminator) {
         const entry = this.state.keypad;
         this.state.keypad = "";
@@ -171,6 +219,59 @@ class Turn {
     return intent ? this.intent(intent) : this.miss();
   }
 
+  /** The caller's answer to "I heard 1 2 3. Is that right?". */
+  private async confirming(text: string, confidence: number): Promise<string> {
+    const collect = this.current.config.collect!;
+    const pending = this.state.confirm!;
+    const digits = spokenDigits(text);
+    const answer = yesNo(text);
+    const validLength = (value: string) => value.length >= collect.minLength && value.length <= collect.maxLength;
+    if (digits && !(answer === "yes" && digits === pending.value)) {
+      // A new number corrects the one read back ("no, 1 2 3 4 6", or just the digits).
+      if (validLength(digits) && confidence >= this.options.digitsConfirmConfidence) {
+        this.state.confirm = undefined;
+        await this.collected(digits);
+        return "corrected";
+      }
+      return this.askConfirm(digits, pending.asks + 1);
+    }
+    if (answer === "yes") {
+      this.state.confirm = undefined;
+      if (!validLength(pending.value)) return this.miss(collect.invalid);
+      await this.collected(pending.value);
+      return "confirmed";
+    }
+    if (answer === "no") {
+      this.state.confirm = undefined;
+      this.state.reprompts = 0;
+      this.say(CORRECTION_PROMPT, {});
+      this.io.setHints(this.current.hints);
+      return "confirm_rejected";
+    }
+    const intent = matchSpeech(text, this.current.intents);
+    if (intent) {
+      this.state.confirm = undefined;
+      return this.intent(intent);
+    }
+    return this.askConfirm(pending.value, pending.asks + 1);
+  }
+
+  /** Reads the digits back; after too many tries asks for the keypad instead. */
+  private askConfirm(value: string, asks: number): string {
+    const current = this.current;
+    const max = current.config.maxReprompts ?? this.agent.maxReprompts;
+    if (asks > max + 1) {
+      this.state.confirm = undefined;
+      this.say(keyItInPrompt(current.config.collect?.terminator), {});
+      this.io.setHints(current.hints);
+      return "reprompt";
+    }
+    this.state.confirm = { value, asks };
+    this.io.say(readback(value), { cacheable: false });
+    this.io.setHints(confirmHints(current.hints));
+    return "confirm_asked";
+  }
+
   private async collected(value: string): Promise<string> {
     const collect = this.current.config.collect!;
     if (value.length < collect.minLength || value.length > collect.maxLength) return this.miss(collect.invalid);
@@ -190,6 +291,7 @@ class Turn {
   private async miss(text?: string): Promise<string> {
     const config = this.current.config;
     this.state.keypad = "";
+    this.state.confirm = undefined;
     this.state.reprompts += 1;
     const max = config.maxReprompts ?? this.agent.maxReprompts;
     const escalation = config.onMaxReprompts ?? this.agent.onMaxReprompts;
@@ -240,6 +342,7 @@ class Turn {
     this.state.state = name;
     this.state.reprompts = 0;
     this.state.keypad = "";
+    this.state.confirm = undefined;
     const target = this.current;
     this.say(target.config.prompt, {});
     this.io.setHints(target.hints);

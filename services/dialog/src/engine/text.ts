@@ -65,6 +65,27 @@ export function spokenDigits(text: string): string {
   return out;
 }
 
+/**
+ * The numbers in what a caller said, each run of number words on its own: "my order is 1 2 3 4 5 and my zip is
+ * 90210" -> ["12345", "90210"]. Words between numbers separate them; "oh", "double" and "triple" belong to a run.
+ */
+export function spokenNumbers(text: string): string[] {
+  const tokens = normalizeText(text).split(" ").filter(Boolean);
+  const runs: string[] = [];
+  let run: string[] = [];
+  const flush = () => {
+    const digits = spokenDigits(run.join(" "));
+    if (digits) runs.push(digits);
+    run = [];
+  };
+  for (const token of tokens) {
+    if (/^\d+$/.test(token) || token in UNITS || token in TEENS || token in TENS || token in REPEAT || token === "oh" || token === "o") run.push(token);
+    else flush();
+  }
+  flush();
+  return runs;
+}
+
 const FILLERS = new Set(["press", "pressed", "pressing", "option", "number", "key", "please", "the", "i", "ill", "want", "choose", "um", "uh"]);
 
 /** The single key a caller said instead of pressing it ("one", "press 1", "option zero"), or undefined. */

@@ -1,0 +1,53 @@
+import type { CancelTurn } from "@voicebot/proto";
+import type { SpeechOutput } from "./speech.js";
+
+interface InFlight {
+  /** The number of the last bot turn before this input. */
+  startTurns: number;
+  abort: AbortController;
+  speech?: SpeechOutput;
+}
+
+/**
+ * The inputs this replica is playing right now, so a CancelTurn (the caller barged in) can stop them: the LLM
+ * stream is aborted and no more speech is sent. Every replica hears every cancel; only the one playing the
+ * call's input acts.
+ */
+export class InFlightTurns {
+  private readonly calls = new Map<string, InFlight>();
+
+  begin(callId: string, startTurns: number): AbortController {
+    const abort = new AbortController();
+    this.calls.set(callId, { startTurns, abort });
+    return abort;
+  }
+
+  /** The speech output of the current attempt (a redone attempt gets a new one). */
+  attach(callId: string, speech: SpeechOutput): void {
+    const entry = this.calls.get(callId);
+    if (!entry) return;
+    entry.speech = speech;
+    if (entry.abort.signal.aborted) speech.cancel();
+  }
+
+  end(callId: string, abort: AbortController): void {
+    if (this.calls.get(callId)?.abort === abort) this.calls.delete(callId);
+  }
+
+  /**
+   * Stops the call's input in progress when the cancel is about its speech: every turn (empty turnId), a turn
+   * it produced, or the turn just before it (the caller talked over the last answer, so what the dialog is
+   * producing after it is moot). Returns whether something was stopped.
+   */
+  cancel(message: CancelTurn): boolean {
+    const entry = this.calls.get(message.callId);
+    if (!entry || entry.abort.signal.aborted) return false;
+    const turnId = message.turnId;
+    const n = /^t(\d+)$/.exec(turnId);
+    const ours = turnId === "" || (n !== null && Number(n[1]) >= entry.startTurns) || (entry.speech?.turnIds.includes(turnId) ?? false);
+    if (!ours) return false;
+    entry.abort.abort();
+    entry.speech?.cancel();
+    return true;
+  }
+}

@@ -1,0 +1,68 @@
+// Cuts streamed LLM text into pieces tts can speak as soon as they are complete.
+
+/** A clause shorter than this waits for more text ("Sure," alone sounds clipped and costs a tts request). */
+const MIN_CLAUSE_CHARS = 24;
+/** Text without any break is cut at a space once it grows this long. */
+const MAX_CHUNK_CHARS = 220;
+
+/**
+ * Collects streamed text and hands out speakable chunks: every complete sentence (. ! ? followed by a space or
+ * a line break), and a clause (, ; : or a dash followed by a space) once it is long enough. `flush()` gives what
+ * is left when the stream ends.
+ */
+export class ClauseChunker {
+  private buffer = "";
+
+  push(delta: string): string[] {
+    this.buffer += delta;
+    const chunks: string[] = [];
+    for (;;) {
+      const cut = this.findCut();
+      if (cut <= 0) break;
+      const chunk = speakable(this.buffer.slice(0, cut));
+      this.buffer = this.buffer.slice(cut);
+      if (chunk) chunks.push(chunk);
+    }
+    return chunks;
+  }
+
+  flush(): string {
+    const rest = speakable(this.buffer);
+    this.buffer = "";
+    return rest;
+  }
+
+  /** Index just after the first place the buffer may be cut, or -1. */
+  private findCut(): number {
+    const text = this.buffer;
+    const sentence = /[.!?]+["')\]]*(?=\s)|\n+/g;
+    let match: RegExpExecArray | null;
+    while ((match = sentence.exec(text))) {
+      const end = match.index + match[0].length;
+      // "3.5" and "e.g." inside a sentence are no sentence ends; only a following space or line break counts.
+      if (speakable(text.slice(0, end))) return end;
+    }
+    const clause = /[,;:]["')\]]*(?=\s)|\s[-\u2013\u2014]\s/g;
+    while ((match = clause.exec(text))) {
+      const end = match.index + match[0].length;
+      if (end >= MIN_CLAUSE_CHARS) return end;
+    }
+    if (text.length > MAX_CHUNK_CHARS) {
+      const space = text.lastIndexOf(" ", MAX_CHUNK_CHARS);
+      return space > 0 ? space : MAX_CHUNK_CHARS;
+    }
+    return -1;
+  }
+}
+
+/** Text as tts should get it: markdown markers and list bullets removed, whitespace collapsed. */
+export function speakable(text: string): string {
+  return text
+    .replace(/```[\s\S]*?```/g, " ")
+    .replace(/\*+|`+|~~/g, "")
+    .replace(/^\s*#+\s|^\s*>\s/gm, " ")
+    .replace(/^\s*[-\u2022]\s+/gm, " ")
+    .replace(/\s+/g, " ")
+    .replace(/\s+([,.!?;:])/g, "$1")
+    .trim();
+}

@@ -1,0 +1,475 @@
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { silentLogger } from "@voicebot/bus";
+import { addFakeChatCompletions, startFakeOpenAI, type FakeChat, type FakeChatReply, type FakeChatRequest, type FakeOpenAI } from "@voicebot/testing";
+import { Registry } from "prom-client";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { validateAgent, type AgentConfig } from "../agents/config.js";
+import { parseAgentText } from "../agents/load.js";
+import { CircuitBreaker } from "../llm/breaker.js";
+import { OpenAiCompleter } from "../llm/client.js";
+import { EnvReader } from "@voicebot/service-kit";
+import { createDialogMetrics } from "../metrics.js";
+import { llmSettingsFor, readDialogConfig } from "../service.js";
+import { LlmEngine, type LlmState } from "./llm.js";
+import { ScriptedEngine } from "./scripted.js";
+import type { EngineInput, RecognitionHints, ToolOutcome, TurnIO } from "./types.js";
+
+const orderLineFile = fileURLToPath(new URL("../../agents/order-line.yaml", import.meta.url));
+const orderLine: AgentConfig = validateAgent(parseAgentText(readFileSync(orderLineFile, "utf8"), orderLineFile), "order-line");
+
+let fake: FakeOpenAI;
+let chat: FakeChat;
+let replies: Array<FakeChatReply | ((request: FakeChatRequest) => FakeChatReply)> = [];
+
+beforeAll(async () => {
+  fake = await startFakeOpenAI({ apiKey: "test-key" });
+  chat = addFakeChatCompletions(fake, {
+    reply: (request) => {
+      const next = replies.shift();
+      if (!next) return { status: 500, message: "the test gave no reply for this request" };
+      return typeof next === "function" ? next(request) : next;
+    },
+  });
+});
+
+afterAll(async () => {
+  await fake?.stop();
+});
+
+beforeEach(() => {
+  replies = [];
+  chat.requests.length = 0;
+  chat.rejected.length = 0;
+});
+
+type Event =
+  | { type: "say"; text: string; cacheable: boolean; now: boolean; turnId: string; at: number }
+  | { type: "tool"; name: string; args: Record<string, unknown> }
+  | { type: "heard"; text: string; source: string }
+  | { type: "hints"; hints: RecognitionHints };
+
+const ORDERS: Record<string, unknown> = {
+  "12345": { found: true, order_number: "12345", status: "shipped", carrier: "UPS", eta_text: "Thursday, March 6" },
+};
+
+function engineWith(options: { firstTokenTimeoutMs?: number; breakerFailures?: number; cooldownMs?: number; maxRetries?: number } = {}) {
+  const metrics = createDialogMetrics(new Registry());
+  const breaker = new CircuitBreaker({ failures: options.breakerFailures ?? 3, windowMs: 60_000, cooldownMs: options.cooldownMs ?? 60_000 });
+  const client = new OpenAiCompleter(
+    {
+      baseUrl: fake.baseUrl,
+      apiKey: "test-key",
+      model: "fake-model",
+      temperature: orderLine.llm!.temperature,
+      firstTokenTimeoutMs: options.firstTokenTimeoutMs ?? 1_500,
+      timeoutMs: 5_000,
+      maxRetries: options.maxRetries ?? 1,
+    },
+    breaker,
+    metrics,
+    silentLogger,
+  );
+  const engine = new LlmEngine({
+    agent: orderLine,
+    client,
+    fallback: new ScriptedEngine(orderLine, { digitsConfirmConfidence: 0.8 }),
+    digitsConfirmConfidence: 0.8,
+    keypadPauseMs: 2_000,
+    metrics,
+    log: silentLogger,
+    now: () => new Date("2025-03-04T12:00:00Z"),
+  });
+  return { engine, metrics, breaker };
+}
+
+/** Drives the engine with a recording TurnIO. */
+class Conversation {
+  state: LlmState;
+  events: Event[] = [];
+  done = false;
+  outcome = "";
+  wake: { afterMs: number; token: string } | undefined;
+  abort = new AbortController();
+  private turn = 0;
+  private closed = true;
+
+  constructor(
+    readonly engine: LlmEngine,
+    private readonly tools: (name: string, args: Record<string, unknown>) => ToolOutcome = defaultTools,
+  ) {
+    this.state = engine.initialState();
+  }
+
+  async send(input: EngineInput): Promise<Event[]> {
+    const events: Event[] = [];
+    this.closed = true; // every input starts a new bot turn
+    const io: TurnIO = {
+      heard: (e) => void events.push({ type: "heard", text: e.text, source: e.source }),
+      say: (text, options) => {
+        if (this.abort.signal.aborted) return "";
+        if (this.closed) {
+          this.turn++;
+          this.closed = false;
+        }
+        const turnId = `t${this.turn}`;
+        events.push({ type: "say", text, cacheable: options?.cacheable === true, now: options?.now === true, turnId, at: Date.now() });
+        return turnId;
+      },
+      callTool: async (name, args) => {
+        this.closed = true;
+        events.push({ type: "tool", name, args });
+        return this.tools(name, args);
+      },
+      setHints: (hints) => void events.push({ type: "hints", hints }),
+      signal: this.abort.signal,
+    };
+    const result = await this.engine.turn(input, this.state, io);
+    this.state = result.state;
+    this.done = result.done === true;
+    this.outcome = result.outcome;
+    this.wake = result.wake;
+    this.events.push(...events);
+    return events;
+  }
+
+  start = () => this.send({ kind: "start" });
+  speak = (text: string, confidence = 0.95) => this.send({ kind: "speech", text, confidence });
+  key = (digit: string) => this.send({ kind: "keypad", digit, atMs: Date.now() });
+  async keys(digits: string): Promise<Event[]> {
+    const all: Event[] = [];
+    for (const d of digits) all.push(...(await this.key(d)));
+    return all;
+  }
+}
+
+function defaultTools(name: string, args: Record<string, unknown>): ToolOutcome {
+  if (name === "lookup_order") return { ok: true, result: ORDERS[String(args.order_number)] ?? { found: false, order_number: args.order_number }, ms: 5 };
+  return { ok: true, result: { action: name }, ms: 1 };
+}
+
+const said = (events: Event[]) => events.filter((e): e is Extract<Event, { type: "say" }> => e.type === "say").map((e) => e.text).join(" ");
+const toolsOf = (events: Event[]) => events.filter((e) => e.type === "tool");
+const GREETING = "Thanks for calling the demo shop. How can I help you today?";
+const SCRIPTED_ASK = "Please say or key in your order number, then press pound.";
+
+describe("LLM engine (real openai SDK against the fake server)", () => {
+  it("greets with the fixed greeting without asking the LLM", async () => {
+    const c = new Conversation(engineWith().engine);
+    const events = await c.start();
+    expect(said(events)).toBe(GREETING);
+    expect(events.find((e) => e.type === "say")).toMatchObject({ cacheable: true });
+    expect(chat.requests).toHaveLength(0);
+    expect(c.state.history).toEqual([{ role: "assistant", content: GREETING, turnId: "t1" }]);
+    expect(events.find((e) => e.type === "hints")).toMatchObject({ hints: { mode: "phrases" } });
+  });
+
+  it("speaks streamed text clause by clause, the first one before the stream has finished", async () => {
+    const { engine, metrics } = engineWith();
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({
+      text: "Sure, I can help you with checking an order today. What is your order number? You can also key it in.",
+      eventIntervalMs: 40,
+    });
+    const started = Date.now();
+    const events = await c.speak("I want to check my order");
+    const finished = Date.now();
+    const says = events.filter((e): e is Extract<Event, { type: "say" }> => e.type === "say");
+    expect(says.map((e) => e.text)).toEqual([
+      "Sure, I can help you with checking an order today.",
+      "What is your order number?",
+      "You can also key it in.",
+    ]);
+    // Complete clauses go out at once; the last one waits for the end of the stream (it carries turnDone).
+    expect(says.map((e) => e.now)).toEqual([true, true, false]);
+    // 12 more words at 40 ms each were still to come when the first clause went out.
+    expect(finished - says[0].at).toBeGreaterThan(300);
+    expect(says[0].at).toBeGreaterThan(started);
+    expect(says.every((e) => e.turnId === "t2")).toBe(true);
+
+    const request = chat.requests[0];
+    expect(request.stream).toBe(true);
+    expect(request.includeUsage).toBe(true);
+    expect(request.model).toBe("fake-model");
+    expect(request.temperature).toBe(0.3);
+    expect(request.messages[0]).toMatchObject({ role: "system" });
+    expect(String(request.messages[0].content)).toContain("Today is Tuesday, March 4, 2025.");
+    expect(request.messages.slice(1)).toEqual([
+      { role: "assistant", content: GREETING },
+      { role: "user", content: "I want to check my order" },
+    ]);
+    expect(request.tools.map((t) => t.function.name)).toEqual(["lookup_order", "transfer_to_human", "end_call"]);
+    expect(request.tools[0].function.parameters).toMatchObject({ required: ["order_number"] });
+    expect(c.outcome).toBe("llm");
+    const tokens = (await metrics.llmTokens.get()).values;
+    expect(tokens.find((v) => v.labels.kind === "completion")!.value).toBeGreaterThan(0);
+    expect((await metrics.llmFirstToken.get()).values.find((v) => (v as { metricName?: string }).metricName?.endsWith("_count"))!.value).toBe(1);
+  });
+
+  it("runs a tool call whose arguments arrive in pieces and answers with its result", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    replies.push({ toolCalls: [{ name: "lookup_order", arguments: { order_number: "12345" }, argumentChunks: 5 }] });
+    replies.push((request) => {
+      expect(request.toolResults).toEqual([{ toolCallId: expect.any(String), name: "lookup_order", content: JSON.stringify(ORDERS["12345"]) }]);
+      return { text: "Order 1 2 3 4 5 has shipped with UPS and should arrive Thursday, March 6." };
+    });
+    const events = await c.speak("where is order 12345", 0.95);
+    expect(toolsOf(events)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+    expect(said(events)).toBe("Order 1 2 3 4 5 has shipped with UPS and should arrive Thursday, March 6.");
+    expect(chat.requests).toHaveLength(2);
+    expect(chat.rejected).toEqual([]);
+    const roles = c.state.history.map((m) => m.role);
+    expect(roles).toEqual(["assistant", "user", "assistant", "tool", "assistant"]);
+  });
+
+  it("reads back digits heard with low confidence before the tool runs, and runs it after a yes", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    replies.push({ text: "Let me look that up.", toolCalls: [{ name: "lookup_order", arguments: '{"order_number":"12345"}' }] });
+    const first = await c.speak("my order is one two three four five", 0.55);
+    expect(toolsOf(first)).toEqual([]);
+    expect(said(first)).toBe("Let me look that up. I heard 1 2 3 4 5. Is that right? Say yes, or key in the number.");
+    expect(c.outcome).toBe("confirm_asked");
+    expect(first.filter((e) => e.type === "hints").at(-1)).toMatchObject({ hints: { phrases: expect.arrayContaining(["yes", "no"]) } });
+
+    replies.push((request) => {
+      // The history the LLM sees is a valid conversation: the held call answered, then the confirmed call.
+      expect(request.toolResults).toEqual([{ toolCallId: "confirmed_1", name: "lookup_order", content: JSON.stringify(ORDERS["12345"]) }]);
+      return { text: "It has shipped with UPS." };
+    });
+    const yes = await c.speak("yes", 0.9);
+    expect(toolsOf(yes)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+    expect(said(yes)).toBe("It has shipped with UPS.");
+    expect(c.outcome).toBe("confirmed");
+    expect(chat.rejected).toEqual([]);
+    expect(c.state.confirm).toBeUndefined();
+  });
+
+  it('takes a corrected number after "no", keyed in, without asking again', async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    replies.push({ toolCalls: [{ name: "lookup_order", arguments: { order_number: "12346" } }] });
+    await c.speak("one two three four six", 0.5);
+    const no = await c.speak("no", 0.9);
+    expect(said(no)).toBe("Sorry about that. Please say or key in the number again.");
+    expect(c.outcome).toBe("confirm_rejected");
+    expect(chat.requests).toHaveLength(1);
+    expect(await c.keys("12345")).toEqual([]);
+    expect(c.wake).toMatchObject({ afterMs: 2_000 });
+    replies.push({ text: "Found it: it has shipped." });
+    const pound = await c.key("#");
+    expect(pound[0]).toEqual({ type: "heard", text: "12345#", source: "keypad" });
+    expect(toolsOf(pound)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+    expect(c.outcome).toBe("corrected");
+    expect(chat.rejected).toEqual([]);
+  });
+
+  it("reads back a number the caller never said that way (the LLM made it up, cut it short or joined pieces)", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    replies.push({ toolCalls: [{ name: "lookup_order", arguments: { order_number: "55555" } }] });
+    const events = await c.speak("I think it ends in five", 0.99);
+    expect(said(events)).toContain("I heard 5 5 5 5 5.");
+    expect(toolsOf(events)).toEqual([]);
+
+    const d = new Conversation(engineWith().engine);
+    await d.start();
+    replies.push({ toolCalls: [{ name: "lookup_order", arguments: { order_number: "12345" } }] });
+    expect(said(await d.speak("my order is 123456", 0.99))).toContain("I heard 1 2 3 4 5.");
+
+    // Said clearly among other words: trusted.
+    const e = new Conversation(engineWith().engine);
+    await e.start();
+    replies.push({ toolCalls: [{ name: "lookup_order", arguments: { order_number: "12345" } }] }, { text: "It has shipped." });
+    const clear = await e.speak("it's order one two three four five and my zip is 90210", 0.95);
+    expect(toolsOf(clear)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+  });
+
+  it("sends a keypad entry to the LLM as the caller's turn when the pause timer fires", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    await c.keys("123");
+    expect(c.wake).toEqual({ afterMs: 2_000, token: "kp3" });
+    await c.key("4");
+    const current = c.wake!.token;
+    expect(current).toBe("kp4");
+    expect(await c.send({ kind: "wake", token: "kp3" })).toEqual([]);
+    expect(c.outcome).toBe("wake_stale");
+    replies.push({ text: "Thanks. Is 1 2 3 4 your whole order number?" });
+    const events = await c.send({ kind: "wake", token: current });
+    expect(events[0]).toEqual({ type: "heard", text: "1234", source: "keypad" });
+    expect(chat.requests[0].lastUser).toBe("[keypad] 1234");
+    expect(said(events)).toContain("whole order number");
+  });
+
+  it("says goodbye before end_call when the LLM did not, and ends the conversation", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    replies.push({ toolCalls: [{ name: "end_call", arguments: { reason: "caller is done" } }] });
+    const events = await c.speak("that's all, bye", 0.9);
+    expect(events.filter((e) => e.type !== "heard" && e.type !== "hints").map((e) => e.type)).toEqual(["say", "tool"]);
+    expect(said(events)).toBe("Thanks for calling. Goodbye.");
+    expect(c.done).toBe(true);
+    expect(chat.requests).toHaveLength(1);
+  });
+
+  it("falls back to the scripted agent when the first token is too slow", async () => {
+    const { engine, metrics } = engineWith({ firstTokenTimeoutMs: 300 });
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({ text: "Too late.", firstTokenDelayMs: 2_000 });
+    const started = Date.now();
+    const events = await c.speak("I want to check my order status", 0.9);
+    expect(Date.now() - started).toBeLessThan(1_500);
+    expect(said(events)).toBe(SCRIPTED_ASK);
+    expect(c.outcome).toBe("fallback");
+    expect(c.state.scriptedOwns).toBe(true); // the scripted agent is collecting the number now
+    expect((await metrics.llmFallbacks.get()).values).toEqual([
+      expect.objectContaining({ labels: { agent: "order-line", reason: "first_token_timeout" }, value: 1 }),
+    ]);
+    // The number goes to the scripted agent that asked for it, without the LLM.
+    const number = await c.keys("12345#");
+    expect(toolsOf(number)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+    expect(said(number)).toContain("has shipped with UPS");
+    expect(chat.requests).toHaveLength(1);
+    expect(c.state.scriptedOwns).toBe(false);
+    // What the scripted agent said is in the history for when the LLM takes over again.
+    expect(c.state.history.filter((m) => m.role === "assistant").map((m) => m.content)).toContain(SCRIPTED_ASK);
+  });
+
+  it("retries HTTP 500s, falls back, and opens the circuit so later inputs skip the LLM until a probe succeeds", async () => {
+    const { engine, metrics, breaker } = engineWith({ breakerFailures: 2, cooldownMs: 400, maxRetries: 1 });
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({ status: 500 }, { status: 500 }); // a request and its retry
+    expect(said(await c.speak("hello there", 0.9))).toMatch(/^Sorry, I didn't catch that\./);
+    expect(chat.requests).toHaveLength(2);
+    replies.push({ status: 503 }, { status: 503 });
+    await c.speak("hello again", 0.9);
+    expect(chat.requests).toHaveLength(4);
+    expect(breaker.state).toBe("open");
+    expect((await metrics.llmCircuit.get()).values).toEqual([]); // set by the service wiring, not the engine
+
+    const before = chat.requests.length;
+    expect(said(await c.speak("agent please", 0.9))).toBe("Transferring you to an agent now.");
+    expect(chat.requests).toHaveLength(before); // open circuit: straight to the scripted agent
+    const reasons = (await metrics.llmFallbacks.get()).values.map((v) => [v.labels.reason, v.value]);
+    expect(reasons).toEqual(expect.arrayContaining([["http_error", 2], ["circuit_open", 1]]));
+
+    await new Promise((r) => setTimeout(r, 450));
+    const d = new Conversation(engine);
+    await d.start();
+    replies.push({ text: "Hello! How can I help?" });
+    expect(said(await d.speak("hi", 0.9))).toBe("Hello! How can I help?");
+    expect(breaker.state).toBe("closed");
+  });
+
+  it("falls back when a stream chunk is malformed or the connection drops", async () => {
+    const { engine, metrics } = engineWith();
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({ malformed: true });
+    expect(said(await c.speak("order status", 0.9))).toBe(SCRIPTED_ASK);
+    const d = new Conversation(engine);
+    await d.start();
+    replies.push({ reset: true, afterDeltas: ["Your order has ", "shipped. It ", "will"] });
+    const events = await d.speak("hello", 0.9);
+    // Something was already spoken: a short bridge, then the scripted answer.
+    expect(said(events)).toMatch(/^Your order has shipped\. Sorry, I had a problem there\. Sorry, I didn't catch that\./);
+    expect(d.state.history.filter((m) => m.role === "assistant").map((m) => m.content)).toEqual([
+      GREETING,
+      "Your order has shipped.",
+      "Sorry, I had a problem there.",
+      expect.stringMatching(/^Sorry, I didn't catch that/),
+    ]);
+    const reasons = (await metrics.llmFallbacks.get()).values.map((v) => v.labels.reason);
+    expect(reasons).toEqual(expect.arrayContaining(["malformed"]));
+    expect(reasons.length).toBe(2);
+  });
+
+  it("stops at once when the caller barges in, without falling back", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    replies.push({ text: "Let me tell you all about our shipping policies, which are long, and detailed, and boring.", eventIntervalMs: 100 });
+    setTimeout(() => c.abort.abort(), 350);
+    const started = Date.now();
+    const events = await c.speak("tell me about shipping", 0.9);
+    expect(Date.now() - started).toBeLessThan(1_000);
+    expect(c.outcome).toBe("cancelled");
+    expect(said(events)).not.toContain("boring");
+    expect(chat.requests).toHaveLength(1);
+  });
+
+  it("rewrites an interrupted answer in the history to what the caller heard", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    replies.push({ text: "Your order has shipped. It will arrive Thursday. Anything else?" });
+    await c.speak("where is my order", 0.9);
+    const state = c.engine.interrupted(c.state, { turnId: "t2", heardText: "Your order has shipped." });
+    expect(state.history.at(-1)).toMatchObject({ role: "assistant", content: "Your order has shipped.", interrupted: true });
+    expect(c.engine.messages(state.history).at(-1)).toEqual({ role: "assistant", content: "Your order has shipped...." });
+    expect(c.state.history.at(-1)).toMatchObject({ content: "Your order has shipped. It will arrive Thursday. Anything else?" });
+  });
+});
+
+describe("LLM settings", () => {
+  it("runs an agent on the LLM only when an endpoint or key is known, with the environment winning over the file", () => {
+    const settings = (env: Record<string, string>) => {
+      const reader = new EnvReader(env);
+      const config = readDialogConfig(reader);
+      reader.done();
+      return llmSettingsFor(orderLine, config);
+    };
+    expect(settings({})).toBeUndefined();
+    expect(settings({ LLM_API_KEY: "k" })).toEqual({
+      baseUrl: "",
+      apiKey: "k",
+      model: "gpt-4o-mini",
+      temperature: 0.3,
+      maxTokens: 300,
+      firstTokenTimeoutMs: 2_500,
+      timeoutMs: 15_000,
+      maxRetries: 1,
+    });
+    expect(
+      settings({ LLM_BASE_URL: "http://vllm:8000/v1", LLM_MODEL: "llama", LLM_TEMPERATURE: "0", LLM_FIRST_TOKEN_TIMEOUT_MS: "900", LLM_TIMEOUT_MS: "8000" }),
+    ).toMatchObject({ baseUrl: "http://vllm:8000/v1", apiKey: "unused", model: "llama", temperature: 0, firstTokenTimeoutMs: 900, timeoutMs: 8_000 });
+    const noLlm = { ...orderLine, llm: undefined };
+    const reader = new EnvReader({ LLM_API_KEY: "k" });
+    expect(llmSettingsFor(noLlm, readDialogConfig(reader))).toBeUndefined();
+    const bad = new EnvReader({ LLM_BASE_URL: "not a url", LLM_TEMPERATURE: "5", KEYPAD_PAUSE_MS: "1", DIGITS_CONFIRM_CONFIDENCE: "2" });
+    readDialogConfig(bad);
+    expect(() => bad.done()).toThrow(/LLM_BASE_URL must be a http\/https URL.*KEYPAD_PAUSE_MS.*DIGITS_CONFIRM_CONFIDENCE.*LLM_TEMPERATURE/);
+  });
+
+  it("continues a call whose saved state is the other engine's (the LLM was switched on or off mid-call)", async () => {
+    const { engine } = engineWith();
+    const scripted = new ScriptedEngine(orderLine);
+    const io: TurnIO = { heard() {}, say: () => "t9", callTool: async () => ({ ok: true, result: null, ms: 0 }), setHints() {} };
+    const menu = await scripted.turn({ kind: "start" }, scripted.initialState(), io);
+    const ask = await scripted.turn({ kind: "keypad", digit: "1", atMs: 1 }, menu.state, io);
+    // Mid-entry in the scripted agent: the LLM agent lets it finish.
+    const next = await engine.turn({ kind: "keypad", digit: "5", atMs: 1 }, ask.state as unknown as LlmState, io);
+    expect(next.state.scriptedOwns).toBe(true);
+    expect(next.state.scripted.keypad).toBe("5");
+    const back = await scripted.turn({ kind: "keypad", digit: "5", atMs: 1 }, next.state as never, io);
+    expect(back.state.keypad).toBe("55");
+  });
+});
+
+describe("clause chunker", () => {
+  it("cuts complete sentences and long clauses as they stream, never inside a number", async () => {
+    const { ClauseChunker } = await import("./chunker.js");
+    const chunker = new ClauseChunker();
+    const out: string[] = [];
+    for (const piece of ["It costs 3", ".50 dollars", ". Sure, ", "we ship to most countries in Europe, ", "and **fast**", "!\n- Next day", " delivery"]) {
+      out.push(...chunker.push(piece));
+    }
+    out.push(chunker.flush());
+    expect(out).toEqual(["It costs 3.50 dollars.", "Sure, we ship to most countries in Europe,", "and fast!", "Next day delivery"]);
+    const long = new ClauseChunker();
+    expect(long.push("word ".repeat(60))).toEqual([("word ".repeat(44)).trim()]);
+  });
+});

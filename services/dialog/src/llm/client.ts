@@ -1,0 +1,240 @@
+import { errorText, type Logger } from "@voicebot/bus";
+import OpenAI, { APIConnectionError, APIError, APIUserAbortError } from "openai";
+import type { DialogMetrics } from "../metrics.js";
+import type { CircuitBreaker } from "./breaker.js";
+
+export type ChatMessage = OpenAI.Chat.Completions.ChatCompletionMessageParam;
+export type ChatTool = OpenAI.Chat.Completions.ChatCompletionFunctionTool;
+type Chunk = OpenAI.Chat.Completions.ChatCompletionChunk;
+
+/** Why an LLM request gave no usable answer (also the `reason` label of the fallback metric). */
+export type LlmFailure =
+  | "first_token_timeout"
+  | "timeout"
+  | "http_error"
+  | "connection"
+  | "malformed"
+  | "empty"
+  | "circuit_open"
+  | "cancelled";
+
+export class LlmError extends Error {
+  constructor(
+    readonly reason: LlmFailure,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface LlmSettings {
+  /** Empty = the SDK's default (api.openai.com). */
+  baseUrl: string;
+  apiKey: string;
+  model: string;
+  temperature?: number;
+  maxTokens?: number;
+  /** No content or tool call within this time: give up (the caller must not wait in silence). */
+  firstTokenTimeoutMs: number;
+  /** The whole streamed answer must be complete within this time. */
+  timeoutMs: number;
+  /** Retries of failed requests (5xx, 429, connection errors) by the SDK, within the first-token deadline. */
+  maxRetries: number;
+}
+
+export interface LlmToolCall {
+  id: string;
+  name: string;
+  /** The arguments as the model wrote them (JSON text, maybe invalid). */
+  arguments: string;
+}
+
+export interface LlmResponse {
+  text: string;
+  toolCalls: LlmToolCall[];
+  finishReason: string;
+  firstTokenMs: number;
+}
+
+export interface LlmRequest {
+  messages: ChatMessage[];
+  tools: ChatTool[];
+  toolChoice: "auto" | "none";
+}
+
+export interface StreamHandlers {
+  /** Barge-in: stop at once. */
+  signal?: AbortSignal;
+  /** Content as it streams in. */
+  onText(delta: string): void;
+  onFirstToken?(ms: number): void;
+}
+
+/** What the LLM engine needs from a model endpoint (the tests drive the real one against a fake server). */
+export interface LlmCompleter {
+  readonly model: string;
+  complete(request: LlmRequest, handlers: StreamHandlers): Promise<LlmResponse>;
+}
+
+/**
+ * Streaming chat completions with function calling through the `openai` SDK, against any OpenAI-compatible
+ * endpoint. Enforces a first-token deadline and an overall deadline, reports every failure as an LlmError, and
+ * feeds a circuit breaker so a dead endpoint is skipped instead of making every caller wait for its timeout.
+ */
+export class OpenAiCompleter implements LlmCompleter {
+  private readonly client: OpenAI;
+
+  constructor(
+    private readonly settings: LlmSettings,
+    private readonly breaker: CircuitBreaker,
+    private readonly metrics: DialogMetrics,
+    private readonly log: Logger,
+  ) {
+    this.client = new OpenAI({
+      apiKey: settings.apiKey,
+      baseURL: settings.baseUrl || undefined,
+      maxRetries: settings.maxRetries,
+      timeout: settings.timeoutMs,
+      logLevel: "off", // failures are reported here, once, without request bodies
+    });
+  }
+
+  get model(): string {
+    return this.settings.model;
+  }
+
+  async complete(request: LlmRequest, handlers: StreamHandlers): Promise<LlmResponse> {
+    const model = this.settings.model;
+    if (!this.breaker.allow()) {
+      this.metrics.llmRequests.inc({ model, outcome: "circuit_open" });
+      throw new LlmError("circuit_open", "the LLM circuit breaker is open");
+    }
+    const started = Date.now();
+    try {
+      const response = await this.stream(request, handlers, started);
+      this.breaker.success();
+      this.metrics.llmRequests.inc({ model, outcome: "ok" });
+      return response;
+    } catch (error) {
+      const failure = error instanceof LlmError ? error : new LlmError("connection", errorText(error));
+      if (failure.reason === "cancelled") this.breaker.release();
+      else {
+        this.breaker.failure();
+        this.log.warn("llm request failed", { model, reason: failure.reason, error: failure.message, ms: Date.now() - started });
+      }
+      this.metrics.llmRequests.inc({ model, outcome: failure.reason });
+      throw failure;
+    }
+  }
+
+  private async stream(request: LlmRequest, handlers: StreamHandlers, started: number): Promise<LlmResponse> {
+    const { settings, metrics } = this;
+    const abort = new AbortController();
+    let failure: LlmError | undefined;
+    let rejectDeadline!: (error: LlmError) => void;
+    const deadline = new Promise<never>((_resolve, reject) => (rejectDeadline = reject));
+    deadline.catch(() => undefined);
+    const fail = (error: LlmError) => {
+      if (failure) return;
+      failure = error;
+      abort.abort();
+      rejectDeadline(error);
+    };
+    const onCancel = () => fail(new LlmError("cancelled", "the caller barged in"));
+    if (handlers.signal?.aborted) onCancel();
+    handlers.signal?.addEventListener("abort", onCancel);
+    // Both deadlines race the SDK (whose retry back-off does not watch the abort signal).
+    const firstTokenTimer = setTimeout(
+      () => fail(new LlmError("first_token_timeout", `no token within ${settings.firstTokenTimeoutMs} ms`)),
+      settings.firstTokenTimeoutMs,
+    );
+    const totalTimer = setTimeout(() => fail(new LlmError("timeout", `answer not complete within ${settings.timeoutMs} ms`)), settings.timeoutMs);
+
+    let text = "";
+    let finishReason = "";
+    let firstTokenMs = -1;
+    const calls: Array<{ id: string; name: string; arguments: string }> = [];
+    const firstToken = () => {
+      if (firstTokenMs >= 0) return;
+      firstTokenMs = Date.now() - started;
+      clearTimeout(firstTokenTimer);
+      metrics.llmFirstToken.observe({ model: settings.model }, firstTokenMs / 1000);
+      handlers.onFirstToken?.(firstTokenMs);
+    };
+
+    const work = (async () => {
+      const stream = await this.client.chat.completions.create(
+        {
+          model: settings.model,
+          messages: request.messages,
+          ...(request.tools.length > 0 ? { tools: request.tools, tool_choice: request.toolChoice } : {}),
+          stream: true,
+          stream_options: { include_usage: true },
+          ...(settings.temperature !== undefined ? { temperature: settings.temperature } : {}),
+          // OpenAI itself wants max_completion_tokens (its reasoning models refuse max_tokens); compatible
+          // servers (vLLM, Ollama, ...) know max_tokens.
+          ...(settings.maxTokens !== undefined ? (settings.baseUrl ? { max_tokens: settings.maxTokens } : { max_completion_tokens: settings.maxTokens }) : {}),
+        },
+        { signal: abort.signal },
+      );
+      for await (const chunk of stream as AsyncIterable<Chunk>) {
+        if (failure) break;
+        if (!chunk || typeof chunk !== "object" || !Array.isArray(chunk.choices)) throw new LlmError("malformed", "a stream chunk has no choices");
+        if (chunk.usage) {
+          metrics.llmTokens.inc({ model: settings.model, kind: "prompt" }, chunk.usage.prompt_tokens ?? 0);
+          metrics.llmTokens.inc({ model: settings.model, kind: "completion" }, chunk.usage.completion_tokens ?? 0);
+        }
+        const choice = chunk.choices[0];
+        if (!choice) continue;
+        const delta = choice.delta ?? {};
+        if (typeof delta.content === "string" && delta.content.length > 0) {
+          firstToken();
+          text += delta.content;
+          handlers.onText(delta.content);
+        }
+        for (const call of delta.tool_calls ?? []) {
+          if (typeof call.index !== "number" || call.index < 0 || call.index > 31) throw new LlmError("malformed", "a tool call delta has no valid index");
+          firstToken();
+          const entry = (calls[call.index] ??= { id: "", name: "", arguments: "" });
+          if (call.id) entry.id = call.id;
+          if (call.function?.name) entry.name += call.function.name;
+          if (call.function?.arguments) entry.arguments += call.function.arguments;
+        }
+        if (choice.finish_reason) finishReason = choice.finish_reason;
+      }
+    })();
+    work.catch(() => undefined); // when a deadline wins the race, the SDK's late error is not wanted
+
+    try {
+      await Promise.race([work, deadline]);
+    } catch (error) {
+      if (failure) throw failure;
+      throw classify(error);
+    } finally {
+      clearTimeout(firstTokenTimer);
+      clearTimeout(totalTimer);
+      handlers.signal?.removeEventListener("abort", onCancel);
+    }
+    // The SDK ends the iteration quietly when its request is aborted.
+    if (failure) throw failure;
+    const toolCalls = calls.filter(Boolean);
+    for (const call of toolCalls) {
+      if (!call.name) throw new LlmError("malformed", "a tool call has no function name");
+      if (!call.id) call.id = `call_${Math.random().toString(36).slice(2, 12)}`;
+    }
+    if (calls.length !== toolCalls.length) throw new LlmError("malformed", "tool call indexes have gaps");
+    if (!text.trim() && toolCalls.length === 0) throw new LlmError("empty", `the answer is empty (finish reason ${finishReason || "none"})`);
+    return { text, toolCalls, finishReason, firstTokenMs };
+  }
+}
+
+function classify(error: unknown): LlmError {
+  if (error instanceof LlmError) return error;
+  if (error instanceof APIUserAbortError) return new LlmError("cancelled", "aborted");
+  if (error instanceof APIConnectionError) return new LlmError("connection", error.message);
+  if (error instanceof APIError && error.status !== undefined) return new LlmError("http_error", `HTTP ${error.status}: ${error.message}`);
+  // An error event inside the stream.
+  if (error instanceof APIError) return new LlmError("http_error", `error in the stream: ${error.message}`);
+  if (error instanceof SyntaxError) return new LlmError("malformed", `a stream chunk is not JSON: ${error.message}`);
+  return new LlmError("connection", errorText(error));
+}
