@@ -1,0 +1,348 @@
+import { FRAME_MS, l16FromBytes, mulawDecode } from "@voicebot/audio";
+import { errorText, subjects, type Bus, type Logger } from "@voicebot/bus";
+import {
+  AudioEncoding,
+  DialogInput,
+  SpeechActivity,
+  SpeechActivity_Kind,
+  Transcript,
+  type Alternative,
+  type CallerAudio,
+} from "@voicebot/proto";
+import { keys, type CallStore } from "@voicebot/state";
+import type { AsrEngine, UtteranceRecognizer } from "./engine.js";
+import { parseHints, type ParsedHints } from "./hints.js";
+import type { AsrMetrics } from "./metrics.js";
+import { Segmenter, type Frame, type SegmenterOptions, type SegmentEvent } from "./segmenter.js";
+import type { VoiceActivityDetector } from "./vad.js";
+
+export interface SessionOptions {
+  segmenter: SegmenterOptions;
+  /** Longest run of lost frames replaced by silence; longer gaps are bridged by this much only. */
+  gapFillMaxMs: number;
+  /** Attempts at putting a final on the dialog work queue before giving up. */
+  publishAttempts: number;
+}
+
+export interface SessionDeps {
+  callId: string;
+  bus: Bus;
+  store: CallStore;
+  engine: AsrEngine;
+  vad: VoiceActivityDetector;
+  log: Logger;
+  metrics: AsrMetrics;
+  options: SessionOptions;
+}
+
+interface OpenUtterance {
+  id: string;
+  recognizer: UtteranceRecognizer | undefined;
+  /** The engine failed on this utterance: it ends with an empty final. */
+  failed: boolean;
+  lastPartial: string;
+}
+
+/**
+ * One call's caller audio on this replica: decode, fill gaps, VAD, segment into utterances, recognize, publish.
+ * Audio messages must be given one at a time in order (an ordered subscription); finals are published in order.
+ */
+export class CallSession {
+  private readonly segmenter: Segmenter;
+  private readonly samplesPerFrame: number;
+  private nextFrame: number | undefined;
+  private lastAtMs = 0;
+  private utterance: OpenUtterance | undefined;
+  /** Finals being decoded and published, chained so they go out in utterance order. */
+  private finals: Promise<void> = Promise.resolve();
+  private stopped = false;
+  /** Problems already logged for this call: a bad stream is logged once, counted always. */
+  private readonly warned = new Set<string>();
+
+  constructor(private readonly deps: SessionDeps) {
+    this.segmenter = new Segmenter(deps.options.segmenter);
+    this.samplesPerFrame = (deps.engine.sampleRate * FRAME_MS) / 1000;
+  }
+
+  get callId(): string {
+    return this.deps.callId;
+  }
+
+  async handleAudio(message: CallerAudio): Promise<void> {
+    if (this.stopped) return;
+    const { metrics } = this.deps;
+    if (message.callId && message.callId !== this.callId) {
+      metrics.badAudio.inc({ reason: "wrong_call" });
+      this.warnOnce("wrong_call", "caller audio for another call dropped", { messageCallId: message.callId });
+      return;
+    }
+    const pcm = this.decode(message);
+    if (!pcm) return;
+
+    const count = Math.floor(pcm.length / this.samplesPerFrame);
+    if (count * this.samplesPerFrame !== pcm.length) {
+      metrics.badAudio.inc({ reason: "partial_frame" });
+      this.warnOnce("partial_frame", "caller audio with a partial frame: the remainder is dropped", { samples: pcm.length });
+    }
+    if (count === 0) return;
+    const receivedAt = Number(message.receivedAtMs) || Date.now();
+    const first = Number(message.firstFrame);
+    let skip = 0;
+
+    if (this.nextFrame !== undefined && first < this.nextFrame) {
+      // Frames we already have (a duplicate, or overlap after a reconnect): keep only the new ones.
+      skip = Math.min(count, this.nextFrame - first);
+      metrics.badAudio.inc({ reason: "duplicate_frames" }, skip);
+      if (skip === count) return;
+    } else if (this.nextFrame !== undefined && first > this.nextFrame) {
+      await this.fillGap(first - this.nextFrame, receivedAt - count * FRAME_MS);
+    }
+
+    for (let i = skip; i < count; i++) {
+      const frame: Frame = {
+        index: first + i,
+        pcm: pcm.subarray(i * this.samplesPerFrame, (i + 1) * this.samplesPerFrame),
+        atMs: receivedAt - (count - 1 - i) * FRAME_MS,
+      };
+      await this.processFrame(frame);
+      if (this.stopped) return;
+    }
+  }
+
+  /** Stops listening: drops the utterance in progress and waits for finals already being decoded. */
+  async stop(): Promise<void> {
+    if (this.stopped) return this.finals;
+    this.stopped = true;
+    const open = this.utterance;
+    this.utterance = undefined;
+    if (open) this.abort(open);
+    await this.finals;
+  }
+
+  private decode(message: CallerAudio): Int16Array | undefined {
+    // Unset fields mean the contract's format: μ-law at 8 kHz.
+    const encoding = message.format?.encoding || AudioEncoding.AUDIO_ENCODING_MULAW;
+    const rate = message.format?.sampleRate || this.deps.engine.sampleRate;
+    if (rate !== this.deps.engine.sampleRate || (encoding !== AudioEncoding.AUDIO_ENCODING_MULAW && encoding !== AudioEncoding.AUDIO_ENCODING_L16)) {
+      this.deps.metrics.badAudio.inc({ reason: "unsupported_format" });
+      this.warnOnce("format", "caller audio in an unsupported format dropped", { encoding, sampleRate: rate });
+      return undefined;
+    }
+    if (encoding === AudioEncoding.AUDIO_ENCODING_MULAW) return mulawDecode(message.payload);
+    // A copy: frames are kept for pre-roll, and the payload may be a view into the connection's read buffer.
+    return l16FromBytes(message.payload).slice();
+  }
+
+  /** Lost frames become silence so the VAD and the recognizer keep real time; very long gaps are capped. */
+  private async fillGap(missing: number, gapEndMs: number): Promise<void> {
+    this.deps.metrics.lostFrames.inc(missing);
+    const fill = Math.min(missing, Math.max(0, Math.round(this.deps.options.gapFillMaxMs / FRAME_MS)));
+    this.deps.log.debug("caller audio gap", { callId: this.callId, missingFrames: missing, filledFrames: fill });
+    const start = this.nextFrame!;
+    for (let i = 0; i < fill && !this.stopped; i++) {
+      await this.processFrame({
+        index: start + i,
+        pcm: new Int16Array(this.samplesPerFrame),
+        atMs: Math.max(this.lastAtMs + FRAME_MS, gapEndMs - (fill - 1 - i) * FRAME_MS),
+      });
+    }
+  }
+
+  private async processFrame(frame: Frame): Promise<void> {
+    this.nextFrame = frame.index + 1;
+    this.lastAtMs = frame.atMs;
+    const speech = this.deps.vad.isSpeech(frame.pcm);
+    for (const event of this.segmenter.push(frame, speech)) await this.onEvent(event);
+  }
+
+  private async onEvent(event: SegmentEvent): Promise<void> {
+    switch (event.type) {
+      case "start":
+        await this.startUtterance(event.onset, event.frames);
+        return;
+      case "audio":
+        if (this.utterance) this.push(this.utterance, event.frame.pcm);
+        return;
+      case "end": {
+        const open = this.utterance;
+        this.utterance = undefined;
+        if (!open) return;
+        this.publishActivity(SpeechActivity_Kind.KIND_STOPPED, open.id, (event.lastSpeech.index + 1) * FRAME_MS, event.lastSpeech.atMs);
+        this.deps.metrics.utterances.inc({ end: event.tooShort ? "too_short" : event.reason });
+        if (event.tooShort) {
+          this.deps.log.debug("utterance too short: ignored", { callId: this.callId, utteranceId: open.id, speechMs: event.speechMs });
+          this.abort(open);
+          return;
+        }
+        const decidedAtMs = Date.now();
+        const speechEndMs = event.lastSpeech.atMs;
+        this.finals = this.finals
+          .then(() => this.finish(open, speechEndMs, decidedAtMs))
+          .catch((error) => {
+            // Only a dead NATS connection gets here; the chain must stay usable for the next utterance.
+            this.deps.metrics.publishErrors.inc();
+            this.deps.log.error("final transcript not published", { callId: this.callId, utteranceId: open.id, error: errorText(error) });
+          });
+        return;
+      }
+    }
+  }
+
+  private async startUtterance(onset: Frame, frames: Frame[]): Promise<void> {
+    // The onset frame's index is the utterance id: unique in the call and the same on whichever replica hears it.
+    const id = String(onset.index);
+    this.publishActivity(SpeechActivity_Kind.KIND_STARTED, id, onset.index * FRAME_MS, onset.atMs - FRAME_MS);
+    const hints = await this.readHints();
+    if (this.stopped) return;
+    this.segmenter.setSilence(hints.minSilenceMs, hints.maxSilenceMs);
+    const open: OpenUtterance = { id, recognizer: undefined, failed: false, lastPartial: "" };
+    this.utterance = open;
+    const { engine, metrics } = this.deps;
+    try {
+      const recognizer = engine.start({ mode: hints.mode, phrases: hints.phrases });
+      open.recognizer = recognizer;
+      metrics.activeSessions.inc();
+      recognizer.onPartial = (text: string) => this.onPartial(open, text);
+    } catch (error) {
+      this.engineFailed(open, "start", error);
+      return;
+    }
+    for (const frame of frames) this.push(open, frame.pcm);
+  }
+
+  private push(open: OpenUtterance, pcm: Int16Array): void {
+    if (!open.recognizer || open.failed) return;
+    try {
+      open.recognizer.push(pcm);
+    } catch (error) {
+      this.engineFailed(open, "push", error);
+    }
+  }
+
+  private onPartial(open: OpenUtterance, text: string): void {
+    // Partials only while the caller is still talking; once the utterance ends the final supersedes them.
+    if (this.utterance !== open || this.stopped || open.failed || text === open.lastPartial) return;
+    open.lastPartial = text;
+    const { bus, engine, metrics } = this.deps;
+    const partial = Transcript.create({ callId: this.callId, utteranceId: open.id, text, isFinal: false, engine: engine.label });
+    bus.publish(subjects.transcript(this.callId), Transcript, partial, this.callId);
+    metrics.partials.inc({ engine: engine.label });
+  }
+
+  private async finish(open: OpenUtterance, speechEndMs: number, decidedAtMs: number): Promise<void> {
+    const { bus, engine, metrics, log } = this.deps;
+    let result = { text: "", confidence: 0, alternatives: [] as Alternative[] };
+    if (open.recognizer && !open.failed) {
+      try {
+        result = await open.recognizer.finish();
+      } catch (error) {
+        this.engineFailed(open, "finish", error);
+      }
+    }
+    this.release(open);
+
+    const finalAtMs = Date.now();
+    const transcript = Transcript.create({
+      callId: this.callId,
+      utteranceId: open.id,
+      text: result.text,
+      isFinal: true,
+      confidence: result.confidence,
+      alternatives: result.alternatives,
+      engine: engine.label,
+      speechEndMs,
+      finalAtMs,
+      endpointWaitMs: Math.max(0, decidedAtMs - speechEndMs),
+    });
+    bus.publish(subjects.transcript(this.callId), Transcript, transcript, this.callId);
+    const inputId = `${this.callId}:utt:${open.id}`;
+    const input = DialogInput.create({ callId: this.callId, inputId, atMs: finalAtMs, input: { $case: "transcript", value: transcript } });
+    const queued = await this.publishDurable(input, inputId);
+    metrics.finals.inc({ engine: engine.label, result: open.failed ? "engine_error" : result.text ? "text" : "empty" });
+    if (queued) metrics.finalLatency.observe({ engine: engine.label }, (Date.now() - speechEndMs) / 1000);
+    log.info("final transcript", {
+      callId: this.callId,
+      utteranceId: open.id,
+      text: result.text,
+      confidence: result.confidence,
+      endpointWaitMs: transcript.endpointWaitMs,
+      latencyMs: finalAtMs - speechEndMs,
+      queued,
+    });
+  }
+
+  /** The dialog must get every final: retry briefly (the msgId makes retries safe), then log and count the loss. */
+  private async publishDurable(input: DialogInput, msgId: string): Promise<boolean> {
+    const { bus, log, metrics, options } = this.deps;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await bus.publishDurable(subjects.dialogInput(this.callId), DialogInput, input, msgId, this.callId);
+        return true;
+      } catch (error) {
+        if (attempt >= options.publishAttempts) {
+          metrics.publishErrors.inc();
+          log.error("final transcript not queued for the dialog", { callId: this.callId, inputId: msgId, error: errorText(error) });
+          return false;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 200 * attempt));
+      }
+    }
+  }
+
+  private async readHints(): Promise<ParsedHints> {
+    const { store, log, metrics, options } = this.deps;
+    const defaults = { minSilenceMs: options.segmenter.minSilenceMs, maxSilenceMs: options.segmenter.maxSilenceMs };
+    let raw: unknown;
+    try {
+      raw = await store.getJson<unknown>(keys.hints(this.callId));
+    } catch (error) {
+      metrics.badHints.inc();
+      log.warn("recognition hints unreadable: using defaults", { callId: this.callId, error: errorText(error) });
+      return parseHints(undefined, defaults).hints;
+    }
+    const { hints, problems } = parseHints(raw, defaults);
+    if (problems.length > 0) {
+      metrics.badHints.inc();
+      log.warn("recognition hints partly invalid", { callId: this.callId, problems });
+    }
+    return hints;
+  }
+
+  private warnOnce(problem: string, msg: string, fields: Record<string, unknown>): void {
+    if (this.warned.has(problem)) return;
+    this.warned.add(problem);
+    this.deps.log.warn(msg, { callId: this.callId, ...fields });
+  }
+
+  private publishActivity(kind: SpeechActivity_Kind, utteranceId: string, audioMs: number, atMs: number): void {
+    const activity = SpeechActivity.create({ callId: this.callId, kind, utteranceId, audioMs, atMs });
+    this.deps.bus.publish(subjects.speech(this.callId), SpeechActivity, activity, this.callId);
+  }
+
+  private engineFailed(open: OpenUtterance, stage: "start" | "push" | "finish", error: unknown): void {
+    open.failed = true;
+    this.deps.metrics.engineErrors.inc({ engine: this.deps.engine.label, stage });
+    this.deps.log.error("recognizer failed: the utterance ends with an empty final", {
+      callId: this.callId,
+      utteranceId: open.id,
+      stage,
+      error: errorText(error),
+    });
+    if (stage !== "finish") this.abort(open);
+  }
+
+  private abort(open: OpenUtterance): void {
+    try {
+      open.recognizer?.abort();
+    } catch (error) {
+      this.deps.log.warn("recognizer abort failed", { callId: this.callId, error: errorText(error) });
+    }
+    this.release(open);
+  }
+
+  private release(open: OpenUtterance): void {
+    if (!open.recognizer) return;
+    open.recognizer = undefined;
+    this.deps.metrics.activeSessions.dec();
+  }
+}

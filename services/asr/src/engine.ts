@@ -1,0 +1,33 @@
+/** What the current dialog state expects, so the recognizer can be constrained. */
+export type RecognitionMode = "phrases" | "digits";
+export interface RecognitionHints {
+  mode: RecognitionMode;
+  /** Phrases the state expects, e.g. ["order status", "agent", "goodbye"]. */
+  phrases: string[];
+}
+export interface Alternative {
+  text: string;
+  confidence: number;
+}
+export interface RecognitionResult {
+  /** "" when nothing was recognized. */
+  text: string;
+  confidence: number;
+  alternatives: Alternative[];
+}
+/** One utterance. The asr service pushes 8 kHz PCM as it arrives and calls finish() at end of speech. */
+export interface UtteranceRecognizer {
+  push(pcm: Int16Array): void;
+  finish(): Promise<RecognitionResult>;
+  abort(): void;
+  /** Set by the caller; engines with interim results call it with the utterance's text so far. */
+  onPartial?: (text: string) => void;
+}
+export interface AsrEngine {
+  readonly label: string;
+  readonly sampleRate: number;
+  start(hints: RecognitionHints): UtteranceRecognizer;
+  /** Load models / validate configuration so the first call is fast. */
+  warmUp(): Promise<void>;
+  close(): Promise<void>;
+}

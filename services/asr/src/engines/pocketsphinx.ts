@@ -1,0 +1,550 @@
+// Local recognizer: CMU pocketsphinx (Debian package, 5prealpha) driven through its command-line decoder.
+//
+// How an utterance is decoded, and why (latencies are finish() → result on a 2-CPU box, 3.5 s utterance):
+// - start() spawns `pocketsphinx_batch` for the utterance with the grammar for its hints, and the audio is
+//   streamed into it through a FIFO while the caller speaks (its control file names the FIFO; a FIFO is not
+//   seekable, so ps_decode_raw() decodes it block by block instead of waiting for the whole file). After
+//   finish() closes the FIFO only the last block and the best-path search are left: 2-6 ms.
+// - Model load is ~10 ms with the small per-grammar dictionary (~150 ms with the full cmudict), and happens
+//   while the caller is still speaking, so a warm process pool buys nothing and would need one grammar
+//   for every process. (Alternatives measured: a warm batch process decoding the whole utterance file after
+//   finish() 70-90 ms, a process spawned at finish() 75-210 ms; both grow with utterance length.)
+// - Streaming means live cepstral mean normalization with a fixed prior, so the model copy's -cmninit is
+//   tuned for this front end (see MODEL_CMN_INIT) and the front end normalizes the level (see
+//   telephone-frontend.ts, which also explains why the audio is decoded at 16 kHz).
+// - pocketsphinx_continuous was not used: it splits the audio at pauses and has no N-best. `-infile
+//   /dev/stdin` does not work from Node either way: Node's stdio pipes are socketpairs, which cannot be
+//   reopened by path, hence the FIFOs.
+// - Phrases mode also decodes a garbage-only grammar in a second process for the confidence (see
+//   pocketsphinx-grammar.ts); N-best is not used there: with the phone loop the lattice makes A* take
+//   1.5 s. Digits mode takes confidence and alternatives from a 10-best list (~2 ms).
+// - Phrases mode with no phrases decodes free text with the stock trigram LM and the full dictionary
+//   (load ~300 ms, ~100 MB per process, ~0.2x real time).
+// No partial results: the command-line decoders print only final hypotheses, so onPartial is never called.
+
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { constants, openSync } from "node:fs";
+import { access, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, unlink, writeFile } from "node:fs/promises";
+import { Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { delimiter, join } from "node:path";
+import { promisify } from "node:util";
+import type { Logger } from "@voicebot/bus";
+import type { EnvReader } from "@voicebot/service-kit";
+import type { Alternative, AsrEngine, RecognitionHints, RecognitionResult, UtteranceRecognizer } from "../engine.js";
+import { buildDigitsGrammar, buildPhraseGrammar, digitsFromWords, loadDictionary, matchPhrase, spokenWords, type Dictionary, type Grammar } from "./pocketsphinx-grammar.js";
+import { TelephoneFrontEnd } from "./telephone-frontend.js";
+
+const execFileAsync = promisify(execFile);
+
+const SAMPLE_RATE = 8000;
+const DEFAULT_MODEL_ROOT = "/usr/share/pocketsphinx/model/en-us";
+const INSTALL_HINT = "apt-get install pocketsphinx pocketsphinx-en-us";
+
+/**
+ * Prior cepstral mean for live CMN, measured by running pocketsphinx over the front end's output for the
+ * flite test set (4 voices, phrases, sentences and digit strings, level-normalized). The stock model's prior
+ * (41.00,-5.29,-0.12,...) is for wideband speech; with it every utterance decoded as one or two words.
+ */
+export const MODEL_CMN_INIT = "39.43,26.10,-38.23,29.55,-25.05,-16.46,13.11,-36.27,5.77,-10.89,-14.20,7.87,-17.39";
+
+/** Scale from pocketsphinx path scores to log-probabilities for N-best posteriors (fitted on the test set). */
+const NBEST_SCORE_SCALE = 0.003;
+const NBEST_SIZE = 10;
+/** Confidence = logistic((phrase score − garbage score − CENTER) / WIDTH). */
+const MARGIN_CENTER = 100;
+const MARGIN_WIDTH = 60;
+/** Most alternatives returned. */
+const MAX_ALTERNATIVES = 4;
+/** A decoder loads in ~10 ms (free text ~300 ms); this only catches a hung one. */
+const OPEN_TIMEOUT_MS = 10_000;
+
+export interface PocketsphinxConfig {
+  /** ASR_POCKETSPHINX_BIN: the batch decoder, a path or a name looked up on PATH. */
+  binary: string;
+  /** ASR_POCKETSPHINX_HMM: the stock acoustic model (only read; a tuned copy is made in modelDir). */
+  sourceModelDir: string;
+  /** ASR_POCKETSPHINX_DICT: pronunciation dictionary. */
+  dictionaryPath: string;
+  /** ASR_POCKETSPHINX_LM: language model for free text (phrases mode without phrases). */
+  languageModelPath: string;
+  /** ASR_MODEL_DIR: where the model copy, grammar files and per-utterance FIFOs go. */
+  modelDir: string;
+  /** ASR_POCKETSPHINX_LOOKAHEAD_MS: front-end gain look-ahead (see telephone-frontend.ts). */
+  lookaheadMs: number;
+  /** ASR_POCKETSPHINX_CONFIDENCE: run the garbage-only decode for phrase confidence (doubles CPU). */
+  confidenceDecode: boolean;
+  /** ASR_POCKETSPHINX_TIMEOUT_MS: longest wait from finish() to the result. */
+  timeoutMs: number;
+}
+
+export function defaultPocketsphinxConfig(env: NodeJS.ProcessEnv = process.env): PocketsphinxConfig {
+  return {
+    binary: "pocketsphinx_batch",
+    sourceModelDir: join(DEFAULT_MODEL_ROOT, "en-us"),
+    dictionaryPath: join(DEFAULT_MODEL_ROOT, "cmudict-en-us.dict"),
+    languageModelPath: join(DEFAULT_MODEL_ROOT, "en-us.lm.bin"),
+    modelDir: env.ASR_MODEL_DIR || join(tmpdir(), "voicebot-ps-8k"),
+    lookaheadMs: 800,
+    confidenceDecode: true,
+    timeoutMs: 5000,
+  };
+}
+
+export function readPocketsphinxConfig(env: EnvReader): PocketsphinxConfig {
+  const d = defaultPocketsphinxConfig({});
+  return {
+    binary: env.string("ASR_POCKETSPHINX_BIN", d.binary),
+    sourceModelDir: env.string("ASR_POCKETSPHINX_HMM", d.sourceModelDir),
+    dictionaryPath: env.string("ASR_POCKETSPHINX_DICT", d.dictionaryPath),
+    languageModelPath: env.string("ASR_POCKETSPHINX_LM", d.languageModelPath),
+    modelDir: env.string("ASR_MODEL_DIR", d.modelDir),
+    lookaheadMs: env.int("ASR_POCKETSPHINX_LOOKAHEAD_MS", d.lookaheadMs, { min: 0, max: 3000 }),
+    confidenceDecode: env.bool("ASR_POCKETSPHINX_CONFIDENCE", d.confidenceDecode),
+    timeoutMs: env.int("ASR_POCKETSPHINX_TIMEOUT_MS", d.timeoutMs, { min: 100, max: 120_000 }),
+  };
+}
+
+/** What warmUp() prepares once: model copy, dictionary, static files, the digits grammar. */
+interface Prepared {
+  binary: string;
+  acousticModel: string;
+  dict: Dictionary;
+  runDir: string;
+  grammarDir: string;
+  /** Control files: each names the FIFO "main"/"comp" inside the utterance's directory (-cepdir). */
+  ctlMain: string;
+  ctlComp: string;
+}
+
+interface GrammarFiles {
+  grammar: Grammar;
+  fsg: string;
+  competitorFsg?: string;
+  dict: string;
+}
+
+async function findBinary(binary: string): Promise<string> {
+  const candidates = binary.includes("/") ? [binary] : (process.env.PATH ?? "").split(delimiter).filter(Boolean).map((d) => join(d, binary));
+  for (const path of candidates) {
+    try {
+      await access(path, constants.X_OK);
+      return path;
+    } catch {
+      // next
+    }
+  }
+  throw new Error(`pocketsphinx is not installed (${binary} not found): ${INSTALL_HINT}`);
+}
+
+/** Writes a file so that readers never see it half-written (other processes may share the directory). */
+async function writeAtomic(path: string, content: string): Promise<void> {
+  const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
+  await writeFile(tmp, content);
+  await rename(tmp, path);
+}
+
+/**
+ * The model copy: every file of the stock model symlinked, and feat.params rewritten with our -cmninit
+ * (feat.params overrides command-line flags, so the prior cannot be passed as an argument).
+ */
+async function makeModelCopy(sourceDir: string, modelDir: string): Promise<string> {
+  let params: string;
+  try {
+    params = await readFile(join(sourceDir, "feat.params"), "utf8");
+    await access(join(sourceDir, "mdef"));
+  } catch {
+    throw new Error(`pocketsphinx acoustic model not found in ${sourceDir}: ${INSTALL_HINT}`);
+  }
+  const dir = join(modelDir, "en-us-telephone");
+  await mkdir(dir, { recursive: true });
+  for (const name of await readdir(sourceDir)) {
+    if (name === "feat.params") continue;
+    const link = join(dir, name);
+    const tmp = `${link}.${process.pid}.tmp`;
+    await unlink(tmp).catch(() => undefined);
+    await symlink(join(sourceDir, name), tmp);
+    await rename(tmp, link);
+  }
+  const lines = params.split("\n").filter((l) => l.trim() !== "" && !l.startsWith("-cmninit"));
+  lines.push(`-cmninit ${MODEL_CMN_INIT}`);
+  await writeAtomic(join(dir, "feat.params"), lines.join("\n") + "\n");
+  return dir;
+}
+
+export class PocketsphinxEngine implements AsrEngine {
+  readonly label = "pocketsphinx";
+  readonly sampleRate = SAMPLE_RATE;
+  private prepared?: Promise<Prepared>;
+  private readonly grammars = new Map<string, Promise<GrammarFiles>>();
+  private readonly active = new Set<PocketsphinxRecognizer>();
+  private closed = false;
+
+  constructor(
+    readonly config: PocketsphinxConfig = defaultPocketsphinxConfig(),
+    private readonly log?: Logger,
+  ) {}
+
+  /** Prepares the model copy and dictionary, then decodes a short silence to prove the decoder runs. */
+  async warmUp(): Promise<void> {
+    await this.prepare();
+    const recognizer = this.start({ mode: "digits", phrases: [] });
+    recognizer.push(new Int16Array(SAMPLE_RATE / 5));
+    const result = await recognizer.finish();
+    if (result.text !== "") this.log?.warn("pocketsphinx warm-up heard something in silence", { text: result.text });
+  }
+
+  start(hints: RecognitionHints): UtteranceRecognizer {
+    if (this.closed) throw new Error("pocketsphinx engine is closed");
+    const recognizer = new PocketsphinxRecognizer(this, hints, () => this.active.delete(recognizer));
+    this.active.add(recognizer);
+    return recognizer;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const r of [...this.active]) r.abort();
+  }
+
+  /** @internal */
+  prepare(): Promise<Prepared> {
+    this.prepared ??= this.doPrepare();
+    // A failed preparation (say, the package missing) is retried by the next call.
+    this.prepared.catch(() => (this.prepared = undefined));
+    return this.prepared;
+  }
+
+  private async doPrepare(): Promise<Prepared> {
+    const { config } = this;
+    const binary = await findBinary(config.binary);
+    const acousticModel = await makeModelCopy(config.sourceModelDir, config.modelDir);
+    let dict: Dictionary;
+    try {
+      dict = await loadDictionary(config.dictionaryPath);
+    } catch (error) {
+      throw new Error(`pocketsphinx dictionary not readable at ${config.dictionaryPath}: ${INSTALL_HINT} (${String(error)})`);
+    }
+    const grammarDir = join(config.modelDir, "grammars");
+    const runDir = join(config.modelDir, "run");
+    await mkdir(grammarDir, { recursive: true });
+    await mkdir(runDir, { recursive: true });
+    const ctlMain = join(config.modelDir, "main.ctl");
+    const ctlComp = join(config.modelDir, "comp.ctl");
+    // "<file> <start frame> <end frame> <utterance id>"; the file is relative to -cepdir, -cepext is "".
+    await writeAtomic(ctlMain, "main 0 -1 utt\n");
+    await writeAtomic(ctlComp, "comp 0 -1 utt\n");
+    return { binary, acousticModel, dict, runDir, grammarDir, ctlMain, ctlComp };
+  }
+
+  /** @internal Grammar files for the hints, written once per distinct grammar; undefined = free text. */
+  async grammarFor(hints: RecognitionHints, prepared: Prepared): Promise<GrammarFiles | undefined> {
+    const phrases = hints.phrases.map((p) => p.trim()).filter(Boolean);
+    if (hints.mode === "phrases" && phrases.length === 0) return undefined;
+    const cacheKey = hints.mode === "digits" ? "digits" : JSON.stringify(phrases);
+    let files = this.grammars.get(cacheKey);
+    if (!files) {
+      files = this.writeGrammar(hints.mode === "digits" ? buildDigitsGrammar(prepared.dict) : buildPhraseGrammar(phrases, prepared.dict), prepared);
+      this.grammars.set(cacheKey, files);
+      files.catch(() => this.grammars.delete(cacheKey));
+      if (this.grammars.size > 500) this.grammars.delete(this.grammars.keys().next().value!);
+    }
+    const result = await files;
+    const { grammar } = result;
+    // Nothing pronounceable: better free text than a grammar that can only say nothing.
+    if (grammar.mode === "phrases" && grammar.phrases.length === 0) return undefined;
+    return result;
+  }
+
+  private async writeGrammar(grammar: Grammar, prepared: Prepared): Promise<GrammarFiles> {
+    if (grammar.skippedWords.length > 0) {
+      this.log?.warn("pocketsphinx: words without a pronunciation were left out of the grammar", { words: grammar.skippedWords, skippedPhrases: grammar.skippedPhrases });
+    }
+    const base = join(prepared.grammarDir, `${grammar.mode}-${grammar.key}`);
+    const files: GrammarFiles = { grammar, fsg: `${base}.fsg`, dict: `${base}.dict` };
+    await writeAtomic(files.fsg, grammar.fsg);
+    await writeAtomic(files.dict, grammar.dict);
+    if (grammar.competitorFsg) {
+      files.competitorFsg = `${base}.garbage.fsg`;
+      await writeAtomic(files.competitorFsg, grammar.competitorFsg);
+    }
+    return files;
+  }
+}
+
+interface Hypothesis {
+  text: string;
+  score: number;
+}
+
+/** "words (utt -1234)" → words and score; pocketsphinx writes an empty text when it found no path. */
+function parseHyp(content: string): Hypothesis {
+  const m = /^(.*?)\s*\(utt (-?\d+)\)\s*$/m.exec(content);
+  if (!m) throw new Error(`unexpected pocketsphinx output ${JSON.stringify(content.slice(0, 200))}`);
+  return { text: m[1].trim(), score: Number(m[2]) };
+}
+
+/** N-best lines "w1 w2 ... score" → (digit string, score). */
+function parseNbest(content: string): Array<{ digits: string; score: number }> {
+  const out: Array<{ digits: string; score: number }> = [];
+  for (const line of content.split("\n")) {
+    const parts = line.trim().split(/\s+/);
+    if (parts.length < 1 || parts[0] === "") continue;
+    const score = Number(parts[parts.length - 1]);
+    if (!Number.isFinite(score)) continue;
+    out.push({ digits: digitsFromWords(spokenWords(parts.slice(0, -1).join(" "))), score });
+  }
+  return out;
+}
+
+const round3 = (x: number): number => Math.round(x * 1000) / 1000;
+
+/**
+ * Digit-string posteriors from the N-best list: paths that read the same digits are summed. The best-path
+ * text is kept as the answer even when the sum favours another string (it was more often right: 25/40 vs
+ * 23/40); if it is not in the list at all it is given the weight of the weakest entry.
+ */
+export function digitsResult(hypText: string, nbest: Array<{ digits: string; score: number }>): RecognitionResult {
+  const text = digitsFromWords(spokenWords(hypText));
+  if (text === "") return { text: "", confidence: 0, alternatives: [] };
+  if (nbest.length === 0) return { text, confidence: 0.5, alternatives: [] };
+  const best = Math.max(...nbest.map((n) => n.score));
+  const weights = new Map<string, number>();
+  for (const { digits, score } of nbest) weights.set(digits, (weights.get(digits) ?? 0) + Math.exp(NBEST_SCORE_SCALE * (score - best)));
+  if (!weights.has(text)) weights.set(text, Math.min(...weights.values()));
+  let total = 0;
+  for (const w of weights.values()) total += w;
+  const alternatives: Alternative[] = [...weights.entries()]
+    .filter(([digits]) => digits !== text && digits !== "")
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, MAX_ALTERNATIVES)
+    .map(([digits, w]) => ({ text: digits, confidence: round3(w / total) }));
+  return { text, confidence: round3(weights.get(text)! / total), alternatives };
+}
+
+/** Confidence from how much better the phrase path scored than the garbage-only path. */
+export function marginConfidence(phraseScore: number, garbageScore: number): number {
+  const margin = phraseScore - garbageScore;
+  return round3(1 / (1 + Math.exp(-(margin - MARGIN_CENTER) / MARGIN_WIDTH)));
+}
+
+/** One pocketsphinx_batch process decoding the FIFO it was given. */
+class Decoder {
+  private socket?: Socket;
+  private stderr = "";
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  private exitedNow = false;
+
+  private constructor(
+    private readonly child: ChildProcess,
+    readonly name: string,
+  ) {
+    child.stderr?.setEncoding("utf8");
+    child.stderr?.on("data", (chunk: string) => {
+      this.stderr = (this.stderr + chunk).slice(-4000); // only the tail is useful, for errors
+    });
+    this.exited = new Promise((resolve) => {
+      child.on("error", (error) => {
+        this.stderr += `\n${String(error)}`;
+        this.exitedNow = true;
+        resolve({ code: -1, signal: null });
+      });
+      child.on("close", (code, signal) => {
+        this.exitedNow = true;
+        resolve({ code, signal });
+      });
+    });
+  }
+
+  /** Spawns the decoder and opens the write end of its FIFO once it is reading. */
+  static async start(binary: string, args: string[], fifo: string, name: string): Promise<Decoder> {
+    const child = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"] });
+    const decoder = new Decoder(child, name);
+    // O_NONBLOCK open fails with ENXIO until the reader has opened its end; a blocking open would hang a
+    // libuv thread forever if the decoder died first. The fd then becomes a stream (libuv pipe handle).
+    const deadline = Date.now() + OPEN_TIMEOUT_MS;
+    for (;;) {
+      try {
+        const fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+        const socket = new Socket({ fd, readable: false, writable: true });
+        socket.on("error", () => undefined); // EPIPE if the decoder dies; its exit status reports it
+        decoder.socket = socket;
+        return decoder;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "ENXIO") {
+          decoder.kill();
+          throw error;
+        }
+      }
+      if (decoder.exitedNow) throw new Error(`pocketsphinx (${name}) exited before reading audio: ${decoder.errorTail()}`);
+      if (Date.now() > deadline) {
+        decoder.kill();
+        throw new Error(`pocketsphinx (${name}) did not open its audio FIFO within ${OPEN_TIMEOUT_MS} ms`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+  }
+
+  write(pcm16k: Int16Array): void {
+    if (this.socket && !this.socket.destroyed) this.socket.write(Buffer.from(pcm16k.buffer, pcm16k.byteOffset, pcm16k.byteLength));
+  }
+
+  /** Closes the audio (end of utterance); the decoder then writes its result and exits. */
+  endAudio(): void {
+    this.socket?.end();
+  }
+
+  kill(): void {
+    this.socket?.destroy();
+    if (!this.exitedNow) this.child.kill("SIGKILL");
+  }
+
+  errorTail(): string {
+    const lines = this.stderr.split("\n").filter((l) => /error|fatal|fail/i.test(l));
+    return (lines.length > 0 ? lines.slice(-3) : this.stderr.split("\n").slice(-3)).join(" | ").trim();
+  }
+}
+
+type State = "open" | "finishing" | "done" | "aborted";
+
+class PocketsphinxRecognizer implements UtteranceRecognizer {
+  onPartial?: (text: string) => void;
+  private state: State = "open";
+  private readonly frontEnd: TelephoneFrontEnd;
+  /** 16 kHz audio produced before the decoders were ready. */
+  private queued: Int16Array[] = [];
+  private decoders: Decoder[] = [];
+  private dir?: string;
+  private grammar?: GrammarFiles;
+  private readonly setup: Promise<void>;
+
+  constructor(
+    private readonly engine: PocketsphinxEngine,
+    private readonly hints: RecognitionHints,
+    private readonly onEnd: () => void,
+  ) {
+    this.frontEnd = new TelephoneFrontEnd({ lookaheadMs: engine.config.lookaheadMs });
+    this.setup = this.begin();
+    this.setup.catch(() => undefined); // reported by finish()
+  }
+
+  push(pcm: Int16Array): void {
+    if (this.state !== "open") return;
+    const out = this.frontEnd.push(pcm);
+    if (out.length > 0) this.send(out);
+  }
+
+  async finish(): Promise<RecognitionResult> {
+    if (this.state === "aborted") throw new Error("utterance was aborted");
+    if (this.state !== "open") throw new Error("finish() called twice");
+    this.state = "finishing";
+    const timeoutMs = this.engine.config.timeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`pocketsphinx gave no result within ${timeoutMs} ms`)), timeoutMs);
+    });
+    try {
+      const tail = this.frontEnd.flush();
+      await Promise.race([this.setup, timeout]);
+      if (tail.length > 0) this.send(tail);
+      for (const d of this.decoders) d.endAudio();
+      const exits = await Promise.race([Promise.all(this.decoders.map((d) => d.exited)), timeout]);
+      if (this.aborted()) throw new Error("utterance was aborted");
+      exits.forEach((exit, i) => {
+        if (exit.code !== 0) throw new Error(`pocketsphinx (${this.decoders[i].name}) failed (${exit.signal ?? exit.code}): ${this.decoders[i].errorTail()}`);
+      });
+      return await this.readResult();
+    } finally {
+      clearTimeout(timer);
+      if (this.state === "finishing") this.state = "done";
+      this.teardown();
+    }
+  }
+
+  abort(): void {
+    if (this.state === "done" || this.state === "aborted") return;
+    this.state = "aborted";
+    this.teardown();
+  }
+
+  private async begin(): Promise<void> {
+    const prepared = await this.engine.prepare();
+    this.grammar = await this.engine.grammarFor(this.hints, prepared);
+    if (this.aborted()) return;
+    this.dir = await mkdtemp(join(prepared.runDir, "u-"));
+    const competitor = this.grammar?.competitorFsg !== undefined && this.engine.config.confidenceDecode;
+    const fifos = [join(this.dir, "main"), ...(competitor ? [join(this.dir, "comp")] : [])];
+    await execFileAsync("mkfifo", fifos);
+
+    const common = ["-hmm", prepared.acousticModel, "-adcin", "yes", "-cepdir", this.dir, "-cepext", ""];
+    const main = [...common, "-ctl", prepared.ctlMain, "-hyp", join(this.dir, "main.hyp")];
+    if (this.grammar) {
+      main.push("-fsg", this.grammar.fsg, "-dict", this.grammar.dict);
+      if (this.grammar.grammar.mode === "digits") main.push("-nbest", String(NBEST_SIZE), "-nbestdir", this.dir, "-nbestext", ".nbest");
+    } else {
+      main.push("-lm", this.engine.config.languageModelPath, "-dict", this.engine.config.dictionaryPath);
+    }
+    const starts = [Decoder.start(prepared.binary, main, fifos[0], "main")];
+    if (competitor) {
+      const comp = [...common, "-ctl", prepared.ctlComp, "-hyp", join(this.dir, "comp.hyp"), "-fsg", this.grammar!.competitorFsg!, "-dict", this.grammar!.dict];
+      starts.push(Decoder.start(prepared.binary, comp, fifos[1], "garbage"));
+    }
+    const settled = await Promise.allSettled(starts);
+    this.decoders = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
+    if (failed) {
+      for (const d of this.decoders) d.kill();
+      throw failed.reason;
+    }
+    if (this.aborted()) {
+      for (const d of this.decoders) d.kill();
+      return;
+    }
+    for (const chunk of this.queued) for (const d of this.decoders) d.write(chunk);
+    this.queued = [];
+  }
+
+  /** A method, not a field test, so TypeScript does not narrow the state across awaits. */
+  private aborted(): boolean {
+    return this.state === "aborted";
+  }
+
+  private send(pcm16k: Int16Array): void {
+    if (this.decoders.length > 0) for (const d of this.decoders) d.write(pcm16k);
+    else this.queued.push(pcm16k);
+  }
+
+  private async readResult(): Promise<RecognitionResult> {
+    const dir = this.dir!;
+    const main = parseHyp(await readFile(join(dir, "main.hyp"), "utf8"));
+    const grammar = this.grammar?.grammar;
+    if (!grammar) {
+      // Free text: no competitor and no N-best, so the confidence is only "something" vs "nothing".
+      const text = spokenWords(main.text).join(" ");
+      return { text, confidence: text ? 0.5 : 0, alternatives: [] };
+    }
+    if (grammar.mode === "digits") {
+      const nbest = parseNbest(await readFile(join(dir, "utt.nbest"), "utf8").catch(() => ""));
+      return digitsResult(main.text, nbest);
+    }
+    const phrase = matchPhrase(spokenWords(main.text), grammar.phrases);
+    if (!phrase) return { text: "", confidence: 0, alternatives: [] };
+    if (this.decoders.length < 2) return { text: phrase.text, confidence: 0.5, alternatives: [] };
+    const garbage = parseHyp(await readFile(join(dir, "comp.hyp"), "utf8"));
+    return { text: phrase.text, confidence: marginConfidence(main.score, garbage.score), alternatives: [] };
+  }
+
+  private teardown(): void {
+    for (const d of this.decoders) d.kill();
+    this.queued = [];
+    // Setup may still be running (it kills what it starts after an abort); the directory goes when it is done.
+    void this.setup
+      .catch(() => undefined)
+      .then(async () => {
+        const dir = this.dir;
+        this.dir = undefined;
+        if (dir) await rm(dir, { recursive: true, force: true });
+      })
+      .catch(() => undefined);
+    this.onEnd();
+  }
+}

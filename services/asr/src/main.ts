@@ -1,0 +1,4 @@
+import { runService } from "@voicebot/service-kit";
+import { definition } from "./service.js";
+
+await runService(definition);

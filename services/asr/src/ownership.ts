@@ -1,0 +1,260 @@
+import { errorText, isValidCallId, queueGroups, subjects, type Bus, type Logger, type Subscription } from "@voicebot/bus";
+import { CallEnded, CallerAudio, CallStarted } from "@voicebot/proto";
+import type { CallStore } from "@voicebot/state";
+import type { CallSession } from "./call-session.js";
+import type { AsrMetrics } from "./metrics.js";
+
+export const LEASE_ROLE = "asr";
+
+export interface OwnershipOptions {
+  instanceId: string;
+  /** Lease time-to-live; renewed every third of it, so one missed renewal does not lose the call. */
+  leaseMs: number;
+  /** How often to look for calls whose owner died. */
+  orphanScanMs: number;
+}
+
+export interface OwnershipDeps {
+  bus: Bus;
+  store: CallStore;
+  log: Logger;
+  metrics: AsrMetrics;
+  options: OwnershipOptions;
+  /** Builds the audio pipeline of a call this replica now owns. */
+  createSession(callId: string): CallSession;
+}
+
+interface OwnedCall {
+  session: CallSession;
+  audio: Subscription;
+}
+
+/**
+ * Which calls this replica listens to. A call is owned while this replica holds its `asr` lease in Redis:
+ * claimed from CallStarted (queue group, one replica each), renewed on one shared timer, taken over when another
+ * owner stops renewing, dropped when the call ends or the lease is lost, and handed over on drain.
+ */
+export class CallOwnership {
+  private readonly owned = new Map<string, OwnedCall>();
+  /** Calls being claimed or taken over right now (so the claim path and the orphan scan don't race). */
+  private readonly pending = new Set<string>();
+  private readonly subs: Subscription[] = [];
+  private claimSub: Subscription | undefined;
+  private renewTimer: NodeJS.Timeout | undefined;
+  private scanTimer: NodeJS.Timeout | undefined;
+  private renewing = false;
+  private scanning = false;
+  private draining = false;
+  private readonly claims = new Set<Promise<void>>();
+
+  constructor(private readonly deps: OwnershipDeps) {}
+
+  get activeCalls(): number {
+    return this.owned.size;
+  }
+
+  owns(callId: string): boolean {
+    return this.owned.has(callId);
+  }
+
+  start(): void {
+    const { bus, options } = this.deps;
+    this.claimSub = bus.subscribe(subjects.callStarted, CallStarted, (message) => this.track(this.onCallStarted(message)), {
+      name: "call-started",
+      queue: queueGroups.asr,
+    });
+    this.subs.push(bus.subscribe(subjects.endedAll, CallEnded, (message, delivery) => this.onCallEnded(message, delivery.subject), { name: "call-ended" }));
+    this.renewTimer = setInterval(() => void this.renewAll(), Math.max(50, Math.floor(options.leaseMs / 3)));
+    this.scanTimer = setInterval(() => void this.scanOrphans(), options.orphanScanMs);
+  }
+
+  /** Stops claiming, then gives every owned call back (lease released, marked orphaned) for another replica. */
+  async drain(): Promise<void> {
+    this.draining = true;
+    this.claimSub?.unsubscribe();
+    this.claimSub = undefined;
+    clearInterval(this.scanTimer);
+    await Promise.allSettled(this.claims);
+    const callIds = [...this.owned.keys()];
+    await Promise.all(callIds.map((callId) => this.handOver(callId)));
+    clearInterval(this.renewTimer);
+    this.deps.log.info("asr calls handed over", { calls: callIds.length });
+  }
+
+  /** Stops everything at once (after drain, or when the service is stopped without one). */
+  async close(): Promise<void> {
+    this.draining = true;
+    clearInterval(this.scanTimer);
+    clearInterval(this.renewTimer);
+    this.claimSub?.unsubscribe();
+    for (const sub of this.subs) sub.unsubscribe();
+    await Promise.all([...this.owned.keys()].map((callId) => this.dropLocally(callId)));
+  }
+
+  private track(claim: Promise<void>): Promise<void> {
+    this.claims.add(claim);
+    return claim.finally(() => this.claims.delete(claim));
+  }
+
+  private async onCallStarted(message: CallStarted): Promise<void> {
+    const { store, log, metrics, options } = this.deps;
+    const callId = message.callId;
+    if (!isValidCallId(callId)) {
+      metrics.claims.inc({ result: "invalid" });
+      log.warn("CallStarted with an invalid call id dropped", { callId });
+      return;
+    }
+    if (this.draining || this.owned.has(callId) || this.pending.has(callId)) return;
+    this.pending.add(callId);
+    try {
+      if ((await store.callState(callId)) !== "live") {
+        metrics.claims.inc({ result: "not_live" });
+        log.warn("CallStarted for a call that is not live: ignored", { callId });
+        return;
+      }
+      if (!(await store.acquireLease(callId, LEASE_ROLE, options.instanceId, options.leaseMs))) {
+        metrics.claims.inc({ result: "held" });
+        log.info("call already owned by another asr replica", { callId, owner: await store.leaseOwner(callId, LEASE_ROLE).catch(() => undefined) });
+        return;
+      }
+      metrics.claims.inc({ result: "claimed" });
+      this.own(callId, "claimed");
+    } catch (error) {
+      // Nothing in Redis says we own it; if a lease was written, the orphan scan picks the call up once it expires.
+      metrics.leaseErrors.inc({ operation: "claim" });
+      log.error("claiming a call failed", { callId, error: errorText(error) });
+    } finally {
+      this.pending.delete(callId);
+    }
+  }
+
+  private own(callId: string, how: "claimed" | "taken_over"): void {
+    const { bus, log, createSession } = this.deps;
+    const session = createSession(callId);
+    const audio = bus.subscribe(subjects.callerAudio(callId), CallerAudio, (message) => session.handleAudio(message), {
+      name: "caller-audio",
+      ordered: true,
+    });
+    this.owned.set(callId, { session, audio });
+    log.info(how === "claimed" ? "call claimed" : "call taken over", { callId });
+    // A drain that began while this claim was in flight must not leave the call stranded here.
+    if (this.draining) void this.handOver(callId);
+  }
+
+  private async onCallEnded(message: CallEnded, subject: string): Promise<void> {
+    const callId = message.callId || subject.split(".")[3];
+    if (!callId || !this.owned.has(callId)) return;
+    this.deps.log.info("call ended: asr stops listening", { callId, reason: message.reason });
+    await this.dropLocally(callId);
+    await this.releaseAndForget(callId);
+  }
+
+  /** Unsubscribes the call's audio and stops its session (finals already being decoded still go out). */
+  private async dropLocally(callId: string): Promise<void> {
+    const call = this.owned.get(callId);
+    if (!call) return;
+    this.owned.delete(callId);
+    call.audio.unsubscribe();
+    await call.session.stop();
+  }
+
+  private async releaseAndForget(callId: string): Promise<void> {
+    const { store, log, metrics, options } = this.deps;
+    try {
+      await store.releaseLease(callId, LEASE_ROLE, options.instanceId);
+      await store.forgetLease(callId, LEASE_ROLE);
+    } catch (error) {
+      metrics.leaseErrors.inc({ operation: "release" });
+      log.warn("releasing the lease of an ended call failed", { callId, error: errorText(error) });
+    }
+  }
+
+  private async handOver(callId: string): Promise<void> {
+    const { store, log, metrics, options } = this.deps;
+    await this.dropLocally(callId);
+    try {
+      await store.handOver(callId, LEASE_ROLE, options.instanceId);
+      log.info("call handed over", { callId });
+    } catch (error) {
+      // The lease still expires on its own; another replica takes the call a little later.
+      metrics.leaseErrors.inc({ operation: "hand_over" });
+      log.warn("handing over a call failed", { callId, error: errorText(error) });
+    }
+  }
+
+  /** Renews every owned lease in one round (auto-pipelined), and checks the calls are still live. */
+  private async renewAll(): Promise<void> {
+    if (this.renewing || this.owned.size === 0) return;
+    this.renewing = true;
+    const { store, log, metrics, options } = this.deps;
+    try {
+      const callIds = [...this.owned.keys()];
+      const results = await Promise.allSettled(
+        callIds.map(async (callId) => {
+          const [held, state] = await Promise.all([
+            store.acquireLease(callId, LEASE_ROLE, options.instanceId, options.leaseMs),
+            store.callState(callId),
+          ]);
+          return { held, state };
+        }),
+      );
+      let failures = 0;
+      for (const [i, result] of results.entries()) {
+        const callId = callIds[i];
+        if (result.status === "rejected") {
+          failures++;
+          continue; // Redis trouble: keep listening, the next round tries again
+        }
+        const { held, state } = result.value;
+        if (!this.owned.has(callId)) {
+          // Dropped while this round ran: undo the renewal it just made.
+          if (held) await this.releaseAndForget(callId);
+        } else if (state !== "live") {
+          log.info("call no longer live: asr stops listening", { callId, state: state ?? "gone" });
+          await this.dropLocally(callId);
+          await this.releaseAndForget(callId);
+        } else if (!held) {
+          metrics.leaseLosses.inc();
+          log.warn("lease taken by another replica: dropping the call", { callId });
+          await this.dropLocally(callId);
+        }
+      }
+      if (failures > 0) {
+        metrics.leaseErrors.inc({ operation: "renew" }, failures);
+        log.warn("lease renewal failed", { calls: failures, error: errorText((results.find((r) => r.status === "rejected") as PromiseRejectedResult).reason) });
+      }
+    } finally {
+      this.renewing = false;
+    }
+  }
+
+  /** Takes over calls whose owner stopped renewing; forgets calls that ended while nobody owned them. */
+  private async scanOrphans(): Promise<void> {
+    if (this.scanning || this.draining) return;
+    this.scanning = true;
+    const { store, log, metrics, options } = this.deps;
+    try {
+      const orphans = (await store.orphanedCalls(LEASE_ROLE)).filter((id) => !this.owned.has(id) && !this.pending.has(id));
+      for (const callId of orphans) {
+        if (this.draining) break;
+        this.pending.add(callId);
+        try {
+          if (!isValidCallId(callId) || (await store.callState(callId)) !== "live") {
+            await store.forgetLease(callId, LEASE_ROLE);
+            continue;
+          }
+          if (!(await store.acquireLease(callId, LEASE_ROLE, options.instanceId, options.leaseMs))) continue;
+          metrics.takeovers.inc();
+          this.own(callId, "taken_over");
+        } finally {
+          this.pending.delete(callId);
+        }
+      }
+    } catch (error) {
+      metrics.leaseErrors.inc({ operation: "scan" });
+      log.warn("orphaned call scan failed", { error: errorText(error) });
+    } finally {
+      this.scanning = false;
+    }
+  }
+}

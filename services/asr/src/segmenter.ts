@@ -1,0 +1,151 @@
+import { FRAME_MS } from "@voicebot/audio";
+
+/** One 20 ms frame of caller audio at the engine's rate. */
+export interface Frame {
+  /** Position in the caller's stream (20 ms frames, 0 = stream start). */
+  index: number;
+  pcm: Int16Array;
+  /** Wall clock (ms since epoch) when ingress received the frame, i.e. about when it ended. */
+  atMs: number;
+}
+
+export interface SegmenterOptions {
+  /** Consecutive speech frames that open an utterance (hysteresis against clicks). */
+  startMs: number;
+  /** Audio kept from before the onset and given to the recognizer, so the first word is not clipped. */
+  preRollMs: number;
+  /** Continuous silence that ends an utterance. */
+  minSilenceMs: number;
+  /**
+   * An utterance also ends this long after the last sustained speech (a run of start-length speech), even when
+   * isolated noisy frames kept breaking the silence. Never shorter than minSilenceMs.
+   */
+  maxSilenceMs: number;
+  /** Utterances with less speech than this are ignored (clicks, pops). */
+  minSpeechMs: number;
+  /** An utterance is cut here even if the caller keeps talking. */
+  maxUtteranceMs: number;
+}
+
+export type EndReason = "silence" | "max_silence" | "max_length";
+
+export type SegmentEvent =
+  | { type: "start"; onset: Frame; frames: Frame[] }
+  | { type: "audio"; frame: Frame }
+  | {
+      type: "end";
+      reason: EndReason;
+      /** The last frame that counts as speech: its atMs is when the caller stopped talking. */
+      lastSpeech: Frame;
+      speechMs: number;
+      /** Less speech than minSpeechMs: not worth recognizing. */
+      tooShort: boolean;
+    };
+
+interface Utterance {
+  frames: number;
+  speechFrames: number;
+  silenceRun: number;
+  speechRun: number;
+  lastSpeech: Frame;
+  lastSustained: Frame;
+  framesSinceSustained: number;
+  minSilenceFrames: number;
+  maxSilenceFrames: number;
+}
+
+const frames = (ms: number) => Math.max(1, Math.ceil(ms / FRAME_MS));
+
+/**
+ * Turns per-frame speech decisions into utterances: start after a run of speech frames (with pre-roll), end after
+ * enough silence or at the length limit. Pure logic, no clock: callers pass each frame's wall clock.
+ */
+export class Segmenter {
+  private readonly startFrames: number;
+  private readonly preRollFrames: number;
+  /** Idle: the last frames, for pre-roll and the start run. */
+  private recent: Frame[] = [];
+  private idleRun = 0;
+  private current: Utterance | undefined;
+
+  constructor(private readonly options: SegmenterOptions) {
+    this.startFrames = frames(options.startMs);
+    this.preRollFrames = Math.max(0, Math.round(options.preRollMs / FRAME_MS));
+  }
+
+  get inUtterance(): boolean {
+    return this.current !== undefined;
+  }
+
+  /** Changes the silence timeouts of the utterance in progress (hints arrive just after its start). */
+  setSilence(minSilenceMs: number, maxSilenceMs: number): void {
+    if (!this.current) return;
+    this.current.minSilenceFrames = frames(minSilenceMs);
+    this.current.maxSilenceFrames = Math.max(this.current.minSilenceFrames, frames(maxSilenceMs));
+  }
+
+  push(frame: Frame, speech: boolean): SegmentEvent[] {
+    const utterance = this.current;
+    if (!utterance) return this.pushIdle(frame, speech);
+
+    const events: SegmentEvent[] = [{ type: "audio", frame }];
+    utterance.frames++;
+    if (speech) {
+      utterance.speechFrames++;
+      utterance.speechRun++;
+      utterance.silenceRun = 0;
+      utterance.lastSpeech = frame;
+    } else {
+      utterance.speechRun = 0;
+      utterance.silenceRun++;
+    }
+    if (utterance.speechRun >= this.startFrames) {
+      utterance.lastSustained = frame;
+      utterance.framesSinceSustained = 0;
+    } else {
+      utterance.framesSinceSustained++;
+    }
+
+    let reason: EndReason | undefined;
+    if (utterance.silenceRun >= utterance.minSilenceFrames) reason = "silence";
+    else if (utterance.framesSinceSustained >= utterance.maxSilenceFrames) reason = "max_silence";
+    else if (utterance.frames * FRAME_MS >= this.options.maxUtteranceMs) reason = "max_length";
+    if (reason) {
+      this.current = undefined;
+      const speechMs = utterance.speechFrames * FRAME_MS;
+      events.push({
+        type: "end",
+        reason,
+        // After a max-silence end the stray speech frames were noise: the caller stopped at the sustained speech.
+        lastSpeech: reason === "max_silence" ? utterance.lastSustained : utterance.lastSpeech,
+        speechMs,
+        tooShort: speechMs < this.options.minSpeechMs,
+      });
+    }
+    return events;
+  }
+
+  private pushIdle(frame: Frame, speech: boolean): SegmentEvent[] {
+    this.recent.push(frame);
+    if (this.recent.length > this.preRollFrames + this.startFrames) this.recent.shift();
+    this.idleRun = speech ? this.idleRun + 1 : 0;
+    if (this.idleRun < this.startFrames) return [];
+
+    const buffered = this.recent;
+    this.recent = [];
+    this.idleRun = 0;
+    const minSilenceFrames = frames(this.options.minSilenceMs);
+    this.current = {
+      frames: this.startFrames,
+      speechFrames: this.startFrames,
+      silenceRun: 0,
+      speechRun: this.startFrames,
+      lastSpeech: frame,
+      lastSustained: frame,
+      framesSinceSustained: 0,
+      minSilenceFrames,
+      maxSilenceFrames: Math.max(minSilenceFrames, frames(this.options.maxSilenceMs)),
+    };
+    return [{ type: "start", onset: buffered[buffered.length - this.startFrames], frames: buffered }];
+  }
+}
