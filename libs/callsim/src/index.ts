@@ -1,0 +1,3 @@
+export * from "./playout.js";
+export * from "./simulator.js";
+export * from "./synthesize.js";

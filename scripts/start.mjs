@@ -1,0 +1,342 @@
+#!/usr/bin/env node
+// Runs the whole voicebot locally: NATS and Redis (the ones at NATS_URL/REDIS_URL if they answer, else spawned
+// here), then the five services as separate processes with their logs prefixed, until Ctrl-C drains everything.
+// Usage: pnpm start   (builds first)   or   node scripts/start.mjs   (after pnpm build)
+import { spawn } from "node:child_process";
+import { existsSync, mkdirSync } from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const env = process.env;
+const ingressPort = Number(env.INGRESS_PORT || 8080);
+const services = [
+  { name: "ingress", port: ingressPort, portEnv: "INGRESS_PORT" },
+  { name: "asr", port: 9101, portEnv: "HTTP_PORT" },
+  { name: "dialog", port: 9102, portEnv: "HTTP_PORT" },
+  { name: "tools", port: 9103, portEnv: "HTTP_PORT" },
+  { name: "tts", port: 9104, portEnv: "HTTP_PORT" },
+];
+// Longer than a service's own drain timeout, so a draining call is never cut short by us.
+const drainWaitMs = Number(env.DRAIN_TIMEOUT_MS || 30_000) + 10_000;
+
+const color = process.stdout.isTTY && !env.NO_COLOR;
+const paint = (code, text) => (color ? `\x1b[${code}m${text}\x1b[0m` : text);
+const nameColors = { ingress: 36, asr: 35, dialog: 34, tools: 33, tts: 32, nats: 90, redis: 90, start: 1 };
+const levelColors = { debug: 90, info: 32, warn: 33, error: 31 };
+
+function clock(date = new Date()) {
+  return date.toTimeString().slice(0, 8) + "." + String(date.getMilliseconds()).padStart(3, "0");
+}
+
+function say(message) {
+  process.stdout.write(`${paint(90, clock())} ${paint(nameColors.start, "start  ")} ${message}\n`);
+}
+
+function formatValue(value) {
+  if (typeof value === "string") return /[\s"=]/.test(value) || value === "" ? JSON.stringify(value) : value;
+  return JSON.stringify(value);
+}
+
+/** One service log line (JSON) as "time name level msg k=v ...". */
+function prettyLine(name, line) {
+  const prefix = paint(nameColors[name] ?? 0, name.padEnd(7));
+  let record;
+  try {
+    record = JSON.parse(line);
+  } catch {
+    return `${paint(90, clock())} ${prefix} ${line}`;
+  }
+  if (!record || typeof record !== "object") return `${paint(90, clock())} ${prefix} ${line}`;
+  const { time, level, msg, service: _service, instance: _instance, ...fields } = record;
+  const at = typeof time === "string" && !Number.isNaN(Date.parse(time)) ? clock(new Date(time)) : clock();
+  const extra = Object.entries(fields).map(([k, v]) => `${paint(90, k + "=")}${formatValue(v)}`).join(" ");
+  return `${paint(90, at)} ${prefix} ${paint(levelColors[level] ?? 0, String(level ?? "").padEnd(5))} ${msg ?? ""}${extra ? " " + extra : ""}`;
+}
+
+function write(format, name, line) {
+  if (!line.trim()) return;
+  const text = format(name, line);
+  if (text !== undefined) process.stdout.write(text + "\n");
+}
+
+function pipeLines(stream, name, format) {
+  let partial = "";
+  stream.setEncoding("utf8");
+  stream.on("data", (chunk) => {
+    const lines = (partial + chunk).split("\n");
+    partial = lines.pop() ?? "";
+    for (const line of lines) write(format, name, line);
+  });
+  stream.on("end", () => write(format, name, partial));
+}
+
+const rawLine = (name, line) => `${paint(90, clock())} ${paint(nameColors[name] ?? 0, name.padEnd(7))} ${line}`;
+// nats-server's startup banner and info lines are noise here; its warnings and errors are not.
+const natsLine = (name, line) => (/\[(INF|DBG|TRC)\]/.test(line) ? undefined : rawLine(name, line));
+
+// ---- probing and spawning the infrastructure ----
+
+/** Opens a TCP connection, optionally writes, and resolves with the first line the server sends (or undefined). */
+function firstLine(host, port, write, timeoutMs = 1_000) {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, host);
+    let data = "";
+    const done = (value) => {
+      socket.destroy();
+      resolve(value);
+    };
+    socket.setTimeout(timeoutMs, () => done(undefined));
+    socket.once("error", () => done(undefined));
+    socket.once("connect", () => write && socket.write(write));
+    socket.on("data", (chunk) => {
+      data += chunk.toString("utf8");
+      const end = data.indexOf("\r\n");
+      if (end >= 0) done(data.slice(0, end));
+    });
+  });
+}
+
+/** "up" (with JetStream), "no-jetstream", or "down". */
+async function probeNats(url) {
+  const { hostname, port } = new URL(url);
+  const line = await firstLine(hostname, Number(port || 4222));
+  if (!line?.startsWith("INFO ")) return "down";
+  try {
+    return JSON.parse(line.slice(5)).jetstream ? "up" : "no-jetstream";
+  } catch {
+    return "down";
+  }
+}
+
+async function probeRedis(url) {
+  const { hostname, port } = new URL(url);
+  // Any RESP reply (+PONG, or -NOAUTH when the URL carries a password) means a Redis server is there.
+  const line = await firstLine(hostname, Number(port || 6379), "PING\r\n");
+  return line !== undefined && (line.startsWith("+") || line.startsWith("-")) ? "up" : "down";
+}
+
+function portFree(port) {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.once("error", () => resolve(false));
+    server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
+  });
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+const isLoopback = (host) => ["127.0.0.1", "localhost", "::1", "[::1]"].includes(host);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const children = []; // { name, process, kind: "infra" | "service", exited: Promise }
+let stopping = false;
+
+function track(name, kind, child) {
+  const entry = { name, kind, process: child, exitCode: undefined };
+  let settle;
+  entry.exited = new Promise((resolve) => (settle = resolve));
+  const finished = (code, why) => {
+    if (entry.exitCode !== undefined) return;
+    entry.exitCode = code;
+    settle(code);
+    if (!stopping) {
+      say(paint(31, `${name} ${why}: stopping everything`));
+      void shutdown(1);
+    }
+  };
+  child.once("exit", (code, signal) => finished(code ?? signal, `exited unexpectedly (${signal ?? `code ${code}`})`));
+  // A binary that cannot be run emits "error" and no "exit".
+  child.once("error", (error) => {
+    const hint =
+      error.code === "ENOENT" && kind === "infra"
+        ? ` (apt-get install ${name === "nats" ? "nats-server" : "redis-server"}, or point ${name === "nats" ? "NATS_URL" : "REDIS_URL"} at a running server)`
+        : "";
+    finished(-1, `could not be started: ${error.message}${hint}`);
+  });
+  children.push(entry);
+  return entry;
+}
+
+function spawnChild(name, kind, command, args, childEnv, format) {
+  // Own process group: a terminal Ctrl-C reaches only this launcher, which then drains the services in order.
+  const child = spawn(command, args, { cwd: repoRoot, env: childEnv, stdio: ["ignore", "pipe", "pipe"], detached: true });
+  pipeLines(child.stdout, name, format);
+  pipeLines(child.stderr, name, format);
+  return track(name, kind, child);
+}
+
+async function waitUntil(what, entry, probe, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (stopping || entry.exitCode !== undefined) throw new Error(`${what} did not start`);
+    if (await probe()) return;
+    await sleep(100);
+  }
+  throw new Error(`${what} did not answer within ${timeoutMs / 1000} s`);
+}
+
+/** Uses the NATS at NATS_URL if it answers; otherwise runs one (JetStream on, store in .run/nats). */
+async function ensureNats() {
+  const url = env.NATS_URL || "nats://127.0.0.1:4222";
+  const first = url.split(",")[0].trim();
+  const state = await probeNats(first);
+  if (state === "up") {
+    say(`using NATS at ${url}`);
+    return url;
+  }
+  const { hostname, port } = new URL(first);
+  if (state === "down" && !isLoopback(hostname)) throw new Error(`NATS_URL ${url} does not answer`);
+  if (state === "no-jetstream") say(paint(33, `the NATS at ${first} has no JetStream; starting our own`));
+  const wanted = Number(port || 4222);
+  const usePort = state === "down" && (await portFree(wanted)) ? wanted : await freePort();
+  const storeDir = path.join(repoRoot, ".run", "nats");
+  mkdirSync(storeDir, { recursive: true });
+  const entry = spawnChild("nats", "infra", "nats-server", ["-a", "127.0.0.1", "-p", String(usePort), "-js", "-sd", storeDir], env, natsLine);
+  const ownUrl = `nats://127.0.0.1:${usePort}`;
+  await waitUntil("nats-server", entry, async () => (await probeNats(ownUrl)) === "up");
+  say(`started nats-server at ${ownUrl} (JetStream store ${path.relative(repoRoot, storeDir)})`);
+  return ownUrl;
+}
+
+/** Uses the Redis at REDIS_URL if it answers; otherwise runs one without persistence. */
+async function ensureRedis() {
+  const url = env.REDIS_URL || "redis://127.0.0.1:6379";
+  if ((await probeRedis(url)) === "up") {
+    say(`using Redis at ${url.replace(/\/\/([^@/]*):([^@/]*)@/, "//$1:***@")}`);
+    return url;
+  }
+  const { hostname, port } = new URL(url);
+  if (!isLoopback(hostname)) throw new Error(`REDIS_URL does not answer (${hostname}:${port || 6379})`);
+  const wanted = Number(port || 6379);
+  const usePort = (await portFree(wanted)) ? wanted : await freePort();
+  const args = ["--port", String(usePort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"];
+  const entry = spawnChild("redis", "infra", "redis-server", args, env, rawLine);
+  const ownUrl = `redis://127.0.0.1:${usePort}`;
+  await waitUntil("redis-server", entry, async () => (await probeRedis(ownUrl)) === "up");
+  say(`started redis-server at ${ownUrl} (no persistence)`);
+  return ownUrl;
+}
+
+// ---- the services ----
+
+async function readiness(port) {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/readyz`, { signal: AbortSignal.timeout(1_000) });
+    const body = await res.json().catch(() => ({}));
+    return { ready: res.status === 200, reason: body.reason ?? `HTTP ${res.status}` };
+  } catch {
+    return { ready: false, reason: "not listening yet" };
+  }
+}
+
+function lanAddresses() {
+  return Object.values(os.networkInterfaces())
+    .flat()
+    .filter((a) => a && a.family === "IPv4" && !a.internal)
+    .map((a) => a.address);
+}
+
+async function main() {
+  for (const service of services) {
+    const main = path.join(repoRoot, "services", service.name, "dist", "main.js");
+    if (!existsSync(main)) throw new Error(`${path.relative(repoRoot, main)} is missing: build first (pnpm build)`);
+    if (!(await portFree(service.port))) throw new Error(`port ${service.port} (${service.name}) is in use`);
+  }
+  const natsUrl = await ensureNats();
+  const redisUrl = await ensureRedis();
+
+  for (const service of services) {
+    const childEnv = { ...env, NATS_URL: natsUrl, REDIS_URL: redisUrl, [service.portEnv]: String(service.port) };
+    if (service.portEnv !== "HTTP_PORT") delete childEnv.HTTP_PORT;
+    spawnChild(service.name, "service", process.execPath, [path.join("services", service.name, "dist", "main.js")], childEnv, prettyLine);
+  }
+
+  // Ready when every service says so; while waiting, say who is still not ready and why.
+  let lastReport = Date.now();
+  for (;;) {
+    if (stopping) return;
+    const states = await Promise.all(services.map(async (s) => ({ ...s, ...(await readiness(s.port)) })));
+    if (states.every((s) => s.ready)) break;
+    if (Date.now() - lastReport > 15_000) {
+      lastReport = Date.now();
+      say(`waiting for: ${states.filter((s) => !s.ready).map((s) => `${s.name} (${s.reason})`).join(", ")}`);
+    }
+    await sleep(250);
+  }
+
+  const url = `ws://127.0.0.1:${ingressPort}/twilio`;
+  const lan = lanAddresses().map((ip) => `ws://${ip}:${ingressPort}/twilio`);
+  const callCmd = ingressPort === 8080 ? "pnpm call --dtmf 1 --dtmf 12345#" : `pnpm call --url ${url} --dtmf 1 --dtmf 12345#`;
+  process.stdout.write(
+    [
+      "",
+      paint(1, "voicebot is ready"),
+      `  Twilio Media Stream:  ${url}${lan.length ? `   (on your network: ${lan.join(", ")})` : ""}`,
+      `  TwiML for the number: <Response><Connect><Stream url="wss://YOUR_HOST/twilio"/></Connect></Response>`,
+      `  place a test call:    ${callCmd}`,
+      `  call records:         http://127.0.0.1:${ingressPort}/v1/calls/<callSid>`,
+      `  metrics / readiness:  http://127.0.0.1:{${services.map((s) => s.port).join(",")}}/metrics and /readyz`,
+      "  stop:                 Ctrl-C (drains live calls first)",
+      "",
+    ].join("\n") + "\n",
+  );
+}
+
+async function stopEntry(entry, timeoutMs) {
+  if (entry.exitCode !== undefined) return entry.exitCode;
+  entry.process.kill("SIGTERM");
+  const timer = setTimeout(() => {
+    say(paint(33, `${entry.name} did not stop in ${timeoutMs / 1000} s: killing it`));
+    entry.process.kill("SIGKILL");
+  }, timeoutMs);
+  const code = await entry.exited;
+  clearTimeout(timer);
+  return code;
+}
+
+async function shutdown(exitCode) {
+  if (stopping) return;
+  stopping = true;
+  const live = children.filter((c) => c.kind === "service" && c.exitCode === undefined);
+  if (live.length) say(`stopping ${live.map((c) => c.name).join(", ")} (draining live calls)`);
+  const codes = await Promise.all(children.filter((c) => c.kind === "service").map((c) => stopEntry(c, drainWaitMs)));
+  // Infrastructure last: the services need NATS and Redis while they drain.
+  await Promise.all(children.filter((c) => c.kind === "infra").map((c) => stopEntry(c, 5_000)));
+  const clean = codes.every((code) => code === 0);
+  say(clean ? "stopped" : `stopped (service exit codes: ${children.filter((c) => c.kind === "service").map((c) => `${c.name}=${c.exitCode}`).join(" ")})`);
+  process.exit(exitCode || (clean ? 0 : 1));
+}
+
+let signals = 0;
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.on(signal, () => {
+    signals += 1;
+    if (signals > 1) {
+      say(paint(31, "second signal: killing everything"));
+      for (const c of children) if (c.exitCode === undefined) c.process.kill("SIGKILL");
+      process.exit(130);
+    }
+    void shutdown(0);
+  });
+}
+// Safety net: never leave children behind when this process dies of an error.
+process.on("exit", () => {
+  for (const c of children) if (c.exitCode === undefined) c.process.kill("SIGKILL");
+});
+
+main().catch((error) => {
+  say(paint(31, `error: ${error.message}`));
+  void shutdown(1);
+});
