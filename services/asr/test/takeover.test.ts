@@ -1,10 +1,9 @@
 // End to end: asr replicas as real processes. A SIGKILLed owner's call is taken over by another replica, and a
 // SIGTERMed (draining) owner hands its call over at once.
-import { execFileSync } from "node:child_process";
 import { subjects, type Bus } from "@voicebot/bus";
 import { DialogInput, Transcript } from "@voicebot/proto";
 import { CallStore, keys } from "@voicebot/state";
-import { repoRoot, startNats, startRedis, startServiceProcess, waitFor, type ServerHandle, type ServiceProcess } from "@voicebot/testing";
+import { startNats, startRedis, startServiceProcess, waitFor, type ServerHandle, type ServiceProcess } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { synthesizeTo8kPcm } from "./fixtures/make-audio.js";
 import { collect, connectTestBus, newCallId, noiseFrames, startCall, streamAudio, utteranceFrames } from "./helpers.js";
@@ -33,8 +32,7 @@ async function metricValue(proc: ServiceProcess, name: string): Promise<number> 
 }
 
 beforeAll(async () => {
-  // The processes run the built service: make sure dist is current (a no-op when `pnpm build` just ran).
-  execFileSync("npx", ["tsc", "-b", "services/asr"], { cwd: repoRoot, stdio: "inherit" });
+  // The processes run the built service: the test command builds everything first.
   [nats, redis] = await Promise.all([startNats(), startRedis()]);
   bus = await connectTestBus(nats.url);
   store = CallStore.connect(redis.url);
