@@ -269,7 +269,8 @@ describe.skipIf(!HAVE_TOOLS)("PocketsphinxEngine on synthesized phone audio", ()
     expect(await readlink(join(copy, "mdef"))).toBe(join(MODEL, "mdef"));
   });
 
-  // Measured (this pipeline, 20 phrases x 4 flite voices): every phrase below right for slt, kal and awb.
+  // Measured with this fixture: these three right for slt, kal, awb and rms. Over 5 phrases x 4 flite voices x
+  // -12/0/+4 dB, 57/60 bare phrases right (misses, all at -12 dB: slt "agent", awb "goodbye", rms "that's all").
   for (const voice of ["slt", "kal", "awb"] as const) {
     it(`recognizes the expected phrase (${voice})`, async () => {
       for (const phrase of ["order status", "agent", "goodbye"]) {
@@ -294,8 +295,10 @@ describe.skipIf(!HAVE_TOOLS)("PocketsphinxEngine on synthesized phone audio", ()
   }, 30_000);
 
   it("reads digits as a digit string with alternatives", async () => {
-    // Measured: "12345" exactly for slt, kal, awb and rms; on 40 random 3-8 digit strings 25/40 exact,
-    // 12% of digits wrong ("six" loses its s at 8 kHz and turns into "eight"). Asserted: at most one digit off.
+    // Measured: "12345" exactly for slt, kal, awb and rms. On 10 random 3-8 digit strings x 4 voices at 0 dB,
+    // 26/40 exact and 11% of digits wrong (worst: "six", whose s is above the phone band, becomes "eight";
+    // inserted "eight"/"two" at the edges); per voice slt 4/10, kal 3/10, awb 9/10, rms 10/10. espeak-ng
+    // en-us: 1/10 (49% of digits wrong), engine-limited. Asserted here: at most one digit off.
     for (const voice of ["slt", "kal", "awb"] as const) {
       const { result, latencyMs } = await recognize(engine, DIGIT_HINTS, await callAudio("one two three four five", voice));
       console.log(`digits ${voice} → ${JSON.stringify(result)} in ${latencyMs.toFixed(0)} ms (unpaced)`);
@@ -311,10 +314,16 @@ describe.skipIf(!HAVE_TOOLS)("PocketsphinxEngine on synthesized phone audio", ()
 
   it("returns nothing, quickly, for an utterance of line noise", async () => {
     for (const hints of [PHRASE_HINTS, DIGIT_HINTS]) {
-      const { result, latencyMs } = await recognize(engine, hints, silence8k(1000, -60), true);
-      console.log(`silence (${hints.mode}) → ${JSON.stringify(result)} in ${latencyMs.toFixed(1)} ms (paced)`);
-      expect(result.text).toBe("");
-      expect(latencyMs).toBeLessThan(150);
+      const latencies: number[] = [];
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const { result, latencyMs } = await recognize(engine, hints, silence8k(1000, -60), true);
+        expect(result.text).toBe("");
+        latencies.push(latencyMs);
+        if (latencyMs < 100) break;
+      }
+      console.log(`silence (${hints.mode}): finish → result ${latencies.map((l) => l.toFixed(1)).join(", ")} ms (paced)`);
+      // Typically 3-5 ms. A retry absorbs a CPU-starved moment on a shared machine.
+      expect(Math.min(...latencies)).toBeLessThan(100);
     }
   }, 30_000);
 
@@ -324,14 +333,21 @@ describe.skipIf(!HAVE_TOOLS)("PocketsphinxEngine on synthesized phone audio", ()
       [DIGIT_HINTS, "eight six seven five three oh nine", "8675309"],
     ];
     for (const [hints, text, expected] of cases) {
-      const { result, latencyMs } = await recognize(engine, hints, await callAudio(text, "slt"), true);
-      console.log(`paced ${hints.mode} "${text}" → ${JSON.stringify(result)}: finish → result ${latencyMs.toFixed(1)} ms`);
-      if (hints.mode === "phrases") expect(result.text).toBe(expected);
-      else expect(editDistance(result.text, expected)).toBeLessThanOrEqual(2);
-      // Typically 5-20 ms; the bound leaves room for a loaded CI machine.
-      expect(latencyMs).toBeLessThan(250);
+      const audio = await callAudio(text, "slt");
+      const latencies: number[] = [];
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const { result, latencyMs } = await recognize(engine, hints, audio, true);
+        if (hints.mode === "phrases") expect(result.text).toBe(expected);
+        else expect(editDistance(result.text, expected)).toBeLessThanOrEqual(2);
+        latencies.push(latencyMs);
+        if (latencyMs < 100) break;
+      }
+      console.log(`paced ${hints.mode} "${text}": finish → result ${latencies.map((l) => l.toFixed(1)).join(", ")} ms`);
+      // Typically 4-10 ms (decoding the whole utterance after finish() would take 60-200 ms). The decoder
+      // keeps up with real time only if it gets the CPU: on a starved machine it falls behind, hence a retry.
+      expect(Math.min(...latencies)).toBeLessThan(100);
     }
-  }, 30_000);
+  }, 60_000);
 
   it("decodes several utterances at once", async () => {
     const [a, b, c] = await Promise.all([callAudio("goodbye", "slt"), callAudio("agent", "awb"), callAudio("four four two", "slt")]);
@@ -369,7 +385,10 @@ describe.skipIf(!HAVE_TOOLS)("PocketsphinxEngine on synthesized phone audio", ()
     const broken = new PocketsphinxEngine({ ...defaultPocketsphinxConfig(), modelDir, binary: "/nonexistent/pocketsphinx_batch" });
     await expect(broken.warmUp()).rejects.toThrow(/apt-get install pocketsphinx pocketsphinx-en-us/);
     const recognizer = broken.start(PHRASE_HINTS);
+    const reported = new Promise<Error>((resolve) => (recognizer.onError = resolve));
     recognizer.push(new Int16Array(800));
+    // Reported at once through onError (so a fallback can take over), and by finish().
+    expect((await reported).message).toMatch(/not installed/);
     await expect(recognizer.finish()).rejects.toThrow(/not installed/);
   });
 });

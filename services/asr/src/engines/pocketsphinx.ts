@@ -1,30 +1,39 @@
-// Local recognizer: CMU pocketsphinx (Debian package, 5prealpha) driven through its command-line decoder.
+// Local recognizer: CMU pocketsphinx (Debian package 0.8+5prealpha) driven through its command-line decoder.
 //
-// How an utterance is decoded, and why (latencies are finish() → result on a 2-CPU box, 3.5 s utterance):
-// - start() spawns `pocketsphinx_batch` for the utterance with the grammar for its hints, and the audio is
-//   streamed into it through a FIFO while the caller speaks (its control file names the FIFO; a FIFO is not
-//   seekable, so ps_decode_raw() decodes it block by block instead of waiting for the whole file). After
-//   finish() closes the FIFO only the last block and the best-path search are left: 2-6 ms.
-// - Model load is ~10 ms with the small per-grammar dictionary (~150 ms with the full cmudict), and happens
-//   while the caller is still speaking, so a warm process pool buys nothing and would need one grammar
-//   for every process. (Alternatives measured: a warm batch process decoding the whole utterance file after
-//   finish() 70-90 ms, a process spawned at finish() 75-210 ms; both grow with utterance length.)
-// - Streaming means live cepstral mean normalization with a fixed prior, so the model copy's -cmninit is
-//   tuned for this front end (see MODEL_CMN_INIT) and the front end normalizes the level (see
-//   telephone-frontend.ts, which also explains why the audio is decoded at 16 kHz).
-// - pocketsphinx_continuous was not used: it splits the audio at pauses and has no N-best. `-infile
-//   /dev/stdin` does not work from Node either way: Node's stdio pipes are socketpairs, which cannot be
-//   reopened by path, hence the FIFOs.
-// - Phrases mode also decodes a garbage-only grammar in a second process for the confidence (see
-//   pocketsphinx-grammar.ts); N-best is not used there: with the phone loop the lattice makes A* take
-//   1.5 s. Digits mode takes confidence and alternatives from a 10-best list (~2 ms).
-// - Phrases mode with no phrases decodes free text with the stock trigram LM and the full dictionary
-//   (load ~300 ms, ~100 MB per process, ~0.2x real time).
-// No partial results: the command-line decoders print only final hypotheses, so onPartial is never called.
+// How an utterance is decoded, and why. Latencies are finish() → result with the audio pushed in real time,
+// on a shared 2-CPU box:
+// - start() spawns `pocketsphinx_batch` with the grammar for the hints, and the audio is streamed into it
+//   through a FIFO while the caller speaks (the control file names the FIFO; a FIFO is not seekable, so
+//   ps_decode_raw() decodes it block by block instead of waiting for a whole file). After finish() closes
+//   the FIFO only the last block and the best-path search are left: 3-8 ms in phrases mode, 7-13 ms for
+//   digits, independent of the utterance's length, provided the decoders get their CPU while the caller
+//   speaks (per speaking caller: phrases ~0.1 core for both processes, digits ~0.02, free text ~0.3). On
+//   a starved machine they fall behind and the backlog is decoded after finish() (130-430 ms seen at load 9
+//   on 2 CPUs).
+// - Model load is ~10 ms with the small per-grammar dictionary (~150 ms with the full cmudict) and happens
+//   while the caller is still speaking, so a warm process pool would buy nothing (and each warm process
+//   would be tied to one grammar). Measured alternatives: a warm process decoding the whole utterance file
+//   after finish() 70-90 ms, a process spawned at finish() 75-210 ms, both growing with the utterance.
+// - Streaming means live cepstral mean normalization from a fixed prior, so the model copy's -cmninit is
+//   measured for this front end (MODEL_CMN_INIT) and the front end normalizes the level; it also feeds the
+//   decoder 16 kHz, not 8 kHz (telephone-frontend.ts says why).
+// - Not pocketsphinx_continuous: it splits the audio at pauses (each piece must then match the grammar) and
+//   has no N-best. Not `-infile /dev/stdin`: Node's stdio pipes are socketpairs, which cannot be reopened by
+//   path, hence the FIFOs.
+// - Phrases mode decodes a garbage-only grammar in a second process, in parallel, for the confidence
+//   (pocketsphinx-grammar.ts). N-best is useless there: with the phone loop in the lattice A* takes 1.5 s.
+//   Digits mode takes confidence and alternatives from a 10-best list (~2 ms).
+// - Phrases mode with no phrases (or none pronounceable) decodes free text with the stock trigram LM and the
+//   full dictionary: load ~300 ms, ~100 MB per process, ~0.3x real time, 150-240 ms after finish() (the LM's
+//   second pass runs at the end). Its confidence is only "something" (0.5) vs "nothing" (0).
+// No partial results: the command-line decoders print final hypotheses only, so onPartial is never called.
+// onError is called (once) if setup fails or a decoder dies while the utterance is open; finish() rejects.
+// Python bindings (python3-pocketsphinx 0.1.15) and the C library (libpocketsphinx-dev) are in Debian too,
+// but would mean a Python runtime or a native addon in the service.
 
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { constants, openSync } from "node:fs";
-import { access, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, unlink, writeFile } from "node:fs/promises";
+import { access, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, unlink, writeFile } from "node:fs/promises";
 import { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
@@ -42,11 +51,13 @@ const DEFAULT_MODEL_ROOT = "/usr/share/pocketsphinx/model/en-us";
 const INSTALL_HINT = "apt-get install pocketsphinx pocketsphinx-en-us";
 
 /**
- * Prior cepstral mean for live CMN, measured by running pocketsphinx over the front end's output for the
- * flite test set (4 voices, phrases, sentences and digit strings, level-normalized). The stock model's prior
- * (41.00,-5.29,-0.12,...) is for wideband speech; with it every utterance decoded as one or two words.
+ * Prior cepstral mean for live CMN: the frame-weighted mean of pocketsphinx's own per-utterance means over
+ * the front end's output for 100 flite utterances (4 voices; phrases, sentences, digit strings; 300 ms
+ * pre-roll, 500 ms trailing line noise). espeak-ng voices give nearly the same mean (within ~4 per
+ * coefficient). The stock prior (41.00,-5.29,-0.12,...) is for wideband speech: with it every streamed
+ * utterance came out as one or two words.
  */
-export const MODEL_CMN_INIT = "39.43,26.10,-38.23,29.55,-25.05,-16.46,13.11,-36.27,5.77,-10.89,-14.20,7.87,-17.39";
+export const MODEL_CMN_INIT = "40.19,23.02,-39.54,34.75,-21.62,-19.16,12.42,-36.11,2.58,-11.52,-15.28,7.79,-16.79";
 
 /** Scale from pocketsphinx path scores to log-probabilities for N-best posteriors (fitted on the test set). */
 const NBEST_SCORE_SCALE = 0.003;
@@ -58,6 +69,8 @@ const MARGIN_WIDTH = 60;
 const MAX_ALTERNATIVES = 4;
 /** A decoder loads in ~10 ms (free text ~300 ms); this only catches a hung one. */
 const OPEN_TIMEOUT_MS = 10_000;
+/** Left-over utterance directories older than this are removed at start-up. */
+const STALE_UTTERANCE_MS = 30 * 60_000;
 
 export interface PocketsphinxConfig {
   /** ASR_POCKETSPHINX_BIN: the batch decoder, a path or a name looked up on PATH. */
@@ -105,7 +118,7 @@ export function readPocketsphinxConfig(env: EnvReader): PocketsphinxConfig {
   };
 }
 
-/** What warmUp() prepares once: model copy, dictionary, static files, the digits grammar. */
+/** What is prepared once (by warmUp() or the first start()): model copy, dictionary, directories, control files. */
 interface Prepared {
   binary: string;
   acousticModel: string;
@@ -172,6 +185,19 @@ async function makeModelCopy(sourceDir: string, modelDir: string): Promise<strin
   return dir;
 }
 
+/**
+ * Utterance directories are removed when the utterance ends, but not if the process dies first. Other
+ * processes on the host may share the directory, so only ones far older than any utterance are removed.
+ */
+async function removeStaleUtterances(runDir: string): Promise<void> {
+  const cutoff = Date.now() - STALE_UTTERANCE_MS;
+  for (const name of await readdir(runDir)) {
+    const path = join(runDir, name);
+    const info = await stat(path).catch(() => undefined);
+    if (info && info.mtimeMs < cutoff) await rm(path, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
 export class PocketsphinxEngine implements AsrEngine {
   readonly label = "pocketsphinx";
   readonly sampleRate = SAMPLE_RATE;
@@ -228,6 +254,7 @@ export class PocketsphinxEngine implements AsrEngine {
     const runDir = join(config.modelDir, "run");
     await mkdir(grammarDir, { recursive: true });
     await mkdir(runDir, { recursive: true });
+    await removeStaleUtterances(runDir);
     const ctlMain = join(config.modelDir, "main.ctl");
     const ctlComp = join(config.modelDir, "comp.ctl");
     // "<file> <start frame> <end frame> <utterance id>"; the file is relative to -cepdir, -cepext is "".
@@ -408,7 +435,9 @@ type State = "open" | "finishing" | "done" | "aborted";
 
 class PocketsphinxRecognizer implements UtteranceRecognizer {
   onPartial?: (text: string) => void;
+  onError?: (error: Error) => void;
   private state: State = "open";
+  private errorReported = false;
   private readonly frontEnd: TelephoneFrontEnd;
   /** 16 kHz audio produced before the decoders were ready. */
   private queued: Int16Array[] = [];
@@ -424,7 +453,8 @@ class PocketsphinxRecognizer implements UtteranceRecognizer {
   ) {
     this.frontEnd = new TelephoneFrontEnd({ lookaheadMs: engine.config.lookaheadMs });
     this.setup = this.begin();
-    this.setup.catch(() => undefined); // reported by finish()
+    // Reported at once (a caller may switch engines) and again by finish(), which rejects.
+    this.setup.catch((error: unknown) => this.reportError(error instanceof Error ? error : new Error(String(error))));
   }
 
   push(pcm: Int16Array): void {
@@ -469,7 +499,7 @@ class PocketsphinxRecognizer implements UtteranceRecognizer {
   private async begin(): Promise<void> {
     const prepared = await this.engine.prepare();
     this.grammar = await this.engine.grammarFor(this.hints, prepared);
-    if (this.aborted()) return;
+    if (this.ended()) return;
     this.dir = await mkdtemp(join(prepared.runDir, "u-"));
     const competitor = this.grammar?.competitorFsg !== undefined && this.engine.config.confidenceDecode;
     const fifos = [join(this.dir, "main"), ...(competitor ? [join(this.dir, "comp")] : [])];
@@ -495,17 +525,38 @@ class PocketsphinxRecognizer implements UtteranceRecognizer {
       for (const d of this.decoders) d.kill();
       throw failed.reason;
     }
-    if (this.aborted()) {
+    // Aborted, or finish() gave up waiting, while the decoders were starting.
+    if (this.ended()) {
       for (const d of this.decoders) d.kill();
       return;
     }
     for (const chunk of this.queued) for (const d of this.decoders) d.write(chunk);
     this.queued = [];
+    for (const d of this.decoders) {
+      void d.exited.then((exit) => {
+        if (this.state === "open") this.reportError(new Error(`pocketsphinx (${d.name}) exited mid-utterance (${exit.signal ?? exit.code}): ${d.errorTail()}`));
+      });
+    }
   }
 
-  /** A method, not a field test, so TypeScript does not narrow the state across awaits. */
+  /** onError, once, and only while the utterance is open (finish() reports errors after that). */
+  private reportError(error: Error): void {
+    if (this.state !== "open" || this.errorReported) return;
+    this.errorReported = true;
+    try {
+      this.onError?.(error);
+    } catch {
+      // the caller's problem; finish() still rejects
+    }
+  }
+
+  // Methods, not field tests, so TypeScript does not narrow the state across awaits.
   private aborted(): boolean {
     return this.state === "aborted";
+  }
+
+  private ended(): boolean {
+    return this.state === "aborted" || this.state === "done";
   }
 
   private send(pcm16k: Int16Array): void {
