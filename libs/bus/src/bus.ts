@@ -11,6 +11,7 @@ import {
   RetentionPolicy,
   StorageType,
   Subscription,
+  ConsumerEvents,
   ConsumerMessages,
   JetStreamClient,
 } from "nats";
@@ -75,6 +76,15 @@ export interface ConsumeOptions {
   concurrency: number;
 }
 
+/** A durable publish waits this long for the stream's ack before it is sent again... */
+const DURABLE_ATTEMPT_MS = 1_000;
+/** ...and gives up after this long. */
+const DURABLE_DEADLINE_MS = 5_000;
+/** Wait between attempts at making a lost work queue again (while NATS is still coming back). */
+const RECREATE_RETRY_MS = 500;
+/** Wait before starting a consumer again that ended without being asked to. */
+const RESTART_PAUSE_MS = 100;
+
 export class BusError extends Error {
   constructor(
     message: string,
@@ -97,6 +107,8 @@ export class Bus {
   private readonly received: Counter<"handler">;
   private readonly published: Counter;
   private readonly statusChanges: Counter<"type">;
+  /** Set by drain/close: consumers stop for good instead of starting over. */
+  private closing = false;
 
   private constructor(
     readonly nc: NatsConnection,
@@ -252,8 +264,21 @@ export class Bus {
     return sub;
   }
 
-  /** Creates or updates a work-queue stream: each message is kept until one worker acks it. */
+  /** Creates or updates a work-queue stream and its consumer: each message is kept until one worker acks it. */
   async ensureWorkQueue(definition: WorkQueueDefinition, ackWaitMs: number, maxDeliver: number): Promise<void> {
+    await this.ensureStream(definition);
+    const jsm = await this.nc.jetstreamManager();
+    await jsm.consumers.add(definition.name, {
+      durable_name: definition.durable,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: nanos(ackWaitMs),
+      max_deliver: maxDeliver,
+    });
+  }
+
+  /** Creates or updates a work-queue stream without its consumer (for a producer that may start before it). */
+  async ensureStream(definition: WorkQueueDefinition): Promise<void> {
     const jsm = await this.nc.jetstreamManager();
     const config = {
       name: definition.name,
@@ -270,22 +295,36 @@ export class Bus {
       if (!/stream not found/i.test(errorText(error))) throw error;
       await jsm.streams.add(config);
     }
-    await jsm.consumers.add(definition.name, {
-      durable_name: definition.durable,
-      ack_policy: AckPolicy.Explicit,
-      deliver_policy: DeliverPolicy.All,
-      ack_wait: nanos(ackWaitMs),
-      max_deliver: maxDeliver,
-    });
   }
 
-  /** Publishes to a JetStream subject; the same msgId within two minutes is stored once. */
+  /**
+   * Publishes to a JetStream subject; the same msgId within two minutes is stored once. A publish made while the
+   * client reconnects can vanish (no ack, no error), so each attempt waits at most DURABLE_ATTEMPT_MS for the
+   * stream's ack and is repeated (safe: same msgId) until DURABLE_DEADLINE_MS; then the last error is thrown.
+   */
   async publishDurable<T>(subject: string, codec: Codec<T>, message: T, msgId: string, callId?: string): Promise<void> {
-    await this.js.publish(subject, codec.encode(message).finish(), { msgID: msgId, headers: callHeaders(callId) });
-    this.published.inc();
+    const data = codec.encode(message).finish();
+    const deadline = Date.now() + DURABLE_DEADLINE_MS;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.js.publish(subject, data, { msgID: msgId, headers: callHeaders(callId), timeout: DURABLE_ATTEMPT_MS });
+        this.published.inc();
+        return;
+      } catch (error) {
+        // TIMEOUT: lost in a reconnect or a slow server; 503: the stream is not there (yet), e.g. NATS restarting.
+        const code = (error as { code?: string }).code;
+        const delayMs = Math.min(50 * 2 ** attempt, 500);
+        if ((code !== "TIMEOUT" && code !== "503") || this.nc.isClosed() || Date.now() + delayMs >= deadline) throw error;
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+      }
+    }
   }
 
-  /** Pulls from a work queue and runs up to `concurrency` handlers at once. The handler must ack or nak. */
+  /**
+   * Pulls from a work queue and runs up to `concurrency` handlers at once. The handler must ack or nak.
+   * Survives NATS restarts: the client re-pulls after a reconnect, and a stream or consumer the server lost (a
+   * restart without its JetStream store) is made again, so consuming goes on either way.
+   */
   async consume<T>(
     definition: WorkQueueDefinition,
     codec: Codec<T>,
@@ -293,26 +332,87 @@ export class Bus {
     options: ConsumeOptions,
   ): Promise<{ stop(): Promise<void> }> {
     await this.ensureWorkQueue(definition, options.ackWaitMs, options.maxDeliver);
-    const consumer = await this.js.consumers.get(definition.name, definition.durable);
-    const messages = await consumer.consume({ max_messages: options.concurrency });
-    this.consumers.add(messages);
     const inFlight = new Set<Promise<void>>();
+    let stopped = false;
+    let current: ConsumerMessages | undefined;
+    let wake: (() => void) | undefined;
+    const pause = (ms: number) =>
+      new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, ms);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    const open = async (): Promise<ConsumerMessages> => {
+      const consumer = await this.js.consumers.get(definition.name, definition.durable);
+      return consumer.consume({ max_messages: options.concurrency });
+    };
+    let messages: ConsumerMessages | undefined = await open();
     const loop = (async () => {
-      for await (const msg of messages) {
-        const task = this.runWorkItem(msg, codec, handler, options.name).finally(() => inFlight.delete(task));
-        inFlight.add(task);
-        if (inFlight.size >= options.concurrency) await Promise.race(inFlight);
+      while (!stopped && !this.closing) {
+        if (!messages) {
+          try {
+            await this.ensureWorkQueue(definition, options.ackWaitMs, options.maxDeliver);
+            messages = await open();
+            this.log.info("work queue consumer running again", { handler: options.name, stream: definition.name });
+          } catch (error) {
+            this.log.warn("work queue unavailable; retrying", { handler: options.name, stream: definition.name, error: errorText(error) });
+            await pause(RECREATE_RETRY_MS);
+            continue;
+          }
+          if (stopped || this.closing) {
+            messages.stop();
+            break;
+          }
+        }
+        current = messages;
+        this.consumers.add(messages);
+        void this.watchConsumer(messages, definition, options.name);
+        try {
+          for await (const msg of messages) {
+            const task = this.runWorkItem(msg, codec, handler, options.name).finally(() => inFlight.delete(task));
+            inFlight.add(task);
+            if (inFlight.size >= options.concurrency) await Promise.race(inFlight);
+          }
+        } catch (error) {
+          if (!stopped && !this.closing) this.log.warn("work queue consumer failed; starting it again", { handler: options.name, error: errorText(error) });
+        }
+        this.consumers.delete(messages);
+        messages = undefined;
+        // Not asked to stop: the server lost the queue or the consumer failed. A short pause keeps a queue that
+        // fails at once from spinning this loop.
+        if (!stopped && !this.closing) await pause(RESTART_PAUSE_MS);
       }
     })();
     return {
       stop: async () => {
         // Stop pulling new work, then let the work in hand finish (rolling updates lose nothing).
-        messages.stop();
-        this.consumers.delete(messages);
+        stopped = true;
+        current?.stop();
+        wake?.();
         await loop.catch(() => undefined);
         await Promise.allSettled(inFlight);
       },
     };
+  }
+
+  /**
+   * The client keeps re-pulling after a reconnect, but never recreates a stream or consumer the server no longer
+   * has: stop this consumer then, so the consume loop makes them again and starts over.
+   */
+  private async watchConsumer(messages: ConsumerMessages, definition: WorkQueueDefinition, name: string): Promise<void> {
+    try {
+      for await (const status of await messages.status()) {
+        if (status.type === ConsumerEvents.StreamNotFound || status.type === ConsumerEvents.ConsumerNotFound || status.type === ConsumerEvents.ConsumerDeleted) {
+          this.log.warn("work queue lost by NATS; making it again", { handler: name, stream: definition.name, event: status.type });
+          messages.stop();
+          return;
+        }
+      }
+    } catch {
+      /* the consumer stopped */
+    }
   }
 
   private async runWorkItem<T>(
@@ -345,11 +445,14 @@ export class Bus {
 
   /** Stops taking messages on every subscription, lets in-flight work finish, then closes. */
   async drain(): Promise<void> {
+    this.closing = true;
     for (const messages of this.consumers) messages.stop();
     if (!this.nc.isClosed()) await this.nc.drain().catch(() => this.nc.close());
   }
 
   async close(): Promise<void> {
+    this.closing = true;
+    for (const messages of this.consumers) messages.stop();
     if (!this.nc.isClosed()) await this.nc.close();
   }
 }

@@ -39,7 +39,7 @@ export const subjects = {
   /** Dialog work queue (JetStream), one subject per call. DialogInput. */
   dialogInput: (callId: string) => call(callId, "dialog.in"),
   dialogInputAll: "vb.v1.call.*.dialog.in",
-  /** Text to speak, dialog -> any tts replica (queue group). SpeakRequest. */
+  /** Text to speak, dialog -> any tts replica (JetStream work queue `streams.tts`). SpeakRequest. */
   ttsSpeak: "vb.v1.tts.speak",
   /** Tool execution, dialog -> any tools replica (request/reply, queue group). ToolCallRequest -> ToolCallResult. */
   toolsCall: "vb.v1.tools.call",
@@ -58,6 +58,8 @@ export const queueGroups = {
 /** JetStream streams. Dialog inputs are kept until a dialog replica acks the finished turn. */
 export const streams = {
   dialog: { name: "VB_DIALOG_IN", subjects: [subjects.dialogInputAll], durable: "dialog" },
+  /** SpeakRequests, kept until the tts replica that spoke the chunk acks it (a crashed replica's chunk is redone). */
+  tts: { name: "VB_TTS_SPEAK", subjects: [subjects.ttsSpeak], durable: "tts" },
 } as const;
 
 /** Header names carried on every message. */

@@ -89,29 +89,34 @@ function handleFor(url: string, port: number, child: ChildProcess, cleanup: () =
  * Starts a real nats-server with JetStream on an OS-chosen port (port -1 plus a ports file: no races, no sleeps).
  * Pass `port` to restart a server on the same address (for reconnect tests) and `storeDir` to keep its streams.
  */
-export async function startNats(options: { port?: number; storeDir?: string } = {}): Promise<ServerHandle & { storeDir: string }> {
+export async function startNats(
+  options: { port?: number; storeDir?: string; monitor?: boolean } = {},
+): Promise<ServerHandle & { storeDir: string; monitorUrl?: string }> {
   const binary = requireBinary("nats-server", "apt-get install nats-server");
   const dir = await mkdtemp(path.join(os.tmpdir(), "vb-nats-"));
   const storeDir = options.storeDir ?? path.join(dir, "js");
-  const child = spawn(binary, ["-a", "127.0.0.1", "-p", String(options.port ?? -1), "-js", "-sd", storeDir, "--ports_file_dir", dir], {
+  // `monitor`: also the HTTP monitoring endpoint (/varz, /connz...) on an OS-chosen port, for load measurements.
+  const monitorArgs = options.monitor ? ["-m", "-1"] : [];
+  const child = spawn(binary, ["-a", "127.0.0.1", "-p", String(options.port ?? -1), ...monitorArgs, "-js", "-sd", storeDir, "--ports_file_dir", dir], {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let stderr = "";
   child.stderr!.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
-  const port = await waitFor(
+  const { port, monitorUrl } = await waitFor(
     async () => {
       if (child.exitCode !== null) throw new Error(`nats-server exited: ${stderr}`);
       const files = (await readdir(dir)).filter((f) => f.endsWith(".ports"));
       if (files.length === 0) return undefined;
-      const ports = JSON.parse(await readFile(path.join(dir, files[0]), "utf8")) as { nats: string[] };
+      const ports = JSON.parse(await readFile(path.join(dir, files[0]), "utf8")) as { nats: string[]; monitoring?: string[] };
       const port = Number(new URL(ports.nats[0]).port);
-      return (await canConnect(port)) ? port : undefined;
+      if (options.monitor && !ports.monitoring?.[0]) return undefined;
+      return (await canConnect(port)) ? { port, monitorUrl: ports.monitoring?.[0] } : undefined;
     },
     { what: "nats-server to listen" },
   );
   // The temp dir holds the ports file (and the JetStream store unless the caller keeps its own).
   const handle = handleFor(`nats://127.0.0.1:${port}`, port, child, () => rm(dir, { recursive: true, force: true, maxRetries: 3 }));
-  return { ...handle, storeDir };
+  return { ...handle, storeDir, ...(monitorUrl ? { monitorUrl } : {}) };
 }
 
 /** Starts a real redis-server without persistence on a free port (or the given one, for restart tests). */

@@ -157,9 +157,26 @@ describe("asr service", () => {
     await store.endCall(callId, "test");
   });
 
-  it("ignores clicks and faint noise", async () => {
+  it("Silero hears no speech in clicks, tones or faint noise: nothing is published", async () => {
     const a = await startReplica("asr-clicks");
     const { callId, speech, transcripts } = await ownedCall("asr-clicks");
+    const click = new Int16Array(8000 / 10); // 100 ms burst
+    for (let i = 0; i < click.length; i++) click[i] = i % 8 < 4 ? 8000 : -8000;
+    const tone = Int16Array.from({ length: 4000 }, (_, i) => Math.round(6000 * Math.sin((2 * Math.PI * 1000 * i) / 8000)));
+    const frames = [...utteranceFrames(click, 500, 800), ...utteranceFrames(tone, 300, 800)];
+    await streamAudio(bus, callId, frames, 0);
+    // Every complete 32 ms window was decided (by the gate or the model).
+    const windows = Math.floor((frames.length * 160) / 256);
+    await waitFor(async () => (await metric(a, "voicebot_asr_vad_windows_total")) >= windows, { what: "the VAD to decide every window" });
+    expect(speech).toEqual([]);
+    expect(transcripts).toEqual([]);
+    expect(await metric(a, "voicebot_asr_utterances_total")).toBe(0);
+    await store.endCall(callId, "test");
+  });
+
+  it("with the energy VAD, a click opens an utterance that is dropped as too short", async () => {
+    const a = await startReplica("asr-clicks-energy", { ASR_VAD: "energy" });
+    const { callId, speech, transcripts } = await ownedCall("asr-clicks-energy");
     const click = new Int16Array(8000 / 10); // 100 ms burst: opens an utterance but is too short to keep
     for (let i = 0; i < click.length; i++) click[i] = i % 8 < 4 ? 8000 : -8000;
     await streamAudio(bus, callId, utteranceFrames(click, 500, 800), 0);
@@ -168,6 +185,30 @@ describe("asr service", () => {
     expect(dropped).toBe(1);
     expect(transcripts).toEqual([]);
     expect(dialogInputs.some((d) => d.callId === callId)).toBe(false);
+    await store.endCall(callId, "test");
+  });
+
+  it("publishes STARTED within about 100 ms of the caller starting to speak", async () => {
+    await startReplica("asr-onset");
+    const { callId, speech } = await ownedCall("asr-onset");
+    const audio = await synthesizeTo8kPcm("agent please", "rms");
+    // The onset: the first 10 ms of the clip within 40 dB of its loudest 10 ms.
+    const levels = Array.from({ length: Math.floor(audio.length / 80) }, (_, i) => {
+      let sum = 0;
+      for (let j = i * 80; j < i * 80 + 80; j++) sum += audio[j] * audio[j];
+      return 10 * Math.log10(sum / 80 + 1e-9);
+    });
+    const peak = Math.max(...levels);
+    const onsetMs = 500 + levels.findIndex((l) => l > peak - 40) * 10;
+    const started = Date.now();
+    const onsetAt = started + onsetMs; // frames are published at real time from `started`
+    const sent = streamAudio(bus, callId, utteranceFrames(audio), 0);
+    const arrived = await waitFor(() => (speech.length > 0 ? Date.now() : undefined), { what: "STARTED", intervalMs: 2 });
+    await sent;
+    expect(speech[0].kind).toBe(SpeechActivity_Kind.KIND_STARTED);
+    const delay = arrived - onsetAt;
+    expect(delay).toBeGreaterThan(0);
+    expect(delay).toBeLessThan(160); // about 100 ms, with room for a busy test machine
     await store.endCall(callId, "test");
   });
 

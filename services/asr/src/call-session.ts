@@ -10,11 +10,12 @@ import {
   type CallerAudio,
 } from "@voicebot/proto";
 import { keys, type CallStore } from "@voicebot/state";
+import { looksUnfinished, type Continuations } from "./continuation.js";
 import type { AsrEngine, UtteranceRecognizer } from "./engine.js";
 import { parseHints, type ParsedHints } from "./hints.js";
 import type { AsrMetrics } from "./metrics.js";
 import { Segmenter, type Frame, type SegmenterOptions, type SegmentEvent } from "./segmenter.js";
-import type { VoiceActivityDetector } from "./vad.js";
+import type { VadStream, VoiceActivityDetector } from "./vad.js";
 
 export interface SessionOptions {
   segmenter: SegmenterOptions;
@@ -22,6 +23,8 @@ export interface SessionOptions {
   gapFillMaxMs: number;
   /** Attempts at putting a final on the dialog work queue before giving up. */
   publishAttempts: number;
+  /** Partial texts ending in one of these keep the utterance open past the minimum silence. */
+  continuations: Continuations;
 }
 
 export interface SessionDeps {
@@ -41,6 +44,8 @@ interface OpenUtterance {
   /** The engine failed on this utterance: it ends with an empty final. */
   failed: boolean;
   lastPartial: string;
+  /** The latest partial ends like an unfinished sentence ("... and", "my order number is"). */
+  unfinished: boolean;
 }
 
 /**
@@ -49,9 +54,14 @@ interface OpenUtterance {
  */
 export class CallSession {
   private readonly segmenter: Segmenter;
+  private readonly vad: VadStream;
   private readonly samplesPerFrame: number;
   private nextFrame: number | undefined;
   private lastAtMs = 0;
+  /** Frames given to the VAD and not decided yet, oldest first (decisions come back in this order). */
+  private readonly undecided: Frame[] = [];
+  /** Decided frames going through the segmenter one at a time, in order. */
+  private work: Promise<void> = Promise.resolve();
   private utterance: OpenUtterance | undefined;
   /** Finals being decoded and published, chained so they go out in utterance order. */
   private finals: Promise<void> = Promise.resolve();
@@ -61,7 +71,9 @@ export class CallSession {
 
   constructor(private readonly deps: SessionDeps) {
     this.segmenter = new Segmenter(deps.options.segmenter);
+    this.segmenter.holdAtSilence = () => this.utterance?.unfinished === true;
     this.samplesPerFrame = (deps.engine.sampleRate * FRAME_MS) / 1000;
+    this.vad = deps.vad.open((speech) => this.onDecision(speech));
   }
 
   get callId(): string {
@@ -95,24 +107,26 @@ export class CallSession {
       metrics.badAudio.inc({ reason: "duplicate_frames" }, skip);
       if (skip === count) return;
     } else if (this.nextFrame !== undefined && first > this.nextFrame) {
-      await this.fillGap(first - this.nextFrame, receivedAt - count * FRAME_MS);
+      this.fillGap(first - this.nextFrame, receivedAt - count * FRAME_MS);
     }
 
     for (let i = skip; i < count; i++) {
-      const frame: Frame = {
+      this.pushFrame({
         index: first + i,
         pcm: pcm.subarray(i * this.samplesPerFrame, (i + 1) * this.samplesPerFrame),
         atMs: receivedAt - (count - 1 - i) * FRAME_MS,
-      };
-      await this.processFrame(frame);
-      if (this.stopped) return;
+      });
     }
+    // Frames already decided are segmented before the next message (all of them, with the energy VAD).
+    await this.work;
   }
 
   /** Stops listening: drops the utterance in progress and waits for finals already being decoded. */
   async stop(): Promise<void> {
     if (this.stopped) return this.finals;
     this.stopped = true;
+    this.vad.close();
+    this.undecided.length = 0;
     const open = this.utterance;
     this.utterance = undefined;
     if (open) this.abort(open);
@@ -134,25 +148,44 @@ export class CallSession {
   }
 
   /** Lost frames become silence so the VAD and the recognizer keep real time; very long gaps are capped. */
-  private async fillGap(missing: number, gapEndMs: number): Promise<void> {
+  private fillGap(missing: number, gapEndMs: number): void {
     this.deps.metrics.lostFrames.inc(missing);
     const fill = Math.min(missing, Math.max(0, Math.round(this.deps.options.gapFillMaxMs / FRAME_MS)));
     this.deps.log.debug("caller audio gap", { callId: this.callId, missingFrames: missing, filledFrames: fill });
     const start = this.nextFrame!;
-    for (let i = 0; i < fill && !this.stopped; i++) {
-      await this.processFrame({
+    const lastAtMs = this.lastAtMs;
+    for (let i = 0; i < fill; i++) {
+      this.pushFrame({
         index: start + i,
         pcm: new Int16Array(this.samplesPerFrame),
-        atMs: Math.max(this.lastAtMs + FRAME_MS, gapEndMs - (fill - 1 - i) * FRAME_MS),
+        atMs: Math.max(lastAtMs + (i + 1) * FRAME_MS, gapEndMs - (fill - 1 - i) * FRAME_MS),
       });
     }
   }
 
-  private async processFrame(frame: Frame): Promise<void> {
+  private pushFrame(frame: Frame): void {
+    if (this.stopped) return;
     this.nextFrame = frame.index + 1;
     this.lastAtMs = frame.atMs;
-    const speech = this.deps.vad.isSpeech(frame.pcm);
-    for (const event of this.segmenter.push(frame, speech)) await this.onEvent(event);
+    this.undecided.push(frame);
+    this.vad.push(frame.pcm);
+  }
+
+  /** The VAD's decision for the oldest undecided frame. */
+  private onDecision(speech: boolean): void {
+    const frame = this.undecided.shift();
+    if (!frame || this.stopped) return;
+    this.work = this.work.then(() => this.segment(frame, speech));
+  }
+
+  private async segment(frame: Frame, speech: boolean): Promise<void> {
+    if (this.stopped) return;
+    try {
+      for (const event of this.segmenter.push(frame, speech)) await this.onEvent(event);
+    } catch (error) {
+      // A bug, not bad input: log it and keep the call's pipeline going.
+      this.deps.log.error("segmenting caller audio failed", { callId: this.callId, error: errorText(error) });
+    }
   }
 
   private async onEvent(event: SegmentEvent): Promise<void> {
@@ -169,6 +202,7 @@ export class CallSession {
         if (!open) return;
         this.publishActivity(SpeechActivity_Kind.KIND_STOPPED, open.id, (event.lastSpeech.index + 1) * FRAME_MS, event.lastSpeech.atMs);
         this.deps.metrics.utterances.inc({ end: event.tooShort ? "too_short" : event.reason });
+        if (event.held) this.deps.metrics.endpointExtensions.inc();
         if (event.tooShort) {
           this.deps.log.debug("utterance too short: ignored", { callId: this.callId, utteranceId: open.id, speechMs: event.speechMs });
           this.abort(open);
@@ -192,10 +226,11 @@ export class CallSession {
     // The onset frame's index is the utterance id: unique in the call and the same on whichever replica hears it.
     const id = String(onset.index);
     this.publishActivity(SpeechActivity_Kind.KIND_STARTED, id, onset.index * FRAME_MS, onset.atMs - FRAME_MS);
+    this.deps.metrics.speechStartDelay.observe(Math.max(0, Date.now() - (onset.atMs - FRAME_MS)) / 1000);
     const hints = await this.readHints();
     if (this.stopped) return;
     this.segmenter.setSilence(hints.minSilenceMs, hints.maxSilenceMs);
-    const open: OpenUtterance = { id, recognizer: undefined, failed: false, lastPartial: "" };
+    const open: OpenUtterance = { id, recognizer: undefined, failed: false, lastPartial: "", unfinished: false };
     this.utterance = open;
     const { engine, metrics } = this.deps;
     try {
@@ -223,15 +258,17 @@ export class CallSession {
     // Partials only while the caller is still talking; once the utterance ends the final supersedes them.
     if (this.utterance !== open || this.stopped || open.failed || text === open.lastPartial) return;
     open.lastPartial = text;
-    const { bus, engine, metrics } = this.deps;
-    const partial = Transcript.create({ callId: this.callId, utteranceId: open.id, text, isFinal: false, engine: engine.label });
+    open.unfinished = looksUnfinished(text, this.deps.options.continuations);
+    const { bus, metrics } = this.deps;
+    const label = open.recognizer?.activeEngine ?? this.deps.engine.label;
+    const partial = Transcript.create({ callId: this.callId, utteranceId: open.id, text, isFinal: false, engine: label });
     bus.publish(subjects.transcript(this.callId), Transcript, partial, this.callId);
-    metrics.partials.inc({ engine: engine.label });
+    metrics.partials.inc({ engine: label });
   }
 
   private async finish(open: OpenUtterance, speechEndMs: number, decidedAtMs: number): Promise<void> {
-    const { bus, engine, metrics, log } = this.deps;
-    let result = { text: "", confidence: 0, alternatives: [] as Alternative[] };
+    const { bus, metrics, log } = this.deps;
+    let result: { text: string; confidence: number; alternatives: Alternative[]; engine?: string } = { text: "", confidence: 0, alternatives: [] };
     if (open.recognizer && !open.failed) {
       try {
         result = await open.recognizer.finish();
@@ -240,6 +277,7 @@ export class CallSession {
       }
     }
     this.release(open);
+    const engine = result.engine ?? this.deps.engine.label;
 
     const finalAtMs = Date.now();
     const transcript = Transcript.create({
@@ -249,7 +287,7 @@ export class CallSession {
       isFinal: true,
       confidence: result.confidence,
       alternatives: result.alternatives,
-      engine: engine.label,
+      engine,
       speechEndMs,
       finalAtMs,
       endpointWaitMs: Math.max(0, decidedAtMs - speechEndMs),
@@ -258,11 +296,12 @@ export class CallSession {
     const inputId = `${this.callId}:utt:${open.id}`;
     const input = DialogInput.create({ callId: this.callId, inputId, atMs: finalAtMs, input: { $case: "transcript", value: transcript } });
     const queued = await this.publishDurable(input, inputId);
-    metrics.finals.inc({ engine: engine.label, result: open.failed ? "engine_error" : result.text ? "text" : "empty" });
-    if (queued) metrics.finalLatency.observe({ engine: engine.label }, (Date.now() - speechEndMs) / 1000);
+    metrics.finals.inc({ engine, result: open.failed ? "engine_error" : result.text ? "text" : "empty" });
+    if (queued) metrics.finalLatency.observe({ engine }, (Date.now() - speechEndMs) / 1000);
     log.info("final transcript", {
       callId: this.callId,
       utteranceId: open.id,
+      engine,
       text: result.text,
       confidence: result.confidence,
       endpointWaitMs: transcript.endpointWaitMs,

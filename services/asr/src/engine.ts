@@ -14,6 +14,8 @@ export interface RecognitionResult {
   text: string;
   confidence: number;
   alternatives: Alternative[];
+  /** The engine that produced it, when the recognizer can choose between several (FallbackEngine). */
+  engine?: string;
 }
 /** One utterance. The asr service pushes 8 kHz PCM as it arrives and calls finish() at end of speech. */
 export interface UtteranceRecognizer {
@@ -22,6 +24,13 @@ export interface UtteranceRecognizer {
   abort(): void;
   /** Set by the caller; engines with interim results call it with the utterance's text so far. */
   onPartial?: (text: string) => void;
+  /**
+   * Set by the caller; engines call it (once) when the utterance is lost before finish() is called, e.g. the
+   * provider closed the socket, so the caller can move to another engine at once. finish() then rejects.
+   */
+  onError?: (error: Error) => void;
+  /** The engine recognizing right now, when the recognizer can switch engines (FallbackEngine). */
+  readonly activeEngine?: string;
 }
 export interface AsrEngine {
   readonly label: string;

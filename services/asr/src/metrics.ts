@@ -31,8 +31,66 @@ export function createMetrics(registry: Registry) {
     }),
     engineErrors: new Counter({
       name: "voicebot_asr_engine_errors_total",
-      help: "Recognizer failures (the caller gets an empty final and a reprompt)",
+      help: "Utterances no engine could recognize (the caller gets an empty final and a reprompt)",
       labelNames: ["engine", "stage"],
+      registers,
+    }),
+    providerErrors: new Counter({
+      name: "voicebot_asr_provider_errors_total",
+      help: "Failures of one engine on one utterance (error, stall, socket error); the utterance fails over if it can",
+      labelNames: ["engine", "reason"],
+      registers,
+    }),
+    failovers: new Counter({
+      name: "voicebot_asr_engine_failovers_total",
+      help: "Utterances replayed into the next engine of ASR_ENGINES after an engine failed",
+      labelNames: ["from", "to", "reason"],
+      registers,
+    }),
+    engineHealthy: new Gauge({
+      name: "voicebot_asr_engine_healthy",
+      help: "1 when the engine takes new utterances, 0 while it cools down after a failure",
+      labelNames: ["engine"],
+      registers,
+    }),
+    endpointExtensions: new Counter({
+      name: "voicebot_asr_endpoint_extensions_total",
+      help: "Utterances kept open past the minimum silence because the partial text looked unfinished",
+      registers,
+    }),
+    speechStartDelay: new Histogram({
+      name: "voicebot_asr_speech_start_delay_seconds",
+      help: "Onset frame received -> SpeechActivity STARTED published (VAD decision and start hysteresis)",
+      buckets: [0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1],
+      registers,
+    }),
+    vadWindows: new Counter({
+      name: "voicebot_asr_vad_windows_total",
+      help: "Silero VAD windows (32 ms), by how they were decided: gated (line silence), inferred, overload (too far behind: energy), error",
+      labelNames: ["result"],
+      registers,
+    }),
+    vadErrors: new Counter({
+      name: "voicebot_asr_vad_errors_total",
+      help: "Silero inference runs that failed (their windows were decided by energy)",
+      registers,
+    }),
+    vadBatchSize: new Histogram({
+      name: "voicebot_asr_vad_batch_size",
+      help: "Windows (one per call) per Silero inference run",
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128],
+      registers,
+    }),
+    vadInferenceSeconds: new Histogram({
+      name: "voicebot_asr_vad_inference_seconds",
+      help: "Duration of one batched Silero inference run",
+      buckets: [0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064],
+      registers,
+    }),
+    vadLagSeconds: new Histogram({
+      name: "voicebot_asr_vad_lag_seconds",
+      help: "Oldest window of a batch: complete -> decided (batch wait, queueing and inference)",
+      buckets: [0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32],
       registers,
     }),
     utterances: new Counter({

@@ -105,4 +105,41 @@ describe("Segmenter", () => {
     expect(ofType(second, "end")[0].lastSpeech.index).toBe(204);
     expect(ofType(second, "audio").at(-1)!.frame.index).toBe(234); // back to the 600 ms default
   });
+
+  it("holds an utterance past the minimum silence while the caller seems mid-sentence, up to the maximum", () => {
+    const s = new Segmenter(options);
+    let unfinished = true;
+    s.holdAtSilence = () => unfinished;
+    // A 1 s pause after "my order number is": kept open, and the digits join the same utterance.
+    const first = feed(s, "s".repeat(20) + ".".repeat(50) + "s".repeat(20) + ".".repeat(29));
+    expect(ofType(first, "start")).toHaveLength(1);
+    expect(ofType(first, "end")).toHaveLength(0);
+    unfinished = false; // the partial now ends in digits
+    const end = ofType(feed(s, ".", 119), "end");
+    expect(end).toHaveLength(1);
+    expect(end[0]).toMatchObject({ reason: "silence", held: true });
+    expect(end[0].lastSpeech.index).toBe(89);
+  });
+
+  it("ends a held utterance at the maximum silence", () => {
+    const s = new Segmenter(options);
+    s.holdAtSilence = () => true;
+    const events = feed(s, "s".repeat(20) + ".".repeat(100));
+    const [end] = ofType(events, "end");
+    expect(end).toMatchObject({ reason: "silence", held: true });
+    expect(end.lastSpeech.index).toBe(19);
+    expect(ofType(events, "audio").at(-1)!.frame.index).toBe(19 + 75); // 1500 ms of silence
+  });
+
+  it("does not ask about holding before the minimum silence, and reports unheld ends as such", () => {
+    const s = new Segmenter(options);
+    let asked = 0;
+    s.holdAtSilence = () => {
+      asked++;
+      return false;
+    };
+    const [end] = ofType(feed(s, "s".repeat(20) + ".".repeat(30)), "end");
+    expect(asked).toBe(1);
+    expect(end).toMatchObject({ reason: "silence", held: false });
+  });
 });

@@ -40,6 +40,8 @@ export type SegmentEvent =
       speechMs: number;
       /** Less speech than minSpeechMs: not worth recognizing. */
       tooShort: boolean;
+      /** The end was put off past the minimum silence because the caller seemed to be mid-sentence. */
+      held: boolean;
     };
 
 interface Utterance {
@@ -52,6 +54,7 @@ interface Utterance {
   framesSinceSustained: number;
   minSilenceFrames: number;
   maxSilenceFrames: number;
+  held: boolean;
 }
 
 const frames = (ms: number) => Math.max(1, Math.ceil(ms / FRAME_MS));
@@ -67,6 +70,11 @@ export class Segmenter {
   private recent: Frame[] = [];
   private idleRun = 0;
   private current: Utterance | undefined;
+  /**
+   * Asked once the minimum silence is reached: true keeps the utterance open (up to the maximum silence),
+   * e.g. while the latest partial transcript ends in "and" or "my order number is".
+   */
+  holdAtSilence: (() => boolean) | undefined;
 
   constructor(private readonly options: SegmenterOptions) {
     this.startFrames = frames(options.startMs);
@@ -107,7 +115,10 @@ export class Segmenter {
     }
 
     let reason: EndReason | undefined;
-    if (utterance.silenceRun >= utterance.minSilenceFrames) reason = "silence";
+    const silent = utterance.silenceRun >= utterance.minSilenceFrames;
+    const hold = silent && utterance.silenceRun < utterance.maxSilenceFrames && this.holdAtSilence?.() === true;
+    if (hold) utterance.held = true;
+    if (silent && !hold) reason = "silence";
     else if (utterance.framesSinceSustained >= utterance.maxSilenceFrames) reason = "max_silence";
     else if (utterance.frames * FRAME_MS >= this.options.maxUtteranceMs) reason = "max_length";
     if (reason) {
@@ -120,6 +131,7 @@ export class Segmenter {
         lastSpeech: reason === "max_silence" ? utterance.lastSustained : utterance.lastSpeech,
         speechMs,
         tooShort: speechMs < this.options.minSpeechMs,
+        held: utterance.held,
       });
     }
     return events;
@@ -145,6 +157,7 @@ export class Segmenter {
       framesSinceSustained: 0,
       minSilenceFrames,
       maxSilenceFrames: Math.max(minSilenceFrames, frames(this.options.maxSilenceMs)),
+      held: false,
     };
     return [{ type: "start", onset: buffered[buffered.length - this.startFrames], frames: buffered }];
   }

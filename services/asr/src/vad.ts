@@ -1,11 +1,27 @@
 import { rmsDbfs } from "@voicebot/audio";
 
 /**
- * Decides, one 20 ms frame at a time, whether the caller is speaking. The endpointing (start/stop hysteresis,
- * pre-roll, silence timeouts) lives in the Segmenter, so a better classifier (Silero) only replaces this part.
+ * One call's voice activity detection. Frames (20 ms of 8 kHz PCM) are pushed in stream order; each gets one
+ * decision, delivered in push order, either at once (energy) or a little later (Silero, batched across calls).
+ * The endpointing (start/stop hysteresis, pre-roll, silence timeouts) lives in the Segmenter.
  */
+export interface VadStream {
+  push(frame: Int16Array): void;
+  /** Nothing is decided after this: frames still waiting are dropped. */
+  close(): void;
+}
+
+/** The VAD of a replica: opens one stream per call (and may share work between them). */
 export interface VoiceActivityDetector {
-  /** True when this frame (20 ms of 8 kHz PCM) holds speech. Frames must come in stream order. */
+  readonly kind: "silero" | "energy";
+  /** `decide` is called once per pushed frame, in push order, synchronously or later. */
+  open(decide: (speech: boolean) => void): VadStream;
+  close(): Promise<void>;
+}
+
+/** A classifier that decides each frame at once, in stream order. */
+export interface FrameClassifier {
+  /** True when this frame (20 ms of 8 kHz PCM) holds speech. */
   isSpeech(frame: Int16Array): boolean;
 }
 
@@ -34,7 +50,7 @@ const RISE_RATE_WARM_UP = 0.1;
  * Energy VAD: frame RMS level against an adaptive noise floor. Cheap and engine-independent; it cannot tell a
  * tone from a voice, which is why the segmenter also ignores very short bursts.
  */
-export class EnergyVad implements VoiceActivityDetector {
+export class EnergyVad implements FrameClassifier {
   private floorDbfs: number | undefined;
   private frames = 0;
 
@@ -55,4 +71,26 @@ export class EnergyVad implements VoiceActivityDetector {
     this.floorDbfs = floor + (level - floor) * rate;
     return speech;
   }
+}
+
+/** The energy VAD through the stream interface: every decision is made during push(). */
+export class EnergyVadDetector implements VoiceActivityDetector {
+  readonly kind = "energy";
+
+  constructor(private readonly options: EnergyVadOptions = defaultEnergyVadOptions) {}
+
+  open(decide: (speech: boolean) => void): VadStream {
+    const vad = new EnergyVad(this.options);
+    let open = true;
+    return {
+      push: (frame) => {
+        if (open) decide(vad.isSpeech(frame));
+      },
+      close: () => {
+        open = false;
+      },
+    };
+  }
+
+  async close(): Promise<void> {}
 }

@@ -5,6 +5,8 @@ interface InFlight {
   /** The number of the last bot turn before this input. */
   startTurns: number;
   abort: AbortController;
+  /** Aborted when the whole call is cancelled (it ended): waiting on a tool stops too. */
+  ended: AbortController;
   speech?: SpeechOutput;
 }
 
@@ -18,8 +20,13 @@ export class InFlightTurns {
 
   begin(callId: string, startTurns: number): AbortController {
     const abort = new AbortController();
-    this.calls.set(callId, { startTurns, abort });
+    this.calls.set(callId, { startTurns, abort, ended: new AbortController() });
     return abort;
+  }
+
+  /** Aborted once the call's input in progress is cancelled for the whole call (the call ended). */
+  endedSignal(callId: string): AbortSignal | undefined {
+    return this.calls.get(callId)?.ended.signal;
   }
 
   /** The speech output of the current attempt (a redone attempt gets a new one). */
@@ -41,8 +48,11 @@ export class InFlightTurns {
    */
   cancel(message: CancelTurn): boolean {
     const entry = this.calls.get(message.callId);
-    if (!entry || entry.abort.signal.aborted) return false;
+    if (!entry) return false;
     const turnId = message.turnId;
+    // Ingress cancels every turn ("") when the call ends: a tool being waited on is abandoned as well.
+    if (turnId === "") entry.ended.abort();
+    if (entry.abort.signal.aborted) return false;
     const n = /^t(\d+)$/.exec(turnId);
     const ours = turnId === "" || (n !== null && Number(n[1]) >= entry.startTurns) || (entry.speech?.turnIds.includes(turnId) ?? false);
     if (!ours) return false;

@@ -35,9 +35,9 @@ export class TurnLease {
     return async () => {
       clearInterval(renew);
       try {
-        await this.store.releaseLease(callId, "dialog", this.owner);
-        // Dialog has no orphan recovery (JetStream redelivers its inputs), so keep the index small.
-        await this.store.forgetLease(callId, "dialog");
+        // Dialog has no orphan recovery (JetStream redelivers its inputs), so keep the index small. Both in one
+        // Redis round trip: the call's next input (the next key of an entry) waits for this release.
+        await Promise.all([this.store.releaseLease(callId, "dialog", this.owner), this.store.forgetLease(callId, "dialog")]);
       } catch (error) {
         this.log.warn("dialog lease release failed; it expires by itself", { callId, error: errorText(error) });
       }

@@ -18,6 +18,8 @@ export interface DialogMetrics {
   cancelledTurns: Counter;
   confirmations: Counter<"outcome">;
   fillers: Counter;
+  speakPublishErrors: Counter;
+  restarts: Counter<"reason">;
 }
 
 export function createDialogMetrics(registry: Registry): DialogMetrics {
@@ -118,6 +120,17 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
     fillers: new Counter({
       name: "voicebot_dialog_tool_fillers_total",
       help: "Filler lines spoken because a tool took longer than TOOL_FILLER_MS",
+      registers: [registry],
+    }),
+    speakPublishErrors: new Counter({
+      name: "voicebot_dialog_speak_publish_errors_total",
+      help: "SpeakRequests that could not be queued for tts (the caller misses that speech)",
+      registers: [registry],
+    }),
+    restarts: new Counter({
+      name: "voicebot_dialog_conversation_restarts_total",
+      help: "Live calls whose dialog state was lost (restart: ingress re-announced the call; recovered: an input found no state): the caller is told and greeted again",
+      labelNames: ["reason"],
       registers: [registry],
     }),
   };

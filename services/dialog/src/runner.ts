@@ -46,6 +46,12 @@ export interface DialogState {
   engine: unknown;
   /** The latest bot turns and the text recorded for each (to rewrite the record after a barge-in). */
   spoken?: Array<{ turnId: string; text: string }>;
+  /**
+   * The input whose turn is being played (its DialogInput, protobuf in base64), cleared when its turn is saved. If
+   * the replica playing it dies, the replica that takes the call's next input finds it here and does it first, so
+   * the caller's inputs are answered in order (JetStream would hand it back only after the ack wait, behind them).
+   */
+  inProgress?: { inputId: string; input: string; restart?: boolean };
 }
 
 export interface RunnerDependencies {
@@ -84,6 +90,8 @@ const NO_FILLER_TOOLS = new Set(["end_call", "transfer_to_human", "send_dtmf"]);
 const MAX_ATTEMPTS = 3;
 const DEFAULT_FORMAT = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 };
 const APOLOGY = "Sorry, something went wrong on my side.";
+/** Said before the greeting when a live call's dialog state was lost (Redis lost its data). */
+const RESTART_APOLOGY = "Sorry, we had a technical problem, so let's start again.";
 
 type Dropped = { drop: string };
 
@@ -167,11 +175,39 @@ export class TurnRunner {
       return;
     }
     try {
+      await this.redoAbandoned(message, receivedAt);
       if ("interrupted" in engineInput) await this.interruption(message, engineInput.interrupted, item);
       else await this.turn(message, engineInput, item, receivedAt);
     } finally {
       await release();
     }
+  }
+
+  /**
+   * A replica that died mid-turn left its input in the state, unfinished: do it now, before `current` (its own
+   * redelivery comes later and is dropped as a duplicate). Runs under the call's lease.
+   */
+  private async redoAbandoned(current: DialogInput, receivedAt: number): Promise<void> {
+    const { callId } = current;
+    const state = (await this.deps.store.loadDialog<DialogState>(callId)).value;
+    const left = state?.inProgress;
+    if (!state || !left || left.inputId === current.inputId || state.processed.includes(left.inputId)) return;
+    let message: DialogInput;
+    try {
+      message = DialogInputCodec.decode(Buffer.from(left.input, "base64"));
+    } catch (error) {
+      this.deps.log.warn("unfinished input in the dialog state is unreadable; skipped", { callId, inputId: left.inputId, error: errorText(error) });
+      return;
+    }
+    const engineInput = toEngineInput(message);
+    if ("drop" in engineInput) return;
+    this.deps.log.warn("another replica died during an earlier input of this call; doing that input first", {
+      callId,
+      inputId: left.inputId,
+      before: current.inputId,
+    });
+    const detached: WorkItem = { subject: "", deliveryCount: 0, ack: () => undefined, nak: () => undefined, working: () => undefined };
+    await this.turn(message, engineInput, detached, receivedAt);
   }
 
   /** The caller talked over a bot turn: the history and the record keep only what they heard. */
@@ -226,25 +262,56 @@ export class TurnRunner {
         if (redone && attempt === 0) {
           log.warn("input was started before by a replica that did not finish it; redoing it", { ...fields, delivery: item.deliveryCount });
         }
+        // A live call without dialog state lost it (Redis lost its data): the caller is told and the conversation
+        // starts over, since what the input means depends on the state that is gone.
+        // `resumed`: this input's own mark (an earlier attempt, or a replica that died on it) is in the state.
+        const resumed = state?.inProgress?.inputId === inputId ? state.inProgress : undefined;
+        let restart = resumed?.restart === true;
         if (input.$case === "callStarted") {
-          if (state) return this.drop(item, "already_started", fields);
-          state = this.newState(input.value, message.atMs || receivedAt);
+          if (state && !resumed) return this.drop(item, "already_started", fields);
+          if (!state) {
+            state = this.newState(input.value, message.atMs || receivedAt);
+            // Ingress re-announces a call whose record vanished with another input id than the first start's.
+            restart = inputId !== `${callId}:start`;
+            if (restart) {
+              metrics.restarts.inc({ reason: "restart" });
+              state.turns = restartTurnBase(state.startedAtMs, receivedAt);
+            }
+          }
         } else if (!state) {
           state = await this.recoverState(callId, receivedAt);
+          restart = true;
+          metrics.restarts.inc({ reason: "recovered" });
         }
+        const turnInput: EngineInput = restart ? { kind: "start" } : engineInput;
         if (state.done) return this.drop(item, "conversation_over", fields);
         if (engineInput.kind === "noInput" && input.$case === "noInput" && input.value.turnId && input.value.turnId !== `t${state.turns}`) {
           return this.drop(item, "stale_no_input", fields);
+        }
+
+        // Recorded before anything is said, for the replica that must finish this input if this one dies.
+        let version = loaded.version;
+        if (state.inProgress?.inputId !== inputId) {
+          const encoded = Buffer.from(DialogInputCodec.encode(message).finish()).toString("base64");
+          const marked: DialogState = { ...state, inProgress: { inputId, input: encoded, ...(restart ? { restart } : {}) } };
+          if (!(await store.saveDialog(callId, marked, version))) {
+            metrics.conflicts.inc();
+            if ((await store.callState(callId)) !== "live") return this.drop(item, "ended_call", fields);
+            continue;
+          }
+          state = marked;
+          version = (await store.loadDialog<DialogState>(callId)).version;
         }
 
         const agent = this.agentFor(state.agent);
         const turnsBefore = redone ? state.turns + REDO_TURN_GAP : state.turns;
         // One per delivery: a barge-in during the first attempt also stops a redone one.
         abort ??= this.deps.inFlight.begin(callId, state.turns);
-        const played = await this.play(agent, state, turnsBefore, engineInput, message, receivedAt, attempt > 0, abort);
+        const played = await this.play(agent, state, turnsBefore, turnInput, message, receivedAt, attempt > 0, abort, restart);
         turnsReached = Math.max(turnsReached, played.turns);
         const next: DialogState = {
           ...state,
+          inProgress: undefined,
           turns: turnsReached,
           done: played.result.done === true,
           engine: played.result.state,
@@ -253,7 +320,7 @@ export class TurnRunner {
         };
         if (played.hints) await store.setJson(keys.hints(callId), played.hints);
         if (played.result.wake) await this.publishWake(callId, inputId, played.result.wake);
-        if (await store.saveDialog(callId, next, loaded.version)) {
+        if (await store.saveDialog(callId, next, version)) {
           item.ack();
           const outcome = played.result.outcome;
           metrics.turns.inc({ outcome });
@@ -262,7 +329,7 @@ export class TurnRunner {
           if (confirmation) metrics.confirmations.inc({ outcome: confirmation });
           if (played.cancelled) metrics.cancelledTurns.inc();
           metrics.turnSeconds.observe((Date.now() - receivedAt) / 1000);
-          log.info("turn done", { ...fields, kind: engineInput.kind, outcome, turns: next.turns, done: next.done, ms: Date.now() - receivedAt });
+          log.info("turn done", { ...fields, kind: turnInput.kind, outcome, turns: next.turns, done: next.done, ms: Date.now() - receivedAt, ...(restart ? { restart } : {}) });
           return;
         }
         // Someone saved in between (a lease that expired mid-turn): redo on the new state without repeating speech.
@@ -293,6 +360,7 @@ export class TurnRunner {
     receivedAt: number,
     replay: boolean,
     abort: AbortController,
+    restart = false,
   ): Promise<{
     result: TurnResult<unknown>;
     hints?: RecognitionHints;
@@ -314,6 +382,7 @@ export class TurnRunner {
     let fillerSaid = false;
     let hints: RecognitionHints | undefined;
     const spoken: Array<{ turnId: string; text: string }> = [];
+    const speakQueued: Array<Promise<void>> = [];
     const speech = new SpeechOutput({
       callId,
       voice: agent.voice,
@@ -322,7 +391,9 @@ export class TurnRunner {
       timing: timingFor(message, receivedAt),
       toolMs: () => toolMs,
       live: !replay,
-      publish: (request) => bus.publish(subjects.ttsSpeak, SpeakRequest, request, callId),
+      // Durable (tts takes requests from a JetStream work queue): a chunk survives the death of the tts replica
+      // speaking it. The input is acked only once all its speech is queued.
+      publish: (request) => void speakQueued.push(this.queueSpeech(request)),
       onTurnDone: (turnId, text) => {
         spoken.push({ turnId, text });
         record({ role: "bot", text, at: new Date().toISOString() });
@@ -356,17 +427,22 @@ export class TurnRunner {
             : undefined;
         let outcome;
         try {
-          outcome = await tools.call({
-            callId,
-            // Deterministic per input, position, tool and arguments: a redone turn that makes the same call gets
-            // the first execution's result instead of acting twice.
-            toolCallId: toolCallId(message.inputId, toolIndex++, name, args),
-            name,
-            args,
-            timeoutMs: options?.timeoutMs ?? 0,
-            turnId: speech.lastTurnId,
-            agent: agent.name,
-          });
+          outcome = await tools.call(
+            {
+              callId,
+              // Deterministic per input, position, tool and arguments: a redone turn that makes the same call gets
+              // the first execution's result instead of acting twice.
+              toolCallId: toolCallId(message.inputId, toolIndex++, name, args),
+              name,
+              args,
+              timeoutMs: options?.timeoutMs ?? 0,
+              turnId: speech.lastTurnId,
+              agent: agent.name,
+            },
+            // A hang-up stops the wait (the turn can say nothing more); a barge-in does not: the tool's result
+            // still decides the conversation's next state.
+            this.deps.inFlight.endedSignal(callId),
+          );
         } finally {
           clearTimeout(filler);
         }
@@ -383,6 +459,10 @@ export class TurnRunner {
 
     let result: TurnResult<unknown>;
     const engineState = state.engine ?? agent.engine.initialState();
+    if (restart) {
+      log.warn("dialog state of a live call was lost; telling the caller and starting over", { callId, inputId: message.inputId });
+      speech.say(RESTART_APOLOGY, true);
+    }
     try {
       result = await agent.engine.turn(engineInput, engineState, io);
     } catch (error) {
@@ -393,7 +473,19 @@ export class TurnRunner {
     }
     speech.close();
     await records;
+    await Promise.all(speakQueued);
     return { result, hints, turns: speech.turnCount, spoken, cancelled: speech.isCancelled };
+  }
+
+  /** Puts a SpeakRequest on the tts work queue (retried by the bus; msgId = its chunk, so once). Never throws. */
+  private async queueSpeech(request: SpeakRequest): Promise<void> {
+    const { callId, turnId, chunkSeq } = request;
+    try {
+      await this.deps.bus.publishDurable(subjects.ttsSpeak, SpeakRequest, request, `${callId}:speak:${turnId}.${chunkSeq}`, callId);
+    } catch (error) {
+      this.deps.metrics.speakPublishErrors.inc();
+      this.deps.log.error("speech could not be queued for tts; the caller misses it", { callId, turnId, chunkSeq, error: errorText(error) });
+    }
   }
 
   private agentFor(name: string): Agent {
@@ -422,16 +514,17 @@ export class TurnRunner {
     };
   }
 
-  /** A live call without dialog state (its start input was lost): continue with the agent its record names. */
+  /** A live call without dialog state (lost, or its start input was): a new state with the agent its record names. */
   private async recoverState(callId: string, now: number): Promise<DialogState> {
     const record = await this.deps.store.getRecord(callId);
     const agent = record?.agent && this.deps.agents.has(record.agent) ? record.agent : this.deps.defaultAgent;
-    this.deps.log.warn("no dialog state for a live call; starting one without a greeting", { callId, agent });
+    this.deps.log.warn("no dialog state for a live call; starting the conversation over", { callId, agent });
+    const startedAtMs = Date.parse(record?.startedAt ?? "") || now;
     return {
       agent,
-      turns: 0,
+      turns: restartTurnBase(startedAtMs, now),
       format: DEFAULT_FORMAT,
-      startedAtMs: Date.parse(record?.startedAt ?? "") || now,
+      startedAtMs,
       processed: [],
       done: false,
       engine: this.agentFor(agent).engine.initialState(),
@@ -458,6 +551,15 @@ export function toEngineInput(message: DialogInput): EngineInput | Dropped {
     default:
       return { drop: "invalid_input" };
   }
+}
+
+/**
+ * The turn number a conversation that lost its state continues from. Turn ids only grow (ingress drops audio of a
+ * turn id it has already played), and the lost count is unknown: this is above any count the call can have reached
+ * (far fewer than 100 turns per second of call, redo gaps included).
+ */
+export function restartTurnBase(startedAtMs: number, now: number): number {
+  return 1_000 + 100 * Math.ceil(Math.max(0, now - startedAtMs) / 1000);
 }
 
 /** NoInput.turnId of the timer inputs an engine asks for (TurnResult.wake). */

@@ -54,9 +54,12 @@ export function readDialogConfig(env: EnvReader): DialogConfig {
   return {
     agentsDir: env.string("AGENTS_DIR", DEFAULT_AGENTS_DIR),
     defaultAgent: env.string("DEFAULT_AGENT", "order-line"),
-    leaseTtlMs: env.int("DIALOG_LEASE_TTL_MS", 5_000, { min: 1_000, max: 60_000 }),
+    // Both bound how long a call waits when the replica taking its turn dies: its lease must expire, and (when the
+    // caller does nothing meanwhile) JetStream hands its input to another replica after the ack wait. Turns in
+    // progress renew the lease every third of its TTL and heartbeat the input every third of the ack wait.
+    leaseTtlMs: env.int("DIALOG_LEASE_TTL_MS", 3_000, { min: 1_000, max: 60_000 }),
     leaseWaitMs: env.int("DIALOG_LEASE_WAIT_MS", 1_000, { min: 0, max: 10_000 }),
-    ackWaitMs: env.int("DIALOG_ACK_WAIT_MS", 10_000, { min: 1_000, max: 120_000 }),
+    ackWaitMs: env.int("DIALOG_ACK_WAIT_MS", 4_000, { min: 1_000, max: 120_000 }),
     toolFillerMs: env.int("TOOL_FILLER_MS", 1_200, { min: 100, max: 30_000 }),
     keypadPauseMs: env.int("KEYPAD_PAUSE_MS", 2_000, { min: 300, max: 30_000 }),
     digitsConfirmConfidence: env.number("DIGITS_CONFIRM_CONFIDENCE", DEFAULT_CONFIRM_CONFIDENCE, { min: 0, max: 1 }),
@@ -198,6 +201,8 @@ export const definition: ServiceDefinition<DialogConfig> = {
       },
       { name: "dialog.cancel" },
     );
+    // Speech goes to tts through its work queue; make sure it exists even when tts has not started yet.
+    await ctx.bus.ensureStream(streams.tts);
     const consumer = await ctx.bus.consume(streams.dialog, DialogInput, runner.handle, {
       name: "dialog.in",
       ackWaitMs: config.ackWaitMs,

@@ -27,9 +27,10 @@ export class ToolClient {
     private readonly metrics: DialogMetrics,
   ) {}
 
-  async call(request: ToolRequest): Promise<ToolOutcome> {
+  /** `signal`: stop waiting (the call ended); the outcome is then `cancelled`. */
+  async call(request: ToolRequest, signal?: AbortSignal): Promise<ToolOutcome> {
     const started = Date.now();
-    const outcome = await this.request(request, started);
+    const outcome = signal ? await untilAborted(this.request(request, started), signal, started) : await this.request(request, started);
     this.metrics.toolSeconds.observe({ tool: request.name, outcome: outcome.ok ? "ok" : outcome.errorCode }, outcome.ms / 1000);
     return outcome;
   }
@@ -60,4 +61,14 @@ export class ToolClient {
       return { ok: false, errorCode: "failed", errorMessage: `tool result is not JSON: ${errorText(error)}`, ms };
     }
   }
+}
+
+function untilAborted(outcome: Promise<ToolOutcome>, signal: AbortSignal, started: number): Promise<ToolOutcome> {
+  const cancelled = (): ToolOutcome => ({ ok: false, errorCode: "cancelled", errorMessage: "the call ended", ms: Date.now() - started });
+  if (signal.aborted) return Promise.resolve(cancelled());
+  return new Promise((resolve) => {
+    const onAbort = () => resolve(cancelled());
+    signal.addEventListener("abort", onAbort, { once: true });
+    outcome.then(resolve, () => resolve(cancelled())).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }

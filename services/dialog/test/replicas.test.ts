@@ -236,4 +236,37 @@ describe("two dialog replicas", () => {
     const record = (await store.getRecord(callId))!;
     expect(record.toolCalls).toEqual([expect.objectContaining({ name: "check_points", ok: true, result: { points: 4200 } })]);
   });
+
+  it("a replica killed mid-turn while the caller goes on talking: the unfinished input is answered first, then the next, each once", async () => {
+    // A long ack wait (it applies to the shared consumer): JetStream hands the dead replica's input back only long
+    // after the caller's next input reached the survivor, so only the survivor can keep the order.
+    replicas.push(await startServiceProcess("dialog", { ...dialogEnv, DIALOG_ACK_WAIT_MS: "8000" }));
+    webhookCalls = 0;
+    llm = (request) => {
+      if (request.lastUser === "and my balance") return { text: "Your balance is zero." };
+      if (request.toolResults.length > 0) return { text: `You have ${JSON.parse(request.toolResults[0].content).points} points.` };
+      return { toolCalls: [{ name: "check_points", arguments: { member_id: "123456" } }] };
+    };
+    const callId = await startCall("points");
+    await waitFor(() => completeTurns(callId).get("t1"), { what: "the greeting" });
+    await say(callId, "points for member 123456", "u1");
+    await waitFor(() => webhookCalls === 1, { what: "the webhook call" });
+    const victim = await busyReplica();
+    victim.kill();
+    await victim.exited;
+    // The caller speaks again at once: that input reaches the survivor long before JetStream would hand back the
+    // dead replica's input (after the ack wait), yet it must not be answered first.
+    await say(callId, "and my balance", "u2");
+
+    await waitFor(() => [...completeTurns(callId).values()].includes("Your balance is zero."), { what: "both answers", timeoutMs: 15_000 });
+    await new Promise((r) => setTimeout(r, 500)); // an answer out of order would be in by now
+    const answers = [...completeTurns(callId)].filter(([turnId]) => turnId !== "t1").sort(([a], [b]) => Number(a.slice(1)) - Number(b.slice(1)));
+    expect(answers.map(([, text]) => text)).toEqual(["You have 4200 points.", "Your balance is zero."]);
+    expect(webhookCalls).toBe(1);
+    const record = (await store.getRecord(callId))!;
+    expect(record.transcript.filter((e) => e.role === "caller").map((e) => e.text)).toEqual(["points for member 123456", "and my balance"]);
+    const redoneFirst = (line: Record<string, unknown>) =>
+      line.callId === callId && line.msg === "another replica died during an earlier input of this call; doing that input first";
+    expect(replicas.some((r) => r !== victim && r.logs.some(redoneFirst))).toBe(true);
+  });
 });

@@ -1,4 +1,5 @@
 import type { EnvReader } from "@voicebot/service-kit";
+import { DEFAULT_NO_SILENCE_FILE, DEFAULT_NO_SILENCE_TEXT, loadNoSilenceClip } from "./no-silence.js";
 
 export const PROBED_SERVICES = ["asr", "dialog", "tools", "tts"] as const;
 export type ProbedService = (typeof PROBED_SERVICES)[number];
@@ -56,6 +57,14 @@ export interface IngressConfig {
   /** The public wss:// URL Twilio connects to, as signed; default: built from the Host header. */
   publicStreamUrl: string | undefined;
   authToken: string | undefined;
+  /** No new bot turn this long after the caller's input ended: play the fallback line (0 = off). */
+  noSilenceDeadlineMs: number;
+  /** The fallback line: μ-law 8 kHz, whole frames (undefined when the deadline is off). */
+  noSilenceClip: Uint8Array | undefined;
+  /** What the fallback line says (for the call record). */
+  noSilenceText: string;
+  /** How often live calls are checked for a call record that vanished (Redis lost its data). */
+  recordCheckMs: number;
 }
 
 const AGENT = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -69,6 +78,17 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
   const validateSignature = env.bool("TWILIO_VALIDATE_SIGNATURE", false);
   const publicStreamUrl = env.optional("TWILIO_STREAM_URL");
   if (publicStreamUrl) env.url("TWILIO_STREAM_URL", publicStreamUrl, ["wss", "ws"]);
+
+  const noSilenceDeadlineMs = env.int("NO_SILENCE_DEADLINE_MS", 4_000, { min: 0, max: 60_000 });
+  const noSilenceFile = env.string("NO_SILENCE_AUDIO_FILE", DEFAULT_NO_SILENCE_FILE);
+  let noSilenceClip: Uint8Array | undefined;
+  if (noSilenceDeadlineMs > 0) {
+    try {
+      noSilenceClip = loadNoSilenceClip(noSilenceFile);
+    } catch (error) {
+      env.problem(`NO_SILENCE_AUDIO_FILE=${JSON.stringify(noSilenceFile)}: ${(error as Error).message}`);
+    }
+  }
 
   const config: IngressConfig = {
     defaultAgent,
@@ -95,6 +115,10 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
     validateSignature,
     publicStreamUrl,
     authToken,
+    noSilenceDeadlineMs,
+    noSilenceClip,
+    noSilenceText: env.string("NO_SILENCE_TEXT", noSilenceFile === DEFAULT_NO_SILENCE_FILE ? DEFAULT_NO_SILENCE_TEXT : "(fallback line)"),
+    recordCheckMs: env.int("INGRESS_RECORD_CHECK_MS", 2_000, { min: 100, max: 60_000 }),
   };
   if (!AGENT.test(defaultAgent)) env.problem(`DEFAULT_AGENT=${JSON.stringify(defaultAgent)} must match ${AGENT}`);
   if (validateSignature && !authToken) env.problem("TWILIO_VALIDATE_SIGNATURE=true needs TWILIO_AUTH_TOKEN");

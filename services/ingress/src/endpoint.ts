@@ -64,6 +64,29 @@ export class TwilioEndpoint {
     });
   };
 
+  private checkingRecords = false;
+
+  /**
+   * Looks up the record of every live call; a record that vanished (Redis restarted empty, or failed over to a
+   * replica that lacked it) is written and the call announced again, so the pipeline picks it back up.
+   */
+  async checkRecords(): Promise<void> {
+    if (this.checkingRecords) return;
+    this.checkingRecords = true;
+    try {
+      const live = [...this.sessions].flatMap((session) => {
+        const callId = session.recordExpected;
+        return callId ? [{ session, callId }] : [];
+      });
+      const states = await Promise.all(live.map(({ callId }) => this.deps.store.callState(callId).catch(() => "unknown" as const)));
+      live.forEach(({ session }, i) => {
+        if (states[i] === undefined) session.reannounce();
+      });
+    } finally {
+      this.checkingRecords = false;
+    }
+  }
+
   /** Refuses new streams and resolves once every live call has ended. */
   async drain(): Promise<void> {
     this.draining = true;

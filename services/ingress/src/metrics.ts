@@ -25,6 +25,8 @@ export class IngressMetrics {
   readonly inboundDropped: Counter<"reason">;
   readonly inboundMissing: Counter;
   readonly inboundConcealed: Counter;
+  readonly noSilenceFallbacks: Counter;
+  readonly recordsRestored: Counter;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -145,6 +147,16 @@ export class IngressMetrics {
     this.inboundConcealed = new Counter({
       name: "voicebot_ingress_inbound_frames_concealed_total",
       help: "Missing caller frames replaced by silence or a repeat of the previous frame",
+      registers,
+    });
+    this.noSilenceFallbacks = new Counter({
+      name: "voicebot_ingress_no_silence_fallbacks_total",
+      help: "Fallback lines played because no bot turn began within NO_SILENCE_DEADLINE_MS of the caller's input",
+      registers,
+    });
+    this.recordsRestored = new Counter({
+      name: "voicebot_ingress_call_records_restored_total",
+      help: "Live calls whose record vanished from Redis (data lost): re-created and re-announced to the pipeline",
       registers,
     });
   }

@@ -29,6 +29,12 @@ export const definition: ServiceDefinition<IngressConfig> = {
     registerRecordRoute(http, store, log, metrics);
     const probe = new ReadinessProbe(bus, config.requireServices, config.readinessProbeIntervalMs, ctx.common.instanceId, log);
     probe.start();
+    // Redis may come back empty (a restart without persistence): look for live calls whose record is gone as soon
+    // as it is reachable again, and every few seconds in case it was swapped without a disconnect.
+    const checkRecords = () =>
+      void endpoint.checkRecords().catch((error) => log.warn("checking the live calls' records failed", { error: errorText(error) }));
+    const recordTimer = setInterval(checkRecords, config.recordCheckMs);
+    store.redis.on("ready", checkRecords);
 
     return {
       notReadyReason: () => {
@@ -38,6 +44,8 @@ export const definition: ServiceDefinition<IngressConfig> = {
       activeCalls: () => endpoint.activeCalls,
       drain: () => endpoint.drain(),
       close: async () => {
+        clearInterval(recordTimer);
+        store.redis.off("ready", checkRecords);
         probe.stop();
         await endpoint.close();
         scheduler.close();

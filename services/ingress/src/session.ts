@@ -18,14 +18,17 @@ import {
   SpeechActivity,
   SpeechActivity_Kind,
   SynthesisFailed,
+  Transcript,
 } from "@voicebot/proto";
-import type { CallMeta, CallStore } from "@voicebot/state";
+import { keys, type CallMeta, type CallStore } from "@voicebot/state";
 import WebSocket, { type RawData } from "ws";
 import { isValidAgent, parseBool, type IngressConfig } from "./config.js";
 import { ProtocolErrorReporter, RateLimiter } from "./guard.js";
 import { InboundJitterBuffer, type JitterSink } from "./jitter.js";
 import type { IngressMetrics } from "./metrics.js";
+import { isNoSilenceTurn, NO_SILENCE_TURN_PREFIX, SilenceGuard } from "./no-silence.js";
 import { CallPlayout, type PlayoutListener, type PlayoutOutput } from "./playout.js";
+import { callerAudioBatch } from "./publish-batch.js";
 import type { Pacer, PlayoutScheduler } from "./scheduler.js";
 import type { SkipReason, TurnState } from "./turn-queue.js";
 import { turnLatency } from "./turn-record.js";
@@ -103,6 +106,15 @@ export class CallSession {
   private readonly startTimer: NodeJS.Timeout;
   private lastPublishErrorLog = 0;
   private closeCode: number | undefined;
+  /** Plays the fallback line when the pipeline leaves an input unanswered. */
+  private guard: SilenceGuard | undefined;
+  private fallbacks = 0;
+  /** What announced the call (kept to announce it again if its record vanishes). */
+  private announcement: { meta: CallMeta; callStarted: CallStarted } | undefined;
+  /** The call's record was written (or tried) at start: from then on a missing record means Redis lost it. */
+  private announced = false;
+  private reannouncing = false;
+  private restarts = 0;
   private resolveFinished!: () => void;
   /** Resolves once the stream is over and the call's end has been published and recorded. */
   readonly finished = new Promise<void>((resolve) => (this.resolveFinished = resolve));
@@ -229,6 +241,9 @@ export class CallSession {
       else this.bargeIn = value;
     }
     this.jitter = new InboundJitterBuffer(config.inboundJitterMs, this.jitterSink);
+    if (config.noSilenceDeadlineMs > 0 && config.noSilenceClip) {
+      this.guard = new SilenceGuard(config.noSilenceDeadlineMs, (input) => this.onSilence(input));
+    }
 
     this.playout = new CallPlayout(
       { leadMs: config.playoutLeadMs, stallMs: config.playoutStallMs, aloneStallMs: config.playoutAloneStallMs },
@@ -241,6 +256,14 @@ export class CallSession {
       bus.subscribe(subjects.control(callId), CallControl, (m) => this.onControl(m), { name: "control" }),
       bus.subscribe(subjects.speech(callId), SpeechActivity, (m) => this.onSpeech(m), { name: "speech", ordered: true }),
     );
+    // A final transcript is an input the dialog answers: the no-silence deadline starts.
+    if (this.guard) {
+      this.subs.push(
+        bus.subscribe(subjects.transcript(callId), Transcript, (m) => void (m.isFinal && !this.ended && this.guard?.inputEnded("speech")), {
+          name: "transcript",
+        }),
+      );
+    }
 
     const callStarted = CallStarted.create({
       callId,
@@ -265,12 +288,14 @@ export class CallSession {
       startedAt: new Date(startedAtMs).toISOString(),
     };
     this.log.info("call started", { agent, tracks: start.tracks, bargeIn: this.bargeIn });
+    this.announcement = { meta, callStarted };
     this.enqueue(async () => {
       await this.storeOp("create_call", () => this.deps.store.createCall(meta));
       this.publish(subjects.callStarted, CallStarted, callStarted, "call_started");
       await this.publishInput(
         DialogInput.create({ callId, inputId: `${callId}:start`, atMs: startedAtMs, input: { $case: "callStarted", value: callStarted } }),
       );
+      this.announced = true;
     });
   }
 
@@ -290,7 +315,13 @@ export class CallSession {
     forward: (chunk, payload, frameCount, receivedAtMs, concealed) => {
       const callId = this.callSid!;
       const audio = CallerAudio.create({ callId, firstFrame: chunk - 1, frameCount, format: MULAW_8K, payload, receivedAtMs });
-      if (this.publish(subjects.callerAudio(callId), CallerAudio, audio, "caller_audio") && !concealed) this.deps.metrics.framesIn.inc(frameCount);
+      // With every other call's frames of this event-loop turn: one socket write for all (see publish-batch.ts).
+      callerAudioBatch.add(
+        () => {
+          if (this.publish(subjects.callerAudio(callId), CallerAudio, audio, "caller_audio") && !concealed) this.deps.metrics.framesIn.inc(frameCount);
+        },
+        (error) => this.log.error("publishing caller audio failed", { error: errorText(error) }),
+      );
     },
     reordered: () => this.deps.metrics.inboundReordered.inc(),
     dropped: (reason) => {
@@ -315,11 +346,41 @@ export class CallSession {
     const inputId = `${callId}:dtmf:${dtmf.sequenceNumber}`;
     // The digit itself is not logged: callers key in card and account numbers.
     this.log.info("keypad press", { inputId });
+    if (this.guard) void this.keyPressed(callId, dtmf.digit);
     this.enqueue(() =>
       this.publishInput(
         DialogInput.create({ callId, inputId, atMs, input: { $case: "keypad", value: KeypadPress.create({ callId, digit: dtmf.digit, atMs }) } }),
       ),
     );
+  }
+
+  /**
+   * A key ends an entry the dialog answers, except a digit while the dialog collects digits silently (its hints
+   * say mode "digits"; "#" and "*" end such an entry). Unreadable hints count as an answered key.
+   */
+  private async keyPressed(callId: string, digit: string): Promise<void> {
+    if (digit !== "#" && digit !== "*") {
+      const hints = await this.deps.store.getJson<{ mode?: unknown }>(keys.hints(callId)).catch(() => undefined);
+      if (hints?.mode === "digits") return;
+    }
+    if (!this.ended) this.guard?.inputEnded("keypad");
+  }
+
+  /** Nothing answered the caller's input in time: ingress says the fallback line itself, as a turn of its own. */
+  private onSilence(input: string): void {
+    const playout = this.playout;
+    const clip = this.deps.config.noSilenceClip;
+    if (this.ended || !playout || !clip || this.finalActionPending) return;
+    const { config, metrics, scheduler } = this.deps;
+    const turnId = `${NO_SILENCE_TURN_PREFIX}${++this.fallbacks}`;
+    const text = config.noSilenceText;
+    playout.addAudio({ turnId, chunkSeq: 0, partSeq: 0, payload: clip, chunkDone: true, turnDone: true, text, timing: undefined }, performance.now());
+    scheduler.wake(playout);
+    metrics.noSilenceFallbacks.inc();
+    this.log.warn("no bot turn began in time after the caller's input; playing the fallback line", { input, deadlineMs: config.noSilenceDeadlineMs, turnId });
+    const callId = this.callSid!;
+    const at = new Date().toISOString();
+    this.enqueue(() => this.storeOp("append_transcript", () => this.deps.store.appendTranscript(callId, { role: "bot", text, at })));
   }
 
   // ---- pipeline -> us ----
@@ -365,6 +426,7 @@ export class CallSession {
       this.log.debug("bot audio part dropped", { reason: result, turnId: audio.turnId, chunkSeq: audio.chunkSeq, partSeq: audio.partSeq });
       return;
     }
+    this.guard?.botAudio(audio.turnId);
     scheduler.wake(playout);
   }
 
@@ -426,6 +488,7 @@ export class CallSession {
   private publishCancels(turnIds: string[], reason: string): void {
     const callId = this.callSid!;
     for (const turnId of turnIds) {
+      if (isNoSilenceTurn(turnId)) continue; // ingress's own line: nobody else works on it
       if (this.publish(subjects.cancel(callId), CancelTurn, CancelTurn.create({ callId, turnId, reason }), "cancel_turn")) {
         this.deps.metrics.cancels.inc({ reason });
       }
@@ -566,6 +629,7 @@ export class CallSession {
 
   private readonly listener: PlayoutListener = {
     turnStarted: (turn, chunk, atMs) => {
+      if (isNoSilenceTurn(turn.id)) return; // not the pipeline's turn: no latency to record
       const callId = this.callSid!;
       const { entry, inputLatencyMs } = turnLatency(turn.id, chunk.timing ?? turn.timing, atMs);
       if (inputLatencyMs !== undefined) this.deps.metrics.turnLatency.observe(Math.max(0, inputLatencyMs) / 1000);
@@ -600,7 +664,7 @@ export class CallSession {
    */
   private publishPlayback(kind: PlaybackEvent_Kind, turn: TurnState, chunkSeq: number, durableTag?: "played" | "int"): void {
     const callId = this.callSid;
-    if (!callId) return;
+    if (!callId || isNoSilenceTurn(turn.id)) return; // the dialog knows nothing of ingress's own line
     const event = PlaybackEvent.create({ callId, turnId: turn.id, kind, chunkSeq, atMs: Date.now(), heardText: turn.heardText });
     if (this.publish(subjects.playback(callId), PlaybackEvent, event, "playback")) {
       this.deps.metrics.playbackEvents.inc({ kind: PlaybackEvent_Kind[kind] ?? String(kind) });
@@ -633,6 +697,7 @@ export class CallSession {
     if (this.ending) return this.ending;
     if (this.jitter) {
       this.jitter.flushAll(); // the caller's last words still reach the recognizer
+      callerAudioBatch.flush(); // ...before anything that ends the call
       this.deps.scheduler.remove(this.jitterPacer);
     }
     // Every stage drops the call's work now; CallEnded follows once the record writes are done.
@@ -642,6 +707,7 @@ export class CallSession {
     }
     if (this.pendingBargeIn) clearTimeout(this.pendingBargeIn.timer);
     this.pendingBargeIn = undefined;
+    this.guard?.close();
     this.ended = true;
     clearTimeout(this.startTimer);
     for (const sub of this.subs.splice(0)) {
@@ -675,6 +741,45 @@ export class CallSession {
       .catch((error) => this.log.error("ending the call failed", { error: errorText(error) }))
       .finally(() => this.resolveFinished());
     return this.ending;
+  }
+
+  // ---- the call's record ----
+
+  /** The call is live here and its record was written: a missing record now means Redis lost it. */
+  get recordExpected(): string | undefined {
+    return this.announced && !this.ended && !this.reannouncing ? this.callSid : undefined;
+  }
+
+  /**
+   * Redis lost the call's record (and with it the dialog state, the asr lease, the hints): write the record again
+   * and announce the call again, so an asr replica claims it and the dialog starts the conversation over, telling
+   * the caller (DialogInput{callStarted} with inputId `<id>:restart:<n>`).
+   */
+  reannounce(): void {
+    const announcement = this.announcement;
+    if (!announcement || this.ended || this.reannouncing) return;
+    this.reannouncing = true;
+    const callId = announcement.meta.callSid;
+    const n = ++this.restarts;
+    this.deps.metrics.recordsRestored.inc();
+    this.log.warn("the call's record vanished from Redis; writing it again and restarting the conversation", { restart: n });
+    this.enqueue(async () => {
+      try {
+        await this.storeOp("create_call", () => this.deps.store.createCall(announcement.meta));
+        if (this.ended) return;
+        this.publish(subjects.callStarted, CallStarted, announcement.callStarted, "call_started");
+        await this.publishInput(
+          DialogInput.create({
+            callId,
+            inputId: `${callId}:restart:${n}`,
+            atMs: Date.now(),
+            input: { $case: "callStarted", value: announcement.callStarted },
+          }),
+        );
+      } finally {
+        this.reannouncing = false;
+      }
+    });
   }
 
   // ---- helpers ----

@@ -1,10 +1,10 @@
 import { errorText, isValidCallId, type Logger } from "@voicebot/bus";
 import { ToolCallResult, type ToolCallRequest } from "@voicebot/proto";
-import { keys, type CallStore } from "@voicebot/state";
+import { keys, type CallStore, type ToolCallEntry } from "@voicebot/state";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { InvalidArgumentsError, PermanentToolError, type Tool } from "./tool.js";
 
-export type ToolErrorCode = "unknown_tool" | "invalid_arguments" | "timeout" | "failed";
+export type ToolErrorCode = "unknown_tool" | "invalid_arguments" | "timeout" | "failed" | "cancelled";
 
 /** Longest a request may ask a tool to run. */
 export const MAX_TOOL_TIMEOUT_MS = 30_000;
@@ -64,6 +64,8 @@ export function createExecutorMetrics(registry: Registry): ExecutorMetrics {
 export class ToolExecutor {
   private readonly resolve: ToolResolver;
   private readonly inFlight = new Map<Promise<unknown>, string>();
+  /** Per call, the requests being handled for it (stopped when the call ends). */
+  private readonly running = new Map<string, Set<AbortController>>();
 
   /** `tools`: the same tools for every agent, or a resolver that knows each agent's own tools. */
   constructor(
@@ -90,27 +92,40 @@ export class ToolExecutor {
   }
 
   async handle(request: ToolCallRequest): Promise<ToolCallResult> {
-    const task = this.handleOnce(request);
-    this.inFlight.set(task, request.callId);
+    const callId = request.callId;
+    const cancel = new AbortController();
+    let set = this.running.get(callId);
+    if (!set) this.running.set(callId, (set = new Set()));
+    set.add(cancel);
+    const task = this.handleOnce(request, cancel.signal);
+    this.inFlight.set(task, callId);
     try {
       return await task;
     } finally {
       this.inFlight.delete(task);
+      set.delete(cancel);
+      if (set.size === 0 && this.running.get(callId) === set) this.running.delete(callId);
     }
   }
 
-  private async handleOnce(request: ToolCallRequest): Promise<ToolCallResult> {
+  /** The call ended: stops the tools running for it (a webhook's request is aborted). Returns how many. */
+  cancelCall(callId: string): number {
+    const set = this.running.get(callId);
+    for (const cancel of set ?? []) cancel.abort();
+    return set?.size ?? 0;
+  }
+
+  private async handleOnce(request: ToolCallRequest, cancelled: AbortSignal): Promise<ToolCallResult> {
     const { callId, toolCallId, name } = request;
     // Without a valid call and key there is nothing to record or deduplicate against: refuse before running.
     if (!isValidCallId(callId)) return this.refuse(request, "invalid_arguments", `invalid call id ${JSON.stringify(callId)}`);
     if (!toolCallId || toolCallId.length > MAX_TOOL_CALL_ID) {
       return this.refuse(request, "invalid_arguments", `tool_call_id must be 1..${MAX_TOOL_CALL_ID} characters`);
     }
-    const state = await this.store.callState(callId);
-    if (state !== "live") return this.refuse(request, "failed", state === "ended" ? "the call has ended" : "unknown call");
-
     const resultKey = keys.toolResult(callId, toolCallId);
-    const stored = await this.store.getJson<ToolCallResult>(resultKey);
+    // Both reads in one Redis round trip: every round trip here is on the caller's wait for the answer.
+    const [state, stored] = await Promise.all([this.store.callState(callId), this.store.getJson<ToolCallResult>(resultKey)]);
+    if (state !== "live") return this.refuse(request, "failed", state === "ended" ? "the call has ended" : "unknown call");
     if (stored) {
       this.metrics.duplicates.inc({ kind: "stored" });
       this.log.info("tool request answered from stored result", { callId, toolCallId, tool: name });
@@ -119,11 +134,15 @@ export class ToolExecutor {
     const timeoutMs = this.timeoutFor(request);
     if (!(await this.store.firstTime(callId, "tool", toolCallId))) {
       this.metrics.duplicates.inc({ kind: "waited" });
-      return this.waitForStored(request, resultKey, timeoutMs + RESULT_WAIT_GRACE_MS);
+      return this.waitForStored(request, resultKey, timeoutMs + RESULT_WAIT_GRACE_MS, cancelled);
     }
 
-    const result = await this.execute(request, timeoutMs);
-    await this.store.setJson(resultKey, result);
+    const { result, record } = await this.execute(request, timeoutMs, cancelled);
+    // A tool stopped because its call ended writes nothing: the record is closed (an append would renew the TTL of
+    // its keys to the live one) and nobody asks for the result; the log line and metric tell it ran.
+    if (cancelled.aborted) return result;
+    // The result (for duplicates) and the record line are independent writes: one round trip for both.
+    await Promise.all([this.store.setJson(resultKey, result), this.store.appendToolCall(callId, record)]);
     return result;
   }
 
@@ -133,7 +152,8 @@ export class ToolExecutor {
     return Math.min(requested, MAX_TOOL_TIMEOUT_MS);
   }
 
-  private async execute(request: ToolCallRequest, timeoutMs: number): Promise<ToolCallResult> {
+  /** Runs the tool; returns its result and the call-record line (the caller stores both). */
+  private async execute(request: ToolCallRequest, timeoutMs: number, cancelled: AbortSignal): Promise<{ result: ToolCallResult; record: ToolCallEntry }> {
     const { callId, toolCallId, name } = request;
     const started = Date.now();
     const tool = this.resolve(request.agent, name);
@@ -148,7 +168,7 @@ export class ToolExecutor {
         outcome = { ok: false, code: "invalid_arguments", message: parsed.message };
       } else {
         args = parsed.value;
-        outcome = await this.runWithTimeout(tool, parsed.value, request, timeoutMs);
+        outcome = await this.runWithTimeout(tool, parsed.value, request, timeoutMs, cancelled);
       }
     }
 
@@ -159,7 +179,7 @@ export class ToolExecutor {
     if (outcome.ok) this.log.info("tool ran", { callId, toolCallId, tool: name, ms });
     else this.log.warn("tool failed", { callId, toolCallId, tool: name, ms, errorCode: outcome.code, error: outcome.message });
 
-    await this.store.appendToolCall(callId, {
+    const record: ToolCallEntry = {
       name,
       arguments: args,
       result: outcome.ok ? outcome.value : null,
@@ -167,8 +187,8 @@ export class ToolExecutor {
       ...(outcome.ok ? {} : { error: `${outcome.code}: ${outcome.message}` }),
       ms,
       at: new Date(started).toISOString(),
-    });
-    return ToolCallResult.create({
+    };
+    const result = ToolCallResult.create({
       callId,
       toolCallId,
       name,
@@ -178,6 +198,7 @@ export class ToolExecutor {
       errorMessage: outcome.ok ? "" : outcome.message,
       durationMs: ms,
     });
+    return { result, record };
   }
 
   private async runWithTimeout(
@@ -185,18 +206,24 @@ export class ToolExecutor {
     args: Record<string, unknown>,
     request: ToolCallRequest,
     timeoutMs: number,
+    cancelled: AbortSignal,
   ): Promise<{ ok: true; value: unknown } | { ok: false; code: ToolErrorCode; message: string }> {
     const abort = new AbortController();
     let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<"timeout">((resolve) => {
+    let onCancel: (() => void) | undefined;
+    const stopped = new Promise<"timeout" | "cancelled">((resolve) => {
       timer = setTimeout(() => resolve("timeout"), timeoutMs);
+      onCancel = () => resolve("cancelled");
+      if (cancelled.aborted) onCancel();
+      else cancelled.addEventListener("abort", onCancel, { once: true });
     });
     const run = this.runWithRetries(tool, args, request, abort.signal, Date.now() + timeoutMs);
     try {
-      const value = await Promise.race([run, timedOut]);
-      if (value === "timeout") {
+      const value = await Promise.race([run, stopped]);
+      if (value === "timeout" || value === "cancelled") {
         abort.abort();
         run.catch(() => undefined); // the late outcome is not wanted
+        if (value === "cancelled") return { ok: false, code: "cancelled", message: `${tool.name} stopped: the call ended` };
         return { ok: false, code: "timeout", message: `${tool.name} did not finish within ${timeoutMs} ms` };
       }
       return { ok: true, value };
@@ -205,6 +232,7 @@ export class ToolExecutor {
       return { ok: false, code: "failed", message: errorText(error) };
     } finally {
       clearTimeout(timer);
+      if (onCancel) cancelled.removeEventListener("abort", onCancel);
     }
   }
 
@@ -227,9 +255,10 @@ export class ToolExecutor {
   }
 
   /** Another request holds the claim: wait for the result it stores. */
-  private async waitForStored(request: ToolCallRequest, resultKey: string, waitMs: number): Promise<ToolCallResult> {
+  private async waitForStored(request: ToolCallRequest, resultKey: string, waitMs: number, cancelled: AbortSignal): Promise<ToolCallResult> {
     const deadline = Date.now() + waitMs;
     while (Date.now() < deadline) {
+      if (cancelled.aborted) return this.errorResult(request, "cancelled", "the call ended");
       const stored = await this.store.getJson<ToolCallResult>(resultKey);
       if (stored) return stored;
       await new Promise((resolve) => setTimeout(resolve, RESULT_POLL_MS));

@@ -1,6 +1,6 @@
 import { fileURLToPath } from "node:url";
 import { queueGroups, subjects } from "@voicebot/bus";
-import { CallControl, ToolCallRequest, ToolCallResult } from "@voicebot/proto";
+import { CallControl, CallEnded, CancelTurn, ToolCallRequest, ToolCallResult } from "@voicebot/proto";
 import { ConfigError, type EnvReader, type ServiceDefinition } from "@voicebot/service-kit";
 import { defaultAgentsDir, loadDeclaredTools, ToolConfigError, type DeclaredTool } from "./agents.js";
 import { BUILTIN_TOOL_NAMES, builtinTools, isDialableTarget } from "./builtins.js";
@@ -130,6 +130,22 @@ export const definition: ServiceDefinition<ToolsConfig> = {
       name: "tools.call",
       queue: queueGroups.tools,
     });
+    // A call that ends stops its tools at once: ingress cancels all its turns ("") first, CallEnded follows.
+    const stopCall = (callId: string, signal: string) => {
+      const stopped = executor.cancelCall(callId);
+      if (stopped > 0) ctx.log.info("tools stopped: the call ended", { callId, requests: stopped, signal });
+    };
+    ctx.bus.subscribe(
+      subjects.cancelAll,
+      CancelTurn,
+      (cancel, delivery) => {
+        if (cancel.turnId === "") stopCall(cancel.callId || callIdOf(delivery.subject), "cancel");
+      },
+      { name: "tools.cancel" },
+    );
+    ctx.bus.subscribe(subjects.endedAll, CallEnded, (ended, delivery) => stopCall(ended.callId || callIdOf(delivery.subject), "ended"), {
+      name: "tools.ended",
+    });
     return {
       activeCalls: () => executor.activeCalls(),
       async drain() {
@@ -143,3 +159,8 @@ export const definition: ServiceDefinition<ToolsConfig> = {
     };
   },
 };
+
+/** vb.v1.call.<id>.<kind>: the call id token of a per-call subject. */
+function callIdOf(subject: string): string {
+  return subject.split(".")[3] ?? "";
+}

@@ -1,5 +1,5 @@
 import os from "node:os";
-import { errorText, queueGroups, subjects } from "@voicebot/bus";
+import { errorText, streams, subjects, type WorkItem } from "@voicebot/bus";
 import { CallEnded, CancelTurn, SpeakRequest } from "@voicebot/proto";
 import type { EnvReader, RunningService, ServiceContext, ServiceDefinition } from "@voicebot/service-kit";
 import type { FallbackEngine } from "./fallback.js";
@@ -17,6 +17,10 @@ export interface TtsConfig extends EngineSettings {
   cacheTtlMs: number;
   /** TTS_MAX_CONCURRENT: syntheses at once (default 2 per CPU core); more requests wait in a queue. */
   maxConcurrent: number;
+  /** TTS_ACK_WAIT_MS: a request whose replica stops heart-beating for this long goes to another replica. */
+  ackWaitMs: number;
+  /** TTS_MAX_REQUEST_AGE_MS: a request older than this (it waited out an outage in the queue) is dropped. */
+  maxRequestAgeMs: number;
 }
 
 export interface TtsServiceOptions {
@@ -38,6 +42,8 @@ export function readTtsConfig(env: EnvReader, registry: EngineRegistry = default
     rate: env.number("TTS_RATE", 1, { min: 0.5, max: 2 }),
     cacheTtlMs: env.int("TTS_CACHE_TTL_SECONDS", 7 * 24 * 3600, { min: 1 }) * 1000,
     maxConcurrent: env.int("TTS_MAX_CONCURRENT", 2 * os.availableParallelism(), { min: 1, max: 1024 }),
+    ackWaitMs: env.int("TTS_ACK_WAIT_MS", 2_000, { min: 500, max: 60_000 }),
+    maxRequestAgeMs: env.int("TTS_MAX_REQUEST_AGE_MS", 60_000, { min: 1_000 }),
   };
 }
 
@@ -83,10 +89,40 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
   });
   log.info("tts engines", { engines: engine.engines.map((e) => e.label), voice: config.voice, maxConcurrent: config.maxConcurrent });
 
-  const speakSub = bus.subscribe(subjects.ttsSpeak, SpeakRequest, (request) => speaker.speak(request, Date.now()), {
-    name: "speak",
-    queue: queueGroups.tts,
-  });
+  // SpeakRequests come from a JetStream work queue: a request is removed only once a replica has published its
+  // audio and acked it, so a chunk whose replica dies mid-synthesis goes to another replica after the ack wait
+  // instead of being lost (core NATS queue delivery is at most once).
+  const speakConsumer = await bus.consume(
+    streams.tts,
+    SpeakRequest,
+    async (request: SpeakRequest, item: WorkItem) => {
+      const receivedAtMs = Date.now();
+      // Tell JetStream the chunk is in hand while it waits for a synthesis slot and while it is spoken.
+      const heartbeat = setInterval(() => item.working(), Math.max(100, Math.floor(config.ackWaitMs / 3)));
+      try {
+        if (item.deliveryCount > 1) {
+          log.warn("speak request redelivered: the replica that had it stopped before finishing", {
+            callId: request.callId,
+            turnId: request.turnId,
+            chunkSeq: request.chunkSeq,
+            delivery: item.deliveryCount,
+          });
+        }
+        const sentAtMs = Number(request.timing?.dialogFirstTextMs || request.timing?.dialogStartMs || 0);
+        if (sentAtMs > 0 && receivedAtMs - sentAtMs > config.maxRequestAgeMs) {
+          metrics.badRequests.inc({ reason: "stale" });
+          log.warn("speak request too old to be worth speaking; dropped", { callId: request.callId, turnId: request.turnId, ageMs: receivedAtMs - sentAtMs });
+          return;
+        }
+        await speaker.speak(request, receivedAtMs);
+      } finally {
+        clearInterval(heartbeat);
+        item.ack();
+      }
+    },
+    // A small local queue: requests beyond it stay in the stream for a less busy replica.
+    { name: "speak", ackWaitMs: config.ackWaitMs, maxDeliver: 5, concurrency: 2 * config.maxConcurrent },
+  );
   bus.subscribe(
     subjects.cancelAll,
     CancelTurn,
@@ -150,7 +186,8 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
     },
     activeCalls: () => jobs.activeCalls(),
     async drain() {
-      speakSub.unsubscribe();
+      // Stops pulling; the chunks in hand are finished and acked (pulled ones not begun come back to the queue).
+      await speakConsumer.stop();
       await jobs.whenIdle();
     },
     async close() {

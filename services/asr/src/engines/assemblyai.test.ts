@@ -147,12 +147,19 @@ describe("AssemblyAIEngine against a fake Universal Streaming server", () => {
     expect(Date.now() - started).toBeLessThan(1400);
   });
 
-  it("rejects when the server closes the session with an error", async () => {
+  it("rejects when the server closes the session with an error, and reports it through onError at once", async () => {
     script = { text: "never finished", errorAfterAudioMs: 200 };
     const recognizer = engine().start({ mode: "phrases", phrases: [] });
+    const errors: Error[] = [];
+    recognizer.onError = (error) => errors.push(error);
     for (const frame of frames(600)) recognizer.push(frame);
     await waitFor(() => fake.sessions.at(-1)?.closeCode === 3005, { what: "the error close" });
+    // Reported once (the Error frame and the close are one failure), before finish() was called.
+    await waitFor(() => errors.length > 0, { what: "onError" });
+    expect(errors).toHaveLength(1);
+    expect(errors[0].message).toMatch(/^assemblyai: Session Cancelled: An error occurred/);
     await expect(recognizer.finish()).rejects.toThrow(/^assemblyai: Session Cancelled: An error occurred/);
+    expect(errors).toHaveLength(1);
   });
 
   it("rejects when the server is unreachable", async () => {

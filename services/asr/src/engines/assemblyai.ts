@@ -113,6 +113,7 @@ interface TurnText {
 
 class AssemblyAIRecognizer implements UtteranceRecognizer {
   onPartial?: (text: string) => void;
+  onError?: (error: Error) => void;
   private state: "streaming" | "finishing" | "done" = "streaming";
   private opened = false;
   /** ForceEndpoint and Terminate were sent: the next end-of-turn Turn is the answer. */
@@ -292,12 +293,21 @@ class AssemblyAIRecognizer implements UtteranceRecognizer {
     settle?.reject(error);
   }
 
-  /** Remembers the first failure; a pending finish() rejects with it at once. */
+  /** Remembers the first failure; a pending finish() rejects with it at once, an open utterance reports it. */
   private fail(error: Error): void {
     if (this.state === "done") return;
+    const first = this.failure === undefined;
     this.failure ??= error;
-    if (this.state === "finishing") this.reject(this.failure);
-    else this.closeSession();
+    if (this.state === "finishing") return this.reject(this.failure);
+    this.closeSession();
+    // Lost while the caller is still talking: say so now, so the service can move to another engine.
+    if (first && this.onError) {
+      try {
+        this.onError(this.failure);
+      } catch (e) {
+        this.log?.warn("assemblyai: onError threw", { error: describe(e) });
+      }
+    }
   }
 
   /** `force`: drop the socket now even if endTurn's close() is still waiting for Termination. */

@@ -1,0 +1,185 @@
+// The service with ASR_ENGINES=assemblyai,pocketsphinx: the real AssemblyAI SDK talks to the fake streaming
+// server. Partials are relayed, a stalled provider fails over to pocketsphinx (the final still arrives), and
+// partials that end mid-sentence keep the utterance open.
+import { subjects, type Bus } from "@voicebot/bus";
+import { DialogInput, Transcript } from "@voicebot/proto";
+import { startService, type ServiceHandle } from "@voicebot/service-kit";
+import { CallStore, keys } from "@voicebot/state";
+import {
+  ensureTestCertificate,
+  startFakeAssemblyAI,
+  startNats,
+  startRedis,
+  trustTestCertificateInProcess,
+  waitFor,
+  type FakeAssemblyAI,
+  type FakeAssemblyAIScript,
+  type ServerHandle,
+} from "@voicebot/testing";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { synthesizeTo8kPcm } from "../test/fixtures/make-audio.js";
+import { collect, connectTestBus, lineNoise, newCallId, startCall, streamAudio, utteranceFrames } from "../test/helpers.js";
+import { definition } from "./service.js";
+
+const API_KEY = "aai-test-key-service";
+
+let nats: ServerHandle;
+let redis: ServerHandle;
+let fake: FakeAssemblyAI;
+let script: FakeAssemblyAIScript = {};
+let bus: Bus;
+let store: CallStore;
+const replicas: ServiceHandle[] = [];
+const dialogInputs: DialogInput[] = [];
+let consumer: { stop(): Promise<void> } | undefined;
+
+async function startReplica(instance: string, extra: Record<string, string> = {}): Promise<ServiceHandle> {
+  const handle = await startService(definition, {
+    NATS_URL: nats.url,
+    REDIS_URL: redis.url,
+    HTTP_PORT: "0",
+    LOG_LEVEL: "error",
+    INSTANCE_ID: instance,
+    ASR_ENGINES: "assemblyai,pocketsphinx",
+    ASSEMBLYAI_API_KEY: API_KEY,
+    ASSEMBLYAI_BASE_URL: fake.url,
+    ...extra,
+  });
+  replicas.push(handle);
+  return handle;
+}
+
+async function metric(handle: ServiceHandle, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const values = (await handle.ctx.registry.getSingleMetric(name)?.get())?.values ?? [];
+  return values.filter((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l)).reduce((sum, v) => sum + v.value, 0);
+}
+
+async function ownedCall(owner: string, hints: object = { mode: "phrases", phrases: ["order status", "agent", "goodbye"] }) {
+  const callId = newCallId();
+  const transcripts = collect(bus, subjects.transcript(callId), Transcript);
+  await bus.nc.flush();
+  await startCall(bus, store, callId);
+  await store.setJson(keys.hints(callId), hints);
+  await waitFor(async () => (await store.leaseOwner(callId, "asr")) === owner, { what: "the asr lease" });
+  return { callId, transcripts };
+}
+
+const finals = (transcripts: Transcript[]) => transcripts.filter((t) => t.isFinal);
+
+/** flite pads each clip with ~250 ms of silence: the caller pauses for ~800 ms between the two. */
+const PAUSE_MS = 300;
+
+/** Two stretches of speech with `pauseMs` of line noise between them, as 20 ms μ-law frames. */
+function twoPartFrames(first: Int16Array, second: Int16Array, pauseMs: number): Uint8Array[] {
+  const pause = lineNoise(pauseMs, 7);
+  const joined = new Int16Array(first.length + pause.length + second.length);
+  joined.set(first, 0);
+  joined.set(pause, first.length);
+  joined.set(second, first.length + pause.length);
+  return utteranceFrames(joined, 500, 2000);
+}
+
+beforeAll(async () => {
+  trustTestCertificateInProcess(await ensureTestCertificate());
+  [nats, redis, fake] = await Promise.all([startNats(), startRedis(), startFakeAssemblyAI({ apiKey: API_KEY, script: () => script })]);
+  bus = await connectTestBus(nats.url);
+  store = CallStore.connect(redis.url);
+  consumer = await bus.consume(
+    { name: "VB_DIALOG_IN", subjects: [subjects.dialogInputAll], durable: "dialog" },
+    DialogInput,
+    async (input, item) => {
+      dialogInputs.push(input);
+      item.ack();
+    },
+    { name: "test-dialog", ackWaitMs: 5_000, maxDeliver: 3, concurrency: 4 },
+  );
+});
+
+afterEach(async () => {
+  script = {};
+  await Promise.allSettled(replicas.splice(0).map((r) => r.stop()));
+});
+
+afterAll(async () => {
+  await consumer?.stop();
+  await bus?.close();
+  await store?.close();
+  await Promise.allSettled([nats?.stop(), redis?.stop(), fake?.stop()]);
+});
+
+describe("asr service with ASR_ENGINES=assemblyai,pocketsphinx", () => {
+  it("relays AssemblyAI's partials and publishes its final", async () => {
+    script = { text: "i want to check my order status", msPerWord: 120 };
+    await startReplica("asr-partials");
+    const { callId, transcripts } = await ownedCall("asr-partials");
+    await streamAudio(bus, callId, utteranceFrames(await synthesizeTo8kPcm("I want to check my order status", "slt")), 0);
+    const [final] = await waitFor(() => (finals(transcripts).length ? finals(transcripts) : undefined), { what: "a final", timeoutMs: 10_000 });
+    expect(final).toMatchObject({ text: "i want to check my order status", engine: "assemblyai" });
+    const partials = transcripts.filter((t) => !t.isFinal);
+    expect(partials.length).toBeGreaterThan(2);
+    for (const p of partials) expect(p).toMatchObject({ callId, utteranceId: final.utteranceId, engine: "assemblyai" });
+    expect(partials.every((p) => final.text.startsWith(p.text))).toBe(true);
+    // Partials come while the caller talks, so before the final.
+    expect(transcripts.indexOf(final)).toBe(transcripts.length - 1);
+    await store.endCall(callId, "test");
+  });
+
+  it("fails a stalled AssemblyAI session over to pocketsphinx: the final still arrives, and the next utterance skips AssemblyAI", async () => {
+    script = { stallAfterBegin: true };
+    const a = await startReplica("asr-failover", { ASR_ENGINE_TIMEOUT_MS: "1000" });
+    const { callId, transcripts } = await ownedCall("asr-failover");
+    const sessionsBefore = fake.sessions.length;
+    const audio = await synthesizeTo8kPcm("order status", "slt");
+    let next = await streamAudio(bus, callId, utteranceFrames(audio), 0);
+    const [final] = await waitFor(() => (finals(transcripts).length ? finals(transcripts) : undefined), { what: "the final", timeoutMs: 10_000 });
+    expect(final).toMatchObject({ text: "order status", engine: "pocketsphinx" });
+    // Watchdog (1 s after the end of speech was decided) plus the replayed decode.
+    expect(final.finalAtMs - final.speechEndMs - final.endpointWaitMs).toBeGreaterThanOrEqual(1000);
+    expect(final.finalAtMs - final.speechEndMs - final.endpointWaitMs).toBeLessThan(2500);
+    await waitFor(() => dialogInputs.some((d) => d.inputId === `${callId}:utt:${final.utteranceId}`), { what: "the DialogInput" });
+    expect(fake.sessions.length).toBe(sessionsBefore + 1);
+    expect(await metric(a, "voicebot_asr_engine_failovers_total", { from: "assemblyai", to: "pocketsphinx", reason: "timeout" })).toBe(1);
+    expect(await metric(a, "voicebot_asr_provider_errors_total", { engine: "assemblyai" })).toBe(1);
+    expect(await metric(a, "voicebot_asr_engine_errors_total")).toBe(0);
+
+    next = await streamAudio(bus, callId, utteranceFrames(await synthesizeTo8kPcm("goodbye", "kal")), next);
+    const second = await waitFor(() => finals(transcripts)[1], { what: "the second final", timeoutMs: 10_000 });
+    expect(second).toMatchObject({ text: "goodbye", engine: "pocketsphinx" });
+    expect(second.finalAtMs - second.speechEndMs - second.endpointWaitMs).toBeLessThan(500); // no watchdog wait
+    expect(fake.sessions.length).toBe(sessionsBefore + 1); // AssemblyAI cools down
+    await store.endCall(callId, "test");
+  });
+
+  it("keeps the utterance open through a pause when the partial ends mid-sentence", async () => {
+    // Everything the fake will say is revealed early, so the partial ends in "is" through the pause.
+    script = { text: "my order number is", msPerWord: 50 };
+    const a = await startReplica("asr-hold");
+    const { callId, transcripts } = await ownedCall("asr-hold");
+    const first = await synthesizeTo8kPcm("my order number is", "slt");
+    const second = await synthesizeTo8kPcm("four two seven one", "slt");
+    const sentAt = Date.now();
+    await streamAudio(bus, callId, twoPartFrames(first, second, PAUSE_MS), 0);
+    const [final] = await waitFor(() => (finals(transcripts).length ? finals(transcripts) : undefined), { what: "the final", timeoutMs: 10_000 });
+    await new Promise((resolve) => setTimeout(resolve, 300)); // a second final would be out by now
+    expect(finals(transcripts)).toHaveLength(1);
+    // One utterance to the end of the digits; the end waited for the maximum silence, as the text still ended in "is".
+    const secondEndsAt = sentAt + 500 + ((first.length + second.length) / 8000) * 1000 + PAUSE_MS;
+    expect(Math.abs(final.speechEndMs - secondEndsAt)).toBeLessThan(400);
+    expect(final.endpointWaitMs).toBeGreaterThanOrEqual(1400);
+    expect(await metric(a, "voicebot_asr_endpoint_extensions_total")).toBe(1);
+    await store.endCall(callId, "test");
+  });
+
+  it("ends at the minimum silence when the partial reads as complete", async () => {
+    script = { text: "order status please", msPerWord: 50 };
+    const a = await startReplica("asr-nohold");
+    const { callId, transcripts } = await ownedCall("asr-nohold");
+    const first = await synthesizeTo8kPcm("my order number is", "slt");
+    const second = await synthesizeTo8kPcm("four two seven one", "slt");
+    await streamAudio(bus, callId, twoPartFrames(first, second, PAUSE_MS), 0);
+    const both = await waitFor(() => (finals(transcripts).length === 2 ? finals(transcripts) : undefined), { what: "two finals", timeoutMs: 10_000 });
+    for (const final of both) expect(final.endpointWaitMs).toBeLessThan(900);
+    expect(await metric(a, "voicebot_asr_endpoint_extensions_total")).toBe(0);
+    await store.endCall(callId, "test");
+  });
+});

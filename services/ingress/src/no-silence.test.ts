@@ -1,0 +1,160 @@
+// Ingress covering for a pipeline that fails the caller: the fallback line when no bot turn answers an input in
+// time, and a call whose record vanished from Redis written and announced again. In-process against real NATS and
+// Redis; the test plays the other stages on the bus.
+import { performance } from "node:perf_hooks";
+import { subjects, type Bus } from "@voicebot/bus";
+import { CallStarted, PlaybackEvent, Transcript, type DialogInput } from "@voicebot/proto";
+import { CallStore, keys } from "@voicebot/state";
+import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DEFAULT_NO_SILENCE_FILE, DEFAULT_NO_SILENCE_TEXT, loadNoSilenceClip } from "./no-silence.js";
+import {
+  captureLogs,
+  collect,
+  connectBus,
+  consumeDialogInputs,
+  frames,
+  metricValue,
+  publishBotAudio,
+  startCall,
+  startIngress,
+  waitFor,
+  type Ingress,
+  type TwilioClient,
+} from "./test-support/harness.js";
+
+const DEADLINE_MS = 400;
+let nats: ServerHandle;
+let redis: ServerHandle;
+let bus: Bus;
+let store: CallStore;
+let ingress: Ingress;
+let dialog: { items: DialogInput[]; stop(): Promise<void> };
+const clip = loadNoSilenceClip(DEFAULT_NO_SILENCE_FILE);
+
+beforeAll(async () => {
+  captureLogs();
+  [nats, redis] = await Promise.all([startNats(), startRedis()]);
+  bus = await connectBus(nats.url);
+  store = CallStore.connect(redis.url);
+  dialog = await consumeDialogInputs(bus);
+  ingress = await startIngress({
+    NATS_URL: nats.url,
+    REDIS_URL: redis.url,
+    NO_SILENCE_DEADLINE_MS: String(DEADLINE_MS),
+    INGRESS_RECORD_CHECK_MS: "200",
+  });
+});
+
+afterAll(async () => {
+  await ingress?.handle.stop();
+  await dialog?.stop();
+  await bus?.close();
+  await store?.close();
+  await Promise.all([nats?.stop(), redis?.stop()]);
+});
+
+/** When the fallback line's mark went out to the caller (undefined if it did not). */
+function fallbackMark(client: TwilioClient, n = 1): number | undefined {
+  return client.events("mark").find((r) => r.message.mark.name === `nosilence-${n}.0`)?.at;
+}
+
+const fallbacks = () => metricValue(ingress.baseUrl, "voicebot_ingress_no_silence_fallbacks_total");
+
+describe("no turn ends in silence", () => {
+  it("ships a clip of the fallback line: μ-law 8 kHz in whole frames, a few seconds of speech", () => {
+    expect(clip.length % 160).toBe(0);
+    expect(clip.length / 8000).toBeGreaterThan(2);
+    expect(clip.length / 8000).toBeLessThan(5);
+  });
+
+  it("plays the fallback line when no bot turn begins within the deadline after a key, and tells nobody else", async () => {
+    const client = await startCall(ingress.wsUrl, dialog.items);
+    client.echoMarks(0);
+    const playback = collect(bus, subjects.playback(client.callSid), PlaybackEvent);
+    const before = await fallbacks();
+    const pressedAt = performance.now();
+    client.sendDtmf("1");
+    await waitFor(() => fallbackMark(client), { what: "the fallback line", timeoutMs: 10_000 });
+    const media = client.events("media");
+    expect(media[0].at - pressedAt).toBeGreaterThanOrEqual(DEADLINE_MS - 5);
+    expect(media[0].at - pressedAt).toBeLessThan(DEADLINE_MS + 300);
+    expect(client.audio().equals(Buffer.from(clip))).toBe(true);
+    expect(await fallbacks()).toBe(before + 1);
+    const record = await waitFor(async () => {
+      const r = await store.getRecord(client.callSid);
+      return r?.transcript.some((e) => e.role === "bot" && e.text === DEFAULT_NO_SILENCE_TEXT) ? r : undefined;
+    });
+    expect(record.turns).toEqual([]); // not a pipeline turn: no latency line
+    // Its mark was echoed, yet the dialog and observers hear nothing of it.
+    await new Promise((r) => setTimeout(r, 200));
+    expect(playback.items).toEqual([]);
+    expect(dialog.items.filter((i) => i.callId === client.callSid && i.input?.$case === "playback")).toEqual([]);
+    client.close();
+  });
+
+  it("stays quiet when a new bot turn arrives in time, and for digits the dialog collects silently; '#' ends that entry", async () => {
+    const client = await startCall(ingress.wsUrl, dialog.items);
+    client.echoMarks(0);
+    client.sendDtmf("1");
+    await new Promise((r) => setTimeout(r, DEADLINE_MS / 2));
+    publishBotAudio(bus, client.callSid, "t2", 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true });
+    await waitFor(() => client.events("mark").some((r) => r.message.mark.name === "t2.0"), { what: "the answer" });
+
+    // The dialog collects digits (its hints say so): keys with pauses longer than the deadline are no silence.
+    await store.setJson(keys.hints(client.callSid), { mode: "digits", phrases: [] });
+    const before = await fallbacks();
+    client.sendDtmf("1");
+    await new Promise((r) => setTimeout(r, DEADLINE_MS + 300));
+    client.sendDtmf("2");
+    await new Promise((r) => setTimeout(r, DEADLINE_MS + 300));
+    expect(await fallbacks()).toBe(before);
+    // "#" ends the entry: it must be answered.
+    client.sendDtmf("#");
+    await waitFor(async () => (await fallbacks()) === before + 1, { what: "the fallback line after #", timeoutMs: 5_000 });
+    client.close();
+  });
+
+  it("a final transcript starts the deadline too; partials do not", async () => {
+    const client = await startCall(ingress.wsUrl, dialog.items);
+    client.echoMarks(0);
+    const transcript = (isFinal: boolean) =>
+      bus.publish(subjects.transcript(client.callSid), Transcript, Transcript.create({ callId: client.callSid, utteranceId: "7", text: "hello", isFinal }), client.callSid);
+    const before = await fallbacks();
+    transcript(false);
+    await new Promise((r) => setTimeout(r, DEADLINE_MS + 300));
+    expect(await fallbacks()).toBe(before);
+    transcript(true);
+    await waitFor(async () => (await fallbacks()) === before + 1, { what: "the fallback line after the final", timeoutMs: 5_000 });
+    await waitFor(() => client.events("media").length > 0, { what: "its audio" });
+    client.close();
+  });
+});
+
+describe("a call whose record vanished from Redis", () => {
+  it("is written again and announced again: CallStarted for asr, and a restart input for the dialog", async () => {
+    const announced = collect(bus, subjects.callStarted, CallStarted);
+    const client = await startCall(ingress.wsUrl, dialog.items);
+    const original = (await store.getRecord(client.callSid))!;
+    await waitFor(() => announced.items.some((c) => c.callId === client.callSid), { what: "the first CallStarted" });
+
+    await store.redis.flushall(); // what a Redis restarted without persistence holds
+    const restart = await waitFor(
+      () => dialog.items.find((i) => i.callId === client.callSid && i.inputId === `${client.callSid}:restart:1`),
+      { what: "the restart input", timeoutMs: 5_000 },
+    );
+    expect(restart.input?.$case).toBe("callStarted");
+    const record = (await store.getRecord(client.callSid))!;
+    expect(record.state).toBe("live");
+    expect(record.startedAt).toBe(original.startedAt);
+    expect(record.streamSid).toBe(original.streamSid);
+    expect(announced.items.filter((c) => c.callId === client.callSid)).toHaveLength(2);
+    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_call_records_restored_total")).toBeGreaterThanOrEqual(1);
+
+    // Once written again, it is left alone.
+    await new Promise((r) => setTimeout(r, 600));
+    expect(dialog.items.filter((i) => i.callId === client.callSid && i.inputId.includes(":restart:"))).toHaveLength(1);
+    client.close();
+    await waitFor(async () => (await store.callState(client.callSid)) === "ended", { what: "the call to end" });
+  });
+});

@@ -1,0 +1,77 @@
+// "No turn ends in silence": when the caller has finished an input the dialog answers (a final transcript, a
+// keypad entry) and no new bot turn has begun to arrive within the deadline, ingress plays a short fallback line
+// itself. The clip ships with the service and is loaded at start, so it plays even when the dialog, tts, NATS or
+// Redis is what failed.
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { mulawEncode, parseWav, resample } from "@voicebot/audio";
+
+/** The shipped clip: flite (voice slt) saying DEFAULT_NO_SILENCE_TEXT, μ-law 8 kHz (see the README to redo it). */
+export const DEFAULT_NO_SILENCE_FILE = fileURLToPath(new URL("../assets/no-silence.wav", import.meta.url));
+export const DEFAULT_NO_SILENCE_TEXT = "Sorry, I'm having trouble. One moment please.";
+/** Turn ids of the fallback line; the pipeline's own turns are t<n>, so they never collide. */
+export const NO_SILENCE_TURN_PREFIX = "nosilence-";
+const FRAME_BYTES = 160;
+const MULAW_SILENCE = 0xff;
+
+export function isNoSilenceTurn(turnId: string): boolean {
+  return turnId.startsWith(NO_SILENCE_TURN_PREFIX);
+}
+
+/** Reads a WAV file (16-bit PCM, 8-bit or μ-law, any rate) as Twilio plays it: μ-law 8 kHz in whole 20 ms frames. */
+export function loadNoSilenceClip(file: string): Uint8Array {
+  const wav = parseWav(readFileSync(file));
+  const pcm = wav.sampleRate === 8000 ? wav.pcm : resample(wav.pcm, wav.sampleRate, 8000);
+  if (pcm.length < 8000 / 4) throw new Error(`${file}: the clip is shorter than 250 ms`);
+  const mulaw = mulawEncode(pcm);
+  const clip = new Uint8Array(Math.ceil(mulaw.length / FRAME_BYTES) * FRAME_BYTES).fill(MULAW_SILENCE);
+  clip.set(mulaw);
+  return clip;
+}
+
+/** Most turn ids remembered per call (a call has far fewer turns). */
+const MAX_KNOWN_TURNS = 1_000;
+
+/**
+ * One call's deadline: armed when the caller finishes an input, disarmed by the first audio of a turn that was not
+ * heard of before; if it runs out, `onSilence` plays the fallback. A later input moves the deadline.
+ */
+export class SilenceGuard {
+  private timer: NodeJS.Timeout | undefined;
+  private readonly knownTurns = new Set<string>();
+  private closed = false;
+
+  constructor(
+    private readonly deadlineMs: number,
+    private readonly onSilence: (input: string) => void,
+  ) {}
+
+  get armed(): boolean {
+    return this.timer !== undefined;
+  }
+
+  /** The caller finished an input that gets an answer (`input` names it for the log). */
+  inputEnded(input: string): void {
+    if (this.deadlineMs <= 0 || this.closed) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      if (!this.closed) this.onSilence(input);
+    }, this.deadlineMs);
+  }
+
+  /** Bot audio of `turnId` arrived: a new turn means the pipeline answered. */
+  botAudio(turnId: string): void {
+    if (this.knownTurns.has(turnId)) return;
+    this.knownTurns.add(turnId);
+    if (this.knownTurns.size > MAX_KNOWN_TURNS) this.knownTurns.delete(this.knownTurns.values().next().value!);
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}

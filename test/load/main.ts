@@ -1,0 +1,830 @@
+// pnpm bench:load: N concurrent simulated Twilio calls against the whole voicebot (real ingress, NATS, Redis and
+// the five services as processes; fake cloud engines that answer at once, in their own process) for a fixed
+// time. Prints calls held, per-turn pipeline overhead, the caller's outbound frame gaps, NATS and Redis traffic,
+// CPU and memory per process and per call, errors, and whether everything was cleaned up after the calls ended.
+//
+//   node test/load/dist/main.js [--calls 300] [--duration 60s] [--ramp 10s] [--call-length 60s]
+//   node test/load/dist/main.js --find-max [--start 100] [--step 100] [--max 1000] [--duration 30s]
+//   options: --profile asr,ingress (node --cpu-prof; .cpuprofile files kept)  --json out.json  --keep (logs)
+import { mkdirSync } from "node:fs";
+import { readFile, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { performance } from "node:perf_hooks";
+import type { ServiceName } from "@voicebot/testing";
+import { keys, type TurnEntry } from "@voicebot/state";
+import WebSocket from "ws";
+import { FRAME_MS, sileroDecidedBy, speechBurst, watermarkFrame } from "./audio.js";
+import type { EngineRecord } from "./fakes.js";
+import { LoadGenerator, type TurnSample } from "./loadgen.js";
+import { orderNumber } from "./script.js";
+import { fmt, parseDuration, summarize, table, type Summary } from "./stats.js";
+import { asrReads, cpuSeconds, machineBusySeconds, metricSum, removeDir, rssBytes, SERVICE_NAMES, startBenchSystem, type BenchSystem } from "./system.js";
+
+interface Options {
+  calls: number;
+  durationMs: number;
+  rampMs: number | undefined;
+  callMs: number;
+  minSilenceMs: number;
+  findMax: boolean;
+  start: number;
+  step: number;
+  max: number;
+  overheadLimitMs: number;
+  gapLimitMs: number;
+  profile: ServiceName[];
+  json: string | undefined;
+  keep: boolean;
+  vad: "energy" | "silero";
+  noSilence: boolean;
+  /** Before each run, wait (up to 15 min) until the machine has been this idle (busy cores) for 5 s. */
+  quietBelow: number | undefined;
+}
+
+function parseArgs(argv: string[]): Options {
+  const options: Options = {
+    calls: 300,
+    durationMs: 60_000,
+    rampMs: undefined,
+    callMs: 60_000,
+    minSilenceMs: 600,
+    findMax: false,
+    start: 100,
+    step: 100,
+    max: 1500,
+    overheadLimitMs: 20,
+    gapLimitMs: 40,
+    profile: [],
+    json: undefined,
+    keep: false,
+    // The asr's default VAD (builds before the choice existed only have the energy VAD).
+    vad: asrReads("ASR_VAD") ? "silero" : "energy",
+    noSilence: false,
+    quietBelow: undefined,
+  };
+  let durationSet = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const value = () => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${arg} needs a value`);
+      return v;
+    };
+    const int = () => {
+      const v = Number(value());
+      if (!Number.isInteger(v) || v <= 0) throw new Error(`${arg} needs a positive integer`);
+      return v;
+    };
+    switch (arg) {
+      case "--calls":
+        options.calls = int();
+        break;
+      case "--duration":
+        options.durationMs = parseDuration(value());
+        durationSet = true;
+        break;
+      case "--ramp":
+        options.rampMs = parseDuration(value());
+        break;
+      case "--call-length":
+        options.callMs = parseDuration(value());
+        break;
+      case "--min-silence":
+        options.minSilenceMs = parseDuration(value());
+        break;
+      case "--find-max":
+        options.findMax = true;
+        break;
+      case "--start":
+        options.start = int();
+        break;
+      case "--step":
+        options.step = int();
+        break;
+      case "--max":
+        options.max = int();
+        break;
+      case "--p99-limit":
+        options.overheadLimitMs = Number(value());
+        break;
+      case "--gap-limit":
+        options.gapLimitMs = Number(value());
+        break;
+      case "--profile":
+        options.profile = value().split(",").map((s) => s.trim()) as ServiceName[];
+        for (const name of options.profile) if (!SERVICE_NAMES.includes(name)) throw new Error(`--profile: unknown service ${name}`);
+        break;
+      case "--json":
+        options.json = value();
+        break;
+      case "--keep":
+        options.keep = true;
+        break;
+      case "--quiet-below":
+        options.quietBelow = Number(value());
+        break;
+      case "--no-silence":
+        options.noSilence = true;
+        break;
+      case "--vad": {
+        const vad = value();
+        if (vad !== "energy" && vad !== "silero") throw new Error("--vad must be energy or silero");
+        options.vad = vad;
+        break;
+      }
+      case "--help":
+      case "-h":
+        console.log(`usage: bench:load [--calls N] [--duration 60s] [--ramp 10s] [--call-length 60s]
+       bench:load --find-max [--start 100] [--step 100] [--max 1500] [--duration 30s]
+       [--vad silero|energy] [--no-silence] [--quiet-below 0.3] [--p99-limit 20] [--gap-limit 40] [--profile asr,ingress] [--json file] [--keep]`);
+        process.exit(0);
+        break;
+      default:
+        throw new Error(`unknown option ${arg} (--help lists them)`);
+    }
+  }
+  if (options.findMax && !durationSet) options.durationMs = 30_000;
+  return options;
+}
+
+// ---- one run ----
+
+interface ProcessFigures {
+  name: string;
+  cpuCores: number;
+  /** Node services: event-loop delay over the window (p99, max) and time in GC per second. */
+  loopLagP99Ms?: number;
+  loopLagMaxMs?: number;
+  gcMsPerSec?: number;
+  rssIdleMb: number;
+  rssLoadedMb: number;
+  /** (loaded - idle) RSS per call held, KB. */
+  rssPerCallKb: number;
+}
+
+interface RunResult {
+  calls: number;
+  held: { min: number; mean: number };
+  windowSeconds: number;
+  callsStarted: number;
+  turns: number;
+  turnsByKind: Record<string, number>;
+  overhead: Summary;
+  overheadByKind: Record<string, Summary>;
+  latency: Summary;
+  latencyByKind: Record<string, Summary>;
+  greeting: Summary;
+  engine: { asr: Summary; tts: Summary; unattributed: number };
+  gaps: Summary & { over40: number };
+  underruns: number;
+  generatorLag: Summary;
+  stages: Record<string, Summary>;
+  /** Speech turns: the asr's end-of-utterance decision after the caller sent the frame that allowed it. */
+  decisionLag: Summary;
+  vad: string;
+  nats: { inPerSec: number; outPerSec: number; inMbPerSec: number; outMbPerSec: number };
+  redis: {
+    commandsPerSec: number;
+    commandsPerTurn: number;
+    /** The busiest commands, per bot turn. */
+    topCommands: Array<[string, number]>;
+    usedIdleMb: number;
+    usedLoadedMb: number;
+    usedPerCallKb: number;
+  };
+  processes: ProcessFigures[];
+  pipeline: {
+    cpuCores: number;
+    cpuMsPerCallSecond: number;
+    memoryPerCallKb: number;
+    heapPerCallKb: number;
+    /** Services' RSS plus Redis used_memory under load, MB (the find-max table takes the slope between steps). */
+    loadedMb: number;
+  };
+  /** Cores busy on the whole machine during the window, and how much of that was not this bench's processes. */
+  machine: { busyCores: number; otherCores: number };
+  errors: { total: number; details: string[] };
+  cleanup: { gaugesZeroAfterMs: number | undefined; gauges: Record<string, number>; liveKeys: number; leaseIndex: number; notEnded: number; onceKeys: number; toolKeys: number; details: string[] };
+  pass: boolean;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Gauges that count work in progress; all must read 0 once every call has ended. */
+const ACTIVE_GAUGES: Array<[ServiceName, string]> = [
+  ["ingress", "voicebot_ingress_active_calls"],
+  ["asr", "voicebot_asr_active_calls"],
+  ["asr", "voicebot_asr_active_sessions"],
+  ["dialog", "voicebot_dialog_active_calls"],
+  ["tools", "voicebot_tools_active_calls"],
+  ["tts", "voicebot_tts_active_calls"],
+  ["tts", "voicebot_tts_queued_chunks"],
+  ["tts", "voicebot_tts_active_syntheses"],
+];
+
+/** Counters whose increase during a run is an error (something a caller would notice, or a replica losing work). */
+const ERROR_COUNTERS =
+  /(_errors_total|_failovers_total|_underruns_total|_skipped_chunks_total|_rejected_streams_total|_lost_frames_total|_bad_audio_total|_bad_requests_total|_leases_lost_total|_takeovers_total|_http_rejected_total|_no_silence_fallbacks_total|_call_records_restored_total|_conversation_restarts_total)$/;
+/** Labelled series of other counters that are errors. */
+const ERROR_SERIES = [/^voicebot_tts_cache_lookups_total\{.*result="error"/];
+
+async function counterSnapshot(system: BenchSystem): Promise<Map<string, number>> {
+  const all = new Map<string, number>();
+  for (const name of SERVICE_NAMES) {
+    for (const [key, value] of await system.metrics(name)) {
+      if (ERROR_COUNTERS.test(key.split("{")[0]) || ERROR_SERIES.some((re) => re.test(key))) all.set(`${name} ${key}`, value);
+    }
+  }
+  return all;
+}
+
+/** One short call that makes the tts cache every prompt of the script (as a warm production system has them). */
+async function warmUp(url: string): Promise<void> {
+  const ws = new WebSocket(url, { perMessageDeflate: false });
+  await new Promise<void>((resolve, reject) => {
+    ws.once("open", () => resolve());
+    ws.once("error", reject);
+  });
+  const streamSid = `MZ${"0".repeat(32)}`;
+  let seq = 0;
+  let firstAudio: () => void;
+  const audio = new Promise<void>((resolve) => (firstAudio = resolve));
+  ws.on("message", (data: Buffer) => {
+    const text = data.toString();
+    if (text.startsWith('{"event":"media"')) firstAudio();
+    const mark = /"event":"mark".*"name":"([^"]+)"/.exec(text);
+    if (mark) ws.send(JSON.stringify({ event: "mark", sequenceNumber: String(++seq), streamSid, mark: { name: mark[1] } }));
+  });
+  ws.send(JSON.stringify({ event: "connected", protocol: "Call", version: "1.0.0" }));
+  ws.send(
+    JSON.stringify({
+      event: "start",
+      sequenceNumber: String(++seq),
+      start: { accountSid: `AC${"0".repeat(32)}`, streamSid, callSid: `CA${"f".repeat(32)}`, tracks: ["inbound"], customParameters: {}, mediaFormat: { encoding: "audio/x-mulaw", sampleRate: 8000, channels: 1 } },
+      streamSid,
+    }),
+  );
+  const key = (digit: string) => ws.send(JSON.stringify({ event: "dtmf", streamSid, sequenceNumber: String(++seq), dtmf: { track: "inbound_track", digit } }));
+  await Promise.race([audio, sleep(15_000)]);
+  key("1");
+  await sleep(500);
+  for (const digit of `${orderNumber(0)}#`) {
+    key(digit);
+    await sleep(100);
+  }
+  await sleep(2_500);
+  ws.send(JSON.stringify({ event: "stop", sequenceNumber: String(++seq), streamSid, stop: {} }));
+  ws.close(1000);
+  await sleep(500);
+}
+
+/** On a shared machine: wait until other work leaves the cores alone (busy below `cores` for 5 s in a row). */
+async function waitForQuiet(cores: number): Promise<void> {
+  const deadline = performance.now() + 15 * 60_000;
+  let said = false;
+  for (;;) {
+    const before = machineBusySeconds();
+    await sleep(5_000);
+    const busy = (machineBusySeconds() - before) / 5;
+    if (busy < cores) return;
+    if (performance.now() > deadline) {
+      console.log(`    the machine stayed busy (${fmt(busy, 2)} cores); running anyway`);
+      return;
+    }
+    if (!said) console.log(`    waiting for the machine to be quiet (${fmt(busy, 2)} cores busy, want < ${cores})`);
+    said = true;
+  }
+}
+
+async function runOnce(options: Options, calls: number, speech: string[]): Promise<RunResult> {
+  if (options.quietBelow !== undefined) await waitForQuiet(options.quietBelow);
+  const rampMs = options.rampMs ?? Math.max(5_000, (calls / 50) * 1000);
+  const settleMs = 3_000;
+  const profileDir = path.resolve(process.cwd(), ".run", "profiles");
+  if (options.profile.length > 0) mkdirSync(profileDir, { recursive: true });
+  console.log(`\n=== ${calls} calls: starting the system`);
+  const system = await startBenchSystem({ slots: calls, minSilenceMs: options.minSilenceMs, vad: options.vad, noSilence: options.noSilence, profile: options.profile, profileDir, env: {} });
+  try {
+    await warmUp(system.twilioUrl);
+    await sleep(2_000);
+    const pids = system.pids();
+    pids.loadgen = process.pid;
+    const names = Object.keys(pids);
+
+    // Idle baseline, after warm-up (the tts cache holds the prompts).
+    const idleRss: Record<string, number> = Object.fromEntries(names.map((n) => [n, 0]));
+    for (let i = 0; i < 3; i++) {
+      for (const n of names) idleRss[n] += rssBytes(pids[n]) / 3;
+      await sleep(500);
+    }
+    const idleRedisUsed = Number((await system.redisInfo("memory")).used_memory);
+    const idleMetrics = await allMetrics(system);
+    const errorsBefore = await counterSnapshot(system);
+
+    const silence = Array.from({ length: calls }, (_, slot) => Buffer.from(watermarkFrame(slot)).toString("base64"));
+    const gen = new LoadGenerator({
+      url: system.twilioUrl,
+      calls,
+      rampMs,
+      callMs: options.callMs,
+      minSilenceMs: options.minSilenceMs,
+      decidedBy: options.vad === "silero" ? sileroDecidedBy : (chunk) => chunk,
+      speech,
+      silence,
+    });
+    const t0 = performance.now();
+    const windowStart = t0 + rampMs + settleMs;
+    const windowEnd = windowStart + options.durationMs;
+    gen.setWindow(windowStart, windowEnd);
+    console.log(`    ramp ${(rampMs / 1000).toFixed(0)} s, then ${(options.durationMs / 1000).toFixed(0)} s measured (calls last ${(options.callMs / 2000).toFixed(0)}-${((options.callMs * 1.5) / 1000).toFixed(0)} s, then redial)`);
+    gen.start();
+
+    const progress = setInterval(() => {
+      const s = performance.now() - t0;
+      process.stdout.write(`    t=${(s / 1000).toFixed(0)}s live calls ${gen.liveCalls}, turns ${gen.turns.length}, errors ${gen.counters.connectErrors + gen.counters.serverCloses + gen.counters.noReply}\n`);
+    }, 10_000);
+
+    await sleep(windowStart - performance.now());
+    const cpu0 = Object.fromEntries(names.map((n) => [n, cpuSeconds(pids[n])]));
+    const machine0 = machineBusySeconds();
+    const varz0 = await system.varz();
+    const redis0 = await system.redisInfo();
+    // Also resets the services' event-loop lag histograms (prom-client resets them on every scrape).
+    const metrics0 = await allMetrics(system);
+    const w0 = performance.now();
+    const rssSum: Record<string, number> = Object.fromEntries(names.map((n) => [n, 0]));
+    let rssSamples = 0;
+    let redisUsedSum = 0;
+    while (performance.now() < windowEnd - 500) {
+      for (const n of names) rssSum[n] += rssBytes(pids[n]);
+      redisUsedSum += Number((await system.redisInfo("memory")).used_memory);
+      rssSamples++;
+      await sleep(Math.min(1_000, windowEnd - performance.now()));
+    }
+    await sleep(Math.max(0, windowEnd - performance.now()));
+    const cpu1 = Object.fromEntries(names.map((n) => [n, cpuSeconds(pids[n])]));
+    const machine1 = machineBusySeconds();
+    const varz1 = await system.varz();
+    const redis1 = await system.redisInfo();
+    const metrics1 = await allMetrics(system);
+    const windowSeconds = (performance.now() - w0) / 1000;
+    clearInterval(progress);
+
+    console.log(`    window over: hanging up ${gen.liveCalls} calls`);
+    await gen.stop();
+    const cleanup = await checkCleanup(system, gen.callSids);
+    const errorsAfter = await counterSnapshot(system);
+    const engine = await system.engineRecords();
+
+    // ---- figures ----
+    const held = { min: gen.held.min, mean: gen.held.ticks > 0 ? gen.held.sum / gen.held.ticks : 0 };
+    const perCall = Math.max(1, held.mean);
+    const attributed = attributeEngineTime(gen.turns, engine.asr, engine.tts);
+    const records = await turnRecords(system, gen.callSids, attributed.turns, performance.timeOrigin + windowStart, performance.timeOrigin + windowEnd);
+    const bySomeKind = (kind: string, pick: (t: AnalyzedTurn) => number) => summarize(attributed.turns.filter((t) => t.kind === kind).map(pick));
+    const measured = attributed.turns.filter((t) => t.kind !== "greeting");
+    const kinds = ["speech", "keys", "key"];
+
+    await system.stop();
+    const logProblems = await countLogProblems(system);
+
+    const processes: ProcessFigures[] = names.map((n) => {
+      const loaded = rssSamples > 0 ? rssSum[n] / rssSamples : NaN;
+      const m0 = metrics0[n];
+      const m1 = metrics1[n];
+      return {
+        name: n,
+        cpuCores: (cpu1[n] - cpu0[n]) / windowSeconds,
+        ...(m0 && m1
+          ? {
+              loopLagP99Ms: metricSum(m1, "nodejs_eventloop_lag_p99_seconds") * 1000,
+              loopLagMaxMs: metricSum(m1, "nodejs_eventloop_lag_max_seconds") * 1000,
+              gcMsPerSec: ((metricSum(m1, "nodejs_gc_duration_seconds_sum") - metricSum(m0, "nodejs_gc_duration_seconds_sum")) * 1000) / windowSeconds,
+            }
+          : {}),
+        rssIdleMb: idleRss[n] / 2 ** 20,
+        rssLoadedMb: loaded / 2 ** 20,
+        rssPerCallKb: (loaded - idleRss[n]) / 1024 / perCall,
+      };
+    });
+    const pipelineNames = [...SERVICE_NAMES, "nats-server", "redis-server"];
+    const pipelineCpu = processes.filter((p) => pipelineNames.includes(p.name)).reduce((a, p) => a + p.cpuCores, 0);
+    const redisUsedLoaded = rssSamples > 0 ? redisUsedSum / rssSamples : NaN;
+    const redisPerCallKb = (redisUsedLoaded - idleRedisUsed) / 1024 / perCall;
+    const servicesPerCallKb = processes.filter((p) => (SERVICE_NAMES as string[]).includes(p.name)).reduce((a, p) => a + p.rssPerCallKb, 0);
+    const heap = (m: Record<string, Map<string, number>>, n: string) => metricSum(m[n], "nodejs_heap_size_used_bytes");
+    const heapPerCallKb = SERVICE_NAMES.reduce((a, n) => a + (heap(metrics1, n) - heap(idleMetrics, n)), 0) / 1024 / perCall;
+    const commands = Number(redis1.total_commands_processed) - Number(redis0.total_commands_processed);
+    const turnCount = measured.length;
+
+    const errorDetails: string[] = [];
+    const c = gen.counters;
+    for (const [what, n] of [
+      ["loadgen: connect errors", c.connectErrors],
+      ["loadgen: streams closed by the server", c.serverCloses],
+      ["loadgen: inputs without a reply", c.noReply],
+      ["loadgen: protocol anomalies", c.anomalies],
+    ] as const) {
+      if (n > 0) errorDetails.push(`${what}: ${n}`);
+    }
+    for (const example of gen.anomalyExamples.slice(0, 5)) errorDetails.push(`  e.g. ${example}`);
+    let counterErrors = 0;
+    for (const [key, value] of errorsAfter) {
+      const delta = value - (errorsBefore.get(key) ?? 0);
+      if (delta > 0) {
+        counterErrors += delta;
+        errorDetails.push(`${key} +${delta}`);
+      }
+    }
+    let logErrors = 0;
+    for (const [name, p] of Object.entries(logProblems)) {
+      logErrors += p.errors;
+      if (p.errors > 0 || p.warnings > 0) errorDetails.push(`${name} log: ${p.errors} errors, ${p.warnings} warnings${p.examples.length ? `; e.g. ${p.examples.join(" | ")}` : ""}`);
+    }
+    const errorTotal = c.connectErrors + c.serverCloses + c.noReply + c.anomalies + counterErrors + logErrors;
+
+    const overhead = summarize(measured.map((t) => t.overhead));
+    const gaps = gen.gaps.summary();
+    const result: RunResult = {
+      calls,
+      held,
+      windowSeconds,
+      callsStarted: c.callsStarted,
+      turns: turnCount,
+      turnsByKind: Object.fromEntries(kinds.map((k) => [k, measured.filter((t) => t.kind === k).length])),
+      overhead,
+      overheadByKind: Object.fromEntries(kinds.map((k) => [k, bySomeKind(k, (t) => t.overhead)])),
+      latency: summarize(measured.map((t) => t.firstAudioAt - t.inputEndAt)),
+      latencyByKind: Object.fromEntries(kinds.map((k) => [k, bySomeKind(k, (t) => t.firstAudioAt - t.inputEndAt)])),
+      greeting: bySomeKind("greeting", (t) => t.firstAudioAt - t.baseAt),
+      engine: { asr: summarize(attributed.asrMs), tts: summarize(attributed.ttsMs), unattributed: attributed.unattributed },
+      gaps: { ...gaps, over40: gen.gaps.above(40) },
+      underruns: measured.reduce((a, t) => a + t.underruns, 0),
+      generatorLag: gen.tickLag.summary(),
+      stages: records.stages,
+      decisionLag: records.decisionLag,
+      vad: options.vad,
+      nats: {
+        inPerSec: (varz1.in_msgs - varz0.in_msgs) / windowSeconds,
+        outPerSec: (varz1.out_msgs - varz0.out_msgs) / windowSeconds,
+        inMbPerSec: (varz1.in_bytes - varz0.in_bytes) / windowSeconds / 2 ** 20,
+        outMbPerSec: (varz1.out_bytes - varz0.out_bytes) / windowSeconds / 2 ** 20,
+      },
+      redis: {
+        commandsPerSec: commands / windowSeconds,
+        commandsPerTurn: turnCount > 0 ? commands / turnCount : NaN,
+        topCommands: Object.entries(commandCounts(redis0, redis1))
+          .sort((a, b) => b[1] - a[1])
+          .slice(0, 8)
+          .map(([name, n]) => [name, turnCount > 0 ? n / turnCount : NaN]),
+        usedIdleMb: idleRedisUsed / 2 ** 20,
+        usedLoadedMb: redisUsedLoaded / 2 ** 20,
+        usedPerCallKb: redisPerCallKb,
+      },
+      processes,
+      pipeline: {
+        cpuCores: pipelineCpu,
+        cpuMsPerCallSecond: (pipelineCpu * 1000) / perCall,
+        memoryPerCallKb: servicesPerCallKb + redisPerCallKb,
+        heapPerCallKb,
+        loadedMb:
+          processes.filter((p) => (SERVICE_NAMES as string[]).includes(p.name)).reduce((a, p) => a + p.rssLoadedMb, 0) + redisUsedLoaded / 2 ** 20,
+      },
+      machine: {
+        busyCores: (machine1 - machine0) / windowSeconds,
+        otherCores: (machine1 - machine0) / windowSeconds - processes.reduce((a, p) => a + p.cpuCores, 0),
+      },
+      errors: { total: errorTotal, details: errorDetails },
+      cleanup,
+      pass: false,
+    };
+    result.pass =
+      errorTotal === 0 &&
+      overhead.p99 <= options.overheadLimitMs &&
+      gaps.p99 <= options.gapLimitMs &&
+      // Redialling calls leave their slot empty for up to a second: the mean counts, the minimum dips.
+      held.mean >= calls * 0.97 &&
+      cleanup.details.length === 0;
+    if (!options.keep) await removeDir(system.dir);
+    else console.log(`    logs kept in ${system.dir}`);
+    return result;
+  } catch (error) {
+    await system.stop();
+    console.log(`    logs kept in ${system.dir}`);
+    throw error;
+  }
+}
+
+async function allMetrics(system: BenchSystem): Promise<Record<string, Map<string, number>>> {
+  const all: Record<string, Map<string, number>> = {};
+  await Promise.all(SERVICE_NAMES.map(async (name) => (all[name] = await system.metrics(name))));
+  return all;
+}
+
+interface AnalyzedTurn extends TurnSample {
+  overhead: number;
+}
+
+/**
+ * Engine time on a turn's critical path, as the fakes measured it (request received -> answer written): the
+ * transcription of a speech turn, the first synthesized chunk of a keypad turn (prompts come from the tts cache).
+ * Requests are matched to turns by the call slot they name and by time.
+ */
+function attributeEngineTime(turns: TurnSample[], asr: EngineRecord[], tts: EngineRecord[]) {
+  const bySlot = (records: EngineRecord[]) => {
+    const map = new Map<number, EngineRecord[]>();
+    for (const r of records) {
+      if (r.slot < 0) continue;
+      let list = map.get(r.slot);
+      if (!list) map.set(r.slot, (list = []));
+      list.push(r);
+    }
+    for (const list of map.values()) list.sort((a, b) => a.atMs - b.atMs);
+    return map;
+  };
+  const asrBySlot = bySlot(asr);
+  const ttsBySlot = bySlot(tts);
+  // Date.now() in the fakes has 1 ms resolution; the turn's times are sub-ms.
+  const find = (map: Map<number, EngineRecord[]>, turn: TurnSample) =>
+    map.get(turn.slot)?.find((r) => r.atMs >= turn.baseAt - 1 && r.atMs <= turn.firstAudioAt);
+  const asrMs: number[] = [];
+  const ttsMs: number[] = [];
+  let unattributed = 0;
+  const analyzed: AnalyzedTurn[] = turns.map((turn) => {
+    let engine = 0;
+    if (turn.kind === "speech") {
+      const r = find(asrBySlot, turn);
+      if (r) {
+        asrMs.push(r.answeredMs - r.atMs);
+        engine += r.answeredMs - r.atMs;
+      } else unattributed++;
+    }
+    const t = find(ttsBySlot, turn);
+    if (t) {
+      ttsMs.push(t.answeredMs - t.atMs);
+      engine += t.answeredMs - t.atMs;
+    } else if (turn.kind === "keys") unattributed++;
+    return { ...turn, overhead: turn.firstAudioAt - turn.baseAt - engine };
+  });
+  return { turns: analyzed, asrMs, ttsMs, unattributed };
+}
+
+/**
+ * The call records ingress wrote: the stage split of the turns that started playing inside the window, and per
+ * speech turn the asr's decision lag (its endpoint decision after the caller sent the frame that allowed it).
+ */
+async function turnRecords(system: BenchSystem, callSids: string[], turns: AnalyzedTurn[], fromMs: number, toMs: number) {
+  const pipeline = system.store.redis.pipeline();
+  for (const sid of callSids) pipeline.lrange(keys.turns(sid), 0, -1);
+  const replies = (await pipeline.exec()) ?? [];
+  const bySid = new Map<string, TurnEntry[]>();
+  const stages: Record<string, number[]> = {};
+  replies.forEach(([error, list], i) => {
+    if (error) return;
+    const entries = (list as string[]).map((raw) => JSON.parse(raw) as TurnEntry);
+    bySid.set(callSids[i], entries);
+    for (const entry of entries) {
+      const at = Date.parse(entry.firstAudioAt);
+      if (!entry.inputEndAt || at < fromMs || at >= toMs) continue;
+      for (const [stage, ms] of Object.entries(entry.stages)) (stages[stage] ??= []).push(ms);
+      (stages.latencyMs ??= []).push(entry.latencyMs);
+    }
+  });
+  const decisionLag: number[] = [];
+  let unmatched = 0;
+  for (const turn of turns) {
+    if (turn.kind !== "speech") continue;
+    // Ingress stamps the first frame just before sending it; the caller receives it a little later.
+    const entry = bySid.get(turn.callSid)?.find((e) => {
+      const d = turn.firstAudioAt - Date.parse(e.firstAudioAt);
+      return e.inputEndAt && d >= -2 && d < 100;
+    });
+    if (entry?.stages.endpointMs === undefined) {
+      unmatched++;
+      continue;
+    }
+    decisionLag.push(entry.stages.endpointMs - (turn.baseAt - turn.inputEndAt));
+  }
+  return {
+    stages: Object.fromEntries(Object.entries(stages).map(([k, v]) => [k, summarize(v)])),
+    decisionLag: summarize(decisionLag),
+    unmatched,
+  };
+}
+
+/** Redis commands by name between two `INFO` replies (cmdstat_<name>:calls=N,...). */
+function commandCounts(before: Record<string, string>, after: Record<string, string>): Record<string, number> {
+  const calls = (info: Record<string, string>, key: string) => Number(/calls=(\d+)/.exec(info[key] ?? "")?.[1] ?? 0);
+  const counts: Record<string, number> = {};
+  for (const key of Object.keys(after)) {
+    if (!key.startsWith("cmdstat_")) continue;
+    const delta = calls(after, key) - calls(before, key);
+    if (delta > 0) counts[key.slice("cmdstat_".length)] = delta;
+  }
+  return counts;
+}
+
+/** After the calls ended: every active-call gauge back to 0, and nothing live left in Redis for them. */
+async function checkCleanup(system: BenchSystem, callSids: string[]): Promise<RunResult["cleanup"]> {
+  const details: string[] = [];
+  const started = performance.now();
+  let gauges: Record<string, number> = {};
+  let zeroAfter: number | undefined;
+  while (performance.now() - started < 30_000) {
+    gauges = {};
+    for (const [service, name] of ACTIVE_GAUGES) gauges[name] = metricSum(await system.metrics(service), name);
+    if (Object.values(gauges).every((v) => v === 0)) {
+      zeroAfter = performance.now() - started;
+      break;
+    }
+    await sleep(250);
+  }
+  for (const [name, value] of Object.entries(gauges)) if (value !== 0) details.push(`${name} = ${value} 30 s after the last call ended`);
+
+  const redis = system.store.redis;
+  const pipeline = redis.pipeline();
+  for (const sid of callSids) {
+    pipeline.hget(keys.meta(sid), "state");
+    pipeline.exists(keys.dialog(sid), keys.hints(sid), keys.lease(sid, "asr"), keys.lease(sid, "dialog"));
+  }
+  const replies = (await pipeline.exec()) ?? [];
+  let notEnded = 0;
+  let liveKeys = 0;
+  for (let i = 0; i < callSids.length; i++) {
+    if (replies[2 * i][1] !== "ended") notEnded++;
+    liveKeys += Number(replies[2 * i + 1][1]);
+  }
+  const leaseIndex = (await redis.zcard(keys.leaseIndex("asr"))) + (await redis.zcard(keys.leaseIndex("dialog")));
+  let onceKeys = 0;
+  let toolKeys = 0;
+  let cursor = "0";
+  do {
+    const [next, found] = await redis.scan(cursor, "MATCH", "vb:{*}:*", "COUNT", 1000);
+    cursor = next;
+    for (const key of found) {
+      if (key.includes("}:once:")) onceKeys++;
+      else if (key.includes("}:tool:")) toolKeys++;
+    }
+  } while (cursor !== "0");
+  if (notEnded > 0) details.push(`${notEnded} calls not marked ended in their record`);
+  if (liveKeys > 0) details.push(`${liveKeys} live keys (dialog state, asr hints, leases) left for ended calls`);
+  if (leaseIndex > 0) details.push(`${leaseIndex} entries left in the lease indexes`);
+  return { gaugesZeroAfterMs: zeroAfter, gauges, liveKeys, leaseIndex, notEnded, onceKeys, toolKeys, details };
+}
+
+async function countLogProblems(system: BenchSystem): Promise<Record<string, { errors: number; warnings: number; examples: string[] }>> {
+  const out: Record<string, { errors: number; warnings: number; examples: string[] }> = {};
+  for (const name of SERVICE_NAMES) {
+    const text = await readFile(system.services[name].logFile, "utf8").catch(() => "");
+    const counts = { errors: 0, warnings: 0, examples: [] as string[] };
+    const seen = new Set<string>();
+    for (const line of text.split("\n")) {
+      if (!line.includes('"level":"error"') && !line.includes('"level":"warn"')) continue;
+      let record: { level?: string; msg?: string };
+      try {
+        record = JSON.parse(line);
+      } catch {
+        continue;
+      }
+      if (record.level === "error") counts.errors++;
+      else counts.warnings++;
+      const msg = `${record.level}: ${record.msg}`;
+      if (!seen.has(msg) && counts.examples.length < 3) {
+        seen.add(msg);
+        counts.examples.push(msg);
+      }
+    }
+    out[name] = counts;
+  }
+  return out;
+}
+
+// ---- report ----
+
+function report(r: RunResult, options: Options): string {
+  const s = (x: Summary) => [fmt(x.p50), fmt(x.p95), fmt(x.p99), fmt(x.max), String(x.n)];
+  const lines: string[] = [];
+  lines.push(`\n--- ${r.calls} calls: ${r.pass ? "PASS" : "FAIL"} (p99 overhead <= ${options.overheadLimitMs} ms, outbound gap p99 <= ${options.gapLimitMs} ms, no errors, all calls held, clean after) ---`);
+  lines.push(
+    `calls held: min ${r.held.min === Infinity ? 0 : r.held.min}, mean ${fmt(r.held.mean)} over ${fmt(r.windowSeconds, 0)} s (${r.callsStarted} calls started in all); turns measured: ${r.turns} (${Object.entries(r.turnsByKind).map(([k, n]) => `${k} ${n}`).join(", ")})`,
+  );
+  lines.push("");
+  lines.push(
+    table(
+      ["per turn, ms", "p50", "p95", "p99", "max", "n"],
+      [
+        ["pipeline overhead (all)", ...s(r.overhead)],
+        ...Object.entries(r.overheadByKind).map(([k, v]) => [`  ${k}`, ...s(v)]),
+        ["caller latency (all)", ...s(r.latency)],
+        ...Object.entries(r.latencyByKind).map(([k, v]) => [`  ${k}`, ...s(v)]),
+        ["engine: transcription", ...s(r.engine.asr)],
+        ["engine: first tts chunk", ...s(r.engine.tts)],
+        ["stream start -> greeting", ...s(r.greeting)],
+        ["outbound frame gap", ...s(r.gaps)],
+        ["loadgen tick lag", ...s(r.generatorLag)],
+      ],
+    ),
+  );
+  lines.push(
+    `outbound gaps > 40 ms: ${r.gaps.over40} of ${r.gaps.n}; caller-side underruns: ${r.underruns}; turns without engine attribution: ${r.engine.unattributed}`,
+  );
+  lines.push("");
+  lines.push(`asr decision lag (speech turns, ${r.vad} VAD): p50 ${fmt(r.decisionLag.p50)} p99 ${fmt(r.decisionLag.p99)} max ${fmt(r.decisionLag.max)} ms (n ${r.decisionLag.n})`);
+  lines.push("stage split from the call records (ms):");
+  lines.push(table(["stage", "p50", "p95", "p99", "max", "n"], Object.entries(r.stages).map(([k, v]) => [k, ...s(v)])));
+  lines.push("");
+  lines.push(
+    `NATS: ${fmt(r.nats.inPerSec, 0)} msgs/s in, ${fmt(r.nats.outPerSec, 0)} msgs/s out (${fmt(r.nats.inMbPerSec, 2)} / ${fmt(r.nats.outMbPerSec, 2)} MB/s)`,
+  );
+  lines.push(
+    `Redis: ${fmt(r.redis.commandsPerSec, 0)} commands/s, ${fmt(r.redis.commandsPerTurn, 1)} per bot turn (${r.redis.topCommands.map(([c, n]) => `${c} ${fmt(n, 1)}`).join(", ")}); used_memory ${fmt(r.redis.usedIdleMb)} -> ${fmt(r.redis.usedLoadedMb)} MB (${fmt(r.redis.usedPerCallKb)} KB per call)`,
+  );
+  lines.push("");
+  lines.push(
+    table(
+      ["process", "CPU cores", "ms CPU/call·s", "loop lag p99/max ms", "GC ms/s", "RSS idle MB", "RSS loaded MB", "KB/call"],
+      r.processes.map((p) => [
+        p.name,
+        fmt(p.cpuCores, 3),
+        fmt((p.cpuCores * 1000) / Math.max(1, r.held.mean), 2),
+        p.loopLagP99Ms === undefined ? "-" : `${fmt(p.loopLagP99Ms, 0)} / ${fmt(p.loopLagMaxMs ?? NaN, 0)}`,
+        p.gcMsPerSec === undefined ? "-" : fmt(p.gcMsPerSec, 1),
+        fmt(p.rssIdleMb),
+        fmt(p.rssLoadedMb),
+        fmt(p.rssPerCallKb),
+      ]),
+    ),
+  );
+  lines.push(
+    `pipeline (5 services + nats + redis): ${fmt(r.pipeline.cpuCores, 2)} cores = ${fmt(r.pipeline.cpuMsPerCallSecond, 2)} ms CPU per call-second; memory per call (services' RSS + Redis used_memory): ${fmt(r.pipeline.memoryPerCallKb)} KB (V8 heap used: ${fmt(r.pipeline.heapPerCallKb)} KB)`,
+  );
+  lines.push(
+    `machine: ${fmt(r.machine.busyCores, 2)} of ${os.availableParallelism()} cores busy, ${fmt(Math.max(0, r.machine.otherCores), 2)} of them outside this bench${r.machine.otherCores > 0.15 ? " (other work on the machine: tail latencies are disturbed)" : ""}`,
+  );
+  lines.push("");
+  lines.push(`errors: ${r.errors.total}${r.errors.details.length ? "\n  " + r.errors.details.join("\n  ") : ""}`);
+  const c = r.cleanup;
+  lines.push(
+    `after the calls: active-call gauges ${c.gaugesZeroAfterMs !== undefined ? `all 0 after ${fmt(c.gaugesZeroAfterMs / 1000)} s` : `NOT 0: ${JSON.stringify(c.gauges)}`}; ` +
+      `Redis: ${c.notEnded} calls not ended, ${c.liveKeys} live keys, ${c.leaseIndex} lease-index entries; idempotency keys kept for the live TTL: ${c.onceKeys} once:*, ${c.toolKeys} tool:*`,
+  );
+  for (const d of c.details) lines.push(`  ${d}`);
+  return lines.join("\n");
+}
+
+function summaryTable(results: RunResult[]): string {
+  return table(
+    ["calls", "held", "turns", "ovh p50", "ovh p95", "ovh p99", "gap p99", "latency p99", "errors", "CPU cores", "ms CPU/call·s", "KB/call", "marginal KB/call", "other load", "result"],
+    results.map((r, i) => [
+      r.calls,
+      fmt(r.held.mean, 0),
+      r.turns,
+      fmt(r.overhead.p50),
+      fmt(r.overhead.p95),
+      fmt(r.overhead.p99),
+      fmt(r.gaps.p99),
+      fmt(r.latency.p99, 0),
+      r.errors.total,
+      fmt(r.pipeline.cpuCores, 2),
+      fmt(r.pipeline.cpuMsPerCallSecond, 2),
+      fmt(r.pipeline.memoryPerCallKb, 0),
+      // Slope between this step and the previous one: what one more call costs, without the fixed growth of a
+      // process under load (young generation, JIT) that the per-call average spreads over the calls.
+      i > 0 ? fmt(((r.pipeline.loadedMb - results[i - 1].pipeline.loadedMb) * 1024) / (r.held.mean - results[i - 1].held.mean), 0) : "-",
+      fmt(Math.max(0, r.machine.otherCores), 2),
+      r.pass ? "pass" : "FAIL",
+    ]),
+  );
+}
+
+async function main(): Promise<void> {
+  const options = parseArgs(process.argv.slice(2));
+  console.log(`voicebot load test on ${os.availableParallelism()} cores (${os.cpus()[0]?.model ?? "?"}), node ${process.version}`);
+  const speech = (await speechBurst()).map((frame) => Buffer.from(frame).toString("base64"));
+  console.log(`caller speech: "order status", ${speech.length * FRAME_MS} ms; endpoint silence ${options.minSilenceMs} ms`);
+  const results: RunResult[] = [];
+  if (options.findMax) {
+    for (let calls = options.start; calls <= options.max; calls += options.step) {
+      const result = await runOnce(options, calls, speech);
+      results.push(result);
+      console.log(report(result, options));
+      console.log(`\n${summaryTable(results)}`);
+      if (!result.pass) break;
+    }
+    const best = results.filter((r) => r.pass).pop();
+    console.log(best ? `\nmost calls held within the limits: ${best.calls}` : "\nno step passed");
+  } else {
+    const result = await runOnce(options, options.calls, speech);
+    results.push(result);
+    console.log(report(result, options));
+  }
+  if (options.json) await writeFile(options.json, JSON.stringify(results, null, 2));
+  if (options.profile.length > 0) console.log(`cpu profiles: ${path.resolve(process.cwd(), ".run", "profiles")}`);
+  process.exit(results.every((r) => r.pass) || options.findMax ? 0 : 1);
+}
+
+await main().catch((error) => {
+  console.error(error instanceof Error ? error.stack : error);
+  process.exit(2);
+});
