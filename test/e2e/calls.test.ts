@@ -54,6 +54,10 @@ describe("calls over /twilio", () => {
       expect(turn.latencyMs).toBeGreaterThanOrEqual(0);
       expect(turn.latencyMs).toBeLessThan(10_000);
     }
+    // Every chunk of bot speech has its TTS time to first audio in the record.
+    expect(record.speech.length).toBeGreaterThanOrEqual(record.turns.length);
+    for (const chunk of record.speech) expect(chunk.firstAudioMs).toBeGreaterThanOrEqual(0);
+    expect(record.speech.some((c) => c.turnId === "t1" && c.chunkSeq === 0)).toBe(true);
     expect(sim.protocolErrors).toEqual([]);
     noteTurns("keypad order status", sim.turns, record);
   });

@@ -4,6 +4,7 @@ export const keys = {
   transcript: (callId: string) => `vb:{${callId}}:transcript`,
   toolCalls: (callId: string) => `vb:{${callId}}:tools`,
   turns: (callId: string) => `vb:{${callId}}:turns`,
+  speech: (callId: string) => `vb:{${callId}}:speech`,
   dialog: (callId: string) => `vb:{${callId}}:dialog`,
   hints: (callId: string) => `vb:{${callId}}:asr-hints`,
   lease: (callId: string, role: string) => `vb:{${callId}}:lease:${role}`,
@@ -20,6 +21,7 @@ export const recordKeys = (callId: string) => [
   keys.transcript(callId),
   keys.toolCalls(callId),
   keys.turns(callId),
+  keys.speech(callId),
 ];
 
 /** Keys that only matter while the call is live; deleted when it ends. */

@@ -22,6 +22,7 @@ describe("CallStore", () => {
     await store.appendTranscript("CA1", { role: "bot", text: "hello", at: "t1" });
     await store.appendTranscript("CA1", { role: "caller", text: "1", at: "t2", source: "keypad" });
     await store.appendToolCall("CA1", { name: "lookup_order", arguments: { order_number: "12345" }, result: { status: "shipped" }, ok: true, ms: 3, at: "t3" });
+    await store.appendSpeechChunk("CA1", { turnId: "t1", chunkSeq: 0, source: "engine", engine: "flite", firstAudioMs: 42, at: "t4" });
     await store.saveDialog("CA1", { state: "menu" }, "0");
     await store.acquireLease("CA1", "asr", "asr-1", 10_000);
     await store.endCall("CA1", "caller_hangup");
@@ -29,6 +30,7 @@ describe("CallStore", () => {
     expect(record).toMatchObject({ callSid: "CA1", state: "ended", endReason: "caller_hangup" });
     expect(record!.transcript.map((t) => t.text)).toEqual(["hello", "1"]);
     expect(record!.toolCalls[0].name).toBe("lookup_order");
+    expect(record!.speech).toEqual([{ turnId: "t1", chunkSeq: 0, source: "engine", engine: "flite", firstAudioMs: 42, at: "t4" }]);
     const ttl = await store.redis.pttl(keys.meta("CA1"));
     expect(ttl).toBeGreaterThan(3_500_000);
     // live state and leases are gone

@@ -36,6 +36,18 @@ export interface TurnEntry {
   stages: Record<string, number>;
 }
 
+/** One synthesized chunk of bot speech: how long the TTS stage took to its first audio. */
+export interface SpeechChunkEntry {
+  turnId: string;
+  chunkSeq: number;
+  /** "engine" or "cache". */
+  source: string;
+  engine: string;
+  /** Request received by tts -> first audio published, ms. */
+  firstAudioMs: number;
+  at: string;
+}
+
 export interface CallMeta {
   callSid: string;
   provider: string;
@@ -53,6 +65,8 @@ export interface CallRecord extends CallMeta {
   transcript: TranscriptEntry[];
   toolCalls: ToolCallEntry[];
   turns: TurnEntry[];
+  /** Per chunk of bot speech, the TTS time to first audio. */
+  speech: SpeechChunkEntry[];
 }
 
 export interface CallStoreOptions {
@@ -167,16 +181,21 @@ export class CallStore {
     await this.append(keys.turns(callId), entry);
   }
 
+  async appendSpeechChunk(callId: string, entry: SpeechChunkEntry): Promise<void> {
+    await this.append(keys.speech(callId), entry);
+  }
+
   private async append(key: string, entry: unknown): Promise<void> {
     await this.redis.multi().rpush(key, JSON.stringify(entry)).pexpire(key, this.options.liveTtlMs).exec();
   }
 
   async getRecord(callId: string): Promise<CallRecord | undefined> {
-    const [meta, transcript, toolCalls, turns] = await Promise.all([
+    const [meta, transcript, toolCalls, turns, speech] = await Promise.all([
       this.redis.hgetall(keys.meta(callId)),
       this.redis.lrange(keys.transcript(callId), 0, -1),
       this.redis.lrange(keys.toolCalls(callId), 0, -1),
       this.redis.lrange(keys.turns(callId), 0, -1),
+      this.redis.lrange(keys.speech(callId), 0, -1),
     ]);
     if (!meta.callSid) return undefined;
     return {
@@ -193,6 +212,7 @@ export class CallStore {
       transcript: transcript.map((e) => JSON.parse(e) as TranscriptEntry),
       toolCalls: toolCalls.map((e) => JSON.parse(e) as ToolCallEntry),
       turns: turns.map((e) => JSON.parse(e) as TurnEntry),
+      speech: speech.map((e) => JSON.parse(e) as SpeechChunkEntry),
     };
   }
 

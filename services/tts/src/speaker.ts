@@ -304,6 +304,10 @@ class ChunkOut {
     if (first) {
       const engine = this.source === "engine" ? this.engine : this.source;
       metrics.firstAudio.observe({ source: this.source, engine }, (now - this.receivedAtMs) / 1000);
+      // The call record keeps each chunk's time to first audio; a failed write costs only that line.
+      this.deps.store
+        .appendSpeechChunk(callId, { turnId, chunkSeq, source: this.source, engine, firstAudioMs: now - this.receivedAtMs, at: new Date(now).toISOString() })
+        .catch((error) => this.deps.log.warn("could not record speech chunk timing", { callId, error: String(error) }));
     }
   }
 }
