@@ -5,6 +5,8 @@ import type { CallSession } from "./call-session.js";
 import type { AsrMetrics } from "./metrics.js";
 
 export const LEASE_ROLE = "asr";
+/** A live call's record may be missing this long (Redis lost its data; ingress restores it) before asr lets go. */
+const RECORD_LOSS_GRACE_MS = 10_000;
 
 export interface OwnershipOptions {
   instanceId: string;
@@ -36,6 +38,7 @@ interface OwnedCall {
  */
 export class CallOwnership {
   private readonly owned = new Map<string, OwnedCall>();
+  private readonly recordMissingSince = new Map<string, number>();
   /** Calls being claimed or taken over right now (so the claim path and the orphan scan don't race). */
   private readonly pending = new Set<string>();
   private readonly subs: Subscription[] = [];
@@ -154,6 +157,7 @@ export class CallOwnership {
     const call = this.owned.get(callId);
     if (!call) return;
     this.owned.delete(callId);
+    this.recordMissingSince.delete(callId);
     call.audio.unsubscribe();
     await call.session.stop();
   }
@@ -182,6 +186,16 @@ export class CallOwnership {
     }
   }
 
+  /** How long the call's record has been missing, as seen by the renewal rounds (0 on the first miss). */
+  private recordMissingFor(callId: string): number {
+    const since = this.recordMissingSince.get(callId);
+    if (since === undefined) {
+      this.recordMissingSince.set(callId, Date.now());
+      return 0;
+    }
+    return Date.now() - since;
+  }
+
   /** Renews every owned lease in one round (auto-pipelined), and checks the calls are still live. */
   private async renewAll(): Promise<void> {
     if (this.renewing || this.owned.size === 0) return;
@@ -206,10 +220,16 @@ export class CallOwnership {
           continue; // Redis trouble: keep listening, the next round tries again
         }
         const { held, state } = result.value;
+        if (state !== undefined) this.recordMissingSince.delete(callId);
         if (!this.owned.has(callId)) {
           // Dropped while this round ran: undo the renewal it just made.
           if (held) await this.releaseAndForget(callId);
+        } else if (state === undefined && this.recordMissingFor(callId) < RECORD_LOSS_GRACE_MS) {
+          // No record at all while we hold the call: Redis lost its data, and ingress writes the record again
+          // (and re-announces the call) within seconds. Keep listening meanwhile instead of dropping the call.
+          continue;
         } else if (state !== "live") {
+          this.recordMissingSince.delete(callId);
           log.info("call no longer live: asr stops listening", { callId, state: state ?? "gone" });
           await this.dropLocally(callId);
           await this.releaseAndForget(callId);
