@@ -40,6 +40,8 @@ interface Options {
   noSilence: boolean;
   /** Before each run, wait (up to 15 min) until the machine has been this idle (busy cores) for 5 s. */
   quietBelow: number | undefined;
+  /** --find-max: run every step instead of stopping at the first failure. */
+  allSteps: boolean;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -62,6 +64,7 @@ function parseArgs(argv: string[]): Options {
     vad: asrReads("ASR_VAD") ? "silero" : "energy",
     noSilence: false,
     quietBelow: undefined,
+    allSteps: false,
   };
   let durationSet = false;
   for (let i = 0; i < argv.length; i++) {
@@ -121,6 +124,9 @@ function parseArgs(argv: string[]): Options {
       case "--keep":
         options.keep = true;
         break;
+      case "--all-steps":
+        options.allSteps = true;
+        break;
       case "--quiet-below":
         options.quietBelow = Number(value());
         break;
@@ -136,7 +142,7 @@ function parseArgs(argv: string[]): Options {
       case "--help":
       case "-h":
         console.log(`usage: bench:load [--calls N] [--duration 60s] [--ramp 10s] [--call-length 60s]
-       bench:load --find-max [--start 100] [--step 100] [--max 1500] [--duration 30s]
+       bench:load --find-max [--start 100] [--step 100] [--max 1500] [--duration 30s] [--all-steps]
        [--vad silero|energy] [--no-silence] [--quiet-below 0.3] [--p99-limit 20] [--gap-limit 40] [--profile asr,ingress] [--json file] [--keep]`);
         process.exit(0);
         break;
@@ -297,6 +303,15 @@ async function waitForQuiet(cores: number): Promise<void> {
   }
 }
 
+/** The system of the run in progress, stopped on Ctrl-C so no service, nats-server or redis-server is left behind. */
+let running: BenchSystem | undefined;
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    console.log(`\n${signal}: stopping the system`);
+    void (running?.stop() ?? Promise.resolve()).finally(() => process.exit(130));
+  });
+}
+
 async function runOnce(options: Options, calls: number, speech: string[]): Promise<RunResult> {
   if (options.quietBelow !== undefined) await waitForQuiet(options.quietBelow);
   const rampMs = options.rampMs ?? Math.max(5_000, (calls / 50) * 1000);
@@ -305,6 +320,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
   if (options.profile.length > 0) mkdirSync(profileDir, { recursive: true });
   console.log(`\n=== ${calls} calls: starting the system`);
   const system = await startBenchSystem({ slots: calls, minSilenceMs: options.minSilenceMs, vad: options.vad, noSilence: options.noSilence, profile: options.profile, profileDir, env: {} });
+  running = system;
   try {
     await warmUp(system.twilioUrl);
     await sleep(2_000);
@@ -387,6 +403,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
     const kinds = ["speech", "keys", "key"];
 
     await system.stop();
+    running = undefined;
     const logProblems = await countLogProblems(system);
 
     const processes: ProcessFigures[] = names.map((n) => {
@@ -810,7 +827,7 @@ async function main(): Promise<void> {
       results.push(result);
       console.log(report(result, options));
       console.log(`\n${summaryTable(results)}`);
-      if (!result.pass) break;
+      if (!result.pass && !options.allSteps) break;
     }
     const best = results.filter((r) => r.pass).pop();
     console.log(best ? `\nmost calls held within the limits: ${best.calls}` : "\nno step passed");

@@ -36,6 +36,8 @@ export interface SystemOptions {
   profileDir: string;
   /** Extra environment for every service (overrides the bench's settings). */
   env: Record<string, string>;
+  /** Extra node flags for every service (e.g. --max-semi-space-size=32, --trace-gc). */
+  nodeArgs?: string[];
 }
 
 export interface BenchSystem {
@@ -141,7 +143,10 @@ export async function startBenchSystem(options: SystemOptions): Promise<BenchSys
         const port = await freePort();
         const logFile = path.join(dir, `${name}.log`);
         const fd = openSync(logFile, "a");
-        const nodeArgs = options.profile.includes(name) ? ["--cpu-prof", `--cpu-prof-dir=${options.profileDir}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
+        const nodeArgs = [
+          ...(options.nodeArgs ?? []),
+          ...(options.profile.includes(name) ? ["--cpu-prof", `--cpu-prof-dir=${options.profileDir}`, `--cpu-prof-name=${name}.cpuprofile`] : []),
+        ];
         const child = spawn(process.execPath, [...nodeArgs, path.join(repoRoot, "services", name, "dist", "main.js")], {
           env: { ...env, [name === "ingress" ? "INGRESS_PORT" : "HTTP_PORT"]: String(port), INSTANCE_ID: `${name}-load` },
           stdio: ["ignore", fd, fd],

@@ -3,7 +3,7 @@ import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { chunks, silence8k, synthesizeTo8kPcm } from "../test/fixtures/make-audio.js";
 import { createMetrics } from "./metrics.js";
-import { defaultSileroOptions, SileroVad, type SileroOptions } from "./silero.js";
+import { defaultSileroOptions, SileroVad, type SileroModel, type SileroOptions } from "./silero.js";
 
 /**
  * Runs frames through one stream and collects every decision (in order). Frames go in 100 ms at a time, each
@@ -160,6 +160,20 @@ describe("SileroVad (the shipped v4 model, batched)", () => {
     // Energy still finds the sentence in the line noise.
     expect(decisions.slice(0, 45).some(Boolean)).toBe(false);
     expect(decisions.filter(Boolean).length).toBeGreaterThan(60);
+  });
+
+  it("decides by energy, and counts it, when inference fails", async () => {
+    const registry = new Registry();
+    const vad = await create({}, registry);
+    // The model's session gone (as after a runtime failure): every inference throws.
+    await (vad as unknown as { model: SileroModel }).model.close();
+    const decisions = await decide(vad, chunks(speech.subarray(0, speech.length - (speech.length % 160))));
+    expect(decisions.slice(0, 45).some(Boolean)).toBe(false);
+    expect(decisions.filter(Boolean).length).toBeGreaterThan(60);
+    const errors = await registry.getSingleMetric("voicebot_asr_vad_errors_total")!.get();
+    expect(errors.values[0].value).toBeGreaterThan(0);
+    const windows = await registry.getSingleMetric("voicebot_asr_vad_windows_total")!.get();
+    expect(windows.values.find((v) => v.labels.result === "error")?.value).toBeGreaterThan(0);
   });
 
   it("refuses a file that is not a Silero v4 model", async () => {

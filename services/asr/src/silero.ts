@@ -83,6 +83,8 @@ export class SileroModel {
   readonly silenceH = new Float32Array(STATE);
   readonly silenceC = new Float32Array(STATE);
 
+  private released = false;
+
   private constructor(private readonly session: ort.InferenceSession) {}
 
   private async settle(): Promise<void> {
@@ -135,6 +137,8 @@ export class SileroModel {
   }
 
   async close(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
     await this.session.release();
   }
 }
@@ -178,6 +182,7 @@ export class SileroVad implements VoiceActivityDetector {
   private next: NodeJS.Immediate | undefined;
   private running = false;
   private closed = false;
+  private errorLoggedAt = -Infinity;
   /** Windows decided by the gate, the model and (when behind) by energy, for the benchmark; the metrics say the same. */
   readonly counts = { gated: 0, inferred: 0, batches: 0, overload: 0 };
 
@@ -263,7 +268,11 @@ export class SileroVad implements VoiceActivityDetector {
       result = await this.model.run(input, h, c, n);
     } catch (error) {
       this.metrics?.vadErrors.inc();
-      this.log?.error("Silero VAD inference failed: these windows are decided by energy", { windows: n, error: errorText(error) });
+      // Logged at most every 10 s: a broken runtime fails every batch (the metric counts them all).
+      if (started - this.errorLoggedAt > 10_000) {
+        this.errorLoggedAt = started;
+        this.log?.error("Silero VAD inference failed: windows are decided by energy", { windows: n, error: errorText(error) });
+      }
     }
     const done = performance.now();
     this.counts.inferred += n;

@@ -90,7 +90,7 @@ function reportService(run: ServiceRunResult, concurrency: number): Record<strin
       const finals = o.finals
         .map((f) => `"${f.text}" (${f.confidence.toFixed(2)}, utt ${f.utteranceId}, wait ${f.endpointWaitMs} ms, decode ${Number(f.finalAtMs) - Number(f.speechEndMs) - f.endpointWaitMs} ms)`)
         .join(", ");
-      console.log(`  ${c.voice.name} ${c.speed} ${c.snr}: "${reference}" → ${finals || "no final"}`);
+      console.log(`  ${c.voice.name} ${c.speed} ${c.snr}: "${reference}" → ${finals || `no final (${o.startedAtMs === undefined ? "no STARTED" : "STARTED: too short?"})`}`);
     }
   }
   const split = outcomes.filter((o) => o.finals.length > 1).length;
@@ -104,6 +104,7 @@ function reportService(run: ServiceRunResult, concurrency: number): Record<strin
   const engineErrors = sample("voicebot_asr_engine_errors_total");
   const loopLagP99 = sample("nodejs_eventloop_lag_p99_seconds") * 1000;
   const vadLag = mean("voicebot_asr_vad_lag_seconds") * 1000;
+  const serviceStartDelay = mean("voicebot_asr_speech_start_delay_seconds") * 1000;
 
   console.log(`\n== asr service: ${outcomes.length} utterances in ${run.outcomes.length ? new Set(outcomes.map((o) => o.call)).size : 0} calls, ${concurrency} at a time, ${(run.wallMs / 1000).toFixed(0)} s`);
   console.log(
@@ -118,6 +119,7 @@ function reportService(run: ServiceRunResult, concurrency: number): Record<strin
       ["utterances split in two or more", String(split)],
       ["STARTEDs / finals outside any utterance", `${run.strayStarts} / ${run.strayFinals}`],
       ["speech onset → STARTED p50 / p95", `${ms(percentile(startDelays, 50))} / ${ms(percentile(startDelays, 95))}`],
+      ["  service's view: onset frame → STARTED, mean", ms(serviceStartDelay)],
       ["end of speech → final, phrases p50 / p95", `${ms(percentile(finalDelays("phrase"), 50))} / ${ms(percentile(finalDelays("phrase"), 95))}`],
       ["end of speech → final, digits p50 / p95", `${ms(percentile(finalDelays("digits"), 50))} / ${ms(percentile(finalDelays("digits"), 95))}`],
       ["  of which decoding (after endpoint) p50 / p95", `${ms(percentile(decode, 50))} / ${ms(percentile(decode, 95))}`],
@@ -180,6 +182,7 @@ function reportService(run: ServiceRunResult, concurrency: number): Record<strin
     decodeP95: percentile(decode, 95),
     engineErrors,
     eventLoopLagP99: loopLagP99,
+    serviceStartDelayMean: serviceStartDelay,
     vadLagMean: vadLag,
     loadBefore: run.loadBefore,
     loadAfter: run.loadAfter,

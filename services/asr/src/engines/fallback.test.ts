@@ -83,7 +83,7 @@ describe("FallbackEngine (ASR_ENGINES=assemblyai,pocketsphinx)", () => {
     expect(result).toMatchObject({ text: "order status", engine: "pocketsphinx" });
     // The watchdog, then pocketsphinx decoding the replayed utterance (~0.1-0.5 s).
     expect(Date.now() - finishing).toBeGreaterThanOrEqual(1000);
-    expect(Date.now() - finishing).toBeLessThan(2_000);
+    expect(Date.now() - finishing).toBeLessThan(3_000); // not AssemblyAI's own 5 s deadline
     expect(await value("voicebot_asr_engine_failovers_total", { from: "assemblyai", to: "pocketsphinx", reason: "timeout" })).toBe(1);
     expect(await value("voicebot_asr_provider_errors_total", { engine: "assemblyai", reason: "timeout" })).toBe(1);
     expect(await value("voicebot_asr_engine_healthy", { engine: "assemblyai" })).toBe(0);
@@ -101,7 +101,7 @@ describe("FallbackEngine (ASR_ENGINES=assemblyai,pocketsphinx)", () => {
 
   it("fails over at once when AssemblyAI drops the socket mid-utterance", async () => {
     script = { text: "order status", errorAfterAudioMs: 300 };
-    const { engine, value } = setup({ timeoutMs: 3000 });
+    const { engine, value } = setup({ timeoutMs: 5000 });
     const recognizer = engine.start(HINTS);
     const frames = chunks(speech);
     const half = Math.floor(frames.length / 2);
@@ -113,7 +113,7 @@ describe("FallbackEngine (ASR_ENGINES=assemblyai,pocketsphinx)", () => {
     for (const frame of frames.slice(half)) recognizer.push(frame);
     const finishing = Date.now();
     expect(await recognizer.finish()).toMatchObject({ text: "order status", engine: "pocketsphinx" });
-    expect(Date.now() - finishing).toBeLessThan(2000); // no 3 s watchdog wait
+    expect(Date.now() - finishing).toBeLessThan(3000); // no 5 s watchdog wait
   });
 
   it("fails over when the first engine cannot even start (no API key)", async () => {
