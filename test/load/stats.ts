@@ -48,7 +48,7 @@ export class Histogram {
     if (v > this.max) this.max = v;
   }
 
-  /** Upper edge of the bucket holding the p-th percentile. */
+  /** Upper edge of the bucket holding the p-th percentile (so at most 0.25 ms high). */
   quantile(p: number): number {
     if (this.count === 0) return NaN;
     const target = Math.max(1, Math.ceil((p / 100) * this.count));
@@ -60,10 +60,10 @@ export class Histogram {
     return this.max;
   }
 
-  /** Samples above `ms`. */
+  /** Samples above `ms` (to the bucket: samples in the bucket holding `ms` do not count). */
   above(ms: number): number {
     let n = 0;
-    for (let i = Math.ceil(ms / Histogram.BUCKET_MS); i < this.buckets.length; i++) n += this.buckets[i];
+    for (let i = Math.floor(ms / Histogram.BUCKET_MS) + 1; i < this.buckets.length; i++) n += this.buckets[i];
     return n;
   }
 
