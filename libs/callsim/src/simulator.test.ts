@@ -1,3 +1,4 @@
+import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterEach, describe, expect, test } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
@@ -80,6 +81,35 @@ async function call(bot: FakeBot, options: { turnQuietMs?: number } = {}): Promi
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe("TwilioCallSimulator connecting", () => {
+  test("a refused upgrade rejects connect() with the HTTP status, and nothing is thrown afterwards", async () => {
+    const server = createServer((_req, res) => res.writeHead(503).end("draining"));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const uncaught: unknown[] = [];
+    const onUncaught = (error: unknown) => uncaught.push(error);
+    process.on("uncaughtException", onUncaught);
+    try {
+      const sim = new TwilioCallSimulator({ url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/twilio` });
+      await expect(sim.connect()).rejects.toThrow(/HTTP 503/);
+      await sleep(50); // an error emitted by the aborted handshake would surface here
+      expect(uncaught).toEqual([]);
+      await expect(sim.connect()).rejects.toThrow(/HTTP 503/); // and it can try again
+    } finally {
+      process.off("uncaughtException", onUncaught);
+      await new Promise((r) => server.close(r));
+    }
+  });
+
+  test("nothing listening rejects connect() with the socket error", async () => {
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as AddressInfo).port;
+    await new Promise((r) => server.close(r));
+    const sim = new TwilioCallSimulator({ url: `ws://127.0.0.1:${port}/twilio` });
+    await expect(sim.connect()).rejects.toThrow(/cannot connect .*ECONNREFUSED/);
+  });
+});
 
 describe("TwilioCallSimulator wire format", () => {
   test("connected, start and continuous 20 ms media with string numbers, exactly as Twilio sends them", async () => {

@@ -173,13 +173,11 @@ export class TwilioCallSimulator {
     const ws = new WebSocket(this.options.url, { headers: this.options.headers, perMessageDeflate: false });
     this.ws = ws;
     await new Promise<void>((resolve, reject) => {
+      // Kept on until the socket is given up: aborting a handshake (terminate() while connecting) emits one more
+      // error, which must not become an uncaught exception. Rejecting a settled promise again is harmless.
       const onError = (error: Error) => reject(new Error(`cannot connect to ${this.options.url}: ${error.message}`));
-      ws.once("error", onError);
-      ws.once("unexpected-response", (_req, res) => {
-        ws.off("error", onError);
-        reject(new Error(`cannot connect to ${this.options.url}: HTTP ${res.statusCode}`));
-        ws.terminate();
-      });
+      ws.on("error", onError);
+      ws.once("unexpected-response", (_req, res) => reject(new Error(`cannot connect to ${this.options.url}: HTTP ${res.statusCode}`)));
       ws.once("open", () => {
         ws.off("error", onError);
         resolve();
