@@ -22,6 +22,7 @@ import type { EngineRecord } from "./fakes.js";
 import { LoadGenerator, type TurnSample } from "./loadgen.js";
 import { orderNumber } from "./script.js";
 import { fmt, parseDuration, summarize, table, type Summary } from "./stats.js";
+import { liveMemory, type LiveMemory } from "./inspect.js";
 import { asrReads, cpuSeconds, machineBusySeconds, metricSum, removeDir, rssBytes, SERVICE_NAMES, startBenchSystem, type BenchSystem } from "./system.js";
 
 interface Options {
@@ -186,6 +187,8 @@ interface ProcessFigures {
   rssLoadedMb: number;
   /** (loaded - idle) RSS per call held, KB. */
   rssPerCallKb: number;
+  /** Services: (loaded - idle) V8 heap used + external memory after a full GC, per call held, KB. */
+  livePerCallKb?: number;
 }
 
 interface RunResult {
@@ -224,6 +227,8 @@ interface RunResult {
     cpuMsPerCallSecond: number;
     memoryPerCallKb: number;
     heapPerCallKb: number;
+    /** What the calls keep alive: the services' heap + external memory after a full GC, plus Redis used_memory. */
+    livePerCallKb: number;
     /** Services' RSS plus Redis used_memory under load, MB (the find-max table takes the slope between steps). */
     loadedMb: number;
   };
@@ -355,6 +360,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
     }
     const idleRedisUsed = Number((await system.redisInfo("memory")).used_memory);
     const idleMetrics = await allMetrics(system);
+    const idleLive = await allLiveMemory(system);
     const errorsBefore = await counterSnapshot(system);
 
     const silence = Array.from({ length: calls }, (_, slot) => Buffer.from(watermarkFrame(slot)).toString("base64"));
@@ -405,6 +411,8 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
     const metrics1 = await allMetrics(system);
     const windowSeconds = (performance.now() - w0) / 1000;
     clearInterval(progress);
+    // After the window (a full GC pauses each service for a few ms), with every call still live.
+    const loadedLive = await allLiveMemory(system);
 
     console.log(`    window over: hanging up ${gen.liveCalls} calls`);
     await gen.stop();
@@ -442,6 +450,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
         rssIdleMb: idleRss[n] / 2 ** 20,
         rssLoadedMb: loaded / 2 ** 20,
         rssPerCallKb: (loaded - idleRss[n]) / 1024 / perCall,
+        ...(loadedLive[n] && idleLive[n] ? { livePerCallKb: (liveBytes(loadedLive[n]) - liveBytes(idleLive[n])) / 1024 / perCall } : {}),
       };
     });
     const pipelineNames = [...SERVICE_NAMES, "nats-server", "redis-server"];
@@ -524,6 +533,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
         cpuMsPerCallSecond: (pipelineCpu * 1000) / perCall,
         memoryPerCallKb: servicesPerCallKb + redisPerCallKb,
         heapPerCallKb,
+        livePerCallKb: processes.reduce((a, p) => a + (p.livePerCallKb ?? 0), 0) + redisPerCallKb,
         loadedMb:
           processes.filter((p) => (SERVICE_NAMES as string[]).includes(p.name)).reduce((a, p) => a + p.rssLoadedMb, 0) + redisUsedLoaded / 2 ** 20,
       },
@@ -551,6 +561,22 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
     throw error;
   }
 }
+
+/** Each service's live memory after a full GC (a service whose inspector does not answer is left out). */
+async function allLiveMemory(system: BenchSystem): Promise<Record<string, LiveMemory | undefined>> {
+  const all: Record<string, LiveMemory | undefined> = {};
+  await Promise.all(
+    SERVICE_NAMES.map(async (name) => {
+      all[name] = await liveMemory(system.services[name].inspectPort).catch((error: Error) => {
+        console.log(`    ${name}: no live-memory sample (${error.message})`);
+        return undefined;
+      });
+    }),
+  );
+  return all;
+}
+
+const liveBytes = (m: LiveMemory) => m.heapUsed + m.external;
 
 async function allMetrics(system: BenchSystem): Promise<Record<string, Map<string, number>>> {
   const all: Record<string, Map<string, number>> = {};
@@ -797,7 +823,7 @@ function report(r: RunResult, options: Options): string {
   lines.push("");
   lines.push(
     table(
-      ["process", "CPU cores", "ms CPU/call·s", "loop lag p99/max ms", "GC ms/s", "RSS idle MB", "RSS loaded MB", "KB/call"],
+      ["process", "CPU cores", "ms CPU/call·s", "loop lag p99/max ms", "GC ms/s", "RSS idle MB", "RSS loaded MB", "RSS KB/call", "live KB/call"],
       r.processes.map((p) => [
         p.name,
         fmt(p.cpuCores, 3),
@@ -807,11 +833,12 @@ function report(r: RunResult, options: Options): string {
         fmt(p.rssIdleMb),
         fmt(p.rssLoadedMb),
         fmt(p.rssPerCallKb),
+        p.livePerCallKb === undefined ? "-" : fmt(p.livePerCallKb),
       ]),
     ),
   );
   lines.push(
-    `pipeline (5 services + nats + redis): ${fmt(r.pipeline.cpuCores, 2)} cores = ${fmt(r.pipeline.cpuMsPerCallSecond, 2)} ms CPU per call-second; memory per call (services' RSS + Redis used_memory): ${fmt(r.pipeline.memoryPerCallKb)} KB (V8 heap used: ${fmt(r.pipeline.heapPerCallKb)} KB)`,
+    `pipeline (5 services + nats + redis): ${fmt(r.pipeline.cpuCores, 2)} cores = ${fmt(r.pipeline.cpuMsPerCallSecond, 2)} ms CPU per call-second; memory per call: ${fmt(r.pipeline.livePerCallKb)} KB live (services' heap + buffers after a full GC, + Redis used_memory); ${fmt(r.pipeline.memoryPerCallKb)} KB of RSS (services' RSS + Redis; V8 heap used between collections: ${fmt(r.pipeline.heapPerCallKb)} KB)`,
   );
   lines.push(
     `machine: ${fmt(r.machine.busyCores, 2)} of ${os.availableParallelism()} cores busy, ${fmt(Math.max(0, r.machine.otherCores), 2)} of them outside this bench${r.machine.otherCores > 0.15 ? " (other work on the machine: tail latencies are disturbed)" : ""}`,
@@ -829,7 +856,7 @@ function report(r: RunResult, options: Options): string {
 
 function summaryTable(results: RunResult[]): string {
   return table(
-    ["calls", "held", "turns", "ovh p50", "ovh p95", "ovh p99", "gap p99", "latency p99", "errors", "CPU cores", "ms CPU/call·s", "KB/call", "marginal KB/call", "other load", "result"],
+    ["calls", "held", "turns", "ovh p50", "ovh p95", "ovh p99", "gap p99", "latency p99", "errors", "CPU cores", "ms CPU/call·s", "live KB/call", "RSS KB/call", "marginal RSS KB/call", "other load", "result"],
     results.map((r, i) => [
       r.calls,
       fmt(r.held.mean, 0),
@@ -842,6 +869,7 @@ function summaryTable(results: RunResult[]): string {
       r.errors.total,
       fmt(r.pipeline.cpuCores, 2),
       fmt(r.pipeline.cpuMsPerCallSecond, 2),
+      fmt(r.pipeline.livePerCallKb, 0),
       fmt(r.pipeline.memoryPerCallKb, 0),
       // Slope between this step and the previous one: what one more call costs, without the fixed growth of a
       // process under load (young generation, JIT) that the per-call average spreads over the calls.

@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url";
 import { CallStore } from "@voicebot/state";
 import { freePort, repoRoot, startNats, startRedis, waitFor, type ServerHandle, type ServiceName } from "@voicebot/testing";
 import type { FakesReady, FakesRecords } from "./fakes.js";
+import { inspectFlag } from "./inspect.js";
 import { ELEVENLABS_KEY, OPENAI_KEY, ordersFile } from "./script.js";
 
 export const SERVICE_NAMES: ServiceName[] = ["ingress", "asr", "dialog", "tools", "tts"];
@@ -18,6 +19,8 @@ export const SERVICE_NAMES: ServiceName[] = ["ingress", "asr", "dialog", "tools"
 export interface ServiceProc {
   name: ServiceName;
   baseUrl: string;
+  /** Loopback inspector port (live memory after a full GC, see inspect.ts). */
+  inspectPort: number;
   child: ChildProcess;
   logFile: string;
 }
@@ -141,9 +144,11 @@ export async function startBenchSystem(options: SystemOptions): Promise<BenchSys
     await Promise.all(
       SERVICE_NAMES.map(async (name) => {
         const port = await freePort();
+        const inspectPort = await freePort();
         const logFile = path.join(dir, `${name}.log`);
         const fd = openSync(logFile, "a");
         const nodeArgs = [
+          inspectFlag(inspectPort),
           ...(options.nodeArgs ?? []),
           ...(options.profile.includes(name) ? ["--cpu-prof", `--cpu-prof-dir=${options.profileDir}`, `--cpu-prof-name=${name}.cpuprofile`] : []),
         ];
@@ -152,7 +157,7 @@ export async function startBenchSystem(options: SystemOptions): Promise<BenchSys
           stdio: ["ignore", fd, fd],
         });
         closeSync(fd);
-        services[name] = { name, baseUrl: `http://127.0.0.1:${port}`, child, logFile };
+        services[name] = { name, baseUrl: `http://127.0.0.1:${port}`, inspectPort, child, logFile };
         serviceStops.push(() => terminate(child, 20_000));
       }),
     );
