@@ -5,7 +5,7 @@
 //
 //   node test/load/dist/main.js [--calls 150] [--duration 60s] [--ramp <max(5s, calls/50 s)>] [--call-length 60s]
 //   node test/load/dist/main.js --find-max [--start 100] [--step 100] [--max 1500] [--duration 30s] [--all-steps]
-//   --vad silero|energy (ASR_VAD)  --no-silence (keep ingress's fallback line)  --env NAME=value  --node-args "..."
+//   --vad silero|energy (ASR_VAD)  --env NAME=value  --node-args "..."
 //   --quiet-below 0.3 (wait for a quiet machine)  --p99-limit 20  --gap-limit 40  --profile asr,ingress
 //   (node --cpu-prof; .cpuprofile files in .run/profiles)  --json out.json  --keep (logs)
 // Definitions and results: docs/benchmarks.md, section "Load".
@@ -41,7 +41,6 @@ interface Options {
   json: string | undefined;
   keep: boolean;
   vad: "energy" | "silero";
-  noSilence: boolean;
   /** Before each run, wait (up to 15 min) until the machine has been this idle (busy cores) for 5 s. */
   quietBelow: number | undefined;
   /** --find-max: run every step instead of stopping at the first failure. */
@@ -71,7 +70,6 @@ function parseArgs(argv: string[]): Options {
     keep: false,
     // The asr's default VAD (builds before the choice existed only have the energy VAD).
     vad: asrReads("ASR_VAD") ? "silero" : "energy",
-    noSilence: false,
     quietBelow: undefined,
     allSteps: false,
     nodeArgs: [],
@@ -150,9 +148,6 @@ function parseArgs(argv: string[]): Options {
       case "--quiet-below":
         options.quietBelow = Number(value());
         break;
-      case "--no-silence":
-        options.noSilence = true;
-        break;
       case "--vad": {
         const vad = value();
         if (vad !== "energy" && vad !== "silero") throw new Error("--vad must be energy or silero");
@@ -163,7 +158,7 @@ function parseArgs(argv: string[]): Options {
       case "-h":
         console.log(`usage: bench:load [--calls 150] [--duration 60s] [--ramp max(5s, calls/50 s)] [--call-length 60s]
        bench:load --find-max [--start 100] [--step 100] [--max 1500] [--duration 30s] [--all-steps]
-       [--vad silero|energy] [--no-silence] [--env NAME=value] [--node-args "..."] [--quiet-below 0.3] [--p99-limit 20] [--gap-limit 40] [--profile asr,ingress] [--json file] [--keep]`);
+       [--vad silero|energy] [--env NAME=value] [--node-args "..."] [--quiet-below 0.3] [--p99-limit 20] [--gap-limit 40] [--profile asr,ingress] [--json file] [--keep]`);
         process.exit(0);
         break;
       default:
@@ -343,7 +338,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
   const profileDir = path.resolve(process.cwd(), ".run", "profiles");
   if (options.profile.length > 0) mkdirSync(profileDir, { recursive: true });
   console.log(`\n=== ${calls} calls: starting the system`);
-  const system = await startBenchSystem({ slots: calls, minSilenceMs: options.minSilenceMs, vad: options.vad, noSilence: options.noSilence, profile: options.profile, profileDir, env: options.env, nodeArgs: options.nodeArgs });
+  const system = await startBenchSystem({ slots: calls, minSilenceMs: options.minSilenceMs, vad: options.vad, profile: options.profile, profileDir, env: options.env, nodeArgs: options.nodeArgs });
   running = system;
   try {
     await warmUp(system.twilioUrl);

@@ -30,8 +30,6 @@ export interface SystemOptions {
   slots: number;
   /** The asr's endpoint silence. */
   minSilenceMs: number;
-  /** Keep ingress's no-silence fallback line on. */
-  noSilence: boolean;
   /** ASR_VAD (when the asr build has a choice). */
   vad: "energy" | "silero" | undefined;
   /** Services to run under `node --cpu-prof` (profiles land in `profileDir`). */
@@ -131,10 +129,6 @@ export async function startBenchSystem(options: SystemOptions): Promise<BenchSys
       // The engine is a network service: the default (2 per core) would queue chunks behind each other.
       TTS_MAX_CONCURRENT: "512",
       ORDERS_FILE: orders,
-      // Ingress's "no turn ends in silence" line is off unless asked for (--no-silence): it arms on a key press after
-      // an async hints lookup, and when the answer is quicker than that lookup it fires 4 s later on an answered
-      // turn, which then plays behind it (reported; see docs/benchmarks.md).
-      NO_SILENCE_DEADLINE_MS: options.noSilence ? "4000" : "0",
       ...options.env,
     };
 

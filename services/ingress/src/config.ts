@@ -1,5 +1,6 @@
 import type { EnvReader } from "@voicebot/service-kit";
 import { DEFAULT_NO_SILENCE_FILE, DEFAULT_NO_SILENCE_TEXT, loadNoSilenceClip } from "./no-silence.js";
+import type { SilenceBatchOptions } from "./silence-batch.js";
 
 export const PROBED_SERVICES = ["asr", "dialog", "tools", "tts"] as const;
 export type ProbedService = (typeof PROBED_SERVICES)[number];
@@ -50,6 +51,8 @@ export interface IngressConfig {
   bargeInMinSpeechMs: number;
   /** How long an inbound frame that arrived out of order may be held to wait for the frames before it. */
   inboundJitterMs: number;
+  /** The caller's quiet frames, past a hangover, published several to a CallerAudio (see silence-batch.ts). */
+  silenceBatch: SilenceBatchOptions;
   /** Set when both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are: transfers and DTMF go through the REST API. */
   twilioRest: TwilioRestConfig | undefined;
   /** Check X-Twilio-Signature on the upgrade (needs TWILIO_AUTH_TOKEN). */
@@ -111,6 +114,13 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
     bargeIn: env.bool("BARGE_IN", true),
     bargeInMinSpeechMs: env.int("BARGE_IN_MIN_SPEECH_MS", 0, { min: 0, max: 5_000 }),
     inboundJitterMs: env.int("INBOUND_JITTER_MS", 60, { min: 0, max: 1_000 }),
+    silenceBatch: {
+      maxFrames: env.int("INGRESS_SILENCE_BATCH_FRAMES", 10, { min: 0, max: 50 }),
+      // Above the asr's default endpoint silence (ASR_MIN_SILENCE_MS, 600) with margin.
+      hangoverMs: env.int("INGRESS_SILENCE_HANGOVER_MS", 1_000, { min: 100, max: 60_000 }),
+      // At the asr's Silero gate (ASR_VAD_GATE_DBFS) and below its energy VAD floor (ASR_VAD_MIN_SPEECH_DBFS, -50).
+      levelDbfs: env.number("INGRESS_SILENCE_LEVEL_DBFS", -55, { min: -90, max: -20 }),
+    },
     twilioRest: accountSid && authToken ? { accountSid, authToken, baseUrl, timeoutMs } : undefined,
     validateSignature,
     publicStreamUrl,

@@ -4,6 +4,7 @@ import { Counter, Histogram, type Registry } from "prom-client";
 export class IngressMetrics {
   readonly protocolErrors: Counter<"reason">;
   readonly framesIn: Counter;
+  readonly callerAudioMessages: Counter<"batched">;
   readonly framesOut: Counter;
   readonly turnLatency: Histogram;
   /** The latency budget: each turn's time per stage (the same split the call record shows). */
@@ -37,6 +38,12 @@ export class IngressMetrics {
       registers,
     });
     this.framesIn = new Counter({ name: "voicebot_ingress_frames_in_total", help: "20 ms caller frames forwarded", registers });
+    this.callerAudioMessages = new Counter({
+      name: "voicebot_ingress_caller_audio_messages_total",
+      help: "CallerAudio messages published; batched=true holds several quiet frames (frames_in_total / this = frames per message)",
+      labelNames: ["batched"],
+      registers,
+    });
     this.framesOut = new Counter({ name: "voicebot_ingress_frames_out_total", help: "20 ms bot frames sent to Twilio", registers });
     this.turnStage = new Histogram({
       name: "voicebot_turn_stage_seconds",

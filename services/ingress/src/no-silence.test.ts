@@ -7,7 +7,7 @@ import { CallStarted, PlaybackEvent, Transcript, type DialogInput } from "@voice
 import { CallStore, keys } from "@voicebot/state";
 import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DEFAULT_NO_SILENCE_FILE, DEFAULT_NO_SILENCE_TEXT, loadNoSilenceClip } from "./no-silence.js";
+import { DEFAULT_NO_SILENCE_FILE, DEFAULT_NO_SILENCE_TEXT, loadNoSilenceClip, SilenceGuard } from "./no-silence.js";
 import {
   captureLogs,
   collect,
@@ -22,6 +22,7 @@ import {
   type Ingress,
   type TwilioClient,
 } from "./test-support/harness.js";
+import { startSlowLink, type SlowLink } from "./test-support/slow-link.js";
 
 const DEADLINE_MS = 400;
 let nats: ServerHandle;
@@ -156,5 +157,90 @@ describe("a call whose record vanished from Redis", () => {
     expect(dialog.items.filter((i) => i.callId === client.callSid && i.inputId.includes(":restart:"))).toHaveLength(1);
     client.close();
     await waitFor(async () => (await store.callState(client.callSid)) === "ended", { what: "the call to end" });
+  });
+});
+
+describe("the deadline is decided by what happened in order", () => {
+  // A key needs a hints look-up in Redis before the deadline arms. With Redis this slow, the dialog's answer (a
+  // cached prompt) arrives while the look-up is still out: the call has been answered, the guard must stay off.
+  const REDIS_DELAY_MS = 500;
+  let link: SlowLink;
+  let slowIngress: Ingress;
+
+  beforeAll(async () => {
+    link = await startSlowLink(redis.port);
+    slowIngress = await startIngress({
+      NATS_URL: nats.url,
+      REDIS_URL: `redis://127.0.0.1:${link.port}`,
+      NO_SILENCE_DEADLINE_MS: String(DEADLINE_MS),
+      INGRESS_RECORD_CHECK_MS: "60000",
+    });
+  });
+
+  afterAll(async () => {
+    await slowIngress?.handle.stop();
+    await link?.close();
+  });
+
+  const slowFallbacks = () => metricValue(slowIngress.baseUrl, "voicebot_ingress_no_silence_fallbacks_total");
+
+  it("no fallback when the answer began while the key's hints look-up was still out", async () => {
+    const client = await startCall(slowIngress.wsUrl, dialog.items);
+    client.echoMarks(0);
+    const before = await slowFallbacks();
+    link.delayMs = REDIS_DELAY_MS;
+    const seq = client.sendDtmf("1");
+    // The key reached ingress (its input is queued for the dialog); its look-up waits on Redis.
+    await waitFor(() => dialog.items.find((i) => i.inputId === `${client.callSid}:dtmf:${seq}`), { what: "the key's input" });
+    publishBotAudio(bus, client.callSid, "t2", 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true });
+    await waitFor(() => client.events("mark").some((r) => r.message.mark.name === "t2.0"), { what: "the answer" });
+    // The look-up returns, then the deadline would run out.
+    await new Promise((r) => setTimeout(r, REDIS_DELAY_MS + DEADLINE_MS + 400));
+    link.delayMs = 0;
+    expect(client.audio().length).toBe(2 * 160); // the answer, and nothing after it
+    expect(await slowFallbacks()).toBe(before);
+    client.close();
+  });
+
+  it("an unanswered key still gets the fallback, on time from the key, not from the end of the look-up", async () => {
+    const client = await startCall(slowIngress.wsUrl, dialog.items);
+    client.echoMarks(0);
+    link.delayMs = REDIS_DELAY_MS;
+    const pressedAt = performance.now();
+    client.sendDtmf("1");
+    await waitFor(() => fallbackMark(client), { what: "the fallback line", timeoutMs: 10_000 });
+    link.delayMs = 0;
+    // The look-up took longer than the deadline: the line plays as soon as it is known the key needs an answer.
+    const at = client.events("media")[0].at - pressedAt;
+    expect(at).toBeGreaterThanOrEqual(REDIS_DELAY_MS - 5);
+    expect(at).toBeLessThan(REDIS_DELAY_MS + 250);
+    client.close();
+  });
+});
+
+describe("SilenceGuard", () => {
+  const guard = (fired: string[]) => new SilenceGuard(DEADLINE_MS, (input) => fired.push(input));
+
+  it("does not arm for an input whose answer began before the input was known to need one", async () => {
+    const fired: string[] = [];
+    const g = guard(fired);
+    const end = g.inputEnd();
+    g.botAudio("t1"); // the reply starts while the look-up is out
+    g.inputEnded("keypad", end);
+    expect(g.armed).toBe(false);
+    g.close();
+  });
+
+  it("arms for an input that ended after the latest new turn, and an earlier input does not move a later deadline", async () => {
+    const fired: string[] = [];
+    const g = guard(fired);
+    g.botAudio("t1");
+    const key = g.inputEnd();
+    g.inputEnded("speech");
+    expect(g.armed).toBe(true);
+    g.inputEnded("keypad", key); // older than the armed input: ignored
+    await new Promise((r) => setTimeout(r, DEADLINE_MS + 100));
+    expect(fired).toEqual(["speech"]);
+    g.close();
   });
 });

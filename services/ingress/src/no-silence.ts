@@ -3,6 +3,7 @@
 // itself. The clip ships with the service and is loaded at start, so it plays even when the dialog, tts, NATS or
 // Redis is what failed.
 import { readFileSync } from "node:fs";
+import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { mulawEncode, parseWav, resample } from "@voicebot/audio";
 
@@ -32,14 +33,31 @@ export function loadNoSilenceClip(file: string): Uint8Array {
 /** Most turn ids remembered per call (a call has far fewer turns). */
 const MAX_KNOWN_TURNS = 1_000;
 
+/** The moment an input ended, in the order of what the guard saw and on the clock. */
+export interface InputEnd {
+  readonly seq: number;
+  readonly atMs: number;
+}
+
 /**
  * One call's deadline: armed when the caller finishes an input, disarmed by the first audio of a turn that was not
  * heard of before; if it runs out, `onSilence` plays the fallback. A later input moves the deadline.
+ *
+ * Decided by the order things happened in, not by when a check finished: an input that needs an async look-up
+ * before it is known to want an answer takes its `InputEnd` first and arms with it afterwards; a new turn that
+ * began in between means the answer is already on its way (the guard stays off), and the deadline still runs from
+ * the input's end.
  */
 export class SilenceGuard {
   private timer: NodeJS.Timeout | undefined;
   private readonly knownTurns = new Set<string>();
   private closed = false;
+  /** Events seen so far (input ends, new turns): their order. */
+  private seq = 0;
+  /** When the latest new bot turn began (its `seq`). */
+  private lastTurnSeq = 0;
+  /** The input the armed deadline is for. */
+  private armedFor: InputEnd | undefined;
 
   constructor(
     private readonly deadlineMs: number,
@@ -50,14 +68,24 @@ export class SilenceGuard {
     return this.timer !== undefined;
   }
 
-  /** The caller finished an input that gets an answer (`input` names it for the log). */
-  inputEnded(input: string): void {
+  /** Marks that an input ended now; arm with it once it is known to need an answer. */
+  inputEnd(): InputEnd {
+    return { seq: ++this.seq, atMs: performance.now() };
+  }
+
+  /** The caller finished an input that gets an answer (`input` names it for the log), now or at `end`. */
+  inputEnded(input: string, end: InputEnd = this.inputEnd()): void {
     if (this.deadlineMs <= 0 || this.closed) return;
+    if (this.lastTurnSeq > end.seq) return; // a turn began after this input ended: it is being answered
+    if (this.timer && this.armedFor && this.armedFor.seq > end.seq) return; // a later input already set the deadline
     clearTimeout(this.timer);
+    this.armedFor = end;
+    const remaining = Math.max(0, end.atMs + this.deadlineMs - performance.now());
     this.timer = setTimeout(() => {
       this.timer = undefined;
+      this.armedFor = undefined;
       if (!this.closed) this.onSilence(input);
-    }, this.deadlineMs);
+    }, remaining);
   }
 
   /** Bot audio of `turnId` arrived: a new turn means the pipeline answered. */
@@ -65,13 +93,18 @@ export class SilenceGuard {
     if (this.knownTurns.has(turnId)) return;
     this.knownTurns.add(turnId);
     if (this.knownTurns.size > MAX_KNOWN_TURNS) this.knownTurns.delete(this.knownTurns.values().next().value!);
-    clearTimeout(this.timer);
-    this.timer = undefined;
+    this.lastTurnSeq = ++this.seq;
+    this.disarm();
   }
 
   close(): void {
     this.closed = true;
+    this.disarm();
+  }
+
+  private disarm(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
+    this.armedFor = undefined;
   }
 }

@@ -26,9 +26,10 @@ import { isValidAgent, parseBool, type IngressConfig } from "./config.js";
 import { ProtocolErrorReporter, RateLimiter } from "./guard.js";
 import { InboundJitterBuffer, type JitterSink } from "./jitter.js";
 import type { IngressMetrics } from "./metrics.js";
-import { isNoSilenceTurn, NO_SILENCE_TURN_PREFIX, SilenceGuard } from "./no-silence.js";
+import { isNoSilenceTurn, NO_SILENCE_TURN_PREFIX, SilenceGuard, type InputEnd } from "./no-silence.js";
 import { CallPlayout, type PlayoutListener, type PlayoutOutput } from "./playout.js";
 import { callerAudioBatch } from "./publish-batch.js";
+import { SilenceBatcher, type CallerAudioBlock } from "./silence-batch.js";
 import type { Pacer, PlayoutScheduler } from "./scheduler.js";
 import type { SkipReason, TurnState } from "./turn-queue.js";
 import { turnLatency } from "./turn-record.js";
@@ -89,6 +90,8 @@ export class CallSession {
   private playout: CallPlayout | undefined;
   private readonly subs: Subscription[] = [];
   private jitter: InboundJitterBuffer | undefined;
+  /** After the jitter buffer: the caller's quiet stretches go out several frames to a message. */
+  private callerAudio: SilenceBatcher | undefined;
   /** Pumps the jitter buffer from the shared scheduler while it holds frames. */
   private readonly jitterPacer: Pacer = { pump: (now) => this.jitter?.pump(now) ?? false };
   private bargeIn = true;
@@ -240,6 +243,7 @@ export class CallSession {
       if (value === undefined) this.log.warn("invalid bargeIn parameter ignored", { bargeIn: params.bargeIn.slice(0, 20), using: this.bargeIn });
       else this.bargeIn = value;
     }
+    this.callerAudio = new SilenceBatcher(config.silenceBatch, (block) => this.publishCallerAudio(block));
     this.jitter = new InboundJitterBuffer(config.inboundJitterMs, this.jitterSink);
     if (config.noSilenceDeadlineMs > 0 && config.noSilenceClip) {
       this.guard = new SilenceGuard(config.noSilenceDeadlineMs, (input) => this.onSilence(input));
@@ -312,17 +316,7 @@ export class CallSession {
   }
 
   private readonly jitterSink: JitterSink = {
-    forward: (chunk, payload, frameCount, receivedAtMs, concealed) => {
-      const callId = this.callSid!;
-      const audio = CallerAudio.create({ callId, firstFrame: chunk - 1, frameCount, format: MULAW_8K, payload, receivedAtMs });
-      // With every other call's frames of this event-loop turn: one socket write for all (see publish-batch.ts).
-      callerAudioBatch.add(
-        () => {
-          if (this.publish(subjects.callerAudio(callId), CallerAudio, audio, "caller_audio") && !concealed) this.deps.metrics.framesIn.inc(frameCount);
-        },
-        (error) => this.log.error("publishing caller audio failed", { error: errorText(error) }),
-      );
-    },
+    forward: (chunk, payload, frameCount, receivedAtMs, concealed) => this.callerAudio!.add(chunk - 1, payload, frameCount, receivedAtMs, concealed),
     reordered: () => this.deps.metrics.inboundReordered.inc(),
     dropped: (reason) => {
       this.deps.metrics.inboundDropped.inc({ reason });
@@ -336,17 +330,35 @@ export class CallSession {
     },
   };
 
+  private publishCallerAudio(block: CallerAudioBlock): void {
+    const callId = this.callSid!;
+    const { firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched } = block;
+    const audio = CallerAudio.create({ callId, firstFrame, frameCount, format: MULAW_8K, payload, receivedAtMs });
+    const { metrics } = this.deps;
+    // With every other call's frames of this event-loop turn: one socket write for all (see publish-batch.ts).
+    callerAudioBatch.add(
+      () => {
+        if (!this.publish(subjects.callerAudio(callId), CallerAudio, audio, "caller_audio")) return;
+        if (receivedFrames > 0) metrics.framesIn.inc(receivedFrames);
+        metrics.callerAudioMessages.inc({ batched: batched ? "true" : "false" });
+      },
+      (error) => this.log.error("publishing caller audio failed", { error: errorText(error) }),
+    );
+  }
+
   private onDtmf(dtmf: DtmfMessage, now: number): void {
     const callId = this.callSid;
     if (!callId) return this.errors.report("event_before_start", "dtmf before start dropped", now);
     if (dtmf.streamSid && dtmf.streamSid !== this.streamSid) {
       return this.errors.report("stream_sid_mismatch", `dtmf for stream ${dtmf.streamSid.slice(0, 40)}`, now);
     }
+    // The caller's audio up to the key goes out before the key (quiet frames may be held back).
+    this.callerAudio?.flush();
     const atMs = Date.now();
     const inputId = `${callId}:dtmf:${dtmf.sequenceNumber}`;
     // The digit itself is not logged: callers key in card and account numbers.
     this.log.info("keypad press", { inputId });
-    if (this.guard) void this.keyPressed(callId, dtmf.digit);
+    if (this.guard) void this.keyPressed(callId, dtmf.digit, this.guard.inputEnd());
     this.enqueue(() =>
       this.publishInput(
         DialogInput.create({ callId, inputId, atMs, input: { $case: "keypad", value: KeypadPress.create({ callId, digit: dtmf.digit, atMs }) } }),
@@ -358,12 +370,13 @@ export class CallSession {
    * A key ends an entry the dialog answers, except a digit while the dialog collects digits silently (its hints
    * say mode "digits"; "#" and "*" end such an entry). Unreadable hints count as an answered key.
    */
-  private async keyPressed(callId: string, digit: string): Promise<void> {
+  private async keyPressed(callId: string, digit: string, end: InputEnd): Promise<void> {
     if (digit !== "#" && digit !== "*") {
       const hints = await this.deps.store.getJson<{ mode?: unknown }>(keys.hints(callId)).catch(() => undefined);
       if (hints?.mode === "digits") return;
     }
-    if (!this.ended) this.guard?.inputEnded("keypad");
+    // Armed as of the key (`end`): a reply that began during the look-up counts, and the deadline runs from the key.
+    if (!this.ended) this.guard?.inputEnded("keypad", end);
   }
 
   /** Nothing answered the caller's input in time: ingress says the fallback line itself, as a turn of its own. */
@@ -433,6 +446,9 @@ export class CallSession {
   /** Caller speech onset/end from the asr's VAD: barge-in. */
   private onSpeech(activity: SpeechActivity): void {
     if (this.ended || !this.playout) return;
+    // While the asr has an utterance open, its endpointing counts every frame: none may wait in a batch.
+    if (activity.kind === SpeechActivity_Kind.KIND_STARTED) this.callerAudio?.speechStarted();
+    else if (activity.kind === SpeechActivity_Kind.KIND_STOPPED) this.callerAudio?.speechStopped();
     const { metrics, config } = this.deps;
     if (activity.kind === SpeechActivity_Kind.KIND_STOPPED) {
       const pending = this.pendingBargeIn;
@@ -697,6 +713,7 @@ export class CallSession {
     if (this.ending) return this.ending;
     if (this.jitter) {
       this.jitter.flushAll(); // the caller's last words still reach the recognizer
+      this.callerAudio?.flush();
       callerAudioBatch.flush(); // ...before anything that ends the call
       this.deps.scheduler.remove(this.jitterPacer);
     }
