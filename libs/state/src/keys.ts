@@ -8,8 +8,10 @@ export const keys = {
   dialog: (callId: string) => `vb:{${callId}}:dialog`,
   hints: (callId: string) => `vb:{${callId}}:asr-hints`,
   lease: (callId: string, role: string) => `vb:{${callId}}:lease:${role}`,
-  once: (callId: string, scope: string, id: string) => `vb:{${callId}}:once:${scope}:${id}`,
-  toolResult: (callId: string, toolCallId: string) => `vb:{${callId}}:tool:${toolCallId}`,
+  /** Hash of the ids seen once (store.firstTime), fields `scope:id`: one key per call, so endCall deletes them all. */
+  once: (callId: string) => `vb:{${callId}}:once`,
+  /** Hash of the tools' stored results by toolCallId, for requests repeated while the call is live. */
+  toolResults: (callId: string) => `vb:{${callId}}:tool-results`,
   /** Live calls per owner role, scored by lease expiry, so a replica can find calls whose owner died. */
   leaseIndex: (role: string) => `vb:leases:${role}`,
   cache: (namespace: string, digest: string) => `vb:cache:${namespace}:${digest}`,
@@ -28,5 +30,7 @@ export const recordKeys = (callId: string) => [
 export const liveKeys = (callId: string, roles: readonly string[]) => [
   keys.dialog(callId),
   keys.hints(callId),
+  keys.once(callId),
+  keys.toolResults(callId),
   ...roles.map((role) => keys.lease(callId, role)),
 ];

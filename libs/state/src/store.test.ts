@@ -1,4 +1,4 @@
-import { startRedis, type ServerHandle } from "@voicebot/testing";
+import { startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { keys } from "./keys.js";
 import { CallStore } from "./store.js";
@@ -72,4 +72,116 @@ describe("CallStore", () => {
     expect(await store.firstTime("CA4", "tool", "x")).toBe(true);
     expect(await store.firstTime("CA4", "tool", "x")).toBe(false);
   });
+
+  it("endCall deletes the call's once-marks and stored tool results, and nothing brings them back", async () => {
+    await store.createCall(meta("CA6"));
+    expect(await store.firstTime("CA6", "heard", "in1#0")).toBe(true);
+    expect(await store.claimToolCall("CA6", "in1/0:lookup")).toEqual({ kind: "claimed" });
+    expect(await store.saveToolResult("CA6", "in1/0:lookup", { ok: true })).toBe(true);
+    expect(await store.claimToolCall("CA6", "in1/0:lookup")).toEqual({ kind: "stored", result: { ok: true } });
+    await store.endCall("CA6", "caller_hangup");
+    expect(await liveKeysOf("CA6")).toEqual([]);
+    // After the hang-up: nothing is claimed or stored, so nothing can act twice and no key outlives the record.
+    expect(await store.firstTime("CA6", "heard", "in1#1")).toBe(false);
+    expect(await store.claimToolCall("CA6", "in1/0:lookup")).toEqual({ kind: "not_live", call: "ended" });
+    expect(await store.saveToolResult("CA6", "in1/0:lookup", { ok: true })).toBe(false);
+    expect(await liveKeysOf("CA6")).toEqual([]);
+  });
+
+  it("an append after the call ended keeps the record's TTL instead of the live one", async () => {
+    await store.createCall(meta("CA7"));
+    await store.appendTranscript("CA7", { role: "caller", text: "1", at: "t1" });
+    await store.endCall("CA7", "caller_hangup");
+    await store.appendTranscript("CA7", { role: "bot", text: "goodbye", at: "t2" });
+    await store.appendToolCall("CA7", { name: "end_call", arguments: {}, result: null, ok: true, ms: 1, at: "t3" });
+    for (const key of [keys.transcript("CA7"), keys.toolCalls("CA7")]) {
+      expect(await store.redis.pttl(key), key).toBeGreaterThan(3_500_000);
+    }
+    expect((await store.getRecord("CA7"))!.transcript.map((t) => t.text)).toEqual(["1", "goodbye"]);
+    // While live, appends keep the live TTL; a line recorded once per id is recorded once.
+    await store.createCall(meta("CA8"));
+    expect(await store.appendTranscriptOnce("CA8", "heard", "in1#0", { role: "caller", text: "2", at: "t1" })).toBe(true);
+    expect(await store.appendTranscriptOnce("CA8", "heard", "in1#0", { role: "caller", text: "2", at: "t1" })).toBe(false);
+    expect(await store.redis.pttl(keys.transcript("CA8"))).toBeLessThanOrEqual(60_000);
+    expect((await store.getRecord("CA8"))!.transcript).toHaveLength(1);
+  });
+
+  it("commitDialog returns the new version, marks once, and writes hints and releases the lease only when it saves", async () => {
+    await store.createCall(meta("CA9"));
+    const start = await store.takeDialogTurn<{ n: number }>("CA9", "dialog-1", 10_000);
+    expect(start).toEqual({ kind: "held", dialog: { value: undefined, version: "0" } });
+    expect(await store.takeDialogTurn("CA9", "dialog-2", 10_000)).toEqual({ kind: "busy" });
+    const marked = await store.commitDialog("CA9", { n: 1 }, "0", { once: { scope: "dialog-input", id: "in1" } });
+    expect(marked).toEqual({ saved: true, version: "1", firstTime: true });
+    // A stale version: nothing saved, no hints, the lease stays.
+    expect(await store.commitDialog("CA9", { n: 9 }, "0", { hints: { mode: "digits" }, releaseLeaseOf: "dialog-1" })).toEqual({ saved: false, call: "live" });
+    expect(await store.getJson(keys.hints("CA9"))).toBeUndefined();
+    expect(await store.leaseOwner("CA9", "dialog")).toBe("dialog-1");
+    const done = await store.commitDialog("CA9", { n: 2 }, "1", { hints: { mode: "digits" }, releaseLeaseOf: "dialog-1" });
+    expect(done).toEqual({ saved: true, version: "2" });
+    expect(await store.getJson(keys.hints("CA9"))).toEqual({ mode: "digits" });
+    expect(await store.leaseOwner("CA9", "dialog")).toBeUndefined();
+    expect(await store.commitDialog("CA9", { n: 3 }, "2", { once: { scope: "dialog-input", id: "in1" } })).toEqual({ saved: true, version: "3", firstTime: false });
+    expect(await store.takeDialogTurn("CA9", "dialog-2", 10_000)).toEqual({ kind: "held", dialog: { value: { n: 3 }, version: "3" } });
+    // No dialog lease index: nothing scans it (JetStream redelivers a dead replica's inputs).
+    expect(await store.redis.zscore(keys.leaseIndex("dialog"), "CA9")).toBeNull();
+
+    await store.endCall("CA9", "caller_hangup");
+    expect(await store.commitDialog("CA9", { n: 4 }, "3", { hints: { mode: "phrases" } })).toEqual({ saved: false, call: "ended" });
+    expect(await store.redis.exists(keys.hints("CA9"), keys.dialog("CA9"))).toBe(0);
+    expect(await store.takeDialogTurn("CA9", "dialog-2", 10_000)).toEqual({ kind: "not_live", call: "ended" });
+    expect(await store.takeDialogTurn("CA-unknown", "dialog-2", 10_000)).toEqual({ kind: "not_live", call: undefined });
+    expect(await store.leaseOwner("CA9", "dialog")).toBeUndefined();
+  });
+
+  it("renewLeases renews many calls' leases in one pipeline: a script per call and one index update", async () => {
+    for (const id of ["CR1", "CR2", "CR3"]) await store.createCall(meta(id));
+    await store.acquireLease("CR2", "asr", "other", 10_000);
+    await store.endCall("CR3", "caller_hangup");
+    const commands: string[] = [];
+    const monitor = await store.redis.monitor();
+    // Commands the scripts run show up with the source "lua": only what the client sent counts.
+    monitor.on("monitor", (_time: string, args: string[], source: string) => {
+      if (source !== "lua") commands.push(args[0].toUpperCase());
+    });
+    const stream = (store.redis as unknown as { stream: { write: (...args: unknown[]) => boolean } }).stream;
+    const write = stream.write;
+    let writes = 0;
+    stream.write = (...args: unknown[]) => {
+      writes++;
+      return write.apply(stream, args);
+    };
+    let renewals;
+    try {
+      renewals = await store.renewLeases(["CR1", "CR2", "CR3", "CR4"], "asr", "mine", 10_000);
+    } finally {
+      stream.write = write;
+    }
+    // MONITOR reports on its own connection: wait for a marker sent after the renewal.
+    await store.redis.echo("renewal-done");
+    await waitFor(() => commands.includes("ECHO"), { what: "MONITOR to catch up" });
+    monitor.disconnect();
+    commands.pop();
+    expect(renewals).toEqual([
+      { callId: "CR1", held: true, call: "live" },
+      { callId: "CR2", held: false, call: "live" },
+      { callId: "CR3", held: false, call: "ended" }, // an ended call's lease is not taken again
+      { callId: "CR4", held: true, call: undefined }, // no record (Redis lost it): the lease is kept meanwhile
+    ]);
+    // The first use of a script on a connection is sent as EVAL, later ones as EVALSHA.
+    expect(commands.filter((c) => c === "EVAL" || c === "EVALSHA")).toHaveLength(4);
+    expect(commands.filter((c) => c !== "EVAL" && c !== "EVALSHA")).toEqual(["ZADD"]);
+    expect(writes).toBe(1);
+    expect(await store.leaseOwner("CR1", "asr")).toBe("mine");
+    expect(await store.leaseOwner("CR2", "asr")).toBe("other");
+    expect(await store.leaseOwner("CR3", "asr")).toBeUndefined();
+    expect(await store.orphanedCalls("asr", Date.now() + 60_000)).toEqual(expect.arrayContaining(["CR1", "CR4"]));
+    expect(await store.renewLeases([], "asr", "mine", 10_000)).toEqual([]);
+  });
 });
+
+/** The call's keys other than its record (meta, transcript, tools, turns, speech). */
+async function liveKeysOf(callId: string): Promise<string[]> {
+  const record = new Set([keys.meta(callId), keys.transcript(callId), keys.toolCalls(callId), keys.turns(callId), keys.speech(callId)]);
+  return (await store.redis.keys(`vb:{${callId}}:*`)).filter((key) => !record.has(key));
+}

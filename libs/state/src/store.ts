@@ -96,6 +96,16 @@ const RELEASE_SCRIPT = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0`;
 
+// KEYS: lease, meta. One call's lease renewal and its state, in its own slot. An ended call's lease is not taken
+// again (endCall deleted it). Returns {held, call state or ''}.
+const RENEW_SCRIPT = `
+local call = redis.call('HGET', KEYS[2], 'state')
+if call == 'ended' then return {0, 'ended'} end
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return {0, call or ''} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, call or ''}`;
+
 // KEYS[2] (optional) is the call's meta hash: nothing is saved for a call that already ended, so a turn that
 // finishes after the hang-up cannot bring back live state that endCall deleted.
 const CAS_SCRIPT = `
@@ -106,11 +116,133 @@ redis.call('HSET', KEYS[1], 'v', tostring(tonumber(ARGV[1]) + 1), 'd', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1`;
 
+// KEYS: meta, lease, dialog state. The start of a dialog turn: the call must be live, the lease free or ours; then
+// the state. Returns {call state or ''} | {'live', 0} (lease busy) | {'live', 1, version, data or ''}.
+const TAKE_TURN_SCRIPT = `
+local call = redis.call('HGET', KEYS[1], 'state')
+if call ~= 'live' then return {call or ''} end
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= ARGV[1] then return {'live', 0} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+local loaded = redis.call('HMGET', KEYS[3], 'v', 'd')
+return {'live', 1, loaded[1] or '0', loaded[2] or ''}`;
+
+// KEYS: dialog state, meta, once hash, hints, lease. ARGV: version, data, ttl, once field or '', hints JSON or '',
+// lease owner to release or ''. The versioned save of the dialog state, refused for an ended call; with it, only
+// when it is saved: the once mark, the hints, the lease's release. Returns {-1, 'ended'} | {0, call state or ''}
+// (another save came first) | {new version, 1/0 first time for the once field, or -1 without one}.
+const COMMIT_SCRIPT = `
+local call = redis.call('HGET', KEYS[2], 'state')
+if call == 'ended' then return {-1, 'ended'} end
+local version = redis.call('HGET', KEYS[1], 'v') or '0'
+if version ~= ARGV[1] then return {0, call or ''} end
+local nextVersion = tonumber(version) + 1
+redis.call('HSET', KEYS[1], 'v', tostring(nextVersion), 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local first = -1
+if ARGV[4] ~= '' then
+  first = redis.call('HSETNX', KEYS[3], ARGV[4], '1')
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[3]) end
+if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) == ARGV[6] then redis.call('DEL', KEYS[5]) end
+return {nextVersion, first}`;
+
+// KEYS: meta, record list, once hash. ARGV: entry, live TTL, record TTL, once field or ''. Appends to a record list.
+// Once the call has ended the list keeps the record's remaining life (an append must not renew it to the live
+// TTL), and the once field is not checked: endCall deleted the once hash, and no input of an ended call is redone.
+// Returns 0 when the once field was seen before (nothing appended), else 1.
+const APPEND_SCRIPT = `
+local ended = redis.call('HGET', KEYS[1], 'state') == 'ended'
+if ARGV[4] ~= '' and not ended then
+  if redis.call('HSETNX', KEYS[3], ARGV[4], '1') == 0 then return 0 end
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+local ttl = tonumber(ARGV[2])
+if ended then
+  ttl = redis.call('PTTL', KEYS[1])
+  if ttl <= 0 then ttl = tonumber(ARGV[3]) end
+end
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1`;
+
+// KEYS: meta, once hash. ARGV: field, TTL. 1 the first time, 0 after, -1 for an ended call (nothing written).
+const ONCE_SCRIPT = `
+if redis.call('HGET', KEYS[1], 'state') == 'ended' then return -1 end
+local first = redis.call('HSETNX', KEYS[2], ARGV[1], '1')
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return first`;
+
+// KEYS: meta, tool results hash, once hash. ARGV: toolCallId, once field, TTL. Before running a tool: the call
+// must be live; then its stored result, else the claim. Returns {call state or ''} | {'live', 'stored', result} |
+// {'live', 'claimed'} | {'live', 'taken'} (another request holds the claim).
+const TOOL_CLAIM_SCRIPT = `
+local call = redis.call('HGET', KEYS[1], 'state')
+if call ~= 'live' then return {call or ''} end
+local stored = redis.call('HGET', KEYS[2], ARGV[1])
+if stored then return {'live', 'stored', stored} end
+if redis.call('HSETNX', KEYS[3], ARGV[2], '1') == 0 then return {'live', 'taken'} end
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return {'live', 'claimed'}`;
+
+// KEYS: meta, tool results hash. ARGV: toolCallId, result, TTL. Not stored for an ended call (returns 0).
+const TOOL_SAVE_SCRIPT = `
+if redis.call('HGET', KEYS[1], 'state') == 'ended' then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1`;
+
 export interface Versioned<T> {
   value: T | undefined;
   /** Pass back to saveVersioned; "0" when nothing is stored yet. */
   version: string;
 }
+
+/** The start of a dialog turn (store.takeDialogTurn). */
+export type DialogTurnStart<T> =
+  /** The call is not live (ended, or no record): no lease was taken. */
+  | { kind: "not_live"; call: CallState | undefined }
+  /** Another owner holds the lease. */
+  | { kind: "busy" }
+  /** The lease is this owner's; the dialog state as it was when it was taken. */
+  | { kind: "held"; dialog: Versioned<T> };
+
+/** What store.commitDialog did. */
+export type DialogCommit =
+  | {
+      saved: true;
+      /** The version now stored: pass it to the next commit. */
+      version: string;
+      /** With `once`: whether this was the first time the id was marked (undefined without `once`). */
+      firstTime?: boolean;
+    }
+  /** Not saved: the call ended, or another save came first (reload and redo); `call` is the call's state. */
+  | { saved: false; call: CallState | undefined };
+
+export interface DialogCommitOptions {
+  /** Marks `scope:id` as seen (like firstTime), only when the state is saved. */
+  once?: { scope: string; id: string };
+  /** The asr's recognition hints (keys.hints), written only when the state is saved. */
+  hints?: unknown;
+  /** Releases the `dialog` lease of this owner once the state is saved (the turn is over). */
+  releaseLeaseOf?: string;
+}
+
+/** One call's lease renewal (store.renewLeases). */
+export type LeaseRenewal =
+  | { callId: string; held: boolean; call: CallState | undefined }
+  | { callId: string; error: Error };
+
+/** Before a tool runs (store.claimToolCall). */
+export type ToolClaim<T> =
+  | { kind: "not_live"; call: CallState | undefined }
+  /** A repeated request: the first execution's result. */
+  | { kind: "stored"; result: T }
+  /** This request runs the tool. */
+  | { kind: "claimed" }
+  /** Another request runs it: wait for its stored result. */
+  | { kind: "taken" };
 
 /**
  * Per-call state in Redis. Everything a stateless stage needs to take any turn of any call lives here,
@@ -124,6 +256,13 @@ export class CallStore {
     redis.defineCommand("vbLease", { numberOfKeys: 1, lua: LEASE_SCRIPT });
     redis.defineCommand("vbRelease", { numberOfKeys: 1, lua: RELEASE_SCRIPT });
     redis.defineCommand("vbCas", { lua: CAS_SCRIPT });
+    redis.defineCommand("vbRenew", { numberOfKeys: 2, lua: RENEW_SCRIPT });
+    redis.defineCommand("vbTakeTurn", { numberOfKeys: 3, lua: TAKE_TURN_SCRIPT });
+    redis.defineCommand("vbCommit", { numberOfKeys: 5, lua: COMMIT_SCRIPT });
+    redis.defineCommand("vbAppend", { numberOfKeys: 3, lua: APPEND_SCRIPT });
+    redis.defineCommand("vbOnce", { numberOfKeys: 2, lua: ONCE_SCRIPT });
+    redis.defineCommand("vbToolClaim", { numberOfKeys: 3, lua: TOOL_CLAIM_SCRIPT });
+    redis.defineCommand("vbToolSave", { numberOfKeys: 2, lua: TOOL_SAVE_SCRIPT });
   }
 
   /** Connects with bounded retries per command so callers see errors instead of hanging while Redis is down. */
@@ -160,7 +299,11 @@ export class CallStore {
     return ((await this.redis.hget(keys.meta(callId), "state")) as CallState | null) ?? undefined;
   }
 
-  /** Marks the call ended, keeps its record for the record TTL and deletes everything else it had. */
+  /**
+   * Marks the call ended, keeps its record for the record TTL and deletes everything else it had: live state,
+   * leases, and the idempotency marks and stored tool results (nothing acts for an ended call any more: every
+   * write that depends on them checks the call's state in the same script).
+   */
   async endCall(callId: string, reason: string, endedAt = new Date()): Promise<void> {
     const tx = this.redis.multi().hset(keys.meta(callId), { state: "ended", endedAt: endedAt.toISOString(), endReason: reason });
     for (const key of recordKeys(callId)) tx.pexpire(key, this.options.recordTtlMs);
@@ -170,23 +313,32 @@ export class CallStore {
   }
 
   async appendTranscript(callId: string, entry: TranscriptEntry): Promise<void> {
-    await this.append(keys.transcript(callId), entry);
+    await this.append(callId, keys.transcript(callId), entry);
   }
 
   async appendToolCall(callId: string, entry: ToolCallEntry): Promise<void> {
-    await this.append(keys.toolCalls(callId), entry);
+    await this.append(callId, keys.toolCalls(callId), entry);
   }
 
   async appendTurn(callId: string, entry: TurnEntry): Promise<void> {
-    await this.append(keys.turns(callId), entry);
+    await this.append(callId, keys.turns(callId), entry);
   }
 
   async appendSpeechChunk(callId: string, entry: SpeechChunkEntry): Promise<void> {
-    await this.append(keys.speech(callId), entry);
+    await this.append(callId, keys.speech(callId), entry);
   }
 
-  private async append(key: string, entry: unknown): Promise<void> {
-    await this.redis.multi().rpush(key, JSON.stringify(entry)).pexpire(key, this.options.liveTtlMs).exec();
+  /**
+   * Appends the caller's line once per `scope:id` while the call is live (a redone input does not record it twice).
+   * False when it was recorded before.
+   */
+  async appendTranscriptOnce(callId: string, scope: string, id: string, entry: TranscriptEntry): Promise<boolean> {
+    return (await this.append(callId, keys.transcript(callId), entry, onceField(scope, id))) === 1;
+  }
+
+  private async append(callId: string, key: string, entry: unknown, once = ""): Promise<number> {
+    const { liveTtlMs, recordTtlMs } = this.options;
+    return scripts(this.redis).vbAppend(keys.meta(callId), key, keys.once(callId), JSON.stringify(entry), liveTtlMs, recordTtlMs, once);
   }
 
   async getRecord(callId: string): Promise<CallRecord | undefined> {
@@ -229,7 +381,7 @@ export class CallStore {
    */
   async saveVersioned<T>(key: string, value: T, version: string, callId?: string): Promise<boolean> {
     const keyList = callId ? [key, keys.meta(callId)] : [key];
-    const saved = await (this.redis as RedisWithScripts).vbCas(keyList.length, ...keyList, version, JSON.stringify(value), this.options.liveTtlMs);
+    const saved = await scripts(this.redis).vbCas(keyList.length, ...keyList, version, JSON.stringify(value), this.options.liveTtlMs);
     return saved === 1;
   }
 
@@ -238,7 +390,44 @@ export class CallStore {
   }
 
   async saveDialog<T>(callId: string, value: T, version: string): Promise<boolean> {
-    return this.saveVersioned(keys.dialog(callId), value, version, callId);
+    return (await this.commitDialog(callId, value, version)).saved;
+  }
+
+  /**
+   * Saves the dialog state over `version` (refused for an ended call or when another save came first), in one
+   * round trip with what must only happen when it is saved: see DialogCommitOptions.
+   */
+  async commitDialog<T>(callId: string, value: T, version: string, options: DialogCommitOptions = {}): Promise<DialogCommit> {
+    const { once, hints, releaseLeaseOf } = options;
+    const [outcome, detail] = await scripts(this.redis).vbCommit(
+      keys.dialog(callId),
+      keys.meta(callId),
+      keys.once(callId),
+      keys.hints(callId),
+      keys.lease(callId, "dialog"),
+      version,
+      JSON.stringify(value),
+      this.options.liveTtlMs,
+      once ? onceField(once.scope, once.id) : "",
+      hints === undefined ? "" : JSON.stringify(hints),
+      releaseLeaseOf ?? "",
+    );
+    if (outcome <= 0) return { saved: false, call: callStateOf(detail) };
+    return { saved: true, version: String(outcome), ...(once ? { firstTime: detail === 1 } : {}) };
+  }
+
+  /**
+   * The start of a dialog turn in one round trip: the call must be live, then the `dialog` lease is taken for
+   * `owner` (when free or already its own), then the dialog state is read. The lease has no orphan-index entry:
+   * a dead replica's inputs come back through JetStream, not through an orphan scan.
+   */
+  async takeDialogTurn<T>(callId: string, owner: string, ttlMs: number): Promise<DialogTurnStart<T>> {
+    const reply = await scripts(this.redis).vbTakeTurn(keys.meta(callId), keys.lease(callId, "dialog"), keys.dialog(callId), owner, ttlMs);
+    const call = callStateOf(reply[0]);
+    if (call !== "live") return { kind: "not_live", call };
+    if (reply[1] !== 1) return { kind: "busy" };
+    const data = String(reply[3]);
+    return { kind: "held", dialog: { value: data ? (JSON.parse(data) as T) : undefined, version: String(reply[2]) } };
   }
 
   async setJson(key: string, value: unknown, ttlMs = this.options.liveTtlMs): Promise<void> {
@@ -256,15 +445,41 @@ export class CallStore {
    * Takes or renews the lease of `role` on a call for `owner`. True while this owner holds it.
    * The lease index lets other replicas find calls whose owner stopped renewing.
    */
-  async acquireLease(callId: string, role: string, owner: string, ttlMs: number): Promise<boolean> {
-    const held = (await (this.redis as RedisWithScripts).vbLease(keys.lease(callId, role), owner, ttlMs)) === 1;
-    if (held) await this.redis.zadd(keys.leaseIndex(role), Date.now() + ttlMs, callId);
+  async acquireLease(callId: string, role: string, owner: string, ttlMs: number, { index = true } = {}): Promise<boolean> {
+    const held = (await scripts(this.redis).vbLease(keys.lease(callId, role), owner, ttlMs)) === 1;
+    if (held && index) await this.redis.zadd(keys.leaseIndex(role), Date.now() + ttlMs, callId);
     return held;
   }
 
-  /** Gives up the lease (when this owner holds it) and takes the call out of the orphan index. */
-  async releaseLease(callId: string, role: string, owner: string): Promise<void> {
-    if ((await (this.redis as RedisWithScripts).vbRelease(keys.lease(callId, role), owner)) === 1) {
+  /**
+   * Renews `owner`'s leases of `role` on many calls in one round trip (one pipeline: a script per call, each in its
+   * call's slot, and one ZADD of the lease index), and reads each call's state with it. A lease held by another
+   * owner is not taken; an ended call's lease is not renewed. The index gets every call of the round: a call that
+   * turns out ended or lost is the caller's to drop and forget (store.releaseLease / forgetLease). Throws when
+   * Redis cannot be reached; a failure of one call's script is that call's `error`.
+   */
+  async renewLeases(callIds: readonly string[], role: string, owner: string, ttlMs: number): Promise<LeaseRenewal[]> {
+    if (callIds.length === 0) return [];
+    const pipeline = this.redis.pipeline() as unknown as ScriptPipeline;
+    for (const callId of callIds) pipeline.vbRenew(keys.lease(callId, role), keys.meta(callId), owner, ttlMs);
+    const expiry = Date.now() + ttlMs;
+    pipeline.zadd(keys.leaseIndex(role), ...callIds.flatMap((callId) => [expiry, callId]));
+    const replies = await pipeline.exec();
+    if (!replies) throw new Error("lease renewal pipeline was discarded");
+    return callIds.map((callId, i): LeaseRenewal => {
+      const [error, reply] = replies[i];
+      if (error) return { callId, error };
+      const [held, call] = reply as [number, string];
+      return { callId, held: held === 1, call: callStateOf(call) };
+    });
+  }
+
+  /**
+   * Gives up the lease (when this owner holds it) and takes the call out of the orphan index. Without `index`
+   * (a lease taken without one) only the lease.
+   */
+  async releaseLease(callId: string, role: string, owner: string, { index = true } = {}): Promise<void> {
+    if ((await scripts(this.redis).vbRelease(keys.lease(callId, role), owner)) === 1 && index) {
       await this.redis.zrem(keys.leaseIndex(role), callId);
     }
   }
@@ -274,7 +489,7 @@ export class CallStore {
    * scan takes it over at once instead of after the lease would have expired. False if `owner` did not hold it.
    */
   async handOver(callId: string, role: string, owner: string): Promise<boolean> {
-    const released = (await (this.redis as RedisWithScripts).vbRelease(keys.lease(callId, role), owner)) === 1;
+    const released = (await scripts(this.redis).vbRelease(keys.lease(callId, role), owner)) === 1;
     if (released) await this.redis.zadd(keys.leaseIndex(role), Date.now(), callId);
     return released;
   }
@@ -294,9 +509,42 @@ export class CallStore {
 
   // ---- idempotency and caching ----
 
-  /** True the first time `id` is seen in `scope` for this call (within the live TTL). */
+  /**
+   * True the first time `id` is seen in `scope` for this call while it is live. Never true for an ended call
+   * (whose marks endCall deleted): nothing acts for it twice.
+   */
   async firstTime(callId: string, scope: string, id: string): Promise<boolean> {
-    return (await this.redis.set(keys.once(callId, scope, id), "1", "PX", this.options.liveTtlMs, "NX")) === "OK";
+    return (await scripts(this.redis).vbOnce(keys.meta(callId), keys.once(callId), onceField(scope, id), this.options.liveTtlMs)) === 1;
+  }
+
+  /**
+   * Before running a tool, in one round trip: the call must be live; a repeated request gets the stored result;
+   * otherwise the first request claims the execution (once per toolCallId while the call is live).
+   */
+  async claimToolCall<T>(callId: string, toolCallId: string): Promise<ToolClaim<T>> {
+    const reply = await scripts(this.redis).vbToolClaim(
+      keys.meta(callId),
+      keys.toolResults(callId),
+      keys.once(callId),
+      toolCallId,
+      onceField("tool", toolCallId),
+      this.options.liveTtlMs,
+    );
+    const call = callStateOf(reply[0]);
+    if (call !== "live") return { kind: "not_live", call };
+    if (reply[1] === "stored") return { kind: "stored", result: JSON.parse(String(reply[2])) as T };
+    return { kind: reply[1] === "claimed" ? "claimed" : "taken" };
+  }
+
+  /** Stores a tool's result for repeated requests while the call is live; false (not stored) once it ended. */
+  async saveToolResult(callId: string, toolCallId: string, result: unknown): Promise<boolean> {
+    const saved = await scripts(this.redis).vbToolSave(keys.meta(callId), keys.toolResults(callId), toolCallId, JSON.stringify(result), this.options.liveTtlMs);
+    return saved === 1;
+  }
+
+  async toolResult<T>(callId: string, toolCallId: string): Promise<T | undefined> {
+    const raw = await this.redis.hget(keys.toolResults(callId), toolCallId);
+    return raw ? (JSON.parse(raw) as T) : undefined;
   }
 
   async getBuffer(key: string): Promise<Buffer | undefined> {
@@ -308,8 +556,36 @@ export class CallStore {
   }
 }
 
+/** The field of `scope:id` in the call's once hash. */
+function onceField(scope: string, id: string): string {
+  return `${scope}:${id}`;
+}
+
+/** A call state as the scripts return it ('' or nil for a call without a record). */
+function callStateOf(raw: unknown): CallState | undefined {
+  return raw === "live" || raw === "ended" ? raw : undefined;
+}
+
+function scripts(redis: Redis): RedisWithScripts {
+  return redis as RedisWithScripts;
+}
+
+type Arg = string | number;
+
 interface RedisWithScripts extends Redis {
   vbLease(key: string, owner: string, ttlMs: number): Promise<number>;
   vbRelease(key: string, owner: string): Promise<number>;
-  vbCas(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Promise<number>;
+  vbCas(numberOfKeys: number, ...keysThenArgs: Arg[]): Promise<number>;
+  vbTakeTurn(meta: string, lease: string, dialog: string, owner: string, ttlMs: number): Promise<Array<string | number>>;
+  vbCommit(...keysThenArgs: Arg[]): Promise<[number, string | number]>;
+  vbAppend(meta: string, list: string, once: string, entry: string, liveTtlMs: number, recordTtlMs: number, onceField: string): Promise<number>;
+  vbOnce(meta: string, once: string, field: string, ttlMs: number): Promise<number>;
+  vbToolClaim(meta: string, results: string, once: string, toolCallId: string, field: string, ttlMs: number): Promise<string[]>;
+  vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
+}
+
+interface ScriptPipeline {
+  vbRenew(lease: string, meta: string, owner: string, ttlMs: number): ScriptPipeline;
+  zadd(key: string, ...scoresAndMembers: Arg[]): ScriptPipeline;
+  exec(): Promise<Array<[Error | null, unknown]> | null>;
 }

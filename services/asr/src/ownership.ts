@@ -196,34 +196,40 @@ export class CallOwnership {
     return Date.now() - since;
   }
 
-  /** Renews every owned lease in one round (auto-pipelined), and checks the calls are still live. */
+  /**
+   * Renews every owned lease and checks the calls are still live: one Redis round trip per round, one script per
+   * call plus one index update (store.renewLeases).
+   */
   private async renewAll(): Promise<void> {
     if (this.renewing || this.owned.size === 0) return;
     this.renewing = true;
     const { store, log, metrics, options } = this.deps;
     try {
       const callIds = [...this.owned.keys()];
-      const results = await Promise.allSettled(
-        callIds.map(async (callId) => {
-          const [held, state] = await Promise.all([
-            store.acquireLease(callId, LEASE_ROLE, options.instanceId, options.leaseMs),
-            store.callState(callId),
-          ]);
-          return { held, state };
-        }),
-      );
+      let renewals;
+      try {
+        renewals = await store.renewLeases(callIds, LEASE_ROLE, options.instanceId, options.leaseMs);
+      } catch (error) {
+        // Redis trouble: keep listening, the next round tries again.
+        metrics.leaseErrors.inc({ operation: "renew" }, callIds.length);
+        log.warn("lease renewal failed", { calls: callIds.length, error: errorText(error) });
+        return;
+      }
       let failures = 0;
-      for (const [i, result] of results.entries()) {
-        const callId = callIds[i];
-        if (result.status === "rejected") {
+      let firstError: unknown;
+      for (const renewal of renewals) {
+        const callId = renewal.callId;
+        if ("error" in renewal) {
           failures++;
-          continue; // Redis trouble: keep listening, the next round tries again
+          firstError ??= renewal.error;
+          continue; // keep listening, the next round tries again
         }
-        const { held, state } = result.value;
+        const { held, call: state } = renewal;
         if (state !== undefined) this.recordMissingSince.delete(callId);
         if (!this.owned.has(callId)) {
-          // Dropped while this round ran: undo the renewal it just made.
-          if (held) await this.releaseAndForget(callId);
+          // Dropped while this round ran (ended, handed over): the drop's own release went to Redis after this
+          // round's renewal (one connection, in order), so it has the last word on the lease and the index.
+          continue;
         } else if (state === undefined && this.recordMissingFor(callId) < RECORD_LOSS_GRACE_MS) {
           // No record at all while we hold the call: Redis lost its data, and ingress writes the record again
           // (and re-announces the call) within seconds. Keep listening meanwhile instead of dropping the call.
@@ -241,7 +247,7 @@ export class CallOwnership {
       }
       if (failures > 0) {
         metrics.leaseErrors.inc({ operation: "renew" }, failures);
-        log.warn("lease renewal failed", { calls: failures, error: errorText((results.find((r) => r.status === "rejected") as PromiseRejectedResult).reason) });
+        log.warn("lease renewal failed", { calls: failures, error: errorText(firstError) });
       }
     } finally {
       this.renewing = false;

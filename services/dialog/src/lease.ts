@@ -1,11 +1,34 @@
 import { errorText, type Logger } from "@voicebot/bus";
-import type { CallStore } from "@voicebot/state";
+import type { CallState, CallStore, Versioned } from "@voicebot/state";
 
 const POLL_MS = 25;
 
+/** A turn of a call this replica holds the `dialog` lease for. */
+export interface HeldTurn<T> {
+  /** The dialog state read together with the lease. */
+  dialog: Versioned<T>;
+  /** The lease owner: a final save can release the lease in the same round trip (store.commitDialog). */
+  owner: string;
+  /**
+   * Stops renewing before a save that releases the lease: a renewal sent after it would take the lease again. The
+   * renewals already sent run first (one connection, in order).
+   */
+  pauseRenewal(): void;
+  /** The save did not happen (the turn goes on): renew again. */
+  resumeRenewal(): void;
+  /** A save released the lease: release() then has nothing left to do in Redis. */
+  releasedBySave(): void;
+  /** Gives the lease up (stops renewing); never throws. */
+  release(): Promise<void>;
+}
+
+export type TurnStart<T> = { kind: "not_live"; call: CallState | undefined } | { kind: "busy" } | { kind: "held"; turn: HeldTurn<T> };
+
 /**
  * The per-call `dialog` lease: one replica takes a turn of a call at a time. It is held only for the turn
- * (renewed while the turn runs), so the next input of the call can go to any replica.
+ * (renewed while the turn runs), so the next input of the call can go to any replica. Taken in the same round trip
+ * as the call's state check and the dialog state read (store.takeDialogTurn); it has no orphan-index entry, since
+ * JetStream hands a dead replica's inputs to another replica.
  */
 export class TurnLease {
   constructor(
@@ -17,30 +40,52 @@ export class TurnLease {
     private readonly log: Logger,
   ) {}
 
-  /** Takes the lease (waiting up to waitMs); returns a release function, or undefined if another replica holds it. */
-  async acquire(callId: string): Promise<(() => Promise<void>) | undefined> {
+  /** Takes the lease (waiting up to waitMs while another replica holds it) if the call is live. */
+  async acquire<T>(callId: string): Promise<TurnStart<T>> {
     const deadline = Date.now() + this.waitMs;
-    while (!(await this.store.acquireLease(callId, "dialog", this.owner, this.ttlMs))) {
-      if (Date.now() >= deadline) return undefined;
+    for (;;) {
+      const start = await this.store.takeDialogTurn<T>(callId, this.owner, this.ttlMs);
+      if (start.kind === "not_live") return start;
+      if (start.kind === "held") return { kind: "held", turn: this.held(callId, start.dialog) };
+      if (Date.now() >= deadline) return start;
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
     }
+  }
+
+  private held<T>(callId: string, dialog: Versioned<T>): HeldTurn<T> {
+    const { store, owner, ttlMs, log } = this;
+    let paused = false;
+    let released = false;
     const renew = setInterval(() => {
-      this.store.acquireLease(callId, "dialog", this.owner, this.ttlMs).then(
+      if (paused) return;
+      store.acquireLease(callId, "dialog", owner, ttlMs, { index: false }).then(
         (held) => {
-          if (!held) this.log.warn("dialog lease lost during a turn", { callId });
+          if (!held) log.warn("dialog lease lost during a turn", { callId });
         },
-        (error) => this.log.warn("dialog lease renewal failed", { callId, error: errorText(error) }),
+        (error) => log.warn("dialog lease renewal failed", { callId, error: errorText(error) }),
       );
-    }, Math.max(100, Math.floor(this.ttlMs / 3)));
-    return async () => {
-      clearInterval(renew);
-      try {
-        // Dialog has no orphan recovery (JetStream redelivers its inputs), so keep the index small. Both in one
-        // Redis round trip: the call's next input (the next key of an entry) waits for this release.
-        await Promise.all([this.store.releaseLease(callId, "dialog", this.owner), this.store.forgetLease(callId, "dialog")]);
-      } catch (error) {
-        this.log.warn("dialog lease release failed; it expires by itself", { callId, error: errorText(error) });
-      }
+    }, Math.max(100, Math.floor(ttlMs / 3)));
+    return {
+      dialog,
+      owner,
+      pauseRenewal: () => {
+        paused = true;
+      },
+      resumeRenewal: () => {
+        paused = false;
+      },
+      releasedBySave: () => {
+        released = true;
+      },
+      release: async () => {
+        clearInterval(renew);
+        if (released) return;
+        try {
+          await store.releaseLease(callId, "dialog", owner, { index: false });
+        } catch (error) {
+          log.warn("dialog lease release failed; it expires by itself", { callId, error: errorText(error) });
+        }
+      },
     };
   }
 }

@@ -12,11 +12,11 @@ import {
   type PlaybackEvent,
   type TurnTiming,
 } from "@voicebot/proto";
-import { keys, type CallStore, type TranscriptEntry } from "@voicebot/state";
+import type { CallStore, TranscriptEntry, Versioned } from "@voicebot/state";
 import { KEYS } from "./agents/config.js";
 import type { InFlightTurns } from "./cancel.js";
 import type { DialogEngine, EngineInput, RecognitionHints, TurnIO, TurnResult } from "./engine/types.js";
-import type { TurnLease } from "./lease.js";
+import type { HeldTurn, TurnLease } from "./lease.js";
 import type { DialogMetrics } from "./metrics.js";
 import { markInterrupted } from "./record.js";
 import { SpeechOutput } from "./speech.js";
@@ -164,60 +164,75 @@ export class TurnRunner {
         return;
       }
     }
-    const callState = await this.deps.store.callState(callId);
-    if (callState !== "live") return this.drop(item, callState === "ended" ? "ended_call" : "unknown_call", fields);
-
-    const release = await this.deps.lease.acquire(callId);
-    if (!release) {
+    // The call's state, the lease and the dialog state in one round trip.
+    const start = await this.deps.lease.acquire<DialogState>(callId);
+    if (start.kind === "not_live") return this.drop(item, start.call === "ended" ? "ended_call" : "unknown_call", fields);
+    if (start.kind === "busy") {
       this.deps.metrics.leaseBusy.inc();
       this.deps.log.info("another replica is taking a turn of this call; input handed back", { ...fields, delivery: item.deliveryCount });
       item.nak(Math.min(50 * 4 ** Math.max(0, item.deliveryCount - 1), 2_000));
       return;
     }
+    const held = start.turn;
     try {
-      await this.redoAbandoned(message, receivedAt);
-      if ("interrupted" in engineInput) await this.interruption(message, engineInput.interrupted, item);
-      else await this.turn(message, engineInput, item, receivedAt);
+      const redone = await this.redoAbandoned(message, held.dialog, receivedAt);
+      // The state read with the lease is the input's first state unless an abandoned input was redone before it.
+      const loaded = redone ? undefined : held.dialog;
+      if ("interrupted" in engineInput) await this.interruption(message, engineInput.interrupted, item, loaded, held);
+      else await this.turn(message, engineInput, item, receivedAt, loaded, held);
     } finally {
-      await release();
+      await held.release();
     }
   }
 
   /**
    * A replica that died mid-turn left its input in the state, unfinished: do it now, before `current` (its own
-   * redelivery comes later and is dropped as a duplicate). Runs under the call's lease.
+   * redelivery comes later and is dropped as a duplicate). Runs under the call's lease; `loaded` is the state read
+   * with it. True when it redid an input (the state changed).
    */
-  private async redoAbandoned(current: DialogInput, receivedAt: number): Promise<void> {
+  private async redoAbandoned(current: DialogInput, loaded: Versioned<DialogState>, receivedAt: number): Promise<boolean> {
     const { callId } = current;
-    const state = (await this.deps.store.loadDialog<DialogState>(callId)).value;
+    const state = loaded.value;
     const left = state?.inProgress;
-    if (!state || !left || left.inputId === current.inputId || state.processed.includes(left.inputId)) return;
+    if (!state || !left || left.inputId === current.inputId || state.processed.includes(left.inputId)) return false;
     let message: DialogInput;
     try {
       message = DialogInputCodec.decode(Buffer.from(left.input, "base64"));
     } catch (error) {
       this.deps.log.warn("unfinished input in the dialog state is unreadable; skipped", { callId, inputId: left.inputId, error: errorText(error) });
-      return;
+      return false;
     }
     const engineInput = toEngineInput(message);
-    if ("drop" in engineInput) return;
+    if ("drop" in engineInput) return false;
     this.deps.log.warn("another replica died during an earlier input of this call; doing that input first", {
       callId,
       inputId: left.inputId,
       before: current.inputId,
     });
     const detached: WorkItem = { subject: "", deliveryCount: 0, ack: () => undefined, nak: () => undefined, working: () => undefined };
-    await this.turn(message, engineInput, detached, receivedAt);
+    await this.turn(message, engineInput, detached, receivedAt, loaded);
+    return true;
   }
 
-  /** The caller talked over a bot turn: the history and the record keep only what they heard. */
-  private async interruption(message: DialogInput, event: PlaybackEvent, item: WorkItem): Promise<void> {
+  /**
+   * The caller talked over a bot turn: the history and the record keep only what they heard. `loaded`: the state
+   * already read (first attempt); `lease`: released by the save that ends the input.
+   */
+  private async interruption(
+    message: DialogInput,
+    event: PlaybackEvent,
+    item: WorkItem,
+    loaded: Versioned<DialogState> | undefined,
+    lease: HeldTurn<DialogState>,
+  ): Promise<void> {
     const { store, metrics, log } = this.deps;
     const { callId, inputId } = message;
     const fields = { callId, inputId, turnId: event.turnId };
+    let preloaded = loaded;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const loaded = await store.loadDialog<DialogState>(callId);
-      const state = loaded.value;
+      const current = preloaded ?? (await store.loadDialog<DialogState>(callId));
+      preloaded = undefined;
+      const state = current.value;
       if (!state) return this.drop(item, "no_dialog_state", fields);
       if (state.processed.includes(inputId)) return this.drop(item, "duplicate", fields);
       const engine = this.agentFor(state.agent).engine;
@@ -233,35 +248,50 @@ export class TurnRunner {
         spoken: state.spoken?.map((t) => (t.turnId === event.turnId ? { ...t, text: event.heardText } : t)),
         processed: [...state.processed, inputId].slice(-MAX_PROCESSED),
       };
-      if (await store.saveDialog(callId, next, loaded.version)) {
+      lease.pauseRenewal();
+      const commit = await store.commitDialog(callId, next, current.version, { releaseLeaseOf: lease.owner });
+      if (commit.saved) {
+        lease.releasedBySave();
         item.ack();
         metrics.bargeIns.inc();
         log.info("barge-in applied", { ...fields, chunkSeq: event.chunkSeq, heard: event.heardText.length });
         return;
       }
+      lease.resumeRenewal();
       metrics.conflicts.inc();
+      if (commit.call !== "live") return this.drop(item, "ended_call", fields);
     }
     throw new Error(`dialog state of call ${callId} kept changing during input ${inputId}`);
   }
 
-  private async turn(message: DialogInput, engineInput: EngineInput, item: WorkItem, receivedAt: number): Promise<void> {
+  /**
+   * Plays an input as a turn. `loaded`: the state already read (used by the first attempt); `lease`: the call's
+   * lease when this input ends the hold, released by the save that finishes the turn (same round trip).
+   */
+  private async turn(
+    message: DialogInput,
+    engineInput: EngineInput,
+    item: WorkItem,
+    receivedAt: number,
+    loaded: Versioned<DialogState> | undefined,
+    lease?: HeldTurn<DialogState>,
+  ): Promise<void> {
     const { store, metrics, log } = this.deps;
     const { callId, inputId } = message;
     const fields = { callId, inputId };
     const input = message.input!;
+    /** Whether an earlier delivery started this input (known once its in-progress mark is in the state). */
     let redone: boolean | undefined;
     let abort: AbortController | undefined;
     /** The highest turn number any attempt reached (a redone attempt sends nothing, so may count fewer). */
     let turnsReached = 0;
+    let preloaded = loaded;
     try {
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-        const loaded = await store.loadDialog<DialogState>(callId);
-        let state = loaded.value;
+        const current = preloaded ?? (await store.loadDialog<DialogState>(callId));
+        preloaded = undefined;
+        let state = current.value;
         if (state?.processed.includes(inputId)) return this.drop(item, "duplicate", fields);
-        redone ??= !(await store.firstTime(callId, "dialog-input", inputId));
-        if (redone && attempt === 0) {
-          log.warn("input was started before by a replica that did not finish it; redoing it", { ...fields, delivery: item.deliveryCount });
-        }
         // A live call without dialog state lost it (Redis lost its data): the caller is told and the conversation
         // starts over, since what the input means depends on the state that is gone.
         // `resumed`: this input's own mark (an earlier attempt, or a replica that died on it) is in the state.
@@ -289,18 +319,29 @@ export class TurnRunner {
           return this.drop(item, "stale_no_input", fields);
         }
 
-        // Recorded before anything is said, for the replica that must finish this input if this one dies.
-        let version = loaded.version;
+        // Recorded before anything is said, for the replica that must finish this input if this one dies; with it
+        // the input's once-mark, so an input whose mark exists was started before (by a replica that died on it).
+        let version = current.version;
+        const wasKnown = redone !== undefined;
         if (state.inProgress?.inputId !== inputId) {
           const encoded = Buffer.from(DialogInputCodec.encode(message).finish()).toString("base64");
           const marked: DialogState = { ...state, inProgress: { inputId, input: encoded, ...(restart ? { restart } : {}) } };
-          if (!(await store.saveDialog(callId, marked, version))) {
+          const commit = await store.commitDialog(callId, marked, version, { once: { scope: "dialog-input", id: inputId } });
+          if (!commit.saved) {
             metrics.conflicts.inc();
-            if ((await store.callState(callId)) !== "live") return this.drop(item, "ended_call", fields);
+            if (commit.call !== "live") return this.drop(item, "ended_call", fields);
             continue;
           }
+          redone ??= commit.firstTime === false;
           state = marked;
-          version = (await store.loadDialog<DialogState>(callId)).version;
+          version = commit.version;
+        } else {
+          // Its own mark is in the state: an earlier attempt of this delivery set `redone`; otherwise a replica
+          // that did not finish it did.
+          redone ??= true;
+        }
+        if (redone && !wasKnown) {
+          log.warn("input was started before by a replica that did not finish it; redoing it", { ...fields, delivery: item.deliveryCount });
         }
 
         const agent = this.agentFor(state.agent);
@@ -318,9 +359,12 @@ export class TurnRunner {
           processed: [...state.processed, inputId].slice(-MAX_PROCESSED),
           spoken: [...(state.spoken ?? []), ...played.spoken].slice(-MAX_SPOKEN),
         };
-        if (played.hints) await store.setJson(keys.hints(callId), played.hints);
         if (played.result.wake) await this.publishWake(callId, inputId, played.result.wake);
-        if (await store.saveDialog(callId, next, version)) {
+        // The hints go with the state (only for a live call, only when saved), and the lease with them.
+        lease?.pauseRenewal();
+        const commit = await store.commitDialog(callId, next, version, { hints: played.hints, releaseLeaseOf: lease?.owner });
+        if (commit.saved) {
+          lease?.releasedBySave();
           item.ack();
           const outcome = played.result.outcome;
           metrics.turns.inc({ outcome });
@@ -332,10 +376,11 @@ export class TurnRunner {
           log.info("turn done", { ...fields, kind: turnInput.kind, outcome, turns: next.turns, done: next.done, ms: Date.now() - receivedAt, ...(restart ? { restart } : {}) });
           return;
         }
+        lease?.resumeRenewal();
         // Someone saved in between (a lease that expired mid-turn): redo on the new state without repeating speech.
         metrics.conflicts.inc();
         log.warn("dialog state changed during the turn; redoing it", { ...fields, attempt });
-        if ((await store.callState(callId)) !== "live") return this.drop(item, "ended_call", fields);
+        if (commit.call !== "live") return this.drop(item, "ended_call", fields);
       }
     } finally {
       if (abort) this.deps.inFlight.end(callId, abort);
@@ -408,7 +453,7 @@ export class TurnRunner {
         const key = `${message.inputId}#${heardIndex++}`;
         records = records
           .then(async () => {
-            if (await store.firstTime(callId, "heard", key)) await store.appendTranscript(callId, line);
+            await store.appendTranscriptOnce(callId, "heard", key, line);
           })
           .catch((error) => log.warn("transcript entry not recorded", { callId, error: errorText(error) }));
       },

@@ -1,6 +1,6 @@
 import { silentLogger } from "@voicebot/bus";
 import { ToolCallRequest } from "@voicebot/proto";
-import { CallStore } from "@voicebot/state";
+import { CallStore, defaultStoreOptions, keys } from "@voicebot/state";
 import { startRedis, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -79,6 +79,40 @@ describe("ToolExecutor", () => {
     expect(runs).toBe(1);
     expect(a).toEqual(b);
     expect(JSON.parse(a.resultJson)).toEqual({ runs: 1 });
+  });
+
+  it("keeps no claim or result of an ended call: a tool that ran across the hang-up stores nothing, a repeat is refused", async () => {
+    let runs = 0;
+    const hangsUp: Tool = {
+      name: "hangs_up",
+      defaultTimeoutMs: 2_000,
+      run: async (_args, ctx) => {
+        runs++;
+        await store.endCall(ctx.callId, "caller_hangup"); // the caller hangs up while the tool runs
+        return { done: true };
+      },
+    };
+    const executor = new ToolExecutor([hangsUp], store, createExecutorMetrics(new Registry()), silentLogger);
+    await liveCall("CAacross");
+    expect(await executor.handle(request("CAacross", "hangs_up"))).toMatchObject({ ok: true });
+    expect(await executor.handle(request("CAacross", "hangs_up"))).toMatchObject({ ok: false, errorCode: "failed", errorMessage: "the call has ended" });
+    expect(runs).toBe(1);
+    // Only the record is left, with the record's TTL (the line of the tool that ran is in it).
+    const left = await store.redis.keys("vb:{CAacross}:*");
+    expect(left.sort()).toEqual([keys.meta("CAacross"), keys.toolCalls("CAacross")].sort());
+    for (const key of left) expect(await store.redis.pttl(key), key).toBeLessThanOrEqual(defaultStoreOptions.recordTtlMs);
+    expect((await store.getRecord("CAacross"))!.toolCalls).toEqual([expect.objectContaining({ name: "hangs_up", ok: true })]);
+  });
+
+  it("deletes a live call's stored results and claims when it ends", async () => {
+    const counted: Tool = { name: "counted", defaultTimeoutMs: 1_000, run: async () => ({ at: Date.now() }) };
+    const executor = new ToolExecutor([counted], store, createExecutorMetrics(new Registry()), silentLogger);
+    await liveCall("CAstored");
+    const first = await executor.handle(request("CAstored", "counted"));
+    expect(await executor.handle(request("CAstored", "counted"))).toEqual(first); // answered from the stored result
+    await store.endCall("CAstored", "caller_hangup");
+    const left = await store.redis.keys("vb:{CAstored}:*");
+    expect(left.sort()).toEqual([keys.meta("CAstored"), keys.toolCalls("CAstored")].sort());
   });
 
   it("refuses ended calls", async () => {

@@ -1,6 +1,6 @@
 import { errorText, isValidCallId, type Logger } from "@voicebot/bus";
 import { ToolCallResult, type ToolCallRequest } from "@voicebot/proto";
-import { keys, type CallStore, type ToolCallEntry } from "@voicebot/state";
+import type { CallStore, ToolCallEntry } from "@voicebot/state";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { InvalidArgumentsError, PermanentToolError, type Tool } from "./tool.js";
 
@@ -122,27 +122,29 @@ export class ToolExecutor {
     if (!toolCallId || toolCallId.length > MAX_TOOL_CALL_ID) {
       return this.refuse(request, "invalid_arguments", `tool_call_id must be 1..${MAX_TOOL_CALL_ID} characters`);
     }
-    const resultKey = keys.toolResult(callId, toolCallId);
-    // Both reads in one Redis round trip: every round trip here is on the caller's wait for the answer.
-    const [state, stored] = await Promise.all([this.store.callState(callId), this.store.getJson<ToolCallResult>(resultKey)]);
-    if (state !== "live") return this.refuse(request, "failed", state === "ended" ? "the call has ended" : "unknown call");
-    if (stored) {
+    // The call's state, a stored result and the claim in one Redis round trip (every round trip here is on the
+    // caller's wait for the answer), atomic with endCall: nothing is claimed for an ended call, so a request that
+    // comes after the hang-up cannot run a tool again once endCall has deleted the claims.
+    const claim = await this.store.claimToolCall<ToolCallResult>(callId, toolCallId);
+    if (claim.kind === "not_live") return this.refuse(request, "failed", claim.call === "ended" ? "the call has ended" : "unknown call");
+    if (claim.kind === "stored") {
       this.metrics.duplicates.inc({ kind: "stored" });
       this.log.info("tool request answered from stored result", { callId, toolCallId, tool: name });
-      return stored;
+      return claim.result;
     }
     const timeoutMs = this.timeoutFor(request);
-    if (!(await this.store.firstTime(callId, "tool", toolCallId))) {
+    if (claim.kind === "taken") {
       this.metrics.duplicates.inc({ kind: "waited" });
-      return this.waitForStored(request, resultKey, timeoutMs + RESULT_WAIT_GRACE_MS, cancelled);
+      return this.waitForStored(request, timeoutMs + RESULT_WAIT_GRACE_MS, cancelled);
     }
 
     const { result, record } = await this.execute(request, timeoutMs, cancelled);
-    // A tool stopped because its call ended writes nothing: the record is closed (an append would renew the TTL of
-    // its keys to the live one) and nobody asks for the result; the log line and metric tell it ran.
+    // A tool stopped because its call ended writes nothing: the record is closed and nobody asks for the result;
+    // the log line and metric tell it ran.
     if (cancelled.aborted) return result;
-    // The result (for duplicates) and the record line are independent writes: one round trip for both.
-    await Promise.all([this.store.setJson(resultKey, result), this.store.appendToolCall(callId, record)]);
+    // The result (for duplicates, kept only while the call is live) and the record line are independent writes:
+    // one round trip for both.
+    await Promise.all([this.store.saveToolResult(callId, toolCallId, result), this.store.appendToolCall(callId, record)]);
     return result;
   }
 
@@ -255,11 +257,11 @@ export class ToolExecutor {
   }
 
   /** Another request holds the claim: wait for the result it stores. */
-  private async waitForStored(request: ToolCallRequest, resultKey: string, waitMs: number, cancelled: AbortSignal): Promise<ToolCallResult> {
+  private async waitForStored(request: ToolCallRequest, waitMs: number, cancelled: AbortSignal): Promise<ToolCallResult> {
     const deadline = Date.now() + waitMs;
     while (Date.now() < deadline) {
       if (cancelled.aborted) return this.errorResult(request, "cancelled", "the call ended");
-      const stored = await this.store.getJson<ToolCallResult>(resultKey);
+      const stored = await this.store.toolResult<ToolCallResult>(request.callId, request.toolCallId);
       if (stored) return stored;
       await new Promise((resolve) => setTimeout(resolve, RESULT_POLL_MS));
     }
