@@ -108,6 +108,8 @@ test("every stage is replaced during one live call; its keypad flow completes an
 
   // asr: SIGTERM hands the call over; the new replica recognizes the next utterance.
   await sim.say(orderStatus);
+  // Played to its end before the caller speaks again: speech over it would be a barge-in that cuts it short.
+  await sim.waitForBotTurn({ timeoutMs: TURN_MS });
   await answered(answers["1"], 1, "the first spoken answer");
   const asr = await roll("asr");
   expect(await asr.exit).toBe(0);

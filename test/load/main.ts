@@ -230,7 +230,7 @@ interface RunResult {
   /** Cores busy on the whole machine during the window, and how much of that was not this bench's processes. */
   machine: { busyCores: number; otherCores: number };
   errors: { total: number; details: string[] };
-  cleanup: { gaugesZeroAfterMs: number | undefined; gauges: Record<string, number>; liveKeys: number; leaseIndex: number; notEnded: number; onceKeys: number; toolKeys: number; details: string[] };
+  cleanup: { gaugesZeroAfterMs: number | undefined; gauges: Record<string, number>; liveKeys: number; leaseIndex: number; notEnded: number; details: string[] };
   pass: boolean;
 }
 
@@ -702,7 +702,7 @@ async function checkCleanup(system: BenchSystem, callSids: string[]): Promise<Ru
   await sleep(2_000);
 
   const redis = system.store.redis;
-  const live = { "dialog state": keys.dialog, "asr hints": keys.hints, "asr lease": (id: string) => keys.lease(id, "asr"), "dialog lease": (id: string) => keys.lease(id, "dialog") };
+  const live = { "dialog state": keys.dialog, "asr hints": keys.hints, "asr lease": (id: string) => keys.lease(id, "asr"), "dialog lease": (id: string) => keys.lease(id, "dialog"), "once marks": keys.once, "tool results": keys.toolResults };
   const pipeline = redis.pipeline();
   for (const sid of callSids) {
     pipeline.hget(keys.meta(sid), "state");
@@ -727,17 +727,6 @@ async function checkCleanup(system: BenchSystem, callSids: string[]): Promise<Ru
   const ttls = leftover.length > 0 ? ((await leftover.reduce((p, key) => p.pttl(key), redis.pipeline()).exec()) ?? []) : [];
   const lasting = ttls.filter(([, ttl]) => Number(ttl) < 0 || Number(ttl) > 60_000).length;
   const leaseIndex = (await redis.zcard(keys.leaseIndex("asr"))) + (await redis.zcard(keys.leaseIndex("dialog")));
-  let onceKeys = 0;
-  let toolKeys = 0;
-  let cursor = "0";
-  do {
-    const [next, found] = await redis.scan(cursor, "MATCH", "vb:{*}:*", "COUNT", 1000);
-    cursor = next;
-    for (const key of found) {
-      if (key.includes("}:once:")) onceKeys++;
-      else if (key.includes("}:tool:")) toolKeys++;
-    }
-  } while (cursor !== "0");
   if (notEnded > 0) details.push(`${notEnded} calls not marked ended in their record`);
   if (liveKeys > 0) {
     details.push(
@@ -745,7 +734,7 @@ async function checkCleanup(system: BenchSystem, callSids: string[]): Promise<Ru
     );
   }
   if (leaseIndex > 0) details.push(`${leaseIndex} entries left in the lease indexes`);
-  return { gaugesZeroAfterMs: zeroAfter, gauges, liveKeys, leaseIndex, notEnded, onceKeys, toolKeys, details };
+  return { gaugesZeroAfterMs: zeroAfter, gauges, liveKeys, leaseIndex, notEnded, details };
 }
 
 async function countLogProblems(system: BenchSystem): Promise<Record<string, { errors: number; warnings: number; examples: string[] }>> {
@@ -843,7 +832,7 @@ function report(r: RunResult, options: Options): string {
   const c = r.cleanup;
   lines.push(
     `after the calls: active-call gauges ${c.gaugesZeroAfterMs !== undefined ? `all 0 after ${fmt(c.gaugesZeroAfterMs / 1000)} s` : `NOT 0: ${JSON.stringify(c.gauges)}`}; ` +
-      `Redis: ${c.notEnded} calls not ended, ${c.liveKeys} live keys, ${c.leaseIndex} lease-index entries; idempotency keys kept for the live TTL: ${c.onceKeys} once:*, ${c.toolKeys} tool:*`,
+      `Redis: ${c.notEnded} calls not ended, ${c.liveKeys} live keys, ${c.leaseIndex} lease-index entries (live keys: dialog state, hints, leases, once-marks, tool results)`,
   );
   for (const d of c.details) lines.push(`  ${d}`);
   return lines.join("\n");
