@@ -4,7 +4,7 @@ import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Bus, BusError } from "./bus.js";
 import { silentLogger } from "./log.js";
-import { isValidCallId, subjects } from "./subjects.js";
+import { callIdOfSubject, isValidCallId, subjects } from "./subjects.js";
 
 let nats: ServerHandle;
 const buses: Bus[] = [];
@@ -30,6 +30,14 @@ describe("subjects", () => {
       expect(() => subjects.callerAudio(bad)).toThrow(/invalid call id/);
     }
   });
+
+  it("reads the call id back out of a per-call subject", () => {
+    expect(callIdOfSubject(subjects.callerAudio("CA12_ab-3"))).toBe("CA12_ab-3");
+    expect(callIdOfSubject(subjects.dialogInput("CA9"))).toBe("CA9");
+    for (const other of [subjects.callStarted, subjects.ttsSpeak, "vb.v1.call.", "vb.v1.call.CA1", "vb.v1.call.*.ended", "x.vb.v1.call.CA1.speech"]) {
+      expect(callIdOfSubject(other)).toBeUndefined();
+    }
+  });
 });
 
 describe("Bus", () => {
@@ -50,6 +58,61 @@ describe("Bus", () => {
     await waitFor(() => got.length === 10);
     expect(got.map((g) => g.digit).join("")).toBe("0123456789");
     expect(got[0].callId).toBe("CA1");
+  });
+
+  it("ordered: handlers that return promises hold back later messages, synchronous ones run at once, failures do not stop it", async () => {
+    const registry = new Registry();
+    const bus = await connect(registry);
+    const got: string[] = [];
+    bus.subscribe(
+      "t.mixed",
+      KeypadPress,
+      (m) => {
+        const digit = Number(m.digit);
+        if (digit === 3) throw new Error("sync failure");
+        if (digit % 2 === 1) {
+          got.push(m.digit);
+          return;
+        }
+        // Even digits finish later than the odd one after them would on its own; 4 fails after its wait.
+        return new Promise<void>((resolve, reject) =>
+          setTimeout(() => {
+            got.push(m.digit);
+            if (digit === 4) reject(new Error("async failure"));
+            else resolve();
+          }, 10 - digit),
+        );
+      },
+      { name: "mixed", ordered: true },
+    );
+    await bus.nc.flush();
+    for (const digit of "0123456789") bus.publish("t.mixed", KeypadPress, KeypadPress.create({ digit }));
+    await waitFor(() => got.length === 9);
+    expect(got.join("")).toBe("012456789");
+    const text = await registry.metrics();
+    expect(text).toMatch(/voicebot_bus_messages_received_total\{handler="mixed"\} 10/);
+    expect(text).toMatch(/voicebot_bus_handler_errors_total\{handler="mixed"\} 2/);
+    expect(text).toMatch(/voicebot_bus_messages_published_total 10/);
+  });
+
+  it("gives the call id from the header, else from a per-call subject (media goes without headers)", async () => {
+    const bus = await connect();
+    const got: Array<{ subject: string; callId?: string }> = [];
+    const record = (_: KeypadPress, d: { subject: string; callId?: string }) => void got.push({ subject: d.subject, callId: d.callId });
+    bus.subscribe("vb.v1.call.*.speech", KeypadPress, record, { name: "calls", ordered: true });
+    bus.subscribe("t.plain", KeypadPress, record, { name: "plain", ordered: true });
+    await bus.nc.flush();
+    bus.publish(subjects.speech("CA1"), KeypadPress, KeypadPress.create({}), "CA1");
+    bus.publish(subjects.speech("CA2"), KeypadPress, KeypadPress.create({}));
+    bus.publish("t.plain", KeypadPress, KeypadPress.create({}), "CA3");
+    bus.publish("t.plain", KeypadPress, KeypadPress.create({}));
+    await waitFor(() => got.length === 4);
+    expect(got).toEqual([
+      { subject: subjects.speech("CA1"), callId: "CA1" },
+      { subject: subjects.speech("CA2"), callId: "CA2" },
+      { subject: "t.plain", callId: "CA3" },
+      { subject: "t.plain", callId: undefined },
+    ]);
   });
 
   it("counts and survives undecodable messages and throwing handlers", async () => {

@@ -7,9 +7,20 @@ export function isValidCallId(callId: string): boolean {
   return CALL_ID.test(callId);
 }
 
+const CALL_SUBJECT_PREFIX = "vb.v1.call.";
+
 function call(callId: string, kind: string): string {
   if (!isValidCallId(callId)) throw new Error(`invalid call id ${JSON.stringify(callId)}`);
-  return `vb.v1.call.${callId}.${kind}`;
+  return `${CALL_SUBJECT_PREFIX}${callId}.${kind}`;
+}
+
+/** The call id a per-call subject names (`vb.v1.call.<id>.…`); undefined for any other subject. */
+export function callIdOfSubject(subject: string): string | undefined {
+  if (!subject.startsWith(CALL_SUBJECT_PREFIX)) return undefined;
+  const end = subject.indexOf(".", CALL_SUBJECT_PREFIX.length);
+  if (end < 0) return undefined;
+  const callId = subject.slice(CALL_SUBJECT_PREFIX.length, end);
+  return isValidCallId(callId) ? callId : undefined;
 }
 
 export const subjects = {

@@ -1,4 +1,4 @@
-import { FRAME_MS, l16FromBytes, mulawDecode } from "@voicebot/audio";
+import { FRAME_MS, l16FromBytes, MULAW_DECODE_TABLE } from "@voicebot/audio";
 import { errorText, subjects, type Bus, type Logger } from "@voicebot/bus";
 import {
   AudioEncoding,
@@ -16,6 +16,9 @@ import { parseHints, type ParsedHints } from "./hints.js";
 import type { AsrMetrics } from "./metrics.js";
 import { Segmenter, type Frame, type SegmenterOptions, type SegmentEvent } from "./segmenter.js";
 import type { VadStream, VoiceActivityDetector } from "./vad.js";
+
+/** Decoded caller audio is cut from blocks of this many frames (one call's; see takePcm). */
+const PCM_BLOCK_FRAMES = 50;
 
 export interface SessionOptions {
   segmenter: SegmenterOptions;
@@ -60,14 +63,21 @@ export class CallSession {
   private lastAtMs = 0;
   /** Frames given to the VAD and not decided yet, oldest first (decisions come back in this order). */
   private readonly undecided: Frame[] = [];
-  /** Decided frames going through the segmenter one at a time, in order. */
-  private work: Promise<void> = Promise.resolve();
+  /**
+   * Set while an utterance start reads its hints (the segmenter must not run ahead of it): frames decided
+   * meanwhile wait in `waiting` and are segmented, in order, once it is done; then this is cleared again.
+   */
+  private segmenting: Promise<void> | undefined;
+  private readonly waiting: Array<{ frame: Frame; speech: boolean }> = [];
   private utterance: OpenUtterance | undefined;
   /** Finals being decoded and published, chained so they go out in utterance order. */
   private finals: Promise<void> = Promise.resolve();
   private stopped = false;
   /** Problems already logged for this call: a bad stream is logged once, counted always. */
   private readonly warned = new Set<string>();
+  /** The block decoded audio is being cut from, and how much of it is taken. */
+  private pcmBlock: Int16Array | undefined;
+  private pcmBlockUsed = 0;
 
   constructor(private readonly deps: SessionDeps) {
     this.segmenter = new Segmenter(deps.options.segmenter);
@@ -80,23 +90,36 @@ export class CallSession {
     return this.deps.callId;
   }
 
-  async handleAudio(message: CallerAudio): Promise<void> {
-    if (this.stopped) return;
+  /**
+   * One CallerAudio message: one frame or several contiguous ones (`firstFrame` is the first one's index). Returns
+   * a promise only while an utterance start is reading its hints: the caller should hold back the next message
+   * until it settles (the ordered subscription does). Otherwise every frame decided so far is segmented already.
+   */
+  handleAudio(message: CallerAudio): Promise<void> | undefined {
+    if (this.stopped) return undefined;
     const { metrics } = this.deps;
     if (message.callId && message.callId !== this.callId) {
       metrics.badAudio.inc({ reason: "wrong_call" });
       this.warnOnce("wrong_call", "caller audio for another call dropped", { messageCallId: message.callId });
-      return;
+      return undefined;
     }
     const pcm = this.decode(message);
-    if (!pcm) return;
+    if (!pcm) return undefined;
 
     const count = Math.floor(pcm.length / this.samplesPerFrame);
     if (count * this.samplesPerFrame !== pcm.length) {
       metrics.badAudio.inc({ reason: "partial_frame" });
       this.warnOnce("partial_frame", "caller audio with a partial frame: the remainder is dropped", { samples: pcm.length });
     }
-    if (count === 0) return;
+    if (message.frameCount !== 0 && message.frameCount !== count) {
+      // The payload is what was heard: its frames are used, the count is only reported.
+      metrics.badAudio.inc({ reason: "frame_count_mismatch" });
+      this.warnOnce("frame_count_mismatch", "caller audio whose frameCount does not match its payload: the payload's frames are used", {
+        frameCount: message.frameCount,
+        payloadFrames: count,
+      });
+    }
+    if (count === 0) return this.segmenting;
     const receivedAt = Number(message.receivedAtMs) || Date.now();
     const first = Number(message.firstFrame);
     let skip = 0;
@@ -105,20 +128,12 @@ export class CallSession {
       // Frames we already have (a duplicate, or overlap after a reconnect): keep only the new ones.
       skip = Math.min(count, this.nextFrame - first);
       metrics.badAudio.inc({ reason: "duplicate_frames" }, skip);
-      if (skip === count) return;
+      if (skip === count) return this.segmenting;
     } else if (this.nextFrame !== undefined && first > this.nextFrame) {
       this.fillGap(first - this.nextFrame, receivedAt - count * FRAME_MS);
     }
-
-    for (let i = skip; i < count; i++) {
-      this.pushFrame({
-        index: first + i,
-        pcm: pcm.subarray(i * this.samplesPerFrame, (i + 1) * this.samplesPerFrame),
-        atMs: receivedAt - (count - 1 - i) * FRAME_MS,
-      });
-    }
-    // Frames already decided are segmented before the next message (all of them, with the energy VAD).
-    await this.work;
+    this.pushFrames(pcm, first, skip, count, receivedAt);
+    return this.segmenting;
   }
 
   /** Stops listening: drops the utterance in progress and waits for finals already being decoded. */
@@ -127,6 +142,7 @@ export class CallSession {
     this.stopped = true;
     this.vad.close();
     this.undecided.length = 0;
+    this.waiting.length = 0;
     const open = this.utterance;
     this.utterance = undefined;
     if (open) this.abort(open);
@@ -142,9 +158,27 @@ export class CallSession {
       this.warnOnce("format", "caller audio in an unsupported format dropped", { encoding, sampleRate: rate });
       return undefined;
     }
-    if (encoding === AudioEncoding.AUDIO_ENCODING_MULAW) return mulawDecode(message.payload);
-    // A copy: frames are kept for pre-roll, and the payload may be a view into the connection's read buffer.
-    return l16FromBytes(message.payload).slice();
+    // Copies either way: frames are kept for pre-roll, and the payload may be a view into a read buffer.
+    if (encoding === AudioEncoding.AUDIO_ENCODING_L16) return l16FromBytes(message.payload).slice();
+    const payload = message.payload;
+    const pcm = this.takePcm(payload.length);
+    for (let i = 0; i < payload.length; i++) pcm[i] = MULAW_DECODE_TABLE[payload[i]];
+    return pcm;
+  }
+
+  /**
+   * Room for `samples` of decoded audio, cut from this call's current block: a typed array of its own per
+   * message cost more than decoding into it. Blocks are only appended to; one lives on while any of its frames
+   * is still held (pre-roll, the recognizer), so a call keeps about its own recent audio.
+   */
+  private takePcm(samples: number): Int16Array {
+    if (!this.pcmBlock || this.pcmBlockUsed + samples > this.pcmBlock.length) {
+      this.pcmBlock = new Int16Array(Math.max(samples, PCM_BLOCK_FRAMES * this.samplesPerFrame));
+      this.pcmBlockUsed = 0;
+    }
+    const pcm = this.pcmBlock.subarray(this.pcmBlockUsed, this.pcmBlockUsed + samples);
+    this.pcmBlockUsed += samples;
+    return pcm;
   }
 
   /** Lost frames become silence so the VAD and the recognizer keep real time; very long gaps are capped. */
@@ -152,47 +186,87 @@ export class CallSession {
     this.deps.metrics.lostFrames.inc(missing);
     const fill = Math.min(missing, Math.max(0, Math.round(this.deps.options.gapFillMaxMs / FRAME_MS)));
     this.deps.log.debug("caller audio gap", { callId: this.callId, missingFrames: missing, filledFrames: fill });
+    if (fill === 0 || this.stopped) return;
     const start = this.nextFrame!;
     const lastAtMs = this.lastAtMs;
+    const samples = this.samplesPerFrame;
+    const silence = new Int16Array(fill * samples);
+    let atMs = lastAtMs;
     for (let i = 0; i < fill; i++) {
-      this.pushFrame({
-        index: start + i,
-        pcm: new Int16Array(this.samplesPerFrame),
-        atMs: Math.max(lastAtMs + (i + 1) * FRAME_MS, gapEndMs - (fill - 1 - i) * FRAME_MS),
-      });
+      atMs = Math.max(lastAtMs + (i + 1) * FRAME_MS, gapEndMs - (fill - 1 - i) * FRAME_MS);
+      this.undecided.push({ index: start + i, pcm: silence.subarray(i * samples, (i + 1) * samples), atMs });
     }
+    this.nextFrame = start + fill;
+    this.lastAtMs = atMs;
+    this.vad.push(silence);
   }
 
-  private pushFrame(frame: Frame): void {
+  /**
+   * Frames `from`..`count`-1 of a message's PCM (frame 0 has index `first`, the last one arrived at `lastAtMs`):
+   * queued for their decisions, then given to the VAD in one go.
+   */
+  private pushFrames(pcm: Int16Array, first: number, from: number, count: number, lastAtMs: number): void {
     if (this.stopped) return;
-    this.nextFrame = frame.index + 1;
-    this.lastAtMs = frame.atMs;
-    this.undecided.push(frame);
-    this.vad.push(frame.pcm);
+    const samples = this.samplesPerFrame;
+    for (let i = from; i < count; i++) {
+      const framePcm = pcm.length === samples ? pcm : pcm.subarray(i * samples, (i + 1) * samples);
+      this.undecided.push({ index: first + i, pcm: framePcm, atMs: lastAtMs - (count - 1 - i) * FRAME_MS });
+    }
+    this.nextFrame = first + count;
+    this.lastAtMs = lastAtMs;
+    // The energy VAD decides during this call (onDecision runs before it returns), Silero later.
+    this.vad.push(from === 0 && pcm.length === count * samples ? pcm : pcm.subarray(from * samples, count * samples));
   }
 
   /** The VAD's decision for the oldest undecided frame. */
   private onDecision(speech: boolean): void {
     const frame = this.undecided.shift();
     if (!frame || this.stopped) return;
-    this.work = this.work.then(() => this.segment(frame, speech));
-  }
-
-  private async segment(frame: Frame, speech: boolean): Promise<void> {
-    if (this.stopped) return;
-    try {
-      for (const event of this.segmenter.push(frame, speech)) await this.onEvent(event);
-    } catch (error) {
-      // A bug, not bad input: log it and keep the call's pipeline going.
-      this.deps.log.error("segmenting caller audio failed", { callId: this.callId, error: errorText(error) });
+    if (this.segmenting) {
+      this.waiting.push({ frame, speech });
+      return;
     }
+    const started = this.segment(frame, speech);
+    if (started) this.segmenting = this.segmentAfter(started);
   }
 
-  private async onEvent(event: SegmentEvent): Promise<void> {
+  /** Segments the frames decided while an utterance start read its hints, in order; then clears `segmenting`. */
+  private async segmentAfter(started: Promise<void>): Promise<void> {
+    for (let pending: Promise<void> | undefined = started; pending; ) {
+      await pending;
+      pending = undefined;
+      while (!pending && this.waiting.length > 0) {
+        const { frame, speech } = this.waiting.shift()!;
+        pending = this.segment(frame, speech);
+      }
+    }
+    this.segmenting = undefined;
+  }
+
+  /** One decided frame through the segmenter. Returns the utterance start's promise when the frame began one. */
+  private segment(frame: Frame, speech: boolean): Promise<void> | undefined {
+    if (this.stopped) return undefined;
+    try {
+      const events = this.segmenter.push(frame, speech);
+      for (let i = 0; i < events.length; i++) {
+        const event = events[i];
+        // A start is the only event of its frame; it waits for the hints, so the frames after it wait too.
+        if (event.type === "start") return this.startUtterance(event.onset, event.frames).catch((error: unknown) => this.segmentFailed(error));
+        this.onEvent(event);
+      }
+    } catch (error) {
+      this.segmentFailed(error);
+    }
+    return undefined;
+  }
+
+  private segmentFailed(error: unknown): void {
+    // A bug, not bad input: log it and keep the call's pipeline going.
+    this.deps.log.error("segmenting caller audio failed", { callId: this.callId, error: errorText(error) });
+  }
+
+  private onEvent(event: Exclude<SegmentEvent, { type: "start" }>): void {
     switch (event.type) {
-      case "start":
-        await this.startUtterance(event.onset, event.frames);
-        return;
       case "audio":
         if (this.utterance) this.push(this.utterance, event.frame.pcm);
         return;

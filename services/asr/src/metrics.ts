@@ -4,7 +4,13 @@ export type AsrMetrics = ReturnType<typeof createMetrics>;
 
 export function createMetrics(registry: Registry) {
   const registers = [registry];
+  /**
+   * Windows decided without the model, counted per 32 ms window of every call: plain additions, put into
+   * voicebot_asr_vad_windows_total when it is read (prom-client hashes the labels on every inc()).
+   */
+  const vadWindowsSkipped = { gated: 0, overload: 0 };
   return {
+    vadWindowsSkipped,
     activeSessions: new Gauge({
       name: "voicebot_asr_active_sessions",
       help: "Recognizer sessions open on this replica (utterances being heard or decoded)",
@@ -69,6 +75,13 @@ export function createMetrics(registry: Registry) {
       help: "Silero VAD windows (32 ms), by how they were decided: gated (line silence), inferred, overload (too far behind: energy), error",
       labelNames: ["result"],
       registers,
+      collect() {
+        for (const result of ["gated", "overload"] as const) {
+          if (vadWindowsSkipped[result] === 0) continue;
+          this.inc({ result }, vadWindowsSkipped[result]);
+          vadWindowsSkipped[result] = 0;
+        }
+      },
     }),
     vadErrors: new Counter({
       name: "voicebot_asr_vad_errors_total",
@@ -128,7 +141,7 @@ export function createMetrics(registry: Registry) {
     }),
     badAudio: new Counter({
       name: "voicebot_asr_bad_audio_total",
-      help: "CallerAudio messages (or parts) dropped, by reason",
+      help: "CallerAudio messages (or parts) dropped, or malformed (frame_count_mismatch), by reason",
       labelNames: ["reason"],
       registers,
     }),

@@ -59,6 +59,9 @@ interface Utterance {
 
 const frames = (ms: number) => Math.max(1, Math.ceil(ms / FRAME_MS));
 
+/** What most frames bring (silence between utterances): shared, so nothing is allocated for them. */
+const NO_EVENTS: readonly SegmentEvent[] = Object.freeze([]);
+
 /**
  * Turns per-frame speech decisions into utterances: start after a run of speech frames (with pre-roll), end after
  * enough silence or at the length limit. Pure logic, no clock: callers pass each frame's wall clock.
@@ -92,7 +95,7 @@ export class Segmenter {
     this.current.maxSilenceFrames = Math.max(this.current.minSilenceFrames, frames(maxSilenceMs));
   }
 
-  push(frame: Frame, speech: boolean): SegmentEvent[] {
+  push(frame: Frame, speech: boolean): readonly SegmentEvent[] {
     const utterance = this.current;
     if (!utterance) return this.pushIdle(frame, speech);
 
@@ -137,11 +140,11 @@ export class Segmenter {
     return events;
   }
 
-  private pushIdle(frame: Frame, speech: boolean): SegmentEvent[] {
+  private pushIdle(frame: Frame, speech: boolean): readonly SegmentEvent[] {
     this.recent.push(frame);
     if (this.recent.length > this.preRollFrames + this.startFrames) this.recent.shift();
     this.idleRun = speech ? this.idleRun + 1 : 0;
-    if (this.idleRun < this.startFrames) return [];
+    if (this.idleRun < this.startFrames) return NO_EVENTS;
 
     const buffered = this.recent;
     this.recent = [];

@@ -126,6 +126,27 @@ describe("SileroVad (the shipped v4 model, batched)", () => {
     for (const stream of streams) stream.close();
   });
 
+  it("decides frames pushed ten at a time (multi-frame messages) as it decides them one by one, none by overload", async () => {
+    const frames = chunks(call.subarray(0, call.length - (call.length % 160)));
+    const single = await decide(await create(), frames);
+    const vad = await create();
+    const decisions: boolean[] = [];
+    const stream = vad.open((speech) => decisions.push(speech));
+    for (let i = 0; i < frames.length; i += 10) {
+      // As at real time: the earlier messages are decided before the next one arrives (200 ms later).
+      await waitFor(() => decisions.length >= i - undecidedTail(i), { what: "decisions to catch up", intervalMs: 1 });
+      const message = frames.slice(i, i + 10);
+      const pcm = new Int16Array(message.length * 160);
+      message.forEach((frame, k) => pcm.set(frame, k * 160));
+      stream.push(pcm);
+    }
+    await waitFor(() => decisions.length >= single.length, { what: "every decision" });
+    stream.close();
+    expect(runs(decisions)).toBe(runs(single));
+    expect(vad.counts.inferred).toBeGreaterThan(50); // the sentences went to the model...
+    expect(vad.counts.overload).toBe(0); // ...though seven windows at a time came in
+  });
+
   it("delivers nothing after a stream is closed, and other streams carry on", async () => {
     const vad = await create({ batchWaitMs: 20 });
     const a: boolean[] = [];

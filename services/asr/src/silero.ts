@@ -13,11 +13,11 @@ import { createRequire } from "node:module";
 import { errorText, type Logger } from "@voicebot/bus";
 import * as ort from "onnxruntime-node";
 import type { AsrMetrics } from "./metrics.js";
-import type { VadStream, VoiceActivityDetector } from "./vad.js";
+import { frameCountOf, VAD_FRAME_SAMPLES, type VadStream, type VoiceActivityDetector } from "./vad.js";
 
 const SAMPLE_RATE = 8000;
 export const SILERO_WINDOW = 256;
-const FRAME_SAMPLES = 160;
+const FRAME_SAMPLES = VAD_FRAME_SAMPLES;
 /** v4 state: two LSTM layers (h and c each [2, batch, 64]). */
 const STATE = 2 * 64;
 const LEVEL_MIN_DBFS = -90;
@@ -36,6 +36,8 @@ const FALLBACK_MARGIN_DB = 10;
 /**
  * A call whose windows queue up behind the model (the replica is starved of CPU) never falls further behind
  * than this: older windows are decided by energy instead, so barge-in and endpointing stay near real time.
+ * Counted before the windows of the latest push: a multi-frame message (up to ~10 frames, 7 windows) brings its
+ * windows at once without any of them being late.
  */
 const MAX_BACKLOG_WINDOWS = 6;
 /** The silence state: this many windows of uniform noise peaking at about -60 dBFS. */
@@ -232,7 +234,7 @@ export class SileroVad implements VoiceActivityDetector {
   /** @internal A window decided without the model. */
   countSkipped(result: "gated" | "overload"): void {
     this.counts[result]++;
-    this.metrics?.vadWindows.inc({ result });
+    if (this.metrics) this.metrics.vadWindowsSkipped[result]++;
   }
 
   private async flush(): Promise<void> {
@@ -307,16 +309,19 @@ export class SileroStream implements VadStream {
   /** LSTM state of this call (h and c of both layers). */
   readonly h = new Float32Array(STATE);
   readonly c = new Float32Array(STATE);
-  private buffer = new Float32Array(SILERO_WINDOW);
+  private buffer: Float32Array = new Float32Array(SILERO_WINDOW);
   private filled = 0;
   private sumSquares = 0;
   /** Windows complete but not decided, oldest first; the head is the one the model works on. */
   private readonly windows: PendingWindow[] = [];
+  /** Sample buffers of decided windows, for the next windows (a 1 KB typed array per window is costly to make). */
+  private readonly spareBuffers: Float32Array[] = [];
+  /** Windows the latest push completed: they came together, so they are not a backlog. */
+  private windowsInLastPush = 0;
   private inFlight = false;
   private windowsDecided = 0;
-  /** Window index (from the stream start) of each frame pushed but not decided yet, oldest first. */
-  private readonly frameWindows: number[] = [];
   private framesPushed = 0;
+  private framesDecided = 0;
   private speaking = false;
   private gatedRun = 0;
   private readonly floor = new NoiseFloor();
@@ -338,24 +343,38 @@ export class SileroStream implements VadStream {
     return this.floor.dbfs;
   }
 
-  push(frame: Int16Array): void {
+  push(frames: Int16Array): void {
     if (this.closed) return;
-    // A frame is decided with the window holding its middle sample.
-    this.frameWindows.push(Math.floor((this.framesPushed * FRAME_SAMPLES + FRAME_SAMPLES / 2) / SILERO_WINDOW));
-    this.framesPushed++;
-    for (let i = 0; i < frame.length; i++) {
-      const x = frame[i] / 32768;
-      this.buffer[this.filled++] = x;
-      this.sumSquares += x * x;
-      if (this.filled === SILERO_WINDOW) this.completeWindow();
+    this.framesPushed += frameCountOf(frames);
+    // The per-sample loop works on locals, a window's stretch at a time (no window check per sample).
+    let buffer = this.buffer;
+    let filled = this.filled;
+    let sumSquares = this.sumSquares;
+    let completed = 0;
+    for (let i = 0; i < frames.length; ) {
+      const end = Math.min(frames.length, i + SILERO_WINDOW - filled);
+      for (; i < end; i++) {
+        const x = frames[i] / 32768;
+        buffer[filled++] = x;
+        sumSquares += x * x;
+      }
+      if (filled === SILERO_WINDOW) {
+        this.completeWindow(buffer, sumSquares);
+        completed++;
+        buffer = this.buffer;
+        filled = 0;
+        sumSquares = 0;
+      }
     }
+    this.filled = filled;
+    this.sumSquares = sumSquares;
+    this.windowsInLastPush = completed;
     this.advance();
   }
 
   close(): void {
     this.closed = true;
     this.windows.length = 0;
-    this.frameWindows.length = 0;
   }
 
   /** @internal The window the model is working on. */
@@ -385,12 +404,10 @@ export class SileroStream implements VadStream {
     return window.level >= Math.max(this.vad.options.gateDbfs, (this.floor.dbfs ?? LEVEL_MIN_DBFS) + FALLBACK_MARGIN_DB);
   }
 
-  private completeWindow(): void {
-    const level = Math.max(LEVEL_MIN_DBFS, this.sumSquares > 0 ? 10 * Math.log10(this.sumSquares / SILERO_WINDOW) : LEVEL_MIN_DBFS);
-    this.windows.push({ samples: this.buffer, level, readyAt: performance.now() });
-    this.buffer = new Float32Array(SILERO_WINDOW);
-    this.filled = 0;
-    this.sumSquares = 0;
+  private completeWindow(samples: Float32Array, sumSquares: number): void {
+    const level = Math.max(LEVEL_MIN_DBFS, sumSquares > 0 ? 10 * Math.log10(sumSquares / SILERO_WINDOW) : LEVEL_MIN_DBFS);
+    this.windows.push({ samples, level, readyAt: performance.now() });
+    this.buffer = this.spareBuffers.pop() ?? new Float32Array(SILERO_WINDOW);
   }
 
   /**
@@ -410,7 +427,8 @@ export class SileroStream implements VadStream {
         this.finishHead();
         continue;
       }
-      if (this.windows.length > MAX_BACKLOG_WINDOWS) {
+      // Windows waiting before those of the latest push (its last one counts as due): how far behind this call is.
+      if (this.windows.length - Math.max(1, this.windowsInLastPush) >= MAX_BACKLOG_WINDOWS) {
         // Too far behind real time: this one by energy (the model state skips it, as with gated windows).
         this.vad.countSkipped("overload");
         this.gatedRun++;
@@ -432,11 +450,18 @@ export class SileroStream implements VadStream {
   /** The head window is decided (this.speaking): its frames get the decision, in order. */
   private finishHead(): void {
     const window = this.windows.shift()!;
+    // The batch copied the samples before the model ran (and gated windows never went): the buffer is free.
+    this.spareBuffers.push(window.samples);
     this.floor.update(window.level, this.speaking);
     const index = this.windowsDecided++;
-    while (this.frameWindows.length > 0 && this.frameWindows[0] <= index && !this.closed) {
-      this.frameWindows.shift();
+    while (this.framesDecided < this.framesPushed && windowOfFrame(this.framesDecided) <= index && !this.closed) {
+      this.framesDecided++;
       this.decide(this.speaking);
     }
   }
+}
+
+/** A frame is decided with the window holding its middle sample. */
+function windowOfFrame(frame: number): number {
+  return Math.floor((frame * FRAME_SAMPLES + FRAME_SAMPLES / 2) / SILERO_WINDOW);
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { EnergyVad } from "./vad.js";
+import { EnergyVad, EnergyVadDetector } from "./vad.js";
 
 const RATE = 8000;
 const FRAME = 160;
@@ -80,5 +80,23 @@ describe("EnergyVad", () => {
     expect(vad.noiseFloorDbfs).toBeLessThan(-55);
     // Speech that would have been masked by the old floor is heard again.
     expect(count(decide(vad, tone(10, -35, 600, noise(10, -60, 8))))).toBe(10);
+  });
+
+  it("through the stream interface, decides a multi-frame push frame by frame, as single pushes", () => {
+    const frames = [...noise(30, -60), ...tone(20, -20, 440, noise(20, -60, 7)), ...noise(33, -60, 3)];
+    const single: boolean[] = [];
+    const one = new EnergyVadDetector().open((speech) => single.push(speech));
+    for (const frame of frames) one.push(frame);
+    const multi: boolean[] = [];
+    const many = new EnergyVadDetector().open((speech) => multi.push(speech));
+    for (let i = 0; i < frames.length; i += 7) {
+      const message = frames.slice(i, i + 7);
+      const pcm = new Int16Array(message.length * FRAME);
+      message.forEach((frame, k) => pcm.set(frame, k * FRAME));
+      many.push(pcm);
+    }
+    expect(multi).toHaveLength(frames.length);
+    expect(multi).toEqual(single);
+    expect(count(single)).toBe(20);
   });
 });

@@ -6,7 +6,8 @@ import { rmsDbfs } from "@voicebot/audio";
  * The endpointing (start/stop hysteresis, pre-roll, silence timeouts) lives in the Segmenter.
  */
 export interface VadStream {
-  push(frame: Int16Array): void;
+  /** One or more frames, back to back (a multi-frame CallerAudio goes in with one call); see frameCountOf. */
+  push(frames: Int16Array): void;
   /** Nothing is decided after this: frames still waiting are dropped. */
   close(): void;
 }
@@ -17,6 +18,14 @@ export interface VoiceActivityDetector {
   /** `decide` is called once per pushed frame, in push order, synchronously or later. */
   open(decide: (speech: boolean) => void): VadStream;
   close(): Promise<void>;
+}
+
+/** Samples in one 20 ms frame at 8 kHz. */
+export const VAD_FRAME_SAMPLES = 160;
+
+/** Frames in one push: 160 samples each, the last one may be short (it still gets its decision). */
+export function frameCountOf(pcm: Int16Array): number {
+  return Math.ceil(pcm.length / VAD_FRAME_SAMPLES);
 }
 
 /** A classifier that decides each frame at once, in stream order. */
@@ -83,8 +92,11 @@ export class EnergyVadDetector implements VoiceActivityDetector {
     const vad = new EnergyVad(this.options);
     let open = true;
     return {
-      push: (frame) => {
-        if (open) decide(vad.isSpeech(frame));
+      push: (frames) => {
+        const count = frameCountOf(frames);
+        for (let i = 0; i < count && open; i++) {
+          decide(vad.isSpeech(count === 1 ? frames : frames.subarray(i * VAD_FRAME_SAMPLES, (i + 1) * VAD_FRAME_SAMPLES)));
+        }
       },
       close: () => {
         open = false;
