@@ -12,6 +12,7 @@ import { TurnLease } from "./lease.js";
 import { CircuitBreaker, type CircuitState } from "./llm/breaker.js";
 import { OpenAiCompleter, type LlmSettings } from "./llm/client.js";
 import { createDialogMetrics, type DialogMetrics } from "./metrics.js";
+import { prewarmRequests, prewarmTts, type PrewarmAgent } from "./prewarm.js";
 import { TurnRunner, type Agent } from "./runner.js";
 import { ToolClient } from "./tools.js";
 
@@ -36,6 +37,8 @@ export interface DialogConfig {
   toolFillerMs: number;
   keypadPauseMs: number;
   digitsConfirmConfidence: number;
+  /** DIALOG_PREWARM_TTS: at start, have tts cache every fixed line of the agents (default on). */
+  prewarmTts: boolean;
   llm: LlmEnv;
   /** Reads an environment variable an agent names (its `llm.apiKeyEnv`). */
   secret(name: string): string | undefined;
@@ -63,6 +66,7 @@ export function readDialogConfig(env: EnvReader): DialogConfig {
     toolFillerMs: env.int("TOOL_FILLER_MS", 1_200, { min: 100, max: 30_000 }),
     keypadPauseMs: env.int("KEYPAD_PAUSE_MS", 2_000, { min: 300, max: 30_000 }),
     digitsConfirmConfidence: env.number("DIGITS_CONFIRM_CONFIDENCE", DEFAULT_CONFIRM_CONFIDENCE, { min: 0, max: 1 }),
+    prewarmTts: env.bool("DIALOG_PREWARM_TTS", true),
     llm: {
       baseUrl,
       apiKey: env.optional("LLM_API_KEY"),
@@ -113,7 +117,10 @@ function hostOf(baseUrl: string): string {
   }
 }
 
-export async function loadEngines(config: DialogConfig, metrics: DialogMetrics, log: Logger): Promise<Map<string, Agent>> {
+/** An agent ready to run calls, with the file it came from and whether it runs on the LLM. */
+export interface LoadedAgent extends Agent, PrewarmAgent {}
+
+export async function loadEngines(config: DialogConfig, metrics: DialogMetrics, log: Logger): Promise<Map<string, LoadedAgent>> {
   let configs;
   try {
     configs = await loadAgents(config.agentsDir);
@@ -128,7 +135,7 @@ export async function loadEngines(config: DialogConfig, metrics: DialogMetrics, 
   }
   // One breaker per endpoint and model: agents sharing an endpoint share what is known about its health.
   const breakers = new Map<string, CircuitBreaker>();
-  const agents = new Map<string, Agent>();
+  const agents = new Map<string, LoadedAgent>();
   for (const [name, agentConfig] of configs) {
     const scripted = new ScriptedEngine(agentConfig, { digitsConfirmConfidence: config.digitsConfirmConfidence });
     const settings = llmSettingsFor(agentConfig, config);
@@ -164,7 +171,7 @@ export async function loadEngines(config: DialogConfig, metrics: DialogMetrics, 
       ...(settings ? { model: settings.model, endpoint: hostOf(settings.baseUrl) } : {}),
       tools: agentConfig.tools.map((t) => t.name),
     });
-    agents.set(name, { name, engine, voice: agentConfig.voice, toolFiller: agentConfig.toolFiller });
+    agents.set(name, { name, engine, voice: agentConfig.voice, toolFiller: agentConfig.toolFiller, config: agentConfig, onLlm: settings !== undefined });
   }
   return agents;
 }
@@ -210,10 +217,17 @@ export const definition: ServiceDefinition<DialogConfig> = {
       maxDeliver: 10,
       concurrency: 64,
     });
+    // In the background once the replica takes calls: the first calls must not wait for it.
+    const stopPrewarm = new AbortController();
+    if (config.prewarmTts) {
+      const requests = prewarmRequests([...agents.values()]);
+      void prewarmTts({ bus: ctx.bus, log: ctx.log, registry: ctx.registry }, requests, stopPrewarm.signal);
+    }
     return {
       activeCalls: () => runner.activeCalls(),
       // Stops pulling inputs and waits for the turns in hand; unpulled inputs stay queued for other replicas.
       drain: async () => {
+        stopPrewarm.abort();
         await consumer.stop();
         cancels.unsubscribe();
       },

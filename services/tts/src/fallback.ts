@@ -7,6 +7,8 @@ type EngineRequest = Parameters<TtsEngine["synthesize"]>[0];
 export interface FallbackRequest extends EngineRequest {
   /** Told which engine is speaking, once its first audio arrives (index 0 = the primary engine). */
   onEngine?: (label: string, index: number) => void;
+  /** Only the primary engine, no failover (a cache prefetch: only the primary engine's audio is cached). */
+  primaryOnly?: boolean;
 }
 
 export type FailoverReason = "error" | "stall" | "empty";
@@ -56,7 +58,10 @@ export class FallbackEngine implements TtsEngine {
 
   async *synthesize(request: FallbackRequest): AsyncGenerator<Int16Array, void, undefined> {
     const failures: string[] = [];
-    for (const [index, engine] of this.engines.entries()) {
+    const engines = request.primaryOnly ? this.engines.slice(0, 1) : this.engines;
+    // Without a next engine to move to, a failure is the caller's to report, not a failover.
+    const failover = request.primaryOnly ? undefined : this.options.onFailover;
+    for (const [index, engine] of engines.entries()) {
       throwIfAborted(request.signal);
       const attempt = new AbortController();
       const signal = request.signal ? AbortSignal.any([request.signal, attempt.signal]) : attempt.signal;
@@ -84,13 +89,13 @@ export class FallbackEngine implements TtsEngine {
           return;
         }
         failures.push(`${engine.label}: no audio`);
-        this.options.onFailover?.(engine, "empty", "no audio");
+        failover?.(engine, "empty", "no audio");
       } catch (error) {
         throwIfAborted(request.signal);
         if (began) throw error;
         const reason: FailoverReason = error instanceof EngineStalledError ? "stall" : "error";
         failures.push(`${engine.label}: ${errorText(error)}`);
-        this.options.onFailover?.(engine, reason, errorText(error));
+        failover?.(engine, reason, errorText(error));
       } finally {
         // Stops the engine's work (e.g. its process) if it is still going: stalled, failed or abandoned by our caller.
         attempt.abort(new Error("synthesis attempt ended"));

@@ -34,4 +34,30 @@ describe("Limiter", () => {
     expect(limiter.active).toBe(0);
     await expect(limiter.acquire(controller.signal)).rejects.toBeInstanceOf(QueueAbortedError);
   });
+
+  it("tells background work when a slot is free and nobody waits, without taking the slot", async () => {
+    const limiter = new Limiter(1);
+    expect(limiter.hasSpare).toBe(true);
+    await limiter.whenSpare();
+    const first = await limiter.acquire();
+    let spare = false;
+    const whenSpare = limiter.whenSpare().then(() => (spare = true));
+    const second = limiter.acquire();
+    first(); // the slot goes straight to the waiting holder: still no spare capacity
+    const releaseSecond = await second;
+    await Promise.resolve();
+    expect(spare).toBe(false);
+    releaseSecond();
+    await whenSpare;
+    expect(spare).toBe(true);
+    expect(limiter.active).toBe(0);
+    (await limiter.acquire())(); // whenSpare took no slot
+
+    const busy = await limiter.acquire();
+    const controller = new AbortController();
+    const abandoned = limiter.whenSpare(controller.signal);
+    controller.abort();
+    await expect(abandoned).rejects.toBeInstanceOf(QueueAbortedError);
+    busy();
+  });
 });

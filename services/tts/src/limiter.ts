@@ -12,6 +12,8 @@ export class QueueAbortedError extends Error {
 export class Limiter {
   private running = 0;
   private readonly waiting: Array<{ grant: () => void }> = [];
+  /** Told when a slot is free and nobody waits (see whenSpare). */
+  private spareWaiters: Array<() => void> = [];
 
   constructor(readonly max: number) {
     if (!Number.isInteger(max) || max < 1) throw new Error(`limiter size must be a positive integer, got ${max}`);
@@ -23,6 +25,33 @@ export class Limiter {
 
   get queued(): number {
     return this.waiting.length;
+  }
+
+  /** A slot is free and no work waits for one. */
+  get hasSpare(): boolean {
+    return this.running < this.max && this.waiting.length === 0;
+  }
+
+  /**
+   * Resolves once the limiter has spare capacity (a free slot, nobody waiting), without taking a slot: for
+   * background work that may run only while live work could start at once. Rejects with QueueAbortedError if
+   * `signal` aborts first.
+   */
+  whenSpare(signal?: AbortSignal): Promise<void> {
+    if (signal?.aborted) return Promise.reject(new QueueAbortedError());
+    if (this.hasSpare) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        this.spareWaiters = this.spareWaiters.filter((waiter) => waiter !== notify);
+        reject(new QueueAbortedError());
+      };
+      const notify = () => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.spareWaiters.push(notify);
+    });
   }
 
   /** Resolves with a release function once a slot is free; rejects with QueueAbortedError if `signal` aborts first. */
@@ -56,8 +85,14 @@ export class Limiter {
       released = true;
       const next = this.waiting.shift();
       // The slot passes straight to the next waiter, so `running` only drops when nobody waits.
-      if (next) next.grant();
-      else this.running--;
+      if (next) {
+        next.grant();
+        return;
+      }
+      this.running--;
+      const spare = this.spareWaiters;
+      this.spareWaiters = [];
+      for (const notify of spare) notify();
     };
   }
 }

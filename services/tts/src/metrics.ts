@@ -1,6 +1,8 @@
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 
 export type ChunkOutcome = "ok" | "partial" | "failed" | "cancelled" | "rejected";
+/** What became of a prefetch request (a line put into the audio cache ahead of the calls that will say it). */
+export type PrefetchOutcome = "cached" | "synthesized" | "failed" | "dropped";
 
 /** Everything the tts service counts, registered on the service's registry. */
 export class TtsMetrics {
@@ -14,8 +16,9 @@ export class TtsMetrics {
   readonly engineErrors: Counter<"engine" | "phase">;
   readonly warmupFailures: Counter<"engine">;
   readonly audioSeconds: Counter<"source">;
+  readonly prefetches: Counter<"outcome">;
 
-  constructor(registry: Registry, queue: { queued(): number; active(): number }) {
+  constructor(registry: Registry, queue: { queued(): number; active(): number; prefetchQueued(): number }) {
     const registers = [registry];
     this.firstAudio = new Histogram({
       name: "voicebot_tts_first_audio_seconds",
@@ -61,7 +64,7 @@ export class TtsMetrics {
     });
     this.engineErrors = new Counter({
       name: "voicebot_tts_engine_errors_total",
-      help: "Engine failures, before audio (failover) or after audio began (chunk cut short)",
+      help: "Engine failures, before audio (failover), after audio began (chunk cut short), or of a cache prefetch",
       labelNames: ["engine", "phase"],
       registers,
     });
@@ -76,6 +79,20 @@ export class TtsMetrics {
       help: "Seconds of bot audio published, from engines or from the cache",
       labelNames: ["source"],
       registers,
+    });
+    this.prefetches = new Counter({
+      name: "voicebot_tts_prefetch_total",
+      help: "Prefetch requests (fixed lines put into the audio cache ahead of calls): already cached, synthesized, failed, dropped (queue full or shutdown)",
+      labelNames: ["outcome"],
+      registers,
+    });
+    new Gauge({
+      name: "voicebot_tts_prefetch_queued",
+      help: "Prefetch requests waiting for spare synthesis capacity",
+      registers,
+      collect() {
+        this.set(queue.prefetchQueued());
+      },
     });
     new Gauge({
       name: "voicebot_tts_queued_chunks",

@@ -6,6 +6,7 @@ import type { FallbackEngine } from "./fallback.js";
 import { JobRegistry } from "./jobs.js";
 import { Limiter } from "./limiter.js";
 import { TtsMetrics } from "./metrics.js";
+import { PrefetchQueue } from "./prefetch.js";
 import { createEngine, defaultEngines, readEngineSettings, type EngineRegistry, type EngineSettings } from "./registry.js";
 import { Speaker } from "./speaker.js";
 import { warmUp } from "./warmup.js";
@@ -35,6 +36,8 @@ const MAX_PART_FRAMES = 10;
 const WARMUP_RETRY_MS = 10_000;
 /** An engine that cannot say one word in this long (or TTS_STALL_MS if longer) fails warm-up. */
 const WARMUP_TIMEOUT_MS = 10_000;
+/** Prefetch requests held at most per replica (the fixed lines of many agents); more are dropped. */
+const MAX_PREFETCH_QUEUED = 2_000;
 
 export function readTtsConfig(env: EnvReader, registry: EngineRegistry = defaultEngines): TtsConfig {
   return {
@@ -63,7 +66,12 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
   const { bus, log } = ctx;
   const limiter = new Limiter(config.maxConcurrent);
   const jobs = new JobRegistry();
-  const metrics = new TtsMetrics(ctx.registry, { queued: () => limiter.queued, active: () => limiter.active });
+  const metrics = new TtsMetrics(ctx.registry, {
+    queued: () => limiter.queued,
+    active: () => limiter.active,
+    // Read on scrapes only, after start.
+    prefetchQueued: (): number => prefetches.queued,
+  });
   const engine: FallbackEngine = createEngine(config, {
     onFailover: (failed, reason, error) => {
       metrics.failovers.inc({ from: failed.label, reason });
@@ -87,6 +95,16 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
       maxPartFrames: MAX_PART_FRAMES,
     },
   });
+  const prefetches: PrefetchQueue = new PrefetchQueue({
+    run: (request, signal) => speaker.prefetch(request, signal),
+    whenSpare: (signal) => limiter.whenSpare(signal),
+    onOutcome: (outcome, request) => {
+      metrics.prefetches.inc({ outcome });
+      log.debug("tts prefetch", { outcome, text: request.text });
+    },
+    log,
+    maxQueued: MAX_PREFETCH_QUEUED,
+  });
   log.info("tts engines", { engines: engine.engines.map((e) => e.label), voice: config.voice, maxConcurrent: config.maxConcurrent });
 
   // SpeakRequests come from a JetStream work queue: a request is removed only once a replica has published its
@@ -96,6 +114,12 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
     streams.tts,
     SpeakRequest,
     async (request: SpeakRequest, item: WorkItem) => {
+      if (request.prefetch) {
+        // Held here at the lowest priority, so it never occupies a slot of this consumer that a live chunk needs.
+        prefetches.add(request);
+        item.ack();
+        return;
+      }
       const receivedAtMs = Date.now();
       // Tell JetStream the chunk is in hand while it waits for a synthesis slot and while it is spoken.
       const heartbeat = setInterval(() => item.working(), Math.max(100, Math.floor(config.ackWaitMs / 3)));
@@ -187,10 +211,13 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
     activeCalls: () => jobs.activeCalls(),
     async drain() {
       // Stops pulling; the chunks in hand are finished and acked (pulled ones not begun come back to the queue).
+      // Prefetches first: a slot the live chunks free must not start one now.
+      await prefetches.close();
       await speakConsumer.stop();
       await jobs.whenIdle();
     },
     async close() {
+      await prefetches.close();
       stopWarmUp.abort();
       clearTimeout(retryTimer);
       jobs.abortAll();

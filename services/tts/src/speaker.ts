@@ -7,7 +7,7 @@ import type { FallbackEngine } from "./fallback.js";
 import { PcmEncoder, resolveFormat, type OutputFormat } from "./format.js";
 import type { Job, JobRegistry } from "./jobs.js";
 import { QueueAbortedError, type Limiter } from "./limiter.js";
-import type { ChunkOutcome, TtsMetrics } from "./metrics.js";
+import type { ChunkOutcome, PrefetchOutcome, TtsMetrics } from "./metrics.js";
 import { PartPacker } from "./packer.js";
 
 export interface SpeakerOptions {
@@ -97,10 +97,7 @@ export class Speaker {
       return;
     }
 
-    const voice = request.voice || options.defaultVoice;
-    const cacheKey = request.cacheable
-      ? keys.cache(CACHE_NAMESPACE, digest([engine.primary.label, ...variant(engine.primary), voice, options.rate, format.label, request.text]))
-      : undefined;
+    const cacheKey = request.cacheable ? this.cacheKey(request, format) : undefined;
     if (cacheKey) {
       const cached = await this.cached(cacheKey, format, request);
       if (job.signal.aborted) return this.cancelled(request, "none");
@@ -140,6 +137,73 @@ export class Speaker {
         log.warn("tts cache write failed", { callId: request.callId, error: errorText(error) });
       }
     }
+  }
+
+  /**
+   * A prefetch request: puts the text's audio into the cache unless it is there, exactly as a live cacheable
+   * chunk of the same text, voice and format would have cached it (same key, same bytes), so a later live request
+   * is a cache hit. Publishes nothing and reports no failure to any call. Only the primary engine speaks (only its
+   * audio is cached). The caller decides when it runs (PrefetchQueue: only while live work has spare slots).
+   */
+  async prefetch(request: SpeakRequest, signal: AbortSignal): Promise<PrefetchOutcome> {
+    const { engine, store, log, metrics, options } = this.deps;
+    const text = request.text;
+    const format = resolveFormat(request.format);
+    if ("error" in format) {
+      metrics.badRequests.inc({ reason: "unsupported_format" });
+      log.warn("tts prefetch has an unsupported audio format", { text: excerpt(text), error: format.error });
+      return "failed";
+    }
+    if (!SPEAKABLE.test(text)) {
+      metrics.badRequests.inc({ reason: "unspeakable_prefetch" });
+      log.warn("tts prefetch has nothing to speak", { text: excerpt(text) });
+      return "failed";
+    }
+    const key = this.cacheKey(request, format);
+    const existing = await this.readCache(key, format);
+    if ("audio" in existing && existing.audio) return "cached";
+    if (signal.aborted) return "dropped";
+
+    // The same encoding and framing as a live chunk, so the cached bytes equal what a live chunk would cache.
+    const encoder = new PcmEncoder(engine.sampleRate, format);
+    const packer = new PartPacker({
+      frameBytes: format.frameBytes,
+      padByte: format.padByte,
+      firstPartFrames: options.firstPartFrames,
+      maxPartFrames: options.maxPartFrames,
+    });
+    const audio: Uint8Array[] = [];
+    try {
+      const pcmStream = engine.synthesize({ text, voice: request.voice || undefined, rate: options.rate, signal, primaryOnly: true });
+      for await (const pcm of pcmStream) audio.push(...packer.push(encoder.push(pcm)));
+      audio.push(...packer.push(encoder.flush()));
+      if (!packer.hasAudio) throw new Error("engine produced no audio");
+      audio.push(...packer.finish());
+    } catch (error) {
+      if (signal.aborted) return "dropped";
+      metrics.engineErrors.inc({ engine: engine.primary.label, phase: "prefetch" });
+      log.warn("tts prefetch failed; the line will be synthesized when a call needs it", {
+        engine: engine.primary.label,
+        text: excerpt(text),
+        error: errorText(error),
+      });
+      return "failed";
+    }
+    try {
+      await store.setBuffer(key, Buffer.concat(audio), options.cacheTtlMs);
+    } catch (error) {
+      metrics.cacheWriteErrors.inc();
+      log.warn("tts cache write failed (prefetch)", { text: excerpt(text), error: errorText(error) });
+      return "failed";
+    }
+    return "synthesized";
+  }
+
+  /** The cache key of a chunk: everything that changes its audio. */
+  private cacheKey(request: SpeakRequest, format: OutputFormat): string {
+    const { engine, options } = this.deps;
+    const voice = request.voice || options.defaultVoice;
+    return keys.cache(CACHE_NAMESPACE, digest([engine.primary.label, ...variant(engine.primary), voice, options.rate, format.label, request.text]));
   }
 
   private async synthesize(
@@ -190,27 +254,33 @@ export class Speaker {
 
   /** Cached audio for the key, if present and sane; a Redis problem is a miss (the engines still work). */
   private async cached(key: string, format: OutputFormat, request: SpeakRequest): Promise<Uint8Array | undefined> {
-    const { store, metrics, log } = this.deps;
+    const { metrics, log } = this.deps;
+    const read = await this.readCache(key, format);
+    if ("error" in read) {
+      metrics.cacheLookups.inc({ result: "error" });
+      log.warn("tts cache read failed; synthesizing", { callId: request.callId, error: read.error });
+      return undefined;
+    }
+    metrics.cacheLookups.inc({ result: read.audio ? "hit" : "miss" });
+    return read.audio;
+  }
+
+  /** The cached audio under `key` if present and whole frames of `format`; a slow Redis counts as an error. */
+  private async readCache(key: string, format: OutputFormat): Promise<{ audio: Buffer | undefined } | { error: string }> {
     let audio: Buffer | undefined;
     let timer: NodeJS.Timeout | undefined;
     try {
       const slow = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error(`no answer within ${CACHE_READ_TIMEOUT_MS} ms`)), CACHE_READ_TIMEOUT_MS);
       });
-      audio = await Promise.race([store.getBuffer(key), slow]);
+      audio = await Promise.race([this.deps.store.getBuffer(key), slow]);
     } catch (error) {
-      metrics.cacheLookups.inc({ result: "error" });
-      log.warn("tts cache read failed; synthesizing", { callId: request.callId, error: errorText(error) });
-      return undefined;
+      return { error: errorText(error) };
     } finally {
       clearTimeout(timer);
     }
-    if (!audio || audio.length === 0 || audio.length % format.frameBytes !== 0) {
-      metrics.cacheLookups.inc({ result: "miss" });
-      return undefined;
-    }
-    metrics.cacheLookups.inc({ result: "hit" });
-    return audio;
+    const usable = audio && audio.length > 0 && audio.length % format.frameBytes === 0;
+    return { audio: usable ? audio : undefined };
   }
 
   private cancelled(request: SpeakRequest, engine: string, count = true): void {
@@ -315,6 +385,11 @@ class ChunkOut {
 /** The engine's variant for the cache key; none for engines whose label says it all (keeps their keys as they were). */
 function variant(engine: TtsEngine): string[] {
   return engine.variant ? [engine.variant] : [];
+}
+
+/** The start of a line, for logs. */
+function excerpt(text: string): string {
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
 function digest(parts: unknown[]): string {

@@ -47,7 +47,14 @@ export interface SpeakRequest {
     | undefined;
   /** Fixed phrase (greeting, reprompt): cache its audio. */
   cacheable: boolean;
-  timing: TurnTiming | undefined;
+  timing:
+    | TurnTiming
+    | undefined;
+  /**
+   * Only warm tts's audio cache with this text (voice, format): synthesize it unless it is cached, publish nothing,
+   * report no failure. Sent by the dialog at start for its agents' fixed lines; call_id, turn_id and timing are empty.
+   */
+  prefetch: boolean;
 }
 
 /** Stop everything for a turn (barge-in or hang-up). Subject: call.<id>.cancel. */
@@ -309,6 +316,7 @@ function createBaseSpeakRequest(): SpeakRequest {
     format: undefined,
     cacheable: false,
     timing: undefined,
+    prefetch: false,
   };
 }
 
@@ -340,6 +348,9 @@ export const SpeakRequest: MessageFns<SpeakRequest> = {
     }
     if (message.timing !== undefined) {
       TurnTiming.encode(message.timing, writer.uint32(74).fork()).join();
+    }
+    if (message.prefetch !== false) {
+      writer.uint32(80).bool(message.prefetch);
     }
     return writer;
   },
@@ -429,6 +440,14 @@ export const SpeakRequest: MessageFns<SpeakRequest> = {
             message.timing = TurnTiming.decode(reader, reader.uint32());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.prefetch = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -459,6 +478,7 @@ export const SpeakRequest: MessageFns<SpeakRequest> = {
     message.timing = (object.timing !== undefined && object.timing !== null)
       ? TurnTiming.fromPartial(object.timing)
       : undefined;
+    message.prefetch = object.prefetch ?? false;
     return message;
   },
 };
