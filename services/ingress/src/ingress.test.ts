@@ -223,6 +223,7 @@ describe("bot audio playout", () => {
       expect(r.message.streamSid).toBe(client.streamSid);
     }
     expect(sequence).toEqual(["t1.0@20", "t1.1@40", "t2.0@50"]);
+    expect(client.binaryFrames).toBe(0);
 
     // Pacing: 1 s of audio takes ~(1 s - lead) to send, and never runs more than the lead ahead.
     const media = client.events("media");

@@ -54,6 +54,8 @@ export class CallPlayout {
   private readonly marks = new Map<string, SentMark>();
   private readonly completed = new Set<string>();
   private readonly waiters = new Map<string, Array<() => void>>();
+  /** Frames taken in the current pump, not sent yet. */
+  private readonly batch: Buffer[] = [];
   private closed = false;
 
   constructor(
@@ -92,25 +94,20 @@ export class CallPlayout {
       }
       this.bufferedUntil = nowMs;
     }
-    const batch: Buffer[] = [];
-    const flush = () => {
-      if (batch.length === 0) return;
-      this.output.sendMedia(batch.length === 1 ? batch[0] : Buffer.concat(batch), batch.length);
-      batch.length = 0;
-    };
     const budgetMs = onTick ? this.options.leadMs + PACING_SLACK_MS : Math.max(FRAME_MS, this.options.leadMs - FRAME_MS);
+    this.batch.length = 0; // frames of a pump that threw are dropped, not sent by the next one
     for (;;) {
       const frameAllowed = this.bufferedUntil + FRAME_MS - nowMs <= budgetMs;
       const step = this.queue.next(nowMs, frameAllowed);
       switch (step.kind) {
         case "frame":
-          batch.push(step.frame);
+          this.batch.push(step.frame);
           this.bufferedUntil += FRAME_MS;
           this.starved = false;
           if (step.firstOfTurn) this.listener.turnStarted(step.turn, step.chunk, this.wallClock());
           continue;
         case "mark":
-          flush();
+          this.sendBatch();
           this.marks.set(step.name, { turn: step.turn, chunkSeq: step.chunkSeq, text: step.text });
           step.turn.pendingMarks.add(step.name);
           this.output.sendMark(step.name);
@@ -126,10 +123,10 @@ export class CallPlayout {
           continue;
         case "full":
         case "wait":
-          flush();
+          this.sendBatch();
           return true;
         case "idle":
-          flush();
+          this.sendBatch();
           return false;
       }
     }
@@ -198,6 +195,14 @@ export class CallPlayout {
     this.marks.clear();
     for (const list of this.waiters.values()) for (const resolve of list) resolve();
     this.waiters.clear();
+  }
+
+  /** The frames taken since the last send, as one media message. */
+  private sendBatch(): void {
+    const batch = this.batch;
+    if (batch.length === 0) return;
+    this.output.sendMedia(batch.length === 1 ? batch[0] : Buffer.concat(batch), batch.length);
+    batch.length = 0;
   }
 
   private maybeComplete(turn: TurnState): void {

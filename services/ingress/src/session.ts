@@ -22,6 +22,7 @@ import {
 } from "@voicebot/proto";
 import { keys, type CallMeta, type CallStore } from "@voicebot/state";
 import WebSocket, { type RawData } from "ws";
+import { callerAudioCodec } from "./caller-audio-codec.js";
 import { isValidAgent, parseBool, type IngressConfig } from "./config.js";
 import { ProtocolErrorReporter, RateLimiter } from "./guard.js";
 import { InboundJitterBuffer, type JitterSink } from "./jitter.js";
@@ -36,7 +37,7 @@ import { turnLatency } from "./turn-record.js";
 import {
   clearMessage,
   markMessage,
-  mediaMessage,
+  MediaMessages,
   parseInbound,
   ProtocolError,
   type DtmfMessage,
@@ -82,10 +83,15 @@ const MULAW_8K = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 800
 const CALLER_END_REASONS = new Set(["caller_hangup", "stream_closed"]);
 /** Durable dialog inputs are retried this many times (JetStream dedupes by msgId, so retrying is safe). */
 const DURABLE_ATTEMPTS = 5;
+/** Every message to Twilio is a text frame, strings and the Buffers of `media` messages alike. */
+const TEXT_FRAME = { binary: false };
 
 export class CallSession {
   private callSid: string | undefined;
   private streamSid = "";
+  /** Set at start: where the caller's audio goes, and the bot's `media` messages of this stream. */
+  private callerAudioSubject = "";
+  private mediaMessages: MediaMessages | undefined;
   private log: Logger;
   private playout: CallPlayout | undefined;
   private readonly subs: Subscription[] = [];
@@ -223,6 +229,8 @@ export class CallSession {
     const callId = start.callSid;
     this.callSid = callId;
     this.streamSid = start.streamSid;
+    this.callerAudioSubject = subjects.callerAudio(callId);
+    this.mediaMessages = new MediaMessages(start.streamSid);
     this.log = this.log.child({ callId, streamSid: start.streamSid });
     this.errors.setLogger(this.log);
 
@@ -331,20 +339,21 @@ export class CallSession {
   };
 
   private publishCallerAudio(block: CallerAudioBlock): void {
-    const callId = this.callSid!;
     const { firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched } = block;
-    const audio = CallerAudio.create({ callId, firstFrame, frameCount, format: MULAW_8K, payload, receivedAtMs });
-    const { metrics } = this.deps;
+    const audio: CallerAudio = { callId: this.callSid!, firstFrame, frameCount, format: MULAW_8K, payload, receivedAtMs };
+    const subject = this.callerAudioSubject;
+    const counts = this.deps.metrics.media;
     // With every other call's frames of this event-loop turn: one socket write for all (see publish-batch.ts).
-    callerAudioBatch.add(
-      () => {
-        if (!this.publish(subjects.callerAudio(callId), CallerAudio, audio, "caller_audio")) return;
-        if (receivedFrames > 0) metrics.framesIn.inc(receivedFrames);
-        metrics.callerAudioMessages.inc({ batched: batched ? "true" : "false" });
-      },
-      (error) => this.log.error("publishing caller audio failed", { error: errorText(error) }),
-    );
+    callerAudioBatch.add(() => {
+      // Without the call id header: the subject names the call, and a header costs every hop of the media path.
+      if (!this.publish(subject, callerAudioCodec, audio, "caller_audio", false)) return;
+      counts.framesIn += receivedFrames;
+      if (batched) counts.batchedMessages++;
+      else counts.singleMessages++;
+    }, this.callerAudioFailed);
   }
+
+  private readonly callerAudioFailed = (error: unknown): void => this.log.error("publishing caller audio failed", { error: errorText(error) });
 
   private onDtmf(dtmf: DtmfMessage, now: number): void {
     const callId = this.callSid;
@@ -637,7 +646,7 @@ export class CallSession {
 
   private readonly output: PlayoutOutput = {
     sendMedia: (payload, frames) => {
-      if (this.send(mediaMessage(this.streamSid, payload))) this.deps.metrics.framesOut.inc(frames);
+      if (this.send(this.mediaMessages!.message(payload))) this.deps.metrics.media.framesOut += frames;
     },
     sendMark: (name) => void this.send(markMessage(this.streamSid, name)),
     sendClear: () => void this.send(clearMessage(this.streamSid)),
@@ -801,9 +810,9 @@ export class CallSession {
 
   // ---- helpers ----
 
-  private send(text: string): boolean {
+  private send(text: string | Buffer): boolean {
     if (this.ws.readyState !== WebSocket.OPEN) return false;
-    this.ws.send(text);
+    this.ws.send(text, TEXT_FRAME);
     return true;
   }
 
@@ -811,9 +820,9 @@ export class CallSession {
     this.tasks = this.tasks.then(task).catch((error) => this.log.error("call task failed", { error: errorText(error) }));
   }
 
-  private publish<T>(subject: string, codec: Codec<T>, message: T, what: string): boolean {
+  private publish<T>(subject: string, codec: Codec<T>, message: T, what: string, callIdHeader = true): boolean {
     try {
-      this.deps.bus.publish(subject, codec, message, this.callSid);
+      this.deps.bus.publish(subject, codec, message, callIdHeader ? this.callSid : undefined);
       return true;
     } catch (error) {
       this.deps.metrics.publishErrors.inc({ message: what });

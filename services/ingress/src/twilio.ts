@@ -91,8 +91,38 @@ type Json = Record<string, unknown>;
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 const DTMF_DIGIT = /^[0-9*#A-Da-d]$/;
 
+/**
+ * A valid `media` message exactly as Twilio writes it: its keys in its order (`streamSid` before or after `media`), no
+ * whitespace, no escapes. Every caller frame is one, and JSON.parse was the largest cost of a frame in ingress's own
+ * code: this match takes half its time. The classes exclude `"` and `\`, so a match is a JSON object with exactly
+ * these keys (`streamSid` at most twice).
+ */
+const TWILIO_MEDIA =
+  /^\{"event":"media","sequenceNumber":"\d{1,15}",(?:"streamSid":"([A-Za-z0-9]{1,64})",)?"media":\{"track":"(inbound|outbound)","chunk":"(\d{1,15})","timestamp":"(\d{1,15})","payload":"([A-Za-z0-9+/]*={0,2})"\}(?:,"streamSid":"([A-Za-z0-9]{1,64})")?\}$/;
+
 /** Parses one text frame; throws ProtocolError for anything Twilio would not send. */
 export function parseInbound(text: string, limits: ParseLimits): InboundMessage {
+  return parseTwilioMedia(text, limits) ?? parseJsonMessage(text, limits);
+}
+
+/**
+ * The `media` message of TWILIO_MEDIA's shape, when it is valid: what parseJsonMessage would return for it.
+ * Undefined for anything else (parseJsonMessage then parses it, or says what is wrong with it).
+ */
+export function parseTwilioMedia(text: string, limits: ParseLimits): MediaMessage | undefined {
+  const match = TWILIO_MEDIA.exec(text);
+  if (!match) return undefined;
+  const [, streamSidFirst, track, chunkText, timestampText, payloadText, streamSidLast] = match;
+  const chunk = Number(chunkText);
+  if (chunk < 1 || payloadText.length % 4 !== 0) return undefined;
+  const payload = Buffer.from(payloadText, "base64");
+  if (payload.length === 0 || payload.length > limits.maxMediaBytes) return undefined;
+  // A key given twice: JSON.parse keeps the last one.
+  return { event: "media", streamSid: streamSidLast ?? streamSidFirst, track, chunk, timestamp: Number(timestampText), payload };
+}
+
+/** Any message, through JSON.parse. */
+export function parseJsonMessage(text: string, limits: ParseLimits): InboundMessage {
   let raw: unknown;
   try {
     raw = JSON.parse(text);
@@ -208,10 +238,31 @@ function isObject(value: unknown): value is Json {
 
 // ---- bot -> Twilio ----
 
-/** The hot path (every frame of every call): built as text; base64 never needs JSON escaping. */
-export function mediaMessage(streamSid: string, payload: Uint8Array): string {
-  const base64 = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString("base64");
-  return `{"event":"media","streamSid":${JSON.stringify(streamSid)},"media":{"payload":"${base64}"}}`;
+const MEDIA_TAIL = Buffer.from(`"}}`);
+
+/**
+ * `media` messages of one stream: the hot path (every bot frame of every call). The JSON around the payload is made
+ * once per stream (base64 never needs JSON escaping), and each message is built as bytes: the WebSocket sends a
+ * Buffer as it is, where a string would be measured and encoded again on every send.
+ */
+export class MediaMessages {
+  private readonly head: Buffer;
+
+  constructor(streamSid: string) {
+    this.head = Buffer.from(`{"event":"media","streamSid":${JSON.stringify(streamSid)},"media":{"payload":"`);
+  }
+
+  /** The UTF-8 text of one `media` message carrying `payload`. */
+  message(payload: Uint8Array): Buffer {
+    const bytes = Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+    const base64 = bytes.toString("base64");
+    const head = this.head;
+    const out = Buffer.allocUnsafe(head.length + base64.length + MEDIA_TAIL.length);
+    head.copy(out, 0);
+    out.write(base64, head.length, "latin1");
+    MEDIA_TAIL.copy(out, head.length + base64.length);
+    return out;
+  }
 }
 
 export function markMessage(streamSid: string, name: string): string {

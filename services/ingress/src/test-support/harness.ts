@@ -155,6 +155,8 @@ export interface Received {
 
 export class TwilioClient {
   readonly received: Received[] = [];
+  /** Messages that came as binary WebSocket frames (each is still parsed into `received`). */
+  binaryFrames = 0;
   readonly closed: Promise<{ code: number; reason: string }>;
   private sequence = 0;
   private markEchoDelayMs: number | undefined;
@@ -166,7 +168,8 @@ export class TwilioClient {
   ) {
     this.streamSid = `MZ${callSid.slice(2)}`;
     this.closed = new Promise((resolve) => ws.once("close", (code, reason) => resolve({ code, reason: reason.toString() })));
-    ws.on("message", (data) => {
+    ws.on("message", (data, isBinary) => {
+      if (isBinary) this.binaryFrames++; // Twilio takes text frames only
       const message = JSON.parse(data.toString()) as Record<string, any>;
       this.received.push({ at: performance.now(), message });
       if (message.event === "mark" && this.markEchoDelayMs !== undefined) {
