@@ -263,6 +263,8 @@ class SimCall {
       if (this.phase === "connecting") {
         gen.counters.connectErrors++;
         gen.anomaly(`connect: ${error.message}`);
+      } else if (this.phase !== "ended") {
+        gen.anomaly(`socket error on call ${this.callSid}: ${error.message}`);
       }
     });
     this.ws.on("close", (code) => this.onClose(code));
