@@ -381,6 +381,18 @@ describe.skipIf(!HAVE_TOOLS)("PocketsphinxEngine on synthesized phone audio", ()
     expect(await readdir(runDir)).toEqual([]);
   }, 30_000);
 
+  it("close() kills decoders still starting, so none outlives the service", async () => {
+    const closing = new PocketsphinxEngine({ ...defaultPocketsphinxConfig(), modelDir });
+    closing.start(PHRASE_HINTS).push(new Int16Array(800));
+    // Spawned, and (loading the model) not yet reading its FIFO: the moment a stopping service used to leak it.
+    for (let i = 0; i < 500 && closing.decoderProcesses.size === 0; i++) await new Promise((resolve) => setTimeout(resolve, 2));
+    const children = [...closing.decoderProcesses];
+    expect(children.length).toBeGreaterThan(0);
+    await closing.close();
+    for (const child of children) expect(child.exitCode !== null || child.signalCode !== null).toBe(true);
+    expect(closing.decoderProcesses.size).toBe(0);
+  }, 30_000);
+
   it("says how to install pocketsphinx when it is missing", async () => {
     const broken = new PocketsphinxEngine({ ...defaultPocketsphinxConfig(), modelDir, binary: "/nonexistent/pocketsphinx_batch" });
     await expect(broken.warmUp()).rejects.toThrow(/apt-get install pocketsphinx pocketsphinx-en-us/);

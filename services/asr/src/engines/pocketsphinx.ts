@@ -204,6 +204,11 @@ export class PocketsphinxEngine implements AsrEngine {
   private prepared?: Promise<Prepared>;
   private readonly grammars = new Map<string, Promise<GrammarFiles>>();
   private readonly active = new Set<PocketsphinxRecognizer>();
+  /**
+   * @internal Every decoder process alive, including those still starting (model loading, not yet reading its FIFO):
+   * close() kills them, so none outlives the service blocked on a FIFO nobody will ever open.
+   */
+  readonly decoderProcesses = new Set<ChildProcess>();
   private closed = false;
 
   constructor(
@@ -230,6 +235,9 @@ export class PocketsphinxEngine implements AsrEngine {
   async close(): Promise<void> {
     this.closed = true;
     for (const r of [...this.active]) r.abort();
+    const alive = [...this.decoderProcesses];
+    for (const child of alive) child.kill("SIGKILL");
+    await Promise.all(alive.map((child) => (child.exitCode !== null || child.signalCode !== null ? undefined : new Promise((r) => child.once("close", r)))));
   }
 
   /** @internal */
@@ -383,8 +391,11 @@ class Decoder {
   }
 
   /** Spawns the decoder and opens the write end of its FIFO once it is reading. */
-  static async start(binary: string, args: string[], fifo: string, name: string): Promise<Decoder> {
+  static async start(binary: string, args: string[], fifo: string, name: string, live: Set<ChildProcess>): Promise<Decoder> {
     const child = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"] });
+    live.add(child);
+    child.once("close", () => live.delete(child));
+    child.once("error", () => live.delete(child));
     const decoder = new Decoder(child, name);
     // O_NONBLOCK open fails with ENXIO until the reader has opened its end; a blocking open would hang a
     // libuv thread forever if the decoder died first. The fd then becomes a stream (libuv pipe handle).
@@ -513,10 +524,10 @@ class PocketsphinxRecognizer implements UtteranceRecognizer {
     } else {
       main.push("-lm", this.engine.config.languageModelPath, "-dict", this.engine.config.dictionaryPath);
     }
-    const starts = [Decoder.start(prepared.binary, main, fifos[0], "main")];
+    const starts = [Decoder.start(prepared.binary, main, fifos[0], "main", this.engine.decoderProcesses)];
     if (competitor) {
       const comp = [...common, "-ctl", prepared.ctlComp, "-hyp", join(this.dir, "comp.hyp"), "-fsg", this.grammar!.competitorFsg!, "-dict", this.grammar!.dict];
-      starts.push(Decoder.start(prepared.binary, comp, fifos[1], "garbage"));
+      starts.push(Decoder.start(prepared.binary, comp, fifos[1], "garbage", this.engine.decoderProcesses));
     }
     const settled = await Promise.allSettled(starts);
     this.decoders = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
