@@ -1,4 +1,4 @@
-export { mulawEncode, mulawDecode, MULAW_DECODE_TABLE } from "./mulaw.js";
+export { mulawEncode, mulawDecode, mulawDecodeInto, MULAW_DECODE_TABLE } from "./mulaw.js";
 export { l16FromBytes, l16ToBytes } from "./l16.js";
 export { resample, Resampler } from "./resample.js";
 export { FrameSplitter, MULAW_SILENCE, FRAME_MS, samplesPerFrame } from "./framing.js";

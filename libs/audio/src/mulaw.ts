@@ -46,7 +46,11 @@ export function mulawEncode(pcm: Int16Array): Uint8Array {
 }
 
 export function mulawDecode(bytes: Uint8Array): Int16Array {
-  const out = new Int16Array(bytes.length);
+  return mulawDecodeInto(bytes, new Int16Array(bytes.length));
+}
+
+/** Decodes into `out` (at least `bytes.length` long), for callers that reuse their buffers; returns `out`. */
+export function mulawDecodeInto(bytes: Uint8Array, out: Int16Array): Int16Array {
   for (let i = 0; i < bytes.length; i++) out[i] = MULAW_DECODE_TABLE[bytes[i]];
   return out;
 }

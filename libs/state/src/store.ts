@@ -106,16 +106,6 @@ if owner and owner ~= ARGV[1] then return {0, call or ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, call or ''}`;
 
-// KEYS[2] (optional) is the call's meta hash: nothing is saved for a call that already ended, so a turn that
-// finishes after the hang-up cannot bring back live state that endCall deleted.
-const CAS_SCRIPT = `
-if KEYS[2] and redis.call('HGET', KEYS[2], 'state') == 'ended' then return -1 end
-local version = redis.call('HGET', KEYS[1], 'v') or '0'
-if version ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'v', tostring(tonumber(ARGV[1]) + 1), 'd', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1`;
-
 // KEYS: meta, lease, dialog state. The start of a dialog turn: the call must be live, the lease free or ours; then
 // the state. Returns {call state or ''} | {'live', 0} (lease busy) | {'live', 1, version, data or ''}.
 const TAKE_TURN_SCRIPT = `
@@ -195,7 +185,7 @@ return 1`;
 
 export interface Versioned<T> {
   value: T | undefined;
-  /** Pass back to saveVersioned; "0" when nothing is stored yet. */
+  /** Pass back to saveDialog / commitDialog; "0" when nothing is stored yet. */
   version: string;
 }
 
@@ -255,7 +245,6 @@ export class CallStore {
   ) {
     redis.defineCommand("vbLease", { numberOfKeys: 1, lua: LEASE_SCRIPT });
     redis.defineCommand("vbRelease", { numberOfKeys: 1, lua: RELEASE_SCRIPT });
-    redis.defineCommand("vbCas", { lua: CAS_SCRIPT });
     redis.defineCommand("vbRenew", { numberOfKeys: 2, lua: RENEW_SCRIPT });
     redis.defineCommand("vbTakeTurn", { numberOfKeys: 3, lua: TAKE_TURN_SCRIPT });
     redis.defineCommand("vbCommit", { numberOfKeys: 5, lua: COMMIT_SCRIPT });
@@ -373,16 +362,6 @@ export class CallStore {
   async loadVersioned<T>(key: string): Promise<Versioned<T>> {
     const [version, data] = await this.redis.hmget(key, "v", "d");
     return { value: data ? (JSON.parse(data) as T) : undefined, version: version ?? "0" };
-  }
-
-  /**
-   * Saves only if nobody saved since `version` was read; false means reload and redo.
-   * With `callId`, also false once the call has ended (nothing to save for it any more).
-   */
-  async saveVersioned<T>(key: string, value: T, version: string, callId?: string): Promise<boolean> {
-    const keyList = callId ? [key, keys.meta(callId)] : [key];
-    const saved = await scripts(this.redis).vbCas(keyList.length, ...keyList, version, JSON.stringify(value), this.options.liveTtlMs);
-    return saved === 1;
   }
 
   async loadDialog<T>(callId: string): Promise<Versioned<T>> {
@@ -575,7 +554,6 @@ type Arg = string | number;
 interface RedisWithScripts extends Redis {
   vbLease(key: string, owner: string, ttlMs: number): Promise<number>;
   vbRelease(key: string, owner: string): Promise<number>;
-  vbCas(numberOfKeys: number, ...keysThenArgs: Arg[]): Promise<number>;
   vbTakeTurn(meta: string, lease: string, dialog: string, owner: string, ttlMs: number): Promise<Array<string | number>>;
   vbCommit(...keysThenArgs: Arg[]): Promise<[number, string | number]>;
   vbAppend(meta: string, list: string, once: string, entry: string, liveTtlMs: number, recordTtlMs: number, onceField: string): Promise<number>;

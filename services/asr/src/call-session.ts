@@ -1,4 +1,4 @@
-import { FRAME_MS, l16FromBytes, MULAW_DECODE_TABLE } from "@voicebot/audio";
+import { FRAME_MS, l16FromBytes, mulawDecodeInto } from "@voicebot/audio";
 import { errorText, subjects, type Bus, type Logger } from "@voicebot/bus";
 import {
   AudioEncoding,
@@ -160,10 +160,7 @@ export class CallSession {
     }
     // Copies either way: frames are kept for pre-roll, and the payload may be a view into a read buffer.
     if (encoding === AudioEncoding.AUDIO_ENCODING_L16) return l16FromBytes(message.payload).slice();
-    const payload = message.payload;
-    const pcm = this.takePcm(payload.length);
-    for (let i = 0; i < payload.length; i++) pcm[i] = MULAW_DECODE_TABLE[payload[i]];
-    return pcm;
+    return mulawDecodeInto(message.payload, this.takePcm(message.payload.length));
   }
 
   /**

@@ -16,7 +16,7 @@
 
 import { performance } from "node:perf_hooks";
 import { MULAW_DECODE_TABLE } from "@voicebot/audio";
-import { FRAME_BYTES } from "./turn-queue.js";
+import { FRAME_BYTES, FRAME_MS } from "./turn-queue.js";
 
 export interface SilenceBatchOptions {
   /** Most frames in one CallerAudio of quiet frames (0 or 1 = every block goes out as it comes). */
@@ -43,7 +43,6 @@ export interface CallerAudioBlock {
 
 /** The asr's open utterance is forgotten after this (its STOPPED was lost): it caps an utterance at 60 s. */
 const UTTERANCE_STALE_MS = 65_000;
-const FRAME_MS = 20;
 
 /** For each μ-law code: 1 when its sample reaches `levelDbfs`. */
 export function loudCodes(levelDbfs: number): Uint8Array {
@@ -84,11 +83,6 @@ export class SilenceBatcher {
     this.maxFrames = options.maxFrames;
     this.hangoverFrames = Math.ceil(options.hangoverMs / FRAME_MS);
     this.loud = loudCodes(options.levelDbfs);
-  }
-
-  /** Frames held back right now. */
-  get pendingFrames(): number {
-    return this.held?.frameCount ?? 0;
   }
 
   /** `frameCount` frames from `firstFrame`, in stream order (the jitter buffer's output). */
