@@ -98,10 +98,9 @@ test("every stage is replaced during one live call; its keypad flow completes an
   // tts: SIGTERM while it speaks a long answer; every chunk still plays.
   await sim.pressKeys("7");
   const tts = await roll("tts");
-  // The long answer's four chunks all play. Its caller-side turn may start with an earlier answer, and may end
-  // early: a chunk the stopping replica had pulled but not started comes back to the other replica only after the
-  // ack wait (TTS_ACK_WAIT_MS, 2 s), longer than the simulator's quiet gap between turns. So the marks are
-  // gathered until the newest turn's last chunk has played.
+  // The long answer's four chunks all play. The simulator's next turn may be an earlier answer still queued (the
+  // dialog and tools steps above waited on the call record, not on the caller), so the marks are gathered until the
+  // newest turn's last chunk has played.
   const long = await sim.waitForBotTurn({ timeoutMs: 30_000 });
   const marks = [...long.marks];
   const longTurn = () => marks.at(-1)!.split(".")[0];

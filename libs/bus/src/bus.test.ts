@@ -188,4 +188,40 @@ describe("Bus", () => {
     await consumer.stop();
     expect(deliveries).toEqual([1, 2]);
   });
+
+  it("work queue: a consumer that stops while work streams in finishes what it pulled; nothing waits for the ack wait", async () => {
+    // A rolling update: the old replica's consumer stops mid-stream while the new one runs. Messages the old one had
+    // pulled but not begun must be worked at once (by it, or by the other), not come back after the ack wait.
+    const [producer, oldWorker, newWorker] = [await connect(), await connect(), await connect()];
+    const queue = { name: "T_ROLL", subjects: ["t.roll"], durable: "roll" };
+    const ackWaitMs = 2_000;
+    const worked: Array<{ id: string; delivery: number; by: string }> = [];
+    const worker = (by: string) => async (m: DialogInput, item: { deliveryCount: number; ack(): void }) => {
+      await new Promise((r) => setTimeout(r, 30)); // each item takes a while, so some sit pulled but not begun
+      worked.push({ id: m.inputId, delivery: item.deliveryCount, by });
+      item.ack();
+    };
+    // Few slots for the rate: work backs up, so the stopping consumer holds pulled messages it has not begun.
+    const options = { name: "roll", ackWaitMs, maxDeliver: 5, concurrency: 2 };
+    const oldConsumer = await oldWorker.consume(queue, DialogInput, worker("old"), options);
+    const newConsumer = await newWorker.consume(queue, DialogInput, worker("new"), options);
+    let sent = 0;
+    const publishing = (async () => {
+      for (; sent < 120; sent++) {
+        const id = `m${sent}`;
+        await producer.publishDurable("t.roll", DialogInput, DialogInput.create({ callId: "CA1", inputId: id }), id);
+        await new Promise((r) => setTimeout(r, 4));
+      }
+    })();
+    await waitFor(() => sent >= 40);
+    await oldConsumer.stop();
+    await publishing;
+    await waitFor(() => worked.length >= 120, { timeoutMs: 10_000 });
+    await newConsumer.stop();
+    expect(new Set(worked.map((w) => w.id)).size).toBe(120);
+    // A message dropped by the stopping consumer would come back only after the ack wait, as delivery 2.
+    expect(worked.filter((w) => w.delivery > 1)).toEqual([]);
+    expect(worked.some((w) => w.by === "old")).toBe(true);
+    expect(worked.filter((w) => w.by === "new").length).toBeGreaterThan(60);
+  });
 });

@@ -63,7 +63,7 @@ export class PrefetchQueue {
     await this.running;
     for (const { request } of this.waiting.splice(0)) this.count("dropped", request);
     this.held.clear();
-    this.summarize();
+    this.summarize(true);
   }
 
   private async work(): Promise<void> {
@@ -89,7 +89,7 @@ export class PrefetchQueue {
         }
         this.count(outcome, next.request);
       }
-      this.summarize();
+      if (!signal.aborted) this.summarize(); // else close() sums up the batch with what it drops
     } finally {
       this.working = false;
     }
@@ -101,11 +101,13 @@ export class PrefetchQueue {
   }
 
   /** One line per batch of prefetches (a dialog start sends one batch per agent set). */
-  private summarize(): void {
+  private summarize(stopping = false): void {
     const batch = this.batch;
     if (Object.values(batch).every((n) => n === 0)) return;
     this.batch = { cached: 0, synthesized: 0, failed: 0, dropped: 0 };
-    if (batch.failed > 0 || batch.dropped > 0) this.deps.log.warn("tts prefetch finished with lines left out of the cache", { ...batch });
+    // Lines dropped because the replica stops are expected (a rolling update): not worth a warning.
+    if (stopping && batch.failed === 0) this.deps.log.info("tts prefetch stopped: lines still held were dropped", { ...batch });
+    else if (batch.failed > 0 || batch.dropped > 0) this.deps.log.warn("tts prefetch finished with lines left out of the cache", { ...batch });
     else this.deps.log.info("tts prefetch finished: the fixed lines are in the audio cache", { ...batch });
   }
 }
