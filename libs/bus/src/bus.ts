@@ -15,7 +15,8 @@ import {
   ConsumerMessages,
   JetStreamClient,
 } from "nats";
-import { Counter, Registry } from "prom-client";
+import type { Counter, Registry } from "prom-client";
+import { hotCounter, pendingCount, type PendingCount } from "./hot-counter.js";
 import type { Logger } from "./log.js";
 import { callIdOfSubject, headerNames } from "./subjects.js";
 
@@ -118,18 +119,9 @@ export class Bus {
     registry: Registry,
   ) {
     this.js = nc.jetstream();
-    // Shared by every Bus on the registry. Per-message counters take their counts from pendingCount() when read.
+    // Shared by every Bus on the registry; per-message counts go through pendingCount().
     const metric = <L extends string>(name: string, help: string, labelNames: L[]) =>
-      (registry.getSingleMetric(name) as Counter<L> | undefined) ??
-      new Counter({
-        name,
-        help,
-        labelNames,
-        registers: [registry],
-        collect() {
-          addPendingCounts(this);
-        },
-      });
+      (registry.getSingleMetric(name) as Counter<L> | undefined) ?? hotCounter({ name, help, labelNames, registers: [registry] });
     this.decodeErrors = metric("voicebot_bus_decode_errors_total", "Messages that failed protobuf decoding", ["handler"]);
     this.handlerErrors = metric("voicebot_bus_handler_errors_total", "Message handlers that threw", ["handler"]);
     this.received = metric("voicebot_bus_messages_received_total", "Messages handled", ["handler"]);
@@ -194,7 +186,7 @@ export class Bus {
    */
   subscribe<T>(subject: string, codec: Codec<T>, handler: Handler<T>, options: SubscribeOptions): Subscription {
     const { name } = options;
-    const received = pendingCount(this.received, name);
+    const received = pendingCount(this.received, { handler: name });
     /** Undefined when the handler is done; else its promise, which never rejects (failures are logged here). */
     const deliver = (msg: Msg): Promise<void> | undefined => {
       const message = this.decode(codec, msg, name);
@@ -292,7 +284,7 @@ export class Bus {
     handler: (request: Req, delivery: Delivery) => Promise<Res>,
     options: SubscribeOptions,
   ): Subscription {
-    const received = pendingCount(this.received, options.name);
+    const received = pendingCount(this.received, { handler: options.name });
     const sub = this.nc.subscribe(subject, {
       queue: options.queue,
       callback: (err, msg) => {
@@ -385,6 +377,7 @@ export class Bus {
   ): Promise<{ stop(): Promise<void> }> {
     await this.ensureWorkQueue(definition, options.ackWaitMs, options.maxDeliver);
     const inFlight = new Set<Promise<void>>();
+    const received = pendingCount(this.received, { handler: options.name });
     let stopped = false;
     let current: ConsumerMessages | undefined;
     let wake: (() => void) | undefined;
@@ -423,7 +416,7 @@ export class Bus {
         void this.watchConsumer(messages, definition, options.name);
         try {
           for await (const msg of messages) {
-            const task = this.runWorkItem(msg, codec, handler, options.name).finally(() => inFlight.delete(task));
+            const task = this.runWorkItem(msg, codec, handler, options.name, received).finally(() => inFlight.delete(task));
             inFlight.add(task);
             if (inFlight.size >= options.concurrency) await Promise.race(inFlight);
           }
@@ -472,13 +465,14 @@ export class Bus {
     codec: Codec<T>,
     handler: (message: T, item: WorkItem, delivery: Delivery) => Promise<void>,
     name: string,
+    received: PendingCount,
   ): Promise<void> {
     const message = this.decode(codec, msg, name);
     if (message === undefined) {
       msg.term(); // undecodable: redelivery cannot help
       return;
     }
-    pendingCount(this.received, name).value++;
+    received.value++;
     const item: WorkItem = {
       subject: msg.subject,
       deliveryCount: msg.info.redeliveryCount,
@@ -528,37 +522,6 @@ function callIdOf(msg: Msg | JsMsg): string | undefined {
 
 function isPromise(value: unknown): value is Promise<void> {
   return typeof (value as Promise<void> | undefined)?.then === "function";
-}
-
-/** Counts not yet added to a prom-client counter: hot paths add to `value`, reading the counter adds them in. */
-interface PendingCount {
-  labels: Record<string, string> | undefined;
-  value: number;
-}
-
-const pendingCounts = new WeakMap<Counter<string>, Map<string, PendingCount>>();
-
-/**
- * The pending count of a counter for one label value (unlabelled counters: none). prom-client hashes the labels on
- * every inc(), even on a child from labels(): at a message rate that was ~3 % of the asr's CPU.
- */
-function pendingCount(counter: Counter<string>, handler?: string): PendingCount {
-  let counts = pendingCounts.get(counter);
-  if (!counts) pendingCounts.set(counter, (counts = new Map()));
-  const key = handler ?? "";
-  let count = counts.get(key);
-  if (!count) counts.set(key, (count = { labels: handler === undefined ? undefined : { handler }, value: 0 }));
-  return count;
-}
-
-/** Called by prom-client before it reads the counter. */
-function addPendingCounts(counter: Counter<string>): void {
-  for (const count of pendingCounts.get(counter)?.values() ?? []) {
-    if (count.value === 0) continue;
-    if (count.labels) counter.inc(count.labels, count.value);
-    else counter.inc(count.value);
-    count.value = 0;
-  }
 }
 
 function callHeaders(callId: string | undefined): MsgHdrs | undefined {

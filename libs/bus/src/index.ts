@@ -2,3 +2,4 @@ export * from "./bus.js";
 export * from "./log.js";
 export * from "./subjects.js";
 export type { Subscription } from "nats";
+export * from "./hot-counter.js";

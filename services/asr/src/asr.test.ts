@@ -246,7 +246,8 @@ describe("asr service", () => {
     const crashedAt = Date.now();
     await waitFor(async () => (await store.leaseOwner(callId, "asr")) === "asr-crash-b", { what: "B to take the call", intervalMs: 20 });
     expect(Date.now() - crashedAt).toBeLessThan(2_000); // 900 ms lease + a 250 ms scan, with margin
-    expect(await metric(b, "voicebot_asr_takeovers_total")).toBe(1);
+    // B counts the takeover right after its lease write returns, which the test's own read may see first.
+    await waitFor(async () => (await metric(b, "voicebot_asr_takeovers_total")) === 1, { what: "B to count the takeover", timeoutMs: 1_000 });
 
     const audio = await synthesizeTo8kPcm("goodbye", "kal");
     await streamAudio(bus, callId, utteranceFrames(audio), 500);

@@ -1,16 +1,17 @@
+import { hotCounter, pendingCount } from "@voicebot/bus";
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 
 export type AsrMetrics = ReturnType<typeof createMetrics>;
 
 export function createMetrics(registry: Registry) {
   const registers = [registry];
-  /**
-   * Windows decided without the model, counted per 32 ms window of every call: plain additions, put into
-   * voicebot_asr_vad_windows_total when it is read (prom-client hashes the labels on every inc()).
-   */
-  const vadWindowsSkipped = { gated: 0, overload: 0 };
+  const vadWindows = hotCounter({
+    name: "voicebot_asr_vad_windows_total",
+    help: "Silero VAD windows (32 ms), by how they were decided: gated (line silence), inferred, overload (too far behind: energy), error",
+    labelNames: ["result"],
+    registers,
+  });
   return {
-    vadWindowsSkipped,
     activeSessions: new Gauge({
       name: "voicebot_asr_active_sessions",
       help: "Recognizer sessions open on this replica (utterances being heard or decoded)",
@@ -70,19 +71,9 @@ export function createMetrics(registry: Registry) {
       buckets: [0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1],
       registers,
     }),
-    vadWindows: new Counter({
-      name: "voicebot_asr_vad_windows_total",
-      help: "Silero VAD windows (32 ms), by how they were decided: gated (line silence), inferred, overload (too far behind: energy), error",
-      labelNames: ["result"],
-      registers,
-      collect() {
-        for (const result of ["gated", "overload"] as const) {
-          if (vadWindowsSkipped[result] === 0) continue;
-          this.inc({ result }, vadWindowsSkipped[result]);
-          vadWindowsSkipped[result] = 0;
-        }
-      },
-    }),
+    vadWindows,
+    /** Windows decided without the model, one per 32 ms window of every call: hot counts. */
+    vadWindowsSkipped: { gated: pendingCount(vadWindows, { result: "gated" }), overload: pendingCount(vadWindows, { result: "overload" }) },
     vadErrors: new Counter({
       name: "voicebot_asr_vad_errors_total",
       help: "Silero inference runs that failed (their windows were decided by energy)",

@@ -234,7 +234,7 @@ export class SileroVad implements VoiceActivityDetector {
   /** @internal A window decided without the model. */
   countSkipped(result: "gated" | "overload"): void {
     this.counts[result]++;
-    if (this.metrics) this.metrics.vadWindowsSkipped[result]++;
+    if (this.metrics) this.metrics.vadWindowsSkipped[result].value++;
   }
 
   private async flush(): Promise<void> {

@@ -1,23 +1,21 @@
+import { hotCounter, pendingCount, type PendingCount } from "@voicebot/bus";
 import { Counter, Histogram, type Registry } from "prom-client";
 
-/**
- * Counts made for every media message, kept as plain numbers and added to their counters when the registry is read:
- * prom-client hashes the label values on every inc() (a labels() child too), a cost paid thousands of times a second.
- */
+/** Counts made for every media message (hot counters: plain additions, taken in when the registry is read). */
 export interface MediaCounts {
   /** Caller frames published (voicebot_ingress_frames_in_total). */
-  framesIn: number;
+  framesIn: PendingCount;
   /** CallerAudio messages published, by `batched` (voicebot_ingress_caller_audio_messages_total). */
-  batchedMessages: number;
-  singleMessages: number;
+  batchedMessages: PendingCount;
+  singleMessages: PendingCount;
   /** Bot frames sent to Twilio (voicebot_ingress_frames_out_total). */
-  framesOut: number;
+  framesOut: PendingCount;
 }
 
 /** Every metric the ingress exports besides the kit's own (active calls, readiness, bus). */
 export class IngressMetrics {
   /** Add to these on the media path instead of calling inc() on framesIn, callerAudioMessages or framesOut. */
-  readonly media: MediaCounts = { framesIn: 0, batchedMessages: 0, singleMessages: 0, framesOut: 0 };
+  readonly media: MediaCounts;
   readonly protocolErrors: Counter<"reason">;
   readonly framesIn: Counter;
   readonly callerAudioMessages: Counter<"batched">;
@@ -47,43 +45,26 @@ export class IngressMetrics {
 
   constructor(registry: Registry) {
     const registers = [registry];
-    const media = this.media;
     this.protocolErrors = new Counter({
       name: "voicebot_ingress_protocol_errors_total",
       help: "Inbound Twilio messages rejected, by reason",
       labelNames: ["reason"],
       registers,
     });
-    this.framesIn = new Counter({
-      name: "voicebot_ingress_frames_in_total",
-      help: "20 ms caller frames forwarded",
-      registers,
-      collect() {
-        this.inc(media.framesIn);
-        media.framesIn = 0;
-      },
-    });
-    this.callerAudioMessages = new Counter({
+    this.framesIn = hotCounter({ name: "voicebot_ingress_frames_in_total", help: "20 ms caller frames forwarded", registers });
+    this.callerAudioMessages = hotCounter({
       name: "voicebot_ingress_caller_audio_messages_total",
       help: "CallerAudio messages published; batched=true holds several quiet frames (frames_in_total / this = frames per message)",
       labelNames: ["batched"],
       registers,
-      collect() {
-        // Only labels that occurred, as inc() per message made them.
-        if (media.batchedMessages > 0) this.inc({ batched: "true" }, media.batchedMessages);
-        if (media.singleMessages > 0) this.inc({ batched: "false" }, media.singleMessages);
-        media.batchedMessages = media.singleMessages = 0;
-      },
     });
-    this.framesOut = new Counter({
-      name: "voicebot_ingress_frames_out_total",
-      help: "20 ms bot frames sent to Twilio",
-      registers,
-      collect() {
-        this.inc(media.framesOut);
-        media.framesOut = 0;
-      },
-    });
+    this.framesOut = hotCounter({ name: "voicebot_ingress_frames_out_total", help: "20 ms bot frames sent to Twilio", registers });
+    this.media = {
+      framesIn: pendingCount(this.framesIn),
+      batchedMessages: pendingCount(this.callerAudioMessages, { batched: "true" }),
+      singleMessages: pendingCount(this.callerAudioMessages, { batched: "false" }),
+      framesOut: pendingCount(this.framesOut),
+    };
     this.turnStage = new Histogram({
       name: "voicebot_turn_stage_seconds",
       help: "Per-turn time spent in each stage: endpoint wait, ASR, queues, dialog, tools, LLM first token, TTS first audio, ingress send",

@@ -347,9 +347,9 @@ export class CallSession {
     callerAudioBatch.add(() => {
       // Without the call id header: the subject names the call, and a header costs every hop of the media path.
       if (!this.publish(subject, callerAudioCodec, audio, "caller_audio", false)) return;
-      counts.framesIn += receivedFrames;
-      if (batched) counts.batchedMessages++;
-      else counts.singleMessages++;
+      counts.framesIn.value += receivedFrames;
+      if (batched) counts.batchedMessages.value++;
+      else counts.singleMessages.value++;
     }, this.callerAudioFailed);
   }
 
@@ -646,7 +646,7 @@ export class CallSession {
 
   private readonly output: PlayoutOutput = {
     sendMedia: (payload, frames) => {
-      if (this.send(this.mediaMessages!.message(payload))) this.deps.metrics.media.framesOut += frames;
+      if (this.send(this.mediaMessages!.message(payload))) this.deps.metrics.media.framesOut.value += frames;
     },
     sendMark: (name) => void this.send(markMessage(this.streamSid, name)),
     sendClear: () => void this.send(clearMessage(this.streamSid)),
