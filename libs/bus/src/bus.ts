@@ -17,6 +17,7 @@ import {
 } from "nats";
 import type { Counter, Registry } from "prom-client";
 import { hotCounter, pendingCount, type PendingCount } from "./hot-counter.js";
+import { InOrder } from "./in-order.js";
 import type { Logger } from "./log.js";
 import { callIdOfSubject, headerNames } from "./subjects.js";
 
@@ -202,16 +203,8 @@ export class Bus {
       if (!isPromise(result)) return undefined;
       return result.then(undefined, (error: unknown) => this.handlerFailed(name, msg.subject, error));
     };
-    // Ordered: messages that arrive while a handler's promise is pending wait here, in order.
-    let waiting: Msg[] | undefined;
-    const drain = async (pending: Promise<void>): Promise<void> => {
-      for (let next: Promise<void> | undefined = pending; next; ) {
-        await next;
-        next = undefined;
-        while (!next && waiting!.length > 0) next = deliver(waiting!.shift()!);
-      }
-      waiting = undefined;
-    };
+    // Ordered: messages that arrive while a handler's promise is pending wait, in order.
+    const inOrder = options.ordered ? new InOrder(deliver) : undefined;
     const sub = this.nc.subscribe(subject, {
       queue: options.queue,
       callback: (err, msg) => {
@@ -219,17 +212,8 @@ export class Bus {
           this.log.error("subscription error", { handler: name, error: err.message });
           return;
         }
-        if (!options.ordered) {
-          void deliver(msg);
-        } else if (waiting) {
-          waiting.push(msg);
-        } else {
-          const pending = deliver(msg);
-          if (pending) {
-            waiting = [];
-            void drain(pending);
-          }
-        }
+        if (inOrder) inOrder.push(msg);
+        else void deliver(msg);
       },
     });
     this.subs.add(sub);

@@ -3,3 +3,4 @@ export * from "./log.js";
 export * from "./subjects.js";
 export type { Subscription } from "nats";
 export * from "./hot-counter.js";
+export * from "./in-order.js";

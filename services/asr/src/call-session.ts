@@ -1,5 +1,5 @@
 import { FRAME_MS, l16FromBytes, mulawDecodeInto } from "@voicebot/audio";
-import { errorText, subjects, type Bus, type Logger } from "@voicebot/bus";
+import { errorText, InOrder, subjects, type Bus, type Logger } from "@voicebot/bus";
 import {
   AudioEncoding,
   DialogInput,
@@ -64,11 +64,10 @@ export class CallSession {
   /** Frames given to the VAD and not decided yet, oldest first (decisions come back in this order). */
   private readonly undecided: Frame[] = [];
   /**
-   * Set while an utterance start reads its hints (the segmenter must not run ahead of it): frames decided
-   * meanwhile wait in `waiting` and are segmented, in order, once it is done; then this is cleared again.
+   * Decided frames through the segmenter, in order. An utterance start reads its hints and the segmenter must not
+   * run ahead of it: frames decided meanwhile wait, and are segmented once it is done.
    */
-  private segmenting: Promise<void> | undefined;
-  private readonly waiting: Array<{ frame: Frame; speech: boolean }> = [];
+  private readonly segmenting = new InOrder<{ frame: Frame; speech: boolean }>(({ frame, speech }) => this.segment(frame, speech));
   private utterance: OpenUtterance | undefined;
   /** Finals being decoded and published, chained so they go out in utterance order. */
   private finals: Promise<void> = Promise.resolve();
@@ -119,7 +118,7 @@ export class CallSession {
         payloadFrames: count,
       });
     }
-    if (count === 0) return this.segmenting;
+    if (count === 0) return this.segmenting.pending;
     const receivedAt = Number(message.receivedAtMs) || Date.now();
     const first = Number(message.firstFrame);
     let skip = 0;
@@ -128,12 +127,12 @@ export class CallSession {
       // Frames we already have (a duplicate, or overlap after a reconnect): keep only the new ones.
       skip = Math.min(count, this.nextFrame - first);
       metrics.badAudio.inc({ reason: "duplicate_frames" }, skip);
-      if (skip === count) return this.segmenting;
+      if (skip === count) return this.segmenting.pending;
     } else if (this.nextFrame !== undefined && first > this.nextFrame) {
       this.fillGap(first - this.nextFrame, receivedAt - count * FRAME_MS);
     }
     this.pushFrames(pcm, first, skip, count, receivedAt);
-    return this.segmenting;
+    return this.segmenting.pending;
   }
 
   /** Stops listening: drops the utterance in progress and waits for finals already being decoded. */
@@ -142,7 +141,7 @@ export class CallSession {
     this.stopped = true;
     this.vad.close();
     this.undecided.length = 0;
-    this.waiting.length = 0;
+    this.segmenting.clear();
     const open = this.utterance;
     this.utterance = undefined;
     if (open) this.abort(open);
@@ -219,25 +218,7 @@ export class CallSession {
   private onDecision(speech: boolean): void {
     const frame = this.undecided.shift();
     if (!frame || this.stopped) return;
-    if (this.segmenting) {
-      this.waiting.push({ frame, speech });
-      return;
-    }
-    const started = this.segment(frame, speech);
-    if (started) this.segmenting = this.segmentAfter(started);
-  }
-
-  /** Segments the frames decided while an utterance start read its hints, in order; then clears `segmenting`. */
-  private async segmentAfter(started: Promise<void>): Promise<void> {
-    for (let pending: Promise<void> | undefined = started; pending; ) {
-      await pending;
-      pending = undefined;
-      while (!pending && this.waiting.length > 0) {
-        const { frame, speech } = this.waiting.shift()!;
-        pending = this.segment(frame, speech);
-      }
-    }
-    this.segmenting = undefined;
+    this.segmenting.push({ frame, speech });
   }
 
   /** One decided frame through the segmenter. Returns the utterance start's promise when the frame began one. */
