@@ -6,3 +6,5 @@ export * from "./gen/voicebot/dialog/v1/dialog.js";
 export * from "./gen/voicebot/tools/v1/tools.js";
 export * from "./gen/voicebot/tts/v1/tts.js";
 export * from "./gen/voicebot/health/v1/health.js";
+// What dialog and tts agree on about a SpeakRequest beyond its fields.
+export * from "./speak.js";

@@ -2,7 +2,7 @@
 // the first call that hears a greeting or a prompt does not wait for its synthesis.
 import { createHash } from "node:crypto";
 import { errorText, subjects, type Bus, type Logger } from "@voicebot/bus";
-import { AudioEncoding, AudioFormat, SpeakRequest, TurnTiming } from "@voicebot/proto";
+import { AudioEncoding, AudioFormat, isSpeakable, SpeakRequest, speakLineKey, TurnTiming } from "@voicebot/proto";
 import { Counter, type Registry } from "prom-client";
 import type { Action, AgentConfig } from "./agents/config.js";
 import { CORRECTION_PROMPT, keyItInPrompt } from "./engine/confirm.js";
@@ -21,9 +21,6 @@ export interface PrewarmAgent {
  * the runner's default. Part of the tts cache key, so it must be what the live requests carry.
  */
 export const PREWARM_FORMAT: AudioFormat = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 };
-
-/** Text tts can speak (a letter or digit): the same test tts uses; anything else is one frame of silence. */
-const SPEAKABLE = /[\p{L}\p{N}]/u;
 
 /**
  * The fixed lines an agent can say, as its engines hand them to `say` (scripted lines whitespace-normalized by
@@ -101,7 +98,7 @@ export function prewarmRequests(agents: PrewarmAgent[]): SpeakRequest[] {
       speech.close();
     }
     for (const chunk of chunks) {
-      if (!chunk.cacheable || !SPEAKABLE.test(chunk.text)) continue;
+      if (!chunk.cacheable || !isSpeakable(chunk.text)) continue;
       const id = prefetchId(chunk);
       if (seen.has(id)) continue;
       seen.add(id);
@@ -151,8 +148,7 @@ export async function prewarmTts(deps: PrewarmDeps, requests: SpeakRequest[], si
   else log.info("fixed lines sent to tts for caching", { chunks: queued });
 }
 
-/** The line's id: the same for the same voice, format and text (whatever replica sends it). */
+/** The line's message id: the same for the same voice, format and text (whatever replica sends it). */
 function prefetchId(request: SpeakRequest): string {
-  const line = JSON.stringify([request.voice, request.format?.encoding ?? 0, request.format?.sampleRate ?? 0, request.text]);
-  return `prefetch:${createHash("sha256").update(line).digest("hex").slice(0, 40)}`;
+  return `prefetch:${createHash("sha256").update(speakLineKey(request)).digest("hex").slice(0, 40)}`;
 }

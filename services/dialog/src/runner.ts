@@ -413,7 +413,7 @@ export class TurnRunner {
     spoken: Array<{ turnId: string; text: string }>;
     cancelled: boolean;
   }> {
-    const { store, bus, log, tools, metrics } = this.deps;
+    const { store, log, tools, metrics } = this.deps;
     const callId = message.callId;
     let records = Promise.resolve();
     const record = (entry: TranscriptEntry) => {

@@ -1,5 +1,5 @@
 import { errorText, type Logger } from "@voicebot/bus";
-import type { SpeakRequest } from "@voicebot/proto";
+import { speakLineKey, type SpeakRequest } from "@voicebot/proto";
 import { QueueAbortedError } from "./limiter.js";
 import type { PrefetchOutcome } from "./metrics.js";
 
@@ -39,7 +39,7 @@ export class PrefetchQueue {
   }
 
   add(request: SpeakRequest): void {
-    const id = lineId(request);
+    const id = speakLineKey(request);
     if (this.held.has(id)) {
       // Another dialog replica sent the same line: the one held puts it into the cache.
       this.count("cached", request);
@@ -110,9 +110,4 @@ export class PrefetchQueue {
     else if (batch.failed > 0 || batch.dropped > 0) this.deps.log.warn("tts prefetch finished with lines left out of the cache", { ...batch });
     else this.deps.log.info("tts prefetch finished: the fixed lines are in the audio cache", { ...batch });
   }
-}
-
-/** One line as the cache sees it within a replica (engine and rate are the replica's own). */
-function lineId(request: SpeakRequest): string {
-  return JSON.stringify([request.voice, request.format?.encoding ?? 0, request.format?.sampleRate ?? 0, request.text]);
 }

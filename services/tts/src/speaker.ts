@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { errorText, isValidCallId, subjects, type Bus, type Logger } from "@voicebot/bus";
-import { BotAudio, SynthesisFailed, TurnTiming, type SpeakRequest } from "@voicebot/proto";
+import { BotAudio, isSpeakable, SynthesisFailed, TurnTiming, type SpeakRequest } from "@voicebot/proto";
 import { keys, type CallStore } from "@voicebot/state";
 import type { TtsEngine } from "./engine.js";
 import type { FallbackEngine } from "./fallback.js";
@@ -32,9 +32,6 @@ export interface SpeakerDeps {
   jobs: JobRegistry;
   options: SpeakerOptions;
 }
-
-/** Text without a letter or digit makes no sound in any engine. */
-const SPEAKABLE = /[\p{L}\p{N}]/u;
 
 /** A slow Redis must not delay the bot more than this: past it, the engines speak instead. */
 const CACHE_READ_TIMEOUT_MS = 250;
@@ -78,7 +75,7 @@ export class Speaker {
   }
 
   private async serve(request: SpeakRequest, job: Job, receivedAtMs: number): Promise<void> {
-    const { log, metrics, limiter, engine, options } = this.deps;
+    const { log, metrics, limiter } = this.deps;
     const format = resolveFormat(request.format);
     if ("error" in format) {
       metrics.badRequests.inc({ reason: "unsupported_format" });
@@ -88,7 +85,7 @@ export class Speaker {
     }
     const out = new ChunkOut(this.deps, request, format, job, receivedAtMs, request.cacheable);
 
-    if (!SPEAKABLE.test(request.text)) {
+    if (!isSpeakable(request.text)) {
       // Nothing to say (an empty closing chunk, lone punctuation): one frame of silence still carries the done flags.
       out.source = "none";
       out.push(new Uint8Array(format.frameBytes).fill(format.padByte));
@@ -129,13 +126,18 @@ export class Speaker {
     if (result.outcome === "cancelled") this.cancelled(request, result.engine, false);
 
     // Only the primary engine's audio is cached: a failover voice must not be replayed for days.
-    if (cacheKey && result.outcome === "ok" && result.primary) {
-      try {
-        await this.deps.store.setBuffer(cacheKey, out.collected(), options.cacheTtlMs);
-      } catch (error) {
-        metrics.cacheWriteErrors.inc();
-        log.warn("tts cache write failed", { callId: request.callId, error: errorText(error) });
-      }
+    if (cacheKey && result.outcome === "ok" && result.primary) await this.writeCache(cacheKey, out.collected(), { callId: request.callId });
+  }
+
+  /** False when the write failed (counted and logged: the line is synthesized again next time). */
+  private async writeCache(key: string, audio: Uint8Array, context: Record<string, unknown>): Promise<boolean> {
+    try {
+      await this.deps.store.setBuffer(key, audio, this.deps.options.cacheTtlMs);
+      return true;
+    } catch (error) {
+      this.deps.metrics.cacheWriteErrors.inc();
+      this.deps.log.warn("tts cache write failed", { ...context, error: errorText(error) });
+      return false;
     }
   }
 
@@ -146,7 +148,7 @@ export class Speaker {
    * audio is cached). The caller decides when it runs (PrefetchQueue: only while live work has spare slots).
    */
   async prefetch(request: SpeakRequest, signal: AbortSignal): Promise<PrefetchOutcome> {
-    const { engine, store, log, metrics, options } = this.deps;
+    const { engine, log, metrics, options } = this.deps;
     const text = request.text;
     const format = resolveFormat(request.format);
     if ("error" in format) {
@@ -154,7 +156,7 @@ export class Speaker {
       log.warn("tts prefetch has an unsupported audio format", { text: excerpt(text), error: format.error });
       return "failed";
     }
-    if (!SPEAKABLE.test(text)) {
+    if (!isSpeakable(text)) {
       metrics.badRequests.inc({ reason: "unspeakable_prefetch" });
       log.warn("tts prefetch has nothing to speak", { text: excerpt(text) });
       return "failed";
@@ -166,12 +168,7 @@ export class Speaker {
 
     // The same encoding and framing as a live chunk, so the cached bytes equal what a live chunk would cache.
     const encoder = new PcmEncoder(engine.sampleRate, format);
-    const packer = new PartPacker({
-      frameBytes: format.frameBytes,
-      padByte: format.padByte,
-      firstPartFrames: options.firstPartFrames,
-      maxPartFrames: options.maxPartFrames,
-    });
+    const packer = partPacker(format, options);
     const audio: Uint8Array[] = [];
     try {
       const pcmStream = engine.synthesize({ text, voice: request.voice || undefined, rate: options.rate, signal, primaryOnly: true });
@@ -189,14 +186,7 @@ export class Speaker {
       });
       return "failed";
     }
-    try {
-      await store.setBuffer(key, Buffer.concat(audio), options.cacheTtlMs);
-    } catch (error) {
-      metrics.cacheWriteErrors.inc();
-      log.warn("tts cache write failed (prefetch)", { text: excerpt(text), error: errorText(error) });
-      return "failed";
-    }
-    return "synthesized";
+    return (await this.writeCache(key, Buffer.concat(audio), { prefetch: true, text: excerpt(text) })) ? "synthesized" : "failed";
   }
 
   /** The cache key of a chunk: everything that changes its audio. */
@@ -299,6 +289,16 @@ export class Speaker {
   }
 }
 
+/** A chunk's framing into BotAudio parts: the same for live chunks and prefetches, so cached bytes are alike. */
+function partPacker(format: OutputFormat, options: SpeakerOptions): PartPacker {
+  return new PartPacker({
+    frameBytes: format.frameBytes,
+    padByte: format.padByte,
+    firstPartFrames: options.firstPartFrames,
+    maxPartFrames: options.maxPartFrames,
+  });
+}
+
 /** Publishes one chunk's BotAudio parts in order; nothing once the job is cancelled. */
 class ChunkOut {
   private readonly packer: PartPacker;
@@ -318,12 +318,7 @@ class ChunkOut {
     private readonly receivedAtMs: number,
     keep: boolean,
   ) {
-    this.packer = new PartPacker({
-      frameBytes: format.frameBytes,
-      padByte: format.padByte,
-      firstPartFrames: deps.options.firstPartFrames,
-      maxPartFrames: deps.options.maxPartFrames,
-    });
+    this.packer = partPacker(format, deps.options);
     this.kept = keep ? [] : undefined;
   }
 
