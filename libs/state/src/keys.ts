@@ -8,7 +8,7 @@ export const keys = {
   dialog: (callId: string) => `vb:{${callId}}:dialog`,
   hints: (callId: string) => `vb:{${callId}}:asr-hints`,
   lease: (callId: string, role: string) => `vb:{${callId}}:lease:${role}`,
-  /** Hash of the ids seen once (store.firstTime), fields `scope:id`: one key per call, so endCall deletes them all. */
+  /** Hash of the ids seen once (commitDialog's `once`, tool claims), fields `scope:id`: one key per call, so endCall deletes them all. */
   once: (callId: string) => `vb:{${callId}}:once`,
   /** Hash of the tools' stored results by toolCallId, for requests repeated while the call is live. */
   toolResults: (callId: string) => `vb:{${callId}}:tool-results`,

@@ -23,7 +23,7 @@ describe("CallStore", () => {
     await store.appendTranscript("CA1", { role: "caller", text: "1", at: "t2", source: "keypad" });
     await store.appendToolCall("CA1", { name: "lookup_order", arguments: { order_number: "12345" }, result: { status: "shipped" }, ok: true, ms: 3, at: "t3" });
     await store.appendSpeechChunk("CA1", { turnId: "t1", chunkSeq: 0, source: "engine", engine: "flite", firstAudioMs: 42, at: "t4" });
-    await store.saveDialog("CA1", { state: "menu" }, "0");
+    await store.commitDialog("CA1", { state: "menu" }, "0");
     await store.acquireLease("CA1", "asr", "asr-1", 10_000);
     await store.endCall("CA1", "caller_hangup");
     const record = await store.getRecord("CA1");
@@ -43,8 +43,8 @@ describe("CallStore", () => {
   it("saves versioned state only over the version it read", async () => {
     const first = await store.loadDialog<{ n: number }>("CA2");
     expect(first.version).toBe("0");
-    expect(await store.saveDialog("CA2", { n: 1 }, first.version)).toBe(true);
-    expect(await store.saveDialog("CA2", { n: 2 }, first.version)).toBe(false); // a concurrent writer lost
+    expect((await store.commitDialog("CA2", { n: 1 }, first.version)).saved).toBe(true);
+    expect((await store.commitDialog("CA2", { n: 2 }, first.version)).saved).toBe(false); // a concurrent writer lost
     const second = await store.loadDialog<{ n: number }>("CA2");
     expect(second).toEqual({ value: { n: 1 }, version: "1" });
   });
@@ -64,25 +64,21 @@ describe("CallStore", () => {
     await store.createCall(meta("CA5"));
     const before = await store.loadDialog("CA5");
     await store.endCall("CA5", "caller_hangup");
-    expect(await store.saveDialog("CA5", { late: true }, before.version)).toBe(false);
+    expect(await store.commitDialog("CA5", { late: true }, before.version)).toEqual({ saved: false, call: "ended" });
     expect((await store.loadDialog("CA5")).value).toBeUndefined();
-  });
-
-  it("firstTime is true once per id", async () => {
-    expect(await store.firstTime("CA4", "tool", "x")).toBe(true);
-    expect(await store.firstTime("CA4", "tool", "x")).toBe(false);
   });
 
   it("endCall deletes the call's once-marks and stored tool results, and nothing brings them back", async () => {
     await store.createCall(meta("CA6"));
-    expect(await store.firstTime("CA6", "heard", "in1#0")).toBe(true);
+    const dialog = await store.loadDialog("CA6");
+    expect(await store.commitDialog("CA6", { n: 1 }, dialog.version, { once: { scope: "heard", id: "in1#0" } })).toMatchObject({ firstTime: true });
     expect(await store.claimToolCall("CA6", "in1/0:lookup")).toEqual({ kind: "claimed" });
     expect(await store.saveToolResult("CA6", "in1/0:lookup", { ok: true })).toBe(true);
     expect(await store.claimToolCall("CA6", "in1/0:lookup")).toEqual({ kind: "stored", result: { ok: true } });
     await store.endCall("CA6", "caller_hangup");
     expect(await liveKeysOf("CA6")).toEqual([]);
     // After the hang-up: nothing is claimed or stored, so nothing can act twice and no key outlives the record.
-    expect(await store.firstTime("CA6", "heard", "in1#1")).toBe(false);
+    expect((await store.commitDialog("CA6", { n: 2 }, "1", { once: { scope: "heard", id: "in1#1" } })).saved).toBe(false);
     expect(await store.claimToolCall("CA6", "in1/0:lookup")).toEqual({ kind: "not_live", call: "ended" });
     expect(await store.saveToolResult("CA6", "in1/0:lookup", { ok: true })).toBe(false);
     expect(await liveKeysOf("CA6")).toEqual([]);

@@ -157,13 +157,6 @@ end
 redis.call('PEXPIRE', KEYS[2], ttl)
 return 1`;
 
-// KEYS: meta, once hash. ARGV: field, TTL. 1 the first time, 0 after, -1 for an ended call (nothing written).
-const ONCE_SCRIPT = `
-if redis.call('HGET', KEYS[1], 'state') == 'ended' then return -1 end
-local first = redis.call('HSETNX', KEYS[2], ARGV[1], '1')
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return first`;
-
 // KEYS: meta, tool results hash, once hash. ARGV: toolCallId, once field, TTL. Before running a tool: the call
 // must be live; then its stored result, else the claim. Returns {call state or ''} | {'live', 'stored', result} |
 // {'live', 'claimed'} | {'live', 'taken'} (another request holds the claim).
@@ -185,7 +178,7 @@ return 1`;
 
 export interface Versioned<T> {
   value: T | undefined;
-  /** Pass back to saveDialog / commitDialog; "0" when nothing is stored yet. */
+  /** Pass back to commitDialog; "0" when nothing is stored yet. */
   version: string;
 }
 
@@ -211,7 +204,7 @@ export type DialogCommit =
   | { saved: false; call: CallState | undefined };
 
 export interface DialogCommitOptions {
-  /** Marks `scope:id` as seen (like firstTime), only when the state is saved. */
+  /** Marks `scope:id` as seen (once per call while it is live), only when the state is saved. */
   once?: { scope: string; id: string };
   /** The asr's recognition hints (keys.hints), written only when the state is saved. */
   hints?: unknown;
@@ -249,7 +242,6 @@ export class CallStore {
     redis.defineCommand("vbTakeTurn", { numberOfKeys: 3, lua: TAKE_TURN_SCRIPT });
     redis.defineCommand("vbCommit", { numberOfKeys: 5, lua: COMMIT_SCRIPT });
     redis.defineCommand("vbAppend", { numberOfKeys: 3, lua: APPEND_SCRIPT });
-    redis.defineCommand("vbOnce", { numberOfKeys: 2, lua: ONCE_SCRIPT });
     redis.defineCommand("vbToolClaim", { numberOfKeys: 3, lua: TOOL_CLAIM_SCRIPT });
     redis.defineCommand("vbToolSave", { numberOfKeys: 2, lua: TOOL_SAVE_SCRIPT });
   }
@@ -366,10 +358,6 @@ export class CallStore {
 
   async loadDialog<T>(callId: string): Promise<Versioned<T>> {
     return this.loadVersioned<T>(keys.dialog(callId));
-  }
-
-  async saveDialog<T>(callId: string, value: T, version: string): Promise<boolean> {
-    return (await this.commitDialog(callId, value, version)).saved;
   }
 
   /**
@@ -489,14 +477,6 @@ export class CallStore {
   // ---- idempotency and caching ----
 
   /**
-   * True the first time `id` is seen in `scope` for this call while it is live. Never true for an ended call
-   * (whose marks endCall deleted): nothing acts for it twice.
-   */
-  async firstTime(callId: string, scope: string, id: string): Promise<boolean> {
-    return (await scripts(this.redis).vbOnce(keys.meta(callId), keys.once(callId), onceField(scope, id), this.options.liveTtlMs)) === 1;
-  }
-
-  /**
    * Before running a tool, in one round trip: the call must be live; a repeated request gets the stored result;
    * otherwise the first request claims the execution (once per toolCallId while the call is live).
    */
@@ -557,7 +537,6 @@ interface RedisWithScripts extends Redis {
   vbTakeTurn(meta: string, lease: string, dialog: string, owner: string, ttlMs: number): Promise<Array<string | number>>;
   vbCommit(...keysThenArgs: Arg[]): Promise<[number, string | number]>;
   vbAppend(meta: string, list: string, once: string, entry: string, liveTtlMs: number, recordTtlMs: number, onceField: string): Promise<number>;
-  vbOnce(meta: string, once: string, field: string, ttlMs: number): Promise<number>;
   vbToolClaim(meta: string, results: string, once: string, toolCallId: string, field: string, ttlMs: number): Promise<string[]>;
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
 }

@@ -31,7 +31,7 @@ export interface Agent {
   toolFiller: string | null;
 }
 
-/** A call's dialog state in Redis (store.loadDialog/saveDialog). */
+/** A call's dialog state in Redis (store.takeDialogTurn/commitDialog). */
 export interface DialogState {
   agent: string;
   /** Bot turns so far; the next is t<turns+1>. */
