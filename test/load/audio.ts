@@ -64,8 +64,9 @@ export function readWatermarkWav(wav: Uint8Array): number {
 const LOUD_DBFS = -35;
 
 /**
- * "order status" spoken by flite, as whole 20 ms μ-law frames from the first to the last loud frame: the VAD's last
- * speech frame is then exactly the burst's last frame, so the caller knows when the endpoint silence is complete.
+ * "order status" spoken by flite, as whole 20 ms μ-law frames from the first to the last loud frame: the energy VAD's
+ * last speech frame is then exactly the burst's last frame (Silero's: sileroLastSpeech), so the caller knows when
+ * the endpoint silence is complete.
  */
 export async function speechBurst(text = "order status"): Promise<Uint8Array[]> {
   const mulaw = await synthesize(text, { engine: "flite" });
@@ -76,6 +77,17 @@ export async function speechBurst(text = "order status"): Promise<Uint8Array[]> 
   const last = loud.lastIndexOf(true);
   if (first < 0) throw new Error("flite produced no loud speech");
   return frames.slice(first, last + 1);
+}
+
+/**
+ * The last frame Silero takes for speech when `chunk` is the last loud one: the next frame too when the window
+ * holding that frame's middle sample starts inside `chunk` (5 of the 8 alignments; the asr's silero.test.ts checks
+ * this against the model). Windows are counted from chunk 1, as the asr counts them.
+ */
+export function sileroLastSpeech(chunk: number): number {
+  const next = chunk + 1;
+  const window = Math.floor(((next - 1) * FRAME_BYTES + FRAME_BYTES / 2) / 256);
+  return window * 256 < (next - 1) * FRAME_BYTES ? next : chunk;
 }
 
 /**

@@ -1,7 +1,7 @@
 // The load test's own arithmetic: call attribution (watermark, order number), VAD alignment, percentiles.
 import { mulawDecode, wavFromPcm } from "@voicebot/audio";
 import { describe, expect, test } from "vitest";
-import { readWatermarkWav, sileroDecidedBy, watermarkFrame } from "./audio.js";
+import { readWatermarkWav, sileroDecidedBy, sileroLastSpeech, watermarkFrame } from "./audio.js";
 import { orderNumber, slotOfOrderText } from "./script.js";
 import { Histogram, parseDuration, summarize } from "./stats.js";
 
@@ -32,6 +32,14 @@ describe("load test helpers", () => {
       expect((by - 1) * 160).toBeLessThan(windowEnd); // ...and the frame before it does not
       expect(by - chunk).toBeLessThanOrEqual(1);
     }
+  });
+
+  test("Silero hears one frame more after speech that ends in 5 of the 8 frame/window alignments", () => {
+    const extra = Array.from({ length: 8 }, (_, i) => sileroLastSpeech(101 + i) - (101 + i));
+    expect(extra.filter((e) => e === 1)).toHaveLength(5);
+    expect(extra.every((e) => e === 0 || e === 1)).toBe(true);
+    // Chunk 1 = samples 0-159; chunk 2's middle (240) is in window 0 (0-255), which starts inside chunk 1.
+    expect(sileroLastSpeech(1)).toBe(2);
   });
 
   test("percentiles and durations", () => {

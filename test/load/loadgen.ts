@@ -22,6 +22,8 @@ export interface TurnSample {
   kind: TurnKind;
   /** The caller's end of input: last speech frame sent, last key sent, or the stream's start. */
   inputEndAt: number;
+  /** Speech: when the frame the asr's VAD hears as the last speech was sent (inputEndAt or one frame later). */
+  speechEndAt: number;
   /**
    * When the pipeline had everything it needed: for speech the frame that completes the asr's endpoint silence
    * (inputEndAt + the silence window), otherwise inputEndAt.
@@ -47,6 +49,8 @@ export interface LoadOptions {
    * frame with the 32 ms window holding its middle sample, which may end in the next frame).
    */
   decidedBy?: (chunk: number) => number;
+  /** The last frame the asr's VAD hears as speech when `chunk` is the burst's last loud frame (itself for energy). */
+  lastSpeech?: (chunk: number) => number;
   /**
    * Media starts this long after `start`, so that the asr (which claims the call on CallStarted) hears the stream
    * from chunk 1 and its VAD windows line up with the chunk numbers.
@@ -126,7 +130,7 @@ export class LoadGenerator {
   private window = { start: Infinity, end: Infinity };
 
   constructor(options: LoadOptions) {
-    this.options = { keyGapMs: 150, thinkMs: [300, 1500], quietMs: 300, replyTimeoutMs: 15_000, decidedBy: (chunk) => chunk, mediaDelayMs: 1_000, ...options };
+    this.options = { keyGapMs: 150, thinkMs: [300, 1500], quietMs: 300, replyTimeoutMs: 15_000, decidedBy: (chunk) => chunk, lastSpeech: (chunk) => chunk, mediaDelayMs: 1_000, ...options };
     const { calls, rampMs } = this.options;
     this.slots = Array.from({ length: calls }, (_, i) => ({ startAt: this.startedAt + (rampMs * i) / Math.max(1, calls) }));
   }
@@ -210,6 +214,7 @@ export class LoadGenerator {
 interface OpenTurn {
   kind: TurnSample["kind"];
   inputEndAt?: number;
+  speechEndAt?: number;
   baseAt?: number;
   /** performance.now() of baseAt, for the reply timeout. */
   basePerf?: number;
@@ -352,6 +357,7 @@ class SimCall {
         callSid: this.callSid,
         kind: turn.kind,
         inputEndAt: turn.inputEndAt!,
+        speechEndAt: turn.speechEndAt ?? turn.inputEndAt!,
         baseAt: turn.baseAt!,
         firstAudioAt: turn.firstAudioAt!,
         underruns: turn.underruns,
@@ -391,8 +397,10 @@ class SimCall {
         payload = speech[this.burstPos++];
         if (this.burstPos === speech.length) {
           this.burstPos = -1;
+          const { decidedBy, lastSpeech, minSilenceMs } = this.gen.options;
           this.turn!.inputEndAt = wallNow();
-          this.endpointChunk = this.gen.options.decidedBy(chunk + Math.ceil(this.gen.options.minSilenceMs / FRAME_MS));
+          this.turn!.speechEndAt = this.turn!.inputEndAt + (lastSpeech(chunk) - chunk) * FRAME_MS;
+          this.endpointChunk = decidedBy(lastSpeech(chunk) + Math.ceil(minSilenceMs / FRAME_MS));
         }
       }
       this.send(

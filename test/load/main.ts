@@ -17,7 +17,7 @@ import { performance } from "node:perf_hooks";
 import type { ServiceName } from "@voicebot/testing";
 import { keys, type TurnEntry } from "@voicebot/state";
 import WebSocket from "ws";
-import { FRAME_MS, sileroDecidedBy, speechBurst, watermarkFrame } from "./audio.js";
+import { FRAME_MS, sileroDecidedBy, sileroLastSpeech, speechBurst, watermarkFrame } from "./audio.js";
 import type { EngineRecord } from "./fakes.js";
 import { LoadGenerator, type TurnSample } from "./loadgen.js";
 import { orderNumber } from "./script.js";
@@ -366,6 +366,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
       callMs: options.callMs,
       minSilenceMs: options.minSilenceMs,
       decidedBy: options.vad === "silero" ? sileroDecidedBy : (chunk) => chunk,
+      lastSpeech: options.vad === "silero" ? sileroLastSpeech : (chunk) => chunk,
       speech,
       silence,
     });
@@ -666,7 +667,7 @@ async function turnRecords(system: BenchSystem, callSids: string[], turns: Analy
       unmatched++;
       continue;
     }
-    decisionLag.push(entry.stages.endpointMs - (turn.baseAt - turn.inputEndAt));
+    decisionLag.push(entry.stages.endpointMs - (turn.baseAt - turn.speechEndAt));
   }
   return {
     stages: Object.fromEntries(Object.entries(stages).map(([k, v]) => [k, summarize(v)])),

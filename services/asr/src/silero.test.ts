@@ -1,3 +1,4 @@
+import { rmsDbfs } from "@voicebot/audio";
 import { waitFor } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -73,6 +74,26 @@ describe("SileroVad (the shipped v4 model, batched)", () => {
     expect(decisions.slice(0, 45).some(Boolean)).toBe(false);
     // Mostly speech in between (pauses between words are short).
     expect(decisions.slice(first, last).filter(Boolean).length / (last - first)).toBeGreaterThan(0.8);
+  });
+
+  it("speech that stops at a frame's end lasts one more frame exactly when the next frame's window starts inside it", async () => {
+    // A frame takes the decision of the window holding its middle sample; the frame after the last loud one shares
+    // that window with it in 5 of the 8 frame/window alignments. The load test's endpoint arithmetic relies on this.
+    const vad = await create();
+    const all = chunks(await synthesizeTo8kPcm("order status", "slt"));
+    const loud = all.map((f) => f.length === 160 && rmsDbfs(f) >= -35);
+    const burst = all.slice(loud.indexOf(true), loud.lastIndexOf(true) + 1);
+    const outcomes: string[] = [];
+    for (let lead = 40; lead < 48; lead++) {
+      const frames = [...chunks(silence8k(lead * 20, -65)), ...burst, ...chunks(silence8k(600, -65))];
+      const lastLoud = lead + burst.length - 1;
+      const decisions = await decide(vad, frames);
+      const window = Math.floor(((lastLoud + 1) * 160 + 80) / 256);
+      const shared = window * 256 < (lastLoud + 1) * 160;
+      outcomes.push(`${decisions.lastIndexOf(true) - lastLoud}/${shared ? 1 : 0}`);
+    }
+    expect(outcomes).toEqual(outcomes.map((o) => `${o.split("/")[1]}/${o.split("/")[1]}`));
+    expect(outcomes.filter((o) => o === "1/1")).toHaveLength(5);
   });
 
   it("gates line silence: quiet windows never reach the model and are non-speech", async () => {
