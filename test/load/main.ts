@@ -17,6 +17,7 @@ import { performance } from "node:perf_hooks";
 import type { ServiceName } from "@voicebot/testing";
 import { keys, type TurnEntry } from "@voicebot/state";
 import WebSocket from "ws";
+import { calibrate } from "./calibrate.js";
 import { FRAME_MS, sileroDecidedBy, sileroLastSpeech, speechBurst, watermarkFrame } from "./audio.js";
 import type { EngineRecord } from "./fakes.js";
 import { LoadGenerator, type TurnSample } from "./loadgen.js";
@@ -873,6 +874,10 @@ function summaryTable(results: RunResult[]): string {
 async function main(): Promise<void> {
   const options = parseArgs(process.argv.slice(2));
   console.log(`voicebot load test on ${os.availableParallelism()} cores (${os.cpus()[0]?.model ?? "?"}), node ${process.version}`);
+  const speed = await calibrate();
+  console.log(
+    `machine speed now: ${(speed.alone / 1000).toFixed(0)} k media messages/s on one core alone, ${(speed.allCores / 1000).toFixed(0)} k per core with all ${speed.cores} busy (compare runs only at similar figures)`,
+  );
   const speech = (await speechBurst()).map((frame) => Buffer.from(frame).toString("base64"));
   console.log(`caller speech: "order status", ${speech.length * FRAME_MS} ms; endpoint silence ${options.minSilenceMs} ms`);
   const results: RunResult[] = [];
