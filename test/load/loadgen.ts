@@ -156,10 +156,12 @@ export class LoadGenerator {
   /** Every caller hangs up; resolves once every stream is closed (or after timeoutMs). */
   async stop(timeoutMs = 15_000): Promise<void> {
     this.stopping = true;
-    for (const call of this.live) call.hangUp();
+    // Every slot's call, also one still dialing: not live yet, it would otherwise connect after this and stay up.
+    const calls = () => this.slots.flatMap((slot) => (slot.call ? [slot.call] : []));
+    for (const call of calls()) call.hangUp();
     const deadline = performance.now() + timeoutMs;
-    while (this.live.size > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    for (const call of this.live) call.terminate();
+    while (calls().length > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const call of calls()) call.terminate();
     clearTimeout(this.timer);
   }
 
@@ -265,6 +267,7 @@ class SimCall {
     this.ws.on("open", () => this.onOpen());
     this.ws.on("message", (data, isBinary) => this.onMessage(data, isBinary));
     this.ws.on("error", (error) => {
+      if (this.hangingUp) return; // hung up while still dialing: the aborted handshake is ours
       if (this.phase === "connecting") {
         gen.counters.connectErrors++;
         gen.anomaly(`connect: ${error.message}`);
