@@ -1,4 +1,4 @@
-// Who may open streams: calls per client (by socket address, or X-Forwarded-For behind a trusted proxy), and
+// Who may open streams: calls per replica (INGRESS_MAX_CALLS), calls per client (by socket address, or X-Forwarded-For behind a trusted proxy), and
 // requests whose target the router cannot parse.
 import net from "node:net";
 import type { IncomingMessage } from "node:http";
@@ -71,6 +71,34 @@ describe("clientAddress", () => {
     // Junk in the header: the peer.
     expect(clientAddress(fakeRequest("10.0.0.7", "not-an-ip"), proxied)).toBe("10.0.0.7");
     expect(clientAddress(fakeRequest("10.0.0.7", ""), proxied)).toBe("10.0.0.7");
+  });
+});
+
+describe("calls per replica", () => {
+  it("at INGRESS_MAX_CALLS the replica reports not ready and refuses new streams with 503; a call ending frees it", async () => {
+    const ingress = await startIngress({ ...env(), INGRESS_MAX_CALLS: "2" });
+    const readiness = async () => {
+      const res = await fetch(`${ingress.baseUrl}/readyz`);
+      return { status: res.status, body: (await res.json()) as { reason?: string } };
+    };
+    try {
+      await waitFor(async () => (await readiness()).status === 200, { what: "ingress ready" });
+      const a = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+      const b = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+      // Kubernetes takes the full replica out of the Service; a stream that still arrives is refused.
+      await waitFor(async () => (await readiness()).status === 503, { what: "the full replica to report not ready" });
+      expect((await readiness()).body.reason).toBe("at capacity");
+      await expect(TwilioClient.connect(ingress.wsUrl, newCallSid())).rejects.toThrow(/503/);
+      expect(await metricValue(ingress.baseUrl, "voicebot_ingress_rejected_streams_total", { reason: "at_capacity" })).toBe(1);
+      a.sendStart();
+      a.close();
+      await waitFor(async () => (await readiness()).status === 200, { what: "ready again once a call ended" });
+      const c = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+      c.close();
+      b.close();
+    } finally {
+      await ingress.handle.stop();
+    }
   });
 });
 
