@@ -1,5 +1,5 @@
-// Who may open streams: calls per replica (INGRESS_MAX_CALLS), calls per client (by socket address, or X-Forwarded-For behind a trusted proxy), and
-// requests whose target the router cannot parse.
+// Who may open streams: calls per replica (INGRESS_MAX_CALLS), calls per client (by socket address, or
+// X-Forwarded-For behind a trusted proxy), and requests whose target the router cannot parse.
 import net from "node:net";
 import type { IncomingMessage } from "node:http";
 import type { Bus } from "@voicebot/bus";
