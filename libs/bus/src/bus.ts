@@ -18,7 +18,7 @@ import {
 import type { Counter, Registry } from "prom-client";
 import { hotCounter, pendingCount, type PendingCount } from "./hot-counter.js";
 import { InOrder } from "./in-order.js";
-import type { Logger } from "./log.js";
+import { LogThrottle, type Logger } from "./log.js";
 import { callIdOfSubject, headerNames } from "./subjects.js";
 
 /** What ts-proto generates for each message: enough to put it on the wire and take it off. */
@@ -113,6 +113,8 @@ export class Bus {
   private readonly statusChanges: Counter<"type">;
   /** Set by drain/close: consumers stop for good instead of starting over. */
   private closing = false;
+  /** Bad messages are counted in full and logged in samples (per handler, one line a second). */
+  private readonly logThrottle = new LogThrottle();
 
   private constructor(
     readonly nc: NatsConnection,
@@ -223,7 +225,8 @@ export class Bus {
 
   private handlerFailed(name: string, subject: string, error: unknown): void {
     this.handlerErrors.inc({ handler: name });
-    this.log.error("message handler failed", { handler: name, subject, error: errorText(error) });
+    const admitted = this.logThrottle.admit(`handler:${name}`);
+    if (admitted) this.log.error("message handler failed", { handler: name, subject, error: errorText(error), ...admitted });
   }
 
   private decode<T>(codec: Codec<T>, msg: Msg | JsMsg, name: string): T | undefined {
@@ -232,7 +235,8 @@ export class Bus {
     } catch (error) {
       this.decodeErrors.inc({ handler: name });
       // The subject is read only here: turning it into a string for every message is a cost most handlers skip.
-      this.log.error("undecodable message dropped", { handler: name, subject: msg.subject, error: errorText(error) });
+      const admitted = this.logThrottle.admit(`decode:${name}`);
+      if (admitted) this.log.error("undecodable message dropped", { handler: name, subject: msg.subject, error: errorText(error), ...admitted });
       return undefined;
     }
   }
@@ -282,7 +286,8 @@ export class Bus {
           (response) => msg.respond(responseCodec.encode(response).finish()),
           (error) => {
             this.handlerErrors.inc({ handler: options.name });
-            this.log.error("request handler failed", { handler: options.name, error: errorText(error) });
+            const admitted = this.logThrottle.admit(`handler:${options.name}`);
+            if (admitted) this.log.error("request handler failed", { handler: options.name, error: errorText(error), ...admitted });
           },
         );
       },
@@ -468,7 +473,8 @@ export class Bus {
       await handler(message, item, { subject: msg.subject, callId: callIdOf(msg) });
     } catch (error) {
       this.handlerErrors.inc({ handler: name });
-      this.log.error("work item failed; it will be redelivered", { handler: name, subject: msg.subject, error: errorText(error) });
+      const admitted = this.logThrottle.admit(`handler:${name}`);
+      if (admitted) this.log.error("work item failed; it will be redelivered", { handler: name, subject: msg.subject, error: errorText(error), ...admitted });
       msg.nak(250);
     }
   }

@@ -1,4 +1,4 @@
-import { errorText, isValidCallId, queueGroups, subjects, type Bus, type Logger, type Subscription } from "@voicebot/bus";
+import { errorText, isValidCallId, LogThrottle, queueGroups, subjects, type Bus, type Logger, type Subscription } from "@voicebot/bus";
 import { CallEnded, CallerAudio, CallStarted } from "@voicebot/proto";
 import type { CallStore } from "@voicebot/state";
 import type { CallSession } from "./call-session.js";
@@ -99,12 +99,16 @@ export class CallOwnership {
     return claim.finally(() => this.claims.delete(claim));
   }
 
+  /** CallStarted messages that cannot be claimed are counted in full and logged in samples. */
+  private readonly badInputLog = new LogThrottle();
+
   private async onCallStarted(message: CallStarted): Promise<void> {
     const { store, log, metrics, options } = this.deps;
     const callId = message.callId;
     if (!isValidCallId(callId)) {
       metrics.claims.inc({ result: "invalid" });
-      log.warn("CallStarted with an invalid call id dropped", { callId });
+      const admitted = this.badInputLog.admit("invalid");
+      if (admitted) log.warn("CallStarted with an invalid call id dropped", { callId: callId.slice(0, 140), ...admitted });
       return;
     }
     if (this.draining || this.owned.has(callId) || this.pending.has(callId)) return;
@@ -112,7 +116,8 @@ export class CallOwnership {
     try {
       if ((await store.callState(callId)) !== "live") {
         metrics.claims.inc({ result: "not_live" });
-        log.warn("CallStarted for a call that is not live: ignored", { callId });
+        const admitted = this.badInputLog.admit("not_live");
+        if (admitted) log.warn("CallStarted for a call that is not live: ignored", { callId, ...admitted });
         return;
       }
       if (!(await store.acquireLease(callId, LEASE_ROLE, options.instanceId, options.leaseMs))) {

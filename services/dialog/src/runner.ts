@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { errorText, isValidCallId, subjects, type Bus, type Delivery, type Logger, type WorkItem } from "@voicebot/bus";
+import { errorText, isValidCallId, LogThrottle, subjects, type Bus, type Delivery, type Logger, type WorkItem } from "@voicebot/bus";
 import {
   AudioEncoding,
   AudioFormat,
@@ -131,10 +131,14 @@ export class TurnRunner {
     return task; // a rejection makes the bus nak the input for redelivery
   };
 
+  /** Dropped inputs are counted in full and logged in samples (a flood of bad input must not flood the log). */
+  private readonly droppedLog = new LogThrottle();
+
   private drop(item: WorkItem, reason: string, fields: Record<string, unknown>): void {
     this.deps.metrics.dropped.inc({ reason });
     const quiet = reason === "duplicate" || reason === "conversation_over";
-    this.deps.log[quiet ? "info" : "warn"]("dialog input dropped", { reason, ...fields });
+    const admitted = this.droppedLog.admit(reason);
+    if (admitted) this.deps.log[quiet ? "info" : "warn"]("dialog input dropped", { reason, ...fields, ...admitted });
     item.ack();
   }
 

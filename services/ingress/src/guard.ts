@@ -1,6 +1,6 @@
 // Per-connection protection: a message rate limit, and protocol-error reporting that counts every error but
 // logs each reason at most once a second, so a misbehaving client cannot flood the logs.
-import type { Logger } from "@voicebot/bus";
+import { LogThrottle, type Logger } from "@voicebot/bus";
 import type { IngressMetrics } from "./metrics.js";
 import type { ProtocolErrorReason } from "./twilio.js";
 
@@ -30,7 +30,7 @@ export class RateLimiter {
 const LOG_INTERVAL_MS = 1_000;
 
 export class ProtocolErrorReporter {
-  private readonly lastLogged = new Map<ProtocolErrorReason, { at: number; suppressed: number }>();
+  private readonly throttle = new LogThrottle(LOG_INTERVAL_MS);
 
   constructor(
     private log: Logger,
@@ -43,13 +43,7 @@ export class ProtocolErrorReporter {
 
   report(reason: ProtocolErrorReason, detail: string, nowMs: number, fields: Record<string, unknown> = {}): void {
     this.metrics.protocolErrors.inc({ reason });
-    const seen = this.lastLogged.get(reason);
-    if (seen && nowMs - seen.at < LOG_INTERVAL_MS) {
-      seen.suppressed++;
-      return;
-    }
-    const suppressed = seen?.suppressed ?? 0;
-    this.lastLogged.set(reason, { at: nowMs, suppressed: 0 });
-    this.log.warn("twilio protocol error", { reason, detail, ...(suppressed > 0 ? { suppressedSinceLast: suppressed } : {}), ...fields });
+    const admitted = this.throttle.admit(reason, nowMs);
+    if (admitted) this.log.warn("twilio protocol error", { reason, detail, ...admitted, ...fields });
   }
 }

@@ -1,4 +1,4 @@
-import { errorText, isValidCallId, type Logger } from "@voicebot/bus";
+import { errorText, isValidCallId, LogThrottle, type Logger } from "@voicebot/bus";
 import { ToolCallResult, type ToolCallRequest } from "@voicebot/proto";
 import type { CallStore, ToolCallEntry } from "@voicebot/state";
 import { Counter, Histogram, type Registry } from "prom-client";
@@ -274,9 +274,22 @@ export class ToolExecutor {
     return this.errorResult(request, "timeout", `an earlier request with the same tool_call_id did not finish within ${waitMs} ms`);
   }
 
+  /** Refusals are counted in full and logged in samples (a flood of bad requests must not flood the log). */
+  private readonly refusedLog = new LogThrottle();
+
   private refuse(request: ToolCallRequest, code: ToolErrorCode, message: string): ToolCallResult {
     this.metrics.calls.inc({ tool: this.resolve(request.agent, request.name) ? request.name : "unknown", outcome: code });
-    this.log.warn("tool request refused", { callId: request.callId, toolCallId: request.toolCallId, tool: request.name, errorCode: code, error: message });
+    const admitted = this.refusedLog.admit(code);
+    if (admitted) {
+      this.log.warn("tool request refused", {
+        callId: request.callId.slice(0, 140),
+        toolCallId: request.toolCallId.slice(0, 140),
+        tool: request.name.slice(0, 80),
+        errorCode: code,
+        error: message,
+        ...admitted,
+      });
+    }
     return this.errorResult(request, code, message);
   }
 

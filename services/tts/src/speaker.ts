@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { errorText, isValidCallId, subjects, type Bus, type Logger } from "@voicebot/bus";
+import { errorText, isValidCallId, LogThrottle, subjects, type Bus, type Logger } from "@voicebot/bus";
 import { BotAudio, isSpeakable, SynthesisFailed, TurnTiming, type SpeakRequest } from "@voicebot/proto";
 import { keys, type CallStore } from "@voicebot/state";
 import type { TtsEngine } from "./engine.js";
@@ -45,14 +45,19 @@ const CACHE_NAMESPACE = "tts";
  * in a closed chunk (chunkDone) or a SynthesisFailed, so ingress is never left waiting.
  */
 export class Speaker {
+  /** Bad requests are counted in full and logged in samples (a flood of them must not flood the log). */
+  private readonly badRequestLog = new LogThrottle();
+
   constructor(private readonly deps: SpeakerDeps) {}
 
   async speak(request: SpeakRequest, receivedAtMs = Date.now()): Promise<void> {
     const { log, metrics, jobs } = this.deps;
     const { callId, turnId, chunkSeq } = request;
     if (!isValidCallId(callId) || !turnId) {
-      metrics.badRequests.inc({ reason: isValidCallId(callId) ? "missing_turn_id" : "invalid_call_id" });
-      log.error("speak request dropped: it needs a valid call id and a turn id", { callId, turnId, chunkSeq });
+      const reason = isValidCallId(callId) ? "missing_turn_id" : "invalid_call_id";
+      metrics.badRequests.inc({ reason });
+      const admitted = this.badRequestLog.admit(reason);
+      if (admitted) log.error("speak request dropped: it needs a valid call id and a turn id", { callId: callId.slice(0, 140), turnId: turnId.slice(0, 140), chunkSeq, ...admitted });
       return;
     }
     const started = jobs.start(callId, turnId, chunkSeq);
