@@ -2,7 +2,7 @@
 // time on one system (as real calls would), which also shows that calls do not disturb each other.
 import { afterAll, afterEach, beforeAll, describe, test } from "vitest";
 import { WebSocket } from "ws";
-import { audioMs, loudnessDbfs, noteTurns, printLatencies, serviceNames, startSystem, type System } from "./system.js";
+import { audioMs, keypadCall, loudnessDbfs, noteTurns, printLatencies, serviceNames, startSystem, type System } from "./system.js";
 
 let system: System;
 
@@ -105,19 +105,10 @@ describe("calls over /twilio", () => {
     const errorsBefore = await system.metric("ingress", "voicebot_ingress_protocol_errors_total");
 
     // A well-formed call runs through the whole keypad flow meanwhile.
-    const good = (async () => {
-      const sim = system.call();
-      await sim.connect();
-      await sim.waitForBotTurn({ timeoutMs: TURN_MS });
-      await sim.pressKeys("1");
-      await sim.waitForBotTurn({ timeoutMs: TURN_MS });
-      await sim.pressKeys("12345#");
-      await sim.waitForBotTurn({ timeoutMs: TURN_MS });
-      await system.waitForRecord(sim.callSid, "lookup_order", (r) => r.toolCalls.some((t) => t.name === "lookup_order"));
-      await sim.hangUp();
+    const good = keypadCall(system, TURN_MS).then(async (sim) => {
       noteTurns("next to malformed input", sim.turns, await system.record(sim.callSid));
       return sim;
-    })();
+    });
 
     const open = async () => {
       const ws = new WebSocket(system.twilioUrl);

@@ -9,7 +9,7 @@ import { randomBytes, randomInt } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { noteTurns, serviceNames, startSystem, type System } from "./system.js";
+import { keypadCall, noteTurns, serviceNames, startSystem, type System } from "./system.js";
 
 const FUZZ_MS = 8_000;
 const TURN_MS = 20_000;
@@ -170,19 +170,7 @@ test("junk on every service's subjects and HTTP port, for a bounded time: nothin
     await Promise.all(serviceNames.map(async (name) => [name, await system.metric(name, "voicebot_bus_decode_errors_total")] as const)),
   );
 
-  // The well-formed call: greeting, the menu key, an order lookup, a hang-up.
-  const good = (async () => {
-    const sim = system.call();
-    await sim.connect();
-    await sim.waitForBotTurn({ timeoutMs: TURN_MS });
-    await sim.pressKeys("1");
-    await sim.waitForBotTurn({ timeoutMs: TURN_MS });
-    await sim.pressKeys("12345#");
-    await sim.waitForBotTurn({ timeoutMs: TURN_MS });
-    await system.waitForRecord(sim.callSid, "lookup_order", (r) => r.toolCalls.some((t) => t.name === "lookup_order"), TURN_MS);
-    await sim.hangUp();
-    return sim;
-  })();
+  const good = keypadCall(system, TURN_MS);
 
   const nats = await RawNats.connect(system.nats.url);
   const until = Date.now() + FUZZ_MS;

@@ -111,6 +111,23 @@ export async function startSystem(options: StartSystemOptions = {}): Promise<Sys
   };
 }
 
+/**
+ * A well-formed call through the keypad flow (greeting, the menu key, an order lookup), then a hang-up: the call
+ * that runs next to faults and junk and must not notice them.
+ */
+export async function keypadCall(system: System, turnMs = 20_000): Promise<TwilioCallSimulator> {
+  const sim = system.call();
+  await sim.connect();
+  await sim.waitForBotTurn({ timeoutMs: turnMs });
+  await sim.pressKeys("1");
+  await sim.waitForBotTurn({ timeoutMs: turnMs });
+  await sim.pressKeys("12345#");
+  await sim.waitForBotTurn({ timeoutMs: turnMs });
+  await system.waitForRecord(sim.callSid, "lookup_order", (r) => r.toolCalls.some((t) => t.name === "lookup_order"), turnMs);
+  await sim.hangUp();
+  return sim;
+}
+
 /** Loudness of μ-law audio in dBFS: speech sits well above -40, digital silence at -90 or below. */
 export function loudnessDbfs(mulaw: Uint8Array): number {
   return rmsDbfs(mulawDecode(mulaw));
