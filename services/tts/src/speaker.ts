@@ -57,7 +57,10 @@ export class Speaker {
       const reason = isValidCallId(callId) ? "missing_turn_id" : "invalid_call_id";
       metrics.badRequests.inc({ reason });
       const admitted = this.badRequestLog.admit(reason);
-      if (admitted) log.error("speak request dropped: it needs a valid call id and a turn id", { callId: callId.slice(0, 140), turnId: turnId.slice(0, 140), chunkSeq, ...admitted });
+      if (admitted) {
+        const fields = { callId: callId.slice(0, 140), turnId: turnId.slice(0, 140), chunkSeq, ...admitted };
+        log.error("speak request dropped: it needs a valid call id and a turn id", fields);
+      }
       return;
     }
     const started = jobs.start(callId, turnId, chunkSeq);
