@@ -1,3 +1,4 @@
 export * from "./processes.js";
 export * from "./servers.js";
 export * from "./fakes/index.js";
+export * from "./metrics.js";

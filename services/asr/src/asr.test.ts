@@ -5,7 +5,7 @@ import { subjects, type Bus } from "@voicebot/bus";
 import { CallEnded, DialogInput, SpeechActivity, SpeechActivity_Kind, Transcript } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { CallStore, keys } from "@voicebot/state";
-import { startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { metricSum, startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { synthesizeTo8kPcm } from "../test/fixtures/make-audio.js";
 import { collect, connectTestBus, newCallId, noiseFrames, startCall, streamAudio, utteranceFrames } from "../test/helpers.js";
@@ -38,10 +38,7 @@ async function info(handle: ServiceHandle): Promise<{ activeCalls: number }> {
   return (await fetch(`http://127.0.0.1:${handle.ctx.port}/info`)).json() as Promise<{ activeCalls: number }>;
 }
 
-async function metric(handle: ServiceHandle, name: string): Promise<number> {
-  const values = (await handle.ctx.registry.getSingleMetric(name)?.get())?.values ?? [];
-  return values.reduce((sum, v) => sum + v.value, 0);
-}
+const metric = (handle: ServiceHandle, name: string) => metricSum(handle.ctx.registry, name);
 
 /** Starts a call, waits until one replica owns it, and collects what asr publishes for it. */
 async function ownedCall(expectedOwner?: string) {

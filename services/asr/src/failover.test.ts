@@ -7,6 +7,7 @@ import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { CallStore, keys } from "@voicebot/state";
 import {
   ensureTestCertificate,
+  metricSum,
   startFakeAssemblyAI,
   startNats,
   startRedis,
@@ -49,10 +50,8 @@ async function startReplica(instance: string, extra: Record<string, string> = {}
   return handle;
 }
 
-async function metric(handle: ServiceHandle, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const values = (await handle.ctx.registry.getSingleMetric(name)?.get())?.values ?? [];
-  return values.filter((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l)).reduce((sum, v) => sum + v.value, 0);
-}
+const metric = (handle: ServiceHandle, name: string, labels: Record<string, string> = {}) =>
+  metricSum(handle.ctx.registry, name, labels);
 
 async function ownedCall(owner: string, hints: object = { mode: "phrases", phrases: ["order status", "agent", "goodbye"] }) {
   const callId = newCallId();

@@ -6,7 +6,7 @@ import { subjects, type Bus } from "@voicebot/bus";
 import { AudioEncoding, CallerAudio, DialogInput, SpeechActivity, SpeechActivity_Kind, Transcript } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { CallStore } from "@voicebot/state";
-import { startFakeOpenAI, startNats, startRedis, waitFor, type FakeOpenAI, type ServerHandle } from "@voicebot/testing";
+import { metricSum, startFakeOpenAI, startNats, startRedis, waitFor, type FakeOpenAI, type ServerHandle } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { synthesizeTo8kPcm } from "../test/fixtures/make-audio.js";
 import { collect, connectTestBus, lineNoise, newCallId, startCall, utteranceFrames } from "../test/helpers.js";
@@ -25,10 +25,7 @@ let store: CallStore;
 let asr: ServiceHandle;
 let consumer: { stop(): Promise<void> } | undefined;
 
-async function metric(name: string, labels: Record<string, string> = {}): Promise<number> {
-  const values = (await asr.ctx.registry.getSingleMetric(name)?.get())?.values ?? [];
-  return values.filter((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l)).reduce((sum, v) => sum + v.value, 0);
-}
+const metric = (name: string, labels: Record<string, string> = {}) => metricSum(asr.ctx.registry, name, labels);
 
 async function ownedCall() {
   const callId = newCallId();

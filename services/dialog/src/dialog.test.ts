@@ -12,7 +12,7 @@ import {
 } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { CallStore, keys } from "@voicebot/state";
-import { startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { metricSum, startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { definition as toolsDefinition } from "../../tools/src/service.js";
@@ -134,10 +134,7 @@ class TestCall {
   }
 }
 
-async function metric(name: string, labels: Record<string, string> = {}): Promise<number> {
-  const values = (await dialog.ctx.registry.getSingleMetric(name)?.get())?.values ?? [];
-  return values.filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want)).reduce((s, v) => s + v.value, 0);
-}
+const metric = (name: string, labels: Record<string, string> = {}) => metricSum(dialog.ctx.registry, name, labels);
 
 const GREETING =
   "Thanks for calling the demo shop. To check an order, say order status or press 1. To talk to an agent, say agent or press 0.";

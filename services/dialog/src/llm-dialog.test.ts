@@ -23,6 +23,7 @@ import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { CallStore } from "@voicebot/state";
 import {
   addFakeChatCompletions,
+  metricSum,
   startFakeOpenAI,
   startNats,
   startRedis,
@@ -197,10 +198,7 @@ class TestCall {
   }
 }
 
-async function metric(name: string, labels: Record<string, string> = {}): Promise<number> {
-  const values = (await dialog.ctx.registry.getSingleMetric(name)?.get())?.values ?? [];
-  return values.filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want)).reduce((s, v) => s + v.value, 0);
-}
+const metric = (name: string, labels: Record<string, string> = {}) => metricSum(dialog.ctx.registry, name, labels);
 
 const GREETING = "Thanks for calling the demo shop. How can I help you today?";
 

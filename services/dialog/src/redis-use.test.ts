@@ -2,7 +2,7 @@ import { Bus, silentLogger, subjects } from "@voicebot/bus";
 import { AudioEncoding, CallStarted, DialogInput, KeypadPress, SpeakRequest, ToolCallRequest, ToolCallResult } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { CallStore, defaultStoreOptions, keys } from "@voicebot/state";
-import { startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { metricSum, startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
 import type { Redis } from "ioredis";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -67,10 +67,7 @@ async function key(callId: string, digit: string, n: number): Promise<void> {
   await publish(callId, `${callId}:dtmf:${n}`, { $case: "keypad", value: KeypadPress.create({ callId, digit, atMs: Date.now() }) });
 }
 
-async function metric(name: string, labels: Record<string, string>): Promise<number> {
-  const values = (await dialog.ctx.registry.getSingleMetric(name)?.get())?.values ?? [];
-  return values.filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want)).reduce((sum, v) => sum + v.value, 0);
-}
+const metric = (name: string, labels: Record<string, string>) => metricSum(dialog.ctx.registry, name, labels);
 
 describe("dialog Redis use", () => {
   it("a keypad input costs a handful of Redis commands in a few round trips", async () => {

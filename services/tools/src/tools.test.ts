@@ -2,7 +2,7 @@ import { Bus, silentLogger, subjects } from "@voicebot/bus";
 import { CallControl, CallControl_Action, ToolCallRequest, ToolCallResult } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { CallStore } from "@voicebot/state";
-import { startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { metricSum, startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { definition } from "./service.js";
@@ -53,12 +53,7 @@ function controls(callId: string): CallControl[] {
   return received;
 }
 
-async function metric(name: string, labels: Record<string, string>): Promise<number> {
-  const found = (await service.ctx.registry.getSingleMetric(name)?.get())?.values ?? [];
-  return found
-    .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
-    .reduce((sum, v) => sum + v.value, 0);
-}
+const metric = (name: string, labels: Record<string, string>) => metricSum(service.ctx.registry, name, labels);
 
 describe("tools service", () => {
   it("looks up a shipped order, normalizing keyed input", async () => {

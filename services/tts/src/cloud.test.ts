@@ -6,6 +6,7 @@ import { Bus, silentLogger, subjects } from "@voicebot/bus";
 import { AudioEncoding, BotAudio, SpeakRequest, SynthesisFailed } from "@voicebot/proto";
 import { ConfigError, startService, type ServiceHandle } from "@voicebot/service-kit";
 import {
+  metricSum,
   startFakeElevenLabs,
   startFakeOpenAISpeech,
   startNats,
@@ -99,15 +100,8 @@ async function speakChunk(text: string): Promise<{ parts: BotAudio[]; failures: 
   return { parts, failures };
 }
 
-async function metric(handle: ServiceHandle, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const found = handle.ctx.registry.getSingleMetric(name);
-  if (!found) throw new Error(`no metric ${name}`);
-  const values = (await found.get()).values as Array<{ value: number; labels: Record<string, unknown>; metricName?: string }>;
-  return values
-    .filter((v) => (v.metricName ?? name) === name || v.metricName === `${name}_count`)
-    .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
-    .reduce((sum, v) => sum + v.value, 0);
-}
+const metric = (handle: ServiceHandle, name: string, labels: Record<string, string> = {}) =>
+  metricSum(handle.ctx.registry, name, labels);
 
 /** Whole μ-law frames with speech in them: loud enough overall, and most frames above the noise floor. */
 function expectSpeech(parts: BotAudio[]): Uint8Array {

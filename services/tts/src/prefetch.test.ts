@@ -5,7 +5,7 @@ import { Bus, silentLogger, streams, subjects } from "@voicebot/bus";
 import { AudioEncoding, BotAudio, SpeakRequest } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { CallStore } from "@voicebot/state";
-import { startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { metricSum, startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { TtsEngine } from "./engine.js";
@@ -118,12 +118,8 @@ async function speakLive(text: string, fields: Partial<SpeakRequest> = {}): Prom
   return { parts, done };
 }
 
-async function metric(handle: ServiceHandle, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const found = handle.ctx.registry.getSingleMetric(name);
-  if (!found) throw new Error(`no metric ${name}`);
-  const values = (await found.get()).values as Array<{ value: number; labels: Record<string, unknown> }>;
-  return values.filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want)).reduce((sum, v) => sum + v.value, 0);
-}
+const metric = (handle: ServiceHandle, name: string, labels: Record<string, string> = {}) =>
+  metricSum(handle.ctx.registry, name, labels);
 
 async function cacheKeys(handle: ServiceHandle): Promise<string[]> {
   return handle.ctx.store.redis.keys("vb:cache:tts:*");

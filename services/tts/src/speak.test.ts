@@ -12,7 +12,7 @@ import {
   TurnTiming,
 } from "@voicebot/proto";
 import { ConfigError, startService, type ServiceHandle } from "@voicebot/service-kit";
-import { startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { metricSum, startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { TtsEngine } from "./engine.js";
@@ -154,16 +154,8 @@ function speak(fields: Partial<SpeakRequest> & { callId: string }): void {
   client.publish(subjects.ttsSpeak, SpeakRequest, request, fields.callId);
 }
 
-async function metric(handle: ServiceHandle, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const found = handle.ctx.registry.getSingleMetric(name);
-  if (!found) throw new Error(`no metric ${name}`);
-  const values = (await found.get()).values as Array<{ value: number; labels: Record<string, unknown>; metricName?: string }>;
-  // A histogram counts observations in <name>_count.
-  return values
-    .filter((v) => (v.metricName ?? name) === name || v.metricName === `${name}_count`)
-    .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
-    .reduce((sum, v) => sum + v.value, 0);
-}
+const metric = (handle: ServiceHandle, name: string, labels: Record<string, string> = {}) =>
+  metricSum(handle.ctx.registry, name, labels);
 
 async function info(handle: ServiceHandle): Promise<{ activeCalls: number }> {
   return (await (await fetch(`http://127.0.0.1:${handle.ctx.port}/info`)).json()) as { activeCalls: number };

@@ -1,6 +1,14 @@
 // FallbackEngine with real engines: the AssemblyAI SDK against the fake streaming server (scripted to work,
 // stall or fail) in front of the local pocketsphinx decoder.
-import { ensureTestCertificate, startFakeAssemblyAI, trustTestCertificateInProcess, waitFor, type FakeAssemblyAI, type FakeAssemblyAIScript } from "@voicebot/testing";
+import {
+  ensureTestCertificate,
+  metricSum,
+  startFakeAssemblyAI,
+  trustTestCertificateInProcess,
+  waitFor,
+  type FakeAssemblyAI,
+  type FakeAssemblyAIScript,
+} from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { chunks, synthesizeTo8kPcm } from "../../test/fixtures/make-audio.js";
@@ -25,10 +33,7 @@ function setup(options: { apiKey?: string; timeoutMs?: number; cooldownMs?: numb
   const assemblyai = new AssemblyAIEngine({ apiKey: options.apiKey ?? API_KEY, baseUrl: fake.url, finalTimeoutMs: 5000 });
   const engine = new FallbackEngine([assemblyai, options.second ?? pocketsphinx], { timeoutMs: options.timeoutMs ?? 800, cooldownMs: options.cooldownMs ?? 30_000 }, metrics);
   engines.push(engine);
-  const value = async (name: string, labels: Record<string, string> = {}) => {
-    const values = (await registry.getSingleMetric(name)!.get()).values;
-    return values.filter((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l)).reduce((sum, v) => sum + v.value, 0);
-  };
+  const value = (name: string, labels: Record<string, string> = {}) => metricSum(registry, name, labels);
   return { engine, value };
 }
 
