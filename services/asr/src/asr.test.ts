@@ -8,7 +8,7 @@ import { CallStore, keys } from "@voicebot/state";
 import { metricSum, startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { synthesizeTo8kPcm } from "../test/fixtures/make-audio.js";
-import { collect, connectTestBus, newCallId, noiseFrames, startCall, streamAudio, utteranceFrames } from "../test/helpers.js";
+import { collect, connectTestBus, newCallId, noiseFrames, standInDialog, startCall, streamAudio, utteranceFrames } from "../test/helpers.js";
 import { definition } from "./service.js";
 
 let nats: ServerHandle;
@@ -58,15 +58,7 @@ beforeAll(async () => {
   [nats, redis] = await Promise.all([startNats(), startRedis()]);
   bus = await connectTestBus(nats.url);
   store = CallStore.connect(redis.url);
-  consumer = await bus.consume(
-    { name: "VB_DIALOG_IN", subjects: [subjects.dialogInputAll], durable: "dialog" },
-    DialogInput,
-    async (input, item) => {
-      dialogInputs.push(input);
-      item.ack();
-    },
-    { name: "test-dialog", ackWaitMs: 5_000, maxDeliver: 3, concurrency: 4 },
-  );
+  consumer = await standInDialog(bus, dialogInputs);
 });
 
 // A failed test must not leave a replica behind to claim the next test's calls.

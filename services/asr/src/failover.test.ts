@@ -19,7 +19,7 @@ import {
 } from "@voicebot/testing";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { synthesizeTo8kPcm } from "../test/fixtures/make-audio.js";
-import { collect, connectTestBus, lineNoise, newCallId, startCall, streamAudio, utteranceFrames } from "../test/helpers.js";
+import { collect, connectTestBus, lineNoise, newCallId, standInDialog, startCall, streamAudio, utteranceFrames } from "../test/helpers.js";
 import { definition } from "./service.js";
 
 const API_KEY = "aai-test-key-service";
@@ -83,15 +83,7 @@ beforeAll(async () => {
   [nats, redis, fake] = await Promise.all([startNats(), startRedis(), startFakeAssemblyAI({ apiKey: API_KEY, script: () => script })]);
   bus = await connectTestBus(nats.url);
   store = CallStore.connect(redis.url);
-  consumer = await bus.consume(
-    { name: "VB_DIALOG_IN", subjects: [subjects.dialogInputAll], durable: "dialog" },
-    DialogInput,
-    async (input, item) => {
-      dialogInputs.push(input);
-      item.ack();
-    },
-    { name: "test-dialog", ackWaitMs: 5_000, maxDeliver: 3, concurrency: 4 },
-  );
+  consumer = await standInDialog(bus, dialogInputs);
 });
 
 afterEach(async () => {

@@ -3,13 +3,13 @@
 // default), same utterances and timing, same gap filling, same audio to the recognizer. The service runs with
 // ASR_ENGINES=openai against the fake transcription server, which keeps every uploaded WAV.
 import { subjects, type Bus } from "@voicebot/bus";
-import { AudioEncoding, CallerAudio, DialogInput, SpeechActivity, SpeechActivity_Kind, Transcript } from "@voicebot/proto";
+import { AudioEncoding, CallerAudio, SpeechActivity, SpeechActivity_Kind, Transcript } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { CallStore } from "@voicebot/state";
 import { metricSum, startFakeOpenAI, startNats, startRedis, waitFor, type FakeOpenAI, type ServerHandle } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { synthesizeTo8kPcm } from "../test/fixtures/make-audio.js";
-import { collect, connectTestBus, lineNoise, newCallId, startCall, utteranceFrames } from "../test/helpers.js";
+import { collect, connectTestBus, lineNoise, newCallId, standInDialog, startCall, utteranceFrames } from "../test/helpers.js";
 import { definition } from "./service.js";
 
 const API_KEY = "openai-test-key-multi-frame";
@@ -49,12 +49,7 @@ beforeAll(async () => {
   bus = await connectTestBus(nats.url);
   store = CallStore.connect(redis.url);
   // Finals go to the dialog's work queue: it must exist and be drained.
-  consumer = await bus.consume(
-    { name: "VB_DIALOG_IN", subjects: [subjects.dialogInputAll], durable: "dialog" },
-    DialogInput,
-    async (_input, item) => item.ack(),
-    { name: "test-dialog", ackWaitMs: 5_000, maxDeliver: 3, concurrency: 4 },
-  );
+  consumer = await standInDialog(bus);
   asr = await startService(definition, {
     NATS_URL: nats.url,
     REDIS_URL: redis.url,

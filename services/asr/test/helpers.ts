@@ -1,7 +1,7 @@
 // Test helpers shared by the asr integration tests (in-process replicas) and end-to-end tests (processes).
 import { FRAME_MS, mulawEncode } from "@voicebot/audio";
-import { Bus, subjects, type Codec } from "@voicebot/bus";
-import { AudioEncoding, CallerAudio, CallStarted } from "@voicebot/proto";
+import { Bus, streams, subjects, type Codec } from "@voicebot/bus";
+import { AudioEncoding, CallerAudio, CallStarted, DialogInput } from "@voicebot/proto";
 import { createLogger } from "@voicebot/service-kit";
 import type { CallStore } from "@voicebot/state";
 import { Registry } from "prom-client";
@@ -110,4 +110,17 @@ export function collect<T>(bus: Bus, subject: string, codec: Codec<T>): T[] {
 let counter = 0;
 export function newCallId(): string {
   return `CA${Date.now().toString(16)}${(counter++).toString(16).padStart(4, "0")}${Math.random().toString(16).slice(2, 10)}`;
+}
+
+/** Stands in for the dialog: drains its work queue, where the asr queues every final, keeping what arrives. */
+export function standInDialog(bus: Bus, inputs: DialogInput[] = []): Promise<{ stop(): Promise<void> }> {
+  return bus.consume(
+    streams.dialog,
+    DialogInput,
+    async (input, item) => {
+      inputs.push(input);
+      item.ack();
+    },
+    { name: "test-dialog", ackWaitMs: 5_000, maxDeliver: 3, concurrency: 4 },
+  );
 }

@@ -6,7 +6,7 @@ import { CallStore, keys } from "@voicebot/state";
 import { startNats, startRedis, startServiceProcess, waitFor, type ServerHandle, type ServiceProcess } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { synthesizeTo8kPcm } from "./fixtures/make-audio.js";
-import { collect, connectTestBus, newCallId, noiseFrames, startCall, streamAudio, utteranceFrames } from "./helpers.js";
+import { collect, connectTestBus, newCallId, noiseFrames, standInDialog, startCall, streamAudio, utteranceFrames } from "./helpers.js";
 
 let nats: ServerHandle;
 let redis: ServerHandle;
@@ -36,15 +36,7 @@ beforeAll(async () => {
   [nats, redis] = await Promise.all([startNats(), startRedis()]);
   bus = await connectTestBus(nats.url);
   store = CallStore.connect(redis.url);
-  consumer = await bus.consume(
-    { name: "VB_DIALOG_IN", subjects: [subjects.dialogInputAll], durable: "dialog" },
-    DialogInput,
-    async (input, item) => {
-      dialogInputs.push(input);
-      item.ack();
-    },
-    { name: "test-dialog", ackWaitMs: 5_000, maxDeliver: 3, concurrency: 4 },
-  );
+  consumer = await standInDialog(bus, dialogInputs);
   speech = await synthesizeTo8kPcm("order status", "slt");
 });
 
