@@ -25,11 +25,12 @@ import path from "node:path";
 import { parseArgs, promisify } from "node:util";
 import { mulawEncode, mulawFrameEnergy } from "@voicebot/audio";
 import { Bus, subjects } from "@voicebot/bus";
-import { AudioEncoding, CallEnded, CallerAudio, CallStarted, DialogInput, Transcript } from "@voicebot/proto";
+import { AudioEncoding, CallEnded, CallerAudio, CallStarted, Transcript } from "@voicebot/proto";
 import { createLogger } from "@voicebot/service-kit";
 import { CallStore } from "@voicebot/state";
 import { freePort, repoRoot, startFakeOpenAI, startNats, startRedis, waitFor } from "@voicebot/testing";
 import { Registry } from "prom-client";
+import { drainDialogQueue } from "./service-run.js";
 
 const FRAME_MS = 20;
 const FRAME_BYTES = 160;
@@ -237,12 +238,7 @@ async function main(): Promise<void> {
   stops.push(() => bus.close());
   const store = CallStore.connect(redis.url);
   stops.push(() => store.close());
-  const consumer = await bus.consume(
-    { name: "VB_DIALOG_IN", subjects: [subjects.dialogInputAll], durable: "dialog" },
-    DialogInput,
-    async (_input, item) => item.ack(),
-    { name: "bench-dialog", ackWaitMs: 5_000, maxDeliver: 3, concurrency: 64 },
-  );
+  const consumer = await drainDialogQueue(bus, 64);
   stops.push(() => consumer.stop());
   let finals = 0;
   bus.subscribe("vb.v1.call.*.transcript", Transcript, (t) => void (t.isFinal && finals++), { name: "bench-transcripts" });

@@ -4,7 +4,7 @@
 
 import { readFile } from "node:fs/promises";
 import os from "node:os";
-import { Bus, subjects } from "@voicebot/bus";
+import { Bus, streams, subjects } from "@voicebot/bus";
 import { AudioEncoding, CallerAudio, CallStarted, DialogInput, SpeechActivity, SpeechActivity_Kind, Transcript } from "@voicebot/proto";
 import { createLogger } from "@voicebot/service-kit";
 import { CallStore, keys } from "@voicebot/state";
@@ -19,6 +19,12 @@ const PHRASE_HINTS = { mode: "phrases", phrases: HINT_PHRASES };
 const DIGIT_HINTS = { mode: "digits", phrases: [], minSilenceMs: 1000, maxSilenceMs: 2500 };
 /** How long to wait for the last finals of a call once its audio is sent. */
 const SETTLE_MS = 6000;
+
+/** Stands in for the dialog: acks what the asr queues on its work queue (which must exist, as in production). */
+export function drainDialogQueue(bus: Bus, concurrency: number): Promise<{ stop(): Promise<void> }> {
+  const options = { name: "bench-dialog", ackWaitMs: 5_000, maxDeliver: 3, concurrency };
+  return bus.consume(streams.dialog, DialogInput, async (_input, item) => item.ack(), options);
+}
 
 export interface UtteranceOutcome {
   call: BenchCall;
@@ -77,12 +83,7 @@ export async function runServiceBench(
     bus = await Bus.connect({ servers: nats.url, name: "asr-bench", log: createLogger({ bench: "asr" }, "error"), registry: new Registry() });
     store = CallStore.connect(redis.url);
     // The dialog's work queue must exist (and be drained) for the finals to be queued as in production.
-    consumer = await bus.consume(
-      { name: "VB_DIALOG_IN", subjects: [subjects.dialogInputAll], durable: "dialog" },
-      DialogInput,
-      async (_input, item) => item.ack(),
-      { name: "bench-dialog", ackWaitMs: 5_000, maxDeliver: 3, concurrency: 16 },
-    );
+    consumer = await drainDialogQueue(bus, 16);
 
     const loadBefore = loadAverage();
     const pid = asr.process.pid!;
