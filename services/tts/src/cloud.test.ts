@@ -21,6 +21,7 @@ import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FliteEngine } from "./engines/flite.js";
 import { createDefinition } from "./service.js";
+import { startTts as startTtsService } from "./test-support/harness.js";
 
 const OPENAI_KEY = "sk-test-service-0123456789";
 const ELEVENLABS_KEY = "xi-test-service-0123456789";
@@ -67,21 +68,17 @@ afterAll(async () => {
   await Promise.all([nats?.stop(), redis?.stop(), openai?.stop(), elevenlabs?.stop(), ...[...flites.values()].map((f) => f.close())]);
 });
 
-async function startTts(env: Record<string, string>): Promise<ServiceHandle> {
-  const handle = await startService(createDefinition(), {
-    NATS_URL: nats.url,
-    REDIS_URL: redis.url,
-    HTTP_PORT: "0",
-    LOG_LEVEL: "error",
-    TTS_OPENAI_BASE_URL: openai.baseUrl,
-    TTS_OPENAI_API_KEY: OPENAI_KEY,
-    ELEVENLABS_BASE_URL: elevenlabs.baseUrl,
-    ELEVENLABS_API_KEY: ELEVENLABS_KEY,
-    ...env,
-  });
-  await waitFor(async () => (await fetch(`http://127.0.0.1:${handle.ctx.port}/readyz`)).status === 200, { what: "tts to be ready" });
-  return handle;
-}
+const startTts = (env: Record<string, string>) =>
+  startTtsService(
+    { natsUrl: nats.url, redisUrl: redis.url },
+    {
+      TTS_OPENAI_BASE_URL: openai.baseUrl,
+      TTS_OPENAI_API_KEY: OPENAI_KEY,
+      ELEVENLABS_BASE_URL: elevenlabs.baseUrl,
+      ELEVENLABS_API_KEY: ELEVENLABS_KEY,
+      ...env,
+    },
+  );
 
 /** Speaks one chunk on a new call and returns its BotAudio parts once the chunk is done. */
 async function speakChunk(text: string): Promise<{ parts: BotAudio[]; failures: SynthesisFailed[] }> {

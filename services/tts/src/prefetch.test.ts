@@ -3,39 +3,16 @@ import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Bus, silentLogger, streams, subjects } from "@voicebot/bus";
 import { AudioEncoding, BotAudio, SpeakRequest } from "@voicebot/proto";
-import { startService, type ServiceHandle } from "@voicebot/service-kit";
+import type { ServiceHandle } from "@voicebot/service-kit";
 import { CallStore } from "@voicebot/state";
 import { metricSum, startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { TtsEngine } from "./engine.js";
 import { defaultEngines, type EngineRegistry } from "./registry.js";
-import { createDefinition } from "./service.js";
+import { PacedEngine, startTts as startTtsService } from "./test-support/harness.js";
 
 type EngineRequest = Parameters<TtsEngine["synthesize"]>[0];
-
-/** Real flite audio released at real-time pace in 20 ms pieces; remembers what it was asked to say. */
-class PacedEngine implements TtsEngine {
-  readonly label = "paced";
-  readonly sampleRate: number;
-  readonly texts: string[] = [];
-  constructor(private readonly inner: TtsEngine) {
-    this.sampleRate = inner.sampleRate;
-  }
-  async *synthesize(request: EngineRequest): AsyncGenerator<Int16Array> {
-    this.texts.push(request.text);
-    const step = this.sampleRate / 50;
-    for await (const pcm of this.inner.synthesize(request)) {
-      for (let i = 0; i < pcm.length; i += step) {
-        yield pcm.slice(i, i + step);
-        await sleep(20, undefined, { signal: request.signal });
-      }
-    }
-  }
-  close() {
-    return this.inner.close();
-  }
-}
 
 /** Fails every line but the warm-up word, before any audio. */
 class FailingEngine implements TtsEngine {
@@ -84,17 +61,8 @@ beforeEach(async () => {
   await store.redis.flushall();
 });
 
-async function startTts(env: Record<string, string>, engines?: EngineRegistry): Promise<ServiceHandle> {
-  const handle = await startService(createDefinition({ engines }), {
-    NATS_URL: nats.url,
-    REDIS_URL: redis.url,
-    HTTP_PORT: "0",
-    LOG_LEVEL: "error",
-    ...env,
-  });
-  await waitFor(async () => (await fetch(`http://127.0.0.1:${handle.ctx.port}/readyz`)).status === 200, { what: "tts to be ready" });
-  return handle;
-}
+const startTts = (env: Record<string, string>, engines?: EngineRegistry) =>
+  startTtsService({ natsUrl: nats.url, redisUrl: redis.url }, env, { engines });
 
 const MULAW_8K = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 };
 

@@ -18,6 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { TtsEngine } from "./engine.js";
 import { defaultEngines, type EngineRegistry } from "./registry.js";
 import { createDefinition } from "./service.js";
+import { PacedEngine, startTts as startTtsService } from "./test-support/harness.js";
 
 // ---- test doubles of the engine edge ----
 
@@ -62,29 +63,6 @@ class DyingEngine implements TtsEngine {
 }
 
 /** Real flite audio, released at real-time pace in 20 ms pieces, so a chunk can be cancelled mid-synthesis. */
-class PacedEngine implements TtsEngine {
-  readonly label: string;
-  readonly sampleRate: number;
-  signals: AbortSignal[] = [];
-  constructor(private readonly inner: TtsEngine) {
-    this.label = `paced-${inner.label}`;
-    this.sampleRate = inner.sampleRate;
-  }
-  async *synthesize(request: EngineRequest): AsyncGenerator<Int16Array> {
-    if (request.signal) this.signals.push(request.signal);
-    const step = this.sampleRate / 50;
-    for await (const pcm of this.inner.synthesize(request)) {
-      for (let i = 0; i < pcm.length; i += step) {
-        yield pcm.slice(i, i + step);
-        await sleep(20, undefined, { signal: request.signal });
-      }
-    }
-  }
-  close() {
-    return this.inner.close();
-  }
-}
-
 function tone(samples: number, rate: number): Int16Array {
   return Int16Array.from({ length: samples }, (_, i) => Math.round(8000 * Math.sin((2 * Math.PI * 440 * i) / rate)));
 }
@@ -105,21 +83,8 @@ afterAll(async () => {
   await Promise.all([nats?.stop(), redis?.stop()]);
 });
 
-async function startTts(env: Record<string, string>, engines?: EngineRegistry, waitReady = true): Promise<ServiceHandle> {
-  const handle = await startService(createDefinition({ engines }), {
-    NATS_URL: nats.url,
-    REDIS_URL: redis.url,
-    HTTP_PORT: "0",
-    LOG_LEVEL: "error",
-    ...env,
-  });
-  if (waitReady) {
-    await waitFor(async () => (await fetch(`http://127.0.0.1:${handle.ctx.port}/readyz`)).status === 200, {
-      what: "tts to be ready",
-    });
-  }
-  return handle;
-}
+const startTts = (env: Record<string, string>, engines?: EngineRegistry, waitReady = true) =>
+  startTtsService({ natsUrl: nats.url, redisUrl: redis.url }, env, { engines, waitReady });
 
 function newCallId(): string {
   return `CA${randomUUID().replace(/-/g, "")}`;
