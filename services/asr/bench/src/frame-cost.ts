@@ -30,7 +30,7 @@ import { createLogger } from "@voicebot/service-kit";
 import { CallStore } from "@voicebot/state";
 import { freePort, repoRoot, startFakeOpenAI, startNats, startRedis, waitFor } from "@voicebot/testing";
 import { Registry } from "prom-client";
-import { drainDialogQueue } from "./service-run.js";
+import { drainDialogQueue, processCpuMs } from "./service-run.js";
 
 const FRAME_MS = 20;
 const FRAME_BYTES = 160;
@@ -61,12 +61,8 @@ if (!(GAP_MIN_FRAMES > 0 && GAP_MAX_FRAMES >= GAP_MIN_FRAMES)) throw new Error(`
 
 const log = (text: string) => process.stderr.write(`${text}\n`);
 
-/** utime+stime of a process in ms (Linux /proc, USER_HZ = 100). */
-async function cpuMs(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * 10;
-}
+/** utime+stime of a process in ms. */
+const cpuMs = async (pid: number): Promise<number> => (await processCpuMs(pid)).self;
 
 /** "order status" by flite as μ-law frames from the first to the last loud one (as the load test's callers say it). */
 async function speechFrames(): Promise<Uint8Array[]> {

@@ -59,7 +59,7 @@ export interface ServiceRunResult {
 const loadAverage = (): string => os.loadavg().map((l) => l.toFixed(1)).join(" ");
 
 /** utime+stime and cutime+cstime of a process, in ms (Linux /proc). */
-async function processCpuMs(pid: number): Promise<{ self: number; children: number }> {
+export async function processCpuMs(pid: number): Promise<{ self: number; children: number }> {
   const stat = await readFile(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   const ticks = (i: number) => Number(fields[i - 3]);
