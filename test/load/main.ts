@@ -206,6 +206,8 @@ interface RunResult {
   stages: Record<string, Summary>;
   /** Speech turns: the asr's end-of-utterance decision after the caller sent the frame that allowed it. */
   decisionLag: Summary;
+  /** The turns with the most overhead, with their stage split from the call record: where the tail comes from. */
+  slowest: Array<{ kind: string; overheadMs: number; engineMs: number; stages: Record<string, number> | undefined }>;
   vad: string;
   nats: { inPerSec: number; outPerSec: number; inMbPerSec: number; outMbPerSec: number };
   redis: {
@@ -234,6 +236,9 @@ interface RunResult {
   cleanup: { gaugesZeroAfterMs: number | undefined; gauges: Record<string, number>; liveKeys: number; leaseIndex: number; notEnded: number; details: string[] };
   pass: boolean;
 }
+
+/** How many of the slowest turns the report lists. */
+const SLOWEST_TURNS = 8;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -511,6 +516,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
       generatorLag: gen.tickLag.summary(),
       stages: records.stages,
       decisionLag: records.decisionLag,
+      slowest: records.slowest,
       vad: options.vad,
       nats: {
         inPerSec: (varz1.in_msgs - varz0.in_msgs) / windowSeconds,
@@ -655,24 +661,32 @@ async function turnRecords(system: BenchSystem, callSids: string[], turns: Analy
       (stages.latencyMs ??= []).push(entry.latencyMs);
     }
   });
+  // Ingress stamps the first frame just before sending it; the caller receives it a little later.
+  const entryOf = (turn: AnalyzedTurn) =>
+    bySid.get(turn.callSid)?.find((e) => {
+      const d = turn.firstAudioAt - Date.parse(e.firstAudioAt);
+      return e.inputEndAt && d >= -2 && d < 100;
+    });
   const decisionLag: number[] = [];
   let unmatched = 0;
   for (const turn of turns) {
     if (turn.kind !== "speech") continue;
-    // Ingress stamps the first frame just before sending it; the caller receives it a little later.
-    const entry = bySid.get(turn.callSid)?.find((e) => {
-      const d = turn.firstAudioAt - Date.parse(e.firstAudioAt);
-      return e.inputEndAt && d >= -2 && d < 100;
-    });
+    const entry = entryOf(turn);
     if (entry?.stages.endpointMs === undefined) {
       unmatched++;
       continue;
     }
     decisionLag.push(entry.stages.endpointMs - (turn.baseAt - turn.speechEndAt));
   }
+  const slowest = turns
+    .filter((t) => t.kind !== "greeting" && t.firstAudioAt >= fromMs && t.firstAudioAt < toMs)
+    .sort((a, b) => b.overhead - a.overhead)
+    .slice(0, SLOWEST_TURNS)
+    .map((t) => ({ kind: t.kind, overheadMs: t.overhead, engineMs: t.firstAudioAt - t.baseAt - t.overhead, stages: entryOf(t)?.stages }));
   return {
     stages: Object.fromEntries(Object.entries(stages).map(([k, v]) => [k, summarize(v)])),
     decisionLag: summarize(decisionLag),
+    slowest,
     unmatched,
   };
 }
@@ -804,6 +818,11 @@ function report(r: RunResult, options: Options): string {
   lines.push(`asr decision lag (speech turns, ${r.vad} VAD): p50 ${fmt(r.decisionLag.p50)} p99 ${fmt(r.decisionLag.p99)} max ${fmt(r.decisionLag.max)} ms (n ${r.decisionLag.n})`);
   lines.push("stage split from the call records (ms):");
   lines.push(table(["stage", "p50", "p95", "p99", "max", "n"], Object.entries(r.stages).map(([k, v]) => [k, ...s(v)])));
+  lines.push(`slowest turns (overhead ms, engine ms: the call record's stages):`);
+  for (const t of r.slowest) {
+    const stages = t.stages ? Object.entries(t.stages).map(([k, v]) => `${k.replace(/Ms$/, "")} ${v}`).join(" ") : "no record matched";
+    lines.push(`  ${t.kind.padEnd(7)} ${fmt(t.overheadMs).padStart(6)} ${fmt(t.engineMs).padStart(5)}: ${stages}`);
+  }
   lines.push("");
   lines.push(
     `NATS: ${fmt(r.nats.inPerSec, 0)} msgs/s in, ${fmt(r.nats.outPerSec, 0)} msgs/s out (${fmt(r.nats.inMbPerSec, 2)} / ${fmt(r.nats.outMbPerSec, 2)} MB/s)`,

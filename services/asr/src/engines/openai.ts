@@ -8,6 +8,7 @@ import type { EnvReader } from "@voicebot/service-kit";
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError, toFile } from "openai";
 import type { TranscriptionCreateParams } from "openai/resources/audio/transcriptions";
 import type { AsrEngine, RecognitionHints, RecognitionResult, UtteranceRecognizer } from "../engine.js";
+import { fetchWithBufferedMultipart } from "./buffered-multipart.js";
 import { normalizeSpokenDigits } from "./spoken-digits.js";
 
 export interface OpenAIAsrConfig {
@@ -68,6 +69,8 @@ export class OpenAIEngine implements AsrEngine {
       timeout: config.timeoutMs,
       // The SDK would print unparsable stream chunks (caller speech) to the console; errors reach us anyway.
       logLevel: "off",
+      // The utterance goes up as one buffer rather than a streamed FormData: ~1 ms less per final.
+      fetch: fetchWithBufferedMultipart,
     });
   }
 
