@@ -130,6 +130,46 @@ describe("CallStore", () => {
     expect(await store.leaseOwner("CA9", "dialog")).toBeUndefined();
   });
 
+  it("takeDialogTurn marks the turn's input in progress with the lease when none is, and commits set, keep or clear the mark", async () => {
+    await store.createCall(meta("CM1"));
+    const once = { scope: "dialog-input", id: "in1" };
+    const first = await store.takeDialogTurn("CM1", "dialog-1", 10_000, { mark: "mark-in1", once });
+    expect(first).toEqual({ kind: "held", dialog: { value: undefined, version: "1", mark: "mark-in1" }, marked: { firstTime: true } });
+    expect(await store.loadDialog("CM1")).toEqual({ value: undefined, version: "1", mark: "mark-in1" });
+    // Another input while in1 is in progress (its replica died): nothing is marked, the mark left is returned.
+    await store.releaseLease("CM1", "dialog", "dialog-1", { index: false });
+    const second = await store.takeDialogTurn("CM1", "dialog-2", 10_000, { mark: "mark-in2", once: { scope: "dialog-input", id: "in2" } });
+    expect(second).toEqual({ kind: "held", dialog: { value: undefined, version: "1", mark: "mark-in1" } });
+    expect(await store.redis.hexists(keys.once("CM1"), "dialog-input:in2")).toBe(0);
+    // A save that keeps the mark (undefined), one that replaces it, one that clears it.
+    expect(await store.commitDialog("CM1", { n: 1 }, "1")).toEqual({ saved: true, version: "2" });
+    expect((await store.loadDialog("CM1")).mark).toBe("mark-in1");
+    expect(await store.commitDialog("CM1", { n: 2 }, "2", { mark: "mark-in2", once: { scope: "dialog-input", id: "in2" } })).toEqual({ saved: true, version: "3", firstTime: true });
+    expect((await store.loadDialog("CM1")).mark).toBe("mark-in2");
+    expect(await store.commitDialog("CM1", { n: 3 }, "3", { mark: null })).toEqual({ saved: true, version: "4" });
+    expect(await store.loadDialog("CM1")).toEqual({ value: { n: 3 }, version: "4" });
+    // in1 again (a redelivery): marked, but not for the first time.
+    await store.releaseLease("CM1", "dialog", "dialog-2", { index: false });
+    expect(await store.takeDialogTurn("CM1", "dialog-1", 10_000, { mark: "mark-in1", once })).toEqual({
+      kind: "held",
+      dialog: { value: { n: 3 }, version: "5", mark: "mark-in1" },
+      marked: { firstTime: false },
+    });
+    // Cleared only while it is still the same mark.
+    expect(await store.clearDialogMark("CM1", "mark-other")).toBe(false);
+    expect(await store.clearDialogMark("CM1", "mark-in1")).toBe(true);
+    expect(await store.loadDialog("CM1")).toEqual({ value: { n: 3 }, version: "5" });
+    expect(await store.redis.pttl(keys.dialog("CM1"))).toBeGreaterThan(0);
+  });
+
+  it("takeDialogTurn leaves a mark of the older format (inside the state) to the caller and marks nothing", async () => {
+    await store.createCall(meta("CM2"));
+    await store.commitDialog("CM2", { n: 1, inProgress: { inputId: "old", input: "" } }, "0");
+    const start = await store.takeDialogTurn("CM2", "dialog-1", 10_000, { mark: "mark-new", once: { scope: "dialog-input", id: "new" } });
+    expect(start).toEqual({ kind: "held", dialog: { value: { n: 1, inProgress: { inputId: "old", input: "" } }, version: "1" } });
+    expect(await store.redis.hget(keys.dialog("CM2"), "p")).toBeNull();
+  });
+
   it("renewLeases renews many calls' leases in one pipeline: a script per call and one index update", async () => {
     for (const id of ["CR1", "CR2", "CR3"]) await store.createCall(meta(id));
     await store.acquireLease("CR2", "asr", "other", 10_000);

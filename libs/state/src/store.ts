@@ -106,21 +106,36 @@ if owner and owner ~= ARGV[1] then return {0, call or ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, call or ''}`;
 
-// KEYS: meta, lease, dialog state. The start of a dialog turn: the call must be live, the lease free or ours; then
-// the state. Returns {call state or ''} | {'live', 0} (lease busy) | {'live', 1, version, data or ''}.
+// KEYS: meta, lease, dialog state, once hash. ARGV: owner, lease TTL, mark or '', once field, live TTL. The start
+// of a dialog turn: the call must be live, the lease free or ours; then the state (version v, data d) and the mark
+// of the input in progress (p). With a mark and no input in progress, this input becomes the one in progress in
+// the same step (v bumped, once field set), unless d still holds a mark of the older format (inside the data).
+// Returns {call state or ''} | {'live', 0} (lease busy) | {'live', 1, version, data or '', mark or '', 1/0 first
+// time for the once field when this call set the mark, else -1}.
 const TAKE_TURN_SCRIPT = `
 local call = redis.call('HGET', KEYS[1], 'state')
 if call ~= 'live' then return {call or ''} end
 local owner = redis.call('GET', KEYS[2])
 if owner and owner ~= ARGV[1] then return {'live', 0} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-local loaded = redis.call('HMGET', KEYS[3], 'v', 'd')
-return {'live', 1, loaded[1] or '0', loaded[2] or ''}`;
+local loaded = redis.call('HMGET', KEYS[3], 'v', 'd', 'p')
+local version = loaded[1] or '0'
+local data = loaded[2] or ''
+if ARGV[3] ~= '' and not loaded[3] and not string.find(data, '"inProgress":', 1, true) then
+  version = tostring(tonumber(version) + 1)
+  redis.call('HSET', KEYS[3], 'v', version, 'p', ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  local first = redis.call('HSETNX', KEYS[4], ARGV[4], '1')
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+  return {'live', 1, version, data, ARGV[3], first}
+end
+return {'live', 1, version, data, loaded[3] or '', -1}`;
 
 // KEYS: dialog state, meta, once hash, hints, lease. ARGV: version, data, ttl, once field or '', hints JSON or '',
-// lease owner to release or ''. The versioned save of the dialog state, refused for an ended call; with it, only
-// when it is saved: the once mark, the hints, the lease's release. Returns {-1, 'ended'} | {0, call state or ''}
-// (another save came first) | {new version, 1/0 first time for the once field, or -1 without one}.
+// lease owner to release or '', what to do with the mark of the input in progress ('keep', 'clear' or 'set'), the
+// mark to set. The versioned save of the dialog state, refused for an ended call; with it, only when it is saved:
+// the mark, the once field, the hints, the lease's release. Returns {-1, 'ended'} | {0, call state or ''} (another
+// save came first) | {new version, 1/0 first time for the once field, or -1 without one}.
 const COMMIT_SCRIPT = `
 local call = redis.call('HGET', KEYS[2], 'state')
 if call == 'ended' then return {-1, 'ended'} end
@@ -128,6 +143,7 @@ local version = redis.call('HGET', KEYS[1], 'v') or '0'
 if version ~= ARGV[1] then return {0, call or ''} end
 local nextVersion = tonumber(version) + 1
 redis.call('HSET', KEYS[1], 'v', tostring(nextVersion), 'd', ARGV[2])
+if ARGV[7] == 'set' then redis.call('HSET', KEYS[1], 'p', ARGV[8]) elseif ARGV[7] == 'clear' then redis.call('HDEL', KEYS[1], 'p') end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local first = -1
 if ARGV[4] ~= '' then
@@ -137,6 +153,11 @@ end
 if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[3]) end
 if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) == ARGV[6] then redis.call('DEL', KEYS[5]) end
 return {nextVersion, first}`;
+
+// KEYS: dialog state. ARGV: mark. Clears the mark of the input in progress if it is still this one.
+const CLEAR_MARK_SCRIPT = `
+if redis.call('HGET', KEYS[1], 'p') == ARGV[1] then return redis.call('HDEL', KEYS[1], 'p') end
+return 0`;
 
 // KEYS: meta, record list, once hash. ARGV: entry, live TTL, record TTL, once field or ''. Appends to a record list.
 // Once the call has ended the list keeps the record's remaining life (an append must not renew it to the live
@@ -182,14 +203,31 @@ export interface Versioned<T> {
   version: string;
 }
 
+/** The dialog state with the mark of the input in progress, kept beside it (loadDialog, takeDialogTurn). */
+export interface DialogVersioned<T> extends Versioned<T> {
+  /** What commitDialog's `mark` or takeDialogTurn's `mark` stored; undefined when no input is in progress. */
+  mark?: string;
+}
+
 /** The start of a dialog turn (store.takeDialogTurn). */
 export type DialogTurnStart<T> =
   /** The call is not live (ended, or no record): no lease was taken. */
   | { kind: "not_live"; call: CallState | undefined }
   /** Another owner holds the lease. */
   | { kind: "busy" }
-  /** The lease is this owner's; the dialog state as it was when it was taken. */
-  | { kind: "held"; dialog: Versioned<T> };
+  /**
+   * The lease is this owner's; the dialog state as it was when it was taken. `marked`: the mark asked for was set
+   * in the same step (no input was in progress), and whether its once field was new.
+   */
+  | { kind: "held"; dialog: DialogVersioned<T>; marked?: { firstTime: boolean } };
+
+/** The input a turn works on, marked in progress when the turn starts (takeDialogTurn). */
+export interface TurnMark {
+  /** Stored as the dialog's mark (DialogVersioned.mark). */
+  mark: string;
+  /** Marked seen with it: `firstTime` tells whether an earlier attempt (of any replica) marked it before. */
+  once: { scope: string; id: string };
+}
 
 /** What store.commitDialog did. */
 export type DialogCommit =
@@ -210,6 +248,8 @@ export interface DialogCommitOptions {
   hints?: unknown;
   /** Releases the `dialog` lease of this owner once the state is saved (the turn is over). */
   releaseLeaseOf?: string;
+  /** The mark of the input in progress, saved with the state: a new one, null to clear it, undefined to keep it. */
+  mark?: string | null;
 }
 
 /** One call's lease renewal (store.renewLeases). */
@@ -239,8 +279,9 @@ export class CallStore {
     redis.defineCommand("vbLease", { numberOfKeys: 1, lua: LEASE_SCRIPT });
     redis.defineCommand("vbRelease", { numberOfKeys: 1, lua: RELEASE_SCRIPT });
     redis.defineCommand("vbRenew", { numberOfKeys: 2, lua: RENEW_SCRIPT });
-    redis.defineCommand("vbTakeTurn", { numberOfKeys: 3, lua: TAKE_TURN_SCRIPT });
+    redis.defineCommand("vbTakeTurn", { numberOfKeys: 4, lua: TAKE_TURN_SCRIPT });
     redis.defineCommand("vbCommit", { numberOfKeys: 5, lua: COMMIT_SCRIPT });
+    redis.defineCommand("vbClearMark", { numberOfKeys: 1, lua: CLEAR_MARK_SCRIPT });
     redis.defineCommand("vbAppend", { numberOfKeys: 3, lua: APPEND_SCRIPT });
     redis.defineCommand("vbToolClaim", { numberOfKeys: 3, lua: TOOL_CLAIM_SCRIPT });
     redis.defineCommand("vbToolSave", { numberOfKeys: 2, lua: TOOL_SAVE_SCRIPT });
@@ -351,13 +392,9 @@ export class CallStore {
 
   // ---- live state with optimistic concurrency ----
 
-  async loadVersioned<T>(key: string): Promise<Versioned<T>> {
-    const [version, data] = await this.redis.hmget(key, "v", "d");
-    return { value: data ? (JSON.parse(data) as T) : undefined, version: version ?? "0" };
-  }
-
-  async loadDialog<T>(callId: string): Promise<Versioned<T>> {
-    return this.loadVersioned<T>(keys.dialog(callId));
+  async loadDialog<T>(callId: string): Promise<DialogVersioned<T>> {
+    const [version, data, mark] = await this.redis.hmget(keys.dialog(callId), "v", "d", "p");
+    return { value: data ? (JSON.parse(data) as T) : undefined, version: version ?? "0", ...(mark ? { mark } : {}) };
   }
 
   /**
@@ -365,7 +402,7 @@ export class CallStore {
    * round trip with what must only happen when it is saved: see DialogCommitOptions.
    */
   async commitDialog<T>(callId: string, value: T, version: string, options: DialogCommitOptions = {}): Promise<DialogCommit> {
-    const { once, hints, releaseLeaseOf } = options;
+    const { once, hints, releaseLeaseOf, mark } = options;
     const [outcome, detail] = await scripts(this.redis).vbCommit(
       keys.dialog(callId),
       keys.meta(callId),
@@ -378,6 +415,8 @@ export class CallStore {
       once ? onceField(once.scope, once.id) : "",
       hints === undefined ? "" : JSON.stringify(hints),
       releaseLeaseOf ?? "",
+      mark === undefined ? "keep" : mark === null ? "clear" : "set",
+      mark ?? "",
     );
     if (outcome <= 0) return { saved: false, call: callStateOf(detail) };
     return { saved: true, version: String(outcome), ...(once ? { firstTime: detail === 1 } : {}) };
@@ -385,16 +424,34 @@ export class CallStore {
 
   /**
    * The start of a dialog turn in one round trip: the call must be live, then the `dialog` lease is taken for
-   * `owner` (when free or already its own), then the dialog state is read. The lease has no orphan-index entry:
-   * a dead replica's inputs come back through JetStream, not through an orphan scan.
+   * `owner` (when free or already its own), then the dialog state is read. With `mark`, when no input is in progress
+   * the turn's input is marked in progress in the same step (see TurnMark). The lease has no orphan-index entry: a
+   * dead replica's inputs come back through JetStream, not through an orphan scan.
    */
-  async takeDialogTurn<T>(callId: string, owner: string, ttlMs: number): Promise<DialogTurnStart<T>> {
-    const reply = await scripts(this.redis).vbTakeTurn(keys.meta(callId), keys.lease(callId, "dialog"), keys.dialog(callId), owner, ttlMs);
+  async takeDialogTurn<T>(callId: string, owner: string, ttlMs: number, mark?: TurnMark): Promise<DialogTurnStart<T>> {
+    const reply = await scripts(this.redis).vbTakeTurn(
+      keys.meta(callId),
+      keys.lease(callId, "dialog"),
+      keys.dialog(callId),
+      keys.once(callId),
+      owner,
+      ttlMs,
+      mark?.mark ?? "",
+      mark ? onceField(mark.once.scope, mark.once.id) : "",
+      this.options.liveTtlMs,
+    );
     const call = callStateOf(reply[0]);
     if (call !== "live") return { kind: "not_live", call };
     if (reply[1] !== 1) return { kind: "busy" };
     const data = String(reply[3]);
-    return { kind: "held", dialog: { value: data ? (JSON.parse(data) as T) : undefined, version: String(reply[2]) } };
+    const stored = String(reply[4]);
+    const dialog: DialogVersioned<T> = { value: data ? (JSON.parse(data) as T) : undefined, version: String(reply[2]), ...(stored ? { mark: stored } : {}) };
+    return reply[5] === -1 ? { kind: "held", dialog } : { kind: "held", dialog, marked: { firstTime: reply[5] === 1 } };
+  }
+
+  /** Clears the dialog's mark of the input in progress if it is still `mark` (an input marked, then dropped). */
+  async clearDialogMark(callId: string, mark: string): Promise<boolean> {
+    return (await scripts(this.redis).vbClearMark(keys.dialog(callId), mark)) === 1;
   }
 
   async setJson(key: string, value: unknown, ttlMs = this.options.liveTtlMs): Promise<void> {
@@ -534,8 +591,9 @@ type Arg = string | number;
 interface RedisWithScripts extends Redis {
   vbLease(key: string, owner: string, ttlMs: number): Promise<number>;
   vbRelease(key: string, owner: string): Promise<number>;
-  vbTakeTurn(meta: string, lease: string, dialog: string, owner: string, ttlMs: number): Promise<Array<string | number>>;
+  vbTakeTurn(...keysThenArgs: Arg[]): Promise<Array<string | number>>;
   vbCommit(...keysThenArgs: Arg[]): Promise<[number, string | number]>;
+  vbClearMark(dialog: string, mark: string): Promise<number>;
   vbAppend(meta: string, list: string, once: string, entry: string, liveTtlMs: number, recordTtlMs: number, onceField: string): Promise<number>;
   vbToolClaim(meta: string, results: string, once: string, toolCallId: string, field: string, ttlMs: number): Promise<string[]>;
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;

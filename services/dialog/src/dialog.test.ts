@@ -222,6 +222,8 @@ describe("dialog service", () => {
       what: "the late input to be dropped",
     });
     expect(call.turnIds()).toEqual(["t1", "t2"]);
+    // Marked in progress when its turn was taken, then dropped: the mark went with it.
+    expect(await store.redis.hget(keys.dialog(call.id), "p")).toBeNull();
   });
 
   it("spoken order status, then a spoken number, looks the order up", async () => {
@@ -285,6 +287,51 @@ describe("dialog service", () => {
     const record = await call.record();
     expect(record.transcript.filter((e) => e.role === "caller").map((e) => e.text)).toEqual(["order status", "goodbye"]);
     expect(await metric("voicebot_dialog_inputs_dropped_total", { reason: "duplicate" })).toBeGreaterThan(0);
+    expect(await store.redis.hget(keys.dialog(call.id), "p")).toBeNull();
+  });
+
+  it("an input left in progress inside the state (the older format, during a rolling update) is done before the next", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    // An older replica died on key "1": it kept the input in progress inside the state.
+    const leftId = `${call.id}:dtmf:left`;
+    const left = DialogInput.create({ callId: call.id, inputId: leftId, atMs: Date.now(), input: { $case: "keypad", value: KeypadPress.create({ callId: call.id, digit: "1", atMs: Date.now() }) } });
+    const state = JSON.parse((await store.redis.hget(keys.dialog(call.id), "d"))!) as Record<string, unknown>;
+    state.inProgress = { inputId: leftId, input: Buffer.from(DialogInput.encode(left).finish()).toString("base64") };
+    await store.redis.hset(keys.dialog(call.id), "d", JSON.stringify(state));
+
+    await call.say("goodbye");
+    expect(await call.turn("t22")).toBe(ASK); // the left input, redone (numbered past what it may have sent)
+    expect(await call.turn("t23")).toBe("Thanks for calling. Goodbye.");
+    const saved = JSON.parse((await store.redis.hget(keys.dialog(call.id), "d"))!) as { inProgress?: unknown; processed: string[] };
+    expect(saved.inProgress).toBeUndefined();
+    expect(saved.processed).toContain(leftId);
+    expect(await store.redis.hget(keys.dialog(call.id), "p")).toBeNull();
+  });
+
+  it("a start left in progress by a replica that died before saving anything is played before the next input", async () => {
+    const call = new TestCall();
+    await store.createCall({ callSid: call.id, provider: "twilio", streamSid: "MZ1", agent: "order-line", from: "", to: "", startedAt: new Date(call.startedAtMs).toISOString() });
+    // What a replica leaves when it dies right after taking the call's first turn: the start marked in progress
+    // (with its once-mark), no dialog state yet. JetStream would hand the start back only after the ack wait.
+    const inputId = `${call.id}:start`;
+    const started = CallStarted.create({ callId: call.id, provider: "twilio", agent: "order-line", botFormat: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 }, startedAtMs: call.startedAtMs });
+    const input = Buffer.from(DialogInput.encode(DialogInput.create({ callId: call.id, inputId, atMs: call.startedAtMs, input: { $case: "callStarted", value: started } })).finish()).toString("base64");
+    await store.redis.hset(keys.dialog(call.id), "v", "1", "p", JSON.stringify({ inputId, input }));
+    await store.redis.hset(keys.once(call.id), `dialog-input:${inputId}`, "1");
+
+    await call.key("1");
+    // The start is redone first (its turns numbered past what the dead replica may have sent), then the key.
+    expect(await call.turn("t21")).toBe(GREETING);
+    expect(await call.turn("t22")).toBe(ASK);
+    expect(call.turnIds()).toEqual(["t21", "t22"]);
+    expect(await store.redis.hget(keys.dialog(call.id), "p")).toBeNull();
+    // The start's own redelivery comes later and is dropped as a duplicate.
+    const before = await metric("voicebot_dialog_inputs_dropped_total", { reason: "duplicate" });
+    await call.publish({ $case: "callStarted", value: started }, `${inputId}:redelivered`, inputId);
+    await waitFor(async () => (await metric("voicebot_dialog_inputs_dropped_total", { reason: "duplicate" })) > before, { what: "the start's redelivery to be dropped" });
+    expect(call.turnIds()).toEqual(["t21", "t22"]);
   });
 
   it("a not-found order is reported and asked for again", async () => {

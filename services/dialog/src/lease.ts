@@ -1,12 +1,14 @@
 import { errorText, type Logger } from "@voicebot/bus";
-import type { CallState, CallStore, Versioned } from "@voicebot/state";
+import type { CallState, CallStore, DialogVersioned, TurnMark } from "@voicebot/state";
 
 const POLL_MS = 25;
 
 /** A turn of a call this replica holds the `dialog` lease for. */
 export interface HeldTurn<T> {
   /** The dialog state read together with the lease. */
-  dialog: Versioned<T>;
+  dialog: DialogVersioned<T>;
+  /** The turn's input was marked in progress together with the lease (acquire's `mark`). */
+  marked?: { firstTime: boolean };
   /** The lease owner: a final save can release the lease in the same round trip (store.commitDialog). */
   owner: string;
   /**
@@ -40,19 +42,22 @@ export class TurnLease {
     private readonly log: Logger,
   ) {}
 
-  /** Takes the lease (waiting up to waitMs while another replica holds it) if the call is live. */
-  async acquire<T>(callId: string): Promise<TurnStart<T>> {
+  /**
+   * Takes the lease (waiting up to waitMs while another replica holds it) if the call is live; with `mark`, marks
+   * the turn's input in progress in the same round trip when no input is (store.takeDialogTurn).
+   */
+  async acquire<T>(callId: string, mark?: TurnMark): Promise<TurnStart<T>> {
     const deadline = Date.now() + this.waitMs;
     for (;;) {
-      const start = await this.store.takeDialogTurn<T>(callId, this.owner, this.ttlMs);
+      const start = await this.store.takeDialogTurn<T>(callId, this.owner, this.ttlMs, mark);
       if (start.kind === "not_live") return start;
-      if (start.kind === "held") return { kind: "held", turn: this.held(callId, start.dialog) };
+      if (start.kind === "held") return { kind: "held", turn: this.held(callId, start.dialog, start.marked) };
       if (Date.now() >= deadline) return start;
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
     }
   }
 
-  private held<T>(callId: string, dialog: Versioned<T>): HeldTurn<T> {
+  private held<T>(callId: string, dialog: DialogVersioned<T>, marked: { firstTime: boolean } | undefined): HeldTurn<T> {
     const { store, owner, ttlMs, log } = this;
     let paused = false;
     let released = false;
@@ -67,6 +72,7 @@ export class TurnLease {
     }, Math.max(100, Math.floor(ttlMs / 3)));
     return {
       dialog,
+      ...(marked ? { marked } : {}),
       owner,
       pauseRenewal: () => {
         paused = true;

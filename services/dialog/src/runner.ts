@@ -12,7 +12,7 @@ import {
   type PlaybackEvent,
   type TurnTiming,
 } from "@voicebot/proto";
-import type { CallStore, TranscriptEntry, Versioned } from "@voicebot/state";
+import type { CallStore, DialogVersioned, TranscriptEntry } from "@voicebot/state";
 import { KEYS } from "./agents/config.js";
 import type { InFlightTurns } from "./cancel.js";
 import type { DialogEngine, EngineInput, RecognitionHints, TurnIO, TurnResult } from "./engine/types.js";
@@ -46,12 +46,48 @@ export interface DialogState {
   engine: unknown;
   /** The latest bot turns and the text recorded for each (to rewrite the record after a barge-in). */
   spoken?: Array<{ turnId: string; text: string }>;
-  /**
-   * The input whose turn is being played (its DialogInput, protobuf in base64), cleared when its turn is saved. If
-   * the replica playing it dies, the replica that takes the call's next input finds it here and does it first, so
-   * the caller's inputs are answered in order (JetStream would hand it back only after the ack wait, behind them).
-   */
-  inProgress?: { inputId: string; input: string; restart?: boolean };
+}
+
+/**
+ * The input whose turn is being played (its DialogInput, protobuf in base64), stored beside the dialog state (the
+ * store's mark) from the start of its turn until the turn is saved. If the replica playing it dies, the replica that
+ * takes the call's next input finds it and does it first, so the caller's inputs are answered in order (JetStream
+ * would hand it back only after the ack wait, behind them). `restart`: the turn starts the conversation over.
+ */
+interface InProgress {
+  inputId: string;
+  input: string;
+  restart?: boolean;
+}
+
+/** The dialog state as read, with the input in progress. */
+interface LoadedDialog {
+  value: DialogState | undefined;
+  version: string;
+  inProgress?: InProgress;
+  /** The stored mark as read (to clear exactly it). */
+  mark?: string;
+}
+
+/** Versions before the mark was kept beside the state kept it inside: such a state is read the same way. */
+type StoredDialogState = DialogState & { inProgress?: InProgress };
+
+function loadedDialog(stored: DialogVersioned<StoredDialogState>): LoadedDialog {
+  const { value, version, mark } = stored;
+  if (mark) return { value, version, inProgress: JSON.parse(mark) as InProgress, mark };
+  if (!value?.inProgress) return { value, version };
+  const { inProgress, ...state } = value;
+  return { value: state, version, inProgress };
+}
+
+/** A save that keeps the input in progress: a mark read from inside an older state moves beside it, else it stays. */
+function movedMark(loaded: LoadedDialog): string | undefined {
+  return loaded.inProgress && !loaded.mark ? JSON.stringify(loaded.inProgress) : undefined;
+}
+
+function inProgressMark(message: DialogInput, restart = false): string {
+  const input = Buffer.from(DialogInputCodec.encode(message).finish()).toString("base64");
+  return JSON.stringify({ inputId: message.inputId, input, ...(restart ? { restart } : {}) } satisfies InProgress);
 }
 
 export interface RunnerDependencies {
@@ -88,6 +124,8 @@ const REDO_TURN_GAP = 20;
 /** Tools that act on the call; a filler before them would only delay the goodbye. */
 const NO_FILLER_TOOLS = new Set(["end_call", "transfer_to_human", "send_dtmf"]);
 const MAX_ATTEMPTS = 3;
+/** The once-scope of dialog inputs: marked when an input's turn starts. */
+const DIALOG_INPUT_SCOPE = "dialog-input";
 const DEFAULT_FORMAT = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 };
 const APOLOGY = "Sorry, something went wrong on my side.";
 /** Said before the greeting when a live call's dialog state was lost (Redis lost its data). */
@@ -168,8 +206,10 @@ export class TurnRunner {
         return;
       }
     }
-    // The call's state, the lease and the dialog state in one round trip.
-    const start = await this.deps.lease.acquire<DialogState>(callId);
+    // The call's state, the lease and the dialog state in one round trip; for a turn, with the input marked in
+    // progress unless another one is (a replica died on it: it is done first, below).
+    const mark = "interrupted" in engineInput ? undefined : { mark: inProgressMark(message), once: { scope: DIALOG_INPUT_SCOPE, id: inputId } };
+    const start = await this.deps.lease.acquire<StoredDialogState>(callId, mark);
     if (start.kind === "not_live") return this.drop(item, start.call === "ended" ? "ended_call" : "unknown_call", fields);
     if (start.kind === "busy") {
       this.deps.metrics.leaseBusy.inc();
@@ -179,11 +219,12 @@ export class TurnRunner {
     }
     const held = start.turn;
     try {
-      const redone = await this.redoAbandoned(message, held.dialog, receivedAt);
+      const first = loadedDialog(held.dialog);
+      const redone = await this.redoAbandoned(message, first, receivedAt);
       // The state read with the lease is the input's first state unless an abandoned input was redone before it.
-      const loaded = redone ? undefined : held.dialog;
+      const loaded = redone ? undefined : first;
       if ("interrupted" in engineInput) await this.interruption(message, engineInput.interrupted, item, loaded, held);
-      else await this.turn(message, engineInput, item, receivedAt, loaded, held);
+      else await this.turn(message, engineInput, item, receivedAt, loaded, held, held.marked);
     } finally {
       await held.release();
     }
@@ -194,11 +235,11 @@ export class TurnRunner {
    * redelivery comes later and is dropped as a duplicate). Runs under the call's lease; `loaded` is the state read
    * with it. True when it redid an input (the state changed).
    */
-  private async redoAbandoned(current: DialogInput, loaded: Versioned<DialogState>, receivedAt: number): Promise<boolean> {
+  private async redoAbandoned(current: DialogInput, loaded: LoadedDialog, receivedAt: number): Promise<boolean> {
     const { callId } = current;
-    const state = loaded.value;
-    const left = state?.inProgress;
-    if (!state || !left || left.inputId === current.inputId || state.processed.includes(left.inputId)) return false;
+    const left = loaded.inProgress;
+    // Without a state yet, the input left may be the call's start.
+    if (!left || left.inputId === current.inputId || loaded.value?.processed.includes(left.inputId)) return false;
     let message: DialogInput;
     try {
       message = DialogInputCodec.decode(Buffer.from(left.input, "base64"));
@@ -226,15 +267,15 @@ export class TurnRunner {
     message: DialogInput,
     event: PlaybackEvent,
     item: WorkItem,
-    loaded: Versioned<DialogState> | undefined,
-    lease: HeldTurn<DialogState>,
+    loaded: LoadedDialog | undefined,
+    lease: HeldTurn<StoredDialogState>,
   ): Promise<void> {
     const { store, metrics, log } = this.deps;
     const { callId, inputId } = message;
     const fields = { callId, inputId, turnId: event.turnId };
     let preloaded = loaded;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const current = preloaded ?? (await store.loadDialog<DialogState>(callId));
+      const current = preloaded ?? loadedDialog(await store.loadDialog<StoredDialogState>(callId));
       preloaded = undefined;
       const state = current.value;
       if (!state) return this.drop(item, "no_dialog_state", fields);
@@ -253,7 +294,7 @@ export class TurnRunner {
         processed: [...state.processed, inputId].slice(-MAX_PROCESSED),
       };
       lease.pauseRenewal();
-      const commit = await store.commitDialog(callId, next, current.version, { releaseLeaseOf: lease.owner });
+      const commit = await store.commitDialog(callId, next, current.version, { releaseLeaseOf: lease.owner, mark: movedMark(current) });
       if (commit.saved) {
         lease.releasedBySave();
         item.ack();
@@ -270,39 +311,49 @@ export class TurnRunner {
 
   /**
    * Plays an input as a turn. `loaded`: the state already read (used by the first attempt); `lease`: the call's
-   * lease when this input ends the hold, released by the save that finishes the turn (same round trip).
+   * lease when this input ends the hold, released by the save that finishes the turn (same round trip); `marked`:
+   * taking the lease also marked this input in progress (and whether that was the first time).
    */
   private async turn(
     message: DialogInput,
     engineInput: EngineInput,
     item: WorkItem,
     receivedAt: number,
-    loaded: Versioned<DialogState> | undefined,
-    lease?: HeldTurn<DialogState>,
+    loaded: LoadedDialog | undefined,
+    lease?: HeldTurn<StoredDialogState>,
+    marked?: { firstTime: boolean },
   ): Promise<void> {
     const { store, metrics, log } = this.deps;
     const { callId, inputId } = message;
     const fields = { callId, inputId };
     const input = message.input!;
-    /** Whether an earlier delivery started this input (known once its in-progress mark is in the state). */
-    let redone: boolean | undefined;
+    /** Whether an earlier delivery started this input (known once its in-progress mark is stored). */
+    let redone: boolean | undefined = marked ? !marked.firstTime : undefined;
+    let redoLogged = false;
     let abort: AbortController | undefined;
     /** The highest turn number any attempt reached (a redone attempt sends nothing, so may count fewer). */
     let turnsReached = 0;
     let preloaded = loaded;
     try {
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-        const current = preloaded ?? (await store.loadDialog<DialogState>(callId));
+        const current = preloaded ?? loadedDialog(await store.loadDialog<StoredDialogState>(callId));
         preloaded = undefined;
+        const ownMark = current.inProgress?.inputId === inputId;
+        /** Dropped after all: its mark, if stored, goes (else the next input would take it for one left unfinished). */
+        const drop = async (reason: string) => {
+          if (ownMark && current.mark) await store.clearDialogMark(callId, current.mark);
+          this.drop(item, reason, fields);
+        };
         let state = current.value;
-        if (state?.processed.includes(inputId)) return this.drop(item, "duplicate", fields);
+        if (state?.processed.includes(inputId)) return await drop("duplicate");
         // A live call without dialog state lost it (Redis lost its data): the caller is told and the conversation
         // starts over, since what the input means depends on the state that is gone.
-        // `resumed`: this input's own mark (an earlier attempt, or a replica that died on it) is in the state.
-        const resumed = state?.inProgress?.inputId === inputId ? state.inProgress : undefined;
+        // `resumed`: this input's own mark was stored before this delivery took it up (an earlier attempt, or a
+        // replica that died on it); a mark set by this delivery's lease does not count on the first attempt.
+        const resumed = ownMark && !(attempt === 0 && marked) ? current.inProgress : undefined;
         let restart = resumed?.restart === true;
         if (input.$case === "callStarted") {
-          if (state && !resumed) return this.drop(item, "already_started", fields);
+          if (state && !resumed) return await drop("already_started");
           if (!state) {
             state = this.newState(input.value, message.atMs || receivedAt);
             // Ingress re-announces a call whose record vanished with another input id than the first start's.
@@ -318,36 +369,33 @@ export class TurnRunner {
           metrics.restarts.inc({ reason: "recovered" });
         }
         const turnInput: EngineInput = restart ? { kind: "start" } : engineInput;
-        if (state.done) return this.drop(item, "conversation_over", fields);
+        if (state.done) return await drop("conversation_over");
         if (engineInput.kind === "noInput" && input.$case === "noInput" && input.value.turnId && input.value.turnId !== `t${state.turns}`) {
-          return this.drop(item, "stale_no_input", fields);
+          return await drop("stale_no_input");
         }
 
-        // Recorded before anything is said, for the replica that must finish this input if this one dies; with it
-        // the input's once-mark, so an input whose mark exists was started before (by a replica that died on it).
+        // Marked before anything is said, for the replica that must finish this input if this one dies; with it the
+        // input's once-mark, so an input whose mark exists was started before (by a replica that died on it). Usually
+        // done with the lease; here when another input's mark was in the way, or on a later attempt.
         let version = current.version;
-        const wasKnown = redone !== undefined;
-        if (state.inProgress?.inputId !== inputId) {
-          const encoded = Buffer.from(DialogInputCodec.encode(message).finish()).toString("base64");
-          const marked: DialogState = { ...state, inProgress: { inputId, input: encoded, ...(restart ? { restart } : {}) } };
-          const commit = await store.commitDialog(callId, marked, version, { once: { scope: "dialog-input", id: inputId } });
+        if (!ownMark) {
+          const commit = await store.commitDialog(callId, state, version, { once: { scope: DIALOG_INPUT_SCOPE, id: inputId }, mark: inProgressMark(message, restart) });
           if (!commit.saved) {
             metrics.conflicts.inc();
             if (commit.call !== "live") return this.drop(item, "ended_call", fields);
             continue;
           }
           redone ??= commit.firstTime === false;
-          state = marked;
           version = commit.version;
         } else {
-          // Its own mark is in the state: an earlier attempt of this delivery set `redone`; otherwise a replica
-          // that did not finish it did.
+          // Its own mark is stored: an earlier attempt of this delivery set `redone`; otherwise a replica that did
+          // not finish it did.
           redone ??= true;
         }
-        if (redone && !wasKnown) {
+        if (redone && !redoLogged) {
+          redoLogged = true;
           log.warn("input was started before by a replica that did not finish it; redoing it", { ...fields, delivery: item.deliveryCount });
         }
-
         const agent = this.agentFor(state.agent);
         const turnsBefore = redone ? state.turns + REDO_TURN_GAP : state.turns;
         // One per delivery: a barge-in during the first attempt also stops a redone one.
@@ -356,7 +404,6 @@ export class TurnRunner {
         turnsReached = Math.max(turnsReached, played.turns);
         const next: DialogState = {
           ...state,
-          inProgress: undefined,
           turns: turnsReached,
           done: played.result.done === true,
           engine: played.result.state,
@@ -366,7 +413,7 @@ export class TurnRunner {
         if (played.result.wake) await this.publishWake(callId, inputId, played.result.wake);
         // The hints go with the state (only for a live call, only when saved), and the lease with them.
         lease?.pauseRenewal();
-        const commit = await store.commitDialog(callId, next, version, { hints: played.hints, releaseLeaseOf: lease?.owner });
+        const commit = await store.commitDialog(callId, next, version, { hints: played.hints, releaseLeaseOf: lease?.owner, mark: null });
         if (commit.saved) {
           lease?.releasedBySave();
           item.ack();
