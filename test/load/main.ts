@@ -18,6 +18,7 @@ import type { ServiceName } from "@voicebot/testing";
 import { keys, type TurnEntry } from "@voicebot/state";
 import WebSocket from "ws";
 import { calibrate } from "./calibrate.js";
+import { measureHopFloor, type HopFloor } from "./hops.js";
 import { FRAME_MS, sileroDecidedBy, sileroLastSpeech, speechBurst, watermarkFrame } from "./audio.js";
 import type { EngineRecord } from "./fakes.js";
 import { LoadGenerator, type TurnSample } from "./loadgen.js";
@@ -206,6 +207,8 @@ interface RunResult {
   stages: Record<string, Summary>;
   /** Speech turns: the asr's end-of-utterance decision after the caller sent the frame that allowed it. */
   decisionLag: Summary;
+  /** One hop's cost on the idle system (hops.ts): the floor under the overhead. */
+  hopFloor: HopFloor;
   /** The turns with the most overhead, with their stage split from the call record: where the tail comes from. */
   slowest: Array<{ kind: string; overheadMs: number; engineMs: number; stages: Record<string, number> | undefined }>;
   vad: string;
@@ -235,6 +238,11 @@ interface RunResult {
   errors: { total: number; details: string[] };
   cleanup: { gaugesZeroAfterMs: number | undefined; gauges: Record<string, number>; liveKeys: number; leaseIndex: number; notEnded: number; details: string[] };
   pass: boolean;
+}
+
+function hopFloorLine(h: HopFloor): string {
+  const pair = (s: Summary) => `${fmt(s.p50, 2)} / ${fmt(s.p99, 2)}`;
+  return `one hop on the idle system, p50 / p99 ms (20 ms apart): Redis round trip ${pair(h.redisRoundTrip)}, NATS message ${pair(h.natsOneWay)}, JetStream work-queue message ${pair(h.jetStreamOneWay)}`;
 }
 
 /** How many of the slowest turns the report lists. */
@@ -363,6 +371,8 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
     const idleMetrics = await allMetrics(system);
     const idleLive = await allLiveMemory(system);
     const errorsBefore = await counterSnapshot(system);
+    const hopFloor = await measureHopFloor(system.nats.url, system.store);
+    console.log(`    ${hopFloorLine(hopFloor)}`);
 
     const silence = Array.from({ length: calls }, (_, slot) => Buffer.from(watermarkFrame(slot)).toString("base64"));
     const gen = new LoadGenerator({
@@ -517,6 +527,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
       stages: records.stages,
       decisionLag: records.decisionLag,
       slowest: records.slowest,
+      hopFloor,
       vad: options.vad,
       nats: {
         inPerSec: (varz1.in_msgs - varz0.in_msgs) / windowSeconds,
@@ -818,6 +829,7 @@ function report(r: RunResult, options: Options): string {
   lines.push(`asr decision lag (speech turns, ${r.vad} VAD): p50 ${fmt(r.decisionLag.p50)} p99 ${fmt(r.decisionLag.p99)} max ${fmt(r.decisionLag.max)} ms (n ${r.decisionLag.n})`);
   lines.push("stage split from the call records (ms):");
   lines.push(table(["stage", "p50", "p95", "p99", "max", "n"], Object.entries(r.stages).map(([k, v]) => [k, ...s(v)])));
+  lines.push(hopFloorLine(r.hopFloor));
   lines.push(`slowest turns (overhead ms, engine ms: the call record's stages):`);
   for (const t of r.slowest) {
     const stages = t.stages ? Object.entries(t.stages).map(([k, v]) => `${k.replace(/Ms$/, "")} ${v}`).join(" ") : "no record matched";
