@@ -1,6 +1,6 @@
 // A fetch for the OpenAI SDK that sends a multipart upload as one buffer. The SDK hands fetch a FormData, and
 // Node's fetch streams a FormData part by part through web streams: ~1 ms more per request than the same bytes
-// sent as one buffer (measured against a local server: transcription round trip p50 2.9 -> 1.9 ms). An utterance
+// sent as one buffer (against a local server: transcription round trip p50 2.6-4.0 -> 1.9-2.9 ms). An utterance
 // is a few hundred KB at most and is already whole in memory, so nothing is lost by building the body first.
 import { randomBytes } from "node:crypto";
 
