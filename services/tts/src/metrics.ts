@@ -8,7 +8,7 @@ export type PrefetchOutcome = "cached" | "synthesized" | "failed" | "dropped";
 export class TtsMetrics {
   readonly firstAudio: Histogram<"source" | "engine">;
   readonly chunks: Counter<"engine" | "outcome">;
-  readonly cacheLookups: Counter<"result">;
+  readonly cacheLookups: Counter<"result" | "tier">;
   readonly cacheWriteErrors: Counter;
   readonly failovers: Counter<"from" | "reason">;
   readonly cancellations: Counter<"reason">;
@@ -18,7 +18,7 @@ export class TtsMetrics {
   readonly audioSeconds: Counter<"source">;
   readonly prefetches: Counter<"outcome">;
 
-  constructor(registry: Registry, queue: { queued(): number; active(): number; prefetchQueued(): number }) {
+  constructor(registry: Registry, queue: { queued(): number; active(): number; prefetchQueued(): number; memoryCacheBytes(): number }) {
     const registers = [registry];
     this.firstAudio = new Histogram({
       name: "voicebot_tts_first_audio_seconds",
@@ -35,8 +35,8 @@ export class TtsMetrics {
     });
     this.cacheLookups = new Counter({
       name: "voicebot_tts_cache_lookups_total",
-      help: "Audio cache lookups for cacheable chunks (hit, miss, error)",
-      labelNames: ["result"],
+      help: "Audio cache lookups for cacheable chunks (hit, miss, error), by where they were answered (memory: the replica's own copy, redis)",
+      labelNames: ["result", "tier"],
       registers,
     });
     this.cacheWriteErrors = new Counter({
@@ -92,6 +92,14 @@ export class TtsMetrics {
       registers,
       collect() {
         this.set(queue.prefetchQueued());
+      },
+    });
+    new Gauge({
+      name: "voicebot_tts_memory_cache_bytes",
+      help: "Audio held in the replica's own cache (TTS_MEMORY_CACHE_MB)",
+      registers,
+      collect() {
+        this.set(queue.memoryCacheBytes());
       },
     });
     new Gauge({

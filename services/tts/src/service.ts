@@ -5,6 +5,7 @@ import type { EnvReader, RunningService, ServiceContext, ServiceDefinition } fro
 import type { FallbackEngine } from "./fallback.js";
 import { JobRegistry } from "./jobs.js";
 import { Limiter } from "./limiter.js";
+import { MemoryAudioCache } from "./memory-cache.js";
 import { TtsMetrics } from "./metrics.js";
 import { PrefetchQueue } from "./prefetch.js";
 import { createEngine, defaultEngines, readEngineSettings, type EngineRegistry, type EngineSettings } from "./registry.js";
@@ -22,6 +23,8 @@ export interface TtsConfig extends EngineSettings {
   ackWaitMs: number;
   /** TTS_MAX_REQUEST_AGE_MS: a request older than this (it waited out an outage in the queue) is dropped. */
   maxRequestAgeMs: number;
+  /** TTS_MEMORY_CACHE_MB: the replica's own copy of the cached audio it served last (0 = Redis only), in bytes. */
+  memoryCacheBytes: number;
 }
 
 export interface TtsServiceOptions {
@@ -47,6 +50,7 @@ export function readTtsConfig(env: EnvReader, registry: EngineRegistry = default
     maxConcurrent: env.int("TTS_MAX_CONCURRENT", 2 * os.availableParallelism(), { min: 1, max: 1024 }),
     ackWaitMs: env.int("TTS_ACK_WAIT_MS", 2_000, { min: 500, max: 60_000 }),
     maxRequestAgeMs: env.int("TTS_MAX_REQUEST_AGE_MS", 60_000, { min: 1_000 }),
+    memoryCacheBytes: env.int("TTS_MEMORY_CACHE_MB", 32, { min: 0, max: 4_096 }) * 1024 * 1024,
   };
 }
 
@@ -66,7 +70,9 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
   const { bus, log } = ctx;
   const limiter = new Limiter(config.maxConcurrent);
   const jobs = new JobRegistry();
+  const memory = new MemoryAudioCache(config.memoryCacheBytes);
   const metrics = new TtsMetrics(ctx.registry, {
+    memoryCacheBytes: () => memory.bytes,
     queued: () => limiter.queued,
     active: () => limiter.active,
     // Read on scrapes only, after start.
@@ -87,6 +93,7 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
     metrics,
     limiter,
     jobs,
+    memory,
     options: {
       defaultVoice: config.voice,
       rate: config.rate,

@@ -146,6 +146,18 @@ function expectWellFormedChunk(parts: BotAudio[], frameBytes: number): void {
 
 const SENTENCE = "Thanks for calling Acme dental, this is the virtual assistant. How can I help you today?";
 
+/** Speaks a cacheable one-chunk turn on a new call: its parts and how long they took. */
+async function speakAndTime(text: string): Promise<{ ms: number; parts: BotAudio[] }> {
+  const callId = newCallId();
+  const audio = await listen(callId);
+  const started = performance.now();
+  speak({ callId, text, cacheable: true, turnDone: true });
+  await audio.done("t1");
+  const ms = performance.now() - started;
+  audio.close();
+  return { ms, parts: audio.chunk("t1") };
+}
+
 // ---- behaviour ----
 
 describe("tts with flite", () => {
@@ -206,34 +218,33 @@ describe("tts with flite", () => {
     audio.close();
   });
 
-  it("serves a repeated cacheable chunk from the Redis cache, identical and much faster", async () => {
+  it("serves a repeated cacheable chunk from the cache, identical and much faster: from its own copy, Redis or not", async () => {
     const text = "Our office is open Monday to Friday from eight in the morning until six in the evening. On Saturdays we open from nine until noon. We are closed on Sundays and public holidays.";
-    const run = async () => {
-      const callId = newCallId();
-      const audio = await listen(callId);
-      const started = performance.now();
-      speak({ callId, text, cacheable: true, turnDone: true });
-      await audio.done("t1");
-      const ms = performance.now() - started;
-      audio.close();
-      return { ms, parts: audio.chunk("t1") };
-    };
+    const run = () => speakAndTime(text);
     const first = await run();
-    expect(await metric(tts, "voicebot_tts_cache_lookups_total", { result: "miss" })).toBe(1);
+    expect(await metric(tts, "voicebot_tts_cache_lookups_total", { result: "miss", tier: "redis" })).toBe(1);
     await waitFor(async () => (await tts.ctx.store.redis.keys("vb:cache:tts:*")).length === 1, { what: "the audio to be cached" });
+    const [key] = await tts.ctx.store.redis.keys("vb:cache:tts:*");
+    const ttl = await tts.ctx.store.redis.pttl(key);
+    expect(ttl).toBeGreaterThan(7 * 24 * 3600_000 - 60_000);
+    expect(ttl).toBeLessThanOrEqual(7 * 24 * 3600_000);
+
     const second = await run();
-    expect(await metric(tts, "voicebot_tts_cache_lookups_total", { result: "hit" })).toBe(1);
+    expect(await metric(tts, "voicebot_tts_cache_lookups_total", { result: "hit", tier: "memory" })).toBe(1);
     expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "cache", outcome: "ok" })).toBe(1);
     expectWellFormedChunk(second.parts, 160);
     expect(Buffer.compare(joined(second.parts), joined(first.parts))).toBe(0);
     expect(second.parts[0].text).toBe(text);
     expect(second.parts.at(-1)!.turnDone).toBe(true);
     expect(second.ms).toBeLessThan(first.ms / 3);
+    expect(await metric(tts, "voicebot_tts_memory_cache_bytes")).toBe(joined(first.parts).length);
 
-    const [key] = await tts.ctx.store.redis.keys("vb:cache:tts:*");
-    const ttl = await tts.ctx.store.redis.pttl(key);
-    expect(ttl).toBeGreaterThan(7 * 24 * 3600_000 - 60_000);
-    expect(ttl).toBeLessThanOrEqual(7 * 24 * 3600_000);
+    // The replica's own copy does not need Redis: the same audio with the key gone from Redis.
+    await tts.ctx.store.redis.del(key);
+    const third = await run();
+    expect(Buffer.compare(joined(third.parts), joined(first.parts))).toBe(0);
+    expect(await metric(tts, "voicebot_tts_cache_lookups_total", { result: "hit", tier: "memory" })).toBe(2);
+    expect(await metric(tts, "voicebot_tts_cache_lookups_total", { tier: "redis" })).toBe(1);
   });
 
   it("answers a request it cannot serve with SynthesisFailed, and keeps serving others", async () => {
@@ -449,5 +460,24 @@ describe("tts configuration", () => {
   it("rejects bad numbers for the tts settings", async () => {
     const attempt = startService(createDefinition(), { TTS_STALL_MS: "soon", TTS_MAX_CONCURRENT: "0", HTTP_PORT: "0" });
     await expect(attempt).rejects.toThrow(/TTS_STALL_MS="soon".*TTS_MAX_CONCURRENT="0"/);
+  });
+});
+
+describe("tts with its memory cache off (TTS_MEMORY_CACHE_MB=0)", () => {
+  it("serves a repeated cacheable chunk from Redis, identical", async () => {
+    const tts = await startTts({ TTS_ENGINES: "flite", TTS_MEMORY_CACHE_MB: "0" });
+    try {
+      const text = "Press two for opening hours, or stay on the line to hear them again.";
+      const first = await speakAndTime(text);
+      await waitFor(async () => (await metric(tts, "voicebot_tts_cache_lookups_total", { result: "miss" })) === 1, { what: "the miss" });
+      await waitFor(async () => (await tts.ctx.store.redis.keys("vb:cache:tts:*")).length > 0, { what: "the audio to be cached" });
+      const second = await speakAndTime(text);
+      expect(Buffer.compare(joined(second.parts), joined(first.parts))).toBe(0);
+      expect(await metric(tts, "voicebot_tts_cache_lookups_total", { result: "hit", tier: "redis" })).toBe(1);
+      expect(await metric(tts, "voicebot_tts_cache_lookups_total", { tier: "memory" })).toBe(0);
+      expect(await metric(tts, "voicebot_tts_memory_cache_bytes")).toBe(0);
+    } finally {
+      await tts.stop();
+    }
   });
 });

@@ -7,6 +7,7 @@ import type { FallbackEngine } from "./fallback.js";
 import { PcmEncoder, resolveFormat, type OutputFormat } from "./format.js";
 import type { Job, JobRegistry } from "./jobs.js";
 import { QueueAbortedError, type Limiter } from "./limiter.js";
+import type { MemoryAudioCache } from "./memory-cache.js";
 import type { ChunkOutcome, PrefetchOutcome, TtsMetrics } from "./metrics.js";
 import { PartPacker } from "./packer.js";
 
@@ -30,6 +31,8 @@ export interface SpeakerDeps {
   metrics: TtsMetrics;
   limiter: Limiter;
   jobs: JobRegistry;
+  /** Checked before Redis; filled from Redis hits and from what this replica caches. */
+  memory: MemoryAudioCache;
   options: SpeakerOptions;
 }
 
@@ -138,7 +141,8 @@ export class Speaker {
   }
 
   /** False when the write failed (counted and logged: the line is synthesized again next time). */
-  private async writeCache(key: string, audio: Uint8Array, context: Record<string, unknown>): Promise<boolean> {
+  private async writeCache(key: string, audio: Buffer, context: Record<string, unknown>): Promise<boolean> {
+    this.deps.memory.set(key, audio);
     try {
       await this.deps.store.setBuffer(key, audio, this.deps.options.cacheTtlMs);
       return true;
@@ -170,8 +174,12 @@ export class Speaker {
       return "failed";
     }
     const key = this.cacheKey(request, format);
+    // Redis, not this replica's memory: the point is that every replica finds the line. Found, it is kept here too.
     const existing = await this.readCache(key, format);
-    if ("audio" in existing && existing.audio) return "cached";
+    if ("audio" in existing && existing.audio) {
+      this.deps.memory.set(key, existing.audio);
+      return "cached";
+    }
     if (signal.aborted) return "dropped";
 
     // The same encoding and framing as a live chunk, so the cached bytes equal what a live chunk would cache.
@@ -252,14 +260,20 @@ export class Speaker {
 
   /** Cached audio for the key, if present and sane; a Redis problem is a miss (the engines still work). */
   private async cached(key: string, format: OutputFormat, request: SpeakRequest): Promise<Uint8Array | undefined> {
-    const { metrics, log } = this.deps;
+    const { metrics, log, memory } = this.deps;
+    const held = memory.get(key);
+    if (held) {
+      metrics.cacheLookups.inc({ result: "hit", tier: "memory" });
+      return held;
+    }
     const read = await this.readCache(key, format);
     if ("error" in read) {
-      metrics.cacheLookups.inc({ result: "error" });
+      metrics.cacheLookups.inc({ result: "error", tier: "redis" });
       log.warn("tts cache read failed; synthesizing", { callId: request.callId, error: read.error });
       return undefined;
     }
-    metrics.cacheLookups.inc({ result: read.audio ? "hit" : "miss" });
+    metrics.cacheLookups.inc({ result: read.audio ? "hit" : "miss", tier: "redis" });
+    if (read.audio) memory.set(key, read.audio);
     return read.audio;
   }
 
@@ -349,7 +363,7 @@ class ChunkOut {
   }
 
   /** Everything published, as one buffer (for the cache). */
-  collected(): Uint8Array {
+  collected(): Buffer {
     return Buffer.concat(this.kept ?? []);
   }
 

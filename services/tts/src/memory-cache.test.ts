@@ -1,0 +1,42 @@
+import { describe, expect, it } from "vitest";
+import { MemoryAudioCache } from "./memory-cache.js";
+
+const audio = (bytes: number, fill = 1) => Buffer.alloc(bytes, fill);
+
+describe("MemoryAudioCache", () => {
+  it("keeps audio up to its byte budget, dropping the least recently used first", () => {
+    const cache = new MemoryAudioCache(8_000);
+    cache.set("a", audio(1_000, 1));
+    cache.set("b", audio(1_000, 2));
+    cache.set("c", audio(1_000, 3));
+    expect(cache.get("a")?.[0]).toBe(1); // a is now the most recently used
+    for (let i = 0; i < 5; i++) cache.set(`x${i}`, audio(1_000));
+    expect(cache.bytes).toBe(8_000);
+    cache.set("y", audio(1_000));
+    // b was the least recently used: it went; a (read) and c stayed.
+    expect(cache.get("b")).toBeUndefined();
+    expect(cache.get("a")).toBeDefined();
+    expect(cache.get("c")).toBeDefined();
+    expect(cache.bytes).toBe(8_000);
+    expect(cache.size).toBe(8);
+  });
+
+  it("replaces an entry under the same key without counting it twice", () => {
+    const cache = new MemoryAudioCache(8_000);
+    cache.set("a", audio(500));
+    cache.set("a", audio(700, 9));
+    expect(cache.bytes).toBe(700);
+    expect(cache.get("a")?.[0]).toBe(9);
+  });
+
+  it("does not keep empty audio or an entry over an eighth of the budget, and keeps nothing when off", () => {
+    const cache = new MemoryAudioCache(8_000);
+    cache.set("big", audio(1_001));
+    cache.set("empty", audio(0));
+    expect(cache.size).toBe(0);
+    const off = new MemoryAudioCache(0);
+    off.set("a", audio(10));
+    expect(off.get("a")).toBeUndefined();
+    expect(off.bytes).toBe(0);
+  });
+});
