@@ -162,6 +162,16 @@ describe("CallStore", () => {
     expect(await store.redis.pttl(keys.dialog("CM1"))).toBeGreaterThan(0);
   });
 
+  it("takeDialogTurn marks an input that is only for a call without state (a start) only while there is none", async () => {
+    await store.createCall(meta("CM3"));
+    const start = { mark: "mark-start", once: { scope: "dialog-input", id: "start" }, onlyWithoutState: true };
+    expect(await store.takeDialogTurn("CM3", "dialog-1", 10_000, start)).toMatchObject({ dialog: { version: "1", mark: "mark-start" }, marked: { firstTime: true } });
+    await store.commitDialog("CM3", { n: 1 }, "1", { mark: null, releaseLeaseOf: "dialog-1" });
+    const again = await store.takeDialogTurn("CM3", "dialog-1", 10_000, { ...start, once: { scope: "dialog-input", id: "restart" } });
+    expect(again).toEqual({ kind: "held", dialog: { value: { n: 1 }, version: "2" } });
+    expect(await store.redis.hexists(keys.once("CM3"), "dialog-input:restart")).toBe(0);
+  });
+
   it("takeDialogTurn leaves a mark of the older format (inside the state) to the caller and marks nothing", async () => {
     await store.createCall(meta("CM2"));
     await store.commitDialog("CM2", { n: 1, inProgress: { inputId: "old", input: "" } }, "0");

@@ -106,10 +106,11 @@ if owner and owner ~= ARGV[1] then return {0, call or ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, call or ''}`;
 
-// KEYS: meta, lease, dialog state, once hash. ARGV: owner, lease TTL, mark or '', once field, live TTL. The start
-// of a dialog turn: the call must be live, the lease free or ours; then the state (version v, data d) and the mark
-// of the input in progress (p). With a mark and no input in progress, this input becomes the one in progress in
-// the same step (v bumped, once field set), unless d still holds a mark of the older format (inside the data).
+// KEYS: meta, lease, dialog state, once hash. ARGV: owner, lease TTL, mark or '', once field, live TTL, '1' to mark
+// only while there is no state yet. The start of a dialog turn: the call must be live, the lease free or ours; then
+// the state (version v, data d) and the mark of the input in progress (p). With a mark and no input in progress,
+// this input becomes the one in progress in the same step (v bumped, once field set), unless d still holds a mark
+// of the older format (inside the data).
 // Returns {call state or ''} | {'live', 0} (lease busy) | {'live', 1, version, data or '', mark or '', 1/0 first
 // time for the once field when this call set the mark, else -1}.
 const TAKE_TURN_SCRIPT = `
@@ -121,7 +122,7 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local loaded = redis.call('HMGET', KEYS[3], 'v', 'd', 'p')
 local version = loaded[1] or '0'
 local data = loaded[2] or ''
-if ARGV[3] ~= '' and not loaded[3] and not string.find(data, '"inProgress":', 1, true) then
+if ARGV[3] ~= '' and not loaded[3] and (ARGV[6] ~= '1' or data == '') and not string.find(data, '"inProgress":', 1, true) then
   version = tostring(tonumber(version) + 1)
   redis.call('HSET', KEYS[3], 'v', version, 'p', ARGV[3])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
@@ -227,6 +228,8 @@ export interface TurnMark {
   mark: string;
   /** Marked seen with it: `firstTime` tells whether an earlier attempt (of any replica) marked it before. */
   once: { scope: string; id: string };
+  /** Mark only while the call has no dialog state yet (an input that state would make a no-op, e.g. a start). */
+  onlyWithoutState?: boolean;
 }
 
 /** What store.commitDialog did. */
@@ -439,6 +442,7 @@ export class CallStore {
       mark?.mark ?? "",
       mark ? onceField(mark.once.scope, mark.once.id) : "",
       this.options.liveTtlMs,
+      mark?.onlyWithoutState ? "1" : "",
     );
     const call = callStateOf(reply[0]);
     if (call !== "live") return { kind: "not_live", call };

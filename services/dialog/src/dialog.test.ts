@@ -310,6 +310,25 @@ describe("dialog service", () => {
     expect(await store.redis.hget(keys.dialog(call.id), "p")).toBeNull();
   });
 
+  it("a start for a call that has a state is dropped without ever being marked in progress; an unreadable mark is replaced", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    const before = await metric("voicebot_dialog_inputs_dropped_total", { reason: "already_started" });
+    const started = CallStarted.create({ callId: call.id, provider: "twilio", agent: "order-line", botFormat: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 }, startedAtMs: call.startedAtMs });
+    await call.publish({ $case: "callStarted", value: started }, `${call.id}:restart:1`);
+    await waitFor(async () => (await metric("voicebot_dialog_inputs_dropped_total", { reason: "already_started" })) > before, { what: "the late start to be dropped" });
+    // Not marked, so no lost clear could leave it behind for the next input to redo (the greeting replayed).
+    expect(await store.redis.hexists(keys.once(call.id), `dialog-input:${call.id}:restart:1`)).toBe(0);
+    expect(await store.redis.hget(keys.dialog(call.id), "p")).toBeNull();
+
+    await store.redis.hset(keys.dialog(call.id), "p", "{not json");
+    await call.key("1");
+    expect(await call.turn("t2")).toBe(ASK);
+    expect(call.turnIds()).toEqual(["t1", "t2"]);
+    expect(await store.redis.hget(keys.dialog(call.id), "p")).toBeNull();
+  });
+
   it("a start left in progress by a replica that died before saving anything is played before the next input", async () => {
     const call = new TestCall();
     await store.createCall({ callSid: call.id, provider: "twilio", streamSid: "MZ1", agent: "order-line", from: "", to: "", startedAt: new Date(call.startedAtMs).toISOString() });

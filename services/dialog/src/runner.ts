@@ -74,10 +74,20 @@ type StoredDialogState = DialogState & { inProgress?: InProgress };
 
 function loadedDialog(stored: DialogVersioned<StoredDialogState>): LoadedDialog {
   const { value, version, mark } = stored;
-  if (mark) return { value, version, inProgress: JSON.parse(mark) as InProgress, mark };
+  // An unreadable mark names no input to redo; the next mark or save replaces it.
+  if (mark) return { value, version, inProgress: parseMark(mark), mark };
   if (!value?.inProgress) return { value, version };
   const { inProgress, ...state } = value;
   return { value: state, version, inProgress };
+}
+
+function parseMark(mark: string): InProgress | undefined {
+  try {
+    const parsed = JSON.parse(mark) as Partial<InProgress> | null;
+    return typeof parsed?.inputId === "string" && typeof parsed.input === "string" ? (parsed as InProgress) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A save that keeps the input in progress: a mark read from inside an older state moves beside it, else it stays. */
@@ -208,7 +218,12 @@ export class TurnRunner {
     }
     // The call's state, the lease and the dialog state in one round trip; for a turn, with the input marked in
     // progress unless another one is (a replica died on it: it is done first, below).
-    const mark = "interrupted" in engineInput ? undefined : { mark: inProgressMark(message), once: { scope: DIALOG_INPUT_SCOPE, id: inputId } };
+    // A start is marked here only for a call without state: with one it is dropped, and a mark it left behind (its
+    // clear lost) would make the next input redo it as unfinished, replaying the greeting.
+    const mark =
+      "interrupted" in engineInput
+        ? undefined
+        : { mark: inProgressMark(message), once: { scope: DIALOG_INPUT_SCOPE, id: inputId }, onlyWithoutState: input.$case === "callStarted" };
     const start = await this.deps.lease.acquire<StoredDialogState>(callId, mark);
     if (start.kind === "not_live") return this.drop(item, start.call === "ended" ? "ended_call" : "unknown_call", fields);
     if (start.kind === "busy") {

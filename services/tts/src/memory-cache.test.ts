@@ -29,6 +29,18 @@ describe("MemoryAudioCache", () => {
     expect(cache.get("a")?.[0]).toBe(9);
   });
 
+  it("keeps a copy of its own, not a view into a buffer that may hold more (a Redis client's read buffer)", () => {
+    const cache = new MemoryAudioCache(8_000);
+    const readBuffer = Buffer.alloc(4_000, 7);
+    const view = readBuffer.subarray(100, 600);
+    cache.set("a", view);
+    readBuffer.fill(0);
+    const kept = cache.get("a")!;
+    expect(kept.length).toBe(500);
+    expect(kept.every((b) => b === 7)).toBe(true);
+    expect(kept.buffer.byteLength).toBe(500);
+  });
+
   it("does not keep empty audio or an entry over an eighth of the budget, and keeps nothing when off", () => {
     const cache = new MemoryAudioCache(8_000);
     cache.set("big", audio(1_001));

@@ -32,7 +32,11 @@ export class MemoryAudioCache {
   set(key: string, audio: Buffer): void {
     if (audio.length === 0 || audio.length > this.maxBytes / 8) return;
     this.delete(key);
-    this.entries.set(key, audio);
+    // A copy in memory of its own: a Buffer read from Redis is a view into the client's read buffers, which it
+    // would keep alive whole (and the byte count would not see them); Buffer.from would use the shared small pool.
+    const own = Buffer.allocUnsafeSlow(audio.length);
+    audio.copy(own);
+    this.entries.set(key, own);
     this.total += audio.length;
     for (const [oldest, bytes] of this.entries) {
       if (this.total <= this.maxBytes) break;
