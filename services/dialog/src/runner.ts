@@ -73,12 +73,13 @@ interface LoadedDialog {
 type StoredDialogState = DialogState & { inProgress?: InProgress };
 
 function loadedDialog(stored: DialogVersioned<StoredDialogState>): LoadedDialog {
-  const { value, version, mark } = stored;
+  const { value: raw, version, mark } = stored;
+  // An older state's own mark leaves it here (a mark beside it is newer), so the next save does not carry it on.
+  const { inProgress: inside, ...rest } = raw ?? {};
+  const value = raw ? (rest as DialogState) : undefined;
   // An unreadable mark names no input to redo; the next mark or save replaces it.
   if (mark) return { value, version, inProgress: parseMark(mark), mark };
-  if (!value?.inProgress) return { value, version };
-  const { inProgress, ...state } = value;
-  return { value: state, version, inProgress };
+  return inside ? { value, version, inProgress: inside } : { value, version };
 }
 
 function parseMark(mark: string): InProgress | undefined {
