@@ -466,7 +466,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
     // ---- figures ----
     const held = { min: gen.held.min, mean: gen.held.ticks > 0 ? gen.held.sum / gen.held.ticks : 0 };
     const perCall = Math.max(1, held.mean);
-    const attributed = attributeEngineTime(gen.turns, engine.asr, engine.tts);
+    const attributed = attributeEngineTime(gen.turns, engine.asr, engine.tts, options.minSilenceMs);
     const records = await turnRecords(system, gen.callSids, attributed.turns, performance.timeOrigin + windowStart, performance.timeOrigin + windowEnd);
     const bySomeKind = (kind: string, pick: (t: AnalyzedTurn) => number) => summarize(attributed.turns.filter((t) => t.kind === kind).map(pick));
     const measured = attributed.turns.filter((t) => t.kind !== "greeting");
@@ -637,9 +637,10 @@ interface AnalyzedTurn extends TurnSample {
 /**
  * Engine time on a turn's critical path, as the fakes measured it (request received -> answer written): the
  * transcription of a speech turn, the first synthesized chunk of a keypad turn (prompts come from the tts cache).
- * Requests are matched to turns by the call slot they name and by time.
+ * Requests are matched to turns by the call slot they name and by time. A transcription may start during the
+ * endpoint silence (the asr's early finals): only its time after the caller's endpoint frame is on the path.
  */
-function attributeEngineTime(turns: TurnSample[], asr: EngineRecord[], tts: EngineRecord[]) {
+function attributeEngineTime(turns: TurnSample[], asr: EngineRecord[], tts: EngineRecord[], minSilenceMs: number) {
   const bySlot = (records: EngineRecord[]) => {
     const map = new Map<number, EngineRecord[]>();
     for (const r of records) {
@@ -656,16 +657,20 @@ function attributeEngineTime(turns: TurnSample[], asr: EngineRecord[], tts: Engi
   // Date.now() in the fakes has 1 ms resolution; the turn's times are sub-ms.
   const find = (map: Map<number, EngineRecord[]>, turn: TurnSample) =>
     map.get(turn.slot)?.find((r) => r.atMs >= turn.baseAt - 1 && r.atMs <= turn.firstAudioAt);
+  // The latest transcription of the utterance: requested inside its endpoint silence or after it.
+  const findTranscription = (turn: TurnSample) =>
+    asrBySlot.get(turn.slot)?.findLast((r) => r.atMs >= turn.baseAt - minSilenceMs && r.atMs <= turn.firstAudioAt);
   const asrMs: number[] = [];
   const ttsMs: number[] = [];
   let unattributed = 0;
   const analyzed: AnalyzedTurn[] = turns.map((turn) => {
     let engine = 0;
     if (turn.kind === "speech") {
-      const r = find(asrBySlot, turn);
+      const r = findTranscription(turn);
       if (r) {
-        asrMs.push(r.answeredMs - r.atMs);
-        engine += r.answeredMs - r.atMs;
+        const onPath = Math.max(0, r.answeredMs - Math.max(r.atMs, turn.baseAt));
+        asrMs.push(onPath);
+        engine += onPath;
       } else unattributed++;
     }
     const t = find(ttsBySlot, turn);
@@ -841,7 +846,7 @@ function report(r: RunResult, options: Options): string {
         ...Object.entries(r.overheadByKind).map(([k, v]) => [`  ${k}`, ...s(v)]),
         ["caller latency (all)", ...s(r.latency)],
         ...Object.entries(r.latencyByKind).map(([k, v]) => [`  ${k}`, ...s(v)]),
-        ["engine: transcription", ...s(r.engine.asr)],
+        ["engine: transcription after endpoint", ...s(r.engine.asr)],
         ["engine: first tts chunk", ...s(r.engine.tts)],
         ["stream start -> greeting", ...s(r.greeting)],
         ["outbound frame gap", ...s(r.gaps)],

@@ -11,7 +11,7 @@ import {
 } from "@voicebot/proto";
 import { keys, type CallStore } from "@voicebot/state";
 import { looksUnfinished, type Continuations } from "./continuation.js";
-import type { AsrEngine, UtteranceRecognizer } from "./engine.js";
+import type { AsrEngine, RecognitionHints, RecognitionResult, UtteranceRecognizer } from "./engine.js";
 import { parseHints, type ParsedHints } from "./hints.js";
 import type { AsrMetrics } from "./metrics.js";
 import { Segmenter, type Frame, type SegmenterOptions, type SegmentEvent } from "./segmenter.js";
@@ -20,10 +20,18 @@ import type { VadStream, VoiceActivityDetector } from "./vad.js";
 /** Decoded caller audio is cut from blocks of this many frames (one call's; see takePcm). */
 const PCM_BLOCK_FRAMES = 50;
 
+/** Early recognitions per utterance at most: a caller who keeps pausing and going on costs a bounded number. */
+const MAX_EARLY_FINALS = 3;
+
 export interface SessionOptions {
   segmenter: SegmenterOptions;
   /** Longest run of lost frames replaced by silence; longer gaps are bridged by this much only. */
   gapFillMaxMs: number;
+  /**
+   * After this much silence inside an utterance, an engine that recognizes at the end (earlyFinals) is run on the
+   * audio so far, so the final is ready when the endpoint comes; speech before the endpoint discards it. 0: off.
+   */
+  earlyFinalMs: number;
   /** Attempts at putting a final on the dialog work queue before giving up. */
   publishAttempts: number;
   /** Partial texts ending in one of these keep the utterance open past the minimum silence. */
@@ -49,6 +57,21 @@ interface OpenUtterance {
   lastPartial: string;
   /** The latest partial ends like an unfinished sentence ("... and", "my order number is"). */
   unfinished: boolean;
+  hints: RecognitionHints;
+  /** This utterance's minimum silence (the dialog state's hints may change it). */
+  minSilenceMs: number;
+  /** Everything given to the recognizer, kept only when early finals are on: an early recognizer replays it. */
+  audio: Int16Array[] | undefined;
+  /** The silence since the utterance's last speech frame. */
+  silentMs: number;
+  early: EarlyFinal | undefined;
+  earlyTries: number;
+}
+
+/** The utterance so far, recognized during the caller's silence. Undefined result: it failed. */
+interface EarlyFinal {
+  recognizer: UtteranceRecognizer;
+  result: Promise<RecognitionResult | undefined>;
 }
 
 /**
@@ -230,7 +253,7 @@ export class CallSession {
         const event = events[i];
         // A start is the only event of its frame; it waits for the hints, so the frames after it wait too.
         if (event.type === "start") return this.startUtterance(event.onset, event.frames).catch((error: unknown) => this.segmentFailed(error));
-        this.onEvent(event);
+        this.onEvent(event, speech);
       }
     } catch (error) {
       this.segmentFailed(error);
@@ -243,10 +266,13 @@ export class CallSession {
     this.deps.log.error("segmenting caller audio failed", { callId: this.callId, error: errorText(error) });
   }
 
-  private onEvent(event: Exclude<SegmentEvent, { type: "start" }>): void {
+  private onEvent(event: Exclude<SegmentEvent, { type: "start" }>, speech: boolean): void {
     switch (event.type) {
       case "audio":
-        if (this.utterance) this.push(this.utterance, event.frame.pcm);
+        if (this.utterance) {
+          this.push(this.utterance, event.frame.pcm);
+          this.followSilence(this.utterance, speech);
+        }
         return;
       case "end": {
         const open = this.utterance;
@@ -282,11 +308,24 @@ export class CallSession {
     const hints = await this.readHints();
     if (this.stopped) return;
     this.segmenter.setSilence(hints.minSilenceMs, hints.maxSilenceMs);
-    const open: OpenUtterance = { id, recognizer: undefined, failed: false, lastPartial: "", unfinished: false };
+    const { engine, metrics, options } = this.deps;
+    const early = options.earlyFinalMs > 0 && engine.earlyFinals === true && options.earlyFinalMs < hints.minSilenceMs;
+    const open: OpenUtterance = {
+      id,
+      recognizer: undefined,
+      failed: false,
+      lastPartial: "",
+      unfinished: false,
+      hints: { mode: hints.mode, phrases: hints.phrases },
+      minSilenceMs: hints.minSilenceMs,
+      audio: early ? [] : undefined,
+      silentMs: 0,
+      early: undefined,
+      earlyTries: 0,
+    };
     this.utterance = open;
-    const { engine, metrics } = this.deps;
     try {
-      const recognizer = engine.start({ mode: hints.mode, phrases: hints.phrases });
+      const recognizer = engine.start(open.hints);
       open.recognizer = recognizer;
       metrics.activeSessions.inc();
       recognizer.onPartial = (text: string) => this.onPartial(open, text);
@@ -299,11 +338,78 @@ export class CallSession {
 
   private push(open: OpenUtterance, pcm: Int16Array): void {
     if (!open.recognizer || open.failed) return;
+    open.audio?.push(pcm);
     try {
       open.recognizer.push(pcm);
     } catch (error) {
       this.engineFailed(open, "push", error);
     }
+  }
+
+  /**
+   * Early finals: once the caller has been silent for earlyFinalMs, the audio so far goes to a second recognizer,
+   * so a cloud upload's round trip runs during the rest of the endpoint silence instead of after it. Speech before
+   * the endpoint makes that result stale: it is dropped and the next silence may start another.
+   */
+  private followSilence(open: OpenUtterance, speech: boolean): void {
+    if (!open.audio) return;
+    if (speech) {
+      open.silentMs = 0;
+      if (open.early) this.dropEarly(open);
+      return;
+    }
+    const crossed = open.silentMs < this.deps.options.earlyFinalMs && open.silentMs + FRAME_MS >= this.deps.options.earlyFinalMs;
+    open.silentMs += FRAME_MS;
+    if (!crossed || open.early || open.earlyTries >= MAX_EARLY_FINALS || !open.recognizer || open.failed) return;
+    open.earlyTries++;
+    let recognizer: UtteranceRecognizer | undefined;
+    try {
+      recognizer = this.deps.engine.start(open.hints);
+      for (const pcm of open.audio) recognizer.push(pcm);
+    } catch (error) {
+      // The utterance's own recognizer still recognizes it at the endpoint.
+      this.deps.metrics.earlyFinals.inc({ outcome: "failed" });
+      this.deps.log.debug("early final could not start", { callId: this.callId, utteranceId: open.id, error: errorText(error) });
+      recognizer?.abort();
+      return;
+    }
+    const result = recognizer.finish().catch((error: unknown) => {
+      if (open.early?.recognizer === recognizer) {
+        this.deps.log.debug("early final failed: recognizing at the endpoint", { callId: this.callId, utteranceId: open.id, error: errorText(error) });
+      }
+      return undefined;
+    });
+    open.early = { recognizer, result };
+  }
+
+  private dropEarly(open: OpenUtterance): void {
+    const early = open.early;
+    if (!early) return;
+    open.early = undefined;
+    this.deps.metrics.earlyFinals.inc({ outcome: "discarded" });
+    try {
+      early.recognizer.abort();
+    } catch (error) {
+      this.deps.log.warn("early recognizer abort failed", { callId: this.callId, error: errorText(error) });
+    }
+  }
+
+  /** The early result if the utterance has one and it worked (the utterance's recognizer is then let go). */
+  private async earlyResult(open: OpenUtterance): Promise<RecognitionResult | undefined> {
+    const early = open.early;
+    if (!early) return undefined;
+    open.early = undefined;
+    open.audio = undefined;
+    const result = await early.result;
+    this.deps.metrics.earlyFinals.inc({ outcome: result ? "used" : "failed" });
+    if (result) {
+      try {
+        open.recognizer?.abort();
+      } catch (error) {
+        this.deps.log.warn("recognizer abort failed", { callId: this.callId, error: errorText(error) });
+      }
+    }
+    return result;
   }
 
   private onPartial(open: OpenUtterance, text: string): void {
@@ -321,7 +427,9 @@ export class CallSession {
   private async finish(open: OpenUtterance, speechEndMs: number, decidedAtMs: number): Promise<void> {
     const { bus, metrics, log } = this.deps;
     let result: { text: string; confidence: number; alternatives: Alternative[]; engine?: string } = { text: "", confidence: 0, alternatives: [] };
-    if (open.recognizer && !open.failed) {
+    const early = await this.earlyResult(open);
+    if (early) result = early;
+    else if (open.recognizer && !open.failed) {
       try {
         result = await open.recognizer.finish();
       } catch (error) {
@@ -423,6 +531,8 @@ export class CallSession {
   }
 
   private abort(open: OpenUtterance): void {
+    this.dropEarly(open);
+    open.audio = undefined;
     try {
       open.recognizer?.abort();
     } catch (error) {

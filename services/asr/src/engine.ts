@@ -35,6 +35,12 @@ export interface UtteranceRecognizer {
 export interface AsrEngine {
   readonly label: string;
   readonly sampleRate: number;
+  /**
+   * True when the engine does all its work after finish() (it uploads the utterance) and a request costs money,
+   * not this replica's CPU: the asr may then recognize the audio so far while the caller is silent, so the final
+   * is ready when the endpoint comes (ASR_EARLY_FINAL_MS). Streaming and local engines leave it unset.
+   */
+  readonly earlyFinals?: boolean;
   start(hints: RecognitionHints): UtteranceRecognizer;
   /** Load models / validate configuration so the first call is fast. */
   warmUp(): Promise<void>;

@@ -60,6 +60,12 @@ export function createMetrics(registry: Registry) {
       labelNames: ["engine"],
       registers,
     }),
+    earlyFinals: new Counter({
+      name: "voicebot_asr_early_finals_total",
+      help: "Utterances recognized early, during the caller's silence: used as the final, discarded (the caller spoke again or the utterance was dropped) or failed (recognized again at the endpoint)",
+      labelNames: ["outcome"],
+      registers,
+    }),
     endpointExtensions: new Counter({
       name: "voicebot_asr_endpoint_extensions_total",
       help: "Utterances kept open past the minimum silence because the partial text looked unfinished",

@@ -23,6 +23,8 @@ class WatchdogTimeout extends Error {}
 export class FallbackEngine implements AsrEngine {
   readonly label: string;
   readonly sampleRate: number;
+  /** As the first engine of the list: it takes the utterances while it is healthy. */
+  readonly earlyFinals: boolean;
   /** Engines cooling down, with the time (ms) they are tried first again. */
   private readonly coolingUntil = new Map<AsrEngine, number>();
   private readonly timers = new Set<NodeJS.Timeout>();
@@ -37,6 +39,7 @@ export class FallbackEngine implements AsrEngine {
     const rates = new Set(engines.map((e) => e.sampleRate));
     if (rates.size > 1) throw new Error(`the engines of ASR_ENGINES take different sample rates: ${engines.map((e) => `${e.label} ${e.sampleRate}`).join(", ")}`);
     this.sampleRate = engines[0].sampleRate;
+    this.earlyFinals = engines[0].earlyFinals === true;
     this.label = engines.map((e) => e.label).join(",");
     for (const engine of engines) metrics?.engineHealthy.set({ engine: engine.label }, 1);
   }

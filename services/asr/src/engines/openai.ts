@@ -54,6 +54,8 @@ export function promptFor(hints: RecognitionHints): string | undefined {
 export class OpenAIEngine implements AsrEngine {
   readonly label = "openai";
   readonly sampleRate = SAMPLE_RATE;
+  /** A transcription is one upload after the utterance: worth starting during the caller's silence. */
+  readonly earlyFinals = true;
   private readonly client: OpenAI;
   private readonly active = new Set<OpenAIRecognizer>();
 

@@ -1,0 +1,195 @@
+// Early finals: with an engine that recognizes at the end (the OpenAI upload), the asr sends the utterance so far
+// once the caller has been silent for ASR_EARLY_FINAL_MS, so the round trip runs during the rest of the endpoint
+// silence. Speech before the endpoint makes that result stale; a failed early upload is redone at the endpoint.
+// The service runs against the fake OpenAI transcription server, which answers by the uploaded audio's length.
+import { subjects, type Bus } from "@voicebot/bus";
+import { SpeechActivity, SpeechActivity_Kind, Transcript } from "@voicebot/proto";
+import { startService, type ServiceHandle } from "@voicebot/service-kit";
+import { CallStore } from "@voicebot/state";
+import {
+  metricSum,
+  startFakeOpenAI,
+  startNats,
+  startRedis,
+  waitFor,
+  type FakeOpenAI,
+  type FakeTranscriptionReply,
+  type FakeTranscriptionRequest,
+  type ServerHandle,
+} from "@voicebot/testing";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { synthesizeTo8kPcm } from "../test/fixtures/make-audio.js";
+import { collect, connectTestBus, lineNoise, newCallId, standInDialog, startCall, streamAudio, utteranceFrames } from "../test/helpers.js";
+import { definition } from "./service.js";
+
+const API_KEY = "openai-test-key-early";
+const MIN_SILENCE_MS = 600;
+const EARLY_MS = 200;
+
+let nats: ServerHandle;
+let redis: ServerHandle;
+let openai: FakeOpenAI;
+let bus: Bus;
+let store: CallStore;
+let consumer: { stop(): Promise<void> } | undefined;
+/** How the fake answers the next uploads (default: the audio's length as text, after 150 ms). */
+let answer: (request: FakeTranscriptionRequest) => FakeTranscriptionReply;
+const byLength = (request: FakeTranscriptionRequest): FakeTranscriptionReply => ({ text: `bytes ${request.file.wav.dataBytes}`, delayMs: 150 });
+
+async function startAsr(instanceId: string, earlyMs: number): Promise<ServiceHandle> {
+  const asr = await startService(definition, {
+    NATS_URL: nats.url,
+    REDIS_URL: redis.url,
+    HTTP_PORT: "0",
+    LOG_LEVEL: "error",
+    INSTANCE_ID: instanceId,
+    ASR_ENGINES: "openai",
+    ASR_OPENAI_BASE_URL: openai.baseUrl,
+    ASR_OPENAI_API_KEY: API_KEY,
+    ASR_VAD: "energy",
+    ASR_MIN_SILENCE_MS: String(MIN_SILENCE_MS),
+    ASR_EARLY_FINAL_MS: String(earlyMs),
+  });
+  return asr;
+}
+
+async function ownedCall(instanceId: string) {
+  const callId = newCallId();
+  const speech = collect(bus, subjects.speech(callId), SpeechActivity);
+  const transcripts = collect(bus, subjects.transcript(callId), Transcript);
+  await bus.nc.flush();
+  await startCall(bus, store, callId);
+  await waitFor(async () => (await store.leaseOwner(callId, "asr")) === instanceId, { what: "the asr lease" });
+  return { callId, speech, transcripts };
+}
+
+/** When the asr decided the utterance was over: its STOPPED names the caller's last speech, the endpoint is later. */
+function endpointAt(call: { speech: SpeechActivity[] }): number {
+  const stopped = call.speech.find((s) => s.kind === SpeechActivity_Kind.KIND_STOPPED);
+  if (!stopped) throw new Error("no STOPPED activity");
+  return stopped.atMs + MIN_SILENCE_MS;
+}
+
+/** Speech without the synthesizer's own leading and trailing silence. */
+function trimmed(pcm: Int16Array): Int16Array {
+  const loud = (x: number) => Math.abs(x) > 300;
+  const start = pcm.findIndex(loud);
+  const end = pcm.findLastIndex(loud);
+  return pcm.slice(start, end + 1);
+}
+
+beforeAll(async () => {
+  [nats, redis, openai] = await Promise.all([startNats(), startRedis(), startFakeOpenAI({ apiKey: API_KEY, transcribe: (request) => answer(request) })]);
+  bus = await connectTestBus(nats.url);
+  store = CallStore.connect(redis.url);
+  consumer = await standInDialog(bus);
+});
+
+afterAll(async () => {
+  await consumer?.stop();
+  await bus?.close();
+  await store?.close();
+  await Promise.allSettled([nats?.stop(), redis?.stop(), openai?.stop()]);
+});
+
+beforeEach(() => {
+  answer = byLength;
+});
+
+describe("early finals (ASR_EARLY_FINAL_MS)", () => {
+  let asr: ServiceHandle;
+  const early = (outcome: string) => metricSum(asr.ctx.registry, "voicebot_asr_early_finals_total", { outcome });
+  beforeAll(async () => {
+    asr = await startAsr("asr-early", EARLY_MS);
+  });
+  afterAll(async () => {
+    await asr?.stop();
+  });
+
+  it("uploads during the endpoint silence and publishes that result at the endpoint, with no second upload", async () => {
+    const speech = await synthesizeTo8kPcm("order status", "slt");
+    const call = await ownedCall("asr-early");
+    const uploadsBefore = openai.transcriptions.length;
+    await streamAudio(bus, call.callId, utteranceFrames(speech, 400, 1200), 0);
+    await waitFor(() => call.transcripts.some((t) => t.isFinal), { what: "the final" });
+
+    const uploads = openai.transcriptions.slice(uploadsBefore);
+    expect(uploads).toHaveLength(1);
+    // The upload went out while the caller was still inside the endpoint silence (200 ms into its 600).
+    expect(uploads[0].request.at).toBeLessThan(endpointAt(call) - 200);
+    const final = call.transcripts.find((t) => t.isFinal)!;
+    expect(final.text).toBe(`bytes ${uploads[0].file.wav.dataBytes}`);
+    expect(final.engine).toBe("openai");
+    expect(await early("used")).toBe(1);
+    await store.endCall(call.callId, "test");
+  });
+
+  it("drops the early result when the caller speaks again before the endpoint; the final hears the whole utterance", async () => {
+    const first = trimmed(await synthesizeTo8kPcm("order status", "slt"));
+    const second = trimmed(await synthesizeTo8kPcm("for my last order", "slt"));
+    // A 350 ms pause inside the utterance: past the early point, short of the minimum silence.
+    const pause = 2800;
+    const pcm = new Int16Array(first.length + pause + second.length);
+    pcm.set(first, 0);
+    pcm.set(lineNoise(350, 7), first.length);
+    pcm.set(second, first.length + pause);
+    const usedBefore = await early("used");
+    const discardedBefore = await early("discarded");
+    const call = await ownedCall("asr-early");
+    const uploadsBefore = openai.transcriptions.length;
+    await streamAudio(bus, call.callId, utteranceFrames(pcm, 400, 1200), 0);
+    await waitFor(() => call.transcripts.some((t) => t.isFinal), { what: "the final" });
+
+    const uploads = openai.transcriptions.slice(uploadsBefore);
+    expect(uploads).toHaveLength(2);
+    expect(uploads[1].file.wav.dataBytes).toBeGreaterThan(uploads[0].file.wav.dataBytes + second.length * 2);
+    const finals = call.transcripts.filter((t) => t.isFinal);
+    expect(call.speech.filter((a) => a.kind === SpeechActivity_Kind.KIND_STOPPED)).toHaveLength(1);
+    expect(finals.map((t) => t.text)).toEqual([`bytes ${uploads[1].file.wav.dataBytes}`]);
+    expect((await early("discarded")) - discardedBefore).toBe(1);
+    expect((await early("used")) - usedBefore).toBe(1);
+    await store.endCall(call.callId, "test");
+  });
+
+  it("recognizes again at the endpoint when the early upload fails", async () => {
+    const speech = await synthesizeTo8kPcm("agent please", "kal");
+    let uploads = 0;
+    answer = (request) => (++uploads === 1 ? { status: 400, message: "bad early request" } : byLength(request));
+    const failedBefore = await early("failed");
+    const call = await ownedCall("asr-early");
+    const uploadsBefore = openai.transcriptions.length;
+    await streamAudio(bus, call.callId, utteranceFrames(speech, 400, 1200), 0);
+    await waitFor(() => call.transcripts.some((t) => t.isFinal), { what: "the final" });
+
+    const sent = openai.transcriptions.slice(uploadsBefore);
+    expect(sent).toHaveLength(2);
+    const final = call.transcripts.find((t) => t.isFinal)!;
+    expect(final.text).toBe(`bytes ${sent[1].file.wav.dataBytes}`);
+    expect((await early("failed")) - failedBefore).toBe(1);
+    await store.endCall(call.callId, "test");
+  });
+});
+
+describe("early finals off (ASR_EARLY_FINAL_MS=0)", () => {
+  let asr: ServiceHandle;
+  beforeAll(async () => {
+    asr = await startAsr("asr-no-early", 0);
+  });
+  afterAll(async () => {
+    await asr?.stop();
+  });
+
+  it("uploads once, after the endpoint", async () => {
+    const speech = await synthesizeTo8kPcm("order status", "slt");
+    const call = await ownedCall("asr-no-early");
+    const uploadsBefore = openai.transcriptions.length;
+    await streamAudio(bus, call.callId, utteranceFrames(speech, 400, 1200), 0);
+    await waitFor(() => call.transcripts.some((t) => t.isFinal), { what: "the final" });
+    const uploads = openai.transcriptions.slice(uploadsBefore);
+    expect(uploads).toHaveLength(1);
+    // One frame of slack: the endpoint is counted in whole frames from the last speech frame.
+    expect(uploads[0].request.at).toBeGreaterThanOrEqual(endpointAt(call) - 20);
+    expect(await metricSum(asr.ctx.registry, "voicebot_asr_early_finals_total", {})).toBe(0);
+    await store.endCall(call.callId, "test");
+  });
+});
