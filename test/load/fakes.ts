@@ -29,6 +29,8 @@ export interface FakesRecords {
 }
 
 async function main(): Promise<void> {
+  // The transcription's wait before it answers (argv[2], ms): 0 measures the pipeline, ~300 stands for a cloud API.
+  const asrDelayMs = Number(process.argv[2] ?? 0) || 0;
   // Pre-generated speech, long enough for any sentence; a request gets a slice as long as its text would take.
   const voice = syntheticSpeech(Array.from({ length: 120 }, (_, i) => `word${"x".repeat(i % 7)}`).join(" "), 8000);
   const asr: EngineRecord[] = [];
@@ -37,7 +39,8 @@ async function main(): Promise<void> {
 
   const openai = await startFakeOpenAI({
     apiKey: OPENAI_KEY,
-    transcribe: (request) => {
+    transcribe: async (request) => {
+      if (asrDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, asrDelayMs));
       asr.push({ slot: readWatermarkWav(request.file.bytes), atMs: request.request.at, answeredMs: Date.now() });
       return { text: TRANSCRIPT };
     },

@@ -56,6 +56,11 @@ interface Options {
    * (the fakes). 0 = the same priority as the pipeline (--outside-nice 0).
    */
   outsideNice: number;
+  /**
+   * How long the fake transcription server waits before answering (--asr-engine-ms; default 0). A cloud engine
+   * takes hundreds of ms: with it, caller latency shows what the asr's early finals take off a spoken turn.
+   */
+  asrEngineMs: number;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -66,6 +71,7 @@ function parseArgs(argv: string[]): Options {
     rampMs: undefined,
     callMs: 60_000,
     minSilenceMs: 600,
+    asrEngineMs: 0,
     findMax: false,
     start: 100,
     step: 100,
@@ -112,6 +118,9 @@ function parseArgs(argv: string[]): Options {
         break;
       case "--min-silence":
         options.minSilenceMs = parseDuration(value());
+        break;
+      case "--asr-engine-ms":
+        options.asrEngineMs = int();
         break;
       case "--find-max":
         options.findMax = true;
@@ -168,7 +177,7 @@ function parseArgs(argv: string[]): Options {
       }
       case "--help":
       case "-h":
-        console.log(`usage: bench:load [--calls 150] [--duration 60s] [--ramp max(5s, calls/50 s)] [--call-length 60s]
+        console.log(`usage: bench:load [--calls 150] [--duration 60s] [--ramp max(5s, calls/50 s)] [--call-length 60s] [--asr-engine-ms 0]
        bench:load --find-max [--start 100] [--step 100] [--max 1500] [--duration 30s] [--all-steps]
        [--vad silero|energy] [--env NAME=value] [--node-args "..."] [--quiet-below 0.3] [--outside-nice -10] [--p99-limit 20] [--gap-limit 40] [--profile asr,ingress] [--json file] [--keep]`);
         process.exit(0);
@@ -378,7 +387,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
   const profileDir = path.resolve(process.cwd(), ".run", "profiles");
   if (options.profile.length > 0) mkdirSync(profileDir, { recursive: true });
   console.log(`\n=== ${calls} calls: starting the system`);
-  const system = await startBenchSystem({ slots: calls, minSilenceMs: options.minSilenceMs, vad: options.vad, profile: options.profile, profileDir, env: options.env, nodeArgs: options.nodeArgs });
+  const system = await startBenchSystem({ slots: calls, minSilenceMs: options.minSilenceMs, asrEngineMs: options.asrEngineMs, vad: options.vad, profile: options.profile, profileDir, env: options.env, nodeArgs: options.nodeArgs });
   running = system;
   try {
     raiseOutsidePriority(options.outsideNice, system.fakes.pid!);

@@ -30,6 +30,8 @@ export interface SystemOptions {
   slots: number;
   /** The asr's endpoint silence. */
   minSilenceMs: number;
+  /** The fake transcription server's wait before it answers. */
+  asrEngineMs: number;
   /** ASR_VAD (when the asr build has a choice). */
   vad: "energy" | "silero" | undefined;
   /** Services to run under `node --cpu-prof` (profiles land in `profileDir`). */
@@ -95,7 +97,7 @@ export async function startBenchSystem(options: SystemOptions): Promise<BenchSys
     started.push([() => store.close()]);
 
     const fakesLog = openSync(path.join(dir, "fakes.log"), "a");
-    const fakes = fork(path.join(here, "fakes.js"), [], { stdio: ["ignore", fakesLog, fakesLog, "ipc"] });
+    const fakes = fork(path.join(here, "fakes.js"), [String(options.asrEngineMs)], { stdio: ["ignore", fakesLog, fakesLog, "ipc"] });
     closeSync(fakesLog);
     started.push([
       async () => {
