@@ -20,6 +20,9 @@ import {
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { synthesizeTo8kPcm } from "../test/fixtures/make-audio.js";
 import { collect, connectTestBus, lineNoise, newCallId, standInDialog, startCall, streamAudio, utteranceFrames } from "../test/helpers.js";
+import { AssemblyAIEngine } from "./engines/assemblyai.js";
+import { FallbackEngine } from "./engines/fallback.js";
+import { OpenAIEngine } from "./engines/openai.js";
 import { definition } from "./service.js";
 
 const API_KEY = "openai-test-key-early";
@@ -191,5 +194,24 @@ describe("early finals off (ASR_EARLY_FINAL_MS=0)", () => {
     expect(uploads[0].request.at).toBeGreaterThanOrEqual(endpointAt(call) - 20);
     expect(await metricSum(asr.ctx.registry, "voicebot_asr_early_finals_total", {})).toBe(0);
     await store.endCall(call.callId, "test");
+  });
+});
+
+describe("which engines run early", () => {
+  const openaiEngine = () => new OpenAIEngine({ baseUrl: "http://127.0.0.1:9/v1", apiKey: "k", model: "gpt-4o-mini-transcribe", timeoutMs: 1000, stream: true });
+  const assemblyEngine = () => new AssemblyAIEngine({ apiKey: "k", baseUrl: "wss://127.0.0.1:9", finalTimeoutMs: 1000 });
+
+  it("a cloud upload engine does; a streaming one does not", () => {
+    expect(openaiEngine().earlyFinals).toBe(true);
+    expect(assemblyEngine().earlyFinals).toBeUndefined();
+  });
+
+  it("a fallback list does while the engine taking new utterances does, not while a fallback stands in", () => {
+    const openai = openaiEngine();
+    const engine = new FallbackEngine([openai, assemblyEngine()], { timeoutMs: 1000, cooldownMs: 60_000 });
+    expect(engine.earlyFinals).toBe(true);
+    engine.failed(openai, "error", new Error("down"));
+    expect(engine.earlyFinals).toBe(false);
+    expect(new FallbackEngine([assemblyEngine(), openaiEngine()], { timeoutMs: 1000, cooldownMs: 60_000 }).earlyFinals).toBe(false);
   });
 });

@@ -23,8 +23,6 @@ class WatchdogTimeout extends Error {}
 export class FallbackEngine implements AsrEngine {
   readonly label: string;
   readonly sampleRate: number;
-  /** As the first engine of the list: it takes the utterances while it is healthy. */
-  readonly earlyFinals: boolean;
   /** Engines cooling down, with the time (ms) they are tried first again. */
   private readonly coolingUntil = new Map<AsrEngine, number>();
   private readonly timers = new Set<NodeJS.Timeout>();
@@ -39,9 +37,13 @@ export class FallbackEngine implements AsrEngine {
     const rates = new Set(engines.map((e) => e.sampleRate));
     if (rates.size > 1) throw new Error(`the engines of ASR_ENGINES take different sample rates: ${engines.map((e) => `${e.label} ${e.sampleRate}`).join(", ")}`);
     this.sampleRate = engines[0].sampleRate;
-    this.earlyFinals = engines[0].earlyFinals === true;
     this.label = engines.map((e) => e.label).join(",");
     for (const engine of engines) metrics?.engineHealthy.set({ engine: engine.label }, 1);
+  }
+
+  /** As the engine that takes a new utterance now: a local fallback standing in for a cloud engine is not run twice. */
+  get earlyFinals(): boolean {
+    return this.order()[0].earlyFinals === true;
   }
 
   /** Every engine must be usable: a broken fallback would only be found out during an outage. */
