@@ -1,7 +1,7 @@
 import { silentLogger } from "@voicebot/bus";
 import { ToolCallRequest } from "@voicebot/proto";
 import { CallStore, defaultStoreOptions, keys } from "@voicebot/state";
-import { startRedis, type ServerHandle } from "@voicebot/testing";
+import { metricSum, startRedis, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createExecutorMetrics, parseArguments, ToolExecutor } from "./executor.js";
@@ -79,6 +79,36 @@ describe("ToolExecutor", () => {
     expect(runs).toBe(1);
     expect(a).toEqual(b);
     expect(JSON.parse(a.resultJson)).toEqual({ runs: 1 });
+  });
+
+  it("answers an idempotent tool before its result is stored, and a tool with effects only after; idle() waits for both", async () => {
+    // The tool pauses Redis writes for a while as it finishes (reads go on): what the answer waited for shows.
+    const pausesWrites = (name: string, idempotent: boolean): Tool => ({
+      name,
+      defaultTimeoutMs: 2_000,
+      idempotent,
+      run: async () => {
+        await store.redis.call("CLIENT", "PAUSE", "400", "WRITE");
+        return { found: true };
+      },
+    });
+    const registry = new Registry();
+    const executor = new ToolExecutor([pausesWrites("lookup", true), pausesWrites("refund", false)], store, createExecutorMetrics(registry), silentLogger);
+    await liveCall("CAquick");
+
+    // Read on a connection of its own: commands behind a paused write on the same connection wait with it.
+    const reader = CallStore.connect(redis.url);
+    const lookup = await executor.handle(request("CAquick", "lookup"));
+    expect(lookup).toMatchObject({ ok: true });
+    expect(await reader.toolResult("CAquick", "lookup-1")).toBeUndefined(); // answered, not stored yet
+    await executor.idle();
+    expect(await reader.toolResult("CAquick", "lookup-1")).toEqual(lookup);
+    expect((await reader.getRecord("CAquick"))!.toolCalls.map((t) => t.name)).toEqual(["lookup"]);
+
+    const refund = await executor.handle(request("CAquick", "refund"));
+    expect(await reader.toolResult("CAquick", "refund-1")).toEqual(refund); // stored before the answer
+    await reader.close();
+    expect(await metricSum(registry, "voicebot_tools_store_errors_total")).toBe(0);
   });
 
   it("keeps no claim or result of an ended call: a tool that ran across the hang-up stores nothing, a repeat is refused", async () => {

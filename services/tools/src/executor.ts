@@ -22,6 +22,7 @@ export interface ExecutorMetrics {
   duration: Histogram<"tool">;
   duplicates: Counter<"kind">;
   retries: Counter<"tool">;
+  storeErrors: Counter;
 }
 
 /** Which tool runs a request: the tools of the request's agent first (webhooks, overrides), then the built-ins. */
@@ -54,6 +55,11 @@ export function createExecutorMetrics(registry: Registry): ExecutorMetrics {
       labelNames: ["tool"],
       registers: [registry],
     }),
+    storeErrors: new Counter({
+      name: "voicebot_tools_store_errors_total",
+      help: "Results or call-record lines of idempotent tools that could not be stored after the answer went out",
+      registers: [registry],
+    }),
   };
 }
 
@@ -64,6 +70,8 @@ export function createExecutorMetrics(registry: Registry): ExecutorMetrics {
 export class ToolExecutor {
   private readonly resolve: ToolResolver;
   private readonly inFlight = new Map<Promise<unknown>, string>();
+  /** Stores still being written after their answer went out (idempotent tools). */
+  private readonly storing = new Set<Promise<void>>();
   /** Per call, the requests being handled for it (stopped when the call ends). */
   private readonly running = new Map<string, Set<AbortController>>();
 
@@ -86,9 +94,10 @@ export class ToolExecutor {
     return new Set(this.inFlight.values()).size;
   }
 
-  /** Resolves when every execution in progress has finished. */
+  /** Resolves when every execution in progress has finished and everything it stores is written. */
   async idle(): Promise<void> {
     await Promise.allSettled([...this.inFlight.keys()]);
+    await Promise.allSettled([...this.storing]);
   }
 
   async handle(request: ToolCallRequest): Promise<ToolCallResult> {
@@ -144,8 +153,28 @@ export class ToolExecutor {
     if (cancelled.aborted) return result;
     // The result (for duplicates, kept only while the call is live) and the record line are independent writes:
     // one round trip for both.
-    await Promise.all([this.store.saveToolResult(callId, toolCallId, result), this.store.appendToolCall(callId, record)]);
+    const stored = Promise.all([this.store.saveToolResult(callId, toolCallId, result), this.store.appendToolCall(callId, record)]);
+    if (!this.resolve(request.agent, name)?.idempotent) {
+      // Running it twice would do its effect twice: the answer waits until a duplicate is sure to find the result.
+      await stored;
+      return result;
+    }
+    // Running it again is harmless, so the caller does not wait for the writes (one Redis round trip less on the
+    // turn). A duplicate meanwhile waits for the stored result as it would for a running execution.
+    this.keepStoring(request, stored);
     return result;
+  }
+
+  private keepStoring(request: ToolCallRequest, stored: Promise<unknown>): void {
+    const writing = stored.then(
+      () => undefined,
+      (error: unknown) => {
+        this.metrics.storeErrors.inc();
+        this.log.warn("tool result not stored after the answer", { callId: request.callId, toolCallId: request.toolCallId, tool: request.name, error: errorText(error) });
+      },
+    );
+    this.storing.add(writing);
+    void writing.finally(() => this.storing.delete(writing));
   }
 
   private timeoutFor(request: ToolCallRequest): number {
