@@ -58,8 +58,6 @@ interface OpenUtterance {
   /** The latest partial ends like an unfinished sentence ("... and", "my order number is"). */
   unfinished: boolean;
   hints: RecognitionHints;
-  /** This utterance's minimum silence (the dialog state's hints may change it). */
-  minSilenceMs: number;
   /** Everything given to the recognizer, kept only when early finals are on: an early recognizer replays it. */
   audio: Int16Array[] | undefined;
   /** The silence since the utterance's last speech frame. */
@@ -317,7 +315,6 @@ export class CallSession {
       lastPartial: "",
       unfinished: false,
       hints: { mode: hints.mode, phrases: hints.phrases },
-      minSilenceMs: hints.minSilenceMs,
       audio: early ? [] : undefined,
       silentMs: 0,
       early: undefined,
