@@ -21,6 +21,20 @@ describe("MemoryAudioCache", () => {
     expect(cache.size).toBe(8);
   });
 
+  it("misses an entry older than its maximum age, and drops it", () => {
+    let now = 1_000;
+    const cache = new MemoryAudioCache(8_000, 600_000, () => now);
+    cache.set("a", audio(1_000, 1));
+    now += 600_000;
+    expect(cache.get("a")?.[0]).toBe(1); // reading does not make it younger
+    now += 1;
+    expect(cache.get("a")).toBeUndefined();
+    expect(cache.bytes).toBe(0);
+    cache.set("a", audio(1_000, 2)); // the copy read again from Redis starts a new age
+    now += 599_999;
+    expect(cache.get("a")?.[0]).toBe(2);
+  });
+
   it("replaces an entry under the same key without counting it twice", () => {
     const cache = new MemoryAudioCache(8_000);
     cache.set("a", audio(500));

@@ -25,6 +25,8 @@ export interface TtsConfig extends EngineSettings {
   maxRequestAgeMs: number;
   /** TTS_MEMORY_CACHE_MB: the replica's own copy of the cached audio it served last (0 = Redis only), in bytes. */
   memoryCacheBytes: number;
+  /** TTS_MEMORY_CACHE_TTL_S: a copy is read again from Redis after this long (a line deleted there is re-spoken). */
+  memoryCacheMaxAgeMs: number;
 }
 
 export interface TtsServiceOptions {
@@ -51,6 +53,7 @@ export function readTtsConfig(env: EnvReader, registry: EngineRegistry = default
     ackWaitMs: env.int("TTS_ACK_WAIT_MS", 2_000, { min: 500, max: 60_000 }),
     maxRequestAgeMs: env.int("TTS_MAX_REQUEST_AGE_MS", 60_000, { min: 1_000 }),
     memoryCacheBytes: env.int("TTS_MEMORY_CACHE_MB", 32, { min: 0, max: 4_096 }) * 1024 * 1024,
+    memoryCacheMaxAgeMs: env.int("TTS_MEMORY_CACHE_TTL_S", 600, { min: 1, max: 86_400 }) * 1000,
   };
 }
 
@@ -70,7 +73,7 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
   const { bus, log } = ctx;
   const limiter = new Limiter(config.maxConcurrent);
   const jobs = new JobRegistry();
-  const memory = new MemoryAudioCache(config.memoryCacheBytes);
+  const memory = new MemoryAudioCache(config.memoryCacheBytes, config.memoryCacheMaxAgeMs);
   const metrics = new TtsMetrics(ctx.registry, {
     memoryCacheBytes: () => memory.bytes,
     queued: () => limiter.queued,
