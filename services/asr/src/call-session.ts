@@ -22,16 +22,19 @@ const PCM_BLOCK_FRAMES = 50;
 
 /** Early recognitions per utterance at most: a caller who keeps pausing and going on costs a bounded number. */
 const MAX_EARLY_FINALS = 3;
+/** Silence an early recognition always waits for, however short the minimum silence (a breath is not an end). */
+const MIN_EARLY_SILENCE_MS = 200;
 
 export interface SessionOptions {
   segmenter: SegmenterOptions;
   /** Longest run of lost frames replaced by silence; longer gaps are bridged by this much only. */
   gapFillMaxMs: number;
   /**
-   * After this much silence inside an utterance, an engine that recognizes at the end (earlyFinals) is run on the
-   * audio so far, so the final is ready when the endpoint comes; speech before the endpoint discards it. 0: off.
+   * This long before the endpoint would come (at least MIN_EARLY_SILENCE_MS into the silence), an engine that
+   * recognizes at the end (earlyFinals) is run on the audio so far, so the final is ready at the endpoint; speech
+   * before the endpoint discards it. 0: off.
    */
-  earlyFinalMs: number;
+  earlyFinalLeadMs: number;
   /** Attempts at putting a final on the dialog work queue before giving up. */
   publishAttempts: number;
   /** Partial texts ending in one of these keep the utterance open past the minimum silence. */
@@ -60,16 +63,22 @@ interface OpenUtterance {
   hints: RecognitionHints;
   /** Everything given to the recognizer, kept only when early finals are on: an early recognizer replays it. */
   audio: Int16Array[] | undefined;
+  /** Silence into the utterance's silence at which it is recognized early. */
+  earlyAtMs: number;
   /** The silence since the utterance's last speech frame. */
   silentMs: number;
+  /** Speech heard since the onset run (too little: the utterance will be dropped, nothing is sent early). */
+  speechMs: number;
   early: EarlyFinal | undefined;
   earlyTries: number;
 }
 
-/** The utterance so far, recognized during the caller's silence. Undefined result: it failed. */
+/** The utterance so far, recognized during the caller's silence. */
 interface EarlyFinal {
   recognizer: UtteranceRecognizer;
-  result: Promise<RecognitionResult | undefined>;
+  outcome: Promise<{ result: RecognitionResult } | { error: unknown }>;
+  /** The outcome is in (it may have come before the endpoint). */
+  settled: boolean;
 }
 
 /**
@@ -269,7 +278,12 @@ export class CallSession {
       case "audio":
         if (this.utterance) {
           this.push(this.utterance, event.frame.pcm);
-          this.followSilence(this.utterance, speech);
+          // Early finals only save time: a bug there must not cost the frame's end event (the final).
+          try {
+            this.followSilence(this.utterance, speech);
+          } catch (error) {
+            this.segmentFailed(error);
+          }
         }
         return;
       case "end": {
@@ -307,7 +321,8 @@ export class CallSession {
     if (this.stopped) return;
     this.segmenter.setSilence(hints.minSilenceMs, hints.maxSilenceMs);
     const { engine, metrics, options } = this.deps;
-    const early = options.earlyFinalMs > 0 && engine.earlyFinals === true && options.earlyFinalMs < hints.minSilenceMs;
+    const earlyAtMs = Math.max(MIN_EARLY_SILENCE_MS, hints.minSilenceMs - options.earlyFinalLeadMs);
+    const early = options.earlyFinalLeadMs > 0 && engine.earlyFinals === true && earlyAtMs < hints.minSilenceMs;
     const open: OpenUtterance = {
       id,
       recognizer: undefined,
@@ -316,7 +331,9 @@ export class CallSession {
       unfinished: false,
       hints: { mode: hints.mode, phrases: hints.phrases },
       audio: early ? [] : undefined,
+      earlyAtMs,
       silentMs: 0,
+      speechMs: 0,
       early: undefined,
       earlyTries: 0,
     };
@@ -344,39 +361,46 @@ export class CallSession {
   }
 
   /**
-   * Early finals: once the caller has been silent for earlyFinalMs, the audio so far goes to a second recognizer,
-   * so a cloud upload's round trip runs during the rest of the endpoint silence instead of after it. Speech before
-   * the endpoint makes that result stale: it is dropped and the next silence may start another.
+   * Early finals: a little before the endpoint would come, the audio so far goes to a second recognizer, so a cloud
+   * upload's round trip runs during the rest of the endpoint silence instead of after it. Speech before the
+   * endpoint makes that result stale: it is dropped and a later silence may start another.
    */
   private followSilence(open: OpenUtterance, speech: boolean): void {
     if (!open.audio) return;
     if (speech) {
       open.silentMs = 0;
+      open.speechMs += FRAME_MS;
       if (open.early) this.dropEarly(open);
+      // No tries left: the audio need not be kept twice any more.
+      if (open.earlyTries >= MAX_EARLY_FINALS) open.audio = undefined;
       return;
     }
-    const crossed = open.silentMs < this.deps.options.earlyFinalMs && open.silentMs + FRAME_MS >= this.deps.options.earlyFinalMs;
+    const crossed = open.silentMs < open.earlyAtMs && open.silentMs + FRAME_MS >= open.earlyAtMs;
     open.silentMs += FRAME_MS;
     if (!crossed || open.early || open.earlyTries >= MAX_EARLY_FINALS || !open.recognizer || open.failed) return;
+    const { engine, metrics, log, options } = this.deps;
+    // An utterance too short to recognize costs no request; nor does one while the cloud engine is cooling down
+    // (the next engine of the list would take it: a local one is not run twice).
+    if (open.speechMs < options.segmenter.minSpeechMs || engine.earlyFinals !== true) return;
     open.earlyTries++;
     let recognizer: UtteranceRecognizer | undefined;
     try {
-      recognizer = this.deps.engine.start(open.hints);
+      recognizer = engine.start(open.hints);
       for (const pcm of open.audio) recognizer.push(pcm);
     } catch (error) {
       // The utterance's own recognizer still recognizes it at the endpoint.
-      this.deps.metrics.earlyFinals.inc({ outcome: "failed" });
-      this.deps.log.debug("early final could not start", { callId: this.callId, utteranceId: open.id, error: errorText(error) });
+      metrics.earlyFinals.inc({ outcome: "failed" });
+      log.debug("early final could not start", { callId: this.callId, utteranceId: open.id, error: errorText(error) });
       recognizer?.abort();
       return;
     }
-    const result = recognizer.finish().catch((error: unknown) => {
-      if (open.early?.recognizer === recognizer) {
-        this.deps.log.debug("early final failed: recognizing at the endpoint", { callId: this.callId, utteranceId: open.id, error: errorText(error) });
-      }
-      return undefined;
-    });
-    open.early = { recognizer, result };
+    const early: EarlyFinal = { recognizer, outcome: Promise.resolve({ error: undefined }), settled: false };
+    early.outcome = recognizer.finish().then(
+      (result) => ({ result }),
+      (error: unknown) => ({ error }),
+    );
+    void early.outcome.then(() => (early.settled = true));
+    open.early = early;
   }
 
   private dropEarly(open: OpenUtterance): void {
@@ -391,22 +415,32 @@ export class CallSession {
     }
   }
 
-  /** The early result if the utterance has one and it worked (the utterance's recognizer is then let go). */
-  private async earlyResult(open: OpenUtterance): Promise<RecognitionResult | undefined> {
+  /**
+   * At the endpoint, the early recognition if the utterance has one: its result (the utterance's own recognizer is
+   * then let go), or undefined to recognize at the endpoint after all. An early recognition that fails only after
+   * the endpoint is not redone: it had the engines' whole watchdog and failover already, and a second round would
+   * keep the caller waiting twice as long; the utterance ends as an engine error.
+   */
+  private async earlyResult(open: OpenUtterance): Promise<RecognitionResult | { failed: unknown } | undefined> {
     const early = open.early;
     if (!early) return undefined;
     open.early = undefined;
     open.audio = undefined;
-    const result = await early.result;
-    this.deps.metrics.earlyFinals.inc({ outcome: result ? "used" : "failed" });
-    if (result) {
-      try {
-        open.recognizer?.abort();
-      } catch (error) {
-        this.deps.log.warn("recognizer abort failed", { callId: this.callId, error: errorText(error) });
-      }
+    const inBeforeEndpoint = early.settled;
+    const outcome = await early.outcome;
+    const { metrics, log } = this.deps;
+    if ("error" in outcome) {
+      metrics.earlyFinals.inc({ outcome: "failed" });
+      log.debug("early final failed", { callId: this.callId, utteranceId: open.id, beforeEndpoint: inBeforeEndpoint, error: errorText(outcome.error) });
+      return inBeforeEndpoint ? undefined : { failed: outcome.error };
     }
-    return result;
+    metrics.earlyFinals.inc({ outcome: "used" });
+    try {
+      open.recognizer?.abort();
+    } catch (error) {
+      log.warn("recognizer abort failed", { callId: this.callId, error: errorText(error) });
+    }
+    return outcome.result;
   }
 
   private onPartial(open: OpenUtterance, text: string): void {
@@ -425,7 +459,14 @@ export class CallSession {
     const { bus, metrics, log } = this.deps;
     let result: { text: string; confidence: number; alternatives: Alternative[]; engine?: string } = { text: "", confidence: 0, alternatives: [] };
     const early = await this.earlyResult(open);
-    if (early) result = early;
+    if (early && "failed" in early) {
+      try {
+        open.recognizer?.abort();
+      } catch {
+        // released below either way
+      }
+      this.engineFailed(open, "finish", early.failed);
+    } else if (early) result = early;
     else if (open.recognizer && !open.failed) {
       try {
         result = await open.recognizer.finish();

@@ -73,7 +73,7 @@ export function readAsrConfig(env: EnvReader): AsrConfig {
         maxUtteranceMs: env.int("ASR_MAX_UTTERANCE_MS", 15_000, { min: 1_000, max: 60_000 }),
       },
       // 0 turns it off; only engines that recognize at the end (cloud uploads) are ever run early.
-      earlyFinalMs: env.int("ASR_EARLY_FINAL_MS", 250, { min: 0, max: 10_000 }),
+      earlyFinalLeadMs: env.int("ASR_EARLY_FINAL_LEAD_MS", 350, { min: 0, max: 10_000 }),
       gapFillMaxMs: env.int("ASR_GAP_FILL_MAX_MS", 1_000, { min: 0, max: 10_000 }),
       publishAttempts: env.int("ASR_PUBLISH_ATTEMPTS", 3, { min: 1, max: 10 }),
       // "none" turns the longer wait off.

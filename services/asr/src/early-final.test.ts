@@ -1,6 +1,7 @@
 // Early finals: with an engine that recognizes at the end (the OpenAI upload), the asr sends the utterance so far
-// once the caller has been silent for ASR_EARLY_FINAL_MS, so the round trip runs during the rest of the endpoint
-// silence. Speech before the endpoint makes that result stale; a failed early upload is redone at the endpoint.
+// ASR_EARLY_FINAL_LEAD_MS before the endpoint would come, so the round trip runs during the rest of the endpoint
+// silence. Speech before the endpoint makes that result stale; an early upload that failed before the endpoint is
+// redone there, one that fails after it is not (the caller would wait twice).
 // The service runs against the fake OpenAI transcription server, which answers by the uploaded audio's length.
 import { subjects, type Bus } from "@voicebot/bus";
 import { SpeechActivity, SpeechActivity_Kind, Transcript } from "@voicebot/proto";
@@ -27,7 +28,8 @@ import { definition } from "./service.js";
 
 const API_KEY = "openai-test-key-early";
 const MIN_SILENCE_MS = 600;
-const EARLY_MS = 200;
+/** 600 − 400: the early upload goes 200 ms into the silence. */
+const LEAD_MS = 400;
 
 let nats: ServerHandle;
 let redis: ServerHandle;
@@ -36,10 +38,10 @@ let bus: Bus;
 let store: CallStore;
 let consumer: { stop(): Promise<void> } | undefined;
 /** How the fake answers the next uploads (default: the audio's length as text, after 150 ms). */
-let answer: (request: FakeTranscriptionRequest) => FakeTranscriptionReply;
+let answer: (request: FakeTranscriptionRequest) => FakeTranscriptionReply | Promise<FakeTranscriptionReply>;
 const byLength = (request: FakeTranscriptionRequest): FakeTranscriptionReply => ({ text: `bytes ${request.file.wav.dataBytes}`, delayMs: 150 });
 
-async function startAsr(instanceId: string, earlyMs: number): Promise<ServiceHandle> {
+async function startAsr(instanceId: string, leadMs: number): Promise<ServiceHandle> {
   const asr = await startService(definition, {
     NATS_URL: nats.url,
     REDIS_URL: redis.url,
@@ -51,7 +53,7 @@ async function startAsr(instanceId: string, earlyMs: number): Promise<ServiceHan
     ASR_OPENAI_API_KEY: API_KEY,
     ASR_VAD: "energy",
     ASR_MIN_SILENCE_MS: String(MIN_SILENCE_MS),
-    ASR_EARLY_FINAL_MS: String(earlyMs),
+    ASR_EARLY_FINAL_LEAD_MS: String(leadMs),
   });
   return asr;
 }
@@ -99,11 +101,11 @@ beforeEach(() => {
   answer = byLength;
 });
 
-describe("early finals (ASR_EARLY_FINAL_MS)", () => {
+describe("early finals (ASR_EARLY_FINAL_LEAD_MS)", () => {
   let asr: ServiceHandle;
   const early = (outcome: string) => metricSum(asr.ctx.registry, "voicebot_asr_early_finals_total", { outcome });
   beforeAll(async () => {
-    asr = await startAsr("asr-early", EARLY_MS);
+    asr = await startAsr("asr-early", LEAD_MS);
   });
   afterAll(async () => {
     await asr?.stop();
@@ -111,6 +113,7 @@ describe("early finals (ASR_EARLY_FINAL_MS)", () => {
 
   it("uploads during the endpoint silence and publishes that result at the endpoint, with no second upload", async () => {
     const speech = await synthesizeTo8kPcm("order status", "slt");
+    const usedBefore = await early("used");
     const call = await ownedCall("asr-early");
     const uploadsBefore = openai.transcriptions.length;
     await streamAudio(bus, call.callId, utteranceFrames(speech, 400, 1200), 0);
@@ -119,11 +122,11 @@ describe("early finals (ASR_EARLY_FINAL_MS)", () => {
     const uploads = openai.transcriptions.slice(uploadsBefore);
     expect(uploads).toHaveLength(1);
     // The upload went out while the caller was still inside the endpoint silence (200 ms into its 600).
-    expect(uploads[0].request.at).toBeLessThan(endpointAt(call) - 200);
+    expect(uploads[0].request.at).toBeLessThan(endpointAt(call) - 100);
     const final = call.transcripts.find((t) => t.isFinal)!;
     expect(final.text).toBe(`bytes ${uploads[0].file.wav.dataBytes}`);
     expect(final.engine).toBe("openai");
-    expect(await early("used")).toBe(1);
+    expect((await early("used")) - usedBefore).toBe(1);
     await store.endCall(call.callId, "test");
   });
 
@@ -171,9 +174,42 @@ describe("early finals (ASR_EARLY_FINAL_MS)", () => {
     expect((await early("failed")) - failedBefore).toBe(1);
     await store.endCall(call.callId, "test");
   });
+
+  it("does not redo an early upload that fails after the endpoint: the utterance ends as an engine error", async () => {
+    const speech = await synthesizeTo8kPcm("agent please", "kal");
+    // Answered 700 ms after the early upload (200 ms into a 600 ms silence): after the endpoint, with an error.
+    answer = async () => {
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      return { status: 400, message: "late failure" };
+    };
+    const failedBefore = await early("failed");
+    const call = await ownedCall("asr-early");
+    const uploadsBefore = openai.transcriptions.length;
+    await streamAudio(bus, call.callId, utteranceFrames(speech, 400, 1500), 0);
+    await waitFor(() => call.transcripts.some((t) => t.isFinal), { what: "the final" });
+
+    expect(openai.transcriptions.length - uploadsBefore).toBe(1);
+    expect(call.transcripts.find((t) => t.isFinal)!.text).toBe("");
+    expect((await early("failed")) - failedBefore).toBe(1);
+    await store.endCall(call.callId, "test");
+  });
+
+  it("sends nothing early for an utterance too short to recognize (a click)", async () => {
+    const click = new Int16Array(800); // 100 ms of a loud tone: opens an utterance, less than the 150 ms minimum speech
+    for (let i = 0; i < click.length; i++) click[i] = Math.round(8000 * Math.sin((2 * Math.PI * 440 * i) / 8000));
+    const discardedBefore = await early("discarded");
+    const call = await ownedCall("asr-early");
+    const uploadsBefore = openai.transcriptions.length;
+    await streamAudio(bus, call.callId, utteranceFrames(click, 400, 1200), 0);
+    await waitFor(() => call.speech.some((a) => a.kind === SpeechActivity_Kind.KIND_STOPPED), { what: "the click's end" });
+    expect(openai.transcriptions.length - uploadsBefore).toBe(0);
+    expect(call.transcripts.filter((t) => t.isFinal)).toEqual([]);
+    expect((await early("discarded")) - discardedBefore).toBe(0);
+    await store.endCall(call.callId, "test");
+  });
 });
 
-describe("early finals off (ASR_EARLY_FINAL_MS=0)", () => {
+describe("early finals off (ASR_EARLY_FINAL_LEAD_MS=0)", () => {
   let asr: ServiceHandle;
   beforeAll(async () => {
     asr = await startAsr("asr-no-early", 0);

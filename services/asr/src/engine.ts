@@ -38,7 +38,7 @@ export interface AsrEngine {
   /**
    * True when the engine does all its work after finish() (it uploads the utterance) and a request costs money,
    * not this replica's CPU: the asr may then recognize the audio so far while the caller is silent, so the final
-   * is ready when the endpoint comes (ASR_EARLY_FINAL_MS). Streaming and local engines leave it unset.
+   * is ready when the endpoint comes (ASR_EARLY_FINAL_LEAD_MS). Streaming and local engines leave it unset.
    */
   readonly earlyFinals?: boolean;
   start(hints: RecognitionHints): UtteranceRecognizer;
