@@ -399,7 +399,11 @@ export class CallSession {
       (result) => ({ result }),
       (error: unknown) => ({ error }),
     );
-    void early.outcome.then(() => (early.settled = true));
+    metrics.activeSessions.inc();
+    void early.outcome.then(() => {
+      early.settled = true;
+      metrics.activeSessions.dec();
+    });
     open.early = early;
   }
 

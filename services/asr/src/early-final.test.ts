@@ -154,6 +154,8 @@ describe("early finals (ASR_EARLY_FINAL_LEAD_MS)", () => {
     expect(finals.map((t) => t.text)).toEqual([`bytes ${uploads[1].file.wav.dataBytes}`]);
     expect((await early("discarded")) - discardedBefore).toBe(1);
     expect((await early("used")) - usedBefore).toBe(1);
+    // Every recognizer, early ones included, is let go.
+    await waitFor(async () => (await metricSum(asr.ctx.registry, "voicebot_asr_active_sessions")) === 0, { what: "no recognizer left open" });
     await store.endCall(call.callId, "test");
   });
 
