@@ -111,6 +111,22 @@ describe("ToolExecutor", () => {
     expect(await metricSum(registry, "voicebot_tools_store_errors_total")).toBe(0);
   });
 
+  it("a duplicate whose first execution left no result runs an idempotent tool again, and times out a tool with effects", async () => {
+    const lookup: Tool = { name: "lookup", defaultTimeoutMs: 100, idempotent: true, run: async () => ({ found: true }) };
+    const refund: Tool = { name: "refund", defaultTimeoutMs: 100, run: async () => ({ refunded: true }) };
+    const executor = new ToolExecutor([lookup, refund], store, createExecutorMetrics(new Registry()), silentLogger);
+    await liveCall("CAorphan");
+    // A replica claimed both, then died (or failed to write) before any result was stored.
+    expect(await store.claimToolCall("CAorphan", "lookup-1")).toEqual({ kind: "claimed" });
+    expect(await store.claimToolCall("CAorphan", "refund-1")).toEqual({ kind: "claimed" });
+    const [again, refused] = await Promise.all([executor.handle(request("CAorphan", "lookup")), executor.handle(request("CAorphan", "refund"))]);
+    expect(again).toMatchObject({ ok: true });
+    expect(JSON.parse(again.resultJson)).toEqual({ found: true });
+    expect(refused).toMatchObject({ ok: false, errorCode: "timeout" });
+    await executor.idle();
+    expect(await store.toolResult("CAorphan", "lookup-1")).toEqual(again);
+  });
+
   it("keeps no claim or result of an ended call: a tool that ran across the hang-up stores nothing, a repeat is refused", async () => {
     let runs = 0;
     const hangsUp: Tool = {

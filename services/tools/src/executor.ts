@@ -144,7 +144,16 @@ export class ToolExecutor {
     const timeoutMs = this.timeoutFor(request);
     if (claim.kind === "taken") {
       this.metrics.duplicates.inc({ kind: "waited" });
-      return this.waitForStored(request, timeoutMs + RESULT_WAIT_GRACE_MS, cancelled);
+      const stored = await this.waitForStored(request, timeoutMs + RESULT_WAIT_GRACE_MS, cancelled);
+      if (stored) return stored;
+      // The execution that claimed the id died or hangs, or could not store its result.
+      if (!this.resolve(request.agent, name)?.idempotent) {
+        // It must not run twice: report a timeout.
+        this.log.warn("duplicate tool request gave up waiting for the first execution", { callId, toolCallId, tool: name });
+        return this.errorResult(request, "timeout", `an earlier request with the same tool_call_id did not finish within ${timeoutMs + RESULT_WAIT_GRACE_MS} ms`);
+      }
+      // Running it again is harmless: the caller gets an answer rather than a timeout.
+      this.log.warn("duplicate tool request found no result of the first execution: running the idempotent tool again", { callId, toolCallId, tool: name });
     }
 
     const { result, record } = await this.execute(request, timeoutMs, cancelled);
@@ -285,8 +294,8 @@ export class ToolExecutor {
     }
   }
 
-  /** Another request holds the claim: wait for the result it stores. */
-  private async waitForStored(request: ToolCallRequest, waitMs: number, cancelled: AbortSignal): Promise<ToolCallResult> {
+  /** Another request holds the claim: the result it stores, or undefined when none came within `waitMs`. */
+  private async waitForStored(request: ToolCallRequest, waitMs: number, cancelled: AbortSignal): Promise<ToolCallResult | undefined> {
     const deadline = Date.now() + waitMs;
     while (Date.now() < deadline) {
       if (cancelled.aborted) return this.errorResult(request, "cancelled", "the call ended");
@@ -294,13 +303,7 @@ export class ToolExecutor {
       if (stored) return stored;
       await new Promise((resolve) => setTimeout(resolve, RESULT_POLL_MS));
     }
-    // The execution that claimed the id died or hangs; it must not run twice, so report a timeout.
-    this.log.warn("duplicate tool request gave up waiting for the first execution", {
-      callId: request.callId,
-      toolCallId: request.toolCallId,
-      tool: request.name,
-    });
-    return this.errorResult(request, "timeout", `an earlier request with the same tool_call_id did not finish within ${waitMs} ms`);
+    return undefined;
   }
 
   /** Refusals are counted in full and logged in samples (a flood of bad requests must not flood the log). */
