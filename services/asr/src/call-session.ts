@@ -391,16 +391,16 @@ export class CallSession {
       // The utterance's own recognizer still recognizes it at the endpoint.
       metrics.earlyFinals.inc({ outcome: "failed" });
       log.debug("early final could not start", { callId: this.callId, utteranceId: open.id, error: errorText(error) });
-      recognizer?.abort();
+      this.letGo(recognizer);
       return;
     }
-    const early: EarlyFinal = { recognizer, outcome: Promise.resolve({ error: undefined }), settled: false };
-    early.outcome = recognizer.finish().then(
+    const outcome = recognizer.finish().then(
       (result) => ({ result }),
       (error: unknown) => ({ error }),
     );
+    const early: EarlyFinal = { recognizer, outcome, settled: false };
     metrics.activeSessions.inc();
-    void early.outcome.then(() => {
+    void outcome.then(() => {
       early.settled = true;
       metrics.activeSessions.dec();
     });
@@ -412,11 +412,7 @@ export class CallSession {
     if (!early) return;
     open.early = undefined;
     this.deps.metrics.earlyFinals.inc({ outcome: "discarded" });
-    try {
-      early.recognizer.abort();
-    } catch (error) {
-      this.deps.log.warn("early recognizer abort failed", { callId: this.callId, error: errorText(error) });
-    }
+    this.letGo(early.recognizer);
   }
 
   /**
@@ -439,11 +435,7 @@ export class CallSession {
       return inBeforeEndpoint ? undefined : { failed: outcome.error };
     }
     metrics.earlyFinals.inc({ outcome: "used" });
-    try {
-      open.recognizer?.abort();
-    } catch (error) {
-      log.warn("recognizer abort failed", { callId: this.callId, error: errorText(error) });
-    }
+    this.letGo(open.recognizer);
     return outcome.result;
   }
 
@@ -464,11 +456,7 @@ export class CallSession {
     let result: { text: string; confidence: number; alternatives: Alternative[]; engine?: string } = { text: "", confidence: 0, alternatives: [] };
     const early = await this.earlyResult(open);
     if (early && "failed" in early) {
-      try {
-        open.recognizer?.abort();
-      } catch {
-        // released below either way
-      }
+      this.letGo(open.recognizer);
       this.engineFailed(open, "finish", early.failed);
     } else if (early) result = early;
     else if (open.recognizer && !open.failed) {
@@ -575,12 +563,17 @@ export class CallSession {
   private abort(open: OpenUtterance): void {
     this.dropEarly(open);
     open.audio = undefined;
+    this.letGo(open.recognizer);
+    this.release(open);
+  }
+
+  /** Aborts a recognizer whose result is not wanted; one that throws doing so is only logged. */
+  private letGo(recognizer: UtteranceRecognizer | undefined): void {
     try {
-      open.recognizer?.abort();
+      recognizer?.abort();
     } catch (error) {
       this.deps.log.warn("recognizer abort failed", { callId: this.callId, error: errorText(error) });
     }
-    this.release(open);
   }
 
   private release(open: OpenUtterance): void {
