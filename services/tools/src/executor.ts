@@ -141,13 +141,15 @@ export class ToolExecutor {
       this.log.info("tool request answered from stored result", { callId, toolCallId, tool: name });
       return claim.result;
     }
-    const timeoutMs = this.timeoutFor(request);
+    // Resolved once: its timeout, whether it may run twice, and the execution all come from it.
+    const tool = this.resolve(request.agent, name);
+    const timeoutMs = this.timeoutFor(request, tool);
     if (claim.kind === "taken") {
       this.metrics.duplicates.inc({ kind: "waited" });
       const stored = await this.waitForStored(request, timeoutMs + RESULT_WAIT_GRACE_MS, cancelled);
       if (stored) return stored;
       // The execution that claimed the id died or hangs, or could not store its result.
-      if (!this.resolve(request.agent, name)?.idempotent) {
+      if (!tool?.idempotent) {
         // It must not run twice: report a timeout.
         this.log.warn("duplicate tool request gave up waiting for the first execution", { callId, toolCallId, tool: name });
         return this.errorResult(request, "timeout", `an earlier request with the same tool_call_id did not finish within ${timeoutMs + RESULT_WAIT_GRACE_MS} ms`);
@@ -156,14 +158,14 @@ export class ToolExecutor {
       this.log.warn("duplicate tool request found no result of the first execution: running the idempotent tool again", { callId, toolCallId, tool: name });
     }
 
-    const { result, record } = await this.execute(request, timeoutMs, cancelled);
+    const { result, record } = await this.execute(request, tool, timeoutMs, cancelled);
     // A tool stopped because its call ended writes nothing: the record is closed and nobody asks for the result;
     // the log line and metric tell it ran.
     if (cancelled.aborted) return result;
     // The result (for duplicates, kept only while the call is live) and the record line are independent writes:
     // one round trip for both.
     const stored = Promise.all([this.store.saveToolResult(callId, toolCallId, result), this.store.appendToolCall(callId, record)]);
-    if (!this.resolve(request.agent, name)?.idempotent) {
+    if (!tool?.idempotent) {
       // Running it twice would do its effect twice: the answer waits until a duplicate is sure to find the result.
       await stored;
       return result;
@@ -186,17 +188,20 @@ export class ToolExecutor {
     void writing.finally(() => this.storing.delete(writing));
   }
 
-  private timeoutFor(request: ToolCallRequest): number {
-    const tool = this.resolve(request.agent, request.name);
+  private timeoutFor(request: ToolCallRequest, tool: Tool | undefined): number {
     const requested = request.timeoutMs > 0 ? request.timeoutMs : (tool?.defaultTimeoutMs ?? 5_000);
     return Math.min(requested, MAX_TOOL_TIMEOUT_MS);
   }
 
   /** Runs the tool; returns its result and the call-record line (the caller stores both). */
-  private async execute(request: ToolCallRequest, timeoutMs: number, cancelled: AbortSignal): Promise<{ result: ToolCallResult; record: ToolCallEntry }> {
+  private async execute(
+    request: ToolCallRequest,
+    tool: Tool | undefined,
+    timeoutMs: number,
+    cancelled: AbortSignal,
+  ): Promise<{ result: ToolCallResult; record: ToolCallEntry }> {
     const { callId, toolCallId, name } = request;
     const started = Date.now();
-    const tool = this.resolve(request.agent, name);
     let args: unknown = request.argumentsJson;
     let outcome: { ok: true; value: unknown } | { ok: false; code: ToolErrorCode; message: string };
 
