@@ -31,18 +31,28 @@ export class L16ChunkDecoder {
 /** Content types that are never audio: an API error body, or an HTML page from a proxy or captive portal. */
 const NOT_AUDIO = /^(application\/(json|problem\+json|xml)|text\/)/i;
 
+/** What the checks below read of an answer: a fetch Response (the SDKs') or a StreamingAnswer (http-stream.ts). */
+export interface AnswerBody {
+  contentType: string;
+  text(): Promise<string>;
+}
+
+export function fetchedAnswer(response: Response): AnswerBody {
+  return { contentType: response.headers.get("content-type") ?? "", text: () => response.text() };
+}
+
 /** Throws a clear error when a 200 response is not audio. */
-export async function assertAudio(engine: string, response: Response, secret: string): Promise<void> {
-  const type = response.headers.get("content-type") ?? "";
+export async function assertAudio(engine: string, answer: AnswerBody, secret: string): Promise<void> {
+  const type = answer.contentType;
   if (!NOT_AUDIO.test(type)) return;
-  throw new Error(`${engine}: expected audio but the server sent ${type}: ${redact(await snippet(response), secret)}`);
+  throw new Error(`${engine}: expected audio but the server sent ${type}: ${redact(await snippet(answer), secret)}`);
 }
 
 /** The start of a response body as one line, for error messages (bodies can be whole HTML pages). */
-export async function snippet(response: Response, max = 300): Promise<string> {
+export async function snippet(answer: AnswerBody, max = 300): Promise<string> {
   let text: string;
   try {
-    text = await response.text();
+    text = await answer.text();
   } catch (error) {
     return `(body unreadable: ${causes(error)})`;
   }

@@ -1,5 +1,6 @@
 // ElevenLabs streaming text-to-speech as a TtsEngine: POST {base}/v1/text-to-speech/{voice_id}/stream with
-// `xi-api-key`, plain fetch (the official SDK adds node-fetch, ws and more for one POST).
+// `xi-api-key`, over node:http keep-alive connections (http-stream.ts: the first audio sooner than through fetch;
+// the official SDK adds node-fetch, ws and more for one POST).
 //
 // - Output format ulaw_8000 by default: exactly what Twilio plays (G.711 μ-law, 8 kHz), so nothing is resampled,
 //   the μ-law decode here and the re-encode in the service are lossless (the caller hears the bytes ElevenLabs
@@ -14,7 +15,8 @@
 import { mulawDecode } from "@voicebot/audio";
 import type { EnvReader } from "@voicebot/service-kit";
 import type { SynthesisRequest, TtsEngine } from "../engine.js";
-import { assertAudio, bodyChunks, causes, L16ChunkDecoder, redact, snippet } from "./cloud.js";
+import { assertAudio, causes, L16ChunkDecoder, redact, snippet } from "./cloud.js";
+import { StreamingHttpClient, type StreamingAnswer } from "./http-stream.js";
 import { groupSentences } from "./text.js";
 
 export const ELEVENLABS_DEFAULT_BASE_URL = "https://api.elevenlabs.io";
@@ -67,6 +69,7 @@ export class ElevenLabsEngine implements TtsEngine {
   private readonly voiceSettings: Record<string, unknown> | undefined;
   private readonly timeoutMs: number;
   private readonly inFlight = new Set<AbortController>();
+  private readonly http = new StreamingHttpClient();
   private closed = false;
 
   constructor(options: ElevenLabsEngineOptions) {
@@ -108,6 +111,7 @@ export class ElevenLabsEngine implements TtsEngine {
   async close(): Promise<void> {
     this.closed = true;
     for (const controller of this.inFlight) controller.abort(new Error("elevenlabs engine closed"));
+    this.http.close();
   }
 
   /** One request: its audio as it arrives. */
@@ -120,13 +124,12 @@ export class ElevenLabsEngine implements TtsEngine {
     const mine = new AbortController();
     const signal = cancel ? AbortSignal.any([cancel, mine.signal]) : mine.signal;
     this.inFlight.add(mine);
-    const url = `${this.baseUrl}/v1/text-to-speech/${encodeURIComponent(voiceId)}/stream?output_format=${this.outputFormat}`;
+    const url = new URL(`${this.baseUrl}/v1/text-to-speech/${encodeURIComponent(voiceId)}/stream?output_format=${this.outputFormat}`);
     const timer = setTimeout(() => mine.abort(new Error(`elevenlabs: no response from ${this.baseUrl} within ${this.timeoutMs} ms`)), this.timeoutMs);
     try {
-      let response: Response;
+      let answer: StreamingAnswer;
       try {
-        response = await fetch(url, {
-          method: "POST",
+        answer = await this.http.post(url, {
           headers: { "xi-api-key": this.apiKey, "content-type": "application/json", accept: "audio/*" },
           body: JSON.stringify({ text, model_id: this.model, ...(voiceSettings ? { voice_settings: voiceSettings } : {}) }),
           signal,
@@ -138,13 +141,19 @@ export class ElevenLabsEngine implements TtsEngine {
       } finally {
         clearTimeout(timer);
       }
-      if (!response.ok) throw new Error(`elevenlabs: HTTP ${response.status}: ${redact(await errorDetail(response), this.apiKey)}`);
-      await assertAudio("elevenlabs", response, this.apiKey);
-      const broke = (error: unknown) => new Error(`elevenlabs: audio stream broke off: ${redact(causes(error), this.apiKey)}`);
+      if (answer.status < 200 || answer.status > 299) {
+        throw new Error(`elevenlabs: HTTP ${answer.status}: ${redact(await errorDetail(answer), this.apiKey)}`);
+      }
+      await assertAudio("elevenlabs", answer, this.apiKey);
       const l16 = this.outputFormat === "ulaw_8000" ? undefined : new L16ChunkDecoder();
-      for await (const bytes of bodyChunks(response, signal, broke)) {
-        const pcm = l16 ? l16.push(bytes) : mulawDecode(bytes);
-        if (pcm.length > 0) yield pcm;
+      try {
+        for await (const bytes of answer.chunks()) {
+          const pcm = l16 ? l16.push(bytes) : mulawDecode(bytes);
+          if (pcm.length > 0) yield pcm;
+        }
+      } catch (error) {
+        signal.throwIfAborted();
+        throw new Error(`elevenlabs: audio stream broke off: ${redact(causes(error), this.apiKey)}`);
       }
     } finally {
       clearTimeout(timer);
@@ -154,8 +163,8 @@ export class ElevenLabsEngine implements TtsEngine {
 }
 
 /** The message of an ElevenLabs error body: {"detail": {"status"|"code", "message"}} or a validation list. */
-async function errorDetail(response: Response): Promise<string> {
-  const body = await snippet(response, 2000);
+async function errorDetail(answer: StreamingAnswer): Promise<string> {
+  const body = await snippet(answer, 2000);
   try {
     const { detail } = JSON.parse(body) as { detail?: unknown };
     if (Array.isArray(detail)) {

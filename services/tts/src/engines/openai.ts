@@ -11,7 +11,7 @@
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from "openai";
 import type { EnvReader } from "@voicebot/service-kit";
 import type { SynthesisRequest, TtsEngine } from "../engine.js";
-import { assertAudio, bodyChunks, causes, L16ChunkDecoder, redact } from "./cloud.js";
+import { assertAudio, bodyChunks, causes, fetchedAnswer, L16ChunkDecoder, redact } from "./cloud.js";
 import { groupSentences } from "./text.js";
 
 export const OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1";
@@ -123,7 +123,7 @@ export class OpenAIEngine implements TtsEngine {
         signal.throwIfAborted();
         throw this.failure(error);
       }
-      await assertAudio("openai", response, this.apiKey);
+      await assertAudio("openai", fetchedAnswer(response), this.apiKey);
       const decoder = new L16ChunkDecoder();
       const broke = (error: unknown) => new Error(`openai: audio stream broke off: ${redact(causes(error), this.apiKey)}`);
       for await (const bytes of bodyChunks(response, signal, broke)) {

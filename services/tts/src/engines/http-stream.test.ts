@@ -1,0 +1,57 @@
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterEach, describe, expect, it } from "vitest";
+import { StreamingHttpClient } from "./http-stream.js";
+
+/** A server that answers each connection's `answerFirst` requests and drops the connection on the next one. */
+async function serverDropping(answerFirst: number) {
+  const perSocket = new WeakMap<object, number>();
+  let connections = 0;
+  const server = http.createServer((req, res) => {
+    const seen = (perSocket.get(req.socket) ?? 0) + 1;
+    perSocket.set(req.socket, seen);
+    req.resume();
+    req.on("end", () => {
+      if (seen > answerFirst) return req.socket.destroy(); // as a server closing an idle keep-alive connection
+      res.writeHead(200, { "content-type": "audio/basic" });
+      res.write(Buffer.alloc(160, 0xff));
+      res.end(Buffer.alloc(160, 0x7f));
+    });
+  });
+  server.on("connection", () => connections++);
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const url = new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/speak`);
+  return { url, connections: () => connections, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+}
+
+async function bodyBytes(client: StreamingHttpClient, url: URL): Promise<number> {
+  const answer = await client.post(url, { headers: {}, body: "{}", signal: new AbortController().signal });
+  let bytes = 0;
+  for await (const chunk of answer.chunks()) bytes += chunk.length;
+  return bytes;
+}
+
+describe("StreamingHttpClient", () => {
+  const cleanups: Array<() => unknown> = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0)) await cleanup();
+  });
+
+  it("keeps the connection for the next request, and sends a request again on a new one when a kept connection was closed", async () => {
+    const server = await serverDropping(1);
+    const client = new StreamingHttpClient();
+    cleanups.push(() => client.close(), server.close);
+    expect(await bodyBytes(client, server.url)).toBe(320);
+    // The kept connection is dropped when written to: the request goes again, once, on a new connection.
+    expect(await bodyBytes(client, server.url)).toBe(320);
+    expect(server.connections()).toBe(2);
+  });
+
+  it("does not send a request twice when a new connection fails", async () => {
+    const server = await serverDropping(0);
+    const client = new StreamingHttpClient();
+    cleanups.push(() => client.close(), server.close);
+    await expect(bodyBytes(client, server.url)).rejects.toThrow(/socket hang up/);
+    expect(server.connections()).toBe(1);
+  });
+});
