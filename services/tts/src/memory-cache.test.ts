@@ -35,6 +35,19 @@ describe("MemoryAudioCache", () => {
     expect(cache.get("a")?.[0]).toBe(2);
   });
 
+  it("frees entries past their age that nobody reads, when asked for its size", () => {
+    let now = 1_000;
+    const cache = new MemoryAudioCache(8_000, 600_000, () => now);
+    cache.set("old", audio(1_000, 1));
+    now += 300_000;
+    cache.set("young", audio(500, 2));
+    now += 300_001;
+    cache.dropExpired();
+    expect(cache.bytes).toBe(500);
+    expect(cache.size).toBe(1);
+    expect(cache.get("young")?.[0]).toBe(2);
+  });
+
   it("replaces an entry under the same key without counting it twice", () => {
     const cache = new MemoryAudioCache(8_000);
     cache.set("a", audio(500));

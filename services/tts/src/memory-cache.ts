@@ -34,6 +34,12 @@ export class MemoryAudioCache {
     return this.entries.size;
   }
 
+  /** Frees the entries past their age that no read has dropped yet (so the bytes reported are bytes in use). */
+  dropExpired(): void {
+    const now = this.now();
+    for (const [key, entry] of this.entries) if (now - entry.at > this.maxAgeMs) this.delete(key);
+  }
+
   get(key: string): Buffer | undefined {
     const entry = this.entries.get(key);
     if (!entry) return undefined;

@@ -75,7 +75,10 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
   const jobs = new JobRegistry();
   const memory = new MemoryAudioCache(config.memoryCacheBytes, config.memoryCacheMaxAgeMs);
   const metrics = new TtsMetrics(ctx.registry, {
-    memoryCacheBytes: () => memory.bytes,
+    memoryCacheBytes: () => {
+      memory.dropExpired(); // each scrape frees what aged out unread
+      return memory.bytes;
+    },
     queued: () => limiter.queued,
     active: () => limiter.active,
     // Read on scrapes only, after start.
