@@ -17,7 +17,7 @@ usage: pnpm call [options] [--say "text" | --dtmf KEYS]...
   --engine NAME    flite or espeak-ng (default flite)
   --param K=V      a TwiML <Parameter> sent in start.customParameters (repeatable), e.g. --param agent=support
   --out DIR        save the bot's audio: turn-<n>.wav per turn and call.wav
-  --record         print the call record (GET /v1/calls/<callSid>) at the end
+  --record         print the call record (GET /v1/calls/<callSid>) at the end (sends $INGRESS_API_TOKEN if set)
   --timeout MS     longest wait for each bot turn (default 20000)
   -h, --help       this text
 
@@ -108,7 +108,9 @@ function recordUrl(streamUrl: string, callSid: string): string {
 
 async function fetchRecord(url: string): Promise<CallRecordView | undefined> {
   try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(3_000) });
+    // The ingress asks for its API token when it has one (INGRESS_API_TOKEN): the same variable here.
+    const token = process.env.INGRESS_API_TOKEN;
+    const res = await fetch(url, { signal: AbortSignal.timeout(3_000), headers: token ? { authorization: `Bearer ${token}` } : {} });
     return res.ok ? ((await res.json()) as CallRecordView) : undefined;
   } catch {
     return undefined;

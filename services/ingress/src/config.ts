@@ -60,6 +60,8 @@ export interface IngressConfig {
   /** The public wss:// URL Twilio connects to, as signed; default: built from the Host header. */
   publicStreamUrl: string | undefined;
   authToken: string | undefined;
+  /** Bearer token of the ingress API (/v1/...); unset: call records are open and calls cannot be placed. */
+  apiToken: string | undefined;
   /** No new bot turn this long after the caller's input ended: play the fallback line (0 = off). */
   noSilenceDeadlineMs: number;
   /** The fallback line: μ-law 8 kHz, whole frames (undefined when the deadline is off). */
@@ -81,6 +83,11 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
   const validateSignature = env.bool("TWILIO_VALIDATE_SIGNATURE", false);
   const publicStreamUrl = env.optional("TWILIO_STREAM_URL");
   if (publicStreamUrl) env.url("TWILIO_STREAM_URL", publicStreamUrl, ["wss", "ws"]);
+
+  const apiToken = env.optional("INGRESS_API_TOKEN");
+  if (apiToken !== undefined && !/^[\x21-\x7e]{16,512}$/.test(apiToken)) {
+    env.problem("INGRESS_API_TOKEN must be 16 to 512 printable characters without spaces (e.g. openssl rand -hex 32)");
+  }
 
   const noSilenceDeadlineMs = env.int("NO_SILENCE_DEADLINE_MS", 4_000, { min: 0, max: 60_000 });
   const noSilenceFile = env.string("NO_SILENCE_AUDIO_FILE", DEFAULT_NO_SILENCE_FILE);
@@ -125,6 +132,7 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
     validateSignature,
     publicStreamUrl,
     authToken,
+    apiToken,
     noSilenceDeadlineMs,
     noSilenceClip,
     noSilenceText: env.string("NO_SILENCE_TEXT", noSilenceFile === DEFAULT_NO_SILENCE_FILE ? DEFAULT_NO_SILENCE_TEXT : "(fallback line)"),

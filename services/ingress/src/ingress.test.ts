@@ -428,3 +428,136 @@ describe("drain", () => {
     await waitFor(async () => (await getRecord(client.callSid)).body.state === "ended", { what: "record ended" });
   });
 });
+
+describe("ingress API: token and placing calls", () => {
+  const TOKEN = "api-token-0123456789abcdef";
+  const STREAM_URL = "wss://voice.example.com/twilio";
+  const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
+
+  /** A Twilio REST API stand-in: records each request and answers as `answer` says. */
+  async function fakeTwilioApi(answer: (form: URLSearchParams) => { status: number; body: unknown }) {
+    const requests: Array<{ url: string; auth: string; form: URLSearchParams }> = [];
+    const api = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (d) => (body += d));
+      req.on("end", () => {
+        const form = new URLSearchParams(body);
+        requests.push({ url: req.url!, auth: req.headers.authorization ?? "", form });
+        const { status, body: json } = answer(form);
+        res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(json));
+      });
+    });
+    await new Promise<void>((resolve) => api.listen(0, "127.0.0.1", resolve));
+    return { url: `http://127.0.0.1:${(api.address() as { port: number }).port}`, requests, close: () => api.close() };
+  }
+
+  function placeCall(base: string, body: unknown, headers: Record<string, string> = bearer(TOKEN)) {
+    return fetch(`${base}/v1/calls`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: JSON.stringify(body) });
+  }
+
+  it("guards the call records with INGRESS_API_TOKEN when it is set", async () => {
+    const guarded = await startIngress({ ...env(), INGRESS_API_TOKEN: TOKEN });
+    try {
+      const client = await startCall({}, guarded.wsUrl);
+      const url = `${guarded.baseUrl}/v1/calls/${client.callSid}`;
+      const none = await fetch(url);
+      expect(none.status).toBe(401);
+      expect(none.headers.get("www-authenticate")).toMatch(/^Bearer/);
+      expect((await fetch(url, { headers: bearer("wrong-token-0123456789") })).status).toBe(401);
+      const allowed = await fetch(url, { headers: bearer(TOKEN) });
+      expect(allowed.status).toBe(200);
+      expect(await allowed.json()).toMatchObject({ callSid: client.callSid, state: "live" });
+      expect(await metricValue(guarded.baseUrl, "voicebot_ingress_api_unauthorized_total", { route: "get_record" })).toBe(2);
+      client.sendStop();
+      await client.closed;
+    } finally {
+      await guarded.handle.stop();
+    }
+  });
+
+  it("refuses to place calls unless the token, the Twilio credentials and the stream URL are all set", async () => {
+    // The shared ingress has none of them.
+    const refused = await placeCall(ingress.baseUrl, { to: "+15550100001", from: "+15550100002" });
+    expect(refused.status).toBe(503);
+    expect((await refused.json()).error).toMatch(/INGRESS_API_TOKEN/);
+  });
+
+  it("places a call through the Twilio API with TwiML that streams the answered call here, with its agent", async () => {
+    const api = await fakeTwilioApi((form) =>
+      form.get("To") === "+15550109999"
+        ? { status: 400, body: { code: 21211, message: "The 'To' number +15550109999 is not a valid phone number.", status: 400 } }
+        : { status: 201, body: { sid: newCallSid(), status: "queued" } },
+    );
+    const outbound = await startIngress({
+      ...env(),
+      INGRESS_API_TOKEN: TOKEN,
+      TWILIO_ACCOUNT_SID: "ACout",
+      TWILIO_AUTH_TOKEN: "twilio-secret",
+      TWILIO_API_BASE_URL: api.url,
+      TWILIO_STREAM_URL: STREAM_URL,
+    });
+    try {
+      expect((await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002" }, {})).status).toBe(401);
+      for (const body of [
+        { to: "5550100", from: "+15550100002" },
+        { to: "+15550100001", from: "me" },
+        { to: "+15550100001", from: "+15550100002", agent: "no spaces" },
+        { to: "+15550100001", from: "+15550100002", parameters: { agent: "x" } },
+        { to: "+15550100001", from: "+15550100002", ringTimeoutS: 1 },
+        [],
+      ]) {
+        const bad = await placeCall(outbound.baseUrl, body);
+        expect(bad.status, JSON.stringify(body)).toBe(400);
+        expect((await bad.json()).error).toBeTruthy();
+      }
+      expect(api.requests).toHaveLength(0);
+
+      const placed = await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002", agent: "pharmacy", parameters: { campaign: "refill <7>" }, ringTimeoutS: 25 });
+      expect(placed.status).toBe(201);
+      const answer = await placed.json();
+      expect(answer).toMatchObject({ status: "queued", agent: "pharmacy" });
+      expect(api.requests).toHaveLength(1);
+      const request = api.requests[0];
+      expect(request.url).toBe("/2010-04-01/Accounts/ACout/Calls.json");
+      expect(request.auth).toBe("Basic " + Buffer.from("ACout:twilio-secret").toString("base64"));
+      expect(request.form.get("To")).toBe("+15550100001");
+      expect(request.form.get("From")).toBe("+15550100002");
+      expect(request.form.get("Timeout")).toBe("25");
+      const twiml = request.form.get("Twiml")!;
+      expect(twiml).toBe(
+        `<Response><Connect><Stream url="${STREAM_URL}"><Parameter name="campaign" value="refill &lt;7&gt;"/>` +
+          `<Parameter name="from" value="+15550100002"/><Parameter name="to" value="+15550100001"/>` +
+          `<Parameter name="agent" value="pharmacy"/></Stream></Connect></Response>`,
+      );
+
+      // The callee answers: Twilio opens the stream with the TwiML's parameters as customParameters.
+      const customParameters = Object.fromEntries([...twiml.matchAll(/<Parameter name="([^"]+)" value="([^"]+)"\/>/g)].map((m) => [m[1], m[2].replace("&lt;", "<").replace("&gt;", ">")]));
+      const client = await TwilioClient.connect(outbound.wsUrl, answer.callSid);
+      client.sendConnected();
+      client.sendStart(customParameters);
+      await waitFor(() => inputsFor(answer.callSid).some((i) => i.input?.$case === "callStarted"), { what: "DialogInput callStarted" });
+      expect(inputsFor(answer.callSid).find((i) => i.input?.$case === "callStarted")!.input?.value).toMatchObject({ callId: answer.callSid, agent: "pharmacy" });
+      const record = await (await fetch(`${outbound.baseUrl}/v1/calls/${answer.callSid}`, { headers: bearer(TOKEN) })).json();
+      expect(record).toMatchObject({ callSid: answer.callSid, agent: "pharmacy", from: "+15550100002", to: "+15550100001", state: "live" });
+      client.sendStop();
+      await client.closed;
+
+      const invalidNumber = await placeCall(outbound.baseUrl, { to: "+15550109999", from: "+15550100002" });
+      expect(invalidNumber.status).toBe(422);
+      expect((await invalidNumber.json()).error).toBe("Twilio API answered 400: The 'To' number +15550109999 is not a valid phone number. (code 21211)");
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "placed" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "invalid" })).toBe(6);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "refused" })).toBe(1);
+
+      api.close();
+      const unreachable = await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002" });
+      expect(unreachable.status).toBe(502);
+      expect((await unreachable.json()).error).toMatch(/^Twilio API unreachable/);
+      expect(JSON.stringify(logs)).not.toContain("twilio-secret");
+      expect(JSON.stringify(logs)).not.toContain(TOKEN);
+    } finally {
+      await outbound.handle.stop();
+      api.close();
+    }
+  });
+});

@@ -31,6 +31,8 @@ export class IngressMetrics {
   readonly rejectedStreams: Counter<"reason">;
   readonly publishErrors: Counter<"message">;
   readonly storeErrors: Counter<"op">;
+  readonly apiRefused: Counter<"route">;
+  readonly outboundCalls: Counter<"outcome">;
   readonly playbackEvents: Counter<"kind">;
   readonly bargeIns: Counter;
   readonly bargeInsIgnored: Counter<"reason">;
@@ -124,6 +126,18 @@ export class IngressMetrics {
       name: "voicebot_ingress_store_errors_total",
       help: "Failed Redis writes/reads",
       labelNames: ["op"],
+      registers,
+    });
+    this.apiRefused = new Counter({
+      name: "voicebot_ingress_api_unauthorized_total",
+      help: "API requests refused for a missing or wrong bearer token (INGRESS_API_TOKEN)",
+      labelNames: ["route"],
+      registers,
+    });
+    this.outboundCalls = new Counter({
+      name: "voicebot_ingress_outbound_calls_total",
+      help: "POST /v1/calls: calls placed through the Twilio API, or why not (invalid, not_configured, refused, unreachable)",
+      labelNames: ["outcome"],
       registers,
     });
     this.playbackEvents = new Counter({

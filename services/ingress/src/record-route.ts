@@ -1,11 +1,13 @@
 import { errorText, isValidCallId, type Logger } from "@voicebot/bus";
 import { sendJson, type HttpServer } from "@voicebot/service-kit";
 import type { CallStore } from "@voicebot/state";
+import { refuseWithoutToken } from "./api-auth.js";
 import type { IngressMetrics } from "./metrics.js";
 
 /** GET /v1/calls/:callSid: the call record (meta, transcript, tool calls, turn latencies). */
-export function registerRecordRoute(http: HttpServer, store: CallStore, log: Logger, metrics: IngressMetrics): void {
-  http.route("GET", /^\/v1\/calls\/([^/]+)\/?$/, async (_req, res, match) => {
+export function registerRecordRoute(http: HttpServer, store: CallStore, log: Logger, metrics: IngressMetrics, apiToken: string | undefined): void {
+  http.route("GET", /^\/v1\/calls\/([^/]+)\/?$/, async (req, res, match) => {
+    if (refuseWithoutToken(req, res, apiToken)) return metrics.apiRefused.inc({ route: "get_record" });
     let callSid: string;
     try {
       callSid = decodeURIComponent(match[1]);

@@ -4,6 +4,7 @@ import { readIngressConfig, type IngressConfig } from "./config.js";
 import { TwilioEndpoint } from "./endpoint.js";
 import { IngressMetrics } from "./metrics.js";
 import { ReadinessProbe } from "./readiness.js";
+import { registerOutboundRoute } from "./outbound-route.js";
 import { registerRecordRoute } from "./record-route.js";
 import { PlayoutScheduler } from "./scheduler.js";
 import { LiveCalls } from "./session.js";
@@ -26,7 +27,9 @@ export const definition: ServiceDefinition<IngressConfig> = {
     });
     const endpoint = new TwilioEndpoint({ bus, store, log, metrics, config, scheduler, twilioApi, liveCalls: new LiveCalls() });
     http.upgrade("/twilio", endpoint.handleUpgrade);
-    registerRecordRoute(http, store, log, metrics);
+    registerRecordRoute(http, store, log, metrics, config.apiToken);
+    registerOutboundRoute(http, { config, twilioApi, log, metrics });
+    if (!config.apiToken) log.warn("INGRESS_API_TOKEN is not set: call records are readable without a token, and POST /v1/calls is off");
     const probe = new ReadinessProbe(bus, config.requireServices, config.readinessProbeIntervalMs, ctx.common.instanceId, log);
     probe.start();
     // Redis may come back empty (a restart without persistence): look for live calls whose record is gone as soon

@@ -1,7 +1,16 @@
-// The two Twilio REST calls the ingress makes: redirect a live call to new TwiML (transfer, keypad tones).
+// The Twilio REST calls the ingress makes: place a call (POST /v1/calls), redirect a live call to new TwiML
+// (transfer, keypad tones).
 import type { TwilioRestConfig } from "./config.js";
 
-export class TwilioApiError extends Error {}
+export class TwilioApiError extends Error {
+  /** Twilio's HTTP status when it answered; undefined when it could not be reached. */
+  constructor(
+    message: string,
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+}
 
 export class TwilioRestClient {
   private readonly authorization: string;
@@ -12,25 +21,51 @@ export class TwilioRestClient {
 
   /** Replaces the call's TwiML; Twilio then leaves the <Connect><Stream> (our stream gets `stop`). */
   async updateCallTwiml(callSid: string, twiml: string): Promise<void> {
+    await this.post(`Calls/${encodeURIComponent(callSid)}.json`, { Twiml: twiml });
+  }
+
+  /** Places a call that runs `twiml` once answered; Twilio's call SID and status ("queued"). */
+  async createCall(call: { to: string; from: string; twiml: string; ringTimeoutS: number }): Promise<{ sid: string; status: string }> {
+    const answer = await this.post("Calls.json", { To: call.to, From: call.from, Twiml: call.twiml, Timeout: String(call.ringTimeoutS) });
+    const { sid, status } = (answer ?? {}) as { sid?: unknown; status?: unknown };
+    if (typeof sid !== "string" || !sid) throw new TwilioApiError("Twilio API answered without a call sid");
+    return { sid, status: typeof status === "string" ? status : "queued" };
+  }
+
+  /** A form POST under the account; the JSON answer. Failures throw TwilioApiError (status set when Twilio answered). */
+  private async post(path: string, form: Record<string, string>): Promise<unknown> {
     const { baseUrl, accountSid, timeoutMs } = this.config;
-    const url = `${baseUrl}/2010-04-01/Accounts/${encodeURIComponent(accountSid)}/Calls/${encodeURIComponent(callSid)}.json`;
+    const url = `${baseUrl}/2010-04-01/Accounts/${encodeURIComponent(accountSid)}/${path}`;
     let res: Response;
     try {
       res = await fetch(url, {
         method: "POST",
         headers: { authorization: this.authorization, "content-type": "application/x-www-form-urlencoded", accept: "application/json" },
-        body: new URLSearchParams({ Twiml: twiml }).toString(),
+        body: new URLSearchParams(form).toString(),
         signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (error) {
       throw new TwilioApiError(`Twilio API unreachable: ${error instanceof Error ? error.message : String(error)}`);
     }
-    if (!res.ok) {
-      const body = (await res.text().catch(() => "")).slice(0, 300);
-      throw new TwilioApiError(`Twilio API answered ${res.status}: ${body}`);
+    const text = await res.text().catch(() => "");
+    if (!res.ok) throw new TwilioApiError(`Twilio API answered ${res.status}: ${twilioReason(text)}`, res.status);
+    try {
+      return text ? JSON.parse(text) : undefined;
+    } catch {
+      return undefined;
     }
-    await res.body?.cancel().catch(() => undefined);
   }
+}
+
+/** Twilio's error body {code, message, more_info, status} as "message (code N)"; anything else, its start. */
+function twilioReason(body: string): string {
+  try {
+    const { code, message } = JSON.parse(body) as { code?: unknown; message?: unknown };
+    if (typeof message === "string") return code === undefined ? message : `${message} (code ${String(code)})`;
+  } catch {
+    // not JSON
+  }
+  return body.slice(0, 300);
 }
 
 const PHONE = /^\+?[0-9]{2,20}$/;
@@ -43,6 +78,12 @@ export function dialTwiml(target: string): string | undefined {
   if (PHONE.test(t)) return `<Response><Dial>${xmlEscape(t)}</Dial></Response>`;
   if (SIP.test(t)) return `<Response><Dial><Sip>${xmlEscape(t)}</Sip></Dial></Response>`;
   return undefined;
+}
+
+/** TwiML that connects the answered call to our media stream, passing `parameters` as its customParameters. */
+export function streamTwiml(streamUrl: string, parameters: Record<string, string>): string {
+  const tags = Object.entries(parameters).map(([name, value]) => `<Parameter name="${xmlEscape(name)}" value="${xmlEscape(value)}"/>`);
+  return `<Response><Connect><Stream url="${xmlEscape(streamUrl)}">${tags.join("")}</Stream></Connect></Response>`;
 }
 
 /** `<Play digits>` TwiML (w = half-second pause); undefined for anything but keypad digits. */

@@ -1,0 +1,110 @@
+// POST /v1/calls: places a call through the Twilio API. Once the callee answers, Twilio runs TwiML that connects the
+// call's media stream to this platform (TWILIO_STREAM_URL), and from the stream's `start` on, the call is like any
+// answered one: the agent named here greets the callee.
+import type { IncomingMessage } from "node:http";
+import { errorText, type Logger } from "@voicebot/bus";
+import { sendJson, type HttpServer } from "@voicebot/service-kit";
+import { refuseWithoutToken } from "./api-auth.js";
+import { isValidAgent, type IngressConfig } from "./config.js";
+import type { IngressMetrics } from "./metrics.js";
+import { streamTwiml, TwilioApiError, type TwilioRestClient } from "./twilio-rest.js";
+
+const MAX_BODY_BYTES = 16 * 1024;
+const E164 = /^\+[1-9][0-9]{6,14}$/;
+const SIP_URI = /^sips?:[^\s<>"'&]{3,250}$/i;
+const PARAMETER_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+const MAX_PARAMETERS = 16;
+const RESERVED_PARAMETERS = new Set(["agent", "from", "to"]);
+const MAX_PARAMETER_CHARS = 500;
+/** Twilio's ring timeout range (seconds); its default is 60. */
+const RING_TIMEOUT_S = { min: 5, max: 600, default: 60 };
+
+export interface OutboundCall {
+  to: string;
+  from: string;
+  agent: string | undefined;
+  parameters: Record<string, string>;
+  ringTimeoutS: number;
+}
+
+export function registerOutboundRoute(
+  http: HttpServer,
+  deps: { config: IngressConfig; twilioApi: TwilioRestClient | undefined; log: Logger; metrics: IngressMetrics },
+): void {
+  const { config, twilioApi, log, metrics } = deps;
+  http.route("POST", /^\/v1\/calls\/?$/, async (req, res) => {
+    // Placing calls costs money: never without a token, whatever else is set.
+    if (!config.apiToken || !twilioApi || !config.publicStreamUrl) {
+      metrics.outboundCalls.inc({ outcome: "not_configured" });
+      sendJson(res, 503, { error: "placing calls needs INGRESS_API_TOKEN, TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_STREAM_URL" });
+      return;
+    }
+    if (refuseWithoutToken(req, res, config.apiToken)) return metrics.apiRefused.inc({ route: "place_call" });
+    const body = await readJson(req);
+    const call = "error" in body ? body : parseOutboundCall(body.value);
+    if ("error" in call) {
+      metrics.outboundCalls.inc({ outcome: "invalid" });
+      sendJson(res, call.status ?? 400, { error: call.error });
+      return;
+    }
+    // from and to reach the call record as on an answered call (customParameters); the agent picks who speaks.
+    const parameters = { ...call.parameters, from: call.from, to: call.to, ...(call.agent ? { agent: call.agent } : {}) };
+    try {
+      const placed = await twilioApi.createCall({ to: call.to, from: call.from, twiml: streamTwiml(config.publicStreamUrl, parameters), ringTimeoutS: call.ringTimeoutS });
+      metrics.outboundCalls.inc({ outcome: "placed" });
+      log.info("outbound call placed", { callId: placed.sid, agent: call.agent ?? config.defaultAgent, status: placed.status });
+      sendJson(res, 201, { callSid: placed.sid, status: placed.status, agent: call.agent ?? config.defaultAgent });
+    } catch (error) {
+      // Twilio's 4xx is about this call (a number it will not dial, an unverified caller id): the client's to fix.
+      const refused = error instanceof TwilioApiError && error.status !== undefined && error.status >= 400 && error.status < 500;
+      metrics.outboundCalls.inc({ outcome: refused ? "refused" : "unreachable" });
+      log.warn("outbound call not placed", { agent: call.agent ?? config.defaultAgent, error: errorText(error) });
+      sendJson(res, refused ? 422 : 502, { error: errorText(error) });
+    }
+  });
+}
+
+/** The request body's fields, checked; `error` says what is wrong in terms the caller of the API can act on. */
+export function parseOutboundCall(value: unknown): OutboundCall | { error: string; status?: number } {
+  if (!value || typeof value !== "object" || Array.isArray(value)) return { error: "the body must be a JSON object" };
+  const { to, from, agent, parameters, ringTimeoutS } = value as Record<string, unknown>;
+  if (typeof to !== "string" || !(E164.test(to) || SIP_URI.test(to))) return { error: "to must be a phone number in E.164 form (+15551234567) or a sip: URI" };
+  if (typeof from !== "string" || !E164.test(from)) return { error: "from must be your Twilio number in E.164 form (+15551234567)" };
+  if (agent !== undefined && (typeof agent !== "string" || !isValidAgent(agent))) return { error: "agent must be 1-64 letters, digits, '_', '.' or '-'" };
+  const params: Record<string, string> = {};
+  if (parameters !== undefined) {
+    if (!parameters || typeof parameters !== "object" || Array.isArray(parameters)) return { error: "parameters must be an object of strings" };
+    const entries = Object.entries(parameters as Record<string, unknown>);
+    if (entries.length > MAX_PARAMETERS) return { error: `at most ${MAX_PARAMETERS} parameters` };
+    for (const [name, text] of entries) {
+      if (!PARAMETER_NAME.test(name) || RESERVED_PARAMETERS.has(name)) {
+        return { error: `parameter name ${JSON.stringify(name.slice(0, 80))} is not allowed (1-64 letters, digits, '_', '.', '-'; agent, from and to have fields of their own)` };
+      }
+      if (typeof text !== "string" || text.length > MAX_PARAMETER_CHARS) return { error: `parameter ${name} must be a string of at most ${MAX_PARAMETER_CHARS} characters` };
+      params[name] = text;
+    }
+  }
+  let ring = RING_TIMEOUT_S.default;
+  if (ringTimeoutS !== undefined) {
+    if (typeof ringTimeoutS !== "number" || !Number.isInteger(ringTimeoutS) || ringTimeoutS < RING_TIMEOUT_S.min || ringTimeoutS > RING_TIMEOUT_S.max) {
+      return { error: `ringTimeoutS must be a whole number of seconds from ${RING_TIMEOUT_S.min} to ${RING_TIMEOUT_S.max}` };
+    }
+    ring = ringTimeoutS;
+  }
+  return { to, from, agent: agent as string | undefined, parameters: params, ringTimeoutS: ring };
+}
+
+async function readJson(req: IncomingMessage): Promise<{ value: unknown } | { error: string; status: number }> {
+  const parts: Buffer[] = [];
+  let bytes = 0;
+  for await (const chunk of req) {
+    bytes += (chunk as Buffer).length;
+    if (bytes > MAX_BODY_BYTES) return { error: `the body is over ${MAX_BODY_BYTES} bytes`, status: 413 };
+    parts.push(chunk as Buffer);
+  }
+  try {
+    return { value: JSON.parse(Buffer.concat(parts).toString("utf8")) };
+  } catch {
+    return { error: "the body is not valid JSON", status: 400 };
+  }
+}
