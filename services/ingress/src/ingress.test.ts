@@ -561,3 +561,42 @@ describe("ingress API: token and placing calls", () => {
     }
   });
 });
+
+describe("voice webhook", () => {
+  const form = { CallSid: "CA0123456789abcdef0123456789abcdef", AccountSid: "ACtest", From: "+15550100003", To: "+15550100004", Direction: "inbound" };
+  const post = (base: string, path: string, body: Record<string, string>, headers: Record<string, string> = {}) =>
+    fetch(`${base}${path}`, { method: "POST", headers: { "content-type": "application/x-www-form-urlencoded", ...headers }, body: new URLSearchParams(body).toString() });
+
+  it("answers a number's voice webhook with TwiML that streams the call here, with From, To and the URL's agent", async () => {
+    const res = await post(ingress.baseUrl, "/twilio/voice?agent=pharmacy", form);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toMatch(/^text\/xml/);
+    const host = new URL(ingress.baseUrl).host;
+    expect(await res.text()).toBe(
+      `<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://${host}/twilio">` +
+        `<Parameter name="from" value="+15550100003"/><Parameter name="to" value="+15550100004"/><Parameter name="agent" value="pharmacy"/>` +
+        `</Stream></Connect></Response>`,
+    );
+    expect((await post(ingress.baseUrl, "/twilio/voice?agent=no%20spaces", form)).status).toBe(400);
+  });
+
+  it("checks X-Twilio-Signature over the URL and the sorted form fields when asked to", async () => {
+    const signed = await startIngress({ ...env(), TWILIO_VALIDATE_SIGNATURE: "true", TWILIO_AUTH_TOKEN: "tok", TWILIO_STREAM_URL: "wss://voice.example.com/twilio" });
+    try {
+      // Twilio's algorithm, written out: the URL it requested, then name+value of each field in name order.
+      const url = "https://voice.example.com/twilio/voice?agent=pharmacy";
+      const payload = url + Object.keys(form).sort().map((name) => name + form[name as keyof typeof form]).join("");
+      const signature = createHmac("sha1", "tok").update(payload).digest("base64");
+      const good = await post(signed.baseUrl, "/twilio/voice?agent=pharmacy", form, { "x-twilio-signature": signature });
+      expect(good.status).toBe(200);
+      expect(await good.text()).toContain('<Stream url="wss://voice.example.com/twilio">');
+      expect((await post(signed.baseUrl, "/twilio/voice?agent=pharmacy", form)).status).toBe(403);
+      expect((await post(signed.baseUrl, "/twilio/voice?agent=pharmacy", { ...form, From: "+15550100009" }, { "x-twilio-signature": signature })).status).toBe(403);
+      expect((await post(signed.baseUrl, "/twilio/voice?agent=support", form, { "x-twilio-signature": signature })).status).toBe(403);
+      expect(await metricValue(signed.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "bad_signature" })).toBe(3);
+      expect(await metricValue(signed.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "answered" })).toBe(1);
+    } finally {
+      await signed.handle.stop();
+    }
+  });
+});

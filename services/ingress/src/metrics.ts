@@ -33,6 +33,7 @@ export class IngressMetrics {
   readonly storeErrors: Counter<"op">;
   readonly apiRefused: Counter<"route">;
   readonly outboundCalls: Counter<"outcome">;
+  readonly voiceWebhooks: Counter<"outcome">;
   readonly playbackEvents: Counter<"kind">;
   readonly bargeIns: Counter;
   readonly bargeInsIgnored: Counter<"reason">;
@@ -137,6 +138,12 @@ export class IngressMetrics {
     this.outboundCalls = new Counter({
       name: "voicebot_ingress_outbound_calls_total",
       help: "POST /v1/calls: calls placed through the Twilio API, or why not (invalid, not_configured, refused, unreachable)",
+      labelNames: ["outcome"],
+      registers,
+    });
+    this.voiceWebhooks = new Counter({
+      name: "voicebot_ingress_voice_webhooks_total",
+      help: "POST /twilio/voice: answered with stream TwiML, or refused (invalid, bad_signature)",
       labelNames: ["outcome"],
       registers,
     });

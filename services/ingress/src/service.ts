@@ -6,6 +6,7 @@ import { IngressMetrics } from "./metrics.js";
 import { ReadinessProbe } from "./readiness.js";
 import { registerOutboundRoute } from "./outbound-route.js";
 import { registerRecordRoute } from "./record-route.js";
+import { registerVoiceWebhook } from "./voice-webhook.js";
 import { PlayoutScheduler } from "./scheduler.js";
 import { LiveCalls } from "./session.js";
 import { TwilioRestClient } from "./twilio-rest.js";
@@ -29,6 +30,7 @@ export const definition: ServiceDefinition<IngressConfig> = {
     http.upgrade("/twilio", endpoint.handleUpgrade);
     registerRecordRoute(http, store, log, metrics, config.apiToken);
     registerOutboundRoute(http, { config, twilioApi, log, metrics });
+    registerVoiceWebhook(http, { config, log, metrics });
     if (!config.apiToken) log.warn("INGRESS_API_TOKEN is not set: call records are readable without a token, and POST /v1/calls is off");
     const probe = new ReadinessProbe(bus, config.requireServices, config.readinessProbeIntervalMs, ctx.common.instanceId, log);
     probe.start();
