@@ -504,6 +504,7 @@ describe("ingress API: token and placing calls", () => {
         { to: "+15550100001", from: "+15550100002", agent: "no spaces" },
         { to: "+15550100001", from: "+15550100002", parameters: { agent: "x" } },
         { to: "+15550100001", from: "+15550100002", ringTimeoutS: 1 },
+        { to: "+15550100001", from: "+15550100002", statusCallback: "http://plain.example.com/status" },
         [],
       ]) {
         const bad = await placeCall(outbound.baseUrl, body);
@@ -512,7 +513,14 @@ describe("ingress API: token and placing calls", () => {
       }
       expect(api.requests).toHaveLength(0);
 
-      const placed = await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002", agent: "pharmacy", parameters: { campaign: "refill <7>" }, ringTimeoutS: 25 });
+      const placed = await placeCall(outbound.baseUrl, {
+        to: "+15550100001",
+        from: "+15550100002",
+        agent: "pharmacy",
+        parameters: { campaign: "refill <7>" },
+        ringTimeoutS: 25,
+        statusCallback: "https://crm.example.com/calls/status",
+      });
       expect(placed.status).toBe(201);
       const answer = await placed.json();
       expect(answer).toMatchObject({ status: "queued", agent: "pharmacy" });
@@ -523,6 +531,8 @@ describe("ingress API: token and placing calls", () => {
       expect(request.form.get("To")).toBe("+15550100001");
       expect(request.form.get("From")).toBe("+15550100002");
       expect(request.form.get("Timeout")).toBe("25");
+      expect(request.form.get("StatusCallback")).toBe("https://crm.example.com/calls/status");
+      expect(request.form.getAll("StatusCallbackEvent")).toEqual(["initiated", "ringing", "answered", "completed"]);
       const twiml = request.form.get("Twiml")!;
       expect(twiml).toBe(
         `<Response><Connect><Stream url="${STREAM_URL}"><Parameter name="campaign" value="refill &lt;7&gt;"/>` +
@@ -546,7 +556,7 @@ describe("ingress API: token and placing calls", () => {
       expect(invalidNumber.status).toBe(422);
       expect((await invalidNumber.json()).error).toBe("Twilio API answered 400: The 'To' number +15550109999 is not a valid phone number. (code 21211)");
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "placed" })).toBe(1);
-      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "invalid" })).toBe(6);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "invalid" })).toBe(7);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "refused" })).toBe(1);
 
       api.close();

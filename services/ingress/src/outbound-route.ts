@@ -25,6 +25,8 @@ export interface OutboundCall {
   agent: string | undefined;
   parameters: Record<string, string>;
   ringTimeoutS: number;
+  /** Where Twilio posts the call's progress (ringing, answered, completed, busy, no-answer, failed). */
+  statusCallback: string | undefined;
 }
 
 export function registerOutboundRoute(
@@ -50,7 +52,13 @@ export function registerOutboundRoute(
     // from and to reach the call record as on an answered call (customParameters); the agent picks who speaks.
     const parameters = { ...call.parameters, from: call.from, to: call.to, ...(call.agent ? { agent: call.agent } : {}) };
     try {
-      const placed = await twilioApi.createCall({ to: call.to, from: call.from, twiml: streamTwiml(config.publicStreamUrl, parameters), ringTimeoutS: call.ringTimeoutS });
+      const placed = await twilioApi.createCall({
+        to: call.to,
+        from: call.from,
+        twiml: streamTwiml(config.publicStreamUrl, parameters),
+        ringTimeoutS: call.ringTimeoutS,
+        statusCallback: call.statusCallback,
+      });
       metrics.outboundCalls.inc({ outcome: "placed" });
       log.info("outbound call placed", { callId: placed.sid, agent: call.agent ?? config.defaultAgent, status: placed.status });
       sendJson(res, 201, { callSid: placed.sid, status: placed.status, agent: call.agent ?? config.defaultAgent });
@@ -67,7 +75,7 @@ export function registerOutboundRoute(
 /** The request body's fields, checked; `error` says what is wrong in terms the caller of the API can act on. */
 export function parseOutboundCall(value: unknown): OutboundCall | { error: string; status?: number } {
   if (!value || typeof value !== "object" || Array.isArray(value)) return { error: "the body must be a JSON object" };
-  const { to, from, agent, parameters, ringTimeoutS } = value as Record<string, unknown>;
+  const { to, from, agent, parameters, ringTimeoutS, statusCallback } = value as Record<string, unknown>;
   if (typeof to !== "string" || !(E164.test(to) || SIP_URI.test(to))) return { error: "to must be a phone number in E.164 form (+15551234567) or a sip: URI" };
   if (typeof from !== "string" || !E164.test(from)) return { error: "from must be your Twilio number in E.164 form (+15551234567)" };
   if (agent !== undefined && (typeof agent !== "string" || !isValidAgent(agent))) return { error: "agent must be 1-64 letters, digits, '_', '.' or '-'" };
@@ -91,7 +99,19 @@ export function parseOutboundCall(value: unknown): OutboundCall | { error: strin
     }
     ring = ringTimeoutS;
   }
-  return { to, from, agent: agent as string | undefined, parameters: params, ringTimeoutS: ring };
+  if (statusCallback !== undefined && (typeof statusCallback !== "string" || !isHttpsUrl(statusCallback))) {
+    return { error: "statusCallback must be an https:// URL" };
+  }
+  return { to, from, agent: agent as string | undefined, parameters: params, ringTimeoutS: ring, statusCallback: statusCallback as string | undefined };
+}
+
+function isHttpsUrl(text: string): boolean {
+  if (text.length > 2_000) return false;
+  try {
+    return new URL(text).protocol === "https:";
+  } catch {
+    return false;
+  }
 }
 
 async function readJson(req: IncomingMessage): Promise<{ value: unknown } | { error: string; status: number }> {

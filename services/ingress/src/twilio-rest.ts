@@ -21,19 +21,26 @@ export class TwilioRestClient {
 
   /** Replaces the call's TwiML; Twilio then leaves the <Connect><Stream> (our stream gets `stop`). */
   async updateCallTwiml(callSid: string, twiml: string): Promise<void> {
-    await this.post(`Calls/${encodeURIComponent(callSid)}.json`, { Twiml: twiml });
+    await this.post(`Calls/${encodeURIComponent(callSid)}.json`, new URLSearchParams({ Twiml: twiml }));
   }
 
   /** Places a call that runs `twiml` once answered; Twilio's call SID and status ("queued"). */
-  async createCall(call: { to: string; from: string; twiml: string; ringTimeoutS: number }): Promise<{ sid: string; status: string }> {
-    const answer = await this.post("Calls.json", { To: call.to, From: call.from, Twiml: call.twiml, Timeout: String(call.ringTimeoutS) });
+  async createCall(call: { to: string; from: string; twiml: string; ringTimeoutS: number; statusCallback?: string }): Promise<{ sid: string; status: string }> {
+    const form = new URLSearchParams({ To: call.to, From: call.from, Twiml: call.twiml, Timeout: String(call.ringTimeoutS) });
+    if (call.statusCallback) {
+      form.set("StatusCallback", call.statusCallback);
+      form.set("StatusCallbackMethod", "POST");
+      // Twilio takes the events as a repeated field.
+      for (const event of ["initiated", "ringing", "answered", "completed"]) form.append("StatusCallbackEvent", event);
+    }
+    const answer = await this.post("Calls.json", form);
     const { sid, status } = (answer ?? {}) as { sid?: unknown; status?: unknown };
     if (typeof sid !== "string" || !sid) throw new TwilioApiError("Twilio API answered without a call sid");
     return { sid, status: typeof status === "string" ? status : "queued" };
   }
 
   /** A form POST under the account; the JSON answer. Failures throw TwilioApiError (status set when Twilio answered). */
-  private async post(path: string, form: Record<string, string>): Promise<unknown> {
+  private async post(path: string, form: URLSearchParams): Promise<unknown> {
     const { baseUrl, accountSid, timeoutMs } = this.config;
     const url = `${baseUrl}/2010-04-01/Accounts/${encodeURIComponent(accountSid)}/${path}`;
     let res: Response;
@@ -41,7 +48,7 @@ export class TwilioRestClient {
       res = await fetch(url, {
         method: "POST",
         headers: { authorization: this.authorization, "content-type": "application/x-www-form-urlencoded", accept: "application/json" },
-        body: new URLSearchParams(form).toString(),
+        body: form.toString(),
         signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (error) {
