@@ -146,6 +146,9 @@ async function junkHttp(baseUrl: string, stats: Map<number, number>): Promise<vo
     "/../../etc/passwd",
     `/${randomBytes(12).toString("hex")}`,
     "/v1/calls/" + encodeURIComponent(randomBytes(8).toString("latin1")),
+    "/v1/calls",
+    "/twilio/voice",
+    "/twilio/voice?agent=" + encodeURIComponent(randomBytes(6).toString("latin1")),
   ]);
   const method = pick(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]);
   const body = method === "GET" || method === "OPTIONS" ? undefined : randomBytes(randomInt(0, 20_000));
