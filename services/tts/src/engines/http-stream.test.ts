@@ -1,5 +1,7 @@
 import http from "node:http";
+import https from "node:https";
 import type { AddressInfo } from "node:net";
+import { ensureTestCertificate, trustTestCertificateInProcess } from "@voicebot/testing";
 import { afterEach, describe, expect, it } from "vitest";
 import { StreamingHttpClient } from "./http-stream.js";
 
@@ -45,6 +47,28 @@ describe("StreamingHttpClient", () => {
     // The kept connection is dropped when written to: the request goes again, once, on a new connection.
     expect(await bodyBytes(client, server.url)).toBe(320);
     expect(server.connections()).toBe(2);
+  });
+
+  it("streams over TLS (the cloud APIs), keeping the connection for the next request", async () => {
+    const certificate = await ensureTestCertificate();
+    trustTestCertificateInProcess(certificate);
+    let connections = 0;
+    const server = https.createServer({ cert: certificate.cert, key: certificate.key }, (req, res) => {
+      req.resume();
+      req.on("end", () => {
+        res.writeHead(200, { "content-type": "audio/basic" });
+        res.write(Buffer.alloc(800, 0xff));
+        setTimeout(() => res.end(Buffer.alloc(800, 0x7f)), 10);
+      });
+    });
+    server.on("secureConnection", () => connections++);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const client = new StreamingHttpClient();
+    cleanups.push(() => client.close(), () => new Promise<void>((resolve) => server.close(() => resolve())));
+    const url = new URL(`https://127.0.0.1:${(server.address() as AddressInfo).port}/v1/speak`);
+    expect(await bodyBytes(client, url)).toBe(1600);
+    expect(await bodyBytes(client, url)).toBe(1600);
+    expect(connections).toBe(1);
   });
 
   it("does not send a request twice when a new connection fails", async () => {
