@@ -138,3 +138,18 @@ export function sendJson(res: http.ServerResponse, status: number, body: unknown
   res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
   res.end(text);
 }
+
+/**
+ * A request's body, or undefined when it is over `maxBytes`. Then the rest is not read: answer 413 with
+ * `connection: close`, or Node would read (and drop) whatever the client goes on sending to keep the connection.
+ */
+export async function readBody(req: http.IncomingMessage, maxBytes: number): Promise<Buffer | undefined> {
+  const parts: Buffer[] = [];
+  let bytes = 0;
+  for await (const chunk of req) {
+    bytes += (chunk as Buffer).length;
+    if (bytes > maxBytes) return undefined;
+    parts.push(chunk as Buffer);
+  }
+  return Buffer.concat(parts);
+}

@@ -588,6 +588,9 @@ describe("voice webhook", () => {
         `</Stream></Connect></Response>`,
     );
     expect((await post(ingress.baseUrl, "/twilio/voice?agent=no%20spaces", form)).status).toBe(400);
+    const huge = await post(ingress.baseUrl, "/twilio/voice", { ...form, Junk: "x".repeat(100_000) });
+    expect(huge.status).toBe(413);
+    expect(huge.headers.get("connection")).toBe("close");
   });
 
   it("checks X-Twilio-Signature over the URL and the sorted form fields when asked to", async () => {

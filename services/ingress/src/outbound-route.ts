@@ -3,7 +3,7 @@
 // answered one: the agent named here greets the callee.
 import type { IncomingMessage } from "node:http";
 import { errorText, type Logger } from "@voicebot/bus";
-import { sendJson, type HttpServer } from "@voicebot/service-kit";
+import { readBody, sendJson, type HttpServer } from "@voicebot/service-kit";
 import { refuseWithoutToken } from "./api-auth.js";
 import { isValidAgent, type IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
@@ -46,6 +46,7 @@ export function registerOutboundRoute(
     const call = "error" in body ? body : parseOutboundCall(body.value);
     if ("error" in call) {
       metrics.outboundCalls.inc({ outcome: "invalid" });
+      if (call.status === 413) res.setHeader("connection", "close");
       sendJson(res, call.status ?? 400, { error: call.error });
       return;
     }
@@ -115,15 +116,10 @@ function isHttpsUrl(text: string): boolean {
 }
 
 async function readJson(req: IncomingMessage): Promise<{ value: unknown } | { error: string; status: number }> {
-  const parts: Buffer[] = [];
-  let bytes = 0;
-  for await (const chunk of req) {
-    bytes += (chunk as Buffer).length;
-    if (bytes > MAX_BODY_BYTES) return { error: `the body is over ${MAX_BODY_BYTES} bytes`, status: 413 };
-    parts.push(chunk as Buffer);
-  }
+  const body = await readBody(req, MAX_BODY_BYTES);
+  if (!body) return { error: `the body is over ${MAX_BODY_BYTES} bytes`, status: 413 };
   try {
-    return { value: JSON.parse(Buffer.concat(parts).toString("utf8")) };
+    return { value: JSON.parse(body.toString("utf8")) };
   } catch {
     return { error: "the body is not valid JSON", status: 400 };
   }

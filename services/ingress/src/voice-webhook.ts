@@ -3,7 +3,7 @@
 // webhook URL (?agent=...) as the stream's custom parameters, so the call record has them.
 import type { IncomingMessage } from "node:http";
 import type { Logger } from "@voicebot/bus";
-import { sendJson, type HttpServer } from "@voicebot/service-kit";
+import { readBody, sendJson, type HttpServer } from "@voicebot/service-kit";
 import { isValidAgent, type IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
 import { validTwilioSignature } from "./signature.js";
@@ -16,12 +16,14 @@ const FORWARDED = { From: "from", To: "to" } as const;
 export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressConfig; log: Logger; metrics: IngressMetrics }): void {
   const { config, log, metrics } = deps;
   http.route("POST", /^\/twilio\/voice\/?$/, async (req, res) => {
-    const form = await readForm(req);
-    if (!form) {
+    const body = await readBody(req, MAX_BODY_BYTES);
+    if (!body) {
       metrics.voiceWebhooks.inc({ outcome: "invalid" });
+      res.setHeader("connection", "close");
       sendJson(res, 413, { error: `the body is over ${MAX_BODY_BYTES} bytes` });
       return;
     }
+    const form = new URLSearchParams(body.toString("utf8"));
     if (config.validateSignature) {
       const url = webhookUrl(req, config.publicStreamUrl);
       const signature = req.headers["x-twilio-signature"];
@@ -67,15 +69,4 @@ function webhookUrl(req: IncomingMessage, publicStreamUrl: string | undefined): 
     return `${origin.protocol === "ws:" ? "http:" : "https:"}//${origin.host}${req.url ?? "/"}`;
   }
   return `https://${req.headers.host ?? "localhost"}${req.url ?? "/"}`;
-}
-
-async function readForm(req: IncomingMessage): Promise<URLSearchParams | undefined> {
-  const parts: Buffer[] = [];
-  let bytes = 0;
-  for await (const chunk of req) {
-    bytes += (chunk as Buffer).length;
-    if (bytes > MAX_BODY_BYTES) return undefined;
-    parts.push(chunk as Buffer);
-  }
-  return new URLSearchParams(Buffer.concat(parts).toString("utf8"));
 }
