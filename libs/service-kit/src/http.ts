@@ -140,16 +140,36 @@ export function sendJson(res: http.ServerResponse, status: number, body: unknown
 }
 
 /**
- * A request's body, or undefined when it is over `maxBytes`. Then the rest is not read: answer 413 with
- * `connection: close`, or Node would read (and drop) whatever the client goes on sending to keep the connection.
+ * A request's body, or undefined when it is over `maxBytes`. Then the rest is left unread (the socket stays open
+ * so the answer gets through): answer 413 with `connection: close`, or Node would go on reading and dropping
+ * whatever the client sends to keep the connection.
  */
-export async function readBody(req: http.IncomingMessage, maxBytes: number): Promise<Buffer | undefined> {
-  const parts: Buffer[] = [];
-  let bytes = 0;
-  for await (const chunk of req) {
-    bytes += (chunk as Buffer).length;
-    if (bytes > maxBytes) return undefined;
-    parts.push(chunk as Buffer);
-  }
-  return Buffer.concat(parts);
+export function readBody(req: http.IncomingMessage, maxBytes: number): Promise<Buffer | undefined> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let bytes = 0;
+    const stop = () => {
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.off("error", onError);
+    };
+    const onData = (chunk: Buffer) => {
+      bytes += chunk.length;
+      if (bytes <= maxBytes) return void parts.push(chunk);
+      stop();
+      req.pause();
+      resolve(undefined);
+    };
+    const onEnd = () => {
+      stop();
+      resolve(Buffer.concat(parts));
+    };
+    const onError = (error: Error) => {
+      stop();
+      reject(error);
+    };
+    req.on("data", onData);
+    req.on("end", onEnd);
+    req.on("error", onError);
+  });
 }

@@ -435,7 +435,7 @@ describe("ingress API: token and placing calls", () => {
   const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 
   /** A Twilio REST API stand-in: records each request and answers as `answer` says. */
-  async function fakeTwilioApi(answer: (form: URLSearchParams) => { status: number; body: unknown }) {
+  async function fakeTwilioApi(answer: (form: URLSearchParams) => { status: number; body: unknown; delayMs?: number }) {
     const requests: Array<{ url: string; auth: string; form: URLSearchParams }> = [];
     const api = http.createServer((req, res) => {
       let body = "";
@@ -443,12 +443,16 @@ describe("ingress API: token and placing calls", () => {
       req.on("end", () => {
         const form = new URLSearchParams(body);
         requests.push({ url: req.url!, auth: req.headers.authorization ?? "", form });
-        const { status, body: json } = answer(form);
-        res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(json));
+        const { status, body: json, delayMs = 0 } = answer(form);
+        setTimeout(() => res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(json)), delayMs);
       });
     });
     await new Promise<void>((resolve) => api.listen(0, "127.0.0.1", resolve));
-    return { url: `http://127.0.0.1:${(api.address() as { port: number }).port}`, requests, close: () => api.close() };
+    const close = () => {
+      api.close();
+      api.closeAllConnections(); // kept-alive connections too: the next request must find nobody listening
+    };
+    return { url: `http://127.0.0.1:${(api.address() as { port: number }).port}`, requests, close };
   }
 
   function placeCall(base: string, body: unknown, headers: Record<string, string> = bearer(TOKEN)) {
@@ -483,11 +487,20 @@ describe("ingress API: token and placing calls", () => {
   });
 
   it("places a call through the Twilio API with TwiML that streams the answered call here, with its agent", async () => {
-    const api = await fakeTwilioApi((form) =>
-      form.get("To") === "+15550109999"
-        ? { status: 400, body: { code: 21211, message: "The 'To' number +15550109999 is not a valid phone number.", status: 400 } }
-        : { status: 201, body: { sid: newCallSid(), status: "queued" } },
-    );
+    const api = await fakeTwilioApi((form) => {
+      switch (form.get("To")) {
+        case "+15550109999":
+          return { status: 400, body: { code: 21211, message: "The 'To' number +15550109999 is not a valid phone number.", status: 400 } };
+        case "+15550109401":
+          return { status: 401, body: { code: 20003, message: "Authenticate", status: 401 } };
+        case "+15550109429":
+          return { status: 429, body: { code: 20429, message: "Too Many Requests", status: 429 } };
+        case "+15550109504":
+          return { status: 201, body: { sid: newCallSid(), status: "queued" }, delayMs: 1_500 };
+        default:
+          return { status: 201, body: { sid: newCallSid(), status: "queued" } };
+      }
+    });
     const outbound = await startIngress({
       ...env(),
       INGRESS_API_TOKEN: TOKEN,
@@ -495,9 +508,12 @@ describe("ingress API: token and placing calls", () => {
       TWILIO_AUTH_TOKEN: "twilio-secret",
       TWILIO_API_BASE_URL: api.url,
       TWILIO_STREAM_URL: STREAM_URL,
+      TWILIO_API_TIMEOUT_MS: "500",
     });
     try {
-      expect((await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002" }, {})).status).toBe(401);
+      const anonymous = await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002" }, {});
+      expect(anonymous.status).toBe(401);
+      expect(await anonymous.text()).not.toMatch(/TWILIO/);
       for (const body of [
         { to: "5550100", from: "+15550100002" },
         { to: "+15550100001", from: "me" },
@@ -505,6 +521,7 @@ describe("ingress API: token and placing calls", () => {
         { to: "+15550100001", from: "+15550100002", parameters: { agent: "x" } },
         { to: "+15550100001", from: "+15550100002", ringTimeoutS: 1 },
         { to: "+15550100001", from: "+15550100002", statusCallback: "http://plain.example.com/status" },
+        { to: "+15550100001", from: "+15550100002", parameters: Object.fromEntries(Array.from({ length: 12 }, (_, i) => [`p${i}`, "&".repeat(400)])) },
         [],
       ]) {
         const bad = await placeCall(outbound.baseUrl, body);
@@ -556,8 +573,22 @@ describe("ingress API: token and placing calls", () => {
       expect(invalidNumber.status).toBe(422);
       expect((await invalidNumber.json()).error).toBe("Twilio API answered 400: The 'To' number +15550109999 is not a valid phone number. (code 21211)");
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "placed" })).toBe(1);
-      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "invalid" })).toBe(7);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "invalid" })).toBe(8);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "refused" })).toBe(1);
+
+      // Twilio refusing this platform (credentials), rate-limiting it, and answering too late (the call may exist).
+      const credentials = await placeCall(outbound.baseUrl, { to: "+15550109401", from: "+15550100002" });
+      expect(credentials.status).toBe(502);
+      expect((await credentials.json()).error).toBe("Twilio API answered 401: Authenticate (code 20003)");
+      expect((await placeCall(outbound.baseUrl, { to: "+15550109429", from: "+15550100002" })).status).toBe(503);
+      const late = await placeCall(outbound.baseUrl, { to: "+15550109504", from: "+15550100002" });
+      expect(late.status).toBe(504);
+      expect((await late.json()).error).toBe(
+        "Twilio API did not answer (no answer within 500 ms); the request may have taken effect; check Twilio's call log before placing it again",
+      );
+      for (const outcome of ["twilio_error", "rate_limited", "unknown"]) {
+        expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome }), outcome).toBe(1);
+      }
 
       api.close();
       const unreachable = await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002" });
@@ -606,8 +637,25 @@ describe("voice webhook", () => {
       expect((await post(signed.baseUrl, "/twilio/voice?agent=pharmacy", form)).status).toBe(403);
       expect((await post(signed.baseUrl, "/twilio/voice?agent=pharmacy", { ...form, From: "+15550100009" }, { "x-twilio-signature": signature })).status).toBe(403);
       expect((await post(signed.baseUrl, "/twilio/voice?agent=support", form, { "x-twilio-signature": signature })).status).toBe(403);
+      // The webhook may have its own public name (not the stream's), and the number's URL may spell out :443.
+      const sign = (signedUrl: string) =>
+        createHmac("sha1", "tok").update(signedUrl + Object.keys(form).sort().map((name) => name + form[name as keyof typeof form]).join("")).digest("base64");
+      // (fetch will not send another Host: node:http does)
+      const ownHostStatus = await new Promise<number>((resolve, reject) => {
+        const body = new URLSearchParams(form).toString();
+        const headers = { host: "hooks.example.com", "content-type": "application/x-www-form-urlencoded", "x-twilio-signature": sign("https://hooks.example.com/twilio/voice") };
+        const req = http.request(`${signed.baseUrl}/twilio/voice`, { method: "POST", headers }, (res) => {
+          res.resume();
+          resolve(res.statusCode!);
+        });
+        req.on("error", reject);
+        req.end(body);
+      });
+      expect(ownHostStatus).toBe(200);
+      const withPort = await post(signed.baseUrl, "/twilio/voice", form, { "x-twilio-signature": sign("https://voice.example.com:443/twilio/voice") });
+      expect(withPort.status).toBe(200);
       expect(await metricValue(signed.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "bad_signature" })).toBe(3);
-      expect(await metricValue(signed.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "answered" })).toBe(1);
+      expect(await metricValue(signed.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "answered" })).toBe(3);
     } finally {
       await signed.handle.stop();
     }

@@ -137,7 +137,7 @@ export class IngressMetrics {
     });
     this.outboundCalls = new Counter({
       name: "voicebot_ingress_outbound_calls_total",
-      help: "POST /v1/calls: calls placed through the Twilio API, or why not (invalid, not_configured, refused, unreachable)",
+      help: "POST /v1/calls: calls placed through the Twilio API, or why not (invalid, not_configured, refused, rate_limited, twilio_error, unreachable, unknown = Twilio may have placed it)",
       labelNames: ["outcome"],
       registers,
     });

@@ -14,6 +14,8 @@ const E164 = /^\+[1-9][0-9]{6,14}$/;
 const SIP_URI = /^sips?:[^\s<>"'&]{3,250}$/i;
 const PARAMETER_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 const MAX_PARAMETERS = 16;
+/** Twilio's limit on the Twiml parameter of a call. */
+const MAX_TWIML_CHARS = 4_000;
 const RESERVED_PARAMETERS = new Set(["agent", "from", "to"]);
 const MAX_PARAMETER_CHARS = 500;
 /** Twilio's ring timeout range (seconds); its default is 60. */
@@ -35,13 +37,14 @@ export function registerOutboundRoute(
 ): void {
   const { config, twilioApi, log, metrics } = deps;
   http.route("POST", /^\/v1\/calls\/?$/, async (req, res) => {
+    // With a token, nothing (not even which settings are missing) is told to a request without it.
+    if (refuseWithoutToken(req, res, config.apiToken)) return metrics.apiRefused.inc({ route: "place_call" });
     // Placing calls costs money: never without a token, whatever else is set.
     if (!config.apiToken || !twilioApi || !config.publicStreamUrl) {
       metrics.outboundCalls.inc({ outcome: "not_configured" });
       sendJson(res, 503, { error: "placing calls needs INGRESS_API_TOKEN, TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_STREAM_URL" });
       return;
     }
-    if (refuseWithoutToken(req, res, config.apiToken)) return metrics.apiRefused.inc({ route: "place_call" });
     const body = await readJson(req);
     const call = "error" in body ? body : parseOutboundCall(body.value);
     if ("error" in call) {
@@ -52,11 +55,17 @@ export function registerOutboundRoute(
     }
     // from and to reach the call record as on an answered call (customParameters); the agent picks who speaks.
     const parameters = { ...call.parameters, from: call.from, to: call.to, ...(call.agent ? { agent: call.agent } : {}) };
+    const twiml = streamTwiml(config.publicStreamUrl, parameters);
+    if (twiml.length > MAX_TWIML_CHARS) {
+      metrics.outboundCalls.inc({ outcome: "invalid" });
+      sendJson(res, 400, { error: `the parameters make TwiML of ${twiml.length} characters; Twilio takes at most ${MAX_TWIML_CHARS}` });
+      return;
+    }
     try {
       const placed = await twilioApi.createCall({
         to: call.to,
         from: call.from,
-        twiml: streamTwiml(config.publicStreamUrl, parameters),
+        twiml,
         ringTimeoutS: call.ringTimeoutS,
         statusCallback: call.statusCallback,
       });
@@ -64,13 +73,34 @@ export function registerOutboundRoute(
       log.info("outbound call placed", { callId: placed.sid, agent: call.agent ?? config.defaultAgent, status: placed.status });
       sendJson(res, 201, { callSid: placed.sid, status: placed.status, agent: call.agent ?? config.defaultAgent });
     } catch (error) {
-      // Twilio's 4xx is about this call (a number it will not dial, an unverified caller id): the client's to fix.
-      const refused = error instanceof TwilioApiError && error.status !== undefined && error.status >= 400 && error.status < 500;
-      metrics.outboundCalls.inc({ outcome: refused ? "refused" : "unreachable" });
-      log.warn("outbound call not placed", { agent: call.agent ?? config.defaultAgent, error: errorText(error) });
-      sendJson(res, refused ? 422 : 502, { error: errorText(error) });
+      const { outcome, status } = failureOf(error);
+      metrics.outboundCalls.inc({ outcome });
+      const fields = { agent: call.agent ?? config.defaultAgent, outcome, error: errorText(error) };
+      if (outcome === "unknown") log.error("outbound call outcome unknown: Twilio may have placed it", fields);
+      else if (outcome === "twilio_error") log.error("outbound call not placed: Twilio refused this platform's request (credentials, account)", fields);
+      else log.warn("outbound call not placed", fields);
+      const hint = outcome === "unknown" ? "; check Twilio's call log before placing it again" : "";
+      sendJson(res, status, { error: errorText(error) + hint });
     }
   });
+}
+
+/**
+ * What a failed Twilio request means for the client:
+ * - 400 is about this call (a number Twilio will not dial, an unverified caller id): 422, the client's to fix;
+ * - 429 (Twilio's rate limit): 503, to try again later;
+ * - any other answer is about this platform (credentials, account): 502;
+ * - no answer, or an unreadable one, after the request went out: 504, the call may exist (a blind retry could ring
+ *   the callee twice);
+ * - not reachable at all: 502, nothing happened.
+ */
+function failureOf(error: unknown): { outcome: string; status: number } {
+  if (!(error instanceof TwilioApiError)) return { outcome: "unknown", status: 504 };
+  if (error.outcomeUnknown) return { outcome: "unknown", status: 504 };
+  if (error.status === 400) return { outcome: "refused", status: 422 };
+  if (error.status === 429) return { outcome: "rate_limited", status: 503 };
+  if (error.status !== undefined) return { outcome: "twilio_error", status: 502 };
+  return { outcome: "unreachable", status: 502 };
 }
 
 /** The request body's fields, checked; `error` says what is wrong in terms the caller of the API can act on. */

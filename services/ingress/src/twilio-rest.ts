@@ -1,16 +1,22 @@
 // The Twilio REST calls the ingress makes: place a call (POST /v1/calls), redirect a live call to new TwiML
 // (transfer, keypad tones).
+import { errorText } from "@voicebot/bus";
 import type { TwilioRestConfig } from "./config.js";
 
 export class TwilioApiError extends Error {
-  /** Twilio's HTTP status when it answered; undefined when it could not be reached. */
   constructor(
     message: string,
+    /** Twilio's HTTP status when it answered with an error. */
     readonly status?: number,
+    /** The request may have reached Twilio and done its work (no answer in time, or an unreadable one). */
+    readonly outcomeUnknown = false,
   ) {
     super(message);
   }
 }
+
+/** Connection failures in which the request never left: nothing can have happened at Twilio. */
+const NOT_SENT = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "ENETUNREACH", "EHOSTUNREACH"]);
 
 export class TwilioRestClient {
   private readonly authorization: string;
@@ -35,7 +41,7 @@ export class TwilioRestClient {
     }
     const answer = await this.post("Calls.json", form);
     const { sid, status } = (answer ?? {}) as { sid?: unknown; status?: unknown };
-    if (typeof sid !== "string" || !sid) throw new TwilioApiError("Twilio API answered without a call sid");
+    if (typeof sid !== "string" || !sid) throw new TwilioApiError("Twilio API accepted the call but its answer held no call sid", undefined, true);
     return { sid, status: typeof status === "string" ? status : "queued" };
   }
 
@@ -52,9 +58,19 @@ export class TwilioRestClient {
         signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (error) {
-      throw new TwilioApiError(`Twilio API unreachable: ${error instanceof Error ? error.message : String(error)}`);
+      const code = (error as { cause?: { code?: string } }).cause?.code;
+      if (code && NOT_SENT.has(code)) throw new TwilioApiError(`Twilio API unreachable: ${code}`);
+      // A timeout or a connection lost after the request went out: Twilio may have acted on it.
+      const reason = error instanceof Error && error.name === "TimeoutError" ? `no answer within ${timeoutMs} ms` : errorText(error);
+      throw new TwilioApiError(`Twilio API did not answer (${reason}); the request may have taken effect`, undefined, true);
     }
-    const text = await res.text().catch(() => "");
+    let text: string;
+    try {
+      text = await res.text();
+    } catch (error) {
+      if (!res.ok) throw new TwilioApiError(`Twilio API answered ${res.status}`, res.status);
+      throw new TwilioApiError(`Twilio API answered ${res.status} but its body broke off (${errorText(error)})`, undefined, true);
+    }
     if (!res.ok) throw new TwilioApiError(`Twilio API answered ${res.status}: ${twilioReason(text)}`, res.status);
     try {
       return text ? JSON.parse(text) : undefined;

@@ -25,11 +25,12 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
     }
     const form = new URLSearchParams(body.toString("utf8"));
     if (config.validateSignature) {
-      const url = webhookUrl(req, config.publicStreamUrl);
-      const signature = req.headers["x-twilio-signature"];
-      if (!validTwilioSignature(config.authToken!, signedPayload(url, form), typeof signature === "string" ? signature : undefined)) {
+      const urls = webhookUrls(req, config.publicStreamUrl);
+      const header = req.headers["x-twilio-signature"];
+      const signature = typeof header === "string" ? header : undefined;
+      if (!urls.some((url) => validTwilioSignature(config.authToken!, signedPayload(url, form), signature))) {
         metrics.voiceWebhooks.inc({ outcome: "bad_signature" });
-        log.warn("voice webhook refused: bad X-Twilio-Signature", { url });
+        log.warn("voice webhook refused: bad X-Twilio-Signature", { urls });
         sendJson(res, 403, { error: "bad X-Twilio-Signature" });
         return;
       }
@@ -62,11 +63,30 @@ export function signedPayload(url: string, form: URLSearchParams): string {
   return url + fields.map(([name, value]) => name + value).join("");
 }
 
-/** The URL Twilio requested: the public origin of TWILIO_STREAM_URL (https) with this path, else built from Host. */
-function webhookUrl(req: IncomingMessage, publicStreamUrl: string | undefined): string {
+/**
+ * The URLs Twilio may have signed (the webhook URL as set on the number, which this side cannot see): this path on
+ * the request's Host and on TWILIO_STREAM_URL's host (the media and the webhook may have different public names),
+ * each with and without the default port, as Twilio's own validators try.
+ */
+function webhookUrls(req: IncomingMessage, publicStreamUrl: string | undefined): string[] {
+  const path = req.url ?? "/";
+  const origins: string[] = [];
+  if (req.headers.host) origins.push(`https://${req.headers.host}`);
   if (publicStreamUrl) {
-    const origin = new URL(publicStreamUrl);
-    return `${origin.protocol === "ws:" ? "http:" : "https:"}//${origin.host}${req.url ?? "/"}`;
+    const stream = new URL(publicStreamUrl);
+    origins.push(`${stream.protocol === "ws:" ? "http:" : "https:"}//${stream.host}`);
   }
-  return `https://${req.headers.host ?? "localhost"}${req.url ?? "/"}`;
+  const urls = new Set<string>();
+  for (const origin of origins) {
+    let url: URL;
+    try {
+      url = new URL(origin);
+    } catch {
+      continue; // a Host header that is no host name
+    }
+    urls.add(`${url.protocol}//${url.host}${path}`);
+    const defaultPort = url.protocol === "https:" ? "443" : "80";
+    urls.add(url.port ? `${url.protocol}//${url.hostname}${path}` : `${url.protocol}//${url.hostname}:${defaultPort}${path}`);
+  }
+  return [...urls];
 }

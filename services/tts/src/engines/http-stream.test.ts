@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { StreamingHttpClient } from "./http-stream.js";
 
 /** A server that answers each connection's `answerFirst` requests and drops the connection on the next one. */
-async function serverDropping(answerFirst: number) {
+async function serverDropping(answerFirst: number, dropAfterMs = 0) {
   const perSocket = new WeakMap<object, number>();
   let connections = 0;
   const server = http.createServer((req, res) => {
@@ -14,7 +14,8 @@ async function serverDropping(answerFirst: number) {
     perSocket.set(req.socket, seen);
     req.resume();
     req.on("end", () => {
-      if (seen > answerFirst) return req.socket.destroy(); // as a server closing an idle keep-alive connection
+      // At once: as a server that had closed an idle keep-alive connection. Later: a failure while it works.
+      if (seen > answerFirst) return void setTimeout(() => req.socket.destroy(), dropAfterMs);
       res.writeHead(200, { "content-type": "audio/basic" });
       res.write(Buffer.alloc(160, 0xff));
       res.end(Buffer.alloc(160, 0x7f));
@@ -69,6 +70,15 @@ describe("StreamingHttpClient", () => {
     expect(await bodyBytes(client, url)).toBe(1600);
     expect(await bodyBytes(client, url)).toBe(1600);
     expect(connections).toBe(1);
+  });
+
+  it("does not send a request again when a kept connection fails only after the server had time to work on it", async () => {
+    const server = await serverDropping(1, 700);
+    const client = new StreamingHttpClient();
+    cleanups.push(() => client.close(), server.close);
+    expect(await bodyBytes(client, server.url)).toBe(320);
+    await expect(bodyBytes(client, server.url)).rejects.toThrow(/socket hang up/);
+    expect(server.connections()).toBe(1);
   });
 
   it("does not send a request twice when a new connection fails", async () => {

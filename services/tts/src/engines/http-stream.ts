@@ -6,9 +6,15 @@
 
 import http from "node:http";
 import https from "node:https";
+import { performance } from "node:perf_hooks";
 
 /** Idle keep-alive connections are closed after this; most API front ends keep theirs longer. */
 const IDLE_SOCKET_MS = 15_000;
+/**
+ * A kept connection the server had closed fails within a round trip of the write; a failure later than this may
+ * come after the server began the (billed) work, so the request is not sent again.
+ */
+const STALE_FAILURE_MS = 500;
 
 export interface StreamingAnswer {
   status: number;
@@ -72,7 +78,9 @@ export class StreamingHttpClient {
         if (answered) return; // the body's reader reports it
         signal.removeEventListener("abort", onAbort);
         if (signal.aborted) return reject(signal.reason);
-        reject(req.reusedSocket && (error as NodeJS.ErrnoException).code === "ECONNRESET" ? new StaleConnectionError(error) : error);
+        const code = (error as NodeJS.ErrnoException).code;
+        const stale = req.reusedSocket && (code === "ECONNRESET" || code === "EPIPE") && performance.now() - sentAt < STALE_FAILURE_MS;
+        reject(stale ? new StaleConnectionError(error) : error);
       });
       req.once("response", (res) => {
         answered = true;
@@ -83,6 +91,7 @@ export class StreamingHttpClient {
         res.once("close", () => signal.removeEventListener("abort", onBodyAbort));
         resolve(answerOf(res, signal));
       });
+      const sentAt = performance.now();
       req.end(body);
     });
   }
