@@ -65,10 +65,6 @@ interface OpenUtterance {
   audio: Int16Array[] | undefined;
   /** Silence into the utterance's silence at which it is recognized early. */
   earlyAtMs: number;
-  /** The silence since the utterance's last speech frame. */
-  silentMs: number;
-  /** Speech heard since the onset run (too little: the utterance will be dropped, nothing is sent early). */
-  speechMs: number;
   early: EarlyFinal | undefined;
   earlyTries: number;
 }
@@ -332,8 +328,6 @@ export class CallSession {
       hints: { mode: hints.mode, phrases: hints.phrases },
       audio: early ? [] : undefined,
       earlyAtMs,
-      silentMs: 0,
-      speechMs: 0,
       early: undefined,
       earlyTries: 0,
     };
@@ -368,20 +362,19 @@ export class CallSession {
   private followSilence(open: OpenUtterance, speech: boolean): void {
     if (!open.audio) return;
     if (speech) {
-      open.silentMs = 0;
-      open.speechMs += FRAME_MS;
       if (open.early) this.dropEarly(open);
       // No tries left: the audio need not be kept twice any more.
       if (open.earlyTries >= MAX_EARLY_FINALS) open.audio = undefined;
       return;
     }
-    const crossed = open.silentMs < open.earlyAtMs && open.silentMs + FRAME_MS >= open.earlyAtMs;
-    open.silentMs += FRAME_MS;
+    // The segmenter has counted this frame already: the early point is crossed by the frame that reaches it.
+    const silentMs = this.segmenter.silenceMs;
+    const crossed = silentMs >= open.earlyAtMs && silentMs - FRAME_MS < open.earlyAtMs;
     if (!crossed || open.early || open.earlyTries >= MAX_EARLY_FINALS || !open.recognizer || open.failed) return;
     const { engine, metrics, log, options } = this.deps;
     // An utterance too short to recognize costs no request; nor does one while the cloud engine is cooling down
     // (the next engine of the list would take it: a local one is not run twice).
-    if (open.speechMs < options.segmenter.minSpeechMs || engine.earlyFinals !== true) return;
+    if (this.segmenter.speechSinceStartMs < options.segmenter.minSpeechMs || engine.earlyFinals !== true) return;
     open.earlyTries++;
     let recognizer: UtteranceRecognizer | undefined;
     try {

@@ -44,6 +44,19 @@ describe("Segmenter", () => {
     expect(s.inUtterance).toBe(false);
   });
 
+  it("tells the silence since the last speech and the speech after the start run of the utterance in progress", () => {
+    const s = new Segmenter(options);
+    expect([s.silenceMs, s.speechSinceStartMs]).toEqual([0, 0]);
+    feed(s, "sss"); // the start run
+    expect([s.silenceMs, s.speechSinceStartMs]).toEqual([0, 0]);
+    feed(s, "ss....", 3);
+    expect([s.silenceMs, s.speechSinceStartMs]).toEqual([80, 40]);
+    feed(s, "s.", 9);
+    expect([s.silenceMs, s.speechSinceStartMs]).toEqual([20, 60]);
+    feed(s, ".".repeat(29), 11); // the minimum silence ends it
+    expect([s.silenceMs, s.speechSinceStartMs]).toEqual([0, 0]);
+  });
+
   it("ignores isolated speech frames shorter than the start run", () => {
     const s = new Segmenter(options);
     expect(feed(s, "ss..s.ss...s.")).toEqual([]);

@@ -88,6 +88,16 @@ export class Segmenter {
     return this.current !== undefined;
   }
 
+  /** Silence since the last speech frame of the utterance in progress (0 between utterances). */
+  get silenceMs(): number {
+    return (this.current?.silenceRun ?? 0) * FRAME_MS;
+  }
+
+  /** Speech of the utterance in progress after the run that started it (0 between utterances). */
+  get speechSinceStartMs(): number {
+    return this.current ? (this.current.speechFrames - this.startFrames) * FRAME_MS : 0;
+  }
+
   /** Changes the silence timeouts of the utterance in progress (hints arrive just after its start). */
   setSilence(minSilenceMs: number, maxSilenceMs: number): void {
     if (!this.current) return;
