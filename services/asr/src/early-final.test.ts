@@ -68,6 +68,18 @@ async function ownedCall(instanceId: string) {
   return { callId, speech, transcripts };
 }
 
+/**
+ * One utterance (400 ms of line noise before it, `silenceMs` after) into a new call owned by `instanceId`, up to its
+ * final: the call and the uploads the fake saw for it.
+ */
+async function speakUntilFinal(instanceId: string, pcm: Int16Array, silenceMs = 1200) {
+  const call = await ownedCall(instanceId);
+  const uploadsBefore = openai.transcriptions.length;
+  await streamAudio(bus, call.callId, utteranceFrames(pcm, 400, silenceMs), 0);
+  await waitFor(() => call.transcripts.some((t) => t.isFinal), { what: "the final" });
+  return { call, uploads: openai.transcriptions.slice(uploadsBefore) };
+}
+
 /** When the asr decided the utterance was over: its STOPPED names the caller's last speech, the endpoint is later. */
 function endpointAt(call: { speech: SpeechActivity[] }): number {
   const stopped = call.speech.find((s) => s.kind === SpeechActivity_Kind.KIND_STOPPED);
@@ -114,12 +126,8 @@ describe("early finals (ASR_EARLY_FINAL_LEAD_MS)", () => {
   it("uploads during the endpoint silence and publishes that result at the endpoint, with no second upload", async () => {
     const speech = await synthesizeTo8kPcm("order status", "slt");
     const usedBefore = await early("used");
-    const call = await ownedCall("asr-early");
-    const uploadsBefore = openai.transcriptions.length;
-    await streamAudio(bus, call.callId, utteranceFrames(speech, 400, 1200), 0);
-    await waitFor(() => call.transcripts.some((t) => t.isFinal), { what: "the final" });
+    const { call, uploads } = await speakUntilFinal("asr-early", speech);
 
-    const uploads = openai.transcriptions.slice(uploadsBefore);
     expect(uploads).toHaveLength(1);
     // The upload went out while the caller was still inside the endpoint silence (200 ms into its 600).
     expect(uploads[0].request.at).toBeLessThan(endpointAt(call) - 100);
@@ -141,12 +149,8 @@ describe("early finals (ASR_EARLY_FINAL_LEAD_MS)", () => {
     pcm.set(second, first.length + pause);
     const usedBefore = await early("used");
     const discardedBefore = await early("discarded");
-    const call = await ownedCall("asr-early");
-    const uploadsBefore = openai.transcriptions.length;
-    await streamAudio(bus, call.callId, utteranceFrames(pcm, 400, 1200), 0);
-    await waitFor(() => call.transcripts.some((t) => t.isFinal), { what: "the final" });
+    const { call, uploads } = await speakUntilFinal("asr-early", pcm);
 
-    const uploads = openai.transcriptions.slice(uploadsBefore);
     expect(uploads).toHaveLength(2);
     expect(uploads[1].file.wav.dataBytes).toBeGreaterThan(uploads[0].file.wav.dataBytes + second.length * 2);
     const finals = call.transcripts.filter((t) => t.isFinal);
@@ -161,18 +165,14 @@ describe("early finals (ASR_EARLY_FINAL_LEAD_MS)", () => {
 
   it("recognizes again at the endpoint when the early upload fails", async () => {
     const speech = await synthesizeTo8kPcm("agent please", "kal");
-    let uploads = 0;
-    answer = (request) => (++uploads === 1 ? { status: 400, message: "bad early request" } : byLength(request));
+    let answered = 0;
+    answer = (request) => (++answered === 1 ? { status: 400, message: "bad early request" } : byLength(request));
     const failedBefore = await early("failed");
-    const call = await ownedCall("asr-early");
-    const uploadsBefore = openai.transcriptions.length;
-    await streamAudio(bus, call.callId, utteranceFrames(speech, 400, 1200), 0);
-    await waitFor(() => call.transcripts.some((t) => t.isFinal), { what: "the final" });
+    const { call, uploads } = await speakUntilFinal("asr-early", speech);
 
-    const sent = openai.transcriptions.slice(uploadsBefore);
-    expect(sent).toHaveLength(2);
+    expect(uploads).toHaveLength(2);
     const final = call.transcripts.find((t) => t.isFinal)!;
-    expect(final.text).toBe(`bytes ${sent[1].file.wav.dataBytes}`);
+    expect(final.text).toBe(`bytes ${uploads[1].file.wav.dataBytes}`);
     expect((await early("failed")) - failedBefore).toBe(1);
     await store.endCall(call.callId, "test");
   });
@@ -185,12 +185,9 @@ describe("early finals (ASR_EARLY_FINAL_LEAD_MS)", () => {
       return { status: 400, message: "late failure" };
     };
     const failedBefore = await early("failed");
-    const call = await ownedCall("asr-early");
-    const uploadsBefore = openai.transcriptions.length;
-    await streamAudio(bus, call.callId, utteranceFrames(speech, 400, 1500), 0);
-    await waitFor(() => call.transcripts.some((t) => t.isFinal), { what: "the final" });
+    const { call, uploads } = await speakUntilFinal("asr-early", speech, 1500);
 
-    expect(openai.transcriptions.length - uploadsBefore).toBe(1);
+    expect(uploads).toHaveLength(1);
     expect(call.transcripts.find((t) => t.isFinal)!.text).toBe("");
     expect((await early("failed")) - failedBefore).toBe(1);
     await store.endCall(call.callId, "test");
@@ -222,11 +219,7 @@ describe("early finals off (ASR_EARLY_FINAL_LEAD_MS=0)", () => {
 
   it("uploads once, after the endpoint", async () => {
     const speech = await synthesizeTo8kPcm("order status", "slt");
-    const call = await ownedCall("asr-no-early");
-    const uploadsBefore = openai.transcriptions.length;
-    await streamAudio(bus, call.callId, utteranceFrames(speech, 400, 1200), 0);
-    await waitFor(() => call.transcripts.some((t) => t.isFinal), { what: "the final" });
-    const uploads = openai.transcriptions.slice(uploadsBefore);
+    const { call, uploads } = await speakUntilFinal("asr-no-early", speech);
     expect(uploads).toHaveLength(1);
     // One frame of slack: the endpoint is counted in whole frames from the last speech frame.
     expect(uploads[0].request.at).toBeGreaterThanOrEqual(endpointAt(call) - 20);
