@@ -37,13 +37,13 @@ export class MemoryAudioCache {
   /** Frees the entries past their age that no read has dropped yet (so the bytes reported are bytes in use). */
   dropExpired(): void {
     const now = this.now();
-    for (const [key, entry] of this.entries) if (now - entry.at > this.maxAgeMs) this.delete(key);
+    for (const [key, entry] of this.entries) if (this.expired(entry, now)) this.delete(key);
   }
 
   get(key: string): Buffer | undefined {
     const entry = this.entries.get(key);
     if (!entry) return undefined;
-    if (this.now() - entry.at > this.maxAgeMs) {
+    if (this.expired(entry, this.now())) {
       this.delete(key);
       return undefined;
     }
@@ -62,11 +62,14 @@ export class MemoryAudioCache {
     audio.copy(own);
     this.entries.set(key, { audio: own, at: this.now() });
     this.total += audio.length;
-    for (const [oldest, entry] of this.entries) {
+    for (const oldest of this.entries.keys()) {
       if (this.total <= this.maxBytes) break;
-      this.entries.delete(oldest);
-      this.total -= entry.audio.length;
+      this.delete(oldest);
     }
+  }
+
+  private expired(entry: Entry, now: number): boolean {
+    return now - entry.at > this.maxAgeMs;
   }
 
   private delete(key: string): void {
