@@ -64,7 +64,7 @@ export class TtsMetrics {
     });
     this.engineErrors = new Counter({
       name: "voicebot_tts_engine_errors_total",
-      help: "Engine failures, before audio (failover), after audio began (chunk cut short), or of a cache prefetch",
+      help: "Engine failures, before audio (failover), after audio began (chunk cut short), of a cache prefetch, or of a keep-warm request",
       labelNames: ["engine", "phase"],
       registers,
     });

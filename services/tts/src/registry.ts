@@ -9,7 +9,13 @@ import { FallbackEngine, type FallbackOptions } from "./fallback.js";
 export interface EngineEntry {
   /** Voice used when TTS_VOICE and the request name none. */
   defaultVoice: string;
-  create(voice: string): TtsEngine;
+  create(voice: string, events?: EngineEvents): TtsEngine;
+}
+
+/** What an engine reports outside a synthesis. */
+export interface EngineEvents {
+  /** A cloud engine's keep-warm request failed (engine label, redacted error). */
+  onKeepWarmFailure?: (engine: string, error: string) => void;
 }
 
 /**
@@ -35,7 +41,11 @@ export const defaultEngines = {
   elevenlabs: {
     configure(env: EnvReader): EngineEntry {
       const { voiceId, ...options } = readElevenLabsConfig(env);
-      return { defaultVoice: voiceId, create: (chosen) => new ElevenLabsEngine({ ...options, voiceId: chosen }) };
+      return {
+        defaultVoice: voiceId,
+        create: (chosen, events) =>
+          new ElevenLabsEngine({ ...options, voiceId: chosen, onKeepWarmFailure: (error) => events?.onKeepWarmFailure?.("elevenlabs", error) }),
+      };
     },
   },
 } satisfies EngineRegistry;
@@ -68,9 +78,10 @@ export function readEngineSettings(env: EnvReader, registry: EngineRegistry = de
 }
 
 /** The configured engines in failover order, behind one TtsEngine. */
-export function createEngine(settings: EngineSettings, events: Omit<FallbackOptions, "stallMs"> = {}): FallbackEngine {
-  const engines = settings.entries.map((entry, index) => entry.create(index === 0 ? settings.voice : entry.defaultVoice));
-  return new FallbackEngine(engines, { ...events, stallMs: settings.stallMs });
+export function createEngine(settings: EngineSettings, events: Omit<FallbackOptions, "stallMs"> & EngineEvents = {}): FallbackEngine {
+  const { onKeepWarmFailure, ...fallback } = events;
+  const engines = settings.entries.map((entry, index) => entry.create(index === 0 ? settings.voice : entry.defaultVoice, { onKeepWarmFailure }));
+  return new FallbackEngine(engines, { ...fallback, stallMs: settings.stallMs });
 }
 
 /** The engine a tts replica would use with this environment (for end-to-end tests that pick engines by env). */

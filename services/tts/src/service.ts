@@ -90,6 +90,10 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
       metrics.engineErrors.inc({ engine: failed.label, phase: "before_audio" });
       log.warn("tts engine failed; trying the next one", { engine: failed.label, reason, error });
     },
+    onKeepWarmFailure: (label, error) => {
+      metrics.engineErrors.inc({ engine: label, phase: "keep_warm" });
+      log.warn("tts engine keep-warm request failed; the next sentence opens its own connection", { engine: label, error });
+    },
   });
   const speaker = new Speaker({
     bus,

@@ -117,6 +117,12 @@ export async function startFakeElevenLabs(options: FakeElevenLabsOptions = {}): 
       const missing = req.headers["xi-api-key"] === undefined;
       return sendDetail(res, 401, missing ? "needs_authorization" : "invalid_api_key", missing ? "Missing xi-api-key header." : "Invalid API key");
     }
+    if (request.method === "GET" && request.path === "/v1/models") {
+      // The real list has many more fields per model; clients (and the tts's keep-warm) read only what they need.
+      const list = (models ?? ELEVENLABS_MODELS).map((id) => ({ model_id: id, name: id, can_do_text_to_speech: true }));
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(list));
+      return;
+    }
     const match = request.method === "POST" ? SPEECH_PATH.exec(request.path) : null;
     if (!match) return sendDetail(res, 404, "not_found", `Not Found: ${request.method} ${request.path}`);
     const parsed = parseSpeechRequest(request, decodeURIComponent(match[1]), Boolean(match[2]), models, options.voices ?? null);

@@ -219,10 +219,40 @@ describe("ElevenLabsEngine against a fake ElevenLabs API", () => {
     expect(await fake.speeches.at(-1)!.delivery.ended).toBe("cut");
   });
 
-  it("warms up without calling the API", async () => {
-    const before = fake.requests.length;
-    await engine().warmUp();
-    expect(fake.requests.length).toBe(before);
+});
+
+describe("ElevenLabsEngine keep-warm", () => {
+  it("warms up without a synthesis: one free GET /v1/models opens a connection for the first sentence (none with keep-warm off)", async () => {
+    await using fake = await startFakeElevenLabs({ apiKey: API_KEY });
+    const warmed = new ElevenLabsEngine({ apiKey: API_KEY, baseUrl: fake.baseUrl });
+    const off = new ElevenLabsEngine({ apiKey: API_KEY, baseUrl: fake.baseUrl, keepWarmMs: 0 });
+    try {
+      await off.warmUp();
+      await warmed.warmUp();
+      await waitFor(() => fake.requests.length === 1, { timeoutMs: 2_000 });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(fake.requests).toHaveLength(1);
+      expect(fake.requests[0]).toMatchObject({ method: "GET", path: "/v1/models" });
+      expect(fake.requests[0].headers["xi-api-key"]).toBe(API_KEY);
+      expect(fake.speeches).toHaveLength(0);
+      expect(warmed.keepWarmRequests).toEqual({ sent: 1, failed: 0 });
+    } finally {
+      await Promise.all([warmed.close(), off.close()]);
+    }
+  });
+
+  it("reports a keep-warm request that gets no answer, without the key", async () => {
+    const port = await freePort();
+    const failures: string[] = [];
+    const unreachable = new ElevenLabsEngine({ apiKey: API_KEY, baseUrl: `http://127.0.0.1:${port}`, onKeepWarmFailure: (error) => failures.push(error) });
+    try {
+      await unreachable.warmUp();
+      await waitFor(() => failures.length === 1, { timeoutMs: 2_000 });
+      expect(failures[0]).toMatch(/^elevenlabs: connect ECONNREFUSED 127\.0\.0\.1:\d+/);
+      expect(failures[0]).not.toContain(API_KEY);
+    } finally {
+      await unreachable.close();
+    }
   });
 });
 
@@ -239,8 +269,10 @@ describe("readElevenLabsConfig", () => {
       model: "eleven_flash_v2_5",
       voiceId: ELEVENLABS_DEFAULT_VOICE_ID,
       outputFormat: "ulaw_8000",
+      keepWarmMs: 300_000,
     });
     env.done();
+    expect(readElevenLabsConfig(new EnvReader({ ELEVENLABS_API_KEY: API_KEY, ELEVENLABS_KEEP_WARM_S: "0" })).keepWarmMs).toBe(0);
 
     const bad = new EnvReader({ ELEVENLABS_API_KEY: API_KEY, ELEVENLABS_OUTPUT_FORMAT: "mp3_44100_128", ELEVENLABS_VOICE_SETTINGS: "[1]" });
     readElevenLabsConfig(bad);

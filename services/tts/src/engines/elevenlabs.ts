@@ -37,6 +37,8 @@ export type ElevenLabsOutputFormat = keyof typeof ELEVENLABS_OUTPUT_FORMATS;
 
 /** Text per request: the smallest per-request limit of the current models (multilingual v2: 10,000; flash: 40,000). */
 const MAX_TEXT_CHARS = 5000;
+/** ELEVENLABS_KEEP_WARM_S default: a connection stays open through the pauses of a call and between calls. */
+const DEFAULT_KEEP_WARM_MS = 300_000;
 /** voice_settings.speed range. */
 const MIN_SPEED = 0.7;
 const MAX_SPEED = 1.2;
@@ -55,6 +57,10 @@ export interface ElevenLabsEngineOptions {
   voiceSettings?: Record<string, unknown>;
   /** Longest wait for the response headers (default 15 s); the FallbackEngine usually gives up sooner. */
   timeoutMs?: number;
+  /** Keep a connection to the API open for this long after the last sentence (default 5 min; 0 = off). */
+  keepWarmMs?: number;
+  /** A keep-warm request (GET /v1/models) failed. */
+  onKeepWarmFailure?: (error: string) => void;
 }
 
 export class ElevenLabsEngine implements TtsEngine {
@@ -69,7 +75,7 @@ export class ElevenLabsEngine implements TtsEngine {
   private readonly voiceSettings: Record<string, unknown> | undefined;
   private readonly timeoutMs: number;
   private readonly inFlight = new Set<AbortController>();
-  private readonly http = new StreamingHttpClient();
+  private readonly http: StreamingHttpClient;
   private closed = false;
 
   constructor(options: ElevenLabsEngineOptions) {
@@ -83,12 +89,26 @@ export class ElevenLabsEngine implements TtsEngine {
     this.voiceSettings = options.voiceSettings;
     this.timeoutMs = options.timeoutMs ?? 15_000;
     this.variant = JSON.stringify([this.baseUrl, this.model, this.outputFormat, this.voiceSettings ?? {}]);
+    const apiKey = this.apiKey;
+    this.http = new StreamingHttpClient({
+      url: new URL(`${this.baseUrl}/v1/models`),
+      headers: { "xi-api-key": apiKey, accept: "application/json" },
+      forMs: options.keepWarmMs ?? DEFAULT_KEEP_WARM_MS,
+      onFailure: (error) => options.onKeepWarmFailure?.(`elevenlabs: ${redact(causes(error), apiKey)}`),
+    });
   }
 
   /** Configuration was checked when the engine was made; a synthesis costs characters, and readiness must not
    *  depend on a third party being up (the FallbackEngine covers an outage per chunk). */
   async warmUp(): Promise<void> {
     if (this.closed) throw new Error("elevenlabs engine is closed");
+    // A connection for the first sentence, opened in the background (its failure is reported, not fatal).
+    this.http.warm();
+  }
+
+  /** Keep-warm requests sent and failed (tests). */
+  get keepWarmRequests(): { sent: number; failed: number } {
+    return this.http.warmUps;
   }
 
   async *synthesize(req: SynthesisRequest): AsyncGenerator<Int16Array, void, undefined> {
@@ -189,7 +209,7 @@ export interface ElevenLabsEngineConfig extends ElevenLabsEngineOptions {
 /**
  * ELEVENLABS_* settings, read only when TTS_ENGINES lists elevenlabs: ELEVENLABS_API_KEY (required),
  * ELEVENLABS_BASE_URL, ELEVENLABS_MODEL, ELEVENLABS_VOICE_ID, ELEVENLABS_OUTPUT_FORMAT, ELEVENLABS_VOICE_SETTINGS
- * (a JSON object), ELEVENLABS_TIMEOUT_MS.
+ * (a JSON object), ELEVENLABS_TIMEOUT_MS, ELEVENLABS_KEEP_WARM_S.
  */
 export function readElevenLabsConfig(env: EnvReader): ElevenLabsEngineConfig {
   const apiKey = env.optional("ELEVENLABS_API_KEY") ?? "";
@@ -214,5 +234,6 @@ export function readElevenLabsConfig(env: EnvReader): ElevenLabsEngineConfig {
     outputFormat: env.oneOf("ELEVENLABS_OUTPUT_FORMAT", formats, "ulaw_8000"),
     voiceSettings,
     timeoutMs: env.int("ELEVENLABS_TIMEOUT_MS", 15_000, { min: 100, max: 120_000 }),
+    keepWarmMs: env.int("ELEVENLABS_KEEP_WARM_S", DEFAULT_KEEP_WARM_MS / 1000, { min: 0, max: 86_400 }) * 1000,
   };
 }

@@ -89,3 +89,140 @@ describe("StreamingHttpClient", () => {
     expect(server.connections()).toBe(1);
   });
 });
+
+/** A server that drops idle connections after `idleMs` (as API front ends do) and notes each request's place on its connection. */
+async function serverClosingIdle(idleMs: number, options: { warmStatus?: number; closeAfterWarm?: boolean } = {}) {
+  const perSocket = new WeakMap<object, number>();
+  const requests: Array<{ method: string; path: string; nthOnConnection: number }> = [];
+  let connections = 0;
+  const server = http.createServer((req, res) => {
+    const nth = (perSocket.get(req.socket) ?? 0) + 1;
+    perSocket.set(req.socket, nth);
+    requests.push({ method: req.method ?? "", path: req.url ?? "", nthOnConnection: nth });
+    req.resume();
+    req.on("end", () => {
+      if (req.method === "GET") {
+        const headers: Record<string, string> = { "content-type": "application/json" };
+        if (options.closeAfterWarm) headers.connection = "close";
+        res.writeHead(options.warmStatus ?? 200, headers).end("[]");
+        return;
+      }
+      res.writeHead(200, { "content-type": "audio/basic" }).end(Buffer.alloc(160, 0xff));
+    });
+  });
+  server.keepAliveTimeout = idleMs;
+  server.on("connection", () => connections++);
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return {
+    speakUrl: new URL(`${base}/v1/speak`),
+    warmUrl: new URL(`${base}/v1/models`),
+    requests,
+    connections: () => connections,
+    close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
+  };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe("StreamingHttpClient keep-warm", () => {
+  const cleanups: Array<() => unknown> = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0)) await cleanup();
+  });
+
+  it("opens a new connection when the server drops the idle one, so the next request needs no handshake", async () => {
+    // The server keeps idle connections 2.5 s and says "Keep-Alive: timeout=2"; Node's agent closes its side 1 s
+    // before that, at ~1 s: a GET opens a new connection at once, which the second request finds.
+    const server = await serverClosingIdle(2_500);
+    const client = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs: 60_000 });
+    cleanups.push(() => client.close(), server.close);
+    expect(await bodyBytes(client, server.speakUrl)).toBe(160);
+    await sleep(1_500);
+    const speaks = () => server.requests.filter((r) => r.method === "POST");
+    expect(await bodyBytes(client, server.speakUrl)).toBe(160);
+    // The second sentence went out on a connection a keep-warm GET had opened before it.
+    expect(speaks()[1].nthOnConnection).toBeGreaterThan(1);
+    expect(server.requests.filter((r) => r.method === "GET" && r.path === "/v1/models")).toHaveLength(1);
+    expect(client.warmUps.failed).toBe(0);
+  });
+
+  it("warm() opens a connection before the first request; without keep-warm the request makes its own", async () => {
+    const server = await serverClosingIdle(5_000);
+    const warmed = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs: 60_000 });
+    const plain = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs: 0 });
+    cleanups.push(() => warmed.close(), () => plain.close(), server.close);
+    warmed.warm();
+    plain.warm();
+    await sleep(100);
+    expect(await bodyBytes(warmed, server.speakUrl)).toBe(160);
+    expect(await bodyBytes(plain, server.speakUrl)).toBe(160);
+    const [first, second] = server.requests.filter((r) => r.method === "POST");
+    expect(first.nthOnConnection).toBe(2);
+    expect(second.nthOnConnection).toBe(1);
+    expect(server.requests.filter((r) => r.method === "GET")).toHaveLength(1);
+  });
+
+  it("stops keeping a connection once the engine has been unused for its window", async () => {
+    const server = await serverClosingIdle(100);
+    const client = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs: 300 });
+    cleanups.push(() => client.close(), server.close);
+    expect(await bodyBytes(client, server.speakUrl)).toBe(160);
+    await sleep(700);
+    const connections = server.connections();
+    await sleep(600);
+    expect(server.connections()).toBe(connections);
+    expect(client.warmUps.sent).toBeLessThanOrEqual(4);
+  });
+
+  it("keeps a connection warm with a refused GET too, and reports a GET that gets no answer", async () => {
+    const server = await serverClosingIdle(2_500, { warmStatus: 401 });
+    const failures: string[] = [];
+    const client = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs: 60_000, onFailure: (error) => failures.push(error.message) });
+    cleanups.push(() => client.close(), server.close);
+    expect(await bodyBytes(client, server.speakUrl)).toBe(160);
+    await sleep(1_500);
+    expect(await bodyBytes(client, server.speakUrl)).toBe(160);
+    expect(server.requests.filter((r) => r.method === "POST")[1].nthOnConnection).toBeGreaterThan(1);
+    expect(failures).toEqual([]);
+
+    const port = Number(server.warmUrl.port);
+    client.close();
+    await server.close();
+    const gone = new StreamingHttpClient({ url: new URL(`http://127.0.0.1:${port}/v1/models`), headers: {}, forMs: 60_000, onFailure: (error) => failures.push(error.message) });
+    cleanups.push(() => gone.close());
+    gone.warm();
+    await sleep(300);
+    expect(failures).toEqual([expect.stringMatching(/ECONNREFUSED/)]);
+    expect(gone.warmUps).toEqual({ sent: 1, failed: 1 });
+  });
+
+  it("does not chase a server that closes every connection after its answer", async () => {
+    const server = await serverClosingIdle(100, { closeAfterWarm: true });
+    const client = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs: 60_000 });
+    cleanups.push(() => client.close(), server.close);
+    expect(await bodyBytes(client, server.speakUrl)).toBe(160);
+    await sleep(1_500);
+    expect(client.warmUps.sent).toBe(1);
+  });
+});
+
+describe("StreamingHttpClient keep-warm pool size", () => {
+  it("keeps as many connections as concurrent sentences used (up to 4), each replaced when the server drops it", async () => {
+    const server = await serverClosingIdle(2_500);
+    const client = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs: 60_000 });
+    try {
+      // Three sentences at once: three connections.
+      await Promise.all([1, 2, 3].map(() => bodyBytes(client, server.speakUrl)));
+      expect(server.connections()).toBe(3);
+      await sleep(1_500); // all three dropped at ~1 s, each replaced by a GET on a new connection
+      await Promise.all([1, 2, 3].map(() => bodyBytes(client, server.speakUrl)));
+      const speaks = server.requests.filter((r) => r.method === "POST");
+      expect(speaks.slice(3).map((r) => r.nthOnConnection)).toEqual([2, 2, 2]);
+      expect(client.warmUps).toEqual({ sent: 3, failed: 0 });
+    } finally {
+      client.close();
+      await server.close();
+    }
+  });
+});

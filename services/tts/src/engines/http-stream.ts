@@ -6,6 +6,7 @@
 
 import http from "node:http";
 import https from "node:https";
+import type net from "node:net";
 import { performance } from "node:perf_hooks";
 
 /** Idle keep-alive connections are closed after this; most API front ends keep theirs longer. */
@@ -35,14 +36,69 @@ export interface StreamingPost {
   signal: AbortSignal;
 }
 
+/**
+ * Keeps the engine's connections open while it is in use. API front ends close idle connections (Node's own server
+ * after 5 s, load balancers after a minute or more); a sentence that finds none idle pays a TCP and TLS handshake
+ * (several round trips to a cloud API) before its request goes out. So when a connection closes within the window
+ * after a request, free GETs on the same origin bring the pool back to the most connections the engine had open at
+ * once in that window (up to MAX_KEPT_CONNECTIONS); they go out together, so each one that finds no idle
+ * connection opens a new one, which then waits in the pool.
+ */
+export interface KeepWarm {
+  /** A GET that costs nothing (ElevenLabs: /v1/models); its answer, whatever its status, is read and dropped. */
+  url: URL;
+  headers: Record<string, string>;
+  /** Connections are kept open for this long after the last request (or after warm()), in ms. */
+  forMs: number;
+  /** A warm-up GET got no answer (the next request simply opens its own connection). */
+  onFailure?: (error: Error) => void;
+}
+
+/** Most connections kept open by warm-up GETs (more concurrent sentences open their own). */
+const MAX_KEPT_CONNECTIONS = 4;
+/** At most this many warm-up GETs per second (a server that drops connections at once is not chased). */
+const MAX_WARM_UPS_PER_SECOND = MAX_KEPT_CONNECTIONS;
+const WARM_TIMEOUT_MS = 10_000;
+
 /** One keep-alive connection pool per engine; `post` resolves once the answer's headers are in. */
 export class StreamingHttpClient {
   private readonly agents = {
     "http:": new http.Agent({ keepAlive: true, timeout: IDLE_SOCKET_MS, scheduling: "lifo" }),
     "https:": new https.Agent({ keepAlive: true, timeout: IDLE_SOCKET_MS, scheduling: "lifo" }),
   };
+  /** Until when connections are kept open (performance.now()). */
+  private warmUntil = -Infinity;
+  /** The most connections open at once in the current window: the pool size to keep. */
+  private peakOpen = 0;
+  /** Start of the current one-second rate window, and the warm-up GETs sent in it. */
+  private rateWindowAt = -Infinity;
+  private sentInWindow = 0;
+  private topUpTimer: NodeJS.Timeout | NodeJS.Immediate | undefined;
+  private closed = false;
+  private readonly watched = new WeakSet<net.Socket>();
+  /** Warm-up GETs sent, and how many got no answer (for tests and the benchmark). */
+  readonly warmUps = { sent: 0, failed: 0 };
+
+  constructor(private readonly keepWarm?: KeepWarm) {}
+
+  private get keepsWarm(): boolean {
+    return this.keepWarm !== undefined && this.keepWarm.forMs > 0 && !this.closed;
+  }
+
+  private get inWindow(): boolean {
+    return this.keepsWarm && performance.now() <= this.warmUntil;
+  }
+
+  /** Opens a connection now unless one is open, and keeps connections open for `forMs` (a replica starting up). */
+  warm(): void {
+    if (!this.keepsWarm) return;
+    this.extendWindow();
+    this.peakOpen = Math.max(this.peakOpen, 1);
+    this.topUp();
+  }
 
   async post(url: URL, request: StreamingPost): Promise<StreamingAnswer> {
+    if (this.keepsWarm) this.extendWindow();
     try {
       return await this.send(url, request);
     } catch (error) {
@@ -54,8 +110,93 @@ export class StreamingHttpClient {
   }
 
   close(): void {
+    this.closed = true;
+    clearTimeout(this.topUpTimer as NodeJS.Timeout);
+    clearImmediate(this.topUpTimer as NodeJS.Immediate);
     this.agents["http:"].destroy();
     this.agents["https:"].destroy();
+  }
+
+  private agentOf(url: URL): http.Agent {
+    return this.agents[url.protocol === "https:" ? "https:" : "http:"];
+  }
+
+  private extendWindow(): void {
+    // A new window starts from what is open now, not from an old burst.
+    if (performance.now() > this.warmUntil) this.peakOpen = 0;
+    this.warmUntil = performance.now() + this.keepWarm!.forMs;
+  }
+
+  /** Connections of the keep-warm origin's agent: in use (warm-up GETs included) and idle. */
+  private connections(): { busy: number; idle: number } {
+    const agent = this.agentOf(this.keepWarm!.url);
+    const count = (pool: NodeJS.ReadOnlyDict<net.Socket[]>) => {
+      let n = 0;
+      for (const list of Object.values(pool)) for (const socket of list ?? []) if (!socket.destroyed) n++;
+      return n;
+    };
+    return { busy: count(agent.sockets), idle: count(agent.freeSockets) };
+  }
+
+  /** Every connection the pool makes is counted and watched for its close (once). */
+  private watch(socket: net.Socket): void {
+    if (!this.keepsWarm || this.watched.has(socket)) return;
+    this.watched.add(socket);
+    const { busy, idle } = this.connections();
+    this.peakOpen = Math.max(this.peakOpen, Math.min(MAX_KEPT_CONNECTIONS, busy + idle));
+    socket.once("close", () => {
+      // Closes of one burst come together: top up once after them.
+      if (this.inWindow && !this.topUpTimer) this.topUpTimer = setImmediate(() => this.topUp());
+    });
+  }
+
+  /**
+   * Sends warm-up GETs, all at once, for the connections missing from the pool: each GET takes an idle connection
+   * or, when none is left, opens one, so the pool ends with `peakOpen` connections.
+   */
+  private topUp(): void {
+    this.topUpTimer = undefined;
+    if (!this.inWindow) return;
+    const { busy, idle } = this.connections();
+    const missing = this.peakOpen - busy - idle;
+    if (missing <= 0) return;
+    const now = performance.now();
+    if (now - this.rateWindowAt >= 1_000) {
+      this.rateWindowAt = now;
+      this.sentInWindow = 0;
+    }
+    const allowed = MAX_WARM_UPS_PER_SECOND - this.sentInWindow;
+    if (allowed < idle + missing) {
+      // Over the rate: the whole top-up waits for the next second (a partial one would only reuse idle connections).
+      this.topUpTimer = setTimeout(() => this.topUp(), this.rateWindowAt + 1_000 - now);
+      this.topUpTimer.unref();
+      return;
+    }
+    this.sentInWindow += idle + missing;
+    for (let i = 0; i < idle + missing; i++) this.sendWarmUp();
+  }
+
+  private sendWarmUp(): void {
+    const { url, headers, onFailure } = this.keepWarm!;
+    this.warmUps.sent++;
+    const transport = url.protocol === "https:" ? https : http;
+    const req = transport.request(url, { method: "GET", agent: this.agentOf(url), headers, timeout: WARM_TIMEOUT_MS });
+    req.once("socket", (socket) => this.watch(socket));
+    req.once("timeout", () => req.destroy(new Error(`no answer within ${WARM_TIMEOUT_MS} ms`)));
+    req.once("error", (error) => {
+      if (this.closed) return;
+      // Not again until the next request: an unreachable API must not be probed (and logged) in a loop.
+      this.warmUntil = -Infinity;
+      this.warmUps.failed++;
+      onFailure?.(error);
+    });
+    req.once("response", (res) => {
+      // A server that closes every connection after its answer cannot be kept warm: stop until the next request.
+      if (res.headers.connection?.toLowerCase() === "close") this.warmUntil = -Infinity;
+      // Any answer will do, a refusal too (a key scoped to speech only may not list models): the connection is open.
+      res.resume();
+    });
+    req.end();
   }
 
   private send(url: URL, { headers, body, signal }: StreamingPost): Promise<StreamingAnswer> {
@@ -68,6 +209,7 @@ export class StreamingHttpClient {
         agent: this.agents[protocol],
         headers: { ...headers, "content-length": String(Buffer.byteLength(body)) },
       });
+      req.once("socket", (socket) => this.watch(socket));
       let answered = false;
       const onAbort = () => {
         req.destroy();
