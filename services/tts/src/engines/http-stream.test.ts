@@ -34,11 +34,12 @@ async function bodyBytes(client: StreamingHttpClient, url: URL): Promise<number>
   return bytes;
 }
 
+const cleanups: Array<() => unknown> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0)) await cleanup();
+});
+
 describe("StreamingHttpClient", () => {
-  const cleanups: Array<() => unknown> = [];
-  afterEach(async () => {
-    for (const cleanup of cleanups.splice(0)) await cleanup();
-  });
 
   it("keeps the connection for the next request, and sends a request again on a new one when a kept connection was closed", async () => {
     const server = await serverDropping(1);
@@ -91,6 +92,8 @@ describe("StreamingHttpClient", () => {
 });
 
 /** A server that drops idle connections after `idleMs` (as API front ends do) and notes each request's place on its connection. */
+type IdleServer = Awaited<ReturnType<typeof serverClosingIdle>>;
+
 async function serverClosingIdle(idleMs: number, options: { warmStatus?: number; closeAfterWarm?: boolean } = {}) {
   const perSocket = new WeakMap<object, number>();
   const requests: Array<{ method: string; path: string; nthOnConnection: number }> = [];
@@ -119,24 +122,28 @@ async function serverClosingIdle(idleMs: number, options: { warmStatus?: number;
     warmUrl: new URL(`${base}/v1/models`),
     requests,
     connections: () => connections,
-    close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
+    close: () => {
+      server.closeAllConnections();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
   };
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-describe("StreamingHttpClient keep-warm", () => {
-  const cleanups: Array<() => unknown> = [];
-  afterEach(async () => {
-    for (const cleanup of cleanups.splice(0)) await cleanup();
-  });
+/** A keep-warm client of `server`; both are closed after the test. */
+function keepWarmClient(server: IdleServer, forMs = 60_000, onFailure?: (error: Error) => void): StreamingHttpClient {
+  const client = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs, onFailure });
+  cleanups.push(() => client.close(), server.close);
+  return client;
+}
 
+describe("StreamingHttpClient keep-warm", () => {
   it("opens a new connection when the server drops the idle one, so the next request needs no handshake", async () => {
     // The server keeps idle connections 2.5 s and says "Keep-Alive: timeout=2"; Node's agent closes its side 1 s
     // before that, at ~1 s: a GET opens a new connection at once, which the second request finds.
     const server = await serverClosingIdle(2_500);
-    const client = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs: 60_000 });
-    cleanups.push(() => client.close(), server.close);
+    const client = keepWarmClient(server);
     expect(await bodyBytes(client, server.speakUrl)).toBe(160);
     await sleep(1_500);
     const speaks = () => server.requests.filter((r) => r.method === "POST");
@@ -165,8 +172,7 @@ describe("StreamingHttpClient keep-warm", () => {
 
   it("stops keeping a connection once the engine has been unused for its window", async () => {
     const server = await serverClosingIdle(100);
-    const client = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs: 300 });
-    cleanups.push(() => client.close(), server.close);
+    const client = keepWarmClient(server, 300);
     expect(await bodyBytes(client, server.speakUrl)).toBe(160);
     await sleep(700);
     const connections = server.connections();
@@ -178,8 +184,7 @@ describe("StreamingHttpClient keep-warm", () => {
   it("keeps a connection warm with a refused GET too, and reports a GET that gets no answer", async () => {
     const server = await serverClosingIdle(2_500, { warmStatus: 401 });
     const failures: string[] = [];
-    const client = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs: 60_000, onFailure: (error) => failures.push(error.message) });
-    cleanups.push(() => client.close(), server.close);
+    const client = keepWarmClient(server, 60_000, (error) => failures.push(error.message));
     expect(await bodyBytes(client, server.speakUrl)).toBe(160);
     await sleep(1_500);
     expect(await bodyBytes(client, server.speakUrl)).toBe(160);
@@ -189,7 +194,12 @@ describe("StreamingHttpClient keep-warm", () => {
     const port = Number(server.warmUrl.port);
     client.close();
     await server.close();
-    const gone = new StreamingHttpClient({ url: new URL(`http://127.0.0.1:${port}/v1/models`), headers: {}, forMs: 60_000, onFailure: (error) => failures.push(error.message) });
+    const gone = new StreamingHttpClient({
+      url: new URL(`http://127.0.0.1:${port}/v1/models`),
+      headers: {},
+      forMs: 60_000,
+      onFailure: (error) => failures.push(error.message),
+    });
     cleanups.push(() => gone.close());
     gone.warm();
     await sleep(300);
@@ -199,30 +209,22 @@ describe("StreamingHttpClient keep-warm", () => {
 
   it("does not chase a server that closes every connection after its answer", async () => {
     const server = await serverClosingIdle(100, { closeAfterWarm: true });
-    const client = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs: 60_000 });
-    cleanups.push(() => client.close(), server.close);
+    const client = keepWarmClient(server);
     expect(await bodyBytes(client, server.speakUrl)).toBe(160);
     await sleep(1_500);
     expect(client.warmUps.sent).toBe(1);
   });
-});
 
-describe("StreamingHttpClient keep-warm pool size", () => {
   it("keeps as many connections as concurrent sentences used (up to 4), each replaced when the server drops it", async () => {
     const server = await serverClosingIdle(2_500);
-    const client = new StreamingHttpClient({ url: server.warmUrl, headers: {}, forMs: 60_000 });
-    try {
-      // Three sentences at once: three connections.
-      await Promise.all([1, 2, 3].map(() => bodyBytes(client, server.speakUrl)));
-      expect(server.connections()).toBe(3);
-      await sleep(1_500); // all three dropped at ~1 s, each replaced by a GET on a new connection
-      await Promise.all([1, 2, 3].map(() => bodyBytes(client, server.speakUrl)));
-      const speaks = server.requests.filter((r) => r.method === "POST");
-      expect(speaks.slice(3).map((r) => r.nthOnConnection)).toEqual([2, 2, 2]);
-      expect(client.warmUps).toEqual({ sent: 3, failed: 0 });
-    } finally {
-      client.close();
-      await server.close();
-    }
+    const client = keepWarmClient(server);
+    // Three sentences at once: three connections.
+    await Promise.all([1, 2, 3].map(() => bodyBytes(client, server.speakUrl)));
+    expect(server.connections()).toBe(3);
+    await sleep(1_500); // all three dropped at ~1 s, each replaced by a GET on a new connection
+    await Promise.all([1, 2, 3].map(() => bodyBytes(client, server.speakUrl)));
+    const speaks = server.requests.filter((r) => r.method === "POST");
+    expect(speaks.slice(3).map((r) => r.nthOnConnection)).toEqual([2, 2, 2]);
+    expect(client.warmUps).toEqual({ sent: 3, failed: 0 });
   });
 });
