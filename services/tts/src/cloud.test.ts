@@ -6,6 +6,7 @@ import { Bus, silentLogger, subjects } from "@voicebot/bus";
 import { AudioEncoding, BotAudio, SpeakRequest, SynthesisFailed } from "@voicebot/proto";
 import { ConfigError, startService, type ServiceHandle } from "@voicebot/service-kit";
 import {
+  freePort,
   metricSum,
   startFakeElevenLabs,
   startFakeOpenAISpeech,
@@ -189,6 +190,23 @@ describe("tts with TTS_ENGINES=elevenlabs", () => {
       expect(request.body).toEqual({ text: SENTENCE, model_id: "eleven_flash_v2_5" });
       expect(await metric(tts, "voicebot_tts_first_audio_seconds", { source: "engine", engine: "elevenlabs" })).toBe(1);
       expect(firstAudioMs(parts)).toBeLessThan(1000);
+    } finally {
+      await tts.stop();
+    }
+  });
+});
+
+describe("tts with an unreachable ElevenLabs", () => {
+  it("is ready (a local engine is listed after it), and counts and logs its failed keep-warm request", async () => {
+    const tts = await startTts({ TTS_ENGINES: "elevenlabs,flite", ELEVENLABS_BASE_URL: `http://127.0.0.1:${await freePort()}` });
+    try {
+      await waitFor(async () => (await metric(tts, "voicebot_tts_engine_errors_total", { engine: "elevenlabs", phase: "keep_warm" })) === 1, {
+        what: "the keep-warm failure to be counted",
+      });
+      const { parts, failures } = await speakChunk(SENTENCE);
+      expect(failures).toEqual([]);
+      expectSpeech(parts);
+      expect(await metric(tts, "voicebot_tts_failovers_total", { from: "elevenlabs", reason: "error" })).toBe(1);
     } finally {
       await tts.stop();
     }
