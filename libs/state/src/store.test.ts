@@ -40,6 +40,32 @@ describe("CallStore", () => {
     expect(await store.getRecord("nope")).toBeUndefined();
   });
 
+  it("an outbound call's record: dialing until its stream starts, or ended without one (busy, no answer) by its status", async () => {
+    const placed = { callSid: "CAout1", agent: "pharmacy", from: "+15550100002", to: "+15550100001" };
+    expect(await store.createDialingCall(placed, 120_000)).toBe(true);
+    expect(await store.getRecord("CAout1")).toMatchObject({ ...placed, state: "dialing", endReason: null, transcript: [] });
+    expect(await store.redis.pttl(keys.meta("CAout1"))).toBeGreaterThan(110_000);
+    expect(await store.endUnanswered(placed, "no-answer")).toBe(true);
+    expect(await store.getRecord("CAout1")).toMatchObject({ ...placed, state: "ended", endReason: "no-answer" });
+    expect(await store.redis.pttl(keys.meta("CAout1"))).toBeGreaterThan(3_500_000);
+    // Said twice (Twilio retries a callback it thinks failed): the first reason stays.
+    expect(await store.endUnanswered(placed, "completed")).toBe(false);
+    expect((await store.getRecord("CAout1"))!.endReason).toBe("no-answer");
+
+    // Answered: the stream's record takes over and a later status does not end it.
+    const answered = { ...placed, callSid: "CAout2" };
+    await store.createDialingCall(answered, 120_000);
+    await store.createCall({ ...meta("CAout2"), agent: "pharmacy", from: placed.from, to: placed.to });
+    expect(await store.endUnanswered(answered, "completed")).toBe(false);
+    expect(await store.callState("CAout2")).toBe("live");
+
+    // The status came before the placement was written (a call that failed at once): the record is not reopened.
+    const failed = { ...placed, callSid: "CAout3" };
+    expect(await store.endUnanswered(failed, "failed")).toBe(true);
+    expect(await store.createDialingCall(failed, 120_000)).toBe(false);
+    expect(await store.getRecord("CAout3")).toMatchObject({ ...failed, state: "ended", endReason: "failed" });
+  });
+
   it("saves versioned state only over the version it read", async () => {
     const first = await store.loadDialog<{ n: number }>("CA2");
     expect(first.version).toBe("0");

@@ -1,7 +1,8 @@
 import { Redis } from "ioredis";
 import { keys, liveKeys, recordKeys } from "./keys.js";
 
-export type CallState = "live" | "ended";
+/** dialing: an outbound call placed and not answered yet (no stream); live: streaming; ended. */
+export type CallState = "dialing" | "live" | "ended";
 
 export interface TranscriptEntry {
   role: "caller" | "bot";
@@ -179,6 +180,29 @@ end
 redis.call('PEXPIRE', KEYS[2], ttl)
 return 1`;
 
+// KEYS: meta. ARGV: TTL, agent, then field/value pairs. An outbound call just placed: its record says dialing,
+// unless a status callback (or the answered call's stream) got there first, which only the agent is added to.
+const DIALING_SCRIPT = `
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSETNX', KEYS[1], 'agent', ARGV[2])
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'state', 'dialing')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1`;
+
+// KEYS: meta. ARGV: call sid, endedAt, reason, record TTL, from, to. An outbound call that ended without a stream
+// (busy, no answer, failed, cancelled, or answered while the stream never came): ended with that reason, whether its
+// record says dialing or does not exist yet; a call that went live is left to its stream. Returns 1 if it ended it.
+const END_UNANSWERED_SCRIPT = `
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and state ~= 'dialing' then return 0 end
+if not state then redis.call('HSET', KEYS[1], 'callSid', ARGV[1], 'provider', 'twilio', 'from', ARGV[5], 'to', ARGV[6]) end
+redis.call('HSET', KEYS[1], 'state', 'ended', 'endedAt', ARGV[2], 'endReason', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1`;
+
 // KEYS: meta, tool results hash, once hash. ARGV: toolCallId, once field, TTL. Before running a tool: the call
 // must be live; then its stored result, else the claim. Returns {call state or ''} | {'live', 'stored', result} |
 // {'live', 'claimed'} | {'live', 'taken'} (another request holds the claim).
@@ -288,6 +312,8 @@ export class CallStore {
     redis.defineCommand("vbAppend", { numberOfKeys: 3, lua: APPEND_SCRIPT });
     redis.defineCommand("vbToolClaim", { numberOfKeys: 3, lua: TOOL_CLAIM_SCRIPT });
     redis.defineCommand("vbToolSave", { numberOfKeys: 2, lua: TOOL_SAVE_SCRIPT });
+    redis.defineCommand("vbDialing", { numberOfKeys: 1, lua: DIALING_SCRIPT });
+    redis.defineCommand("vbEndUnanswered", { numberOfKeys: 1, lua: END_UNANSWERED_SCRIPT });
   }
 
   /** Connects with bounded retries per command so callers see errors instead of hanging while Redis is down. */
@@ -318,6 +344,21 @@ export class CallStore {
       .hset(keys.meta(meta.callSid), { ...meta, state: "live" })
       .pexpire(keys.meta(meta.callSid), this.options.liveTtlMs)
       .exec();
+  }
+
+  /**
+   * The record of an outbound call just placed (state dialing) for `ttlMs`: until its stream starts (createCall) or
+   * a status callback ends it (endUnanswered). Nothing is overwritten if either got there first.
+   */
+  async createDialingCall(call: { callSid: string; agent: string; from: string; to: string }, ttlMs: number): Promise<boolean> {
+    const fields = { callSid: call.callSid, agent: call.agent, provider: "twilio", from: call.from, to: call.to };
+    return (await scripts(this.redis).vbDialing(keys.meta(call.callSid), ttlMs, call.agent, ...Object.entries(fields).flat())) === 1;
+  }
+
+  /** Ends an outbound call that never streamed (see END_UNANSWERED_SCRIPT). True if this ended it. */
+  async endUnanswered(call: { callSid: string; from: string; to: string }, reason: string, endedAt = new Date()): Promise<boolean> {
+    const { callSid, from, to } = call;
+    return (await scripts(this.redis).vbEndUnanswered(keys.meta(callSid), callSid, endedAt.toISOString(), reason, this.options.recordTtlMs, from, to)) === 1;
   }
 
   async callState(callId: string): Promise<CallState | undefined> {
@@ -583,7 +624,7 @@ function onceField(scope: string, id: string): string {
 
 /** A call state as the scripts return it ('' or nil for a call without a record). */
 function callStateOf(raw: unknown): CallState | undefined {
-  return raw === "live" || raw === "ended" ? raw : undefined;
+  return raw === "live" || raw === "ended" || raw === "dialing" ? raw : undefined;
 }
 
 function scripts(redis: Redis): RedisWithScripts {
@@ -601,6 +642,8 @@ interface RedisWithScripts extends Redis {
   vbAppend(meta: string, list: string, once: string, entry: string, liveTtlMs: number, recordTtlMs: number, onceField: string): Promise<number>;
   vbToolClaim(meta: string, results: string, once: string, toolCallId: string, field: string, ttlMs: number): Promise<string[]>;
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
+  vbDialing(meta: string, ttlMs: number, agent: string, ...fieldsAndValues: string[]): Promise<number>;
+  vbEndUnanswered(meta: string, callSid: string, endedAt: string, reason: string, recordTtlMs: number, from: string, to: string): Promise<number>;
 }
 
 interface ScriptPipeline {

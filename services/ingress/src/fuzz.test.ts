@@ -1,7 +1,7 @@
 // For a few seconds, several sockets throw malformed, truncated, oversized, out-of-order and flooding Twilio
-// messages at /twilio, and junk requests hit /v1/calls/* and the HTTP port, while one well-formed call runs its
-// normal flow (caller audio in, bot turns out, marks echoed). The ingress must not crash, the good call must not
-// notice, memory must stay bounded, and the junk must be counted.
+// messages at /twilio, and junk requests hit /v1/calls/*, /twilio/voice, /twilio/status and the HTTP port, while
+// one well-formed call runs its normal flow (caller audio in, bot turns out, marks echoed). The ingress must not
+// crash, the good call must not notice, memory must stay bounded, and the junk must be counted.
 import net from "node:net";
 import { performance } from "node:perf_hooks";
 import v8 from "node:v8";
@@ -53,6 +53,11 @@ beforeAll(async () => {
     LOG_LEVEL: "info",
     INGRESS_START_TIMEOUT_MS: "1000",
     PLAYOUT_ALONE_STALL_MS: "1000",
+    // Twilio credentials turn on the routes Twilio calls back (status reports); its API is never reached here.
+    TWILIO_ACCOUNT_SID: "ACfuzz",
+    TWILIO_AUTH_TOKEN: "fuzz-twilio-secret",
+    TWILIO_API_BASE_URL: "http://127.0.0.1:9",
+    TWILIO_STREAM_URL: "wss://voice.example.com/twilio",
   });
 });
 
@@ -201,6 +206,9 @@ async function junkHttp(until: number, stats: { requests: number; statuses: Map<
     () => `/v1/calls/CA1/extra/segments`,
     () => `/v1/calls/`,
     () => `/twilio`,
+    () => `/twilio/voice`,
+    () => `/twilio/status`,
+    () => `/twilio/status?relay=${encodeURIComponent(randomText(1 + int(60)))}`,
     () => `/${"a/".repeat(int(3_000))}`,
   ];
   while (performance.now() < until) {

@@ -2,6 +2,7 @@
 // The test plays the other stages by publishing and subscribing their messages on the bus.
 import { createHmac } from "node:crypto";
 import http from "node:http";
+import https from "node:https";
 import { performance } from "node:perf_hooks";
 import { subjects, type Bus } from "@voicebot/bus";
 import {
@@ -19,8 +20,9 @@ import {
   type DialogInput,
 } from "@voicebot/proto";
 import type { CallRecord } from "@voicebot/state";
-import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
+import { ensureTestCertificate, startNats, startRedis, trustTestCertificateInProcess, type ServerHandle } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { signedPayload } from "./signature.js";
 import {
   captureLogs,
   collect,
@@ -455,6 +457,19 @@ describe("ingress API: token and placing calls", () => {
     return { url: `http://127.0.0.1:${(api.address() as { port: number }).port}`, requests, close };
   }
 
+  /** An ingress that may place calls: the API token, Twilio credentials against `apiUrl`, a public stream URL. */
+  function startPlacing(apiUrl: string, extra: Record<string, string> = {}) {
+    return startIngress({
+      ...env(),
+      INGRESS_API_TOKEN: TOKEN,
+      TWILIO_ACCOUNT_SID: "ACout",
+      TWILIO_AUTH_TOKEN: "twilio-secret",
+      TWILIO_API_BASE_URL: apiUrl,
+      TWILIO_STREAM_URL: STREAM_URL,
+      ...extra,
+    });
+  }
+
   function placeCall(base: string, body: unknown, headers: Record<string, string> = bearer(TOKEN)) {
     return fetch(`${base}/v1/calls`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: JSON.stringify(body) });
   }
@@ -501,15 +516,7 @@ describe("ingress API: token and placing calls", () => {
           return { status: 201, body: { sid: newCallSid(), status: "queued" } };
       }
     });
-    const outbound = await startIngress({
-      ...env(),
-      INGRESS_API_TOKEN: TOKEN,
-      TWILIO_ACCOUNT_SID: "ACout",
-      TWILIO_AUTH_TOKEN: "twilio-secret",
-      TWILIO_API_BASE_URL: api.url,
-      TWILIO_STREAM_URL: STREAM_URL,
-      TWILIO_API_TIMEOUT_MS: "500",
-    });
+    const outbound = await startPlacing(api.url, { TWILIO_API_TIMEOUT_MS: "500" });
     try {
       const anonymous = await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002" }, {});
       expect(anonymous.status).toBe(401);
@@ -548,7 +555,8 @@ describe("ingress API: token and placing calls", () => {
       expect(request.form.get("To")).toBe("+15550100001");
       expect(request.form.get("From")).toBe("+15550100002");
       expect(request.form.get("Timeout")).toBe("25");
-      expect(request.form.get("StatusCallback")).toBe("https://crm.example.com/calls/status");
+      // Twilio reports to this platform, which passes each report on to the client's URL (next test).
+      expect(request.form.get("StatusCallback")).toBe(`https://voice.example.com/twilio/status?relay=${encodeURIComponent("https://crm.example.com/calls/status")}`);
       expect(request.form.getAll("StatusCallbackEvent")).toEqual(["initiated", "ringing", "answered", "completed"]);
       const twiml = request.form.get("Twiml")!;
       expect(twiml).toBe(
@@ -556,6 +564,9 @@ describe("ingress API: token and placing calls", () => {
           `<Parameter name="from" value="+15550100002"/><Parameter name="to" value="+15550100001"/>` +
           `<Parameter name="agent" value="pharmacy"/></Stream></Connect></Response>`,
       );
+
+      const dialing = await (await fetch(`${outbound.baseUrl}/v1/calls/${answer.callSid}`, { headers: bearer(TOKEN) })).json();
+      expect(dialing).toMatchObject({ callSid: answer.callSid, agent: "pharmacy", from: "+15550100002", to: "+15550100001", state: "dialing" });
 
       // The callee answers: Twilio opens the stream with the TwiML's parameters as customParameters.
       const customParameters = Object.fromEntries([...twiml.matchAll(/<Parameter name="([^"]+)" value="([^"]+)"\/>/g)].map((m) => [m[1], m[2].replace("&lt;", "<").replace("&gt;", ">")]));
@@ -599,6 +610,67 @@ describe("ingress API: token and placing calls", () => {
     } finally {
       await outbound.handle.stop();
       api.close();
+    }
+  });
+
+  it("records a placed call that was never answered, and passes each status report on to the client's URL, signed for it", async () => {
+    const certificate = await ensureTestCertificate();
+    trustTestCertificateInProcess(certificate);
+    const relayed: Array<{ url: string; signature: string; form: URLSearchParams }> = [];
+    const crm = https.createServer({ cert: certificate.cert, key: certificate.key }, (req, res) => {
+      let body = "";
+      req.on("data", (d) => (body += d));
+      req.on("end", () => {
+        relayed.push({ url: req.url!, signature: String(req.headers["x-twilio-signature"]), form: new URLSearchParams(body) });
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((resolve) => crm.listen(0, "127.0.0.1", resolve));
+    const api = await fakeTwilioApi(() => ({ status: 201, body: { sid: newCallSid(), status: "queued" } }));
+    const outbound = await startPlacing(api.url);
+    try {
+      const crmUrl = `https://127.0.0.1:${(crm.address() as { port: number }).port}/calls/status?tenant=7`;
+      const placed = await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002", agent: "pharmacy", statusCallback: crmUrl });
+      const { callSid } = await placed.json();
+      const statusUrl = api.requests[0].form.get("StatusCallback")!;
+      expect(statusUrl).toBe(`https://voice.example.com/twilio/status?relay=${encodeURIComponent(crmUrl)}`);
+
+      const sign = (url: string, form: URLSearchParams) => createHmac("sha1", "twilio-secret").update(signedPayload(url, form)).digest("base64");
+      const report = (fields: Record<string, string>, signature?: string) => {
+        const form = new URLSearchParams({ AccountSid: "ACout", CallSid: callSid, From: "+15550100002", To: "+15550100001", Direction: "outbound-api", ...fields });
+        return fetch(`${outbound.baseUrl}/twilio/status${new URL(statusUrl).search}`, {
+          method: "POST",
+          headers: { "content-type": "application/x-www-form-urlencoded", "x-twilio-signature": signature ?? sign(statusUrl, form) },
+          body: form.toString(),
+        });
+      };
+      const record = async () => (await fetch(`${outbound.baseUrl}/v1/calls/${callSid}`, { headers: bearer(TOKEN) })).json();
+
+      expect((await report({ CallStatus: "ringing", SequenceNumber: "1" })).status).toBe(204);
+      expect(await record()).toMatchObject({ state: "dialing", agent: "pharmacy" });
+      expect((await report({ CallStatus: "no-answer", SequenceNumber: "2", CallDuration: "0" })).status).toBe(204);
+      expect(await record()).toMatchObject({ callSid, state: "ended", endReason: "no-answer", agent: "pharmacy", from: "+15550100002", to: "+15550100001" });
+
+      // Forged or malformed reports change nothing and are not passed on.
+      expect((await report({ CallStatus: "completed" }, "bm90LWEtc2lnbmF0dXJl")).status).toBe(403);
+      expect((await report({ CallStatus: "exploded" })).status).toBe(400);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_status_callbacks_total", { outcome: "ended_unanswered" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_status_callbacks_total", { outcome: "reported" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_status_callbacks_total", { outcome: "bad_signature" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_status_callbacks_total", { outcome: "invalid" })).toBe(1);
+
+      // The client got both real reports, with Twilio's fields and a signature its own Twilio validator accepts.
+      await waitFor(() => relayed.length === 2, { what: "both reports passed on" });
+      expect(relayed.map((r) => r.form.get("CallStatus"))).toEqual(["ringing", "no-answer"]);
+      for (const { url, signature, form } of relayed) {
+        expect(url).toBe("/calls/status?tenant=7");
+        expect(signature).toBe(sign(crmUrl, form));
+      }
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_status_relays_total", { outcome: "ok" })).toBe(2);
+    } finally {
+      await outbound.handle.stop();
+      api.close();
+      crm.close();
     }
   });
 });

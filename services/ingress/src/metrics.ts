@@ -34,6 +34,8 @@ export class IngressMetrics {
   readonly apiRefused: Counter<"route">;
   readonly outboundCalls: Counter<"outcome">;
   readonly voiceWebhooks: Counter<"outcome">;
+  readonly statusCallbacks: Counter<"outcome">;
+  readonly statusRelays: Counter<"outcome">;
   readonly playbackEvents: Counter<"kind">;
   readonly bargeIns: Counter;
   readonly bargeInsIgnored: Counter<"reason">;
@@ -144,6 +146,18 @@ export class IngressMetrics {
     this.voiceWebhooks = new Counter({
       name: "voicebot_ingress_voice_webhooks_total",
       help: "POST /twilio/voice: answered with stream TwiML, or refused (invalid, bad_signature)",
+      labelNames: ["outcome"],
+      registers,
+    });
+    this.statusCallbacks = new Counter({
+      name: "voicebot_ingress_status_callbacks_total",
+      help: "POST /twilio/status: progress reports of placed calls (reported; ended_unanswered = the record now says busy, no-answer, failed, canceled or stream_never_connected), or refused (invalid, bad_signature, store_error)",
+      labelNames: ["outcome"],
+      registers,
+    });
+    this.statusRelays = new Counter({
+      name: "voicebot_ingress_status_relays_total",
+      help: "Progress reports passed on to the statusCallback given to POST /v1/calls (ok, failed)",
       labelNames: ["outcome"],
       registers,
     });

@@ -4,9 +4,11 @@
 import type { IncomingMessage } from "node:http";
 import { errorText, type Logger } from "@voicebot/bus";
 import { readBody, sendJson, type HttpServer } from "@voicebot/service-kit";
+import type { CallStore } from "@voicebot/state";
 import { refuseWithoutToken } from "./api-auth.js";
 import { isValidAgent, type IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
+import { statusCallbackUrl } from "./status-callback.js";
 import { streamTwiml, TwilioApiError, type TwilioRestClient } from "./twilio-rest.js";
 
 const MAX_BODY_BYTES = 16 * 1024;
@@ -20,6 +22,8 @@ const RESERVED_PARAMETERS = new Set(["agent", "from", "to"]);
 const MAX_PARAMETER_CHARS = 500;
 /** Twilio's ring timeout range (seconds); its default is 60. */
 const RING_TIMEOUT_S = { min: 5, max: 600, default: 60 };
+/** A placed call's "dialing" record outlives its ring time by this much if no status report ever ends it. */
+const DIALING_RECORD_GRACE_MS = 3_600_000;
 
 export interface OutboundCall {
   to: string;
@@ -27,15 +31,18 @@ export interface OutboundCall {
   agent: string | undefined;
   parameters: Record<string, string>;
   ringTimeoutS: number;
-  /** Where Twilio posts the call's progress (ringing, answered, completed, busy, no-answer, failed). */
+  /**
+   * The client's URL for the call's progress (initiated, ringing, answered, completed with busy, no-answer, failed):
+   * Twilio reports to this platform (/twilio/status), which passes each report on.
+   */
   statusCallback: string | undefined;
 }
 
 export function registerOutboundRoute(
   http: HttpServer,
-  deps: { config: IngressConfig; twilioApi: TwilioRestClient | undefined; log: Logger; metrics: IngressMetrics },
+  deps: { config: IngressConfig; twilioApi: TwilioRestClient | undefined; store: CallStore; log: Logger; metrics: IngressMetrics },
 ): void {
-  const { config, twilioApi, log, metrics } = deps;
+  const { config, twilioApi, store, log, metrics } = deps;
   http.route("POST", /^\/v1\/calls\/?$/, async (req, res) => {
     // With a token, nothing (not even which settings are missing) is told to a request without it.
     if (refuseWithoutToken(req, res, config.apiToken)) return metrics.apiRefused.inc({ route: "place_call" });
@@ -67,10 +74,17 @@ export function registerOutboundRoute(
         from: call.from,
         twiml,
         ringTimeoutS: call.ringTimeoutS,
-        statusCallback: call.statusCallback,
+        statusCallback: statusCallbackUrl(config.publicStreamUrl, call.statusCallback),
       });
       metrics.outboundCalls.inc({ outcome: "placed" });
       log.info("outbound call placed", { callId: placed.sid, agent: call.agent ?? config.defaultAgent, status: placed.status });
+      // GET /v1/calls/:sid says "dialing" until the stream starts or a status report ends the call. The call is
+      // placed whatever happens here: a failed write costs only that state.
+      const dialing = { callSid: placed.sid, agent: call.agent ?? config.defaultAgent, from: call.from, to: call.to };
+      await store.createDialingCall(dialing, call.ringTimeoutS * 1000 + DIALING_RECORD_GRACE_MS).catch((error: unknown) => {
+        metrics.storeErrors.inc({ op: "create_dialing_call" });
+        log.warn("could not record a placed call as dialing", { callId: placed.sid, error: errorText(error) });
+      });
       sendJson(res, 201, { callSid: placed.sid, status: placed.status, agent: call.agent ?? config.defaultAgent });
     } catch (error) {
       const { outcome, status } = failureOf(error);

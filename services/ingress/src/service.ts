@@ -6,6 +6,7 @@ import { IngressMetrics } from "./metrics.js";
 import { ReadinessProbe } from "./readiness.js";
 import { registerOutboundRoute } from "./outbound-route.js";
 import { registerRecordRoute } from "./record-route.js";
+import { registerStatusCallback } from "./status-callback.js";
 import { registerVoiceWebhook } from "./voice-webhook.js";
 import { PlayoutScheduler } from "./scheduler.js";
 import { LiveCalls } from "./session.js";
@@ -29,7 +30,8 @@ export const definition: ServiceDefinition<IngressConfig> = {
     const endpoint = new TwilioEndpoint({ bus, store, log, metrics, config, scheduler, twilioApi, liveCalls: new LiveCalls() });
     http.upgrade("/twilio", endpoint.handleUpgrade);
     registerRecordRoute(http, store, log, metrics, config.apiToken);
-    registerOutboundRoute(http, { config, twilioApi, log, metrics });
+    registerOutboundRoute(http, { config, twilioApi, store, log, metrics });
+    registerStatusCallback(http, { config, store, log, metrics });
     registerVoiceWebhook(http, { config, log, metrics });
     if (!config.apiToken) log.warn("INGRESS_API_TOKEN is not set: call records are readable without a token, and POST /v1/calls is off");
     const probe = new ReadinessProbe(bus, config.requireServices, config.readinessProbeIntervalMs, ctx.common.instanceId, log);

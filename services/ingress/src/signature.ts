@@ -1,5 +1,6 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
-import type { IncomingMessage } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { readBody, sendJson } from "@voicebot/service-kit";
 
 /**
  * Twilio signs the WebSocket upgrade like a webhook without parameters: X-Twilio-Signature is
@@ -12,7 +13,71 @@ export function validTwilioSignature(authToken: string, url: string, signature: 
   return given.length === expected.length && timingSafeEqual(given, expected);
 }
 
+/** X-Twilio-Signature for `payload` (a URL, or a webhook's signedPayload), as Twilio computes it. */
+export function twilioSignature(authToken: string, payload: string): string {
+  return createHmac("sha1", authToken).update(payload, "utf8").digest("base64");
+}
+
 /** The URL Twilio signed: the configured public stream URL (exactly the <Stream url>), else one built from Host. */
 export function signedUrl(req: IncomingMessage, publicStreamUrl: string | undefined): string {
   return publicStreamUrl ?? `wss://${req.headers.host ?? "localhost"}${req.url ?? "/"}`;
+}
+
+/**
+ * What Twilio signs for a webhook POST: the full URL it requested, then every form field sorted by name, each
+ * name followed by its value (https://www.twilio.com/docs/usage/security#validating-requests).
+ */
+export function signedPayload(url: string, form: URLSearchParams): string {
+  const fields = [...form.entries()].sort(([a, va], [b, vb]) => (a < b ? -1 : a > b ? 1 : va < vb ? -1 : va > vb ? 1 : 0));
+  return url + fields.map(([name, value]) => name + value).join("");
+}
+
+/**
+ * The URLs Twilio may have signed (the webhook URL as set on the number, which this side cannot see): this path on
+ * the request's Host and on TWILIO_STREAM_URL's host (the media and the webhook may have different public names),
+ * each with and without the default port, as Twilio's own validators try.
+ */
+export function webhookUrls(req: IncomingMessage, publicStreamUrl: string | undefined): string[] {
+  const path = req.url ?? "/";
+  const origins: string[] = [];
+  if (req.headers.host) origins.push(`https://${req.headers.host}`);
+  if (publicStreamUrl) {
+    const stream = new URL(publicStreamUrl);
+    origins.push(`${stream.protocol === "ws:" ? "http:" : "https:"}//${stream.host}`);
+  }
+  const urls = new Set<string>();
+  for (const origin of origins) {
+    let url: URL;
+    try {
+      url = new URL(origin);
+    } catch {
+      continue; // a Host header that is no host name
+    }
+    urls.add(`${url.protocol}//${url.host}${path}`);
+    const defaultPort = url.protocol === "https:" ? "443" : "80";
+    urls.add(url.port ? `${url.protocol}//${url.hostname}${path}` : `${url.protocol}//${url.hostname}:${defaultPort}${path}`);
+  }
+  return [...urls];
+}
+
+/** A Twilio webhook's form; answers 413 and returns undefined when the body is over `maxBytes`. */
+export async function readWebhookForm(req: IncomingMessage, res: ServerResponse, maxBytes: number): Promise<URLSearchParams | undefined> {
+  const body = await readBody(req, maxBytes);
+  if (body) return new URLSearchParams(body.toString("utf8"));
+  res.setHeader("connection", "close");
+  sendJson(res, 413, { error: `the body is over ${maxBytes} bytes` });
+  return undefined;
+}
+
+/** Whether the webhook's X-Twilio-Signature is Twilio's for any URL it may have requested (see webhookUrls). */
+export function signedByTwilio(
+  req: IncomingMessage,
+  form: URLSearchParams,
+  authToken: string,
+  publicStreamUrl: string | undefined,
+): { signed: boolean; urls: string[] } {
+  const urls = webhookUrls(req, publicStreamUrl);
+  const header = req.headers["x-twilio-signature"];
+  const signature = typeof header === "string" ? header : undefined;
+  return { signed: urls.some((url) => validTwilioSignature(authToken, signedPayload(url, form), signature)), urls };
 }

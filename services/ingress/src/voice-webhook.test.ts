@@ -1,6 +1,6 @@
 import { createHmac } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { signedPayload } from "./voice-webhook.js";
+import { signedPayload } from "./signature.js";
 
 describe("signedPayload", () => {
   it("gives the signature of Twilio's own example (docs: Validating requests)", () => {
