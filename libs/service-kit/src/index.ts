@@ -2,3 +2,4 @@ export * from "./config.js";
 export * from "./http.js";
 export * from "./log.js";
 export * from "./service.js";
+export * from "./api-client.js";
