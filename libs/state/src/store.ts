@@ -180,15 +180,14 @@ end
 redis.call('PEXPIRE', KEYS[2], ttl)
 return 1`;
 
-// KEYS: meta. ARGV: TTL, agent, then field/value pairs. An outbound call just placed: its record says dialing,
-// unless a status callback (or the answered call's stream) got there first, which only the agent is added to.
+// KEYS: meta. ARGV: TTL, call sid, agent, from, to. An outbound call just placed: its record says dialing, unless
+// a status callback (or the answered call's stream) got there first, which only the agent is added to.
 const DIALING_SCRIPT = `
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSETNX', KEYS[1], 'agent', ARGV[2])
+  redis.call('HSETNX', KEYS[1], 'agent', ARGV[3])
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('HSET', KEYS[1], 'state', 'dialing')
+redis.call('HSET', KEYS[1], 'callSid', ARGV[2], 'agent', ARGV[3], 'provider', 'twilio', 'from', ARGV[4], 'to', ARGV[5], 'state', 'dialing')
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1`;
 
@@ -351,8 +350,8 @@ export class CallStore {
    * a status callback ends it (endUnanswered). Nothing is overwritten if either got there first.
    */
   async createDialingCall(call: { callSid: string; agent: string; from: string; to: string }, ttlMs: number): Promise<boolean> {
-    const fields = { callSid: call.callSid, agent: call.agent, provider: "twilio", from: call.from, to: call.to };
-    return (await scripts(this.redis).vbDialing(keys.meta(call.callSid), ttlMs, call.agent, ...Object.entries(fields).flat())) === 1;
+    const { callSid, agent, from, to } = call;
+    return (await scripts(this.redis).vbDialing(keys.meta(callSid), ttlMs, callSid, agent, from, to)) === 1;
   }
 
   /** Ends an outbound call that never streamed (see END_UNANSWERED_SCRIPT). True if this ended it. */
@@ -642,7 +641,7 @@ interface RedisWithScripts extends Redis {
   vbAppend(meta: string, list: string, once: string, entry: string, liveTtlMs: number, recordTtlMs: number, onceField: string): Promise<number>;
   vbToolClaim(meta: string, results: string, once: string, toolCallId: string, field: string, ttlMs: number): Promise<string[]>;
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
-  vbDialing(meta: string, ttlMs: number, agent: string, ...fieldsAndValues: string[]): Promise<number>;
+  vbDialing(meta: string, ttlMs: number, callSid: string, agent: string, from: string, to: string): Promise<number>;
   vbEndUnanswered(meta: string, callSid: string, endedAt: string, reason: string, recordTtlMs: number, from: string, to: string): Promise<number>;
 }
 

@@ -8,7 +8,7 @@ import { readBody, sendJson } from "@voicebot/service-kit";
  */
 export function validTwilioSignature(authToken: string, url: string, signature: string | undefined): boolean {
   if (!signature) return false;
-  const expected = createHmac("sha1", authToken).update(url, "utf8").digest();
+  const expected = Buffer.from(twilioSignature(authToken, url), "base64");
   const given = Buffer.from(signature, "base64");
   return given.length === expected.length && timingSafeEqual(given, expected);
 }
@@ -16,6 +16,12 @@ export function validTwilioSignature(authToken: string, url: string, signature: 
 /** X-Twilio-Signature for `payload` (a URL, or a webhook's signedPayload), as Twilio computes it. */
 export function twilioSignature(authToken: string, payload: string): string {
   return createHmac("sha1", authToken).update(payload, "utf8").digest("base64");
+}
+
+/** The HTTP origin of the public stream URL's host (wss://host/twilio → https://host): where Twilio's webhooks go. */
+export function publicHttpOrigin(publicStreamUrl: string): string {
+  const stream = new URL(publicStreamUrl);
+  return `${stream.protocol === "ws:" ? "http:" : "https:"}//${stream.host}`;
 }
 
 /** The URL Twilio signed: the configured public stream URL (exactly the <Stream url>), else one built from Host. */
@@ -41,10 +47,7 @@ export function webhookUrls(req: IncomingMessage, publicStreamUrl: string | unde
   const path = req.url ?? "/";
   const origins: string[] = [];
   if (req.headers.host) origins.push(`https://${req.headers.host}`);
-  if (publicStreamUrl) {
-    const stream = new URL(publicStreamUrl);
-    origins.push(`${stream.protocol === "ws:" ? "http:" : "https:"}//${stream.host}`);
-  }
+  if (publicStreamUrl) origins.push(publicHttpOrigin(publicStreamUrl));
   const urls = new Set<string>();
   for (const origin of origins) {
     let url: URL;

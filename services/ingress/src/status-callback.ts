@@ -7,7 +7,7 @@ import { sendJson, type HttpServer } from "@voicebot/service-kit";
 import type { CallStore } from "@voicebot/state";
 import type { IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
-import { readWebhookForm, signedByTwilio, signedPayload, twilioSignature } from "./signature.js";
+import { publicHttpOrigin, readWebhookForm, signedByTwilio, signedPayload, twilioSignature } from "./signature.js";
 
 const MAX_BODY_BYTES = 64 * 1024;
 const STATUS_PATH = "/twilio/status";
@@ -21,8 +21,7 @@ const RELAY_TIMEOUT_MS = 5_000;
  * statusCallback (if any) in the query, so every report can be passed on; Twilio's signature covers the query.
  */
 export function statusCallbackUrl(publicStreamUrl: string, relay: string | undefined): string {
-  const stream = new URL(publicStreamUrl);
-  const url = new URL(`${stream.protocol === "ws:" ? "http:" : "https:"}//${stream.host}${STATUS_PATH}`);
+  const url = new URL(publicHttpOrigin(publicStreamUrl) + STATUS_PATH);
   if (relay) url.searchParams.set("relay", relay);
   return url.toString();
 }

@@ -73,7 +73,7 @@ export class StreamingHttpClient {
   /** Start of the current one-second rate window, and the warm-up GETs sent in it. */
   private rateWindowAt = -Infinity;
   private sentInWindow = 0;
-  private topUpTimer: NodeJS.Timeout | NodeJS.Immediate | undefined;
+  private topUpTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly watched = new WeakSet<net.Socket>();
   /** Warm-up GETs sent, and how many got no answer (for tests and the benchmark). */
@@ -111,14 +111,18 @@ export class StreamingHttpClient {
 
   close(): void {
     this.closed = true;
-    clearTimeout(this.topUpTimer as NodeJS.Timeout);
-    clearImmediate(this.topUpTimer as NodeJS.Immediate);
+    clearTimeout(this.topUpTimer);
     this.agents["http:"].destroy();
     this.agents["https:"].destroy();
   }
 
   private agentOf(url: URL): http.Agent {
     return this.agents[url.protocol === "https:" ? "https:" : "http:"];
+  }
+
+  /** A request on the pool's connection for `url`'s protocol. */
+  private request(url: URL, options: http.RequestOptions): http.ClientRequest {
+    return (url.protocol === "https:" ? https : http).request(url, { ...options, agent: this.agentOf(url) });
   }
 
   private extendWindow(): void {
@@ -146,8 +150,13 @@ export class StreamingHttpClient {
     this.peakOpen = Math.max(this.peakOpen, Math.min(MAX_KEPT_CONNECTIONS, busy + idle));
     socket.once("close", () => {
       // Closes of one burst come together: top up once after them.
-      if (this.inWindow && !this.topUpTimer) this.topUpTimer = setImmediate(() => this.topUp());
+      if (this.inWindow && !this.topUpTimer) this.scheduleTopUp(0);
     });
+  }
+
+  private scheduleTopUp(delayMs: number): void {
+    this.topUpTimer = setTimeout(() => this.topUp(), delayMs);
+    this.topUpTimer.unref();
   }
 
   /**
@@ -168,8 +177,7 @@ export class StreamingHttpClient {
     const allowed = MAX_WARM_UPS_PER_SECOND - this.sentInWindow;
     if (allowed < idle + missing) {
       // Over the rate: the whole top-up waits for the next second (a partial one would only reuse idle connections).
-      this.topUpTimer = setTimeout(() => this.topUp(), this.rateWindowAt + 1_000 - now);
-      this.topUpTimer.unref();
+      this.scheduleTopUp(this.rateWindowAt + 1_000 - now);
       return;
     }
     this.sentInWindow += idle + missing;
@@ -179,8 +187,7 @@ export class StreamingHttpClient {
   private sendWarmUp(): void {
     const { url, headers, onFailure } = this.keepWarm!;
     this.warmUps.sent++;
-    const transport = url.protocol === "https:" ? https : http;
-    const req = transport.request(url, { method: "GET", agent: this.agentOf(url), headers, timeout: WARM_TIMEOUT_MS });
+    const req = this.request(url, { method: "GET", headers, timeout: WARM_TIMEOUT_MS });
     req.once("socket", (socket) => this.watch(socket));
     req.once("timeout", () => req.destroy(new Error(`no answer within ${WARM_TIMEOUT_MS} ms`)));
     req.once("error", (error) => {
@@ -201,14 +208,8 @@ export class StreamingHttpClient {
 
   private send(url: URL, { headers, body, signal }: StreamingPost): Promise<StreamingAnswer> {
     signal.throwIfAborted();
-    const protocol = url.protocol === "https:" ? "https:" : "http:";
-    const transport = protocol === "https:" ? https : http;
     return new Promise<StreamingAnswer>((resolve, reject) => {
-      const req = transport.request(url, {
-        method: "POST",
-        agent: this.agents[protocol],
-        headers: { ...headers, "content-length": String(Buffer.byteLength(body)) },
-      });
+      const req = this.request(url, { method: "POST", headers: { ...headers, "content-length": String(Buffer.byteLength(body)) } });
       req.once("socket", (socket) => this.watch(socket));
       let answered = false;
       const onAbort = () => {
