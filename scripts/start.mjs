@@ -19,6 +19,8 @@ const services = [
   { name: "tools", port: 9103, portEnv: "HTTP_PORT" },
   { name: "tts", port: 9104, portEnv: "HTTP_PORT" },
 ];
+// Node flags of every service, as in production (Dockerfile ENTRYPOINTs; SERVICE_NODE_FLAGS in libs/testing says why).
+const serviceNodeFlags = ["--single-threaded-gc"];
 // Longer than a service's own drain timeout, so a draining call is never cut short by us.
 const drainWaitMs = Number(env.DRAIN_TIMEOUT_MS || 30_000) + 10_000;
 
@@ -260,7 +262,7 @@ async function main() {
   for (const service of services) {
     const childEnv = { ...env, NATS_URL: natsUrl, REDIS_URL: redisUrl, [service.portEnv]: String(service.port) };
     if (service.portEnv !== "HTTP_PORT") delete childEnv.HTTP_PORT;
-    spawnChild(service.name, "service", process.execPath, [path.join("services", service.name, "dist", "main.js")], childEnv, prettyLine);
+    spawnChild(service.name, "service", process.execPath, [...serviceNodeFlags, path.join("services", service.name, "dist", "main.js")], childEnv, prettyLine);
   }
 
   // Ready when every service says so; while waiting, say who is still not ready and why.

@@ -9,7 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { CallStore } from "@voicebot/state";
-import { freePort, repoRoot, startNats, startRedis, waitFor, type ServerHandle, type ServiceName } from "@voicebot/testing";
+import { freePort, repoRoot, SERVICE_NODE_FLAGS, startNats, startRedis, waitFor, type ServerHandle, type ServiceName } from "@voicebot/testing";
 import type { FakesReady, FakesRecords } from "./fakes.js";
 import { inspectFlag } from "./inspect.js";
 import { ELEVENLABS_KEY, OPENAI_KEY, ordersFile } from "./script.js";
@@ -145,6 +145,7 @@ export async function startBenchSystem(options: SystemOptions): Promise<BenchSys
         const fd = openSync(logFile, "a");
         const nodeArgs = [
           inspectFlag(inspectPort),
+          ...SERVICE_NODE_FLAGS,
           ...(options.nodeArgs ?? []),
           ...(options.profile.includes(name) ? ["--cpu-prof", `--cpu-prof-dir=${options.profileDir}`, `--cpu-prof-name=${name}.cpuprofile`] : []),
         ];
