@@ -62,6 +62,21 @@ class DyingEngine implements TtsEngine {
   async close() {}
 }
 
+/** A tone, released once `open` is true (checked every 2 ms): a synthesis whose first audio the test holds back. */
+class HeldEngine implements TtsEngine {
+  readonly label = "held";
+  readonly sampleRate = 8000;
+  open = true;
+  async *synthesize(request: EngineRequest): AsyncGenerator<Int16Array> {
+    while (!this.open) {
+      if (request.signal?.aborted) throw new Error("aborted");
+      await sleep(2);
+    }
+    yield tone(8000, this.sampleRate);
+  }
+  async close() {}
+}
+
 /** Real flite audio, released at real-time pace in 20 ms pieces, so a chunk can be cancelled mid-synthesis. */
 function tone(samples: number, rate: number): Int16Array {
   return Int16Array.from({ length: samples }, (_, i) => Math.round(8000 * Math.sin((2 * Math.PI * 440 * i) / rate)));
@@ -444,6 +459,49 @@ describe("tts engine failover", () => {
       expect(audio.parts).toEqual([]);
       expect(await metric(tts, "voicebot_tts_chunks_total", { outcome: "failed" })).toBe(1);
       audio.close();
+    } finally {
+      await tts.stop();
+    }
+  });
+});
+
+describe("tts turn order", () => {
+  it("publishes a cached later chunk after the first audio of a synthesis in progress, or after 50 ms", async () => {
+    const held = new HeldEngine();
+    const tts = await startTts({ TTS_ENGINES: "held", TTS_STALL_MS: "10000" }, { ...defaultEngines, held: { defaultVoice: "x", create: () => held } });
+    try {
+      const later = "Is there anything else?";
+      await speakAndTime(later); // now cached
+
+      // Chunk 0 is being synthesized (its first audio held back); chunk 1 is in the cache.
+      const callId = newCallId();
+      const audio = await listen(callId);
+      held.open = false;
+      speak({ callId, chunkSeq: 0, text: "Order 1 0 0 0 4 2 has shipped." });
+      speak({ callId, chunkSeq: 1, text: later, cacheable: true, turnDone: true });
+      await sleep(25);
+      expect(audio.parts).toEqual([]);
+      held.open = true;
+      await audio.done("t1", 0);
+      await audio.done("t1", 1);
+      const firstOf = (chunkSeq: number) => audio.parts.findIndex((p) => p.chunkSeq === chunkSeq);
+      expect(firstOf(0)).toBeLessThan(firstOf(1));
+      audio.close();
+
+      // A synthesis that has no audio for long does not hold the cached chunk back for more than 50 ms.
+      const stuck = newCallId();
+      const stuckAudio = await listen(stuck);
+      held.open = false;
+      speak({ callId: stuck, chunkSeq: 0, text: "Order 1 0 0 0 4 3 has shipped." });
+      speak({ callId: stuck, chunkSeq: 1, text: later, cacheable: true, turnDone: true });
+      await stuckAudio.done("t1", 1);
+      expect(stuckAudio.chunk("t1", 0)).toEqual([]);
+      const timing = stuckAudio.chunk("t1", 1)[0].timing!;
+      expect(timing.ttsFirstAudioMs - timing.ttsRequestMs).toBeGreaterThanOrEqual(45);
+      expect(timing.ttsFirstAudioMs - timing.ttsRequestMs).toBeLessThan(1000);
+      held.open = true;
+      await stuckAudio.done("t1", 0);
+      stuckAudio.close();
     } finally {
       await tts.stop();
     }
