@@ -12,8 +12,9 @@ export type ServiceName = "ingress" | "asr" | "dialog" | "tools" | "tts";
  * (scripts/start.mjs) and in the tests and benchmarks here; node-flags.test.ts keeps them equal.
  * `--single-threaded-gc`: V8 collects on the main thread only. With its helper threads, a collection's pause ends
  * only when every helper has finished, and a helper waits for a core whenever the process shares its cores (a pod
- * with a fraction of a CPU, nine processes on two cores): in the load test at 150 calls the overhead p99 fell from
- * 57-64 to 31-38 ms and ingress's longest event-loop stall from 24-27 to 12-13 ms, at the same CPU.
+ * with a fraction of a CPU, nine processes on two cores): in the load test at 150 calls the overhead p99 was 31-48 ms
+ * in three runs against 53-64 ms in three without it, and ingress's longest event-loop stall 12-18 against 24-28 ms,
+ * at the same CPU (docs/benchmarks.md, "Load", session 8).
  */
 export const SERVICE_NODE_FLAGS: readonly string[] = ["--single-threaded-gc"];
 
