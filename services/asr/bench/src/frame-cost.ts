@@ -28,7 +28,7 @@ import { Bus, subjects } from "@voicebot/bus";
 import { AudioEncoding, CallEnded, CallerAudio, CallStarted, Transcript } from "@voicebot/proto";
 import { createLogger } from "@voicebot/service-kit";
 import { CallStore } from "@voicebot/state";
-import { freePort, repoRoot, startFakeOpenAI, startNats, startRedis, waitFor } from "@voicebot/testing";
+import { freePort, repoRoot, SERVICE_NODE_FLAGS, startFakeOpenAI, startNats, startRedis, waitFor } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { drainDialogQueue, processCpuMs } from "./service-run.js";
 
@@ -171,7 +171,7 @@ interface AsrProcess {
 /** The built asr service as its own process (like startServiceProcess, plus node flags such as --cpu-prof). */
 async function startAsr(env: Record<string, string>, nodeArgs: string[]): Promise<AsrProcess> {
   const port = await freePort();
-  const child = spawn(process.execPath, [...nodeArgs, path.join(repoRoot, "services", "asr", "dist", "main.js")], {
+  const child = spawn(process.execPath, [...SERVICE_NODE_FLAGS, ...nodeArgs, path.join(repoRoot, "services", "asr", "dist", "main.js")], {
     env: { ...process.env, ...env, HTTP_PORT: String(port), INSTANCE_ID: `asr-${port}` },
     stdio: ["ignore", "pipe", "inherit"],
   });
