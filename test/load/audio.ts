@@ -1,7 +1,7 @@
 // The caller audio of the load test, made once per run: a real spoken "order status" (flite) cut to whole loud
 // frames, and per-slot "silence" frames carrying an inaudible watermark, so the fake transcription server can tell
 // which call an uploaded utterance came from (the recognizer's pre-roll always starts in that silence).
-import { mulawFrameEnergy } from "@voicebot/audio";
+import { mulawEncode, mulawFrameEnergy } from "@voicebot/audio";
 import { synthesize } from "@voicebot/callsim";
 
 export const FRAME_MS = 20;
@@ -22,6 +22,37 @@ export function watermarkFrame(slot: number): Uint8Array {
   for (let i = SLOT_BITS - 1; i >= 0; i--) bits.push((slot >> i) & 1);
   bits.forEach((bit, i) => (frame[i] = bit ? PLUS : MINUS));
   return frame;
+}
+
+/** Samples at the start of a silence frame that carry the watermark (line noise, when any, fills the rest). */
+const WATERMARK_SAMPLES = SYNC.length + SLOT_BITS;
+
+/**
+ * `variants` different tails of white noise at `dbfs` RMS (Gaussian, as line hiss is), for the samples after the
+ * watermark: a caller's silence on a real line, which is not digital silence.
+ */
+export function lineNoiseTails(dbfs: number, variants: number): Uint8Array[] {
+  const rms = 32768 * 10 ** (dbfs / 20);
+  return Array.from({ length: variants }, () => {
+    const pcm = new Int16Array(FRAME_BYTES - WATERMARK_SAMPLES);
+    for (let i = 0; i < pcm.length; i++) {
+      // Box-Muller: one standard normal sample.
+      const gaussian = Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random());
+      pcm[i] = Math.max(-32768, Math.min(32767, Math.round(gaussian * rms)));
+    }
+    return mulawEncode(pcm);
+  });
+}
+
+/** A slot's silence frames: its watermark followed by each noise tail (no tails: the watermark in digital silence). */
+export function silenceFrames(slot: number, noiseTails: Uint8Array[]): Uint8Array[] {
+  const watermark = watermarkFrame(slot);
+  if (noiseTails.length === 0) return [watermark];
+  return noiseTails.map((tail) => {
+    const frame = watermark.slice();
+    frame.set(tail, WATERMARK_SAMPLES);
+    return frame;
+  });
 }
 
 /** The slot a watermarked frame of 16-bit PCM carries, or -1. */

@@ -58,8 +58,8 @@ export interface LoadOptions {
   mediaDelayMs?: number;
   /** The spoken burst as base64 frames. */
   speech: string[];
-  /** Per slot: its watermarked silence frame as base64. */
-  silence: string[];
+  /** Per slot: its watermarked silence frames as base64 (one, or several with line noise, sent in turn). */
+  silence: string[][];
   keyGapMs?: number;
   /** Pause after a reply has played before the caller acts: uniform in [min, max]. */
   thinkMs?: [number, number];
@@ -232,7 +232,7 @@ class SimCall {
   private readonly accountSid = `AC${randomBytes(16).toString("hex")}`;
   private readonly ws: WebSocket;
   private readonly script: Step[];
-  private readonly silence: string;
+  private readonly silence: string[];
   private readonly endAt: number;
   private phase: Phase = "connecting";
   private seq = 0;
@@ -395,7 +395,7 @@ class SimCall {
     const { speech } = this.gen.options;
     while (this.framesSent < due) {
       const chunk = this.framesSent + 1;
-      let payload = this.silence;
+      let payload = this.silence[chunk % this.silence.length];
       if (this.burstPos >= 0) {
         payload = speech[this.burstPos++];
         if (this.burstPos === speech.length) {

@@ -19,7 +19,7 @@ import { keys, type TurnEntry } from "@voicebot/state";
 import WebSocket from "ws";
 import { calibrate } from "./calibrate.js";
 import { measureHopFloor, type HopFloor } from "./hops.js";
-import { FRAME_MS, sileroDecidedBy, sileroLastSpeech, speechBurst, watermarkFrame } from "./audio.js";
+import { FRAME_MS, lineNoiseTails, sileroDecidedBy, sileroLastSpeech, silenceFrames, speechBurst } from "./audio.js";
 import type { EngineRecord } from "./fakes.js";
 import { LoadGenerator, type TurnSample } from "./loadgen.js";
 import { orderNumber } from "./script.js";
@@ -61,6 +61,11 @@ interface Options {
    * takes hundreds of ms: with it, caller latency shows what the asr's early finals take off a spoken turn.
    */
   asrEngineMs: number;
+  /**
+   * The callers' silence as a real line carries it: white noise at this RMS level (dBFS) instead of digital
+   * silence (--line-noise; default none). Ingress batches only the frames it takes for quiet.
+   */
+  lineNoiseDbfs: number | undefined;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -72,6 +77,7 @@ function parseArgs(argv: string[]): Options {
     callMs: 60_000,
     minSilenceMs: 600,
     asrEngineMs: 0,
+    lineNoiseDbfs: undefined,
     findMax: false,
     start: 100,
     step: 100,
@@ -122,6 +128,12 @@ function parseArgs(argv: string[]): Options {
       case "--asr-engine-ms":
         options.asrEngineMs = int();
         break;
+      case "--line-noise": {
+        const dbfs = Number(value());
+        if (!Number.isFinite(dbfs) || dbfs > -20 || dbfs < -90) throw new Error("--line-noise needs a level in dBFS from -90 to -20");
+        options.lineNoiseDbfs = dbfs;
+        break;
+      }
       case "--find-max":
         options.findMax = true;
         break;
@@ -177,7 +189,7 @@ function parseArgs(argv: string[]): Options {
       }
       case "--help":
       case "-h":
-        console.log(`usage: bench:load [--calls 150] [--duration 60s] [--ramp max(5s, calls/50 s)] [--call-length 60s] [--asr-engine-ms 0]
+        console.log(`usage: bench:load [--calls 150] [--duration 60s] [--ramp max(5s, calls/50 s)] [--call-length 60s] [--asr-engine-ms 0] [--line-noise -65]
        bench:load --find-max [--start 100] [--step 100] [--max 1500] [--duration 30s] [--all-steps]
        [--vad silero|energy] [--env NAME=value] [--node-args "..."] [--quiet-below 0.3] [--outside-nice -10] [--p99-limit 20] [--gap-limit 40] [--profile asr,ingress] [--json file] [--keep]`);
         process.exit(0);
@@ -232,6 +244,8 @@ interface RunResult {
   slowest: Array<{ kind: string; overheadMs: number; engineMs: number; stages: Record<string, number> | undefined }>;
   vad: string;
   nats: { inPerSec: number; outPerSec: number; inMbPerSec: number; outMbPerSec: number };
+  /** Ingress's CallerAudio messages and the caller frames they carried, per second (silence batching at work). */
+  callerAudio: { messagesPerSec: number; framesPerSec: number };
   redis: {
     commandsPerSec: number;
     commandsPerTurn: number;
@@ -282,6 +296,8 @@ function raiseOutsidePriority(nice: number, fakesPid: number): void {
 
 /** How many of the slowest turns the report lists. */
 const SLOWEST_TURNS = 8;
+/** Different noise tails per slot with --line-noise (sent in turn, so frames differ as on a line). */
+const LINE_NOISE_VARIANTS = 8;
 /** prom-client's event-loop monitor interval (its default precision, which the services keep). */
 const LOOP_MONITOR_MS = 10;
 
@@ -412,7 +428,8 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
     const hopFloor = await measureHopFloor(system.nats.url, system.store);
     console.log(`    ${hopFloorLine(hopFloor)}`);
 
-    const silence = Array.from({ length: calls }, (_, slot) => Buffer.from(watermarkFrame(slot)).toString("base64"));
+    const noiseTails = options.lineNoiseDbfs === undefined ? [] : lineNoiseTails(options.lineNoiseDbfs, LINE_NOISE_VARIANTS);
+    const silence = Array.from({ length: calls }, (_, slot) => silenceFrames(slot, noiseTails).map((frame) => Buffer.from(frame).toString("base64")));
     const gen = new LoadGenerator({
       url: system.twilioUrl,
       calls,
@@ -516,6 +533,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
     const heap = (m: Record<string, Map<string, number>>, n: string) => metricSum(m[n], "nodejs_heap_size_used_bytes");
     const heapPerCallKb = SERVICE_NAMES.reduce((a, n) => a + (heap(metrics1, n) - heap(idleMetrics, n)), 0) / 1024 / perCall;
     const commands = Number(redis1.total_commands_processed) - Number(redis0.total_commands_processed);
+    const ingressDelta = (name: string) => metricSum(metrics1.ingress, name) - metricSum(metrics0.ingress, name);
     const turnCount = measured.length;
 
     const errorDetails: string[] = [];
@@ -573,6 +591,10 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
         outPerSec: (varz1.out_msgs - varz0.out_msgs) / windowSeconds,
         inMbPerSec: (varz1.in_bytes - varz0.in_bytes) / windowSeconds / 2 ** 20,
         outMbPerSec: (varz1.out_bytes - varz0.out_bytes) / windowSeconds / 2 ** 20,
+      },
+      callerAudio: {
+        messagesPerSec: ingressDelta("voicebot_ingress_caller_audio_messages_total") / windowSeconds,
+        framesPerSec: ingressDelta("voicebot_ingress_frames_in_total") / windowSeconds,
       },
       redis: {
         commandsPerSec: commands / windowSeconds,
@@ -884,6 +906,9 @@ function report(r: RunResult, options: Options): string {
     `NATS: ${fmt(r.nats.inPerSec, 0)} msgs/s in, ${fmt(r.nats.outPerSec, 0)} msgs/s out (${fmt(r.nats.inMbPerSec, 2)} / ${fmt(r.nats.outMbPerSec, 2)} MB/s)`,
   );
   lines.push(
+    `caller audio: ${fmt(r.callerAudio.messagesPerSec, 0)} CallerAudio msgs/s for ${fmt(r.callerAudio.framesPerSec, 0)} frames/s (${fmt(r.callerAudio.framesPerSec / r.callerAudio.messagesPerSec, 2)} frames per message)`,
+  );
+  lines.push(
     `Redis: ${fmt(r.redis.commandsPerSec, 0)} commands/s, ${fmt(r.redis.commandsPerTurn, 1)} per bot turn (${r.redis.topCommands.map(([c, n]) => `${c} ${fmt(n, 1)}`).join(", ")}); used_memory ${fmt(r.redis.usedIdleMb)} -> ${fmt(r.redis.usedLoadedMb)} MB (${fmt(r.redis.usedPerCallKb)} KB per call)`,
   );
   lines.push("");
@@ -954,7 +979,8 @@ async function main(): Promise<void> {
     `machine speed now: ${(speed.alone / 1000).toFixed(0)} k media messages/s on one core alone, ${(speed.allCores / 1000).toFixed(0)} k per core with all ${speed.cores} busy (compare runs only at similar figures)`,
   );
   const speech = (await speechBurst()).map((frame) => Buffer.from(frame).toString("base64"));
-  console.log(`caller speech: "order status", ${speech.length * FRAME_MS} ms; endpoint silence ${options.minSilenceMs} ms`);
+  const silenceText = options.lineNoiseDbfs === undefined ? "digital silence" : `white noise at ${options.lineNoiseDbfs} dBFS RMS`;
+  console.log(`caller speech: "order status", ${speech.length * FRAME_MS} ms; endpoint silence ${options.minSilenceMs} ms; between words ${silenceText}`);
   const results: RunResult[] = [];
   if (options.findMax) {
     for (let calls = options.start; calls <= options.max; calls += options.step) {

@@ -125,8 +125,9 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
       maxFrames: env.int("INGRESS_SILENCE_BATCH_FRAMES", 10, { min: 0, max: 50 }),
       // Above the asr's default endpoint silence (ASR_MIN_SILENCE_MS, 600) with margin.
       hangoverMs: env.int("INGRESS_SILENCE_HANGOVER_MS", 1_000, { min: 100, max: 60_000 }),
-      // At the asr's Silero gate (ASR_VAD_GATE_DBFS) and below its energy VAD floor (ASR_VAD_MIN_SPEECH_DBFS, -50).
-      levelDbfs: env.number("INGRESS_SILENCE_LEVEL_DBFS", -55, { min: -90, max: -20 }),
+      // A frame's RMS; 2.73 dB or more below the asr's Silero gate (ASR_VAD_GATE_DBFS, -55) and below its energy VAD
+      // floor (ASR_VAD_MIN_SPEECH_DBFS, -50): see silence-batch.ts.
+      levelDbfs: env.number("INGRESS_SILENCE_LEVEL_DBFS", -58, { min: -90, max: -20 }),
     },
     twilioRest: accountSid && authToken ? { accountSid, authToken, baseUrl, timeoutMs } : undefined,
     validateSignature,

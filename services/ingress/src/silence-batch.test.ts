@@ -1,12 +1,12 @@
 // The caller's quiet stretches in fewer CallerAudio messages: a Twilio-speaking client sends loud and quiet frames,
 // the test plays the asr's SpeechActivity, and what the asr would receive is read back from the bus.
 import { performance } from "node:perf_hooks";
-import { mulawEncode } from "@voicebot/audio";
+import { MULAW_DECODE_TABLE, mulawEncode } from "@voicebot/audio";
 import { subjects, type Bus } from "@voicebot/bus";
 import { CallEnded, CallerAudio, SpeechActivity, SpeechActivity_Kind, type DialogInput } from "@voicebot/proto";
 import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { isQuiet, loudCodes } from "./silence-batch.js";
+import { isQuiet, quietMeanSquare } from "./silence-batch.js";
 import {
   captureLogs,
   connectBus,
@@ -27,7 +27,7 @@ let redis: ServerHandle;
 let bus: Bus;
 let ingress: Ingress;
 let perFrame: Ingress;
-/** Default silence settings (hangover 1000 ms, 10 frames, -55 dBFS). */
+/** Default silence settings (hangover 1000 ms, 10 frames, -58 dBFS RMS). */
 let defaults: Ingress;
 let dialog: { items: DialogInput[]; stop(): Promise<void> };
 
@@ -54,7 +54,7 @@ afterAll(async () => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** μ-law codes whose samples stay below -55 dBFS (|x| ≤ 56 of 32768): what a quiet line carries. */
+/** μ-law codes whose samples stay within ±56 of 32768: frames of them are about -60 dBFS RMS, quiet. */
 const QUIET_CODES = [0xff, 0xfe, 0xfd, 0xfc, 0xfb, 0xfa, 0xf9, 0xf8, 0x7f, 0x7e, 0x7d, 0x7c, 0x7b, 0x7a, 0x79, 0x78];
 
 /** A quiet frame whose bytes depend on `seed`, so every frame's payload can be told apart. */
@@ -118,18 +118,70 @@ function speech(callId: string, kind: SpeechActivity_Kind, utteranceId: string):
 const metric = (target: Ingress, name: string, labels: Record<string, string> = {}) => metricValue(target.baseUrl, `voicebot_ingress_${name}`, labels);
 
 describe("quiet frames", () => {
-  it("are the codes below the level: no 32 ms window of them can pass the asr's -55 dBFS gate", () => {
-    const loud = loudCodes(-55);
-    expect([...loud.keys()].filter((code) => loud[code] === 0).sort((a, b) => a - b)).toEqual([...QUIET_CODES].sort((a, b) => a - b));
-    const tone = (dbfs: number) => {
+  const limit = quietMeanSquare(-58);
+  const dbfs = (samples: ArrayLike<number>) => {
+    let energy = 0;
+    for (let i = 0; i < samples.length; i++) energy += samples[i] ** 2;
+    return 10 * Math.log10(energy / samples.length / 32768 ** 2);
+  };
+  const decode = (frame: Uint8Array) => Array.from(frame, (code) => MULAW_DECODE_TABLE[code]);
+
+  it("are frames whose RMS is below the level: a real line's hiss is quiet though its peaks are not", () => {
+    const tone = (rmsDbfs: number) => {
       const pcm = new Int16Array(160);
-      for (let i = 0; i < 160; i++) pcm[i] = Math.round(32768 * 10 ** (dbfs / 20) * Math.sin((2 * Math.PI * 400 * i) / 8000));
+      const peak = 32768 * 10 ** (rmsDbfs / 20) * Math.SQRT2;
+      for (let i = 0; i < 160; i++) pcm[i] = Math.round(peak * Math.sin((2 * Math.PI * 400 * i) / 8000));
       return mulawEncode(pcm);
     };
-    expect(isQuiet(tone(-58), loud)).toBe(true);
-    expect(isQuiet(tone(-52), loud)).toBe(false);
-    expect(isQuiet(quietFrame(1), loud)).toBe(true);
-    expect(isQuiet(loudFrame(1), loud)).toBe(false);
+    expect(isQuiet(tone(-60), limit)).toBe(true);
+    expect(isQuiet(tone(-56), limit)).toBe(false);
+
+    // Gaussian hiss at -62 dBFS RMS (a quiet phone line), from a fixed seed (mulberry32).
+    let seed = 7;
+    const uniform = () => {
+      let t = (seed = (seed + 0x6d2b79f5) >>> 0);
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      return (((t ^ (t >>> 14)) >>> 0) + 1) / 2 ** 32;
+    };
+    const hiss = new Int16Array(160);
+    for (let i = 0; i < 160; i++) hiss[i] = Math.round(32768 * 10 ** (-62 / 20) * Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform()));
+    const line = mulawEncode(hiss);
+    expect(Math.max(...decode(line).map(Math.abs))).toBeGreaterThan(32768 * 10 ** (-55 / 20)); // a peak rule at -55 said "sound"
+    expect(isQuiet(line, limit)).toBe(true);
+
+    expect(isQuiet(quietFrame(1), limit)).toBe(true);
+    expect(isQuiet(loudFrame(1), limit)).toBe(false);
+    // Every frame of a multi-frame payload must be quiet: one loud frame among them is not averaged away.
+    expect(isQuiet(Buffer.concat([quietFrame(1), quietFrame(2)]), limit)).toBe(true);
+    expect(isQuiet(Buffer.concat([quietFrame(1), quietFrame(2), quietFrame(3), loudFrame(4)]), limit)).toBe(false);
+  });
+
+  it("can never make a 32 ms window of the asr reach its -55 dBFS gate, even with their energy where it counts most", () => {
+    // The worst case: a 256-sample window over the last 48 samples of one frame, all of the next and the first 48
+    // of the third, with each frame's energy (as much as a quiet frame may hold) packed into the samples it shares.
+    const worstWindowDbfs = (levelDbfs: number) => {
+      const frameLimit = quietMeanSquare(levelDbfs);
+      const loudestCode = (samples: number) => {
+        let best = 0xff;
+        for (let code = 0; code < 256; code++) {
+          const v = MULAW_DECODE_TABLE[code];
+          if (v > 0 && samples * v * v < 160 * frameLimit && v > MULAW_DECODE_TABLE[best]) best = code;
+        }
+        return best;
+      };
+      const packed = (from: number, to: number) => {
+        const frame = new Uint8Array(160).fill(0xff);
+        frame.fill(loudestCode(to - from), from, to);
+        return frame;
+      };
+      const frames = [packed(112, 160), packed(0, 160), packed(0, 48)];
+      for (const frame of frames) expect(isQuiet(frame, frameLimit)).toBe(true);
+      return dbfs([...decode(frames[0]).slice(112), ...decode(frames[1]), ...decode(frames[2]).slice(0, 48)]);
+    };
+    expect(worstWindowDbfs(-58)).toBeLessThan(-55);
+    expect(worstWindowDbfs(-58)).toBeGreaterThan(-56); // the bound is close: nothing much louder exists
+    expect(worstWindowDbfs(-56)).toBeGreaterThan(-55); // a level too near the gate would let a window through
   });
 });
 

@@ -6,10 +6,12 @@
 // go out one by one again until the hangover has passed.
 //
 // Why no decision of the asr waits for a batch:
-// - "Quiet" = every sample's magnitude below `levelDbfs` (peak). A window's RMS is never above its peak, so with
-//   the level at or below the asr's Silero gate (ASR_VAD_GATE_DBFS, -55) and the energy VAD's floor
-//   (ASR_VAD_MIN_SPEECH_DBFS, -50), no 32 ms window made of quiet frames can be speech: a speech onset always
-//   arrives in a frame that is sent at once.
+// - "Quiet" = a frame's RMS level below `levelDbfs`. A 256-sample (32 ms) window of the asr spans at most three
+//   160-sample frames, so its energy is at most 3 × 160 / 256 = 1.875 times one quiet frame's (+2.73 dB): with the
+//   level 2.73 dB or more below the asr's Silero gate (ASR_VAD_GATE_DBFS, -55; default level -58) and below the
+//   energy VAD's floor (ASR_VAD_MIN_SPEECH_DBFS, -50), no window made of quiet frames can be speech: a speech
+//   onset always arrives in a frame that is sent at once. RMS, not peak: a real line's hiss has peaks ~10 dB above
+//   its RMS, and a peak rule took a quiet line at -65 dBFS RMS for sound, so nothing was batched on it.
 // - Endpointing counts silence inside an open utterance; from the asr's SpeechActivity STARTED to its STOPPED the
 //   frames go out one by one whatever they hold (the silence an utterance ends on can be up to the asr's maximum or
 //   an agent's hints, longer than any fixed hangover). The hangover covers the time STARTED takes to come back.
@@ -23,7 +25,7 @@ export interface SilenceBatchOptions {
   maxFrames: number;
   /** Frames go out one by one until the caller has been quiet this long (counted in stream time, 20 ms frames). */
   hangoverMs: number;
-  /** A frame is quiet when no sample reaches this level (dBFS, full scale = 32768). */
+  /** A frame is quiet when its RMS level is below this (dBFS, full scale = 32768). */
   levelDbfs: number;
 }
 
@@ -44,16 +46,22 @@ export interface CallerAudioBlock {
 /** The asr's open utterance is forgotten after this (its STOPPED was lost): it caps an utterance at 60 s. */
 const UTTERANCE_STALE_MS = 65_000;
 
-/** For each μ-law code: 1 when its sample reaches `levelDbfs`. */
-export function loudCodes(levelDbfs: number): Uint8Array {
-  const limit = 32768 * 10 ** (levelDbfs / 20);
-  const table = new Uint8Array(256);
-  for (let code = 0; code < 256; code++) table[code] = Math.abs(MULAW_DECODE_TABLE[code]) >= limit ? 1 : 0;
-  return table;
+/** Each μ-law code's sample, squared: a frame's energy is the sum over its bytes. */
+const SQUARED = Float64Array.from(MULAW_DECODE_TABLE, (sample) => sample * sample);
+
+/** The mean squared sample (full scale 32768) of a frame at `levelDbfs` RMS: quiet frames stay below it. */
+export function quietMeanSquare(levelDbfs: number): number {
+  return 32768 ** 2 * 10 ** (levelDbfs / 10);
 }
 
-export function isQuiet(payload: Uint8Array, loud: Uint8Array): boolean {
-  for (let i = 0; i < payload.length; i++) if (loud[payload[i]] === 1) return false;
+/** True when every 160-byte frame of the payload (and a shorter rest) has a mean square below the limit. */
+export function isQuiet(payload: Uint8Array, meanSquareLimit: number): boolean {
+  for (let start = 0; start < payload.length; start += FRAME_BYTES) {
+    const end = Math.min(payload.length, start + FRAME_BYTES);
+    let energy = 0;
+    for (let i = start; i < end; i++) energy += SQUARED[payload[i]];
+    if (energy >= meanSquareLimit * (end - start)) return false;
+  }
   return true;
 }
 
@@ -69,7 +77,7 @@ interface Held {
 export class SilenceBatcher {
   private readonly maxFrames: number;
   private readonly hangoverFrames: number;
-  private readonly loud: Uint8Array;
+  private readonly quietLimit: number;
   /** Quiet frames since the last frame that was not. */
   private quietRun = 0;
   private held: Held | undefined;
@@ -82,14 +90,14 @@ export class SilenceBatcher {
   ) {
     this.maxFrames = options.maxFrames;
     this.hangoverFrames = Math.ceil(options.hangoverMs / FRAME_MS);
-    this.loud = loudCodes(options.levelDbfs);
+    this.quietLimit = quietMeanSquare(options.levelDbfs);
   }
 
   /** `frameCount` frames from `firstFrame`, in stream order (the jitter buffer's output). */
   add(firstFrame: number, payload: Buffer, frameCount: number, receivedAtMs: number, concealed: boolean): void {
     const receivedFrames = concealed ? 0 : frameCount;
     if (this.maxFrames <= 1) return this.emit({ firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched: false });
-    if (!isQuiet(payload, this.loud)) {
+    if (!isQuiet(payload, this.quietLimit)) {
       this.quietRun = 0;
       this.flush();
       return this.emit({ firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched: false });
