@@ -3,6 +3,7 @@ import { ToolCallRequest } from "@voicebot/proto";
 import { CallStore, defaultStoreOptions, keys } from "@voicebot/state";
 import { metricSum, startRedis, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
+import { performance } from "node:perf_hooks";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createExecutorMetrics, parseArguments, ToolExecutor } from "./executor.js";
 import { normalizeOrderNumber, JsonFileOrderSource, spokenDate } from "./orders.js";
@@ -109,6 +110,48 @@ describe("ToolExecutor", () => {
     expect(await reader.toolResult("CAquick", "refund-1")).toEqual(refund); // stored before the answer
     await reader.close();
     expect(await metricSum(registry, "voicebot_tools_store_errors_total")).toBe(0);
+  });
+
+  it("runs an idempotent tool of a call a claim found live without a round trip first, until the call ends", async () => {
+    const lookup: Tool = { name: "lookup", defaultTimeoutMs: 2_000, idempotent: true, run: async () => ({ found: true }) };
+    const refund: Tool = { name: "refund", defaultTimeoutMs: 2_000, run: async () => ({ refunded: true }) };
+    const registry = new Registry();
+    const executor = new ToolExecutor([lookup, refund], store, createExecutorMetrics(registry), silentLogger);
+    await liveCall("CAknown");
+    await liveCall("CAother");
+    expect(await executor.handle(request("CAknown", "lookup"))).toMatchObject({ ok: true }); // claimed: now known live
+    await executor.idle();
+
+    // Redis answers nobody for 400 ms (paused from a connection of its own).
+    const pauser = CallStore.connect(redis.url);
+    await pauser.redis.call("CLIENT", "PAUSE", "400", "ALL");
+    const timed = async (req: ToolCallRequest) => {
+      const started = performance.now();
+      const result = await executor.handle(req);
+      return { result, ms: performance.now() - started };
+    };
+    const [known, withEffects, unknown] = await Promise.all([
+      timed(request("CAknown", "lookup", { toolCallId: "lookup-2" })),
+      timed(request("CAknown", "refund")),
+      timed(request("CAother", "lookup")), // live, but this replica has not seen it: claimed first
+    ]);
+    await pauser.close();
+    expect(known.result).toMatchObject({ ok: true, toolCallId: "lookup-2" });
+    expect(known.ms).toBeLessThan(200);
+    expect(withEffects.result).toMatchObject({ ok: true });
+    expect(withEffects.ms).toBeGreaterThan(300);
+    expect(unknown.result).toMatchObject({ ok: true });
+    expect(unknown.ms).toBeGreaterThan(300);
+    await executor.idle();
+    expect(await store.toolResult("CAknown", "lookup-2")).toEqual(known.result); // stored after the answer
+    expect((await store.getRecord("CAknown"))!.toolCalls.map((t) => t.name)).toEqual(["lookup", "lookup", "refund"]);
+    expect(await metricSum(registry, "voicebot_tools_unclaimed_runs_total")).toBe(1);
+
+    // The call ends (CallEnded reaches the service, which stops the call's tools): claimed again, and refused.
+    await store.endCall("CAknown", "caller_hangup");
+    executor.cancelCall("CAknown");
+    expect(await executor.handle(request("CAknown", "lookup", { toolCallId: "lookup-3" }))).toMatchObject({ ok: false, errorMessage: "the call has ended" });
+    expect(await metricSum(registry, "voicebot_tools_unclaimed_runs_total")).toBe(1);
   });
 
   it("a duplicate whose first execution left no result runs an idempotent tool again, and times out a tool with effects", async () => {

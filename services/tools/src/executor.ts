@@ -2,6 +2,7 @@ import { errorText, isValidCallId, LogThrottle, type Logger } from "@voicebot/bu
 import { ToolCallResult, type ToolCallRequest } from "@voicebot/proto";
 import type { CallStore, ToolCallEntry } from "@voicebot/state";
 import { Counter, Histogram, type Registry } from "prom-client";
+import { LiveCalls } from "./live-calls.js";
 import { InvalidArgumentsError, PermanentToolError, type Tool } from "./tool.js";
 
 export type ToolErrorCode = "unknown_tool" | "invalid_arguments" | "timeout" | "failed" | "cancelled";
@@ -21,6 +22,7 @@ export interface ExecutorMetrics {
   calls: Counter<"tool" | "outcome">;
   duration: Histogram<"tool">;
   duplicates: Counter<"kind">;
+  unclaimed: Counter;
   retries: Counter<"tool">;
   storeErrors: Counter;
 }
@@ -49,6 +51,11 @@ export function createExecutorMetrics(registry: Registry): ExecutorMetrics {
       labelNames: ["kind"],
       registers: [registry],
     }),
+    unclaimed: new Counter({
+      name: "voicebot_tools_unclaimed_runs_total",
+      help: "Idempotent tool requests run without a claim in Redis: a claim had found their call live moments before",
+      registers: [registry],
+    }),
     retries: new Counter({
       name: "voicebot_tools_retries_total",
       help: "Retries of failed idempotent tools",
@@ -74,6 +81,8 @@ export class ToolExecutor {
   private readonly storing = new Set<Promise<void>>();
   /** Per call, the requests being handled for it (stopped when the call ends). */
   private readonly running = new Map<string, Set<AbortController>>();
+  /** Calls a claim found live lately: their idempotent tools run without one. */
+  private readonly liveCalls = new LiveCalls();
 
   /** `tools`: the same tools for every agent, or a resolver that knows each agent's own tools. */
   constructor(
@@ -119,6 +128,7 @@ export class ToolExecutor {
 
   /** The call ended: stops the tools running for it (a webhook's request is aborted). Returns how many. */
   cancelCall(callId: string): number {
+    this.liveCalls.callEnded(callId);
     const set = this.running.get(callId);
     for (const cancel of set ?? []) cancel.abort();
     return set?.size ?? 0;
@@ -131,19 +141,25 @@ export class ToolExecutor {
     if (!toolCallId || toolCallId.length > MAX_TOOL_CALL_ID) {
       return this.refuse(request, "invalid_arguments", `tool_call_id must be 1..${MAX_TOOL_CALL_ID} characters`);
     }
+    // Resolved once: its timeout, whether it may run twice, and the execution all come from it.
+    const tool = this.resolve(request.agent, name);
+    const timeoutMs = this.timeoutFor(request, tool);
+    if (tool?.idempotent && this.liveCalls.isLive(callId)) {
+      // Running it twice is harmless and a claim found the call live moments ago: no round trip before it runs.
+      this.metrics.unclaimed.inc();
+      return this.runAndStore(request, tool, timeoutMs, cancelled);
+    }
     // The call's state, a stored result and the claim in one Redis round trip (every round trip here is on the
     // caller's wait for the answer), atomic with endCall: nothing is claimed for an ended call, so a request that
     // comes after the hang-up cannot run a tool again once endCall has deleted the claims.
     const claim = await this.store.claimToolCall<ToolCallResult>(callId, toolCallId);
     if (claim.kind === "not_live") return this.refuse(request, "failed", claim.call === "ended" ? "the call has ended" : "unknown call");
+    this.liveCalls.seenLive(callId);
     if (claim.kind === "stored") {
       this.metrics.duplicates.inc({ kind: "stored" });
       this.log.info("tool request answered from stored result", { callId, toolCallId, tool: name });
       return claim.result;
     }
-    // Resolved once: its timeout, whether it may run twice, and the execution all come from it.
-    const tool = this.resolve(request.agent, name);
-    const timeoutMs = this.timeoutFor(request, tool);
     if (claim.kind === "taken") {
       this.metrics.duplicates.inc({ kind: "waited" });
       const stored = await this.waitForStored(request, timeoutMs + RESULT_WAIT_GRACE_MS, cancelled);
@@ -157,7 +173,12 @@ export class ToolExecutor {
       // Running it again is harmless: the caller gets an answer rather than a timeout.
       this.log.warn("duplicate tool request found no result of the first execution: running the idempotent tool again", { callId, toolCallId, tool: name });
     }
+    return this.runAndStore(request, tool, timeoutMs, cancelled);
+  }
 
+  /** Runs the tool, stores its result (for repeats) and its record line, and answers. */
+  private async runAndStore(request: ToolCallRequest, tool: Tool | undefined, timeoutMs: number, cancelled: AbortSignal): Promise<ToolCallResult> {
+    const { callId, toolCallId } = request;
     const { result, record } = await this.execute(request, tool, timeoutMs, cancelled);
     // A tool stopped because its call ended writes nothing: the record is closed and nobody asks for the result;
     // the log line and metric tell it ran.
