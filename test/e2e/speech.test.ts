@@ -84,3 +84,30 @@ test("no service crashed or wrote to stderr during the spoken call", () => {
     expect(system.services[name].stderr(), name).toBe("");
   }
 });
+
+test("on a line with hiss, the greeting plays uncut, quiet stretches are batched, and 'order status' is answered", async () => {
+  // A quiet phone line: Gaussian hiss at -65 dBFS RMS under everything the caller sends (its peaks pass -55 dBFS).
+  const batchedBefore = await system.metric("ingress", "voicebot_ingress_caller_audio_messages_total", 'batched="true"');
+  const sim = system.call({ lineNoiseDbfs: -65 });
+  await sim.connect();
+  const greeting = await sim.waitForBotTurn({ timeoutMs: TURN_MS });
+  expect(greeting.clearedMs).toBe(0); // the hiss is not the caller talking over the bot
+  // The greeting lasts ~9 s: ingress sent the asr the hiss past its hangover 10 frames to a message.
+  expect(await system.metric("ingress", "voicebot_ingress_caller_audio_messages_total", 'batched="true"')).toBeGreaterThan(batchedBefore + 20);
+
+  await sim.say(orderStatus);
+  const ask = await sim.waitForBotTurn({ timeoutMs: TURN_MS });
+  expect(ask.clearedMs).toBe(0);
+  const record = await system.waitForRecord(sim.callSid, "the spoken request and the bot's answer", (r) =>
+    r.transcript.some((e) => e.role === "caller" && e.source === "speech") && r.transcript.filter((e) => e.role === "bot").length >= 2,
+  );
+  const heard = record.transcript.find((e) => e.role === "caller" && e.source === "speech")!;
+  console.log(`ASR heard "order status" over -65 dBFS hiss as ${JSON.stringify(heard.text)}`);
+  expect(heard.text).toMatch(/order|status/i);
+  expect(record.transcript.filter((e) => e.role === "bot").at(-1)!.text).toMatch(/order number/i);
+  expect(record.transcript.filter((e) => e.role === "caller")).toHaveLength(1); // the hiss was never taken for speech
+  await sim.hangUp();
+  await system.waitForRecord(sim.callSid, "the call ended", (r) => r.state === "ended");
+  expect(sim.protocolErrors).toEqual([]);
+});
+

@@ -18,8 +18,8 @@ export interface System {
   call(options?: Partial<SimulatorOptions>): TwilioCallSimulator;
   record(callSid: string): Promise<CallRecord | undefined>;
   waitForRecord(callSid: string, what: string, predicate: (record: CallRecord) => boolean, timeoutMs?: number): Promise<CallRecord>;
-  /** Sum of every series of a counter/gauge on a service's /metrics (0 when absent). */
-  metric(service: ServiceName, name: string): Promise<number>;
+  /** Sum of every series of a counter/gauge on a service's /metrics (0 when absent); `label` (e.g. `batched="true"`) picks series. */
+  metric(service: ServiceName, name: string, label?: string): Promise<number>;
   readyz(service: ServiceName): Promise<number>;
   /** Recent log lines of every service, for failure reports. */
   recentLogs(lines?: number): string;
@@ -81,11 +81,12 @@ export async function startSystem(options: StartSystemOptions = {}): Promise<Sys
         throw new Error(`${(error as Error).message}\nlast record: ${JSON.stringify(last, null, 1)}`);
       }
     },
-    metric: async (service, name) => {
+    metric: async (service, name, label) => {
       const text = await (await fetch(`${services[service].baseUrl}/metrics`)).text();
       let sum = 0;
       for (const line of text.split("\n")) {
-        if (line.startsWith(name + " ") || line.startsWith(name + "{")) sum += Number(line.slice(line.lastIndexOf(" ") + 1));
+        const series = line.slice(0, line.lastIndexOf(" "));
+        if ((series === name || series.startsWith(name + "{")) && (!label || series.includes(label))) sum += Number(line.slice(line.lastIndexOf(" ") + 1));
       }
       return sum;
     },

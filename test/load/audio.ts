@@ -2,7 +2,7 @@
 // frames, and per-slot "silence" frames carrying an inaudible watermark, so the fake transcription server can tell
 // which call an uploaded utterance came from (the recognizer's pre-roll always starts in that silence).
 import { mulawEncode, mulawFrameEnergy } from "@voicebot/audio";
-import { synthesize } from "@voicebot/callsim";
+import { lineNoise, synthesize } from "@voicebot/callsim";
 
 export const FRAME_MS = 20;
 export const FRAME_BYTES = 160;
@@ -32,16 +32,7 @@ const WATERMARK_SAMPLES = SYNC.length + SLOT_BITS;
  * watermark: a caller's silence on a real line, which is not digital silence.
  */
 export function lineNoiseTails(dbfs: number, variants: number): Uint8Array[] {
-  const rms = 32768 * 10 ** (dbfs / 20);
-  return Array.from({ length: variants }, () => {
-    const pcm = new Int16Array(FRAME_BYTES - WATERMARK_SAMPLES);
-    for (let i = 0; i < pcm.length; i++) {
-      // Box-Muller: one standard normal sample.
-      const gaussian = Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random());
-      pcm[i] = Math.max(-32768, Math.min(32767, Math.round(gaussian * rms)));
-    }
-    return mulawEncode(pcm);
-  });
+  return Array.from({ length: variants }, () => mulawEncode(lineNoise(FRAME_BYTES - WATERMARK_SAMPLES, dbfs)));
 }
 
 /** A slot's silence frames: its watermark followed by each noise tail (no tails: the watermark in digital silence). */

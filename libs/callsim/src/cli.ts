@@ -16,6 +16,7 @@ usage: pnpm call [options] [--say "text" | --dtmf KEYS]...
   --voice NAME     voice of the caller (flite: slt, kal, awb, rms; espeak-ng: en-us ...) (default slt)
   --engine NAME    flite or espeak-ng (default flite)
   --param K=V      a TwiML <Parameter> sent in start.customParameters (repeatable), e.g. --param agent=support
+  --noise DBFS     a phone line's hiss under all the caller sends, at this RMS level (e.g. -65; default none)
   --out DIR        save the bot's audio: turn-<n>.wav per turn and call.wav
   --record         print the call record (GET /v1/calls/<callSid>) at the end (sends $INGRESS_API_TOKEN if set)
   --timeout MS     longest wait for each bot turn (default 20000)
@@ -53,6 +54,7 @@ function parse(argv: string[]) {
       voice: { type: "string" },
       engine: { type: "string" },
       param: { type: "string", multiple: true },
+      noise: { type: "string" },
       out: { type: "string" },
       record: { type: "boolean" },
       timeout: { type: "string" },
@@ -82,6 +84,8 @@ function parse(argv: string[]) {
     if (eq <= 0) throw new UsageError(`--param ${JSON.stringify(pair)} must be key=value`);
     customParameters[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
+  const lineNoiseDbfs = values.noise === undefined ? undefined : Number(values.noise);
+  if (lineNoiseDbfs !== undefined && !(lineNoiseDbfs >= -90 && lineNoiseDbfs <= -20)) throw new UsageError("--noise must be a level in dBFS from -90 to -20");
   const timeoutMs = values.timeout === undefined ? 20_000 : Number(values.timeout);
   if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new UsageError("--timeout must be a positive number of ms");
   return {
@@ -91,6 +95,7 @@ function parse(argv: string[]) {
     engine: engine as SpeechEngine,
     voice: values.voice ?? (engine === "flite" ? "slt" : undefined),
     customParameters,
+    lineNoiseDbfs,
     out: values.out,
     record: values.record ?? false,
     timeoutMs,
@@ -139,7 +144,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (options.out) await mkdir(options.out, { recursive: true });
 
-  const sim = new TwilioCallSimulator({ url: options.url, customParameters: options.customParameters });
+  const sim = new TwilioCallSimulator({ url: options.url, customParameters: options.customParameters, lineNoiseDbfs: options.lineNoiseDbfs });
   const recordAt = recordUrl(options.url, sim.callSid);
   let botLinesShown = 0;
   let callerLinesShown = 0;

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { mulawEncode, mulawFrameEnergy } from "@voicebot/audio";
+import { mulawDecode, mulawEncode, mulawFrameEnergy } from "@voicebot/audio";
 import WebSocket from "ws";
 import { BYTES_PER_MS, PlayoutBuffer } from "./playout.js";
 
@@ -23,6 +23,30 @@ export interface SimulatorOptions {
   turnQuietMs?: number;
   /** Extra headers on the WebSocket upgrade request (e.g. X-Twilio-Signature). */
   headers?: Record<string, string>;
+  /**
+   * A phone line's hiss under everything the caller sends, speech and pauses: white (Gaussian) noise at this RMS
+   * level in dBFS (e.g. -65 for a quiet line). Default none: pauses are digital silence.
+   */
+  lineNoiseDbfs?: number;
+}
+
+const clamp16 = (x: number) => Math.max(-32768, Math.min(32767, Math.round(x)));
+
+/** `samples` of Gaussian white noise at `dbfs` RMS, as 16-bit PCM. */
+export function lineNoise(samples: number, dbfs: number): Int16Array {
+  const rms = 32768 * 10 ** (dbfs / 20);
+  const out = new Int16Array(samples);
+  for (let i = 0; i < samples; i++) out[i] = clamp16(rms * Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random()));
+  return out;
+}
+
+/** μ-law audio with the line's noise added. */
+function withNoise(mulaw: Uint8Array, dbfs: number): Uint8Array {
+  const pcm = mulawDecode(mulaw);
+  const noise = lineNoise(pcm.length, dbfs);
+  const mixed = new Int16Array(pcm.length);
+  for (let i = 0; i < pcm.length; i++) mixed[i] = clamp16(pcm[i] + noise[i]);
+  return mulawEncode(mixed);
 }
 
 export interface SimEvent {
@@ -226,9 +250,10 @@ export class TwilioCallSimulator {
     while (speechEndOffset > FRAME_BYTES && mulawFrameEnergy(padded.subarray(speechEndOffset - FRAME_BYTES, speechEndOffset)) < SPEECH_DBFS) {
       speechEndOffset -= FRAME_BYTES;
     }
+    const noiseDbfs = this.options.lineNoiseDbfs;
     return new Promise((resolve, reject) => {
       this.speech.push({
-        bytes: padded,
+        bytes: noiseDbfs === undefined ? padded : withNoise(padded, noiseDbfs),
         offset: 0,
         speechEndOffset,
         resolve: (result) => {
@@ -363,7 +388,8 @@ export class TwilioCallSimulator {
         item.resolve({ startedAt: item.startedAt ?? now, speechEndAt: item.speechEndAt ?? now, endedAt: now });
       }
     } else {
-      payload = new Uint8Array(FRAME_BYTES).fill(SILENCE);
+      const noiseDbfs = this.options.lineNoiseDbfs;
+      payload = noiseDbfs === undefined ? new Uint8Array(FRAME_BYTES).fill(SILENCE) : withNoise(new Uint8Array(FRAME_BYTES).fill(SILENCE), noiseDbfs);
     }
     const chunk = this.framesSent + 1;
     this.send({
