@@ -42,9 +42,19 @@ interface CallRecordView {
 
 class UsageError extends Error {}
 
+/** `--noise -65` as `--noise=-65`: parseArgs takes a value that starts with a dash for an option. */
+function joinNegativeValues(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--noise" && /^-\d/.test(argv[i + 1] ?? "")) out.push(`--noise=${argv[++i]}`);
+    else out.push(argv[i]);
+  }
+  return out;
+}
+
 function parse(argv: string[]) {
   const { values, tokens } = parseArgs({
-    args: argv,
+    args: joinNegativeValues(argv),
     allowPositionals: false,
     tokens: true,
     options: {
