@@ -78,13 +78,6 @@ test("spoken 'order status' is recognized and answered; spoken digits are read b
   noteTurns("spoken", sim.turns, ended);
 });
 
-test("no service crashed or wrote to stderr during the spoken call", () => {
-  for (const name of serviceNames) {
-    expect(system.services[name].process.exitCode, name).toBeNull();
-    expect(system.services[name].stderr(), name).toBe("");
-  }
-});
-
 test("on a line with hiss, the greeting plays uncut, quiet stretches are batched, and 'order status' is answered", async () => {
   // A quiet phone line: Gaussian hiss at -65 dBFS RMS under everything the caller sends (its peaks pass -55 dBFS).
   const batchedBefore = await system.metric("ingress", "voicebot_ingress_caller_audio_messages_total", 'batched="true"');
@@ -111,3 +104,9 @@ test("on a line with hiss, the greeting plays uncut, quiet stretches are batched
   expect(sim.protocolErrors).toEqual([]);
 });
 
+test("no service crashed or wrote to stderr during the spoken calls", () => {
+  for (const name of serviceNames) {
+    expect(system.services[name].process.exitCode, name).toBeNull();
+    expect(system.services[name].stderr(), name).toBe("");
+  }
+});

@@ -9,6 +9,7 @@ import { registerRecordRoute } from "./record-route.js";
 import { registerStatusCallback } from "./status-callback.js";
 import { registerVoiceWebhook } from "./voice-webhook.js";
 import { PlayoutScheduler } from "./scheduler.js";
+import { SAFE_SILENCE_LEVEL_DBFS } from "./silence-batch.js";
 import { LiveCalls } from "./session.js";
 import { TwilioRestClient } from "./twilio-rest.js";
 
@@ -33,6 +34,11 @@ export const definition: ServiceDefinition<IngressConfig> = {
     registerOutboundRoute(http, { config, twilioApi, store, log, metrics });
     registerStatusCallback(http, { config, store, log, metrics });
     registerVoiceWebhook(http, { config, log, metrics });
+    if (config.silenceBatch.maxFrames > 1 && config.silenceBatch.levelDbfs > SAFE_SILENCE_LEVEL_DBFS) {
+      log.warn("INGRESS_SILENCE_LEVEL_DBFS is above -57.73 dBFS RMS: a window of quiet frames can pass the asr's default -55 dBFS VAD gate, so a soft speech onset may wait for a batch; keep ASR_VAD_GATE_DBFS 2.73 dB or more above it", {
+        levelDbfs: config.silenceBatch.levelDbfs,
+      });
+    }
     if (!config.apiToken) log.warn("INGRESS_API_TOKEN is not set: call records are readable without a token, and POST /v1/calls is off");
     const probe = new ReadinessProbe(bus, config.requireServices, config.readinessProbeIntervalMs, ctx.common.instanceId, log);
     probe.start();

@@ -6,15 +6,17 @@ import { subjects, type Bus } from "@voicebot/bus";
 import { CallEnded, CallerAudio, SpeechActivity, SpeechActivity_Kind, type DialogInput } from "@voicebot/proto";
 import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { isQuiet, quietMeanSquare } from "./silence-batch.js";
+import { isQuiet, quietMeanSquare, SAFE_SILENCE_LEVEL_DBFS } from "./silence-batch.js";
 import {
   captureLogs,
   connectBus,
+  logs,
   consumeDialogInputs,
   metricValue,
   startCall,
   startIngress,
   waitFor,
+  waitForLog,
   type Ingress,
   type TwilioClient,
 } from "./test-support/harness.js";
@@ -158,8 +160,9 @@ describe("quiet frames", () => {
   });
 
   it("can never make a 32 ms window of the asr reach its -55 dBFS gate, even with their energy where it counts most", () => {
-    // The worst case: a 256-sample window over the last 48 samples of one frame, all of the next and the first 48
-    // of the third, with each frame's energy (as much as a quiet frame may hold) packed into the samples it shares.
+    // Worse than any real case: a 256-sample window over the last 48 samples of one frame, all of the next and the
+    // first 48 of the third (the asr's windows start 0, 32, 64, 96 or 128 samples into a frame, and so share fewer
+    // samples with the outer two), each frame's whole allowance packed into the samples the window holds.
     const worstWindowDbfs = (levelDbfs: number) => {
       const frameLimit = quietMeanSquare(levelDbfs);
       const loudestCode = (samples: number) => {
@@ -182,6 +185,15 @@ describe("quiet frames", () => {
     expect(worstWindowDbfs(-58)).toBeLessThan(-55);
     expect(worstWindowDbfs(-58)).toBeGreaterThan(-56); // the bound is close: nothing much louder exists
     expect(worstWindowDbfs(-56)).toBeGreaterThan(-55); // a level too near the gate would let a window through
+    expect(SAFE_SILENCE_LEVEL_DBFS).toBeCloseTo(-57.73, 2);
+  });
+
+  it("a level above that is taken, with a warning at start", async () => {
+    const warned = (line: Record<string, unknown>) => String(line.msg).startsWith("INGRESS_SILENCE_LEVEL_DBFS is above");
+    expect(logs.some(warned)).toBe(false); // the ingresses above run at safe levels
+    const loose = await startIngress({ NATS_URL: nats.url, REDIS_URL: redis.url, INGRESS_SILENCE_LEVEL_DBFS: "-55" });
+    await waitForLog((line) => warned(line) && line.levelDbfs === -55, "the warning");
+    await loose.handle.stop();
   });
 });
 

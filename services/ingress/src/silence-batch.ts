@@ -46,6 +46,9 @@ export interface CallerAudioBlock {
 /** The asr's open utterance is forgotten after this (its STOPPED was lost): it caps an utterance at 60 s. */
 const UTTERANCE_STALE_MS = 65_000;
 
+/** The asr's default Silero gate (ASR_VAD_GATE_DBFS) less 2.73 dB: the highest level that keeps the guarantee. */
+export const SAFE_SILENCE_LEVEL_DBFS = -55 - 10 * Math.log10((3 * FRAME_BYTES) / 256);
+
 /** Each μ-law code's sample, squared: a frame's energy is the sum over its bytes. */
 const SQUARED = Float64Array.from(MULAW_DECODE_TABLE, (sample) => sample * sample);
 
