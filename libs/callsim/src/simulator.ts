@@ -389,7 +389,7 @@ export class TwilioCallSimulator {
       }
     } else {
       const noiseDbfs = this.options.lineNoiseDbfs;
-      payload = noiseDbfs === undefined ? new Uint8Array(FRAME_BYTES).fill(SILENCE) : withNoise(new Uint8Array(FRAME_BYTES).fill(SILENCE), noiseDbfs);
+      payload = noiseDbfs === undefined ? new Uint8Array(FRAME_BYTES).fill(SILENCE) : mulawEncode(lineNoise(FRAME_BYTES, noiseDbfs));
     }
     const chunk = this.framesSent + 1;
     this.send({

@@ -35,7 +35,7 @@ export const definition: ServiceDefinition<IngressConfig> = {
     registerStatusCallback(http, { config, store, log, metrics });
     registerVoiceWebhook(http, { config, log, metrics });
     if (config.silenceBatch.maxFrames > 1 && config.silenceBatch.levelDbfs > SAFE_SILENCE_LEVEL_DBFS) {
-      log.warn("INGRESS_SILENCE_LEVEL_DBFS is above -57.73 dBFS RMS: a window of quiet frames can pass the asr's default -55 dBFS VAD gate, so a soft speech onset may wait for a batch; keep ASR_VAD_GATE_DBFS 2.73 dB or more above it", {
+      log.warn(`INGRESS_SILENCE_LEVEL_DBFS is above ${SAFE_SILENCE_LEVEL_DBFS.toFixed(2)} dBFS RMS: a window of quiet frames can pass the asr's default -55 dBFS VAD gate, so a soft speech onset may wait for a batch; keep ASR_VAD_GATE_DBFS 2.73 dB or more above it`, {
         levelDbfs: config.silenceBatch.levelDbfs,
       });
     }

@@ -17,7 +17,7 @@
 //   an agent's hints, longer than any fixed hangover). The hangover covers the time STARTED takes to come back.
 
 import { performance } from "node:perf_hooks";
-import { MULAW_DECODE_TABLE } from "@voicebot/audio";
+import { mulawFrameEnergy } from "@voicebot/audio";
 import { FRAME_BYTES, FRAME_MS } from "./turn-queue.js";
 
 export interface SilenceBatchOptions {
@@ -49,21 +49,10 @@ const UTTERANCE_STALE_MS = 65_000;
 /** The asr's default Silero gate (ASR_VAD_GATE_DBFS) less 2.73 dB: the highest level that keeps the guarantee. */
 export const SAFE_SILENCE_LEVEL_DBFS = -55 - 10 * Math.log10((3 * FRAME_BYTES) / 256);
 
-/** Each μ-law code's sample, squared: a frame's energy is the sum over its bytes. */
-const SQUARED = Float64Array.from(MULAW_DECODE_TABLE, (sample) => sample * sample);
-
-/** The mean squared sample (full scale 32768) of a frame at `levelDbfs` RMS: quiet frames stay below it. */
-export function quietMeanSquare(levelDbfs: number): number {
-  return 32768 ** 2 * 10 ** (levelDbfs / 10);
-}
-
-/** True when every 160-byte frame of the payload (and a shorter rest) has a mean square below the limit. */
-export function isQuiet(payload: Uint8Array, meanSquareLimit: number): boolean {
+/** True when every 160-byte frame of the payload (and a shorter rest) has an RMS level below `levelDbfs`. */
+export function isQuiet(payload: Uint8Array, levelDbfs: number): boolean {
   for (let start = 0; start < payload.length; start += FRAME_BYTES) {
-    const end = Math.min(payload.length, start + FRAME_BYTES);
-    let energy = 0;
-    for (let i = start; i < end; i++) energy += SQUARED[payload[i]];
-    if (energy >= meanSquareLimit * (end - start)) return false;
+    if (mulawFrameEnergy(payload.subarray(start, start + FRAME_BYTES)) >= levelDbfs) return false;
   }
   return true;
 }
@@ -80,7 +69,7 @@ interface Held {
 export class SilenceBatcher {
   private readonly maxFrames: number;
   private readonly hangoverFrames: number;
-  private readonly quietLimit: number;
+  private readonly levelDbfs: number;
   /** Quiet frames since the last frame that was not. */
   private quietRun = 0;
   private held: Held | undefined;
@@ -93,14 +82,14 @@ export class SilenceBatcher {
   ) {
     this.maxFrames = options.maxFrames;
     this.hangoverFrames = Math.ceil(options.hangoverMs / FRAME_MS);
-    this.quietLimit = quietMeanSquare(options.levelDbfs);
+    this.levelDbfs = options.levelDbfs;
   }
 
   /** `frameCount` frames from `firstFrame`, in stream order (the jitter buffer's output). */
   add(firstFrame: number, payload: Buffer, frameCount: number, receivedAtMs: number, concealed: boolean): void {
     const receivedFrames = concealed ? 0 : frameCount;
     if (this.maxFrames <= 1) return this.emit({ firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched: false });
-    if (!isQuiet(payload, this.quietLimit)) {
+    if (!isQuiet(payload, this.levelDbfs)) {
       this.quietRun = 0;
       this.flush();
       return this.emit({ firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched: false });

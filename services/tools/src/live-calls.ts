@@ -50,7 +50,7 @@ export class LiveCalls {
     }
   }
 
-  /** Calls known live now (expired entries included until next looked at): for tests and metrics. */
+  /** Calls remembered as live (expired entries included until next looked at). */
   get size(): number {
     return this.live.size;
   }
