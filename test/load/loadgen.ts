@@ -1,4 +1,4 @@
-// The load generator: N simulated Twilio calls in one process on one 20 ms timer. Each call speaks Twilio's
+// The load generator: N simulated Twilio calls in one process on one timer. Each call speaks Twilio's
 // Media Streams protocol to ingress (connected, start, a media frame every 20 ms, dtmf, mark echoes, stop), plays
 // the bot's audio out on its own clock (a mark is echoed once the audio before it has played, `clear` echoes them
 // all) and runs the caller script: greeting, then "order status", the order number, 1, the number again, and around.
@@ -66,6 +66,12 @@ export interface LoadOptions {
   /** A reply is over once its audio has played and nothing new came for this long. */
   quietMs?: number;
   replyTimeoutMs?: number;
+  /**
+   * The generator's timer period. Each call sends a frame when its own 20 ms media clock (from its connect time)
+   * is due, so with a 5 ms tick the calls' frames are spread over the 20 ms as independent real calls are; with
+   * 20 every call sends in the same tick, a burst every 20 ms that real traffic does not have.
+   */
+  tickMs?: number;
 }
 
 export interface LoadCounters {
@@ -98,7 +104,7 @@ export class LoadGenerator {
   readonly turns: TurnSample[] = [];
   /** Gaps between consecutive bot media messages of a reply, at the caller (measurement window only). */
   readonly gaps = new Histogram();
-  /** How late the generator's own 20 ms tick ran (if this grows, the generator itself is the bottleneck). */
+  /** How late the generator's own tick ran (if this grows, the generator itself is the bottleneck). */
   readonly tickLag = new Histogram();
   readonly counters: LoadCounters = {
     callsStarted: 0,
@@ -130,7 +136,7 @@ export class LoadGenerator {
   private window = { start: Infinity, end: Infinity };
 
   constructor(options: LoadOptions) {
-    this.options = { keyGapMs: 150, thinkMs: [300, 1500], quietMs: 300, replyTimeoutMs: 15_000, decidedBy: (chunk) => chunk, lastSpeech: (chunk) => chunk, mediaDelayMs: 1_000, ...options };
+    this.options = { keyGapMs: 150, thinkMs: [300, 1500], quietMs: 300, replyTimeoutMs: 15_000, decidedBy: (chunk) => chunk, lastSpeech: (chunk) => chunk, mediaDelayMs: 1_000, tickMs: 5, ...options };
     const { calls, rampMs } = this.options;
     this.slots = Array.from({ length: calls }, (_, i) => ({ startAt: this.startedAt + (rampMs * i) / Math.max(1, calls) }));
   }
@@ -200,9 +206,10 @@ export class LoadGenerator {
       }
     }
     for (const call of this.live) call.onTick(now);
-    this.nextTickAt += FRAME_MS;
-    // Behind by more than a few ticks: the media clocks catch up by themselves; keep the timer on a fresh grid.
-    if (this.nextTickAt < now - 5 * FRAME_MS) this.nextTickAt = now + FRAME_MS;
+    const { tickMs } = this.options;
+    this.nextTickAt += tickMs;
+    // Behind by more than a few frames: the media clocks catch up by themselves; keep the timer on a fresh grid.
+    if (this.nextTickAt < now - 5 * FRAME_MS) this.nextTickAt = now + tickMs;
     this.timer = setTimeout(this.tick, Math.max(0, this.nextTickAt - performance.now()));
   };
 

@@ -66,6 +66,8 @@ interface Options {
    * silence (--line-noise; default none). Ingress batches only the frames it takes for quiet.
    */
   lineNoiseDbfs: number | undefined;
+  /** The callers' timer (--tick-ms; default 5: calls' frames spread over the 20 ms; 20: all calls in one burst). */
+  tickMs: number;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -78,6 +80,7 @@ function parseArgs(argv: string[]): Options {
     minSilenceMs: 600,
     asrEngineMs: 0,
     lineNoiseDbfs: undefined,
+    tickMs: 5,
     findMax: false,
     start: 100,
     step: 100,
@@ -134,6 +137,10 @@ function parseArgs(argv: string[]): Options {
         options.lineNoiseDbfs = dbfs;
         break;
       }
+      case "--tick-ms":
+        options.tickMs = int();
+        if (options.tickMs > FRAME_MS) throw new Error(`--tick-ms must be at most ${FRAME_MS}`);
+        break;
       case "--find-max":
         options.findMax = true;
         break;
@@ -189,7 +196,7 @@ function parseArgs(argv: string[]): Options {
       }
       case "--help":
       case "-h":
-        console.log(`usage: bench:load [--calls 150] [--duration 60s] [--ramp max(5s, calls/50 s)] [--call-length 60s] [--asr-engine-ms 0] [--line-noise -65]
+        console.log(`usage: bench:load [--calls 150] [--duration 60s] [--ramp max(5s, calls/50 s)] [--call-length 60s] [--asr-engine-ms 0] [--line-noise -65] [--tick-ms 5]
        bench:load --find-max [--start 100] [--step 100] [--max 1500] [--duration 30s] [--all-steps]
        [--vad silero|energy] [--env NAME=value] [--node-args "..."] [--quiet-below 0.3] [--outside-nice -10] [--p99-limit 20] [--gap-limit 40] [--profile asr,ingress] [--json file] [--keep]`);
         process.exit(0);
@@ -440,6 +447,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
       lastSpeech: options.vad === "silero" ? sileroLastSpeech : (chunk) => chunk,
       speech,
       silence,
+      tickMs: options.tickMs,
     });
     const t0 = performance.now();
     const windowStart = t0 + rampMs + settleMs;
@@ -981,6 +989,8 @@ async function main(): Promise<void> {
   const speech = (await speechBurst()).map((frame) => Buffer.from(frame).toString("base64"));
   const silenceText = options.lineNoiseDbfs === undefined ? "digital silence" : `white noise at ${options.lineNoiseDbfs} dBFS RMS`;
   console.log(`caller speech: "order status", ${speech.length * FRAME_MS} ms; endpoint silence ${options.minSilenceMs} ms; between words ${silenceText}`);
+  const phases = Math.round(FRAME_MS / options.tickMs);
+  console.log(`callers' frames: ${phases === 1 ? "all calls in one burst every 20 ms" : `each call on its own 20 ms clock, sent on a ${options.tickMs} ms tick (${phases} phases)`}`);
   const results: RunResult[] = [];
   if (options.findMax) {
     for (let calls = options.start; calls <= options.max; calls += options.step) {
