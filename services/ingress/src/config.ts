@@ -19,6 +19,8 @@ export interface IngressConfig {
   playoutLeadMs: number;
   /** Period of the one timer that paces every call's playout. */
   playoutTickMs: number;
+  /** Calls are spread over this many groups, pumped in turn within each tick (see scheduler.ts). */
+  playoutPhases: number;
   /** A turn waiting this long for a missing chunk or part, with a later turn queued, is given up. */
   playoutStallMs: number;
   /** The same with no later turn queued (a pause inside a turn is normal then). */
@@ -104,6 +106,7 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
     defaultAgent,
     playoutLeadMs: env.int("PLAYOUT_LEAD_MS", 100, { min: 20, max: 2_000 }),
     playoutTickMs: env.int("PLAYOUT_TICK_MS", 20, { min: 5, max: 100 }),
+    playoutPhases: env.int("PLAYOUT_PHASES", 4, { min: 1, max: 5 }),
     playoutStallMs: env.int("PLAYOUT_STALL_MS", 5_000, { min: 100 }),
     playoutAloneStallMs: env.int("PLAYOUT_ALONE_STALL_MS", 30_000, { min: 100 }),
     controlTimeoutMs: env.int("CONTROL_TIMEOUT_MS", 15_000, { min: 0 }),

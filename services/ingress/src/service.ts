@@ -21,8 +21,11 @@ export const definition: ServiceDefinition<IngressConfig> = {
   async start(ctx, config): Promise<RunningService> {
     const { log, bus, store, http, registry } = ctx;
     const metrics = new IngressMetrics(registry);
-    const scheduler = new PlayoutScheduler(config.playoutTickMs, (error) =>
-      log.error("playout failed for a call; its audio stopped", { error: errorText(error) }),
+    const scheduler = new PlayoutScheduler(
+      config.playoutTickMs,
+      (error) => log.error("playout failed for a call; its audio stopped", { error: errorText(error) }),
+      undefined,
+      config.playoutPhases,
     );
     const twilioApi = config.twilioRest ? new TwilioRestClient(config.twilioRest) : undefined;
     log.info(twilioApi ? "Twilio REST API configured: transfers redirect the call" : "no Twilio REST credentials: transfers close the stream", {

@@ -1,0 +1,111 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { PlayoutScheduler, type Pacer } from "./scheduler.js";
+
+/** A pacer that records when it was pumped, and says whether it still has work. */
+class RecordingPacer implements Pacer {
+  readonly ticks: number[] = [];
+  readonly wakes: number[] = [];
+  busy = true;
+  fail = false;
+
+  pump(nowMs: number, onTick: boolean): boolean {
+    if (this.fail) throw new Error("broken call");
+    (onTick ? this.ticks : this.wakes).push(nowMs);
+    return this.busy;
+  }
+}
+
+describe("PlayoutScheduler", () => {
+  beforeEach(() => vi.useFakeTimers());
+  afterEach(() => vi.useRealTimers());
+
+  const clock = () => Date.now();
+
+  it("pumps every call once per tick period, spread over the phases so no tick pumps them all", () => {
+    const errors: unknown[] = [];
+    const scheduler = new PlayoutScheduler(20, (e) => errors.push(e), clock, 4);
+    const pacers = Array.from({ length: 8 }, () => new RecordingPacer());
+    for (const pacer of pacers) scheduler.wake(pacer);
+    for (const pacer of pacers) expect(pacer.wakes).toHaveLength(1);
+
+    const perTick: number[] = [];
+    for (let i = 0; i < 8; i++) {
+      const before = pacers.reduce((n, p) => n + p.ticks.length, 0);
+      vi.advanceTimersByTime(5);
+      perTick.push(pacers.reduce((n, p) => n + p.ticks.length, 0) - before);
+    }
+    // Two of the eight calls on each 5 ms tick, not eight on every fourth.
+    expect(perTick).toEqual([2, 2, 2, 2, 2, 2, 2, 2]);
+    for (const pacer of pacers) {
+      expect(pacer.ticks).toHaveLength(2);
+      expect(pacer.ticks[1] - pacer.ticks[0]).toBe(20);
+    }
+    expect(errors).toEqual([]);
+    scheduler.close();
+  });
+
+  it("keeps its ticks on a fixed grid when pumping takes time, so no call's tick drifts later", () => {
+    // The scheduler's clock runs 1 ms further during every tick's pumps: the work of sending the frames.
+    let workMs = 0;
+    const scheduler = new PlayoutScheduler(20, () => {}, () => Date.now() + workMs, 4);
+    const pacer = new RecordingPacer();
+    const slow: Pacer = { pump: (now, onTick) => ((workMs += 1), pacer.pump(now, onTick)) };
+    scheduler.wake(slow);
+    scheduler.wake(new RecordingPacer()); // another group: its ticks take time too
+    vi.advanceTimersByTime(400);
+    const periods = pacer.ticks.slice(1).map((t, i) => t - pacer.ticks[i]);
+    expect(periods.length).toBeGreaterThan(15);
+    for (const period of periods) expect(period).toBe(20);
+    scheduler.close();
+  });
+
+  it("with one phase pumps every call on the same tick", () => {
+    const scheduler = new PlayoutScheduler(20, () => {}, clock, 1);
+    const pacers = Array.from({ length: 3 }, () => new RecordingPacer());
+    for (const pacer of pacers) scheduler.wake(pacer);
+    vi.advanceTimersByTime(20);
+    for (const pacer of pacers) expect(pacer.ticks).toHaveLength(1);
+    expect(new Set(pacers.map((p) => p.ticks[0])).size).toBe(1);
+    scheduler.close();
+  });
+
+  it("drops a call with nothing left to pace and stops its timer when no call has work", () => {
+    const scheduler = new PlayoutScheduler(20, () => {}, clock, 4);
+    const pacer = new RecordingPacer();
+    scheduler.wake(pacer);
+    expect(vi.getTimerCount()).toBe(1);
+    vi.advanceTimersByTime(20);
+    expect(pacer.ticks).toHaveLength(1);
+    pacer.busy = false;
+    vi.advanceTimersByTime(20);
+    expect(pacer.ticks).toHaveLength(2);
+    expect(scheduler.activeCount).toBe(0);
+    expect(vi.getTimerCount()).toBe(0);
+    vi.advanceTimersByTime(100);
+    expect(pacer.ticks).toHaveLength(2);
+
+    // New audio wakes it again.
+    pacer.busy = true;
+    scheduler.wake(pacer);
+    vi.advanceTimersByTime(20);
+    expect(pacer.ticks).toHaveLength(3);
+    scheduler.remove(pacer);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it("a call whose pump throws is dropped and reported; the other calls keep their pacing", () => {
+    const errors: unknown[] = [];
+    const scheduler = new PlayoutScheduler(20, (e) => errors.push(e), clock, 2);
+    const broken = new RecordingPacer();
+    const healthy = [new RecordingPacer(), new RecordingPacer(), new RecordingPacer()];
+    scheduler.wake(broken);
+    for (const pacer of healthy) scheduler.wake(pacer);
+    broken.fail = true;
+    vi.advanceTimersByTime(40);
+    expect(errors).toHaveLength(1);
+    expect(scheduler.activeCount).toBe(3);
+    for (const pacer of healthy) expect(pacer.ticks).toHaveLength(2);
+    scheduler.close();
+    expect(vi.getTimerCount()).toBe(0);
+  });
+});
