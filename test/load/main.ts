@@ -491,6 +491,8 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
     // record during the sample is the sample's doing and is not counted as an error below.
     const beforeSample = await counterSnapshot(system);
     const loadedLive = await allLiveMemory(system);
+    // Ingress finds a call's playout ran dry at that call's next tick: up to a tick period after the pause.
+    await sleep(100);
     const afterSample = await counterSnapshot(system);
 
     console.log(`    window over: hanging up ${gen.liveCalls} calls`);

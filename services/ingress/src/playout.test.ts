@@ -93,27 +93,6 @@ describe("CallPlayout", () => {
     expect(sent[2]).toEqual(expect.objectContaining({ frames: 4 }));
   });
 
-  it("sends one frame per tick while the ticks come a few ms early or late, whatever the turn's phase", () => {
-    // A fixed pseudo-random jitter of -4..+8 ms around each tick of a 20 ms grid, and turns starting at every
-    // phase against that grid (the wake that starts a turn comes whenever its first audio arrives).
-    let seed = 7;
-    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
-    for (let startMs = 0; startMs < 20; startMs += 1) {
-      const { playout, sent } = setup(100);
-      playout.addAudio(part("t1", 0, 0, 400, 9, { chunkDone: true, turnDone: true }), startMs);
-      playout.pump(startMs, false);
-      const perTick: number[] = [];
-      for (let k = 1; k <= 300; k++) {
-        const before = sent.length;
-        playout.pump(20 * k + (random() * 12 - 4));
-        const media = sent.slice(before).filter((s) => s.kind === "media");
-        perTick.push(media.reduce((n, s) => n + (s.kind === "media" ? s.frames : 0), 0));
-      }
-      // The first tick may top the buffer up to the lead; from then on, one frame per tick, never 0 or 2.
-      expect(perTick.slice(2), `turn starting at ${startMs} ms`).toEqual(perTick.slice(2).map(() => 1));
-    }
-  });
-
   it("plays turns in the order their first part arrived", () => {
     const { playout, run, order } = setup();
     playout.addAudio(part("t1", 0, 1, 1, 2, { chunkDone: true, turnDone: true }), 0);

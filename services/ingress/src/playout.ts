@@ -38,13 +38,10 @@ interface SentMark {
 }
 
 /**
- * Ticks come a little early or late (timer resolution, a busy event loop). Were each tick to send whatever fits
- * under a fixed level, a call whose buffer happened to sit at that level would, on such a tick, send nothing and
- * then two frames at once (a 40 ms hole at the caller), or two at once and then nothing. Once the buffer is at the
- * lead, a tick sends exactly one frame, as Twilio plays one per tick, and only a buffer this far off the lead is
- * topped up again (or left to drain).
+ * A tick may run a hair early by the monotonic clock (the event loop's timer clock has ms resolution). Without
+ * this slack such a tick would send nothing and the next one two frames: a 40 ms hole in the cadence for nothing.
  */
-const CADENCE_SLACK_MS = 10;
+const PACING_SLACK_MS = 5;
 
 /** Remembers this many completed turn ids per call (for controls that wait on a turn). */
 const MAX_COMPLETED_TURNS = 1_000;
@@ -54,8 +51,6 @@ export class CallPlayout {
   /** Monotonic ms at which Twilio will have played everything sent so far. */
   private bufferedUntil = 0;
   private starved = false;
-  /** Twilio's buffer was filled to the lead on a tick: from now on one frame per tick (see CADENCE_SLACK_MS). */
-  private steady = false;
   private readonly marks = new Map<string, SentMark>();
   private readonly completed = new Set<string>();
   private readonly waiters = new Map<string, Array<() => void>>();
@@ -83,9 +78,9 @@ export class CallPlayout {
   }
 
   /**
-   * Sends whatever is due; false when there is nothing left to pace (the scheduler stops calling). A tick fills
-   * Twilio's buffer to the lead, then sends one frame per tick while the buffer stays near it. Between ticks (new
-   * audio arrived) frames go out only while the buffer is low (a turn starts, or audio was late).
+   * Sends whatever is due; false when there is nothing left to pace (the scheduler stops calling). Between ticks
+   * (new audio arrived) frames go out only while Twilio's buffer is low (a turn starts, or audio was late), so a
+   * healthy stream keeps the ticks' steady one-frame-per-tick cadence.
    */
   pump(nowMs: number, onTick = true): boolean {
     if (this.closed) return false;
@@ -98,34 +93,17 @@ export class CallPlayout {
         this.listener.underrun(current, chunk && chunk.framesSent > 0 ? "mid_chunk" : "between_chunks");
       }
       this.bufferedUntil = nowMs;
-      this.steady = false;
     }
-    const { leadMs } = this.options;
-    const aheadMs = this.bufferedUntil - nowMs;
-    let framesLeft: number;
-    let refill = false;
-    if (!onTick) {
-      // New audio between ticks goes out at once only while the buffer is low: a turn starting, audio that was late.
-      const limitMs = this.steady ? leadMs - FRAME_MS - CADENCE_SLACK_MS : Math.max(FRAME_MS, leadMs - FRAME_MS);
-      framesLeft = Math.floor((limitMs - aheadMs) / FRAME_MS);
-    } else if (!this.steady || aheadMs + FRAME_MS < leadMs - FRAME_MS - CADENCE_SLACK_MS) {
-      refill = true;
-      framesLeft = Math.floor((leadMs - aheadMs) / FRAME_MS);
-    } else {
-      framesLeft = aheadMs + FRAME_MS < leadMs + CADENCE_SLACK_MS ? 1 : 0;
-    }
+    const budgetMs = onTick ? this.options.leadMs + PACING_SLACK_MS : Math.max(FRAME_MS, this.options.leadMs - FRAME_MS);
     this.batch.length = 0; // frames of a pump that threw are dropped, not sent by the next one
     for (;;) {
-      const step = this.queue.next(nowMs, framesLeft > 0);
+      const frameAllowed = this.bufferedUntil + FRAME_MS - nowMs <= budgetMs;
+      const step = this.queue.next(nowMs, frameAllowed);
       switch (step.kind) {
         case "frame":
           this.batch.push(step.frame);
           this.bufferedUntil += FRAME_MS;
-          framesLeft--;
           this.starved = false;
-          // A frame sent between ticks moved the buffer off the ticks' cadence: the next tick tops it up again.
-          if (!onTick) this.steady = false;
-          else if (refill && this.bufferedUntil - nowMs > leadMs - FRAME_MS) this.steady = true;
           if (step.firstOfTurn) this.listener.turnStarted(step.turn, step.chunk, this.wallClock());
           continue;
         case "mark":
@@ -185,7 +163,6 @@ export class CallPlayout {
     this.marks.clear();
     this.bufferedUntil = 0;
     this.starved = false;
-    this.steady = false;
     this.output.sendClear();
     const turns = [...cut].filter((turn) => !this.completed.has(turn.id));
     for (const turn of turns) {

@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { CallPlayout, type PlayoutListener } from "./playout.js";
 import { PlayoutScheduler, type Pacer } from "./scheduler.js";
 
 /** A pacer that records when it was pumped, and says whether it still has work. */
@@ -56,6 +57,43 @@ describe("PlayoutScheduler", () => {
     const periods = pacer.ticks.slice(1).map((t, i) => t - pacer.ticks[i]);
     expect(periods.length).toBeGreaterThan(15);
     for (const period of periods) expect(period).toBe(20);
+    scheduler.close();
+  });
+
+  it("a call at its lead gets one frame per tick while the timer fires a few ms early or late", () => {
+    // The clock the scheduler reads differs from the timer's by -3..+5 ms at every read: a timer that fires early
+    // (its loop time was stale) or late (the loop was busy).
+    let seed = 3;
+    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const jittery = () => Date.now() + (random() * 8 - 3);
+    const noEvents: PlayoutListener = {
+      turnStarted() {},
+      chunkPlayed() {},
+      turnPlayed() {},
+      interrupted() {},
+      chunkSkipped() {},
+      turnAbandoned() {},
+      underrun() {},
+    };
+    const scheduler = new PlayoutScheduler(20, () => {}, jittery, 4);
+    const calls = Array.from({ length: 12 }, () => {
+      const perTick: number[] = [];
+      const output = { sendMedia: (_payload: Buffer, frames: number) => perTick.push(frames), sendMark() {}, sendClear() {} };
+      const playout = new CallPlayout({ leadMs: 100, stallMs: 1_000, aloneStallMs: 3_000 }, output, noEvents, () => 0);
+      return { playout, perTick };
+    });
+    for (const [i, call] of calls.entries()) {
+      vi.advanceTimersByTime(1 + (i % 7)); // turns start at different moments
+      const payload = Buffer.alloc(600 * 160, 9);
+      call.playout.addAudio({ turnId: "t1", chunkSeq: 0, partSeq: 0, payload, chunkDone: true, turnDone: true, text: "", timing: undefined }, jittery());
+      scheduler.wake(call.playout);
+    }
+    vi.advanceTimersByTime(5_000);
+    for (const { perTick } of calls) {
+      // The turn's start fills the lead; from then on one frame per message, never two at once.
+      expect(perTick.length).toBeGreaterThan(240);
+      expect(perTick.slice(3).filter((frames) => frames !== 1)).toEqual([]);
+    }
     scheduler.close();
   });
 

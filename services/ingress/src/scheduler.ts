@@ -69,11 +69,15 @@ export class PlayoutScheduler {
     const group = this.groups[this.nextGroup];
     this.nextGroup = (this.nextGroup + 1) % this.phases;
     const now = this.now();
-    for (const pacer of group) this.run(pacer, now, true);
-    if (this.groupOf.size === 0) return;
-    // A timer that restarts from its callback runs every period plus its lateness: each call's tick would come
-    // later and later, and a pump that finds two frames due sends them as one 40 ms message.
     const period = this.tickMs / this.phases;
+    // The pumps see the tick's time on the grid, not the moment the timer fired. Timers fire a little early or
+    // late; a call whose buffer sat at the pacing budget's edge then sent nothing on one tick and two frames on the
+    // next: a 40 ms hole at the caller. A tick late by more than a whole period goes by the real time.
+    const tickAt = now - this.nextTickAt > this.tickMs ? now : this.nextTickAt;
+    for (const pacer of group) this.run(pacer, tickAt, true);
+    if (this.groupOf.size === 0) return;
+    // Timers restarted from their callback would run every period plus their lateness: every call's tick would
+    // come later and later. The next one is due a period after this one on the grid.
     this.nextTickAt += period;
     if (this.nextTickAt < now - this.tickMs) this.nextTickAt = now + period; // stalled: start a fresh grid
     this.timer = setTimeout(this.tick, Math.max(0, this.nextTickAt - this.now()));
