@@ -492,7 +492,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
     const beforeSample = await counterSnapshot(system);
     const loadedLive = await allLiveMemory(system);
     // Ingress finds a call's playout ran dry at that call's next tick: up to a tick period after the pause.
-    await sleep(100);
+    await sleep(Number(options.env.PLAYOUT_TICK_MS ?? 20) + 80);
     const afterSample = await counterSnapshot(system);
 
     console.log(`    window over: hanging up ${gen.liveCalls} calls`);

@@ -144,6 +144,10 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
   };
   if (!AGENT.test(defaultAgent)) env.problem(`DEFAULT_AGENT=${JSON.stringify(defaultAgent)} must match ${AGENT}`);
   if (validateSignature && !authToken) env.problem("TWILIO_VALIDATE_SIGNATURE=true needs TWILIO_AUTH_TOKEN");
+  // Each group's tick comes every PLAYOUT_TICK_MS / PLAYOUT_PHASES: Node's timers have 1 ms resolution.
+  if (config.playoutTickMs / config.playoutPhases < 4) {
+    env.problem(`PLAYOUT_TICK_MS / PLAYOUT_PHASES must be at least 4 ms (now ${config.playoutTickMs} / ${config.playoutPhases})`);
+  }
   return config;
 }
 

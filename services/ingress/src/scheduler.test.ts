@@ -46,17 +46,70 @@ describe("PlayoutScheduler", () => {
   });
 
   it("keeps its ticks on a fixed grid when pumping takes time, so no call's tick drifts later", () => {
-    // The scheduler's clock runs 1 ms further during every tick's pumps: the work of sending the frames.
+    // The scheduler's clock runs 1 ms further during every tick's pump: the work of sending the frames. A timer
+    // restarted a period after each tick's work would pump each call 4 ms later every 20 ms here.
     let workMs = 0;
-    const scheduler = new PlayoutScheduler(20, () => {}, () => Date.now() + workMs, 4);
-    const pacer = new RecordingPacer();
-    const slow: Pacer = { pump: (now, onTick) => ((workMs += 1), pacer.pump(now, onTick)) };
-    scheduler.wake(slow);
-    scheduler.wake(new RecordingPacer()); // another group: its ticks take time too
+    const clockNow = () => Date.now() + workMs;
+    const scheduler = new PlayoutScheduler(20, () => {}, clockNow, 4);
+    const pumpedAt: number[][] = [[], []];
+    const slow = (i: number): Pacer => ({
+      pump: (_now, onTick) => {
+        if (!onTick) return true;
+        pumpedAt[i].push(clockNow());
+        workMs += 1;
+        return true;
+      },
+    });
+    scheduler.wake(slow(0));
+    scheduler.wake(slow(1));
     vi.advanceTimersByTime(400);
-    const periods = pacer.ticks.slice(1).map((t, i) => t - pacer.ticks[i]);
-    expect(periods.length).toBeGreaterThan(15);
-    for (const period of periods) expect(period).toBe(20);
+    for (const times of pumpedAt) {
+      const periods = times.slice(1).map((t, i) => t - times[i]);
+      expect(periods.length).toBeGreaterThan(15);
+      for (const period of periods) expect(period).toBe(20);
+    }
+    scheduler.close();
+  });
+
+  it("a call woken from inside a tick does not start a second timer", () => {
+    const scheduler = new PlayoutScheduler(20, () => {}, clock, 4);
+    const late = new RecordingPacer();
+    let woke = false;
+    const waker: Pacer = {
+      pump: (_now, onTick) => {
+        if (onTick && !woke) {
+          woke = true;
+          scheduler.wake(late);
+        }
+        return true;
+      },
+    };
+    scheduler.wake(waker);
+    vi.advanceTimersByTime(5);
+    expect(woke).toBe(true);
+    expect(vi.getTimerCount()).toBe(1);
+    vi.advanceTimersByTime(200);
+    expect(vi.getTimerCount()).toBe(1);
+    // One tick per 20 ms for the woken call: ten in 200 ms, not twice that from a second chain.
+    expect(late.ticks.length).toBeGreaterThanOrEqual(9);
+    expect(late.ticks.length).toBeLessThanOrEqual(11);
+    scheduler.close();
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it("after a stall longer than a tick the calls' times go on from the present, never back", () => {
+    let stallMs = 0;
+    const scheduler = new PlayoutScheduler(20, () => {}, () => Date.now() + stallMs, 4);
+    const pacers = Array.from({ length: 8 }, () => new RecordingPacer());
+    for (const pacer of pacers) scheduler.wake(pacer);
+    vi.advanceTimersByTime(100);
+    stallMs = 22; // the event loop was blocked for 22 ms: every tick from here fires late, then catches up
+    vi.advanceTimersByTime(200);
+    for (const pacer of pacers) {
+      const times = [...pacer.wakes, ...pacer.ticks];
+      for (let i = 1; i < times.length; i++) expect(times[i]).toBeGreaterThan(times[i - 1]);
+      expect(times.at(-1)!).toBeGreaterThan(Date.now() + stallMs - 25);
+    }
     scheduler.close();
   });
 

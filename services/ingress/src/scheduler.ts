@@ -21,6 +21,8 @@ export class PlayoutScheduler {
   private readonly groupOf = new Map<Pacer, Set<Pacer>>();
   private nextGroup = 0;
   private timer: NodeJS.Timeout | undefined;
+  /** Inside a tick: a wake from a pump leaves the timer to the tick, which re-arms it once (one timer chain). */
+  private ticking = false;
   /** When the next tick is due (monotonic ms): ticks keep to a fixed grid, so a late one does not delay the rest. */
   private nextTickAt = 0;
 
@@ -47,7 +49,7 @@ export class PlayoutScheduler {
     }
     const now = this.now();
     this.run(pacer, now, false);
-    if (this.groupOf.size > 0 && !this.timer) {
+    if (this.groupOf.size > 0 && !this.timer && !this.ticking) {
       this.nextTickAt = now + this.tickMs / this.phases;
       this.timer = setTimeout(this.tick, Math.max(0, this.nextTickAt - this.now()));
     }
@@ -72,14 +74,19 @@ export class PlayoutScheduler {
     const period = this.tickMs / this.phases;
     // The pumps see the tick's time on the grid, not the moment the timer fired. Timers fire a little early or
     // late; a call whose buffer sat at the pacing budget's edge then sent nothing on one tick and two frames on the
-    // next: a 40 ms hole at the caller. A tick late by more than a whole period goes by the real time.
-    const tickAt = now - this.nextTickAt > this.tickMs ? now : this.nextTickAt;
-    for (const pacer of group) this.run(pacer, tickAt, true);
+    // next: a 40 ms hole at the caller. After a stall of more than a whole tick the grid starts again from now.
+    if (now - this.nextTickAt > this.tickMs) this.nextTickAt = now;
+    const tickAt = this.nextTickAt;
+    this.ticking = true;
+    try {
+      for (const pacer of group) this.run(pacer, tickAt, true);
+    } finally {
+      this.ticking = false;
+    }
     if (this.groupOf.size === 0) return;
     // Timers restarted from their callback would run every period plus their lateness: every call's tick would
     // come later and later. The next one is due a period after this one on the grid.
     this.nextTickAt += period;
-    if (this.nextTickAt < now - this.tickMs) this.nextTickAt = now + period; // stalled: start a fresh grid
     this.timer = setTimeout(this.tick, Math.max(0, this.nextTickAt - this.now()));
   };
 
