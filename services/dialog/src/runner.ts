@@ -416,7 +416,7 @@ export class TurnRunner {
         const turnsBefore = redone ? state.turns + REDO_TURN_GAP : state.turns;
         // One per delivery: a barge-in during the first attempt also stops a redone one.
         abort ??= this.deps.inFlight.begin(callId, state.turns);
-        const played = await this.play(agent, state, turnsBefore, turnInput, message, receivedAt, attempt > 0, abort, restart);
+        const played = await this.play(agent, state, turnsBefore, turnInput, message, receivedAt, attempt > 0, redone === true || attempt > 0, abort, restart);
         turnsReached = Math.max(turnsReached, played.turns);
         const next: DialogState = {
           ...state,
@@ -471,6 +471,8 @@ export class TurnRunner {
     message: DialogInput,
     receivedAt: number,
     replay: boolean,
+    /** An attempt of this input ran before (here or on a replica that died): its tool calls may repeat. */
+    repeat: boolean,
     abort: AbortController,
     restart = false,
   ): Promise<{
@@ -550,6 +552,7 @@ export class TurnRunner {
               timeoutMs: options?.timeoutMs ?? 0,
               turnId: speech.lastTurnId,
               agent: agent.name,
+              repeat,
             },
             // A hang-up stops the wait (the turn can say nothing more); a barge-in does not: the tool's result
             // still decides the conversation's next state.

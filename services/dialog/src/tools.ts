@@ -18,6 +18,8 @@ export interface ToolRequest {
   /** The bot turn that must play before a tool acting on the call (hang-up, transfer) takes effect. */
   turnId: string;
   agent: string;
+  /** A redone or replayed turn: this key may have been sent before, so tools looks for its first result. */
+  repeat?: boolean;
 }
 
 /** Calls tools over the bus (any tools replica answers) and turns every failure into a ToolOutcome. */
@@ -44,6 +46,7 @@ export class ToolClient {
       timeoutMs: request.timeoutMs,
       turnId: request.turnId,
       agent: request.agent,
+      repeat: request.repeat === true,
     });
     const waitMs = (request.timeoutMs || DEFAULT_TOOL_WAIT_MS) + TRANSPORT_MARGIN_MS;
     let reply: ToolCallResult;

@@ -154,6 +154,37 @@ describe("ToolExecutor", () => {
     expect(await metricSum(registry, "voicebot_tools_unclaimed_runs_total")).toBe(1);
   });
 
+  it("a repeat from a redone turn waits for the first execution of a known call's idempotent tool instead of running it again", async () => {
+    let runs = 0;
+    const slowLookup: Tool = {
+      name: "slow",
+      defaultTimeoutMs: 2_000,
+      idempotent: true,
+      run: async () => {
+        runs++;
+        await new Promise((r) => setTimeout(r, 300));
+        return { run: runs };
+      },
+    };
+    const registry = new Registry();
+    const executor = new ToolExecutor([slowLookup], store, createExecutorMetrics(registry), silentLogger);
+    await liveCall("CArepeat");
+    await executor.handle(request("CArepeat", "slow", { toolCallId: "warm" })); // claimed: the call is known live
+    runs = 0;
+
+    // The dialog replica running the turn dies while the tool runs; the survivor redoes the turn with the same key.
+    const first = executor.handle(request("CArepeat", "slow", { toolCallId: "slow-2" }));
+    await new Promise((r) => setTimeout(r, 50));
+    const repeat = await executor.handle(request("CArepeat", "slow", { toolCallId: "slow-2", repeat: true }));
+    expect(repeat).toEqual(await first);
+    expect(runs).toBe(1);
+    await executor.idle();
+    // After the result is stored, a repeat reads it.
+    expect(await executor.handle(request("CArepeat", "slow", { toolCallId: "slow-2", repeat: true }))).toEqual(repeat);
+    expect(runs).toBe(1);
+    expect(await metricSum(registry, "voicebot_tools_duplicate_requests_total")).toBe(2);
+  });
+
   it("a duplicate whose first execution left no result runs an idempotent tool again, and times out a tool with effects", async () => {
     const lookup: Tool = { name: "lookup", defaultTimeoutMs: 100, idempotent: true, run: async () => ({ found: true }) };
     const refund: Tool = { name: "refund", defaultTimeoutMs: 100, run: async () => ({ refunded: true }) };

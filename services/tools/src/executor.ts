@@ -144,9 +144,12 @@ export class ToolExecutor {
     // Resolved once: its timeout, whether it may run twice, and the execution all come from it.
     const tool = this.resolve(request.agent, name);
     const timeoutMs = this.timeoutFor(request, tool);
-    if (tool?.idempotent && this.liveCalls.isLive(callId)) {
+    if (tool?.idempotent && !request.repeat && this.liveCalls.isLive(callId)) {
       // Running it twice is harmless and a claim found the call live moments ago: no round trip before it runs.
+      // The claim still goes out, unawaited: a repeat of this request (a turn redone after its dialog replica died,
+      // marked `repeat`, which always claims first) finds it and waits for this execution's result.
       this.metrics.unclaimed.inc();
+      this.keepStoring(request, this.store.claimToolCall(callId, toolCallId));
       return this.runAndStore(request, tool, timeoutMs, cancelled);
     }
     // The call's state, a stored result and the claim in one Redis round trip (every round trip here is on the
@@ -202,7 +205,7 @@ export class ToolExecutor {
       () => undefined,
       (error: unknown) => {
         this.metrics.storeErrors.inc();
-        this.log.warn("tool result not stored after the answer", { callId: request.callId, toolCallId: request.toolCallId, tool: request.name, error: errorText(error) });
+        this.log.warn("tool claim or result not stored after the answer", { callId: request.callId, toolCallId: request.toolCallId, tool: request.name, error: errorText(error) });
       },
     );
     this.storing.add(writing);

@@ -19,6 +19,11 @@ export interface ToolCallRequest {
   turnId: string;
   /** Agent whose tool definitions apply (webhook tools). */
   agent: string;
+  /**
+   * The dialog may have sent this request before (a turn redone after its replica died, or replayed): tools looks
+   * for the first execution's result, or waits for it, before running even a tool that may run twice.
+   */
+  repeat: boolean;
 }
 
 export interface ToolCallResult {
@@ -35,7 +40,16 @@ export interface ToolCallResult {
 }
 
 function createBaseToolCallRequest(): ToolCallRequest {
-  return { callId: "", toolCallId: "", name: "", argumentsJson: "", timeoutMs: 0, turnId: "", agent: "" };
+  return {
+    callId: "",
+    toolCallId: "",
+    name: "",
+    argumentsJson: "",
+    timeoutMs: 0,
+    turnId: "",
+    agent: "",
+    repeat: false,
+  };
 }
 
 export const ToolCallRequest: MessageFns<ToolCallRequest> = {
@@ -60,6 +74,9 @@ export const ToolCallRequest: MessageFns<ToolCallRequest> = {
     }
     if (message.agent !== "") {
       writer.uint32(58).string(message.agent);
+    }
+    if (message.repeat !== false) {
+      writer.uint32(64).bool(message.repeat);
     }
     return writer;
   },
@@ -133,6 +150,14 @@ export const ToolCallRequest: MessageFns<ToolCallRequest> = {
             message.agent = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.repeat = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -157,6 +182,7 @@ export const ToolCallRequest: MessageFns<ToolCallRequest> = {
     message.timeoutMs = object.timeoutMs ?? 0;
     message.turnId = object.turnId ?? "";
     message.agent = object.agent ?? "";
+    message.repeat = object.repeat ?? false;
     return message;
   },
 };
