@@ -8,13 +8,14 @@ import {
   DialogInput,
   KeypadPress,
   SpeakRequest,
+  ToolCallRequest,
   Transcript,
 } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { CallStore, keys } from "@voicebot/state";
 import { metricSum, startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { definition as toolsDefinition } from "../../tools/src/service.js";
 import { definition } from "./service.js";
 
@@ -351,6 +352,49 @@ describe("dialog service", () => {
     await call.publish({ $case: "callStarted", value: started }, `${inputId}:redelivered`, inputId);
     await waitFor(async () => (await metric("voicebot_dialog_inputs_dropped_total", { reason: "duplicate" })) > before, { what: "the start's redelivery to be dropped" });
     expect(call.turnIds()).toEqual(["t21", "t22"]);
+  });
+
+  it("the tool requests of an input redone after its replica died are marked repeat, a first input's are not", async () => {
+    // A plain subscriber sees every request the tools service's queue group gets.
+    const requests: ToolCallRequest[] = [];
+    const watch = bus.subscribe(subjects.toolsCall, ToolCallRequest, (m) => void requests.push(m), { name: "test.tools-watch" });
+    await bus.nc.flush();
+    // Gone after this test: a later test needs the bus to find no responder once the tools service stops.
+    onTestFinished(() => watch.unsubscribe());
+    const processed = async (call: TestCall, inputId: string) => {
+      const state = await store.redis.hget(keys.dialog(call.id), "d");
+      return state !== null && (JSON.parse(state) as { processed: string[] }).processed.includes(inputId);
+    };
+
+    const first = new TestCall();
+    await first.start();
+    await first.key("1");
+    await first.keys("12345");
+    await first.key("#");
+    await waitFor(() => requests.some((r) => r.callId === first.id), { what: "the first call's lookup" });
+
+    const redone = new TestCall();
+    await redone.start();
+    await redone.key("1");
+    await redone.keys("1234");
+    const lastDigit = await redone.key("5");
+    await waitFor(() => processed(redone, lastDigit), { what: "the digits to be processed" });
+    // A replica took "#" (marked it in progress, with its once-mark), asked for the lookup and died.
+    const inputId = `${redone.id}:dtmf:left`;
+    const pound = DialogInput.create({ callId: redone.id, inputId, atMs: Date.now(), input: { $case: "keypad", value: KeypadPress.create({ callId: redone.id, digit: "#", atMs: Date.now() }) } });
+    await store.redis.hset(keys.dialog(redone.id), "p", JSON.stringify({ inputId, input: Buffer.from(DialogInput.encode(pound).finish()).toString("base64") }));
+    await store.redis.hset(keys.once(redone.id), `dialog-input:${inputId}`, "1");
+    await redone.say("goodbye");
+    await waitFor(() => requests.some((r) => r.callId === redone.id), { what: "the redone lookup" });
+
+    const lookups = (call: TestCall) => requests.filter((r) => r.callId === call.id).map((r) => ({ name: r.name, repeat: r.repeat }));
+    expect(lookups(first)).toEqual([{ name: "lookup_order", repeat: false }]);
+    // The redone "#" repeats; "goodbye", a first attempt, does not.
+    await waitFor(() => lookups(redone).length === 2, { what: "goodbye's end_call" });
+    expect(lookups(redone)).toEqual([
+      { name: "lookup_order", repeat: true },
+      { name: "end_call", repeat: false },
+    ]);
   });
 
   it("a not-found order is reported and asked for again", async () => {
