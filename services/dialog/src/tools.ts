@@ -19,7 +19,7 @@ export interface ToolRequest {
   turnId: string;
   agent: string;
   /** A redone or replayed turn: this key may have been sent before, so tools looks for its first result. */
-  repeat?: boolean;
+  repeat: boolean;
 }
 
 /** Calls tools over the bus (any tools replica answers) and turns every failure into a ToolOutcome. */
@@ -46,7 +46,7 @@ export class ToolClient {
       timeoutMs: request.timeoutMs,
       turnId: request.turnId,
       agent: request.agent,
-      repeat: request.repeat === true,
+      repeat: request.repeat,
     });
     const waitMs = (request.timeoutMs || DEFAULT_TOOL_WAIT_MS) + TRANSPORT_MARGIN_MS;
     let reply: ToolCallResult;

@@ -25,6 +25,8 @@ export class PlayoutScheduler {
   private ticking = false;
   /** When the next tick is due (monotonic ms): ticks keep to a fixed grid, so a late one does not delay the rest. */
   private nextTickAt = 0;
+  /** Between two ticks: each pumps one group. */
+  private readonly periodMs: number;
 
   constructor(
     private readonly tickMs: number,
@@ -34,6 +36,7 @@ export class PlayoutScheduler {
   ) {
     if (!Number.isInteger(phases) || phases < 1) throw new Error(`phases must be a positive integer, got ${phases}`);
     this.groups = Array.from({ length: phases }, () => new Set<Pacer>());
+    this.periodMs = tickMs / phases;
   }
 
   get activeCount(): number {
@@ -50,7 +53,7 @@ export class PlayoutScheduler {
     const now = this.now();
     this.run(pacer, now, false);
     if (this.groupOf.size > 0 && !this.timer && !this.ticking) {
-      this.nextTickAt = now + this.tickMs / this.phases;
+      this.nextTickAt = now + this.periodMs;
       this.timer = setTimeout(this.tick, Math.max(0, this.nextTickAt - this.now()));
     }
   }
@@ -71,7 +74,6 @@ export class PlayoutScheduler {
     const group = this.groups[this.nextGroup];
     this.nextGroup = (this.nextGroup + 1) % this.phases;
     const now = this.now();
-    const period = this.tickMs / this.phases;
     // The pumps see the tick's time on the grid, not the moment the timer fired. Timers fire a little early or
     // late; a call whose buffer sat at the pacing budget's edge then sent nothing on one tick and two frames on the
     // next: a 40 ms hole at the caller. After a stall of more than a whole tick the grid starts again from now.
@@ -86,7 +88,7 @@ export class PlayoutScheduler {
     if (this.groupOf.size === 0) return;
     // Timers restarted from their callback would run every period plus their lateness: every call's tick would
     // come later and later. The next one is due a period after this one on the grid.
-    this.nextTickAt += period;
+    this.nextTickAt += this.periodMs;
     this.timer = setTimeout(this.tick, Math.max(0, this.nextTickAt - this.now()));
   };
 
