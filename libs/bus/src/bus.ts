@@ -1,6 +1,8 @@
 import {
   AckPolicy,
   connect,
+  ErrorCode,
+  type ConnectionOptions,
   DeliverPolicy,
   headers as natsHeaders,
   JsMsg,
@@ -16,6 +18,7 @@ import {
   JetStreamClient,
 } from "nats";
 import type { Counter, Registry } from "prom-client";
+import { natsSecurityOptions, parseNatsServers, type NatsAuth, type NatsTls } from "./connection.js";
 import { hotCounter, pendingCount, type PendingCount } from "./hot-counter.js";
 import { InOrder } from "./in-order.js";
 import { LogThrottle, type Logger } from "./log.js";
@@ -28,8 +31,12 @@ export interface Codec<T> {
 }
 
 export interface BusOptions {
-  /** Comma-separated NATS URLs. */
+  /** Comma-separated NATS URLs; `nats://user:pass@host` or `nats://token@host` carry credentials. */
   servers: string;
+  /** Credentials given apart from the URLs (the service's NATS_* settings); they take precedence. */
+  auth?: NatsAuth;
+  /** TLS to the server (a `tls://` URL alone means TLS with the system's trusted CAs). */
+  tls?: NatsTls;
   /** Connection name shown by the NATS server (service + instance). */
   name: string;
   log: Logger;
@@ -133,12 +140,16 @@ export class Bus {
     void this.watchStatus();
   }
 
-  /** Connects, retrying until NATS answers; afterwards reconnects forever. */
+  /**
+   * Connects, retrying until NATS answers (saying why not in the log every 10 s); afterwards reconnects forever.
+   * Refused credentials end it at once: retrying cannot fix them.
+   */
   static async connect(options: BusOptions): Promise<Bus> {
-    const nc = await connect({
-      servers: options.servers.split(",").map((s) => s.trim()),
+    const { servers, auth, tls } = parseNatsServers(options.servers);
+    const connectOptions: ConnectionOptions = {
+      servers,
+      ...natsSecurityOptions(options.auth ?? auth, options.tls ?? (tls ? {} : undefined)),
       name: options.name,
-      waitOnFirstConnect: true,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       reconnectJitter: 100,
@@ -147,7 +158,21 @@ export class Bus {
       // Otherwise every request and JetStream publish captures a stack trace up front, for an error we log by its
       // message: ~2 % of the CPU of ingress and the dialog under load (cpu profiles: NatsError, BaseRequest).
       noAsyncTraces: true,
-    });
+    };
+    const notYet = new LogThrottle(10_000);
+    let nc: NatsConnection;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        nc = await connect(connectOptions);
+        break;
+      } catch (error) {
+        const code = (error as { code?: string }).code;
+        if (code === ErrorCode.AuthorizationViolation || code === ErrorCode.AuthenticationExpired) throw error;
+        const throttled = notYet.admit("connect");
+        if (throttled) options.log.warn("nats not reachable yet", { servers: servers.join(","), error: errorText(error), attempt });
+        await new Promise((resolve) => setTimeout(resolve, Math.min(250 * attempt, 1_000)));
+      }
+    }
     options.log.info("nats connected", { server: nc.getServer() });
     return new Bus(nc, options.log, options.registry);
   }

@@ -1,4 +1,5 @@
 export * from "./bus.js";
+export * from "./connection.js";
 export * from "./log.js";
 export * from "./subjects.js";
 export type { Subscription } from "nats";

@@ -1,3 +1,7 @@
+import { readFileSync } from "node:fs";
+import { parseNatsServers, type NatsAuth, type NatsTls } from "@voicebot/bus";
+import type { RedisTarget } from "@voicebot/state";
+
 /**
  * Typed configuration from environment variables. Every bad value is collected and reported together,
  * so an operator fixes a deployment in one go.
@@ -86,6 +90,18 @@ export class EnvReader {
     return items as T[];
   }
 
+  /** The content of the file a variable names (a mounted Secret: a key, a certificate); undefined when unset. */
+  file(name: string): string | undefined {
+    const file = this.optional(name);
+    if (file === undefined) return undefined;
+    try {
+      return readFileSync(file, "utf8");
+    } catch (error) {
+      this.problems.push(`${name}: cannot read ${file} (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
+      return undefined;
+    }
+  }
+
   url(name: string, fallback: string, protocols: readonly string[]): string {
     const raw = this.string(name, fallback);
     try {
@@ -112,8 +128,11 @@ function rangeText(min: number, max: number): string {
 
 /** Settings every service shares. */
 export interface CommonConfig {
+  /** Comma-separated NATS URLs (credentials in them are used, never logged). */
   natsUrl: string;
-  redisUrl: string;
+  natsAuth?: NatsAuth;
+  natsTls?: NatsTls;
+  redis: RedisTarget;
   httpPort: number;
   logLevel: "debug" | "info" | "warn" | "error";
   drainTimeoutMs: number;
@@ -123,10 +142,78 @@ export interface CommonConfig {
 export function readCommonConfig(env: EnvReader, defaultHttpPort: number, service: string): CommonConfig {
   return {
     natsUrl: env.string("NATS_URL", "nats://127.0.0.1:4222"),
-    redisUrl: env.url("REDIS_URL", "redis://127.0.0.1:6379", ["redis", "rediss"]),
+    ...readNatsSecurity(env),
+    redis: readRedisTarget(env),
     httpPort: env.int("HTTP_PORT", defaultHttpPort, { min: 0, max: 65535 }),
     logLevel: env.oneOf("LOG_LEVEL", ["debug", "info", "warn", "error"] as const, "info"),
     drainTimeoutMs: env.int("DRAIN_TIMEOUT_MS", 30_000, { min: 0 }),
     instanceId: env.string("INSTANCE_ID", `${service}-${process.env.HOSTNAME ?? "local"}-${process.pid}`),
   };
+}
+
+/**
+ * NATS credentials and TLS beyond the URL: NATS_USER + NATS_PASSWORD, NATS_TOKEN or NATS_NKEY_SEED_FILE (one of
+ * them), and NATS_TLS_CA_FILE / NATS_TLS_CERT_FILE + NATS_TLS_KEY_FILE.
+ */
+function readNatsSecurity(env: EnvReader): { natsAuth?: NatsAuth; natsTls?: NatsTls } {
+  try {
+    parseNatsServers(env.string("NATS_URL", "nats://127.0.0.1:4222"));
+  } catch (error) {
+    env.problem(`NATS_URL: ${(error as Error).message}`);
+  }
+  const user = env.optional("NATS_USER");
+  const password = env.optional("NATS_PASSWORD");
+  const token = env.optional("NATS_TOKEN");
+  const seed = env.file("NATS_NKEY_SEED_FILE");
+  const methods: NatsAuth[] = [];
+  if (user !== undefined || password !== undefined) {
+    if (user === undefined || password === undefined) env.problem("NATS_USER and NATS_PASSWORD go together");
+    else methods.push({ kind: "user", user, pass: password });
+  }
+  if (token !== undefined) methods.push({ kind: "token", token });
+  if (seed !== undefined) methods.push({ kind: "nkey", seed: new TextEncoder().encode(seed.trim()) });
+  if (methods.length > 1) env.problem("give one NATS authentication: NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_NKEY_SEED_FILE");
+  const tls = readTls(env, "NATS");
+  return { ...(methods.length === 1 ? { natsAuth: methods[0] } : {}), ...(tls ? { natsTls: tls } : {}) };
+}
+
+/**
+ * Redis: REDIS_URL (redis:// or rediss://), REDIS_USERNAME / REDIS_PASSWORD, REDIS_TLS_CA_FILE /
+ * REDIS_TLS_CERT_FILE + REDIS_TLS_KEY_FILE, and for Sentinel REDIS_SENTINELS (host:port, comma separated),
+ * REDIS_SENTINEL_MASTER (default mymaster) and REDIS_SENTINEL_PASSWORD.
+ */
+function readRedisTarget(env: EnvReader): RedisTarget {
+  const url = env.url("REDIS_URL", "redis://127.0.0.1:6379", ["redis", "rediss"]);
+  const username = env.optional("REDIS_USERNAME");
+  const password = env.optional("REDIS_PASSWORD");
+  const tls = readTls(env, "REDIS");
+  const sentinelList = env.optional("REDIS_SENTINELS");
+  const sentinels: { host: string; port: number }[] = [];
+  for (const item of sentinelList?.split(",").map((s) => s.trim()).filter(Boolean) ?? []) {
+    const match = /^(\[[0-9a-fA-F:]+\]|[^:\s]+)(?::(\d{1,5}))?$/.exec(item);
+    const port = Number(match?.[2] ?? 26379);
+    if (!match || port < 1 || port > 65535) env.problem(`REDIS_SENTINELS: ${JSON.stringify(item)} is not host:port`);
+    else sentinels.push({ host: match[1].replace(/^\[|\]$/g, ""), port });
+  }
+  const sentinelMaster = env.optional("REDIS_SENTINEL_MASTER");
+  const sentinelPassword = env.optional("REDIS_SENTINEL_PASSWORD");
+  if (sentinels.length === 0 && (sentinelMaster || sentinelPassword)) env.problem("REDIS_SENTINEL_MASTER and REDIS_SENTINEL_PASSWORD need REDIS_SENTINELS");
+  return {
+    url,
+    ...(username ? { username } : {}),
+    ...(password ? { password } : {}),
+    ...(tls ? { tls } : {}),
+    ...(sentinels.length > 0 ? { sentinels, sentinelMaster: sentinelMaster ?? "mymaster" } : {}),
+    ...(sentinelPassword ? { sentinelPassword } : {}),
+  };
+}
+
+/** PREFIX_TLS_CA_FILE, PREFIX_TLS_CERT_FILE and PREFIX_TLS_KEY_FILE (the last two together), as PEM text. */
+function readTls(env: EnvReader, prefix: string): { ca?: string; cert?: string; key?: string } | undefined {
+  const ca = env.file(`${prefix}_TLS_CA_FILE`);
+  const cert = env.file(`${prefix}_TLS_CERT_FILE`);
+  const key = env.file(`${prefix}_TLS_KEY_FILE`);
+  if ((cert === undefined) !== (key === undefined)) env.problem(`${prefix}_TLS_CERT_FILE and ${prefix}_TLS_KEY_FILE go together`);
+  if (ca === undefined && cert === undefined && key === undefined) return undefined;
+  return { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
 }

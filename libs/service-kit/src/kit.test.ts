@@ -40,6 +40,10 @@ describe("logger", () => {
     expect(record).toMatchObject({ level: "info", service: "t", msg: "connecting", apiKey: "***", ok: 1, nested: { authToken: "***" } });
     expect(lines[0]).not.toContain("sk-123");
     expect(lines[0]).not.toContain("hunter2");
+    expect(record.url).toBe("redis://:***@localhost:6379");
+    // A URL's whole userinfo is the secret when it has no password part: NATS takes a token there.
+    log.warn("nats", { servers: "nats://s3cr3t-token@nats-0:4222,nats://ops:pw9@nats-1:4222", error: new Error("at tls://tok2@h:4222") });
+    expect(JSON.parse(lines[1])).toMatchObject({ servers: "nats://***@nats-0:4222,nats://ops:***@nats-1:4222", error: "at tls://***@h:4222" });
   });
 });
 

@@ -5,12 +5,17 @@ const order: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 
 
 // Field names whose values never reach a log line.
 const SECRET_FIELD = /(key|token|secret|password|passwd|authorization|auth|credential|cookie)/i;
-// Userinfo in URLs (redis://:pass@host, https://user:pass@host).
-const URL_CREDENTIALS = /(\b[a-z][a-z0-9+.-]*:\/\/)([^/\s:@]*):([^/\s@]+)@/gi;
+// Userinfo in URLs: redis://:pass@host and https://user:pass@host keep the user; nats://token@host is all secret.
+const URL_CREDENTIALS = /(\b[a-z][a-z0-9+.-]*:\/\/)([^/\s@]+)@/gi;
+const hideUserinfo = (text: string) =>
+  text.replace(URL_CREDENTIALS, (_all, scheme: string, userinfo: string) => {
+    const colon = userinfo.indexOf(":");
+    return `${scheme}${colon >= 0 ? userinfo.slice(0, colon) + ":" : ""}***@`;
+  });
 
 export function redact(value: unknown, depth = 0): unknown {
-  if (typeof value === "string") return value.replace(URL_CREDENTIALS, "$1$2:***@");
-  if (value instanceof Error) return value.message.replace(URL_CREDENTIALS, "$1$2:***@");
+  if (typeof value === "string") return hideUserinfo(value);
+  if (value instanceof Error) return hideUserinfo(value.message);
   if (!value || typeof value !== "object" || depth > 4) return value;
   if (Array.isArray(value)) return value.map((v) => redact(v, depth + 1));
   const out: Record<string, unknown> = {};

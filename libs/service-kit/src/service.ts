@@ -1,6 +1,6 @@
-import { Bus, errorText, Logger, queueGroups, subjects, type Subscription } from "@voicebot/bus";
+import { Bus, errorText, Logger, LogThrottle, parseNatsServers, queueGroups, subjects, type Subscription } from "@voicebot/bus";
 import { ReadinessRequest, ReadinessResponse } from "@voicebot/proto";
-import { CallStore, defaultStoreOptions } from "@voicebot/state";
+import { CallStore, defaultStoreOptions, describeRedisTarget } from "@voicebot/state";
 import { collectDefaultMetrics, Gauge, Registry } from "prom-client";
 import { ConfigError, EnvReader, readCommonConfig, type CommonConfig } from "./config.js";
 import { HttpServer, sendJson } from "./http.js";
@@ -97,7 +97,13 @@ export async function startService<C>(definition: ServiceDefinition<C>, env: Nod
   let draining = false;
   let running: RunningService | undefined;
   let bus: Bus | undefined;
-  const store = CallStore.connect(common.redisUrl, { ...defaultStoreOptions, recordTtlMs });
+  const store = CallStore.connect(common.redis, { ...defaultStoreOptions, recordTtlMs });
+  // Why Redis cannot be reached (a wrong password, a TLS problem, a failover) goes to the log: once per kind every 10 s.
+  const redisErrors = new LogThrottle(10_000, 50);
+  store.redis.on("error", (error: Error) => {
+    const throttled = redisErrors.admit(error.message);
+    if (throttled) log.warn("redis link error", { error: error.message, ...throttled });
+  });
   const stall = watchEventLoop();
 
   const notReadyReason = (): string | undefined => {
@@ -147,7 +153,14 @@ export async function startService<C>(definition: ServiceDefinition<C>, env: Nod
   });
 
   try {
-    bus = await Bus.connect({ servers: common.natsUrl, name: common.instanceId, log, registry });
+    bus = await Bus.connect({
+      servers: common.natsUrl,
+      ...(common.natsAuth ? { auth: common.natsAuth } : {}),
+      ...(common.natsTls ? { tls: common.natsTls } : {}),
+      name: common.instanceId,
+      log,
+      registry,
+    });
     running = await definition.start({ name: definition.name, common, log, registry, bus, store, http, port }, config);
   } catch (error) {
     // Leave nothing open behind a service that could not start.
@@ -158,7 +171,7 @@ export async function startService<C>(definition: ServiceDefinition<C>, env: Nod
     throw error;
   }
   const ctx: ServiceContext = { name: definition.name, common, log, registry, bus, store, http, port };
-  log.info("started", { natsUrl: common.natsUrl, redisUrl: common.redisUrl });
+  log.info("started", { nats: parseNatsServers(common.natsUrl).servers.join(","), redis: describeRedisTarget(common.redis) });
 
   // Only ready replicas answer readiness pings, so one answer means the service can take a call.
   let pingSub: Subscription | undefined;

@@ -1,4 +1,5 @@
 import { Redis } from "ioredis";
+import { redisConnectionOptions, type RedisTarget } from "./connection.js";
 import { keys, liveKeys, recordKeys } from "./keys.js";
 
 /** dialing: an outbound call placed and not answered yet (no stream); live: streaming; ended. */
@@ -316,8 +317,9 @@ export class CallStore {
   }
 
   /** Connects with bounded retries per command so callers see errors instead of hanging while Redis is down. */
-  static connect(url: string, options: CallStoreOptions = defaultStoreOptions): CallStore {
-    const redis = new Redis(url, {
+  static connect(target: string | RedisTarget, options: CallStoreOptions = defaultStoreOptions): CallStore {
+    const redis = new Redis({
+      ...redisConnectionOptions(typeof target === "string" ? { url: target } : target),
       maxRetriesPerRequest: 2,
       connectTimeout: 2_000,
       retryStrategy: (times) => Math.min(50 * times, 1_000),

@@ -1,9 +1,10 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { accessSync, constants } from "node:fs";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { promisify } from "node:util";
 
 export interface ServerHandle {
   url: string;
@@ -90,14 +91,16 @@ function handleFor(url: string, port: number, child: ChildProcess, cleanup: () =
  * Pass `port` to restart a server on the same address (for reconnect tests) and `storeDir` to keep its streams.
  */
 export async function startNats(
-  options: { port?: number; storeDir?: string; monitor?: boolean } = {},
+  options: { port?: number; storeDir?: string; monitor?: boolean; args?: string[] } = {},
 ): Promise<ServerHandle & { storeDir: string; monitorUrl?: string }> {
   const binary = requireBinary("nats-server", "apt-get install nats-server");
   const dir = await mkdtemp(path.join(os.tmpdir(), "vb-nats-"));
   const storeDir = options.storeDir ?? path.join(dir, "js");
   // `monitor`: also the HTTP monitoring endpoint (/varz, /connz...) on an OS-chosen port, for load measurements.
   const monitorArgs = options.monitor ? ["-m", "-1"] : [];
-  const child = spawn(binary, ["-a", "127.0.0.1", "-p", String(options.port ?? -1), ...monitorArgs, "-js", "-sd", storeDir, "--ports_file_dir", dir], {
+  // `args`: more server flags (authentication, a config file); they come first, so the address flags win.
+  const args = [...(options.args ?? []), "-a", "127.0.0.1", "-p", String(options.port ?? -1), ...monitorArgs, "-js", "-sd", storeDir, "--ports_file_dir", dir];
+  const child = spawn(binary, args, {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let stderr = "";
@@ -119,12 +122,21 @@ export async function startNats(
   return { ...handle, storeDir, ...(monitorUrl ? { monitorUrl } : {}) };
 }
 
-/** Starts a real redis-server without persistence on a free port (or the given one, for restart tests). */
-export async function startRedis(options: { port?: number } = {}): Promise<ServerHandle> {
+/**
+ * Starts a real redis-server without persistence on a free port (or the given one, for restart tests). `args`: more
+ * server flags (`--requirepass`, `--replicaof`); `tls`: serve TLS only, on that port, with these PEM files.
+ */
+export async function startRedis(
+  options: { port?: number; args?: string[]; tls?: { certFile: string; keyFile: string; caFile: string } } = {},
+): Promise<ServerHandle> {
   const binary = requireBinary("redis-server", "apt-get install redis-server");
   for (let attempt = 0; ; attempt++) {
     const port = options.port ?? (await freePort());
-    const child = spawn(binary, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", os.tmpdir()], {
+    const { tls } = options;
+    const listen = tls
+      ? ["--port", "0", "--tls-port", String(port), "--tls-cert-file", tls.certFile, "--tls-key-file", tls.keyFile, "--tls-ca-cert-file", tls.caFile, "--tls-auth-clients", "no"]
+      : ["--port", String(port)];
+    const child = spawn(binary, [...listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", os.tmpdir(), ...(options.args ?? [])], {
       stdio: ["ignore", "pipe", "pipe"],
     });
     let output = "";
@@ -137,10 +149,55 @@ export async function startRedis(options: { port?: number } = {}): Promise<Serve
         },
         { what: "redis-server to listen" },
       );
-      return handleFor(`redis://127.0.0.1:${port}`, port, child, async () => undefined);
+      return handleFor(`${tls ? "rediss" : "redis"}://127.0.0.1:${port}`, port, child, async () => undefined);
     } catch (error) {
       child.kill("SIGKILL");
       if (options.port || attempt >= 3) throw error; // a random port may have been taken meanwhile: try another
     }
   }
+}
+
+/**
+ * Starts a real Redis Sentinel watching the master `name` at `masterPort` with quorum 1 and a short down-after
+ * time (500 ms), so a test sees a failover within a few seconds of the master's death. With `replicas`, it returns
+ * once it knows that many replicas in sync (it learns them from the master's INFO: none can be promoted before).
+ */
+export async function startRedisSentinel(options: { masterPort: number; name?: string; replicas?: number }): Promise<ServerHandle> {
+  const binary = requireBinary("redis-server", "apt-get install redis-server");
+  const dir = await mkdtemp(path.join(os.tmpdir(), "vb-sentinel-"));
+  const port = await freePort();
+  const name = options.name ?? "mymaster";
+  const config = path.join(dir, "sentinel.conf"); // sentinel rewrites its config file: it must be its own
+  await writeFile(
+    config,
+    [
+      `port ${port}`,
+      "bind 127.0.0.1",
+      `dir ${dir}`,
+      `sentinel monitor ${name} 127.0.0.1 ${options.masterPort} 1`,
+      `sentinel down-after-milliseconds ${name} 500`,
+      `sentinel failover-timeout ${name} 5000`,
+      `sentinel parallel-syncs ${name} 1`,
+      "",
+    ].join("\n"),
+  );
+  const child = spawn(binary, [config, "--sentinel"], { stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  child.stdout!.on("data", (d) => (output = (output + d).slice(-4000)));
+  await waitFor(
+    async () => {
+      if (child.exitCode !== null) throw new Error(`redis sentinel exited: ${output}`);
+      return (await canConnect(port)) || undefined;
+    },
+    { what: "redis sentinel to listen" },
+  );
+  const cli = requireBinary("redis-cli", "apt-get install redis-tools");
+  await waitFor(
+    async () => {
+      const { stdout } = await promisify(execFile)(cli, ["-p", String(port), "sentinel", "replicas", name]);
+      return (stdout.match(/^master-link-status\nok$/gm)?.length ?? 0) >= (options.replicas ?? 0);
+    },
+    { what: `redis sentinel to know ${options.replicas ?? 0} replicas`, timeoutMs: 15_000, intervalMs: 100 },
+  );
+  return handleFor(`redis://127.0.0.1:${port}`, port, child, () => rm(dir, { recursive: true, force: true, maxRetries: 3 }));
 }
