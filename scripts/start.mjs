@@ -195,11 +195,11 @@ async function ensureNats() {
   const first = url.split(",")[0].trim();
   const state = await probeNats(first);
   if (state === "up") {
-    say(`using NATS at ${url}`);
+    say(`using NATS at ${url.replace(/\/\/[^@/,]*@/g, "//***@")}`);
     return url;
   }
   const { hostname, port } = new URL(first);
-  if (state === "down" && !isLoopback(hostname)) throw new Error(`NATS_URL ${url} does not answer`);
+  if (state === "down" && !isLoopback(hostname)) throw new Error(`NATS_URL does not answer (${hostname}:${port || 4222})`);
   if (state === "no-jetstream") say(paint(33, `the NATS at ${first} has no JetStream; starting our own`));
   const wanted = Number(port || 4222);
   const usePort = state === "down" && (await portFree(wanted)) ? wanted : await freePort();

@@ -1,15 +1,17 @@
 // The fault tests' system: real nats-server and redis-server, every service as its own process with any number of
 // replicas, the fault agent (test/e2e/fixtures/faults-agent.yaml) and a slow webhook backend the test controls.
 // Replicas can be added, killed (SIGKILL) and terminated (SIGTERM) while calls run.
+import { execFile } from "node:child_process";
 import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { TwilioCallSimulator, type SimulatorOptions } from "@voicebot/callsim";
 import { CallStore, type CallRecord } from "@voicebot/state";
-import { startNats, startRedis, startServiceProcess, waitFor, type ServerHandle, type ServiceName, type ServiceProcess } from "@voicebot/testing";
+import { startNats, startRedis, startRedisSentinel, startServiceProcess, waitFor, type ServerHandle, type ServiceName, type ServiceProcess } from "@voicebot/testing";
 
 export const FAULT_AGENT = "faults";
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -30,6 +32,8 @@ export interface Cluster {
   restartNats(downMs?: number): Promise<void>;
   /** SIGKILL redis-server; after `downMs`, a new, empty one on the same port (no persistence). */
   restartRedis(downMs?: number): Promise<void>;
+  /** With `sentinel`: SIGKILL the Redis master; resolves once the sentinel names the promoted replica. */
+  crashRedisMaster(): Promise<void>;
   store: CallStore;
   slow: SlowBackend;
   /** Live replicas per service, oldest first (killed and stopped ones are removed). */
@@ -61,6 +65,8 @@ export interface ClusterOptions {
   env?: Record<string, string>;
   /** Per-service settings on top of env. */
   serviceEnv?: Partial<Record<ServiceName, Record<string, string>>>;
+  /** Redis as a Sentinel group (master, replica, one sentinel) that the services and the test reach through the sentinel. */
+  sentinel?: boolean;
 }
 
 const order: ServiceName[] = ["ingress", "asr", "dialog", "tools", "tts"];
@@ -69,6 +75,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   let [nats, redis] = await Promise.all([startNats(), startRedis()]);
   /** Servers replaced by a restart; stopped last (the first nats handle owns the store's directory). */
   const replaced: ServerHandle[] = [];
+  const sentinelGroup = options.sentinel ? await startSentinelGroup(redis) : undefined;
+  if (sentinelGroup) replaced.push(sentinelGroup.sentinel, sentinelGroup.replica);
   const slow: SlowBackend = { url: "", delayMs: 0, calls: 0 };
   const backend = http.createServer((req, res) => {
     req.resume();
@@ -85,6 +93,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   const env: Record<string, string> = {
     NATS_URL: nats.url,
     REDIS_URL: redis.url,
+    ...(sentinelGroup ? { REDIS_SENTINELS: `127.0.0.1:${sentinelGroup.sentinel.port}`, REDIS_SENTINEL_MASTER: sentinelGroup.name } : {}),
     LOG_LEVEL: "info",
     DRAIN_TIMEOUT_MS: "10000",
     AGENTS_DIR: agentsDir,
@@ -92,7 +101,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     SLOW_URL: slow.url,
     ...options.env,
   };
-  const store = CallStore.connect(redis.url);
+  const store = CallStore.connect(
+    sentinelGroup ? { url: redis.url, sentinels: [{ host: "127.0.0.1", port: sentinelGroup.sentinel.port }], sentinelMaster: sentinelGroup.name } : redis.url,
+  );
   const replicas = Object.fromEntries(order.map((name) => [name, [] as ServiceProcess[]])) as Record<ServiceName, ServiceProcess[]>;
   const all: ServiceProcess[] = [];
   const envFor = (name: ServiceName, extra: Record<string, string> = {}) => ({ ...env, ...options.serviceEnv?.[name], ...extra });
@@ -154,6 +165,15 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       replaced.push(old);
       await new Promise((r) => setTimeout(r, downMs));
       redis = await startRedis({ port: old.port });
+    },
+    async crashRedisMaster() {
+      if (!sentinelGroup) throw new Error("crashRedisMaster needs a cluster started with sentinel: true");
+      await killServer(redis);
+      await waitFor(async () => (await sentinelGroup.masterPort()) === sentinelGroup.replica.port, {
+        timeoutMs: 15_000,
+        intervalMs: 50,
+        what: "the sentinel to promote the replica",
+      });
     },
     store,
     slow,
@@ -248,4 +268,16 @@ export function lines(record: CallRecord): { keys: string[]; bot: string[] } {
     keys: record.transcript.filter((e) => e.role === "caller" && e.source === "keypad").map((e) => e.text),
     bot: record.transcript.filter((e) => e.role === "bot").map((e) => e.text),
   };
+}
+
+/** A replica of `master` and one sentinel watching both (quorum 1), ready to promote the replica. */
+async function startSentinelGroup(master: ServerHandle) {
+  const name = "voicebot";
+  const replica = await startRedis({ args: ["--replicaof", "127.0.0.1", String(master.port)] });
+  const sentinel = await startRedisSentinel({ masterPort: master.port, name, replicas: 1 });
+  const masterPort = async () => {
+    const { stdout } = await promisify(execFile)("redis-cli", ["-p", String(sentinel.port), "sentinel", "get-master-addr-by-name", name]);
+    return Number(stdout.trim().split("\n")[1]);
+  };
+  return { name, replica, sentinel, masterPort };
 }

@@ -20,6 +20,7 @@ export interface DialogMetrics {
   fillers: Counter;
   speakPublishErrors: Counter;
   restarts: Counter<"reason">;
+  retriesInPlace: Counter;
 }
 
 export function createDialogMetrics(registry: Registry): DialogMetrics {
@@ -53,6 +54,11 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
       name: "voicebot_dialog_reprompts_total",
       help: "Inputs that were not understood (reprompt or escalation)",
       labelNames: ["agent"],
+      registers: [registry],
+    }),
+    retriesInPlace: new Counter({
+      name: "voicebot_dialog_input_retries_in_place_total",
+      help: "Inputs tried again in place (keeping the call's order) after Redis or NATS failed under them",
       registers: [registry],
     }),
     leaseBusy: new Counter({

@@ -135,6 +135,11 @@ const REDO_TURN_GAP = 20;
 /** Tools that act on the call; a filler before them would only delay the goodbye. */
 const NO_FILLER_TOOLS = new Set(["end_call", "transfer_to_human", "send_dtmf"]);
 const MAX_ATTEMPTS = 3;
+/** How long an input is tried again in place while Redis or NATS is down or failing over (see processInOrder). */
+const RETRY_IN_PLACE_MS = 20_000;
+/** Errors of a lost or failing-over link (ioredis, Redis replies during a failover, nats.js codes). */
+const LINK_FAILURE =
+  /max retries per request|Connection is closed|Stream isn't writeable|All sentinels are unreachable|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|^READONLY|^LOADING|^MASTERDOWN|^TRYAGAIN|^TIMEOUT$|^DISCONNECT$|^CONNECTION_CLOSED$|^CONNECTION_REFUSED$|^503$/;
 /** The once-scope of dialog inputs: marked when an input's turn starts. */
 const DIALOG_INPUT_SCOPE = "dialog-input";
 const DEFAULT_FORMAT = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 };
@@ -171,7 +176,7 @@ export class TurnRunner {
     // long turn does not make it hand the input to another replica; only a dead replica stops the heartbeat.
     const heartbeat = setInterval(() => item.working(), Math.max(250, Math.floor(this.deps.ackWaitMs / 3)));
     const previous = this.chains.get(callId) ?? Promise.resolve();
-    const task = previous.then(() => this.process({ ...message, callId }, item, receivedAt)).finally(() => clearInterval(heartbeat));
+    const task = previous.then(() => this.processInOrder({ ...message, callId }, item, receivedAt)).finally(() => clearInterval(heartbeat));
     const tail = task.catch(() => undefined);
     this.chains.set(callId, tail);
     void tail.then(() => {
@@ -179,6 +184,38 @@ export class TurnRunner {
     });
     return task; // a rejection makes the bus nak the input for redelivery
   };
+
+  /**
+   * Runs an input, trying it again in place while Redis or NATS fails under it (a failover, a restart): a nak would
+   * hand it back only after the call's later inputs, already queued behind it here, had gone through, and the
+   * caller's keys would be answered out of order (seen in a Sentinel failover: "123", crash, "45#" was taken as
+   * "125#" then "3", "4"). A try again is a redelivery in all but the queue: the input's once-mark tells the turn it
+   * ran before. The heartbeat keeps JetStream from handing it elsewhere meanwhile; past RETRY_IN_PLACE_MS, or for
+   * any other error, the nak follows.
+   */
+  private async processInOrder(message: DialogInput, item: WorkItem, receivedAt: number): Promise<void> {
+    let failingSince: number | undefined;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.process(message, item, receivedAt);
+      } catch (error) {
+        failingSince ??= Date.now();
+        if (!this.isLinkFailure(error) || Date.now() - failingSince > RETRY_IN_PLACE_MS) throw error;
+        this.deps.metrics.retriesInPlace.inc();
+        const admitted = this.retryLog.admit("retry");
+        if (admitted) this.deps.log.warn("input failed on a lost link; trying it again in place", { callId: message.callId, inputId: message.inputId, error: errorText(error), ...admitted });
+        await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 1_000)));
+      }
+    }
+  }
+
+  private readonly retryLog = new LogThrottle();
+
+  /** The error came from Redis or NATS being unreachable or failing over, not from the input or a bug. */
+  private isLinkFailure(error: unknown): boolean {
+    if (!this.deps.store.ready || !this.deps.bus.connected) return true;
+    return LINK_FAILURE.test(errorText(error)) || LINK_FAILURE.test(String((error as { code?: unknown })?.code ?? ""));
+  }
 
   /** Dropped inputs are counted in full and logged in samples (a flood of bad input must not flood the log). */
   private readonly droppedLog = new LogThrottle();
