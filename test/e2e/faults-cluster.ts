@@ -32,8 +32,11 @@ export interface Cluster {
   restartNats(downMs?: number): Promise<void>;
   /** SIGKILL redis-server; after `downMs`, a new, empty one on the same port (no persistence). */
   restartRedis(downMs?: number): Promise<void>;
-  /** With `sentinel`: SIGKILL the Redis master; resolves once the sentinel names the promoted replica. */
-  crashRedisMaster(): Promise<void>;
+  /**
+   * With `sentinel`: SIGKILL the Redis master; resolves with the ms until the sentinel named the promoted replica,
+   * once a new replica of it is in sync (ready for the next crash).
+   */
+  crashRedisMaster(): Promise<number>;
   store: CallStore;
   slow: SlowBackend;
   /** Live replicas per service, oldest first (killed and stopped ones are removed). */
@@ -76,7 +79,6 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   /** Servers replaced by a restart; stopped last (the first nats handle owns the store's directory). */
   const replaced: ServerHandle[] = [];
   const sentinelGroup = options.sentinel ? await startSentinelGroup(redis) : undefined;
-  if (sentinelGroup) replaced.push(sentinelGroup.sentinel, sentinelGroup.replica);
   const slow: SlowBackend = { url: "", delayMs: 0, calls: 0 };
   const backend = http.createServer((req, res) => {
     req.resume();
@@ -124,6 +126,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     await new Promise((resolve) => backend.close(resolve));
     await nats.stop();
     await redis.stop();
+    if (sentinelGroup) await Promise.all([sentinelGroup.sentinel.stop(), sentinelGroup.replica.stop()]);
     for (const server of replaced.reverse()) await server.stop();
     await rm(agentsDir, { recursive: true, force: true });
   };
@@ -168,12 +171,21 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     },
     async crashRedisMaster() {
       if (!sentinelGroup) throw new Error("crashRedisMaster needs a cluster started with sentinel: true");
+      const crashedAt = Date.now();
       await killServer(redis);
-      await waitFor(async () => (await sentinelGroup.masterPort()) === sentinelGroup.replica.port, {
+      replaced.push(redis);
+      const promoted = sentinelGroup.replica;
+      await waitFor(async () => (await sentinelGroup.masterPort()) === promoted.port, {
         timeoutMs: 15_000,
         intervalMs: 50,
         what: "the sentinel to promote the replica",
       });
+      const promotedMs = Date.now() - crashedAt;
+      // The promoted replica is the master now; a new replica makes the group ready for the next crash.
+      redis = promoted;
+      sentinelGroup.replica = await startRedis({ args: ["--replicaof", "127.0.0.1", String(promoted.port)] });
+      await waitFor(async () => (await sentinelGroup.replicasInSync()) >= 1, { timeoutMs: 20_000, intervalMs: 100, what: "the sentinel to see the new replica" });
+      return promotedMs;
     },
     store,
     slow,
@@ -275,9 +287,12 @@ async function startSentinelGroup(master: ServerHandle) {
   const name = "voicebot";
   const replica = await startRedis({ args: ["--replicaof", "127.0.0.1", String(master.port)] });
   const sentinel = await startRedisSentinel({ masterPort: master.port, name, replicas: 1 });
-  const masterPort = async () => {
-    const { stdout } = await promisify(execFile)("redis-cli", ["-p", String(sentinel.port), "sentinel", "get-master-addr-by-name", name]);
-    return Number(stdout.trim().split("\n")[1]);
+  const ask = async (...command: string[]) => (await promisify(execFile)("redis-cli", ["-p", String(sentinel.port), "sentinel", ...command])).stdout;
+  return {
+    name,
+    replica,
+    sentinel,
+    masterPort: async () => Number((await ask("get-master-addr-by-name", name)).trim().split("\n")[1]),
+    replicasInSync: async () => (await ask("replicas", name)).match(/^master-link-status\nok$/gm)?.length ?? 0,
   };
-  return { name, replica, sentinel, masterPort };
 }

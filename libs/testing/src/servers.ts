@@ -130,13 +130,16 @@ export async function startRedis(
   options: { port?: number; args?: string[]; tls?: { certFile: string; keyFile: string; caFile: string } } = {},
 ): Promise<ServerHandle> {
   const binary = requireBinary("redis-server", "apt-get install redis-server");
+  // A directory of its own: a replica writes the RDB it syncs there, and any redis-server started later in the same
+  // directory would load it (a shared /tmp/dump.rdb once filled every test's fresh Redis with another test's calls).
+  const dir = await mkdtemp(path.join(os.tmpdir(), "vb-redis-"));
   for (let attempt = 0; ; attempt++) {
     const port = options.port ?? (await freePort());
     const { tls } = options;
     const listen = tls
       ? ["--port", "0", "--tls-port", String(port), "--tls-cert-file", tls.certFile, "--tls-key-file", tls.keyFile, "--tls-ca-cert-file", tls.caFile, "--tls-auth-clients", "no"]
       : ["--port", String(port)];
-    const child = spawn(binary, [...listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", os.tmpdir(), ...(options.args ?? [])], {
+    const child = spawn(binary, [...listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, ...(options.args ?? [])], {
       stdio: ["ignore", "pipe", "pipe"],
     });
     let output = "";
@@ -149,10 +152,13 @@ export async function startRedis(
         },
         { what: "redis-server to listen" },
       );
-      return handleFor(`${tls ? "rediss" : "redis"}://127.0.0.1:${port}`, port, child, async () => undefined);
+      return handleFor(`${tls ? "rediss" : "redis"}://127.0.0.1:${port}`, port, child, () => rm(dir, { recursive: true, force: true, maxRetries: 3 }));
     } catch (error) {
       child.kill("SIGKILL");
-      if (options.port || attempt >= 3) throw error; // a random port may have been taken meanwhile: try another
+      if (options.port || attempt >= 3) {
+        await rm(dir, { recursive: true, force: true, maxRetries: 3 });
+        throw error; // a random port may have been taken meanwhile: try another
+      }
     }
   }
 }

@@ -24,6 +24,8 @@ const PCM_BLOCK_FRAMES = 50;
 const MAX_EARLY_FINALS = 3;
 /** Silence an early recognition always waits for, however short the minimum silence (a breath is not an end). */
 const MIN_EARLY_SILENCE_MS = 200;
+/** How long an utterance's start waits for its hints while Redis is unreachable (see readHints). */
+const HINTS_WAIT_MS = 3_000;
 
 export interface SessionOptions {
   segmenter: SegmenterOptions;
@@ -515,20 +517,35 @@ export class CallSession {
     const { store, log, metrics, options } = this.deps;
     const defaults = { minSilenceMs: options.segmenter.minSilenceMs, maxSilenceMs: options.segmenter.maxSilenceMs };
     let raw: unknown;
-    try {
-      raw = await store.getJson<unknown>(keys.hints(this.callId));
-    } catch (error) {
-      metrics.badHints.inc();
-      log.warn("recognition hints unreadable: using defaults", { callId: this.callId, error: errorText(error) });
-      return parseHints(undefined, defaults).hints;
+    for (const since = Date.now(); ; ) {
+      try {
+        raw = await store.getJson<unknown>(keys.hints(this.callId));
+        break;
+      } catch (error) {
+        // Redis is down or failing over. The utterance's frames wait behind this read, and without the hints a
+        // state's grammar is lost ("order status" heard as "or you can"): wait for Redis a little (a Sentinel
+        // failover takes ~2 s), then take the hints read last (the dialog cannot have moved on without Redis
+        // either), else the defaults.
+        if (Date.now() - since < HINTS_WAIT_MS && !this.stopped) {
+          await new Promise((resolve) => setTimeout(resolve, 200));
+          continue;
+        }
+        metrics.badHints.inc();
+        log.warn(`recognition hints unreadable: using ${this.lastHints ? "the last ones read" : "defaults"}`, { callId: this.callId, error: errorText(error) });
+        return this.lastHints ?? parseHints(undefined, defaults).hints;
+      }
     }
     const { hints, problems } = parseHints(raw, defaults);
     if (problems.length > 0) {
       metrics.badHints.inc();
       log.warn("recognition hints partly invalid", { callId: this.callId, problems });
     }
+    this.lastHints = hints;
     return hints;
   }
+
+  /** The hints of the call's latest successful read (see readHints). */
+  private lastHints: ParsedHints | undefined;
 
   private warnOnce(problem: string, msg: string, fields: Record<string, unknown>): void {
     if (this.warned.has(problem)) return;
