@@ -200,7 +200,7 @@ async function ensureNats() {
   }
   const { hostname, port } = new URL(first);
   if (state === "down" && !isLoopback(hostname)) throw new Error(`NATS_URL does not answer (${hostname}:${port || 4222})`);
-  if (state === "no-jetstream") say(paint(33, `the NATS at ${first} has no JetStream; starting our own`));
+  if (state === "no-jetstream") say(paint(33, `the NATS at ${hostname}:${port || 4222} has no JetStream; starting our own`));
   const wanted = Number(port || 4222);
   const usePort = state === "down" && (await portFree(wanted)) ? wanted : await freePort();
   const storeDir = path.join(repoRoot, ".run", "nats");

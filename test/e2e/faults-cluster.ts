@@ -171,6 +171,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     },
     async crashRedisMaster() {
       if (!sentinelGroup) throw new Error("crashRedisMaster needs a cluster started with sentinel: true");
+      const before = await sentinelGroup.masterPort();
+      if (before !== redis.port) throw new Error(`the sentinel names ${before} as master, not ${redis.port}: an unplanned failover`);
       const crashedAt = Date.now();
       await killServer(redis);
       replaced.push(redis);

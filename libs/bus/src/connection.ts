@@ -1,7 +1,9 @@
 // How a service reaches a secured NATS: credentials and TLS. nats.js takes credentials only as options (userinfo in a
 // server URL is ignored, and the server then refuses the connection), so they are taken out of the URLs here.
 
-import { nkeyAuthenticator, type ConnectionOptions } from "nats";
+import { nkeyAuthenticator, nkeys, type ConnectionOptions } from "nats";
+
+export { nkeys };
 
 /** One way to authenticate, as the server is configured (at most one; none for an open server). */
 export type NatsAuth =

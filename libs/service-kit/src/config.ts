@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
-import { parseNatsServers, type NatsAuth, type NatsTls } from "@voicebot/bus";
-import type { RedisTarget } from "@voicebot/state";
+import { nkeys, parseNatsServers, type NatsAuth, type NatsTls } from "@voicebot/bus";
+import { redisDatabase, type RedisTarget } from "@voicebot/state";
 
 /**
  * Typed configuration from environment variables. Every bad value is collected and reported together,
@@ -171,7 +171,15 @@ function readNatsSecurity(env: EnvReader): { natsAuth?: NatsAuth; natsTls?: Nats
     else methods.push({ kind: "user", user, pass: password });
   }
   if (token !== undefined) methods.push({ kind: "token", token });
-  if (seed !== undefined) methods.push({ kind: "nkey", seed: new TextEncoder().encode(seed.trim()) });
+  if (seed !== undefined) {
+    const bytes = new TextEncoder().encode(seed.trim());
+    try {
+      nkeys.fromSeed(bytes); // a bad seed would fail every connection attempt, reported as NATS unreachable
+      methods.push({ kind: "nkey", seed: bytes });
+    } catch {
+      env.problem("NATS_NKEY_SEED_FILE does not hold an nkey seed (SU...)");
+    }
+  }
   if (methods.length > 1) env.problem("give one NATS authentication: NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_NKEY_SEED_FILE");
   const tls = readTls(env, "NATS");
   return { ...(methods.length === 1 ? { natsAuth: methods[0] } : {}), ...(tls ? { natsTls: tls } : {}) };
@@ -198,6 +206,10 @@ function readRedisTarget(env: EnvReader): RedisTarget {
   const sentinelMaster = env.optional("REDIS_SENTINEL_MASTER");
   const sentinelPassword = env.optional("REDIS_SENTINEL_PASSWORD");
   if (sentinels.length === 0 && (sentinelMaster || sentinelPassword)) env.problem("REDIS_SENTINEL_MASTER and REDIS_SENTINEL_PASSWORD need REDIS_SENTINELS");
+  const parsed = URL.canParse(url) ? new URL(url) : undefined;
+  if (parsed && Number.isNaN(redisDatabase(parsed))) env.problem(`REDIS_URL: ${JSON.stringify(parsed.pathname)} is not a database number`);
+  // Not supported yet, rather than half done: ioredis needs TLS set apart for the sentinels and the master.
+  if (sentinels.length > 0 && (tls || parsed?.protocol === "rediss:")) env.problem("REDIS_SENTINELS with TLS (rediss://, REDIS_TLS_*) is not supported");
   return {
     url,
     ...(username ? { username } : {}),

@@ -44,6 +44,8 @@ describe("logger", () => {
     // A URL's whole userinfo is the secret when it has no password part: NATS takes a token there.
     log.warn("nats", { servers: "nats://s3cr3t-token@nats-0:4222,nats://ops:pw9@nats-1:4222", error: new Error("at tls://tok2@h:4222") });
     expect(JSON.parse(lines[1])).toMatchObject({ servers: "nats://***@nats-0:4222,nats://ops:***@nats-1:4222", error: "at tls://***@h:4222" });
+    log.info("an @ in the password", { target: "redis://:p@ss@redis:6379/1" });
+    expect(JSON.parse(lines[2]).target).toBe("redis://:***@redis:6379/1");
   });
 });
 

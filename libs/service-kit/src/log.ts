@@ -6,7 +6,7 @@ const order: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 
 // Field names whose values never reach a log line.
 const SECRET_FIELD = /(key|token|secret|password|passwd|authorization|auth|credential|cookie)/i;
 // Userinfo in URLs: redis://:pass@host and https://user:pass@host keep the user; nats://token@host is all secret.
-const URL_CREDENTIALS = /(\b[a-z][a-z0-9+.-]*:\/\/)([^/\s@]+)@/gi;
+const URL_CREDENTIALS = /(\b[a-z][a-z0-9+.-]*:\/\/)([^/\s]+)@/gi; // to the last @: a password may hold one
 const hideUserinfo = (text: string) =>
   text.replace(URL_CREDENTIALS, (_all, scheme: string, userinfo: string) => {
     const colon = userinfo.indexOf(":");

@@ -6,6 +6,7 @@ import path from "node:path";
 import { makeTestCertificates, startNats, startRedis, startRedisSentinel, startServiceProcess, waitFor, type ServerHandle, type TestCertificates } from "@voicebot/testing";
 import { nkeys } from "nats";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
+import { CallStore } from "@voicebot/state";
 import { startService, type ServiceDefinition } from "./service.js";
 
 const noop: ServiceDefinition<undefined> = {
@@ -94,9 +95,15 @@ describe("secured NATS", () => {
         NATS_USER: "u",
         NATS_TOKEN: "t",
         NATS_TLS_CERT_FILE: "/nonexistent/cert.pem",
-        REDIS_SENTINELS: "host:99999",
+        REDIS_URL: "rediss://redis:6379/zero",
+        REDIS_SENTINELS: "host:99999,sentinel-1",
       }),
-    ).rejects.toThrow(/NATS_URL: the NATS URLs carry different credentials.*NATS_USER and NATS_PASSWORD go together.*NATS_TLS_CERT_FILE: cannot read.*REDIS_SENTINELS: "host:99999"/);
+    ).rejects.toThrow(
+      /NATS_URL: the NATS URLs carry different credentials.*NATS_USER and NATS_PASSWORD go together.*NATS_TLS_CERT_FILE: cannot read.*REDIS_SENTINELS: "host:99999".*REDIS_URL: "\/zero" is not a database number.*REDIS_SENTINELS with TLS/,
+    );
+    const seedFile = path.join(certs.dir, "not-a-seed.nk");
+    await writeFile(seedFile, "SUNOTASEED\n");
+    await expect(startService(noop, { NATS_NKEY_SEED_FILE: seedFile })).rejects.toThrow(/NATS_NKEY_SEED_FILE does not hold an nkey seed/);
   });
 });
 
@@ -179,6 +186,10 @@ describe("secured Redis", () => {
       { what: "writes on the promoted replica", timeoutMs: 20_000, intervalMs: 200 },
     );
     expect(afterFailover).toBe("live");
-    expect(store.redis.options.port === replica.port || (await store.redis.info("replication")).includes("role:master")).toBe(true);
+    // The write went to the promoted replica: the transcript line is there, and the old master is gone.
+    const promoted = CallStore.connect(replica.url);
+    onTestFinished(() => promoted.close());
+    expect((await promoted.redis.info("replication")).includes("role:master")).toBe(true);
+    expect((await promoted.getRecord("CAsentinel1"))?.transcript.map((e) => e.text)).toContain("still here");
   });
 });

@@ -4,7 +4,7 @@
 import net from "node:net";
 import { startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { redisConnectionOptions } from "./connection.js";
+import { redisConnectionOptions, redisDatabase } from "./connection.js";
 import { CallStore } from "./store.js";
 
 /** A TCP forwarder standing for the stable endpoint: new connections go to whichever port `target` says. */
@@ -57,12 +57,14 @@ it("a store behind a stable endpoint follows a failover: one write fails READONL
   }
 });
 
-it("the connection options: URL credentials and database, settings apart taking precedence, TLS and Sentinel", () => {
+it("the connection options: URL credentials, database and IPv6 host, settings apart taking precedence, TLS and Sentinel", () => {
   expect(redisConnectionOptions({ url: "redis://u:p%40ss@redis.example:6380/3" })).toMatchObject({ host: "redis.example", port: 6380, db: 3, username: "u", password: "p@ss" });
   expect(redisConnectionOptions({ url: "redis://:old@h", password: "new" })).toMatchObject({ host: "h", port: 6379, db: 0, password: "new" });
+  expect(redisConnectionOptions({ url: "redis://[::1]:6390/2/" })).toMatchObject({ host: "::1", port: 6390, db: 2 });
+  expect(redisDatabase(new URL("redis://h/zero"))).toBeNaN();
   expect(redisConnectionOptions({ url: "rediss://h" }).tls).toEqual({});
   expect(redisConnectionOptions({ url: "redis://h", tls: { ca: "PEM" } }).tls).toEqual({ ca: "PEM" });
-  const sentinel = redisConnectionOptions({ url: "rediss://ignored/1", sentinels: [{ host: "s1", port: 26379 }], sentinelMaster: "calls", password: "pw" });
-  expect(sentinel).toMatchObject({ sentinels: [{ host: "s1", port: 26379 }], name: "calls", db: 1, password: "pw", enableTLSForSentinelMode: true });
+  const sentinel = redisConnectionOptions({ url: "redis://ignored/1", sentinels: [{ host: "s1", port: 26379 }], sentinelMaster: "calls", password: "pw", sentinelPassword: "spw" });
+  expect(sentinel).toMatchObject({ sentinels: [{ host: "s1", port: 26379 }], name: "calls", db: 1, password: "pw", sentinelPassword: "spw" });
   expect(sentinel).not.toHaveProperty("host");
 });

@@ -10,7 +10,7 @@ export interface RedisTarget {
   password?: string;
   /** TLS with a private CA or a client certificate (PEM text). `rediss://` alone trusts the system's CAs. */
   tls?: { ca?: string; cert?: string; key?: string };
-  /** Redis Sentinel: the sentinels that name the current master of `sentinelMaster` (the URL's host is unused). */
+  /** Redis Sentinel (without TLS): the sentinels that name the current master of `sentinelMaster` (the URL's host is unused). */
   sentinels?: { host: string; port: number }[];
   sentinelMaster?: string;
   sentinelPassword?: string;
@@ -32,14 +32,15 @@ export function redisConnectionOptions(target: RedisTarget): RedisOptions {
         ...(target.tls?.key ? { key: target.tls.key } : {}),
       }
     : undefined;
-  const database = url.pathname.length > 1 ? Number(url.pathname.slice(1)) : 0;
+  const database = redisDatabase(url);
   const username = target.username ?? (url.username ? decodeURIComponent(url.username) : undefined);
   const password = target.password ?? (url.password ? decodeURIComponent(url.password) : undefined);
   const common: RedisOptions = {
     db: database,
     ...(username ? { username } : {}),
     ...(password ? { password } : {}),
-    reconnectOnError: (error) => error.message.startsWith("READONLY"),
+    // Anywhere in the message: a script's write error comes back wrapped on some Redis versions.
+    reconnectOnError: (error) => /\bREADONLY\b/.test(error.message),
   };
   if (target.sentinels && target.sentinels.length > 0) {
     return {
@@ -47,10 +48,18 @@ export function redisConnectionOptions(target: RedisTarget): RedisOptions {
       sentinels: target.sentinels,
       name: target.sentinelMaster ?? "mymaster",
       ...(target.sentinelPassword ? { sentinelPassword: target.sentinelPassword } : {}),
-      ...(tls ? { tls, enableTLSForSentinelMode: true } : {}),
     };
   }
-  return { ...common, host: url.hostname || "127.0.0.1", port: url.port ? Number(url.port) : 6379, ...(tls ? { tls } : {}) };
+  // An IPv6 address comes bracketed in a URL ([::1]); the socket wants it bare.
+  const host = url.hostname.replace(/^\[(.*)\]$/, "$1") || "127.0.0.1";
+  return { ...common, host, port: url.port ? Number(url.port) : 6379, ...(tls ? { tls } : {}) };
+}
+
+/** The database a URL names (`/2`, `/2/`; none = 0); NaN when it names something else (a config error). */
+export function redisDatabase(url: URL): number {
+  const path = url.pathname.replace(/\/$/, "");
+  if (path === "" || path === "/") return 0;
+  return /^\/\d{1,4}$/.test(path) ? Number(path.slice(1)) : Number.NaN;
 }
 
 /** Where the store connects, for a log line: no credentials. */

@@ -165,7 +165,8 @@ export async function startRedis(
 
 /**
  * Starts a real Redis Sentinel watching the master `name` at `masterPort` with quorum 1 and a short down-after
- * time (500 ms), so a test sees a failover within a few seconds of the master's death. With `replicas`, it returns
+ * time (1 s: shorter risks a failover when a busy machine delays a reply), so a test sees a failover within a few
+ * seconds of the master's death. With `replicas`, it returns
  * once it knows that many replicas in sync (it learns them from the master's INFO: none can be promoted before).
  */
 export async function startRedisSentinel(options: { masterPort: number; name?: string; replicas?: number }): Promise<ServerHandle> {
@@ -181,7 +182,7 @@ export async function startRedisSentinel(options: { masterPort: number; name?: s
       "bind 127.0.0.1",
       `dir ${dir}`,
       `sentinel monitor ${name} 127.0.0.1 ${options.masterPort} 1`,
-      `sentinel down-after-milliseconds ${name} 500`,
+      `sentinel down-after-milliseconds ${name} 1000`,
       `sentinel failover-timeout ${name} 5000`,
       `sentinel parallel-syncs ${name} 1`,
       "",

@@ -524,9 +524,9 @@ export class CallSession {
       } catch (error) {
         // Redis is down or failing over. The utterance's frames wait behind this read, and without the hints a
         // state's grammar is lost ("order status" heard as "or you can"): wait for Redis a little (a Sentinel
-        // failover takes ~2 s), then take the hints read last (the dialog cannot have moved on without Redis
-        // either), else the defaults.
-        if (Date.now() - since < HINTS_WAIT_MS && !this.stopped) {
+        // failover takes ~2 s; the last read may add its own timeout), then take the hints read last (the dialog
+        // cannot have moved on without Redis either), else the defaults. Unparseable hints do not get better.
+        if (!(error instanceof SyntaxError) && Date.now() - since < HINTS_WAIT_MS && !this.stopped) {
           await new Promise((resolve) => setTimeout(resolve, 200));
           continue;
         }

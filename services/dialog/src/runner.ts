@@ -137,9 +137,17 @@ const NO_FILLER_TOOLS = new Set(["end_call", "transfer_to_human", "send_dtmf"]);
 const MAX_ATTEMPTS = 3;
 /** How long an input is tried again in place while Redis or NATS is down or failing over (see processInOrder). */
 const RETRY_IN_PLACE_MS = 20_000;
-/** Errors of a lost or failing-over link (ioredis, Redis replies during a failover, nats.js codes). */
-const LINK_FAILURE =
-  /max retries per request|Connection is closed|Stream isn't writeable|All sentinels are unreachable|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|^READONLY|^LOADING|^MASTERDOWN|^TRYAGAIN|^TIMEOUT$|^DISCONNECT$|^CONNECTION_CLOSED$|^CONNECTION_REFUSED$|^503$/;
+/** Messages of a lost or failing-over link: ioredis, Redis replies during a failover (a script's wrapped too). */
+const LINK_FAILURE_MESSAGE =
+  /max retries per request|Connection is closed|Stream isn't writeable|All sentinels are unreachable|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|\bREADONLY\b|\bLOADING\b|\bMASTERDOWN\b|\bTRYAGAIN\b/;
+/** nats.js error codes of a lost link (a JetStream publish that found no server), and libs/bus's own. */
+const LINK_FAILURE_CODES = new Set(["TIMEOUT", "DISCONNECT", "CONNECTION_CLOSED", "CONNECTION_REFUSED", "503", "timeout", "disconnected", "no_responders"]);
+
+/** The error came from Redis or NATS being unreachable or failing over, not from the input or a bug. */
+function isLinkFailure(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  return LINK_FAILURE_MESSAGE.test(errorText(error)) || (typeof code === "string" && LINK_FAILURE_CODES.has(code));
+}
 /** The once-scope of dialog inputs: marked when an input's turn starts. */
 const DIALOG_INPUT_SCOPE = "dialog-input";
 const DEFAULT_FORMAT = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 };
@@ -200,7 +208,7 @@ export class TurnRunner {
         return await this.process(message, item, receivedAt);
       } catch (error) {
         failingSince ??= Date.now();
-        if (!this.isLinkFailure(error) || Date.now() - failingSince > RETRY_IN_PLACE_MS) throw error;
+        if (!isLinkFailure(error) || this.draining || Date.now() - failingSince > RETRY_IN_PLACE_MS) throw error;
         this.deps.metrics.retriesInPlace.inc();
         const admitted = this.retryLog.admit("retry");
         if (admitted) this.deps.log.warn("input failed on a lost link; trying it again in place", { callId: message.callId, inputId: message.inputId, error: errorText(error), ...admitted });
@@ -211,10 +219,31 @@ export class TurnRunner {
 
   private readonly retryLog = new LogThrottle();
 
-  /** The error came from Redis or NATS being unreachable or failing over, not from the input or a bug. */
-  private isLinkFailure(error: unknown): boolean {
-    if (!this.deps.store.ready || !this.deps.bus.connected) return true;
-    return LINK_FAILURE.test(errorText(error)) || LINK_FAILURE.test(String((error as { code?: unknown })?.code ?? ""));
+  /** Set when the replica drains: an input failing on a lost link goes back to the queue at once, for other replicas. */
+  private draining = false;
+
+  stopRetrying(): void {
+    this.draining = true;
+  }
+
+  /**
+   * A write after the turn was said (its state, its timer) tried again while its link is lost, so that a failure
+   * there does not make the whole input run again (the caller would hear the answer twice). Other errors, and past
+   * RETRY_IN_PLACE_MS, go up as before.
+   */
+  private async afterSpeech<T>(write: () => Promise<T>, fields: Record<string, unknown>): Promise<T> {
+    const since = Date.now();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await write();
+      } catch (error) {
+        if (!isLinkFailure(error) || this.draining || Date.now() - since > RETRY_IN_PLACE_MS) throw error;
+        this.deps.metrics.retriesInPlace.inc();
+        const admitted = this.retryLog.admit("after-speech");
+        if (admitted) this.deps.log.warn("saving a turn failed on a lost link; trying again", { ...fields, error: errorText(error), ...admitted });
+        await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 1_000)));
+      }
+    }
   }
 
   /** Dropped inputs are counted in full and logged in samples (a flood of bad input must not flood the log). */
@@ -463,10 +492,14 @@ export class TurnRunner {
           processed: [...state.processed, inputId].slice(-MAX_PROCESSED),
           spoken: [...(state.spoken ?? []), ...played.spoken].slice(-MAX_SPOKEN),
         };
-        if (played.result.wake) await this.publishWake(callId, inputId, played.result.wake);
+        const wake = played.result.wake;
+        if (wake) await this.afterSpeech(() => this.publishWake(callId, inputId, wake), fields);
         // The hints go with the state (only for a live call, only when saved), and the lease with them.
         lease?.pauseRenewal();
-        const commit = await store.commitDialog(callId, next, version, { hints: played.hints, releaseLeaseOf: lease?.owner, mark: null });
+        const commit = await this.afterSpeech(
+          () => store.commitDialog(callId, next, version, { hints: played.hints, releaseLeaseOf: lease?.owner, mark: null }),
+          fields,
+        );
         if (commit.saved) {
           lease?.releasedBySave();
           item.ack();

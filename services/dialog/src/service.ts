@@ -228,6 +228,7 @@ export const definition: ServiceDefinition<DialogConfig> = {
       // Stops pulling inputs and waits for the turns in hand; unpulled inputs stay queued for other replicas.
       drain: async () => {
         stopPrewarm.abort();
+        runner.stopRetrying();
         await consumer.stop();
         cancels.unsubscribe();
       },
