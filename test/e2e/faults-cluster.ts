@@ -9,9 +9,11 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { Bus, silentLogger } from "@voicebot/bus";
 import { TwilioCallSimulator, type SimulatorOptions } from "@voicebot/callsim";
 import { CallStore, type CallRecord } from "@voicebot/state";
-import { startNats, startRedis, startRedisSentinel, startServiceProcess, waitFor, type ServerHandle, type ServiceName, type ServiceProcess } from "@voicebot/testing";
+import { Registry } from "prom-client";
+import { startNats, startNatsCluster, startRedis, startRedisSentinel, startServiceProcess, waitFor, type ServerHandle, type ServiceName, type ServiceProcess } from "@voicebot/testing";
 
 export const FAULT_AGENT = "faults";
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -32,6 +34,10 @@ export interface Cluster {
   restartNats(downMs?: number): Promise<void>;
   /** SIGKILL redis-server; after `downMs`, a new, empty one on the same port (no persistence). */
   restartRedis(downMs?: number): Promise<void>;
+  /** With `natsNodes`: the NATS cluster. */
+  natsCluster: Awaited<ReturnType<typeof startNatsCluster>> | undefined;
+  /** With `natsNodes`: SIGKILL the node leading a JetStream stream; resolves with its name. */
+  crashStreamLeader(stream: string): Promise<string>;
   /**
    * With `sentinel`: SIGKILL the Redis master; resolves with the ms until the sentinel named the promoted replica,
    * once a new replica of it is in sync (ready for the next crash).
@@ -70,12 +76,15 @@ export interface ClusterOptions {
   serviceEnv?: Partial<Record<ServiceName, Record<string, string>>>;
   /** Redis as a Sentinel group (master, replica, one sentinel) that the services and the test reach through the sentinel. */
   sentinel?: boolean;
+  /** NATS as a cluster of this many nodes (the services given every node, work queues with 3 copies). */
+  natsNodes?: number;
 }
 
 const order: ServiceName[] = ["ingress", "asr", "dialog", "tools", "tts"];
 
 export async function startCluster(options: ClusterOptions = {}): Promise<Cluster> {
-  let [nats, redis] = await Promise.all([startNats(), startRedis()]);
+  const natsCluster = options.natsNodes ? await startNatsCluster(options.natsNodes) : undefined;
+  let [nats, redis] = await Promise.all([natsCluster ? undefined : startNats(), startRedis()]);
   /** Servers replaced by a restart; stopped last (the first nats handle owns the store's directory). */
   const replaced: ServerHandle[] = [];
   const sentinelGroup = options.sentinel ? await startSentinelGroup(redis) : undefined;
@@ -93,7 +102,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   await copyFile(path.join(here, "fixtures", "faults-agent.yaml"), path.join(agentsDir, `${FAULT_AGENT}.yaml`));
 
   const env: Record<string, string> = {
-    NATS_URL: nats.url,
+    NATS_URL: natsCluster ? natsCluster.url : nats!.url,
+    ...(natsCluster ? { NATS_STREAM_REPLICAS: "3" } : {}),
     REDIS_URL: redis.url,
     ...(sentinelGroup ? { REDIS_SENTINELS: `127.0.0.1:${sentinelGroup.sentinel.port}`, REDIS_SENTINEL_MASTER: sentinelGroup.name } : {}),
     LOG_LEVEL: "info",
@@ -124,7 +134,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     await Promise.all(all.map((r) => (r.process.exitCode === null && r.process.signalCode === null ? r.terminate(15_000) : undefined)));
     await store.close();
     await new Promise((resolve) => backend.close(resolve));
-    await nats.stop();
+    await nats?.stop();
+    await natsCluster?.stop();
     await redis.stop();
     if (sentinelGroup) await Promise.all([sentinelGroup.sentinel.stop(), sentinelGroup.replica.stop()]);
     for (const server of replaced.reverse()) await server.stop();
@@ -150,12 +161,28 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   };
   const cluster: Cluster = {
     get nats() {
+      if (!nats) throw new Error("this cluster runs a NATS cluster: see natsCluster");
       return nats;
+    },
+    natsCluster,
+    async crashStreamLeader(stream) {
+      if (!natsCluster) throw new Error("crashStreamLeader needs a cluster started with natsNodes");
+      const bus = await Bus.connect({ servers: natsCluster.url, name: "faults-test", log: silentLogger, registry: new Registry() });
+      try {
+        const leader = (await (await bus.nc.jetstreamManager()).streams.info(stream)).cluster?.leader;
+        const node = natsCluster.nodes.find((n) => n.name === leader);
+        if (!node) throw new Error(`no leader found for ${stream}`);
+        node.kill();
+        return node.name;
+      } finally {
+        await bus.close();
+      }
     },
     get redis() {
       return redis;
     },
     async restartNats(downMs = 0) {
+      if (!nats) throw new Error("restartNats needs a single NATS server");
       const old = nats;
       await killServer(old);
       replaced.push(old);

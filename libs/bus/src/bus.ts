@@ -37,6 +37,11 @@ export interface BusOptions {
   auth?: NatsAuth;
   /** TLS to the server (a `tls://` URL alone means TLS with the system's trusted CAs). */
   tls?: NatsTls;
+  /**
+   * Copies of each work-queue stream (and its consumer) the NATS cluster keeps: 1 on a single server, 3 on a
+   * three-node cluster so the queues outlive a node. Existing streams are scaled to it.
+   */
+  streamReplicas?: number;
   /** Connection name shown by the NATS server (service + instance). */
   name: string;
   log: Logger;
@@ -87,6 +92,8 @@ export interface ConsumeOptions {
 }
 
 /** A durable publish waits this long for the stream's ack before it is sent again... */
+/** How long ensureStream waits for a NATS cluster's JetStream to answer (a leader election). */
+const JETSTREAM_READY_MS = 30_000;
 const DURABLE_ATTEMPT_MS = 1_000;
 /** ...and gives up after this long. */
 const DURABLE_DEADLINE_MS = 5_000;
@@ -127,6 +134,7 @@ export class Bus {
     readonly nc: NatsConnection,
     private readonly log: Logger,
     registry: Registry,
+    private readonly streamReplicas = 1,
   ) {
     this.js = nc.jetstream();
     // Shared by every Bus on the registry; per-message counts go through pendingCount().
@@ -174,7 +182,7 @@ export class Bus {
       }
     }
     options.log.info("nats connected", { server: nc.getServer() });
-    return new Bus(nc, options.log, options.registry);
+    return new Bus(nc, options.log, options.registry, options.streamReplicas);
   }
 
   get connected(): boolean {
@@ -328,18 +336,42 @@ export class Bus {
   /** Creates or updates a work-queue stream and its consumer: each message is kept until one worker acks it. */
   async ensureWorkQueue(definition: WorkQueueDefinition, ackWaitMs: number, maxDeliver: number): Promise<void> {
     await this.ensureStream(definition);
-    const jsm = await this.nc.jetstreamManager();
-    await jsm.consumers.add(definition.name, {
-      durable_name: definition.durable,
-      ack_policy: AckPolicy.Explicit,
-      deliver_policy: DeliverPolicy.All,
-      ack_wait: nanos(ackWaitMs),
-      max_deliver: maxDeliver,
+    await this.whenJetStreamReady(definition.name, async () => {
+      const jsm = await this.nc.jetstreamManager();
+      await jsm.consumers.add(definition.name, {
+        durable_name: definition.durable,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: nanos(ackWaitMs),
+        max_deliver: maxDeliver,
+      });
     });
   }
 
-  /** Creates or updates a work-queue stream without its consumer (for a producer that may start before it). */
+  /**
+   * Creates or updates a work-queue stream without its consumer (for a producer that may start before it). A NATS
+   * cluster that has just started (or lost a node) elects its JetStream leader first, answering nothing or 503 for
+   * a few seconds: that is waited out, up to JETSTREAM_READY_MS.
+   */
   async ensureStream(definition: WorkQueueDefinition): Promise<void> {
+    await this.whenJetStreamReady(definition.name, () => this.createOrUpdateStream(definition));
+  }
+
+  private async whenJetStreamReady<T>(stream: string, act: () => Promise<T>): Promise<T> {
+    for (const since = Date.now(); ; ) {
+      try {
+        return await act();
+      } catch (error) {
+        const code = (error as { code?: string }).code;
+        const notReady = code === "TIMEOUT" || code === "503" || /temporarily unavailable/i.test(errorText(error));
+        if (!notReady || this.nc.isClosed() || Date.now() - since > JETSTREAM_READY_MS) throw error;
+        this.log.warn("jetstream not ready yet", { stream, error: errorText(error) });
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+    }
+  }
+
+  private async createOrUpdateStream(definition: WorkQueueDefinition): Promise<void> {
     const jsm = await this.nc.jetstreamManager();
     const config = {
       name: definition.name,
@@ -348,6 +380,7 @@ export class Bus {
       storage: StorageType.File,
       max_age: nanos(60 * 60 * 1000),
       duplicate_window: nanos(2 * 60 * 1000),
+      num_replicas: this.streamReplicas,
     };
     try {
       await jsm.streams.info(definition.name);
@@ -408,7 +441,10 @@ export class Bus {
       });
     const open = async (): Promise<ConsumerMessages> => {
       const consumer = await this.js.consumers.get(definition.name, definition.durable);
-      return consumer.consume({ max_messages: options.concurrency });
+      // Heartbeats every second: when the consumer's leader moves to another node of a NATS cluster (its node
+      // died), the pull waiting there is gone without a word, and two missed heartbeats are what makes the client
+      // pull again. With the defaults (30 s pulls, 15 s heartbeats) the queue stood still ~30 s.
+      return consumer.consume({ max_messages: options.concurrency, expires: 5_000, idle_heartbeat: 1_000 });
     };
     let messages: ConsumerMessages | undefined = await open();
     const loop = (async () => {

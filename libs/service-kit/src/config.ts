@@ -132,6 +132,8 @@ export interface CommonConfig {
   natsUrl: string;
   natsAuth?: NatsAuth;
   natsTls?: NatsTls;
+  /** Copies of each JetStream work queue in a NATS cluster (NATS_STREAM_REPLICAS). */
+  natsStreamReplicas: number;
   redis: RedisTarget;
   httpPort: number;
   logLevel: "debug" | "info" | "warn" | "error";
@@ -143,6 +145,7 @@ export function readCommonConfig(env: EnvReader, defaultHttpPort: number, servic
   return {
     natsUrl: env.string("NATS_URL", "nats://127.0.0.1:4222"),
     ...readNatsSecurity(env),
+    natsStreamReplicas: env.int("NATS_STREAM_REPLICAS", 1, { min: 1, max: 5 }),
     redis: readRedisTarget(env),
     httpPort: env.int("HTTP_PORT", defaultHttpPort, { min: 0, max: 65535 }),
     logLevel: env.oneOf("LOG_LEVEL", ["debug", "info", "warn", "error"] as const, "info"),

@@ -157,6 +157,7 @@ export async function startService<C>(definition: ServiceDefinition<C>, env: Nod
       servers: common.natsUrl,
       ...(common.natsAuth ? { auth: common.natsAuth } : {}),
       ...(common.natsTls ? { tls: common.natsTls } : {}),
+      streamReplicas: common.natsStreamReplicas,
       name: common.instanceId,
       log,
       registry,

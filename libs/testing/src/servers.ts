@@ -123,6 +123,57 @@ export async function startNats(
 }
 
 /**
+ * A real NATS cluster of `size` nodes with JetStream on loopback: each node its own client port, store and name
+ * (vb-0, vb-1, ...), routes to all. `url` lists every node, as a client in a cluster is given them. A node can be
+ * killed (a crash) and started again on its ports with its store.
+ */
+export async function startNatsCluster(size = 3): Promise<{
+  url: string;
+  nodes: Array<ServerHandle & { name: string }>;
+  restart(index: number): Promise<void>;
+  stop(): Promise<void>;
+}> {
+  const binary = requireBinary("nats-server", "apt-get install nats-server");
+  const dir = await mkdtemp(path.join(os.tmpdir(), "vb-nats-cluster-"));
+  const ports = await Promise.all(Array.from({ length: size }, async () => ({ client: await freePort(), route: await freePort() })));
+  const routes = ports.map((p) => `nats://127.0.0.1:${p.route}`).join(",");
+  const start = async (index: number) => {
+    const name = `vb-${index}`;
+    const { client, route } = ports[index];
+    const args = ["-a", "127.0.0.1", "-p", String(client), "-n", name, "-js", "-sd", path.join(dir, name), "--cluster_name", "vb", "--cluster", `nats://127.0.0.1:${route}`, "--routes", routes];
+    const child = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr!.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
+    await waitFor(
+      async () => {
+        if (child.exitCode !== null) throw new Error(`nats-server ${name} exited: ${stderr}`);
+        return (await canConnect(client)) || undefined;
+      },
+      { what: `nats-server ${name} to listen` },
+    );
+    return { ...handleFor(`nats://127.0.0.1:${client}`, client, child, async () => undefined), name };
+  };
+  const nodes = await Promise.all(ports.map((_, i) => start(i)));
+  return {
+    url: nodes.map((n) => n.url).join(","),
+    nodes,
+    async restart(index) {
+      const node = nodes[index];
+      const exited = new Promise((resolve) => node.process.once("exit", resolve));
+      if (node.process.exitCode === null && node.process.signalCode === null) {
+        node.kill();
+        await exited;
+      }
+      nodes[index] = await start(index);
+    },
+    async stop() {
+      await Promise.all(nodes.map((n) => n.stop()));
+      await rm(dir, { recursive: true, force: true, maxRetries: 3 });
+    },
+  };
+}
+
+/**
  * Starts a real redis-server without persistence on a free port (or the given one, for restart tests). `args`: more
  * server flags (`--requirepass`, `--replicaof`); `tls`: serve TLS only, on that port, with these PEM files.
  */
