@@ -1,5 +1,5 @@
-import { startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { freePort, startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
 import { ConfigError, EnvReader } from "./config.js";
 import { createLogger } from "./log.js";
 import { startService, type ServiceDefinition } from "./service.js";
@@ -97,6 +97,29 @@ describe("startService", () => {
     expect(stopped).toBe(false); // a live call holds the drain open
     live = 0;
     await stopping;
+  });
+
+  it("started before NATS is up, says so in its log and connects once NATS listens", async () => {
+    const port = await freePort();
+    const lines: string[] = [];
+    const write = vi.spyOn(process.stdout, "write").mockImplementation((chunk: string | Uint8Array) => {
+      lines.push(String(chunk));
+      return true;
+    });
+    onTestFinished(() => write.mockRestore());
+    const definition: ServiceDefinition<undefined> = {
+      name: "tools",
+      defaultHttpPort: 0,
+      readConfig: () => undefined,
+      start: async () => ({ activeCalls: () => 0, drain: async () => undefined }),
+    };
+    const starting = startService(definition, { NATS_URL: `nats://127.0.0.1:${port}`, REDIS_URL: redis.url, HTTP_PORT: "0" });
+    await waitFor(() => lines.some((l) => l.includes("nats not reachable yet") && l.includes("CONNECTION_REFUSED")), { what: "the log line" });
+    const late = await startNats({ port });
+    onTestFinished(() => late.stop());
+    const handle = await starting;
+    onTestFinished(() => handle.stop());
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${handle.ctx.port}/readyz`)).status === 200, { what: "ready" });
   });
 
   it("rejects a bad configuration with a ConfigError naming the variable", async () => {

@@ -16,14 +16,20 @@ const noop: ServiceDefinition<undefined> = {
   start: async () => ({ activeCalls: () => 0, drain: async () => undefined }),
 };
 
-/** Starts the service with `env`, waits for /readyz 200 and returns the log lines it wrote meanwhile. */
-async function runReady(env: Record<string, string>): Promise<string> {
+/** The log lines services in this process write (to stdout) until the test ends. */
+function captureLog(): string[] {
   const lines: string[] = [];
   const write = vi.spyOn(process.stdout, "write").mockImplementation((chunk: string | Uint8Array) => {
     lines.push(String(chunk));
     return true;
   });
   onTestFinished(() => write.mockRestore());
+  return lines;
+}
+
+/** Starts the service with `env`, waits for /readyz 200 and returns the log lines it wrote meanwhile. */
+async function runReady(env: Record<string, string>): Promise<string> {
+  const lines = captureLog();
   const handle = await startService(noop, { HTTP_PORT: "0", LOG_LEVEL: "debug", ...env });
   onTestFinished(() => handle.stop());
   const ready = await waitFor(async () => (await fetch(`http://127.0.0.1:${handle.ctx.port}/readyz`)).status === 200, { what: "ready", timeoutMs: 15_000 });
@@ -128,12 +134,7 @@ describe("secured Redis", () => {
   it("a wrong password keeps the service unready and says why in the log", async () => {
     const redis = await startRedis({ args: ["--requirepass", "right-pw"] });
     onTestFinished(() => redis.stop());
-    const lines: string[] = [];
-    const write = vi.spyOn(process.stdout, "write").mockImplementation((chunk: string | Uint8Array) => {
-      lines.push(String(chunk));
-      return true;
-    });
-    onTestFinished(() => write.mockRestore());
+    const lines = captureLog();
     const handle = await startService(noop, { HTTP_PORT: "0", NATS_URL: nats.url, REDIS_URL: redis.url, REDIS_PASSWORD: "wrong-pw-4242" });
     onTestFinished(() => handle.stop());
     await waitFor(() => lines.some((l) => l.includes("redis link error") && /WRONGPASS|NOAUTH/.test(l)), { what: "the log line" });
@@ -157,12 +158,7 @@ describe("secured Redis", () => {
     onTestFinished(async () => {
       await Promise.all([master.stop(), replica.stop(), sentinel.stop()]);
     });
-    const lines: string[] = [];
-    const write = vi.spyOn(process.stdout, "write").mockImplementation((chunk: string | Uint8Array) => {
-      lines.push(String(chunk));
-      return true;
-    });
-    onTestFinished(() => write.mockRestore());
+    const lines = captureLog();
     const handle = await startService(noop, {
       HTTP_PORT: "0",
       NATS_URL: nats.url,
