@@ -151,10 +151,11 @@ describe("secured Redis", () => {
     await runReady({ NATS_URL: nats.url, REDIS_URL: redis.url, REDIS_TLS_CA_FILE: certs.caFile });
   });
 
-  it("Sentinel: the store follows the master through a failover", async () => {
-    const master = await startRedis();
-    const replica = await startRedis({ args: ["--replicaof", "127.0.0.1", String(master.port)] });
-    const sentinel = await startRedisSentinel({ masterPort: master.port, name: "calls", replicas: 1 });
+  it("Sentinel, every part with a password: the store follows the master through a failover", async () => {
+    const auth = ["--requirepass", "data-pw-31", "--masterauth", "data-pw-31"];
+    const master = await startRedis({ args: auth });
+    const replica = await startRedis({ args: [...auth, "--replicaof", "127.0.0.1", String(master.port)] });
+    const sentinel = await startRedisSentinel({ masterPort: master.port, name: "calls", replicas: 1, password: "sentinel-pw-47", masterPassword: "data-pw-31" });
     onTestFinished(async () => {
       await Promise.all([master.stop(), replica.stop(), sentinel.stop()]);
     });
@@ -165,11 +166,14 @@ describe("secured Redis", () => {
       REDIS_URL: "redis://ignored-with-sentinels:6379",
       REDIS_SENTINELS: `127.0.0.1:${sentinel.port}`,
       REDIS_SENTINEL_MASTER: "calls",
+      REDIS_PASSWORD: "data-pw-31",
+      REDIS_SENTINEL_PASSWORD: "sentinel-pw-47",
     });
     onTestFinished(() => handle.stop());
     const { store } = handle.ctx;
     await waitFor(() => store.ready, { what: "store ready" });
     expect(lines.join("")).toContain(`"redis":"sentinel://127.0.0.1:${sentinel.port}/calls"`);
+    expect(lines.join("")).not.toMatch(/data-pw-31|sentinel-pw-47/);
     await store.createCall({ callSid: "CAsentinel1", provider: "twilio", streamSid: "MZ1", agent: "a", from: "+1", to: "+2", startedAt: new Date().toISOString() });
     await waitFor(async () => (await store.callState("CAsentinel1")) === "live", { what: "written" });
 
@@ -183,7 +187,7 @@ describe("secured Redis", () => {
     );
     expect(afterFailover).toBe("live");
     // The write went to the promoted replica: the transcript line is there, and the old master is gone.
-    const promoted = CallStore.connect(replica.url);
+    const promoted = CallStore.connect({ url: replica.url, password: "data-pw-31" });
     onTestFinished(() => promoted.close());
     expect((await promoted.redis.info("replication")).includes("role:master")).toBe(true);
     expect((await promoted.getRecord("CAsentinel1"))?.transcript.map((e) => e.text)).toContain("still here");

@@ -220,7 +220,14 @@ export async function startRedis(
  * seconds of the master's death. With `replicas`, it returns
  * once it knows that many replicas in sync (it learns them from the master's INFO: none can be promoted before).
  */
-export async function startRedisSentinel(options: { masterPort: number; name?: string; replicas?: number }): Promise<ServerHandle> {
+export async function startRedisSentinel(options: {
+  masterPort: number;
+  name?: string;
+  replicas?: number;
+  /** The sentinel's own password (`requirepass`), and the one it uses with the master and replicas. */
+  password?: string;
+  masterPassword?: string;
+}): Promise<ServerHandle> {
   const binary = requireBinary("redis-server", "apt-get install redis-server");
   const dir = await mkdtemp(path.join(os.tmpdir(), "vb-sentinel-"));
   const port = await freePort();
@@ -236,6 +243,8 @@ export async function startRedisSentinel(options: { masterPort: number; name?: s
       `sentinel down-after-milliseconds ${name} 1000`,
       `sentinel failover-timeout ${name} 5000`,
       `sentinel parallel-syncs ${name} 1`,
+      ...(options.masterPassword ? [`sentinel auth-pass ${name} ${options.masterPassword}`] : []),
+      ...(options.password ? [`requirepass ${options.password}`] : []),
       "",
     ].join("\n"),
   );
@@ -252,7 +261,8 @@ export async function startRedisSentinel(options: { masterPort: number; name?: s
   const cli = requireBinary("redis-cli", "apt-get install redis-tools");
   await waitFor(
     async () => {
-      const { stdout } = await promisify(execFile)(cli, ["-p", String(port), "sentinel", "replicas", name]);
+      const auth = options.password ? ["--no-auth-warning", "-a", options.password] : [];
+      const { stdout } = await promisify(execFile)(cli, ["-p", String(port), ...auth, "sentinel", "replicas", name]);
       return (stdout.match(/^master-link-status\nok$/gm)?.length ?? 0) >= (options.replicas ?? 0);
     },
     { what: `redis sentinel to know ${options.replicas ?? 0} replicas`, timeoutMs: 15_000, intervalMs: 100 },
