@@ -59,6 +59,30 @@ export function canConnect(port: number, host = "127.0.0.1"): Promise<boolean> {
   });
 }
 
+/**
+ * The first line a server at `port` answers (after `send`, if given), or undefined. Tells a server we started from
+ * another one that took the port between freePort() and our spawn (tests run in parallel, each taking free ports).
+ */
+function firstLine(port: number, send?: string): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, "127.0.0.1");
+    let data = "";
+    const done = (line: string | undefined) => {
+      socket.destroy();
+      resolve(line);
+    };
+    socket.setTimeout(1_000, () => done(undefined));
+    socket.once("connect", () => send && socket.write(send));
+    socket.on("data", (chunk) => {
+      data += chunk.toString("utf8");
+      const end = data.indexOf("\r\n");
+      if (end >= 0) done(data.slice(0, end));
+    });
+    socket.once("error", () => done(undefined));
+    socket.once("close", () => done(undefined));
+  });
+}
+
 function requireBinary(binary: string, install: string): string {
   const dirs = (process.env.PATH ?? "").split(path.delimiter).concat(["/usr/sbin", "/usr/bin", "/usr/local/bin"]);
   for (const dir of dirs) {
@@ -133,6 +157,17 @@ export async function startNatsCluster(size = 3): Promise<{
   restart(index: number): Promise<void>;
   stop(): Promise<void>;
 }> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startNatsClusterOnce(size);
+    } catch (error) {
+      // A free port may have been taken before a node bound it (tests run in parallel): try other ports.
+      if (attempt >= 3) throw error;
+    }
+  }
+}
+
+async function startNatsClusterOnce(size: number): Promise<Awaited<ReturnType<typeof startNatsCluster>>> {
   const binary = requireBinary("nats-server", "apt-get install nats-server");
   const dir = await mkdtemp(path.join(os.tmpdir(), "vb-nats-cluster-"));
   const ports = await Promise.all(Array.from({ length: size }, async () => ({ client: await freePort(), route: await freePort() })));
@@ -147,13 +182,20 @@ export async function startNatsCluster(size = 3): Promise<{
     await waitFor(
       async () => {
         if (child.exitCode !== null) throw new Error(`nats-server ${name} exited: ${stderr}`);
-        return (await canConnect(client)) || undefined;
+        return (await firstLine(client))?.includes(`"server_name":"${name}"`) || undefined;
       },
       { what: `nats-server ${name} to listen` },
     );
     return { ...handleFor(`nats://127.0.0.1:${client}`, client, child, async () => undefined), name };
   };
-  const nodes = await Promise.all(ports.map((_, i) => start(i)));
+  const started = await Promise.allSettled(ports.map((_, i) => start(i)));
+  const failed = started.find((r) => r.status === "rejected");
+  if (failed) {
+    await Promise.all(started.map((r) => (r.status === "fulfilled" ? r.value.stop() : undefined)));
+    await rm(dir, { recursive: true, force: true, maxRetries: 3 });
+    throw failed.reason;
+  }
+  const nodes = started.map((r) => (r as PromiseFulfilledResult<ServerHandle & { name: string }>).value);
   return {
     url: nodes.map((n) => n.url).join(","),
     nodes,
@@ -199,10 +241,15 @@ export async function startRedis(
       await waitFor(
         async () => {
           if (child.exitCode !== null) throw new Error(`redis-server exited: ${output}`);
-          return (await canConnect(port)) || undefined;
+          if (tls) return (await canConnect(port)) || undefined;
+          const reply = await firstLine(port, "PING\r\n");
+          return (reply === "+PONG" || reply?.startsWith("-NOAUTH")) || undefined;
         },
         { what: "redis-server to listen" },
       );
+      // Another test's server may have answered on a port taken meanwhile; ours then exits at once (address in use).
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      if (child.exitCode !== null) throw new Error(`redis-server exited: ${output}`);
       return handleFor(`${tls ? "rediss" : "redis"}://127.0.0.1:${port}`, port, child, () => rm(dir, { recursive: true, force: true, maxRetries: 3 }));
     } catch (error) {
       child.kill("SIGKILL");
