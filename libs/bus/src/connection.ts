@@ -65,6 +65,6 @@ export function natsSecurityOptions(auth: NatsAuth | undefined, tls: NatsTls | u
   if (auth?.kind === "user") Object.assign(options, { user: auth.user, pass: auth.pass });
   if (auth?.kind === "token") options.token = auth.token;
   if (auth?.kind === "nkey") options.authenticator = nkeyAuthenticator(auth.seed);
-  if (tls) options.tls = { ...(tls.ca ? { ca: tls.ca } : {}), ...(tls.cert ? { cert: tls.cert } : {}), ...(tls.key ? { key: tls.key } : {}) };
+  if (tls) options.tls = { ...tls };
   return options;
 }

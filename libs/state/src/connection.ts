@@ -24,14 +24,7 @@ export interface RedisTarget {
  */
 export function redisConnectionOptions(target: RedisTarget): RedisOptions {
   const url = new URL(target.url);
-  const tlsWanted = url.protocol === "rediss:" || target.tls !== undefined;
-  const tls = tlsWanted
-    ? {
-        ...(target.tls?.ca ? { ca: target.tls.ca } : {}),
-        ...(target.tls?.cert ? { cert: target.tls.cert } : {}),
-        ...(target.tls?.key ? { key: target.tls.key } : {}),
-      }
-    : undefined;
+  const tls = url.protocol === "rediss:" || target.tls ? { ...target.tls } : undefined;
   const database = redisDatabase(url);
   const username = target.username ?? (url.username ? decodeURIComponent(url.username) : undefined);
   const password = target.password ?? (url.password ? decodeURIComponent(url.password) : undefined);

@@ -201,17 +201,31 @@ export class TurnRunner {
    * ran before. The heartbeat keeps JetStream from handing it elsewhere meanwhile; past RETRY_IN_PLACE_MS, or for
    * any other error, the nak follows.
    */
-  private async processInOrder(message: DialogInput, item: WorkItem, receivedAt: number): Promise<void> {
+  private processInOrder(message: DialogInput, item: WorkItem, receivedAt: number): Promise<void> {
+    const fields = { callId: message.callId, inputId: message.inputId };
+    return this.whileLinkLost(() => this.process(message, item, receivedAt), "input failed on a lost link; trying it again in place", fields);
+  }
+
+  /**
+   * A write after the turn was said (its state, its timer) tried again while its link is lost, so that a failure
+   * there does not make the whole input run again (the caller would hear the answer twice).
+   */
+  private afterSpeech<T>(write: () => Promise<T>, fields: Record<string, unknown>): Promise<T> {
+    return this.whileLinkLost(write, "saving a turn failed on a lost link; trying again", fields);
+  }
+
+  /** Runs `act` again while it fails on a lost link, up to RETRY_IN_PLACE_MS from the first failure and not while draining. */
+  private async whileLinkLost<T>(act: () => Promise<T>, warning: string, fields: Record<string, unknown>): Promise<T> {
     let failingSince: number | undefined;
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.process(message, item, receivedAt);
+        return await act();
       } catch (error) {
         failingSince ??= Date.now();
         if (!isLinkFailure(error) || this.draining || Date.now() - failingSince > RETRY_IN_PLACE_MS) throw error;
         this.deps.metrics.retriesInPlace.inc();
-        const admitted = this.retryLog.admit("retry");
-        if (admitted) this.deps.log.warn("input failed on a lost link; trying it again in place", { callId: message.callId, inputId: message.inputId, error: errorText(error), ...admitted });
+        const admitted = this.retryLog.admit(warning);
+        if (admitted) this.deps.log.warn(warning, { ...fields, error: errorText(error), ...admitted });
         await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 1_000)));
       }
     }
@@ -224,26 +238,6 @@ export class TurnRunner {
 
   stopRetrying(): void {
     this.draining = true;
-  }
-
-  /**
-   * A write after the turn was said (its state, its timer) tried again while its link is lost, so that a failure
-   * there does not make the whole input run again (the caller would hear the answer twice). Other errors, and past
-   * RETRY_IN_PLACE_MS, go up as before.
-   */
-  private async afterSpeech<T>(write: () => Promise<T>, fields: Record<string, unknown>): Promise<T> {
-    const since = Date.now();
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await write();
-      } catch (error) {
-        if (!isLinkFailure(error) || this.draining || Date.now() - since > RETRY_IN_PLACE_MS) throw error;
-        this.deps.metrics.retriesInPlace.inc();
-        const admitted = this.retryLog.admit("after-speech");
-        if (admitted) this.deps.log.warn("saving a turn failed on a lost link; trying again", { ...fields, error: errorText(error), ...admitted });
-        await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 1_000)));
-      }
-    }
   }
 
   /** Dropped inputs are counted in full and logged in samples (a flood of bad input must not flood the log). */
