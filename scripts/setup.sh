@@ -10,7 +10,7 @@ say() { $quiet || echo "setup: $*"; }
 # Debian packages: binary -> package.
 declare -A needed=(
   [nats-server]=nats-server [redis-server]=redis-server [flite]=flite [espeak-ng]=espeak-ng
-  [pocketsphinx_continuous]=pocketsphinx [sox]=sox [openssl]=openssl
+  [pocketsphinx_continuous]=pocketsphinx [sox]=sox [openssl]=openssl [redis-cli]=redis-tools
 )
 missing=()
 for bin in "${!needed[@]}"; do
