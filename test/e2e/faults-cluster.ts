@@ -1,6 +1,6 @@
 // The fault tests' system: real nats-server and redis-server, every service as its own process with any number of
 // replicas, the fault agent (test/e2e/fixtures/faults-agent.yaml) and a slow webhook backend the test controls.
-// Replicas can be added, killed (SIGKILL) and terminated (SIGTERM) while calls run.
+// Replicas can be added, killed (SIGKILL), terminated (SIGTERM) and frozen (SIGSTOP, then SIGCONT) while calls run.
 import { execFile } from "node:child_process";
 import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import http from "node:http";
@@ -55,6 +55,11 @@ export interface Cluster {
   add(name: ServiceName, env?: Record<string, string>): Promise<ServiceProcess>;
   /** SIGKILL, and waits for the exit. */
   kill(replica: ServiceProcess): Promise<void>;
+  /**
+   * SIGSTOP: the replica stops running but keeps its connections open (a long GC pause, a starved or swapped-out
+   * node, a VM migration): NATS and Redis see a client that has gone quiet, not one that left. Resolves with thaw (SIGCONT).
+   */
+  freeze(replica: ServiceProcess): () => void;
   /** SIGTERM (drain), resolves with the exit code. */
   terminate(replica: ServiceProcess, timeoutMs?: number): Promise<number | null>;
   call(options?: Partial<SimulatorOptions>): TwilioCallSimulator;
@@ -87,6 +92,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   let [nats, redis] = await Promise.all([natsCluster ? undefined : startNats(), startRedis()]);
   /** Servers replaced by a restart; stopped last (the first nats handle owns the store's directory). */
   const replaced: ServerHandle[] = [];
+  /** Thaws of the replicas frozen (all thawed before stopping). */
+  const frozen = new Set<() => void>();
   const sentinelGroup = options.sentinel ? await startSentinelGroup(redis) : undefined;
   const slow: SlowBackend = { url: "", delayMs: 0, calls: 0 };
   const backend = http.createServer((req, res) => {
@@ -131,6 +138,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     if (index >= 0) list.splice(index, 1);
   };
   const stopAll = async () => {
+    for (const thaw of frozen) thaw(); // a stopped process would not see its SIGTERM
     await Promise.all(all.map((r) => (r.process.exitCode === null && r.process.signalCode === null ? r.terminate(15_000) : undefined)));
     await store.close();
     await new Promise((resolve) => backend.close(resolve));
@@ -231,6 +239,16 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       forget(replica);
       replica.kill();
       await replica.exited;
+    },
+    freeze(replica) {
+      replica.process.kill("SIGSTOP");
+      let thawed = false;
+      const thaw = () => {
+        if (!thawed) replica.process.kill("SIGCONT");
+        thawed = true;
+      };
+      frozen.add(thaw);
+      return thaw;
     },
     async terminate(replica, timeoutMs = 20_000) {
       forget(replica);

@@ -14,6 +14,11 @@ async function connect(registry = new Registry()): Promise<Bus> {
   return bus;
 }
 
+async function metricValue(registry: Registry, name: string): Promise<number> {
+  const metric = registry.getSingleMetric(name);
+  return metric ? (await metric.get()).values.reduce((sum, v) => sum + v.value, 0) : 0;
+}
+
 beforeAll(async () => {
   nats = await startNats();
 });
@@ -158,6 +163,51 @@ describe("Bus", () => {
     await expect(a.request("t.nobody", KeypadPress, KeypadPress.create({}), KeypadPress, 500)).rejects.toMatchObject({
       code: "no_responders",
     } satisfies Partial<BusError>);
+  });
+
+  it("a request with a receipt goes around a queue member that took it and never answered (a frozen replica)", async () => {
+    const registry = new Registry();
+    const client = await connect(registry);
+    const live = await connect();
+    const frozen = await connect();
+    let liveServed = 0;
+    live.serve("t.receipt", KeypadPress, KeypadPress, async (m) => (liveServed++, { ...m, digit: m.digit + "!" }), { name: "r", queue: "g" });
+    // What NATS sees of a frozen replica: a queue member with an open connection that never reads what it is sent.
+    let frozenTook = 0;
+    frozen.nc.subscribe("t.receipt", { queue: "g", callback: () => void frozenTook++ });
+    await Promise.all([live.nc.flush(), frozen.nc.flush()]);
+    const times: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      const started = Date.now();
+      const reply = await client.request("t.receipt", KeypadPress, KeypadPress.create({ digit: String(i) }), KeypadPress, 5_000, "CA1", { receiptMs: 100, maxSends: 25 });
+      expect(reply.digit).toBe(`${i}!`);
+      times.push(Date.now() - started);
+    }
+    expect(frozenTook).toBeGreaterThan(0); // NATS did pick the frozen member, and every request was answered anyway
+    expect(liveServed).toBe(12);
+    expect(Math.max(...times)).toBeLessThan(3_000);
+    expect(await metricValue(registry, "voicebot_bus_requests_resent_total")).toBe(frozenTook);
+
+    // A server without receipts (an older version): its answer to the first sending is taken.
+    const old = await connect();
+    let oldServed = 0;
+    old.nc.subscribe("t.old", { callback: (_e, msg) => setTimeout(() => (oldServed++, msg.respond(KeypadPress.encode(KeypadPress.create({ digit: "old" })).finish())), 250) });
+    await old.nc.flush();
+    const reply = await client.request("t.old", KeypadPress, KeypadPress.create({}), KeypadPress, 2_000, undefined, { receiptMs: 100, maxSends: 2 });
+    expect(reply.digit).toBe("old");
+    await expect(client.request("t.nobody", KeypadPress, KeypadPress.create({}), KeypadPress, 500, undefined, { receiptMs: 100 })).rejects.toMatchObject({
+      code: "no_responders",
+    } satisfies Partial<BusError>);
+    await expect(client.request("t.receipt.none", KeypadPress, KeypadPress.create({}), KeypadPress, 300, undefined, { receiptMs: 100 })).rejects.toMatchObject({
+      code: "no_responders",
+    } satisfies Partial<BusError>);
+    frozen.nc.subscribe("t.silent", { callback: () => undefined });
+    await frozen.nc.flush();
+    const started = Date.now();
+    await expect(client.request("t.silent", KeypadPress, KeypadPress.create({}), KeypadPress, 400, undefined, { receiptMs: 100 })).rejects.toMatchObject({
+      code: "timeout",
+    } satisfies Partial<BusError>);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(390);
   });
 
   it("work queue: deduplicates by message id and redelivers what a worker did not ack", async () => {

@@ -1,6 +1,7 @@
 import {
   AckPolicy,
   connect,
+  createInbox,
   ErrorCode,
   type ConnectionOptions,
   DeliverPolicy,
@@ -125,6 +126,7 @@ export class Bus {
   private readonly received: Counter<"handler">;
   private readonly published: PendingCount;
   private readonly statusChanges: Counter<"type">;
+  private readonly resentRequests: Counter<"subject">;
   /** Set by drain/close: consumers stop for good instead of starting over. */
   private closing = false;
   /** Bad messages are counted in full and logged in samples (per handler, one line a second). */
@@ -145,6 +147,11 @@ export class Bus {
     this.received = metric("voicebot_bus_messages_received_total", "Messages handled", ["handler"]);
     this.published = pendingCount(metric("voicebot_bus_messages_published_total", "Messages published", []));
     this.statusChanges = metric("voicebot_bus_connection_events_total", "NATS connection status changes", ["type"]);
+    this.resentRequests = metric(
+      "voicebot_bus_requests_resent_total",
+      "Requests sent again because no replica took them up in time (the one NATS chose was frozen or stalled)",
+      ["subject"],
+    );
     void this.watchStatus();
   }
 
@@ -284,7 +291,12 @@ export class Bus {
     responseCodec: Codec<Res>,
     timeoutMs: number,
     callId?: string,
+    options: RequestOptions = {},
   ): Promise<Res> {
+    if (options.receiptMs !== undefined) {
+      const reply = await this.requestWithReceipt(subject, requestCodec.encode(message).finish(), timeoutMs, callId, options.receiptMs, options.maxSends ?? 3);
+      return responseCodec.decode(reply.data);
+    }
     let reply: Msg;
     try {
       reply = await this.nc.request(subject, requestCodec.encode(message).finish(), {
@@ -300,7 +312,62 @@ export class Bus {
     return responseCodec.decode(reply.data);
   }
 
-  /** Answers requests; with a queue group, one replica answers each. */
+  /**
+   * A request whose server says it took it up (a receipt: see serve) within `receiptMs`, else sent again, to the
+   * same reply inbox, so that a queue group can give it to another replica: NATS keeps routing to a member whose
+   * process is frozen or starved (its connection is open) until pings time it out, minutes later. The first answer
+   * from any sending is the answer; a server that sends no receipt (an older version) still answers the first.
+   */
+  private requestWithReceipt(subject: string, payload: Uint8Array, timeoutMs: number, callId: string | undefined, receiptMs: number, maxSends: number): Promise<Msg> {
+    const inbox = createInbox();
+    const hdrs = callHeaders(callId) ?? natsHeaders();
+    hdrs.set(headerNames.receipt, RECEIPT_WANTED);
+    return new Promise<Msg>((resolve, reject) => {
+      let sends = 0;
+      let receipted = false;
+      let resend: NodeJS.Timeout | undefined;
+      const finish = (outcome: Msg | BusError) => {
+        clearTimeout(resend);
+        clearTimeout(deadline);
+        sub.unsubscribe();
+        if (outcome instanceof BusError) reject(outcome);
+        else resolve(outcome);
+      };
+      const sub = this.nc.subscribe(inbox, {
+        callback: (err, msg) => {
+          if (err) return finish(new BusError(`request on ${subject} failed: ${errorText(err)}`, "disconnected"));
+          if (msg.headers?.get(headerNames.receipt) === RECEIPT_SENT) {
+            receipted = true;
+            clearTimeout(resend);
+            return;
+          }
+          if (msg.headers?.code === 503) {
+            // No replica subscribed. Only the answer to a sending nobody took up yet counts.
+            if (!receipted) finish(new BusError(`no responders on ${subject}`, "no_responders"));
+            return;
+          }
+          finish(msg);
+        },
+      });
+      const send = () => {
+        sends++;
+        if (sends > 1) this.resentRequests.inc({ subject });
+        try {
+          this.nc.publish(subject, payload, { reply: inbox, headers: hdrs });
+        } catch (error) {
+          return finish(new BusError(`request on ${subject} failed: ${errorText(error)}`, "disconnected"));
+        }
+        if (sends < maxSends) resend = setTimeout(() => !receipted && send(), receiptMs);
+      };
+      const deadline = setTimeout(() => finish(new BusError(`request on ${subject} timed out after ${timeoutMs} ms`, "timeout")), timeoutMs);
+      send();
+    });
+  }
+
+  /**
+   * Answers requests; with a queue group, one replica answers each. A request that asks for a receipt (see
+   * requestWithReceipt) gets one the moment it is taken up.
+   */
   serve<Req, Res>(
     subject: string,
     requestCodec: Codec<Req>,
@@ -316,6 +383,7 @@ export class Bus {
         const request = this.decode(requestCodec, msg, options.name);
         if (request === undefined) return;
         received.value++;
+        if (msg.reply && msg.headers?.get(headerNames.receipt) === RECEIPT_WANTED) msg.respond(EMPTY, { headers: receiptHeaders });
         // Read now: the handler may run long, and a lazy delivery would keep the client's read buffer alive.
         const delivery: Delivery = { subject: msg.subject, callId: callIdOf(msg) };
         handler(request, delivery).then(
@@ -577,6 +645,24 @@ function callIdOf(msg: Msg | JsMsg): string | undefined {
 function isPromise(value: unknown): value is Promise<void> {
   return typeof (value as Promise<void> | undefined)?.then === "function";
 }
+
+export interface RequestOptions {
+  /**
+   * Ask the server for a receipt and send the request again when none came within this many ms (at most `maxSends`
+   * times in all). Only for requests that may run twice: their handlers must deduplicate (tools do, by toolCallId).
+   */
+  receiptMs?: number;
+  maxSends?: number;
+}
+
+const RECEIPT_WANTED = "wanted";
+const RECEIPT_SENT = "sent";
+const EMPTY = new Uint8Array(0);
+const receiptHeaders = (() => {
+  const h = natsHeaders();
+  h.set(headerNames.receipt, RECEIPT_SENT);
+  return h;
+})();
 
 function callHeaders(callId: string | undefined): MsgHdrs | undefined {
   if (!callId) return undefined;

@@ -77,4 +77,6 @@ export const streams = {
 export const headerNames = {
   callId: "vb-call-id",
   traceId: "vb-trace-id",
+  /** Request/reply: "wanted" on a request that asks its server to confirm it took it up, "sent" on that receipt. */
+  receipt: "vb-receipt",
 } as const;

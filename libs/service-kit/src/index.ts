@@ -3,3 +3,4 @@ export * from "./http.js";
 export * from "./log.js";
 export * from "./service.js";
 export * from "./api-client.js";
+export * from "./link-failure.js";

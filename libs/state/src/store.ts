@@ -94,6 +94,12 @@ if current == false or current == ARGV[1] then
 end
 return 0`;
 
+// Extends a lease only while it is still this owner's: one that expired is not taken back (another owner may have
+// taken it and finished its work since).
+const EXTEND_SCRIPT = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0`;
+
 const RELEASE_SCRIPT = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0`;
@@ -142,6 +148,10 @@ return {'live', 1, version, data, loaded[3] or '', -1}`;
 const COMMIT_SCRIPT = `
 local call = redis.call('HGET', KEYS[2], 'state')
 if call == 'ended' then return {-1, 'ended'} end
+if ARGV[9] ~= '' then
+  local holder = redis.call('GET', KEYS[5])
+  if holder and holder ~= ARGV[9] then return {-2, call or ''} end
+end
 local version = redis.call('HGET', KEYS[1], 'v') or '0'
 if version ~= ARGV[1] then return {0, call or ''} end
 local nextVersion = tonumber(version) + 1
@@ -265,16 +275,24 @@ export type DialogCommit =
       /** With `once`: whether this was the first time the id was marked (undefined without `once`). */
       firstTime?: boolean;
     }
-  /** Not saved: the call ended, or another save came first (reload and redo); `call` is the call's state. */
-  | { saved: false; call: CallState | undefined };
+  /**
+   * Not saved: the call ended, or another save came first (reload and redo); `call` is the call's state.
+   * `leaseLost`: the `fencedBy` owner no longer holds the lease (another replica has the turn: stop, do not redo).
+   */
+  | { saved: false; call: CallState | undefined; leaseLost?: true };
 
 export interface DialogCommitOptions {
   /** Marks `scope:id` as seen (once per call while it is live), only when the state is saved. */
   once?: { scope: string; id: string };
   /** The asr's recognition hints (keys.hints), written only when the state is saved. */
   hints?: unknown;
-  /** Releases the `dialog` lease of this owner once the state is saved (the turn is over). */
+  /** Releases the `dialog` lease of this owner once the state is saved (the turn is over); implies `fencedBy`. */
   releaseLeaseOf?: string;
+  /**
+   * Saves only while the `dialog` lease is this owner's or free: a replica that paused past its lease (frozen, starved)
+   * must not overwrite the turn of the replica that took the lease meanwhile.
+   */
+  fencedBy?: string;
   /** The mark of the input in progress, saved with the state: a new one, null to clear it, undefined to keep it. */
   mark?: string | null;
 }
@@ -305,6 +323,7 @@ export class CallStore {
   ) {
     redis.defineCommand("vbLease", { numberOfKeys: 1, lua: LEASE_SCRIPT });
     redis.defineCommand("vbRelease", { numberOfKeys: 1, lua: RELEASE_SCRIPT });
+    redis.defineCommand("vbExtend", { numberOfKeys: 1, lua: EXTEND_SCRIPT });
     redis.defineCommand("vbRenew", { numberOfKeys: 2, lua: RENEW_SCRIPT });
     redis.defineCommand("vbTakeTurn", { numberOfKeys: 4, lua: TAKE_TURN_SCRIPT });
     redis.defineCommand("vbCommit", { numberOfKeys: 5, lua: COMMIT_SCRIPT });
@@ -448,6 +467,7 @@ export class CallStore {
    */
   async commitDialog<T>(callId: string, value: T, version: string, options: DialogCommitOptions = {}): Promise<DialogCommit> {
     const { once, hints, releaseLeaseOf, mark } = options;
+    const fencedBy = options.fencedBy ?? releaseLeaseOf;
     const [outcome, detail] = await scripts(this.redis).vbCommit(
       keys.dialog(callId),
       keys.meta(callId),
@@ -462,7 +482,9 @@ export class CallStore {
       releaseLeaseOf ?? "",
       mark === undefined ? "keep" : mark === null ? "clear" : "set",
       mark ?? "",
+      fencedBy ?? "",
     );
+    if (outcome === -2) return { saved: false, call: callStateOf(detail), leaseLost: true };
     if (outcome <= 0) return { saved: false, call: callStateOf(detail) };
     return { saved: true, version: String(outcome), ...(once ? { firstTime: detail === 1 } : {}) };
   }
@@ -548,6 +570,11 @@ export class CallStore {
    * Gives up the lease (when this owner holds it) and takes the call out of the orphan index. Without `index`
    * (a lease taken without one) only the lease.
    */
+  /** Extends `owner`'s lease of `role` by `ttlMs` from now; false when it is not (no longer) `owner`'s. */
+  async extendLease(callId: string, role: string, owner: string, ttlMs: number): Promise<boolean> {
+    return (await scripts(this.redis).vbExtend(keys.lease(callId, role), owner, ttlMs)) === 1;
+  }
+
   async releaseLease(callId: string, role: string, owner: string, { index = true } = {}): Promise<void> {
     if ((await scripts(this.redis).vbRelease(keys.lease(callId, role), owner)) === 1 && index) {
       await this.redis.zrem(keys.leaseIndex(role), callId);
@@ -636,6 +663,7 @@ type Arg = string | number;
 
 interface RedisWithScripts extends Redis {
   vbLease(key: string, owner: string, ttlMs: number): Promise<number>;
+  vbExtend(key: string, owner: string, ttlMs: number): Promise<number>;
   vbRelease(key: string, owner: string): Promise<number>;
   vbTakeTurn(...keysThenArgs: Arg[]): Promise<Array<string | number>>;
   vbCommit(...keysThenArgs: Arg[]): Promise<[number, string | number]>;

@@ -22,6 +22,14 @@ export interface HeldTurn<T> {
   releasedBySave(): void;
   /** Gives the lease up (stops renewing); never throws. */
   release(): Promise<void>;
+  /**
+   * Before anything the caller would notice (speech, a record line, a tool): true when the lease is still this
+   * replica's. Without a Redis round trip while the last renewal Redis confirmed is fresh; after a pause longer than
+   * that (a frozen or starved process) it asks Redis, and false means another replica has the turn now.
+   */
+  confirm(): Promise<boolean>;
+  /** Aborted once the lease is known lost: the turn must stop, and leave its input to the replica that took it. */
+  readonly lost: AbortSignal;
 }
 
 export type TurnStart<T> = { kind: "not_live"; call: CallState | undefined } | { kind: "busy" } | { kind: "held"; turn: HeldTurn<T> };
@@ -49,26 +57,41 @@ export class TurnLease {
   async acquire<T>(callId: string, mark?: TurnMark): Promise<TurnStart<T>> {
     const deadline = Date.now() + this.waitMs;
     for (;;) {
+      const sentAt = performance.now();
       const start = await this.store.takeDialogTurn<T>(callId, this.owner, this.ttlMs, mark);
       if (start.kind === "not_live") return start;
-      if (start.kind === "held") return { kind: "held", turn: this.held(callId, start.dialog, start.marked) };
+      if (start.kind === "held") return { kind: "held", turn: this.held(callId, start.dialog, start.marked, sentAt) };
       if (Date.now() >= deadline) return start;
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
     }
   }
 
-  private held<T>(callId: string, dialog: DialogVersioned<T>, marked: { firstTime: boolean } | undefined): HeldTurn<T> {
+  private held<T>(callId: string, dialog: DialogVersioned<T>, marked: { firstTime: boolean } | undefined, takenAt: number): HeldTurn<T> {
     const { store, owner, ttlMs, log } = this;
     let paused = false;
     let released = false;
+    const lost = new AbortController();
+    // Until when the lease is surely ours: from the moment the last confirmed renewal was sent (Redis started its
+    // TTL later), less a margin for the two clocks' rates.
+    const margin = Math.max(100, ttlMs / 10);
+    let confirmedUntil = takenAt + ttlMs - margin;
+    const extend = async (): Promise<boolean> => {
+      if (lost.signal.aborted) return false;
+      const sentAt = performance.now();
+      // Only while it is still ours: a lease that expired and was taken and given up by another replica meanwhile
+      // is not taken back (the other replica may have finished this very turn).
+      const held = await store.extendLease(callId, "dialog", owner, ttlMs);
+      if (held) confirmedUntil = Math.max(confirmedUntil, sentAt + ttlMs - margin);
+      else if (!lost.signal.aborted) {
+        log.warn("dialog lease lost during a turn: another replica has it; this one stops the turn", { callId });
+        lost.abort();
+        clearInterval(renew);
+      }
+      return held;
+    };
     const renew = setInterval(() => {
       if (paused) return;
-      store.acquireLease(callId, "dialog", owner, ttlMs, { index: false }).then(
-        (held) => {
-          if (!held) log.warn("dialog lease lost during a turn", { callId });
-        },
-        (error) => log.warn("dialog lease renewal failed", { callId, error: errorText(error) }),
-      );
+      extend().catch((error) => log.warn("dialog lease renewal failed", { callId, error: errorText(error) }));
     }, Math.max(100, Math.floor(ttlMs / 3)));
     return {
       dialog,
@@ -83,9 +106,11 @@ export class TurnLease {
       releasedBySave: () => {
         released = true;
       },
+      confirm: async () => (lost.signal.aborted ? false : performance.now() < confirmedUntil ? true : extend()),
+      lost: lost.signal,
       release: async () => {
         clearInterval(renew);
-        if (released) return;
+        if (released || lost.signal.aborted) return;
         try {
           await store.releaseLease(callId, "dialog", owner, { index: false });
         } catch (error) {

@@ -7,6 +7,7 @@ export interface DialogMetrics {
   dropped: Counter<"reason">;
   reprompts: Counter<"agent">;
   leaseBusy: Counter;
+  leaseLost: Counter;
   conflicts: Counter;
   unknownAgents: Counter;
   llmRequests: Counter<"model" | "outcome">;
@@ -64,6 +65,11 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
     leaseBusy: new Counter({
       name: "voicebot_dialog_lease_busy_total",
       help: "Inputs handed back because another replica was taking a turn of the call",
+      registers: [registry],
+    }),
+    leaseLost: new Counter({
+      name: "voicebot_dialog_lease_lost_total",
+      help: "Inputs this replica stopped because it paused past its lease and another replica took the turn over",
       registers: [registry],
     }),
     conflicts: new Counter({

@@ -13,6 +13,7 @@ import {
   type TurnTiming,
 } from "@voicebot/proto";
 import type { CallStore, DialogVersioned, TranscriptEntry } from "@voicebot/state";
+import { retryWhileLinkLost } from "@voicebot/service-kit";
 import { KEYS } from "./agents/config.js";
 import type { InFlightTurns } from "./cancel.js";
 import type { DialogEngine, EngineInput, RecognitionHints, TurnIO, TurnResult } from "./engine/types.js";
@@ -137,17 +138,6 @@ const NO_FILLER_TOOLS = new Set(["end_call", "transfer_to_human", "send_dtmf"]);
 const MAX_ATTEMPTS = 3;
 /** How long an input is tried again in place while Redis or NATS is down or failing over (see processInOrder). */
 const RETRY_IN_PLACE_MS = 20_000;
-/** Messages of a lost or failing-over link: ioredis, Redis replies during a failover (a script's wrapped too). */
-const LINK_FAILURE_MESSAGE =
-  /max retries per request|Connection is closed|Stream isn't writeable|All sentinels are unreachable|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|\bREADONLY\b|\bLOADING\b|\bMASTERDOWN\b|\bTRYAGAIN\b/;
-/** nats.js error codes of a lost link (a JetStream publish that found no server), and libs/bus's own. */
-const LINK_FAILURE_CODES = new Set(["TIMEOUT", "DISCONNECT", "CONNECTION_CLOSED", "CONNECTION_REFUSED", "503", "timeout", "disconnected", "no_responders"]);
-
-/** The error came from Redis or NATS being unreachable or failing over, not from the input or a bug. */
-function isLinkFailure(error: unknown): boolean {
-  const code = (error as { code?: unknown } | undefined)?.code;
-  return LINK_FAILURE_MESSAGE.test(errorText(error)) || (typeof code === "string" && LINK_FAILURE_CODES.has(code));
-}
 /** The once-scope of dialog inputs: marked when an input's turn starts. */
 const DIALOG_INPUT_SCOPE = "dialog-input";
 const DEFAULT_FORMAT = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 };
@@ -215,20 +205,16 @@ export class TurnRunner {
   }
 
   /** Runs `act` again while it fails on a lost link, up to RETRY_IN_PLACE_MS from the first failure and not while draining. */
-  private async whileLinkLost<T>(act: () => Promise<T>, warning: string, fields: Record<string, unknown>): Promise<T> {
-    let failingSince: number | undefined;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await act();
-      } catch (error) {
-        failingSince ??= Date.now();
-        if (!isLinkFailure(error) || this.draining || Date.now() - failingSince > RETRY_IN_PLACE_MS) throw error;
+  private whileLinkLost<T>(act: () => Promise<T>, warning: string, fields: Record<string, unknown>): Promise<T> {
+    return retryWhileLinkLost(act, {
+      limitMs: RETRY_IN_PLACE_MS,
+      giveUp: () => this.draining,
+      onRetry: (error) => {
         this.deps.metrics.retriesInPlace.inc();
         const admitted = this.retryLog.admit(warning);
         if (admitted) this.deps.log.warn(warning, { ...fields, error: errorText(error), ...admitted });
-        await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 1_000)));
-      }
-    }
+      },
+    });
   }
 
   private readonly retryLog = new LogThrottle();
@@ -296,11 +282,11 @@ export class TurnRunner {
     const held = start.turn;
     try {
       const first = loadedDialog(held.dialog);
-      const redone = await this.redoAbandoned(message, first, receivedAt);
+      const redone = await this.redoAbandoned(message, first, receivedAt, held);
       // The state read with the lease is the input's first state unless an abandoned input was redone before it.
       const loaded = redone ? undefined : first;
       if ("interrupted" in engineInput) await this.interruption(message, engineInput.interrupted, item, loaded, held);
-      else await this.turn(message, engineInput, item, receivedAt, loaded, held, held.marked);
+      else await this.turn(message, engineInput, item, receivedAt, loaded, held, { releases: true, marked: held.marked });
     } finally {
       await held.release();
     }
@@ -311,7 +297,7 @@ export class TurnRunner {
    * redelivery comes later and is dropped as a duplicate). Runs under the call's lease; `loaded` is the state read
    * with it. True when it redid an input (the state changed).
    */
-  private async redoAbandoned(current: DialogInput, loaded: LoadedDialog, receivedAt: number): Promise<boolean> {
+  private async redoAbandoned(current: DialogInput, loaded: LoadedDialog, receivedAt: number, held: HeldTurn<StoredDialogState>): Promise<boolean> {
     const { callId } = current;
     const left = loaded.inProgress;
     // Without a state yet, the input left may be the call's start.
@@ -331,7 +317,7 @@ export class TurnRunner {
       before: current.inputId,
     });
     const detached: WorkItem = { subject: "", deliveryCount: 0, ack: () => undefined, nak: () => undefined, working: () => undefined };
-    await this.turn(message, engineInput, detached, receivedAt, loaded);
+    await this.turn(message, engineInput, detached, receivedAt, loaded, held, { releases: false });
     return true;
   }
 
@@ -371,6 +357,7 @@ export class TurnRunner {
       };
       lease.pauseRenewal();
       const commit = await store.commitDialog(callId, next, current.version, { releaseLeaseOf: lease.owner, mark: movedMark(current) });
+      if (!commit.saved && commit.leaseLost) return this.leaseLost(fields);
       if (commit.saved) {
         lease.releasedBySave();
         item.ack();
@@ -386,9 +373,10 @@ export class TurnRunner {
   }
 
   /**
-   * Plays an input as a turn. `loaded`: the state already read (used by the first attempt); `lease`: the call's
-   * lease when this input ends the hold, released by the save that finishes the turn (same round trip); `marked`:
-   * taking the lease also marked this input in progress (and whether that was the first time).
+   * Plays an input as a turn. `loaded`: the state already read (used by the first attempt); `held`: the call's lease,
+   * which every effect of the turn is fenced by (speech, record lines, tools, saves); with `releases`, this input ends
+   * the hold and the save that finishes the turn releases it (same round trip); `marked`: taking the lease also marked
+   * this input in progress (and whether that was the first time).
    */
   private async turn(
     message: DialogInput,
@@ -396,9 +384,10 @@ export class TurnRunner {
     item: WorkItem,
     receivedAt: number,
     loaded: LoadedDialog | undefined,
-    lease?: HeldTurn<StoredDialogState>,
-    marked?: { firstTime: boolean },
+    held: HeldTurn<StoredDialogState>,
+    { releases, marked }: { releases: boolean; marked?: { firstTime: boolean } },
   ): Promise<void> {
+    const lease = releases ? held : undefined;
     const { store, metrics, log } = this.deps;
     const { callId, inputId } = message;
     const fields = { callId, inputId };
@@ -455,7 +444,12 @@ export class TurnRunner {
         // done with the lease; here when another input's mark was in the way, or on a later attempt.
         let version = current.version;
         if (!ownMark) {
-          const commit = await store.commitDialog(callId, state, version, { once: { scope: DIALOG_INPUT_SCOPE, id: inputId }, mark: inProgressMark(message, restart) });
+          const commit = await store.commitDialog(callId, state, version, {
+            once: { scope: DIALOG_INPUT_SCOPE, id: inputId },
+            mark: inProgressMark(message, restart),
+            fencedBy: held.owner,
+          });
+          if (!commit.saved && commit.leaseLost) return this.leaseLost(fields);
           if (!commit.saved) {
             metrics.conflicts.inc();
             if (commit.call !== "live") return this.drop(item, "ended_call", fields);
@@ -476,7 +470,10 @@ export class TurnRunner {
         const turnsBefore = redone ? state.turns + REDO_TURN_GAP : state.turns;
         // One per delivery: a barge-in during the first attempt also stops a redone one.
         abort ??= this.deps.inFlight.begin(callId, state.turns);
-        const played = await this.play(agent, state, turnsBefore, turnInput, message, receivedAt, attempt > 0, redone === true || attempt > 0, abort, restart);
+        const stop = abort;
+        held.lost.addEventListener("abort", () => stop.abort(), { once: true });
+        const played = await this.play(agent, state, turnsBefore, turnInput, message, receivedAt, attempt > 0, redone === true || attempt > 0, abort, held, restart);
+        if (held.lost.aborted) return this.leaseLost(fields);
         turnsReached = Math.max(turnsReached, played.turns);
         const next: DialogState = {
           ...state,
@@ -487,13 +484,14 @@ export class TurnRunner {
           spoken: [...(state.spoken ?? []), ...played.spoken].slice(-MAX_SPOKEN),
         };
         const wake = played.result.wake;
-        if (wake) await this.afterSpeech(() => this.publishWake(callId, inputId, wake), fields);
+        if (wake && (await held.confirm().catch(() => true))) await this.afterSpeech(() => this.publishWake(callId, inputId, wake), fields);
         // The hints go with the state (only for a live call, only when saved), and the lease with them.
         lease?.pauseRenewal();
         const commit = await this.afterSpeech(
-          () => store.commitDialog(callId, next, version, { hints: played.hints, releaseLeaseOf: lease?.owner, mark: null }),
+          () => store.commitDialog(callId, next, version, { hints: played.hints, releaseLeaseOf: lease?.owner, fencedBy: held.owner, mark: null }),
           fields,
         );
+        if (!commit.saved && commit.leaseLost) return this.leaseLost(fields);
         if (commit.saved) {
           lease?.releasedBySave();
           item.ack();
@@ -538,6 +536,7 @@ export class TurnRunner {
     /** An attempt of this input ran before (here or on a replica that died): its tool calls may repeat. */
     repeat: boolean,
     abort: AbortController,
+    held: HeldTurn<StoredDialogState>,
     restart = false,
   ): Promise<{
     result: TurnResult<unknown>;
@@ -551,9 +550,14 @@ export class TurnRunner {
     let records = Promise.resolve();
     const record = (entry: TranscriptEntry) => {
       records = records
-        .then(() => store.appendTranscript(callId, entry))
+        .then(async () => {
+          if (await stillOurs()) await store.appendTranscript(callId, entry);
+        })
         .catch((error) => log.warn("transcript entry not recorded", { callId, error: errorText(error) }));
     };
+    // A lease that cannot be checked (Redis unreachable) cannot have been taken by another replica either, short of
+    // a partition: the turn goes on rather than leave the caller in silence.
+    const stillOurs = () => held.confirm().catch(() => true);
     let toolMs = 0;
     let toolIndex = 0;
     let heardIndex = 0;
@@ -571,7 +575,7 @@ export class TurnRunner {
       live: !replay,
       // Durable (tts takes requests from a JetStream work queue): a chunk survives the death of the tts replica
       // speaking it. The input is acked only once all its speech is queued.
-      publish: (request) => void speakQueued.push(this.queueSpeech(request)),
+      publish: (request) => void speakQueued.push(this.queueSpeech(request, stillOurs)),
       onTurnDone: (turnId, text) => {
         spoken.push({ turnId, text });
         record({ role: "bot", text, at: new Date().toISOString() });
@@ -586,7 +590,7 @@ export class TurnRunner {
         const key = `${message.inputId}#${heardIndex++}`;
         records = records
           .then(async () => {
-            await store.appendTranscriptOnce(callId, "heard", key, line);
+            if (await stillOurs()) await store.appendTranscriptOnce(callId, "heard", key, line);
           })
           .catch((error) => log.warn("transcript entry not recorded", { callId, error: errorText(error) }));
       },
@@ -603,8 +607,9 @@ export class TurnRunner {
                 if (speech.sayTurn(agent.toolFiller!, true)) metrics.fillers.inc();
               }, this.deps.toolFillerMs)
             : undefined;
-        let outcome;
+        let outcome: Awaited<ReturnType<typeof tools.call>>;
         try {
+          if (!(await stillOurs())) return { ok: false, errorCode: "cancelled", errorMessage: "another replica has the turn", ms: 0 };
           outcome = await tools.call(
             {
               callId,
@@ -656,15 +661,28 @@ export class TurnRunner {
     return { result, hints, turns: speech.turnCount, spoken, cancelled: speech.isCancelled };
   }
 
-  /** Puts a SpeakRequest on the tts work queue (retried by the bus; msgId = its chunk, so once). Never throws. */
-  private async queueSpeech(request: SpeakRequest): Promise<void> {
+  /**
+   * Puts a SpeakRequest on the tts work queue (retried by the bus; msgId = its chunk, so once), unless the turn's
+   * lease is no longer this replica's. Never throws.
+   */
+  private async queueSpeech(request: SpeakRequest, stillOurs: () => Promise<boolean>): Promise<void> {
     const { callId, turnId, chunkSeq } = request;
     try {
+      if (!(await stillOurs())) return;
       await this.deps.bus.publishDurable(subjects.ttsSpeak, SpeakRequest, request, `${callId}:speak:${turnId}.${chunkSeq}`, callId);
     } catch (error) {
       this.deps.metrics.speakPublishErrors.inc();
       this.deps.log.error("speech could not be queued for tts; the caller misses it", { callId, turnId, chunkSeq, error: errorText(error) });
     }
+  }
+
+  /**
+   * This replica paused past its lease (frozen, starved) and another one took the turn: it stops without saving
+   * or acking (the input's delivery is the other replica's now).
+   */
+  private leaseLost(fields: Record<string, unknown>): void {
+    this.deps.metrics.leaseLost.inc();
+    this.deps.log.warn("dialog lease lost: another replica took this input over; leaving it to that replica", fields);
   }
 
   private agentFor(name: string): Agent {

@@ -7,6 +7,13 @@ import type { DialogMetrics } from "./metrics.js";
 const DEFAULT_TOOL_WAIT_MS = 5_000;
 /** Extra wait beyond the tool's own timeout for the request and reply to travel. */
 const TRANSPORT_MARGIN_MS = 1_000;
+/**
+ * A tools replica confirms it took a request up at once; without that confirmation within this time the request is
+ * sent again, for another replica (the one NATS chose may be frozen: NATS keeps routing to it for minutes). Far above
+ * a live replica's event-loop delay; a confirmation that was merely late costs a duplicate the tools service answers
+ * from the first execution (toolCallId).
+ */
+const TOOL_RECEIPT_MS = 500;
 
 export interface ToolRequest {
   callId: string;
@@ -51,7 +58,12 @@ export class ToolClient {
     const waitMs = (request.timeoutMs || DEFAULT_TOOL_WAIT_MS) + TRANSPORT_MARGIN_MS;
     let reply: ToolCallResult;
     try {
-      reply = await this.bus.request(subjects.toolsCall, ToolCallRequest, message, ToolCallResult, waitMs, request.callId);
+      reply = await this.bus.request(subjects.toolsCall, ToolCallRequest, message, ToolCallResult, waitMs, request.callId, {
+        receiptMs: TOOL_RECEIPT_MS,
+        // Sent again until one is taken up, for as long as the answer is waited for: with half the replicas frozen,
+        // each sending has even odds.
+        maxSends: Math.ceil(waitMs / TOOL_RECEIPT_MS),
+      });
     } catch (error) {
       const code = error instanceof BusError ? (error.code === "no_responders" ? "unavailable" : error.code) : "failed";
       return { ok: false, errorCode: code, errorMessage: errorText(error), ms: Date.now() - started };

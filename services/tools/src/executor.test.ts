@@ -1,7 +1,7 @@
 import { silentLogger } from "@voicebot/bus";
 import { ToolCallRequest } from "@voicebot/proto";
 import { CallStore, defaultStoreOptions, keys } from "@voicebot/state";
-import { metricSum, startRedis, type ServerHandle } from "@voicebot/testing";
+import { metricSum, startRedis, startTcpProxy, waitFor, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { performance } from "node:perf_hooks";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -233,6 +233,81 @@ describe("ToolExecutor", () => {
     await store.endCall("CAstored", "caller_hangup");
     const left = await store.redis.keys("vb:{CAstored}:*");
     expect(left.sort()).toEqual([keys.meta("CAstored"), keys.toolCalls("CAstored")].sort());
+  });
+
+  describe("while Redis is unreachable", () => {
+    // The store reaches the real Redis through a proxy whose link the test cuts: Redis keeps its data, as it does
+    // behind a failing-over endpoint or a network partition.
+    async function storeBehindProxy() {
+      const proxy = await startTcpProxy(redis.port);
+      const behind = CallStore.connect(`redis://127.0.0.1:${proxy.port}`);
+      await waitFor(() => behind.ready, { what: "the store behind the proxy" });
+      return { proxy, behind, [Symbol.asyncDispose]: async () => (await behind.close(), await proxy.close()) };
+    }
+
+    it("waits out a lost link within the tool's time: a tool with effects runs once, answers ok and is stored", async () => {
+      await using link = await storeBehindProxy();
+      let runs = 0;
+      const hangUp: Tool = { name: "hang_up", defaultTimeoutMs: 5_000, run: async () => ({ ended: ++runs }) };
+      const registry = new Registry();
+      const executor = new ToolExecutor([hangUp], link.behind, createExecutorMetrics(registry), silentLogger);
+      await liveCall("CAcut1");
+      link.proxy.cut();
+      const answer = executor.handle(request("CAcut1", "hang_up"));
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      expect(runs).toBe(0); // the claim comes first: without it, a duplicate could run the effect again
+      link.proxy.restore();
+      expect(await answer).toMatchObject({ ok: true, resultJson: JSON.stringify({ ended: 1 }) });
+      expect(await metricSum(registry, "voicebot_tools_link_retries_total", { step: "claim" })).toBeGreaterThan(0);
+      // A duplicate gets the stored result; the record has the line.
+      expect(await executor.handle(request("CAcut1", "hang_up"))).toMatchObject({ ok: true, resultJson: JSON.stringify({ ended: 1 }) });
+      expect(runs).toBe(1);
+      expect((await store.getRecord("CAcut1"))!.toolCalls).toEqual([expect.objectContaining({ name: "hang_up", ok: true })]);
+    });
+
+    it("a link that stays lost answers unavailable at the request's deadline, not at once", async () => {
+      await using link = await storeBehindProxy();
+      const hangUp: Tool = { name: "hang_up", defaultTimeoutMs: 5_000, run: async () => ({ ended: true }) };
+      const executor = new ToolExecutor([hangUp], link.behind, createExecutorMetrics(new Registry()), silentLogger);
+      await liveCall("CAcut2");
+      link.proxy.cut();
+      const started = Date.now();
+      expect(await executor.handle(request("CAcut2", "hang_up", { timeoutMs: 1_200 }))).toMatchObject({ ok: false, errorCode: "unavailable" });
+      // Not before its time (a failover takes seconds), and not much after (the dialog waits the timeout + 1 s).
+      expect(Date.now() - started).toBeGreaterThan(900);
+      expect(Date.now() - started).toBeLessThan(2_200);
+    });
+
+    it("answers a tool whose effect happened though its result cannot be stored, and keeps an idempotent tool's record line", async () => {
+      await using link = await storeBehindProxy();
+      let cutDuringRun = true;
+      const cuts = (name: string, idempotent: boolean): Tool => ({
+        name,
+        idempotent,
+        defaultTimeoutMs: 300,
+        run: async () => {
+          if (cutDuringRun) link.proxy.cut();
+          return { done: name };
+        },
+      });
+      const registry = new Registry();
+      const executor = new ToolExecutor([cuts("transfer", false), cuts("lookup", true)], link.behind, createExecutorMetrics(registry), silentLogger);
+      await liveCall("CAcut3");
+      // The transfer happened: the model must hear so, or it would try it again under a new id.
+      expect(await executor.handle(request("CAcut3", "transfer"))).toMatchObject({ ok: true });
+      expect(await metricSum(registry, "voicebot_tools_store_errors_total")).toBe(1);
+      link.proxy.restore();
+      await waitFor(() => link.behind.ready, { what: "the link back" });
+      // An idempotent tool answers at once; its result and record line are written when the link is back.
+      const started = Date.now();
+      expect(await executor.handle(request("CAcut3", "lookup"))).toMatchObject({ ok: true });
+      expect(Date.now() - started).toBeLessThan(200);
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      link.proxy.restore();
+      await executor.idle();
+      expect(await metricSum(registry, "voicebot_tools_store_errors_total")).toBe(1);
+      expect((await store.getRecord("CAcut3"))!.toolCalls.map((line) => line.name)).toEqual(["lookup"]);
+    });
   });
 
   it("refuses ended calls", async () => {

@@ -1,11 +1,12 @@
 import { errorText, isValidCallId, LogThrottle, type Logger } from "@voicebot/bus";
 import { ToolCallResult, type ToolCallRequest } from "@voicebot/proto";
+import { isLinkFailure, retryWhileLinkLost } from "@voicebot/service-kit";
 import type { CallStore, ToolCallEntry } from "@voicebot/state";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { LiveCalls } from "./live-calls.js";
 import { InvalidArgumentsError, PermanentToolError, type Tool } from "./tool.js";
 
-export type ToolErrorCode = "unknown_tool" | "invalid_arguments" | "timeout" | "failed" | "cancelled";
+export type ToolErrorCode = "unknown_tool" | "invalid_arguments" | "timeout" | "failed" | "cancelled" | "unavailable";
 
 /** Longest a request may ask a tool to run. */
 export const MAX_TOOL_TIMEOUT_MS = 30_000;
@@ -17,6 +18,8 @@ const RESULT_WAIT_GRACE_MS = 2_000;
 /** Retries of a failed idempotent tool (within its timeout), after 100 ms, then 200 ms (plus jitter). */
 const MAX_RETRIES = 2;
 const RETRY_BASE_MS = 100;
+/** How long writes after an answer (result, record line, claim) are tried again while Redis is unreachable. */
+const STORE_RETRY_MS = 20_000;
 
 export interface ExecutorMetrics {
   calls: Counter<"tool" | "outcome">;
@@ -25,6 +28,7 @@ export interface ExecutorMetrics {
   unclaimed: Counter;
   retries: Counter<"tool">;
   storeErrors: Counter;
+  linkRetries: Counter<"step">;
 }
 
 /** Which tool runs a request: the tools of the request's agent first (webhooks, overrides), then the built-ins. */
@@ -64,7 +68,13 @@ export function createExecutorMetrics(registry: Registry): ExecutorMetrics {
     }),
     storeErrors: new Counter({
       name: "voicebot_tools_store_errors_total",
-      help: "Results or call-record lines of idempotent tools that could not be stored after the answer went out",
+      help: "Claims, results or call-record lines that could not be stored (the answer went out without them)",
+      registers: [registry],
+    }),
+    linkRetries: new Counter({
+      name: "voicebot_tools_link_retries_total",
+      help: "Redis steps of a tool request tried again in place because Redis was unreachable or failing over, by step",
+      labelNames: ["step"],
       registers: [registry],
     }),
   };
@@ -135,6 +145,7 @@ export class ToolExecutor {
   }
 
   private async handleOnce(request: ToolCallRequest, cancelled: AbortSignal): Promise<ToolCallResult> {
+    const arrived = Date.now();
     const { callId, toolCallId, name } = request;
     // Without a valid call and key there is nothing to record or deduplicate against: refuse before running.
     if (!isValidCallId(callId)) return this.refuse(request, "invalid_arguments", `invalid call id ${JSON.stringify(callId)}`);
@@ -144,18 +155,28 @@ export class ToolExecutor {
     // Resolved once: its timeout, whether it may run twice, and the execution all come from it.
     const tool = this.resolve(request.agent, name);
     const timeoutMs = this.timeoutFor(request, tool);
+    // The dialog waits the tool's timeout from sending the request: time spent here waiting for Redis comes out of it.
+    const deadline = arrived + timeoutMs;
     if (tool?.idempotent && !request.repeat && this.liveCalls.isLive(callId)) {
       // Running it twice is harmless and a claim found the call live moments ago: no round trip before it runs.
       // The claim still goes out, unawaited: a repeat of this request (a turn redone after its dialog replica died,
       // marked `repeat`, which always claims first) finds it and waits for this execution's result.
       this.metrics.unclaimed.inc();
-      this.keepStoring(request, this.store.claimToolCall(callId, toolCallId));
-      return this.runAndStore(request, tool, timeoutMs, cancelled);
+      this.keepStoring(request, () => this.store.claimToolCall(callId, toolCallId));
+      return this.runAndStore(request, tool, deadline, cancelled);
     }
     // The call's state, a stored result and the claim in one Redis round trip (every round trip here is on the
     // caller's wait for the answer), atomic with endCall: nothing is claimed for an ended call, so a request that
     // comes after the hang-up cannot run a tool again once endCall has deleted the claims.
-    const claim = await this.store.claimToolCall<ToolCallResult>(callId, toolCallId);
+    // A Redis failover or restart (seconds) is waited out within the tool's time rather than failing the tool.
+    let claim;
+    try {
+      claim = await this.whileLinkLost("claim", request, deadline, cancelled, () => this.store.claimToolCall<ToolCallResult>(callId, toolCallId));
+    } catch (error) {
+      if (!isLinkFailure(error)) throw error;
+      // Not run: without the claim a duplicate could run it again, and the call may have ended meanwhile.
+      return this.refuse(request, "unavailable", `call state unreachable: ${errorText(error)}`);
+    }
     if (claim.kind === "not_live") return this.refuse(request, "failed", claim.call === "ended" ? "the call has ended" : "unknown call");
     this.liveCalls.seenLive(callId);
     if (claim.kind === "stored") {
@@ -165,7 +186,7 @@ export class ToolExecutor {
     }
     if (claim.kind === "taken") {
       this.metrics.duplicates.inc({ kind: "waited" });
-      const stored = await this.waitForStored(request, timeoutMs + RESULT_WAIT_GRACE_MS, cancelled);
+      const stored = await this.waitForStored(request, deadline - Date.now() + RESULT_WAIT_GRACE_MS, cancelled);
       if (stored) return stored;
       // The execution that claimed the id died or hangs, or could not store its result.
       if (!tool?.idempotent) {
@@ -176,31 +197,59 @@ export class ToolExecutor {
       // Running it again is harmless: the caller gets an answer rather than a timeout.
       this.log.warn("duplicate tool request found no result of the first execution: running the idempotent tool again", { callId, toolCallId, tool: name });
     }
-    return this.runAndStore(request, tool, timeoutMs, cancelled);
+    return this.runAndStore(request, tool, deadline, cancelled);
   }
 
-  /** Runs the tool, stores its result (for repeats) and its record line, and answers. */
-  private async runAndStore(request: ToolCallRequest, tool: Tool | undefined, timeoutMs: number, cancelled: AbortSignal): Promise<ToolCallResult> {
+  /** `act` tried again while Redis is unreachable, until the request's deadline or the call's end. */
+  private whileLinkLost<T>(step: string, request: ToolCallRequest, deadline: number, cancelled: AbortSignal, act: () => Promise<T>): Promise<T> {
+    return retryWhileLinkLost(act, {
+      limitMs: Math.max(0, deadline - Date.now()),
+      giveUp: () => cancelled.aborted,
+      onRetry: (error) => this.linkRetried(step, request, error),
+    });
+  }
+
+  private readonly linkLog = new LogThrottle();
+
+  private linkRetried(step: string, request: ToolCallRequest, error: unknown): void {
+    this.metrics.linkRetries.inc({ step });
+    const admitted = this.linkLog.admit(step);
+    if (admitted) {
+      this.log.warn("tool request waits for Redis: trying again", { step, callId: request.callId, toolCallId: request.toolCallId, tool: request.name, error: errorText(error), ...admitted });
+    }
+  }
+
+  /** Runs the tool within what is left of the request's time, stores its result (for repeats) and record line, and answers. */
+  private async runAndStore(request: ToolCallRequest, tool: Tool | undefined, deadline: number, cancelled: AbortSignal): Promise<ToolCallResult> {
     const { callId, toolCallId } = request;
-    const { result, record } = await this.execute(request, tool, timeoutMs, cancelled);
+    const { result, record } = await this.execute(request, tool, Math.max(0, deadline - Date.now()), cancelled);
     // A tool stopped because its call ended writes nothing: the record is closed and nobody asks for the result;
     // the log line and metric tell it ran.
     if (cancelled.aborted) return result;
     // The result (for duplicates, kept only while the call is live) and the record line are independent writes:
     // one round trip for both.
-    const stored = Promise.all([this.store.saveToolResult(callId, toolCallId, result), this.store.appendToolCall(callId, record)]);
+    const store = () => Promise.all([this.store.saveToolResult(callId, toolCallId, result), this.store.appendToolCall(callId, record)]);
     if (!tool?.idempotent) {
       // Running it twice would do its effect twice: the answer waits until a duplicate is sure to find the result.
-      await stored;
+      // The effect has happened, so a store that fails is no reason to report the tool failed (the model would
+      // try it again under a new id): the answer goes out, and a duplicate finds no result and reports a timeout.
+      try {
+        await this.whileLinkLost("store", request, Math.max(deadline, Date.now() + RESULT_WAIT_GRACE_MS), new AbortController().signal, store);
+      } catch (error) {
+        this.metrics.storeErrors.inc();
+        this.log.error("tool ran but its result was not stored", { callId, toolCallId, tool: request.name, error: errorText(error) });
+      }
       return result;
     }
     // Running it again is harmless, so the caller does not wait for the writes (one Redis round trip less on the
     // turn). A duplicate meanwhile waits for the stored result as it would for a running execution.
-    this.keepStoring(request, stored);
+    this.keepStoring(request, store);
     return result;
   }
 
-  private keepStoring(request: ToolCallRequest, stored: Promise<unknown>): void {
+  /** Writes that follow the answer, tried again while Redis is unreachable (the record line must not be lost). */
+  private keepStoring(request: ToolCallRequest, write: () => Promise<unknown>): void {
+    const stored = retryWhileLinkLost(write, { limitMs: STORE_RETRY_MS, onRetry: (error) => this.linkRetried("store-after-answer", request, error) });
     const writing = stored.then(
       () => undefined,
       (error: unknown) => {
@@ -328,7 +377,13 @@ export class ToolExecutor {
     const deadline = Date.now() + waitMs;
     while (Date.now() < deadline) {
       if (cancelled.aborted) return this.errorResult(request, "cancelled", "the call ended");
-      const stored = await this.store.toolResult<ToolCallResult>(request.callId, request.toolCallId);
+      let stored: ToolCallResult | undefined;
+      try {
+        stored = await this.store.toolResult<ToolCallResult>(request.callId, request.toolCallId);
+      } catch (error) {
+        if (!isLinkFailure(error)) throw error;
+        this.linkRetried("wait-for-result", request, error); // Redis away: look again until the deadline
+      }
       if (stored) return stored;
       await new Promise((resolve) => setTimeout(resolve, RESULT_POLL_MS));
     }

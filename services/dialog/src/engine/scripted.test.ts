@@ -431,3 +431,38 @@ describe("text helpers", () => {
     expect(splitSentences("It costs 3.50 dollars.")).toEqual(["It costs 3.50 dollars."]);
   });
 });
+
+describe("scripted engine: tool timeouts", () => {
+  it("waits for a tool as long as its action says, else as long as the agent declared it may take", async () => {
+    const yaml = `
+greeting: { say: "Hi.", goto: menu }
+reprompt: Again?
+states:
+  menu:
+    prompt: Press a key.
+    intents:
+      - { name: slow, keys: ["1"], do: { tool: { name: slow_lookup, args: {} }, results: [{ say: "Done." }] } }
+      - { name: quick, keys: ["2"], do: { tool: { name: slow_lookup, args: {}, timeoutMs: 700 }, results: [{ say: "Done." }] } }
+      - { name: builtin, keys: ["3"], do: { tool: { name: end_call, args: {} }, results: [{ say: "Bye." }] } }
+tools:
+  - name: slow_lookup
+    description: A slow backend.
+    parameters: { type: object, properties: {} }
+    timeoutMs: 12000
+    webhook: { url: "https://example.invalid/slow", method: POST }
+`;
+    const agent = validateAgent(parseAgentText(yaml, "timeouts.yaml"), "timeouts");
+    const engine = new ScriptedEngine(agent);
+    let state = engine.initialState();
+    const asked: Array<{ timeoutMs?: number } | undefined> = [];
+    const io: TurnIO = {
+      heard() {},
+      say: () => "t1",
+      callTool: async (_name, _args, options) => (asked.push(options), { ok: true, result: null, ms: 1 }),
+      setHints() {},
+    };
+    state = (await engine.turn({ kind: "start" }, state, io)).state;
+    for (const digit of ["1", "2", "3"]) state = (await engine.turn({ kind: "keypad", digit, atMs: 1 }, state, io)).state;
+    expect(asked).toEqual([{ timeoutMs: 12_000 }, { timeoutMs: 700 }, {}]);
+  });
+});

@@ -313,7 +313,11 @@ class Turn {
     if (action.say !== undefined) this.say(action.say, scope);
     if (action.tool) {
       const args = renderArgs(action.tool.args, { ...scope, slots: this.state.slots }) as Record<string, unknown>;
-      const outcome = await this.io.callTool(action.tool.name, args, action.tool.timeoutMs ? { timeoutMs: action.tool.timeoutMs } : {});
+      // The action's own timeout, else the one the agent declared for the tool (else the tools service's default):
+      // the dialog waits for it, so it must know the longer declared ones.
+      const name = action.tool.name;
+      const timeoutMs = action.tool.timeoutMs || this.agent.tools.find((tool) => tool.name === name)?.timeoutMs;
+      const outcome = await this.io.callTool(name, args, timeoutMs ? { timeoutMs } : {});
       let flow: Flow;
       if (outcome.ok) {
         if (action.end) {
