@@ -127,7 +127,10 @@ describe("one replica of a stage frozen mid-call, then woken", () => {
     await sleep(300);
     const frozenAt = Date.now();
     const thaw = cluster.freeze(frozen);
-    const answer = await sim.waitForBotTurn({ timeoutMs: 30_000 });
+    // When the takeover passes ingress's no-silence deadline (a loaded machine), its fallback line plays first: the
+    // answer is the first turn with the dialog's marks (`t<n>.<chunk>`).
+    let answer = await sim.waitForBotTurn({ timeoutMs: 30_000 });
+    while (!answer.marks.some((m) => m.startsWith("t"))) answer = await sim.waitForBotTurn({ timeoutMs: 30_000 });
     const answeredMs = Date.now() - frozenAt;
     thaw();
     await sleep(AFTER_WAKE_MS);

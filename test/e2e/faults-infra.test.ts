@@ -76,6 +76,44 @@ test("NATS restarted mid-call: a key pressed while it was down and the ones afte
   await cluster.waitForRecord(sim.callSid, "the call ended", (r) => r.state === "ended");
 });
 
+/** SIGSTOP for `ms`, then SIGCONT: a server that stops answering with every connection left open (a stalled VM, a partition that heals). */
+async function frozenFor(server: { process: { kill(signal: NodeJS.Signals): boolean } }, ms: number, during: () => Promise<void>): Promise<void> {
+  server.process.kill("SIGSTOP");
+  try {
+    await during();
+    await new Promise((resolve) => setTimeout(resolve, ms));
+  } finally {
+    server.process.kill("SIGCONT");
+  }
+}
+
+for (const which of ["NATS", "Redis"] as const) {
+  test(`${which} frozen 3 s mid-call: keys pressed while it did not answer are answered when it is back, in order, and the call goes on`, async () => {
+    const sim = cluster.call();
+    await sim.connect();
+    await sim.waitForBotTurn({ timeoutMs: TURN_MS });
+    const frozenAt = Date.now();
+    await frozenFor(which === "NATS" ? cluster.nats : cluster.redis, 3_000, () => sim.pressKeys("1"));
+    const thawedAt = Date.now();
+    await sim.pressKeys("2");
+    const record = await cluster.waitForRecord(
+      sim.callSid,
+      "the answers to 1 and 2",
+      (r) => lines(r).bot.some((b) => answers["1"].test(b)) && lines(r).bot.some((b) => answers["2"].test(b)),
+      TURN_MS,
+    );
+    const answeredMs = Date.now() - thawedAt;
+    expect(lines(record).keys).toEqual(["1", "2"]);
+    expect(lines(record).bot.filter((b) => /You chose/.test(b))).toEqual(["You chose one.", "You chose two."]);
+    await sim.pressKeys("3");
+    const after = await sim.waitForBotTurn({ timeoutMs: TURN_MS });
+    expect(loudnessDbfs(after.audio)).toBeGreaterThan(-40);
+    report.push(`${which} frozen ${thawedAt - frozenAt} ms: both keys answered ${answeredMs} ms after it was back; the next key after ${after.latencyMs} ms`);
+    await sim.hangUp();
+    await cluster.waitForRecord(sim.callSid, "the call ended", (r) => r.state === "ended");
+  });
+}
+
 test("Redis restarted empty mid-call: the caller is told and the conversation starts over; the call goes on and ends cleanly", async () => {
   const sim = cluster.call();
   await sim.connect();

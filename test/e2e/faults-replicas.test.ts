@@ -81,7 +81,10 @@ describe("one replica of a stage crashes mid-call", () => {
     await cluster.kill(victim);
     const survivor = cluster.replicas.tts[0];
 
-    const answer = await sim.waitForBotTurn({ timeoutMs: 30_000 });
+    // When the takeover passes ingress's no-silence deadline (a loaded machine), its fallback line plays first: the
+    // answer is the first turn with the dialog's marks (`t<n>.<chunk>`).
+    let answer = await sim.waitForBotTurn({ timeoutMs: 30_000 });
+    while (!answer.marks.some((m) => m.startsWith("t"))) answer = await sim.waitForBotTurn({ timeoutMs: 30_000 });
     const takeoverMs = await logDelay(survivor, "speak request redelivered: the replica that had it stopped before finishing", killedAt);
     const record = await cluster.waitForRecord(sim.callSid, "the long answer", (r) => lines(r).bot.some((b) => b.startsWith("Here is a long answer")));
     const turnId = answer.marks[0]?.split(".")[0];
