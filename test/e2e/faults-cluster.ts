@@ -14,6 +14,7 @@ import { TwilioCallSimulator, type SimulatorOptions } from "@voicebot/callsim";
 import { CallStore, type CallRecord } from "@voicebot/state";
 import { Registry } from "prom-client";
 import { startNats, startNatsCluster, startRedis, startRedisSentinel, startServiceProcess, waitFor, type ServerHandle, type ServiceName, type ServiceProcess } from "@voicebot/testing";
+import { afterAll, afterEach } from "vitest";
 
 export const FAULT_AGENT = "faults";
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -342,4 +343,35 @@ async function startSentinelGroup(master: ServerHandle) {
     masterPort: async () => Number((await ask("get-master-addr-by-name", name)).trim().split("\n")[1]),
     replicasInSync: async () => (await ask("replicas", name)).match(/^master-link-status\nok$/gm)?.length ?? 0,
   };
+}
+
+/**
+ * The hooks of a fault test file: after a failed test, the services' recent logs; after all, the file's report and
+ * everything stopped. `started()`: what beforeAll started, the cluster first (undefined where it failed to start).
+ */
+export function faultTestHooks(file: string, report: string[], started: () => [Cluster | undefined, ...Array<{ stop(): Promise<void> } | undefined>]): void {
+  afterEach((ctx) => {
+    if (ctx.task.result?.state === "fail") console.log(`service logs after "${ctx.task.name}":\n${started()[0]?.recentLogs()}`);
+  });
+  afterAll(async () => {
+    console.log(`${file}:\n  ${report.join("\n  ")}`);
+    for (const server of started()) await server?.stop();
+  });
+}
+
+/** Milliseconds from `since` to the first log line of `replica` matching `msg`. */
+export async function logDelay(replica: ServiceProcess, msg: string | RegExp, since: number, timeoutMs = 15_000): Promise<number> {
+  const line = await replica.waitForLog(
+    (l) => (typeof msg === "string" ? l.msg === msg : msg.test(String(l.msg))) && Date.parse(String(l.time)) >= since,
+    timeoutMs,
+  );
+  return Date.parse(String(line.time)) - since;
+}
+
+/** Starts a call on `cluster` and waits out the greeting. */
+export async function connected(cluster: Cluster, options: Partial<SimulatorOptions> = {}): Promise<TwilioCallSimulator> {
+  const sim = cluster.call(options);
+  await sim.connect();
+  await sim.waitForBotTurn({ timeoutMs: 20_000 });
+  return sim;
 }

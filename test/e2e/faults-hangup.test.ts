@@ -3,8 +3,8 @@
 // gone, ingress answers the caller's input with its own fallback line; the real answer follows once tts is back.
 import { keys, leaseRoles } from "@voicebot/state";
 import { startFakeElevenLabs, waitFor, type FakeElevenLabs, type ServiceName } from "@voicebot/testing";
-import { afterAll, afterEach, beforeAll, expect, test } from "vitest";
-import { answers, lines, startCluster, type Cluster } from "./faults-cluster.js";
+import { beforeAll, expect, test } from "vitest";
+import { answers, faultTestHooks, lines, startCluster, type Cluster } from "./faults-cluster.js";
 import { audioMs, loudnessDbfs } from "./system.js";
 
 let cluster: Cluster;
@@ -25,15 +25,7 @@ beforeAll(async () => {
   });
 });
 
-afterEach((ctx) => {
-  if (ctx.task.result?.state === "fail") console.log(`service logs after "${ctx.task.name}":\n${cluster?.recentLogs()}`);
-});
-
-afterAll(async () => {
-  console.log(`faults-hangup.test.ts:\n  ${report.join("\n  ")}`);
-  await cluster?.stop();
-  await eleven?.stop();
-});
+faultTestHooks("faults-hangup.test.ts", report, () => [cluster, eleven]);
 
 const TURN_MS = 20_000;
 

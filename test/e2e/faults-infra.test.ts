@@ -4,8 +4,8 @@
 // and the caller must never be left waiting in silence.
 import { synthesize } from "@voicebot/callsim";
 import { waitFor } from "@voicebot/testing";
-import { afterAll, afterEach, beforeAll, expect, test } from "vitest";
-import { answers, describeRecord, lines, startCluster, type Cluster } from "./faults-cluster.js";
+import { beforeAll, expect, test } from "vitest";
+import { answers, describeRecord, faultTestHooks, lines, startCluster, type Cluster } from "./faults-cluster.js";
 import { loudnessDbfs } from "./system.js";
 
 let cluster: Cluster;
@@ -16,14 +16,7 @@ beforeAll(async () => {
   [cluster, orderStatus] = await Promise.all([startCluster(), synthesize("order status", { engine: "flite", voice: "slt" })]);
 });
 
-afterEach((ctx) => {
-  if (ctx.task.result?.state === "fail") console.log(`service logs after "${ctx.task.name}":\n${cluster?.recentLogs()}`);
-});
-
-afterAll(async () => {
-  console.log(`faults-infra.test.ts:\n  ${report.join("\n  ")}`);
-  await cluster?.stop();
-});
+faultTestHooks("faults-infra.test.ts", report, () => [cluster]);
 
 const TURN_MS = 20_000;
 

@@ -4,8 +4,8 @@
 // leader, and the call goes on with every key answered in order.
 import { streams } from "@voicebot/bus";
 import { synthesize, type TwilioCallSimulator } from "@voicebot/callsim";
-import { afterAll, afterEach, beforeAll, expect, test } from "vitest";
-import { answers, describeRecord, lines, startCluster, type Cluster } from "./faults-cluster.js";
+import { beforeAll, expect, test } from "vitest";
+import { answers, describeRecord, faultTestHooks, lines, startCluster, type Cluster } from "./faults-cluster.js";
 
 let cluster: Cluster;
 let orderStatus: Uint8Array;
@@ -15,14 +15,7 @@ beforeAll(async () => {
   [cluster, orderStatus] = await Promise.all([startCluster({ natsNodes: 3 }), synthesize("order status", { engine: "flite", voice: "slt" })]);
 });
 
-afterEach((ctx) => {
-  if (ctx.task.result?.state === "fail") console.log(`service logs after "${ctx.task.name}":\n${cluster?.recentLogs()}`);
-});
-
-afterAll(async () => {
-  console.log(`faults-nats-cluster.test.ts:\n  ${report.join("\n  ")}`);
-  await cluster?.stop();
-});
+faultTestHooks("faults-nats-cluster.test.ts", report, () => [cluster]);
 
 const TURN_MS = 20_000;
 /** A queue's new leader: nats-server 2.9's Raft election takes seconds (up to 12 s seen), plus a pull's renewal. */

@@ -4,9 +4,9 @@
 // new calls; the live call runs to its end), while a second ingress takes new calls.
 import { synthesize } from "@voicebot/callsim";
 import { startFakeElevenLabs, waitFor, type FakeElevenLabs, type ServiceName, type ServiceProcess } from "@voicebot/testing";
-import { afterAll, afterEach, beforeAll, expect, test } from "vitest";
+import { beforeAll, expect, test } from "vitest";
 import { WebSocket } from "ws";
-import { answers, lines, startCluster, type Cluster } from "./faults-cluster.js";
+import { answers, faultTestHooks, lines, startCluster, type Cluster } from "./faults-cluster.js";
 import { loudnessDbfs } from "./system.js";
 
 let cluster: Cluster;
@@ -28,15 +28,7 @@ beforeAll(async () => {
   ]);
 });
 
-afterEach((ctx) => {
-  if (ctx.task.result?.state === "fail") console.log(`service logs after "${ctx.task.name}":\n${cluster?.recentLogs()}`);
-});
-
-afterAll(async () => {
-  console.log(`faults-rolling.test.ts:\n  ${report.join("\n  ")}`);
-  await cluster?.stop();
-  await eleven?.stop();
-});
+faultTestHooks("faults-rolling.test.ts", report, () => [cluster, eleven]);
 
 const TURN_MS = 20_000;
 

@@ -3,8 +3,8 @@
 // replica is promoted with the call's state, so the call goes on where it was — no restart line, no key lost.
 import { synthesize } from "@voicebot/callsim";
 import { waitFor } from "@voicebot/testing";
-import { afterAll, afterEach, beforeAll, expect, test } from "vitest";
-import { answers, describeRecord, lines, startCluster, type Cluster } from "./faults-cluster.js";
+import { beforeAll, expect, test } from "vitest";
+import { answers, describeRecord, faultTestHooks, lines, startCluster, type Cluster } from "./faults-cluster.js";
 
 let cluster: Cluster;
 let orderStatus: Uint8Array;
@@ -14,14 +14,7 @@ beforeAll(async () => {
   [cluster, orderStatus] = await Promise.all([startCluster({ sentinel: true }), synthesize("order status", { engine: "flite", voice: "slt" })]);
 });
 
-afterEach((ctx) => {
-  if (ctx.task.result?.state === "fail") console.log(`service logs after "${ctx.task.name}":\n${cluster?.recentLogs()}`);
-});
-
-afterAll(async () => {
-  console.log(`faults-sentinel.test.ts:\n  ${report.join("\n  ")}`);
-  await cluster?.stop();
-});
+faultTestHooks("faults-sentinel.test.ts", report, () => [cluster]);
 
 const TURN_MS = 20_000;
 

@@ -1,39 +1,53 @@
+// A TCP proxy on loopback in front of a real server, for links that fail while the server behind them keeps running
+// (a partition, a failing-over endpoint) or that are slow: what the client sees is the link, not another server.
 import net from "node:net";
 
 export interface TcpProxy {
   /** Where clients connect: `127.0.0.1:<port>`. */
   port: number;
+  /** Added to every server → client write from now on, released in order (0 = none). */
+  delayMs: number;
   /** The link is lost: every connection through the proxy is reset, and new ones are reset at once, until `restore`. */
   cut(): void;
   restore(): void;
   close(): Promise<void>;
 }
 
-/**
- * A TCP proxy on loopback in front of `targetPort`, for a link that breaks while the server behind it keeps running
- * (a network partition, a load balancer's failover): what a client sees is the link, not a restarted server.
- */
-export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
+export async function startTcpProxy(targetPort: number, targetHost = "127.0.0.1"): Promise<TcpProxy> {
   const open = new Set<net.Socket>();
   let isCut = false;
   const server = net.createServer((client) => {
     if (isCut) return void client.resetAndDestroy();
-    const upstream = net.connect(targetPort, "127.0.0.1");
+    const upstream = net.connect(targetPort, targetHost);
     open.add(client).add(upstream);
-    const close = () => {
+    // Replies are released in order: one chain per connection, each write no earlier than the one before it.
+    let chain = Promise.resolve();
+    let held = 0;
+    upstream.on("data", (data) => {
+      if (proxy.delayMs <= 0 && held === 0) return void client.write(data);
+      const releaseAt = Date.now() + proxy.delayMs;
+      held++;
+      chain = chain.then(async () => {
+        const wait = releaseAt - Date.now();
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+        held--;
+        if (!client.destroyed) client.write(data);
+      });
+    });
+    client.on("data", (data) => upstream.write(data));
+    const closeBoth = () => {
       client.destroy();
       upstream.destroy();
       open.delete(client);
       open.delete(upstream);
     };
-    client.on("error", close).on("close", close);
-    upstream.on("error", close).on("close", close);
-    client.pipe(upstream);
-    upstream.pipe(client);
+    client.on("close", closeBoth).on("error", closeBoth);
+    upstream.on("close", closeBoth).on("error", closeBoth);
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
+  const proxy: TcpProxy = {
     port: (server.address() as net.AddressInfo).port,
+    delayMs: 0,
     cut() {
       isCut = true;
       for (const socket of open) socket.resetAndDestroy();
@@ -47,4 +61,5 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+  return proxy;
 }

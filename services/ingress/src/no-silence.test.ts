@@ -5,7 +5,7 @@ import { performance } from "node:perf_hooks";
 import { subjects, type Bus } from "@voicebot/bus";
 import { CallStarted, PlaybackEvent, Transcript, type DialogInput } from "@voicebot/proto";
 import { CallStore, keys } from "@voicebot/state";
-import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
+import { startNats, startRedis, startTcpProxy, type ServerHandle, type TcpProxy } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_NO_SILENCE_FILE, DEFAULT_NO_SILENCE_TEXT, loadNoSilenceClip, SilenceGuard } from "./no-silence.js";
 import {
@@ -22,7 +22,6 @@ import {
   type Ingress,
   type TwilioClient,
 } from "./test-support/harness.js";
-import { startSlowLink, type SlowLink } from "./test-support/slow-link.js";
 
 const DEADLINE_MS = 400;
 let nats: ServerHandle;
@@ -164,11 +163,11 @@ describe("the deadline is decided by what happened in order", () => {
   // A key needs a hints look-up in Redis before the deadline arms. With Redis this slow, the dialog's answer (a
   // cached prompt) arrives while the look-up is still out: the call has been answered, the guard must stay off.
   const REDIS_DELAY_MS = 500;
-  let link: SlowLink;
+  let link: TcpProxy;
   let slowIngress: Ingress;
 
   beforeAll(async () => {
-    link = await startSlowLink(redis.port);
+    link = await startTcpProxy(redis.port);
     slowIngress = await startIngress({
       NATS_URL: nats.url,
       REDIS_URL: `redis://127.0.0.1:${link.port}`,
