@@ -168,8 +168,11 @@ export class Bus {
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       reconnectJitter: 100,
+      // A link that goes dark without closing is dropped after 2 unanswered pings (~15 s), and an attempt to connect
+      // that hears nothing gives up after 5 s (nats.js waits 20 s), so a node that is back is found within seconds.
       pingInterval: 5_000,
       maxPingOut: 2,
+      timeout: 5_000,
       // Otherwise every request and JetStream publish captures a stack trace up front, for an error we log by its
       // message: ~2 % of the CPU of ingress and the dialog under load (cpu profiles: NatsError, BaseRequest).
       noAsyncTraces: true,

@@ -1,9 +1,10 @@
 // The work queue across a NATS restart: the server is killed (a crash) and started again on the same port, with
 // its JetStream store (the stream and consumer survive on disk) or without it (they are gone and must be made
-// again). Either way the consumer that was running keeps getting the messages published after the restart.
+// again). Either way the consumer that was running keeps getting the messages published after the restart. And a
+// link that goes dark without closing (a partition) is found out and made again.
 import { rm } from "node:fs/promises";
 import { DialogInput, KeypadPress } from "@voicebot/proto";
-import { startNats, waitFor, type ServerHandle } from "@voicebot/testing";
+import { startNats, startTcpProxy, waitFor, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { Bus, type WorkItem } from "./bus.js";
@@ -76,3 +77,25 @@ describe("work queue across a NATS restart", () => {
     });
   }
 });
+
+it("a link that goes dark without closing is dropped after two unanswered pings and made again soon after it is back", async () => {
+  const nats = await startNats();
+  servers.push(nats);
+  const link = await startTcpProxy(nats.port);
+  try {
+    const bus = await Bus.connect({ servers: `nats://127.0.0.1:${link.port}`, name: "dark-test", log: silentLogger, registry: new Registry() });
+    buses.push(bus);
+    link.blackhole();
+    const darkAt = Date.now();
+    // pingInterval 5 s, maxPingOut 2: without them nats.js's defaults took minutes, and the service stayed ready.
+    await waitFor(() => !bus.connected, { timeoutMs: 20_000, intervalMs: 100, what: "the dark link to be dropped" });
+    const droppedMs = Date.now() - darkAt;
+    link.restore();
+    const backAt = Date.now();
+    // A connect attempt that hears nothing gives up after 5 s (nats.js: 20 s), then the next one gets through.
+    await waitFor(() => bus.connected, { timeoutMs: 9_000, intervalMs: 100, what: "the link to be made again" });
+    console.log(`dark NATS link dropped after ${droppedMs} ms; connected again ${Date.now() - backAt} ms after it was back`);
+  } finally {
+    await link.close();
+  }
+}, 40_000);

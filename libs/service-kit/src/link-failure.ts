@@ -2,7 +2,7 @@ import { errorText } from "@voicebot/bus";
 
 /** Messages of a lost or failing-over link: ioredis, Redis replies during a failover (a script's wrapped too). */
 const LINK_FAILURE_MESSAGE =
-  /max retries per request|Connection is closed|Stream isn't writeable|All sentinels are unreachable|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|\bREADONLY\b|\bLOADING\b|\bMASTERDOWN\b|\bTRYAGAIN\b/;
+  /max retries per request|Connection is closed|Socket timeout|Command timed out|Stream isn't writeable|All sentinels are unreachable|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|\bREADONLY\b|\bLOADING\b|\bMASTERDOWN\b|\bTRYAGAIN\b/;
 /** nats.js error codes of a lost link (a JetStream publish that found no server), and libs/bus's own. */
 const LINK_FAILURE_CODES = new Set(["TIMEOUT", "DISCONNECT", "CONNECTION_CLOSED", "CONNECTION_REFUSED", "503", "timeout", "disconnected", "no_responders"]);
 

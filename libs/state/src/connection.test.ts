@@ -1,23 +1,11 @@
 // After a failover behind one address (managed Redis moves its primary endpoint's DNS name), a store connected to
 // the demoted node gets READONLY: it must reconnect and reach the new primary, not fail every write until restarted.
+// A link that goes dark without closing must be found out and made again, not hold every command for minutes.
 
-import net from "node:net";
-import { startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { startRedis, startTcpProxy, waitFor, type ServerHandle } from "@voicebot/testing";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { redisConnectionOptions, redisDatabase } from "./connection.js";
-import { CallStore } from "./store.js";
-
-/** A TCP forwarder standing for the stable endpoint: new connections go to whichever port `target` says. */
-function endpoint(target: { port: number }): Promise<net.Server> {
-  const server = net.createServer((client) => {
-    const upstream = net.connect(target.port, "127.0.0.1");
-    client.pipe(upstream).pipe(client);
-    const close = () => (client.destroy(), upstream.destroy());
-    client.on("error", close).on("close", close);
-    upstream.on("error", close).on("close", close);
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
-}
+import { CallStore, defaultStoreOptions } from "./store.js";
 
 let first: ServerHandle;
 let second: ServerHandle;
@@ -30,10 +18,8 @@ afterAll(async () => {
 });
 
 it("a store behind a stable endpoint follows a failover: one write fails READONLY, the next reach the new primary", async () => {
-  const target = { port: first.port };
-  const server = await endpoint(target);
-  const { port } = server.address() as net.AddressInfo;
-  const store = CallStore.connect(`redis://127.0.0.1:${port}`);
+  const endpoint = await startTcpProxy(first.port);
+  const store = CallStore.connect(`redis://127.0.0.1:${endpoint.port}`);
   try {
     await store.redis.set("vb:test:failover", "before");
 
@@ -42,7 +28,7 @@ it("a store behind a stable endpoint follows a failover: one write fails READONL
     const [a, b] = [admin(first.port), admin(second.port)];
     await b.redis.replicaof("NO", "ONE");
     await a.redis.replicaof("127.0.0.1", second.port);
-    target.port = second.port;
+    endpoint.targetPort = second.port;
     await Promise.all([a.close(), b.close()]);
 
     await expect(store.redis.set("vb:test:failover", "during")).rejects.toThrow(/READONLY/);
@@ -53,7 +39,31 @@ it("a store behind a stable endpoint follows a failover: one write fails READONL
     await check.close();
   } finally {
     await store.close();
-    server.close();
+    await endpoint.close();
+  }
+});
+
+it("a link that goes dark without closing is dropped and made again: commands fail within the link timeout instead of hanging, and work once it is back", async () => {
+  const link = await startTcpProxy(second.port); // the primary since the test above
+  const store = CallStore.connect(`redis://127.0.0.1:${link.port}`, { ...defaultStoreOptions, linkTimeoutMs: 1_000 });
+  try {
+    await store.redis.set("vb:test:dark", "before");
+    link.blackhole();
+    const started = Date.now();
+    await expect(store.redis.get("vb:test:dark")).rejects.toThrow(/Command timed out/);
+    expect(Date.now() - started).toBeLessThan(3_000);
+    expect(store.ready).toBe(false); // the dead connection was dropped: not ready while it is being made again
+    link.restore();
+    expect(await waitFor(async () => (await store.redis.get("vb:test:dark").catch(() => undefined)) ?? undefined, { what: "a read once the link is back" })).toBe("before");
+
+    // Idle (no command waiting), the heartbeat finds the dark link: the store stops being ready.
+    link.blackhole();
+    await waitFor(() => !store.ready, { timeoutMs: 4_000, what: "the idle store to notice the dark link" });
+    link.restore();
+    await waitFor(() => store.ready, { what: "the store ready again" });
+  } finally {
+    await store.close();
+    await link.close();
   }
 });
 

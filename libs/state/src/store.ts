@@ -76,7 +76,16 @@ export interface CallStoreOptions {
   liveTtlMs: number;
   /** How long the record stays after the call ends. */
   recordTtlMs: number;
+  /**
+   * How long a connection may wait for a reply before it is taken for dead, dropped and made again (with Sentinel:
+   * to whoever is master now). A link that stops answering without closing (a partition, a node gone dark) would
+   * otherwise hold every command until TCP gives up, many minutes. Default 5 s: far above any reply a loaded Redis
+   * gave in the benchmarks (~0.3 s), and longer than a short stall that passes by itself.
+   */
+  linkTimeoutMs?: number;
 }
+
+const DEFAULT_LINK_TIMEOUT_MS = 5_000;
 
 export const defaultStoreOptions: CallStoreOptions = {
   liveTtlMs: 6 * 60 * 60 * 1000,
@@ -335,24 +344,43 @@ export class CallStore {
     redis.defineCommand("vbEndUnanswered", { numberOfKeys: 1, lua: END_UNANSWERED_SCRIPT });
   }
 
-  /** Connects with bounded retries per command so callers see errors instead of hanging while Redis is down. */
+  /**
+   * Connects with bounded retries per command so callers see errors instead of hanging while Redis is down, and
+   * drops a connection that stops answering (see linkTimeoutMs).
+   */
   static connect(target: string | RedisTarget, options: CallStoreOptions = defaultStoreOptions): CallStore {
+    const linkTimeoutMs = options.linkTimeoutMs ?? DEFAULT_LINK_TIMEOUT_MS;
     const redis = new Redis({
       ...redisConnectionOptions(typeof target === "string" ? { url: target } : target),
       maxRetriesPerRequest: 2,
       connectTimeout: 2_000,
       retryStrategy: (times) => Math.min(50 * times, 1_000),
       enableAutoPipelining: true,
+      // ioredis destroys the socket (and reconnects) when a reply is this late. The commands it was waiting for are
+      // sent again once a connection is ready, so each also gets a deadline of its own: its caller hears of the dark
+      // link (and may try again) rather than wait for it to come back.
+      socketTimeout: linkTimeoutMs,
+      commandTimeout: linkTimeoutMs + 1_000,
     });
     redis.on("error", () => undefined); // status changes are reported through `ready`; avoid unhandled-error noise
-    return new CallStore(redis, options);
+    const store = new CallStore(redis, options);
+    // The socket timeout only runs while a command waits: a PING now and then finds a dead link on an idle replica
+    // too, before a call's first command has to (and takes the replica out of readiness meanwhile).
+    store.heartbeat = setInterval(() => {
+      if (store.ready) redis.ping().catch(() => undefined);
+    }, Math.max(200, Math.floor(linkTimeoutMs / 4)));
+    store.heartbeat.unref();
+    return store;
   }
+
+  private heartbeat: NodeJS.Timeout | undefined;
 
   get ready(): boolean {
     return this.redis.status === "ready";
   }
 
   async close(): Promise<void> {
+    clearInterval(this.heartbeat);
     await this.redis.quit().catch(() => this.redis.disconnect());
   }
 
