@@ -26,7 +26,12 @@ const ELECTION_MS = 30_000;
  * election gets ingress's no-silence line first, then its answer, two turns.
  */
 async function heardOut(sim: TwilioCallSimulator): Promise<void> {
-  await sim.waitForBotTurn({ timeoutMs: TURN_MS });
+  // The answer itself (marks `t<n>.<chunk>`), not only ingress's no-silence line that fills an election: a caller who
+  // spoke after that line alone would talk over the late answer and cut it from the record.
+  for (;;) {
+    const turn = await sim.waitForBotTurn({ timeoutMs: TURN_MS });
+    if (turn.marks.some((mark) => mark.startsWith("t"))) break;
+  }
   while (await sim.waitForBotTurn({ timeoutMs: 3_000 }).then(() => true, () => false));
 }
 

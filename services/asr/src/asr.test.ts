@@ -5,7 +5,7 @@ import { subjects, type Bus } from "@voicebot/bus";
 import { CallEnded, DialogInput, SpeechActivity, SpeechActivity_Kind, Transcript } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { CallStore, keys } from "@voicebot/state";
-import { metricSum, startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { metricSum, startNats, startRedis, startTcpProxy, waitFor, type ServerHandle } from "@voicebot/testing";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { synthesizeTo8kPcm } from "../test/fixtures/make-audio.js";
 import { collect, connectTestBus, newCallId, noiseFrames, standInDialog, startCall, streamAudio, utteranceFrames } from "../test/helpers.js";
@@ -144,6 +144,30 @@ describe("asr service", () => {
     // The dialog's 800 ms minimum silence replaced the 600 ms default.
     expect(final.endpointWaitMs).toBeGreaterThanOrEqual(750);
     await store.endCall(callId, "test");
+  });
+
+  it("a Redis link gone dark holds an utterance at most 3 s for its hints, then the last hints read are used", async () => {
+    const link = await startTcpProxy(redis.port);
+    try {
+      await startReplica("asr-dark", { REDIS_URL: `redis://127.0.0.1:${link.port}` });
+      const { callId, transcripts } = await ownedCall("asr-dark");
+      await store.setJson(keys.hints(callId), { mode: "digits", phrases: [], minSilenceMs: 800 });
+      const audio = await synthesizeTo8kPcm("four two seven one", "slt");
+      const next = await streamAudio(bus, callId, utteranceFrames(audio), 0);
+      await waitFor(() => finals(transcripts).length === 1 || undefined, { what: "the first final", timeoutMs: 10_000 });
+
+      link.blackhole();
+      const sentAt = Date.now();
+      await streamAudio(bus, callId, utteranceFrames(audio), next);
+      const [, second] = await waitFor(() => (finals(transcripts).length === 2 ? finals(transcripts) : undefined), { what: "the second final", timeoutMs: 15_000 });
+      // The hints read gave up 3 s after the onset (a read on the dark link would have taken the store's 6 s command
+      // deadline), and the digits hints read before still applied.
+      expect(second.text).toBe("4271");
+      expect(second.finalAtMs - sentAt).toBeLessThan(5_500);
+    } finally {
+      link.restore();
+      await link.close();
+    }
   });
 
   it("Silero hears no speech in clicks, tones or faint noise: nothing is published", async () => {

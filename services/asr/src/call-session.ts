@@ -519,13 +519,15 @@ export class CallSession {
     let raw: unknown;
     for (const since = Date.now(); ; ) {
       try {
-        raw = await store.getJson<unknown>(keys.hints(this.callId));
+        // Bounded by what is left of the wait: on a link gone dark a read would take the store's command deadline.
+        raw = await withinMs(store.getJson<unknown>(keys.hints(this.callId)), Math.max(50, HINTS_WAIT_MS - (Date.now() - since)));
         break;
       } catch (error) {
         // Redis is down or failing over. The utterance's frames wait behind this read, and without the hints a
         // state's grammar is lost ("order status" heard as "or you can"): wait for Redis a little (a Sentinel
         // failover takes ~2 s; the last read may add its own timeout), then take the hints read last (the dialog
         // cannot have moved on without Redis either), else the defaults. Unparseable hints do not get better.
+        // A read that ran out the wait (withinMs) counts as a failure like any other.
         if (!(error instanceof SyntaxError) && Date.now() - since < HINTS_WAIT_MS && !this.stopped) {
           await new Promise((resolve) => setTimeout(resolve, 200));
           continue;
@@ -591,4 +593,14 @@ export class CallSession {
     open.recognizer = undefined;
     this.deps.metrics.activeSessions.dec();
   }
+}
+
+/** `promise`, or a rejection once `ms` have passed (the promise's own outcome is then ignored). */
+function withinMs<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  promise.catch(() => undefined);
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }
