@@ -156,6 +156,28 @@ describe("CallStore", () => {
     expect(await store.leaseOwner("CA9", "dialog")).toBeUndefined();
   });
 
+  it("a dialog lease is extended only while it is its owner's, or free with the state where the owner left it; saves are fenced by it", async () => {
+    await store.createCall(meta("CF1"));
+    await store.takeDialogTurn("CF1", "dialog-1", 10_000);
+    const saved = await store.commitDialog("CF1", { n: 1 }, "0", { fencedBy: "dialog-1" });
+    expect(saved).toEqual({ saved: true, version: "1" });
+    expect(await store.extendDialogLease("CF1", "dialog-1", 10_000, "1")).toBe(true);
+    // Expired (Redis was unreachable past the TTL), nobody else took it: taken again at the version it left.
+    await store.redis.del(keys.lease("CF1", "dialog"));
+    expect(await store.extendDialogLease("CF1", "dialog-1", 10_000, "0")).toBe(false); // not where it left the state
+    expect(await store.extendDialogLease("CF1", "dialog-1", 10_000, "1")).toBe(true);
+    expect(await store.leaseOwner("CF1", "dialog")).toBe("dialog-1");
+    // Another replica took it over (the owner paused past its TTL): not extended, and no save of the owner's goes in.
+    await store.redis.set(keys.lease("CF1", "dialog"), "dialog-2");
+    expect(await store.extendDialogLease("CF1", "dialog-1", 10_000, "1")).toBe(false);
+    expect(await store.commitDialog("CF1", { n: 2 }, "1", { fencedBy: "dialog-1" })).toEqual({ saved: false, call: "live", leaseLost: true });
+    expect(await store.commitDialog("CF1", { n: 2 }, "1", { releaseLeaseOf: "dialog-1" })).toEqual({ saved: false, call: "live", leaseLost: true });
+    // The other replica finished the turn and gave the lease up: the state moved on, so it is not taken back.
+    expect(await store.commitDialog("CF1", { n: 2 }, "1", { releaseLeaseOf: "dialog-2" })).toEqual({ saved: true, version: "2" });
+    expect(await store.extendDialogLease("CF1", "dialog-1", 10_000, "1")).toBe(false);
+    expect(await store.leaseOwner("CF1", "dialog")).toBeUndefined();
+  });
+
   it("takeDialogTurn marks the turn's input in progress with the lease when none is, and commits set, keep or clear the mark", async () => {
     await store.createCall(meta("CM1"));
     const once = { scope: "dialog-input", id: "in1" };

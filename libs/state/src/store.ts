@@ -103,10 +103,16 @@ if current == false or current == ARGV[1] then
 end
 return 0`;
 
-// Extends a lease only while it is still this owner's: one that expired is not taken back (another owner may have
-// taken it and finished its work since).
-const EXTEND_SCRIPT = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+// KEYS: the dialog lease, the dialog state. ARGV: owner, TTL, the state's version the owner last saw. Extends the
+// lease while it is still this owner's. One that expired (Redis was unreachable past its TTL) is taken again only if
+// it is free and the state is still at that version: nobody took the turn over and saved meanwhile. Returns 1 if held.
+const EXTEND_DIALOG_SCRIPT = `
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if holder == false and (redis.call('HGET', KEYS[2], 'v') or '0') == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
 return 0`;
 
 const RELEASE_SCRIPT = `
@@ -332,7 +338,7 @@ export class CallStore {
   ) {
     redis.defineCommand("vbLease", { numberOfKeys: 1, lua: LEASE_SCRIPT });
     redis.defineCommand("vbRelease", { numberOfKeys: 1, lua: RELEASE_SCRIPT });
-    redis.defineCommand("vbExtend", { numberOfKeys: 1, lua: EXTEND_SCRIPT });
+    redis.defineCommand("vbExtendDialog", { numberOfKeys: 2, lua: EXTEND_DIALOG_SCRIPT });
     redis.defineCommand("vbRenew", { numberOfKeys: 2, lua: RENEW_SCRIPT });
     redis.defineCommand("vbTakeTurn", { numberOfKeys: 4, lua: TAKE_TURN_SCRIPT });
     redis.defineCommand("vbCommit", { numberOfKeys: 5, lua: COMMIT_SCRIPT });
@@ -598,9 +604,12 @@ export class CallStore {
    * Gives up the lease (when this owner holds it) and takes the call out of the orphan index. Without `index`
    * (a lease taken without one) only the lease.
    */
-  /** Extends `owner`'s lease of `role` by `ttlMs` from now; false when it is not (no longer) `owner`'s. */
-  async extendLease(callId: string, role: string, owner: string, ttlMs: number): Promise<boolean> {
-    return (await scripts(this.redis).vbExtend(keys.lease(callId, role), owner, ttlMs)) === 1;
+  /**
+   * Extends `owner`'s `dialog` lease by `ttlMs` from now. False when another owner has it, or when it expired and
+   * the dialog state moved on from `version` (another replica took the turn and saved): never taken back then.
+   */
+  async extendDialogLease(callId: string, owner: string, ttlMs: number, version: string): Promise<boolean> {
+    return (await scripts(this.redis).vbExtendDialog(keys.lease(callId, "dialog"), keys.dialog(callId), owner, ttlMs, version)) === 1;
   }
 
   async releaseLease(callId: string, role: string, owner: string, { index = true } = {}): Promise<void> {
@@ -691,7 +700,7 @@ type Arg = string | number;
 
 interface RedisWithScripts extends Redis {
   vbLease(key: string, owner: string, ttlMs: number): Promise<number>;
-  vbExtend(key: string, owner: string, ttlMs: number): Promise<number>;
+  vbExtendDialog(lease: string, dialog: string, owner: string, ttlMs: number, version: string): Promise<number>;
   vbRelease(key: string, owner: string): Promise<number>;
   vbTakeTurn(...keysThenArgs: Arg[]): Promise<Array<string | number>>;
   vbCommit(...keysThenArgs: Arg[]): Promise<[number, string | number]>;

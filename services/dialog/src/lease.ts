@@ -30,6 +30,8 @@ export interface HeldTurn<T> {
   confirm(): Promise<boolean>;
   /** Aborted once the lease is known lost: the turn must stop, and leave its input to the replica that took it. */
   readonly lost: AbortSignal;
+  /** The turn saved the state (version now `version`): an expired lease may be taken again only at this version. */
+  saved(version: string): void;
 }
 
 export type TurnStart<T> = { kind: "not_live"; call: CallState | undefined } | { kind: "busy" } | { kind: "held"; turn: HeldTurn<T> };
@@ -75,12 +77,13 @@ export class TurnLease {
     // TTL later), less a margin for the two clocks' rates.
     const margin = Math.max(100, ttlMs / 10);
     let confirmedUntil = takenAt + ttlMs - margin;
+    let version = dialog.version;
     const extend = async (): Promise<boolean> => {
       if (lost.signal.aborted) return false;
       const sentAt = performance.now();
-      // Only while it is still ours: a lease that expired and was taken and given up by another replica meanwhile
-      // is not taken back (the other replica may have finished this very turn).
-      const held = await store.extendLease(callId, "dialog", owner, ttlMs);
+      // Only while it is still ours, or free with the state where this turn left it: a lease that another replica
+      // took meanwhile (and maybe gave up after finishing this very turn) is not taken back.
+      const held = await store.extendDialogLease(callId, owner, ttlMs, version);
       if (held) confirmedUntil = Math.max(confirmedUntil, sentAt + ttlMs - margin);
       else if (!lost.signal.aborted) {
         log.warn("dialog lease lost during a turn: another replica has it; this one stops the turn", { callId });
@@ -108,6 +111,9 @@ export class TurnLease {
       },
       confirm: async () => (lost.signal.aborted ? false : performance.now() < confirmedUntil ? true : extend()),
       lost: lost.signal,
+      saved: (next) => {
+        version = next;
+      },
       release: async () => {
         clearInterval(renew);
         if (released || lost.signal.aborted) return;

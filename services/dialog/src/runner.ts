@@ -457,6 +457,7 @@ export class TurnRunner {
           }
           redone ??= commit.firstTime === false;
           version = commit.version;
+          held.saved(version);
         } else {
           // Its own mark is stored: an earlier attempt of this delivery set `redone`; otherwise a replica that did
           // not finish it did.
@@ -494,6 +495,7 @@ export class TurnRunner {
         if (!commit.saved && commit.leaseLost) return this.leaseLost(fields);
         if (commit.saved) {
           lease?.releasedBySave();
+          held.saved(commit.version); // the hold may go on (an abandoned input was redone first)
           item.ack();
           const outcome = played.result.outcome;
           metrics.turns.inc({ outcome });
