@@ -47,6 +47,17 @@ async function replace(name: ServiceName): Promise<void> {
   await cluster.add(name);
 }
 
+/** A call whose turn waits for the slow tool (2.5 s), and the dialog replica taking that turn. */
+async function dialogInSlowTool() {
+  cluster.slow.delayMs = 2_500;
+  const callsBefore = cluster.slow.calls;
+  const sim = await connected(cluster);
+  await sim.pressKeys("5"); // the slow tool
+  const replica = await cluster.busy("dialog");
+  await waitFor(() => cluster.slow.calls > callsBefore, { what: "the slow tool to start" });
+  return { sim, replica, callsBefore };
+}
+
 describe("one replica of a stage crashes mid-call", () => {
   test("tts: the replica speaking a chunk dies; another replica speaks it again and the whole answer plays", async () => {
     const sim = await connected(cluster, { turnQuietMs: 2_500 });
@@ -83,12 +94,7 @@ describe("one replica of a stage crashes mid-call", () => {
   });
 
   test("dialog: the replica taking a turn dies while its tool runs; the other redoes the turn, keys pressed meanwhile are answered", async () => {
-    cluster.slow.delayMs = 2_500;
-    const callsBefore = cluster.slow.calls;
-    const sim = await connected(cluster);
-    await sim.pressKeys("5"); // the slow tool
-    const victim = await cluster.busy("dialog");
-    await waitFor(() => cluster.slow.calls > callsBefore, { what: "the slow tool to start" });
+    const { sim, replica: victim, callsBefore } = await dialogInSlowTool();
     const killedAt = Date.now();
     await cluster.kill(victim);
     await sim.pressKeys("2"); // pressed while the turn is being taken over
@@ -220,13 +226,8 @@ describe("one replica of a stage frozen mid-call, then woken", () => {
   });
 
   test("dialog: the replica taking a turn freezes in its tool; the other redoes the turn; woken, the old one says nothing twice", async () => {
-    cluster.slow.delayMs = 2_500;
-    const callsBefore = cluster.slow.calls;
-    const sim = await connected(cluster);
-    await sim.pressKeys("5"); // the slow tool
-    const frozen = await cluster.busy("dialog");
+    const { sim, replica: frozen } = await dialogInSlowTool();
     const survivor = cluster.replicas.dialog.find((r) => r !== frozen)!;
-    await waitFor(() => cluster.slow.calls > callsBefore, { what: "the slow tool to start" });
     const frozenAt = Date.now();
     const thaw = cluster.freeze(frozen);
     await sim.pressKeys("2");

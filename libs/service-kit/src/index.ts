@@ -4,3 +4,4 @@ export * from "./log.js";
 export * from "./service.js";
 export * from "./api-client.js";
 export * from "./link-failure.js";
+export * from "./deadline.js";

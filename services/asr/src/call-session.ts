@@ -1,5 +1,6 @@
 import { FRAME_MS, l16FromBytes, mulawDecodeInto } from "@voicebot/audio";
 import { errorText, InOrder, subjects, type Bus, type Logger } from "@voicebot/bus";
+import { withinMs } from "@voicebot/service-kit";
 import {
   AudioEncoding,
   DialogInput,
@@ -593,14 +594,4 @@ export class CallSession {
     open.recognizer = undefined;
     this.deps.metrics.activeSessions.dec();
   }
-}
-
-/** `promise`, or a rejection once `ms` have passed (the promise's own outcome is then ignored). */
-function withinMs<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-  });
-  promise.catch(() => undefined);
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }

@@ -25,7 +25,9 @@ export interface HeldTurn<T> {
   /**
    * Before anything the caller would notice (speech, a record line, a tool): true when the lease is still this
    * replica's. Without a Redis round trip while the last renewal Redis confirmed is fresh; after a pause longer than
-   * that (a frozen or starved process) it asks Redis, and false means another replica has the turn now.
+   * that (a frozen or starved process) it asks Redis, and false means another replica has the turn now. Never
+   * throws: a lease that cannot be checked (Redis unreachable) cannot have been taken by another replica either,
+   * short of a partition, so the turn goes on rather than leave the caller in silence.
    */
   confirm(): Promise<boolean>;
   /** Aborted once the lease is known lost: the turn must stop, and leave its input to the replica that took it. */
@@ -109,7 +111,7 @@ export class TurnLease {
       releasedBySave: () => {
         released = true;
       },
-      confirm: async () => (lost.signal.aborted ? false : performance.now() < confirmedUntil ? true : extend()),
+      confirm: async () => (lost.signal.aborted ? false : performance.now() < confirmedUntil ? true : extend().catch(() => true)),
       lost: lost.signal,
       saved: (next) => {
         version = next;

@@ -485,7 +485,7 @@ export class TurnRunner {
           spoken: [...(state.spoken ?? []), ...played.spoken].slice(-MAX_SPOKEN),
         };
         const wake = played.result.wake;
-        if (wake && (await held.confirm().catch(() => true))) await this.afterSpeech(() => this.publishWake(callId, inputId, wake), fields);
+        if (wake && (await held.confirm())) await this.afterSpeech(() => this.publishWake(callId, inputId, wake), fields);
         // The hints go with the state (only for a live call, only when saved), and the lease with them.
         lease?.pauseRenewal();
         const commit = await this.afterSpeech(
@@ -553,13 +553,10 @@ export class TurnRunner {
     const record = (entry: TranscriptEntry) => {
       records = records
         .then(async () => {
-          if (await stillOurs()) await store.appendTranscript(callId, entry);
+          if (await held.confirm()) await store.appendTranscript(callId, entry);
         })
         .catch((error) => log.warn("transcript entry not recorded", { callId, error: errorText(error) }));
     };
-    // A lease that cannot be checked (Redis unreachable) cannot have been taken by another replica either, short of
-    // a partition: the turn goes on rather than leave the caller in silence.
-    const stillOurs = () => held.confirm().catch(() => true);
     let toolMs = 0;
     let toolIndex = 0;
     let heardIndex = 0;
@@ -577,7 +574,7 @@ export class TurnRunner {
       live: !replay,
       // Durable (tts takes requests from a JetStream work queue): a chunk survives the death of the tts replica
       // speaking it. The input is acked only once all its speech is queued.
-      publish: (request) => void speakQueued.push(this.queueSpeech(request, stillOurs)),
+      publish: (request) => void speakQueued.push(this.queueSpeech(request, held)),
       onTurnDone: (turnId, text) => {
         spoken.push({ turnId, text });
         record({ role: "bot", text, at: new Date().toISOString() });
@@ -592,7 +589,7 @@ export class TurnRunner {
         const key = `${message.inputId}#${heardIndex++}`;
         records = records
           .then(async () => {
-            if (await stillOurs()) await store.appendTranscriptOnce(callId, "heard", key, line);
+            if (await held.confirm()) await store.appendTranscriptOnce(callId, "heard", key, line);
           })
           .catch((error) => log.warn("transcript entry not recorded", { callId, error: errorText(error) }));
       },
@@ -611,7 +608,7 @@ export class TurnRunner {
             : undefined;
         let outcome: Awaited<ReturnType<typeof tools.call>>;
         try {
-          if (!(await stillOurs())) return { ok: false, errorCode: "cancelled", errorMessage: "another replica has the turn", ms: 0 };
+          if (!(await held.confirm())) return { ok: false, errorCode: "cancelled", errorMessage: "another replica has the turn", ms: 0 };
           outcome = await tools.call(
             {
               callId,
@@ -667,10 +664,10 @@ export class TurnRunner {
    * Puts a SpeakRequest on the tts work queue (retried by the bus; msgId = its chunk, so once), unless the turn's
    * lease is no longer this replica's. Never throws.
    */
-  private async queueSpeech(request: SpeakRequest, stillOurs: () => Promise<boolean>): Promise<void> {
+  private async queueSpeech(request: SpeakRequest, held: HeldTurn<StoredDialogState>): Promise<void> {
     const { callId, turnId, chunkSeq } = request;
     try {
-      if (!(await stillOurs())) return;
+      if (!(await held.confirm())) return;
       await this.deps.bus.publishDurable(subjects.ttsSpeak, SpeakRequest, request, `${callId}:speak:${turnId}.${chunkSeq}`, callId);
     } catch (error) {
       this.deps.metrics.speakPublishErrors.inc();

@@ -171,7 +171,7 @@ export class ToolExecutor {
     // A Redis failover or restart (seconds) is waited out within the tool's time rather than failing the tool.
     let claim;
     try {
-      claim = await this.whileLinkLost("claim", request, deadline, cancelled, () => this.store.claimToolCall<ToolCallResult>(callId, toolCallId));
+      claim = await this.whileLinkLost("claim", request, deadline, () => this.store.claimToolCall<ToolCallResult>(callId, toolCallId), cancelled);
     } catch (error) {
       if (!isLinkFailure(error)) throw error;
       // Not run: without the claim a duplicate could run it again, and the call may have ended meanwhile.
@@ -200,11 +200,11 @@ export class ToolExecutor {
     return this.runAndStore(request, tool, deadline, cancelled);
   }
 
-  /** `act` tried again while Redis is unreachable, until the request's deadline or the call's end. */
-  private whileLinkLost<T>(step: string, request: ToolCallRequest, deadline: number, cancelled: AbortSignal, act: () => Promise<T>): Promise<T> {
+  /** `act` tried again while Redis is unreachable, until `deadline` or the call's end (`cancelled`, when given). */
+  private whileLinkLost<T>(step: string, request: ToolCallRequest, deadline: number, act: () => Promise<T>, cancelled?: AbortSignal): Promise<T> {
     return retryWhileLinkLost(act, {
       limitMs: Math.max(0, deadline - Date.now()),
-      giveUp: () => cancelled.aborted,
+      giveUp: () => cancelled?.aborted === true,
       onRetry: (error) => this.linkRetried(step, request, error),
     });
   }
@@ -234,7 +234,7 @@ export class ToolExecutor {
       // The effect has happened, so a store that fails is no reason to report the tool failed (the model would
       // try it again under a new id): the answer goes out, and a duplicate finds no result and reports a timeout.
       try {
-        await this.whileLinkLost("store", request, Math.max(deadline, Date.now() + RESULT_WAIT_GRACE_MS), new AbortController().signal, store);
+        await this.whileLinkLost("store", request, Math.max(deadline, Date.now() + RESULT_WAIT_GRACE_MS), store);
       } catch (error) {
         this.metrics.storeErrors.inc();
         this.log.error("tool ran but its result was not stored", { callId, toolCallId, tool: request.name, error: errorText(error) });

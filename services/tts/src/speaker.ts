@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { errorText, isValidCallId, LogThrottle, subjects, type Bus, type Logger } from "@voicebot/bus";
+import { withinMs } from "@voicebot/service-kit";
 import { BotAudio, isSpeakable, SynthesisFailed, TurnTiming, type SpeakRequest } from "@voicebot/proto";
 import { keys, type CallStore } from "@voicebot/state";
 import type { TtsEngine } from "./engine.js";
@@ -293,16 +294,10 @@ export class Speaker {
   /** The cached audio under `key` if present and whole frames of `format`; a slow Redis counts as an error. */
   private async readCache(key: string, format: OutputFormat): Promise<{ audio: Buffer | undefined } | { error: string }> {
     let audio: Buffer | undefined;
-    let timer: NodeJS.Timeout | undefined;
     try {
-      const slow = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no answer within ${CACHE_READ_TIMEOUT_MS} ms`)), CACHE_READ_TIMEOUT_MS);
-      });
-      audio = await Promise.race([this.deps.store.getBuffer(key), slow]);
+      audio = await withinMs(this.deps.store.getBuffer(key), CACHE_READ_TIMEOUT_MS);
     } catch (error) {
       return { error: errorText(error) };
-    } finally {
-      clearTimeout(timer);
     }
     const usable = audio && audio.length > 0 && audio.length % format.frameBytes === 0;
     return { audio: usable ? audio : undefined };

@@ -4,6 +4,7 @@
 // on with it, and the failed engine cools down: later utterances skip it until the cool-down has passed.
 
 import { errorText, type Logger } from "@voicebot/bus";
+import { withinMs } from "@voicebot/service-kit";
 import type { AsrEngine, RecognitionHints, RecognitionResult, UtteranceRecognizer } from "../engine.js";
 import type { AsrMetrics } from "../metrics.js";
 
@@ -173,11 +174,7 @@ class FallbackRecognizer implements UtteranceRecognizer {
 
   private withWatchdog(result: Promise<RecognitionResult>): Promise<RecognitionResult> {
     const { timeoutMs } = this.parent.options;
-    let timer: NodeJS.Timeout | undefined;
-    const watchdog = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new WatchdogTimeout(`no result within ${timeoutMs} ms of the end of speech`)), timeoutMs);
-    });
-    return Promise.race([result, watchdog]).finally(() => clearTimeout(timer));
+    return withinMs(result, timeoutMs, () => new WatchdogTimeout(`no result within ${timeoutMs} ms of the end of speech`));
   }
 
   /** The current engine failed: drop it, mark it, and move the utterance to the next engine (if any). */
