@@ -239,6 +239,22 @@ describe("Bus", () => {
     expect(deliveries).toEqual([1, 2]);
   });
 
+  it("durable publish: outlasts a NATS cluster's stream election (no stream answers for 9 s), and is stored once", async () => {
+    // While a crashed node's streams elect new leaders, publishes get "no responders" (503) for up to a Raft
+    // election timeout (4-9 s in nats-server). A publish given up before that is an answer the caller never hears.
+    const bus = await connect();
+    const queue = { name: "T_ELECTION", subjects: ["t.election"], durable: "e" };
+    const input = DialogInput.create({ callId: "CA1", inputId: "CA1:late" });
+    const started = Date.now();
+    const publishing = bus.publishDurable("t.election", DialogInput, input, "CA1:late");
+    await new Promise((r) => setTimeout(r, 9_000));
+    await bus.ensureWorkQueue(queue, 1_000, 5);
+    await publishing;
+    expect(Date.now() - started).toBeGreaterThanOrEqual(9_000);
+    const jsm = await bus.nc.jetstreamManager();
+    expect((await jsm.streams.info("T_ELECTION")).state.messages).toBe(1);
+  }, 30_000);
+
   it("work queue: a consumer that stops while work streams in finishes what it pulled; nothing waits for the ack wait", async () => {
     // A rolling update: the old replica's consumer stops mid-stream while the new one runs. Messages the old one had
     // pulled but not begun must be worked at once (by it, or by the other), not come back after the ack wait.

@@ -96,8 +96,12 @@ export interface ConsumeOptions {
 /** How long ensureStream waits for a NATS cluster's JetStream to answer (a leader election). */
 const JETSTREAM_READY_MS = 30_000;
 const DURABLE_ATTEMPT_MS = 1_000;
-/** ...and gives up after this long. */
-const DURABLE_DEADLINE_MS = 5_000;
+/**
+ * ...and gives up after this long. It must outlast a stream leader's election in a NATS cluster: a follower waits
+ * 4-9 s for a lost leader before it campaigns (nats-server raft.go), and a split vote takes a second round. With 5 s,
+ * speech queued while a crashed node's streams re-elected was lost (a CI run: the answer never played).
+ */
+const DURABLE_DEADLINE_MS = 20_000;
 /** Wait between attempts at making a lost work queue again (while NATS is still coming back). */
 const RECREATE_RETRY_MS = 500;
 /** Wait before starting a consumer again that ended without being asked to. */
@@ -466,6 +470,7 @@ export class Bus {
    * Publishes to a JetStream subject; the same msgId within two minutes is stored once. A publish made while the
    * client reconnects can vanish (no ack, no error), so each attempt waits at most DURABLE_ATTEMPT_MS for the
    * stream's ack and is repeated (safe: same msgId) until DURABLE_DEADLINE_MS; then the last error is thrown.
+   * Callers do not retry on top of it.
    */
   async publishDurable<T>(subject: string, codec: Codec<T>, message: T, msgId: string, callId?: string): Promise<void> {
     const data = codec.encode(message).finish();

@@ -38,8 +38,6 @@ export interface SessionOptions {
    * before the endpoint discards it. 0: off.
    */
   earlyFinalLeadMs: number;
-  /** Attempts at putting a final on the dialog work queue before giving up. */
-  publishAttempts: number;
   /** Partial texts ending in one of these keep the utterance open past the minimum silence. */
   continuations: Continuations;
 }
@@ -496,21 +494,16 @@ export class CallSession {
     });
   }
 
-  /** The dialog must get every final: retry briefly (the msgId makes retries safe), then log and count the loss. */
+  /** The dialog must get every final: the bus retries it through a NATS restart or election (msgId: once). */
   private async publishDurable(input: DialogInput, msgId: string): Promise<boolean> {
-    const { bus, log, metrics, options } = this.deps;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await bus.publishDurable(subjects.dialogInput(this.callId), DialogInput, input, msgId, this.callId);
-        return true;
-      } catch (error) {
-        if (attempt >= options.publishAttempts) {
-          metrics.publishErrors.inc();
-          log.error("final transcript not queued for the dialog", { callId: this.callId, inputId: msgId, error: errorText(error) });
-          return false;
-        }
-        await new Promise((resolve) => setTimeout(resolve, 200 * attempt));
-      }
+    const { bus, log, metrics } = this.deps;
+    try {
+      await bus.publishDurable(subjects.dialogInput(this.callId), DialogInput, input, msgId, this.callId);
+      return true;
+    } catch (error) {
+      metrics.publishErrors.inc();
+      log.error("final transcript not queued for the dialog", { callId: this.callId, inputId: msgId, error: errorText(error) });
+      return false;
     }
   }
 

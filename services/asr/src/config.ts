@@ -75,7 +75,6 @@ export function readAsrConfig(env: EnvReader): AsrConfig {
       // 0 turns it off; only engines that recognize at the end (cloud uploads) are ever run early.
       earlyFinalLeadMs: env.int("ASR_EARLY_FINAL_LEAD_MS", 350, { min: 0, max: 10_000 }),
       gapFillMaxMs: env.int("ASR_GAP_FILL_MAX_MS", 1_000, { min: 0, max: 10_000 }),
-      publishAttempts: env.int("ASR_PUBLISH_ATTEMPTS", 3, { min: 1, max: 10 }),
       // "none" turns the longer wait off.
       continuations: continuations?.trim().toLowerCase() === "none" ? [] : parseContinuations(continuations ? continuations.split(",") : DEFAULT_CONTINUATIONS),
     },

@@ -81,8 +81,6 @@ export class LiveCalls {
 const MULAW_8K = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 };
 /** End reasons on the caller's side: the call's work is cancelled with reason "hangup". */
 const CALLER_END_REASONS = new Set(["caller_hangup", "stream_closed"]);
-/** Durable dialog inputs are retried this many times (JetStream dedupes by msgId, so retrying is safe). */
-const DURABLE_ATTEMPTS = 5;
 /** Every message to Twilio is a text frame, strings and the Buffers of `media` messages alike. */
 const TEXT_FRAME = { binary: false };
 
@@ -835,21 +833,13 @@ export class CallSession {
     }
   }
 
-  /** Durable dialog input, retried with backoff; JetStream stores a msgId once, so retries cannot duplicate. */
+  /** Durable dialog input; the bus retries it through a NATS restart or election (a msgId is stored once). */
   private async publishInput(input: DialogInput): Promise<void> {
-    const callId = input.callId;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.deps.bus.publishDurable(subjects.dialogInput(callId), DialogInput, input, input.inputId, callId);
-        return;
-      } catch (error) {
-        if (attempt >= DURABLE_ATTEMPTS) {
-          this.deps.metrics.publishErrors.inc({ message: `dialog_${input.input?.$case ?? "input"}` });
-          this.log.error("dialog input could not be published", { inputId: input.inputId, attempts: attempt, error: errorText(error) });
-          return;
-        }
-        await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attempt));
-      }
+    try {
+      await this.deps.bus.publishDurable(subjects.dialogInput(input.callId), DialogInput, input, input.inputId, input.callId);
+    } catch (error) {
+      this.deps.metrics.publishErrors.inc({ message: `dialog_${input.input?.$case ?? "input"}` });
+      this.log.error("dialog input could not be published", { inputId: input.inputId, error: errorText(error) });
     }
   }
 
