@@ -121,11 +121,13 @@ describe("one replica of a stage crashes mid-call", () => {
     await replace("dialog");
   });
 
-  test("tools: the replica running a tool dies; the call goes on and keys pressed meanwhile are answered", async () => {
+  test("tools: the replica running a tool dies; the other runs it again, and keys pressed meanwhile are answered", async () => {
     cluster.slow.delayMs = 2_500;
+    const callsBefore = cluster.slow.calls;
     const sim = await connected(cluster);
     await sim.pressKeys("5");
     const victim = await cluster.busy("tools");
+    await waitFor(() => cluster.slow.calls > callsBefore, { what: "the slow backend called" }); // mid-tool
     const killedAt = Date.now();
     await cluster.kill(victim);
     await sim.pressKeys("3");
@@ -135,10 +137,16 @@ describe("one replica of a stage crashes mid-call", () => {
       (r) => lines(r).bot.some((b) => /slow tool (finished|failed)/.test(b)) && lines(r).bot.some((b) => answers["3"].test(b)),
       TURN_MS,
     );
+    const answeredMs = Date.now() - killedAt;
     const { keys, bot } = lines(record);
     expect(keys).toEqual(["5", "3"]);
-    const toolLine = bot.find((b) => /slow tool/.test(b))!;
-    report.push(`tools kill mid-tool: "${toolLine}" ${Date.now() - killedAt} ms after the kill; lost keys 0`);
+    // The dialog heard the dead replica fall silent and sent the request again; the survivor took over its stale
+    // claim and ran the (idempotent) tool a second time, instead of the caller waiting out its 10 s timeout.
+    expect(bot.filter((b) => /slow tool/.test(b))).toEqual(["The slow tool finished."]);
+    expect(cluster.slow.calls - callsBefore).toBe(2);
+    const survivor = cluster.replicas.tools[0];
+    const takenOverMs = await logDelay(survivor, "tool request's first execution was lost with its replica: running the idempotent tool again", killedAt);
+    report.push(`tools kill mid-tool: the survivor ran the tool again ${takenOverMs} ms after the kill; both answers in the record ${answeredMs} ms after it; lost keys 0`);
     await sim.hangUp();
     await replace("tools");
   });
@@ -287,18 +295,22 @@ describe("one replica of a stage frozen mid-call, then woken", () => {
   test("tools: the replica running a tool freezes; the call goes on, and later tools are answered", async () => {
     cluster.slow.delayMs = 2_500;
     const sim = await connected(cluster);
+    const callsBefore = cluster.slow.calls;
     await sim.pressKeys("5");
     const frozen = await cluster.busy("tools");
+    await waitFor(() => cluster.slow.calls > callsBefore, { what: "the slow backend called" }); // mid-tool
     const frozenAt = Date.now();
     const thaw = cluster.freeze(frozen);
     await sim.pressKeys("3");
-    await cluster.waitForRecord(
+    const first = await cluster.waitForRecord(
       sim.callSid,
       "an answer about the slow tool, then the answer to 3",
       (r) => lines(r).bot.some((b) => /slow tool (finished|failed)/.test(b)) && lines(r).bot.some((b) => answers["3"].test(b)),
       TURN_MS,
     );
     const firstMs = Date.now() - frozenAt;
+    // Gone silent mid-tool, the frozen replica's claim went stale: the other ran the tool again and it finished.
+    expect(lines(first).bot.filter((b) => /slow tool/.test(b))).toEqual(["The slow tool finished."]);
     // Still frozen: each tool request must still be answered (the queue group may pick the frozen replica).
     cluster.slow.delayMs = 0;
     const finished = (r: Parameters<typeof lines>[0]) => lines(r).bot.filter((b) => /slow tool finished/.test(b)).length;

@@ -1,10 +1,11 @@
 import { CallEnded, CallStarted, DialogInput, KeypadPress } from "@voicebot/proto";
 import { startNats, waitFor, type ServerHandle } from "@voicebot/testing";
+import { headers as natsHeaders } from "nats";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Bus, BusError } from "./bus.js";
 import { silentLogger } from "./log.js";
-import { callIdOfSubject, isValidCallId, subjects } from "./subjects.js";
+import { callIdOfSubject, headerNames, isValidCallId, subjects } from "./subjects.js";
 
 let nats: ServerHandle;
 const buses: Bus[] = [];
@@ -209,6 +210,54 @@ describe("Bus", () => {
     } satisfies Partial<BusError>);
     expect(Date.now() - started).toBeGreaterThanOrEqual(390);
   });
+
+  it("a request whose taker dies or freezes after its receipt is sent again and answered by another replica; one at work is not", async () => {
+    const registry = new Registry();
+    const client = await connect(registry);
+    const resent = async (reason: string) => {
+      const values = (await registry.getSingleMetric("voicebot_bus_requests_resent_total")!.get()).values;
+      return values.filter((v) => v.labels.reason === reason).reduce((sum, v) => sum + v.value, 0);
+    };
+
+    // At work for 3 s, confirming it all along: never sent again.
+    const worker = await connect();
+    worker.serve("t.long", KeypadPress, KeypadPress, async (m) => (await new Promise((r) => setTimeout(r, 3_000)), m), { name: "long", queue: "g" });
+    await worker.nc.flush();
+    await client.request("t.long", KeypadPress, KeypadPress.create({ digit: "1" }), KeypadPress, 6_000, undefined, { receiptMs: 100, maxSends: 60 });
+    expect(await resent("taker_silent")).toBe(0);
+    expect(await resent("no_receipt")).toBe(0);
+
+    // Dies while at work (its connection closes, as a killed process's does): the request goes to the survivor.
+    const dying = await connect();
+    let dyingTook!: () => void;
+    const took = new Promise<void>((resolve) => (dyingTook = resolve));
+    dying.serve("t.die", KeypadPress, KeypadPress, () => (dyingTook(), new Promise<never>(() => undefined)), { name: "die", queue: "g" });
+    await dying.nc.flush();
+    const started = Date.now();
+    const answer = client.request("t.die", KeypadPress, KeypadPress.create({ digit: "2" }), KeypadPress, 10_000, undefined, { receiptMs: 100, maxSends: 60 });
+    await took;
+    const survivor = await connect();
+    survivor.serve("t.die", KeypadPress, KeypadPress, async (m) => ({ ...m, digit: m.digit + "!" }), { name: "die", queue: "g" });
+    await survivor.nc.flush();
+    await dying.close();
+    expect((await answer).digit).toBe("2!");
+    expect(Date.now() - started).toBeLessThan(6_000);
+    expect(await resent("taker_silent")).toBe(1);
+
+    // Freezes after its first receipt (open connection, silent): the request goes around it.
+    const frozen = await connect();
+    const receipt = natsHeaders();
+    receipt.set(headerNames.receipt, "sent");
+    let frozenTook = 0;
+    frozen.nc.subscribe("t.die", { queue: "g", callback: (_e, msg) => frozenTook++ === 0 && msg.respond(new Uint8Array(0), { headers: receipt }) });
+    await frozen.nc.flush();
+    for (let i = 0; i < 20 && frozenTook === 0; i++) {
+      const reply = await client.request("t.die", KeypadPress, KeypadPress.create({ digit: String(i) }), KeypadPress, 10_000, undefined, { receiptMs: 100, maxSends: 60 });
+      expect(reply.digit).toBe(`${i}!`);
+    }
+    expect(frozenTook).toBeGreaterThan(0);
+    expect(await resent("taker_silent")).toBe(2);
+  }, 60_000);
 
   it("work queue: deduplicates by message id and redelivers what a worker did not ack", async () => {
     const bus = await connect();

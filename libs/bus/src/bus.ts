@@ -130,7 +130,7 @@ export class Bus {
   private readonly received: Counter<"handler">;
   private readonly published: PendingCount;
   private readonly statusChanges: Counter<"type">;
-  private readonly resentRequests: Counter<"subject">;
+  private readonly resentRequests: Counter<"subject" | "reason">;
   /** Set by drain/close: consumers stop for good instead of starting over. */
   private closing = false;
   /** Bad messages are counted in full and logged in samples (per handler, one line a second). */
@@ -153,8 +153,8 @@ export class Bus {
     this.statusChanges = metric("voicebot_bus_connection_events_total", "NATS connection status changes", ["type"]);
     this.resentRequests = metric(
       "voicebot_bus_requests_resent_total",
-      "Requests sent again because no replica took them up in time (the one NATS chose was frozen or stalled)",
-      ["subject"],
+      "Requests sent again: no replica took them up in time (no_receipt: the one NATS chose was frozen or stalled), or the replica that took one stopped confirming it was still at work (taker_silent: it died or froze)",
+      ["subject", "reason"],
     );
     void this.watchStatus();
   }
@@ -322,8 +322,10 @@ export class Bus {
   /**
    * A request whose server says it took it up (a receipt: see serve) within `receiptMs`, else sent again, to the
    * same reply inbox, so that a queue group can give it to another replica: NATS keeps routing to a member whose
-   * process is frozen or starved (its connection is open) until pings time it out, minutes later. The first answer
-   * from any sending is the answer; a server that sends no receipt (an older version) still answers the first.
+   * process is frozen or starved (its connection is open) until pings time it out, minutes later. The server repeats
+   * its receipt while it works; a taker silent for TAKER_SILENT_MS died or froze after taking the request, so it is
+   * sent again too. The first answer from any sending is the answer; a server that sends no receipt (an older
+   * version) still answers the first.
    */
   private requestWithReceipt(subject: string, payload: Uint8Array, timeoutMs: number, callId: string | undefined, receiptMs: number, maxSends: number): Promise<Msg> {
     const inbox = createInbox();
@@ -340,12 +342,16 @@ export class Bus {
         if (outcome instanceof BusError) reject(outcome);
         else resolve(outcome);
       };
+      const sendAgainAfter = (ms: number, reason: "no_receipt" | "taker_silent") => {
+        clearTimeout(resend);
+        if (sends < maxSends) resend = setTimeout(() => send(reason), ms);
+      };
       const sub = this.nc.subscribe(inbox, {
         callback: (err, msg) => {
           if (err) return finish(new BusError(`request on ${subject} failed: ${errorText(err)}`, "disconnected"));
           if (msg.headers?.get(headerNames.receipt) === RECEIPT_SENT) {
             receipted = true;
-            clearTimeout(resend);
+            sendAgainAfter(TAKER_SILENT_MS, "taker_silent");
             return;
           }
           if (msg.headers?.code === 503) {
@@ -356,15 +362,16 @@ export class Bus {
           finish(msg);
         },
       });
-      const send = () => {
+      const send = (reason?: "no_receipt" | "taker_silent") => {
         sends++;
-        if (sends > 1) this.resentRequests.inc({ subject });
+        if (reason) this.resentRequests.inc({ subject, reason });
+        receipted = false;
         try {
           this.nc.publish(subject, payload, { reply: inbox, headers: hdrs });
         } catch (error) {
           return finish(new BusError(`request on ${subject} failed: ${errorText(error)}`, "disconnected"));
         }
-        if (sends < maxSends) resend = setTimeout(() => !receipted && send(), receiptMs);
+        sendAgainAfter(receiptMs, "no_receipt");
       };
       const deadline = setTimeout(() => finish(new BusError(`request on ${subject} timed out after ${timeoutMs} ms`, "timeout")), timeoutMs);
       send();
@@ -373,7 +380,7 @@ export class Bus {
 
   /**
    * Answers requests; with a queue group, one replica answers each. A request that asks for a receipt (see
-   * requestWithReceipt) gets one the moment it is taken up.
+   * requestWithReceipt) gets one the moment it is taken up, and again every RECEIPT_REPEAT_MS until it is answered.
    */
   serve<Req, Res>(
     subject: string,
@@ -390,12 +397,27 @@ export class Bus {
         const request = this.decode(requestCodec, msg, options.name);
         if (request === undefined) return;
         received.value++;
-        if (msg.reply && msg.headers?.get(headerNames.receipt) === RECEIPT_WANTED) msg.respond(EMPTY, { headers: receiptHeaders });
+        let stillWorking: NodeJS.Timeout | undefined;
+        if (msg.reply && msg.headers?.get(headerNames.receipt) === RECEIPT_WANTED) {
+          const receipt = () => {
+            try {
+              msg.respond(EMPTY, { headers: receiptHeaders });
+            } catch {
+              clearInterval(stillWorking); // the connection closed: the requester will send it again
+            }
+          };
+          receipt();
+          stillWorking = setInterval(receipt, RECEIPT_REPEAT_MS);
+        }
         // Read now: the handler may run long, and a lazy delivery would keep the client's read buffer alive.
         const delivery: Delivery = { subject: msg.subject, callId: callIdOf(msg) };
         handler(request, delivery).then(
-          (response) => msg.respond(responseCodec.encode(response).finish()),
+          (response) => {
+            clearInterval(stillWorking);
+            msg.respond(responseCodec.encode(response).finish());
+          },
           (error) => {
+            clearInterval(stillWorking);
             this.handlerErrors.inc({ handler: options.name });
             const admitted = this.logThrottle.admit(`handler:${options.name}`);
             if (admitted) this.log.error("request handler failed", { handler: options.name, error: errorText(error), ...admitted });
@@ -656,14 +678,19 @@ function isPromise(value: unknown): value is Promise<void> {
 
 export interface RequestOptions {
   /**
-   * Ask the server for a receipt and send the request again when none came within this many ms (at most `maxSends`
-   * times in all). Only for requests that may run twice: their handlers must deduplicate (tools do, by toolCallId).
+   * Ask the server for a receipt and send the request again when none came within this many ms, or when the server
+   * that took it stops confirming it is at work (at most `maxSends` times in all). Only for requests that may run
+   * twice: their handlers must deduplicate (tools do, by toolCallId).
    */
   receiptMs?: number;
   maxSends?: number;
 }
 
 const RECEIPT_WANTED = "wanted";
+/** A server working on a request confirms it this often... */
+const RECEIPT_REPEAT_MS = 500;
+/** ...and a requester that hears nothing from it for this long sends the request again (it died or froze). */
+const TAKER_SILENT_MS = 4 * RECEIPT_REPEAT_MS;
 const RECEIPT_SENT = "sent";
 const EMPTY = new Uint8Array(0);
 const receiptHeaders = (() => {

@@ -15,6 +15,7 @@ afterAll(async () => {
 });
 
 const meta = (callSid: string) => ({ callSid, provider: "twilio", streamSid: "MZ1", agent: "order-line", from: "", to: "", startedAt: new Date().toISOString() });
+const claimer = { holder: "tools-test", ttlMs: 60_000, takeStale: false };
 
 describe("CallStore", () => {
   it("keeps an ordered call record that outlives the call by the record TTL", async () => {
@@ -94,18 +95,48 @@ describe("CallStore", () => {
     expect((await store.loadDialog("CA5")).value).toBeUndefined();
   });
 
+  it("a tool claim lasts while its holder keeps it; a stale one is reported, or taken over when asked", async () => {
+    await store.createCall(meta("CA7"));
+    const a = { holder: "tools-a", ttlMs: 300, takeStale: false };
+    const b = { holder: "tools-b", ttlMs: 300, takeStale: false };
+    expect(await store.claimToolCall("CA7", "t1", a)).toEqual({ kind: "claimed" });
+    expect(await store.claimToolCall("CA7", "t1", b)).toEqual({ kind: "taken" });
+    // Kept past its first life by its holder; another holder's keep does not touch it.
+    for (let i = 0; i < 3; i++) {
+      await new Promise((r) => setTimeout(r, 150));
+      expect(await store.keepToolClaims("tools-a", [{ callId: "CA7", toolCallId: "t1" }], 300)).toBe(1);
+      expect(await store.keepToolClaims("tools-b", [{ callId: "CA7", toolCallId: "t1" }], 300)).toBe(0);
+    }
+    expect(await store.claimToolCall("CA7", "t1", b)).toEqual({ kind: "taken" });
+    // Its holder stops keeping it (died, froze): stale, and taken over only by a caller that may run it twice.
+    await new Promise((r) => setTimeout(r, 350));
+    expect(await store.claimToolCall("CA7", "t1", b)).toEqual({ kind: "stale" });
+    expect(await store.claimToolCall("CA7", "t1", { ...b, takeStale: true })).toEqual({ kind: "claimed", takenOver: true });
+    expect(await store.claimToolCall("CA7", "t1", a)).toEqual({ kind: "taken" });
+    // The old holder, woken, cannot keep what was taken over.
+    expect(await store.keepToolClaims("tools-a", [{ callId: "CA7", toolCallId: "t1" }], 300)).toBe(0);
+    expect(await store.keepToolClaims("tools-b", [{ callId: "CA7", toolCallId: "t1" }], 300)).toBe(1);
+    // A claim an older version wrote (no expiry) is held for good, as it was.
+    await store.redis.hset(keys.once("CA7"), "tool:t2", "1");
+    expect(await store.claimToolCall("CA7", "t2", { ...b, takeStale: true })).toEqual({ kind: "taken" });
+    // After the hang-up nothing is kept or written back.
+    await store.endCall("CA7", "caller_hangup");
+    expect(await store.keepToolClaims("tools-b", [{ callId: "CA7", toolCallId: "t1" }], 300)).toBe(0);
+    expect(await liveKeysOf("CA7")).toEqual([]);
+  });
+
   it("endCall deletes the call's once-marks and stored tool results, and nothing brings them back", async () => {
     await store.createCall(meta("CA6"));
     const dialog = await store.loadDialog("CA6");
     expect(await store.commitDialog("CA6", { n: 1 }, dialog.version, { once: { scope: "heard", id: "in1#0" } })).toMatchObject({ firstTime: true });
-    expect(await store.claimToolCall("CA6", "in1/0:lookup")).toEqual({ kind: "claimed" });
+    expect(await store.claimToolCall("CA6", "in1/0:lookup", claimer)).toEqual({ kind: "claimed" });
     expect(await store.saveToolResult("CA6", "in1/0:lookup", { ok: true })).toBe(true);
-    expect(await store.claimToolCall("CA6", "in1/0:lookup")).toEqual({ kind: "stored", result: { ok: true } });
+    expect(await store.claimToolCall("CA6", "in1/0:lookup", claimer)).toEqual({ kind: "stored", result: { ok: true } });
     await store.endCall("CA6", "caller_hangup");
     expect(await liveKeysOf("CA6")).toEqual([]);
     // After the hang-up: nothing is claimed or stored, so nothing can act twice and no key outlives the record.
     expect((await store.commitDialog("CA6", { n: 2 }, "1", { once: { scope: "heard", id: "in1#1" } })).saved).toBe(false);
-    expect(await store.claimToolCall("CA6", "in1/0:lookup")).toEqual({ kind: "not_live", call: "ended" });
+    expect(await store.claimToolCall("CA6", "in1/0:lookup", claimer)).toEqual({ kind: "not_live", call: "ended" });
     expect(await store.saveToolResult("CA6", "in1/0:lookup", { ok: true })).toBe(false);
     expect(await liveKeysOf("CA6")).toEqual([]);
   });

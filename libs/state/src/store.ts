@@ -228,17 +228,39 @@ redis.call('HSET', KEYS[1], 'state', 'ended', 'endedAt', ARGV[2], 'endReason', A
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1`;
 
-// KEYS: meta, tool results hash, once hash. ARGV: toolCallId, once field, TTL. Before running a tool: the call
-// must be live; then its stored result, else the claim. Returns {call state or ''} | {'live', 'stored', result} |
-// {'live', 'claimed'} | {'live', 'taken'} (another request holds the claim).
+// KEYS: meta, tool results hash, once hash. ARGV: toolCallId, once field, TTL, holder, claim TTL, take a stale
+// claim ('1' or '0'). Before running a tool: the call must be live; then its stored result, else the claim
+// ("<holder> <expires at, Redis ms>", kept alive by its holder while the tool runs). Returns {call state or ''} |
+// {'live', 'stored', result} | {'live', 'claimed' | 'retaken'} | {'live', 'taken'} (another request holds the
+// claim) | {'live', 'stale'} (its holder stopped keeping it: died or froze; not taken over).
 const TOOL_CLAIM_SCRIPT = `
 local call = redis.call('HGET', KEYS[1], 'state')
 if call ~= 'live' then return {call or ''} end
 local stored = redis.call('HGET', KEYS[2], ARGV[1])
 if stored then return {'live', 'stored', stored} end
-if redis.call('HSETNX', KEYS[3], ARGV[2], '1') == 0 then return {'live', 'taken'} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local held = redis.call('HGET', KEYS[3], ARGV[2])
+local kind = 'claimed'
+if held then
+  -- A claim without an expiry was written by an older version: it is held for good, as it was then.
+  local expires = tonumber(string.match(held, ' (%d+)$'))
+  if not expires or expires > now then return {'live', 'taken'} end
+  if ARGV[6] ~= '1' then return {'live', 'stale'} end
+  kind = 'retaken'
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[4] .. ' ' .. (now + tonumber(ARGV[5])))
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
-return {'live', 'claimed'}`;
+return {'live', kind}`;
+
+// KEYS: once hash. ARGV: once field, holder, claim TTL. Extends a tool claim this holder still has (1), else 0:
+// the call ended (the hash is gone) or the claim was taken over.
+const TOOL_KEEP_SCRIPT = `
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held or string.sub(held, 1, #ARGV[2] + 1) ~= ARGV[2] .. ' ' then return 0 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])))
+return 1`;
 
 // KEYS: meta, tool results hash. ARGV: toolCallId, result, TTL. Not stored for an ended call (returns 0).
 const TOOL_SAVE_SCRIPT = `
@@ -322,10 +344,21 @@ export type ToolClaim<T> =
   | { kind: "not_live"; call: CallState | undefined }
   /** A repeated request: the first execution's result. */
   | { kind: "stored"; result: T }
-  /** This request runs the tool. */
-  | { kind: "claimed" }
+  /** This request runs the tool; `takenOver`: from a holder that stopped keeping its claim. */
+  | { kind: "claimed"; takenOver?: true }
   /** Another request runs it: wait for its stored result. */
-  | { kind: "taken" };
+  | { kind: "taken" }
+  /** The request that claimed it stopped keeping its claim (its replica died or froze) and stored no result. */
+  | { kind: "stale" };
+
+/** Who claims a tool call (store.claimToolCall), and for how long without keeping it (store.keepToolClaims). */
+export interface ToolClaimHolder {
+  /** The replica's instance name; no spaces. */
+  holder: string;
+  ttlMs: number;
+  /** Take over a stale claim (the tool may run twice); else it is reported as stale. */
+  takeStale: boolean;
+}
 
 /**
  * Per-call state in Redis. Everything a stateless stage needs to take any turn of any call lives here,
@@ -346,6 +379,7 @@ export class CallStore {
     redis.defineCommand("vbAppend", { numberOfKeys: 3, lua: APPEND_SCRIPT });
     redis.defineCommand("vbToolClaim", { numberOfKeys: 3, lua: TOOL_CLAIM_SCRIPT });
     redis.defineCommand("vbToolSave", { numberOfKeys: 2, lua: TOOL_SAVE_SCRIPT });
+    redis.defineCommand("vbToolKeep", { numberOfKeys: 1, lua: TOOL_KEEP_SCRIPT });
     redis.defineCommand("vbDialing", { numberOfKeys: 1, lua: DIALING_SCRIPT });
     redis.defineCommand("vbEndUnanswered", { numberOfKeys: 1, lua: END_UNANSWERED_SCRIPT });
   }
@@ -645,9 +679,10 @@ export class CallStore {
 
   /**
    * Before running a tool, in one round trip: the call must be live; a repeated request gets the stored result;
-   * otherwise the first request claims the execution (once per toolCallId while the call is live).
+   * otherwise the first request claims the execution (once per toolCallId while the call is live). A claim lasts
+   * `ttlMs` unless its holder keeps it (keepToolClaims): one whose holder died or froze goes stale.
    */
-  async claimToolCall<T>(callId: string, toolCallId: string): Promise<ToolClaim<T>> {
+  async claimToolCall<T>(callId: string, toolCallId: string, claim: ToolClaimHolder): Promise<ToolClaim<T>> {
     const reply = await scripts(this.redis).vbToolClaim(
       keys.meta(callId),
       keys.toolResults(callId),
@@ -655,11 +690,39 @@ export class CallStore {
       toolCallId,
       onceField("tool", toolCallId),
       this.options.liveTtlMs,
+      claim.holder,
+      claim.ttlMs,
+      claim.takeStale ? "1" : "0",
     );
     const call = callStateOf(reply[0]);
     if (call !== "live") return { kind: "not_live", call };
-    if (reply[1] === "stored") return { kind: "stored", result: JSON.parse(String(reply[2])) as T };
-    return { kind: reply[1] === "claimed" ? "claimed" : "taken" };
+    switch (reply[1]) {
+      case "stored":
+        return { kind: "stored", result: JSON.parse(String(reply[2])) as T };
+      case "claimed":
+        return { kind: "claimed" };
+      case "retaken":
+        return { kind: "claimed", takenOver: true };
+      case "stale":
+        return { kind: "stale" };
+      default:
+        return { kind: "taken" };
+    }
+  }
+
+  /** Extends the tool claims `holder` still has, in one round trip; returns how many it still had. */
+  async keepToolClaims(holder: string, claims: ReadonlyArray<{ callId: string; toolCallId: string }>, ttlMs: number): Promise<number> {
+    if (claims.length === 0) return 0;
+    const pipeline = this.redis.pipeline() as unknown as ScriptPipeline;
+    for (const { callId, toolCallId } of claims) pipeline.vbToolKeep(keys.once(callId), onceField("tool", toolCallId), holder, ttlMs);
+    const replies = await pipeline.exec();
+    if (!replies) throw new Error("tool claim pipeline was discarded");
+    let kept = 0;
+    for (const [error, reply] of replies) {
+      if (error) throw error;
+      if (reply === 1) kept++;
+    }
+    return kept;
   }
 
   /** Stores a tool's result for repeated requests while the call is live; false (not stored) once it ended. */
@@ -706,7 +769,8 @@ interface RedisWithScripts extends Redis {
   vbCommit(...keysThenArgs: Arg[]): Promise<[number, string | number]>;
   vbClearMark(dialog: string, mark: string): Promise<number>;
   vbAppend(meta: string, list: string, once: string, entry: string, liveTtlMs: number, recordTtlMs: number, onceField: string): Promise<number>;
-  vbToolClaim(meta: string, results: string, once: string, toolCallId: string, field: string, ttlMs: number): Promise<string[]>;
+  vbToolClaim(meta: string, results: string, once: string, toolCallId: string, field: string, ttlMs: number, holder: string, claimTtlMs: number, takeStale: string): Promise<string[]>;
+  vbToolKeep(once: string, field: string, holder: string, claimTtlMs: number): Promise<number>;
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
   vbDialing(meta: string, ttlMs: number, callSid: string, agent: string, from: string, to: string): Promise<number>;
   vbEndUnanswered(meta: string, callSid: string, endedAt: string, reason: string, recordTtlMs: number, from: string, to: string): Promise<number>;
@@ -714,6 +778,7 @@ interface RedisWithScripts extends Redis {
 
 interface ScriptPipeline {
   vbRenew(lease: string, meta: string, owner: string, ttlMs: number): ScriptPipeline;
+  vbToolKeep(once: string, field: string, holder: string, claimTtlMs: number): ScriptPipeline;
   zadd(key: string, ...scoresAndMembers: Arg[]): ScriptPipeline;
   exec(): Promise<Array<[Error | null, unknown]> | null>;
 }

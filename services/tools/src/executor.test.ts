@@ -190,9 +190,10 @@ describe("ToolExecutor", () => {
     const refund: Tool = { name: "refund", defaultTimeoutMs: 100, run: async () => ({ refunded: true }) };
     const executor = new ToolExecutor([lookup, refund], store, createExecutorMetrics(new Registry()), silentLogger);
     await liveCall("CAorphan");
-    // A replica claimed both, then died (or failed to write) before any result was stored.
-    expect(await store.claimToolCall("CAorphan", "lookup-1")).toEqual({ kind: "claimed" });
-    expect(await store.claimToolCall("CAorphan", "refund-1")).toEqual({ kind: "claimed" });
+    // A replica claimed both and still keeps the claims, but stores no result (it hangs, or cannot write).
+    const hung = { holder: "tools-hung", ttlMs: 60_000, takeStale: false };
+    expect(await store.claimToolCall("CAorphan", "lookup-1", hung)).toEqual({ kind: "claimed" });
+    expect(await store.claimToolCall("CAorphan", "refund-1", hung)).toEqual({ kind: "claimed" });
     const [again, refused] = await Promise.all([executor.handle(request("CAorphan", "lookup")), executor.handle(request("CAorphan", "refund"))]);
     expect(again).toMatchObject({ ok: true });
     expect(JSON.parse(again.resultJson)).toEqual({ found: true });
@@ -200,6 +201,51 @@ describe("ToolExecutor", () => {
     await executor.idle();
     expect(await store.toolResult("CAorphan", "lookup-1")).toEqual(again);
   });
+
+  it("a repeat of a request whose replica died mid-tool runs an idempotent tool at once, and says a tool with effects has an unknown outcome", async () => {
+    let lookups = 0;
+    let refunds = 0;
+    const lookup: Tool = { name: "lookup", defaultTimeoutMs: 10_000, idempotent: true, run: async () => ({ found: ++lookups }) };
+    const refund: Tool = { name: "refund", defaultTimeoutMs: 10_000, run: async () => ({ refunded: ++refunds }) };
+    const registry = new Registry();
+    const executor = new ToolExecutor([lookup, refund], store, createExecutorMetrics(registry), silentLogger, "tools-survivor");
+    await liveCall("CAdied");
+    // The replica that took both claimed them and died before answering: nobody keeps its claims now.
+    const dead = { holder: "tools-dead", ttlMs: 600, takeStale: false };
+    expect(await store.claimToolCall("CAdied", "lookup-1", dead)).toEqual({ kind: "claimed" });
+    expect(await store.claimToolCall("CAdied", "refund-1", dead)).toEqual({ kind: "claimed" });
+    const started = Date.now();
+    const [again, unknown] = await Promise.all([executor.handle(request("CAdied", "lookup")), executor.handle(request("CAdied", "refund"))]);
+    // Within the dead claim's life, not the tools' 10 s timeout plus the wait's grace.
+    expect(Date.now() - started).toBeLessThan(3_000);
+    expect(again).toMatchObject({ ok: true });
+    expect(lookups).toBe(1);
+    expect(unknown).toMatchObject({ ok: false, errorCode: "outcome_unknown" });
+    expect(refunds).toBe(0);
+    expect(await metricSum(registry, "voicebot_tools_duplicate_requests_total", { kind: "taken_over" })).toBe(1);
+    expect(await metricSum(registry, "voicebot_tools_duplicate_requests_total", { kind: "stale" })).toBe(1);
+    await executor.idle();
+    expect(await store.toolResult("CAdied", "lookup-1")).toEqual(again);
+  });
+
+  it("a replica keeps the claim of a tool that runs long: a concurrent repeat elsewhere waits for its result instead of taking it over", async () => {
+    let runs = 0;
+    const slowLookup: Tool = {
+      name: "slow",
+      defaultTimeoutMs: 10_000,
+      idempotent: true,
+      run: async () => (await new Promise((r) => setTimeout(r, 4_000)), { run: ++runs }),
+    };
+    const running = new ToolExecutor([slowLookup], store, createExecutorMetrics(new Registry()), silentLogger, "tools-a");
+    const other = new ToolExecutor([slowLookup], store, createExecutorMetrics(new Registry()), silentLogger, "tools-b");
+    await liveCall("CAlong");
+    const first = running.handle(request("CAlong", "slow"));
+    await new Promise((r) => setTimeout(r, 100));
+    // Past the claim's 3 s life without keeping: the repeat would take it over and run the tool a second time.
+    const repeat = await other.handle(request("CAlong", "slow", { repeat: true }));
+    expect(repeat).toEqual(await first);
+    expect(runs).toBe(1);
+  }, 15_000);
 
   it("keeps no claim or result of an ended call: a tool that ran across the hang-up stores nothing, a repeat is refused", async () => {
     let runs = 0;

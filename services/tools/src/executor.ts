@@ -1,12 +1,13 @@
+import { randomBytes } from "node:crypto";
 import { errorText, isValidCallId, LogThrottle, type Logger } from "@voicebot/bus";
 import { ToolCallResult, type ToolCallRequest } from "@voicebot/proto";
 import { isLinkFailure, retryWhileLinkLost } from "@voicebot/service-kit";
-import type { CallStore, ToolCallEntry } from "@voicebot/state";
+import type { CallStore, ToolCallEntry, ToolClaim, ToolClaimHolder } from "@voicebot/state";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { LiveCalls } from "./live-calls.js";
 import { InvalidArgumentsError, PermanentToolError, type Tool } from "./tool.js";
 
-export type ToolErrorCode = "unknown_tool" | "invalid_arguments" | "timeout" | "failed" | "cancelled" | "unavailable";
+export type ToolErrorCode = "unknown_tool" | "invalid_arguments" | "timeout" | "failed" | "cancelled" | "unavailable" | "outcome_unknown";
 
 /** Longest a request may ask a tool to run. */
 export const MAX_TOOL_TIMEOUT_MS = 30_000;
@@ -20,6 +21,13 @@ const MAX_RETRIES = 2;
 const RETRY_BASE_MS = 100;
 /** How long writes after an answer (result, record line, claim) are tried again while Redis is unreachable. */
 const STORE_RETRY_MS = 20_000;
+/**
+ * A claim on a tool call lasts this long unless its replica keeps it, every CLAIM_KEEP_MS while the tool runs: a
+ * replica that died or froze mid-tool leaves a stale claim, which a repeat of the request (sent again when the
+ * replica stopped confirming it) takes over at once rather than after the whole tool timeout.
+ */
+const CLAIM_TTL_MS = 3_000;
+const CLAIM_KEEP_MS = 1_000;
 
 export interface ExecutorMetrics {
   calls: Counter<"tool" | "outcome">;
@@ -93,13 +101,20 @@ export class ToolExecutor {
   private readonly running = new Map<string, Set<AbortController>>();
   /** Calls a claim found live lately: their idempotent tools run without one. */
   private readonly liveCalls = new LiveCalls();
+  /** The claims of the tools running here, kept alive while they run. */
+  private readonly claimsHeld = new Set<{ callId: string; toolCallId: string }>();
+  private claimKeeper: NodeJS.Timeout | undefined;
 
-  /** `tools`: the same tools for every agent, or a resolver that knows each agent's own tools. */
+  /**
+   * `tools`: the same tools for every agent, or a resolver that knows each agent's own tools. `holder`: this
+   * replica's name on the claims it holds (unique among replicas).
+   */
   constructor(
     tools: Tool[] | ToolResolver,
     private readonly store: CallStore,
     private readonly metrics: ExecutorMetrics,
     private readonly log: Logger,
+    private readonly holder = `tools-${randomBytes(6).toString("hex")}`,
   ) {
     if (typeof tools === "function") this.resolve = tools;
     else {
@@ -157,38 +172,33 @@ export class ToolExecutor {
     const timeoutMs = this.timeoutFor(request, tool);
     // The dialog waits the tool's timeout from sending the request: time spent here waiting for Redis comes out of it.
     const deadline = arrived + timeoutMs;
+    const claimAs: ToolClaimHolder = { holder: this.holder, ttlMs: CLAIM_TTL_MS, takeStale: tool?.idempotent === true };
     if (tool?.idempotent && !request.repeat && this.liveCalls.isLive(callId)) {
       // Running it twice is harmless and a claim found the call live moments ago: no round trip before it runs.
       // The claim still goes out, unawaited: a repeat of this request (a turn redone after its dialog replica died,
       // marked `repeat`, which always claims first) finds it and waits for this execution's result.
       this.metrics.unclaimed.inc();
-      this.keepStoring(request, () => this.store.claimToolCall(callId, toolCallId));
-      return this.runAndStore(request, tool, deadline, cancelled);
+      this.keepStoring(request, () => this.store.claimToolCall(callId, toolCallId, claimAs));
+      return this.runHoldingClaim(request, tool, deadline, cancelled);
     }
     // The call's state, a stored result and the claim in one Redis round trip (every round trip here is on the
     // caller's wait for the answer), atomic with endCall: nothing is claimed for an ended call, so a request that
     // comes after the hang-up cannot run a tool again once endCall has deleted the claims.
     // A Redis failover or restart (seconds) is waited out within the tool's time rather than failing the tool.
-    let claim;
+    let firstClaim: ToolClaim<ToolCallResult>;
     try {
-      claim = await this.whileLinkLost("claim", request, deadline, () => this.store.claimToolCall<ToolCallResult>(callId, toolCallId), cancelled);
+      firstClaim = await this.whileLinkLost("claim", request, deadline, () => this.store.claimToolCall<ToolCallResult>(callId, toolCallId, claimAs), cancelled);
     } catch (error) {
       if (!isLinkFailure(error)) throw error;
       // Not run: without the claim a duplicate could run it again, and the call may have ended meanwhile.
       return this.refuse(request, "unavailable", `call state unreachable: ${errorText(error)}`);
     }
-    if (claim.kind === "not_live") return this.refuse(request, "failed", claim.call === "ended" ? "the call has ended" : "unknown call");
-    this.liveCalls.seenLive(callId);
-    if (claim.kind === "stored") {
-      this.metrics.duplicates.inc({ kind: "stored" });
-      this.log.info("tool request answered from stored result", { callId, toolCallId, tool: name });
-      return claim.result;
-    }
-    if (claim.kind === "taken") {
-      this.metrics.duplicates.inc({ kind: "waited" });
-      const stored = await this.waitForStored(request, deadline - Date.now() + RESULT_WAIT_GRACE_MS, cancelled);
-      if (stored) return stored;
-      // The execution that claimed the id died or hangs, or could not store its result.
+    const waited = firstClaim.kind === "taken";
+    if (waited) this.metrics.duplicates.inc({ kind: "waited" });
+    const claim = firstClaim.kind === "taken" ? await this.waitForClaim(request, claimAs, deadline - Date.now() + RESULT_WAIT_GRACE_MS, cancelled) : firstClaim;
+    if (claim === "cancelled") return this.errorResult(request, "cancelled", "the call ended");
+    if (claim === "gave_up") {
+      // The execution that claimed the id hangs, or could not store its result.
       if (!tool?.idempotent) {
         // It must not run twice: report a timeout.
         this.log.warn("duplicate tool request gave up waiting for the first execution", { callId, toolCallId, tool: name });
@@ -196,8 +206,58 @@ export class ToolExecutor {
       }
       // Running it again is harmless: the caller gets an answer rather than a timeout.
       this.log.warn("duplicate tool request found no result of the first execution: running the idempotent tool again", { callId, toolCallId, tool: name });
+      return this.runHoldingClaim(request, tool, deadline, cancelled);
     }
-    return this.runAndStore(request, tool, deadline, cancelled);
+    switch (claim.kind) {
+      case "not_live":
+        return this.refuse(request, "failed", claim.call === "ended" ? "the call has ended" : "unknown call");
+      case "stored":
+        this.liveCalls.seenLive(callId);
+        if (!waited) this.metrics.duplicates.inc({ kind: "stored" });
+        this.log.info("tool request answered from stored result", { callId, toolCallId, tool: name });
+        return claim.result;
+      case "stale":
+        // The replica running the first request died or froze before it answered: the effect may or may not have
+        // happened, and running it again could do it twice. Said at once rather than after the whole timeout.
+        this.metrics.duplicates.inc({ kind: "stale" });
+        this.log.warn("tool request's first execution was lost with its replica: outcome unknown, not run again", { callId, toolCallId, tool: name });
+        return this.errorResult(request, "outcome_unknown", "the replica running an earlier request with the same tool_call_id stopped before it answered; whether the tool ran is unknown");
+    }
+    // Claimed: this request runs it.
+    this.liveCalls.seenLive(callId);
+    if (claim.takenOver) {
+      this.metrics.duplicates.inc({ kind: "taken_over" });
+      this.log.warn("tool request's first execution was lost with its replica: running the idempotent tool again", { callId, toolCallId, tool: name });
+    }
+    return this.runHoldingClaim(request, tool, deadline, cancelled);
+  }
+
+  /** runAndStore, keeping this replica's claim on the call alive until the answer goes out. */
+  private async runHoldingClaim(request: ToolCallRequest, tool: Tool | undefined, deadline: number, cancelled: AbortSignal): Promise<ToolCallResult> {
+    const claim = { callId: request.callId, toolCallId: request.toolCallId };
+    this.claimsHeld.add(claim);
+    this.claimKeeper ??= setInterval(() => this.keepClaims(), CLAIM_KEEP_MS).unref();
+    try {
+      return await this.runAndStore(request, tool, deadline, cancelled);
+    } finally {
+      this.claimsHeld.delete(claim);
+      if (this.claimsHeld.size === 0) {
+        clearInterval(this.claimKeeper);
+        this.claimKeeper = undefined;
+      }
+    }
+  }
+
+  private readonly keepLog = new LogThrottle();
+
+  private keepClaims(): void {
+    this.store.keepToolClaims(this.holder, [...this.claimsHeld], CLAIM_TTL_MS).catch((error: unknown) => {
+      // Tried again at the next tick. Missed for the claim's whole life, a repeat may take it over and run an
+      // idempotent tool a second time, or be told a tool with effects has an unknown outcome.
+      this.metrics.linkRetries.inc({ step: "keep-claims" });
+      const admitted = this.keepLog.admit("keep");
+      if (admitted) this.log.warn("tool claims could not be kept alive", { claims: this.claimsHeld.size, error: errorText(error), ...admitted });
+    });
   }
 
   /** `act` tried again while Redis is unreachable, until `deadline` or the call's end (`cancelled`, when given). */
@@ -372,22 +432,29 @@ export class ToolExecutor {
     }
   }
 
-  /** Another request holds the claim: the result it stores, or undefined when none came within `waitMs`. */
-  private async waitForStored(request: ToolCallRequest, waitMs: number, cancelled: AbortSignal): Promise<ToolCallResult | undefined> {
+  /**
+   * Another request holds the claim: looks again until it stored its result, its holder stopped keeping it (stale,
+   * or taken over here for an idempotent tool), or `waitMs` passed ("gave_up").
+   */
+  private async waitForClaim(
+    request: ToolCallRequest,
+    claimAs: ToolClaimHolder,
+    waitMs: number,
+    cancelled: AbortSignal,
+  ): Promise<Exclude<ToolClaim<ToolCallResult>, { kind: "taken" }> | "cancelled" | "gave_up"> {
     const deadline = Date.now() + waitMs;
     while (Date.now() < deadline) {
-      if (cancelled.aborted) return this.errorResult(request, "cancelled", "the call ended");
-      let stored: ToolCallResult | undefined;
+      if (cancelled.aborted) return "cancelled";
       try {
-        stored = await this.store.toolResult<ToolCallResult>(request.callId, request.toolCallId);
+        const claim = await this.store.claimToolCall<ToolCallResult>(request.callId, request.toolCallId, claimAs);
+        if (claim.kind !== "taken") return claim;
       } catch (error) {
         if (!isLinkFailure(error)) throw error;
         this.linkRetried("wait-for-result", request, error); // Redis away: look again until the deadline
       }
-      if (stored) return stored;
       await new Promise((resolve) => setTimeout(resolve, RESULT_POLL_MS));
     }
-    return undefined;
+    return "gave_up";
   }
 
   /** Refusals are counted in full and logged in samples (a flood of bad requests must not flood the log). */

@@ -125,7 +125,7 @@ export const definition: ServiceDefinition<ToolsConfig> = {
       agentsDir: config.agentsDir ?? null,
       webhooks: [...declared.values()].flat().filter((t) => t.webhook).map((t) => `${t.agent}/${t.name}`),
     });
-    const executor = new ToolExecutor(toolResolver(builtins, declared), ctx.store, createExecutorMetrics(ctx.registry), ctx.log);
+    const executor = new ToolExecutor(toolResolver(builtins, declared), ctx.store, createExecutorMetrics(ctx.registry), ctx.log, ctx.common.instanceId);
     const sub = ctx.bus.serve(subjects.toolsCall, ToolCallRequest, ToolCallResult, (request) => executor.handle(request), {
       name: "tools.call",
       queue: queueGroups.tools,
