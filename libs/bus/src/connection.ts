@@ -1,16 +1,34 @@
 // How a service reaches a secured NATS: credentials and TLS. nats.js takes credentials only as options (userinfo in a
 // server URL is ignored, and the server then refuses the connection), so they are taken out of the URLs here.
 
-import { nkeyAuthenticator, nkeys, type ConnectionOptions } from "nats";
+import { credsAuthenticator, nkeyAuthenticator, nkeys, type ConnectionOptions } from "nats";
 
 export { nkeys };
+
+/**
+ * Whether a credentials file holds what the server will ask for: a user JWT and the user's nkey seed (a file cut
+ * short or a seed file given by mistake would fail every connection attempt, reported as NATS unreachable).
+ */
+export function isNatsCreds(text: string): boolean {
+  const jwt = /-{3,}BEGIN NATS USER JWT-{3,}\s*\n\s*([\w-]+\.[\w-]+\.[\w-]+)\s*\n/.exec(text);
+  const seed = /-{3,}BEGIN USER NKEY SEED-{3,}\s*\n\s*(SU[A-Z2-7]+)\s*\n/.exec(text);
+  if (!jwt || !seed) return false;
+  try {
+    nkeys.fromSeed(new TextEncoder().encode(seed[1]));
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** One way to authenticate, as the server is configured (at most one; none for an open server). */
 export type NatsAuth =
   | { kind: "user"; user: string; pass: string }
   | { kind: "token"; token: string }
   /** An nkey seed (`SU…`, the content of a seed file). */
-  | { kind: "nkey"; seed: Uint8Array };
+  | { kind: "nkey"; seed: Uint8Array }
+  /** A credentials file's content (`nsc`/Synadia Cloud: a user JWT and its nkey seed), for servers in operator mode. */
+  | { kind: "creds"; creds: Uint8Array };
 
 /** TLS to the server, as PEM text; `{}` = TLS with the system's trusted CAs. */
 export interface NatsTls {
@@ -65,6 +83,7 @@ export function natsSecurityOptions(auth: NatsAuth | undefined, tls: NatsTls | u
   if (auth?.kind === "user") Object.assign(options, { user: auth.user, pass: auth.pass });
   if (auth?.kind === "token") options.token = auth.token;
   if (auth?.kind === "nkey") options.authenticator = nkeyAuthenticator(auth.seed);
+  if (auth?.kind === "creds") options.authenticator = credsAuthenticator(auth.creds);
   if (tls) options.tls = { ...tls };
   return options;
 }

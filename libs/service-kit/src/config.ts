@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { nkeys, parseNatsServers, type NatsAuth, type NatsTls } from "@voicebot/bus";
+import { isNatsCreds, nkeys, parseNatsServers, type NatsAuth, type NatsTls } from "@voicebot/bus";
 import { redisDatabase, type RedisTarget } from "@voicebot/state";
 
 /**
@@ -155,8 +155,8 @@ export function readCommonConfig(env: EnvReader, defaultHttpPort: number, servic
 }
 
 /**
- * NATS credentials and TLS beyond the URL: NATS_USER + NATS_PASSWORD, NATS_TOKEN or NATS_NKEY_SEED_FILE (one of
- * them), and NATS_TLS_CA_FILE / NATS_TLS_CERT_FILE + NATS_TLS_KEY_FILE.
+ * NATS credentials and TLS beyond the URL: NATS_USER + NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED_FILE or
+ * NATS_CREDS_FILE (one of them), and NATS_TLS_CA_FILE / NATS_TLS_CERT_FILE + NATS_TLS_KEY_FILE.
  */
 function readNatsSecurity(env: EnvReader): { natsAuth?: NatsAuth; natsTls?: NatsTls } {
   try {
@@ -183,7 +183,12 @@ function readNatsSecurity(env: EnvReader): { natsAuth?: NatsAuth; natsTls?: Nats
       env.problem("NATS_NKEY_SEED_FILE does not hold an nkey seed (SU...)");
     }
   }
-  if (methods.length > 1) env.problem("give one NATS authentication: NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_NKEY_SEED_FILE");
+  const creds = env.file("NATS_CREDS_FILE");
+  if (creds !== undefined) {
+    if (isNatsCreds(creds)) methods.push({ kind: "creds", creds: new TextEncoder().encode(creds) });
+    else env.problem("NATS_CREDS_FILE does not hold a NATS user JWT and its nkey seed (a .creds file)");
+  }
+  if (methods.length > 1) env.problem("give one NATS authentication: NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED_FILE or NATS_CREDS_FILE");
   const tls = readTls(env, "NATS");
   return { ...(methods.length === 1 ? { natsAuth: methods[0] } : {}), ...(tls ? { natsTls: tls } : {}) };
 }

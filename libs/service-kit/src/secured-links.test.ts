@@ -1,10 +1,11 @@
 // A service reaching a NATS and a Redis that require credentials and TLS, as production ones do: real servers
 // configured that way, the service kit's own env settings, and no secret in any log line.
 
-import { writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { makeTestCertificates, startNats, startRedis, startRedisSentinel, startServiceProcess, waitFor, type ServerHandle, type TestCertificates } from "@voicebot/testing";
-import { nkeys } from "nats";
+import { encodeAccount, encodeOperator, encodeUser, fmtCreds } from "@nats-io/jwt";
+import { connect, credsAuthenticator, nkeys } from "nats";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
 import { CallStore } from "@voicebot/state";
 import { startService, type ServiceDefinition } from "./service.js";
@@ -80,6 +81,41 @@ describe("secured NATS", () => {
     await runReady({ NATS_URL: nats.url, NATS_NKEY_SEED_FILE: seedFile, REDIS_URL: redis.url });
   });
 
+  it("a credentials file (user JWT and seed) for a server in operator mode, JetStream included", async () => {
+    // What nsc or Synadia Cloud hand out: an operator, an account with JetStream, a user of it, and its .creds file.
+    const operator = nkeys.createOperator();
+    const account = nkeys.createAccount();
+    const system = nkeys.createAccount();
+    const user = nkeys.createUser();
+    // Limits given replace every default (0: no subscriptions): all unlimited, JetStream on.
+    const limits = { subs: -1, data: -1, payload: -1, imports: -1, exports: -1, wildcards: true, conn: -1, leaf: -1, mem_storage: -1, disk_storage: -1, streams: -1, consumer: -1 };
+    const accountJwt = await encodeAccount("voicebot", account, { limits }, { signer: operator });
+    const systemJwt = await encodeAccount("SYS", system, {}, { signer: operator });
+    const config = path.join(certs.dir, "operator.conf");
+    await writeFile(
+      config,
+      [
+        `operator: ${await encodeOperator("O", operator, { system_account: system.getPublicKey() })}`,
+        `system_account: ${system.getPublicKey()}`,
+        "resolver: MEMORY",
+        `resolver_preload: { ${account.getPublicKey()}: ${accountJwt}, ${system.getPublicKey()}: ${systemJwt} }`,
+      ].join("\n") + "\n",
+    );
+    const credsFile = path.join(certs.dir, "voicebot.creds");
+    await writeFile(credsFile, fmtCreds(await encodeUser("voicebot", user, account), user));
+    const nats = await natsWith(["-c", config]);
+    await expect(startService(noop, { HTTP_PORT: "0", LOG_LEVEL: "error", NATS_URL: nats.url, REDIS_URL: redis.url })).rejects.toThrow(/Authorization/);
+    const seed = new TextDecoder().decode(user.getSeed());
+    expect(await runReady({ NATS_URL: nats.url, NATS_CREDS_FILE: credsFile, REDIS_URL: redis.url })).not.toContain(seed);
+    // A real dialog process makes its JetStream work queue in the account and goes ready.
+    const dialog = await startServiceProcess("dialog", { NATS_URL: nats.url, NATS_CREDS_FILE: credsFile, REDIS_URL: redis.url });
+    onTestFinished(() => dialog.kill());
+    expect(dialog.logs.map((l) => JSON.stringify(l)).join("\n")).not.toContain(seed);
+    const nc = await connect({ servers: nats.url, authenticator: credsAuthenticator(await readFile(credsFile)) });
+    onTestFinished(() => nc.close());
+    expect((await (await nc.jetstreamManager()).streams.info("VB_DIALOG_IN")).config.subjects).toEqual(["vb.v1.call.*.dialog.in"]);
+  });
+
   it("TLS with a private CA", async () => {
     const nats = await natsWith(["--tls", "--tlscert", certs.certFile, "--tlskey", certs.keyFile]);
     await runReady({ NATS_URL: `tls://127.0.0.1:${nats.port}`, NATS_TLS_CA_FILE: certs.caFile, REDIS_URL: redis.url });
@@ -110,6 +146,10 @@ describe("secured NATS", () => {
     const seedFile = path.join(certs.dir, "not-a-seed.nk");
     await writeFile(seedFile, "SUNOTASEED\n");
     await expect(startService(noop, { NATS_NKEY_SEED_FILE: seedFile })).rejects.toThrow(/NATS_NKEY_SEED_FILE does not hold an nkey seed/);
+    // A seed file given as the credentials file.
+    const seed = path.join(certs.dir, "seed-as-creds.nk");
+    await writeFile(seed, new TextDecoder().decode(nkeys.createUser().getSeed()) + "\n");
+    await expect(startService(noop, { NATS_CREDS_FILE: seed })).rejects.toThrow(/NATS_CREDS_FILE does not hold a NATS user JWT/);
   });
 });
 
