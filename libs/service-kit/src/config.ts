@@ -216,8 +216,6 @@ function readRedisTarget(env: EnvReader): RedisTarget {
   if (sentinels.length === 0 && (sentinelMaster || sentinelPassword)) env.problem("REDIS_SENTINEL_MASTER and REDIS_SENTINEL_PASSWORD need REDIS_SENTINELS");
   const parsed = URL.canParse(url) ? new URL(url) : undefined;
   if (parsed && Number.isNaN(redisDatabase(parsed))) env.problem(`REDIS_URL: ${JSON.stringify(parsed.pathname)} is not a database number`);
-  // Not supported yet, rather than half done: ioredis needs TLS set apart for the sentinels and the master.
-  if (sentinels.length > 0 && (tls || parsed?.protocol === "rediss:")) env.problem("REDIS_SENTINELS with TLS (rediss://, REDIS_TLS_*) is not supported");
   return {
     url,
     ...(username ? { username } : {}),

@@ -141,7 +141,7 @@ describe("secured NATS", () => {
         REDIS_SENTINELS: "host:99999,sentinel-1",
       }),
     ).rejects.toThrow(
-      /NATS_URL: the NATS URLs carry different credentials.*NATS_USER and NATS_PASSWORD go together.*NATS_TLS_CERT_FILE: cannot read.*REDIS_SENTINELS: "host:99999".*REDIS_URL: "\/zero" is not a database number.*REDIS_SENTINELS with TLS/,
+      /NATS_URL: the NATS URLs carry different credentials.*NATS_USER and NATS_PASSWORD go together.*NATS_TLS_CERT_FILE: cannot read.*REDIS_SENTINELS: "host:99999".*REDIS_URL: "\/zero" is not a database number/,
     );
     const seedFile = path.join(certs.dir, "not-a-seed.nk");
     await writeFile(seedFile, "SUNOTASEED\n");
@@ -231,5 +231,42 @@ describe("secured Redis", () => {
     onTestFinished(() => promoted.close());
     expect((await promoted.redis.info("replication")).includes("role:master")).toBe(true);
     expect((await promoted.getRecord("CAsentinel1"))?.transcript.map((e) => e.text)).toContain("still here");
+  });
+
+  it("Sentinel over TLS (sentinels, master and replica all TLS only, a private CA): the store follows the master through a failover", async () => {
+    const tls = { certFile: certs.certFile, keyFile: certs.keyFile, caFile: certs.caFile };
+    const master = await startRedis({ tls });
+    const replica = await startRedis({ tls, args: ["--tls-replication", "yes", "--replicaof", "127.0.0.1", String(master.port)] });
+    const sentinel = await startRedisSentinel({ masterPort: master.port, name: "calls", replicas: 1, tls });
+    onTestFinished(async () => {
+      await Promise.all([master.stop(), replica.stop(), sentinel.stop()]);
+    });
+    const lines = captureLog();
+    const handle = await startService(noop, {
+      HTTP_PORT: "0",
+      NATS_URL: nats.url,
+      REDIS_URL: "rediss://ignored-with-sentinels:6379",
+      REDIS_SENTINELS: `127.0.0.1:${sentinel.port}`,
+      REDIS_SENTINEL_MASTER: "calls",
+      REDIS_TLS_CA_FILE: certs.caFile,
+    });
+    onTestFinished(() => handle.stop());
+    const { store } = handle.ctx;
+    await waitFor(() => store.ready, { what: "store ready" });
+    expect(lines.join("")).toContain(`"redis":"sentinel://127.0.0.1:${sentinel.port}/calls"`);
+    await store.createCall({ callSid: "CAsentineltls", provider: "twilio", streamSid: "MZ1", agent: "a", from: "+1", to: "+2", startedAt: new Date().toISOString() });
+    master.kill();
+    const afterFailover = await waitFor(
+      async () => {
+        await store.appendTranscript("CAsentineltls", { role: "caller", text: "over tls", at: new Date().toISOString(), source: "speech" });
+        return store.callState("CAsentineltls");
+      },
+      { what: "writes on the promoted replica", timeoutMs: 20_000, intervalMs: 200 },
+    );
+    expect(afterFailover).toBe("live");
+    const promoted = CallStore.connect({ url: replica.url, tls: { ca: await readFile(certs.caFile, "utf8") } });
+    onTestFinished(() => promoted.close());
+    expect((await promoted.redis.info("replication")).includes("role:master")).toBe(true);
+    expect((await promoted.getRecord("CAsentineltls"))?.transcript.map((e) => e.text)).toContain("over tls");
   });
 });

@@ -10,7 +10,10 @@ export interface RedisTarget {
   password?: string;
   /** TLS with a private CA or a client certificate (PEM text). `rediss://` alone trusts the system's CAs. */
   tls?: { ca?: string; cert?: string; key?: string };
-  /** Redis Sentinel (without TLS): the sentinels that name the current master of `sentinelMaster` (the URL's host is unused). */
+  /**
+   * Redis Sentinel: the sentinels that name the current master of `sentinelMaster` (the URL's host is unused). With
+   * TLS (`rediss://` or `tls`), the sentinels and the data nodes alike are reached over TLS with the same settings.
+   */
   sentinels?: { host: string; port: number }[];
   sentinelMaster?: string;
   sentinelPassword?: string;
@@ -41,6 +44,8 @@ export function redisConnectionOptions(target: RedisTarget): RedisOptions {
       sentinels: target.sentinels,
       name: target.sentinelMaster ?? "mymaster",
       ...(target.sentinelPassword ? { sentinelPassword: target.sentinelPassword } : {}),
+      // ioredis takes TLS to the sentinels (sentinelTLS) and to the master they name (tls, only with the flag) apart.
+      ...(tls ? { sentinelTLS: tls, tls, enableTLSForSentinelMode: true } : {}),
     };
   }
   // An IPv6 address comes bracketed in a URL ([::1]); the socket wants it bare.

@@ -274,6 +274,8 @@ export async function startRedisSentinel(options: {
   /** The sentinel's own password (`requirepass`), and the one it uses with the master and replicas. */
   password?: string;
   masterPassword?: string;
+  /** TLS only, for clients and to the master and replicas (which then listen with TLS too). */
+  tls?: { certFile: string; keyFile: string; caFile: string };
 }): Promise<ServerHandle> {
   const binary = requireBinary("redis-server", "apt-get install redis-server");
   const dir = await mkdtemp(path.join(os.tmpdir(), "vb-sentinel-"));
@@ -283,7 +285,10 @@ export async function startRedisSentinel(options: {
   await writeFile(
     config,
     [
-      `port ${port}`,
+      ...(options.tls
+        ? [`port 0`, `tls-port ${port}`, `tls-cert-file ${options.tls.certFile}`, `tls-key-file ${options.tls.keyFile}`, `tls-ca-cert-file ${options.tls.caFile}`]
+        : [`port ${port}`]),
+      ...(options.tls ? ["tls-auth-clients no", "tls-replication yes"] : []),
       "bind 127.0.0.1",
       `dir ${dir}`,
       `sentinel monitor ${name} 127.0.0.1 ${options.masterPort} 1`,
@@ -309,10 +314,11 @@ export async function startRedisSentinel(options: {
   await waitFor(
     async () => {
       const auth = options.password ? ["--no-auth-warning", "-a", options.password] : [];
-      const { stdout } = await promisify(execFile)(cli, ["-p", String(port), ...auth, "sentinel", "replicas", name]);
+      const tls = options.tls ? ["--tls", "--cacert", options.tls.caFile] : [];
+      const { stdout } = await promisify(execFile)(cli, ["-p", String(port), ...tls, ...auth, "sentinel", "replicas", name]);
       return (stdout.match(/^master-link-status\nok$/gm)?.length ?? 0) >= (options.replicas ?? 0);
     },
     { what: `redis sentinel to know ${options.replicas ?? 0} replicas`, timeoutMs: 15_000, intervalMs: 100 },
   );
-  return handleFor(`redis://127.0.0.1:${port}`, port, child, () => rm(dir, { recursive: true, force: true, maxRetries: 3 }));
+  return handleFor(`${options.tls ? "rediss" : "redis"}://127.0.0.1:${port}`, port, child, () => rm(dir, { recursive: true, force: true, maxRetries: 3 }));
 }
