@@ -45,6 +45,7 @@ export class ToolClient {
   }
 
   private async request(request: ToolRequest, started: number): Promise<ToolOutcome> {
+    const waitMs = (request.timeoutMs || DEFAULT_TOOL_WAIT_MS) + TRANSPORT_MARGIN_MS;
     const message = ToolCallRequest.create({
       callId: request.callId,
       toolCallId: request.toolCallId,
@@ -54,8 +55,8 @@ export class ToolClient {
       turnId: request.turnId,
       agent: request.agent,
       repeat: request.repeat,
+      deadlineUnixMs: started + waitMs,
     });
-    const waitMs = (request.timeoutMs || DEFAULT_TOOL_WAIT_MS) + TRANSPORT_MARGIN_MS;
     let reply: ToolCallResult;
     try {
       reply = await this.bus.request(subjects.toolsCall, ToolCallRequest, message, ToolCallResult, waitMs, request.callId, {

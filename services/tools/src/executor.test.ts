@@ -247,6 +247,26 @@ describe("ToolExecutor", () => {
     expect(runs).toBe(1);
   }, 15_000);
 
+  it("does not run a request taken up after its requester stopped waiting, and ends a late one's tool by that deadline", async () => {
+    let runs = 0;
+    const slow: Tool = { name: "refund", defaultTimeoutMs: 10_000, run: async () => (runs++, await new Promise((r) => setTimeout(r, 5_000)), { refunded: true }) };
+    const registry = new Registry();
+    const executor = new ToolExecutor([slow], store, createExecutorMetrics(registry), silentLogger);
+    await liveCall("CAlate");
+    // Sat 5 s with a frozen replica; the dialog gave up 3 s ago.
+    const stale = await executor.handle(request("CAlate", "refund", { deadlineUnixMs: Date.now() - 3_000 }));
+    expect(stale).toMatchObject({ ok: false, errorCode: "expired" });
+    expect(runs).toBe(0);
+    expect(await metricSum(registry, "voicebot_tools_calls_total", { outcome: "expired" })).toBe(1);
+    // Taken up late, 500 ms before the dialog gives up: the tool gets what is left (plus the clock allowance), not
+    // its whole 10 s.
+    const started = Date.now();
+    const late = await executor.handle(request("CAlate", "refund", { toolCallId: "refund-2", deadlineUnixMs: Date.now() + 500 }));
+    expect(late).toMatchObject({ ok: false, errorCode: "timeout" });
+    expect(Date.now() - started).toBeLessThan(4_000);
+    expect(runs).toBe(1);
+  });
+
   it("keeps no claim or result of an ended call: a tool that ran across the hang-up stores nothing, a repeat is refused", async () => {
     let runs = 0;
     const hangsUp: Tool = {

@@ -7,7 +7,7 @@ import { Counter, Histogram, type Registry } from "prom-client";
 import { LiveCalls } from "./live-calls.js";
 import { InvalidArgumentsError, PermanentToolError, type Tool } from "./tool.js";
 
-export type ToolErrorCode = "unknown_tool" | "invalid_arguments" | "timeout" | "failed" | "cancelled" | "unavailable" | "outcome_unknown";
+export type ToolErrorCode = "unknown_tool" | "invalid_arguments" | "timeout" | "failed" | "cancelled" | "unavailable" | "outcome_unknown" | "expired";
 
 /** Longest a request may ask a tool to run. */
 export const MAX_TOOL_TIMEOUT_MS = 30_000;
@@ -28,6 +28,8 @@ const STORE_RETRY_MS = 20_000;
  */
 const CLAIM_TTL_MS = 3_000;
 const CLAIM_KEEP_MS = 1_000;
+/** How far the requester's clock may be behind this one before its deadline (`deadlineUnixMs`) is believed. */
+const CLOCK_SKEW_MS = 1_000;
 
 export interface ExecutorMetrics {
   calls: Counter<"tool" | "outcome">;
@@ -167,11 +169,17 @@ export class ToolExecutor {
     if (!toolCallId || toolCallId.length > MAX_TOOL_CALL_ID) {
       return this.refuse(request, "invalid_arguments", `tool_call_id must be 1..${MAX_TOOL_CALL_ID} characters`);
     }
+    // The requester gave up before this replica took the request up (it sat here while the process was frozen or
+    // starved): nobody would hear the answer, and a tool with effects run now could be run again under a new id.
+    if (request.deadlineUnixMs > 0 && arrived > request.deadlineUnixMs + CLOCK_SKEW_MS) {
+      return this.refuse(request, "expired", `taken up ${arrived - request.deadlineUnixMs} ms after the requester stopped waiting`);
+    }
     // Resolved once: its timeout, whether it may run twice, and the execution all come from it.
     const tool = this.resolve(request.agent, name);
     const timeoutMs = this.timeoutFor(request, tool);
-    // The dialog waits the tool's timeout from sending the request: time spent here waiting for Redis comes out of it.
-    const deadline = arrived + timeoutMs;
+    // The dialog waits the tool's timeout from sending the request: time spent here waiting for Redis comes out of
+    // it, and so does time the request spent on its way (by the requester's deadline, when it gives one).
+    const deadline = Math.min(arrived + timeoutMs, request.deadlineUnixMs > 0 ? request.deadlineUnixMs + CLOCK_SKEW_MS : Number.POSITIVE_INFINITY);
     const claimAs: ToolClaimHolder = { holder: this.holder, ttlMs: CLAIM_TTL_MS, takeStale: tool?.idempotent === true };
     if (tool?.idempotent && !request.repeat && this.liveCalls.isLive(callId)) {
       // Running it twice is harmless and a claim found the call live moments ago: no round trip before it runs.

@@ -24,6 +24,11 @@ export interface ToolCallRequest {
    * for the first execution's result, or waits for it, before running even a tool that may run twice.
    */
   repeat: boolean;
+  /**
+   * When the requester stops waiting for the answer (its clock, Unix ms); 0: not said (an older dialog). A request
+   * taken up after it (it sat with a frozen replica) is not run: nobody would hear the answer.
+   */
+  deadlineUnixMs: number;
 }
 
 export interface ToolCallResult {
@@ -49,6 +54,7 @@ function createBaseToolCallRequest(): ToolCallRequest {
     turnId: "",
     agent: "",
     repeat: false,
+    deadlineUnixMs: 0,
   };
 }
 
@@ -77,6 +83,9 @@ export const ToolCallRequest: MessageFns<ToolCallRequest> = {
     }
     if (message.repeat !== false) {
       writer.uint32(64).bool(message.repeat);
+    }
+    if (message.deadlineUnixMs !== 0) {
+      writer.uint32(72).int64(message.deadlineUnixMs);
     }
     return writer;
   },
@@ -158,6 +167,14 @@ export const ToolCallRequest: MessageFns<ToolCallRequest> = {
             message.repeat = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.deadlineUnixMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -183,6 +200,7 @@ export const ToolCallRequest: MessageFns<ToolCallRequest> = {
     message.turnId = object.turnId ?? "";
     message.agent = object.agent ?? "";
     message.repeat = object.repeat ?? false;
+    message.deadlineUnixMs = object.deadlineUnixMs ?? 0;
     return message;
   },
 };
@@ -343,6 +361,17 @@ type DeepPartial<T> = T extends Builtin ? T
   : T extends { $case: string; value: unknown } ? { $case: T["$case"]; value?: DeepPartial<T["value"]> }
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
 
 interface MessageFns<T> {
   encode(message: T, writer?: BinaryWriter): BinaryWriter;
