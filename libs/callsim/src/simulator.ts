@@ -28,6 +28,19 @@ export interface SimulatorOptions {
    * level in dBFS (e.g. -65 for a quiet line). Default none: pauses are digital silence.
    */
   lineNoiseDbfs?: number;
+  /**
+   * What Twilio does when the server closes the stream without the caller hanging up: it runs the TwiML after
+   * `<Connect>`. Return the next stream to open (a `<Redirect>` to TwiML that connects a new one; see
+   * dialThroughWebhook), or undefined for the call to end there. Default: the call ends.
+   */
+  resume?: (closed: CloseInfo) => Promise<ResumeTarget | undefined>;
+}
+
+/** A new stream of the same call: its URL and custom parameters (from the TwiML). */
+export interface ResumeTarget {
+  url: string;
+  customParameters: Record<string, string>;
+  headers?: Record<string, string>;
 }
 
 const clamp16 = (x: number) => Math.max(-32768, Math.min(32767, Math.round(x)));
@@ -134,7 +147,10 @@ const DTMF_DIGIT = /^[0-9*#]$/;
  */
 export class TwilioCallSimulator {
   readonly callSid: string;
-  readonly streamSid: string;
+  /** The current stream's id (a resumed call gets a new one, as from Twilio). */
+  streamSid: string;
+  /** Streams opened after the first one (the call resumed after the server closed one), once each is open. */
+  resumes = 0;
   readonly accountSid: string;
   readonly events: SimEvent[] = [];
   /** Anything the bot sent that real Twilio would reject or ignore. */
@@ -152,7 +168,7 @@ export class TwilioCallSimulator {
   private framesSent = 0;
   private timer: NodeJS.Timeout | undefined;
   private readonly speech: SpeechItem[] = [];
-  private readonly playout: PlayoutBuffer;
+  private playout: PlayoutBuffer;
   private readonly received: Uint8Array[] = [];
   private current: Omit<BotTurn, "audio" | "endedByClose"> & { chunks: Uint8Array[] } | undefined;
   private readonly unclaimed: BotTurn[] = [];
@@ -194,14 +210,18 @@ export class TwilioCallSimulator {
   /** Opens the stream: `connected`, `start`, then media every 20 ms until the call ends. */
   async connect(): Promise<void> {
     if (this.ws) throw new Error("already connected");
-    const ws = new WebSocket(this.options.url, { headers: this.options.headers, perMessageDeflate: false });
+    await this.open({ url: this.options.url, customParameters: this.options.customParameters ?? {}, headers: this.options.headers });
+  }
+
+  private async open(target: ResumeTarget): Promise<void> {
+    const ws = new WebSocket(target.url, { headers: target.headers, perMessageDeflate: false });
     this.ws = ws;
     await new Promise<void>((resolve, reject) => {
       // Kept on until the socket is given up: aborting a handshake (terminate() while connecting) emits one more
       // error, which must not become an uncaught exception. Rejecting a settled promise again is harmless.
-      const onError = (error: Error) => reject(new Error(`cannot connect to ${this.options.url}: ${error.message}`));
+      const onError = (error: Error) => reject(new Error(`cannot connect to ${target.url}: ${error.message}`));
       ws.on("error", onError);
-      ws.once("unexpected-response", (_req, res) => reject(new Error(`cannot connect to ${this.options.url}: HTTP ${res.statusCode}`)));
+      ws.once("unexpected-response", (_req, res) => reject(new Error(`cannot connect to ${target.url}: HTTP ${res.statusCode}`)));
       ws.once("open", () => {
         ws.off("error", onError);
         resolve();
@@ -224,7 +244,7 @@ export class TwilioCallSimulator {
         streamSid: this.streamSid,
         callSid: this.callSid,
         tracks: ["inbound"],
-        customParameters: this.options.customParameters ?? {},
+        customParameters: target.customParameters,
         mediaFormat: { encoding: "audio/x-mulaw", sampleRate: 8000, channels: 1 },
       },
       streamSid: this.streamSid,
@@ -513,7 +533,43 @@ export class TwilioCallSimulator {
     this.stopClock();
     const now = Date.now();
     this.playout.advance(now);
-    this.closeInfo = { code, reason, by: this.hangingUp ? "caller" : "server", unplayedMs: this.playout.bufferedMs };
+    const info: CloseInfo = { code, reason, by: this.hangingUp ? "caller" : "server", unplayedMs: this.playout.bufferedMs };
+    if (info.by === "server" && this.options.resume) {
+      // Twilio drops what it had not played and runs the TwiML after <Connect>.
+      this.log("local", "stream-closed", info);
+      if (this.current) this.finishTurn(true);
+      void this.followTwiml(info);
+      return;
+    }
+    this.closeForGood(info);
+  }
+
+  /** The server closed the stream: the call goes on on the next stream the TwiML connects, or ends. */
+  private async followTwiml(info: CloseInfo): Promise<void> {
+    let target: ResumeTarget | undefined;
+    try {
+      target = await this.options.resume!(info);
+    } catch (error) {
+      this.log("local", "resume-failed", (error as Error).message);
+    }
+    if (!target) return this.closeForGood(info);
+    this.streamSid = twilioId("MZ");
+    this.seq = 0;
+    this.framesSent = 0;
+    this.playout = new PlayoutBuffer((name) => this.echoMark(name));
+    try {
+      await this.open(target);
+      this.resumes++;
+      this.log("local", "stream-resumed", { url: target.url, streamSid: this.streamSid });
+    } catch (error) {
+      this.log("local", "resume-failed", (error as Error).message);
+      this.closeForGood(info);
+    }
+  }
+
+  private closeForGood(info: CloseInfo): void {
+    const { code } = info;
+    this.closeInfo = info;
     this.log("local", "closed", this.closeInfo);
     if (this.current) this.finishTurn(true);
     const error = new Error(`the call closed (${this.closeInfo.by}, code ${code}) before the bot spoke again`);

@@ -93,7 +93,15 @@ export const defaultStoreOptions: CallStoreOptions = {
 };
 
 /** Roles that hold per-call leases; their leases are dropped when the call ends. */
-export const leaseRoles = ["asr", "dialog"] as const;
+/** asr: who recognizes the call; dialog: who takes its turn; stream: which ingress streams it (Twilio's socket). */
+export const leaseRoles = ["asr", "dialog", "stream"] as const;
+
+// KEYS: meta. ARGV: the new stream's id. A call resumed on a new media stream: the record names that stream, if the
+// call is still live. Returns {state or '', startedAt or ''}.
+const RESUME_SCRIPT = `
+local call = redis.call('HGET', KEYS[1], 'state')
+if call == 'live' then redis.call('HSET', KEYS[1], 'streamSid', ARGV[1]) end
+return {call or '', redis.call('HGET', KEYS[1], 'startedAt') or ''}`;
 
 const LEASE_SCRIPT = `
 local current = redis.call('GET', KEYS[1])
@@ -380,6 +388,7 @@ export class CallStore {
     redis.defineCommand("vbToolClaim", { numberOfKeys: 3, lua: TOOL_CLAIM_SCRIPT });
     redis.defineCommand("vbToolSave", { numberOfKeys: 2, lua: TOOL_SAVE_SCRIPT });
     redis.defineCommand("vbToolKeep", { numberOfKeys: 1, lua: TOOL_KEEP_SCRIPT });
+    redis.defineCommand("vbResume", { numberOfKeys: 1, lua: RESUME_SCRIPT });
     redis.defineCommand("vbDialing", { numberOfKeys: 1, lua: DIALING_SCRIPT });
     redis.defineCommand("vbEndUnanswered", { numberOfKeys: 1, lua: END_UNANSWERED_SCRIPT });
   }
@@ -447,6 +456,22 @@ export class CallStore {
   async endUnanswered(call: { callSid: string; from: string; to: string }, reason: string, endedAt = new Date()): Promise<boolean> {
     const { callSid, from, to } = call;
     return (await scripts(this.redis).vbEndUnanswered(keys.meta(callSid), callSid, endedAt.toISOString(), reason, this.options.recordTtlMs, from, to)) === 1;
+  }
+
+  /**
+   * A live call continues on a new media stream (its ingress died or handed it over): the record names the new
+   * stream. Returns the call's state and start time; nothing is written unless it is live.
+   */
+  async resumeCall(callId: string, streamSid: string): Promise<{ state: CallState | undefined; startedAt: string | undefined }> {
+    const [state, startedAt] = (await scripts(this.redis).vbResume(keys.meta(callId), streamSid)) as [string, string];
+    return { state: callStateOf(state), startedAt: startedAt || undefined };
+  }
+
+  /** The call's state and who it is between (for resuming it on a new stream); undefined without a record. */
+  async callParties(callId: string): Promise<{ state: CallState | undefined; agent: string; from: string; to: string } | undefined> {
+    const [state, agent, from, to] = await this.redis.hmget(keys.meta(callId), "state", "agent", "from", "to");
+    if (state === null) return undefined;
+    return { state: callStateOf(state), agent: agent ?? "", from: from ?? "", to: to ?? "" };
   }
 
   async callState(callId: string): Promise<CallState | undefined> {
@@ -611,6 +636,12 @@ export class CallStore {
     return held;
   }
 
+  /** Takes `role`'s lease for `owner` whoever holds it: a newer claim that outranks the holder (a resumed stream). */
+  async takeLease(callId: string, role: string, owner: string, ttlMs: number): Promise<void> {
+    await this.redis.set(keys.lease(callId, role), owner, "PX", ttlMs);
+    await this.redis.zadd(keys.leaseIndex(role), Date.now() + ttlMs, callId);
+  }
+
   /**
    * Renews `owner`'s leases of `role` on many calls in one round trip (one pipeline: a script per call, each in its
    * call's slot, and one ZADD of the lease index), and reads each call's state with it. A lease held by another
@@ -771,6 +802,7 @@ interface RedisWithScripts extends Redis {
   vbAppend(meta: string, list: string, once: string, entry: string, liveTtlMs: number, recordTtlMs: number, onceField: string): Promise<number>;
   vbToolClaim(meta: string, results: string, once: string, toolCallId: string, field: string, ttlMs: number, holder: string, claimTtlMs: number, takeStale: string): Promise<string[]>;
   vbToolKeep(once: string, field: string, holder: string, claimTtlMs: number): Promise<number>;
+  vbResume(meta: string, streamSid: string): Promise<string[]>;
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
   vbDialing(meta: string, ttlMs: number, callSid: string, agent: string, from: string, to: string): Promise<number>;
   vbEndUnanswered(meta: string, callSid: string, endedAt: string, reason: string, recordTtlMs: number, from: string, to: string): Promise<number>;

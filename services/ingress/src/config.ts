@@ -70,8 +70,18 @@ export interface IngressConfig {
   noSilenceClip: Uint8Array | undefined;
   /** What the fallback line says (for the call record). */
   noSilenceText: string;
-  /** How often live calls are checked for a call record that vanished (Redis lost its data). */
+  /**
+   * How often the live calls' stream leases are renewed (and their records checked: one that vanished means Redis
+   * lost its data), and lost streams looked for.
+   */
   recordCheckMs: number;
+  /**
+   * A stream lease not renewed for this long is lost (its ingress died, or its stream closed and no new stream took
+   * the call up): the call is ended. Also how long a stream that closed without `stop` has to be resumed.
+   */
+  streamLeaseMs: number;
+  /** A draining ingress waits at most this long for a quiet moment to hand a resumable call over. */
+  handoverWaitMs: number;
 }
 
 const AGENT = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -141,9 +151,14 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
     noSilenceClip,
     noSilenceText: env.string("NO_SILENCE_TEXT", noSilenceFile === DEFAULT_NO_SILENCE_FILE ? DEFAULT_NO_SILENCE_TEXT : "(fallback line)"),
     recordCheckMs: env.int("INGRESS_RECORD_CHECK_MS", 2_000, { min: 100, max: 60_000 }),
+    streamLeaseMs: env.int("INGRESS_STREAM_LEASE_MS", 10_000, { min: 1_000, max: 600_000 }),
+    handoverWaitMs: env.int("INGRESS_HANDOVER_WAIT_MS", 5_000, { min: 0, max: 60_000 }),
   };
   if (!AGENT.test(defaultAgent)) env.problem(`DEFAULT_AGENT=${JSON.stringify(defaultAgent)} must match ${AGENT}`);
   if (validateSignature && !authToken) env.problem("TWILIO_VALIDATE_SIGNATURE=true needs TWILIO_AUTH_TOKEN");
+  if (config.streamLeaseMs < 2 * config.recordCheckMs) {
+    env.problem(`INGRESS_STREAM_LEASE_MS must be at least twice INGRESS_RECORD_CHECK_MS (its renewal): now ${config.streamLeaseMs} / ${config.recordCheckMs}`);
+  }
   // Each group's tick comes every PLAYOUT_TICK_MS / PLAYOUT_PHASES: Node's timers have 1 ms resolution.
   if (config.playoutTickMs / config.playoutPhases < 4) {
     env.problem(`PLAYOUT_TICK_MS / PLAYOUT_PHASES must be at least 4 ms (now ${config.playoutTickMs} / ${config.playoutPhases})`);

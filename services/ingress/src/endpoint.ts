@@ -2,9 +2,11 @@
 // stream.
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
+import { errorText, subjects } from "@voicebot/bus";
+import { CallEnded, CancelTurn, DialogInput } from "@voicebot/proto";
 import { WebSocketServer } from "ws";
 import { clientAddress } from "./client-address.js";
-import { CallSession, type SessionDeps } from "./session.js";
+import { CallSession, STREAM_LEASE, type SessionDeps } from "./session.js";
 import { signedUrl, validTwilioSignature } from "./signature.js";
 
 export class TwilioEndpoint {
@@ -64,34 +66,88 @@ export class TwilioEndpoint {
     });
   };
 
-  private checkingRecords = false;
+  private keepingStreams = false;
+  /**
+   * When keeping the streams last failed (Redis away). Lapsed leases are swept only once Redis has answered for a
+   * whole lease: right after an outage every replica's leases look lapsed until it has renewed them.
+   */
+  private renewalFailedAt = Date.now();
 
   /**
-   * Looks up the record of every live call; a record that vanished (Redis restarted empty, or failed over to a
-   * replica that lacked it) is written and the call announced again, so the pipeline picks it back up.
+   * Every few seconds, in one Redis round trip: renews this replica's stream lease of every live call and reads
+   * each call's state. A record that vanished (Redis restarted empty, or failed over to a replica that lacked it) is
+   * written and the call announced again; a call another stream took over, or that ended elsewhere, stops here.
+   * Then the calls whose stream lease lapsed are ended (sweepLostStreams).
    */
-  async checkRecords(): Promise<void> {
-    if (this.checkingRecords) return;
-    this.checkingRecords = true;
+  async keepStreams(): Promise<void> {
+    if (this.keepingStreams) return;
+    this.keepingStreams = true;
+    const { store, config, instanceId } = this.deps;
     try {
-      const live = [...this.sessions].flatMap((session) => {
+      const live = new Map<string, CallSession>();
+      for (const session of this.sessions) {
         const callId = session.recordExpected;
-        return callId ? [{ session, callId }] : [];
-      });
-      const states = await Promise.all(live.map(({ callId }) => this.deps.store.callState(callId).catch(() => "unknown" as const)));
-      live.forEach(({ session }, i) => {
-        if (states[i] === undefined) session.reannounce();
-      });
+        if (callId) live.set(callId, session);
+      }
+      const renewals = await store.renewLeases([...live.keys()], STREAM_LEASE, instanceId, config.streamLeaseMs);
+      for (const renewal of renewals) {
+        const session = live.get(renewal.callId)!;
+        if ("error" in renewal) continue;
+        if (renewal.call === undefined) session.reannounce();
+        else if (renewal.call === "ended") session.endedElsewhere();
+        else if (!renewal.held) session.superseded();
+      }
+      if (Date.now() - this.renewalFailedAt > config.streamLeaseMs) await this.sweepLostStreams(new Set(live.keys()));
+    } catch (error) {
+      this.renewalFailedAt = Date.now();
+      throw error;
     } finally {
-      this.checkingRecords = false;
+      this.keepingStreams = false;
     }
   }
 
-  /** Refuses new streams and resolves once every live call has ended. */
+  /**
+   * Ends the live calls no stream carries any more: their stream lease lapsed (their ingress died, or their stream
+   * closed without `stop` and no new stream took the call up within the lease). Every stage drops the call, as when
+   * the caller hangs up. One replica ends each (it takes the lapsed lease first).
+   */
+  private async sweepLostStreams(streamingHere: Set<string>): Promise<void> {
+    const { store, bus, log, metrics, instanceId } = this.deps;
+    const lapsed = (await store.orphanedCalls(STREAM_LEASE)).filter((callId) => !streamingHere.has(callId));
+    for (const callId of lapsed) {
+      try {
+        if (!(await store.acquireLease(callId, STREAM_LEASE, `${instanceId}:sweeper`, 60_000, { index: false }))) continue;
+        const state = await store.callState(callId);
+        if (state !== "live") {
+          await store.forgetLease(callId, STREAM_LEASE);
+          continue;
+        }
+        const reason = "stream_lost";
+        const endedAtMs = Date.now();
+        bus.publish(subjects.cancel(callId), CancelTurn, CancelTurn.create({ callId, turnId: "", reason }), callId);
+        const ended = CallEnded.create({ callId, reason, endedAtMs });
+        bus.publish(subjects.ended(callId), CallEnded, ended, callId);
+        const input = DialogInput.create({ callId, inputId: `${callId}:end`, atMs: endedAtMs, input: { $case: "callEnded", value: ended } });
+        await bus.publishDurable(subjects.dialogInput(callId), DialogInput, input, input.inputId, callId);
+        await store.endCall(callId, reason, new Date(endedAtMs));
+        metrics.lostStreams.inc();
+        log.warn("call ended: no stream carries it any more (its ingress died, or it was not resumed in time)", { callId, reason });
+      } catch (error) {
+        log.warn("ending a call whose stream was lost failed; tried again next round", { callId, error: errorText(error) });
+      }
+    }
+  }
+
+  /**
+   * Refuses new streams, hands every resumable call over to another replica (see CallSession.handOver), and
+   * resolves once every live call has left or ended.
+   */
   async drain(): Promise<void> {
     this.draining = true;
     if (this.sessions.size === 0) return;
-    await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    const idle = new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    for (const session of this.sessions) if (session.canHandOver) void session.handOver(this.deps.config.handoverWaitMs);
+    await idle;
   }
 
   /** Ends whatever is still live (after a drain timeout) and closes the endpoint. */

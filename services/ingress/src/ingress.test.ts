@@ -19,7 +19,7 @@ import {
   TurnTiming,
   type DialogInput,
 } from "@voicebot/proto";
-import type { CallRecord } from "@voicebot/state";
+import { CallStore, type CallRecord } from "@voicebot/state";
 import { ensureTestCertificate, startNats, startRedis, trustTestCertificateInProcess, type ServerHandle } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { signedPayload } from "./signature.js";
@@ -562,7 +562,8 @@ describe("ingress API: token and placing calls", () => {
       expect(twiml).toBe(
         `<Response><Connect><Stream url="${STREAM_URL}"><Parameter name="campaign" value="refill &lt;7&gt;"/>` +
           `<Parameter name="from" value="+15550100002"/><Parameter name="to" value="+15550100001"/>` +
-          `<Parameter name="agent" value="pharmacy"/></Stream></Connect></Response>`,
+          `<Parameter name="agent" value="pharmacy"/><Parameter name="vbResumable" value="1"/></Stream></Connect>` +
+          `<Redirect method="POST">https://voice.example.com/twilio/voice?vbResume=1&amp;agent=pharmacy</Redirect></Response>`,
       );
 
       const dialing = await (await fetch(`${outbound.baseUrl}/v1/calls/${answer.callSid}`, { headers: bearer(TOKEN) })).json();
@@ -688,12 +689,44 @@ describe("voice webhook", () => {
     expect(await res.text()).toBe(
       `<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://${host}/twilio">` +
         `<Parameter name="from" value="+15550100003"/><Parameter name="to" value="+15550100004"/><Parameter name="agent" value="pharmacy"/>` +
-        `</Stream></Connect></Response>`,
+        `<Parameter name="vbResumable" value="1"/></Stream></Connect>` +
+        `<Redirect method="POST">https://${host}/twilio/voice?vbResume=1&amp;agent=pharmacy</Redirect></Response>`,
     );
     expect((await post(ingress.baseUrl, "/twilio/voice?agent=no%20spaces", form)).status).toBe(400);
     const huge = await post(ingress.baseUrl, "/twilio/voice", { ...form, Junk: "x".repeat(100_000) });
     expect(huge.status).toBe(413);
     expect(huge.headers.get("connection")).toBe("close");
+  });
+
+  it("a stream that closed without stop comes back through the redirect: a live call is resumed on a new stream, an ended one hung up", async () => {
+    const store = CallStore.connect(redis.url);
+    try {
+      const host = new URL(ingress.baseUrl).host;
+      const callSid = "CAresume0123456789abcdef0123456789";
+      await store.createCall({ callSid, provider: "twilio", streamSid: "MZold", agent: "pharmacy", from: "+15550100003", to: "+15550100004", startedAt: new Date().toISOString() });
+      const resumed = await post(ingress.baseUrl, "/twilio/voice?vbResume=2&agent=pharmacy", { ...form, CallSid: callSid });
+      expect(await resumed.text()).toBe(
+        `<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://${host}/twilio">` +
+          `<Parameter name="from" value="+15550100003"/><Parameter name="to" value="+15550100004"/><Parameter name="agent" value="pharmacy"/>` +
+          `<Parameter name="vbResume" value="2"/><Parameter name="vbResumable" value="1"/></Stream></Connect>` +
+          `<Redirect method="POST">https://${host}/twilio/voice?vbResume=3&amp;agent=pharmacy</Redirect></Response>`,
+      );
+      // Resumed too often (a stream that fails at once every time): hung up rather than looped.
+      expect(await (await post(ingress.baseUrl, "/twilio/voice?vbResume=6", { ...form, CallSid: callSid })).text()).toContain("<Response><Hangup/></Response>");
+      // The bot hung up (the record says ended before the stream closes): the redirect hangs up.
+      await store.endCall(callSid, "bot_hangup");
+      expect(await (await post(ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: callSid })).text()).toContain("<Response><Hangup/></Response>");
+      // No record at all (Redis lost it): the call starts over on a fresh stream.
+      const fresh = await (await post(ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: "CAunknown0123456789abcdef012345678" })).text();
+      expect(fresh).toContain('<Parameter name="vbResumable" value="1"/>');
+      expect(fresh).not.toContain('name="vbResume"');
+      expect((await post(ingress.baseUrl, "/twilio/voice?vbResume=x", form)).status).toBe(400);
+      expect(await metricValue(ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resumed" })).toBe(1);
+      expect(await metricValue(ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resume_ended" })).toBe(1);
+      expect(await metricValue(ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resume_limit" })).toBe(1);
+    } finally {
+      await store.close();
+    }
   });
 
   it("checks X-Twilio-Signature over the URL and the sorted form fields when asked to", async () => {
@@ -730,6 +763,55 @@ describe("voice webhook", () => {
       expect(await metricValue(signed.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "answered" })).toBe(3);
     } finally {
       await signed.handle.stop();
+    }
+  });
+});
+
+describe("streams that stop without ending their call", () => {
+  const ended = (callSid: string) => inputsFor(callSid).some((i) => i.input?.$case === "callEnded");
+
+  it("a resumable stream that closes without stop leaves the call live; the stream that resumes it goes on from the call's clock", async () => {
+    const first = await startCall({ vbResumable: "1", agent: "pharmacy" });
+    const callSid = first.callSid;
+    const record = await waitFor(async () => ((await getRecord(callSid)).body.state === "live" ? true : undefined), { what: "live record" });
+    expect(record).toBe(true);
+    first.close(); // no stop: Twilio's side went away
+    await first.closed;
+    await waitFor(async () => (await metricValue(ingress.baseUrl, "voicebot_ingress_detached_streams_total")) >= 1, { what: "the stream left" });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(ended(callSid)).toBe(false);
+    expect((await getRecord(callSid)).body.state).toBe("live");
+
+    await new Promise((r) => setTimeout(r, 500)); // the gap: the caller's frames of it are gone
+    const audio = collect(bus, subjects.callerAudio(callSid), CallerAudio);
+    const second = await TwilioClient.connect(ingress.wsUrl, callSid);
+    second.sendConnected();
+    second.sendStart({ vbResumable: "1", vbResume: "1", agent: "pharmacy" });
+    await waitFor(async () => (await metricValue(ingress.baseUrl, "voicebot_ingress_resumes_total", { outcome: "resumed" })) >= 1, { what: "resumed" });
+    second.sendMedia(1, frames(1, 0x7f));
+    const [frame] = await waitFor(() => (audio.items.length > 0 ? audio.items : undefined), { what: "caller audio" });
+    // Chunk 1 of the new stream is not frame 0 of the call: at least the first stream's time and the gap have passed.
+    expect(frame.firstFrame).toBeGreaterThanOrEqual(800 / 20);
+    expect(inputsFor(callSid).filter((i) => i.input?.$case === "callStarted")).toHaveLength(1); // no second greeting
+    second.sendStop();
+    await second.closed;
+    await waitFor(() => ended(callSid), { what: "the end once the caller hung up" });
+    audio.sub.unsubscribe();
+  });
+
+  it("a stream another stream took the call from stops, the call going on; one whose call ended elsewhere closes", async () => {
+    const store = CallStore.connect(redis.url);
+    try {
+      const superseded = await startCall({ vbResumable: "1" });
+      await store.takeLease(superseded.callSid, "stream", "ingress-elsewhere", 30_000);
+      expect(await superseded.closed).toMatchObject({ code: 1000, reason: "superseded" });
+      expect(ended(superseded.callSid)).toBe(false);
+
+      const over = await startCall();
+      await store.endCall(over.callSid, "stream_lost");
+      expect(await over.closed).toMatchObject({ code: 1000, reason: "call_ended" });
+    } finally {
+      await store.close();
     }
   });
 });

@@ -47,6 +47,10 @@ export class IngressMetrics {
   readonly inboundConcealed: Counter;
   readonly noSilenceFallbacks: Counter;
   readonly recordsRestored: Counter;
+  readonly handovers: Counter;
+  readonly resumes: Counter<"outcome">;
+  readonly detachedStreams: Counter;
+  readonly lostStreams: Counter;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -219,6 +223,27 @@ export class IngressMetrics {
     this.recordsRestored = new Counter({
       name: "voicebot_ingress_call_records_restored_total",
       help: "Live calls whose record vanished from Redis (data lost): re-created and re-announced to the pipeline",
+      registers,
+    });
+    this.handovers = new Counter({
+      name: "voicebot_ingress_handovers_total",
+      help: "Live calls a draining ingress handed over to another replica (closed for Twilio's <Redirect> to resume them)",
+      registers,
+    });
+    this.resumes = new Counter({
+      name: "voicebot_ingress_resumes_total",
+      help: "Streams that resumed a call (its ingress died or handed it over), by outcome (resumed, call_ended, record_lost)",
+      labelNames: ["outcome"],
+      registers,
+    });
+    this.detachedStreams = new Counter({
+      name: "voicebot_ingress_detached_streams_total",
+      help: "Streams that stopped without ending their call (handed over, closed without stop, superseded), for a new stream to take it up",
+      registers,
+    });
+    this.lostStreams = new Counter({
+      name: "voicebot_ingress_lost_streams_total",
+      help: "Live calls whose stream lease lapsed with no stream taking them up (their ingress died, or no resume came): ended as stream_lost",
       registers,
     });
   }

@@ -173,6 +173,7 @@ describe("the deadline is decided by what happened in order", () => {
       REDIS_URL: `redis://127.0.0.1:${link.port}`,
       NO_SILENCE_DEADLINE_MS: String(DEADLINE_MS),
       INGRESS_RECORD_CHECK_MS: "60000",
+      INGRESS_STREAM_LEASE_MS: "120000",
     });
   });
 

@@ -8,6 +8,8 @@ import type { CallStore } from "@voicebot/state";
 import { refuseWithoutToken } from "./api-auth.js";
 import { isValidAgent, type IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
+import { resumeUrl } from "./resume.js";
+import { publicHttpOrigin } from "./signature.js";
 import { statusCallbackUrl } from "./status-callback.js";
 import { streamTwiml, TwilioApiError, type TwilioRestClient } from "./twilio-rest.js";
 
@@ -62,7 +64,7 @@ export function registerOutboundRoute(
     }
     // from and to reach the call record as on an answered call (customParameters); the agent picks who speaks.
     const parameters = { ...call.parameters, from: call.from, to: call.to, ...(call.agent ? { agent: call.agent } : {}) };
-    const twiml = streamTwiml(config.publicStreamUrl, parameters);
+    const twiml = streamTwiml(config.publicStreamUrl, parameters, resumeUrl(publicHttpOrigin(config.publicStreamUrl), 1, call.agent));
     if (twiml.length > MAX_TWIML_CHARS) {
       metrics.outboundCalls.inc({ outcome: "invalid" });
       sendJson(res, 400, { error: `the parameters make TwiML of ${twiml.length} characters; Twilio takes at most ${MAX_TWIML_CHARS}` });

@@ -31,12 +31,22 @@ export const definition: ServiceDefinition<IngressConfig> = {
     log.info(twilioApi ? "Twilio REST API configured: transfers redirect the call" : "no Twilio REST credentials: transfers close the stream", {
       requireServices: config.requireServices,
     });
-    const endpoint = new TwilioEndpoint({ bus, store, log, metrics, config, scheduler, twilioApi, liveCalls: new LiveCalls() });
+    const endpoint = new TwilioEndpoint({
+      bus,
+      store,
+      log,
+      metrics,
+      config,
+      scheduler,
+      twilioApi,
+      liveCalls: new LiveCalls(),
+      instanceId: ctx.common.instanceId,
+    });
     http.upgrade("/twilio", endpoint.handleUpgrade);
     registerRecordRoute(http, store, log, metrics, config.apiToken);
     registerOutboundRoute(http, { config, twilioApi, store, log, metrics });
     registerStatusCallback(http, { config, store, log, metrics });
-    registerVoiceWebhook(http, { config, log, metrics });
+    registerVoiceWebhook(http, { config, store, log, metrics });
     if (config.silenceBatch.maxFrames > 1 && config.silenceBatch.levelDbfs > SAFE_SILENCE_LEVEL_DBFS) {
       log.warn(`INGRESS_SILENCE_LEVEL_DBFS is above ${SAFE_SILENCE_LEVEL_DBFS.toFixed(2)} dBFS RMS: a window of quiet frames can pass the asr's default -55 dBFS VAD gate, so a soft speech onset may wait for a batch; keep ASR_VAD_GATE_DBFS 2.73 dB or more above it`, {
         levelDbfs: config.silenceBatch.levelDbfs,
@@ -45,12 +55,12 @@ export const definition: ServiceDefinition<IngressConfig> = {
     if (!config.apiToken) log.warn("INGRESS_API_TOKEN is not set: call records are readable without a token, and POST /v1/calls is off");
     const probe = new ReadinessProbe(bus, config.requireServices, config.readinessProbeIntervalMs, ctx.common.instanceId, log);
     probe.start();
-    // Redis may come back empty (a restart without persistence): look for live calls whose record is gone as soon
-    // as it is reachable again, and every few seconds in case it was swapped without a disconnect.
-    const checkRecords = () =>
-      void endpoint.checkRecords().catch((error) => log.warn("checking the live calls' records failed", { error: errorText(error) }));
-    const recordTimer = setInterval(checkRecords, config.recordCheckMs);
-    store.redis.on("ready", checkRecords);
+    // Stream leases renewed every few seconds, lost streams' calls ended; and Redis may come back empty (a restart
+    // without persistence): live calls whose record is gone are looked for as soon as it is reachable again too.
+    const keepStreams = () =>
+      void endpoint.keepStreams().catch((error) => log.warn("renewing the live calls' streams failed", { error: errorText(error) }));
+    const streamTimer = setInterval(keepStreams, config.recordCheckMs);
+    store.redis.on("ready", keepStreams);
 
     return {
       notReadyReason: () => {
@@ -60,8 +70,8 @@ export const definition: ServiceDefinition<IngressConfig> = {
       activeCalls: () => endpoint.activeCalls,
       drain: () => endpoint.drain(),
       close: async () => {
-        clearInterval(recordTimer);
-        store.redis.off("ready", checkRecords);
+        clearInterval(streamTimer);
+        store.redis.off("ready", keepStreams);
         probe.stop();
         await endpoint.close();
         scheduler.close();

@@ -33,6 +33,7 @@ import { callerAudioBatch } from "./publish-batch.js";
 import { SilenceBatcher, type CallerAudioBlock } from "./silence-batch.js";
 import type { Pacer, PlayoutScheduler } from "./scheduler.js";
 import type { SkipReason, TurnState } from "./turn-queue.js";
+import { RESUMABLE_PARAM, RESUME_PARAM } from "./resume.js";
 import { turnLatency } from "./turn-record.js";
 import {
   clearMessage,
@@ -57,6 +58,8 @@ export interface SessionDeps {
   /** Set when Twilio REST credentials are configured. */
   twilioApi: TwilioRestClient | undefined;
   liveCalls: LiveCalls;
+  /** This replica's name on the stream leases it holds. */
+  instanceId: string;
 }
 
 /**
@@ -83,6 +86,9 @@ const MULAW_8K = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 800
 const CALLER_END_REASONS = new Set(["caller_hangup", "stream_closed"]);
 /** Every message to Twilio is a text frame, strings and the Buffers of `media` messages alike. */
 const TEXT_FRAME = { binary: false };
+/** The lease role of the ingress replica streaming a call (renewed by the endpoint, see keepStreams). */
+export const STREAM_LEASE = "stream";
+const FRAME_MS = 20;
 
 export class CallSession {
   private callSid: string | undefined;
@@ -102,6 +108,13 @@ export class CallSession {
   /** A speech onset waiting out BARGE_IN_MIN_SPEECH_MS before it cuts the bot off. */
   private pendingBargeIn: { utteranceId: string; timer: NodeJS.Timeout } | undefined;
   private startedAtMs = 0;
+  /**
+   * Twilio's `<Redirect>` after our `<Connect>` brings a stream that closed without `stop` back to the voice webhook,
+   * which resumes the call on a new stream: such a close leaves the call live (detach) instead of ending it.
+   */
+  private resumable = false;
+  /** Added to Twilio's chunk numbers: a resumed stream counts from 1 again, the call's frames go on. */
+  private frameOffset = 0;
   private endReason: string | undefined;
   private ended = false;
   private ending: Promise<void> | undefined;
@@ -137,7 +150,10 @@ export class CallSession {
     ws.on("message", (data, isBinary) => this.onMessage(data, isBinary));
     ws.on("close", (code) => {
       this.closeCode = code;
-      void this.end(this.endReason ?? "stream_closed");
+      // No `stop` and not ended by us: Twilio's side went away (our process restarting, the network). The call
+      // resumes on a new stream when this one was resumable; the stream sweeper ends it if none comes.
+      if (this.resumable && this.endReason === undefined) void this.detach("the stream closed without stop");
+      else void this.end(this.endReason ?? "stream_closed");
     });
     ws.on("error", (error: Error & { code?: string }) => {
       const oversized = error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH";
@@ -150,11 +166,50 @@ export class CallSession {
     }, deps.config.startTimeoutMs);
   }
 
-  /** Ends the call from our side (shutdown after a drain timeout). */
+  /** Ends the call from our side (shutdown after a drain timeout); a resumable call is handed over instead. */
   shutdown(reason: string): Promise<void> {
+    if (this.resumable && this.endReason === undefined) return this.handOverNow(reason);
     this.endReason ??= reason;
     this.close(1001, reason);
     return this.end(this.endReason);
+  }
+
+  /** Whether a draining ingress can hand this call over to another replica (see handOver). */
+  get canHandOver(): boolean {
+    return this.resumable && this.endReason === undefined && !this.ended;
+  }
+
+  /**
+   * Hands the call over to another ingress replica: at a quiet moment (the bot's audio all heard, the caller not in
+   * an utterance, no hang-up pending), or after `maxWaitMs` anyway, the stream closes with 1001; Twilio's
+   * `<Redirect>` then brings the call back through the voice webhook to a replica that is not draining.
+   */
+  async handOver(maxWaitMs: number): Promise<void> {
+    const deadline = Date.now() + maxWaitMs;
+    const busy = () => this.finalActionPending || this.playout?.hasPendingAudio === true || this.callerAudio?.callerSpeaking === true;
+    while (!this.ended && busy() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    if (!this.ended && this.endReason === undefined) await this.handOverNow("handover");
+    await this.finished;
+  }
+
+  private handOverNow(why: string): Promise<void> {
+    this.deps.metrics.handovers.inc();
+    this.close(1001, why);
+    return this.detach(why === "handover" ? "handed over to another ingress replica" : why);
+  }
+
+  /** Another stream took the call over (a resume elsewhere): this one stops without ending the call. */
+  superseded(): void {
+    if (this.ending) return;
+    this.close(1000, "superseded");
+    void this.detach("another stream took the call over");
+  }
+
+  /** The call ended elsewhere (the stream sweeper, a status callback) while this stream was up: it stops. */
+  endedElsewhere(): void {
+    if (this.ending) return;
+    this.close(1000, "call_ended");
+    void this.detach("the call's record says it ended");
   }
 
   // ---- Twilio -> us ----
@@ -297,16 +352,75 @@ export class CallSession {
       to,
       startedAt: new Date(startedAtMs).toISOString(),
     };
-    this.log.info("call started", { agent, tracks: start.tracks, bargeIn: this.bargeIn });
+    this.resumable = params[RESUMABLE_PARAM] === "1";
     this.announcement = { meta, callStarted };
-    this.enqueue(async () => {
-      await this.storeOp("create_call", () => this.deps.store.createCall(meta));
-      this.publish(subjects.callStarted, CallStarted, callStarted, "call_started");
-      await this.publishInput(
-        DialogInput.create({ callId, inputId: `${callId}:start`, atMs: startedAtMs, input: { $case: "callStarted", value: callStarted } }),
-      );
-      this.announced = true;
-    });
+    const resume = params[RESUME_PARAM];
+    if (resume !== undefined) {
+      this.log.info("stream resumes a call", { agent, resume, tracks: start.tracks });
+      this.enqueue(() => this.resumeCall(meta, callStarted, resume));
+      return;
+    }
+    this.log.info("call started", { agent, tracks: start.tracks, bargeIn: this.bargeIn });
+    this.enqueue(() => this.announceCall(meta, callStarted));
+  }
+
+  /** A new call: its record, this replica's stream lease, the asr's claim and the dialog's greeting. */
+  private async announceCall(meta: CallMeta, callStarted: CallStarted): Promise<void> {
+    const callId = meta.callSid;
+    await this.storeOp("create_call", () => this.deps.store.createCall(meta));
+    await this.takeStream(callId);
+    this.publish(subjects.callStarted, CallStarted, callStarted, "call_started");
+    await this.publishInput(
+      DialogInput.create({ callId, inputId: `${callId}:start`, atMs: callStarted.startedAtMs, input: { $case: "callStarted", value: callStarted } }),
+    );
+    this.announced = true;
+  }
+
+  /**
+   * A live call continues on this stream (its ingress died or handed it over): the record names this stream, this
+   * replica takes the stream lease, and CallStarted lets an asr replica claim the call if its owner is gone too. The
+   * dialog is not told: the conversation goes on where it was, without a second greeting.
+   */
+  private async resumeCall(meta: CallMeta, callStarted: CallStarted, resume: string): Promise<void> {
+    const callId = meta.callSid;
+    let found: Awaited<ReturnType<CallStore["resumeCall"]>> | undefined;
+    try {
+      found = await this.deps.store.resumeCall(callId, meta.streamSid);
+    } catch (error) {
+      this.deps.metrics.storeErrors.inc({ op: "resume_call" });
+      this.log.error("could not look up the call to resume; resuming it anyway", { error: errorText(error) });
+    }
+    if (this.ended) return;
+    if (found?.state === "ended" || found?.state === "dialing") {
+      // Ended meanwhile (the caller hung up during the gap, or the sweeper gave up on it): nothing to resume.
+      this.deps.metrics.resumes.inc({ outcome: "call_ended" });
+      this.log.warn("the call to resume has ended; closing the stream", { state: found.state });
+      this.endReason = "resume_of_ended_call";
+      this.close(1000, "call_ended");
+      void this.detach("the call had ended");
+      return;
+    }
+    if (found && found.state === undefined) {
+      // Its record is gone (Redis lost it): start the call over, as for a record that vanishes mid-call.
+      this.deps.metrics.resumes.inc({ outcome: "record_lost" });
+      this.log.warn("the call to resume has no record; starting it over");
+      await this.announceCall(meta, callStarted);
+      return;
+    }
+    // The call's frames go on from where its first stream's clock says they are now: numbers never go back.
+    const callStartedAt = found?.startedAt ? Date.parse(found.startedAt) : Number.NaN;
+    if (Number.isFinite(callStartedAt)) this.frameOffset = Math.max(0, Math.round((this.startedAtMs - callStartedAt) / FRAME_MS));
+    await this.takeStream(callId);
+    this.publish(subjects.callStarted, CallStarted, callStarted, "call_started");
+    this.announced = true;
+    this.deps.metrics.resumes.inc({ outcome: "resumed" });
+    this.log.info("call resumed on this stream", { frameOffset: this.frameOffset });
+  }
+
+  /** This replica streams the call now: the stream lease is its, whoever had it (a newer stream outranks an older). */
+  private takeStream(callId: string): Promise<void> {
+    const { store, config, instanceId } = this.deps;
+    return this.storeOp("take_stream", () => store.takeLease(callId, STREAM_LEASE, instanceId, config.streamLeaseMs));
   }
 
   private onMedia(media: MediaMessage, now: number): void {
@@ -322,7 +436,8 @@ export class CallSession {
   }
 
   private readonly jitterSink: JitterSink = {
-    forward: (chunk, payload, frameCount, receivedAtMs, concealed) => this.callerAudio!.add(chunk - 1, payload, frameCount, receivedAtMs, concealed),
+    forward: (chunk, payload, frameCount, receivedAtMs, concealed) =>
+      this.callerAudio!.add(this.frameOffset + chunk - 1, payload, frameCount, receivedAtMs, concealed),
     reordered: () => this.deps.metrics.inboundReordered.inc(),
     dropped: (reason) => {
       this.deps.metrics.inboundDropped.inc({ reason });
@@ -707,6 +822,12 @@ export class CallSession {
   /** Ends the stream from our side: a normal close, then the call ends with `reason`. */
   private finish(reason: string): void {
     this.endReason ??= reason;
+    // A resumable stream's close sends Twilio back to the voice webhook: the record must say ended by then, or the
+    // webhook would resume the call the bot just ended.
+    if (this.resumable) {
+      void this.end(this.endReason, () => this.close(1000, reason));
+      return;
+    }
     this.close(1000, reason);
     void this.end(this.endReason);
   }
@@ -715,20 +836,63 @@ export class CallSession {
     if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) this.ws.close(code, reason);
   }
 
-  /** Publishes the end once (stop, close, hang-up, shutdown: whichever comes first) and records it. */
-  private end(reason: string): Promise<void> {
+  /**
+   * Publishes the end once (stop, close, hang-up, shutdown: whichever comes first) and records it; `recorded` runs
+   * once the record says ended.
+   */
+  private end(reason: string, recorded?: () => void): Promise<void> {
     if (this.ending) return this.ending;
+    this.stopStreaming();
+    // Every stage drops the call's work now; CallEnded follows once the record writes are done.
+    if (this.callSid) this.publishCancels([""], CALLER_END_REASONS.has(reason) ? "hangup" : reason);
+    this.ending = (async () => {
+      const callId = this.callSid;
+      if (!callId) return;
+      const endedAtMs = Date.now();
+      await this.tasks; // the start and record writes land before the end
+      const ended = CallEnded.create({ callId, reason, endedAtMs });
+      this.publish(subjects.ended(callId), CallEnded, ended, "call_ended");
+      const input = this.publishInput(DialogInput.create({ callId, inputId: `${callId}:end`, atMs: endedAtMs, input: { $case: "callEnded", value: ended } }));
+      await this.storeOp("end_call", () => this.deps.store.endCall(callId, reason, new Date(endedAtMs)));
+      recorded?.();
+      await input;
+      this.log.info("call ended", { reason, durationMs: endedAtMs - this.startedAtMs, closeCode: this.closeCode });
+    })()
+      .catch((error) => this.log.error("ending the call failed", { error: errorText(error) }))
+      .finally(() => {
+        recorded?.(); // closing twice is harmless; a stream left open is not
+        this.resolveFinished();
+      });
+    return this.ending;
+  }
+
+  /**
+   * The stream is over, the call is not: it goes on on another stream (resumed through the voice webhook). Nothing
+   * is ended or cancelled; this replica stops renewing the stream lease, so if no stream takes the call up within
+   * the lease, the stream sweeper ends it.
+   */
+  private detach(why: string): Promise<void> {
+    if (this.ending) return this.ending;
+    this.stopStreaming();
+    this.ending = (async () => {
+      await this.tasks;
+      this.deps.metrics.detachedStreams.inc();
+      this.log.info("stream left; the call goes on without it", { why, durationMs: Date.now() - this.startedAtMs, closeCode: this.closeCode });
+    })()
+      .catch((error) => this.log.error("leaving the stream failed", { error: errorText(error) }))
+      .finally(() => this.resolveFinished());
+    return this.ending;
+  }
+
+  /** Stops everything this stream does here: the caller's last audio goes out, subscriptions and playout stop. */
+  private stopStreaming(): void {
     if (this.jitter) {
       this.jitter.flushAll(); // the caller's last words still reach the recognizer
       this.callerAudio?.flush();
       callerAudioBatch.flush(); // ...before anything that ends the call
       this.deps.scheduler.remove(this.jitterPacer);
     }
-    // Every stage drops the call's work now; CallEnded follows once the record writes are done.
-    if (this.callSid) {
-      this.publishCancels([""], CALLER_END_REASONS.has(reason) ? "hangup" : reason);
-      this.deps.liveCalls.release(this.callSid, this);
-    }
+    if (this.callSid) this.deps.liveCalls.release(this.callSid, this);
     if (this.pendingBargeIn) clearTimeout(this.pendingBargeIn.timer);
     this.pendingBargeIn = undefined;
     this.guard?.close();
@@ -745,26 +909,6 @@ export class CallSession {
       this.deps.scheduler.remove(this.playout);
       this.playout.close();
     }
-    this.ending = (async () => {
-      const callId = this.callSid;
-      if (!callId) return;
-      const endedAtMs = Date.now();
-      await this.tasks; // the start and record writes land before the end
-      this.publish(subjects.ended(callId), CallEnded, CallEnded.create({ callId, reason, endedAtMs }), "call_ended");
-      await this.publishInput(
-        DialogInput.create({
-          callId,
-          inputId: `${callId}:end`,
-          atMs: endedAtMs,
-          input: { $case: "callEnded", value: CallEnded.create({ callId, reason, endedAtMs }) },
-        }),
-      );
-      await this.storeOp("end_call", () => this.deps.store.endCall(callId, reason, new Date(endedAtMs)));
-      this.log.info("call ended", { reason, durationMs: endedAtMs - this.startedAtMs, closeCode: this.closeCode });
-    })()
-      .catch((error) => this.log.error("ending the call failed", { error: errorText(error) }))
-      .finally(() => this.resolveFinished());
-    return this.ending;
   }
 
   // ---- the call's record ----

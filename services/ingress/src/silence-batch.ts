@@ -136,6 +136,11 @@ export class SilenceBatcher {
     this.utteranceSince = undefined;
   }
 
+  /** The asr has an utterance of the caller open (not stale). */
+  get callerSpeaking(): boolean {
+    return this.asrListening();
+  }
+
   private asrListening(): boolean {
     if (this.utteranceSince === undefined) return false;
     if (performance.now() - this.utteranceSince < UTTERANCE_STALE_MS) return true;

@@ -2,6 +2,7 @@
 // (transfer, keypad tones).
 import { errorText } from "@voicebot/bus";
 import type { TwilioRestConfig } from "./config.js";
+import { RESUMABLE_PARAM } from "./resume.js";
 
 export class TwilioApiError extends Error {
   constructor(
@@ -103,11 +104,18 @@ export function dialTwiml(target: string): string | undefined {
   return undefined;
 }
 
-/** TwiML that connects the answered call to our media stream, passing `parameters` as its customParameters. */
-export function streamTwiml(streamUrl: string, parameters: Record<string, string>): string {
-  const tags = Object.entries(parameters).map(([name, value]) => `<Parameter name="${xmlEscape(name)}" value="${xmlEscape(value)}"/>`);
-  return `<Response><Connect><Stream url="${xmlEscape(streamUrl)}">${tags.join("")}</Stream></Connect></Response>`;
+/**
+ * TwiML that connects the answered call to our media stream, passing `parameters` as its customParameters. With
+ * `resumeUrl`, a `<Redirect>` there follows the stream, and the stream says so (see resume.ts).
+ */
+export function streamTwiml(streamUrl: string, parameters: Record<string, string>, resumeUrl?: string): string {
+  const all = resumeUrl ? { ...parameters, [RESUMABLE_PARAM]: "1" } : parameters;
+  const tags = Object.entries(all).map(([name, value]) => `<Parameter name="${xmlEscape(name)}" value="${xmlEscape(value)}"/>`);
+  const redirect = resumeUrl ? `<Redirect method="POST">${xmlEscape(resumeUrl)}</Redirect>` : "";
+  return `<Response><Connect><Stream url="${xmlEscape(streamUrl)}">${tags.join("")}</Stream></Connect>${redirect}</Response>`;
 }
+
+export const HANGUP_TWIML = "<Response><Hangup/></Response>";
 
 /** `<Play digits>` TwiML (w = half-second pause); undefined for anything but keypad digits. */
 export function playDigitsTwiml(digits: string): string | undefined {

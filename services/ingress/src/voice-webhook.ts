@@ -1,19 +1,24 @@
 // POST /twilio/voice: the voice webhook of a Twilio number pointed straight at the ingress (instead of a TwiML Bin).
 // It answers TwiML that connects the call's media stream here, with the caller's From and To and the agent of the
-// webhook URL (?agent=...) as the stream's custom parameters, so the call record has them.
+// webhook URL (?agent=...) as the stream's custom parameters, so the call record has them. A `<Redirect>` back here
+// follows the stream: a stream that closes without `stop` (its ingress died or handed the call over) comes back as
+// ?vbResume=n, and a live call is connected to a new stream that resumes it (resume.ts); an ended one is hung up.
 import type { Logger } from "@voicebot/bus";
+import { errorText } from "@voicebot/bus";
 import { sendJson, type HttpServer } from "@voicebot/service-kit";
+import type { CallStore } from "@voicebot/state";
 import { isValidAgent, type IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
-import { readWebhookForm, signedByTwilio } from "./signature.js";
-import { streamTwiml } from "./twilio-rest.js";
+import { MAX_RESUMES, RESUME_PARAM, RESUME_QUERY, resumeUrl } from "./resume.js";
+import { publicHttpOrigin, readWebhookForm, signedByTwilio } from "./signature.js";
+import { HANGUP_TWIML, streamTwiml } from "./twilio-rest.js";
 
 const MAX_BODY_BYTES = 64 * 1024;
 /** Twilio's form fields copied into the stream's parameters (From/To as the record's from/to). */
 const FORWARDED = { From: "from", To: "to" } as const;
 
-export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressConfig; log: Logger; metrics: IngressMetrics }): void {
-  const { config, log, metrics } = deps;
+export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressConfig; store: CallStore; log: Logger; metrics: IngressMetrics }): void {
+  const { config, store, log, metrics } = deps;
   http.route("POST", /^\/twilio\/voice\/?$/, async (req, res) => {
     const form = await readWebhookForm(req, res, MAX_BODY_BYTES);
     if (!form) return metrics.voiceWebhooks.inc({ outcome: "invalid" });
@@ -26,10 +31,12 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
         return;
       }
     }
-    const agent = new URL(req.url ?? "/", "http://ingress").searchParams.get("agent") ?? undefined;
-    if (agent !== undefined && !isValidAgent(agent)) {
+    const query = new URL(req.url ?? "/", "http://ingress").searchParams;
+    const agent = query.get("agent") ?? undefined;
+    const resume = query.has(RESUME_QUERY) ? Number(query.get(RESUME_QUERY)) : 0;
+    if ((agent !== undefined && !isValidAgent(agent)) || !Number.isInteger(resume) || resume < 0) {
       metrics.voiceWebhooks.inc({ outcome: "invalid" });
-      sendJson(res, 400, { error: "agent must be 1-64 letters, digits, '_', '.' or '-'" });
+      sendJson(res, 400, { error: "agent must be 1-64 letters, digits, '_', '.' or '-'; vbResume a count" });
       return;
     }
     const parameters: Record<string, string> = {};
@@ -39,8 +46,39 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
     }
     if (agent) parameters.agent = agent;
     const streamUrl = config.publicStreamUrl ?? `wss://${req.headers.host ?? "localhost"}/twilio`;
-    metrics.voiceWebhooks.inc({ outcome: "answered" });
-    res.writeHead(200, { "content-type": "text/xml; charset=utf-8" });
-    res.end(`<?xml version="1.0" encoding="UTF-8"?>${streamTwiml(streamUrl, parameters)}`);
+    const origin = config.publicStreamUrl ? publicHttpOrigin(config.publicStreamUrl) : `https://${req.headers.host ?? "localhost"}`;
+    const answer = (outcome: string, twiml: string) => {
+      metrics.voiceWebhooks.inc({ outcome });
+      res.writeHead(200, { "content-type": "text/xml; charset=utf-8" });
+      res.end(`<?xml version="1.0" encoding="UTF-8"?>${twiml}`);
+    };
+    if (resume === 0) return answer("answered", streamTwiml(streamUrl, parameters, resumeUrl(origin, 1, agent)));
+
+    // A stream of this call closed without `stop`: resume the call if it is still live.
+    const callSid = form.get("CallSid") ?? "";
+    let call: Awaited<ReturnType<CallStore["callParties"]>>;
+    try {
+      call = callSid ? await store.callParties(callSid) : undefined;
+    } catch (error) {
+      // Redis away: keep the caller; the new stream finds out what is left of the call.
+      log.warn("resume: the call record is unreadable; resuming the call anyway", { callId: callSid, error: errorText(error) });
+      call = { state: "live", agent: agent ?? "", from: parameters.from ?? "", to: parameters.to ?? "" };
+    }
+    if (call?.state === "ended") {
+      log.info("resume: the call has ended; hanging up", { callId: callSid });
+      return answer("resume_ended", HANGUP_TWIML);
+    }
+    if (!call) {
+      log.warn("resume: no record of the call; starting it over", { callId: callSid, resume });
+      return answer("answered", streamTwiml(streamUrl, parameters, resumeUrl(origin, 1, agent)));
+    }
+    if (resume > MAX_RESUMES) {
+      log.warn("resume: the call was resumed too many times; hanging up", { callId: callSid, resume });
+      return answer("resume_limit", HANGUP_TWIML);
+    }
+    const callAgent = call.agent || agent;
+    const resumed = { ...(call.from ? { from: call.from } : {}), ...(call.to ? { to: call.to } : {}), ...(callAgent ? { agent: callAgent } : {}), [RESUME_PARAM]: String(resume) };
+    log.info("resume: connecting the call to a new stream", { callId: callSid, resume });
+    return answer("resumed", streamTwiml(streamUrl, resumed, resumeUrl(origin, resume + 1, callAgent)));
   });
 }
