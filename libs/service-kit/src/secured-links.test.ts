@@ -214,23 +214,7 @@ describe("secured Redis", () => {
     await waitFor(() => store.ready, { what: "store ready" });
     expect(lines.join("")).toContain(`"redis":"sentinel://127.0.0.1:${sentinel.port}/calls"`);
     expect(lines.join("")).not.toMatch(/data-pw-31|sentinel-pw-47/);
-    await store.createCall({ callSid: "CAsentinel1", provider: "twilio", streamSid: "MZ1", agent: "a", from: "+1", to: "+2", startedAt: new Date().toISOString() });
-    await waitFor(async () => (await store.callState("CAsentinel1")) === "live", { what: "written" });
-
-    master.kill(); // a crash: the replica is promoted once the sentinel sees the master down
-    const afterFailover = await waitFor(
-      async () => {
-        await store.appendTranscript("CAsentinel1", { role: "caller", text: "still here", at: new Date().toISOString(), source: "speech" });
-        return store.callState("CAsentinel1");
-      },
-      { what: "writes on the promoted replica", timeoutMs: 20_000, intervalMs: 200 },
-    );
-    expect(afterFailover).toBe("live");
-    // The write went to the promoted replica: the transcript line is there, and the old master is gone.
-    const promoted = CallStore.connect({ url: replica.url, password: "data-pw-31" });
-    onTestFinished(() => promoted.close());
-    expect((await promoted.redis.info("replication")).includes("role:master")).toBe(true);
-    expect((await promoted.getRecord("CAsentinel1"))?.transcript.map((e) => e.text)).toContain("still here");
+    await followsFailover(store, master, CallStore.connect({ url: replica.url, password: "data-pw-31" }));
   });
 
   it("Sentinel over TLS (sentinels, master and replica all TLS only, a private CA): the store follows the master through a failover", async () => {
@@ -254,19 +238,28 @@ describe("secured Redis", () => {
     const { store } = handle.ctx;
     await waitFor(() => store.ready, { what: "store ready" });
     expect(lines.join("")).toContain(`"redis":"sentinel://127.0.0.1:${sentinel.port}/calls"`);
-    await store.createCall({ callSid: "CAsentineltls", provider: "twilio", streamSid: "MZ1", agent: "a", from: "+1", to: "+2", startedAt: new Date().toISOString() });
-    master.kill();
-    const afterFailover = await waitFor(
-      async () => {
-        await store.appendTranscript("CAsentineltls", { role: "caller", text: "over tls", at: new Date().toISOString(), source: "speech" });
-        return store.callState("CAsentineltls");
-      },
-      { what: "writes on the promoted replica", timeoutMs: 20_000, intervalMs: 200 },
-    );
-    expect(afterFailover).toBe("live");
-    const promoted = CallStore.connect({ url: replica.url, tls: { ca: await readFile(certs.caFile, "utf8") } });
-    onTestFinished(() => promoted.close());
-    expect((await promoted.redis.info("replication")).includes("role:master")).toBe(true);
-    expect((await promoted.getRecord("CAsentineltls"))?.transcript.map((e) => e.text)).toContain("over tls");
+    await followsFailover(store, master, CallStore.connect({ url: replica.url, tls: { ca: await readFile(certs.caFile, "utf8") } }));
   });
 });
+
+/**
+ * A live call's record is written through `store`, the master crashes, and writes go on once the sentinel promoted
+ * the replica (`promoted`, a store connected to it straight): they are there, and it is the master now.
+ */
+async function followsFailover(store: CallStore, master: ServerHandle, promoted: CallStore): Promise<void> {
+  onTestFinished(() => promoted.close());
+  const callSid = `CAsentinel${Date.now()}`;
+  await store.createCall({ callSid, provider: "twilio", streamSid: "MZ1", agent: "a", from: "+1", to: "+2", startedAt: new Date().toISOString() });
+  await waitFor(async () => (await store.callState(callSid)) === "live", { what: "written" });
+  master.kill(); // a crash: the replica is promoted once the sentinel sees the master down
+  const afterFailover = await waitFor(
+    async () => {
+      await store.appendTranscript(callSid, { role: "caller", text: "still here", at: new Date().toISOString(), source: "speech" });
+      return store.callState(callSid);
+    },
+    { what: "writes on the promoted replica", timeoutMs: 20_000, intervalMs: 200 },
+  );
+  expect(afterFailover).toBe("live");
+  expect((await promoted.redis.info("replication")).includes("role:master")).toBe(true);
+  expect((await promoted.getRecord(callSid))?.transcript.map((e) => e.text)).toContain("still here");
+}
