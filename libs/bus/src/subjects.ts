@@ -44,6 +44,8 @@ export const subjects = {
   endedAll: "vb.v1.call.*.ended",
   /** A chunk failed in every tts engine. SynthesisFailed. */
   ttsFailed: (callId: string) => call(callId, "tts.failed"),
+  /** Is the call's stream alive? Answered by the ingress replica streaming it. ReadinessRequest -> ReadinessResponse. */
+  stream: (callId: string) => call(callId, "stream"),
 
   /** A call's stream opened; one asr replica claims it (queue group). CallStarted. */
   callStarted: "vb.v1.calls.started",

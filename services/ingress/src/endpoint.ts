@@ -2,8 +2,8 @@
 // stream.
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
-import { errorText, subjects } from "@voicebot/bus";
-import { CallEnded, CancelTurn, DialogInput } from "@voicebot/proto";
+import { BusError, errorText, subjects } from "@voicebot/bus";
+import { CallEnded, CancelTurn, DialogInput, ReadinessRequest, ReadinessResponse } from "@voicebot/proto";
 import { WebSocketServer } from "ws";
 import { clientAddress } from "./client-address.js";
 import { CallSession, STREAM_LEASE, type SessionDeps } from "./session.js";
@@ -109,14 +109,21 @@ export class TwilioEndpoint {
   /**
    * Ends the live calls no stream carries any more: their stream lease lapsed (their ingress died, or their stream
    * closed without `stop` and no new stream took the call up within the lease). Every stage drops the call, as when
-   * the caller hangs up. One replica ends each (it takes the lapsed lease first).
+   * the caller hangs up. One replica ends each (it takes the lapsed lease first). A call whose ingress still
+   * answers for its stream is left alone: that replica only lost Redis for a while, and renews when it is back.
    */
   private async sweepLostStreams(streamingHere: Set<string>): Promise<void> {
     const { store, bus, log, metrics, instanceId } = this.deps;
+    const sweeper = `${instanceId}:sweeper`;
     const lapsed = (await store.orphanedCalls(STREAM_LEASE)).filter((callId) => !streamingHere.has(callId));
     for (const callId of lapsed) {
       try {
-        if (!(await store.acquireLease(callId, STREAM_LEASE, `${instanceId}:sweeper`, 60_000, { index: false }))) continue;
+        if (!(await store.acquireLease(callId, STREAM_LEASE, sweeper, 60_000, { index: false }))) continue;
+        if (await this.streamAnswers(callId)) {
+          log.warn("a call's stream lease lapsed but its ingress still answers for it (it lost Redis for a while): left to it", { callId });
+          await store.releaseLease(callId, STREAM_LEASE, sweeper, { index: false });
+          continue;
+        }
         const state = await store.callState(callId);
         if (state !== "live") {
           await store.forgetLease(callId, STREAM_LEASE);
@@ -135,6 +142,17 @@ export class TwilioEndpoint {
       } catch (error) {
         log.warn("ending a call whose stream was lost failed; tried again next round", { callId, error: errorText(error) });
       }
+    }
+  }
+
+  /** Whether an ingress replica answers for the call's stream within a second (one that froze does not). */
+  private async streamAnswers(callId: string): Promise<boolean> {
+    try {
+      await this.deps.bus.request(subjects.stream(callId), ReadinessRequest, ReadinessRequest.create({ from: this.deps.instanceId }), ReadinessResponse, 1_000, callId);
+      return true;
+    } catch (error) {
+      if (error instanceof BusError && (error.code === "no_responders" || error.code === "timeout")) return false;
+      throw error;
     }
   }
 

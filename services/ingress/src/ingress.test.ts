@@ -19,7 +19,7 @@ import {
   TurnTiming,
   type DialogInput,
 } from "@voicebot/proto";
-import { CallStore, type CallRecord } from "@voicebot/state";
+import { CallStore, keys, type CallRecord } from "@voicebot/state";
 import { ensureTestCertificate, startNats, startRedis, trustTestCertificateInProcess, type ServerHandle } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { signedPayload } from "./signature.js";
@@ -35,6 +35,7 @@ import {
   startIngress,
   TwilioClient,
   waitFor,
+  waitForLog,
   type Ingress,
 } from "./test-support/harness.js";
 
@@ -812,6 +813,30 @@ describe("streams that stop without ending their call", () => {
       expect(await over.closed).toMatchObject({ code: 1000, reason: "call_ended" });
     } finally {
       await store.close();
+    }
+  });
+});
+
+describe("the stream sweeper", () => {
+  it("leaves alone a call whose stream lease lapsed while its ingress still answers for it (that replica lost Redis for a while)", async () => {
+    // A: streams the call and renews nothing within the test (as if its Redis link were down); B: sweeps often.
+    const a = await startIngress({ ...env(), INGRESS_RECORD_CHECK_MS: "60000", INGRESS_STREAM_LEASE_MS: "120000" });
+    const b = await startIngress({ ...env(), INGRESS_RECORD_CHECK_MS: "200", INGRESS_STREAM_LEASE_MS: "1000" });
+    const store = CallStore.connect(redis.url);
+    try {
+      const client = await startCall({}, a.wsUrl);
+      await waitFor(async () => ((await store.leaseOwner(client.callSid, "stream")) ? true : undefined), { what: "the stream lease" });
+      await store.redis.del(keys.lease(client.callSid, "stream"));
+      await store.redis.zadd(keys.leaseIndex("stream"), 1, client.callSid); // lapsed long ago
+      await waitForLog((l) => l.msg === "a call's stream lease lapsed but its ingress still answers for it (it lost Redis for a while): left to it" && l.callId === client.callSid, "the sweeper to ask", 10_000);
+      expect(await store.callState(client.callSid)).toBe("live");
+      expect(await metricValue(b.baseUrl, "voicebot_ingress_lost_streams_total")).toBe(0);
+      client.sendStop();
+      await client.closed;
+    } finally {
+      await store.close();
+      await b.handle.stop();
+      await a.handle.stop();
     }
   });
 });

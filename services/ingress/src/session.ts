@@ -15,6 +15,8 @@ import {
   KeypadPress,
   PlaybackEvent,
   PlaybackEvent_Kind,
+  ReadinessRequest,
+  ReadinessResponse,
   SpeechActivity,
   SpeechActivity_Kind,
   SynthesisFailed,
@@ -174,6 +176,10 @@ export class CallSession {
     return this.end(this.endReason);
   }
 
+  private get streamAlive(): ReadinessResponse {
+    return ReadinessResponse.create({ service: "ingress", instance: this.deps.instanceId, activeCalls: 1 });
+  }
+
   /** Whether a draining ingress can hand this call over to another replica (see handOver). */
   get canHandOver(): boolean {
     return this.resumable && this.endReason === undefined && !this.ended;
@@ -320,6 +326,8 @@ export class CallSession {
       bus.subscribe(subjects.ttsFailed(callId), SynthesisFailed, (m) => this.onSynthesisFailed(m), { name: "tts-failed" }),
       bus.subscribe(subjects.control(callId), CallControl, (m) => this.onControl(m), { name: "control" }),
       bus.subscribe(subjects.speech(callId), SpeechActivity, (m) => this.onSpeech(m), { name: "speech", ordered: true }),
+      // The stream sweeper asks before it ends a call whose stream lease lapsed: this replica may only have lost Redis.
+      bus.serve(subjects.stream(callId), ReadinessRequest, ReadinessResponse, async () => this.streamAlive, { name: "stream-probe" }),
     );
     // A final transcript is an input the dialog answers: the no-silence deadline starts.
     if (this.guard) {
