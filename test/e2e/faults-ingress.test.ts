@@ -65,6 +65,10 @@ test("the replica streaming a call is killed: Twilio's redirect resumes it on th
   await cluster.kill(victim);
   await waitFor(() => sim.resumes === 1, { what: "the call resumed on a new stream", timeoutMs: 10_000 });
   const resumedMs = await logDelay(survivor, "call resumed on this stream", killedAt);
+  // The line was cut: the dialog prompts the caller again (the agent's reprompt) rather than both sides wait.
+  await cluster.waitForRecord(sim.callSid, "the reprompt after the cut", (r) => lines(r).bot.some((b) => b.startsWith("Say again.")), TURN_MS);
+  // Heard out (a key over it would cut it short): the turns the first stream's close ended do not count.
+  while ((await sim.waitForBotTurn({ timeoutMs: TURN_MS })).endedByClose);
   await pressAndExpect(sim, "2");
   const answeredMs = Date.now() - killedAt;
   // Speech too: the new stream's frames go on from the call's clock (its chunk numbers start again at 1).
@@ -74,13 +78,14 @@ test("the replica streaming a call is killed: Twilio's redirect resumes it on th
   const record = (await cluster.record(sim.callSid))!;
   const { keys, bot } = lines(record);
   expect(keys).toEqual(["1", "2"]);
+  expect(bot.filter((b) => b.startsWith("Say again."))).toHaveLength(1);
   expect(record.transcript.filter((e) => e.role === "caller" && e.source === "speech").map((e) => e.text)).toEqual(["order status"]);
   expect(bot.filter((b) => b.startsWith("Hello."))).toHaveLength(1); // the conversation went on: no second greeting
   expect(record.state).toBe("live");
   expect(record.streamSid).toBe(sim.streamSid);
   expect(sim.streamSid).not.toBe(firstStream);
   expect(await cluster.metric(survivor, "voicebot_ingress_resumes_total")).toBe(1);
-  report.push(`ingress kill mid-call: resumed on the other replica ${resumedMs} ms after the kill; the next key answered ${answeredMs} ms after it; lost keys 0`);
+  report.push(`ingress kill mid-call: resumed on the other replica ${resumedMs} ms after the kill; the agent's reprompt heard, the next key answered ${answeredMs} ms after the kill; lost keys 0`);
 
   await sim.hangUp();
   const ended = await cluster.waitForRecord(sim.callSid, "the call ended", (r) => r.state === "ended");
@@ -105,6 +110,7 @@ test("SIGTERM: a draining ingress hands its live call over at a quiet moment and
   const record = (await cluster.record(sim.callSid))!;
   expect(lines(record).keys).toEqual(["1", "3"]);
   expect(lines(record).bot.filter((b) => b.startsWith("Hello."))).toHaveLength(1);
+  expect(lines(record).bot.filter((b) => b.startsWith("Say again."))).toEqual([]); // handed over on purpose: nothing to say again
   expect(await cluster.metric(next, "voicebot_ingress_resumes_total")).toBeGreaterThanOrEqual(1);
   // Nothing the caller was hearing was cut: the hand-over waited for the answer to have played.
   const closed = sim.events.find((e) => e.type === "stream-closed")!.detail as { unplayedMs: number };

@@ -97,11 +97,14 @@ export const defaultStoreOptions: CallStoreOptions = {
 export const leaseRoles = ["asr", "dialog", "stream"] as const;
 
 // KEYS: meta. ARGV: the new stream's id. A call resumed on a new media stream: the record names that stream, if the
-// call is still live. Returns {state or '', startedAt or ''}.
+// call is still live, and the hand-over mark of its last stream is taken. Returns {state or '', startedAt or '',
+// handedOver '1' or ''}.
 const RESUME_SCRIPT = `
 local call = redis.call('HGET', KEYS[1], 'state')
+local handover = redis.call('HGET', KEYS[1], 'handover') or ''
 if call == 'live' then redis.call('HSET', KEYS[1], 'streamSid', ARGV[1]) end
-return {call or '', redis.call('HGET', KEYS[1], 'startedAt') or ''}`;
+redis.call('HDEL', KEYS[1], 'handover')
+return {call or '', redis.call('HGET', KEYS[1], 'startedAt') or '', handover}`;
 
 const LEASE_SCRIPT = `
 local current = redis.call('GET', KEYS[1])
@@ -462,9 +465,14 @@ export class CallStore {
    * A live call continues on a new media stream (its ingress died or handed it over): the record names the new
    * stream. Returns the call's state and start time; nothing is written unless it is live.
    */
-  async resumeCall(callId: string, streamSid: string): Promise<{ state: CallState | undefined; startedAt: string | undefined }> {
-    const [state, startedAt] = (await scripts(this.redis).vbResume(keys.meta(callId), streamSid)) as [string, string];
-    return { state: callStateOf(state), startedAt: startedAt || undefined };
+  async resumeCall(callId: string, streamSid: string): Promise<{ state: CallState | undefined; startedAt: string | undefined; handedOver: boolean }> {
+    const [state, startedAt, handover] = (await scripts(this.redis).vbResume(keys.meta(callId), streamSid)) as [string, string, string];
+    return { state: callStateOf(state), startedAt: startedAt || undefined, handedOver: handover === "1" };
+  }
+
+  /** The call's stream is being handed over on purpose (nothing cut): the stream that resumes it learns so. */
+  async markHandover(callId: string): Promise<void> {
+    await this.redis.hset(keys.meta(callId), "handover", "1");
   }
 
   /** The call's state and who it is between (for resuming it on a new stream); undefined without a record. */

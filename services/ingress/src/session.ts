@@ -13,6 +13,7 @@ import {
   CancelTurn,
   DialogInput,
   KeypadPress,
+  NoInput,
   PlaybackEvent,
   PlaybackEvent_Kind,
   ReadinessRequest,
@@ -198,8 +199,11 @@ export class CallSession {
     await this.finished;
   }
 
-  private handOverNow(why: string): Promise<void> {
+  private async handOverNow(why: string): Promise<void> {
     this.deps.metrics.handovers.inc();
+    const callId = this.callSid;
+    // The stream that resumes the call must not take this for a cut line (see resumeCall).
+    if (callId && this.announced) await this.storeOp("mark_handover", () => this.deps.store.markHandover(callId));
     this.close(1001, why);
     return this.detach(why === "handover" ? "handed over to another ingress replica" : why);
   }
@@ -422,7 +426,14 @@ export class CallSession {
     this.publish(subjects.callStarted, CallStarted, callStarted, "call_started");
     this.announced = true;
     this.deps.metrics.resumes.inc({ outcome: "resumed" });
-    this.log.info("call resumed on this stream", { frameOffset: this.frameOffset });
+    this.log.info("call resumed on this stream", { frameOffset: this.frameOffset, handedOver: found?.handedOver === true });
+    if (found?.handedOver) return;
+    // The line was cut (its ingress died): whatever the bot was saying is lost, and a turn cut short never tells
+    // the dialog it played, so nothing would start its wait for the caller. The dialog takes it as no input and
+    // prompts the caller again rather than leave both sides waiting.
+    await this.publishInput(
+      DialogInput.create({ callId, inputId: `${callId}:resume:${resume}`, atMs: Date.now(), input: { $case: "noInput", value: NoInput.create({ turnId: "" }) } }),
+    );
   }
 
   /** This replica streams the call now: the stream lease is its, whoever had it (a newer stream outranks an older). */
