@@ -106,6 +106,11 @@ if call == 'live' then redis.call('HSET', KEYS[1], 'streamSid', ARGV[1]) end
 redis.call('HDEL', KEYS[1], 'handover')
 return {call or '', redis.call('HGET', KEYS[1], 'startedAt') or '', handover}`;
 
+// KEYS: meta. Marks a live call's stream as handed over on purpose (never creates or revives a record).
+const MARK_HANDOVER_SCRIPT = `
+if redis.call('HGET', KEYS[1], 'state') ~= 'live' then return 0 end
+return redis.call('HSET', KEYS[1], 'handover', '1')`;
+
 const LEASE_SCRIPT = `
 local current = redis.call('GET', KEYS[1])
 if current == false or current == ARGV[1] then
@@ -392,6 +397,7 @@ export class CallStore {
     redis.defineCommand("vbToolSave", { numberOfKeys: 2, lua: TOOL_SAVE_SCRIPT });
     redis.defineCommand("vbToolKeep", { numberOfKeys: 1, lua: TOOL_KEEP_SCRIPT });
     redis.defineCommand("vbResume", { numberOfKeys: 1, lua: RESUME_SCRIPT });
+    redis.defineCommand("vbMarkHandover", { numberOfKeys: 1, lua: MARK_HANDOVER_SCRIPT });
     redis.defineCommand("vbDialing", { numberOfKeys: 1, lua: DIALING_SCRIPT });
     redis.defineCommand("vbEndUnanswered", { numberOfKeys: 1, lua: END_UNANSWERED_SCRIPT });
   }
@@ -472,7 +478,7 @@ export class CallStore {
 
   /** The call's stream is being handed over on purpose (nothing cut): the stream that resumes it learns so. */
   async markHandover(callId: string): Promise<void> {
-    await this.redis.hset(keys.meta(callId), "handover", "1");
+    await scripts(this.redis).vbMarkHandover(keys.meta(callId));
   }
 
   /** The call's state and who it is between (for resuming it on a new stream); undefined without a record. */
@@ -811,6 +817,7 @@ interface RedisWithScripts extends Redis {
   vbToolClaim(meta: string, results: string, once: string, toolCallId: string, field: string, ttlMs: number, holder: string, claimTtlMs: number, takeStale: string): Promise<string[]>;
   vbToolKeep(once: string, field: string, holder: string, claimTtlMs: number): Promise<number>;
   vbResume(meta: string, streamSid: string): Promise<string[]>;
+  vbMarkHandover(meta: string): Promise<number>;
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
   vbDialing(meta: string, ttlMs: number, callSid: string, agent: string, from: string, to: string): Promise<number>;
   vbEndUnanswered(meta: string, callSid: string, endedAt: string, reason: string, recordTtlMs: number, from: string, to: string): Promise<number>;

@@ -9,6 +9,10 @@ import { clientAddress } from "./client-address.js";
 import { CallSession, STREAM_LEASE, type SessionDeps } from "./session.js";
 import { signedUrl, validTwilioSignature } from "./signature.js";
 
+/** Calls whose lost stream one replica ends at a time, and the lock that keeps two replicas from ending one call. */
+const SWEEP_PARALLEL = 10;
+const SWEEP_LOCK = "stream-sweep";
+
 export class TwilioEndpoint {
   private readonly wss: WebSocketServer;
   private readonly sessions = new Set<CallSession>();
@@ -67,6 +71,7 @@ export class TwilioEndpoint {
   };
 
   private keepingStreams = false;
+  private sweeping = false;
   /**
    * When keeping the streams last failed (Redis away). Lapsed leases are swept only once Redis has answered for a
    * whole lease: right after an outage every replica's leases look lapsed until it has renewed them.
@@ -97,7 +102,17 @@ export class TwilioEndpoint {
         else if (renewal.call === "ended") session.endedElsewhere();
         else if (!renewal.held) session.superseded();
       }
-      if (Date.now() - this.renewalFailedAt > config.streamLeaseMs) await this.sweepLostStreams(new Set(live.keys()));
+      // Apart from the renewals: a long sweep (probes, publishes during a NATS election) must not hold them up.
+      if (!this.sweeping && Date.now() - this.renewalFailedAt > config.streamLeaseMs) {
+        this.sweeping = true;
+        const streamingHere = new Set(live.keys());
+        void this.sweepLostStreams(streamingHere)
+          .catch((error) => {
+            this.renewalFailedAt = Date.now();
+            this.deps.log.warn("looking for lost streams failed", { error: errorText(error) });
+          })
+          .finally(() => (this.sweeping = false));
+      }
     } catch (error) {
       this.renewalFailedAt = Date.now();
       throw error;
@@ -113,35 +128,46 @@ export class TwilioEndpoint {
    * answers for its stream is left alone: that replica only lost Redis for a while, and renews when it is back.
    */
   private async sweepLostStreams(streamingHere: Set<string>): Promise<void> {
+    const lapsed = (await this.deps.store.orphanedCalls(STREAM_LEASE)).filter((callId) => !streamingHere.has(callId));
+    for (let i = 0; i < lapsed.length; i += SWEEP_PARALLEL) {
+      await Promise.all(lapsed.slice(i, i + SWEEP_PARALLEL).map((callId) => this.endLostStream(callId)));
+    }
+  }
+
+  private async endLostStream(callId: string): Promise<void> {
     const { store, bus, log, metrics, instanceId } = this.deps;
+    // One sweeper per call, by a lock of its own: never the stream lease (its replica would take that for a newer
+    // stream and stop).
     const sweeper = `${instanceId}:sweeper`;
-    const lapsed = (await store.orphanedCalls(STREAM_LEASE)).filter((callId) => !streamingHere.has(callId));
-    for (const callId of lapsed) {
+    try {
+      if (!(await store.acquireLease(callId, SWEEP_LOCK, sweeper, 30_000, { index: false }))) return;
       try {
-        if (!(await store.acquireLease(callId, STREAM_LEASE, sweeper, 60_000, { index: false }))) continue;
         if (await this.streamAnswers(callId)) {
           log.warn("a call's stream lease lapsed but its ingress still answers for it (it lost Redis for a while): left to it", { callId });
-          await store.releaseLease(callId, STREAM_LEASE, sweeper, { index: false });
-          continue;
+          return;
         }
-        const state = await store.callState(callId);
-        if (state !== "live") {
+        // A stream that resumed the call meanwhile holds the lease again: it is not lost.
+        if ((await store.leaseOwner(callId, STREAM_LEASE)) !== undefined) return;
+        if ((await store.callState(callId)) !== "live") {
           await store.forgetLease(callId, STREAM_LEASE);
-          continue;
+          return;
         }
+        // The record first: a stream that comes now finds the call ended and closes; then every stage lets it go.
         const reason = "stream_lost";
         const endedAtMs = Date.now();
+        await store.endCall(callId, reason, new Date(endedAtMs));
         bus.publish(subjects.cancel(callId), CancelTurn, CancelTurn.create({ callId, turnId: "", reason }), callId);
         const ended = CallEnded.create({ callId, reason, endedAtMs });
         bus.publish(subjects.ended(callId), CallEnded, ended, callId);
         const input = DialogInput.create({ callId, inputId: `${callId}:end`, atMs: endedAtMs, input: { $case: "callEnded", value: ended } });
-        await bus.publishDurable(subjects.dialogInput(callId), DialogInput, input, input.inputId, callId);
-        await store.endCall(callId, reason, new Date(endedAtMs));
         metrics.lostStreams.inc();
         log.warn("call ended: no stream carries it any more (its ingress died, or it was not resumed in time)", { callId, reason });
-      } catch (error) {
-        log.warn("ending a call whose stream was lost failed; tried again next round", { callId, error: errorText(error) });
+        await bus.publishDurable(subjects.dialogInput(callId), DialogInput, input, input.inputId, callId);
+      } finally {
+        await store.releaseLease(callId, SWEEP_LOCK, sweeper, { index: false });
       }
+    } catch (error) {
+      log.warn("ending a call whose stream was lost failed; tried again next round", { callId, error: errorText(error) });
     }
   }
 

@@ -800,6 +800,20 @@ describe("streams that stop without ending their call", () => {
     audio.sub.unsubscribe();
   });
 
+  it("a resume that reaches the replica still holding the call's old stream (a socket it never saw close) takes the call over", async () => {
+    const resumesBefore = await metricValue(ingress.baseUrl, "voicebot_ingress_resumes_total", { outcome: "resumed" });
+    const old = await startCall({ vbResumable: "1" });
+    const resumed = await TwilioClient.connect(ingress.wsUrl, old.callSid);
+    resumed.sendConnected();
+    resumed.sendStart({ vbResumable: "1", vbResume: "1" });
+    expect(await old.closed).toMatchObject({ code: 1000, reason: "superseded" });
+    await waitFor(async () => (await metricValue(ingress.baseUrl, "voicebot_ingress_resumes_total", { outcome: "resumed" })) > resumesBefore, { what: "resumed" });
+    expect(ended(old.callSid)).toBe(false);
+    resumed.sendStop();
+    await resumed.closed;
+    await waitFor(() => ended(old.callSid), { what: "the end once the caller hung up" });
+  });
+
   it("a stream another stream took the call from stops, the call going on; one whose call ended elsewhere closes", async () => {
     const store = CallStore.connect(redis.url);
     try {

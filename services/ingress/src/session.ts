@@ -2,6 +2,7 @@
 // and acts on call controls. Everything that goes wrong with one stream stays inside its session.
 import { performance } from "node:perf_hooks";
 import { errorText, subjects, type Bus, type Codec, type Logger, type Subscription } from "@voicebot/bus";
+import { retryWhileLinkLost } from "@voicebot/service-kit";
 import {
   AudioEncoding,
   BotAudio,
@@ -82,6 +83,10 @@ export class LiveCalls {
   release(callId: string, owner: object): void {
     if (this.owners.get(callId) === owner) this.owners.delete(callId);
   }
+
+  holder(callId: string): object | undefined {
+    return this.owners.get(callId);
+  }
 }
 
 const MULAW_8K = { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 };
@@ -92,6 +97,8 @@ const TEXT_FRAME = { binary: false };
 /** The lease role of the ingress replica streaming a call (renewed by the endpoint, see keepStreams). */
 export const STREAM_LEASE = "stream";
 const FRAME_MS = 20;
+/** How long the end of a call is retried while Redis is unreachable, before its resumable stream closes anyway. */
+const END_RECORD_RETRY_MS = 10_000;
 
 export class CallSession {
   private callSid: string | undefined;
@@ -193,13 +200,19 @@ export class CallSession {
    */
   async handOver(maxWaitMs: number): Promise<void> {
     const deadline = Date.now() + maxWaitMs;
-    const busy = () => this.finalActionPending || this.playout?.hasPendingAudio === true || this.callerAudio?.callerSpeaking === true;
-    while (!this.ended && busy() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    // Quiet: nothing unheard, the caller not mid-utterance, no answer on its way (the caller's input ended and no turn
+    // began since: its audio would reach no stream), and never with a hang-up or transfer pending (it would be lost).
+    const busy = () =>
+      this.playout?.hasPendingAudio === true || this.callerAudio?.callerSpeaking === true || this.guard?.armed === true;
+    while (!this.ended && (this.finalActionPending || (busy() && Date.now() < deadline))) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
     if (!this.ended && this.endReason === undefined) await this.handOverNow("handover");
     await this.finished;
   }
 
   private async handOverNow(why: string): Promise<void> {
+    if (this.ending) return this.ending;
     this.deps.metrics.handovers.inc();
     const callId = this.callSid;
     // The stream that resumes the call must not take this for a cut line (see resumeCall).
@@ -283,6 +296,10 @@ export class CallSession {
   private onStart(start: StartMessage): void {
     const now = performance.now();
     if (this.callSid) return this.errors.report("duplicate_start", "second start on one stream ignored", now);
+    // A resume that reaches the replica still holding the call's old stream (a half-open socket it never saw close):
+    // the new stream is Twilio's, the old one is gone.
+    const holder = this.deps.liveCalls.holder(start.callSid);
+    if (start.customParameters[RESUME_PARAM] !== undefined && holder instanceof CallSession && holder !== this) holder.superseded();
     if (!this.deps.liveCalls.claim(start.callSid, this)) {
       this.errors.report("call_already_streaming", `call ${start.callSid} already has a live stream here`, now, { closing: 1008 });
       this.close(1008, "call_already_streaming");
@@ -403,7 +420,7 @@ export class CallSession {
       this.log.error("could not look up the call to resume; resuming it anyway", { error: errorText(error) });
     }
     if (this.ended) return;
-    if (found?.state === "ended" || found?.state === "dialing") {
+    if (found?.state === "ended") {
       // Ended meanwhile (the caller hung up during the gap, or the sweeper gave up on it): nothing to resume.
       this.deps.metrics.resumes.inc({ outcome: "call_ended" });
       this.log.warn("the call to resume has ended; closing the stream", { state: found.state });
@@ -412,8 +429,9 @@ export class CallSession {
       void this.detach("the call had ended");
       return;
     }
-    if (found && found.state === undefined) {
-      // Its record is gone (Redis lost it): start the call over, as for a record that vanishes mid-call.
+    if (found && (found.state === undefined || found.state === "dialing")) {
+      // Its record is gone (Redis lost it): start the call over, as for a record that vanishes mid-call. Or it never
+      // started (its first stream did not connect): start it now.
       this.deps.metrics.resumes.inc({ outcome: "record_lost" });
       this.log.warn("the call to resume has no record; starting it over");
       await this.announceCall(meta, callStarted);
@@ -872,7 +890,10 @@ export class CallSession {
       const ended = CallEnded.create({ callId, reason, endedAtMs });
       this.publish(subjects.ended(callId), CallEnded, ended, "call_ended");
       const input = this.publishInput(DialogInput.create({ callId, inputId: `${callId}:end`, atMs: endedAtMs, input: { $case: "callEnded", value: ended } }));
-      await this.storeOp("end_call", () => this.deps.store.endCall(callId, reason, new Date(endedAtMs)));
+      const endCall = () => this.deps.store.endCall(callId, reason, new Date(endedAtMs));
+      // Before a resumable stream closes, the record must say ended (the redirect would resume the call): a Redis
+      // failover is waited out for a while.
+      await this.storeOp("end_call", recorded ? () => retryWhileLinkLost(endCall, { limitMs: END_RECORD_RETRY_MS }) : endCall);
       recorded?.();
       await input;
       this.log.info("call ended", { reason, durationMs: endedAtMs - this.startedAtMs, closeCode: this.closeCode });

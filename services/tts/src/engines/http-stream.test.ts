@@ -224,7 +224,9 @@ describe("StreamingHttpClient keep-warm", () => {
     await sleep(1_500); // all three dropped at ~1 s, each replaced by a GET on a new connection
     await Promise.all([1, 2, 3].map(() => bodyBytes(client, server.speakUrl)));
     const speaks = server.requests.filter((r) => r.method === "POST");
-    expect(speaks.slice(3).map((r) => r.nthOnConnection)).toEqual([2, 2, 2]);
-    expect(client.warmUps).toEqual({ sent: 3, failed: 0 });
+    // Each on a connection a warm-up GET opened (not a new one); a slow machine may have warmed one twice.
+    expect(speaks.slice(3).every((r) => r.nthOnConnection >= 2)).toBe(true);
+    expect(client.warmUps.failed).toBe(0);
+    expect(client.warmUps.sent).toBeGreaterThanOrEqual(3);
   });
 });
