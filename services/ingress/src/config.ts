@@ -82,6 +82,8 @@ export interface IngressConfig {
   streamLeaseMs: number;
   /** A draining ingress waits at most this long for a quiet moment to hand a resumable call over. */
   handoverWaitMs: number;
+  /** A stream whose peer sent nothing, pongs included, for this long is dropped (a half-open link). */
+  deadSocketMs: number;
 }
 
 const AGENT = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -153,6 +155,7 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
     recordCheckMs: env.int("INGRESS_RECORD_CHECK_MS", 2_000, { min: 100, max: 60_000 }),
     streamLeaseMs: env.int("INGRESS_STREAM_LEASE_MS", 10_000, { min: 1_000, max: 600_000 }),
     handoverWaitMs: env.int("INGRESS_HANDOVER_WAIT_MS", 5_000, { min: 0, max: 60_000 }),
+    deadSocketMs: env.int("INGRESS_DEAD_SOCKET_MS", 60_000, { min: 1_000, max: 3_600_000 }),
   };
   if (!AGENT.test(defaultAgent)) env.problem(`DEFAULT_AGENT=${JSON.stringify(defaultAgent)} must match ${AGENT}`);
   if (validateSignature && !authToken) env.problem("TWILIO_VALIDATE_SIGNATURE=true needs TWILIO_AUTH_TOKEN");

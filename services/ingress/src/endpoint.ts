@@ -1,6 +1,7 @@
 // The /twilio WebSocket endpoint: admission (drain, capacity, calls per client, signature), one CallSession per
 // stream.
 import type { IncomingMessage } from "node:http";
+import { performance } from "node:perf_hooks";
 import type { Duplex } from "node:stream";
 import { BusError, errorText, subjects } from "@voicebot/bus";
 import { CallEnded, CancelTurn, DialogInput, ReadinessRequest, ReadinessResponse } from "@voicebot/proto";
@@ -13,6 +14,7 @@ import { signedUrl, validTwilioSignature } from "./signature.js";
 const SWEEP_PARALLEL = 10;
 const SWEEP_LOCK = "stream-sweep";
 
+
 export class TwilioEndpoint {
   private readonly wss: WebSocketServer;
   private readonly sessions = new Set<CallSession>();
@@ -22,8 +24,15 @@ export class TwilioEndpoint {
   /** Refusals are counted each time but logged at most once a second per reason (a flood must not flood logs). */
   private readonly refusalLog = new Map<string, { at: number; suppressed: number }>();
   private draining = false;
+  private readonly pinger: NodeJS.Timeout;
 
   constructor(private readonly deps: SessionDeps) {
+    // Every stream is pinged a few times within the silence that drops it (see CallSession.checkAlive).
+    const silentMs = deps.config.deadSocketMs;
+    this.pinger = setInterval(() => {
+      const now = performance.now();
+      for (const session of this.sessions) session.checkAlive(now, silentMs);
+    }, Math.max(250, Math.floor(silentMs / 4))).unref();
     this.wss = new WebSocketServer({
       noServer: true,
       maxPayload: deps.config.maxMessageBytes,
@@ -197,6 +206,7 @@ export class TwilioEndpoint {
   /** Ends whatever is still live (after a drain timeout) and closes the endpoint. */
   async close(): Promise<void> {
     this.draining = true;
+    clearInterval(this.pinger);
     await Promise.all([...this.sessions].map((session) => session.shutdown("ingress_shutdown")));
     this.wss.close();
   }

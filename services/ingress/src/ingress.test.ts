@@ -831,6 +831,27 @@ describe("streams that stop without ending their call", () => {
   });
 });
 
+describe("dead sockets", () => {
+  it("drops a stream whose peer stopped answering (no message, pings unanswered: a half-open link), and ends its call", async () => {
+    const quick = await startIngress({ ...env(), INGRESS_DEAD_SOCKET_MS: "1500" });
+    try {
+      const client = await TwilioClient.connect(quick.wsUrl, newCallSid());
+      client.sendConnected();
+      client.sendStart({});
+      await waitFor(() => inputsFor(client.callSid).some((i) => i.input?.$case === "callStarted"), { what: "started" });
+      // A peer that still answers pings keeps its stream however quiet it is.
+      await new Promise((r) => setTimeout(r, 2_500));
+      expect(inputsFor(client.callSid).some((i) => i.input?.$case === "callEnded")).toBe(false);
+      // The link goes half-open: nothing of ours is read any more, no pong comes back.
+      (client.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+      await waitFor(() => inputsFor(client.callSid).some((i) => i.input?.$case === "callEnded"), { what: "the call ended", timeoutMs: 10_000 });
+      expect(await metricValue(quick.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "dead_socket" })).toBe(1);
+    } finally {
+      await quick.handle.stop();
+    }
+  });
+});
+
 describe("the stream sweeper", () => {
   it("leaves alone a call whose stream lease lapsed while its ingress still answers for it (that replica lost Redis for a while)", async () => {
     // A: streams the call and renews nothing within the test (as if its Redis link were down); B: sweeps often.

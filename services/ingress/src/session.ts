@@ -135,6 +135,8 @@ export class CallSession {
   private readonly errors: ProtocolErrorReporter;
   private readonly startTimer: NodeJS.Timeout;
   private lastPublishErrorLog = 0;
+  /** When Twilio's side last sent anything (a message or a pong): see checkAlive. */
+  private lastHeardAt = performance.now();
   private closeCode: number | undefined;
   /** Plays the fallback line when the pipeline leaves an input unanswered. */
   private guard: SilenceGuard | undefined;
@@ -158,6 +160,7 @@ export class CallSession {
     this.errors = new ProtocolErrorReporter(this.log, deps.metrics);
     this.limiter = new RateLimiter(deps.config.maxMessagesPerSecond, deps.config.messageBurst, performance.now());
     ws.on("message", (data, isBinary) => this.onMessage(data, isBinary));
+    ws.on("pong", () => (this.lastHeardAt = performance.now()));
     ws.on("close", (code) => {
       this.closeCode = code;
       // No `stop` and not ended by us: Twilio's side went away (our process restarting, the network). The call
@@ -186,6 +189,25 @@ export class CallSession {
 
   private get streamAlive(): ReadinessResponse {
     return ReadinessResponse.create({ service: "ingress", instance: this.deps.instanceId, activeCalls: 1 });
+  }
+
+  /**
+   * A socket whose peer vanished without a close (a half-open TCP link: a network path gone, a crashed proxy) would
+   * hold its call forever, renewing the stream lease. Twilio sends media every 20 ms and every WebSocket peer answers
+   * a ping: one that has said nothing for `silentMs` is dropped (the call then resumes or ends as for any close).
+   */
+  checkAlive(now: number, silentMs: number): void {
+    if (this.ending) return;
+    if (now - this.lastHeardAt > silentMs) {
+      this.errors.report("dead_socket", `nothing from the peer for ${Math.round((now - this.lastHeardAt) / 1000)} s, pings unanswered`, now, { closing: "terminate" });
+      this.ws.terminate();
+      return;
+    }
+    try {
+      this.ws.ping();
+    } catch {
+      /* not open (closing): its close event ends the session */
+    }
   }
 
   /** Whether a draining ingress can hand this call over to another replica (see handOver). */
@@ -238,6 +260,7 @@ export class CallSession {
   // ---- Twilio -> us ----
 
   private onMessage(data: RawData, isBinary: boolean): void {
+    this.lastHeardAt = performance.now();
     try {
       this.handleMessage(data, isBinary);
     } catch (error) {

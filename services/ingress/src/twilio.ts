@@ -24,7 +24,8 @@ export type ProtocolErrorReason =
   | "binary_frame"
   | "oversized_message"
   | "rate_limited"
-  | "websocket_error";
+  | "websocket_error"
+  | "dead_socket";
 
 /** A message we cannot use. `fatal` ones end the stream with 1008 (policy violation); the rest are dropped. */
 export class ProtocolError extends Error {
