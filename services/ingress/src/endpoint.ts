@@ -7,7 +7,7 @@ import { BusError, errorText, subjects } from "@voicebot/bus";
 import { CallEnded, CancelTurn, DialogInput, ReadinessRequest, ReadinessResponse } from "@voicebot/proto";
 import { WebSocketServer } from "ws";
 import { clientAddress } from "./client-address.js";
-import { CallSession, STREAM_LEASE, type SessionDeps } from "./session.js";
+import { callEndMessages, CallSession, STREAM_LEASE, type SessionDeps } from "./session.js";
 import { signedUrl, validTwilioSignature } from "./signature.js";
 
 /** Calls whose lost stream one replica ends at a time, and the lock that keeps two replicas from ending one call. */
@@ -133,7 +133,7 @@ export class TwilioEndpoint {
   /**
    * Ends the live calls no stream carries any more: their stream lease lapsed (their ingress died, or their stream
    * closed without `stop` and no new stream took the call up within the lease). Every stage drops the call, as when
-   * the caller hangs up. One replica ends each (it takes the lapsed lease first). A call whose ingress still
+   * the caller hangs up. One replica ends each (under a lock of its own, SWEEP_LOCK). A call whose ingress still
    * answers for its stream is left alone: that replica only lost Redis for a while, and renews when it is back.
    */
   private async sweepLostStreams(streamingHere: Set<string>): Promise<void> {
@@ -166,9 +166,8 @@ export class TwilioEndpoint {
         const endedAtMs = Date.now();
         await store.endCall(callId, reason, new Date(endedAtMs));
         bus.publish(subjects.cancel(callId), CancelTurn, CancelTurn.create({ callId, turnId: "", reason }), callId);
-        const ended = CallEnded.create({ callId, reason, endedAtMs });
+        const { ended, input } = callEndMessages(callId, reason, endedAtMs);
         bus.publish(subjects.ended(callId), CallEnded, ended, callId);
-        const input = DialogInput.create({ callId, inputId: `${callId}:end`, atMs: endedAtMs, input: { $case: "callEnded", value: ended } });
         metrics.lostStreams.inc();
         log.warn("call ended: no stream carries it any more (its ingress died, or it was not resumed in time)", { callId, reason });
         await bus.publishDurable(subjects.dialogInput(callId), DialogInput, input, input.inputId, callId);

@@ -100,6 +100,12 @@ const FRAME_MS = 20;
 /** How long the end of a call is retried while Redis is unreachable, before its resumable stream closes anyway. */
 const END_RECORD_RETRY_MS = 10_000;
 
+/** The call's end as every stage hears it: CallEnded, and the dialog's input (msgId `<id>:end`, stored once). */
+export function callEndMessages(callId: string, reason: string, endedAtMs: number): { ended: CallEnded; input: DialogInput } {
+  const ended = CallEnded.create({ callId, reason, endedAtMs });
+  return { ended, input: DialogInput.create({ callId, inputId: `${callId}:end`, atMs: endedAtMs, input: { $case: "callEnded", value: ended } }) };
+}
+
 export class CallSession {
   private callSid: string | undefined;
   private streamSid = "";
@@ -239,22 +245,23 @@ export class CallSession {
     const callId = this.callSid;
     // The stream that resumes the call must not take this for a cut line (see resumeCall).
     if (callId && this.announced) await this.storeOp("mark_handover", () => this.deps.store.markHandover(callId));
-    this.close(1001, why);
-    return this.detach(why === "handover" ? "handed over to another ingress replica" : why);
+    return this.closeAndDetach(1001, why, why === "handover" ? "handed over to another ingress replica" : why);
   }
 
   /** Another stream took the call over (a resume elsewhere): this one stops without ending the call. */
   superseded(): void {
-    if (this.ending) return;
-    this.close(1000, "superseded");
-    void this.detach("another stream took the call over");
+    if (!this.ending) void this.closeAndDetach(1000, "superseded", "another stream took the call over");
   }
 
   /** The call ended elsewhere (the stream sweeper, a status callback) while this stream was up: it stops. */
   endedElsewhere(): void {
-    if (this.ending) return;
-    this.close(1000, "call_ended");
-    void this.detach("the call's record says it ended");
+    if (!this.ending) void this.closeAndDetach(1000, "call_ended", "the call's record says it ended");
+  }
+
+  /** Closes the socket and leaves the call as it is (see detach). */
+  private closeAndDetach(code: number, closeReason: string, why: string): Promise<void> {
+    this.close(code, closeReason);
+    return this.detach(why);
   }
 
   // ---- Twilio -> us ----
@@ -447,9 +454,7 @@ export class CallSession {
       // Ended meanwhile (the caller hung up during the gap, or the sweeper gave up on it): nothing to resume.
       this.deps.metrics.resumes.inc({ outcome: "call_ended" });
       this.log.warn("the call to resume has ended; closing the stream", { state: found.state });
-      this.endReason = "resume_of_ended_call";
-      this.close(1000, "call_ended");
-      void this.detach("the call had ended");
+      void this.closeAndDetach(1000, "call_ended", "the call had ended");
       return;
     }
     if (found && (found.state === undefined || found.state === "dialing")) {
@@ -910,9 +915,9 @@ export class CallSession {
       if (!callId) return;
       const endedAtMs = Date.now();
       await this.tasks; // the start and record writes land before the end
-      const ended = CallEnded.create({ callId, reason, endedAtMs });
+      const { ended, input: endInput } = callEndMessages(callId, reason, endedAtMs);
       this.publish(subjects.ended(callId), CallEnded, ended, "call_ended");
-      const input = this.publishInput(DialogInput.create({ callId, inputId: `${callId}:end`, atMs: endedAtMs, input: { $case: "callEnded", value: ended } }));
+      const input = this.publishInput(endInput);
       const endCall = () => this.deps.store.endCall(callId, reason, new Date(endedAtMs));
       // Before a resumable stream closes, the record must say ended (the redirect would resume the call): a Redis
       // failover is waited out for a while.
