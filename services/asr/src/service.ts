@@ -47,14 +47,14 @@ function readEngineConfig(kind: (typeof ENGINES)[number], env: EnvReader): Engin
   }
 }
 
-function createEngine(engine: EngineConfig, log: Logger): AsrEngine {
+function createEngine(engine: EngineConfig, log: Logger, metrics: AsrMetrics): AsrEngine {
   switch (engine.kind) {
     case "pocketsphinx":
       return new PocketsphinxEngine(engine.config, log);
     case "assemblyai":
       return new AssemblyAIEngine(engine.config, log);
     case "openai":
-      return new OpenAIEngine(engine.config, log);
+      return new OpenAIEngine(engine.config, log, () => metrics.providerErrors.inc({ engine: "openai", reason: "keep_warm" }));
   }
 }
 
@@ -76,7 +76,7 @@ export const definition: ServiceDefinition<Config> = {
     if (config.deprecatedEngineVariable) log.warn("ASR_ENGINE is deprecated: use ASR_ENGINES (an ordered failover list)");
     const metrics = createMetrics(registry);
     const engine = new FallbackEngine(
-      config.engines.map((e) => createEngine(e, log)),
+      config.engines.map((e) => createEngine(e, log, metrics)),
       config.fallback,
       metrics,
       log,

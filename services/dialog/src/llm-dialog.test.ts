@@ -203,6 +203,14 @@ const metric = (name: string, labels: Record<string, string> = {}) => metricSum(
 const GREETING = "Thanks for calling the demo shop. How can I help you today?";
 
 describe("dialog on an LLM", () => {
+  it("opens a connection to the LLM endpoint at start, with its key, so the first turn waits for no handshake", async () => {
+    // LLM_KEEP_WARM_S (default 300): a free GET /models at start and after every idle stretch (api-client.test.ts).
+    await waitFor(() => fake.requests.some((r) => r.method === "GET" && r.path === "/v1/models"), { what: "the keep-warm request" });
+    const ping = fake.requests.find((r) => r.method === "GET" && r.path === "/v1/models")!;
+    expect(ping.headers.authorization).toBe("Bearer llm-test-key");
+    expect(await metric("voicebot_dialog_llm_keep_warm_failures_total")).toBe(0);
+  });
+
   it("streams an answer that used lookup_order into chunked SpeakRequests with the LLM's first-token time", async () => {
     const call = new TestCall();
     await call.start();

@@ -15,6 +15,7 @@ export interface DialogMetrics {
   llmTokens: Counter<"model" | "kind">;
   llmFallbacks: Counter<"agent" | "reason">;
   llmCircuit: Gauge<"model">;
+  llmKeepWarmFailures: Counter;
   bargeIns: Counter;
   cancelledTurns: Counter;
   confirmations: Counter<"outcome">;
@@ -111,6 +112,11 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
       name: "voicebot_dialog_llm_circuit_state",
       help: "LLM circuit breaker of this replica: 0 closed, 1 half-open (probing), 2 open (every input falls back)",
       labelNames: ["model"],
+      registers: [registry],
+    }),
+    llmKeepWarmFailures: new Counter({
+      name: "voicebot_dialog_llm_keep_warm_failures_total",
+      help: "Keep-warm requests (GET /models) to an LLM endpoint that got no answer",
       registers: [registry],
     }),
     bargeIns: new Counter({

@@ -1,7 +1,7 @@
 import { fileURLToPath } from "node:url";
 import { streams, subjects, type Logger } from "@voicebot/bus";
 import { CancelTurn, DialogInput } from "@voicebot/proto";
-import { ConfigError, type EnvReader, type ServiceDefinition } from "@voicebot/service-kit";
+import { ApiKeepWarm, ConfigError, type EnvReader, type ServiceDefinition } from "@voicebot/service-kit";
 import { AgentConfigError, type AgentConfig } from "./agents/config.js";
 import { loadAgents } from "./agents/load.js";
 import { InFlightTurns } from "./cancel.js";
@@ -26,6 +26,8 @@ export interface LlmEnv {
   timeoutMs: number;
   maxRetries: number;
   breaker: { failures: number; windowMs: number; cooldownMs: number };
+  /** LLM_KEEP_WARM_S (default 300): one connection to each LLM endpoint kept open this long after its last request. */
+  keepWarmMs: number;
 }
 
 export interface DialogConfig {
@@ -80,6 +82,7 @@ export function readDialogConfig(env: EnvReader): DialogConfig {
         windowMs: env.int("LLM_BREAKER_WINDOW_MS", 30_000, { min: 1_000, max: 3_600_000 }),
         cooldownMs: env.int("LLM_BREAKER_COOLDOWN_MS", 30_000, { min: 100, max: 3_600_000 }),
       },
+      keepWarmMs: env.int("LLM_KEEP_WARM_S", 300, { min: 0, max: 86_400 }) * 1000,
     },
     secret: (name) => env.optional(name),
   };
@@ -120,7 +123,15 @@ function hostOf(baseUrl: string): string {
 /** An agent ready to run calls, with the file it came from and whether it runs on the LLM. */
 export interface LoadedAgent extends Agent, PrewarmAgent {}
 
-export async function loadEngines(config: DialogConfig, metrics: DialogMetrics, log: Logger): Promise<Map<string, LoadedAgent>> {
+/** Default endpoint of the OpenAI SDK (an empty LLM base URL). */
+const OPENAI_BASE_URL = "https://api.openai.com/v1";
+
+export async function loadEngines(
+  config: DialogConfig,
+  metrics: DialogMetrics,
+  log: Logger,
+  keepWarms: Map<string, ApiKeepWarm> = new Map(),
+): Promise<Map<string, LoadedAgent>> {
   let configs;
   try {
     configs = await loadAgents(config.agentsDir);
@@ -155,9 +166,24 @@ export async function loadEngines(config: DialogConfig, metrics: DialogMetrics, 
         });
         breakers.set(key, breaker);
       }
+      // One warm connection per endpoint (connections are pooled per origin, whatever the agent or key).
+      const endpoint = settings.baseUrl || OPENAI_BASE_URL;
+      let keepWarm = keepWarms.get(endpoint);
+      if (!keepWarm) {
+        keepWarm = new ApiKeepWarm({
+          baseUrl: endpoint,
+          apiKey: settings.apiKey,
+          forMs: config.llm.keepWarmMs,
+          onFailure: (error) => {
+            metrics.llmKeepWarmFailures.inc();
+            log.warn("llm keep-warm request failed; the next turn opens its own connection", { endpoint: hostOf(settings.baseUrl), error });
+          },
+        });
+        keepWarms.set(endpoint, keepWarm);
+      }
       engine = new LlmEngine({
         agent: agentConfig,
-        client: new OpenAiCompleter(settings, breaker, metrics, log),
+        client: new OpenAiCompleter(settings, breaker, metrics, log, keepWarm),
         fallback: scripted,
         digitsConfirmConfidence: config.digitsConfirmConfidence,
         keypadPauseMs: config.keypadPauseMs,
@@ -182,7 +208,10 @@ export const definition: ServiceDefinition<DialogConfig> = {
   readConfig: readDialogConfig,
   async start(ctx, config) {
     const metrics = createDialogMetrics(ctx.registry);
-    const agents = await loadEngines(config, metrics, ctx.log);
+    const keepWarms = new Map<string, ApiKeepWarm>();
+    const agents = await loadEngines(config, metrics, ctx.log, keepWarms);
+    // The first call's first LLM turn finds a connection open.
+    for (const keepWarm of keepWarms.values()) keepWarm.warm();
     ctx.log.info("agents loaded", { dir: config.agentsDir, agents: [...agents.keys()], default: config.defaultAgent });
     const inFlight = new InFlightTurns();
     const runner = new TurnRunner({
@@ -231,6 +260,7 @@ export const definition: ServiceDefinition<DialogConfig> = {
         runner.stopRetrying();
         await consumer.stop();
         cancels.unsubscribe();
+        for (const keepWarm of keepWarms.values()) keepWarm.close();
       },
     };
   },

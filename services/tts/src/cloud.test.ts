@@ -125,7 +125,9 @@ describe("tts with TTS_ENGINES=openai,flite", () => {
   });
 
   it("is ready without calling the paid API, then speaks with openai (24 kHz resampled to μ-law 8 kHz)", async () => {
-    expect(openai.requests.length).toBe(0); // warm-up checked the configuration only
+    // Warm-up checked the configuration and opened a connection with the free GET /models: no synthesis.
+    await waitFor(() => openai.requests.length > 0, { what: "the keep-warm request" });
+    expect(openai.requests.map((r) => `${r.method} ${r.path} ${r.headers.authorization}`)).toEqual([`GET /v1/models Bearer ${OPENAI_KEY}`]);
     openaiReply = () => ({});
     const { parts, failures } = await speakChunk(SENTENCE);
     expect(failures).toEqual([]);

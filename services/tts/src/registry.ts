@@ -35,7 +35,11 @@ export const defaultEngines = {
   openai: {
     configure(env: EnvReader): EngineEntry {
       const { voice, ...options } = readOpenAIConfig(env);
-      return { defaultVoice: voice, create: (chosen) => new OpenAIEngine({ ...options, voice: chosen }) };
+      return {
+        defaultVoice: voice,
+        create: (chosen, events) =>
+          new OpenAIEngine({ ...options, voice: chosen, onKeepWarmFailure: (error) => events?.onKeepWarmFailure?.("openai", error) }),
+      };
     },
   },
   elevenlabs: {

@@ -169,6 +169,9 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
     res.end();
   });
 
+  // Free in the real API; the services' keep-warm requests (GET /models) hold a connection open with it.
+  routes.set("GET /v1/models", ({ res }) => sendJson(res, 200, { object: "list", data: [{ id: "gpt-4o-mini", object: "model", created: 0, owned_by: "fake" }] }));
+
   const server = http.createServer((req, res) => {
     open.add(res);
     res.on("close", () => open.delete(res));

@@ -20,7 +20,7 @@ describe("OpenAIEngine against a fake OpenAI server", () => {
   let attempts = 0;
   const engines: OpenAIEngine[] = [];
   const engine = (overrides: Partial<OpenAIAsrConfig> = {}) => {
-    const e = new OpenAIEngine({ baseUrl: fake.baseUrl, apiKey: API_KEY, model: "gpt-4o-mini-transcribe", timeoutMs: 3000, stream: true, ...overrides });
+    const e = new OpenAIEngine({ baseUrl: fake.baseUrl, apiKey: API_KEY, model: "gpt-4o-mini-transcribe", timeoutMs: 3000, stream: true, keepWarmMs: 0, ...overrides });
     engines.push(e);
     return e;
   };
@@ -157,8 +157,14 @@ describe("OpenAIEngine against a fake OpenAI server", () => {
     expect(fake.requests.length).toBe(before);
   });
 
-  it("warmUp() checks the key; start() refuses without one", async () => {
-    await expect(engine().warmUp()).resolves.toBeUndefined();
+  it("warmUp() checks the key and opens a connection with a free GET /models; start() refuses without a key", async () => {
+    const pings = () => fake.requests.filter((r) => r.method === "GET" && r.path === "/v1/models");
+    const before = pings().length;
+    const uploads = fake.transcriptions.length;
+    await expect(engine({ keepWarmMs: 60_000 }).warmUp()).resolves.toBeUndefined();
+    await waitFor(() => pings().length === before + 1, { what: "the keep-warm request" });
+    expect(pings().at(-1)!.headers.authorization).toBe(`Bearer ${API_KEY}`);
+    expect(fake.transcriptions.length).toBe(uploads); // a transcription costs money: warm-up never sends one
     const unconfigured = engine({ apiKey: "" });
     await expect(unconfigured.warmUp()).rejects.toThrow("openai: ASR_OPENAI_API_KEY is not set");
     expect(() => unconfigured.start({ mode: "phrases", phrases: [] })).toThrow("ASR_OPENAI_API_KEY is not set");

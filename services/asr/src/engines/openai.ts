@@ -4,7 +4,7 @@
 
 import type { Logger } from "@voicebot/bus";
 import { wavFromPcm } from "@voicebot/audio";
-import { apiDispatcher, type EnvReader } from "@voicebot/service-kit";
+import { ApiKeepWarm, apiDispatcher, type EnvReader } from "@voicebot/service-kit";
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError, toFile } from "openai";
 import type { TranscriptionCreateParams } from "openai/resources/audio/transcriptions";
 import type { AsrEngine, RecognitionHints, RecognitionResult, UtteranceRecognizer } from "../engine.js";
@@ -24,6 +24,8 @@ export interface OpenAIAsrConfig {
   stream: boolean;
   /** ASR_OPENAI_LANGUAGE: ISO-639-1 language of the callers, if known (faster and more accurate). */
   language?: string;
+  /** ASR_OPENAI_KEEP_WARM_S (default 300): a connection to the API kept open this long after the last utterance. */
+  keepWarmMs: number;
 }
 
 export function readOpenAIAsrConfig(env: EnvReader): OpenAIAsrConfig {
@@ -34,6 +36,7 @@ export function readOpenAIAsrConfig(env: EnvReader): OpenAIAsrConfig {
     timeoutMs: env.int("ASR_OPENAI_TIMEOUT_MS", 5000, { min: 100, max: 120_000 }),
     stream: env.bool("ASR_OPENAI_STREAM", true),
     language: env.optional("ASR_OPENAI_LANGUAGE"),
+    keepWarmMs: env.int("ASR_OPENAI_KEEP_WARM_S", 300, { min: 0, max: 86_400 }) * 1000,
   };
 }
 
@@ -59,10 +62,23 @@ export class OpenAIEngine implements AsrEngine {
   private readonly client: OpenAI;
   private readonly active = new Set<OpenAIRecognizer>();
 
+  /** A spoken turn after a pause finds a connection to the API open (the upload waits for no handshake). */
+  private readonly keepWarm: ApiKeepWarm;
+
   constructor(
     private readonly config: OpenAIAsrConfig,
     private readonly log?: Logger,
+    onKeepWarmFailure?: (error: string) => void,
   ) {
+    this.keepWarm = new ApiKeepWarm({
+      baseUrl: config.baseUrl,
+      apiKey: config.apiKey,
+      forMs: config.apiKey ? config.keepWarmMs : 0,
+      onFailure: (error) => {
+        onKeepWarmFailure?.(error);
+        log?.warn("openai: keep-warm request failed; the next utterance opens its own connection", { error });
+      },
+    });
     this.client = new OpenAI({
       apiKey: config.apiKey || "unset", // an empty key is reported by warmUp() and start()
       baseURL: config.baseUrl,
@@ -78,19 +94,25 @@ export class OpenAIEngine implements AsrEngine {
     });
   }
 
-  /** Checks the configuration only: the API has no free probe and a request costs money. */
+  /** Checks the configuration (a transcription costs money), and opens a connection with a free GET /models. */
   async warmUp(): Promise<void> {
     this.checkConfig();
+    this.keepWarm.warm();
   }
 
   start(hints: RecognitionHints): UtteranceRecognizer {
     this.checkConfig();
-    const recognizer = new OpenAIRecognizer(this.client, this.config, hints, this.log, () => this.active.delete(recognizer));
+    this.keepWarm.used();
+    const recognizer = new OpenAIRecognizer(this.client, this.config, hints, this.log, () => {
+      this.active.delete(recognizer);
+      this.keepWarm.used();
+    });
     this.active.add(recognizer);
     return recognizer;
   }
 
   async close(): Promise<void> {
+    this.keepWarm.close();
     for (const recognizer of [...this.active]) recognizer.abort();
   }
 

@@ -1,5 +1,5 @@
 import { errorText, type Logger } from "@voicebot/bus";
-import { apiDispatcher } from "@voicebot/service-kit";
+import { apiDispatcher, type ApiKeepWarm } from "@voicebot/service-kit";
 import OpenAI, { APIConnectionError, APIError, APIUserAbortError } from "openai";
 import type { DialogMetrics } from "../metrics.js";
 import type { CircuitBreaker } from "./breaker.js";
@@ -90,6 +90,8 @@ export class OpenAiCompleter implements LlmCompleter {
     private readonly breaker: CircuitBreaker,
     private readonly metrics: DialogMetrics,
     private readonly log: Logger,
+    /** Told of every request, so a connection to the endpoint stays open through the call's pauses. */
+    private readonly keepWarm?: ApiKeepWarm,
   ) {
     this.client = new OpenAI({
       apiKey: settings.apiKey,
@@ -113,6 +115,7 @@ export class OpenAiCompleter implements LlmCompleter {
       throw new LlmError("circuit_open", "the LLM circuit breaker is open");
     }
     const started = Date.now();
+    this.keepWarm?.used();
     try {
       const response = await this.stream(request, handlers, started);
       this.breaker.success();
@@ -127,6 +130,8 @@ export class OpenAiCompleter implements LlmCompleter {
       }
       this.metrics.llmRequests.inc({ model, outcome: failure.reason });
       throw failure;
+    } finally {
+      this.keepWarm?.used();
     }
   }
 

@@ -9,7 +9,7 @@
 // - The API takes at most 4096 characters per request; longer text goes as several requests, one after another.
 
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from "openai";
-import { apiDispatcher, type EnvReader } from "@voicebot/service-kit";
+import { ApiKeepWarm, apiDispatcher, type EnvReader } from "@voicebot/service-kit";
 import type { SynthesisRequest, TtsEngine } from "../engine.js";
 import { assertAudio, bodyChunks, causes, fetchedAnswer, L16ChunkDecoder, redact } from "./cloud.js";
 import { groupSentences } from "./text.js";
@@ -36,6 +36,10 @@ export interface OpenAIEngineOptions {
   instructions?: string;
   /** Longest wait for the response headers (default 15 s); the FallbackEngine usually gives up sooner. */
   timeoutMs?: number;
+  /** A connection to the API is kept open this long after the last sentence and after start (0 = off, the default). */
+  keepWarmMs?: number;
+  /** A keep-warm request (GET /models) got no answer. */
+  onKeepWarmFailure?: (error: string) => void;
 }
 
 export class OpenAIEngine implements TtsEngine {
@@ -51,6 +55,8 @@ export class OpenAIEngine implements TtsEngine {
   /** In-flight requests, stopped by close(). */
   private readonly inFlight = new Set<AbortController>();
   private closed = false;
+  /** A sentence after a pause finds a connection to the API open (no TCP and TLS handshake before its audio). */
+  private readonly keepWarm: ApiKeepWarm;
 
   constructor(options: OpenAIEngineOptions) {
     if (!options.apiKey) throw new Error("openai tts engine needs an API key");
@@ -73,12 +79,20 @@ export class OpenAIEngine implements TtsEngine {
       // Idle connections kept 25 s instead of fetch's 4 s: a sentence after a pause needs no new handshake.
       fetchOptions: { dispatcher: apiDispatcher() },
     });
+    this.keepWarm = new ApiKeepWarm({
+      baseUrl: this.baseUrl,
+      apiKey: options.apiKey,
+      forMs: options.keepWarmMs ?? 0,
+      onFailure: (error) => options.onKeepWarmFailure?.(`openai: ${redact(error, options.apiKey)}`),
+    });
   }
 
   /** Configuration was checked when the engine was made; a synthesis would cost money, and readiness must not
-   *  depend on a third party being up (the FallbackEngine covers an outage per chunk). */
+   *  depend on a third party being up (the FallbackEngine covers an outage per chunk). Opens a connection with a
+   *  free GET /models, without waiting for it. */
   async warmUp(): Promise<void> {
     if (this.closed) throw new Error("openai engine is closed");
+    this.keepWarm.warm();
   }
 
   async *synthesize(req: SynthesisRequest): AsyncGenerator<Int16Array, void, undefined> {
@@ -88,17 +102,23 @@ export class OpenAIEngine implements TtsEngine {
     const voice = req.voice || this.voice;
     const inputs = groupSentences(req.text, MAX_INPUT_CHARS);
     let audio = false;
-    for (const input of inputs) {
-      for await (const pcm of this.speak(input, voice, speed, req.signal)) {
-        audio = true;
-        yield pcm;
+    this.keepWarm.used();
+    try {
+      for (const input of inputs) {
+        for await (const pcm of this.speak(input, voice, speed, req.signal)) {
+          audio = true;
+          yield pcm;
+        }
       }
+    } finally {
+      this.keepWarm.used();
     }
     if (inputs.length > 0 && !audio) throw new Error("openai: the response held no audio");
   }
 
   async close(): Promise<void> {
     this.closed = true;
+    this.keepWarm.close();
     for (const controller of this.inFlight) controller.abort(new Error("openai engine closed"));
   }
 
@@ -157,7 +177,8 @@ export interface OpenAIEngineConfig extends OpenAIEngineOptions {
 
 /**
  * TTS_OPENAI_* settings, read only when TTS_ENGINES lists openai: TTS_OPENAI_API_KEY (required),
- * TTS_OPENAI_BASE_URL, TTS_OPENAI_MODEL, TTS_OPENAI_VOICE, TTS_OPENAI_INSTRUCTIONS, TTS_OPENAI_TIMEOUT_MS.
+ * TTS_OPENAI_BASE_URL, TTS_OPENAI_MODEL, TTS_OPENAI_VOICE, TTS_OPENAI_INSTRUCTIONS, TTS_OPENAI_TIMEOUT_MS,
+ * TTS_OPENAI_KEEP_WARM_S.
  */
 export function readOpenAIConfig(env: EnvReader): OpenAIEngineConfig {
   const apiKey = env.optional("TTS_OPENAI_API_KEY") ?? "";
@@ -172,5 +193,6 @@ export function readOpenAIConfig(env: EnvReader): OpenAIEngineConfig {
     voice: env.string("TTS_OPENAI_VOICE", OPENAI_DEFAULT_VOICE),
     instructions,
     timeoutMs: env.int("TTS_OPENAI_TIMEOUT_MS", 15_000, { min: 100, max: 120_000 }),
+    keepWarmMs: env.int("TTS_OPENAI_KEEP_WARM_S", 300, { min: 0, max: 86_400 }) * 1000,
   };
 }
