@@ -41,6 +41,13 @@ describe("apiDispatcher", () => {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+async function waitForPings(server: { pings(): number }, count: number): Promise<void> {
+  for (let waited = 0; server.pings() < count; waited += 20) {
+    if (waited > 3_000) throw new Error(`${server.pings()} pings after 3 s, not ${count}`);
+    await sleep(20);
+  }
+}
+
 interface Served {
   path: string;
   authorization: string | undefined;
@@ -92,7 +99,7 @@ async function apiServer(options: { closeIdleAfterMs: number; closeAfterEachAnsw
 
 describe("ApiKeepWarm", () => {
   it("a request after the server closed the idle connection finds one a ping opened; without it, a new one", async () => {
-    const server = await apiServer({ closeIdleAfterMs: 1_500 });
+    const server = await apiServer({ closeIdleAfterMs: 3_000 });
     const post = async (dispatcher: Agent) => {
       const res = await fetch(`${server.baseUrl}/chat/completions`, { method: "POST", body: "{}", dispatcher } as RequestInit);
       await res.arrayBuffer();
@@ -104,12 +111,12 @@ describe("ApiKeepWarm", () => {
     try {
       keepWarm.warm();
       await post(coldAgent);
-      await sleep(2_600);
-      // The server closed both idle connections at ~1.5 s; the keep-warm one was reopened by a ping at once.
+      await sleep(4_500);
+      // The server closed both idle connections at ~3 s; the keep-warm one was reopened by a ping at once.
       const warm = await post(warmAgent);
       const cold = await post(coldAgent);
-      expect(warm.connectionAgeMs).toBeGreaterThan(500);
-      expect(cold.connectionAgeMs).toBeLessThan(200);
+      expect(warm.connectionAgeMs).toBeGreaterThan(1_000);
+      expect(cold.connectionAgeMs).toBeLessThan(400);
       expect(server.pings()).toBe(2);
       expect(server.served.find((s) => s.path === "/v1/models")?.authorization).toBe("Bearer sk-test-key");
       expect(keepWarm.pings).toEqual({ sent: 2, failed: 0 });
@@ -125,7 +132,8 @@ describe("ApiKeepWarm", () => {
     const agent = new Agent({ keepAliveTimeout: 25_000, keepAliveMaxTimeout: 25_000 });
     const keepWarm = new ApiKeepWarm({ baseUrl: server.baseUrl, apiKey: "k", forMs: 1_000, idleMs: 200, dispatcher: agent });
     try {
-      keepWarm.used();
+      keepWarm.started();
+      keepWarm.finished();
       await sleep(1_500);
       const pings = server.pings();
       expect(pings).toBeGreaterThanOrEqual(3);
@@ -143,7 +151,7 @@ describe("ApiKeepWarm", () => {
 
   it.each([
     ["closes the connection after every answer", { closeIdleAfterMs: 0, closeAfterEachAnswer: true }],
-    // `Keep-Alive: timeout=1`: undici keeps a connection for the hint less its 1 s margin, i.e. not at all.
+    // `Keep-Alive: timeout=1`: undici keeps a connection for the hint less its 2 s margin, i.e. not at all.
     ["names a keep-alive time that leaves the client none", { closeIdleAfterMs: 0, keepAliveHintMs: 1_000 }],
   ])("a server that %s gets one ping, not a ping per second", async (_what, serverOptions) => {
     const server = await apiServer(serverOptions);
@@ -153,6 +161,39 @@ describe("ApiKeepWarm", () => {
       keepWarm.warm();
       await sleep(2_200);
       expect(server.pings()).toBe(1);
+    } finally {
+      keepWarm.close();
+      server.close();
+      await agent.close();
+    }
+  });
+
+  it("a server that closes idle connections within a second: the pings that reopen one back off", async () => {
+    // Lives 700 ms: pings at 0, 1 and 3 s, the next at 7 s (every second without the backoff: 5 by 4.5 s).
+    const server = await apiServer({ closeIdleAfterMs: 700 });
+    const agent = new Agent({ keepAliveTimeout: 25_000, keepAliveMaxTimeout: 25_000 });
+    const keepWarm = new ApiKeepWarm({ baseUrl: server.baseUrl, apiKey: "k", forMs: 60_000, dispatcher: agent });
+    try {
+      keepWarm.warm();
+      await sleep(4_500);
+      expect(server.pings()).toBe(3);
+    } finally {
+      keepWarm.close();
+      server.close();
+      await agent.close();
+    }
+  });
+
+  it("no ping while a request is in flight (it holds its own connection)", async () => {
+    const server = await apiServer({ closeIdleAfterMs: 0 });
+    const agent = new Agent({ keepAliveTimeout: 25_000, keepAliveMaxTimeout: 25_000 });
+    const keepWarm = new ApiKeepWarm({ baseUrl: server.baseUrl, apiKey: "k", forMs: 60_000, idleMs: 100, dispatcher: agent });
+    try {
+      keepWarm.started();
+      await sleep(600);
+      expect(server.pings()).toBe(0);
+      keepWarm.finished();
+      await waitForPings(server, 1);
     } finally {
       keepWarm.close();
       server.close();
@@ -185,7 +226,8 @@ describe("ApiKeepWarm", () => {
     const keepWarm = new ApiKeepWarm({ baseUrl: server.baseUrl, apiKey: "k", forMs: 0, idleMs: 50 });
     try {
       keepWarm.warm();
-      keepWarm.used();
+      keepWarm.started();
+      keepWarm.finished();
       await sleep(300);
       expect(server.pings()).toBe(0);
     } finally {

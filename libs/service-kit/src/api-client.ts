@@ -61,6 +61,12 @@ export class ApiKeepWarm {
   private lastPingEnd = -Infinity;
   private timer: NodeJS.Timeout | undefined;
   private pinging = false;
+  private inFlight = 0;
+  /** Pings since the last request that replaced a closed connection: each waits twice as long as the one before, so
+   *  a server closing idle connections within seconds is not pinged every second. */
+  private reopens = 0;
+  /** The ping due is warm()'s first, not a replacement. */
+  private opening = false;
   /** A connection of the origin closed (or none is open yet): ping as soon as the rate allows. */
   private reopenDue = false;
   private closed = false;
@@ -84,13 +90,16 @@ export class ApiKeepWarm {
     if (options.forMs > 0) this.dispatcher.on("disconnect", this.onDisconnect);
   }
 
-  /** A request to the API starts or ends now: keep a connection warm for `forMs` from here. */
-  used(): void {
-    if (this.options.forMs <= 0 || this.closed) return;
-    const now = performance.now();
-    this.lastActivity = now;
-    this.warmUntil = now + this.options.forMs;
-    if (!this.timer) this.schedule(this.idleMs);
+  /** A request to the API starts: no ping while it runs (it has its connection), and warm for `forMs` after it. */
+  started(): void {
+    this.inFlight++;
+    this.touch();
+  }
+
+  /** A request that `started()` ended, however it ended. */
+  finished(): void {
+    this.inFlight = Math.max(0, this.inFlight - 1);
+    this.touch();
   }
 
   /** The service starts: open a connection now and keep it for `forMs`. */
@@ -98,6 +107,7 @@ export class ApiKeepWarm {
     if (this.options.forMs <= 0 || this.closed) return;
     this.warmUntil = performance.now() + this.options.forMs;
     this.reopenDue = true;
+    this.opening = true;
     this.schedule(0);
   }
 
@@ -106,6 +116,15 @@ export class ApiKeepWarm {
     clearTimeout(this.timer);
     this.timer = undefined;
     this.dispatcher.off("disconnect", this.onDisconnect);
+  }
+
+  private touch(): void {
+    if (this.options.forMs <= 0 || this.closed) return;
+    const now = performance.now();
+    this.lastActivity = now;
+    this.warmUntil = now + this.options.forMs;
+    this.reopens = 0;
+    if (!this.timer) this.schedule(this.idleMs);
   }
 
   private get warm_(): boolean {
@@ -122,9 +141,16 @@ export class ApiKeepWarm {
     this.timer = undefined;
     if (!this.warm_) return;
     const now = performance.now();
+    if (this.inFlight > 0) {
+      this.reopenDue = false; // the request in flight holds a connection; it is warm when the request ends
+      return this.schedule(this.idleMs);
+    }
     if (this.reopenDue) {
-      const wait = this.lastPing + MIN_PING_GAP_MS - now;
+      const gap = Math.min(this.idleMs, MIN_PING_GAP_MS * 2 ** this.reopens);
+      const wait = this.lastPing + gap - now;
       if (wait > 0) return this.schedule(wait);
+      if (!this.opening) this.reopens++;
+      this.opening = false;
     } else {
       // Due on idleness: a request since the timer was set already kept the connection fresh.
       const idleFor = now - Math.max(this.lastActivity, this.lastPing);
@@ -155,7 +181,14 @@ export class ApiKeepWarm {
       // The next request opens its own connection; pinging a dead API until then only adds noise.
       this.warmUntil = -Infinity;
       const cause = error instanceof Error && error.cause instanceof Error ? `: ${error.cause.message}` : "";
-      this.options.onFailure?.(`GET ${this.origin}/…/models: ${error instanceof Error ? error.message : String(error)}${cause}`);
+      const message = `GET ${this.origin}/…/models: ${error instanceof Error ? error.message : String(error)}${cause}`;
+      // fetch quotes a header it refuses (a key with a line break): the key must not reach the log.
+      const key = this.options.apiKey;
+      try {
+        this.options.onFailure?.(key.length >= 4 ? message.split(key).join("[redacted]") : message);
+      } catch {
+        // a reporting failure must not become an unhandled rejection
+      }
     } finally {
       this.pinging = false;
       this.lastPingEnd = performance.now();

@@ -166,9 +166,10 @@ export async function loadEngines(
         });
         breakers.set(key, breaker);
       }
-      // One warm connection per endpoint (connections are pooled per origin, whatever the agent or key).
+      // One warm connection per origin (connections are pooled per origin, whatever the agent, path or key).
       const endpoint = settings.baseUrl || OPENAI_BASE_URL;
-      let keepWarm = keepWarms.get(endpoint);
+      const origin = new URL(endpoint).origin;
+      let keepWarm = keepWarms.get(origin);
       if (!keepWarm) {
         keepWarm = new ApiKeepWarm({
           baseUrl: endpoint,
@@ -179,7 +180,7 @@ export async function loadEngines(
             log.warn("llm keep-warm request failed; the next turn opens its own connection", { endpoint: hostOf(settings.baseUrl), error });
           },
         });
-        keepWarms.set(endpoint, keepWarm);
+        keepWarms.set(origin, keepWarm);
       }
       engine = new LlmEngine({
         agent: agentConfig,

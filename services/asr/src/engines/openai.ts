@@ -102,10 +102,10 @@ export class OpenAIEngine implements AsrEngine {
 
   start(hints: RecognitionHints): UtteranceRecognizer {
     this.checkConfig();
-    this.keepWarm.used();
+    this.keepWarm.started();
     const recognizer = new OpenAIRecognizer(this.client, this.config, hints, this.log, () => {
       this.active.delete(recognizer);
-      this.keepWarm.used();
+      this.keepWarm.finished();
     });
     this.active.add(recognizer);
     return recognizer;

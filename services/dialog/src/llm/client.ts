@@ -115,7 +115,7 @@ export class OpenAiCompleter implements LlmCompleter {
       throw new LlmError("circuit_open", "the LLM circuit breaker is open");
     }
     const started = Date.now();
-    this.keepWarm?.used();
+    this.keepWarm?.started();
     try {
       const response = await this.stream(request, handlers, started);
       this.breaker.success();
@@ -131,7 +131,7 @@ export class OpenAiCompleter implements LlmCompleter {
       this.metrics.llmRequests.inc({ model, outcome: failure.reason });
       throw failure;
     } finally {
-      this.keepWarm?.used();
+      this.keepWarm?.finished();
     }
   }
 

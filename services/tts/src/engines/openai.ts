@@ -102,7 +102,7 @@ export class OpenAIEngine implements TtsEngine {
     const voice = req.voice || this.voice;
     const inputs = groupSentences(req.text, MAX_INPUT_CHARS);
     let audio = false;
-    this.keepWarm.used();
+    this.keepWarm.started();
     try {
       for (const input of inputs) {
         for await (const pcm of this.speak(input, voice, speed, req.signal)) {
@@ -111,7 +111,7 @@ export class OpenAIEngine implements TtsEngine {
         }
       }
     } finally {
-      this.keepWarm.used();
+      this.keepWarm.finished();
     }
     if (inputs.length > 0 && !audio) throw new Error("openai: the response held no audio");
   }
