@@ -11,7 +11,8 @@ export const API_KEEP_ALIVE_MS = 25_000;
 
 let shared: Agent | undefined;
 
-/** The fetch dispatcher of the cloud API clients: `new OpenAI({ fetchOptions: { dispatcher: apiDispatcher() } })`. */
+/** The fetch dispatcher of the cloud API clients (`new OpenAI({ fetchOptions: { dispatcher: apiDispatcher() } })`)
+ *  and of the tools' webhooks. */
 export function apiDispatcher(): Agent {
   shared ??= new Agent({ keepAliveTimeout: API_KEEP_ALIVE_MS, keepAliveMaxTimeout: API_KEEP_ALIVE_MS });
   return shared;

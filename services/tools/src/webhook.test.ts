@@ -124,6 +124,27 @@ describe("webhook tools", () => {
     });
   });
 
+  it("a call after a 5 s pause reuses the connection (fetch's own pool drops it after 4 s)", async () => {
+    const sockets: object[] = [];
+    handler = (req, _body, res) => {
+      sockets.push(req.socket);
+      res.writeHead(200, { "content-type": "application/json" }).end('{"points":1}');
+    };
+    const keepAlive = server.keepAliveTimeout;
+    server.keepAliveTimeout = 0; // names no keep-alive time and never closes an idle connection itself
+    try {
+      const { executor } = executorFor(declare([POINTS]));
+      const callId = await newCall();
+      expect(await executor.handle(request(callId, "get_points", { member_id: "123456" }))).toMatchObject({ ok: true });
+      await new Promise((resolve) => setTimeout(resolve, 5_000));
+      expect(await executor.handle(request(callId, "get_points", { member_id: "654321" }))).toMatchObject({ ok: true });
+      expect(sockets).toHaveLength(2);
+      expect(sockets[1]).toBe(sockets[0]);
+    } finally {
+      server.keepAliveTimeout = keepAlive;
+    }
+  });
+
   it("sends GET arguments as query parameters and accepts a text answer", async () => {
     handler = (_req, _body, res) => void res.writeHead(200, { "content-type": "text/plain" }).end("gold member");
     const { executor } = executorFor(declare([{ name: "tier", parameters: { type: "object" }, webhook: { url: "${CRM_URL}/tier?src=bot", method: "get" } }]));
