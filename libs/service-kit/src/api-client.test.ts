@@ -3,7 +3,7 @@ import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
 import { Agent } from "undici";
 import { describe, expect, it } from "vitest";
-import { apiDispatcher, API_IDLE_PING_MS, API_KEEP_ALIVE_MS, ApiKeepWarm } from "./api-client.js";
+import { apiDispatcher, API_IDLE_PING_MS, API_KEEP_ALIVE_MS, ApiKeepWarm, type ApiKeepWarmOptions } from "./api-client.js";
 
 describe("apiDispatcher", () => {
   it("keeps an idle connection past fetch's own 4 s, for a server that names no keep-alive time", async () => {
@@ -97,6 +97,26 @@ async function apiServer(options: { closeIdleAfterMs: number; closeAfterEachAnsw
   };
 }
 
+type ApiServer = Awaited<ReturnType<typeof apiServer>>;
+
+/** A keep-warm of `server`'s API on a pool of its own (25 s idle, as apiDispatcher()); all closed after `test`. */
+async function withKeepWarm(
+  serverOptions: Parameters<typeof apiServer>[0],
+  keepWarmOptions: Partial<ApiKeepWarmOptions>,
+  test: (keepWarm: ApiKeepWarm, server: ApiServer) => Promise<void>,
+): Promise<void> {
+  const server = await apiServer(serverOptions);
+  const agent = new Agent({ keepAliveTimeout: 25_000, keepAliveMaxTimeout: 25_000 });
+  const keepWarm = new ApiKeepWarm({ baseUrl: server.baseUrl, apiKey: "k", forMs: 60_000, dispatcher: agent, ...keepWarmOptions });
+  try {
+    await test(keepWarm, server);
+  } finally {
+    keepWarm.close();
+    server.close();
+    await agent.close();
+  }
+}
+
 describe("ApiKeepWarm", () => {
   it("a request after the server closed the idle connection finds one a ping opened; without it, a new one", async () => {
     const server = await apiServer({ closeIdleAfterMs: 3_000 });
@@ -128,10 +148,7 @@ describe("ApiKeepWarm", () => {
   });
 
   it("pings when the API was idle, on one connection, and stops forMs after the last request", async () => {
-    const server = await apiServer({ closeIdleAfterMs: 0 });
-    const agent = new Agent({ keepAliveTimeout: 25_000, keepAliveMaxTimeout: 25_000 });
-    const keepWarm = new ApiKeepWarm({ baseUrl: server.baseUrl, apiKey: "k", forMs: 1_000, idleMs: 200, dispatcher: agent });
-    try {
+    await withKeepWarm({ closeIdleAfterMs: 0 }, { forMs: 1_000, idleMs: 200 }, async (keepWarm, server) => {
       keepWarm.started();
       keepWarm.finished();
       await sleep(1_500);
@@ -142,11 +159,7 @@ describe("ApiKeepWarm", () => {
       await sleep(600);
       expect(server.pings()).toBe(pings);
       expect(API_IDLE_PING_MS).toBeLessThan(API_KEEP_ALIVE_MS);
-    } finally {
-      keepWarm.close();
-      server.close();
-      await agent.close();
-    }
+    });
   });
 
   it.each([
@@ -154,51 +167,30 @@ describe("ApiKeepWarm", () => {
     // `Keep-Alive: timeout=1`: undici keeps a connection for the hint less its 2 s margin, i.e. not at all.
     ["names a keep-alive time that leaves the client none", { closeIdleAfterMs: 0, keepAliveHintMs: 1_000 }],
   ])("a server that %s gets one ping, not a ping per second", async (_what, serverOptions) => {
-    const server = await apiServer(serverOptions);
-    const agent = new Agent({ keepAliveTimeout: 25_000, keepAliveMaxTimeout: 25_000 });
-    const keepWarm = new ApiKeepWarm({ baseUrl: server.baseUrl, apiKey: "k", forMs: 60_000, dispatcher: agent });
-    try {
+    await withKeepWarm(serverOptions, {}, async (keepWarm, server) => {
       keepWarm.warm();
       await sleep(2_200);
       expect(server.pings()).toBe(1);
-    } finally {
-      keepWarm.close();
-      server.close();
-      await agent.close();
-    }
+    });
   });
 
   it("a server that closes idle connections within a second: the pings that reopen one back off", async () => {
     // Lives 700 ms: pings at 0, 1 and 3 s, the next at 7 s (every second without the backoff: 5 by 4.5 s).
-    const server = await apiServer({ closeIdleAfterMs: 700 });
-    const agent = new Agent({ keepAliveTimeout: 25_000, keepAliveMaxTimeout: 25_000 });
-    const keepWarm = new ApiKeepWarm({ baseUrl: server.baseUrl, apiKey: "k", forMs: 60_000, dispatcher: agent });
-    try {
+    await withKeepWarm({ closeIdleAfterMs: 700 }, {}, async (keepWarm, server) => {
       keepWarm.warm();
       await sleep(4_500);
       expect(server.pings()).toBe(3);
-    } finally {
-      keepWarm.close();
-      server.close();
-      await agent.close();
-    }
+    });
   });
 
   it("no ping while a request is in flight (it holds its own connection)", async () => {
-    const server = await apiServer({ closeIdleAfterMs: 0 });
-    const agent = new Agent({ keepAliveTimeout: 25_000, keepAliveMaxTimeout: 25_000 });
-    const keepWarm = new ApiKeepWarm({ baseUrl: server.baseUrl, apiKey: "k", forMs: 60_000, idleMs: 100, dispatcher: agent });
-    try {
+    await withKeepWarm({ closeIdleAfterMs: 0 }, { idleMs: 100 }, async (keepWarm, server) => {
       keepWarm.started();
       await sleep(600);
       expect(server.pings()).toBe(0);
       keepWarm.finished();
       await waitForPings(server, 1);
-    } finally {
-      keepWarm.close();
-      server.close();
-      await agent.close();
-    }
+    });
   });
 
   it("an API that cannot be reached: one failure reported, without the key, and no retry loop", async () => {

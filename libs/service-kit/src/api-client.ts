@@ -1,4 +1,5 @@
 import { Agent } from "undici";
+import { hideSecret } from "./log.js";
 
 /**
  * How long the cloud API clients (the OpenAI SDK's fetch) keep an idle connection. fetch's own pool closes one
@@ -63,11 +64,9 @@ export class ApiKeepWarm {
   private timer: NodeJS.Timeout | undefined;
   private pinging = false;
   private inFlight = 0;
-  /** Pings since the last request that replaced a closed connection: each waits twice as long as the one before, so
-   *  a server closing idle connections within seconds is not pinged every second. */
+  /** Closed connections to replace since the last request: each replacement waits twice as long as the one before,
+   *  so a server closing idle connections within seconds is not pinged every second. */
   private reopens = 0;
-  /** The ping due is warm()'s first, not a replacement. */
-  private opening = false;
   /** A connection of the origin closed (or none is open yet): ping as soon as the rate allows. */
   private reopenDue = false;
   private closed = false;
@@ -79,6 +78,7 @@ export class ApiKeepWarm {
       this.warmUntil = -Infinity; // until the next request
       return;
     }
+    if (!this.reopenDue) this.reopens++;
     this.reopenDue = true;
     this.schedule(0);
   };
@@ -108,7 +108,6 @@ export class ApiKeepWarm {
     if (this.options.forMs <= 0 || this.closed) return;
     this.warmUntil = performance.now() + this.options.forMs;
     this.reopenDue = true;
-    this.opening = true;
     this.schedule(0);
   }
 
@@ -147,11 +146,9 @@ export class ApiKeepWarm {
       return this.schedule(this.idleMs);
     }
     if (this.reopenDue) {
-      const gap = Math.min(this.idleMs, MIN_PING_GAP_MS * 2 ** this.reopens);
+      const gap = Math.min(this.idleMs, MIN_PING_GAP_MS * 2 ** Math.max(0, this.reopens - 1));
       const wait = this.lastPing + gap - now;
       if (wait > 0) return this.schedule(wait);
-      if (!this.opening) this.reopens++;
-      this.opening = false;
     } else {
       // Due on idleness: a request since the timer was set already kept the connection fresh.
       const idleFor = now - Math.max(this.lastActivity, this.lastPing);
@@ -183,10 +180,9 @@ export class ApiKeepWarm {
       this.warmUntil = -Infinity;
       const cause = error instanceof Error && error.cause instanceof Error ? `: ${error.cause.message}` : "";
       const message = `GET ${this.origin}/…/models: ${error instanceof Error ? error.message : String(error)}${cause}`;
-      // fetch quotes a header it refuses (a key with a line break): the key must not reach the log.
-      const key = this.options.apiKey;
       try {
-        this.options.onFailure?.(key.length >= 4 ? message.split(key).join("[redacted]") : message);
+        // fetch quotes a header it refuses (a key with a line break): the key must not reach the log.
+        this.options.onFailure?.(hideSecret(message, this.options.apiKey));
       } catch {
         // a reporting failure must not become an unhandled rejection
       }

@@ -13,6 +13,11 @@ const hideUserinfo = (text: string) =>
     return `${scheme}${colon >= 0 ? userinfo.slice(0, colon) + ":" : ""}***@`;
   });
 
+/** `text` with every occurrence of `secret` (an API key, a token) masked; a cause quoted by a library may hold it. */
+export function hideSecret(text: string, secret: string): string {
+  return secret ? text.split(secret).join("***") : text;
+}
+
 export function redact(value: unknown, depth = 0): unknown {
   if (typeof value === "string") return hideUserinfo(value);
   if (value instanceof Error) return hideUserinfo(value.message);

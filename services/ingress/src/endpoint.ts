@@ -14,7 +14,6 @@ import { signedUrl, validTwilioSignature } from "./signature.js";
 const SWEEP_PARALLEL = 10;
 const SWEEP_LOCK = "stream-sweep";
 
-
 export class TwilioEndpoint {
   private readonly wss: WebSocketServer;
   private readonly sessions = new Set<CallSession>();

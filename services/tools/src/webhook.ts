@@ -1,4 +1,4 @@
-import { apiDispatcher } from "@voicebot/service-kit";
+import { apiDispatcher, hideSecret } from "@voicebot/service-kit";
 import { Ajv, type ValidateFunction } from "ajv";
 import type { DeclaredTool, WebhookConfig } from "./agents.js";
 import { InvalidArgumentsError, PermanentToolError, type Tool } from "./tool.js";
@@ -21,7 +21,7 @@ const ajv = new Ajv({ allErrors: true, strict: false });
 export function webhookTool(declaration: DeclaredTool & { webhook: WebhookConfig }): Tool {
   const { name, webhook } = declaration;
   const validate: ValidateFunction = ajv.compile(declaration.parameters ?? { type: "object" });
-  const scrub = (text: string) => webhook.secrets.reduce((out, secret) => (secret ? out.split(secret).join("***") : out), text);
+  const scrub = (text: string) => webhook.secrets.reduce(hideSecret, text);
   return {
     name,
     defaultTimeoutMs: declaration.timeoutMs ?? WEBHOOK_DEFAULT_TIMEOUT_MS,

@@ -2,6 +2,7 @@
 // page, and error texts that never carry the API key.
 
 import { l16FromBytes } from "@voicebot/audio";
+import { hideSecret } from "@voicebot/service-kit";
 
 /**
  * 16-bit little-endian PCM arriving in chunks of any size -> whole samples. A chunk may end inside a sample (TCP
@@ -45,7 +46,7 @@ export function fetchedAnswer(response: Response): AnswerBody {
 export async function assertAudio(engine: string, answer: AnswerBody, secret: string): Promise<void> {
   const type = answer.contentType;
   if (!NOT_AUDIO.test(type)) return;
-  throw new Error(`${engine}: expected audio but the server sent ${type}: ${redact(await snippet(answer), secret)}`);
+  throw new Error(`${engine}: expected audio but the server sent ${type}: ${hideSecret(await snippet(answer), secret)}`);
 }
 
 /** The start of a response body as one line, for error messages (bodies can be whole HTML pages). */
@@ -69,11 +70,6 @@ export function causes(error: unknown): string {
     if (!(e instanceof Error)) break;
   }
   return parts.join(": ") || "unknown error";
-}
-
-/** `text` with the secret blanked out: error texts end up in logs, a key must not (some servers echo it back). */
-export function redact(text: string, secret: string): string {
-  return secret ? text.split(secret).join("***") : text;
 }
 
 /**

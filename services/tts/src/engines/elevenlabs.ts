@@ -13,9 +13,9 @@
 // - No retries: failing at once lets the FallbackEngine hand the chunk to the next engine.
 
 import { mulawDecode } from "@voicebot/audio";
-import type { EnvReader } from "@voicebot/service-kit";
+import { hideSecret, type EnvReader } from "@voicebot/service-kit";
 import type { SynthesisRequest, TtsEngine } from "../engine.js";
-import { assertAudio, causes, L16ChunkDecoder, redact, snippet } from "./cloud.js";
+import { assertAudio, causes, L16ChunkDecoder, snippet } from "./cloud.js";
 import { StreamingHttpClient, type StreamingAnswer } from "./http-stream.js";
 import { groupSentences } from "./text.js";
 
@@ -94,7 +94,7 @@ export class ElevenLabsEngine implements TtsEngine {
       url: new URL(`${this.baseUrl}/v1/models`),
       headers: { "xi-api-key": apiKey, accept: "application/json" },
       forMs: options.keepWarmMs ?? DEFAULT_KEEP_WARM_MS,
-      onFailure: (error) => options.onKeepWarmFailure?.(`elevenlabs: ${redact(causes(error), apiKey)}`),
+      onFailure: (error) => options.onKeepWarmFailure?.(`elevenlabs: ${hideSecret(causes(error), apiKey)}`),
     });
   }
 
@@ -157,12 +157,12 @@ export class ElevenLabsEngine implements TtsEngine {
       } catch (error) {
         cancel?.throwIfAborted();
         if (mine.signal.aborted) throw mine.signal.reason;
-        throw new Error(`elevenlabs: cannot reach ${this.baseUrl}: ${redact(causes(error), this.apiKey)}`);
+        throw new Error(`elevenlabs: cannot reach ${this.baseUrl}: ${hideSecret(causes(error), this.apiKey)}`);
       } finally {
         clearTimeout(timer);
       }
       if (answer.status < 200 || answer.status > 299) {
-        throw new Error(`elevenlabs: HTTP ${answer.status}: ${redact(await errorDetail(answer), this.apiKey)}`);
+        throw new Error(`elevenlabs: HTTP ${answer.status}: ${hideSecret(await errorDetail(answer), this.apiKey)}`);
       }
       await assertAudio("elevenlabs", answer, this.apiKey);
       const l16 = this.outputFormat === "ulaw_8000" ? undefined : new L16ChunkDecoder();
@@ -173,7 +173,7 @@ export class ElevenLabsEngine implements TtsEngine {
         }
       } catch (error) {
         signal.throwIfAborted();
-        throw new Error(`elevenlabs: audio stream broke off: ${redact(causes(error), this.apiKey)}`);
+        throw new Error(`elevenlabs: audio stream broke off: ${hideSecret(causes(error), this.apiKey)}`);
       }
     } finally {
       clearTimeout(timer);

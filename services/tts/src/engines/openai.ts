@@ -9,9 +9,9 @@
 // - The API takes at most 4096 characters per request; longer text goes as several requests, one after another.
 
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from "openai";
-import { ApiKeepWarm, apiDispatcher, type EnvReader } from "@voicebot/service-kit";
+import { ApiKeepWarm, apiDispatcher, hideSecret, type EnvReader } from "@voicebot/service-kit";
 import type { SynthesisRequest, TtsEngine } from "../engine.js";
-import { assertAudio, bodyChunks, causes, fetchedAnswer, L16ChunkDecoder, redact } from "./cloud.js";
+import { assertAudio, bodyChunks, causes, fetchedAnswer, L16ChunkDecoder } from "./cloud.js";
 import { groupSentences } from "./text.js";
 
 export const OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1";
@@ -83,7 +83,7 @@ export class OpenAIEngine implements TtsEngine {
       baseUrl: this.baseUrl,
       apiKey: options.apiKey,
       forMs: options.keepWarmMs ?? 0,
-      onFailure: (error) => options.onKeepWarmFailure?.(`openai: ${redact(error, options.apiKey)}`),
+      onFailure: (error) => options.onKeepWarmFailure?.(`openai: ${error}`),
     });
   }
 
@@ -147,7 +147,7 @@ export class OpenAIEngine implements TtsEngine {
       }
       await assertAudio("openai", fetchedAnswer(response), this.apiKey);
       const decoder = new L16ChunkDecoder();
-      const broke = (error: unknown) => new Error(`openai: audio stream broke off: ${redact(causes(error), this.apiKey)}`);
+      const broke = (error: unknown) => new Error(`openai: audio stream broke off: ${hideSecret(causes(error), this.apiKey)}`);
       for await (const bytes of bodyChunks(response, signal, broke)) {
         const pcm = decoder.push(bytes);
         if (pcm.length > 0) yield pcm;
@@ -167,7 +167,7 @@ export class OpenAIEngine implements TtsEngine {
     else if (error instanceof APIUserAbortError) text = "request aborted";
     else if (error instanceof APIError) text = `HTTP ${error.status ?? "?"}: ${error.message.replace(/^\d{3} /, "")}`;
     else text = causes(error);
-    return new Error(`openai speech request failed: ${redact(text, this.apiKey)}`);
+    return new Error(`openai speech request failed: ${hideSecret(text, this.apiKey)}`);
   }
 }
 
