@@ -21,6 +21,21 @@ function pathOf(target: string | undefined): string | undefined {
   }
 }
 
+/** Node's defaults let a client drip a request for 300 s; a real client sends its headers and body well within these. */
+export interface HttpTimeouts {
+  /** Time to receive the request headers. */
+  headersTimeoutMs: number;
+  /** Time to receive the whole request, body included (not the answer; not a WebSocket once upgraded). */
+  requestTimeoutMs: number;
+}
+export const DEFAULT_HTTP_TIMEOUTS: HttpTimeouts = { headersTimeoutMs: 10_000, requestTimeoutMs: 30_000 };
+
+/** The client went away mid-request (its body aborted): not a fault of the handler that was reading it. */
+function clientAborted(req: http.IncomingMessage, error: unknown): boolean {
+  if (req.complete) return false;
+  return error === req.errored || (error as { code?: unknown } | undefined)?.code === "ECONNRESET";
+}
+
 /**
  * The one HTTP server of a process: ops endpoints plus whatever routes and WebSocket paths the service adds.
  * A bad request target or a throwing handler costs only that request or socket, never the process.
@@ -35,6 +50,7 @@ export class HttpServer {
   constructor(
     private readonly log: Logger = silentLogger,
     registry?: Registry,
+    timeouts: HttpTimeouts = DEFAULT_HTTP_TIMEOUTS,
   ) {
     this.rejected = new Counter({
       name: "voicebot_http_rejected_total",
@@ -42,7 +58,11 @@ export class HttpServer {
       labelNames: ["reason"],
       registers: registry ? [registry] : [],
     });
-    this.server = http.createServer((req, res) => {
+    const { headersTimeoutMs, requestTimeoutMs } = timeouts;
+    // Node checks these timeouts every connectionsCheckingInterval (default 30 s): check often enough to keep them.
+    const checkEveryMs = Math.max(100, Math.min(5_000, Math.floor(headersTimeoutMs / 2)));
+    const options = { headersTimeout: headersTimeoutMs, requestTimeout: requestTimeoutMs, connectionsCheckingInterval: checkEveryMs };
+    this.server = http.createServer(options, (req, res) => {
       this.handle(req, res).catch((error) => this.refuse("handler_failed", req, error));
     });
     this.server.on("upgrade", (req, socket, head) => {
@@ -106,6 +126,13 @@ export class HttpServer {
       try {
         await route.handler(req, res, match);
       } catch (error) {
+        if (clientAborted(req, error)) {
+          // Counted apart so that alerts on handler_failed fire on our faults only; nobody is left to answer.
+          res.destroy();
+          this.rejected.inc({ reason: "client_aborted" });
+          this.log.debug("http client went away mid-request", { method: req.method, target: (req.url ?? "").slice(0, 120), error: errorText(error) });
+          return;
+        }
         if (!res.headersSent) sendJson(res, 500, { error: "internal error" });
         else res.destroy();
         this.refuse("handler_failed", req, error);

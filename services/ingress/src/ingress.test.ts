@@ -3,6 +3,7 @@
 import { createHmac } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
+import net from "node:net";
 import { performance } from "node:perf_hooks";
 import { subjects, type Bus } from "@voicebot/bus";
 import {
@@ -167,7 +168,7 @@ describe("call start, caller audio and keys", () => {
     const seq2 = client.sendDtmf("#");
     await waitFor(() => inputsFor(client.callSid).filter((i) => i.input?.$case === "keypad").length === 2, { what: "two keypad inputs" });
     const keys = inputsFor(client.callSid).filter((i) => i.input?.$case === "keypad");
-    expect(keys.map((k) => k.inputId)).toEqual([`${client.callSid}:dtmf:${seq1}`, `${client.callSid}:dtmf:${seq2}`]);
+    expect(keys.map((k) => k.inputId)).toEqual([`${client.callSid}:dtmf:${client.streamSid}:${seq1}`, `${client.callSid}:dtmf:${client.streamSid}:${seq2}`]);
     expect(keys.map((k) => (k.input?.value as { digit: string }).digit)).toEqual(["4", "#"]);
     client.close();
   });
@@ -728,6 +729,72 @@ describe("voice webhook", () => {
     } finally {
       await store.close();
     }
+  });
+
+  /** A POST with its own Host header (fetch will not send another Host: node:http does). */
+  const postWithHost = (base: string, path: string, host: string, body: Record<string, string>) =>
+    new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const req = http.request(`${base}${path}`, { method: "POST", headers: { host, "content-type": "application/x-www-form-urlencoded" } }, (res) => {
+        let text = "";
+        res.on("data", (d) => (text += d));
+        res.on("end", () => resolve({ status: res.statusCode!, text }));
+      });
+      req.on("error", reject);
+      req.end(new URLSearchParams(body).toString());
+    });
+
+  it("refuses a Host that is no plain host[:port] with 400, and names one normalised host in both the stream URL and the redirect", async () => {
+    const failedBefore = await metricValue(ingress.baseUrl, "voicebot_http_rejected_total", { reason: "handler_failed" });
+    for (const host of ["a<b>&c", 'evil.com"><x', "a b", "evil.com:99999", "evil.com/x?y#", "ev%41l.com", "evil.com\\x", "user@evil.com"]) {
+      const res = await postWithHost(ingress.baseUrl, "/twilio/voice", host, form);
+      expect(res.status, JSON.stringify(host)).toBe(400);
+      expect(JSON.parse(res.text).error, JSON.stringify(host)).toMatch(/Host header/);
+    }
+    // node:http puts its own Host in place of an empty one: this one goes out by hand.
+    const emptyHost = await new Promise<string>((resolve, reject) => {
+      const body = new URLSearchParams(form).toString();
+      const socket = net.connect(Number(new URL(ingress.baseUrl).port), "127.0.0.1");
+      let answer = "";
+      socket.on("data", (d) => (answer += d));
+      socket.on("end", () => resolve(answer));
+      socket.on("error", reject);
+      socket.end(`POST /twilio/voice HTTP/1.1\r\nHost:\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+    });
+    expect(emptyHost).toMatch(/^HTTP\/1\.1 400 /);
+    expect(emptyHost).toContain("Host header");
+    expect(await metricValue(ingress.baseUrl, "voicebot_http_rejected_total", { reason: "handler_failed" })).toBe(failedBefore);
+    const upper = await postWithHost(ingress.baseUrl, "/twilio/voice", "Voice.Example.COM:443", form);
+    expect(upper.status).toBe(200);
+    expect(upper.text).toContain('<Stream url="wss://voice.example.com/twilio">');
+    expect(upper.text).toContain('<Redirect method="POST">https://voice.example.com/twilio/voice?vbResume=1</Redirect>');
+    const ipv6 = await postWithHost(ingress.baseUrl, "/twilio/voice", "[::1]:8443", form);
+    expect(ipv6.text).toContain('<Stream url="wss://[::1]:8443/twilio">');
+    expect(ipv6.text).toContain('<Redirect method="POST">https://[::1]:8443/twilio/voice?vbResume=1</Redirect>');
+  });
+
+  it("refuses a resume with a malformed CallSid before looking it up, and samples the log of resumes of unknown calls", async () => {
+    for (const callSid of ["", "CA" + "x".repeat(60_000), "CA../../etc", "CA 1"]) {
+      const res = await post(ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: callSid });
+      expect(res.status, callSid.slice(0, 20)).toBe(400);
+      expect((await res.json()).error).toMatch(/CallSid/);
+    }
+    expect(JSON.stringify(logs)).not.toContain("x".repeat(1_000));
+    const noRecord = () => logs.filter((l) => l.msg === "resume: no record of the call; starting it over").length;
+    const before = noRecord();
+    for (let i = 0; i < 20; i++) {
+      const res = await post(ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: newCallSid() });
+      expect(res.status).toBe(200); // each call still starts over; only its log line is sampled
+    }
+    expect(noRecord() - before).toBeLessThanOrEqual(1);
+  });
+
+  it("leaves characters XML cannot carry out of the TwiML", async () => {
+    const res = await post(ingress.baseUrl, "/twilio/voice", { ...form, From: "+1555\u0000\u0001\u000b0100\u001f003", To: "+1555\ufffe0100\uffff004\u00e9\u{1f600}" });
+    expect(res.status).toBe(200);
+    const twiml = await res.text();
+    expect(twiml).toContain('<Parameter name="from" value="+15550100003"/>');
+    expect(twiml).toContain('<Parameter name="to" value="+15550100004\u00e9\u{1f600}"/>'); // real characters stay, pairs too
+    expect(twiml).not.toMatch(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]/);
   });
 
   it("checks X-Twilio-Signature over the URL and the sorted form fields when asked to", async () => {

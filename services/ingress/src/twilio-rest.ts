@@ -123,6 +123,10 @@ export function playDigitsTwiml(digits: string): string | undefined {
   return DIGITS.test(d) ? `<Response><Play digits="${xmlEscape(d)}"/></Response>` : undefined;
 }
 
+/** Characters XML 1.0 forbids even escaped (controls, U+FFFE/U+FFFF, lone surrogates): one would make the TwiML ill-formed. */
+const NOT_XML = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\uFFFE\uFFFF]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/** Text safe in XML content and attribute values; characters XML cannot carry are dropped. */
 function xmlEscape(text: string): string {
-  return text.replace(/[<>&"']/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&apos;" })[c]!);
+  return text.replace(NOT_XML, "").replace(/[<>&"']/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&apos;" })[c]!);
 }

@@ -4,7 +4,7 @@
 // follows the stream: a stream that closes without `stop` (its ingress died or handed the call over) comes back as
 // ?vbResume=n, and a live call is connected to a new stream that resumes it (resume.ts); an ended one is hung up.
 import type { Logger } from "@voicebot/bus";
-import { errorText } from "@voicebot/bus";
+import { errorText, isValidCallId, LogThrottle } from "@voicebot/bus";
 import { sendJson, type HttpServer } from "@voicebot/service-kit";
 import type { CallStore } from "@voicebot/state";
 import { isValidAgent, type IngressConfig } from "./config.js";
@@ -16,9 +16,27 @@ import { HANGUP_TWIML, streamTwiml } from "./twilio-rest.js";
 const MAX_BODY_BYTES = 64 * 1024;
 /** Twilio's form fields copied into the stream's parameters (From/To as the record's from/to). */
 const FORWARDED = { From: "from", To: "to" } as const;
+/** A host name or IP literal (IPv6 in brackets), with an optional port: nothing a URL would read another way. */
+const HOST = /^(?:[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$/;
+
+/**
+ * The request's Host as it goes into our TwiML URLs, or undefined when it is not a plain host[:port]. Checked once
+ * and normalised once (by URL), so the stream URL and the redirect name the same host.
+ */
+export function publicHost(header: string | undefined): string | undefined {
+  if (!header || header.length > 260 || !HOST.test(header)) return undefined;
+  try {
+    const url = new URL(`https://${header}`);
+    return url.hostname && url.pathname === "/" ? url.host : undefined;
+  } catch {
+    return undefined; // a port over 65535, a bad IPv6 literal...
+  }
+}
 
 export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressConfig; store: CallStore; log: Logger; metrics: IngressMetrics }): void {
   const { config, store, log, metrics } = deps;
+  // Webhooks that come back about calls we know nothing of are worth a sample in the log, not a line each.
+  const throttle = new LogThrottle(10_000);
   http.route("POST", /^\/twilio\/voice\/?$/, async (req, res) => {
     const form = await readWebhookForm(req, res, MAX_BODY_BYTES);
     if (!form) return metrics.voiceWebhooks.inc({ outcome: "invalid" });
@@ -45,8 +63,15 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
       if (value) parameters[name] = value.slice(0, 500);
     }
     if (agent) parameters.agent = agent;
-    const streamUrl = config.publicStreamUrl ?? `wss://${req.headers.host ?? "localhost"}/twilio`;
-    const origin = config.publicStreamUrl ? publicHttpOrigin(config.publicStreamUrl) : `https://${req.headers.host ?? "localhost"}`;
+    // Without TWILIO_STREAM_URL the URLs Twilio gets back are on the Host it called.
+    const host = config.publicStreamUrl ? undefined : publicHost(req.headers.host);
+    if (!config.publicStreamUrl && !host) {
+      metrics.voiceWebhooks.inc({ outcome: "invalid" });
+      sendJson(res, 400, { error: "the Host header must be a host name or IP address with an optional port (or set TWILIO_STREAM_URL)" });
+      return;
+    }
+    const streamUrl = config.publicStreamUrl ?? `wss://${host}/twilio`;
+    const origin = config.publicStreamUrl ? publicHttpOrigin(config.publicStreamUrl) : `https://${host}`;
     const answer = (outcome: string, twiml: string) => {
       metrics.voiceWebhooks.inc({ outcome });
       res.writeHead(200, { "content-type": "text/xml; charset=utf-8" });
@@ -56,12 +81,19 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
 
     // A stream of this call closed without `stop`: resume the call if it is still live.
     const callSid = form.get("CallSid") ?? "";
+    if (!isValidCallId(callSid)) {
+      // The same rule as the stream's callSid: a junk one could name no call, and must not reach Redis or the log.
+      metrics.voiceWebhooks.inc({ outcome: "invalid" });
+      sendJson(res, 400, { error: "CallSid must be 1-128 letters, digits, '_' or '-'" });
+      return;
+    }
     let call: Awaited<ReturnType<CallStore["callParties"]>>;
     try {
-      call = callSid ? await store.callParties(callSid) : undefined;
+      call = await store.callParties(callSid);
     } catch (error) {
       // Redis away: keep the caller; the new stream finds out what is left of the call.
-      log.warn("resume: the call record is unreadable; resuming the call anyway", { callId: callSid, error: errorText(error) });
+      const admitted = throttle.admit("unreadable");
+      if (admitted) log.warn("resume: the call record is unreadable; resuming the call anyway", { callId: callSid, error: errorText(error), ...admitted });
       call = { state: "live", agent: agent ?? "", from: parameters.from ?? "", to: parameters.to ?? "" };
     }
     if (call?.state === "ended") {
@@ -69,7 +101,8 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
       return answer("resume_ended", HANGUP_TWIML);
     }
     if (!call) {
-      log.warn("resume: no record of the call; starting it over", { callId: callSid, resume });
+      const admitted = throttle.admit("no_record");
+      if (admitted) log.warn("resume: no record of the call; starting it over", { callId: callSid, resume, ...admitted });
       return answer("answered", streamTwiml(streamUrl, parameters, resumeUrl(origin, 1, agent)));
     }
     if (resume > MAX_RESUMES) {
