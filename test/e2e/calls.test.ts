@@ -101,6 +101,23 @@ describe("calls over /twilio", () => {
     noteTurns("goodbye", sim.turns, record);
   });
 
+  test.concurrent("a caller who says nothing after the greeting hears the reprompt (NO_INPUT_MS, 8 s by default)", async ({ expect }) => {
+    const sim = system.call();
+    await sim.connect();
+    await sim.waitForBotTurn({ timeoutMs: TURN_MS });
+    const greetingEnded = Date.now();
+    const reprompt = await sim.waitForBotTurn({ timeoutMs: 8_000 + TURN_MS });
+    // The simulator returns a turn 0.7 s after its audio played out; the reprompt starts 8 s after that.
+    expect(reprompt.firstAudioAt - greetingEnded).toBeGreaterThanOrEqual(6_500);
+    expect(loudnessDbfs(reprompt.audio)).toBeGreaterThan(-40);
+    const record = await system.waitForRecord(sim.callSid, "the reprompt in the transcript", (r) =>
+      r.transcript.some((e) => e.role === "bot" && /didn't catch that/i.test(e.text)),
+    );
+    expect(record.transcript.filter((e) => e.role === "caller")).toEqual([]);
+    await sim.hangUp();
+    await system.waitForRecord(sim.callSid, "the call ended", (r) => r.state === "ended");
+  });
+
   test.concurrent("malformed input at ingress is counted and survived while another call completes", async ({ expect }) => {
     const errorsBefore = await system.metric("ingress", "voicebot_ingress_protocol_errors_total");
 

@@ -224,6 +224,15 @@ return 1`;
 
 // KEYS: meta. ARGV: TTL, call sid, agent, from, to. An outbound call just placed: its record says dialing, unless
 // a status callback (or the answered call's stream) got there first, which only the agent is added to.
+// KEYS: meta. ARGV: live TTL, then field, value pairs. A call's record, unless the call has ended: a call sid is
+// used once, so a stream that starts one again (not a resume) must not bring it back to life. Returns 1 if written.
+const CREATE_SCRIPT = `
+if redis.call('HGET', KEYS[1], 'state') == 'ended' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], 'state', 'live')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1`;
+
 const DIALING_SCRIPT = `
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSETNX', KEYS[1], 'agent', ARGV[3])
@@ -398,6 +407,7 @@ export class CallStore {
     redis.defineCommand("vbToolKeep", { numberOfKeys: 1, lua: TOOL_KEEP_SCRIPT });
     redis.defineCommand("vbResume", { numberOfKeys: 1, lua: RESUME_SCRIPT });
     redis.defineCommand("vbMarkHandover", { numberOfKeys: 1, lua: MARK_HANDOVER_SCRIPT });
+    redis.defineCommand("vbCreate", { numberOfKeys: 1, lua: CREATE_SCRIPT });
     redis.defineCommand("vbDialing", { numberOfKeys: 1, lua: DIALING_SCRIPT });
     redis.defineCommand("vbEndUnanswered", { numberOfKeys: 1, lua: END_UNANSWERED_SCRIPT });
   }
@@ -444,12 +454,10 @@ export class CallStore {
 
   // ---- call record ----
 
-  async createCall(meta: CallMeta): Promise<void> {
-    await this.redis
-      .multi()
-      .hset(keys.meta(meta.callSid), { ...meta, state: "live" })
-      .pexpire(keys.meta(meta.callSid), this.options.liveTtlMs)
-      .exec();
+  /** The record of a call whose stream started (state live). False, and nothing written, if the call has ended. */
+  async createCall(meta: CallMeta): Promise<boolean> {
+    const fields = Object.entries(meta).flatMap(([name, value]) => (value === undefined ? [] : [name, String(value)]));
+    return (await scripts(this.redis).vbCreate(keys.meta(meta.callSid), this.options.liveTtlMs, ...fields)) === 1;
   }
 
   /**
@@ -819,6 +827,7 @@ interface RedisWithScripts extends Redis {
   vbResume(meta: string, streamSid: string): Promise<string[]>;
   vbMarkHandover(meta: string): Promise<number>;
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
+  vbCreate(meta: string, ttlMs: number, ...fields: string[]): Promise<number>;
   vbDialing(meta: string, ttlMs: number, callSid: string, agent: string, from: string, to: string): Promise<number>;
   vbEndUnanswered(meta: string, callSid: string, endedAt: string, reason: string, recordTtlMs: number, from: string, to: string): Promise<number>;
 }

@@ -285,3 +285,38 @@ describe("caller hang-up", () => {
     ended.sub.unsubscribe();
   });
 });
+
+describe("a key over the bot", () => {
+  it("cuts the bot off like speech: clear, the cut turn cancelled and reported before the key reaches the dialog", async () => {
+    const client = await startCall(ingress.wsUrl, dialog.items);
+    const callId = client.callSid;
+    const cancels = collect(bus, subjects.cancel(callId), CancelTurn);
+    await bus.nc.flush();
+    const before = await metricValue(ingress.baseUrl, "voicebot_ingress_barge_ins_total", { by: "keypad" });
+    publishBotAudio(bus, callId, "t1", 0, 0, frames(100, 2), { chunkDone: true, turnDone: true, text: "Press 1 for orders." });
+    await waitFor(() => frameValues(client).length >= 10, { what: "the prompt on the wire" });
+    client.sendDtmf("1");
+    await waitFor(() => client.events("clear").length === 1, { what: "clear after the key" });
+    await waitFor(() => cancels.items.length >= 1, { what: "CancelTurn" });
+    expect(cancels.items[0]).toMatchObject({ turnId: "t1", reason: "barge_in" });
+    const inputs = await waitFor(() => {
+      const ids = dialog.items.filter((i) => i.callId === callId).map((i) => i.input?.$case);
+      return ids.includes("keypad") ? ids : undefined;
+    }, { what: "the key in the dialog's queue" });
+    expect(inputs.indexOf("playback")).toBeGreaterThan(-1);
+    expect(inputs.indexOf("playback")).toBeLessThan(inputs.indexOf("keypad"));
+    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_barge_ins_total", { by: "keypad" })).toBe(before + 1);
+    cancels.sub.unsubscribe();
+    client.close();
+  });
+
+  it("leaves the bot talking when barge-in is off for the call", async () => {
+    const client = await startCall(ingress.wsUrl, dialog.items, { bargeIn: "false" });
+    publishBotAudio(bus, client.callSid, "t1", 0, 0, frames(60, 2), { chunkDone: true, turnDone: true });
+    await waitFor(() => frameValues(client).length >= 5, { what: "the prompt on the wire" });
+    client.sendDtmf("1");
+    await waitFor(() => frameValues(client).length >= 60, { what: "the whole prompt", timeoutMs: 5_000 });
+    expect(client.events("clear")).toEqual([]);
+    client.close();
+  });
+});

@@ -66,6 +66,8 @@ export interface IngressConfig {
   apiToken: string | undefined;
   /** No new bot turn this long after the caller's input ended: play the fallback line (0 = off). */
   noSilenceDeadlineMs: number;
+  /** Neither the bot nor the caller heard this long after the bot's turn: the dialog prompts again (0 = off). */
+  noInputMs: number;
   /** The fallback line: μ-law 8 kHz, whole frames (undefined when the deadline is off). */
   noSilenceClip: Uint8Array | undefined;
   /** What the fallback line says (for the call record). */
@@ -150,6 +152,7 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
     authToken,
     apiToken,
     noSilenceDeadlineMs,
+    noInputMs: env.int("NO_INPUT_MS", 8_000, { min: 0, max: 120_000 }),
     noSilenceClip,
     noSilenceText: env.string("NO_SILENCE_TEXT", noSilenceFile === DEFAULT_NO_SILENCE_FILE ? DEFAULT_NO_SILENCE_TEXT : "(fallback line)"),
     recordCheckMs: env.int("INGRESS_RECORD_CHECK_MS", 2_000, { min: 100, max: 60_000 }),

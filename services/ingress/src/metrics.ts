@@ -37,7 +37,7 @@ export class IngressMetrics {
   readonly statusCallbacks: Counter<"outcome">;
   readonly statusRelays: Counter<"outcome">;
   readonly playbackEvents: Counter<"kind">;
-  readonly bargeIns: Counter;
+  readonly bargeIns: Counter<"by">;
   readonly bargeInsIgnored: Counter<"reason">;
   readonly clearLatency: Histogram;
   readonly cancels: Counter<"reason">;
@@ -46,6 +46,7 @@ export class IngressMetrics {
   readonly inboundMissing: Counter;
   readonly inboundConcealed: Counter;
   readonly noSilenceFallbacks: Counter;
+  readonly noInputs: Counter;
   readonly recordsRestored: Counter;
   readonly handovers: Counter;
   readonly resumes: Counter<"outcome">;
@@ -173,7 +174,8 @@ export class IngressMetrics {
     });
     this.bargeIns = new Counter({
       name: "voicebot_ingress_barge_ins_total",
-      help: "Bot audio cut because the caller started speaking",
+      help: "Bot audio cut because the caller started speaking or pressed a key",
+      labelNames: ["by"] as const,
       registers,
     });
     this.bargeInsIgnored = new Counter({
@@ -218,6 +220,11 @@ export class IngressMetrics {
     this.noSilenceFallbacks = new Counter({
       name: "voicebot_ingress_no_silence_fallbacks_total",
       help: "Fallback lines played because no bot turn began within NO_SILENCE_DEADLINE_MS of the caller's input",
+      registers,
+    });
+    this.noInputs = new Counter({
+      name: "voicebot_ingress_no_inputs_total",
+      help: "Times the caller stayed silent NO_INPUT_MS after the bot's turn and the dialog was asked to prompt again",
       registers,
     });
     this.recordsRestored = new Counter({

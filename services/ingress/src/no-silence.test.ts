@@ -191,7 +191,7 @@ describe("the deadline is decided by what happened in order", () => {
     link.delayMs = REDIS_DELAY_MS;
     const seq = client.sendDtmf("1");
     // The key reached ingress (its input is queued for the dialog); its look-up waits on Redis.
-    await waitFor(() => dialog.items.find((i) => i.inputId === `${client.callSid}:dtmf:${seq}`), { what: "the key's input" });
+    await waitFor(() => dialog.items.find((i) => i.inputId === `${client.callSid}:dtmf:${client.streamSid}:${seq}`), { what: "the key's input" });
     publishBotAudio(bus, client.callSid, "t2", 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true });
     await waitFor(() => client.events("mark").some((r) => r.message.mark.name === "t2.0"), { what: "the answer" });
     // The look-up returns, then the deadline would run out.

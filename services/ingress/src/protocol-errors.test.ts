@@ -168,4 +168,60 @@ describe("bad input", () => {
     healthy.sendStop();
     await healthy.closed;
   });
+
+  it("fits a payload that is not one 20 ms frame to one (counted and logged), so the audio after it stays in place", async () => {
+    const client = await startedCall();
+    const audio = collect(bus, subjects.callerAudio(client.callSid), CallerAudio);
+    await bus.nc.flush();
+    const before = await metricValue(ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "bad_payload_size" });
+    client.sendMedia(1, frames(1, 7).subarray(0, 80)); // 10 ms
+    client.sendMedia(2, Buffer.concat([frames(1, 8), frames(1, 9)])); // 40 ms
+    client.sendMedia(3, frames(1, 10));
+    await waitFor(() => audio.items.reduce((n, a) => n + a.frameCount, 0) >= 3, { what: "three frames of caller audio" });
+    const payload = Buffer.concat(audio.items.map((a) => Buffer.from(a.payload)));
+    expect(payload.length).toBe(3 * 160);
+    expect([...payload.subarray(0, 80)].every((b) => b === 7) && [...payload.subarray(80, 160)].every((b) => b === 0xff)).toBe(true);
+    expect([...payload.subarray(160, 320)].every((b) => b === 8)).toBe(true);
+    expect([...payload.subarray(320, 480)].every((b) => b === 10)).toBe(true);
+    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "bad_payload_size" })).toBe(before + 2);
+    audio.sub.unsubscribe();
+    client.sendStop();
+    await client.closed;
+  });
+
+  it("refuses a new stream (not a resume) for a call that has ended", async () => {
+    const first = await startedCall();
+    first.sendStop();
+    await first.closed;
+    await waitFor(async () => ((await (await fetch(`${ingress.baseUrl}/v1/calls/${first.callSid}`)).json()) as { state?: string }).state === "ended", {
+      what: "the first call's record ended",
+    });
+    const again = await TwilioClient.connect(ingress.wsUrl, first.callSid);
+    again.sendStart();
+    const closed = await again.closed;
+    expect(closed.code).toBe(1008);
+    await expectCounted("call_ended");
+    expect(dialog.items.filter((i) => i.callId === first.callSid && i.input?.$case === "callStarted")).toHaveLength(1);
+  });
+
+  it("closes a stream that keeps sending at over twice the rate limit (1008 flood); a late burst is only trimmed", async () => {
+    const flooder = await startedCall();
+    const startedAt = Date.now();
+    const flood = setInterval(() => {
+      for (let i = 0; i < 20; i++) if (flooder.ws.readyState === WebSocket.OPEN) flooder.sendConnected(); // 2,000/s against 200/s
+    }, 10);
+    try {
+      const closed = await flooder.closed;
+      expect(closed).toEqual({ code: 1008, reason: "flood" });
+      const after = Date.now() - startedAt;
+      expect(after).toBeGreaterThanOrEqual(2_000);
+      expect(after).toBeLessThan(8_000);
+    } finally {
+      clearInterval(flood);
+    }
+    await expectCounted("flood");
+    await waitFor(async () => ((await (await fetch(`${ingress.baseUrl}/v1/calls/${flooder.callSid}`)).json()) as { state?: string }).state === "ended", {
+      what: "the flooder's call ended",
+    });
+  });
 });

@@ -31,12 +31,14 @@ import { isValidAgent, parseBool, type IngressConfig } from "./config.js";
 import { ProtocolErrorReporter, RateLimiter } from "./guard.js";
 import { InboundJitterBuffer, type JitterSink } from "./jitter.js";
 import type { IngressMetrics } from "./metrics.js";
+import { NoInputTimer } from "./no-input.js";
 import { isNoSilenceTurn, NO_SILENCE_TURN_PREFIX, SilenceGuard, type InputEnd } from "./no-silence.js";
 import { CallPlayout, type PlayoutListener, type PlayoutOutput } from "./playout.js";
 import { callerAudioBatch } from "./publish-batch.js";
 import { SilenceBatcher, type CallerAudioBlock } from "./silence-batch.js";
 import type { Pacer, PlayoutScheduler } from "./scheduler.js";
-import type { SkipReason, TurnState } from "./turn-queue.js";
+import { MULAW_SILENCE } from "@voicebot/audio";
+import { FRAME_BYTES, type SkipReason, type TurnState } from "./turn-queue.js";
 import { RESUMABLE_PARAM, RESUME_PARAM } from "./resume.js";
 import { turnLatency } from "./turn-record.js";
 import {
@@ -146,6 +148,8 @@ export class CallSession {
   private closeCode: number | undefined;
   /** Plays the fallback line when the pipeline leaves an input unanswered. */
   private guard: SilenceGuard | undefined;
+  private noInput: NoInputTimer | undefined;
+  private noInputs = 0;
   private fallbacks = 0;
   /** What announced the call (kept to announce it again if its record vanishes). */
   private announcement: { meta: CallMeta; callStarted: CallStarted } | undefined;
@@ -279,6 +283,17 @@ export class CallSession {
   private handleMessage(data: RawData, isBinary: boolean): void {
     const now = performance.now();
     if (!this.limiter.take(now)) {
+      if (this.limiter.flooding && !this.ending) {
+        this.errors.report("flood", `over twice the message rate limit for seconds on end; closing the stream`, now);
+        this.endReason ??= "flood";
+        // As finish(), with 1008: a resumable stream's record says ended before the close sends Twilio back.
+        if (this.resumable) void this.end(this.endReason, () => this.close(1008, "flood"));
+        else {
+          this.close(1008, "flood");
+          void this.end(this.endReason);
+        }
+        return;
+      }
       this.errors.report("rate_limited", "message rate above the limit; message dropped", now);
       return;
     }
@@ -366,6 +381,7 @@ export class CallSession {
     if (config.noSilenceDeadlineMs > 0 && config.noSilenceClip) {
       this.guard = new SilenceGuard(config.noSilenceDeadlineMs, (input) => this.onSilence(input));
     }
+    if (config.noInputMs > 0) this.noInput = new NoInputTimer(config.noInputMs, (turnId) => this.onNoInput(turnId));
 
     this.playout = new CallPlayout(
       { leadMs: config.playoutLeadMs, stallMs: config.playoutStallMs, aloneStallMs: config.playoutAloneStallMs },
@@ -381,12 +397,8 @@ export class CallSession {
       bus.serve(subjects.stream(callId), ReadinessRequest, ReadinessResponse, async () => this.streamAlive, { name: "stream-probe" }),
     );
     // A final transcript is an input the dialog answers: the no-silence deadline starts.
-    if (this.guard) {
-      this.subs.push(
-        bus.subscribe(subjects.transcript(callId), Transcript, (m) => void (m.isFinal && !this.ended && this.guard?.inputEnded("speech")), {
-          name: "transcript",
-        }),
-      );
+    if (this.guard || this.noInput) {
+      this.subs.push(bus.subscribe(subjects.transcript(callId), Transcript, (m) => this.onTranscript(m), { name: "transcript" }));
     }
 
     const callStarted = CallStarted.create({
@@ -426,7 +438,13 @@ export class CallSession {
   /** A new call: its record, this replica's stream lease, the asr's claim and the dialog's greeting. */
   private async announceCall(meta: CallMeta, callStarted: CallStarted): Promise<void> {
     const callId = meta.callSid;
-    await this.storeOp("create_call", () => this.deps.store.createCall(meta));
+    let created = true;
+    await this.storeOp("create_call", async () => void (created = await this.deps.store.createCall(meta)));
+    if (!created) {
+      // A call sid is used once: a new stream (not a resume) for a call that ended would be a call without a dialog.
+      this.errors.report("call_ended", "a stream started for a call that has ended; closing it", Date.now());
+      return void this.closeAndDetach(1008, "call_ended", "the call's record says it ended");
+    }
     await this.takeStream(callId);
     this.publish(subjects.callStarted, CallStarted, callStarted, "call_started");
     await this.publishInput(
@@ -495,6 +513,14 @@ export class CallSession {
       return this.errors.report("stream_sid_mismatch", `media for stream ${media.streamSid.slice(0, 40)}`, now);
     }
     if (media.track !== "inbound") return; // only the caller's side goes to recognition
+    if (media.payload.length !== FRAME_BYTES) {
+      // Twilio sends 20 ms (160 bytes) per chunk, and a chunk number is a 20 ms step of the caller's timeline: the
+      // payload is fitted to it (padded with silence or cut) so the audio after it stays in place.
+      this.errors.report("bad_payload_size", `media payload of ${media.payload.length} bytes, not ${FRAME_BYTES}; fitted to one 20 ms frame`, now);
+      const frame = Buffer.alloc(FRAME_BYTES, MULAW_SILENCE);
+      media.payload.copy(frame, 0, 0, FRAME_BYTES);
+      media = { ...media, payload: frame };
+    }
     const jitter = this.jitter!;
     // In order: forwarded right here. Ahead of a gap: held, and the shared scheduler closes the gap in time.
     if (jitter.push(media.chunk, media.payload, now, Date.now()) === "held") this.deps.scheduler.wake(this.jitterPacer);
@@ -541,11 +567,16 @@ export class CallSession {
     }
     // The caller's audio up to the key goes out before the key (quiet frames may be held back).
     this.callerAudio?.flush();
+    // A key over the bot's prompt cuts it off, as a phone menu does (Twilio's <Gather> too); the dialog hears of
+    // the cut turn before the key, as it does before the words of a caller who talked over it.
+    if (this.bargeIn && this.playout?.hasPendingAudio) this.cutOff("keypad");
     const atMs = Date.now();
-    const inputId = `${callId}:dtmf:${dtmf.sequenceNumber}`;
+    // Sequence numbers start again on a resumed call's new stream: the stream id keeps its keys apart from the old one's.
+    const inputId = `${callId}:dtmf:${this.streamSid}:${dtmf.sequenceNumber}`;
     // The digit itself is not logged: callers key in card and account numbers.
     this.log.info("keypad press", { inputId });
     if (this.guard) void this.keyPressed(callId, dtmf.digit, this.guard.inputEnd());
+    this.noInput?.callerInput();
     this.enqueue(() =>
       this.publishInput(
         DialogInput.create({ callId, inputId, atMs, input: { $case: "keypad", value: KeypadPress.create({ callId, digit: dtmf.digit, atMs }) } }),
@@ -564,6 +595,26 @@ export class CallSession {
     }
     // Armed as of the key (`end`): a reply that began during the look-up counts, and the deadline runs from the key.
     if (!this.ended) this.guard?.inputEnded("keypad", end);
+  }
+
+  private onTranscript(transcript: Transcript): void {
+    if (!transcript.isFinal || this.ended) return;
+    this.guard?.inputEnded("speech");
+    this.noInput?.callerInput();
+  }
+
+  /** Nobody has spoken for a while since the bot's turn `turnId`: the dialog prompts the caller again. */
+  private onNoInput(turnId: string): void {
+    const callId = this.callSid;
+    if (this.ended || !callId || this.finalActionPending) return;
+    const n = ++this.noInputs;
+    this.deps.metrics.noInputs.inc();
+    this.log.info("caller silent after the bot's turn; asking the dialog to prompt again", { turnId, noInput: n, afterMs: this.deps.config.noInputMs });
+    // The stream id keeps the ids of a resumed call's new stream apart from its old one's.
+    const inputId = `${callId}:noinput:${this.streamSid}:${n}`;
+    this.enqueue(() =>
+      this.publishInput(DialogInput.create({ callId, inputId, atMs: Date.now(), input: { $case: "noInput", value: NoInput.create({ turnId }) } })),
+    );
   }
 
   /** Nothing answered the caller's input in time: ingress says the fallback line itself, as a turn of its own. */
@@ -634,8 +685,13 @@ export class CallSession {
   private onSpeech(activity: SpeechActivity): void {
     if (this.ended || !this.playout) return;
     // While the asr has an utterance open, its endpointing counts every frame: none may wait in a batch.
-    if (activity.kind === SpeechActivity_Kind.KIND_STARTED) this.callerAudio?.speechStarted();
-    else if (activity.kind === SpeechActivity_Kind.KIND_STOPPED) this.callerAudio?.speechStopped();
+    if (activity.kind === SpeechActivity_Kind.KIND_STARTED) {
+      this.callerAudio?.speechStarted();
+      this.noInput?.callerSpeechStarted();
+    } else if (activity.kind === SpeechActivity_Kind.KIND_STOPPED) {
+      this.callerAudio?.speechStopped();
+      this.noInput?.callerSpeechStopped();
+    }
     const { metrics, config } = this.deps;
     if (activity.kind === SpeechActivity_Kind.KIND_STOPPED) {
       const pending = this.pendingBargeIn;
@@ -675,15 +731,19 @@ export class CallSession {
       metrics.bargeInsIgnored.inc({ reason: "nothing_playing" });
       return;
     }
-    const cut = playout.clear();
     const clearedAtMs = Date.now();
     if (activity.atMs > 0) metrics.clearLatency.observe(Math.max(0, clearedAtMs - activity.atMs) / 1000);
-    metrics.bargeIns.inc();
+    this.cutOff("speech", { utteranceId: activity.utteranceId, onsetToClearMs: activity.atMs > 0 ? clearedAtMs - activity.atMs : undefined });
+  }
+
+  /** Clears the bot's playout (Twilio `clear` first) and cancels the turns the caller will not hear. */
+  private cutOff(by: "speech" | "keypad", fields: Record<string, unknown> = {}): void {
+    const cut = this.playout!.clear();
+    this.deps.metrics.bargeIns.inc({ by });
     this.publishCancels(cut.map((t) => t.id), "barge_in");
-    this.log.info("barge-in: caller spoke over the bot; playback cleared", {
-      utteranceId: activity.utteranceId,
+    this.log.info(by === "speech" ? "barge-in: caller spoke over the bot; playback cleared" : "barge-in: caller pressed a key over the bot; playback cleared", {
+      ...fields,
       cutTurns: cut.map((t) => ({ turnId: t.id, lastHeardChunk: t.lastHeardChunk })),
-      onsetToClearMs: activity.atMs > 0 ? clearedAtMs - activity.atMs : undefined,
     });
   }
 
@@ -832,6 +892,8 @@ export class CallSession {
 
   private readonly listener: PlayoutListener = {
     turnStarted: (turn, chunk, atMs) => {
+      // The fallback line is not a turn the dialog knows: a reprompt names the pipeline's last turn.
+      this.noInput?.botTurnStarted(isNoSilenceTurn(turn.id) ? undefined : turn.id);
       if (isNoSilenceTurn(turn.id)) return; // not the pipeline's turn: no latency to record
       const callId = this.callSid!;
       const { entry, inputLatencyMs } = turnLatency(turn.id, chunk.timing ?? turn.timing, atMs);
@@ -843,8 +905,14 @@ export class CallSession {
       this.enqueue(() => this.storeOp("append_turn", () => this.deps.store.appendTurn(callId, entry)));
     },
     chunkPlayed: (turn, chunkSeq) => this.publishPlayback(PlaybackEvent_Kind.KIND_CHUNK_PLAYED, turn, chunkSeq),
-    turnPlayed: (turn) => this.publishPlayback(PlaybackEvent_Kind.KIND_TURN_PLAYED, turn, turn.lastHeardChunk, "played"),
-    interrupted: (turn) => this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, turn, turn.lastHeardChunk, "int"),
+    turnPlayed: (turn) => {
+      this.publishPlayback(PlaybackEvent_Kind.KIND_TURN_PLAYED, turn, turn.lastHeardChunk, "played");
+      this.noInput?.botTurnEnded();
+    },
+    interrupted: (turn) => {
+      this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, turn, turn.lastHeardChunk, "int");
+      this.noInput?.botTurnEnded();
+    },
     chunkSkipped: (turn, chunkSeq, reason: SkipReason) => {
       this.deps.metrics.skippedChunks.inc({ reason });
       const fields = { turnId: turn.id, chunkSeq, reason };
@@ -863,7 +931,7 @@ export class CallSession {
 
   /**
    * On `playback(id)` for anyone watching; with `durableTag` also to the dialog's work queue, msgId
-   * `<id>:<tag>:<turnId>` (TURN_PLAYED starts its no-input timer, INTERRUPTED tells it what was heard).
+   * `<id>:<tag>:<turnId>` (INTERRUPTED tells it what was heard; ingress itself times the caller's silence).
    */
   private publishPlayback(kind: PlaybackEvent_Kind, turn: TurnState, chunkSeq: number, durableTag?: "played" | "int"): void {
     const callId = this.callSid;
@@ -964,6 +1032,7 @@ export class CallSession {
     if (this.pendingBargeIn) clearTimeout(this.pendingBargeIn.timer);
     this.pendingBargeIn = undefined;
     this.guard?.close();
+    this.noInput?.close();
     this.ended = true;
     clearTimeout(this.startTimer);
     for (const sub of this.subs.splice(0)) {
@@ -1001,7 +1070,7 @@ export class CallSession {
     this.log.warn("the call's record vanished from Redis; writing it again and restarting the conversation", { restart: n });
     this.enqueue(async () => {
       try {
-        await this.storeOp("create_call", () => this.deps.store.createCall(announcement.meta));
+        await this.storeOp("create_call", async () => void (await this.deps.store.createCall(announcement.meta)));
         if (this.ended) return;
         this.publish(subjects.callStarted, CallStarted, announcement.callStarted, "call_started");
         await this.publishInput(

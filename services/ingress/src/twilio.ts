@@ -12,6 +12,7 @@ export type ProtocolErrorReason =
   | "unsupported_media_format"
   | "duplicate_start"
   | "call_already_streaming"
+  | "call_ended"
   | "bad_media"
   | "bad_base64"
   | "bad_payload_size"
@@ -24,6 +25,7 @@ export type ProtocolErrorReason =
   | "binary_frame"
   | "oversized_message"
   | "rate_limited"
+  | "flood"
   | "websocket_error"
   | "dead_socket";
 

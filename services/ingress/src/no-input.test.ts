@@ -1,0 +1,128 @@
+// A caller who says nothing is prompted again: ingress asks the dialog (`DialogInput{noInput}`) once neither the bot
+// nor the caller has been heard for NO_INPUT_MS after the bot's turn. In-process against real NATS and Redis; the
+// test plays the other stages on the bus.
+import { performance } from "node:perf_hooks";
+import { subjects, type Bus } from "@voicebot/bus";
+import { SpeechActivity, SpeechActivity_Kind, Transcript, type DialogInput } from "@voicebot/proto";
+import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  captureLogs,
+  connectBus,
+  consumeDialogInputs,
+  frames,
+  metricValue,
+  publishBotAudio,
+  startCall,
+  startIngress,
+  waitFor,
+  type Ingress,
+  type TwilioClient,
+} from "./test-support/harness.js";
+
+const NO_INPUT_MS = 600;
+let nats: ServerHandle;
+let redis: ServerHandle;
+let bus: Bus;
+let ingress: Ingress;
+let dialog: { items: DialogInput[]; stop(): Promise<void> };
+
+beforeAll(async () => {
+  captureLogs();
+  [nats, redis] = await Promise.all([startNats(), startRedis()]);
+  bus = await connectBus(nats.url);
+  dialog = await consumeDialogInputs(bus);
+  ingress = await startIngress({ NATS_URL: nats.url, REDIS_URL: redis.url, NO_INPUT_MS: String(NO_INPUT_MS), NO_SILENCE_DEADLINE_MS: "0" });
+});
+
+afterAll(async () => {
+  await ingress?.handle.stop();
+  await dialog?.stop();
+  await bus?.close();
+  await Promise.all([nats?.stop(), redis?.stop()]);
+});
+
+const noInputsOf = (client: TwilioClient) => dialog.items.filter((i) => i.callId === client.callSid && i.input?.$case === "noInput");
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function speech(callId: string, kind: SpeechActivity_Kind): void {
+  bus.publish(subjects.speech(callId), SpeechActivity, SpeechActivity.create({ callId, kind, utteranceId: "u1", audioMs: 1_000, atMs: Date.now() }), callId);
+}
+
+/** The bot says turn `turnId` (two frames); resolves when its last mark came back: the caller has heard it. */
+async function botSays(client: TwilioClient, turnId: string): Promise<number> {
+  publishBotAudio(bus, client.callSid, turnId, 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true });
+  const mark = await waitFor(() => client.events("mark").find((r) => r.message.mark.name === `${turnId}.0`), { what: `${turnId} played` });
+  return mark.at;
+}
+
+describe("a silent caller is prompted again", () => {
+  it("asks the dialog after NO_INPUT_MS of silence past the bot's turn, naming that turn, and again while the silence lasts", async () => {
+    const client = await startCall(ingress.wsUrl, dialog.items);
+    client.echoMarks(0);
+    const before = await metricValue(ingress.baseUrl, "voicebot_ingress_no_inputs_total");
+    const playedAt = await botSays(client, "t1");
+    const first = await waitFor(() => noInputsOf(client)[0], { what: "a noInput", timeoutMs: 5_000 });
+    const firstAt = performance.now();
+    expect(firstAt - playedAt).toBeGreaterThanOrEqual(NO_INPUT_MS - 50);
+    expect(first.input?.$case === "noInput" && first.input.value.turnId).toBe("t1");
+    // No answer came (as when the dialog found the input stale): the caller is asked again after another wait.
+    await waitFor(() => noInputsOf(client)[1], { what: "a second noInput", timeoutMs: 5_000 });
+    expect(new Set(noInputsOf(client).map((i) => i.inputId)).size).toBe(2);
+    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_no_inputs_total")).toBeGreaterThanOrEqual(before + 2);
+    client.close();
+  });
+
+  it("after a reprompt turn, names the new turn", async () => {
+    const client = await startCall(ingress.wsUrl, dialog.items);
+    client.echoMarks(0);
+    await botSays(client, "t1");
+    await waitFor(() => noInputsOf(client)[0], { what: "a noInput", timeoutMs: 5_000 });
+    await botSays(client, "t2");
+    await waitFor(() => noInputsOf(client).find((i) => i.input?.$case === "noInput" && i.input.value.turnId === "t2"), {
+      what: "a noInput naming t2",
+      timeoutMs: 5_000,
+    });
+    client.close();
+  });
+
+  it("waits while the caller speaks or the bot talks, and starts over after each", async () => {
+    const client = await startCall(ingress.wsUrl, dialog.items);
+    client.echoMarks(0);
+    await botSays(client, "t1");
+    // The caller speaks for longer than the wait: nothing is sent meanwhile.
+    speech(client.callSid, SpeechActivity_Kind.KIND_STARTED);
+    await sleep(NO_INPUT_MS * 2);
+    expect(noInputsOf(client)).toEqual([]);
+    // The speech ends and comes to nothing (too short, no transcript): the wait starts over from its end.
+    const stoppedAt = performance.now();
+    speech(client.callSid, SpeechActivity_Kind.KIND_STOPPED);
+    await waitFor(() => noInputsOf(client)[0], { what: "a noInput after the speech", timeoutMs: 5_000 });
+    expect(performance.now() - stoppedAt).toBeGreaterThanOrEqual(NO_INPUT_MS - 50);
+
+    // A final transcript or a key starts the wait over; an answer that begins to play stops it.
+    const sent = noInputsOf(client).length;
+    await sleep(NO_INPUT_MS / 2);
+    bus.publish(subjects.transcript(client.callSid), Transcript, Transcript.create({ callId: client.callSid, utteranceId: "u2", text: "hello", isFinal: true }), client.callSid);
+    await sleep(NO_INPUT_MS / 2 + 100);
+    client.sendDtmf("1");
+    await sleep(NO_INPUT_MS / 2 + 100);
+    expect(noInputsOf(client).length).toBe(sent);
+    publishBotAudio(bus, client.callSid, "t2", 0, 0, frames(100, 0x55), { chunkDone: true, turnDone: false }); // 2 s of speech
+    await sleep(NO_INPUT_MS + 300);
+    expect(noInputsOf(client).length).toBe(sent);
+    client.close();
+  });
+
+  it("sends nothing before the first turn or after the call ended", async () => {
+    const client = await startCall(ingress.wsUrl, dialog.items);
+    await sleep(NO_INPUT_MS * 2);
+    expect(noInputsOf(client)).toEqual([]);
+    client.echoMarks(0);
+    await botSays(client, "t1");
+    client.sendStop();
+    await sleep(NO_INPUT_MS * 2);
+    expect(noInputsOf(client)).toEqual([]);
+    client.close();
+  });
+});

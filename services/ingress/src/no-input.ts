@@ -1,0 +1,77 @@
+// "The caller said nothing": when neither the bot nor the caller has been heard for a while after the bot's turn
+// (it played out, or the caller cut it off with a sound too short to become an utterance), the dialog is asked to
+// prompt again (`DialogInput{noInput}` naming the last turn the caller heard; the agent's reprompt, then its
+// `onMaxReprompts`). Ingress keeps this timer because only it sees, as they happen, both the bot's playout and the
+// caller's speech and keys; a call that moves to another replica gets a reprompt on resume instead.
+
+/** One call's timer. Any activity restarts it; it runs only while nobody speaks. */
+export class NoInputTimer {
+  private timer: NodeJS.Timeout | undefined;
+  private botSpeaking = false;
+  private callerSpeaking = false;
+  private closed = false;
+  /** The last bot turn that began: what the caller is being asked to answer. */
+  private lastTurnId = "";
+
+  constructor(
+    private readonly delayMs: number,
+    private readonly onNoInput: (turnId: string) => void,
+  ) {}
+
+  get armed(): boolean {
+    return this.timer !== undefined;
+  }
+
+  /** A bot turn began to play (`turnId` undefined: a line of ingress's own, not a dialog turn). */
+  botTurnStarted(turnId: string | undefined): void {
+    if (turnId) this.lastTurnId = turnId;
+    this.botSpeaking = true;
+    this.disarm();
+  }
+
+  /** The bot stopped talking: its turn played out or was cut off. */
+  botTurnEnded(): void {
+    this.botSpeaking = false;
+    this.restart();
+  }
+
+  callerSpeechStarted(): void {
+    this.callerSpeaking = true;
+    this.disarm();
+  }
+
+  /** The caller's speech ended; it may come to nothing (too short, not understood), so the wait starts again. */
+  callerSpeechStopped(): void {
+    this.callerSpeaking = false;
+    this.restart();
+  }
+
+  /** A key or a final transcript: the caller is there. An answer disarms it when its audio starts. */
+  callerInput(): void {
+    this.restart();
+  }
+
+  close(): void {
+    this.closed = true;
+    this.disarm();
+  }
+
+  private restart(): void {
+    this.disarm();
+    // Nothing to prompt again before the first turn (the greeting) has begun.
+    if (this.closed || this.delayMs <= 0 || this.botSpeaking || this.callerSpeaking || !this.lastTurnId) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      if (this.closed) return;
+      this.onNoInput(this.lastTurnId);
+      // Still silent after the reprompt's own turn would restart it; if the dialog sends nothing (the input was
+      // stale), the caller is asked again after another wait rather than never.
+      this.restart();
+    }, this.delayMs);
+  }
+
+  private disarm(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
