@@ -489,6 +489,12 @@ export class CallStore {
     await scripts(this.redis).vbMarkHandover(keys.meta(callId));
   }
 
+  /** Names the agent that actually runs the call in its record (one that asked for an unknown agent gets the default). */
+  async setAgent(callId: string, agent: string): Promise<void> {
+    // Only into a record that exists: it must not create a bare one for a call that is gone.
+    await this.redis.eval("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'agent', ARGV[1]) end return 0", 1, keys.meta(callId), agent);
+  }
+
   /** The call's state and who it is between (for resuming it on a new stream); undefined without a record. */
   async callParties(callId: string): Promise<{ state: CallState | undefined; agent: string; from: string; to: string } | undefined> {
     const [state, agent, from, to] = await this.redis.hmget(keys.meta(callId), "state", "agent", "from", "to");

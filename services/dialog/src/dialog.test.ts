@@ -455,6 +455,7 @@ describe("dialog service", () => {
     await call.start("no-such-agent");
     expect(await call.turn("t1")).toBe(GREETING);
     expect(await metric("voicebot_dialog_unknown_agents_total")).toBe(before + 1);
+    await waitFor(async () => ((await store.getRecord(call.id))?.agent === "order-line" ? true : undefined), { what: "the record naming the agent that runs" });
   });
 
   it("apologizes when the tools service is unavailable", async () => {

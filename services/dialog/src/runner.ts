@@ -694,6 +694,9 @@ export class TurnRunner {
       this.deps.metrics.unknownAgents.inc();
       this.deps.log.warn("call asked for an unknown agent; using the default", { callId: started.callId, agent, default: this.deps.defaultAgent });
       agent = this.deps.defaultAgent;
+      // The record names the agent the caller gets, not the one asked for (the log line above keeps that).
+      const callId = started.callId;
+      this.deps.store.setAgent(callId, agent).catch((error: unknown) => this.deps.log.warn("could not name the default agent in the call record", { callId, error: errorText(error) }));
     }
     const format = started.botFormat;
     return {

@@ -86,6 +86,8 @@ export interface IngressConfig {
   handoverWaitMs: number;
   /** A stream whose peer sent nothing, pongs included, for this long is dropped (a half-open link). */
   deadSocketMs: number;
+  /** A started stream with no `media` this long is ended as `media_timeout` (0 = never). */
+  mediaTimeoutMs: number;
 }
 
 const AGENT = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -159,6 +161,7 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
     streamLeaseMs: env.int("INGRESS_STREAM_LEASE_MS", 10_000, { min: 1_000, max: 600_000 }),
     handoverWaitMs: env.int("INGRESS_HANDOVER_WAIT_MS", 5_000, { min: 0, max: 60_000 }),
     deadSocketMs: env.int("INGRESS_DEAD_SOCKET_MS", 60_000, { min: 1_000, max: 3_600_000 }),
+    mediaTimeoutMs: env.int("INGRESS_MEDIA_TIMEOUT_MS", 30_000, { min: 0, max: 3_600_000 }),
   };
   if (!AGENT.test(defaultAgent)) env.problem(`DEFAULT_AGENT=${JSON.stringify(defaultAgent)} must match ${AGENT}`);
   if (validateSignature && !authToken) env.problem("TWILIO_VALIDATE_SIGNATURE=true needs TWILIO_AUTH_TOKEN");

@@ -31,7 +31,7 @@ export class TwilioEndpoint {
     this.pinger = setInterval(() => {
       const now = performance.now();
       for (const session of this.sessions) session.checkAlive(now, silentMs);
-    }, Math.max(250, Math.floor(silentMs / 4))).unref();
+    }, Math.max(250, Math.floor(Math.min(silentMs, deps.config.mediaTimeoutMs || Infinity) / 4))).unref();
     this.wss = new WebSocketServer({
       noServer: true,
       maxPayload: deps.config.maxMessageBytes,

@@ -919,6 +919,37 @@ describe("dead sockets", () => {
   });
 });
 
+describe("a stream without audio", () => {
+  it("is ended as media_timeout once no media came for INGRESS_MEDIA_TIMEOUT_MS, though it answers pings; media keeps it", async () => {
+    const quick = await startIngress({ ...env(), INGRESS_MEDIA_TIMEOUT_MS: "1500" });
+    try {
+      const talking = await TwilioClient.connect(quick.wsUrl, newCallSid());
+      talking.sendStart({});
+      let chunk = 0;
+      const media = setInterval(() => talking.sendMedia(++chunk, frames(1, 0x55)), 20);
+      const mute = await TwilioClient.connect(quick.wsUrl, newCallSid());
+      mute.sendStart({});
+      mute.sendMedia(1, frames(1, 0x55));
+      try {
+        const closed = await mute.closed;
+        expect(closed.code).toBe(1000);
+        expect(closed.reason).toBe("media_timeout");
+        const ended = await waitFor(() => inputsFor(mute.callSid).find((i) => i.input?.$case === "callEnded"), { what: "the mute call ended" });
+        expect(ended.input?.$case === "callEnded" && ended.input.value.reason).toBe("media_timeout");
+        expect(await metricValue(quick.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "media_timeout" })).toBe(1);
+        // The call that kept sending audio is still up.
+        expect(talking.ws.readyState).toBe(1);
+      } finally {
+        clearInterval(media);
+      }
+      talking.sendStop();
+      await talking.closed;
+    } finally {
+      await quick.handle.stop();
+    }
+  });
+});
+
 describe("the stream sweeper", () => {
   it("leaves alone a call whose stream lease lapsed while its ingress still answers for it (that replica lost Redis for a while)", async () => {
     // A: streams the call and renews nothing within the test (as if its Redis link were down); B: sweeps often.

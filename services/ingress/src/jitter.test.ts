@@ -11,7 +11,7 @@ interface Out {
 
 function setup(holdMs = 60) {
   const out: Out[] = [];
-  const stats = { reordered: 0, duplicate: 0, late: 0, missing: 0, concealed: 0 };
+  const stats = { reordered: 0, duplicate: 0, late: 0, implausible: 0, missing: 0, concealed: 0 };
   const sink: JitterSink = {
     forward: (chunk, payload, frames, receivedAtMs, concealed) =>
       out.push({ chunk, frames, concealed, bytes: [...new Set(payload)], receivedAtMs }),
@@ -141,5 +141,29 @@ describe("InboundJitterBuffer", () => {
     push(3, 20);
     buffer.flushAll();
     expect(chunks()).toEqual(["1", "~2x1", "3"]);
+  });
+
+  it("drops a lone frame numbered far ahead while the stream goes on in order, instead of jumping to it", () => {
+    const { push, chunks, stats, buffer } = setup();
+    for (let c = 1; c <= 3; c++) push(c, c * 20);
+    expect(push(100_000, 70)).toBe("held");
+    for (let c = 4; c <= 10; c++) expect(push(c, c * 20)).toBe("forwarded");
+    buffer.pump(1_000);
+    expect(buffer.holding).toBe(false);
+    expect(stats.implausible).toBe(1);
+    for (let c = 11; c <= 13; c++) expect(push(c, c * 20 + 1_000)).toBe("forwarded");
+    expect(chunks()).toEqual(Array.from({ length: 13 }, (_, i) => String(i + 1)));
+    expect(stats.duplicate).toBe(0);
+  });
+
+  it("still jumps over a long real gap: nothing came in order after the frame ahead", () => {
+    const { push, chunks, stats, buffer } = setup();
+    push(1, 0);
+    expect(push(500, 5_000)).toBe("held"); // 10 s without frames, then the stream goes on
+    push(501, 5_020);
+    buffer.pump(5_200);
+    expect(chunks()).toEqual(["1", "500", "501"]);
+    expect(stats.implausible).toBe(0);
+    expect(stats.missing).toBe(498);
   });
 });

@@ -22,7 +22,8 @@ export interface JitterSink {
   forward(chunk: number, payload: Buffer, frames: number, receivedAtMs: number, concealed: boolean): void;
   /** A held frame passed on because the frame it waited for arrived late: it came out of order. */
   reordered(): void;
-  dropped(reason: "duplicate" | "late"): void;
+  /** `implausible`: a lone frame numbered far ahead while the frames in order kept coming (a bad chunk number). */
+  dropped(reason: "duplicate" | "late" | "implausible"): void;
   /** `missing` frames never came in time; `concealed` of them were filled in (0 when the gap was too long). */
   gap(missing: number, concealed: number): void;
 }
@@ -42,6 +43,8 @@ export class InboundJitterBuffer {
   private readonly held = new Map<number, HeldFrame>();
   private lastPayload: Buffer | undefined;
   private readonly concealedRanges: Array<[number, number]> = [];
+  /** When a frame last arrived in order (`nowMs` of push). */
+  private lastInOrderAt = -Infinity;
 
   constructor(
     private readonly holdMs: number,
@@ -64,6 +67,7 @@ export class InboundJitterBuffer {
       return "duplicate";
     }
     if (chunk === this.next) {
+      this.lastInOrderAt = nowMs;
       this.pass(chunk, payload, receivedAtMs);
       this.releaseRun(true);
       return "forwarded";
@@ -95,11 +99,18 @@ export class InboundJitterBuffer {
     let lowest = Infinity;
     for (const chunk of this.held.keys()) lowest = Math.min(lowest, chunk);
     const missing = lowest - this.next;
+    const frame = this.held.get(lowest)!;
+    if (missing > MAX_CONCEAL_FRAMES && this.lastInOrderAt > frame.arrivedAt) {
+      // Numbered over a second ahead, yet the frames in order kept arriving after it: its number is wrong, not the
+      // stream's. Jumping to it would make every later frame look like a duplicate and leave the caller unheard.
+      this.held.delete(lowest);
+      this.sink.dropped("implausible");
+      return;
+    }
     if (missing <= MAX_CONCEAL_FRAMES) {
       const repeat = missing === 1 && this.lastPayload?.length === FRAME_BYTES;
       const fill = repeat ? Buffer.from(this.lastPayload!) : Buffer.alloc(missing * FRAME_BYTES, MULAW_SILENCE);
-      const receivedAtMs = this.held.get(lowest)!.receivedAtMs;
-      this.sink.forward(this.next, fill, missing, receivedAtMs, true);
+      this.sink.forward(this.next, fill, missing, frame.receivedAtMs, true);
       this.rememberConcealed(this.next, lowest - 1);
       this.sink.gap(missing, missing);
     } else {

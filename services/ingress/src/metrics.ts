@@ -203,7 +203,7 @@ export class IngressMetrics {
     });
     this.inboundDropped = new Counter({
       name: "voicebot_ingress_inbound_frames_dropped_total",
-      help: "Caller frames dropped: duplicate, or late (arrived after their place was filled)",
+      help: "Caller frames dropped: duplicate, late (arrived after their place was filled), or implausible (a lone frame numbered far ahead of the stream)",
       labelNames: ["reason"],
       registers,
     });

@@ -145,6 +145,8 @@ export class CallSession {
   private lastPublishErrorLog = 0;
   /** When Twilio's side last sent anything (a message or a pong): see checkAlive. */
   private lastHeardAt = performance.now();
+  /** Twilio sends `media` every 20 ms for the whole call, silence included. */
+  private lastMediaAt = performance.now();
   private closeCode: number | undefined;
   /** Plays the fallback line when the pipeline leaves an input unanswered. */
   private guard: SilenceGuard | undefined;
@@ -208,6 +210,13 @@ export class CallSession {
    */
   checkAlive(now: number, silentMs: number): void {
     if (this.ending) return;
+    const mediaTimeoutMs = this.deps.config.mediaTimeoutMs;
+    if (this.callSid && mediaTimeoutMs > 0 && now - this.lastMediaAt > mediaTimeoutMs) {
+      // Alive (it answers pings) but no audio: a call nobody can hear, that no silence prompt will end either.
+      this.errors.report("media_timeout", `no media for ${Math.round((now - this.lastMediaAt) / 1000)} s; ending the call`, now);
+      this.finish("media_timeout");
+      return;
+    }
     if (now - this.lastHeardAt > silentMs) {
       this.errors.report("dead_socket", `nothing from the peer for ${Math.round((now - this.lastHeardAt) / 1000)} s, pings unanswered`, now, { closing: "terminate" });
       this.ws.terminate();
@@ -353,6 +362,7 @@ export class CallSession {
     clearTimeout(this.startTimer);
     const callId = start.callSid;
     this.callSid = callId;
+    this.lastMediaAt = performance.now();
     this.streamSid = start.streamSid;
     this.callerAudioSubject = subjects.callerAudio(callId);
     this.mediaMessages = new MediaMessages(start.streamSid);
@@ -509,6 +519,7 @@ export class CallSession {
   private onMedia(media: MediaMessage, now: number): void {
     const callId = this.callSid;
     if (!callId) return this.errors.report("media_before_start", "media before start dropped", now);
+    this.lastMediaAt = now;
     if (media.streamSid && media.streamSid !== this.streamSid) {
       return this.errors.report("stream_sid_mismatch", `media for stream ${media.streamSid.slice(0, 40)}`, now);
     }
@@ -532,7 +543,8 @@ export class CallSession {
     reordered: () => this.deps.metrics.inboundReordered.inc(),
     dropped: (reason) => {
       this.deps.metrics.inboundDropped.inc({ reason });
-      this.log.debug("caller frame dropped", { reason });
+      if (reason === "implausible") this.errors.report("bad_chunk", "a media chunk numbered far ahead of the stream was dropped", performance.now());
+      else this.log.debug("caller frame dropped", { reason });
     },
     gap: (missing, concealed) => {
       const { metrics } = this.deps;

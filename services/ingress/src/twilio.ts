@@ -16,6 +16,7 @@ export type ProtocolErrorReason =
   | "bad_media"
   | "bad_base64"
   | "bad_payload_size"
+  | "bad_chunk"
   | "media_before_start"
   | "event_before_start"
   | "start_timeout"
@@ -27,7 +28,8 @@ export type ProtocolErrorReason =
   | "rate_limited"
   | "flood"
   | "websocket_error"
-  | "dead_socket";
+  | "dead_socket"
+  | "media_timeout";
 
 /** A message we cannot use. `fatal` ones end the stream with 1008 (policy violation); the rest are dropped. */
 export class ProtocolError extends Error {
