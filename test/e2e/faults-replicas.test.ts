@@ -8,7 +8,7 @@
 import { synthesize } from "@voicebot/callsim";
 import { startFakeElevenLabs, waitFor, type FakeElevenLabs, type ServiceName } from "@voicebot/testing";
 import { beforeAll, describe, expect, test } from "vitest";
-import { answers, connected, describeRecord, faultTestHooks, lines, logDelay, startCluster, type Cluster } from "./faults-cluster.js";
+import { answers, connected, FAULT_AGENT, describeRecord, faultTestHooks, lines, logDelay, startCluster, type Cluster } from "./faults-cluster.js";
 import { loudnessDbfs } from "./system.js";
 
 let cluster: Cluster;
@@ -294,7 +294,8 @@ describe("one replica of a stage frozen mid-call, then woken", () => {
 
   test("tools: the replica running a tool freezes; the call goes on, and later tools are answered", async () => {
     cluster.slow.delayMs = 2_500;
-    const sim = await connected(cluster);
+    // Keys come while earlier answers still play; with barge-in each would cut them off, and the answers are the test.
+    const sim = await connected(cluster, { customParameters: { agent: FAULT_AGENT, bargeIn: "false" } });
     const callsBefore = cluster.slow.calls;
     await sim.pressKeys("5");
     const frozen = await cluster.busy("tools");

@@ -6,7 +6,7 @@ import { synthesize } from "@voicebot/callsim";
 import { startFakeElevenLabs, waitFor, type FakeElevenLabs, type ServiceName, type ServiceProcess } from "@voicebot/testing";
 import { beforeAll, expect, test } from "vitest";
 import { WebSocket } from "ws";
-import { answers, faultTestHooks, lines, startCluster, type Cluster } from "./faults-cluster.js";
+import { answers, FAULT_AGENT, faultTestHooks, lines, startCluster, type Cluster } from "./faults-cluster.js";
 import { loudnessDbfs } from "./system.js";
 
 let cluster: Cluster;
@@ -65,7 +65,8 @@ function drainedIn(old: ServiceProcess, stoppedAt: number): number {
 
 test("every stage is replaced during one live call; its keypad flow completes and no key is lost", async () => {
   cluster.slow.delayMs = 3_000;
-  const sim = cluster.call({ turnQuietMs: 1_500 });
+  // Keys come while earlier answers still play; with barge-in each would cut them off, and the answers are the test.
+  const sim = cluster.call({ turnQuietMs: 1_500, customParameters: { agent: FAULT_AGENT, bargeIn: "false" } });
   await sim.connect();
   await sim.waitForBotTurn({ timeoutMs: TURN_MS });
   const answered = (pattern: RegExp, count: number, what: string) =>

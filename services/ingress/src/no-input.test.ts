@@ -114,6 +114,19 @@ describe("a silent caller is prompted again", () => {
     client.close();
   });
 
+  it("does not count a turn that plays on after the one before it ended (their events cross) as silence", async () => {
+    const client = await startCall(ingress.wsUrl, dialog.items);
+    client.echoMarks(0);
+    // t2 queued behind t1: it starts playing before t1's last mark comes back.
+    publishBotAudio(bus, client.callSid, "t1", 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true });
+    publishBotAudio(bus, client.callSid, "t2", 0, 0, frames(150, 0x56), { chunkDone: true, turnDone: true }); // 3 s
+    await waitFor(() => client.events("mark").find((r) => r.message.mark.name === "t2.0"), { what: "t2 played", timeoutMs: 10_000 });
+    expect(noInputsOf(client)).toEqual([]); // t2 played 3 s: five waits' worth
+    const first = await waitFor(() => noInputsOf(client)[0], { what: "a noInput after t2", timeoutMs: 5_000 });
+    expect(first.input?.$case === "noInput" && first.input.value.turnId).toBe("t2");
+    client.close();
+  });
+
   it("sends nothing before the first turn or after the call ended", async () => {
     const client = await startCall(ingress.wsUrl, dialog.items);
     await sleep(NO_INPUT_MS * 2);

@@ -16,6 +16,8 @@ export class NoInputTimer {
   constructor(
     private readonly delayMs: number,
     private readonly onNoInput: (turnId: string) => void,
+    /** Whether bot audio is playing or queued: the playout knows, events alone do not (a turn can end after the next began). */
+    private readonly botTalking: () => boolean,
   ) {}
 
   get armed(): boolean {
@@ -63,6 +65,7 @@ export class NoInputTimer {
     this.timer = setTimeout(() => {
       this.timer = undefined;
       if (this.closed) return;
+      if (this.botTalking()) return this.restart(); // another turn plays on: its end starts the wait again
       this.onNoInput(this.lastTurnId);
       // Still silent after the reprompt's own turn would restart it; if the dialog sends nothing (the input was
       // stale), the caller is asked again after another wait rather than never.

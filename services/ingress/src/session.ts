@@ -391,7 +391,7 @@ export class CallSession {
     if (config.noSilenceDeadlineMs > 0 && config.noSilenceClip) {
       this.guard = new SilenceGuard(config.noSilenceDeadlineMs, (input) => this.onSilence(input));
     }
-    if (config.noInputMs > 0) this.noInput = new NoInputTimer(config.noInputMs, (turnId) => this.onNoInput(turnId));
+    if (config.noInputMs > 0) this.noInput = new NoInputTimer(config.noInputMs, (turnId) => this.onNoInput(turnId), () => this.playout?.hasPendingAudio === true);
 
     this.playout = new CallPlayout(
       { leadMs: config.playoutLeadMs, stallMs: config.playoutStallMs, aloneStallMs: config.playoutAloneStallMs },
