@@ -118,6 +118,24 @@ describe("calls over /twilio", () => {
     await system.waitForRecord(sim.callSid, "the call ended", (r) => r.state === "ended");
   });
 
+  test.concurrent("a state with its own no-input wait (order-line's order number: 15 s) gives the silent caller that long", async ({ expect }) => {
+    const sim = system.call();
+    await sim.connect();
+    await sim.waitForBotTurn({ timeoutMs: TURN_MS });
+    await sim.pressKeys("1");
+    await sim.waitForBotTurn({ timeoutMs: TURN_MS }); // "Please say or key in your order number, then press pound."
+    const askEnded = Date.now();
+    const reprompt = await sim.waitForBotTurn({ timeoutMs: 15_000 + TURN_MS });
+    // The simulator returns a turn 0.7 s after its audio played out; NO_INPUT_MS (8 s) would have spoken long before.
+    expect(reprompt.firstAudioAt - askEnded).toBeGreaterThanOrEqual(13_500);
+    const record = await system.waitForRecord(sim.callSid, "the order-number reprompt in the transcript", (r) =>
+      r.transcript.some((e) => e.role === "bot" && /didn't get that\. Please say or key in your order number/i.test(e.text)),
+    );
+    expect(record.transcript.filter((e) => e.role === "caller").map((e) => e.text)).toEqual(["1"]);
+    await sim.hangUp();
+    await system.waitForRecord(sim.callSid, "the call ended", (r) => r.state === "ended");
+  });
+
   test.concurrent("malformed input at ingress is counted and survived while another call completes", async ({ expect }) => {
     const errorsBefore = await system.metric("ingress", "voicebot_ingress_protocol_errors_total");
 

@@ -168,6 +168,9 @@ describe("dialog service", () => {
     await call.key("1");
     expect(await call.turn("t2")).toBe(ASK);
     expect(await call.hints()).toMatchObject({ mode: "digits" });
+    // The ask leaves the caller in ask_order, whose no-input wait (15 s) goes to ingress with the turn's speech.
+    expect(call.chunks("t1").at(-1)!.noInputMs).toBe(0); // menu: ingress's default
+    expect(call.chunks("t2").at(-1)!.noInputMs).toBe(15_000);
     await call.keys("12345");
     const poundAt = Date.now();
     await call.key("#", poundAt);
@@ -178,6 +181,7 @@ describe("dialog service", () => {
     expect(first.timing!.inputEndMs).toBe(poundAt);
     expect(first.timing!.toolMs).toBeGreaterThanOrEqual(0);
     expect(call.chunks("t3").at(-1)!.cacheable).toBe(true);
+    expect(call.chunks("t3").at(-1)!.noInputMs).toBe(0); // back in a state without a wait of its own
 
     await waitFor(async () => (await call.record()).transcript.length === 5, { what: "five transcript entries" });
     const record = await call.record();

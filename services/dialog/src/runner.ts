@@ -642,6 +642,7 @@ export class TurnRunner {
 
     let result: TurnResult<unknown>;
     const engineState = state.engine ?? agent.engine.initialState();
+    speech.setNoInputMs(agent.engine.noInputMs?.(engineState));
     if (restart) {
       log.warn("dialog state of a live call was lost; telling the caller and starting over", { callId, inputId: message.inputId });
       speech.say(RESTART_APOLOGY, true);
@@ -654,6 +655,7 @@ export class TurnRunner {
       speech.say(APOLOGY, true);
       result = { state: engineState, outcome: "engine_error" };
     }
+    speech.setNoInputMs(agent.engine.noInputMs?.(result.state));
     speech.close();
     await records;
     await Promise.all(speakQueued);

@@ -41,6 +41,7 @@ export class SpeechOutput {
   private open: OpenTurn | undefined;
   private turns: number;
   private llmFirstTokenMs = 0;
+  private noInputMs = 0;
   private cancelled = false;
   /** The most recent turn that was finished (what a hang-up or transfer must wait for). */
   lastTurnId = "";
@@ -63,6 +64,14 @@ export class SpeechOutput {
   /** The LLM's time to first token, for turns opened from now on. */
   setLlmFirstToken(ms: number): void {
     this.llmFirstTokenMs = Math.max(0, Math.round(ms));
+  }
+
+  /**
+   * The no-input wait of the conversation's state (0 = ingress's default), sent with every chunk from now on:
+   * the turn's last chunk, sent when the input's handling ends, names the state the caller is left in.
+   */
+  setNoInputMs(ms: number | undefined): void {
+    this.noInputMs = ms ?? 0;
   }
 
   /** Queues text; returns the id of the turn it went into ("" once cancelled or for empty text). */
@@ -144,6 +153,7 @@ export class SpeechOutput {
         voice: this.ctx.voice,
         format: this.ctx.format,
         cacheable: chunk.cacheable,
+        noInputMs: this.noInputMs,
         timing: TurnTiming.create({
           ...this.ctx.timing,
           dialogFirstTextMs: open.firstTextMs,

@@ -49,9 +49,12 @@ function speech(callId: string, kind: SpeechActivity_Kind): void {
   bus.publish(subjects.speech(callId), SpeechActivity, SpeechActivity.create({ callId, kind, utteranceId: "u1", audioMs: 1_000, atMs: Date.now() }), callId);
 }
 
-/** The bot says turn `turnId` (two frames); resolves when its last mark came back: the caller has heard it. */
-async function botSays(client: TwilioClient, turnId: string): Promise<number> {
-  publishBotAudio(bus, client.callSid, turnId, 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true });
+/**
+ * The bot says turn `turnId` (two frames; `noInputMs`: the wait its dialog state names); resolves when its last
+ * mark came back: the caller has heard it.
+ */
+async function botSays(client: TwilioClient, turnId: string, noInputMs?: number): Promise<number> {
+  publishBotAudio(bus, client.callSid, turnId, 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true, ...(noInputMs === undefined ? {} : { noInputMs }) });
   const mark = await waitFor(() => client.events("mark").find((r) => r.message.mark.name === `${turnId}.0`), { what: `${turnId} played` });
   return mark.at;
 }
@@ -125,6 +128,44 @@ describe("a silent caller is prompted again", () => {
     const first = await waitFor(() => noInputsOf(client)[0], { what: "a noInput after t2", timeoutMs: 5_000 });
     expect(first.input?.$case === "noInput" && first.input.value.turnId).toBe("t2");
     client.close();
+  });
+
+  it("waits as long as the turn's dialog state says (noInputMs on its audio), and NO_INPUT_MS after a turn that names none", async () => {
+    const client = await startCall(ingress.wsUrl, dialog.items);
+    client.echoMarks(0);
+    const STATE_WAIT_MS = 2_000;
+    // A state that gives callers time (e.g. to find a number): no reprompt after NO_INPUT_MS.
+    const longPlayedAt = await botSays(client, "t1", STATE_WAIT_MS);
+    await sleep(NO_INPUT_MS * 2);
+    expect(noInputsOf(client)).toEqual([]);
+    await waitFor(() => noInputsOf(client)[0], { what: "a noInput after the state's wait", timeoutMs: 5_000 });
+    expect(performance.now() - longPlayedAt).toBeGreaterThanOrEqual(STATE_WAIT_MS - 50);
+
+    // The answer's state names no wait (0): ingress's own again.
+    const shortPlayedAt = await botSays(client, "t2", 0);
+    const next = await waitFor(() => noInputsOf(client).find((i) => i.input?.$case === "noInput" && i.input.value.turnId === "t2"), {
+      what: "a noInput naming t2",
+      timeoutMs: 5_000,
+    });
+    expect(next).toBeDefined();
+    expect(performance.now() - shortPlayedAt).toBeLessThan(STATE_WAIT_MS);
+    client.close();
+  });
+
+  it("with NO_INPUT_MS=0, prompts again only after turns whose dialog state names a wait", async () => {
+    const off = await startIngress({ NATS_URL: nats.url, REDIS_URL: redis.url, NO_INPUT_MS: "0", NO_SILENCE_DEADLINE_MS: "0" });
+    try {
+      const client = await startCall(off.wsUrl, dialog.items);
+      client.echoMarks(0);
+      await botSays(client, "t1");
+      await sleep(NO_INPUT_MS * 2);
+      expect(noInputsOf(client)).toEqual([]);
+      await botSays(client, "t2", NO_INPUT_MS);
+      await waitFor(() => noInputsOf(client)[0], { what: "a noInput after t2", timeoutMs: 5_000 });
+      client.close();
+    } finally {
+      await off.handle.stop();
+    }
   });
 
   it("sends nothing before the first turn or after the call ended", async () => {

@@ -2,7 +2,9 @@
 // (it played out, or the caller cut it off with a sound too short to become an utterance), the dialog is asked to
 // prompt again (`DialogInput{noInput}` naming the last turn the caller heard; the agent's reprompt, then its
 // `onMaxReprompts`). Ingress keeps this timer because only it sees, as they happen, both the bot's playout and the
-// caller's speech and keys; a call that moves to another replica gets a reprompt on resume instead.
+// caller's speech and keys; a call that moves to another replica gets a reprompt on resume instead. How long "a while"
+// is comes with each bot turn (the dialog state's wait, e.g. longer while the caller looks for a card number), else
+// NO_INPUT_MS.
 
 /** One call's timer. Any activity restarts it; it runs only while nobody speaks. */
 export class NoInputTimer {
@@ -12,13 +14,18 @@ export class NoInputTimer {
   private closed = false;
   /** The last bot turn that began: what the caller is being asked to answer. */
   private lastTurnId = "";
+  /** The wait after the last bot turn that named one (0 = off). */
+  private waitMs: number;
 
   constructor(
-    private readonly delayMs: number,
-    private readonly onNoInput: (turnId: string) => void,
+    /** NO_INPUT_MS: the wait when the dialog names none (0 = off). */
+    private readonly defaultMs: number,
+    private readonly onNoInput: (turnId: string, waitMs: number) => void,
     /** Whether bot audio is playing or queued: the playout knows, events alone do not (a turn can end after the next began). */
     private readonly botTalking: () => boolean,
-  ) {}
+  ) {
+    this.waitMs = defaultMs;
+  }
 
   get armed(): boolean {
     return this.timer !== undefined;
@@ -31,8 +38,12 @@ export class NoInputTimer {
     this.disarm();
   }
 
-  /** The bot stopped talking: its turn played out or was cut off. */
-  botTurnEnded(): void {
+  /**
+   * The bot stopped talking: its turn played out or was cut off. `waitMs` is the turn's wait (0 = the default;
+   * undefined, e.g. for ingress's own line: the wait stays as it was).
+   */
+  botTurnEnded(waitMs?: number): void {
+    if (waitMs !== undefined) this.waitMs = waitMs > 0 ? waitMs : this.defaultMs;
     this.botSpeaking = false;
     this.restart();
   }
@@ -61,16 +72,16 @@ export class NoInputTimer {
   private restart(): void {
     this.disarm();
     // Nothing to prompt again before the first turn (the greeting) has begun.
-    if (this.closed || this.delayMs <= 0 || this.botSpeaking || this.callerSpeaking || !this.lastTurnId) return;
+    if (this.closed || this.waitMs <= 0 || this.botSpeaking || this.callerSpeaking || !this.lastTurnId) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       if (this.closed) return;
       if (this.botTalking()) return this.restart(); // another turn plays on: its end starts the wait again
-      this.onNoInput(this.lastTurnId);
+      this.onNoInput(this.lastTurnId, this.waitMs);
       // Still silent after the reprompt's own turn would restart it; if the dialog sends nothing (the input was
       // stale), the caller is asked again after another wait rather than never.
       this.restart();
-    }, this.delayMs);
+    }, this.waitMs);
   }
 
   private disarm(): void {

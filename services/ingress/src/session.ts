@@ -391,7 +391,8 @@ export class CallSession {
     if (config.noSilenceDeadlineMs > 0 && config.noSilenceClip) {
       this.guard = new SilenceGuard(config.noSilenceDeadlineMs, (input) => this.onSilence(input));
     }
-    if (config.noInputMs > 0) this.noInput = new NoInputTimer(config.noInputMs, (turnId) => this.onNoInput(turnId), () => this.playout?.hasPendingAudio === true);
+    // Always kept: an agent may set a wait for its states even where NO_INPUT_MS (the default) is 0.
+    this.noInput = new NoInputTimer(config.noInputMs, (turnId, waitMs) => this.onNoInput(turnId, waitMs), () => this.playout?.hasPendingAudio === true);
 
     this.playout = new CallPlayout(
       { leadMs: config.playoutLeadMs, stallMs: config.playoutStallMs, aloneStallMs: config.playoutAloneStallMs },
@@ -616,12 +617,12 @@ export class CallSession {
   }
 
   /** Nobody has spoken for a while since the bot's turn `turnId`: the dialog prompts the caller again. */
-  private onNoInput(turnId: string): void {
+  private onNoInput(turnId: string, waitMs: number): void {
     const callId = this.callSid;
     if (this.ended || !callId || this.finalActionPending) return;
     const n = ++this.noInputs;
     this.deps.metrics.noInputs.inc();
-    this.log.info("caller silent after the bot's turn; asking the dialog to prompt again", { turnId, noInput: n, afterMs: this.deps.config.noInputMs });
+    this.log.info("caller silent after the bot's turn; asking the dialog to prompt again", { turnId, noInput: n, afterMs: waitMs });
     // The stream id keeps the ids of a resumed call's new stream apart from its old one's.
     const inputId = `${callId}:noinput:${this.streamSid}:${n}`;
     this.enqueue(() =>
@@ -681,6 +682,7 @@ export class CallSession {
         turnDone: audio.turnDone,
         text: audio.text,
         timing: audio.timing,
+        noInputMs: audio.noInputMs,
       },
       now,
     );
@@ -919,11 +921,11 @@ export class CallSession {
     chunkPlayed: (turn, chunkSeq) => this.publishPlayback(PlaybackEvent_Kind.KIND_CHUNK_PLAYED, turn, chunkSeq),
     turnPlayed: (turn) => {
       this.publishPlayback(PlaybackEvent_Kind.KIND_TURN_PLAYED, turn, turn.lastHeardChunk, "played");
-      this.noInput?.botTurnEnded();
+      this.noInput?.botTurnEnded(turn.noInputMs);
     },
     interrupted: (turn) => {
       this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, turn, turn.lastHeardChunk, "int");
-      this.noInput?.botTurnEnded();
+      this.noInput?.botTurnEnded(turn.noInputMs);
     },
     chunkSkipped: (turn, chunkSeq, reason: SkipReason) => {
       this.deps.metrics.skippedChunks.inc({ reason });

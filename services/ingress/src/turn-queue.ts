@@ -19,6 +19,8 @@ export interface AudioPart {
   turnDone: boolean;
   text: string;
   timing: TurnTiming | undefined;
+  /** The dialog state's no-input wait (on part 0 of a chunk; 0 = ingress's default; absent on ingress's own lines). */
+  noInputMs?: number;
 }
 
 export type AddResult = "accepted" | "finished_turn" | "late_chunk" | "duplicate" | "after_last_chunk";
@@ -57,6 +59,9 @@ export class TurnState {
   /** Every chunk has been sent (or skipped); only marks may still be pending. */
   sendingDone = false;
   timing: TurnTiming | undefined;
+  /** No-input wait after this turn, from its latest chunk so far (0 = ingress's default, undefined = not said). */
+  noInputMs: number | undefined;
+  private noInputChunk = -1;
   lastActivityMs: number;
   waitingSince: number | undefined;
   // Playback bookkeeping, kept by CallPlayout.
@@ -69,6 +74,13 @@ export class TurnState {
     nowMs: number,
   ) {
     this.lastActivityMs = nowMs;
+  }
+
+  /** A chunk's no-input wait: the latest chunk's wins, as the dialog's state moves on while the turn is said. */
+  noteNoInput(chunkSeq: number, ms: number): void {
+    if (chunkSeq < this.noInputChunk) return;
+    this.noInputChunk = chunkSeq;
+    this.noInputMs = ms;
   }
 
   get heardText(): string {
@@ -143,6 +155,7 @@ export class TurnQueue {
     if (part.text && !chunk.text) chunk.text = part.text;
     if (part.timing && !chunk.timing) chunk.timing = part.timing;
     if (part.timing && !turn.timing) turn.timing = part.timing;
+    if (part.partSeq === 0 && part.noInputMs !== undefined) turn.noteNoInput(part.chunkSeq, part.noInputMs);
     return "accepted";
   }
 

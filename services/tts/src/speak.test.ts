@@ -156,7 +156,7 @@ function expectWellFormedChunk(parts: BotAudio[], frameBytes: number): void {
     expect(part.payload.length).toBeLessThanOrEqual(10 * frameBytes); // ≤ 200 ms
   }
   expect(parts[0].payload.length).toBeLessThanOrEqual(2 * frameBytes); // small first part
-  expect(parts.slice(1).every((p) => p.text === "" && p.timing === undefined)).toBe(true);
+  expect(parts.slice(1).every((p) => p.text === "" && p.timing === undefined && p.noInputMs === 0)).toBe(true);
 }
 
 const SENTENCE = "Thanks for calling Acme dental, this is the virtual assistant. How can I help you today?";
@@ -189,7 +189,7 @@ describe("tts with flite", () => {
     const audio = await listen(callId);
     const timing = TurnTiming.create({ inputEndMs: Date.now() - 500, dialogFirstTextMs: Date.now() - 50 });
     const sentAt = Date.now();
-    speak({ callId, turnId: "t3", chunkSeq: 1, text: SENTENCE, turnDone: true, timing });
+    speak({ callId, turnId: "t3", chunkSeq: 1, text: SENTENCE, turnDone: true, timing, noInputMs: 15_000 });
     await audio.done("t3", 1);
     const parts = audio.chunk("t3", 1);
     expectWellFormedChunk(parts, 160);
@@ -201,6 +201,7 @@ describe("tts with flite", () => {
     expect(first.timing?.dialogFirstTextMs).toBe(timing.dialogFirstTextMs);
     expect(first.timing!.ttsRequestMs).toBeGreaterThanOrEqual(sentAt);
     expect(first.timing!.ttsFirstAudioMs).toBeGreaterThanOrEqual(first.timing!.ttsRequestMs);
+    expect(first.noInputMs).toBe(15_000); // the dialog state's wait, for ingress
     expect(parts.at(-1)!.turnDone).toBe(true);
     expect(parts.slice(0, -1).some((p) => p.turnDone)).toBe(false);
 

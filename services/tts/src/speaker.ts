@@ -392,6 +392,7 @@ class ChunkOut {
       turnDone: last && turnDone,
       text: first ? text : "",
       timing: first ? { ...TurnTiming.create(), ...this.request.timing, ttsRequestMs: this.receivedAtMs, ttsFirstAudioMs: now } : undefined,
+      noInputMs: first ? this.request.noInputMs : 0,
     });
     bus.publish(subjects.botAudio(callId), BotAudio, message, callId);
     this.bytesOut += payload.length;

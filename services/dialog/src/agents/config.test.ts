@@ -93,10 +93,14 @@ describe("agent config validation", () => {
     delete raw.states.menu.prompt;
     raw.maxReprompts = -1;
     raw.states.ask.hints = { mode: "words" };
+    raw.noInputMs = 500;
+    raw.states.ask.noInputMs = "15s";
     expect(problemsOf(raw)).toEqual(
       expect.arrayContaining([
         expect.stringContaining("states.menu.prompt: is required"),
         expect.stringContaining("maxReprompts: must be an integer between 0 and 10"),
+        expect.stringContaining(": noInputMs: must be an integer between 1000 and 600000"),
+        expect.stringContaining("states.ask.noInputMs: must be an integer between 1000 and 600000"),
         expect.stringContaining('states.ask.hints.mode: must be "phrases" or "digits"'),
       ]),
     );

@@ -75,6 +75,8 @@ export interface StateConfig {
   reprompt?: string;
   maxReprompts?: number;
   onMaxReprompts?: Action;
+  /** How long the caller may stay silent after the bot's turn before the reprompt (default: the agent's). */
+  noInputMs?: number;
 }
 
 /** A tool the agent may call: its schema (offered to the LLM) and how the tools service runs it. */
@@ -131,6 +133,8 @@ export interface AgentConfig {
   reprompt: string;
   maxReprompts: number;
   onMaxReprompts?: Action;
+  /** How long the caller may stay silent after the bot's turn before the reprompt (default: ingress's NO_INPUT_MS). */
+  noInputMs?: number;
   /** Run when a tool fails and the action has no onError. */
   onToolError: Action;
   intents: Intent[];
@@ -138,6 +142,10 @@ export interface AgentConfig {
 }
 
 export const KEYS = "0123456789*#";
+
+/** Bounds of an agent's or a state's no-input wait: shorter rushes callers; ten minutes is as good as never. */
+export const NO_INPUT_MIN_MS = 1_000;
+export const NO_INPUT_MAX_MS = 600_000;
 export const DEFAULT_TOOL_FILLER = "One moment while I check that.";
 const TOOL_NAME = /^[a-zA-Z][\w-]{0,63}$/;
 const ENV_NAME = /^[A-Z_][A-Z0-9_]*$/;
@@ -244,7 +252,7 @@ class Validator {
     const obj = this.object(
       raw,
       "(agent)",
-      ["voice", "greeting", "reprompt", "maxReprompts", "onMaxReprompts", "onToolError", "intents", "states", "tools", "llm", "endpointing", "toolFiller"],
+      ["voice", "greeting", "reprompt", "maxReprompts", "onMaxReprompts", "noInputMs", "onToolError", "intents", "states", "tools", "llm", "endpointing", "toolFiller"],
       ["greeting", "reprompt", "states"],
     );
     if (!obj) return undefined;
@@ -276,6 +284,7 @@ class Validator {
       reprompt: this.text(obj.reprompt, "reprompt", {}) ?? "",
       maxReprompts: obj.maxReprompts === undefined ? 2 : (this.int(obj.maxReprompts, "maxReprompts", 0, 10) ?? 2),
       onMaxReprompts: obj.onMaxReprompts === undefined ? undefined : this.action(obj.onMaxReprompts, "onMaxReprompts", {}),
+      noInputMs: obj.noInputMs === undefined ? undefined : this.int(obj.noInputMs, "noInputMs", NO_INPUT_MIN_MS, NO_INPUT_MAX_MS),
       onToolError:
         obj.onToolError === undefined
           ? { say: "Sorry, something went wrong on my side." }
@@ -463,7 +472,7 @@ class Validator {
     const obj = this.object(
       raw,
       path,
-      ["prompt", "intents", "globalIntents", "collect", "hints", "reprompt", "maxReprompts", "onMaxReprompts"],
+      ["prompt", "intents", "globalIntents", "collect", "hints", "reprompt", "maxReprompts", "onMaxReprompts", "noInputMs"],
       ["prompt"],
     );
     if (!obj) return undefined;
@@ -477,6 +486,7 @@ class Validator {
       reprompt: obj.reprompt === undefined ? undefined : this.text(obj.reprompt, `${path}.reprompt`, {}),
       maxReprompts: obj.maxReprompts === undefined ? undefined : this.int(obj.maxReprompts, `${path}.maxReprompts`, 0, 10),
       onMaxReprompts: obj.onMaxReprompts === undefined ? undefined : this.action(obj.onMaxReprompts, `${path}.onMaxReprompts`, {}),
+      noInputMs: obj.noInputMs === undefined ? undefined : this.int(obj.noInputMs, `${path}.noInputMs`, NO_INPUT_MIN_MS, NO_INPUT_MAX_MS),
     };
     if (state.collect) {
       // Digits and the terminator belong to the entry in a collecting state; intents can only use the other keys.

@@ -456,6 +456,9 @@ describe("LLM settings", () => {
     expect(next.state.scripted.keypad).toBe("5");
     const back = await scripted.turn({ kind: "keypad", digit: "5", atMs: 1 }, next.state as never, io);
     expect(back.state.keypad).toBe("55");
+    // The no-input wait is the scripted state's while it keeps the call (order-line's ask_order: 15 s), else the agent's.
+    expect(engine.noInputMs(next.state)).toBe(15_000);
+    expect(engine.noInputMs({ ...next.state, scriptedOwns: false })).toBeUndefined();
   });
 });
 

@@ -129,6 +129,12 @@ export class LlmEngine implements DialogEngine<LlmState> {
     return state;
   }
 
+  /** The scripted agent's state's wait while it owns the call (a number being collected), else the agent's. */
+  noInputMs(state: LlmState): number | undefined {
+    if (state?.scriptedOwns && state.scripted) return this.options.fallback.noInputMs(state.scripted);
+    return this.options.agent.noInputMs;
+  }
+
   interrupted(state: LlmState, event: { turnId: string; heardText: string }): LlmState {
     const next = this.adopt(state);
     for (let i = next.history.length - 1; i >= 0; i--) {

@@ -230,6 +230,19 @@ describe("scripted engine: order line", () => {
     expect(said(await c.send({ kind: "noInput" }))).toMatch(/^Sorry/);
   });
 
+  it("names the no-input wait of the state the caller is in: the state's own, else the agent's", async () => {
+    const c = new Conversation();
+    await c.start();
+    expect(c.engine.noInputMs(c.state)).toBeUndefined(); // menu: none, and the shipped agent sets none
+    await c.key("1");
+    expect(c.state.state).toBe("ask_order");
+    expect(c.engine.noInputMs(c.state)).toBe(15_000); // time to find the order number
+    const withDefault = new ScriptedEngine(validateAgent({ ...parseAgentText(readFileSync(orderLineFile, "utf8"), orderLineFile), noInputMs: 5_000 }, "x"));
+    expect(withDefault.noInputMs({ ...c.state, state: "menu" })).toBe(5_000);
+    expect(withDefault.noInputMs(c.state)).toBe(15_000);
+    expect(withDefault.noInputMs(withDefault.initialState())).toBe(5_000); // before the greeting: the start state's
+  });
+
   it("resets the reprompt count after a recognized input", async () => {
     const c = new Conversation();
     await c.start();

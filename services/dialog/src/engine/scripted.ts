@@ -82,6 +82,12 @@ export class ScriptedEngine implements DialogEngine<ScriptedState> {
     return this.initialState();
   }
 
+  /** The no-input wait of the state the conversation is in: the state's own, else the agent's. */
+  noInputMs(saved: ScriptedState): number | undefined {
+    const name = (typeof saved?.state === "string" && saved.state) || this.startState;
+    return this.states.get(name)?.config.noInputMs ?? this.agent.noInputMs;
+  }
+
   /** Whether the conversation is in the middle of something (a number being entered or confirmed). */
   isCollecting(state: ScriptedState): boolean {
     return Boolean(state.keypad || state.confirm || this.states.get(state.state)?.config.collect);

@@ -81,4 +81,9 @@ export interface DialogEngine<S = unknown> {
    * conversation history corrected. Optional (an engine without history has nothing to correct).
    */
   interrupted?(state: S, event: { turnId: string; heardText: string }): S;
+  /**
+   * How long ingress waits for the caller after the bot's turns in this state before asking for a reprompt
+   * (undefined: ingress's default). Optional.
+   */
+  noInputMs?(state: S): number | undefined;
 }

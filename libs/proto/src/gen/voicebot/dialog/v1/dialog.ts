@@ -55,6 +55,11 @@ export interface SpeakRequest {
    * report no failure. Sent by the dialog at start for its agents' fixed lines; call_id, turn_id and timing are empty.
    */
   prefetch: boolean;
+  /**
+   * How long ingress waits for the caller after this turn before it asks the dialog to prompt again (the state's
+   * no-input wait; 0 = ingress's NO_INPUT_MS). Set on every chunk; the turn's last chunk has the final say.
+   */
+  noInputMs: number;
 }
 
 /** Stop everything for a turn (barge-in or hang-up). Subject: call.<id>.cancel. */
@@ -317,6 +322,7 @@ function createBaseSpeakRequest(): SpeakRequest {
     cacheable: false,
     timing: undefined,
     prefetch: false,
+    noInputMs: 0,
   };
 }
 
@@ -351,6 +357,9 @@ export const SpeakRequest: MessageFns<SpeakRequest> = {
     }
     if (message.prefetch !== false) {
       writer.uint32(80).bool(message.prefetch);
+    }
+    if (message.noInputMs !== 0) {
+      writer.uint32(88).uint32(message.noInputMs);
     }
     return writer;
   },
@@ -448,6 +457,14 @@ export const SpeakRequest: MessageFns<SpeakRequest> = {
             message.prefetch = reader.bool();
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.noInputMs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -479,6 +496,7 @@ export const SpeakRequest: MessageFns<SpeakRequest> = {
       ? TurnTiming.fromPartial(object.timing)
       : undefined;
     message.prefetch = object.prefetch ?? false;
+    message.noInputMs = object.noInputMs ?? 0;
     return message;
   },
 };

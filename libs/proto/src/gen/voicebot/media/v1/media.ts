@@ -52,7 +52,11 @@ export interface BotAudio {
   turnDone: boolean;
   /** Text of the chunk (set on part 0), so the record knows what the caller heard. */
   text: string;
-  timing: TurnTiming | undefined;
+  timing:
+    | TurnTiming
+    | undefined;
+  /** The chunk's SpeakRequest.no_input_ms (set on part 0): how long to wait for the caller after the turn. */
+  noInputMs: number;
 }
 
 /** Wall-clock timestamps (ms since epoch) of one turn as it moves through the stages; 0 = unknown. */
@@ -272,6 +276,7 @@ function createBaseBotAudio(): BotAudio {
     turnDone: false,
     text: "",
     timing: undefined,
+    noInputMs: 0,
   };
 }
 
@@ -306,6 +311,9 @@ export const BotAudio: MessageFns<BotAudio> = {
     }
     if (message.timing !== undefined) {
       TurnTiming.encode(message.timing, writer.uint32(82).fork()).join();
+    }
+    if (message.noInputMs !== 0) {
+      writer.uint32(88).uint32(message.noInputMs);
     }
     return writer;
   },
@@ -403,6 +411,14 @@ export const BotAudio: MessageFns<BotAudio> = {
             message.timing = TurnTiming.decode(reader, reader.uint32());
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.noInputMs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -434,6 +450,7 @@ export const BotAudio: MessageFns<BotAudio> = {
     message.timing = (object.timing !== undefined && object.timing !== null)
       ? TurnTiming.fromPartial(object.timing)
       : undefined;
+    message.noInputMs = object.noInputMs ?? 0;
     return message;
   },
 };
