@@ -2,41 +2,19 @@
 // X-Forwarded-For behind a trusted proxy), and requests whose target the router cannot parse.
 import net from "node:net";
 import type { IncomingMessage } from "node:http";
-import type { Bus } from "@voicebot/bus";
-import type { DialogInput } from "@voicebot/proto";
-import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { clientAddress } from "./client-address.js";
 import {
-  captureLogs,
-  connectBus,
-  consumeDialogInputs,
   metricValue,
   newCallSid,
   startIngress,
   TwilioClient,
+  useIngressWorld,
   waitFor,
   waitForLog,
 } from "./test-support/harness.js";
 
-let nats: ServerHandle;
-let redis: ServerHandle;
-let bus: Bus;
-let dialog: { items: DialogInput[]; stop(): Promise<void> };
-const env = () => ({ NATS_URL: nats.url, REDIS_URL: redis.url });
-
-beforeAll(async () => {
-  captureLogs();
-  [nats, redis] = await Promise.all([startNats(), startRedis()]);
-  bus = await connectBus(nats.url);
-  dialog = await consumeDialogInputs(bus);
-});
-
-afterAll(async () => {
-  await dialog?.stop();
-  await bus?.close();
-  await Promise.all([nats?.stop(), redis?.stop()]);
-});
+const world = useIngressWorld({ ingress: false });
 
 function fakeRequest(remoteAddress: string, forwardedFor?: string | string[]): IncomingMessage {
   return { socket: { remoteAddress }, headers: forwardedFor === undefined ? {} : { "x-forwarded-for": forwardedFor } } as unknown as IncomingMessage;
@@ -76,7 +54,7 @@ describe("clientAddress", () => {
 
 describe("calls per replica", () => {
   it("at INGRESS_MAX_CALLS the replica reports not ready and refuses new streams with 503; a call ending frees it", async () => {
-    const ingress = await startIngress({ ...env(), INGRESS_MAX_CALLS: "2" });
+    const ingress = await startIngress({ ...world.env(), INGRESS_MAX_CALLS: "2" });
     const readiness = async () => {
       const res = await fetch(`${ingress.baseUrl}/readyz`);
       return { status: res.status, body: (await res.json()) as { reason?: string } };
@@ -104,7 +82,7 @@ describe("calls per replica", () => {
 
 describe("calls per client", () => {
   it("refuses the upgrade with 429 above INGRESS_MAX_CALLS_PER_CLIENT, and admits again once a call ends", async () => {
-    const ingress = await startIngress({ ...env(), INGRESS_MAX_CALLS_PER_CLIENT: "2" });
+    const ingress = await startIngress({ ...world.env(), INGRESS_MAX_CALLS_PER_CLIENT: "2" });
     try {
       const a = await TwilioClient.connect(ingress.wsUrl, newCallSid());
       const b = await TwilioClient.connect(ingress.wsUrl, newCallSid());
@@ -129,13 +107,13 @@ describe("calls per client", () => {
   });
 
   it("counts by X-Forwarded-For when INGRESS_TRUST_PROXY=true", async () => {
-    const ingress = await startIngress({ ...env(), INGRESS_MAX_CALLS_PER_CLIENT: "1", INGRESS_TRUST_PROXY: "true" });
+    const ingress = await startIngress({ ...world.env(), INGRESS_MAX_CALLS_PER_CLIENT: "1", INGRESS_TRUST_PROXY: "true" });
     try {
       const one = await TwilioClient.connect(ingress.wsUrl, newCallSid(), { "x-forwarded-for": "203.0.113.5" });
       await expect(TwilioClient.connect(ingress.wsUrl, newCallSid(), { "x-forwarded-for": "9.9.9.9, 203.0.113.5" })).rejects.toThrow(/429/);
       const other = await TwilioClient.connect(ingress.wsUrl, newCallSid(), { "x-forwarded-for": "203.0.113.6" });
       other.sendStart();
-      await waitFor(() => dialog.items.some((i) => i.callId === other.callSid), { what: "the other client's call started" });
+      await waitFor(() => world.dialog.items.some((i) => i.callId === other.callSid), { what: "the other client's call started" });
       one.close();
       other.close();
     } finally {
@@ -146,7 +124,7 @@ describe("calls per client", () => {
 
 describe("unparsable request targets", () => {
   it("are answered 400 (requests and upgrades), counted, and the process keeps serving", async () => {
-    const ingress = await startIngress(env());
+    const ingress = await startIngress(world.env());
     try {
       expect(await rawRequest(ingress.port, "GET // HTTP/1.1\r\nHost: x\r\n\r\n")).toBe("HTTP/1.1 400 Bad Request");
       expect(await rawRequest(ingress.port, "GET //[ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).toBe("HTTP/1.1 400 Bad Request");

@@ -1,7 +1,7 @@
 // Barge-in over the wire: the asr's SpeechActivity on the bus, a Twilio-speaking client on the socket, and the
 // dialog's work queue read back from JetStream.
 import { performance } from "node:perf_hooks";
-import { subjects, type Bus } from "@voicebot/bus";
+import { subjects } from "@voicebot/bus";
 import {
   CallControl,
   CallControl_Action,
@@ -13,51 +13,27 @@ import {
   SpeechActivity_Kind,
   type DialogInput,
 } from "@voicebot/proto";
-import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import {
-  captureLogs,
   collect,
-  connectBus,
-  consumeDialogInputs,
   frames,
   metricValue,
   publishBotAudio,
   startCall,
   startIngress,
+  useIngressWorld,
   waitFor,
-  type Ingress,
   type TwilioClient,
 } from "./test-support/harness.js";
 
-let nats: ServerHandle;
-let redis: ServerHandle;
-let bus: Bus;
-let ingress: Ingress;
-let dialog: { items: DialogInput[]; stop(): Promise<void> };
-const env = () => ({ NATS_URL: nats.url, REDIS_URL: redis.url });
-
-beforeAll(async () => {
-  captureLogs();
-  [nats, redis] = await Promise.all([startNats(), startRedis()]);
-  bus = await connectBus(nats.url);
-  dialog = await consumeDialogInputs(bus);
-  ingress = await startIngress({ ...env(), PLAYOUT_LEAD_MS: "100" });
-});
-
-afterAll(async () => {
-  await ingress?.handle.stop();
-  await dialog?.stop();
-  await bus?.close();
-  await Promise.all([nats?.stop(), redis?.stop()]);
-});
+const world = useIngressWorld({ env: { PLAYOUT_LEAD_MS: "100" } });
 
 function speech(callId: string, kind: SpeechActivity_Kind, utteranceId: string, atMs = Date.now()): void {
-  bus.publish(subjects.speech(callId), SpeechActivity, SpeechActivity.create({ callId, kind, utteranceId, audioMs: 1_000, atMs }), callId);
+  world.bus.publish(subjects.speech(callId), SpeechActivity, SpeechActivity.create({ callId, kind, utteranceId, audioMs: 1_000, atMs }), callId);
 }
 
 function input(callId: string, inputId: string): DialogInput | undefined {
-  return dialog.items.find((i) => i.callId === callId && i.inputId === inputId);
+  return world.dialog.items.find((i) => i.callId === callId && i.inputId === inputId);
 }
 
 /** Every 20 ms frame sent to the client, in wire order, as the byte value it was filled with. */
@@ -73,16 +49,16 @@ function frameValues(client: TwilioClient, from = 0, to = client.received.length
 
 describe("barge-in", () => {
   it("clears at once, plays nothing more of the cut turn, and tells tts, dialog and observers what was heard", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const callId = client.callSid;
-    const playback = collect(bus, subjects.playback(callId), PlaybackEvent);
-    const cancels = collect(bus, subjects.cancel(callId), CancelTurn);
-    await bus.nc.flush();
-    const bargeInsBefore = await metricValue(ingress.baseUrl, "voicebot_ingress_barge_ins_total");
+    const playback = collect(world.bus, subjects.playback(callId), PlaybackEvent);
+    const cancels = collect(world.bus, subjects.cancel(callId), CancelTurn);
+    await world.bus.nc.flush();
+    const bargeInsBefore = await metricValue(world.ingress.baseUrl, "voicebot_ingress_barge_ins_total");
 
     // t1: a short first sentence, then a long second one that tts is still streaming.
-    publishBotAudio(bus, callId, "t1", 0, 0, frames(2, 1), { chunkDone: true, text: "One." });
-    publishBotAudio(bus, callId, "t1", 1, 0, frames(50, 2), { text: "Two, which is long." });
+    publishBotAudio(world.bus, callId, "t1", 0, 0, frames(2, 1), { chunkDone: true, text: "One." });
+    publishBotAudio(world.bus, callId, "t1", 1, 0, frames(50, 2), { text: "Two, which is long." });
     await waitFor(() => client.events("mark").length === 1, { what: "mark t1.0" });
     client.sendMark("t1.0");
     await waitFor(() => playback.items.length === 1, { what: "CHUNK_PLAYED t1.0" });
@@ -91,16 +67,16 @@ describe("barge-in", () => {
     // The caller starts talking; tts has not heard of it yet and keeps sending t1.
     const sentAt = performance.now();
     speech(callId, SpeechActivity_Kind.KIND_STARTED, "57");
-    publishBotAudio(bus, callId, "t1", 1, 1, frames(10, 2));
+    publishBotAudio(world.bus, callId, "t1", 1, 1, frames(10, 2));
     await waitFor(() => client.events("clear").length === 1, { what: "clear" });
     const clearMs = client.events("clear")[0].at - sentAt;
     console.log(`barge-in: SpeechActivity published -> clear received by the client: ${clearMs.toFixed(1)} ms`);
     expect(clearMs).toBeLessThan(200);
 
     // More of the cut turn arrives after the cancel; then the dialog's next turn.
-    publishBotAudio(bus, callId, "t1", 1, 2, frames(10, 2), { chunkDone: true });
-    publishBotAudio(bus, callId, "t1", 2, 0, frames(10, 3), { chunkDone: true, turnDone: true, text: "Three." });
-    publishBotAudio(bus, callId, "t2", 0, 0, frames(3, 8), { chunkDone: true, turnDone: true, text: "Sure." });
+    publishBotAudio(world.bus, callId, "t1", 1, 2, frames(10, 2), { chunkDone: true });
+    publishBotAudio(world.bus, callId, "t1", 2, 0, frames(10, 3), { chunkDone: true, turnDone: true, text: "Three." });
+    publishBotAudio(world.bus, callId, "t2", 0, 0, frames(3, 8), { chunkDone: true, turnDone: true, text: "Sure." });
     await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t2.0"), { what: "mark t2.0" });
 
     // On the wire: t1 audio, the clear, then only t2. No t1 media after the clear, no t1 marks either.
@@ -124,27 +100,27 @@ describe("barge-in", () => {
     const stored = await waitFor(() => input(callId, `${callId}:int:t1`), { what: "DialogInput INTERRUPTED in the work queue" });
     expect(stored.input?.$case).toBe("playback");
     expect(stored.input?.value).toMatchObject({ turnId: "t1", kind: PlaybackEvent_Kind.KIND_INTERRUPTED, chunkSeq: 0, heardText: "One." });
-    expect(dialog.items.filter((i) => i.inputId === `${callId}:int:t1`)).toHaveLength(1);
+    expect(world.dialog.items.filter((i) => i.inputId === `${callId}:int:t1`)).toHaveLength(1);
     // t1 is not reported as played; t2 is, durably too once its mark comes back.
     client.sendMark("t2.0");
     await waitFor(() => input(callId, `${callId}:played:t2`), { what: "DialogInput TURN_PLAYED t2" });
     expect(input(callId, `${callId}:played:t1`)).toBeUndefined();
     expect(playback.items.filter((e) => e.turnId === "t1").map((e) => PlaybackEvent_Kind[e.kind])).toEqual(["KIND_CHUNK_PLAYED", "KIND_INTERRUPTED"]);
 
-    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_barge_ins_total")).toBe(bargeInsBefore + 1);
-    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_clear_latency_seconds_count")).toBeGreaterThanOrEqual(1);
-    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_bot_audio_dropped_total", { reason: "finished_turn" })).toBeGreaterThanOrEqual(2);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_barge_ins_total")).toBe(bargeInsBefore + 1);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_clear_latency_seconds_count")).toBeGreaterThanOrEqual(1);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_bot_audio_dropped_total", { reason: "finished_turn" })).toBeGreaterThanOrEqual(2);
     playback.sub.unsubscribe();
     cancels.sub.unsubscribe();
     client.close();
   });
 
   it("cuts audio that was all sent but not yet heard (marks not echoed): INTERRUPTED with chunk -1", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const callId = client.callSid;
-    const cancels = collect(bus, subjects.cancel(callId), CancelTurn);
-    await bus.nc.flush();
-    publishBotAudio(bus, callId, "t1", 0, 0, frames(3, 1), { chunkDone: true, turnDone: true, text: "Hi." });
+    const cancels = collect(world.bus, subjects.cancel(callId), CancelTurn);
+    await world.bus.nc.flush();
+    publishBotAudio(world.bus, callId, "t1", 0, 0, frames(3, 1), { chunkDone: true, turnDone: true, text: "Hi." });
     await waitFor(() => client.events("mark").length === 1, { what: "mark t1.0" }); // all of t1 is in Twilio's buffer
     speech(callId, SpeechActivity_Kind.KIND_STARTED, "12");
     await waitFor(() => client.events("clear").length === 1, { what: "clear" });
@@ -161,17 +137,17 @@ describe("barge-in", () => {
   });
 
   it("does nothing when the bot is silent: nothing queued, or the turn already heard (TURN_PLAYED goes to the dialog)", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const callId = client.callSid;
-    const cancels = collect(bus, subjects.cancel(callId), CancelTurn);
-    await bus.nc.flush();
+    const cancels = collect(world.bus, subjects.cancel(callId), CancelTurn);
+    await world.bus.nc.flush();
     client.echoMarks(0);
-    const ignored = () => metricValue(ingress.baseUrl, "voicebot_ingress_barge_ins_ignored_total", { reason: "nothing_playing" });
+    const ignored = () => metricValue(world.ingress.baseUrl, "voicebot_ingress_barge_ins_ignored_total", { reason: "nothing_playing" });
     const before = await ignored();
     speech(callId, SpeechActivity_Kind.KIND_STARTED, "3");
     await waitFor(async () => (await ignored()) === before + 1, { what: "onset ignored" });
 
-    publishBotAudio(bus, callId, "t1", 0, 0, frames(2, 1), { chunkDone: true, turnDone: true, text: "Hello." });
+    publishBotAudio(world.bus, callId, "t1", 0, 0, frames(2, 1), { chunkDone: true, turnDone: true, text: "Hello." });
     const played = await waitFor(() => input(callId, `${callId}:played:t1`), { what: "DialogInput TURN_PLAYED t1" });
     expect(played.input?.value).toMatchObject({ turnId: "t1", kind: PlaybackEvent_Kind.KIND_TURN_PLAYED, chunkSeq: 0, heardText: "Hello." });
     speech(callId, SpeechActivity_Kind.KIND_STARTED, "40");
@@ -183,11 +159,11 @@ describe("barge-in", () => {
   });
 
   it("is off for a call started with customParameters bargeIn=false", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items, { bargeIn: "false" });
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items, { bargeIn: "false" });
     const callId = client.callSid;
-    publishBotAudio(bus, callId, "t1", 0, 0, frames(40, 1), { chunkDone: true, turnDone: true });
+    publishBotAudio(world.bus, callId, "t1", 0, 0, frames(40, 1), { chunkDone: true, turnDone: true });
     await waitFor(() => frameValues(client).length > 0, { what: "bot audio" });
-    const ignored = () => metricValue(ingress.baseUrl, "voicebot_ingress_barge_ins_ignored_total", { reason: "disabled" });
+    const ignored = () => metricValue(world.ingress.baseUrl, "voicebot_ingress_barge_ins_ignored_total", { reason: "disabled" });
     const before = await ignored();
     speech(callId, SpeechActivity_Kind.KIND_STARTED, "9");
     await waitFor(async () => (await ignored()) === before + 1, { what: "onset ignored" });
@@ -198,12 +174,12 @@ describe("barge-in", () => {
   });
 
   it("BARGE_IN=false turns it off by default; customParameters bargeIn=true turns it back on for a call", async () => {
-    const off = await startIngress({ ...env(), BARGE_IN: "false" });
+    const off = await startIngress({ ...world.env(), BARGE_IN: "false" });
     try {
-      const plain = await startCall(off.wsUrl, dialog.items);
-      const opted = await startCall(off.wsUrl, dialog.items, { bargeIn: "true" });
+      const plain = await startCall(off.wsUrl, world.dialog.items);
+      const opted = await startCall(off.wsUrl, world.dialog.items, { bargeIn: "true" });
       for (const client of [plain, opted]) {
-        publishBotAudio(bus, client.callSid, "t1", 0, 0, frames(50, 1), { chunkDone: true, turnDone: true });
+        publishBotAudio(world.bus, client.callSid, "t1", 0, 0, frames(50, 1), { chunkDone: true, turnDone: true });
       }
       await waitFor(() => frameValues(plain).length > 0 && frameValues(opted).length > 0, { what: "bot audio on both calls" });
       speech(plain.callSid, SpeechActivity_Kind.KIND_STARTED, "5");
@@ -221,13 +197,13 @@ describe("barge-in", () => {
   });
 
   it("a CallControl CLEAR also cancels the cut turns (reason clear) and tells the dialog what was heard", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const callId = client.callSid;
-    const cancels = collect(bus, subjects.cancel(callId), CancelTurn);
-    await bus.nc.flush();
-    publishBotAudio(bus, callId, "t4", 0, 0, frames(50, 1), { text: "Long." });
+    const cancels = collect(world.bus, subjects.cancel(callId), CancelTurn);
+    await world.bus.nc.flush();
+    publishBotAudio(world.bus, callId, "t4", 0, 0, frames(50, 1), { text: "Long." });
     await waitFor(() => frameValues(client).length > 0, { what: "bot audio" });
-    bus.publish(subjects.control(callId), CallControl, CallControl.create({ callId, action: CallControl_Action.ACTION_CLEAR, reason: "dialog" }), callId);
+    world.bus.publish(subjects.control(callId), CallControl, CallControl.create({ callId, action: CallControl_Action.ACTION_CLEAR, reason: "dialog" }), callId);
     await waitFor(() => client.events("clear").length === 1, { what: "clear" });
     await waitFor(() => cancels.items.length === 1, { what: "CancelTurn" });
     expect(cancels.items[0]).toMatchObject({ turnId: "t4", reason: "clear" });
@@ -238,11 +214,11 @@ describe("barge-in", () => {
   });
 
   it("with BARGE_IN_MIN_SPEECH_MS, a blip that stops in time cuts nothing; longer speech cuts", async () => {
-    const guarded = await startIngress({ ...env(), BARGE_IN_MIN_SPEECH_MS: "150" });
+    const guarded = await startIngress({ ...world.env(), BARGE_IN_MIN_SPEECH_MS: "150" });
     try {
-      const client = await startCall(guarded.wsUrl, dialog.items);
+      const client = await startCall(guarded.wsUrl, world.dialog.items);
       const callId = client.callSid;
-      publishBotAudio(bus, callId, "t1", 0, 0, frames(150, 1), { chunkDone: true, turnDone: true }); // 3 s
+      publishBotAudio(world.bus, callId, "t1", 0, 0, frames(150, 1), { chunkDone: true, turnDone: true }); // 3 s
       await waitFor(() => frameValues(client).length > 0, { what: "bot audio" });
       speech(callId, SpeechActivity_Kind.KIND_STARTED, "20");
       await new Promise((r) => setTimeout(r, 50));
@@ -267,12 +243,12 @@ describe("barge-in", () => {
 
 describe("caller hang-up", () => {
   it("mid-turn publishes CancelTurn for the whole call (reason hangup) along with CallEnded", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const callId = client.callSid;
-    const cancels = collect(bus, subjects.cancel(callId), CancelTurn);
-    const ended = collect(bus, subjects.ended(callId), CallEnded);
-    await bus.nc.flush();
-    publishBotAudio(bus, callId, "t1", 0, 0, frames(50, 1), { text: "A long answer" });
+    const cancels = collect(world.bus, subjects.cancel(callId), CancelTurn);
+    const ended = collect(world.bus, subjects.ended(callId), CallEnded);
+    await world.bus.nc.flush();
+    publishBotAudio(world.bus, callId, "t1", 0, 0, frames(50, 1), { text: "A long answer" });
     await waitFor(() => frameValues(client).length > 0, { what: "bot audio" });
     const stoppedAt = performance.now();
     client.sendStop();
@@ -288,31 +264,31 @@ describe("caller hang-up", () => {
 
 describe("a key over the bot", () => {
   it("cuts the bot off like speech: clear, the cut turn cancelled and reported before the key reaches the dialog", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const callId = client.callSid;
-    const cancels = collect(bus, subjects.cancel(callId), CancelTurn);
-    await bus.nc.flush();
-    const before = await metricValue(ingress.baseUrl, "voicebot_ingress_barge_ins_total", { by: "keypad" });
-    publishBotAudio(bus, callId, "t1", 0, 0, frames(100, 2), { chunkDone: true, turnDone: true, text: "Press 1 for orders." });
+    const cancels = collect(world.bus, subjects.cancel(callId), CancelTurn);
+    await world.bus.nc.flush();
+    const before = await metricValue(world.ingress.baseUrl, "voicebot_ingress_barge_ins_total", { by: "keypad" });
+    publishBotAudio(world.bus, callId, "t1", 0, 0, frames(100, 2), { chunkDone: true, turnDone: true, text: "Press 1 for orders." });
     await waitFor(() => frameValues(client).length >= 10, { what: "the prompt on the wire" });
     client.sendDtmf("1");
     await waitFor(() => client.events("clear").length === 1, { what: "clear after the key" });
     await waitFor(() => cancels.items.length >= 1, { what: "CancelTurn" });
     expect(cancels.items[0]).toMatchObject({ turnId: "t1", reason: "barge_in" });
     const inputs = await waitFor(() => {
-      const ids = dialog.items.filter((i) => i.callId === callId).map((i) => i.input?.$case);
+      const ids = world.dialog.items.filter((i) => i.callId === callId).map((i) => i.input?.$case);
       return ids.includes("keypad") ? ids : undefined;
     }, { what: "the key in the dialog's queue" });
     expect(inputs.indexOf("playback")).toBeGreaterThan(-1);
     expect(inputs.indexOf("playback")).toBeLessThan(inputs.indexOf("keypad"));
-    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_barge_ins_total", { by: "keypad" })).toBe(before + 1);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_barge_ins_total", { by: "keypad" })).toBe(before + 1);
     cancels.sub.unsubscribe();
     client.close();
   });
 
   it("leaves the bot talking when barge-in is off for the call", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items, { bargeIn: "false" });
-    publishBotAudio(bus, client.callSid, "t1", 0, 0, frames(60, 2), { chunkDone: true, turnDone: true });
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items, { bargeIn: "false" });
+    publishBotAudio(world.bus, client.callSid, "t1", 0, 0, frames(60, 2), { chunkDone: true, turnDone: true });
     await waitFor(() => frameValues(client).length >= 5, { what: "the prompt on the wire" });
     client.sendDtmf("1");
     await waitFor(() => frameValues(client).length >= 60, { what: "the whole prompt", timeoutMs: 5_000 });

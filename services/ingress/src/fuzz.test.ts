@@ -7,26 +7,21 @@ import net from "node:net";
 import { performance } from "node:perf_hooks";
 import v8 from "node:v8";
 import vm from "node:vm";
-import { subjects, type Bus } from "@voicebot/bus";
-import { CallerAudio, PlaybackEvent, PlaybackEvent_Kind, type DialogInput } from "@voicebot/proto";
-import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { subjects } from "@voicebot/bus";
+import { CallerAudio, PlaybackEvent, PlaybackEvent_Kind } from "@voicebot/proto";
+import { describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import {
-  captureLogs,
   collect,
-  connectBus,
-  consumeDialogInputs,
   frames,
   logs,
   metricValue,
   newCallSid,
   publishBotAudio,
   startCall,
-  startIngress,
   TwilioClient,
+  useIngressWorld,
   waitFor,
-  type Ingress,
 } from "./test-support/harness.js";
 
 const FUZZ_MS = Number(process.env.FUZZ_MS ?? 5_000);
@@ -37,20 +32,8 @@ v8.setFlagsFromString("--expose-gc");
 const collectGarbage = vm.runInNewContext("gc") as () => void;
 const JUNK_SOCKETS = 6;
 
-let nats: ServerHandle;
-let redis: ServerHandle;
-let bus: Bus;
-let ingress: Ingress;
-let dialog: { items: DialogInput[]; stop(): Promise<void> };
-
-beforeAll(async () => {
-  captureLogs();
-  [nats, redis] = await Promise.all([startNats(), startRedis()]);
-  bus = await connectBus(nats.url);
-  dialog = await consumeDialogInputs(bus);
-  ingress = await startIngress({
-    NATS_URL: nats.url,
-    REDIS_URL: redis.url,
+const world = useIngressWorld({
+  env: {
     LOG_LEVEL: "info",
     INGRESS_START_TIMEOUT_MS: "1000",
     PLAYOUT_ALONE_STALL_MS: "1000",
@@ -59,14 +42,7 @@ beforeAll(async () => {
     TWILIO_AUTH_TOKEN: "fuzz-twilio-secret",
     TWILIO_API_BASE_URL: "http://127.0.0.1:9",
     TWILIO_STREAM_URL: "wss://voice.example.com/twilio",
-  });
-});
-
-afterAll(async () => {
-  await ingress?.handle.stop();
-  await dialog?.stop();
-  await bus?.close();
-  await Promise.all([nats?.stop(), redis?.stop()]);
+  },
 });
 
 // ---- randomness (seeded, printed, so a failure can be replayed with FUZZ_SEED) ----
@@ -177,7 +153,7 @@ async function junkSocket(goodCallSid: string, until: number, stats: { sockets: 
   while (performance.now() < until) {
     let client: TwilioClient;
     try {
-      client = await TwilioClient.connect(ingress.wsUrl, pick([newCallSid(), newCallSid(), goodCallSid]));
+      client = await TwilioClient.connect(world.ingress.wsUrl, pick([newCallSid(), newCallSid(), goodCallSid]));
       stats.sockets++;
     } catch {
       stats.refused++;
@@ -216,7 +192,7 @@ async function junkHttp(until: number, stats: { requests: number; statuses: Map<
   // and fetch grew it by 45 MB of RSS over 20 s of junk (node:http: 9 MB over 4 times the requests). A connection
   // per request: ingress may close a kept-alive one after refusing a request whose body it did not read.
   const agent = new http.Agent({ keepAlive: false });
-  const base = new URL(ingress.baseUrl);
+  const base = new URL(world.ingress.baseUrl);
   const request = (method: string, path: string, body: string | undefined) =>
     new Promise<number>((resolve, reject) => {
       const req = http.request({ host: base.hostname, port: base.port, method, path, agent, timeout: 2_000 }, (res) => {
@@ -257,7 +233,7 @@ async function junkTcp(until: number): Promise<void> {
   ];
   while (performance.now() < until) {
     await new Promise<void>((resolve) => {
-      const socket = net.connect(ingress.port, "127.0.0.1", () => socket.write(pick(payloads)()));
+      const socket = net.connect(world.ingress.port, "127.0.0.1", () => socket.write(pick(payloads)()));
       socket.on("data", () => undefined);
       socket.on("error", () => resolve());
       socket.on("close", () => resolve());
@@ -272,15 +248,15 @@ async function junkTcp(until: number): Promise<void> {
 describe("fuzz", () => {
   it("survives junk from many sockets and HTTP clients while a good call runs undisturbed", async () => {
     console.log(`fuzz seed ${seed} (replay with FUZZ_SEED=${seed})`);
-    const errorsBefore = await metricValue(ingress.baseUrl, "voicebot_ingress_protocol_errors_total");
+    const errorsBefore = await metricValue(world.ingress.baseUrl, "voicebot_ingress_protocol_errors_total");
 
     // The good call: caller audio every 20 ms, a bot turn every 500 ms, marks echoed as Twilio does.
-    const good = await startCall(ingress.wsUrl, dialog.items, { agent: "order-line" });
+    const good = await startCall(world.ingress.wsUrl, world.dialog.items, { agent: "order-line" });
     const callId = good.callSid;
     good.echoMarks(5);
-    const callerAudio = collect(bus, subjects.callerAudio(callId), CallerAudio);
-    const playback = collect(bus, subjects.playback(callId), PlaybackEvent);
-    await bus.nc.flush();
+    const callerAudio = collect(world.bus, subjects.callerAudio(callId), CallerAudio);
+    const playback = collect(world.bus, subjects.playback(callId), PlaybackEvent);
+    await world.bus.nc.flush();
     let sentFrames = 0;
     const streaming = setInterval(() => {
       sentFrames++;
@@ -290,7 +266,7 @@ describe("fuzz", () => {
     const speaking = setInterval(() => {
       turns++;
       for (let chunkSeq = 0; chunkSeq < 2; chunkSeq++) {
-        publishBotAudio(bus, callId, `t${turns}`, chunkSeq, 0, frames(4, turns % 250), { chunkDone: true, turnDone: chunkSeq === 1, text: `Turn ${turns}.` });
+        publishBotAudio(world.bus, callId, `t${turns}`, chunkSeq, 0, frames(4, turns % 250), { chunkDone: true, turnDone: chunkSeq === 1, text: `Turn ${turns}.` });
       }
     }, 500);
 
@@ -303,14 +279,14 @@ describe("fuzz", () => {
         junkHttp(until, httpStats),
         junkTcp(until),
       ]);
-      await waitFor(async () => (await metricValue(ingress.baseUrl, "voicebot_ingress_active_calls")) === 1, {
+      await waitFor(async () => (await metricValue(world.ingress.baseUrl, "voicebot_ingress_active_calls")) === 1, {
         what: "the junk sockets closed",
         timeoutMs: 5_000,
       });
       // What the test itself keeps of the junk calls (their dialog inputs, the captured log lines) is not the
       // ingress's memory.
-      const keep = dialog.items.filter((i) => i.callId === callId);
-      dialog.items.splice(0, dialog.items.length, ...keep);
+      const keep = world.dialog.items.filter((i) => i.callId === callId);
+      world.dialog.items.splice(0, world.dialog.items.length, ...keep);
       logs.splice(0);
       collectGarbage();
       const { rss, heapUsed, external } = process.memoryUsage();
@@ -334,9 +310,9 @@ describe("fuzz", () => {
       clearInterval(speaking);
       clearInterval(sampling);
     }
-    const errors = (await metricValue(ingress.baseUrl, "voicebot_ingress_protocol_errors_total")) - errorsBefore;
-    const httpRejected = await metricValue(ingress.baseUrl, "voicebot_http_rejected_total");
-    const hijacks = await metricValue(ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "call_already_streaming" });
+    const errors = (await metricValue(world.ingress.baseUrl, "voicebot_ingress_protocol_errors_total")) - errorsBefore;
+    const httpRejected = await metricValue(world.ingress.baseUrl, "voicebot_http_rejected_total");
+    const hijacks = await metricValue(world.ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "call_already_streaming" });
     console.log(
       `fuzz: ${socketStats.sockets} junk sockets (${socketStats.refused} refused), ${httpStats.requests} junk HTTP requests ` +
         `(statuses ${JSON.stringify(Object.fromEntries(httpStats.statuses))}), ${errors} protocol errors counted, ` +
@@ -348,8 +324,8 @@ describe("fuzz", () => {
     );
 
     // No crash: the ingress still serves, and a new call works.
-    expect((await fetch(`${ingress.baseUrl}/healthz`)).status).toBe(200);
-    const after = await startCall(ingress.wsUrl, dialog.items);
+    expect((await fetch(`${world.ingress.baseUrl}/healthz`)).status).toBe(200);
+    const after = await startCall(world.ingress.wsUrl, world.dialog.items);
     after.close();
 
     // The good call: every caller frame forwarded, in order, untouched...
@@ -368,7 +344,7 @@ describe("fuzz", () => {
     expect(good.audio().equals(expectedAudio)).toBe(true);
     expect(good.events("clear")).toHaveLength(0);
     expect(good.ws.readyState).toBe(WebSocket.OPEN);
-    expect(dialog.items.filter((i) => i.callId === callId && i.input?.$case === "callEnded")).toHaveLength(0);
+    expect(world.dialog.items.filter((i) => i.callId === callId && i.input?.$case === "callEnded")).toHaveLength(0);
 
     // Bounded memory, and the junk was seen and counted.
     expect(end.rss - warm.rss).toBeLessThan(32 * 2 ** 20);

@@ -1,43 +1,12 @@
 // Caller audio over a jittery network: frames late, out of order, duplicated, lost and in bursts, sent by a
 // Twilio-speaking client; what the asr would receive is read back from the bus.
 import { performance } from "node:perf_hooks";
-import { subjects, type Bus } from "@voicebot/bus";
-import { CallerAudio, type DialogInput } from "@voicebot/proto";
-import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  captureLogs,
-  connectBus,
-  consumeDialogInputs,
-  frames,
-  metricValue,
-  percentile,
-  startCall,
-  startIngress,
-  waitFor,
-  type Ingress,
-} from "./test-support/harness.js";
+import { subjects } from "@voicebot/bus";
+import { CallerAudio } from "@voicebot/proto";
+import { describe, expect, it } from "vitest";
+import { frames, metricValue, percentile, startCall, useIngressWorld, waitFor } from "./test-support/harness.js";
 
-let nats: ServerHandle;
-let redis: ServerHandle;
-let bus: Bus;
-let ingress: Ingress;
-let dialog: { items: DialogInput[]; stop(): Promise<void> };
-
-beforeAll(async () => {
-  captureLogs();
-  [nats, redis] = await Promise.all([startNats(), startRedis()]);
-  bus = await connectBus(nats.url);
-  dialog = await consumeDialogInputs(bus);
-  ingress = await startIngress({ NATS_URL: nats.url, REDIS_URL: redis.url, INBOUND_JITTER_MS: "60" });
-});
-
-afterAll(async () => {
-  await ingress?.handle.stop();
-  await dialog?.stop();
-  await bus?.close();
-  await Promise.all([nats?.stop(), redis?.stop()]);
-});
+const world = useIngressWorld({ env: { INBOUND_JITTER_MS: "60" } });
 
 interface Arrival {
   audio: CallerAudio;
@@ -46,7 +15,7 @@ interface Arrival {
 
 function listen(callId: string) {
   const items: Arrival[] = [];
-  const sub = bus.subscribe(subjects.callerAudio(callId), CallerAudio, (audio) => void items.push({ audio, at: performance.now() }), {
+  const sub = world.bus.subscribe(subjects.callerAudio(callId), CallerAudio, (audio) => void items.push({ audio, at: performance.now() }), {
     name: "test",
     ordered: true,
   });
@@ -63,7 +32,7 @@ function frameStream(items: Arrival[]): Array<{ frame: number; value: number }> 
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const metric = (name: string, labels: Record<string, string> = {}) => metricValue(ingress.baseUrl, `voicebot_ingress_${name}`, labels);
+const metric = (name: string, labels: Record<string, string> = {}) => metricValue(world.ingress.baseUrl, `voicebot_ingress_${name}`, labels);
 
 describe("inbound jitter buffer", () => {
   it("reorders, drops duplicates and late frames, and conceals gaps so the frame numbering stays continuous", async () => {
@@ -74,9 +43,9 @@ describe("inbound jitter buffer", () => {
       concealed: await metric("inbound_frames_concealed_total"),
       missing: await metric("inbound_frames_missing_total"),
     };
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const heard = listen(client.callSid);
-    await bus.nc.flush();
+    await world.bus.nc.flush();
     const send = (chunk: number) => client.sendMedia(chunk, frames(1, chunk));
 
     for (const chunk of [1, 2, 3]) send(chunk);
@@ -113,9 +82,9 @@ describe("inbound jitter buffer", () => {
 
   it("adds no delay to frames that arrive in order, bursts included", async () => {
     const concealedBefore = await metric("inbound_frames_concealed_total");
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const heard = listen(client.callSid);
-    await bus.nc.flush();
+    await world.bus.nc.flush();
     const sentAt = new Map<number, number>();
     const send = (chunk: number) => {
       sentAt.set(chunk - 1, performance.now());
@@ -140,9 +109,9 @@ describe("inbound jitter buffer", () => {
   });
 
   it("passes on what is held when the call ends", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const heard = listen(client.callSid);
-    await bus.nc.flush();
+    await world.bus.nc.flush();
     client.sendMedia(1, frames(1, 1));
     client.sendMedia(3, frames(1, 3));
     client.sendStop();

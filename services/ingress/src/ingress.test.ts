@@ -5,7 +5,7 @@ import http from "node:http";
 import https from "node:https";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
-import { subjects, type Bus } from "@voicebot/bus";
+import { subjects } from "@voicebot/bus";
 import {
   AudioEncoding,
   BotAudio,
@@ -17,62 +17,37 @@ import {
   PlaybackEvent,
   PlaybackEvent_Kind,
   SynthesisFailed,
-  TurnTiming,
-  type DialogInput,
-} from "@voicebot/proto";
+  TurnTiming } from "@voicebot/proto";
 import { CallStore, keys, type CallRecord } from "@voicebot/state";
-import { ensureTestCertificate, startNats, startRedis, trustTestCertificateInProcess, type ServerHandle } from "@voicebot/testing";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ensureTestCertificate, trustTestCertificateInProcess } from "@voicebot/testing";
+import { describe, expect, it } from "vitest";
 import { signedPayload } from "./signature.js";
 import {
-  captureLogs,
   collect,
-  connectBus,
-  consumeDialogInputs,
   frames,
   logs,
   metricValue,
   newCallSid,
   startIngress,
   TwilioClient,
+  useIngressWorld,
   waitFor,
   waitForLog,
-  type Ingress,
 } from "./test-support/harness.js";
 
-let nats: ServerHandle;
-let redis: ServerHandle;
-let bus: Bus;
-let ingress: Ingress;
-let dialog: { items: DialogInput[]; stop(): Promise<void> };
-const env = () => ({ NATS_URL: nats.url, REDIS_URL: redis.url });
-
-beforeAll(async () => {
-  captureLogs();
-  [nats, redis] = await Promise.all([startNats(), startRedis()]);
-  bus = await connectBus(nats.url);
-  dialog = await consumeDialogInputs(bus); // creates the dialog work queue, as the dialog service does
-  ingress = await startIngress({ ...env(), DEFAULT_AGENT: "order-line", PLAYOUT_LEAD_MS: "100" });
-});
-
-afterAll(async () => {
-  await ingress?.handle.stop();
-  await dialog?.stop();
-  await bus?.close();
-  await Promise.all([nats?.stop(), redis?.stop()]);
-});
+const world = useIngressWorld({ env: { DEFAULT_AGENT: "order-line", PLAYOUT_LEAD_MS: "100" } });
 
 function inputsFor(callSid: string) {
-  return dialog.items.filter((i) => i.callId === callSid);
+  return world.dialog.items.filter((i) => i.callId === callSid);
 }
 
 async function getRecord(callSid: string): Promise<{ status: number; body: any }> {
-  const res = await fetch(`${ingress.baseUrl}/v1/calls/${encodeURIComponent(callSid)}`);
+  const res = await fetch(`${world.ingress.baseUrl}/v1/calls/${encodeURIComponent(callSid)}`);
   return { status: res.status, body: await res.json() };
 }
 
 /** Connects, starts the call and waits until the pipeline knows about it. */
-async function startCall(params: Record<string, string> = {}, url = ingress.wsUrl): Promise<TwilioClient> {
+async function startCall(params: Record<string, string> = {}, url = world.ingress.wsUrl): Promise<TwilioClient> {
   const client = await TwilioClient.connect(url, newCallSid());
   client.sendConnected();
   client.sendStart(params);
@@ -81,7 +56,7 @@ async function startCall(params: Record<string, string> = {}, url = ingress.wsUr
 }
 
 function botAudio(callId: string, turnId: string, chunkSeq: number, partSeq: number, payload: Buffer, extra: Partial<BotAudio> = {}) {
-  bus.publish(
+  world.bus.publish(
     subjects.botAudio(callId),
     BotAudio,
     BotAudio.create({
@@ -98,13 +73,13 @@ function botAudio(callId: string, turnId: string, chunkSeq: number, partSeq: num
 }
 
 function control(callId: string, action: CallControl_Action, extra: Partial<CallControl> = {}) {
-  bus.publish(subjects.control(callId), CallControl, CallControl.create({ callId, action, ...extra }), callId);
+  world.bus.publish(subjects.control(callId), CallControl, CallControl.create({ callId, action, ...extra }), callId);
 }
 
 describe("call start, caller audio and keys", () => {
   it("start creates the record and publishes CallStarted and DialogInput{callStarted}", async () => {
-    const started = collect(bus, subjects.callStarted, CallStarted);
-    await bus.nc.flush();
+    const started = collect(world.bus, subjects.callStarted, CallStarted);
+    await world.bus.nc.flush();
     const client = await startCall({ agent: "pharmacy", from: "+15550100", to: "+15550199" });
     const callSid = client.callSid;
     await waitFor(() => started.items.find((s) => s.callId === callSid), { what: "CallStarted" });
@@ -133,8 +108,8 @@ describe("call start, caller audio and keys", () => {
   });
 
   it("uses the default agent when the stream names none", async () => {
-    const started = collect(bus, subjects.callStarted, CallStarted);
-    await bus.nc.flush();
+    const started = collect(world.bus, subjects.callStarted, CallStarted);
+    await world.bus.nc.flush();
     const client = await startCall();
     await waitFor(() => started.items.find((s) => s.callId === client.callSid), { what: "CallStarted" });
     expect(started.items.find((s) => s.callId === client.callSid)!.agent).toBe("order-line");
@@ -144,8 +119,8 @@ describe("call start, caller audio and keys", () => {
 
   it("forwards inbound media as CallerAudio frames, in order", async () => {
     const client = await startCall();
-    const audio = collect(bus, subjects.callerAudio(client.callSid), CallerAudio);
-    await bus.nc.flush();
+    const audio = collect(world.bus, subjects.callerAudio(client.callSid), CallerAudio);
+    await world.bus.nc.flush();
     for (let chunk = 1; chunk <= 50; chunk++) client.sendMedia(chunk, Buffer.alloc(160, chunk));
     // The outbound track (if a stream had one) is not forwarded.
     client.send({ event: "media", streamSid: client.streamSid, media: { track: "outbound", chunk: "51", timestamp: "1000", payload: frames(1, 1).toString("base64") } });
@@ -175,8 +150,8 @@ describe("call start, caller audio and keys", () => {
 
   it("stop ends the call: CallEnded, DialogInput{callEnded} and an ended record", async () => {
     const client = await startCall();
-    const ended = collect(bus, subjects.ended(client.callSid), CallEnded);
-    await bus.nc.flush();
+    const ended = collect(world.bus, subjects.ended(client.callSid), CallEnded);
+    await world.bus.nc.flush();
     client.sendStop();
     await waitFor(() => ended.items[0], { what: "CallEnded" });
     expect(ended.items[0]).toMatchObject({ callId: client.callSid, reason: "caller_hangup" });
@@ -200,8 +175,8 @@ describe("bot audio playout", () => {
   it("plays out-of-order parts in order, paced at real time, with marks, and reports what was heard", async () => {
     const client = await startCall();
     const callId = client.callSid;
-    const playback = collect(bus, subjects.playback(callId), PlaybackEvent);
-    await bus.nc.flush();
+    const playback = collect(world.bus, subjects.playback(callId), PlaybackEvent);
+    await world.bus.nc.flush();
     client.echoMarks(0); // our own check below reads when marks were sent; echo right away
     const inputEndMs = Date.now() - 500;
     const timing = TurnTiming.create({ inputEndMs, asrFinalMs: inputEndMs + 200, dialogStartMs: inputEndMs + 210, ttsRequestMs: Date.now() - 50, ttsFirstAudioMs: Date.now() - 20 });
@@ -260,9 +235,9 @@ describe("bot audio playout", () => {
     expect(record.turns[0].inputEndAt).toBe(new Date(inputEndMs).toISOString());
     expect(record.turns[0].stages).toMatchObject({ asrMs: 200, asrToDialogQueueMs: 10, ttsMs: 30 });
     expect(Object.keys(record.turns[0].stages)).not.toContain("dialogMs");
-    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_turn_latency_seconds_count")).toBeGreaterThanOrEqual(1);
-    expect(await metricValue(ingress.baseUrl, "voicebot_turn_stage_seconds_count", { stage: "asr" })).toBeGreaterThanOrEqual(1);
-    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_frames_out_total")).toBeGreaterThanOrEqual(50);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_turn_latency_seconds_count")).toBeGreaterThanOrEqual(1);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_turn_stage_seconds_count", { stage: "asr" })).toBeGreaterThanOrEqual(1);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_frames_out_total")).toBeGreaterThanOrEqual(50);
     playback.sub.unsubscribe();
     client.close();
   });
@@ -272,7 +247,7 @@ describe("bot audio playout", () => {
     const callId = client.callSid;
     client.echoMarks(0);
     botAudio(callId, "t1", 0, 0, frames(2, 1), { chunkDone: true });
-    bus.publish(subjects.ttsFailed(callId), SynthesisFailed, SynthesisFailed.create({ callId, turnId: "t1", chunkSeq: 1, error: "all engines failed" }), callId);
+    world.bus.publish(subjects.ttsFailed(callId), SynthesisFailed, SynthesisFailed.create({ callId, turnId: "t1", chunkSeq: 1, error: "all engines failed" }), callId);
     botAudio(callId, "t1", 2, 0, frames(2, 3), { chunkDone: true, turnDone: true });
     await waitFor(() => client.events("mark").length === 2, { what: "two marks" });
     expect(client.events("mark").map((m) => m.message.mark.name)).toEqual(["t1.0", "t1.2"]);
@@ -283,8 +258,8 @@ describe("bot audio playout", () => {
   it("CLEAR sends clear, drops queued audio and reports INTERRUPTED with the last chunk heard", async () => {
     const client = await startCall();
     const callId = client.callSid;
-    const playback = collect(bus, subjects.playback(callId), PlaybackEvent);
-    await bus.nc.flush();
+    const playback = collect(world.bus, subjects.playback(callId), PlaybackEvent);
+    await world.bus.nc.flush();
     botAudio(callId, "t1", 0, 0, frames(2, 1), { chunkDone: true, text: "One." });
     botAudio(callId, "t1", 1, 0, frames(100, 2), { chunkDone: true, turnDone: true, text: "Two." }); // 2 s
     await waitFor(() => client.events("mark").length === 1, { what: "mark t1.0" });
@@ -316,8 +291,8 @@ describe("call control", () => {
   it("HANGUP after a turn waits until its last mark is echoed, then closes the socket (1000) and ends the call", async () => {
     const client = await startCall();
     const callId = client.callSid;
-    const ended = collect(bus, subjects.ended(callId), CallEnded);
-    await bus.nc.flush();
+    const ended = collect(world.bus, subjects.ended(callId), CallEnded);
+    await world.bus.nc.flush();
     control(callId, CallControl_Action.ACTION_HANGUP, { afterTurnId: "t3", reason: "goodbye" });
     botAudio(callId, "t3", 0, 0, frames(10, 1), { chunkDone: true, turnDone: true, text: "Goodbye." });
     await waitFor(() => client.events("mark").length === 1, { what: "mark t3.0" });
@@ -338,7 +313,7 @@ describe("call control", () => {
   });
 
   it("HANGUP for a turn that never plays acts after the safety timeout", async () => {
-    const quick = await startIngress({ ...env(), CONTROL_TIMEOUT_MS: "300" });
+    const quick = await startIngress({ ...world.env(), CONTROL_TIMEOUT_MS: "300" });
     try {
       const client = await startCall({}, quick.wsUrl);
       control(client.callSid, CallControl_Action.ACTION_HANGUP, { afterTurnId: "t9" });
@@ -369,7 +344,7 @@ describe("call control", () => {
     });
     await new Promise<void>((resolve) => api.listen(0, "127.0.0.1", resolve));
     const apiUrl = `http://127.0.0.1:${(api.address() as { port: number }).port}`;
-    const rest = await startIngress({ ...env(), TWILIO_ACCOUNT_SID: "ACabc", TWILIO_AUTH_TOKEN: "secret-token", TWILIO_API_BASE_URL: apiUrl });
+    const rest = await startIngress({ ...world.env(), TWILIO_ACCOUNT_SID: "ACabc", TWILIO_AUTH_TOKEN: "secret-token", TWILIO_API_BASE_URL: apiUrl });
     try {
       const client = await startCall({}, rest.wsUrl);
       control(client.callSid, CallControl_Action.ACTION_TRANSFER, { target: "+15550123" });
@@ -391,7 +366,7 @@ describe("call control", () => {
 describe("stream admission", () => {
   it("checks X-Twilio-Signature when asked to", async () => {
     const streamUrl = "wss://voice.example.com/twilio?tenant=a";
-    const signed = await startIngress({ ...env(), TWILIO_VALIDATE_SIGNATURE: "true", TWILIO_AUTH_TOKEN: "tok", TWILIO_STREAM_URL: streamUrl });
+    const signed = await startIngress({ ...world.env(), TWILIO_VALIDATE_SIGNATURE: "true", TWILIO_AUTH_TOKEN: "tok", TWILIO_STREAM_URL: streamUrl });
     try {
       const signature = createHmac("sha1", "tok").update(streamUrl).digest("base64");
       await expect(TwilioClient.connect(signed.wsUrl, newCallSid())).rejects.toThrow(/403/);
@@ -418,7 +393,7 @@ describe("record route", () => {
 
 describe("drain", () => {
   it("refuses new streams with 503 and finishes once live calls end", async () => {
-    const draining = await startIngress(env());
+    const draining = await startIngress(world.env());
     const client = await startCall({}, draining.wsUrl);
     expect(((await (await fetch(`${draining.baseUrl}/info`)).json()) as { activeCalls: number }).activeCalls).toBe(1);
     let stopped = false;
@@ -462,7 +437,7 @@ describe("ingress API: token and placing calls", () => {
   /** An ingress that may place calls: the API token, Twilio credentials against `apiUrl`, a public stream URL. */
   function startPlacing(apiUrl: string, extra: Record<string, string> = {}) {
     return startIngress({
-      ...env(),
+      ...world.env(),
       INGRESS_API_TOKEN: TOKEN,
       TWILIO_ACCOUNT_SID: "ACout",
       TWILIO_AUTH_TOKEN: "twilio-secret",
@@ -477,7 +452,7 @@ describe("ingress API: token and placing calls", () => {
   }
 
   it("guards the call records with INGRESS_API_TOKEN when it is set", async () => {
-    const guarded = await startIngress({ ...env(), INGRESS_API_TOKEN: TOKEN });
+    const guarded = await startIngress({ ...world.env(), INGRESS_API_TOKEN: TOKEN });
     try {
       const client = await startCall({}, guarded.wsUrl);
       const url = `${guarded.baseUrl}/v1/calls/${client.callSid}`;
@@ -498,7 +473,7 @@ describe("ingress API: token and placing calls", () => {
 
   it("refuses to place calls unless the token, the Twilio credentials and the stream URL are all set", async () => {
     // The shared ingress has none of them.
-    const refused = await placeCall(ingress.baseUrl, { to: "+15550100001", from: "+15550100002" });
+    const refused = await placeCall(world.ingress.baseUrl, { to: "+15550100001", from: "+15550100002" });
     expect(refused.status).toBe(503);
     expect((await refused.json()).error).toMatch(/INGRESS_API_TOKEN/);
   });
@@ -684,29 +659,29 @@ describe("voice webhook", () => {
     fetch(`${base}${path}`, { method: "POST", headers: { "content-type": "application/x-www-form-urlencoded", ...headers }, body: new URLSearchParams(body).toString() });
 
   it("answers a number's voice webhook with TwiML that streams the call here, with From, To and the URL's agent", async () => {
-    const res = await post(ingress.baseUrl, "/twilio/voice?agent=pharmacy", form);
+    const res = await post(world.ingress.baseUrl, "/twilio/voice?agent=pharmacy", form);
     expect(res.status).toBe(200);
     expect(res.headers.get("content-type")).toMatch(/^text\/xml/);
-    const host = new URL(ingress.baseUrl).host;
+    const host = new URL(world.ingress.baseUrl).host;
     expect(await res.text()).toBe(
       `<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://${host}/twilio">` +
         `<Parameter name="from" value="+15550100003"/><Parameter name="to" value="+15550100004"/><Parameter name="agent" value="pharmacy"/>` +
         `<Parameter name="vbResumable" value="1"/></Stream></Connect>` +
         `<Redirect method="POST">https://${host}/twilio/voice?vbResume=1&amp;agent=pharmacy</Redirect></Response>`,
     );
-    expect((await post(ingress.baseUrl, "/twilio/voice?agent=no%20spaces", form)).status).toBe(400);
-    const huge = await post(ingress.baseUrl, "/twilio/voice", { ...form, Junk: "x".repeat(100_000) });
+    expect((await post(world.ingress.baseUrl, "/twilio/voice?agent=no%20spaces", form)).status).toBe(400);
+    const huge = await post(world.ingress.baseUrl, "/twilio/voice", { ...form, Junk: "x".repeat(100_000) });
     expect(huge.status).toBe(413);
     expect(huge.headers.get("connection")).toBe("close");
   });
 
   it("a stream that closed without stop comes back through the redirect: a live call is resumed on a new stream, an ended one hung up", async () => {
-    const store = CallStore.connect(redis.url);
+    const store = CallStore.connect(world.redis.url);
     try {
-      const host = new URL(ingress.baseUrl).host;
+      const host = new URL(world.ingress.baseUrl).host;
       const callSid = "CAresume0123456789abcdef0123456789";
       await store.createCall({ callSid, provider: "twilio", streamSid: "MZold", agent: "pharmacy", from: "+15550100003", to: "+15550100004", startedAt: new Date().toISOString() });
-      const resumed = await post(ingress.baseUrl, "/twilio/voice?vbResume=2&agent=pharmacy", { ...form, CallSid: callSid });
+      const resumed = await post(world.ingress.baseUrl, "/twilio/voice?vbResume=2&agent=pharmacy", { ...form, CallSid: callSid });
       expect(await resumed.text()).toBe(
         `<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://${host}/twilio">` +
           `<Parameter name="from" value="+15550100003"/><Parameter name="to" value="+15550100004"/><Parameter name="agent" value="pharmacy"/>` +
@@ -714,18 +689,18 @@ describe("voice webhook", () => {
           `<Redirect method="POST">https://${host}/twilio/voice?vbResume=3&amp;agent=pharmacy</Redirect></Response>`,
       );
       // Resumed too often (a stream that fails at once every time): hung up rather than looped.
-      expect(await (await post(ingress.baseUrl, "/twilio/voice?vbResume=6", { ...form, CallSid: callSid })).text()).toContain("<Response><Hangup/></Response>");
+      expect(await (await post(world.ingress.baseUrl, "/twilio/voice?vbResume=6", { ...form, CallSid: callSid })).text()).toContain("<Response><Hangup/></Response>");
       // The bot hung up (the record says ended before the stream closes): the redirect hangs up.
       await store.endCall(callSid, "bot_hangup");
-      expect(await (await post(ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: callSid })).text()).toContain("<Response><Hangup/></Response>");
+      expect(await (await post(world.ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: callSid })).text()).toContain("<Response><Hangup/></Response>");
       // No record at all (Redis lost it): the call starts over on a fresh stream.
-      const fresh = await (await post(ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: "CAunknown0123456789abcdef012345678" })).text();
+      const fresh = await (await post(world.ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: "CAunknown0123456789abcdef012345678" })).text();
       expect(fresh).toContain('<Parameter name="vbResumable" value="1"/>');
       expect(fresh).not.toContain('name="vbResume"');
-      expect((await post(ingress.baseUrl, "/twilio/voice?vbResume=x", form)).status).toBe(400);
-      expect(await metricValue(ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resumed" })).toBe(1);
-      expect(await metricValue(ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resume_ended" })).toBe(1);
-      expect(await metricValue(ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resume_limit" })).toBe(1);
+      expect((await post(world.ingress.baseUrl, "/twilio/voice?vbResume=x", form)).status).toBe(400);
+      expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resumed" })).toBe(1);
+      expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resume_ended" })).toBe(1);
+      expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resume_limit" })).toBe(1);
     } finally {
       await store.close();
     }
@@ -744,16 +719,16 @@ describe("voice webhook", () => {
     });
 
   it("refuses a Host that is no plain host[:port] with 400, and names one normalised host in both the stream URL and the redirect", async () => {
-    const failedBefore = await metricValue(ingress.baseUrl, "voicebot_http_rejected_total", { reason: "handler_failed" });
+    const failedBefore = await metricValue(world.ingress.baseUrl, "voicebot_http_rejected_total", { reason: "handler_failed" });
     for (const host of ["a<b>&c", 'evil.com"><x', "a b", "evil.com:99999", "evil.com/x?y#", "ev%41l.com", "evil.com\\x", "user@evil.com"]) {
-      const res = await postWithHost(ingress.baseUrl, "/twilio/voice", host, form);
+      const res = await postWithHost(world.ingress.baseUrl, "/twilio/voice", host, form);
       expect(res.status, JSON.stringify(host)).toBe(400);
       expect(JSON.parse(res.text).error, JSON.stringify(host)).toMatch(/Host header/);
     }
     // node:http puts its own Host in place of an empty one: this one goes out by hand.
     const emptyHost = await new Promise<string>((resolve, reject) => {
       const body = new URLSearchParams(form).toString();
-      const socket = net.connect(Number(new URL(ingress.baseUrl).port), "127.0.0.1");
+      const socket = net.connect(Number(new URL(world.ingress.baseUrl).port), "127.0.0.1");
       let answer = "";
       socket.on("data", (d) => (answer += d));
       socket.on("end", () => resolve(answer));
@@ -762,19 +737,19 @@ describe("voice webhook", () => {
     });
     expect(emptyHost).toMatch(/^HTTP\/1\.1 400 /);
     expect(emptyHost).toContain("Host header");
-    expect(await metricValue(ingress.baseUrl, "voicebot_http_rejected_total", { reason: "handler_failed" })).toBe(failedBefore);
-    const upper = await postWithHost(ingress.baseUrl, "/twilio/voice", "Voice.Example.COM:443", form);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_http_rejected_total", { reason: "handler_failed" })).toBe(failedBefore);
+    const upper = await postWithHost(world.ingress.baseUrl, "/twilio/voice", "Voice.Example.COM:443", form);
     expect(upper.status).toBe(200);
     expect(upper.text).toContain('<Stream url="wss://voice.example.com/twilio">');
     expect(upper.text).toContain('<Redirect method="POST">https://voice.example.com/twilio/voice?vbResume=1</Redirect>');
-    const ipv6 = await postWithHost(ingress.baseUrl, "/twilio/voice", "[::1]:8443", form);
+    const ipv6 = await postWithHost(world.ingress.baseUrl, "/twilio/voice", "[::1]:8443", form);
     expect(ipv6.text).toContain('<Stream url="wss://[::1]:8443/twilio">');
     expect(ipv6.text).toContain('<Redirect method="POST">https://[::1]:8443/twilio/voice?vbResume=1</Redirect>');
   });
 
   it("refuses a resume with a malformed CallSid before looking it up, and samples the log of resumes of unknown calls", async () => {
     for (const callSid of ["", "CA" + "x".repeat(60_000), "CA../../etc", "CA 1"]) {
-      const res = await post(ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: callSid });
+      const res = await post(world.ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: callSid });
       expect(res.status, callSid.slice(0, 20)).toBe(400);
       expect((await res.json()).error).toMatch(/CallSid/);
     }
@@ -782,14 +757,14 @@ describe("voice webhook", () => {
     const noRecord = () => logs.filter((l) => l.msg === "resume: no record of the call; starting it over").length;
     const before = noRecord();
     for (let i = 0; i < 20; i++) {
-      const res = await post(ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: newCallSid() });
+      const res = await post(world.ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: newCallSid() });
       expect(res.status).toBe(200); // each call still starts over; only its log line is sampled
     }
     expect(noRecord() - before).toBeLessThanOrEqual(1);
   });
 
   it("leaves characters XML cannot carry out of the TwiML", async () => {
-    const res = await post(ingress.baseUrl, "/twilio/voice", { ...form, From: "+1555\u0000\u0001\u000b0100\u001f003", To: "+1555\ufffe0100\uffff004\u00e9\u{1f600}" });
+    const res = await post(world.ingress.baseUrl, "/twilio/voice", { ...form, From: "+1555\u0000\u0001\u000b0100\u001f003", To: "+1555\ufffe0100\uffff004\u00e9\u{1f600}" });
     expect(res.status).toBe(200);
     const twiml = await res.text();
     expect(twiml).toContain('<Parameter name="from" value="+15550100003"/>');
@@ -798,7 +773,7 @@ describe("voice webhook", () => {
   });
 
   it("checks X-Twilio-Signature over the URL and the sorted form fields when asked to", async () => {
-    const signed = await startIngress({ ...env(), TWILIO_VALIDATE_SIGNATURE: "true", TWILIO_AUTH_TOKEN: "tok", TWILIO_STREAM_URL: "wss://voice.example.com/twilio" });
+    const signed = await startIngress({ ...world.env(), TWILIO_VALIDATE_SIGNATURE: "true", TWILIO_AUTH_TOKEN: "tok", TWILIO_STREAM_URL: "wss://voice.example.com/twilio" });
     try {
       // Twilio's algorithm, written out: the URL it requested, then name+value of each field in name order.
       const url = "https://voice.example.com/twilio/voice?agent=pharmacy";
@@ -845,17 +820,17 @@ describe("streams that stop without ending their call", () => {
     expect(record).toBe(true);
     first.close(); // no stop: Twilio's side went away
     await first.closed;
-    await waitFor(async () => (await metricValue(ingress.baseUrl, "voicebot_ingress_detached_streams_total")) >= 1, { what: "the stream left" });
+    await waitFor(async () => (await metricValue(world.ingress.baseUrl, "voicebot_ingress_detached_streams_total")) >= 1, { what: "the stream left" });
     await new Promise((r) => setTimeout(r, 300));
     expect(ended(callSid)).toBe(false);
     expect((await getRecord(callSid)).body.state).toBe("live");
 
     await new Promise((r) => setTimeout(r, 500)); // the gap: the caller's frames of it are gone
-    const audio = collect(bus, subjects.callerAudio(callSid), CallerAudio);
-    const second = await TwilioClient.connect(ingress.wsUrl, callSid);
+    const audio = collect(world.bus, subjects.callerAudio(callSid), CallerAudio);
+    const second = await TwilioClient.connect(world.ingress.wsUrl, callSid);
     second.sendConnected();
     second.sendStart({ vbResumable: "1", vbResume: "1", agent: "pharmacy" });
-    await waitFor(async () => (await metricValue(ingress.baseUrl, "voicebot_ingress_resumes_total", { outcome: "resumed" })) >= 1, { what: "resumed" });
+    await waitFor(async () => (await metricValue(world.ingress.baseUrl, "voicebot_ingress_resumes_total", { outcome: "resumed" })) >= 1, { what: "resumed" });
     second.sendMedia(1, frames(1, 0x7f));
     const [frame] = await waitFor(() => (audio.items.length > 0 ? audio.items : undefined), { what: "caller audio" });
     // Chunk 1 of the new stream is not frame 0 of the call: at least the first stream's time and the gap have passed.
@@ -868,13 +843,13 @@ describe("streams that stop without ending their call", () => {
   });
 
   it("a resume that reaches the replica still holding the call's old stream (a socket it never saw close) takes the call over", async () => {
-    const resumesBefore = await metricValue(ingress.baseUrl, "voicebot_ingress_resumes_total", { outcome: "resumed" });
+    const resumesBefore = await metricValue(world.ingress.baseUrl, "voicebot_ingress_resumes_total", { outcome: "resumed" });
     const old = await startCall({ vbResumable: "1" });
-    const resumed = await TwilioClient.connect(ingress.wsUrl, old.callSid);
+    const resumed = await TwilioClient.connect(world.ingress.wsUrl, old.callSid);
     resumed.sendConnected();
     resumed.sendStart({ vbResumable: "1", vbResume: "1" });
     expect(await old.closed).toMatchObject({ code: 1000, reason: "superseded" });
-    await waitFor(async () => (await metricValue(ingress.baseUrl, "voicebot_ingress_resumes_total", { outcome: "resumed" })) > resumesBefore, { what: "resumed" });
+    await waitFor(async () => (await metricValue(world.ingress.baseUrl, "voicebot_ingress_resumes_total", { outcome: "resumed" })) > resumesBefore, { what: "resumed" });
     expect(ended(old.callSid)).toBe(false);
     resumed.sendStop();
     await resumed.closed;
@@ -882,7 +857,7 @@ describe("streams that stop without ending their call", () => {
   });
 
   it("a stream another stream took the call from stops, the call going on; one whose call ended elsewhere closes", async () => {
-    const store = CallStore.connect(redis.url);
+    const store = CallStore.connect(world.redis.url);
     try {
       const superseded = await startCall({ vbResumable: "1" });
       await store.takeLease(superseded.callSid, "stream", "ingress-elsewhere", 30_000);
@@ -900,7 +875,7 @@ describe("streams that stop without ending their call", () => {
 
 describe("dead sockets", () => {
   it("drops a stream whose peer stopped answering (no message, pings unanswered: a half-open link), and ends its call", async () => {
-    const quick = await startIngress({ ...env(), INGRESS_DEAD_SOCKET_MS: "1500" });
+    const quick = await startIngress({ ...world.env(), INGRESS_DEAD_SOCKET_MS: "1500" });
     try {
       const client = await TwilioClient.connect(quick.wsUrl, newCallSid());
       client.sendConnected();
@@ -921,7 +896,7 @@ describe("dead sockets", () => {
 
 describe("a stream without audio", () => {
   it("is ended as media_timeout once no media came for INGRESS_MEDIA_TIMEOUT_MS, though it answers pings; media keeps it", async () => {
-    const quick = await startIngress({ ...env(), INGRESS_MEDIA_TIMEOUT_MS: "1500" });
+    const quick = await startIngress({ ...world.env(), INGRESS_MEDIA_TIMEOUT_MS: "1500" });
     try {
       const talking = await TwilioClient.connect(quick.wsUrl, newCallSid());
       talking.sendStart({});
@@ -953,9 +928,9 @@ describe("a stream without audio", () => {
 describe("the stream sweeper", () => {
   it("leaves alone a call whose stream lease lapsed while its ingress still answers for it (that replica lost Redis for a while)", async () => {
     // A: streams the call and renews nothing within the test (as if its Redis link were down); B: sweeps often.
-    const a = await startIngress({ ...env(), INGRESS_RECORD_CHECK_MS: "60000", INGRESS_STREAM_LEASE_MS: "120000" });
-    const b = await startIngress({ ...env(), INGRESS_RECORD_CHECK_MS: "200", INGRESS_STREAM_LEASE_MS: "1000" });
-    const store = CallStore.connect(redis.url);
+    const a = await startIngress({ ...world.env(), INGRESS_RECORD_CHECK_MS: "60000", INGRESS_STREAM_LEASE_MS: "120000" });
+    const b = await startIngress({ ...world.env(), INGRESS_RECORD_CHECK_MS: "200", INGRESS_STREAM_LEASE_MS: "1000" });
+    const store = CallStore.connect(world.redis.url);
     try {
       const client = await startCall({}, a.wsUrl);
       await waitFor(async () => ((await store.leaseOwner(client.callSid, "stream")) ? true : undefined), { what: "the stream lease" });

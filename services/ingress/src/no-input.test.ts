@@ -2,51 +2,28 @@
 // nor the caller has been heard for NO_INPUT_MS after the bot's turn. In-process against real NATS and Redis; the
 // test plays the other stages on the bus.
 import { performance } from "node:perf_hooks";
-import { subjects, type Bus } from "@voicebot/bus";
-import { SpeechActivity, SpeechActivity_Kind, Transcript, type DialogInput } from "@voicebot/proto";
-import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { subjects } from "@voicebot/bus";
+import { SpeechActivity, SpeechActivity_Kind, Transcript } from "@voicebot/proto";
+import { describe, expect, it } from "vitest";
 import {
-  captureLogs,
-  connectBus,
-  consumeDialogInputs,
   frames,
   metricValue,
   publishBotAudio,
   startCall,
   startIngress,
+  useIngressWorld,
   waitFor,
-  type Ingress,
   type TwilioClient,
 } from "./test-support/harness.js";
 
 const NO_INPUT_MS = 600;
-let nats: ServerHandle;
-let redis: ServerHandle;
-let bus: Bus;
-let ingress: Ingress;
-let dialog: { items: DialogInput[]; stop(): Promise<void> };
+const world = useIngressWorld({ env: { NO_INPUT_MS: String(NO_INPUT_MS), NO_SILENCE_DEADLINE_MS: "0" } });
 
-beforeAll(async () => {
-  captureLogs();
-  [nats, redis] = await Promise.all([startNats(), startRedis()]);
-  bus = await connectBus(nats.url);
-  dialog = await consumeDialogInputs(bus);
-  ingress = await startIngress({ NATS_URL: nats.url, REDIS_URL: redis.url, NO_INPUT_MS: String(NO_INPUT_MS), NO_SILENCE_DEADLINE_MS: "0" });
-});
-
-afterAll(async () => {
-  await ingress?.handle.stop();
-  await dialog?.stop();
-  await bus?.close();
-  await Promise.all([nats?.stop(), redis?.stop()]);
-});
-
-const noInputsOf = (client: TwilioClient) => dialog.items.filter((i) => i.callId === client.callSid && i.input?.$case === "noInput");
+const noInputsOf = (client: TwilioClient) => world.dialog.items.filter((i) => i.callId === client.callSid && i.input?.$case === "noInput");
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function speech(callId: string, kind: SpeechActivity_Kind): void {
-  bus.publish(subjects.speech(callId), SpeechActivity, SpeechActivity.create({ callId, kind, utteranceId: "u1", audioMs: 1_000, atMs: Date.now() }), callId);
+  world.bus.publish(subjects.speech(callId), SpeechActivity, SpeechActivity.create({ callId, kind, utteranceId: "u1", audioMs: 1_000, atMs: Date.now() }), callId);
 }
 
 /**
@@ -54,16 +31,16 @@ function speech(callId: string, kind: SpeechActivity_Kind): void {
  * mark came back: the caller has heard it.
  */
 async function botSays(client: TwilioClient, turnId: string, noInputMs?: number): Promise<number> {
-  publishBotAudio(bus, client.callSid, turnId, 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true, ...(noInputMs === undefined ? {} : { noInputMs }) });
+  publishBotAudio(world.bus, client.callSid, turnId, 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true, ...(noInputMs === undefined ? {} : { noInputMs }) });
   const mark = await waitFor(() => client.events("mark").find((r) => r.message.mark.name === `${turnId}.0`), { what: `${turnId} played` });
   return mark.at;
 }
 
 describe("a silent caller is prompted again", () => {
   it("asks the dialog after NO_INPUT_MS of silence past the bot's turn, naming that turn, and again while the silence lasts", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);
-    const before = await metricValue(ingress.baseUrl, "voicebot_ingress_no_inputs_total");
+    const before = await metricValue(world.ingress.baseUrl, "voicebot_ingress_no_inputs_total");
     const playedAt = await botSays(client, "t1");
     const first = await waitFor(() => noInputsOf(client)[0], { what: "a noInput", timeoutMs: 5_000 });
     const firstAt = performance.now();
@@ -72,12 +49,12 @@ describe("a silent caller is prompted again", () => {
     // No answer came (as when the dialog found the input stale): the caller is asked again after another wait.
     await waitFor(() => noInputsOf(client)[1], { what: "a second noInput", timeoutMs: 5_000 });
     expect(new Set(noInputsOf(client).map((i) => i.inputId)).size).toBe(2);
-    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_no_inputs_total")).toBeGreaterThanOrEqual(before + 2);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_no_inputs_total")).toBeGreaterThanOrEqual(before + 2);
     client.close();
   });
 
   it("after a reprompt turn, names the new turn", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);
     await botSays(client, "t1");
     await waitFor(() => noInputsOf(client)[0], { what: "a noInput", timeoutMs: 5_000 });
@@ -90,7 +67,7 @@ describe("a silent caller is prompted again", () => {
   });
 
   it("waits while the caller speaks or the bot talks, and starts over after each", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);
     await botSays(client, "t1");
     // The caller speaks for longer than the wait: nothing is sent meanwhile.
@@ -106,23 +83,23 @@ describe("a silent caller is prompted again", () => {
     // A final transcript or a key starts the wait over; an answer that begins to play stops it.
     const sent = noInputsOf(client).length;
     await sleep(NO_INPUT_MS / 2);
-    bus.publish(subjects.transcript(client.callSid), Transcript, Transcript.create({ callId: client.callSid, utteranceId: "u2", text: "hello", isFinal: true }), client.callSid);
+    world.bus.publish(subjects.transcript(client.callSid), Transcript, Transcript.create({ callId: client.callSid, utteranceId: "u2", text: "hello", isFinal: true }), client.callSid);
     await sleep(NO_INPUT_MS / 2 + 100);
     client.sendDtmf("1");
     await sleep(NO_INPUT_MS / 2 + 100);
     expect(noInputsOf(client).length).toBe(sent);
-    publishBotAudio(bus, client.callSid, "t2", 0, 0, frames(100, 0x55), { chunkDone: true, turnDone: false }); // 2 s of speech
+    publishBotAudio(world.bus, client.callSid, "t2", 0, 0, frames(100, 0x55), { chunkDone: true, turnDone: false }); // 2 s of speech
     await sleep(NO_INPUT_MS + 300);
     expect(noInputsOf(client).length).toBe(sent);
     client.close();
   });
 
   it("does not count a turn that plays on after the one before it ended (their events cross) as silence", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);
     // t2 queued behind t1: it starts playing before t1's last mark comes back.
-    publishBotAudio(bus, client.callSid, "t1", 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true });
-    publishBotAudio(bus, client.callSid, "t2", 0, 0, frames(150, 0x56), { chunkDone: true, turnDone: true }); // 3 s
+    publishBotAudio(world.bus, client.callSid, "t1", 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true });
+    publishBotAudio(world.bus, client.callSid, "t2", 0, 0, frames(150, 0x56), { chunkDone: true, turnDone: true }); // 3 s
     await waitFor(() => client.events("mark").find((r) => r.message.mark.name === "t2.0"), { what: "t2 played", timeoutMs: 10_000 });
     expect(noInputsOf(client)).toEqual([]); // t2 played 3 s: five waits' worth
     const first = await waitFor(() => noInputsOf(client)[0], { what: "a noInput after t2", timeoutMs: 5_000 });
@@ -131,7 +108,7 @@ describe("a silent caller is prompted again", () => {
   });
 
   it("waits as long as the turn's dialog state says (noInputMs on its audio), and NO_INPUT_MS after a turn that names none", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);
     const STATE_WAIT_MS = 2_000;
     // A state that gives callers time (e.g. to find a number): no reprompt after NO_INPUT_MS.
@@ -153,9 +130,9 @@ describe("a silent caller is prompted again", () => {
   });
 
   it("with NO_INPUT_MS=0, prompts again only after turns whose dialog state names a wait", async () => {
-    const off = await startIngress({ NATS_URL: nats.url, REDIS_URL: redis.url, NO_INPUT_MS: "0", NO_SILENCE_DEADLINE_MS: "0" });
+    const off = await startIngress({ NATS_URL: world.nats.url, REDIS_URL: world.redis.url, NO_INPUT_MS: "0", NO_SILENCE_DEADLINE_MS: "0" });
     try {
-      const client = await startCall(off.wsUrl, dialog.items);
+      const client = await startCall(off.wsUrl, world.dialog.items);
       client.echoMarks(0);
       await botSays(client, "t1");
       await sleep(NO_INPUT_MS * 2);
@@ -169,7 +146,7 @@ describe("a silent caller is prompted again", () => {
   });
 
   it("sends nothing before the first turn or after the call ended", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     await sleep(NO_INPUT_MS * 2);
     expect(noInputsOf(client)).toEqual([]);
     client.echoMarks(0);

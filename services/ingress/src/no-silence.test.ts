@@ -2,56 +2,36 @@
 // time, and a call whose record vanished from Redis written and announced again. In-process against real NATS and
 // Redis; the test plays the other stages on the bus.
 import { performance } from "node:perf_hooks";
-import { subjects, type Bus } from "@voicebot/bus";
-import { CallStarted, PlaybackEvent, Transcript, type DialogInput } from "@voicebot/proto";
+import { subjects } from "@voicebot/bus";
+import { CallStarted, PlaybackEvent, Transcript } from "@voicebot/proto";
 import { CallStore, keys } from "@voicebot/state";
-import { startNats, startRedis, startTcpProxy, type ServerHandle, type TcpProxy } from "@voicebot/testing";
+import { startTcpProxy, type TcpProxy } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_NO_SILENCE_FILE, DEFAULT_NO_SILENCE_TEXT, loadNoSilenceClip, SilenceGuard } from "./no-silence.js";
 import {
-  captureLogs,
   collect,
-  connectBus,
-  consumeDialogInputs,
   frames,
   metricValue,
   publishBotAudio,
   startCall,
   startIngress,
+  useIngressWorld,
   waitFor,
   type Ingress,
   type TwilioClient,
 } from "./test-support/harness.js";
 
 const DEADLINE_MS = 400;
-let nats: ServerHandle;
-let redis: ServerHandle;
-let bus: Bus;
+const world = useIngressWorld({ env: { NO_SILENCE_DEADLINE_MS: String(DEADLINE_MS), INGRESS_RECORD_CHECK_MS: "200" } });
 let store: CallStore;
-let ingress: Ingress;
-let dialog: { items: DialogInput[]; stop(): Promise<void> };
 const clip = loadNoSilenceClip(DEFAULT_NO_SILENCE_FILE);
 
-beforeAll(async () => {
-  captureLogs();
-  [nats, redis] = await Promise.all([startNats(), startRedis()]);
-  bus = await connectBus(nats.url);
-  store = CallStore.connect(redis.url);
-  dialog = await consumeDialogInputs(bus);
-  ingress = await startIngress({
-    NATS_URL: nats.url,
-    REDIS_URL: redis.url,
-    NO_SILENCE_DEADLINE_MS: String(DEADLINE_MS),
-    INGRESS_RECORD_CHECK_MS: "200",
-  });
+beforeAll(() => {
+  store = CallStore.connect(world.redis.url);
 });
 
 afterAll(async () => {
-  await ingress?.handle.stop();
-  await dialog?.stop();
-  await bus?.close();
   await store?.close();
-  await Promise.all([nats?.stop(), redis?.stop()]);
 });
 
 /** When the fallback line's mark went out to the caller (undefined if it did not). */
@@ -59,7 +39,7 @@ function fallbackMark(client: TwilioClient, n = 1): number | undefined {
   return client.events("mark").find((r) => r.message.mark.name === `nosilence-${n}.0`)?.at;
 }
 
-const fallbacks = () => metricValue(ingress.baseUrl, "voicebot_ingress_no_silence_fallbacks_total");
+const fallbacks = () => metricValue(world.ingress.baseUrl, "voicebot_ingress_no_silence_fallbacks_total");
 
 describe("no turn ends in silence", () => {
   it("ships a clip of the fallback line: μ-law 8 kHz in whole frames, a few seconds of speech", () => {
@@ -69,9 +49,9 @@ describe("no turn ends in silence", () => {
   });
 
   it("plays the fallback line when no bot turn begins within the deadline after a key, and tells nobody else", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);
-    const playback = collect(bus, subjects.playback(client.callSid), PlaybackEvent);
+    const playback = collect(world.bus, subjects.playback(client.callSid), PlaybackEvent);
     const before = await fallbacks();
     const pressedAt = performance.now();
     client.sendDtmf("1");
@@ -89,16 +69,16 @@ describe("no turn ends in silence", () => {
     // Its mark was echoed, yet the dialog and observers hear nothing of it.
     await new Promise((r) => setTimeout(r, 200));
     expect(playback.items).toEqual([]);
-    expect(dialog.items.filter((i) => i.callId === client.callSid && i.input?.$case === "playback")).toEqual([]);
+    expect(world.dialog.items.filter((i) => i.callId === client.callSid && i.input?.$case === "playback")).toEqual([]);
     client.close();
   });
 
   it("stays quiet when a new bot turn arrives in time, and for digits the dialog collects silently; '#' ends that entry", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);
     client.sendDtmf("1");
     await new Promise((r) => setTimeout(r, DEADLINE_MS / 2));
-    publishBotAudio(bus, client.callSid, "t2", 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true });
+    publishBotAudio(world.bus, client.callSid, "t2", 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true });
     await waitFor(() => client.events("mark").some((r) => r.message.mark.name === "t2.0"), { what: "the answer" });
 
     // The dialog collects digits (its hints say so): keys with pauses longer than the deadline are no silence.
@@ -116,10 +96,10 @@ describe("no turn ends in silence", () => {
   });
 
   it("a final transcript starts the deadline too; partials do not", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);
     const transcript = (isFinal: boolean) =>
-      bus.publish(subjects.transcript(client.callSid), Transcript, Transcript.create({ callId: client.callSid, utteranceId: "7", text: "hello", isFinal }), client.callSid);
+      world.bus.publish(subjects.transcript(client.callSid), Transcript, Transcript.create({ callId: client.callSid, utteranceId: "7", text: "hello", isFinal }), client.callSid);
     const before = await fallbacks();
     transcript(false);
     await new Promise((r) => setTimeout(r, DEADLINE_MS + 300));
@@ -133,14 +113,14 @@ describe("no turn ends in silence", () => {
 
 describe("a call whose record vanished from Redis", () => {
   it("is written again and announced again: CallStarted for asr, and a restart input for the dialog", async () => {
-    const announced = collect(bus, subjects.callStarted, CallStarted);
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const announced = collect(world.bus, subjects.callStarted, CallStarted);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const original = (await store.getRecord(client.callSid))!;
     await waitFor(() => announced.items.some((c) => c.callId === client.callSid), { what: "the first CallStarted" });
 
     await store.redis.flushall(); // what a Redis restarted without persistence holds
     const restart = await waitFor(
-      () => dialog.items.find((i) => i.callId === client.callSid && i.inputId === `${client.callSid}:restart:1`),
+      () => world.dialog.items.find((i) => i.callId === client.callSid && i.inputId === `${client.callSid}:restart:1`),
       { what: "the restart input", timeoutMs: 5_000 },
     );
     expect(restart.input?.$case).toBe("callStarted");
@@ -149,11 +129,11 @@ describe("a call whose record vanished from Redis", () => {
     expect(record.startedAt).toBe(original.startedAt);
     expect(record.streamSid).toBe(original.streamSid);
     expect(announced.items.filter((c) => c.callId === client.callSid)).toHaveLength(2);
-    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_call_records_restored_total")).toBeGreaterThanOrEqual(1);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_call_records_restored_total")).toBeGreaterThanOrEqual(1);
 
     // Once written again, it is left alone.
     await new Promise((r) => setTimeout(r, 600));
-    expect(dialog.items.filter((i) => i.callId === client.callSid && i.inputId.includes(":restart:"))).toHaveLength(1);
+    expect(world.dialog.items.filter((i) => i.callId === client.callSid && i.inputId.includes(":restart:"))).toHaveLength(1);
     client.close();
     await waitFor(async () => (await store.callState(client.callSid)) === "ended", { what: "the call to end" });
   });
@@ -167,9 +147,9 @@ describe("the deadline is decided by what happened in order", () => {
   let slowIngress: Ingress;
 
   beforeAll(async () => {
-    link = await startTcpProxy(redis.port);
+    link = await startTcpProxy(world.redis.port);
     slowIngress = await startIngress({
-      NATS_URL: nats.url,
+      NATS_URL: world.nats.url,
       REDIS_URL: `redis://127.0.0.1:${link.port}`,
       NO_SILENCE_DEADLINE_MS: String(DEADLINE_MS),
       INGRESS_RECORD_CHECK_MS: "60000",
@@ -185,14 +165,14 @@ describe("the deadline is decided by what happened in order", () => {
   const slowFallbacks = () => metricValue(slowIngress.baseUrl, "voicebot_ingress_no_silence_fallbacks_total");
 
   it("no fallback when the answer began while the key's hints look-up was still out", async () => {
-    const client = await startCall(slowIngress.wsUrl, dialog.items);
+    const client = await startCall(slowIngress.wsUrl, world.dialog.items);
     client.echoMarks(0);
     const before = await slowFallbacks();
     link.delayMs = REDIS_DELAY_MS;
     const seq = client.sendDtmf("1");
     // The key reached ingress (its input is queued for the dialog); its look-up waits on Redis.
-    await waitFor(() => dialog.items.find((i) => i.inputId === `${client.callSid}:dtmf:${client.streamSid}:${seq}`), { what: "the key's input" });
-    publishBotAudio(bus, client.callSid, "t2", 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true });
+    await waitFor(() => world.dialog.items.find((i) => i.inputId === `${client.callSid}:dtmf:${client.streamSid}:${seq}`), { what: "the key's input" });
+    publishBotAudio(world.bus, client.callSid, "t2", 0, 0, frames(2, 0x55), { chunkDone: true, turnDone: true });
     await waitFor(() => client.events("mark").some((r) => r.message.mark.name === "t2.0"), { what: "the answer" });
     // The look-up returns, then the deadline would run out.
     await new Promise((r) => setTimeout(r, REDIS_DELAY_MS + DEADLINE_MS + 400));
@@ -203,7 +183,7 @@ describe("the deadline is decided by what happened in order", () => {
   });
 
   it("an unanswered key still gets the fallback, on time from the key, not from the end of the look-up", async () => {
-    const client = await startCall(slowIngress.wsUrl, dialog.items);
+    const client = await startCall(slowIngress.wsUrl, world.dialog.items);
     client.echoMarks(0);
     link.delayMs = REDIS_DELAY_MS;
     const pressedAt = performance.now();

@@ -1,44 +1,18 @@
 // Bot audio over a jittery bus: parts arrive in bursts, out of order and late; the playout must keep sending one
 // frame every 20 ms to the client (Twilio's buffer never runs dry while audio is merely late).
 import { performance } from "node:perf_hooks";
-import type { Bus } from "@voicebot/bus";
-import type { DialogInput } from "@voicebot/proto";
-import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import {
-  captureLogs,
-  connectBus,
-  consumeDialogInputs,
   metricValue,
   percentile,
   publishBotAudio,
   startCall,
-  startIngress,
+  useIngressWorld,
   waitFor,
-  type Ingress,
   type TwilioClient,
 } from "./test-support/harness.js";
 
-let nats: ServerHandle;
-let redis: ServerHandle;
-let bus: Bus;
-let ingress: Ingress;
-let dialog: { items: DialogInput[]; stop(): Promise<void> };
-
-beforeAll(async () => {
-  captureLogs();
-  [nats, redis] = await Promise.all([startNats(), startRedis()]);
-  bus = await connectBus(nats.url);
-  dialog = await consumeDialogInputs(bus);
-  ingress = await startIngress({ NATS_URL: nats.url, REDIS_URL: redis.url, PLAYOUT_LEAD_MS: "100", PLAYOUT_TICK_MS: "20" });
-});
-
-afterAll(async () => {
-  await ingress?.handle.stop();
-  await dialog?.stop();
-  await bus?.close();
-  await Promise.all([nats?.stop(), redis?.stop()]);
-});
+const world = useIngressWorld({ env: { PLAYOUT_LEAD_MS: "100", PLAYOUT_TICK_MS: "20" } });
 
 /** Deterministic randomness, so a failure can be replayed. */
 function prng(seed: number): () => number {
@@ -93,10 +67,10 @@ function wire(client: TwilioClient) {
 describe("outbound playout under bus jitter", () => {
   it("keeps a steady 20 ms cadence when parts come in bursts with random 0-60 ms delays", async () => {
     const random = prng(20240611);
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const callId = client.callSid;
     client.echoMarks(0);
-    const underrunsBefore = await metricValue(ingress.baseUrl, "voicebot_ingress_playout_underruns_total");
+    const underrunsBefore = await metricValue(world.ingress.baseUrl, "voicebot_ingress_playout_underruns_total");
 
     // 4 s of speech in 3 chunks. tts makes audio faster than real time (here 2x) and hands it out in bursts of
     // 1-3 parts; each message then takes 0-60 ms on the bus, independently, so parts also overtake each other.
@@ -112,7 +86,7 @@ describe("outbound playout under bus jitter", () => {
         timers.push(
           setTimeout(() => {
             const { chunkSeq, partSeq, payload, chunkDone, turnDone } = part;
-            publishBotAudio(bus, callId, "t1", chunkSeq, partSeq, payload, { chunkDone, turnDone, text: partSeq === 0 ? `Sentence ${chunkSeq}.` : "" });
+            publishBotAudio(world.bus, callId, "t1", chunkSeq, partSeq, payload, { chunkDone, turnDone, text: partSeq === 0 ? `Sentence ${chunkSeq}.` : "" });
           }, delay),
         );
       }
@@ -125,7 +99,7 @@ describe("outbound playout under bus jitter", () => {
     const gaps = times.slice(1).map((t, i) => t - times[i]);
     const p50 = percentile(gaps, 50);
     const p99 = percentile(gaps, 99);
-    const underruns = (await metricValue(ingress.baseUrl, "voicebot_ingress_playout_underruns_total")) - underrunsBefore;
+    const underruns = (await metricValue(world.ingress.baseUrl, "voicebot_ingress_playout_underruns_total")) - underrunsBefore;
     console.log(
       `outbound gaps between media sends (${gaps.length}): p50 ${p50.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${Math.max(...gaps).toFixed(1)} ms; ` +
         `underruns ${underruns}; 4 s of audio sent in ${(times.at(-1)! - start).toFixed(0)} ms`,
@@ -137,15 +111,15 @@ describe("outbound playout under bus jitter", () => {
   });
 
   it("a part later than its play time: the lead runs out, an underrun is counted, and the stream goes on", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const callId = client.callSid;
-    const midChunk = () => metricValue(ingress.baseUrl, "voicebot_ingress_playout_underruns_total", { where: "mid_chunk" });
+    const midChunk = () => metricValue(world.ingress.baseUrl, "voicebot_ingress_playout_underruns_total", { where: "mid_chunk" });
     const before = await midChunk();
     const payload = (n: number, v: number) => Buffer.alloc(n * 160, v);
-    publishBotAudio(bus, callId, "t1", 0, 0, payload(2, 1));
-    publishBotAudio(bus, callId, "t1", 0, 1, payload(10, 2));
+    publishBotAudio(world.bus, callId, "t1", 0, 0, payload(2, 1));
+    publishBotAudio(world.bus, callId, "t1", 0, 1, payload(10, 2));
     await new Promise((r) => setTimeout(r, 400)); // part 2 is 160 ms overdue
-    publishBotAudio(bus, callId, "t1", 0, 2, payload(10, 3), { chunkDone: true, turnDone: true });
+    publishBotAudio(world.bus, callId, "t1", 0, 2, payload(10, 3), { chunkDone: true, turnDone: true });
     await waitFor(() => client.events("mark").length === 1, { what: "mark t1.0" });
     expect(wire(client).values).toEqual([...Array(2).fill(1), ...Array(10).fill(2), ...Array(10).fill(3)]);
     expect(await midChunk()).toBe(before + 1);

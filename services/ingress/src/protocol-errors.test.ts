@@ -1,52 +1,33 @@
 // Malformed and abusive input on one stream: each case is logged with its reason and counted, recoverable ones
 // leave the socket open, and a second call streaming at the same time is not affected.
-import { subjects, type Bus } from "@voicebot/bus";
-import { CallerAudio, type DialogInput } from "@voicebot/proto";
-import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { subjects } from "@voicebot/bus";
+import { CallerAudio } from "@voicebot/proto";
+import { describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import {
-  captureLogs,
   collect,
-  connectBus,
-  consumeDialogInputs,
   frames,
   logs,
   metricValue,
   newCallSid,
-  startIngress,
   TwilioClient,
+  useIngressWorld,
   waitFor,
   waitForLog,
-  type Ingress,
 } from "./test-support/harness.js";
 
-let nats: ServerHandle;
-let redis: ServerHandle;
-let bus: Bus;
-let ingress: Ingress;
-let dialog: { items: DialogInput[]; stop(): Promise<void> };
-
-beforeAll(async () => {
-  captureLogs();
-  [nats, redis] = await Promise.all([startNats(), startRedis()]);
-  bus = await connectBus(nats.url);
-  dialog = await consumeDialogInputs(bus);
-  ingress = await startIngress({ NATS_URL: nats.url, REDIS_URL: redis.url, INGRESS_MAX_MSGS_PER_SEC: "200", INGRESS_MSG_BURST: "400" });
-});
-
-afterAll(async () => {
-  await ingress?.handle.stop();
-  await dialog?.stop();
-  await bus?.close();
-  await Promise.all([nats?.stop(), redis?.stop()]);
-});
+const world = useIngressWorld({ env: { INGRESS_MAX_MSGS_PER_SEC: "200", INGRESS_MSG_BURST: "400" } });
 
 async function startedCall(): Promise<TwilioClient> {
-  const client = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+  const client = await TwilioClient.connect(world.ingress.wsUrl, newCallSid());
   client.sendStart();
-  await waitFor(() => dialog.items.some((i) => i.callId === client.callSid && i.input?.$case === "callStarted"), { what: "call started" });
+  await waitFor(() => world.dialog.items.some((i) => i.callId === client.callSid && i.input?.$case === "callStarted"), { what: "call started" });
   return client;
+}
+
+async function recordEnded(callSid: string, what: string): Promise<void> {
+  const state = async () => ((await (await fetch(`${world.ingress.baseUrl}/v1/calls/${callSid}`)).json()) as { state?: string }).state;
+  await waitFor(async () => (await state()) === "ended", { what });
 }
 
 function errorLogged(reason: string, streamSid?: string) {
@@ -57,7 +38,7 @@ function errorLogged(reason: string, streamSid?: string) {
 }
 
 async function expectCounted(reason: string, atLeast = 1) {
-  await waitFor(async () => (await metricValue(ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason })) >= atLeast, {
+  await waitFor(async () => (await metricValue(world.ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason })) >= atLeast, {
     what: `voicebot_ingress_protocol_errors_total{reason="${reason}"} >= ${atLeast}`,
   });
 }
@@ -66,8 +47,8 @@ describe("bad input", () => {
   it("is logged and counted per reason, and never disturbs another call", async () => {
     // Call B streams real-time audio for the whole test.
     const healthy = await startedCall();
-    const healthyAudio = collect(bus, subjects.callerAudio(healthy.callSid), CallerAudio);
-    await bus.nc.flush();
+    const healthyAudio = collect(world.bus, subjects.callerAudio(healthy.callSid), CallerAudio);
+    await world.bus.nc.flush();
     let sent = 0;
     const streaming = setInterval(() => healthy.sendMedia(++sent, frames(1, sent % 256)), 20);
 
@@ -116,8 +97,8 @@ describe("bad input", () => {
 
       // Once the flood is over the stream works again.
       await new Promise((r) => setTimeout(r, 300));
-      const badAudio = collect(bus, subjects.callerAudio(bad.callSid), CallerAudio);
-      await bus.nc.flush();
+      const badAudio = collect(world.bus, subjects.callerAudio(bad.callSid), CallerAudio);
+      await world.bus.nc.flush();
       bad.sendMedia(200, frames(1, 42));
       await waitFor(() => badAudio.items[0], { what: "audio after the bad input" });
       expect(badAudio.items[0].firstFrame).toBe(199);
@@ -125,13 +106,13 @@ describe("bad input", () => {
       bad.close();
 
       // Media before start: dropped, the socket stays open and can still start.
-      const early = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+      const early = await TwilioClient.connect(world.ingress.wsUrl, newCallSid());
       early.sendMedia(1, frames(1, 1));
       await errorLogged("media_before_start");
       await expectCounted("media_before_start");
       expect(early.ws.readyState).toBe(WebSocket.OPEN);
       early.sendStart();
-      await waitFor(() => dialog.items.some((i) => i.callId === early.callSid), { what: "late start accepted" });
+      await waitFor(() => world.dialog.items.some((i) => i.callId === early.callSid), { what: "late start accepted" });
       early.close();
 
       // A start we cannot serve closes the stream with 1008 (policy violation).
@@ -141,7 +122,7 @@ describe("bad input", () => {
         ["unsupported_media_format", { mediaFormat: { encoding: "audio/l16", sampleRate: 16000, channels: 1 } }],
       ];
       for (const [reason, overrides] of fatal) {
-        const client = await TwilioClient.connect(ingress.wsUrl, newCallSid());
+        const client = await TwilioClient.connect(world.ingress.wsUrl, newCallSid());
         client.sendStart({}, overrides);
         const closed = await client.closed;
         expect(closed.code, reason).toBe(1008);
@@ -163,7 +144,7 @@ describe("bad input", () => {
     await waitFor(() => healthyAudio.items.length === sent, { what: `all ${sent} healthy frames` });
     expect(healthyAudio.items.map((a) => a.firstFrame)).toEqual(Array.from({ length: sent }, (_, i) => i));
     expect(healthy.ws.readyState).toBe(WebSocket.OPEN);
-    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_protocol_errors_total")).toBeGreaterThan(10);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_protocol_errors_total")).toBeGreaterThan(10);
     healthyAudio.sub.unsubscribe();
     healthy.sendStop();
     await healthy.closed;
@@ -171,9 +152,9 @@ describe("bad input", () => {
 
   it("fits a payload that is not one 20 ms frame to one (counted and logged), so the audio after it stays in place", async () => {
     const client = await startedCall();
-    const audio = collect(bus, subjects.callerAudio(client.callSid), CallerAudio);
-    await bus.nc.flush();
-    const before = await metricValue(ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "bad_payload_size" });
+    const audio = collect(world.bus, subjects.callerAudio(client.callSid), CallerAudio);
+    await world.bus.nc.flush();
+    const before = await metricValue(world.ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "bad_payload_size" });
     client.sendMedia(1, frames(1, 7).subarray(0, 80)); // 10 ms
     client.sendMedia(2, Buffer.concat([frames(1, 8), frames(1, 9)])); // 40 ms
     client.sendMedia(3, frames(1, 10));
@@ -183,7 +164,7 @@ describe("bad input", () => {
     expect([...payload.subarray(0, 80)].every((b) => b === 7) && [...payload.subarray(80, 160)].every((b) => b === 0xff)).toBe(true);
     expect([...payload.subarray(160, 320)].every((b) => b === 8)).toBe(true);
     expect([...payload.subarray(320, 480)].every((b) => b === 10)).toBe(true);
-    expect(await metricValue(ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "bad_payload_size" })).toBe(before + 2);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "bad_payload_size" })).toBe(before + 2);
     audio.sub.unsubscribe();
     client.sendStop();
     await client.closed;
@@ -193,15 +174,13 @@ describe("bad input", () => {
     const first = await startedCall();
     first.sendStop();
     await first.closed;
-    await waitFor(async () => ((await (await fetch(`${ingress.baseUrl}/v1/calls/${first.callSid}`)).json()) as { state?: string }).state === "ended", {
-      what: "the first call's record ended",
-    });
-    const again = await TwilioClient.connect(ingress.wsUrl, first.callSid);
+    await recordEnded(first.callSid, "the first call's record ended");
+    const again = await TwilioClient.connect(world.ingress.wsUrl, first.callSid);
     again.sendStart();
     const closed = await again.closed;
     expect(closed.code).toBe(1008);
     await expectCounted("call_ended");
-    expect(dialog.items.filter((i) => i.callId === first.callSid && i.input?.$case === "callStarted")).toHaveLength(1);
+    expect(world.dialog.items.filter((i) => i.callId === first.callSid && i.input?.$case === "callStarted")).toHaveLength(1);
   });
 
   it("closes a stream that keeps sending at over twice the rate limit (1008 flood); a late burst is only trimmed", async () => {
@@ -220,8 +199,6 @@ describe("bad input", () => {
       clearInterval(flood);
     }
     await expectCounted("flood");
-    await waitFor(async () => ((await (await fetch(`${ingress.baseUrl}/v1/calls/${flooder.callSid}`)).json()) as { state?: string }).state === "ended", {
-      what: "the flooder's call ended",
-    });
+    await recordEnded(flooder.callSid, "the flooder's call ended");
   });
 });

@@ -2,19 +2,16 @@
 // the test plays the asr's SpeechActivity, and what the asr would receive is read back from the bus.
 import { performance } from "node:perf_hooks";
 import { MULAW_DECODE_TABLE, mulawEncode } from "@voicebot/audio";
-import { subjects, type Bus } from "@voicebot/bus";
-import { CallEnded, CallerAudio, SpeechActivity, SpeechActivity_Kind, type DialogInput } from "@voicebot/proto";
-import { startNats, startRedis, type ServerHandle } from "@voicebot/testing";
+import { subjects } from "@voicebot/bus";
+import { CallEnded, CallerAudio, SpeechActivity, SpeechActivity_Kind } from "@voicebot/proto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isQuiet, SAFE_SILENCE_LEVEL_DBFS } from "./silence-batch.js";
 import {
-  captureLogs,
-  connectBus,
   logs,
-  consumeDialogInputs,
   metricValue,
   startCall,
   startIngress,
+  useIngressWorld,
   waitFor,
   waitForLog,
   type Ingress,
@@ -24,22 +21,15 @@ import {
 const HANGOVER_MS = 200;
 const HANGOVER_FRAMES = HANGOVER_MS / 20;
 const BATCH = 10;
-let nats: ServerHandle;
-let redis: ServerHandle;
-let bus: Bus;
+const world = useIngressWorld({ ingress: false });
 let ingress: Ingress;
 let perFrame: Ingress;
 /** Default silence settings (hangover 1000 ms, 10 frames, -58 dBFS RMS). */
 let defaults: Ingress;
-let dialog: { items: DialogInput[]; stop(): Promise<void> };
 
 beforeAll(async () => {
-  captureLogs();
-  [nats, redis] = await Promise.all([startNats(), startRedis()]);
-  bus = await connectBus(nats.url);
-  dialog = await consumeDialogInputs(bus);
   // The minute below is sent at 10× real time: above the default message rate limit.
-  const env = { NATS_URL: nats.url, REDIS_URL: redis.url, INGRESS_MAX_MSGS_PER_SEC: "2000", INGRESS_MSG_BURST: "4000" };
+  const env = { ...world.env(), INGRESS_MAX_MSGS_PER_SEC: "2000", INGRESS_MSG_BURST: "4000" };
   ingress = await startIngress({ ...env, INGRESS_SILENCE_HANGOVER_MS: String(HANGOVER_MS), INGRESS_SILENCE_BATCH_FRAMES: String(BATCH) });
   perFrame = await startIngress({ ...env, INGRESS_SILENCE_BATCH_FRAMES: "0" });
   defaults = await startIngress(env);
@@ -49,9 +39,6 @@ afterAll(async () => {
   await ingress?.handle.stop();
   await perFrame?.handle.stop();
   await defaults?.handle.stop();
-  await dialog?.stop();
-  await bus?.close();
-  await Promise.all([nats?.stop(), redis?.stop()]);
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -80,7 +67,7 @@ interface Arrival {
 
 function listen(callId: string) {
   const items: Arrival[] = [];
-  const sub = bus.subscribe(subjects.callerAudio(callId), CallerAudio, (audio) => void items.push({ audio, at: performance.now() }), {
+  const sub = world.bus.subscribe(subjects.callerAudio(callId), CallerAudio, (audio) => void items.push({ audio, at: performance.now() }), {
     name: "test",
     ordered: true,
   });
@@ -114,7 +101,7 @@ async function send(client: TwilioClient, firstChunk: number, payloads: Buffer[]
 }
 
 function speech(callId: string, kind: SpeechActivity_Kind, utteranceId: string): void {
-  bus.publish(subjects.speech(callId), SpeechActivity, SpeechActivity.create({ callId, kind, utteranceId, atMs: Date.now() }), callId);
+  world.bus.publish(subjects.speech(callId), SpeechActivity, SpeechActivity.create({ callId, kind, utteranceId, atMs: Date.now() }), callId);
 }
 
 const metric = (target: Ingress, name: string, labels: Record<string, string> = {}) => metricValue(target.baseUrl, `voicebot_ingress_${name}`, labels);
@@ -191,7 +178,7 @@ describe("quiet frames", () => {
   it("a level above that is taken, with a warning at start", async () => {
     const warned = (line: Record<string, unknown>) => String(line.msg).startsWith("INGRESS_SILENCE_LEVEL_DBFS is above");
     expect(logs.some(warned)).toBe(false); // the ingresses above run at safe levels
-    const loose = await startIngress({ NATS_URL: nats.url, REDIS_URL: redis.url, INGRESS_SILENCE_LEVEL_DBFS: "-55" });
+    const loose = await startIngress({ NATS_URL: world.nats.url, REDIS_URL: world.redis.url, INGRESS_SILENCE_LEVEL_DBFS: "-55" });
     await waitForLog((line) => warned(line) && line.levelDbfs === -55, "the warning");
     await loose.handle.stop();
   });
@@ -200,9 +187,9 @@ describe("quiet frames", () => {
 describe("caller silence batching", () => {
   it("sends quiet audio past the hangover in messages of consecutive frames, every frame once, bytes unchanged", async () => {
     const before = { batched: await metric(ingress, "caller_audio_messages_total", { batched: "true" }), frames: await metric(ingress, "frames_in_total") };
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(ingress.wsUrl, world.dialog.items);
     const heard = listen(client.callSid);
-    await bus.nc.flush();
+    await world.bus.nc.flush();
     const sent = [loudFrame(0), ...Array.from({ length: 120 }, (_, i) => quietFrame(i + 1))];
     await send(client, 1, sent);
     await waitFor(() => framesIn(heard.items) === 121, { what: "121 frames" });
@@ -222,9 +209,9 @@ describe("caller silence batching", () => {
   });
 
   it("sends a loud frame after long quiet at once, the quiet frames held before it first, then frame by frame again", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(ingress.wsUrl, world.dialog.items);
     const heard = listen(client.callSid);
-    await bus.nc.flush();
+    await world.bus.nc.flush();
     await send(client, 1, [loudFrame(0), ...Array.from({ length: 65 }, (_, i) => quietFrame(i + 1))]);
     await waitFor(() => framesIn(heard.items) === 61, { what: "frames 0-60" });
     await sleep(100);
@@ -249,10 +236,10 @@ describe("caller silence batching", () => {
   });
 
   it("sends every frame as it comes while the asr has an utterance open (STARTED to STOPPED), whatever the level", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(ingress.wsUrl, world.dialog.items);
     const callId = client.callSid;
     const heard = listen(callId);
-    await bus.nc.flush();
+    await world.bus.nc.flush();
     await send(client, 1, [loudFrame(0), ...Array.from({ length: 25 }, (_, i) => quietFrame(i + 1))]);
     await waitFor(() => framesIn(heard.items) === 21, { what: "frames 0-20" });
 
@@ -264,7 +251,7 @@ describe("caller silence batching", () => {
     expect(shape(heard.items).slice(-30)).toEqual(Array.from({ length: 30 }, (_, i) => [26 + i, 1]));
 
     speech(callId, SpeechActivity_Kind.KIND_STOPPED, "0");
-    await bus.nc.flush();
+    await world.bus.nc.flush();
     await sleep(50);
     await send(client, 57, Array.from({ length: 20 }, (_, i) => quietFrame(90 + i)));
     await waitFor(() => framesIn(heard.items) === 76, { what: "frames 56-75" });
@@ -279,9 +266,9 @@ describe("caller silence batching", () => {
 
   it("starts a new message at a gap, batches concealed frames with the rest, and counts only received frames", async () => {
     const before = { frames: await metric(ingress, "frames_in_total"), concealed: await metric(ingress, "inbound_frames_concealed_total") };
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(ingress.wsUrl, world.dialog.items);
     const heard = listen(client.callSid);
-    await bus.nc.flush();
+    await world.bus.nc.flush();
     const payloads = new Map<number, Buffer>([[0, loudFrame(0)]]);
     for (let i = 1; i <= 140; i++) payloads.set(i, quietFrame(i));
     // Lost: 21-22 (concealed as silence), 41-100 (too long to conceal: a gap).
@@ -313,9 +300,9 @@ describe("caller silence batching", () => {
   });
 
   it("a key sends the frames held back before the key's input", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(ingress.wsUrl, world.dialog.items);
     const heard = listen(client.callSid);
-    await bus.nc.flush();
+    await world.bus.nc.flush();
     await send(client, 1, [loudFrame(0), ...Array.from({ length: 15 }, (_, i) => quietFrame(i + 1))]);
     await waitFor(() => framesIn(heard.items) === 11, { what: "frames 0-10" });
     await sleep(100);
@@ -328,12 +315,12 @@ describe("caller silence batching", () => {
   });
 
   it("on hang-up, the frames held back are published before CallEnded", async () => {
-    const client = await startCall(ingress.wsUrl, dialog.items);
+    const client = await startCall(ingress.wsUrl, world.dialog.items);
     const callId = client.callSid;
     // One subscription for both subjects: the order ingress published them in.
     const order: Array<{ subject: string; data: Uint8Array }> = [];
-    const sub = bus.nc.subscribe(`vb.v1.call.${callId}.>`, { callback: (_e, msg) => void order.push({ subject: msg.subject, data: msg.data }) });
-    await bus.nc.flush();
+    const sub = world.bus.nc.subscribe(`vb.v1.call.${callId}.>`, { callback: (_e, msg) => void order.push({ subject: msg.subject, data: msg.data }) });
+    await world.bus.nc.flush();
     await send(client, 1, [loudFrame(0), ...Array.from({ length: 17 }, (_, i) => quietFrame(i + 1))]);
     await waitFor(() => order.filter((m) => m.subject === subjects.callerAudio(callId)).length === 11, { what: "frames 0-10" });
     client.sendStop();
@@ -350,9 +337,9 @@ describe("caller silence batching", () => {
 
   it("with INGRESS_SILENCE_BATCH_FRAMES=0 every frame is its own message", async () => {
     const before = await metric(perFrame, "caller_audio_messages_total", { batched: "true" });
-    const client = await startCall(perFrame.wsUrl, dialog.items);
+    const client = await startCall(perFrame.wsUrl, world.dialog.items);
     const heard = listen(client.callSid);
-    await bus.nc.flush();
+    await world.bus.nc.flush();
     const sent = [loudFrame(0), ...Array.from({ length: 60 }, (_, i) => quietFrame(i + 1))];
     await send(client, 1, sent);
     await waitFor(() => framesIn(heard.items) === 61, { what: "61 frames" });
@@ -380,10 +367,10 @@ describe("a mostly silent minute", () => {
       ["batched", defaults],
       ["per-frame", perFrame],
     ] as const) {
-      const client = await startCall(target.wsUrl, dialog.items);
+      const client = await startCall(target.wsUrl, world.dialog.items);
       const callId = client.callSid;
       const heard = listen(callId);
-      await bus.nc.flush();
+      await world.bus.nc.flush();
       let chunk = 1;
       const sendMs = async (ms: number, frame: (i: number) => Buffer) => {
         const payloads = Array.from({ length: ms / 20 }, (_, i) => frame(chunk + i));

@@ -4,8 +4,9 @@ import { performance } from "node:perf_hooks";
 import { Bus, silentLogger, streams, subjects, type Codec, type Subscription } from "@voicebot/bus";
 import { AudioEncoding, BotAudio, DialogInput } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
-import { waitFor } from "@voicebot/testing";
+import { startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
+import { afterAll, beforeAll } from "vitest";
 import WebSocket from "ws";
 import { definition } from "../service.js";
 
@@ -92,8 +93,13 @@ export function collect<T>(bus: Bus, subject: string, codec: Codec<T>): Collecte
   return { items, sub };
 }
 
+export interface DialogInputs {
+  items: DialogInput[];
+  stop(): Promise<void>;
+}
+
 /** Plays the dialog's role on the work queue: every DialogInput, acked. */
-export async function consumeDialogInputs(bus: Bus): Promise<{ items: DialogInput[]; stop(): Promise<void> }> {
+export async function consumeDialogInputs(bus: Bus): Promise<DialogInputs> {
   const items: DialogInput[] = [];
   const consumer = await bus.consume(
     streams.dialog,
@@ -275,3 +281,51 @@ export function frames(count: number, value: number): Buffer {
 }
 
 export { waitFor };
+
+// ---- a test file's world ----
+
+export interface IngressWorld {
+  nats: ServerHandle & { storeDir: string };
+  redis: ServerHandle;
+  /** NATS_URL and REDIS_URL of this world, for the ingresses a test starts itself. */
+  env(): Record<string, string>;
+  /** The test's own connection, on which it plays the other stages. */
+  bus: Bus;
+  /** What ingress put on the dialog's work queue (which this creates, as the dialog service does). */
+  dialog: DialogInputs;
+  /** Ingress in-process on this world with the file's settings. */
+  ingress: Ingress;
+}
+
+export interface IngressWorldOptions {
+  /** Settings of the file's ingress (on top of the world's NATS_URL and REDIS_URL). */
+  env?: Record<string, string>;
+  /** false: the file starts its own ingresses (world.ingress stays unset). */
+  ingress?: boolean;
+  /** false: nothing reads the dialog's work queue (world.dialog stays unset). */
+  dialog?: boolean;
+}
+
+/**
+ * Sets up what every ingress test file runs on: real nats-server and redis-server of its own, a bus, the dialog's
+ * work queue read into `dialog.items`, and ingress. Registers the file's beforeAll and afterAll (call it at the top
+ * level); the fields are there once beforeAll has run.
+ */
+export function useIngressWorld(options: IngressWorldOptions = {}): IngressWorld {
+  const world = {} as IngressWorld;
+  world.env = () => ({ NATS_URL: world.nats.url, REDIS_URL: world.redis.url });
+  beforeAll(async () => {
+    captureLogs();
+    [world.nats, world.redis] = await Promise.all([startNats(), startRedis()]);
+    world.bus = await connectBus(world.nats.url);
+    if (options.dialog !== false) world.dialog = await consumeDialogInputs(world.bus);
+    if (options.ingress !== false) world.ingress = await startIngress({ ...world.env(), ...options.env });
+  });
+  afterAll(async () => {
+    await world.ingress?.handle.stop();
+    await world.dialog?.stop();
+    await world.bus?.close();
+    await Promise.all([world.nats?.stop(), world.redis?.stop()]);
+  });
+  return world;
+}
