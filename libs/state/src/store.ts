@@ -69,6 +69,8 @@ export interface CallRecord extends CallMeta {
   turns: TurnEntry[];
   /** Per chunk of bot speech, the TTS time to first audio. */
   speech: SpeechChunkEntry[];
+  /** Who answered a placed call, when answering machine detection ran (Twilio's AnsweredBy: human, machine_end_beep, fax...). */
+  answeredBy?: string;
 }
 
 export interface CallStoreOptions {
@@ -495,6 +497,17 @@ export class CallStore {
     await this.redis.eval("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'agent', ARGV[1]) end return 0", 1, keys.meta(callId), agent);
   }
 
+  /** What answering machine detection found for a placed call (only into a record that exists). */
+  async setAnsweredBy(callId: string, answeredBy: string): Promise<boolean> {
+    const set = await this.redis.eval(
+      "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'answeredBy', ARGV[1]) return 1 end return 0",
+      1,
+      keys.meta(callId),
+      answeredBy,
+    );
+    return set === 1;
+  }
+
   /** The call's state and who it is between (for resuming it on a new stream); undefined without a record. */
   async callParties(callId: string): Promise<{ state: CallState | undefined; agent: string; from: string; to: string } | undefined> {
     const [state, agent, from, to] = await this.redis.hmget(keys.meta(callId), "state", "agent", "from", "to");
@@ -572,6 +585,7 @@ export class CallStore {
       toolCalls: toolCalls.map((e) => JSON.parse(e) as ToolCallEntry),
       turns: turns.map((e) => JSON.parse(e) as TurnEntry),
       speech: speech.map((e) => JSON.parse(e) as SpeechChunkEntry),
+      ...(meta.answeredBy ? { answeredBy: meta.answeredBy } : {}),
     };
   }
 

@@ -1,5 +1,6 @@
 import { Bus, silentLogger, subjects } from "@voicebot/bus";
 import {
+  AnsweredBy,
   AudioEncoding,
   CallControl,
   CallControl_Action,
@@ -137,6 +138,15 @@ class TestCall {
 
 const metric = (name: string, labels: Record<string, string> = {}) => metricSum(dialog.ctx.registry, name, labels);
 
+/** A caller line after the conversation is over is dropped, unanswered. */
+async function expectLateInputDropped(call: TestCall): Promise<void> {
+  const before = await metric("voicebot_dialog_inputs_dropped_total", { reason: "conversation_over" });
+  await call.say("hello?");
+  await waitFor(async () => (await metric("voicebot_dialog_inputs_dropped_total", { reason: "conversation_over" })) > before, {
+    what: "the late input to be dropped",
+  });
+}
+
 const GREETING =
   "Thanks for calling the demo shop. To check an order, say order status or press 1. To talk to an agent, say agent or press 0.";
 const ASK = "Please say or key in your order number, then press pound.";
@@ -221,14 +231,23 @@ describe("dialog service", () => {
     await waitFor(() => call.controls.length > 0, { what: "CallControl" });
     expect(call.controls[0]).toMatchObject({ action: CallControl_Action.ACTION_HANGUP, afterTurnId: "t2" });
 
-    const before = await metric("voicebot_dialog_inputs_dropped_total", { reason: "conversation_over" });
-    await call.say("hello?");
-    await waitFor(async () => (await metric("voicebot_dialog_inputs_dropped_total", { reason: "conversation_over" })) > before, {
-      what: "the late input to be dropped",
-    });
+    await expectLateInputDropped(call);
     expect(call.turnIds()).toEqual(["t1", "t2"]);
     // Marked in progress when its turn was taken, then dropped: the mark went with it.
     expect(await store.redis.hget(keys.dialog(call.id), "p")).toBeNull();
+  });
+
+  it("an answering machine's verdict on a call placed to leave a message: the agent's voicemail, then the hang-up after it", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    await call.publish({ $case: "answeredBy", value: AnsweredBy.create({ answeredBy: "machine_end_beep", onMachine: "voicemail", detectionMs: 4_100 }) }, `${call.id}:amd`);
+    expect(await call.turn("t2")).toBe("Hello, this is the demo shop calling about your order. Please call us back when it suits you. Goodbye.");
+    await waitFor(() => call.controls.length > 0, { what: "CallControl" });
+    expect(call.controls[0]).toMatchObject({ action: CallControl_Action.ACTION_HANGUP, afterTurnId: "t2" });
+    // Whatever the machine records next is no caller to answer.
+    await expectLateInputDropped(call);
+    expect(await metric("voicebot_dialog_turns_total", { outcome: "voicemail" })).toBeGreaterThan(0);
   });
 
   it("spoken order status, then a spoken number, looks the order up", async () => {

@@ -749,6 +749,10 @@ export function toEngineInput(message: DialogInput): EngineInput | Dropped {
     case "noInput":
       if (input.value.turnId.startsWith(WAKE_PREFIX)) return { kind: "wake", token: input.value.turnId.slice(WAKE_PREFIX.length) };
       return { kind: "noInput" };
+    case "answeredBy":
+      // Ingress queues only a verdict the agent acts on: a machine whose greeting is over, on a call placed to leave a message.
+      if (input.value.onMachine !== "voicemail" || !input.value.answeredBy.startsWith("machine_end_")) return { drop: "invalid_input" };
+      return { kind: "voicemail" };
     default:
       return { drop: "invalid_input" };
   }

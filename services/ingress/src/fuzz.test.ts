@@ -1,7 +1,7 @@
 // For a few seconds, several sockets throw malformed, truncated, oversized, out-of-order and flooding Twilio
-// messages at /twilio, and junk requests hit /v1/calls/*, /twilio/voice, /twilio/status and the HTTP port, while
-// one well-formed call runs its normal flow (caller audio in, bot turns out, marks echoed). The ingress must not
-// crash, the good call must not notice, memory must stay bounded, and the junk must be counted.
+// messages at /twilio, and junk requests hit /v1/calls/*, /twilio/voice, /twilio/status, /twilio/amd and the HTTP
+// port, while one well-formed call runs its normal flow (caller audio in, bot turns out, marks echoed). The ingress
+// must not crash, the good call must not notice, memory must stay bounded, and the junk must be counted.
 import http from "node:http";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
@@ -186,6 +186,7 @@ async function junkHttp(until: number, stats: { requests: number; statuses: Map<
     () => `/twilio/voice`,
     () => `/twilio/status`,
     () => `/twilio/status?relay=${encodeURIComponent(randomText(1 + int(60)))}`,
+    () => `/twilio/amd?onMachine=${encodeURIComponent(randomText(1 + int(20)))}`,
     () => `/${"a/".repeat(int(3_000))}`,
   ];
   // node:http rather than fetch: this process's memory is what is measured, ingress's and the junk clients' alike,

@@ -17,7 +17,8 @@ import {
   PlaybackEvent,
   PlaybackEvent_Kind,
   SynthesisFailed,
-  TurnTiming } from "@voicebot/proto";
+  TurnTiming,
+} from "@voicebot/proto";
 import { CallStore, keys, type CallRecord } from "@voicebot/state";
 import { ensureTestCertificate, trustTestCertificateInProcess } from "@voicebot/testing";
 import { describe, expect, it } from "vitest";
@@ -585,6 +586,91 @@ describe("ingress API: token and placing calls", () => {
       expect((await unreachable.json()).error).toMatch(/^Twilio API unreachable/);
       expect(JSON.stringify(logs)).not.toContain("twilio-secret");
       expect(JSON.stringify(logs)).not.toContain(TOKEN);
+    } finally {
+      await outbound.handle.stop();
+      api.close();
+    }
+  });
+
+  it("places a call with answering machine detection and acts on the verdict: the voicemail message, a hang-up, or nothing for a person", async () => {
+    const api = await fakeTwilioApi(() => ({ status: 201, body: { sid: newCallSid(), status: "queued" } }));
+    const outbound = await startPlacing(api.url);
+    const sign = (url: string, form: URLSearchParams) => createHmac("sha1", "twilio-secret").update(signedPayload(url, form)).digest("base64");
+    /** Places a call with `onMachine`, answers it and starts its stream; the AMD callback URL Twilio was given. */
+    const answered = async (onMachine: string) => {
+      const placed = await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002", onMachine });
+      expect(placed.status).toBe(201);
+      const { callSid } = await placed.json();
+      const form = api.requests.at(-1)!.form;
+      const client = await TwilioClient.connect(outbound.wsUrl, callSid);
+      client.sendConnected();
+      client.sendStart({ from: "+15550100002", to: "+15550100001" });
+      await waitFor(() => inputsFor(callSid).some((i) => i.input?.$case === "callStarted"), { what: "DialogInput callStarted" });
+      client.echoMarks(0);
+      return { callSid, client, form, amdUrl: form.get("AsyncAmdStatusCallback")! };
+    };
+    const verdict = (amdUrl: string, callSid: string, answeredBy: string, signature?: string) => {
+      const form = new URLSearchParams({ AccountSid: "ACout", CallSid: callSid, AnsweredBy: answeredBy, MachineDetectionDuration: "4100" });
+      return fetch(`${outbound.baseUrl}/twilio/amd${new URL(amdUrl).search}`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", "x-twilio-signature": signature ?? sign(amdUrl, form) },
+        body: form.toString(),
+      });
+    };
+    const record = async (callSid: string) => (await fetch(`${outbound.baseUrl}/v1/calls/${callSid}`, { headers: bearer(TOKEN) })).json();
+    try {
+      const bad = await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002", onMachine: "beep" });
+      expect(bad.status).toBe(400);
+      expect((await bad.json()).error).toMatch(/onMachine/);
+
+      // Voicemail: Twilio waits for the end of the machine's greeting (the beep) and reports here.
+      const machine = await answered("voicemail");
+      expect(machine.form.get("MachineDetection")).toBe("DetectMessageEnd");
+      expect(machine.form.get("AsyncAmd")).toBe("true");
+      expect(machine.amdUrl).toBe("https://voice.example.com/twilio/amd?onMachine=voicemail");
+      expect(machine.form.get("AsyncAmdStatusCallbackMethod")).toBe("POST");
+      // The agent greets the machine meanwhile (3 s of audio).
+      botAudio(machine.callSid, "t1", 0, 0, frames(150, 0x55), { chunkDone: true, turnDone: true, text: "Hello, this is the demo shop." });
+      await waitFor(() => machine.client.events("media").length > 5, { what: "the greeting playing" });
+      expect((await verdict(machine.amdUrl, machine.callSid, "machine_end_beep", "bm90LWEtc2lnbmF0dXJl")).status).toBe(403);
+      expect((await verdict(machine.amdUrl, machine.callSid, "robot")).status).toBe(400);
+      expect(inputsFor(machine.callSid).some((i) => i.input?.$case === "answeredBy")).toBe(false);
+      expect((await verdict(machine.amdUrl, machine.callSid, "machine_end_beep")).status).toBe(204);
+      // The greeting is cut off, and the dialog is asked to leave the message.
+      await waitFor(() => machine.client.events("clear").length > 0, { what: "the greeting cut off" });
+      const input = await waitFor(() => inputsFor(machine.callSid).find((i) => i.input?.$case === "answeredBy"), { what: "DialogInput answeredBy" });
+      expect(input.inputId).toBe(`${machine.callSid}:amd`);
+      expect(input.input?.$case === "answeredBy" && input.input.value).toMatchObject({ answeredBy: "machine_end_beep", onMachine: "voicemail", detectionMs: 4100 });
+      expect(await record(machine.callSid)).toMatchObject({ state: "live", answeredBy: "machine_end_beep" });
+
+      // Hang up on machines: Twilio's quick verdict ends the call at once.
+      const quick = await answered("hangup");
+      expect(quick.form.get("MachineDetection")).toBe("Enable");
+      expect(quick.amdUrl).toBe("https://voice.example.com/twilio/amd?onMachine=hangup");
+      expect((await verdict(quick.amdUrl, quick.callSid, "machine_start")).status).toBe(204);
+      await quick.client.closed;
+      await waitFor(async () => (await record(quick.callSid)).state === "ended", { what: "the machine's call ended" });
+      expect(await record(quick.callSid)).toMatchObject({ endReason: "bot_hangup", answeredBy: "machine_start" });
+      expect(inputsFor(quick.callSid).some((i) => i.input?.$case === "answeredBy")).toBe(false);
+
+      // A person: only the record says so.
+      const person = await answered("voicemail");
+      botAudio(person.callSid, "t1", 0, 0, frames(100, 0x55), { chunkDone: true, turnDone: true, text: "Hello." });
+      expect((await verdict(person.amdUrl, person.callSid, "human")).status).toBe(204);
+      expect(await record(person.callSid)).toMatchObject({ state: "live", answeredBy: "human" });
+      await waitFor(() => person.client.events("mark").length > 0, { what: "the greeting played out" });
+      expect(person.client.events("clear")).toEqual([]);
+      expect(inputsFor(person.callSid).some((i) => i.input?.$case === "answeredBy")).toBe(false);
+
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "machine_end_beep", outcome: "voicemail" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "machine_start", outcome: "hung_up" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "human", outcome: "recorded" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { outcome: "bad_signature" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { outcome: "invalid" })).toBe(1);
+      for (const call of [machine, person]) {
+        call.client.sendStop();
+        await call.client.closed;
+      }
     } finally {
       await outbound.handle.stop();
       api.close();

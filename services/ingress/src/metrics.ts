@@ -36,6 +36,7 @@ export class IngressMetrics {
   readonly voiceWebhooks: Counter<"outcome">;
   readonly statusCallbacks: Counter<"outcome">;
   readonly statusRelays: Counter<"outcome">;
+  readonly amdVerdicts: Counter<"answered_by" | "outcome">;
   readonly playbackEvents: Counter<"kind">;
   readonly bargeIns: Counter<"by">;
   readonly bargeInsIgnored: Counter<"reason">;
@@ -158,6 +159,12 @@ export class IngressMetrics {
       name: "voicebot_ingress_status_callbacks_total",
       help: "POST /twilio/status: progress reports of placed calls (reported; ended_unanswered = the record now says busy, no-answer, failed, canceled or stream_never_connected), or refused (invalid, bad_signature, store_error)",
       labelNames: ["outcome"],
+      registers,
+    });
+    this.amdVerdicts = new Counter({
+      name: "voicebot_ingress_amd_verdicts_total",
+      help: "POST /twilio/amd: answering machine verdicts on placed calls, by Twilio's AnsweredBy and what was done (recorded: a human or unknown; voicemail: the agent's message is left; hung_up; not_live: no live stream to act on; invalid, bad_signature)",
+      labelNames: ["answered_by", "outcome"],
       registers,
     });
     this.statusRelays = new Counter({

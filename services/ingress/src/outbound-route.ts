@@ -5,6 +5,7 @@ import type { IncomingMessage } from "node:http";
 import { errorText, type Logger } from "@voicebot/bus";
 import { readBody, sendJson, type HttpServer } from "@voicebot/service-kit";
 import type { CallStore } from "@voicebot/state";
+import { isOnMachine, machineDetection, ON_MACHINE, type OnMachine } from "./amd-callback.js";
 import { refuseWithoutToken } from "./api-auth.js";
 import { isValidAgent, type IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
@@ -38,6 +39,8 @@ export interface OutboundCall {
    * Twilio reports to this platform (/twilio/status), which passes each report on.
    */
   statusCallback: string | undefined;
+  /** Run answering machine detection, and leave the agent's voicemail message or hang up when a machine answers. */
+  onMachine: OnMachine | undefined;
 }
 
 export function registerOutboundRoute(
@@ -77,6 +80,7 @@ export function registerOutboundRoute(
         twiml,
         ringTimeoutS: call.ringTimeoutS,
         statusCallback: statusCallbackUrl(config.publicStreamUrl, call.statusCallback),
+        ...(call.onMachine ? { machineDetection: machineDetection(config.publicStreamUrl, call.onMachine) } : {}),
       });
       metrics.outboundCalls.inc({ outcome: "placed" });
       log.info("outbound call placed", { callId: placed.sid, agent: call.agent ?? config.defaultAgent, status: placed.status });
@@ -122,7 +126,7 @@ function failureOf(error: unknown): { outcome: string; status: number } {
 /** The request body's fields, checked; `error` says what is wrong in terms the caller of the API can act on. */
 export function parseOutboundCall(value: unknown): OutboundCall | { error: string; status?: number } {
   if (!value || typeof value !== "object" || Array.isArray(value)) return { error: "the body must be a JSON object" };
-  const { to, from, agent, parameters, ringTimeoutS, statusCallback } = value as Record<string, unknown>;
+  const { to, from, agent, parameters, ringTimeoutS, statusCallback, onMachine } = value as Record<string, unknown>;
   if (typeof to !== "string" || !(E164.test(to) || SIP_URI.test(to))) return { error: "to must be a phone number in E.164 form (+15551234567) or a sip: URI" };
   if (typeof from !== "string" || !E164.test(from)) return { error: "from must be your Twilio number in E.164 form (+15551234567)" };
   if (agent !== undefined && (typeof agent !== "string" || !isValidAgent(agent))) return { error: "agent must be 1-64 letters, digits, '_', '.' or '-'" };
@@ -149,7 +153,16 @@ export function parseOutboundCall(value: unknown): OutboundCall | { error: strin
   if (statusCallback !== undefined && (typeof statusCallback !== "string" || !isHttpsUrl(statusCallback))) {
     return { error: "statusCallback must be an https:// URL" };
   }
-  return { to, from, agent: agent as string | undefined, parameters: params, ringTimeoutS: ring, statusCallback: statusCallback as string | undefined };
+  if (onMachine !== undefined && !isOnMachine(onMachine)) return { error: `onMachine must be one of ${ON_MACHINE.join(", ")}` };
+  return {
+    to,
+    from,
+    agent: agent as string | undefined,
+    parameters: params,
+    ringTimeoutS: ring,
+    statusCallback: statusCallback as string | undefined,
+    onMachine,
+  };
 }
 
 function isHttpsUrl(text: string): boolean {

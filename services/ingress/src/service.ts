@@ -4,6 +4,7 @@ import { readIngressConfig, type IngressConfig } from "./config.js";
 import { TwilioEndpoint } from "./endpoint.js";
 import { IngressMetrics } from "./metrics.js";
 import { ReadinessProbe } from "./readiness.js";
+import { registerAmdCallback } from "./amd-callback.js";
 import { registerOutboundRoute } from "./outbound-route.js";
 import { registerRecordRoute } from "./record-route.js";
 import { registerStatusCallback } from "./status-callback.js";
@@ -46,6 +47,7 @@ export const definition: ServiceDefinition<IngressConfig> = {
     registerRecordRoute(http, store, log, metrics, config.apiToken);
     registerOutboundRoute(http, { config, twilioApi, store, log, metrics });
     registerStatusCallback(http, { config, store, log, metrics });
+    registerAmdCallback(http, { config, store, bus, log, metrics });
     registerVoiceWebhook(http, { config, store, log, metrics });
     if (config.silenceBatch.maxFrames > 1 && config.silenceBatch.levelDbfs > SAFE_SILENCE_LEVEL_DBFS) {
       log.warn(`INGRESS_SILENCE_LEVEL_DBFS is above ${SAFE_SILENCE_LEVEL_DBFS.toFixed(2)} dBFS RMS: a window of quiet frames can pass the asr's default -55 dBFS VAD gate, so a soft speech onset may wait for a batch; keep ASR_VAD_GATE_DBFS 2.73 dB or more above it`, {

@@ -31,14 +31,31 @@ export class TwilioRestClient {
     await this.post(`Calls/${encodeURIComponent(callSid)}.json`, new URLSearchParams({ Twiml: twiml }));
   }
 
-  /** Places a call that runs `twiml` once answered; Twilio's call SID and status ("queued"). */
-  async createCall(call: { to: string; from: string; twiml: string; ringTimeoutS: number; statusCallback?: string }): Promise<{ sid: string; status: string }> {
+  /**
+   * Places a call that runs `twiml` once answered; Twilio's call SID and status ("queued"). With `machineDetection`
+   * Twilio runs answering machine detection alongside the call (async: the stream starts at once) and posts its
+   * verdict to `callbackUrl`.
+   */
+  async createCall(call: {
+    to: string;
+    from: string;
+    twiml: string;
+    ringTimeoutS: number;
+    statusCallback?: string;
+    machineDetection?: { mode: "Enable" | "DetectMessageEnd"; callbackUrl: string };
+  }): Promise<{ sid: string; status: string }> {
     const form = new URLSearchParams({ To: call.to, From: call.from, Twiml: call.twiml, Timeout: String(call.ringTimeoutS) });
     if (call.statusCallback) {
       form.set("StatusCallback", call.statusCallback);
       form.set("StatusCallbackMethod", "POST");
       // Twilio takes the events as a repeated field.
       for (const event of ["initiated", "ringing", "answered", "completed"]) form.append("StatusCallbackEvent", event);
+    }
+    if (call.machineDetection) {
+      form.set("MachineDetection", call.machineDetection.mode);
+      form.set("AsyncAmd", "true");
+      form.set("AsyncAmdStatusCallback", call.machineDetection.callbackUrl);
+      form.set("AsyncAmdStatusCallbackMethod", "POST");
     }
     const answer = await this.post("Calls.json", form);
     const { sid, status } = (answer ?? {}) as { sid?: unknown; status?: unknown };

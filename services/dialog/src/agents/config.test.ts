@@ -94,6 +94,7 @@ describe("agent config validation", () => {
     raw.maxReprompts = -1;
     raw.states.ask.hints = { mode: "words" };
     raw.noInputMs = 500;
+    raw.voicemail = { say: "Please call back." }; // would talk on to the recording
     raw.states.ask.noInputMs = "15s";
     expect(problemsOf(raw)).toEqual(
       expect.arrayContaining([
@@ -101,6 +102,7 @@ describe("agent config validation", () => {
         expect.stringContaining("maxReprompts: must be an integer between 0 and 10"),
         expect.stringContaining(": noInputMs: must be an integer between 1000 and 600000"),
         expect.stringContaining("states.ask.noInputMs: must be an integer between 1000 and 600000"),
+        expect.stringContaining(": voicemail: must end the call: say the message, then tool end_call with end: true"),
         expect.stringContaining('states.ask.hints.mode: must be "phrases" or "digits"'),
       ]),
     );

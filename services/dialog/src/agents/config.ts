@@ -135,6 +135,11 @@ export interface AgentConfig {
   onMaxReprompts?: Action;
   /** How long the caller may stay silent after the bot's turn before the reprompt (default: ingress's NO_INPUT_MS). */
   noInputMs?: number;
+  /**
+   * Run when an answering machine took a call placed with `onMachine: "voicemail"`, once its greeting is over: the
+   * message, then end_call (it must end the call). Without one the agent hangs up on machines.
+   */
+  voicemail?: Action;
   /** Run when a tool fails and the action has no onError. */
   onToolError: Action;
   intents: Intent[];
@@ -252,7 +257,7 @@ class Validator {
     const obj = this.object(
       raw,
       "(agent)",
-      ["voice", "greeting", "reprompt", "maxReprompts", "onMaxReprompts", "noInputMs", "onToolError", "intents", "states", "tools", "llm", "endpointing", "toolFiller"],
+      ["voice", "greeting", "reprompt", "maxReprompts", "onMaxReprompts", "noInputMs", "voicemail", "onToolError", "intents", "states", "tools", "llm", "endpointing", "toolFiller"],
       ["greeting", "reprompt", "states"],
     );
     if (!obj) return undefined;
@@ -285,6 +290,7 @@ class Validator {
       maxReprompts: obj.maxReprompts === undefined ? 2 : (this.int(obj.maxReprompts, "maxReprompts", 0, 10) ?? 2),
       onMaxReprompts: obj.onMaxReprompts === undefined ? undefined : this.action(obj.onMaxReprompts, "onMaxReprompts", {}),
       noInputMs: obj.noInputMs === undefined ? undefined : this.int(obj.noInputMs, "noInputMs", NO_INPUT_MIN_MS, NO_INPUT_MAX_MS),
+      voicemail: obj.voicemail === undefined ? undefined : this.action(obj.voicemail, "voicemail", {}),
       onToolError:
         obj.onToolError === undefined
           ? { say: "Sorry, something went wrong on my side." }
@@ -294,6 +300,10 @@ class Validator {
     };
     if (config.greeting.goto === undefined && !config.greeting.end) {
       this.problem("greeting", "must go to a state (goto) or end the call");
+    }
+    // Nobody is there to answer: a voicemail that went on would talk to the machine's recording.
+    if (config.voicemail && (!config.voicemail.end || config.voicemail.tool?.name !== "end_call" || config.voicemail.goto !== undefined)) {
+      this.problem("voicemail", "must end the call: say the message, then tool end_call with end: true");
     }
     for (const [stateName, state] of Object.entries(statesObj ?? {})) {
       const checked = this.state(state, `states.${stateName}`);

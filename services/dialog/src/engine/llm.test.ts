@@ -164,6 +164,17 @@ describe("LLM engine (real openai SDK against the fake server)", () => {
     expect(events.find((e) => e.type === "hints")).toMatchObject({ hints: { mode: "phrases" } });
   });
 
+  it("leaves the agent's fixed voicemail message on an answering machine, without asking the LLM, and ends the call", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    const requests = chat.requests.length;
+    const events = await c.send({ kind: "voicemail" });
+    expect(said(events)).toBe("Hello, this is the demo shop calling about your order. Please call us back when it suits you. Goodbye.");
+    expect(toolsOf(events)).toMatchObject([{ name: "end_call" }]);
+    expect(c.done).toBe(true);
+    expect(chat.requests.length).toBe(requests);
+  });
+
   it("speaks streamed text clause by clause, the first one before the stream has finished", async () => {
     const { engine, metrics } = engineWith();
     const c = new Conversation(engine);

@@ -254,6 +254,8 @@ class LlmTurn {
         if (state.confirm) return this.confirming({ text: input.text, digits, confidence: input.confidence, keyed: false });
         return this.converse(input);
       }
+      case "voicemail":
+        return this.scripted([input]); // a fixed message, as the agent file says it
       case "noInput": {
         if (state.scriptedOwns) return this.scripted([input]);
         if (state.confirm?.value) return this.askConfirm(state.confirm.value);

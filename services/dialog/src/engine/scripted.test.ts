@@ -35,13 +35,17 @@ const demoTools: ToolFn = (name, args) => {
 
 /** Drives the engine through inputs with a recording TurnIO; no I/O. */
 class Conversation {
-  readonly engine = new ScriptedEngine(orderLine);
-  state: ScriptedState = this.engine.initialState();
+  state: ScriptedState;
   done = false;
   events: Event[] = [];
   outcome = "";
 
-  constructor(private readonly tools: ToolFn = demoTools) {}
+  constructor(
+    private readonly tools: ToolFn = demoTools,
+    readonly engine = new ScriptedEngine(orderLine),
+  ) {
+    this.state = engine.initialState();
+  }
 
   async send(input: EngineInput): Promise<Event[]> {
     const events: Event[] = [];
@@ -241,6 +245,26 @@ describe("scripted engine: order line", () => {
     expect(withDefault.noInputMs({ ...c.state, state: "menu" })).toBe(5_000);
     expect(withDefault.noInputMs(c.state)).toBe(15_000);
     expect(withDefault.noInputMs(withDefault.initialState())).toBe(5_000); // before the greeting: the start state's
+  });
+
+  it("leaves the agent's voicemail message on an answering machine and ends the call; an agent without one just hangs up", async () => {
+    const c = new Conversation();
+    await c.start();
+    await c.key("1"); // mid-conversation: whatever state, the machine gets the message
+    const events = await c.send({ kind: "voicemail" });
+    expect(said(events)).toBe("Hello, this is the demo shop calling about your order. Please call us back when it suits you. Goodbye.");
+    expect(tools(events)).toEqual([{ type: "tool", name: "end_call", args: { reason: "left a voicemail message" } }]);
+    expect(c.done).toBe(true);
+    expect(c.outcome).toBe("voicemail");
+
+    const raw = parseAgentText(readFileSync(orderLineFile, "utf8"), orderLineFile) as Record<string, unknown>;
+    delete raw.voicemail;
+    const plain = new Conversation(demoTools, new ScriptedEngine(validateAgent(raw, "x")));
+    await plain.start();
+    const hangUp = await plain.send({ kind: "voicemail" });
+    expect(said(hangUp)).toBe("");
+    expect(tools(hangUp)).toEqual([{ type: "tool", name: "end_call", args: { reason: "answering machine" } }]);
+    expect(plain.done).toBe(true);
   });
 
   it("resets the reprompt count after a recognized input", async () => {

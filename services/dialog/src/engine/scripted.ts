@@ -142,6 +142,9 @@ function compileState(name: string, config: StateConfig, agent: AgentConfig): Co
 
 type Flow = "moved" | "ended" | undefined;
 
+/** An agent without a voicemail message hangs up on a machine. */
+const HANG_UP_ON_MACHINE: Action = { tool: { name: "end_call", args: { reason: "answering machine" }, timeoutMs: 0 }, end: true };
+
 /** One turn of the scripted engine: mutates `state` and acts through `io`. */
 class Turn {
   done = false;
@@ -173,6 +176,10 @@ class Turn {
         return this.keypad(input.digit);
       case "wake":
         return "wake_ignored";
+      case "voicemail":
+        await this.run(this.agent.voicemail ?? HANG_UP_ON_MACHINE, {});
+        this.done = true; // whatever the machine records next is not a caller to answer
+        return "voicemail";
     }
   }
 

@@ -9,7 +9,9 @@ export type EngineInput =
   /** Nothing came from the caller within the state's timeout. */
   | { kind: "noInput" }
   /** A timer the engine asked for (TurnResult.wake) is due; `token` is the one it chose. */
-  | { kind: "wake"; token: string };
+  | { kind: "wake"; token: string }
+  /** An answering machine took the placed call and its greeting is over: leave the agent's message and hang up. */
+  | { kind: "voicemail" };
 
 /** What the recognizer should expect next; written to keys.hints(callId) as JSON for the asr stage. */
 export interface RecognitionHints {

@@ -25,7 +25,20 @@ export interface DialogInput {
     | //
     /** No input came for the state's timeout. */
     { $case: "noInput"; value: NoInput }
+    | //
+    /** Answering machine detection's verdict on a placed call (Twilio AMD): a machine took it and its greeting ended. */
+    { $case: "answeredBy"; value: AnsweredBy }
     | undefined;
+}
+
+/** Who answered a placed call, as answering machine detection found it. */
+export interface AnsweredBy {
+  /** Twilio's AnsweredBy: human, machine_start, machine_end_beep, machine_end_silence, machine_end_other, fax, unknown. */
+  answeredBy: string;
+  /** What the call was placed to do when a machine answers: "voicemail" (leave the agent's message) or "hangup". */
+  onMachine: string;
+  /** How long the detection took (Twilio's MachineDetectionDuration). */
+  detectionMs: number;
 }
 
 export interface NoInput {
@@ -103,6 +116,9 @@ export const DialogInput: MessageFns<DialogInput> = {
         break;
       case "noInput":
         NoInput.encode(message.input.value, writer.uint32(122).fork()).join();
+        break;
+      case "answeredBy":
+        AnsweredBy.encode(message.input.value, writer.uint32(130).fork()).join();
         break;
     }
     return writer;
@@ -193,6 +209,14 @@ export const DialogInput: MessageFns<DialogInput> = {
             message.input = { $case: "noInput", value: NoInput.decode(reader, reader.uint32()) };
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.input = { $case: "answeredBy", value: AnsweredBy.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -250,7 +274,92 @@ export const DialogInput: MessageFns<DialogInput> = {
         }
         break;
       }
+      case "answeredBy": {
+        if (object.input?.value !== undefined && object.input?.value !== null) {
+          message.input = { $case: "answeredBy", value: AnsweredBy.fromPartial(object.input.value) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseAnsweredBy(): AnsweredBy {
+  return { answeredBy: "", onMachine: "", detectionMs: 0 };
+}
+
+export const AnsweredBy: MessageFns<AnsweredBy> = {
+  encode(message: AnsweredBy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.answeredBy !== "") {
+      writer.uint32(10).string(message.answeredBy);
+    }
+    if (message.onMachine !== "") {
+      writer.uint32(18).string(message.onMachine);
+    }
+    if (message.detectionMs !== 0) {
+      writer.uint32(24).uint32(message.detectionMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AnsweredBy {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAnsweredBy();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.answeredBy = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.onMachine = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.detectionMs = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<AnsweredBy>): AnsweredBy {
+    return AnsweredBy.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AnsweredBy>): AnsweredBy {
+    const message = createBaseAnsweredBy();
+    message.answeredBy = object.answeredBy ?? "";
+    message.onMachine = object.onMachine ?? "";
+    message.detectionMs = object.detectionMs ?? 0;
     return message;
   },
 };
