@@ -117,7 +117,7 @@ describe("asr service", () => {
 
     await waitFor(() => speech.length === 2, { what: "STARTED and STOPPED" });
     expect(speech.map((s) => s.kind)).toEqual([SpeechActivity_Kind.KIND_STARTED, SpeechActivity_Kind.KIND_STOPPED]);
-    expect(speech.every((s) => s.utteranceId === final.utteranceId && s.callId === callId)).toBe(true);
+    expect(speech.every((s) => s.utteranceId === final.utteranceId && s.callId === callId && !s.discarded)).toBe(true);
     // The utterance id is the onset frame: the clip starts at frame 25 (500 ms), its first word a little later.
     expect(Number(final.utteranceId)).toBeGreaterThanOrEqual(25);
     expect(Number(final.utteranceId)).toBeLessThanOrEqual(45);
@@ -199,6 +199,11 @@ describe("asr service", () => {
     expect(dropped).toBe(1);
     expect(transcripts).toEqual([]);
     expect(dialogInputs.some((d) => d.callId === callId)).toBe(false);
+    // Its STOPPED says no transcript follows (a barge-in by it was a false one).
+    expect(speech.map((s) => [s.kind, s.discarded])).toEqual([
+      [SpeechActivity_Kind.KIND_STARTED, false],
+      [SpeechActivity_Kind.KIND_STOPPED, true],
+    ]);
     await store.endCall(callId, "test");
   });
 

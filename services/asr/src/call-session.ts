@@ -287,7 +287,8 @@ export class CallSession {
         const open = this.utterance;
         this.utterance = undefined;
         if (!open) return;
-        this.publishActivity(SpeechActivity_Kind.KIND_STOPPED, open.id, (event.lastSpeech.index + 1) * FRAME_MS, event.lastSpeech.atMs);
+        // A sound too short to recognize says so: ingress may let a turn it cut off go on.
+        this.publishActivity(SpeechActivity_Kind.KIND_STOPPED, open.id, (event.lastSpeech.index + 1) * FRAME_MS, event.lastSpeech.atMs, event.tooShort);
         this.deps.metrics.utterances.inc({ end: event.tooShort ? "too_short" : event.reason });
         if (event.held) this.deps.metrics.endpointExtensions.inc();
         if (event.tooShort) {
@@ -549,8 +550,8 @@ export class CallSession {
     this.deps.log.warn(msg, { callId: this.callId, ...fields });
   }
 
-  private publishActivity(kind: SpeechActivity_Kind, utteranceId: string, audioMs: number, atMs: number): void {
-    const activity = SpeechActivity.create({ callId: this.callId, kind, utteranceId, audioMs, atMs });
+  private publishActivity(kind: SpeechActivity_Kind, utteranceId: string, audioMs: number, atMs: number, discarded = false): void {
+    const activity = SpeechActivity.create({ callId: this.callId, kind, utteranceId, audioMs, atMs, discarded });
     this.deps.bus.publish(subjects.speech(this.callId), SpeechActivity, activity, this.callId);
   }
 

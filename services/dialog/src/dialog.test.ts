@@ -7,7 +7,10 @@ import {
   CallEnded,
   CallStarted,
   DialogInput,
+  FalseInterruption,
   KeypadPress,
+  PlaybackEvent,
+  PlaybackEvent_Kind,
   SpeakRequest,
   ToolCallRequest,
   Transcript,
@@ -248,6 +251,30 @@ describe("dialog service", () => {
     // Whatever the machine records next is no caller to answer.
     await expectLateInputDropped(call);
     expect(await metric("voicebot_dialog_turns_total", { outcome: "voicemail" })).toBeGreaterThan(0);
+  });
+
+  it("a cough that cut the greeting off (too short to be speech) lets the greeting go on: the sentences not heard are said again", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    const heard = "Thanks for calling the demo shop.";
+    const interrupted = PlaybackEvent.create({ callId: call.id, turnId: "t1", kind: PlaybackEvent_Kind.KIND_INTERRUPTED, chunkSeq: 0, atMs: Date.now(), heardText: heard });
+    await call.publish({ $case: "playback", value: interrupted }, `${call.id}:int:t1`);
+    await call.publish({ $case: "falseInterruption", value: FalseInterruption.create({ turnId: "t1", utteranceId: "77" }) }, `${call.id}:false-int:MZ1:77`);
+    expect(await call.turn("t2")).toBe("To check an order, say order status or press 1. To talk to an agent, say agent or press 0.");
+    await waitFor(async () => (await call.record()).transcript.length === 2, { what: "the rest of the greeting in the record" });
+    expect((await call.record()).transcript.map((e) => [e.role, e.text, e.interrupted])).toEqual([
+      ["bot", heard, true],
+      ["bot", "To check an order, say order status or press 1. To talk to an agent, say agent or press 0.", undefined],
+    ]);
+    expect(await metric("voicebot_dialog_turns_total", { outcome: "resumed" })).toBeGreaterThan(0);
+
+    // Said once: the same sound reported again, or one that names a turn the conversation has left, changes nothing.
+    const before = await metric("voicebot_dialog_inputs_dropped_total", { reason: "stale_false_interruption" });
+    await call.publish({ $case: "falseInterruption", value: FalseInterruption.create({ turnId: "t1", utteranceId: "78" }) }, `${call.id}:false-int:MZ1:78`);
+    await waitFor(async () => (await metric("voicebot_dialog_inputs_dropped_total", { reason: "stale_false_interruption" })) > before, { what: "the stale one dropped" });
+    await call.key("1");
+    expect(await call.turn("t3")).toBe(ASK);
   });
 
   it("spoken order status, then a spoken number, looks the order up", async () => {

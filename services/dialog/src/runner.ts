@@ -47,6 +47,8 @@ export interface DialogState {
   engine: unknown;
   /** The latest bot turns and the text recorded for each (to rewrite the record after a barge-in). */
   spoken?: Array<{ turnId: string; text: string }>;
+  /** What the caller did not hear of the last bot turn, when a barge-in cut it (said again after a false one). */
+  unheard?: { turnId: string; text: string };
 }
 
 /**
@@ -353,6 +355,7 @@ export class TurnRunner {
         ...state,
         engine: engine.interrupted ? engine.interrupted(state.engine ?? engine.initialState(), { turnId: event.turnId, heardText: event.heardText }) : state.engine,
         spoken: state.spoken?.map((t) => (t.turnId === event.turnId ? { ...t, text: event.heardText } : t)),
+        unheard: spoken ? { turnId: event.turnId, text: unheardPart(spoken.text, event.heardText) } : undefined,
         processed: [...state.processed, inputId].slice(-MAX_PROCESSED),
       };
       lease.pauseRenewal();
@@ -433,10 +436,16 @@ export class TurnRunner {
           restart = true;
           metrics.restarts.inc({ reason: "recovered" });
         }
-        const turnInput: EngineInput = restart ? { kind: "start" } : engineInput;
+        let turnInput: EngineInput = restart ? { kind: "start" } : engineInput;
         if (state.done) return await drop("conversation_over");
         if (engineInput.kind === "noInput" && input.$case === "noInput" && input.value.turnId && input.value.turnId !== `t${state.turns}`) {
           return await drop("stale_no_input");
+        }
+        if (turnInput.kind === "resume" && input.$case === "falseInterruption") {
+          // Only the last turn, cut by that sound, with nothing said or heard since.
+          const unheard = state.unheard;
+          if (!unheard?.text || unheard.turnId !== input.value.turnId || unheard.turnId !== `t${state.turns}`) return await drop("stale_false_interruption");
+          turnInput = { kind: "resume", text: unheard.text };
         }
 
         // Marked before anything is said, for the replica that must finish this input if this one dies; with it the
@@ -483,6 +492,7 @@ export class TurnRunner {
           engine: played.result.state,
           processed: [...state.processed, inputId].slice(-MAX_PROCESSED),
           spoken: [...(state.spoken ?? []), ...played.spoken].slice(-MAX_SPOKEN),
+          unheard: undefined, // the conversation moved on
         };
         const wake = played.result.wake;
         if (wake && (await held.confirm())) await this.afterSpeech(() => this.publishWake(callId, inputId, wake), fields);
@@ -749,6 +759,8 @@ export function toEngineInput(message: DialogInput): EngineInput | Dropped {
     case "noInput":
       if (input.value.turnId.startsWith(WAKE_PREFIX)) return { kind: "wake", token: input.value.turnId.slice(WAKE_PREFIX.length) };
       return { kind: "noInput" };
+    case "falseInterruption":
+      return { kind: "resume", text: "" }; // the text is the dialog state's (see the turn)
     case "answeredBy":
       // Ingress queues only a verdict the agent acts on: a machine whose greeting is over, on a call placed to leave a message.
       if (input.value.onMachine !== "voicemail" || !input.value.answeredBy.startsWith("machine_end_")) return { drop: "invalid_input" };
@@ -765,6 +777,13 @@ export function toEngineInput(message: DialogInput): EngineInput | Dropped {
  */
 export function restartTurnBase(startedAtMs: number, now: number): number {
   return 1_000 + 100 * Math.ceil(Math.max(0, now - startedAtMs) / 1000);
+}
+
+/** The sentences of a cut turn the caller did not hear: what follows the heard ones (all of it if they differ). */
+export function unheardPart(spokenText: string, heardText: string): string {
+  const heard = heardText.trim();
+  if (!heard) return spokenText.trim();
+  return spokenText.startsWith(heard) ? spokenText.slice(heard.length).trim() : spokenText.trim();
 }
 
 /** NoInput.turnId of the timer inputs an engine asks for (TurnResult.wake). */

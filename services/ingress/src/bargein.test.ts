@@ -28,8 +28,8 @@ import {
 
 const world = useIngressWorld({ env: { PLAYOUT_LEAD_MS: "100" } });
 
-function speech(callId: string, kind: SpeechActivity_Kind, utteranceId: string, atMs = Date.now()): void {
-  world.bus.publish(subjects.speech(callId), SpeechActivity, SpeechActivity.create({ callId, kind, utteranceId, audioMs: 1_000, atMs }), callId);
+function speech(callId: string, kind: SpeechActivity_Kind, utteranceId: string, atMs = Date.now(), discarded = false): void {
+  world.bus.publish(subjects.speech(callId), SpeechActivity, SpeechActivity.create({ callId, kind, utteranceId, audioMs: 1_000, atMs, discarded }), callId);
 }
 
 function input(callId: string, inputId: string): DialogInput | undefined {
@@ -134,6 +134,37 @@ describe("barge-in", () => {
     expect(input(callId, `${callId}:played:t1`)).toBeUndefined();
     cancels.sub.unsubscribe();
     client.close();
+  });
+
+  it("a sound that cut the bot off but was too short to be speech asks the dialog to go on with the cut turn; real speech does not", async () => {
+    const before = await metricValue(world.ingress.baseUrl, "voicebot_ingress_false_interruptions_total");
+    const cough = await startCall(world.ingress.wsUrl, world.dialog.items);
+    publishBotAudio(world.bus, cough.callSid, "t1", 0, 0, frames(100, 1), { chunkDone: true, turnDone: true, text: "A long prompt." });
+    await waitFor(() => cough.events("media").length > 3, { what: "the prompt playing" });
+    speech(cough.callSid, SpeechActivity_Kind.KIND_STARTED, "31");
+    await waitFor(() => cough.events("clear").length === 1, { what: "clear" });
+    speech(cough.callSid, SpeechActivity_Kind.KIND_STOPPED, "31", Date.now(), true);
+    const streamSid = cough.streamSid;
+    const resume = await waitFor(() => input(cough.callSid, `${cough.callSid}:false-int:${streamSid}:31`), { what: "DialogInput falseInterruption" });
+    expect(resume.input).toEqual({ $case: "falseInterruption", value: { turnId: "t1", utteranceId: "31" } });
+    // After the INTERRUPTED that tells the dialog what was heard.
+    const order = world.dialog.items.filter((i) => i.callId === cough.callSid).map((i) => i.input?.$case);
+    expect(order.slice(-2)).toEqual(["playback", "falseInterruption"]);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_false_interruptions_total")).toBe(before + 1);
+
+    // Speech the asr keeps (a transcript follows) is a real interruption.
+    const talker = await startCall(world.ingress.wsUrl, world.dialog.items);
+    publishBotAudio(world.bus, talker.callSid, "t1", 0, 0, frames(100, 1), { chunkDone: true, turnDone: true, text: "A long prompt." });
+    await waitFor(() => talker.events("media").length > 3, { what: "the prompt playing" });
+    speech(talker.callSid, SpeechActivity_Kind.KIND_STARTED, "40");
+    await waitFor(() => talker.events("clear").length === 1, { what: "clear" });
+    speech(talker.callSid, SpeechActivity_Kind.KIND_STOPPED, "40");
+    await waitFor(() => input(talker.callSid, `${talker.callSid}:int:t1`), { what: "DialogInput INTERRUPTED" });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(world.dialog.items.some((i) => i.callId === talker.callSid && i.input?.$case === "falseInterruption")).toBe(false);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_false_interruptions_total")).toBe(before + 1);
+    cough.close();
+    talker.close();
   });
 
   it("does nothing when the bot is silent: nothing queued, or the turn already heard (TURN_PLAYED goes to the dialog)", async () => {

@@ -40,6 +40,7 @@ export class IngressMetrics {
   readonly playbackEvents: Counter<"kind">;
   readonly bargeIns: Counter<"by">;
   readonly bargeInsIgnored: Counter<"reason">;
+  readonly falseInterruptions: Counter;
   readonly clearLatency: Histogram;
   readonly cancels: Counter<"reason">;
   readonly inboundReordered: Counter;
@@ -227,6 +228,11 @@ export class IngressMetrics {
     this.noSilenceFallbacks = new Counter({
       name: "voicebot_ingress_no_silence_fallbacks_total",
       help: "Fallback lines played because no bot turn began within NO_SILENCE_DEADLINE_MS of the caller's input",
+      registers,
+    });
+    this.falseInterruptions = new Counter({
+      name: "voicebot_ingress_false_interruptions_total",
+      help: "Barge-ins by a sound the asr found too short to be speech (a cough, a click): the dialog was asked to let the cut turn go on",
       registers,
     });
     this.noInputs = new Counter({

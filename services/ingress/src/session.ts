@@ -13,6 +13,7 @@ import {
   CallStarted,
   CancelTurn,
   DialogInput,
+  FalseInterruption,
   KeypadPress,
   NoInput,
   PlaybackEvent,
@@ -125,6 +126,8 @@ export class CallSession {
   private bargeIn = true;
   /** A speech onset waiting out BARGE_IN_MIN_SPEECH_MS before it cuts the bot off. */
   private pendingBargeIn: { utteranceId: string; timer: NodeJS.Timeout } | undefined;
+  /** The last barge-in by speech: which utterance cut which bot turn (it may turn out to be a cough). */
+  private speechCut: { utteranceId: string; turnId: string } | undefined;
   private startedAtMs = 0;
   /**
    * Twilio's `<Redirect>` after our `<Connect>` brings a stream that closed without `stop` back to the voice webhook,
@@ -708,6 +711,7 @@ export class CallSession {
     }
     const { metrics, config } = this.deps;
     if (activity.kind === SpeechActivity_Kind.KIND_STOPPED) {
+      this.afterCutSpeech(activity);
       const pending = this.pendingBargeIn;
       if (pending && (!pending.utteranceId || !activity.utteranceId || pending.utteranceId === activity.utteranceId)) {
         clearTimeout(pending.timer);
@@ -747,11 +751,34 @@ export class CallSession {
     }
     const clearedAtMs = Date.now();
     if (activity.atMs > 0) metrics.clearLatency.observe(Math.max(0, clearedAtMs - activity.atMs) / 1000);
-    this.cutOff("speech", { utteranceId: activity.utteranceId, onsetToClearMs: activity.atMs > 0 ? clearedAtMs - activity.atMs : undefined });
+    const cut = this.cutOff("speech", { utteranceId: activity.utteranceId, onsetToClearMs: activity.atMs > 0 ? clearedAtMs - activity.atMs : undefined });
+    const turn = cut.find((t) => !isNoSilenceTurn(t.id));
+    this.speechCut = turn && activity.utteranceId ? { utteranceId: activity.utteranceId, turnId: turn.id } : undefined;
+  }
+
+  /**
+   * The utterance that cut the bot off has ended. If the asr found it too short to be speech (a cough, a click), no
+   * transcript will come: the dialog is told, so the cut turn can go on instead of the caller waiting in silence.
+   */
+  private afterCutSpeech(activity: SpeechActivity): void {
+    const cut = this.speechCut;
+    if (!cut || cut.utteranceId !== activity.utteranceId) return;
+    this.speechCut = undefined;
+    if (!activity.discarded) return;
+    const callId = this.callSid!;
+    this.deps.metrics.falseInterruptions.inc();
+    this.log.info("the sound that cut the bot off was too short to be speech; asking the dialog to go on", cut);
+    const input = DialogInput.create({
+      callId,
+      inputId: `${callId}:false-int:${this.streamSid}:${cut.utteranceId}`,
+      atMs: Date.now(),
+      input: { $case: "falseInterruption", value: FalseInterruption.create(cut) },
+    });
+    this.enqueue(() => this.publishInput(input));
   }
 
   /** Clears the bot's playout (Twilio `clear` first) and cancels the turns the caller will not hear. */
-  private cutOff(by: "speech" | "keypad", fields: Record<string, unknown> = {}): void {
+  private cutOff(by: "speech" | "keypad", fields: Record<string, unknown> = {}): TurnState[] {
     const cut = this.playout!.clear();
     this.deps.metrics.bargeIns.inc({ by });
     this.publishCancels(cut.map((t) => t.id), "barge_in");
@@ -759,6 +786,7 @@ export class CallSession {
       ...fields,
       cutTurns: cut.map((t) => ({ turnId: t.id, lastHeardChunk: t.lastHeardChunk })),
     });
+    return cut;
   }
 
   /** Tells tts and the dialog to stop working on turns the caller will not hear ("" = every turn of the call). */

@@ -175,6 +175,17 @@ describe("LLM engine (real openai SDK against the fake server)", () => {
     expect(chat.requests.length).toBe(requests);
   });
 
+  it("says the part of a cut turn the caller did not hear again, without asking the LLM, and keeps it in the history", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    const requests = chat.requests.length;
+    const events = await c.send({ kind: "resume", text: "How can I help you today?" });
+    expect(said(events)).toBe("How can I help you today?");
+    expect(c.outcome).toBe("resumed");
+    expect(c.state.history.at(-1)).toEqual({ role: "assistant", content: "How can I help you today?", turnId: "t2" });
+    expect(chat.requests.length).toBe(requests);
+  });
+
   it("speaks streamed text clause by clause, the first one before the stream has finished", async () => {
     const { engine, metrics } = engineWith();
     const c = new Conversation(engine);

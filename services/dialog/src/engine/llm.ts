@@ -256,6 +256,12 @@ class LlmTurn {
       }
       case "voicemail":
         return this.scripted([input]); // a fixed message, as the agent file says it
+      case "resume": {
+        // The history holds what was heard of the cut turn; the rest is said now, as its own turn.
+        const turnId = this.say(input.text);
+        if (turnId) state.history.push({ role: "assistant", content: input.text, turnId });
+        return { outcome: "resumed" };
+      }
       case "noInput": {
         if (state.scriptedOwns) return this.scripted([input]);
         if (state.confirm?.value) return this.askConfirm(state.confirm.value);

@@ -176,6 +176,9 @@ class Turn {
         return this.keypad(input.digit);
       case "wake":
         return "wake_ignored";
+      case "resume":
+        this.io.say(input.text, { cacheable: false });
+        return "resumed";
       case "voicemail":
         await this.run(this.agent.voicemail ?? HANG_UP_ON_MACHINE, {});
         this.done = true; // whatever the machine records next is not a caller to answer

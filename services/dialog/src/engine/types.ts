@@ -11,7 +11,9 @@ export type EngineInput =
   /** A timer the engine asked for (TurnResult.wake) is due; `token` is the one it chose. */
   | { kind: "wake"; token: string }
   /** An answering machine took the placed call and its greeting is over: leave the agent's message and hang up. */
-  | { kind: "voicemail" };
+  | { kind: "voicemail" }
+  /** A cough or click cut the last turn off (no words followed): say `text`, the part the caller did not hear, again. */
+  | { kind: "resume"; text: string };
 
 /** What the recognizer should expect next; written to keys.hints(callId) as JSON for the asr stage. */
 export interface RecognitionHints {

@@ -15,6 +15,8 @@ export interface SpeechActivity {
   /** Position in the caller's audio (ms since stream start). */
   audioMs: number;
   atMs: number;
+  /** On STOPPED: the sound was too short to be speech (a cough, a click); no transcript follows. */
+  discarded: boolean;
 }
 
 export enum SpeechActivity_Kind {
@@ -64,7 +66,7 @@ export enum RecognitionHints_Mode {
 }
 
 function createBaseSpeechActivity(): SpeechActivity {
-  return { callId: "", kind: 0, utteranceId: "", audioMs: 0, atMs: 0 };
+  return { callId: "", kind: 0, utteranceId: "", audioMs: 0, atMs: 0, discarded: false };
 }
 
 export const SpeechActivity: MessageFns<SpeechActivity> = {
@@ -83,6 +85,9 @@ export const SpeechActivity: MessageFns<SpeechActivity> = {
     }
     if (message.atMs !== 0) {
       writer.uint32(40).int64(message.atMs);
+    }
+    if (message.discarded !== false) {
+      writer.uint32(48).bool(message.discarded);
     }
     return writer;
   },
@@ -140,6 +145,14 @@ export const SpeechActivity: MessageFns<SpeechActivity> = {
             message.atMs = longToNumber(reader.int64());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.discarded = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -162,6 +175,7 @@ export const SpeechActivity: MessageFns<SpeechActivity> = {
     message.utteranceId = object.utteranceId ?? "";
     message.audioMs = object.audioMs ?? 0;
     message.atMs = object.atMs ?? 0;
+    message.discarded = object.discarded ?? false;
     return message;
   },
 };

@@ -28,7 +28,18 @@ export interface DialogInput {
     | //
     /** Answering machine detection's verdict on a placed call (Twilio AMD): a machine took it and its greeting ended. */
     { $case: "answeredBy"; value: AnsweredBy }
+    | //
+    /** The caller's sound that cut the bot off came to nothing: the cut turn may go on. */
+    { $case: "falseInterruption"; value: FalseInterruption }
     | undefined;
+}
+
+/** A barge-in by a sound too short to be speech (a cough, a click): no transcript will come for it. */
+export interface FalseInterruption {
+  /** The bot turn that was cut off. */
+  turnId: string;
+  /** The SpeechActivity utterance that cut it. */
+  utteranceId: string;
 }
 
 /** Who answered a placed call, as answering machine detection found it. */
@@ -119,6 +130,9 @@ export const DialogInput: MessageFns<DialogInput> = {
         break;
       case "answeredBy":
         AnsweredBy.encode(message.input.value, writer.uint32(130).fork()).join();
+        break;
+      case "falseInterruption":
+        FalseInterruption.encode(message.input.value, writer.uint32(138).fork()).join();
         break;
     }
     return writer;
@@ -217,6 +231,14 @@ export const DialogInput: MessageFns<DialogInput> = {
             message.input = { $case: "answeredBy", value: AnsweredBy.decode(reader, reader.uint32()) };
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.input = { $case: "falseInterruption", value: FalseInterruption.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -280,7 +302,80 @@ export const DialogInput: MessageFns<DialogInput> = {
         }
         break;
       }
+      case "falseInterruption": {
+        if (object.input?.value !== undefined && object.input?.value !== null) {
+          message.input = { $case: "falseInterruption", value: FalseInterruption.fromPartial(object.input.value) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseFalseInterruption(): FalseInterruption {
+  return { turnId: "", utteranceId: "" };
+}
+
+export const FalseInterruption: MessageFns<FalseInterruption> = {
+  encode(message: FalseInterruption, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.turnId !== "") {
+      writer.uint32(10).string(message.turnId);
+    }
+    if (message.utteranceId !== "") {
+      writer.uint32(18).string(message.utteranceId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FalseInterruption {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFalseInterruption();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.turnId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.utteranceId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<FalseInterruption>): FalseInterruption {
+    return FalseInterruption.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<FalseInterruption>): FalseInterruption {
+    const message = createBaseFalseInterruption();
+    message.turnId = object.turnId ?? "";
+    message.utteranceId = object.utteranceId ?? "";
     return message;
   },
 };
