@@ -27,6 +27,8 @@ const MAX_EARLY_FINALS = 3;
 const MIN_EARLY_SILENCE_MS = 200;
 /** How long an utterance's start waits for its hints while Redis is unreachable (see readHints). */
 const HINTS_WAIT_MS = 3_000;
+/** More than a caller says in one utterance: a longer text is an engine's fault, and would bloat records and logs. */
+export const MAX_TRANSCRIPT_CHARS = 2_000;
 
 export interface SessionOptions {
   segmenter: SegmenterOptions;
@@ -434,7 +436,8 @@ export class CallSession {
     return outcome.result;
   }
 
-  private onPartial(open: OpenUtterance, text: string): void {
+  private onPartial(open: OpenUtterance, full: string): void {
+    const text = full.slice(0, MAX_TRANSCRIPT_CHARS);
     // Partials only while the caller is still talking; once the utterance ends the final supersedes them.
     if (this.utterance !== open || this.stopped || open.failed || text === open.lastPartial) return;
     open.lastPartial = text;
@@ -463,6 +466,11 @@ export class CallSession {
     }
     this.release(open);
     const engine = result.engine ?? this.deps.engine.label;
+    if (result.text.length > MAX_TRANSCRIPT_CHARS) {
+      log.warn("transcript longer than any utterance; cut", { callId: this.callId, utteranceId: open.id, engine, chars: result.text.length, keptChars: MAX_TRANSCRIPT_CHARS });
+      metrics.transcriptsCut.inc({ engine });
+      result = { ...result, text: result.text.slice(0, MAX_TRANSCRIPT_CHARS), alternatives: result.alternatives.map((a) => ({ ...a, text: a.text.slice(0, MAX_TRANSCRIPT_CHARS) })) };
+    }
 
     const finalAtMs = Date.now();
     const transcript = Transcript.create({

@@ -20,6 +20,7 @@ import {
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { synthesizeTo8kPcm } from "../test/fixtures/make-audio.js";
 import { collect, connectTestBus, lineNoise, newCallId, standInDialog, startCall, streamAudio, utteranceFrames } from "../test/helpers.js";
+import { MAX_TRANSCRIPT_CHARS } from "./call-session.js";
 import { definition } from "./service.js";
 
 const API_KEY = "aai-test-key-service";
@@ -138,6 +139,35 @@ describe("asr service with ASR_ENGINES=assemblyai,pocketsphinx", () => {
     expect(second).toMatchObject({ text: "goodbye", engine: "pocketsphinx" });
     expect(second.finalAtMs - second.speechEndMs - second.endpointWaitMs).toBeLessThan(1000); // no watchdog wait
     expect(fake.sessions.length).toBe(sessionsBefore + 1); // AssemblyAI cools down
+    await store.endCall(callId, "test");
+  });
+
+  it.each([
+    ["a cut-off JSON text frame", '{"type":"Turn","transcript":"ord'],
+    ["a binary frame", Buffer.from([1, 2, 3, 4])],
+  ])("%s from AssemblyAI fails that session over to pocketsphinx, counted and logged; the process lives on", async (_, frame) => {
+    // In-process: a frame that threw out of the SDK's socket handler would take this test process down.
+    script = { text: "order status", garbage: { afterAudioMs: 300, frame } };
+    const instance = `asr-garbage-${typeof frame === "string" ? "text" : "binary"}`;
+    const a = await startReplica(instance);
+    const { callId, transcripts } = await ownedCall(instance);
+    await streamAudio(bus, callId, utteranceFrames(await synthesizeTo8kPcm("order status", "slt")), 0);
+    const [final] = await waitFor(() => (finals(transcripts).length ? finals(transcripts) : undefined), { what: "the final", timeoutMs: 10_000 });
+    expect(final).toMatchObject({ text: "order status", engine: "pocketsphinx" });
+    expect(await metric(a, "voicebot_asr_engine_failovers_total", { from: "assemblyai", to: "pocketsphinx" })).toBe(1);
+    await store.endCall(callId, "test");
+  });
+
+  it("cuts a transcript longer than any utterance (an engine fault) before it reaches the record and the logs", async () => {
+    script = { text: "order status ".repeat(300).trim() }; // 3,899 characters for 1 s of speech
+    const a = await startReplica("asr-long-text");
+    const { callId, transcripts } = await ownedCall("asr-long-text");
+    await streamAudio(bus, callId, utteranceFrames(await synthesizeTo8kPcm("order status", "slt")), 0);
+    const [final] = await waitFor(() => (finals(transcripts).length ? finals(transcripts) : undefined), { what: "the final", timeoutMs: 10_000 });
+    expect(final.engine).toBe("assemblyai");
+    expect(final.text).toHaveLength(MAX_TRANSCRIPT_CHARS);
+    expect(transcripts.every((t) => t.text.length <= MAX_TRANSCRIPT_CHARS)).toBe(true);
+    expect(await metric(a, "voicebot_asr_transcripts_cut_total", { engine: "assemblyai" })).toBe(1);
     await store.endCall(callId, "test");
   });
 

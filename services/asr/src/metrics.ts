@@ -36,6 +36,12 @@ export function createMetrics(registry: Registry) {
       labelNames: ["engine"],
       registers,
     }),
+    transcriptsCut: new Counter({
+      name: "voicebot_asr_transcripts_cut_total",
+      help: "Final transcripts longer than any utterance (an engine fault), cut to the maximum length",
+      labelNames: ["engine"],
+      registers,
+    }),
     engineErrors: new Counter({
       name: "voicebot_asr_engine_errors_total",
       help: "Utterances no engine could recognize (the caller gets an empty final and a reprompt)",

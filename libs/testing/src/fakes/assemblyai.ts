@@ -29,6 +29,8 @@ export interface FakeAssemblyAIScript {
   stallAfterBegin?: boolean;
   /** Close with an Error frame and code 3005 once this much audio has arrived. */
   errorAfterAudioMs?: number;
+  /** Send this frame as it is (a cut-off JSON text, or binary) once this much audio has arrived: a broken server. */
+  garbage?: { afterAudioMs: number; frame: string | Buffer };
   /** Delay the end-of-turn Turn and the Termination by this long. */
   finalDelayMs?: number;
   /** Also send a formatted copy of each ended turn, as with `format_turns=true` (default: when requested). */
@@ -194,6 +196,7 @@ export async function startFakeAssemblyAI(options: FakeAssemblyAIOptions = {}): 
     let revealedAtMs = 0; // audio time at which the current turn started revealing
     let ending = false;
     let terminated = false;
+    let garbageSent = false;
 
     const confidenceOf = (i: number) =>
       Array.isArray(script.confidence) ? (script.confidence[i] ?? 0.9) : (script.confidence ?? 0.9);
@@ -265,6 +268,10 @@ export async function startFakeAssemblyAI(options: FakeAssemblyAIOptions = {}): 
         const ms = recordAudio(data);
         if (ms < 50 || ms > 1000) return fail(3007, `Input duration violation: ${ms.toFixed(0)} ms. Expected between 50 and 1000 ms`);
         if (script.errorAfterAudioMs !== undefined && session.audioMs >= script.errorAfterAudioMs) return fail(3005, "Session Cancelled: An error occurred");
+        if (script.garbage && !garbageSent && session.audioMs >= script.garbage.afterAudioMs) {
+          garbageSent = true;
+          ws.send(script.garbage.frame);
+        }
         progress();
         return;
       }

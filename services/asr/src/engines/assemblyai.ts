@@ -149,6 +149,7 @@ class AssemblyAIRecognizer implements UtteranceRecognizer {
       () => this.onOpen(),
       (error: unknown) => this.fail(new Error(`assemblyai: could not open a streaming session: ${describe(error)}`)),
     );
+    guardFrames(transcriber, (error) => this.fail(new Error(`assemblyai: unreadable frame from the server: ${describe(error)}`)));
   }
 
   push(pcm: Int16Array): void {
@@ -328,6 +329,27 @@ class AssemblyAIRecognizer implements UtteranceRecognizer {
     // Sends Terminate if the socket is still open (ends billing) and closes it, without waiting.
     this.transcriber.close(false).catch(() => undefined);
   }
+}
+
+/**
+ * The SDK parses every frame with JSON.parse and no guard: one malformed or binary frame would throw out of the
+ * socket's message handler and take the whole process down, every call with it. Wraps that handler (the SDK sets it
+ * when connect() creates the socket, in the same tick) so such a frame fails only this session, which fails over.
+ */
+export function guardFrames(transcriber: StreamingTranscriber, onBadFrame: (error: unknown) => void): void {
+  const socket = (transcriber as unknown as { socket?: { onmessage: ((event: unknown) => void) | null } }).socket;
+  const handler = socket?.onmessage;
+  if (!socket || typeof handler !== "function") {
+    onBadFrame(new Error("the SDK's streaming socket was not found where expected (SDK changed?)"));
+    return;
+  }
+  socket.onmessage = (event: unknown) => {
+    try {
+      handler.call(socket, event);
+    } catch (error) {
+      onBadFrame(error);
+    }
+  };
 }
 
 function describe(error: unknown): string {
