@@ -22,6 +22,7 @@ import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FliteEngine } from "./engines/flite.js";
 import { createDefinition } from "./service.js";
+import { maxChunkSeconds } from "./speaker.js";
 import { startTts as startTtsService } from "./test-support/harness.js";
 
 const OPENAI_KEY = "sk-test-service-0123456789";
@@ -168,6 +169,20 @@ describe("tts with TTS_ENGINES=openai,flite", () => {
     expect(seconds).toBeGreaterThan(0.2);
     expect(seconds).toBeLessThan(0.6); // about 4 × 100 ms, not a restart in flite
     expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "openai", outcome: "partial" })).toBe(1);
+  });
+
+  it("cuts audio far longer than its text could take (an engine fault: two minutes for 'Hello.'): the chunk ends there as a partial one", async () => {
+    const twoMinutes = Buffer.alloc(120 * 24_000 * 2);
+    for (let i = 0; i < twoMinutes.length; i += 2) twoMinutes.writeInt16LE(i % 96 < 48 ? 3000 : -3000, i);
+    openaiReply = () => ({ raw: { status: 200, contentType: "audio/pcm", body: twoMinutes } });
+    const { parts, failures } = await speakChunk("Hello.");
+    openaiReply = () => ({});
+    expect(failures).toEqual([]);
+    expect(parts.at(-1)!.chunkDone).toBe(true);
+    const seconds = Buffer.concat(parts.map((p) => p.payload)).length / 8000;
+    expect(seconds).toBeGreaterThan(maxChunkSeconds("Hello.", 1) - 0.5);
+    expect(seconds).toBeLessThan(maxChunkSeconds("Hello.", 1) + 1.5); // cut at the first piece past the limit
+    expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "openai", outcome: "partial" })).toBe(2);
   });
 });
 

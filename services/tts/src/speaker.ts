@@ -198,7 +198,15 @@ export class Speaker {
     const audio: Uint8Array[] = [];
     try {
       const pcmStream = engine.synthesize({ text, voice: request.voice || undefined, rate: options.rate, signal, primaryOnly: true });
-      for await (const pcm of pcmStream) audio.push(...packer.push(encoder.push(pcm)));
+      const limitBytes = maxChunkSeconds(text, options.rate) * 50 * format.frameBytes;
+      let bytes = 0;
+      for await (const pcm of pcmStream) {
+        for (const part of packer.push(encoder.push(pcm))) {
+          audio.push(part);
+          bytes += part.length;
+        }
+        if (bytes > limitBytes) throw tooLong(text, limitBytes / (50 * format.frameBytes));
+      }
       audio.push(...packer.push(encoder.flush()));
       if (!packer.hasAudio) throw new Error("engine produced no audio");
       audio.push(...packer.finish());
@@ -244,10 +252,12 @@ export class Speaker {
           out.engine = label;
         },
       });
+      const limit = maxChunkSeconds(request.text, options.rate);
       for await (const pcm of audio) {
         if (job.signal.aborted) break;
         out.push(encoder.push(pcm));
         if (out.hasAudio) heard();
+        if (out.seconds > limit) throw tooLong(request.text, limit);
       }
       if (job.signal.aborted) return { outcome: "cancelled", engine: answered.label, primary: false };
       out.push(encoder.flush());
@@ -317,6 +327,18 @@ export class Speaker {
       request.callId,
     );
   }
+}
+
+/**
+ * The most audio a chunk of text can take, in seconds: far above any voice's reading time (~0.07 s a character), so
+ * only an engine fault (minutes of audio for one sentence) reaches it; that audio is cut there, never cached.
+ */
+export function maxChunkSeconds(text: string, rate: number): number {
+  return (5 + 0.25 * text.length) / Math.min(1, rate > 0 ? rate : 1);
+}
+
+function tooLong(text: string, limitSeconds: number): Error {
+  return new Error(`the engine sent over ${limitSeconds.toFixed(1)} s of audio for ${text.length} characters of text; cut there`);
 }
 
 /** A chunk's framing into BotAudio parts: the same for live chunks and prefetches, so cached bytes are alike. */

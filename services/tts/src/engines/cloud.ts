@@ -31,6 +31,13 @@ export class L16ChunkDecoder {
 
 /** Content types that are never audio: an API error body, or an HTML page from a proxy or captive portal. */
 const NOT_AUDIO = /^(application\/(json|problem\+json|xml)|text\/)/i;
+/**
+ * Compressed or wrapped audio: what a server sends when it ignored the raw format asked for. Decoded as raw samples
+ * it is loud noise, and it would be cached for days.
+ */
+const NOT_RAW = /^(audio\/(mpeg|mp3|mp4|m4a|aac|ogg|opus|webm|flac|x-flac|wav|wave|x-wav|vnd\.wave)|video\/)/i;
+/** The first bytes of files in those formats (ID3-tagged MP3, WAV, Ogg, FLAC). */
+const CONTAINER_MAGIC = ["ID3", "RIFF", "OggS", "fLaC"].map((magic) => Buffer.from(magic, "latin1"));
 
 /** What the checks below read of an answer: a fetch Response (the SDKs') or a StreamingAnswer (http-stream.ts). */
 export interface AnswerBody {
@@ -42,12 +49,23 @@ export function fetchedAnswer(response: Response): AnswerBody {
   return { contentType: response.headers.get("content-type") ?? "", text: () => response.text() };
 }
 
-/** Throws a clear error when a 200 response is not audio. */
-export async function assertAudio(engine: string, answer: AnswerBody, secret: string): Promise<void> {
-  const type = answer.contentType;
+/** Throws a clear error when a 200 response is not raw audio of the `format` asked for (e.g. "pcm", "ulaw_8000"). */
+export async function assertAudio(engine: string, answer: AnswerBody, secret: string, format: string): Promise<void> {
+  const type = answer.contentType.trim();
+  if (!type) throw new Error(`${engine}: the server sent no content type for the ${format} audio asked for`);
+  if (NOT_RAW.test(type)) throw new Error(`${engine}: asked for raw ${format} audio, the server sent ${type}`);
   if (!NOT_AUDIO.test(type)) return;
   throw new Error(`${engine}: expected audio but the server sent ${type}: ${hideSecret(await snippet(answer), secret)}`);
 }
+
+/** Throws when the first bytes of an answer are a file's header rather than raw samples (the type said otherwise). */
+export function assertRawStart(engine: string, first: Uint8Array, format: string): void {
+  const start = Buffer.from(first.buffer, first.byteOffset, Math.min(first.byteLength, 4));
+  const magic = CONTAINER_MAGIC.find((m) => start.subarray(0, m.length).equals(m));
+  if (magic) throw new NotRawAudioError(`${engine}: asked for raw ${format} audio, the server sent a ${magic.toString("latin1")} file`);
+}
+
+export class NotRawAudioError extends Error {}
 
 /** The start of a response body as one line, for error messages (bodies can be whole HTML pages). */
 export async function snippet(answer: AnswerBody, max = 300): Promise<string> {

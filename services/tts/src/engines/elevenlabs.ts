@@ -15,7 +15,7 @@
 import { mulawDecode } from "@voicebot/audio";
 import { hideSecret, type EnvReader } from "@voicebot/service-kit";
 import type { SynthesisRequest, TtsEngine } from "../engine.js";
-import { assertAudio, causes, L16ChunkDecoder, snippet } from "./cloud.js";
+import { assertAudio, assertRawStart, causes, L16ChunkDecoder, NotRawAudioError, snippet } from "./cloud.js";
 import { StreamingHttpClient, type StreamingAnswer } from "./http-stream.js";
 import { groupSentences } from "./text.js";
 
@@ -164,15 +164,21 @@ export class ElevenLabsEngine implements TtsEngine {
       if (answer.status < 200 || answer.status > 299) {
         throw new Error(`elevenlabs: HTTP ${answer.status}: ${hideSecret(await errorDetail(answer), this.apiKey)}`);
       }
-      await assertAudio("elevenlabs", answer, this.apiKey);
+      await assertAudio("elevenlabs", answer, this.apiKey, this.outputFormat);
       const l16 = this.outputFormat === "ulaw_8000" ? undefined : new L16ChunkDecoder();
+      let first = true;
       try {
         for await (const bytes of answer.chunks()) {
+          if (first && bytes.length > 0) {
+            first = false;
+            assertRawStart("elevenlabs", bytes, this.outputFormat);
+          }
           const pcm = l16 ? l16.push(bytes) : mulawDecode(bytes);
           if (pcm.length > 0) yield pcm;
         }
       } catch (error) {
         signal.throwIfAborted();
+        if (error instanceof NotRawAudioError) throw error;
         throw new Error(`elevenlabs: audio stream broke off: ${hideSecret(causes(error), this.apiKey)}`);
       }
     } finally {

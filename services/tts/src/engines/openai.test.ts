@@ -183,6 +183,17 @@ describe("OpenAIEngine against a fake OpenAI speech endpoint", () => {
     expect(html.samples).toBe(0);
     expect(html.error?.message).toMatch(/^openai: expected audio but the server sent text\/html.*Please log in to the proxy/);
 
+    // Raw PCM was asked for: MP3 or WAV decoded as samples is loud noise.
+    for (const [contentType, body, error] of [
+      ["audio/mpeg", Buffer.from([0xff, 0xfb, 0x90, 0x64, 1, 2, 3, 4]), "openai: asked for raw pcm audio, the server sent audio/mpeg"],
+      ["audio/pcm", Buffer.concat([Buffer.from("ID3"), Buffer.alloc(400)]), "openai: asked for raw pcm audio, the server sent a ID3 file"],
+    ] as const) {
+      reply = () => ({ raw: { status: 200, contentType, body } });
+      const wrong = await collectUntilError(engine().synthesize({ text: "Hello." }));
+      expect(wrong.samples, contentType).toBe(0);
+      expect(wrong.error?.message).toBe(error);
+    }
+
     reply = () => ({ raw: { status: 200, contentType: "audio/pcm", body: "" } });
     const empty = await collectUntilError(engine().synthesize({ text: "Hello." }));
     expect(empty.error?.message).toBe("openai: the response held no audio");

@@ -11,7 +11,7 @@
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from "openai";
 import { ApiKeepWarm, apiDispatcher, hideSecret, type EnvReader } from "@voicebot/service-kit";
 import type { SynthesisRequest, TtsEngine } from "../engine.js";
-import { assertAudio, bodyChunks, causes, fetchedAnswer, L16ChunkDecoder } from "./cloud.js";
+import { assertAudio, assertRawStart, bodyChunks, causes, fetchedAnswer, L16ChunkDecoder } from "./cloud.js";
 import { groupSentences } from "./text.js";
 
 export const OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1";
@@ -145,10 +145,15 @@ export class OpenAIEngine implements TtsEngine {
         signal.throwIfAborted();
         throw this.failure(error);
       }
-      await assertAudio("openai", fetchedAnswer(response), this.apiKey);
+      await assertAudio("openai", fetchedAnswer(response), this.apiKey, "pcm");
       const decoder = new L16ChunkDecoder();
       const broke = (error: unknown) => new Error(`openai: audio stream broke off: ${hideSecret(causes(error), this.apiKey)}`);
+      let first = true;
       for await (const bytes of bodyChunks(response, signal, broke)) {
+        if (first && bytes.length > 0) {
+          first = false;
+          assertRawStart("openai", bytes, "pcm");
+        }
         const pcm = decoder.push(bytes);
         if (pcm.length > 0) yield pcm;
       }
