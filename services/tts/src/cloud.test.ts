@@ -119,7 +119,8 @@ const firstAudioMs = (parts: BotAudio[]) => parts[0].timing!.ttsFirstAudioMs - p
 describe("tts with TTS_ENGINES=openai,flite", () => {
   let tts: ServiceHandle;
   beforeAll(async () => {
-    tts = await startTts({ TTS_ENGINES: "openai,flite", TTS_STALL_MS: "1000" });
+    // Each case meets openai afresh (a failure would otherwise send the next cases to flite first: see below).
+    tts = await startTts({ TTS_ENGINES: "openai,flite", TTS_STALL_MS: "1000", TTS_ENGINE_COOLDOWN_MS: "0" });
   });
   afterAll(async () => {
     await tts?.stop();
@@ -183,6 +184,36 @@ describe("tts with TTS_ENGINES=openai,flite", () => {
     expect(seconds).toBeGreaterThan(maxChunkSeconds("Hello.", 1) - 0.5);
     expect(seconds).toBeLessThan(maxChunkSeconds("Hello.", 1) + 1.5); // cut at the first piece past the limit
     expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "openai", outcome: "partial" })).toBe(2);
+  });
+});
+
+describe("tts with TTS_ENGINES=openai,flite and a cool-down", () => {
+  it("tries a provider that stalled after flite for TTS_ENGINE_COOLDOWN_MS: one stall, not one per sentence; then openai again", async () => {
+    const tts = await startTts({ TTS_ENGINES: "openai,flite", TTS_STALL_MS: "1000", TTS_ENGINE_COOLDOWN_MS: "1500" });
+    try {
+      openaiReply = () => ({ stallAfterChunks: 0 });
+      const stalled = await speakChunk(SENTENCE);
+      expect(stalled.failures).toEqual([]);
+      expect(firstAudioMs(stalled.parts)).toBeGreaterThanOrEqual(1000); // the stall, once
+      expect(await metric(tts, "voicebot_tts_engine_healthy", { engine: "openai" })).toBe(0);
+      const requests = openai.speeches.length;
+      const next = await speakChunk(SENTENCE);
+      expect(firstAudioMs(next.parts)).toBeLessThan(700); // flite at once
+      expect(openai.speeches.length).toBe(requests);
+      expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "flite", outcome: "ok" })).toBe(2);
+
+      // Cooled down, and the provider well again: openai speaks, and is healthy.
+      openaiReply = () => ({});
+      await new Promise((r) => setTimeout(r, 1_600));
+      const back = await speakChunk(SENTENCE);
+      expectSpeech(back.parts);
+      expect(openai.speeches.length).toBe(requests + 1);
+      expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "openai", outcome: "ok" })).toBe(1);
+      expect(await metric(tts, "voicebot_tts_engine_healthy", { engine: "openai" })).toBe(1);
+    } finally {
+      openaiReply = () => ({});
+      await tts.stop();
+    }
   });
 });
 

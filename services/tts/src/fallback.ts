@@ -16,8 +16,16 @@ export type FailoverReason = "error" | "stall" | "empty";
 export interface FallbackOptions {
   /** An engine that yields nothing for this long is given up (before audio: the next engine takes over). */
   stallMs: number;
+  /**
+   * TTS_ENGINE_COOLDOWN_MS: an engine that failed a chunk before its audio is tried after the others by later chunks
+   * for this long (0 = always in list order), so an outage costs one stall, not one per sentence and synthesis slot.
+   */
+  cooldownMs?: number;
   /** A chunk moved past a failing engine. */
   onFailover?: (engine: TtsEngine, reason: FailoverReason, error: string) => void;
+  /** An engine began or ended a cool-down. */
+  onHealth?: (engine: TtsEngine, healthy: boolean) => void;
+  now?: () => number;
 }
 
 /** Every engine failed before producing audio for a chunk. */
@@ -37,11 +45,14 @@ export class EngineStalledError extends Error {
  * An ordered list of engines behind the TtsEngine interface. An engine that throws, stalls or ends without audio
  * before its first samples hands the chunk to the next one. Once audio has begun there is no failover (the caller
  * would hear the start twice): an error or a stall then ends the stream with that error. Audio comes out at the
- * primary engine's sample rate; a later engine with another rate is resampled to it.
+ * primary engine's sample rate; a later engine with another rate is resampled to it. An engine that failed cools
+ * down: later chunks try it after the others until the cool-down has passed (as a last resort still), and its
+ * first audio after that makes it healthy again.
  */
 export class FallbackEngine implements TtsEngine {
   readonly label: string;
   readonly sampleRate: number;
+  private readonly coolingUntil = new Map<TtsEngine, number>();
 
   constructor(
     readonly engines: readonly TtsEngine[],
@@ -58,10 +69,17 @@ export class FallbackEngine implements TtsEngine {
 
   async *synthesize(request: FallbackRequest): AsyncGenerator<Int16Array, void, undefined> {
     const failures: string[] = [];
-    const engines = request.primaryOnly ? this.engines.slice(0, 1) : this.engines;
+    const engines = request.primaryOnly ? this.engines.slice(0, 1) : this.inOrder();
     // Without a next engine to move to, a failure is the caller's to report, not a failover.
-    const failover = request.primaryOnly ? undefined : this.options.onFailover;
-    for (const [index, engine] of engines.entries()) {
+    const failover = request.primaryOnly
+      ? undefined
+      : (engine: TtsEngine, reason: FailoverReason, error: string) => {
+          this.cool(engine);
+          this.options.onFailover?.(engine, reason, error);
+        };
+    for (const engine of engines) {
+      // The engine's place in TTS_ENGINES: 0 is the primary engine (whose voice the request names, whose audio is cached).
+      const index = this.engines.indexOf(engine);
       throwIfAborted(request.signal);
       const attempt = new AbortController();
       const signal = request.signal ? AbortSignal.any([request.signal, attempt.signal]) : attempt.signal;
@@ -78,6 +96,7 @@ export class FallbackEngine implements TtsEngine {
           if (next.value.length === 0) continue;
           if (!began) {
             began = true;
+            this.healthy(engine);
             request.onEngine?.(engine.label, index);
           }
           const pcm = resampler ? resampler.push(next.value) : next.value;
@@ -103,6 +122,30 @@ export class FallbackEngine implements TtsEngine {
       }
     }
     throw new AllEnginesFailedError(failures);
+  }
+
+  /** Healthy engines in list order, then the cooling ones, soonest back first. */
+  private inOrder(): TtsEngine[] {
+    const now = this.now();
+    const healthy = this.engines.filter((e) => (this.coolingUntil.get(e) ?? 0) <= now);
+    const cooling = this.engines.filter((e) => !healthy.includes(e)).sort((a, b) => this.coolingUntil.get(a)! - this.coolingUntil.get(b)!);
+    return [...healthy, ...cooling];
+  }
+
+  private cool(engine: TtsEngine): void {
+    const cooldownMs = this.options.cooldownMs ?? 0;
+    if (cooldownMs <= 0) return;
+    const wasHealthy = !this.coolingUntil.has(engine);
+    this.coolingUntil.set(engine, this.now() + cooldownMs);
+    if (wasHealthy) this.options.onHealth?.(engine, false);
+  }
+
+  private healthy(engine: TtsEngine): void {
+    if (this.coolingUntil.delete(engine)) this.options.onHealth?.(engine, true);
+  }
+
+  private now(): number {
+    return (this.options.now ?? Date.now)();
   }
 
   /** The engine's next piece of audio, unless it stalls or the caller cancels first. */

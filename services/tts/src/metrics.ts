@@ -11,6 +11,7 @@ export class TtsMetrics {
   readonly cacheLookups: Counter<"result" | "tier">;
   readonly cacheWriteErrors: Counter;
   readonly failovers: Counter<"from" | "reason">;
+  readonly engineHealthy: Gauge<"engine">;
   readonly cancellations: Counter<"reason">;
   readonly badRequests: Counter<"reason">;
   readonly engineErrors: Counter<"engine" | "phase">;
@@ -48,6 +49,12 @@ export class TtsMetrics {
       name: "voicebot_tts_failovers_total",
       help: "Chunks moved to the next engine, by the engine that failed and why (error, stall, empty)",
       labelNames: ["from", "reason"],
+      registers,
+    });
+    this.engineHealthy = new Gauge({
+      name: "voicebot_tts_engine_healthy",
+      help: "1 while an engine is tried in its TTS_ENGINES place, 0 while it cools down after a failure (tried after the others)",
+      labelNames: ["engine"],
       registers,
     });
     this.cancellations = new Counter({

@@ -61,6 +61,8 @@ export interface EngineSettings {
   voice: string;
   /** TTS_STALL_MS: no audio for this long counts as a failed engine. */
   stallMs: number;
+  /** TTS_ENGINE_COOLDOWN_MS: how long a failed engine is tried after the others. */
+  cooldownMs: number;
   /** The listed engines with their settings read, in failover order. */
   entries: EngineEntry[];
 }
@@ -77,15 +79,16 @@ export function readEngineSettings(env: EnvReader, registry: EngineRegistry = de
     engines,
     voice: env.string("TTS_VOICE", entries[0].defaultVoice),
     stallMs: env.int("TTS_STALL_MS", 3_000, { min: 100, max: 60_000 }),
+    cooldownMs: env.int("TTS_ENGINE_COOLDOWN_MS", 30_000, { min: 0, max: 3_600_000 }),
     entries,
   };
 }
 
 /** The configured engines in failover order, behind one TtsEngine. */
-export function createEngine(settings: EngineSettings, events: Omit<FallbackOptions, "stallMs"> & EngineEvents = {}): FallbackEngine {
+export function createEngine(settings: EngineSettings, events: Omit<FallbackOptions, "stallMs" | "cooldownMs"> & EngineEvents = {}): FallbackEngine {
   const { onKeepWarmFailure, ...fallback } = events;
   const engines = settings.entries.map((entry, index) => entry.create(index === 0 ? settings.voice : entry.defaultVoice, { onKeepWarmFailure }));
-  return new FallbackEngine(engines, { ...fallback, stallMs: settings.stallMs });
+  return new FallbackEngine(engines, { ...fallback, stallMs: settings.stallMs, cooldownMs: settings.cooldownMs });
 }
 
 /** The engine a tts replica would use with this environment (for end-to-end tests that pick engines by env). */

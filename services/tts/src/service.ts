@@ -90,11 +90,17 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
       metrics.engineErrors.inc({ engine: failed.label, phase: "before_audio" });
       log.warn("tts engine failed; trying the next one", { engine: failed.label, reason, error });
     },
+    onHealth: (changed, healthy) => {
+      metrics.engineHealthy.set({ engine: changed.label }, healthy ? 1 : 0);
+      if (healthy) log.info("tts engine healthy again", { engine: changed.label });
+      else log.warn("tts engine cools down: later chunks try it after the others", { engine: changed.label, cooldownMs: config.cooldownMs });
+    },
     onKeepWarmFailure: (label, error) => {
       metrics.engineErrors.inc({ engine: label, phase: "keep_warm" });
       log.warn("tts engine keep-warm request failed; the next sentence opens its own connection", { engine: label, error });
     },
   });
+  for (const listed of engine.engines) metrics.engineHealthy.set({ engine: listed.label }, 1);
   const speaker = new Speaker({
     bus,
     store: ctx.store,
