@@ -3,7 +3,7 @@
 // Redis; the test plays the other stages on the bus.
 import { performance } from "node:perf_hooks";
 import { subjects } from "@voicebot/bus";
-import { CallStarted, PlaybackEvent, Transcript } from "@voicebot/proto";
+import { CallStarted, PlaybackEvent, SpeechActivity, SpeechActivity_Kind, Transcript } from "@voicebot/proto";
 import { CallStore, keys } from "@voicebot/state";
 import { startTcpProxy, type TcpProxy } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -107,6 +107,30 @@ describe("no turn ends in silence", () => {
     transcript(true);
     await waitFor(async () => (await fallbacks()) === before + 1, { what: "the fallback line after the final", timeoutMs: 5_000 });
     await waitFor(() => client.events("media").length > 0, { what: "its audio" });
+    client.close();
+  });
+
+  it("runs from the end of the caller's speech, so a recognizer slow to give its final still costs no more than the deadline; once", async () => {
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
+    client.echoMarks(0);
+    const activity = (kind: SpeechActivity_Kind, utteranceId: string, discarded = false) =>
+      world.bus.publish(subjects.speech(client.callSid), SpeechActivity, SpeechActivity.create({ callId: client.callSid, kind, utteranceId, atMs: Date.now(), discarded }), client.callSid);
+    const before = await fallbacks();
+    // A cough: too short to be speech, no answer is owed.
+    activity(SpeechActivity_Kind.KIND_STARTED, "3");
+    activity(SpeechActivity_Kind.KIND_STOPPED, "3", true);
+    await new Promise((r) => setTimeout(r, DEADLINE_MS + 300));
+    expect(await fallbacks()).toBe(before);
+
+    // Speech: the recognizer stalls, its final comes late; the fallback line plays at the deadline from the speech's end.
+    activity(SpeechActivity_Kind.KIND_STARTED, "9");
+    const endedAt = performance.now();
+    activity(SpeechActivity_Kind.KIND_STOPPED, "9");
+    await waitFor(async () => (await fallbacks()) === before + 1, { what: "the fallback line before any final", timeoutMs: 5_000 });
+    expect(performance.now() - endedAt).toBeLessThan(DEADLINE_MS + 400);
+    world.bus.publish(subjects.transcript(client.callSid), Transcript, Transcript.create({ callId: client.callSid, utteranceId: "9", text: "hello", isFinal: true }), client.callSid);
+    await new Promise((r) => setTimeout(r, DEADLINE_MS + 300));
+    expect(await fallbacks()).toBe(before + 1); // the late final does not start another deadline
     client.close();
   });
 });

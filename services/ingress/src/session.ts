@@ -126,6 +126,8 @@ export class CallSession {
   private bargeIn = true;
   /** A speech onset waiting out BARGE_IN_MIN_SPEECH_MS before it cuts the bot off. */
   private pendingBargeIn: { utteranceId: string; timer: NodeJS.Timeout } | undefined;
+  /** Utterances whose end (STOPPED) armed the no-silence deadline: their final must not arm it again. */
+  private readonly speechEndsArmed = new Set<string>();
   /** The last barge-in by speech: which utterance cut which bot turn (it may turn out to be a cough). */
   private speechCut: { utteranceId: string; turnId: string } | undefined;
   private startedAtMs = 0;
@@ -615,8 +617,21 @@ export class CallSession {
 
   private onTranscript(transcript: Transcript): void {
     if (!transcript.isFinal || this.ended) return;
-    this.guard?.inputEnded("speech");
+    // Armed at the speech's end already, unless that STOPPED never came (then from now).
+    if (!this.speechEndsArmed.delete(transcript.utteranceId)) this.guard?.inputEnded("speech");
     this.noInput?.callerInput();
+  }
+
+  /**
+   * The caller's speech ended and will become a transcript the dialog answers: the no-silence deadline runs from
+   * here, so a slow or stalled recognizer counts against it too. A sound too short to be speech gets no answer.
+   */
+  private speechEnded(activity: SpeechActivity): void {
+    if (!this.guard || activity.discarded || !activity.utteranceId) return;
+    this.guard.inputEnded("speech");
+    this.speechEndsArmed.add(activity.utteranceId);
+    // Finals normally follow within seconds; a lost one must not keep its id forever.
+    if (this.speechEndsArmed.size > 32) this.speechEndsArmed.delete(this.speechEndsArmed.values().next().value!);
   }
 
   /** Nobody has spoken for a while since the bot's turn `turnId`: the dialog prompts the caller again. */
@@ -712,6 +727,7 @@ export class CallSession {
     const { metrics, config } = this.deps;
     if (activity.kind === SpeechActivity_Kind.KIND_STOPPED) {
       this.afterCutSpeech(activity);
+      this.speechEnded(activity);
       const pending = this.pendingBargeIn;
       if (pending && (!pending.utteranceId || !activity.utteranceId || pending.utteranceId === activity.utteranceId)) {
         clearTimeout(pending.timer);
