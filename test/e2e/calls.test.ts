@@ -1,6 +1,7 @@
 // Whole calls over the Twilio protocol against all five services as real processes. The calls run at the same
 // time on one system (as real calls would), which also shows that calls do not disturb each other.
 import { afterAll, afterEach, beforeAll, describe, test } from "vitest";
+import { synthesize } from "@voicebot/callsim";
 import { WebSocket } from "ws";
 import { audioMs, keypadCall, loudnessDbfs, noteTurns, printLatencies, serviceNames, startSystem, type System } from "./system.js";
 
@@ -116,6 +117,28 @@ describe("calls over /twilio", () => {
     expect(record.transcript.filter((e) => e.role === "caller")).toEqual([]);
     await sim.hangUp();
     await system.waitForRecord(sim.callSid, "the call ended", (r) => r.state === "ended");
+  });
+
+  test.concurrent("a cough over the greeting (a sound too short to be speech) cuts it off, and the greeting goes on", async ({ expect }) => {
+    const speech = await synthesize("order status", { engine: "flite", voice: "slt" });
+    let start = 0;
+    while (start < speech.length && loudnessDbfs(speech.subarray(start, start + 160)) < -30) start += 160;
+    const cough = speech.subarray(start, start + 800); // 100 ms: the VAD hears an onset, too short for an utterance
+    const before = await system.metric("ingress", "voicebot_ingress_false_interruptions_total");
+    const sim = system.call();
+    await sim.connect();
+    await system.waitForRecord(sim.callSid, "the greeting playing", (r) => r.turns.length > 0, TURN_MS);
+    await new Promise((r) => setTimeout(r, 1_000));
+    await sim.say(cough);
+    const record = await system.waitForRecord(sim.callSid, "the greeting said again", (r) => r.transcript.filter((e) => e.role === "bot").length >= 2, TURN_MS);
+    const [cut, again] = record.transcript.filter((e) => e.role === "bot");
+    expect(cut.interrupted).toBe(true);
+    expect(again.text).toMatch(/To talk to an agent, say agent or press 0\.$/);
+    expect(again.interrupted).toBeFalsy();
+    expect(record.transcript.filter((e) => e.role === "caller")).toEqual([]); // no reprompt: nothing was said
+    expect(sim.events.some((e) => e.dir === "received" && e.type === "clear")).toBe(true);
+    expect(await system.metric("ingress", "voicebot_ingress_false_interruptions_total")).toBeGreaterThan(before);
+    await sim.hangUp();
   });
 
   test.concurrent("a state with its own no-input wait (order-line's order number: 15 s) gives the silent caller that long", async ({ expect }) => {
