@@ -154,6 +154,19 @@ describe("webhook tools", () => {
     expect(received[0].body).toBe("");
   });
 
+  it("refuses a JSON answer over 64 KiB as too large (not as invalid JSON); one at the limit is taken", async () => {
+    const json = (bytes: number) => JSON.stringify({ items: "x".repeat(bytes - 13) });
+    const { executor } = executorFor(declare([POINTS]));
+    handler = (_req, _body, res) => void res.writeHead(200, { "content-type": "application/json" }).end(json(64 * 1024 + 5_000));
+    const big = await executor.handle(request(await newCall(), "get_points", { member_id: "123456" }));
+    expect(big).toMatchObject({ ok: false });
+    expect(big.errorMessage).toBe("get_points: the response is over 64 KiB (the most a tool result may be)");
+    handler = (_req, _body, res) => void res.writeHead(200, { "content-type": "application/json" }).end(json(64 * 1024));
+    const fits = await executor.handle(request(await newCall(), "get_points", { member_id: "123456" }));
+    expect(fits.ok).toBe(true);
+    expect(JSON.parse(fits.resultJson).items).toHaveLength(64 * 1024 - 13);
+  });
+
   it("checks the arguments against the schema before calling", async () => {
     const { executor } = executorFor(declare([POINTS]));
     const result = await executor.handle(request(await newCall(), "get_points", { member_id: "12" }));

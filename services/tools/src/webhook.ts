@@ -59,7 +59,7 @@ export function webhookTool(declaration: DeclaredTool & { webhook: WebhookConfig
         const cause = (error as { cause?: { code?: string; message?: string } }).cause;
         throw new Error(`${name}: connection failed (${cause?.code ?? scrub(cause?.message ?? "network error")})`);
       }
-      const body = await readLimited(response);
+      const { body, truncated } = await readLimited(response);
       if (!response.ok) {
         const text = `${name}: HTTP ${response.status}${body.trim() ? `: ${scrub(body.trim().slice(0, MAX_ERROR_TEXT))}` : ""}`;
         const retryable = response.status >= 500 || response.status === 408 || response.status === 429;
@@ -67,6 +67,8 @@ export function webhookTool(declaration: DeclaredTool & { webhook: WebhookConfig
       }
       if (!body.trim()) return { ok: true, status: response.status };
       if (/json/i.test(response.headers.get("content-type") ?? "") || /^[[{]/.test(body.trim())) {
+        // Cut JSON would not parse: say why, rather than blame the webhook's JSON.
+        if (truncated) throw new PermanentToolError(`${name}: the response is over ${MAX_RESPONSE_BYTES / 1024} KiB (the most a tool result may be)`);
         try {
           return JSON.parse(body);
         } catch {
@@ -78,8 +80,9 @@ export function webhookTool(declaration: DeclaredTool & { webhook: WebhookConfig
   };
 }
 
-async function readLimited(response: Response): Promise<string> {
-  if (!response.body) return "";
+/** The body, at most MAX_RESPONSE_BYTES of it; `truncated` when there was more. */
+async function readLimited(response: Response): Promise<{ body: string; truncated: boolean }> {
+  if (!response.body) return { body: "", truncated: false };
   const reader = response.body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
@@ -88,10 +91,10 @@ async function readLimited(response: Response): Promise<string> {
     if (done) break;
     chunks.push(value);
     size += value.byteLength;
-    if (size >= MAX_RESPONSE_BYTES) {
+    if (size > MAX_RESPONSE_BYTES) {
       await reader.cancel().catch(() => undefined);
       break;
     }
   }
-  return Buffer.concat(chunks).subarray(0, MAX_RESPONSE_BYTES).toString("utf8");
+  return { body: Buffer.concat(chunks).subarray(0, MAX_RESPONSE_BYTES).toString("utf8"), truncated: size > MAX_RESPONSE_BYTES };
 }
