@@ -337,6 +337,37 @@ describe("dialog on an LLM", () => {
     ]);
   });
 
+  it("speaks at most about 1,200 characters of a runaway answer, so one call cannot flood the shared tts queue", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    replies.push({ text: "Here is one more thing you might like to know about our shop. ".repeat(300) }); // 19 kB
+    await call.say("tell me everything about your shop");
+    const reply = await call.turn("t2");
+    const sent = call.turnIds().flatMap((turnId) => (turnId === "t1" ? [] : call.chunks(turnId)));
+    expect(sent.reduce((sum, chunk) => sum + chunk.text.length, 0)).toBeLessThanOrEqual(1_200);
+    expect(reply.length).toBeGreaterThan(1_000);
+    expect(await metric("voicebot_dialog_llm_answers_cut_total")).toBe(1);
+    await waitFor(async () => (await call.record()).transcript.length === 3, { what: "three transcript entries" });
+    expect((await call.record()).transcript.at(-1)).toMatchObject({ role: "bot", text: reply });
+  });
+
+  it("answers with the scripted agent when the LLM's answer has nothing speakable, and records what was said", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    replies.push({ text: "😀🚀👍" });
+    await call.say("I want to check an order");
+    expect(await call.turn("t2")).toBe("Please say or key in your order number, then press pound.");
+    await waitFor(async () => (await call.record()).transcript.length === 3, { what: "three transcript entries" });
+    expect((await call.record()).transcript.map((e) => [e.role, e.text])).toEqual([
+      ["bot", GREETING],
+      ["caller", "I want to check an order"],
+      ["bot", "Please say or key in your order number, then press pound."],
+    ]);
+    expect(await metric("voicebot_dialog_llm_fallbacks_total", { reason: "empty" })).toBe(1);
+  });
+
   it("answers with the scripted agent when the LLM fails, never leaving the caller in silence", async () => {
     const call = new TestCall();
     await call.start();

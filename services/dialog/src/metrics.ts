@@ -14,6 +14,8 @@ export interface DialogMetrics {
   llmFirstToken: Histogram<"model">;
   llmTokens: Counter<"model" | "kind">;
   llmFallbacks: Counter<"agent" | "reason">;
+  llmAnswersCut: Counter<"agent">;
+  llmToolCallsRefused: Counter<"agent" | "reason">;
   llmCircuit: Gauge<"model">;
   llmKeepWarmFailures: Counter;
   bargeIns: Counter;
@@ -85,7 +87,7 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
     }),
     llmRequests: new Counter({
       name: "voicebot_dialog_llm_requests_total",
-      help: "LLM requests by outcome (ok, first_token_timeout, timeout, http_error, connection, malformed, empty, circuit_open, cancelled)",
+      help: "LLM requests by outcome (ok, first_token_timeout, timeout, stalled, http_error, connection, malformed, empty, circuit_open, cancelled)",
       labelNames: ["model", "outcome"],
       registers: [registry],
     }),
@@ -105,6 +107,18 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
     llmFallbacks: new Counter({
       name: "voicebot_dialog_llm_fallbacks_total",
       help: "Inputs the scripted agent answered because the LLM failed, by reason",
+      labelNames: ["agent", "reason"],
+      registers: [registry],
+    }),
+    llmAnswersCut: new Counter({
+      name: "voicebot_dialog_llm_answers_cut_total",
+      help: "LLM answers cut off at the most one input may speak (the rest was not read from the stream)",
+      labelNames: ["agent"],
+      registers: [registry],
+    }),
+    llmToolCallsRefused: new Counter({
+      name: "voicebot_dialog_llm_tool_calls_refused_total",
+      help: "LLM tool calls the dialog refused without calling the tool, by reason (unknown_tool, invalid_arguments, arguments_too_large)",
       labelNames: ["agent", "reason"],
       registers: [registry],
     }),

@@ -23,6 +23,7 @@ export interface LlmEnv {
   model?: string;
   temperature?: number;
   firstTokenTimeoutMs?: number;
+  stallTimeoutMs: number;
   timeoutMs: number;
   maxRetries: number;
   breaker: { failures: number; windowMs: number; cooldownMs: number };
@@ -50,6 +51,7 @@ export interface DialogConfig {
 const DEFAULT_AGENTS_DIR = fileURLToPath(new URL("../agents", import.meta.url));
 const DEFAULT_MODEL = "gpt-4o-mini";
 const DEFAULT_FIRST_TOKEN_TIMEOUT_MS = 2_500;
+const DEFAULT_STALL_TIMEOUT_MS = 3_000;
 
 export function readDialogConfig(env: EnvReader): DialogConfig {
   const optionalInt = (name: string, range: { min: number; max: number }) =>
@@ -75,6 +77,7 @@ export function readDialogConfig(env: EnvReader): DialogConfig {
       model: env.optional("LLM_MODEL"),
       temperature: env.optional("LLM_TEMPERATURE") === undefined ? undefined : env.number("LLM_TEMPERATURE", 0, { min: 0, max: 2 }),
       firstTokenTimeoutMs: optionalInt("LLM_FIRST_TOKEN_TIMEOUT_MS", { min: 100, max: 60_000 }),
+      stallTimeoutMs: env.int("LLM_STALL_TIMEOUT_MS", DEFAULT_STALL_TIMEOUT_MS, { min: 100, max: 60_000 }),
       timeoutMs: env.int("LLM_TIMEOUT_MS", 15_000, { min: 1_000, max: 120_000 }),
       maxRetries: env.int("LLM_MAX_RETRIES", 1, { min: 0, max: 5 }),
       breaker: {
@@ -103,6 +106,7 @@ export function llmSettingsFor(agent: AgentConfig, config: DialogConfig): LlmSet
     temperature: config.llm.temperature ?? llm.temperature,
     maxTokens: llm.maxTokens,
     firstTokenTimeoutMs: config.llm.firstTokenTimeoutMs ?? llm.firstTokenTimeoutMs ?? DEFAULT_FIRST_TOKEN_TIMEOUT_MS,
+    stallTimeoutMs: config.llm.stallTimeoutMs,
     timeoutMs: config.llm.timeoutMs,
     maxRetries: config.llm.maxRetries,
   };

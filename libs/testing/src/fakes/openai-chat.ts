@@ -39,6 +39,8 @@ export interface FakeChatRequest {
   lastUser: string;
   /** Tool results sent after the last assistant tool calls (what the model is asked to answer with). */
   toolResults: Array<{ toolCallId: string; name: string; content: string }>;
+  /** The client closed the connection before the response was complete. */
+  closedByClient: boolean;
 }
 
 export interface FakeChatToolCall {
@@ -65,6 +67,10 @@ export type FakeChatReply =
       eventIntervalMs?: number;
       /** After this many content deltas, stop sending (no tool calls, no finish) but keep the connection open. */
       stallAfterDeltas?: number;
+      /** While stalled, send an SSE comment (": keep-alive") this often, as proxies and some servers do. */
+      keepAliveMs?: number;
+      /** Tool call deltas without `index`, as Google Gemini's OpenAI-compatible endpoint sends them. */
+      omitToolCallIndex?: boolean;
       finishReason?: string;
       usage?: { promptTokens: number; completionTokens: number };
     }
@@ -109,6 +115,9 @@ export function chatCompletionsHandler(options: FakeChatOptions, chat: FakeChat)
       return sendOpenAIError(res, 400, message);
     }
     chat.requests.push(parsed);
+    res.once("close", () => {
+      if (!res.writableEnded) parsed.closedByClient = true;
+    });
     const reply = await options.reply(parsed);
     const n = ++completions;
     const id = `chatcmpl-fake${n}`;
@@ -166,18 +175,25 @@ export function chatCompletionsHandler(options: FakeChatOptions, chat: FakeChat)
     if (!(await send({ role: "assistant", content: "", refusal: null }))) return;
     if (reply.firstTokenDelayMs) await sleep(res, reply.firstTokenDelayMs);
     let sent = 0;
-    // A stall leaves the response open and silent (until the client gives up or stop()).
+    // A stall leaves the response open and silent but for keep-alive comments (until the client gives up or stop()).
     const stalled = () => reply.stallAfterDeltas !== undefined && sent >= reply.stallAfterDeltas;
+    const stall = async () => {
+      while (reply.keepAliveMs && !res.destroyed) {
+        res.write(": keep-alive\n\n");
+        await sleep(res, reply.keepAliveMs);
+      }
+    };
     for (const delta of deltas) {
-      if (stalled()) return;
+      if (stalled()) return stall();
       if (!(await send({ content: delta }))) return;
       sent++;
     }
-    if (stalled()) return;
+    if (stalled()) return stall();
     for (const [index, call] of calls.entries()) {
-      if (!(await send({ tool_calls: [{ index, id: call.id, type: "function", function: { name: call.name, arguments: "" } }] }))) return;
+      const numbered = reply.omitToolCallIndex ? {} : { index };
+      if (!(await send({ tool_calls: [{ ...numbered, id: call.id, type: "function", function: { name: call.name, arguments: "" } }] }))) return;
       for (const piece of split(call.arguments, call.pieces)) {
-        if (!(await send({ tool_calls: [{ index, function: { arguments: piece } }] }))) return;
+        if (!(await send({ tool_calls: [{ ...numbered, function: { arguments: piece } }] }))) return;
       }
     }
     if (!(await send({}, finishReason))) return;
@@ -330,5 +346,6 @@ function parseChatRequest(request: FakeOpenAIRequest): FakeChatRequest {
     temperature: typeof body.temperature === "number" ? body.temperature : undefined,
     lastUser,
     toolResults,
+    closedByClient: false,
   };
 }

@@ -8,7 +8,8 @@ const MAX_CHUNK_CHARS = 220;
 /**
  * Collects streamed text and hands out speakable chunks: every complete sentence (. ! ? followed by a space or
  * a line break), and a clause (, ; : or a dash followed by a space) once it is long enough. `flush()` gives what
- * is left when the stream ends.
+ * is left when the stream ends. A piece with no word in it (only emoji, punctuation or markup) is left out: tts
+ * would say nothing for it.
  */
 export class ClauseChunker {
   private buffer = "";
@@ -21,7 +22,7 @@ export class ClauseChunker {
       if (cut <= 0) break;
       const chunk = speakable(this.buffer.slice(0, cut));
       this.buffer = this.buffer.slice(cut);
-      if (chunk) chunks.push(chunk);
+      if (hasWords(chunk)) chunks.push(chunk);
     }
     return chunks;
   }
@@ -29,7 +30,7 @@ export class ClauseChunker {
   flush(): string {
     const rest = speakable(this.buffer);
     this.buffer = "";
-    return rest;
+    return hasWords(rest) ? rest : "";
   }
 
   /** Index just after the first place the buffer may be cut, or -1. */
@@ -53,6 +54,11 @@ export class ClauseChunker {
     }
     return -1;
   }
+}
+
+/** Text with something to say: a letter or a digit. */
+export function hasWords(text: string): boolean {
+  return /[\p{L}\p{N}]/u.test(text);
 }
 
 /** Text as tts should get it: markdown markers and list bullets removed, whitespace collapsed. */

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { silentLogger } from "@voicebot/bus";
-import { addFakeChatCompletions, startFakeOpenAI, type FakeChat, type FakeChatReply, type FakeChatRequest, type FakeOpenAI } from "@voicebot/testing";
+import { silentLogger, type Logger } from "@voicebot/bus";
+import { addFakeChatCompletions, startFakeOpenAI, waitFor, type FakeChat, type FakeChatReply, type FakeChatRequest, type FakeOpenAI } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { validateAgent, type AgentConfig } from "../agents/config.js";
@@ -53,8 +53,20 @@ const ORDERS: Record<string, unknown> = {
   "12345": { found: true, order_number: "12345", status: "shipped", carrier: "UPS", eta_text: "Thursday, March 6" },
 };
 
-function engineWith(options: { firstTokenTimeoutMs?: number; breakerFailures?: number; cooldownMs?: number; maxRetries?: number } = {}) {
+type LogLine = { msg: string; fields?: Record<string, unknown> };
+
+/** A logger that keeps its warnings. */
+function warningsInto(lines: LogLine[]): Logger {
+  const log: Logger = { debug() {}, info() {}, warn: (msg, fields) => void lines.push({ msg, fields }), error() {}, child: () => log };
+  return log;
+}
+
+function engineWith(
+  options: { firstTokenTimeoutMs?: number; stallTimeoutMs?: number; breakerFailures?: number; cooldownMs?: number; maxRetries?: number } = {},
+) {
   const metrics = createDialogMetrics(new Registry());
+  const warnings: LogLine[] = [];
+  const log = warningsInto(warnings);
   const breaker = new CircuitBreaker({ failures: options.breakerFailures ?? 3, windowMs: 60_000, cooldownMs: options.cooldownMs ?? 60_000 });
   const client = new OpenAiCompleter(
     {
@@ -63,12 +75,13 @@ function engineWith(options: { firstTokenTimeoutMs?: number; breakerFailures?: n
       model: "fake-model",
       temperature: orderLine.llm!.temperature,
       firstTokenTimeoutMs: options.firstTokenTimeoutMs ?? 1_500,
+      stallTimeoutMs: options.stallTimeoutMs ?? 3_000,
       timeoutMs: 5_000,
       maxRetries: options.maxRetries ?? 1,
     },
     breaker,
     metrics,
-    silentLogger,
+    log,
   );
   const engine = new LlmEngine({
     agent: orderLine,
@@ -77,10 +90,10 @@ function engineWith(options: { firstTokenTimeoutMs?: number; breakerFailures?: n
     digitsConfirmConfidence: 0.8,
     keypadPauseMs: 2_000,
     metrics,
-    log: silentLogger,
+    log,
     now: () => new Date("2025-03-04T12:00:00Z"),
   });
-  return { engine, metrics, breaker };
+  return { engine, metrics, breaker, warnings };
 }
 
 /** Drives the engine with a recording TurnIO. */
@@ -436,6 +449,181 @@ describe("LLM engine (real openai SDK against the fake server)", () => {
   });
 });
 
+describe("LLM answers and tool calls that cannot be used as they came", () => {
+  const counts = async (counter: { get(): Promise<{ values: Array<{ labels: Record<string, unknown>; value: number }> }> }) =>
+    Object.fromEntries((await counter.get()).values.map((v) => [String(v.labels.reason ?? v.labels.agent), v.value]));
+
+  it("stores a tool call with an invalid name or a repeated id so that later requests stay valid", async () => {
+    const { engine } = engineWith();
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({
+      toolCalls: [
+        { id: "call_same", name: "multi_tool_use.parallel", arguments: { tool_uses: [] } },
+        { id: "call_same", name: "lookup order!", arguments: {} },
+        { id: "call_same", name: "lookup_order", arguments: { order_number: "12345" } },
+      ],
+    });
+    replies.push((request) => {
+      // Every call has its own result; the model is told the tools it made up do not exist.
+      expect(request.toolResults.map((r) => [r.toolCallId, r.name, JSON.parse(r.content).error ?? "ok"])).toEqual([
+        ["call_same", "invalid_tool_name", "unknown_tool"],
+        ["call_same_2", "invalid_tool_name", "unknown_tool"],
+        ["call_same_3", "lookup_order", "ok"],
+      ]);
+      expect(JSON.parse(request.toolResults[0].content).message).toBe("There is no tool named multi_tool_use.parallel.");
+      return { text: "Order 1 2 3 4 5 has shipped." };
+    });
+    const events = await c.speak("where is order 12345", 0.95);
+    expect(toolsOf(events)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+    expect(said(events)).toBe("Order 1 2 3 4 5 has shipped.");
+    // The next input still reaches the LLM: the history is a conversation the API accepts.
+    replies.push({ text: "You're welcome. Anything else?" });
+    expect(said(await c.speak("thanks", 0.95))).toBe("You're welcome. Anything else?");
+    expect(chat.rejected).toEqual([]);
+    expect(chat.requests).toHaveLength(3);
+    expect(c.outcome).toBe("llm");
+  });
+
+  it("does not count requests the endpoint refused as invalid (400, 404, 413, 422) towards opening the circuit", async () => {
+    const { engine, metrics, breaker } = engineWith({ breakerFailures: 2 });
+    for (const status of [400, 404, 413, 422]) {
+      const c = new Conversation(engine);
+      await c.start();
+      replies.push({ status });
+      expect(said(await c.speak("I want to check my order status", 0.9))).toBe(SCRIPTED_ASK);
+      expect(c.outcome).toBe("fallback");
+    }
+    expect(breaker.state).toBe("closed");
+    expect(await counts(metrics.llmFallbacks)).toEqual({ http_error: 4 });
+    // A server error still says the endpoint is unwell.
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({ status: 500 }, { status: 500 }, { status: 503 }, { status: 503 });
+    await c.speak("hello", 0.9);
+    await c.speak("hello again", 0.9);
+    expect(breaker.state).toBe("open");
+  });
+
+  it("gives up on an answer that stalls mid-stream, keep-alives or not: what was said stays, then the bridge and the scripted agent", async () => {
+    const { engine, metrics } = engineWith({ stallTimeoutMs: 400 });
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({ text: "Your order has shipped. It will arrive on Thursday.", stallAfterDeltas: 4, keepAliveMs: 50 });
+    const started = Date.now();
+    const events = await c.speak("where is my order", 0.9);
+    expect(Date.now() - started).toBeLessThan(1_500); // not the 5 s overall deadline
+    expect(said(events)).toBe(`Your order has shipped. Sorry, I had a problem there. ${SCRIPTED_ASK}`);
+    expect(c.outcome).toBe("fallback");
+    expect(c.state.history.filter((m) => m.role === "assistant").map((m) => m.content).slice(1, 3)).toEqual([
+      "Your order has shipped.",
+      "Sorry, I had a problem there.",
+    ]);
+    expect(await counts(metrics.llmFallbacks)).toEqual({ stalled: 1 });
+    await waitFor(() => chat.requests[0].closedByClient, { what: "the stalled request to be closed" });
+  });
+
+  it("takes tool call deltas without an index (Google Gemini's compatible endpoint), by their ids", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    replies.push({
+      toolCalls: [
+        { id: "g1", name: "lookup_order", arguments: { order_number: "12345" }, argumentChunks: 3 },
+        { id: "g2", name: "lookup_order", arguments: { order_number: "67890" }, argumentChunks: 2 },
+      ],
+      omitToolCallIndex: true,
+      finishReason: "stop",
+    });
+    replies.push({ text: "The first has shipped; I cannot find the second." });
+    const events = await c.speak("order one two three four five and order six seven eight nine zero", 0.95);
+    expect(toolsOf(events)).toEqual([
+      { type: "tool", name: "lookup_order", args: { order_number: "12345" } },
+      { type: "tool", name: "lookup_order", args: { order_number: "67890" } },
+    ]);
+    expect(said(events)).toBe("The first has shipped; I cannot find the second.");
+    expect(chat.rejected).toEqual([]);
+
+    // A delta with neither an index nor an id, before any call started, belongs to no call.
+    const { engine, metrics } = engineWith();
+    const d = new Conversation(engine);
+    await d.start();
+    replies.push({ toolCalls: [{ id: "", name: "lookup_order", arguments: { order_number: "12345" } }], omitToolCallIndex: true });
+    expect(said(await d.speak("I want to check my order status", 0.9))).toBe(SCRIPTED_ASK);
+    expect(await counts(metrics.llmFallbacks)).toEqual({ malformed: 1 });
+  });
+
+  it("speaks at most 1,200 characters of one answer, stops the stream there, and keeps what was said in the history", async () => {
+    const { engine, metrics, warnings } = engineWith();
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({ text: "This is one more sentence of a very long answer. ".repeat(200), eventIntervalMs: 1 });
+    const events = await c.speak("tell me everything", 0.9);
+    const chunks = events.filter((e): e is Extract<Event, { type: "say" }> => e.type === "say").map((e) => e.text);
+    const spokenChars = chunks.reduce((sum, text) => sum + text.length, 0);
+    expect(spokenChars).toBeLessThanOrEqual(1_200);
+    expect(spokenChars).toBeGreaterThan(1_000);
+    expect(c.outcome).toBe("llm");
+    expect(c.state.history.at(-1)).toEqual({ role: "assistant", content: chunks.join(" "), turnId: "t2" });
+    expect(await counts(metrics.llmAnswersCut)).toEqual({ "order-line": 1 });
+    expect(warnings.map((w) => w.msg)).toContain("llm answer too long; only its beginning was spoken");
+    await waitFor(() => chat.requests[0].closedByClient, { what: "the request to be stopped" });
+  });
+
+  it("answers with the scripted agent when the LLM's answer has nothing to say (only emoji, punctuation or markup)", async () => {
+    const { engine, metrics } = engineWith();
+    for (const text of ["😀🚀👍", "... !!! ** ---"]) {
+      const c = new Conversation(engine);
+      await c.start();
+      replies.push({ text });
+      const events = await c.speak("I want to check my order status", 0.9);
+      expect(said(events)).toBe(SCRIPTED_ASK); // no bridge: nothing was said before it
+      expect(c.outcome).toBe("fallback");
+      expect(c.state.history.filter((m) => m.role === "assistant").map((m) => m.content)).toEqual([GREETING, SCRIPTED_ASK]);
+    }
+    expect(await counts(metrics.llmFallbacks)).toEqual({ empty: 2 });
+  });
+
+  it("refuses tool arguments over 16 KB without calling the tool, and keeps only a placeholder of them in the history", async () => {
+    const { engine } = engineWith();
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({ toolCalls: [{ name: "lookup_order", arguments: { order_number: "12345", note: "x".repeat(2_000_000) }, argumentChunks: 20 }] });
+    replies.push((request) => {
+      expect(JSON.parse(request.toolResults[0].content)).toEqual({ error: "invalid_arguments", message: expect.stringContaining("the limit is 16384") });
+      return { text: "Sorry, something went wrong. What is your order number?" };
+    });
+    const events = await c.speak("where is order 12345", 0.95);
+    expect(toolsOf(events)).toEqual([]);
+    expect(said(events)).toBe("Sorry, something went wrong. What is your order number?");
+    const stored = c.state.history.flatMap((m) => (m.role === "assistant" ? (m.toolCalls ?? []) : []));
+    expect(stored).toHaveLength(1);
+    expect(stored[0].arguments.length).toBeLessThan(100);
+    expect(JSON.parse(stored[0].arguments)).toEqual({ omitted: expect.any(String) });
+    expect(chat.requests[1].request.body.length).toBeLessThan(20_000);
+  });
+
+  it("logs and counts every tool call it refuses itself, by reason", async () => {
+    const { engine, metrics, warnings } = engineWith();
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({
+      toolCalls: [
+        { name: "delete_everything", arguments: {} },
+        { name: "lookup_order", arguments: "{not json" },
+        { name: "lookup_order", arguments: { order_number: "12345", note: "x".repeat(20_000) } },
+      ],
+    });
+    replies.push({ text: "Sorry, let me try that again." });
+    await c.speak("where is order 12345", 0.95);
+    expect(await counts(metrics.llmToolCallsRefused)).toEqual({ unknown_tool: 1, invalid_arguments: 1, arguments_too_large: 1 });
+    expect(warnings.filter((w) => w.msg === "llm tool call refused").map((w) => [w.fields?.reason, w.fields?.tool])).toEqual([
+      ["unknown_tool", "delete_everything"],
+      ["invalid_arguments", "lookup_order"],
+      ["arguments_too_large", "lookup_order"],
+    ]);
+  });
+});
+
 describe("LLM settings", () => {
   it("runs an agent on the LLM only when an endpoint or key is known, with the environment winning over the file", () => {
     const settings = (env: Record<string, string>) => {
@@ -452,12 +640,20 @@ describe("LLM settings", () => {
       temperature: 0.3,
       maxTokens: 300,
       firstTokenTimeoutMs: 2_500,
+      stallTimeoutMs: 3_000,
       timeoutMs: 15_000,
       maxRetries: 1,
     });
     expect(
-      settings({ LLM_BASE_URL: "http://vllm:8000/v1", LLM_MODEL: "llama", LLM_TEMPERATURE: "0", LLM_FIRST_TOKEN_TIMEOUT_MS: "900", LLM_TIMEOUT_MS: "8000" }),
-    ).toMatchObject({ baseUrl: "http://vllm:8000/v1", apiKey: "unused", model: "llama", temperature: 0, firstTokenTimeoutMs: 900, timeoutMs: 8_000 });
+      settings({
+        LLM_BASE_URL: "http://vllm:8000/v1",
+        LLM_MODEL: "llama",
+        LLM_TEMPERATURE: "0",
+        LLM_FIRST_TOKEN_TIMEOUT_MS: "900",
+        LLM_STALL_TIMEOUT_MS: "700",
+        LLM_TIMEOUT_MS: "8000",
+      }),
+    ).toMatchObject({ baseUrl: "http://vllm:8000/v1", apiKey: "unused", model: "llama", temperature: 0, firstTokenTimeoutMs: 900, stallTimeoutMs: 700, timeoutMs: 8_000 });
     const noLlm = { ...orderLine, llm: undefined };
     const reader = new EnvReader({ LLM_API_KEY: "k" });
     expect(llmSettingsFor(noLlm, readDialogConfig(reader))).toBeUndefined();

@@ -67,6 +67,17 @@ const MAX_HISTORY = 60;
 const MAX_HEARD = 6;
 const MAX_KEYPAD_DIGITS = 32;
 const MAX_TOOL_RESULT_CHARS = 4_000;
+/**
+ * The most one LLM round may speak (over a minute of speech): a runaway answer would hold the tts
+ * queue every call shares. Past it the rest of the answer is not read.
+ */
+const MAX_SPOKEN_CHARS = 1_200;
+/** Tool arguments larger than this are refused: no tool needs them, and the history would carry them on every request. */
+const MAX_TOOL_ARGUMENTS_CHARS = 16_384;
+/** The API's rule for function names: a stored call under any other name makes every later request fail (HTTP 400). */
+const VALID_TOOL_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
+/** What the history calls a tool call made under an invalid name. */
+const INVALID_TOOL_NAME = "invalid_tool_name";
 const HANGS_UP = new Set(["end_call", "transfer_to_human"]);
 const DEFAULT_LINES: Record<string, string> = {
   end_call: "Thanks for calling. Goodbye.",
@@ -75,6 +86,7 @@ const DEFAULT_LINES: Record<string, string> = {
 const BRIDGE = "Sorry, I had a problem there.";
 
 type Outcome = { outcome: string; done?: boolean };
+type Refusal = "unknown_tool" | "invalid_arguments" | "arguments_too_large";
 
 /**
  * Runs an agent on an LLM: streamed answers are spoken clause by clause, tool calls go to the tools service,
@@ -324,12 +336,20 @@ class LlmTurn {
       if (this.io.signal?.aborted) return { outcome: "cancelled" };
       const chunker = new ClauseChunker();
       const spoken: string[] = [];
+      let spokenChars = 0;
+      /** The answer reached MAX_SPOKEN_CHARS: nothing more of it is spoken. */
+      let cut = false;
       let turnId = "";
       const speak = (text: string, now: boolean) => {
+        if (cut || spokenChars + text.length > MAX_SPOKEN_CHARS) {
+          cut = true;
+          return;
+        }
         const id = this.say(text, { now });
         if (id) {
           turnId = id;
           spoken.push(text);
+          spokenChars += text.length;
         }
       };
       let response;
@@ -341,6 +361,7 @@ class LlmTurn {
             onFirstToken: (ms) => this.io.llmFirstToken?.(ms),
             onText: (delta) => {
               for (const chunk of chunker.push(delta)) speak(chunk, true);
+              return cut ? "stop" : undefined;
             },
           },
         );
@@ -353,14 +374,28 @@ class LlmTurn {
       }
       const rest = chunker.flush();
       if (rest) speak(rest, false);
+      if (cut) {
+        const agent = this.options.agent.name;
+        this.options.metrics.llmAnswersCut.inc({ agent });
+        this.options.log.warn("llm answer too long; only its beginning was spoken", { agent, spokenChars, receivedChars: response.text.length });
+        // The history holds what the caller heard; tool calls of a cut answer are not run.
+        this.state.history.push({ role: "assistant", content: spoken.join(" "), ...(turnId ? { turnId } : {}) });
+        return this.finish("llm");
+      }
+      if (response.toolCalls.length === 0 && spoken.length === 0) {
+        // Only emoji, punctuation or markup: the caller would hear nothing, as with an empty answer.
+        if (this.io.signal?.aborted) return { outcome: "cancelled" };
+        return this.fallback(input, "empty", keypadEntry);
+      }
+      const calls = withUniqueIds(response.toolCalls);
       this.state.history.push({
         role: "assistant",
         content: response.text,
-        ...(response.toolCalls.length > 0 ? { toolCalls: response.toolCalls } : {}),
+        ...(calls.length > 0 ? { toolCalls: calls.map(storedCall) } : {}),
         ...(turnId ? { turnId } : {}),
       });
-      if (response.toolCalls.length === 0) return this.finish("llm");
-      const stop = await this.runToolCalls(response.toolCalls);
+      if (calls.length === 0) return this.finish("llm");
+      const stop = await this.runToolCalls(calls);
       if (stop) return stop;
     }
     // Every round asked for tools (the last one may not): say something rather than nothing.
@@ -384,7 +419,11 @@ class LlmTurn {
       }
       const declaration = this.engine.declaration(call.name);
       if (!declaration) {
-        this.toolMessage(call.id, { error: "unknown_tool", message: `There is no tool named ${call.name}.` });
+        this.refuse(call, "unknown_tool", `There is no tool named ${call.name.slice(0, 100)}.`);
+        continue;
+      }
+      if (call.arguments.length > MAX_TOOL_ARGUMENTS_CHARS) {
+        this.refuse(call, "arguments_too_large", `The arguments are ${call.arguments.length} characters of JSON; the limit is ${MAX_TOOL_ARGUMENTS_CHARS}.`);
         continue;
       }
       let args: Record<string, unknown>;
@@ -393,7 +432,7 @@ class LlmTurn {
         if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) throw new Error("not an object");
         args = parsed as Record<string, unknown>;
       } catch {
-        this.toolMessage(call.id, { error: "invalid_arguments", message: "The arguments must be a JSON object." });
+        this.refuse(call, "invalid_arguments", "The arguments must be a JSON object.");
         continue;
       }
       // Digits the caller may not have said that way are read back before the tool acts on them.
@@ -435,6 +474,14 @@ class LlmTurn {
       this.toolMessage(id, { error: outcome.errorCode, message: outcome.errorMessage });
     }
     return undefined;
+  }
+
+  /** A tool call the dialog answers itself, without running the tool: the model is told why. */
+  private refuse(call: LlmToolCall, reason: Refusal, message: string): void {
+    const agent = this.options.agent.name;
+    this.options.metrics.llmToolCallsRefused.inc({ agent, reason });
+    this.options.log.warn("llm tool call refused", { agent, reason, tool: call.name.slice(0, 100), argumentsChars: call.arguments.length });
+    this.toolMessage(call.id, { error: reason === "unknown_tool" ? "unknown_tool" : "invalid_arguments", message });
   }
 
   private toolMessage(toolCallId: string, content: unknown): void {
@@ -588,6 +635,28 @@ class LlmTurn {
     if (!this.state.scriptedOwns) this.io.setHints(this.engine.recognitionHints);
     return { outcome: result.outcome, ...(result.done ? { done: true } : {}) };
   }
+}
+
+/** The calls with ids unique within their answer (an endpoint may repeat one), so each result answers its own call. */
+function withUniqueIds(calls: LlmToolCall[]): LlmToolCall[] {
+  const used = new Set<string>();
+  return calls.map((call) => {
+    let id = call.id;
+    for (let n = 2; used.has(id); n++) id = `${call.id}_${n}`;
+    used.add(id);
+    return id === call.id ? call : { ...call, id };
+  });
+}
+
+/**
+ * A tool call as the history keeps it: every later request sends it again, so it must be valid for the API (an
+ * invalid name is replaced; its result still says there is no such tool) and small (huge arguments are replaced).
+ */
+function storedCall(call: LlmToolCall): LlmToolCall {
+  const name = VALID_TOOL_NAME.test(call.name) ? call.name : INVALID_TOOL_NAME;
+  const tooLarge = call.arguments.length > MAX_TOOL_ARGUMENTS_CHARS;
+  const args = tooLarge ? JSON.stringify({ omitted: `${call.arguments.length} characters, over the limit` }) : call.arguments;
+  return { id: call.id, name, arguments: args };
 }
 
 function keypadToken(seq: number): string {

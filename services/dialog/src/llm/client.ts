@@ -12,6 +12,7 @@ type Chunk = OpenAI.Chat.Completions.ChatCompletionChunk;
 export type LlmFailure =
   | "first_token_timeout"
   | "timeout"
+  | "stalled"
   | "http_error"
   | "connection"
   | "malformed"
@@ -23,10 +24,18 @@ export class LlmError extends Error {
   constructor(
     readonly reason: LlmFailure,
     message: string,
+    /** The HTTP status of an `http_error` answer. */
+    readonly status?: number,
   ) {
     super(message);
   }
 }
+
+/**
+ * Answers that say the request itself was bad (invalid messages, unknown model, too large): the endpoint is
+ * healthy, so they do not count towards opening the circuit.
+ */
+const REQUEST_ERROR_STATUSES = new Set([400, 404, 413, 422]);
 
 export interface LlmSettings {
   /** Empty = the SDK's default (api.openai.com). */
@@ -37,6 +46,8 @@ export interface LlmSettings {
   maxTokens?: number;
   /** No content or tool call within this time: give up (the caller must not wait in silence). */
   firstTokenTimeoutMs: number;
+  /** After the first token, no content or tool call for this long: give up on the rest of the answer. */
+  stallTimeoutMs: number;
   /** The whole streamed answer must be complete within this time. */
   timeoutMs: number;
   /** Retries of failed requests (5xx, 429, connection errors) by the SDK, within the first-token deadline. */
@@ -53,6 +64,7 @@ export interface LlmToolCall {
 export interface LlmResponse {
   text: string;
   toolCalls: LlmToolCall[];
+  /** The endpoint's finish reason, or "stopped" when `onText` asked to stop reading. */
   finishReason: string;
   firstTokenMs: number;
 }
@@ -66,8 +78,8 @@ export interface LlmRequest {
 export interface StreamHandlers {
   /** Barge-in: stop at once. */
   signal?: AbortSignal;
-  /** Content as it streams in. */
-  onText(delta: string): void;
+  /** Content as it streams in; "stop" ends the request there (the answer is what came so far, without tool calls). */
+  onText(delta: string): void | "stop";
   onFirstToken?(ms: number): void;
 }
 
@@ -79,8 +91,9 @@ export interface LlmCompleter {
 
 /**
  * Streaming chat completions with function calling through the `openai` SDK, against any OpenAI-compatible
- * endpoint. Enforces a first-token deadline and an overall deadline, reports every failure as an LlmError, and
- * feeds a circuit breaker so a dead endpoint is skipped instead of making every caller wait for its timeout.
+ * endpoint. Enforces a first-token deadline, a stall deadline between streamed pieces and an overall deadline,
+ * reports every failure as an LlmError, and feeds a circuit breaker so a dead endpoint is skipped instead of making
+ * every caller wait for its timeout.
  */
 export class OpenAiCompleter implements LlmCompleter {
   private readonly client: OpenAI;
@@ -125,7 +138,8 @@ export class OpenAiCompleter implements LlmCompleter {
       const failure = error instanceof LlmError ? error : new LlmError("connection", errorText(error));
       if (failure.reason === "cancelled") this.breaker.release();
       else {
-        this.breaker.failure();
+        if (failure.status !== undefined && REQUEST_ERROR_STATUSES.has(failure.status)) this.breaker.release();
+        else this.breaker.failure();
         this.log.warn("llm request failed", { model, reason: failure.reason, error: failure.message, ms: Date.now() - started });
       }
       this.metrics.llmRequests.inc({ model, outcome: failure.reason });
@@ -157,15 +171,26 @@ export class OpenAiCompleter implements LlmCompleter {
       settings.firstTokenTimeoutMs,
     );
     const totalTimer = setTimeout(() => fail(new LlmError("timeout", `answer not complete within ${settings.timeoutMs} ms`)), settings.timeoutMs);
+    // Started by the first token: a stream that stops mid-answer must not leave the caller waiting for the total deadline.
+    let stallTimer: NodeJS.Timeout | undefined;
 
     let text = "";
     let finishReason = "";
     let firstTokenMs = -1;
-    const calls: Array<{ id: string; name: string; arguments: string }> = [];
-    const firstToken = () => {
-      if (firstTokenMs >= 0) return;
+    let stopped = false;
+    const calls: LlmToolCall[] = [];
+    /** Content or a tool call arrived (keep-alive comments and empty chunks are no progress). */
+    const progress = () => {
+      if (stallTimer) {
+        stallTimer.refresh();
+        return;
+      }
       firstTokenMs = Date.now() - started;
       clearTimeout(firstTokenTimer);
+      stallTimer = setTimeout(
+        () => fail(new LlmError("stalled", `no content or tool call for ${settings.stallTimeoutMs} ms mid-answer`)),
+        settings.stallTimeoutMs,
+      );
       metrics.llmFirstToken.observe({ model: settings.model }, firstTokenMs / 1000);
       handlers.onFirstToken?.(firstTokenMs);
     };
@@ -196,14 +221,18 @@ export class OpenAiCompleter implements LlmCompleter {
         if (!choice) continue;
         const delta = choice.delta ?? {};
         if (typeof delta.content === "string" && delta.content.length > 0) {
-          firstToken();
+          progress();
           text += delta.content;
-          handlers.onText(delta.content);
+          if (handlers.onText(delta.content) === "stop") {
+            // Enough of this answer: the endpoint stops generating the rest.
+            stopped = true;
+            abort.abort();
+            break;
+          }
         }
         for (const call of delta.tool_calls ?? []) {
-          if (typeof call.index !== "number" || call.index < 0 || call.index > 31) throw new LlmError("malformed", "a tool call delta has no valid index");
-          firstToken();
-          const entry = (calls[call.index] ??= { id: "", name: "", arguments: "" });
+          const entry = toolCallOf(calls, call);
+          progress();
           if (call.id) entry.id = call.id;
           if (call.function?.name) entry.name += call.function.name;
           if (call.function?.arguments) entry.arguments += call.function.arguments;
@@ -221,10 +250,13 @@ export class OpenAiCompleter implements LlmCompleter {
     } finally {
       clearTimeout(firstTokenTimer);
       clearTimeout(totalTimer);
+      clearTimeout(stallTimer);
       handlers.signal?.removeEventListener("abort", onCancel);
     }
     // The SDK ends the iteration quietly when its request is aborted.
     if (failure) throw failure;
+    // Tool calls of a stopped answer may be incomplete: none are run.
+    if (stopped) return { text, toolCalls: [], finishReason: "stopped", firstTokenMs };
     const toolCalls = calls.filter(Boolean);
     for (const call of toolCalls) {
       if (!call.name) throw new LlmError("malformed", "a tool call has no function name");
@@ -236,11 +268,33 @@ export class OpenAiCompleter implements LlmCompleter {
   }
 }
 
+/**
+ * The tool call a streamed delta belongs to. OpenAI numbers them (`index`); some compatible endpoints (Google
+ * Gemini) send none: there a delta with an id starts a call (or continues the one with that id), a delta without
+ * one continues the latest call.
+ */
+function toolCallOf(calls: LlmToolCall[], delta: { index?: number | null; id?: string }): LlmToolCall {
+  if (delta.index === undefined || delta.index === null) {
+    if (delta.id) {
+      const known = calls.find((call) => call.id === delta.id);
+      if (known) return known;
+      const started = { id: delta.id, name: "", arguments: "" };
+      calls.push(started);
+      return started;
+    }
+    const latest = calls.at(-1);
+    if (!latest?.id) throw new LlmError("malformed", "a tool call delta has neither an index nor an id, and no call was started");
+    return latest;
+  }
+  if (typeof delta.index !== "number" || delta.index < 0 || delta.index > 31) throw new LlmError("malformed", "a tool call delta has no valid index");
+  return (calls[delta.index] ??= { id: "", name: "", arguments: "" });
+}
+
 function classify(error: unknown): LlmError {
   if (error instanceof LlmError) return error;
   if (error instanceof APIUserAbortError) return new LlmError("cancelled", "aborted");
   if (error instanceof APIConnectionError) return new LlmError("connection", error.message);
-  if (error instanceof APIError && error.status !== undefined) return new LlmError("http_error", `HTTP ${error.status}: ${error.message}`);
+  if (error instanceof APIError && error.status !== undefined) return new LlmError("http_error", `HTTP ${error.status}: ${error.message}`, error.status);
   // An error event inside the stream.
   if (error instanceof APIError) return new LlmError("http_error", `error in the stream: ${error.message}`);
   if (error instanceof SyntaxError) return new LlmError("malformed", `a stream chunk is not JSON: ${error.message}`);
