@@ -259,6 +259,22 @@ describe("LLM engine (real openai SDK against the fake server)", () => {
     expect(roles).toEqual(["assistant", "user", "assistant", "tool", "assistant"]);
   });
 
+  it("runs no tools the model asks for in its last round (tool_choice none): a model stuck calling tools gets the fallback", async () => {
+    const { engine, metrics } = engineWith();
+    const c = new Conversation(engine);
+    await c.start();
+    const requestsBefore = chat.requests.length;
+    for (let round = 0; round < 4; round++) replies.push({ toolCalls: [{ name: "lookup_order", arguments: { order_number: "12345" } }] });
+    const events = await c.speak("where is order 12345", 0.95);
+    expect(chat.requests.length - requestsBefore).toBe(4);
+    expect(chat.requests.at(-1)!.toolChoice).toBe("none");
+    expect(toolsOf(events)).toHaveLength(3); // the first three rounds' calls only
+    expect(said(events)).not.toBe(""); // the scripted agent answered
+    expect(c.outcome).toBe("fallback");
+    const fallbacks = (await metrics.llmFallbacks.get()).values;
+    expect(fallbacks).toContainEqual(expect.objectContaining({ labels: { agent: "order-line", reason: "tool_loop" }, value: 1 }));
+  });
+
   it("reads back digits heard with low confidence before the tool runs, and runs it after a yes", async () => {
     const c = new Conversation(engineWith().engine);
     await c.start();

@@ -382,12 +382,15 @@ class LlmTurn {
         this.state.history.push({ role: "assistant", content: spoken.join(" "), ...(turnId ? { turnId } : {}) });
         return this.finish("llm");
       }
-      if (response.toolCalls.length === 0 && spoken.length === 0) {
-        // Only emoji, punctuation or markup: the caller would hear nothing, as with an empty answer.
+      // The last round may not call tools (tool_choice "none"): a model that does anyway is not obeyed.
+      const ignored = round === MAX_ROUNDS - 1 ? response.toolCalls.length : 0;
+      const calls = ignored > 0 ? [] : withUniqueIds(response.toolCalls);
+      if (calls.length === 0 && spoken.length === 0) {
+        // Nothing to say (only emoji, punctuation or markup, or tool calls again): as with an empty answer.
         if (this.io.signal?.aborted) return { outcome: "cancelled" };
-        return this.fallback(input, "empty", keypadEntry);
+        return this.fallback(input, ignored > 0 ? "tool_loop" : "empty", keypadEntry);
       }
-      const calls = withUniqueIds(response.toolCalls);
+      if (ignored > 0) this.options.log.warn("llm asked for tools in its last round; they are not run", { agent: this.options.agent.name, toolCalls: ignored });
       this.state.history.push({
         role: "assistant",
         content: response.text,
@@ -398,9 +401,8 @@ class LlmTurn {
       const stop = await this.runToolCalls(calls);
       if (stop) return stop;
     }
-    // Every round asked for tools (the last one may not): say something rather than nothing.
-    this.options.log.warn("llm kept calling tools; answering with the fallback", { agent: this.options.agent.name });
-    return this.fallback(input, "empty", keypadEntry);
+    // Not reached: the last round either speaks or falls back above.
+    return this.fallback(input, "tool_loop", keypadEntry);
   }
 
   private finish(outcome: string): Outcome {
