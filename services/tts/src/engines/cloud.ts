@@ -31,12 +31,9 @@ export class L16ChunkDecoder {
 
 /** Content types that are never audio: an API error body, or an HTML page from a proxy or captive portal. */
 const NOT_AUDIO = /^(application\/(json|problem\+json|xml)|text\/)/i;
-/**
- * Compressed or wrapped audio: what a server sends when it ignored the raw format asked for. Decoded as raw samples
- * it is loud noise, and it would be cached for days.
- */
-const NOT_RAW = /^(audio\/(mpeg|mp3|mp4|m4a|aac|ogg|opus|webm|flac|x-flac|wav|wave|x-wav|vnd\.wave)|video\/)/i;
-/** The first bytes of files in those formats (ID3-tagged MP3, WAV, Ogg, FLAC). */
+/** Types that say raw samples: the first bytes of such an answer are only checked for a file header. */
+const RAW_TYPE = /^(audio\/(basic|pcm|l16|x-mulaw|mulaw|ulaw|x-raw)|application\/octet-stream)/i;
+/** The first bytes of compressed or wrapped audio files (ID3-tagged MP3, WAV, Ogg, FLAC). */
 const CONTAINER_MAGIC = ["ID3", "RIFF", "OggS", "fLaC"].map((magic) => Buffer.from(magic, "latin1"));
 
 /** What the checks below read of an answer: a fetch Response (the SDKs') or a StreamingAnswer (http-stream.ts). */
@@ -49,20 +46,37 @@ export function fetchedAnswer(response: Response): AnswerBody {
   return { contentType: response.headers.get("content-type") ?? "", text: () => response.text() };
 }
 
-/** Throws a clear error when a 200 response is not raw audio of the `format` asked for (e.g. "pcm", "ulaw_8000"). */
-export async function assertAudio(engine: string, answer: AnswerBody, secret: string, format: string): Promise<void> {
-  const type = answer.contentType.trim();
-  if (!type) throw new Error(`${engine}: the server sent no content type for the ${format} audio asked for`);
-  if (NOT_RAW.test(type)) throw new Error(`${engine}: asked for raw ${format} audio, the server sent ${type}`);
+/** Throws a clear error when a 200 response is not audio. */
+export async function assertAudio(engine: string, answer: AnswerBody, secret: string): Promise<void> {
+  const type = answer.contentType;
   if (!NOT_AUDIO.test(type)) return;
   throw new Error(`${engine}: expected audio but the server sent ${type}: ${hideSecret(await snippet(answer), secret)}`);
 }
 
-/** Throws when the first bytes of an answer are a file's header rather than raw samples (the type said otherwise). */
-export function assertRawStart(engine: string, first: Uint8Array, format: string): void {
+/**
+ * Throws when an answer's first bytes are compressed or wrapped audio rather than the raw samples asked for (a
+ * server that ignored the format): decoded as samples it is loud noise, and it would be cached for days. Decided by
+ * the bytes, since gateways label raw audio "audio/mpeg" too: a file header (ID3, RIFF, OggS, fLaC) always fails;
+ * an MPEG/AAC frame header fails unless the content type says raw samples (raw audio can start with those bytes).
+ */
+export function assertRawStart(engine: string, first: Uint8Array, format: string, contentType: string): void {
   const start = Buffer.from(first.buffer, first.byteOffset, Math.min(first.byteLength, 4));
   const magic = CONTAINER_MAGIC.find((m) => start.subarray(0, m.length).equals(m));
   if (magic) throw new NotRawAudioError(`${engine}: asked for raw ${format} audio, the server sent a ${magic.toString("latin1")} file`);
+  if (!RAW_TYPE.test(contentType.trim()) && isMpegFrameStart(start)) {
+    throw new NotRawAudioError(`${engine}: asked for raw ${format} audio, the server sent MPEG audio (${contentType.trim() || "no content type"})`);
+  }
+}
+
+/** An MPEG audio (MP3) or ADTS (AAC) frame header: sync bits, then no reserved version, layer, bitrate or rate. */
+function isMpegFrameStart(b: Uint8Array): boolean {
+  if (b.length < 3 || b[0] !== 0xff || (b[1] & 0xe0) !== 0xe0) return false;
+  if ((b[1] & 0xf6) === 0xf0) return true; // ADTS: layer 00
+  const version = (b[1] >> 3) & 3;
+  const layer = (b[1] >> 1) & 3;
+  const bitrate = b[2] >> 4;
+  const rate = (b[2] >> 2) & 3;
+  return version !== 1 && layer !== 0 && bitrate !== 0 && bitrate !== 15 && rate !== 3;
 }
 
 export class NotRawAudioError extends Error {}

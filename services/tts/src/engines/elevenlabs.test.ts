@@ -188,17 +188,23 @@ describe("ElevenLabsEngine against a fake ElevenLabs API", () => {
     expect(json.samples).toBe(0);
     expect(json.error?.message).toBe('elevenlabs: expected audio but the server sent application/json: {"detail":"maintenance"}');
 
-    // Raw μ-law was asked for: compressed or wrapped audio, or bytes of no stated type, would play (and be cached) as noise.
+    // Raw μ-law was asked for: compressed or wrapped audio would play (and be cached) as noise.
+    const mp3Frame = Buffer.concat([Buffer.from([0xff, 0xfb, 0x90, 0x64]), Buffer.alloc(400, 0x55)]);
     for (const [contentType, body, error] of [
-      ["audio/mpeg", Buffer.from([0xff, 0xfb, 0x90, 0x64, 1, 2, 3, 4]), "elevenlabs: asked for raw ulaw_8000 audio, the server sent audio/mpeg"],
+      ["audio/mpeg", mp3Frame, "elevenlabs: asked for raw ulaw_8000 audio, the server sent MPEG audio (audio/mpeg)"],
+      ["", mp3Frame, "elevenlabs: asked for raw ulaw_8000 audio, the server sent MPEG audio (no content type)"],
       ["audio/basic", Buffer.concat([Buffer.from("RIFF"), Buffer.alloc(400, 0xff)]), "elevenlabs: asked for raw ulaw_8000 audio, the server sent a RIFF file"],
-      ["", Buffer.alloc(400, 0xff), "elevenlabs: the server sent no content type for the ulaw_8000 audio asked for"],
     ] as const) {
       reply = () => ({ raw: { status: 200, contentType, body } });
       const wrong = await collectUntilError(engine().synthesize({ text: "Hello." }));
       expect(wrong.samples, contentType).toBe(0);
       expect(wrong.error?.message).toBe(error);
     }
+    // A gateway may label raw μ-law "audio/mpeg": the bytes decide.
+    reply = () => ({ raw: { status: 200, contentType: "audio/mpeg", body: Buffer.alloc(800, 0xff) } });
+    const mislabelled = await collectUntilError(engine().synthesize({ text: "Hello." }));
+    expect(mislabelled.error).toBeUndefined();
+    expect(mislabelled.samples).toBe(800);
 
     reply = () => ({ hang: true });
     const hung = await collectUntilError(engine({ timeoutMs: 300 }).synthesize({ text: "Hello." }));

@@ -164,14 +164,14 @@ export class ElevenLabsEngine implements TtsEngine {
       if (answer.status < 200 || answer.status > 299) {
         throw new Error(`elevenlabs: HTTP ${answer.status}: ${hideSecret(await errorDetail(answer), this.apiKey)}`);
       }
-      await assertAudio("elevenlabs", answer, this.apiKey, this.outputFormat);
+      await assertAudio("elevenlabs", answer, this.apiKey);
       const l16 = this.outputFormat === "ulaw_8000" ? undefined : new L16ChunkDecoder();
       let first = true;
       try {
         for await (const bytes of answer.chunks()) {
           if (first && bytes.length > 0) {
             first = false;
-            assertRawStart("elevenlabs", bytes, this.outputFormat);
+            assertRawStart("elevenlabs", bytes, this.outputFormat, answer.contentType);
           }
           const pcm = l16 ? l16.push(bytes) : mulawDecode(bytes);
           if (pcm.length > 0) yield pcm;

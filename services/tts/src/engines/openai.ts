@@ -145,14 +145,15 @@ export class OpenAIEngine implements TtsEngine {
         signal.throwIfAborted();
         throw this.failure(error);
       }
-      await assertAudio("openai", fetchedAnswer(response), this.apiKey, "pcm");
+      const answer = fetchedAnswer(response);
+      await assertAudio("openai", answer, this.apiKey);
       const decoder = new L16ChunkDecoder();
       const broke = (error: unknown) => new Error(`openai: audio stream broke off: ${hideSecret(causes(error), this.apiKey)}`);
       let first = true;
       for await (const bytes of bodyChunks(response, signal, broke)) {
         if (first && bytes.length > 0) {
           first = false;
-          assertRawStart("openai", bytes, "pcm");
+          assertRawStart("openai", bytes, "pcm", answer.contentType);
         }
         const pcm = decoder.push(bytes);
         if (pcm.length > 0) yield pcm;
