@@ -61,10 +61,16 @@ export function hasWords(text: string): boolean {
   return /[\p{L}\p{N}]/u.test(text);
 }
 
-/** Text as tts should get it: markdown markers and list bullets removed, whitespace collapsed. */
+/**
+ * Text as tts should get it: markdown markers and list bullets removed, markup tags (SSML the engines would read
+ * out: "break time equals two s") dropped, a web address said as its site ("example.com", not letter by letter),
+ * whitespace collapsed.
+ */
 export function speakable(text: string): string {
   return text
     .replace(/```[\s\S]*?```/g, " ")
+    .replace(/<\/?[a-zA-Z][^<>]*>/g, " ")
+    .replace(/\bhttps?:\/\/(?:www\.)?([^\s/?#]+)[^\s]*/gi, "$1")
     .replace(/\*+|`+|~~/g, "")
     .replace(/^\s*#+\s|^\s*>\s/gm, " ")
     .replace(/^\s*[-\u2022]\s+/gm, " ")

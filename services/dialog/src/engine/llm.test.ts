@@ -709,4 +709,11 @@ describe("clause chunker", () => {
     const long = new ClauseChunker();
     expect(long.push("word ".repeat(60))).toEqual([("word ".repeat(44)).trim()]);
   });
+
+  it("drops markup tags and says a web address as its site", async () => {
+    const { speakable } = await import("./chunker.js");
+    expect(speakable('Let me check. <break time="2s"/> <emphasis level="strong">Done</emphasis>.')).toBe("Let me check. Done.");
+    expect(speakable("See https://www.example.com/orders/12345?ref=a for details.")).toBe("See example.com for details.");
+    expect(speakable("Is 3 < 5 and 7 > 2?")).toBe("Is 3 < 5 and 7 > 2?");
+  });
 });

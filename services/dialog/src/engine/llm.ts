@@ -374,6 +374,10 @@ class LlmTurn {
       }
       const rest = chunker.flush();
       if (rest) speak(rest, false);
+      if (response.finishReason === "length") {
+        // The endpoint stopped at its token limit: the caller heard an answer that may end mid-sentence.
+        this.options.log.warn("llm answer ended at the token limit (maxTokens)", { agent: this.options.agent.name, chars: response.text.length });
+      }
       if (cut) {
         const agent = this.options.agent.name;
         this.options.metrics.llmAnswersCut.inc({ agent });
