@@ -51,7 +51,9 @@ async function replace(name: ServiceName): Promise<void> {
 async function dialogInSlowTool() {
   cluster.slow.delayMs = 2_500;
   const callsBefore = cluster.slow.calls;
-  const sim = await connected(cluster);
+  // Keys come while earlier answers (or ingress's fallback line) still play; with barge-in each would cut them off,
+  // and the answers are the test.
+  const sim = await connected(cluster, { customParameters: { agent: FAULT_AGENT, bargeIn: "false" } });
   await sim.pressKeys("5"); // the slow tool
   const replica = await cluster.busy("dialog");
   await waitFor(() => cluster.slow.calls > callsBefore, { what: "the slow tool to start" });
