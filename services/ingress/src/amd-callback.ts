@@ -87,7 +87,7 @@ export function registerAmdCallback(
     if (outcome === "hung_up") {
       bus.publish(subjects.control(callSid), CallControl, CallControl.create({ callId: callSid, action: CallControl_Action.ACTION_HANGUP, reason: answeredBy }), callSid);
     } else if (outcome === "voicemail") {
-      bus.publish(subjects.control(callSid), CallControl, CallControl.create({ callId: callSid, action: CallControl_Action.ACTION_CLEAR, reason: answeredBy }), callSid);
+      // Queued first: the agent is cut off only once the message that follows is sure to come.
       const inputId = `${callSid}:amd`;
       const input = DialogInput.create({ callId: callSid, inputId, atMs: Date.now(), input: { $case: "answeredBy", value: AnsweredBy.create({ answeredBy, onMachine, detectionMs }) } });
       try {
@@ -98,6 +98,7 @@ export function registerAmdCallback(
         sendJson(res, 503, { error: "the verdict could not be queued" });
         return;
       }
+      bus.publish(subjects.control(callSid), CallControl, CallControl.create({ callId: callSid, action: CallControl_Action.ACTION_CLEAR, reason: answeredBy }), callSid);
     }
     res.writeHead(204).end();
   });

@@ -191,6 +191,13 @@ describe("tts with TTS_ENGINES=openai,flite and a cool-down", () => {
   it("tries a provider that stalled after flite for TTS_ENGINE_COOLDOWN_MS: one stall, not one per sentence; then openai again", async () => {
     const tts = await startTts({ TTS_ENGINES: "openai,flite", TTS_STALL_MS: "1000", TTS_ENGINE_COOLDOWN_MS: "1500" });
     try {
+      // A refusal of one request (an unknown voice) says nothing of the engine: it is not cooled down.
+      openaiReply = () => ({ status: 400, message: "Invalid voice" });
+      const refused = await speakChunk(SENTENCE);
+      expect(refused.failures).toEqual([]);
+      expect(await metric(tts, "voicebot_tts_engine_healthy", { engine: "openai" })).toBe(1);
+      expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "flite", outcome: "ok" })).toBe(1);
+
       openaiReply = () => ({ stallAfterChunks: 0 });
       const stalled = await speakChunk(SENTENCE);
       expect(stalled.failures).toEqual([]);
@@ -200,7 +207,7 @@ describe("tts with TTS_ENGINES=openai,flite and a cool-down", () => {
       const next = await speakChunk(SENTENCE);
       expect(firstAudioMs(next.parts)).toBeLessThan(700); // flite at once
       expect(openai.speeches.length).toBe(requests);
-      expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "flite", outcome: "ok" })).toBe(2);
+      expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "flite", outcome: "ok" })).toBe(3);
 
       // Cooled down, and the provider well again: openai speaks, and is healthy.
       openaiReply = () => ({});

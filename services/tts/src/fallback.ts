@@ -28,6 +28,9 @@ export interface FallbackOptions {
   now?: () => number;
 }
 
+/** An engine's answer that refused the request itself (HTTP 400, 404, 422), as the engines word their errors. */
+const REQUEST_REFUSED = /\bHTTP (400|404|422)\b/;
+
 /** Every engine failed before producing audio for a chunk. */
 export class AllEnginesFailedError extends Error {
   constructor(readonly failures: string[]) {
@@ -74,7 +77,9 @@ export class FallbackEngine implements TtsEngine {
     const failover = request.primaryOnly
       ? undefined
       : (engine: TtsEngine, reason: FailoverReason, error: string) => {
-          this.cool(engine);
+          // A refusal of this request (a voice the engine does not know, text it rejects) says nothing of the
+          // engine's health: other calls keep it.
+          if (!REQUEST_REFUSED.test(error)) this.cool(engine);
           this.options.onFailover?.(engine, reason, error);
         };
     for (const engine of engines) {

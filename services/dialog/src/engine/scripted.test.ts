@@ -265,6 +265,12 @@ describe("scripted engine: order line", () => {
     expect(said(hangUp)).toBe("");
     expect(tools(hangUp)).toEqual([{ type: "tool", name: "end_call", args: { reason: "answering machine" } }]);
     expect(plain.done).toBe(true);
+
+    // end_call failed: the call is not over (nothing would hang it up), so the conversation goes on.
+    const failing = new Conversation((name, args) => (name === "end_call" ? { ok: false, errorCode: "failed", errorMessage: "tools down", ms: 1 } : demoTools(name, args)));
+    await failing.start();
+    await failing.send({ kind: "voicemail" });
+    expect(failing.done).toBe(false);
   });
 
   it("resets the reprompt count after a recognized input", async () => {

@@ -180,8 +180,8 @@ class Turn {
         this.io.say(input.text, { cacheable: false });
         return "resumed";
       case "voicemail":
+        // Done once its end_call succeeded (set by run); if that failed, the call is not over and goes on.
         await this.run(this.agent.voicemail ?? HANG_UP_ON_MACHINE, {});
-        this.done = true; // whatever the machine records next is not a caller to answer
         return "voicemail";
     }
   }
