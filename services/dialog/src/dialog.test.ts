@@ -9,6 +9,7 @@ import {
   DialogInput,
   FalseInterruption,
   KeypadPress,
+  NoInput,
   PlaybackEvent,
   PlaybackEvent_Kind,
   SpeakRequest,
@@ -275,6 +276,29 @@ describe("dialog service", () => {
     await waitFor(async () => (await metric("voicebot_dialog_inputs_dropped_total", { reason: "stale_false_interruption" })) > before, { what: "the stale one dropped" });
     await call.key("1");
     expect(await call.turn("t3")).toBe(ASK);
+  });
+
+  it("a cough that cut off a turn and the one queued behind it: the unheard rest of both is said again; a no-input wait naming the first is not stale", async () => {
+    const cutTwo = async (call: TestCall) => {
+      await call.start();
+      await call.turn("t1");
+      await call.key("1");
+      expect(await call.turn("t2")).toBe(ASK);
+      // t1 was still playing when the cough came; t2 waited behind it and was cut before a word of it played.
+      for (const [turnId, heardText] of [["t1", "Thanks for calling the demo shop."], ["t2", ""]]) {
+        const event = PlaybackEvent.create({ callId: call.id, turnId, kind: PlaybackEvent_Kind.KIND_INTERRUPTED, chunkSeq: 0, atMs: Date.now(), heardText });
+        await call.publish({ $case: "playback", value: event }, `${call.id}:int:${turnId}`);
+      }
+    };
+    const coughed = new TestCall();
+    await cutTwo(coughed);
+    await coughed.publish({ $case: "falseInterruption", value: FalseInterruption.create({ turnId: "t1", utteranceId: "40" }) }, `${coughed.id}:false-int:MZ1:40`);
+    expect(await coughed.turn("t3")).toBe(`To check an order, say order status or press 1. To talk to an agent, say agent or press 0. ${ASK}`);
+
+    const silent = new TestCall();
+    await cutTwo(silent);
+    await silent.publish({ $case: "noInput", value: NoInput.create({ turnId: "t1" }) }, `${silent.id}:noinput:MZ1:1`);
+    expect(await silent.turn("t3")).toMatch(/^Sorry, I didn't get that\./);
   });
 
   it("spoken order status, then a spoken number, looks the order up", async () => {

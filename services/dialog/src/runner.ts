@@ -47,8 +47,11 @@ export interface DialogState {
   engine: unknown;
   /** The latest bot turns and the text recorded for each (to rewrite the record after a barge-in). */
   spoken?: Array<{ turnId: string; text: string }>;
-  /** What the caller did not hear of the last bot turn, when a barge-in cut it (said again after a false one). */
-  unheard?: { turnId: string; text: string };
+  /**
+   * What the caller did not hear when a barge-in cut the bot off (said again after a false one): from turn `turnId`
+   * (the one playing) through `lastTurnId` (turns queued behind it were cut too).
+   */
+  unheard?: { turnId: string; lastTurnId: string; text: string };
 }
 
 /**
@@ -355,7 +358,7 @@ export class TurnRunner {
         ...state,
         engine: engine.interrupted ? engine.interrupted(state.engine ?? engine.initialState(), { turnId: event.turnId, heardText: event.heardText }) : state.engine,
         spoken: state.spoken?.map((t) => (t.turnId === event.turnId ? { ...t, text: event.heardText } : t)),
-        unheard: spoken ? { turnId: event.turnId, text: unheardPart(spoken.text, event.heardText) } : undefined,
+        unheard: spoken ? addUnheard(state.unheard, event.turnId, unheardPart(spoken.text, event.heardText)) : state.unheard,
         processed: [...state.processed, inputId].slice(-MAX_PROCESSED),
       };
       lease.pauseRenewal();
@@ -438,13 +441,13 @@ export class TurnRunner {
         }
         let turnInput: EngineInput = restart ? { kind: "start" } : engineInput;
         if (state.done) return await drop("conversation_over");
-        if (engineInput.kind === "noInput" && input.$case === "noInput" && input.value.turnId && input.value.turnId !== `t${state.turns}`) {
+        if (engineInput.kind === "noInput" && input.$case === "noInput" && input.value.turnId && staleNoInput(state, input.value.turnId)) {
           return await drop("stale_no_input");
         }
         if (turnInput.kind === "resume" && input.$case === "falseInterruption") {
           // Only the last turn, cut by that sound, with nothing said or heard since.
           const unheard = state.unheard;
-          if (!unheard?.text || unheard.turnId !== input.value.turnId || unheard.turnId !== `t${state.turns}`) return await drop("stale_false_interruption");
+          if (!unheard?.text || unheard.turnId !== input.value.turnId || unheard.lastTurnId !== `t${state.turns}`) return await drop("stale_false_interruption");
           turnInput = { kind: "resume", text: unheard.text };
         }
 
@@ -777,6 +780,35 @@ export function toEngineInput(message: DialogInput): EngineInput | Dropped {
  */
 export function restartTurnBase(startedAtMs: number, now: number): number {
   return 1_000 + 100 * Math.ceil(Math.max(0, now - startedAtMs) / 1000);
+}
+
+/** The unheard text after a barge-in: a turn cut after the one before it (queued behind it) adds to it. */
+function addUnheard(current: DialogState["unheard"], turnId: string, text: string): NonNullable<DialogState["unheard"]> {
+  if (current && turnNumber(current.lastTurnId) < turnNumber(turnId)) {
+    return { turnId: current.turnId, lastTurnId: turnId, text: [current.text, text].filter(Boolean).join(" ") };
+  }
+  return { turnId, lastTurnId: turnId, text };
+}
+
+/**
+ * A no-input wait names the last bot turn that began to play. It is stale when the caller has heard a later turn
+ * since (the conversation moved on); turns cut before a word of them was heard (queued behind a cut one) do not
+ * count: the caller is still answering the one before.
+ */
+function staleNoInput(state: DialogState, turnId: string): boolean {
+  const named = turnNumber(turnId);
+  if (named > state.turns) return true;
+  const spoken = state.spoken ?? [];
+  let heard = state.turns;
+  if (spoken.at(-1)?.turnId === `t${state.turns}`) {
+    const last = spoken.findLast((t) => t.text);
+    heard = last ? turnNumber(last.turnId) : 0;
+  }
+  return named < heard;
+}
+
+function turnNumber(turnId: string): number {
+  return Number(/^t(\d+)$/.exec(turnId)?.[1] ?? -1);
 }
 
 /** The sentences of a cut turn the caller did not hear: what follows the heard ones (all of it if they differ). */
