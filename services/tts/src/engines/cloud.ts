@@ -57,26 +57,40 @@ export async function assertAudio(engine: string, answer: AnswerBody, secret: st
  * Throws when an answer's first bytes are compressed or wrapped audio rather than the raw samples asked for (a
  * server that ignored the format): decoded as samples it is loud noise, and it would be cached for days. Decided by
  * the bytes, since gateways label raw audio "audio/mpeg" too: a file header (ID3, RIFF, OggS, fLaC) always fails;
- * an MPEG/AAC frame header fails unless the content type says raw samples (raw audio can start with those bytes).
+ * so do two MP3 or AAC frames in a row, unless the content type says raw samples (quiet raw audio can look like one
+ * frame header, hardly like two a frame's length apart).
  */
 export function assertRawStart(engine: string, first: Uint8Array, format: string, contentType: string): void {
-  const start = Buffer.from(first.buffer, first.byteOffset, Math.min(first.byteLength, 4));
-  const magic = CONTAINER_MAGIC.find((m) => start.subarray(0, m.length).equals(m));
+  const bytes = Buffer.from(first.buffer, first.byteOffset, first.byteLength);
+  const magic = CONTAINER_MAGIC.find((m) => bytes.subarray(0, m.length).equals(m));
   if (magic) throw new NotRawAudioError(`${engine}: asked for raw ${format} audio, the server sent a ${magic.toString("latin1")} file`);
-  if (!RAW_TYPE.test(contentType.trim()) && isMpegFrameStart(start)) {
+  if (RAW_TYPE.test(contentType.trim())) return;
+  const length = frameLength(bytes, 0);
+  if (length !== undefined && frameLength(bytes, length) !== undefined) {
     throw new NotRawAudioError(`${engine}: asked for raw ${format} audio, the server sent MPEG audio (${contentType.trim() || "no content type"})`);
   }
 }
 
-/** An MPEG audio (MP3) or ADTS (AAC) frame header: sync bits, then no reserved version, layer, bitrate or rate. */
-function isMpegFrameStart(b: Uint8Array): boolean {
-  if (b.length < 3 || b[0] !== 0xff || (b[1] & 0xe0) !== 0xe0) return false;
-  if ((b[1] & 0xf6) === 0xf0) return true; // ADTS: layer 00
-  const version = (b[1] >> 3) & 3;
-  const layer = (b[1] >> 1) & 3;
-  const bitrate = b[2] >> 4;
-  const rate = (b[2] >> 2) & 3;
-  return version !== 1 && layer !== 0 && bitrate !== 0 && bitrate !== 15 && rate !== 3;
+/** MP3 (MPEG layer III) bit rates in kbit/s by index, for MPEG-1 and for MPEG-2/2.5. */
+const MP3_KBPS = { v1: [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320], v2: [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160] };
+/** Sample rates by version bits (3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5) and index. */
+const MP3_RATES: Record<number, number[]> = { 3: [44100, 48000, 32000], 2: [22050, 24000, 16000], 0: [11025, 12000, 8000] };
+
+/** The length of the MP3 or ADTS (AAC) frame whose header starts at `at`, or undefined when none does. */
+function frameLength(b: Uint8Array, at: number): number | undefined {
+  if (at + 6 > b.length || b[at] !== 0xff || (b[at + 1] & 0xe0) !== 0xe0) return undefined;
+  if ((b[at + 1] & 0xf6) === 0xf0) {
+    const adts = ((b[at + 3] & 0x03) << 11) | (b[at + 4] << 3) | (b[at + 5] >> 5);
+    return adts >= 7 ? adts : undefined;
+  }
+  const version = (b[at + 1] >> 3) & 3;
+  const layer = (b[at + 1] >> 1) & 3;
+  const bitrate = b[at + 2] >> 4;
+  const rate = (b[at + 2] >> 2) & 3;
+  if (version === 1 || layer !== 1 || bitrate === 0 || bitrate === 15 || rate === 3) return undefined;
+  const kbps = (version === 3 ? MP3_KBPS.v1 : MP3_KBPS.v2)[bitrate];
+  const padding = (b[at + 2] >> 1) & 1;
+  return Math.floor(((version === 3 ? 144 : 72) * kbps * 1000) / MP3_RATES[version][rate]) + padding;
 }
 
 export class NotRawAudioError extends Error {}

@@ -189,7 +189,9 @@ describe("ElevenLabsEngine against a fake ElevenLabs API", () => {
     expect(json.error?.message).toBe('elevenlabs: expected audio but the server sent application/json: {"detail":"maintenance"}');
 
     // Raw μ-law was asked for: compressed or wrapped audio would play (and be cached) as noise.
-    const mp3Frame = Buffer.concat([Buffer.from([0xff, 0xfb, 0x90, 0x64]), Buffer.alloc(400, 0x55)]);
+    // Two MP3 frames (MPEG-1 layer III, 128 kbit/s, 44.1 kHz: 417 bytes each).
+    const frame = Buffer.concat([Buffer.from([0xff, 0xfb, 0x90, 0x64]), Buffer.alloc(413, 0x55)]);
+    const mp3Frame = Buffer.concat([frame, frame]);
     for (const [contentType, body, error] of [
       ["audio/mpeg", mp3Frame, "elevenlabs: asked for raw ulaw_8000 audio, the server sent MPEG audio (audio/mpeg)"],
       ["", mp3Frame, "elevenlabs: asked for raw ulaw_8000 audio, the server sent MPEG audio (no content type)"],
@@ -200,11 +202,13 @@ describe("ElevenLabsEngine against a fake ElevenLabs API", () => {
       expect(wrong.samples, contentType).toBe(0);
       expect(wrong.error?.message).toBe(error);
     }
-    // A gateway may label raw μ-law "audio/mpeg": the bytes decide.
-    reply = () => ({ raw: { status: 200, contentType: "audio/mpeg", body: Buffer.alloc(800, 0xff) } });
-    const mislabelled = await collectUntilError(engine().synthesize({ text: "Hello." }));
-    expect(mislabelled.error).toBeUndefined();
-    expect(mislabelled.samples).toBe(800);
+    // A gateway may label raw μ-law "audio/mpeg": the bytes decide, even when quiet raw audio starts like a frame header.
+    for (const body of [Buffer.alloc(800, 0xff), Buffer.concat([Buffer.from([0xff, 0xfe, 0x74]), Buffer.alloc(797, 0xfe)])]) {
+      reply = () => ({ raw: { status: 200, contentType: "audio/mpeg", body } });
+      const mislabelled = await collectUntilError(engine().synthesize({ text: "Hello." }));
+      expect(mislabelled.error).toBeUndefined();
+      expect(mislabelled.samples).toBe(800);
+    }
 
     reply = () => ({ hang: true });
     const hung = await collectUntilError(engine({ timeoutMs: 300 }).synthesize({ text: "Hello." }));

@@ -185,7 +185,7 @@ describe("OpenAIEngine against a fake OpenAI speech endpoint", () => {
 
     // Raw PCM was asked for: MP3 or WAV decoded as samples is loud noise.
     for (const [contentType, body, error] of [
-      ["audio/mpeg", Buffer.from([0xff, 0xfb, 0x90, 0x64, 1, 2, 3, 4]), "openai: asked for raw pcm audio, the server sent MPEG audio (audio/mpeg)"],
+      ["audio/mpeg", Buffer.concat([0, 1].map(() => Buffer.concat([Buffer.from([0xff, 0xfb, 0x90, 0x64]), Buffer.alloc(413, 1)]))), "openai: asked for raw pcm audio, the server sent MPEG audio (audio/mpeg)"],
       ["audio/pcm", Buffer.concat([Buffer.from("ID3"), Buffer.alloc(400)]), "openai: asked for raw pcm audio, the server sent a ID3 file"],
     ] as const) {
       reply = () => ({ raw: { status: 200, contentType, body } });
