@@ -224,8 +224,6 @@ end
 redis.call('PEXPIRE', KEYS[2], ttl)
 return 1`;
 
-// KEYS: meta. ARGV: TTL, call sid, agent, from, to. An outbound call just placed: its record says dialing, unless
-// a status callback (or the answered call's stream) got there first, which only the agent is added to.
 // KEYS: meta. ARGV: live TTL, then field, value pairs. A call's record, unless the call has ended: a call sid is
 // used once, so a stream that starts one again (not a resume) must not bring it back to life. Returns 1 if written.
 const CREATE_SCRIPT = `
@@ -235,6 +233,8 @@ redis.call('HSET', KEYS[1], 'state', 'live')
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1`;
 
+// KEYS: meta. ARGV: TTL, call sid, agent, from, to. An outbound call just placed: its record says dialing, unless
+// a status callback (or the answered call's stream) got there first, which only the agent is added to.
 const DIALING_SCRIPT = `
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSETNX', KEYS[1], 'agent', ARGV[3])
@@ -493,17 +493,22 @@ export class CallStore {
 
   /** Names the agent that actually runs the call in its record (one that asked for an unknown agent gets the default). */
   async setAgent(callId: string, agent: string): Promise<void> {
-    // Only into a record that exists: it must not create a bare one for a call that is gone.
-    await this.redis.eval("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'agent', ARGV[1]) end return 0", 1, keys.meta(callId), agent);
+    await this.setRecordField(callId, "agent", agent);
   }
 
-  /** What answering machine detection found for a placed call (only into a record that exists). */
+  /** What answering machine detection found for a placed call. */
   async setAnsweredBy(callId: string, answeredBy: string): Promise<boolean> {
+    return this.setRecordField(callId, "answeredBy", answeredBy);
+  }
+
+  /** One field of a call's record, only into a record that exists (never a bare one for a call that is gone). */
+  private async setRecordField(callId: string, field: string, value: string): Promise<boolean> {
     const set = await this.redis.eval(
-      "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'answeredBy', ARGV[1]) return 1 end return 0",
+      "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end return 0",
       1,
       keys.meta(callId),
-      answeredBy,
+      field,
+      value,
     );
     return set === 1;
   }

@@ -445,7 +445,7 @@ export class TurnRunner {
           return await drop("stale_no_input");
         }
         if (turnInput.kind === "resume" && input.$case === "falseInterruption") {
-          // Only the last turn, cut by that sound, with nothing said or heard since.
+          // Only the turns that sound cut, still the latest ones: nothing was said since.
           const unheard = state.unheard;
           if (!unheard?.text || unheard.turnId !== input.value.turnId || unheard.lastTurnId !== `t${state.turns}`) return await drop("stale_false_interruption");
           turnInput = { kind: "resume", text: unheard.text };

@@ -299,13 +299,7 @@ export class CallSession {
     if (!this.limiter.take(now)) {
       if (this.limiter.flooding && !this.ending) {
         this.errors.report("flood", `over twice the message rate limit for seconds on end; closing the stream`, now);
-        this.endReason ??= "flood";
-        // As finish(), with 1008: a resumable stream's record says ended before the close sends Twilio back.
-        if (this.resumable) void this.end(this.endReason, () => this.close(1008, "flood"));
-        else {
-          this.close(1008, "flood");
-          void this.end(this.endReason);
-        }
+        this.finish("flood", 1008);
         return;
       }
       this.errors.report("rate_limited", "message rate above the limit; message dropped", now);
@@ -412,10 +406,9 @@ export class CallSession {
       // The stream sweeper asks before it ends a call whose stream lease lapsed: this replica may only have lost Redis.
       bus.serve(subjects.stream(callId), ReadinessRequest, ReadinessResponse, async () => this.streamAlive, { name: "stream-probe" }),
     );
-    // A final transcript is an input the dialog answers: the no-silence deadline starts.
-    if (this.guard || this.noInput) {
-      this.subs.push(bus.subscribe(subjects.transcript(callId), Transcript, (m) => this.onTranscript(m), { name: "transcript" }));
-    }
+    // A final transcript is an input the dialog answers: the caller is there (no-input), and the no-silence deadline
+    // runs if the speech's end did not start it.
+    this.subs.push(bus.subscribe(subjects.transcript(callId), Transcript, (m) => this.onTranscript(m), { name: "transcript" }));
 
     const callStarted = CallStarted.create({
       callId,
@@ -1011,15 +1004,15 @@ export class CallSession {
   // ---- end of the call ----
 
   /** Ends the stream from our side: a normal close, then the call ends with `reason`. */
-  private finish(reason: string): void {
+  private finish(reason: string, code = 1000): void {
     this.endReason ??= reason;
     // A resumable stream's close sends Twilio back to the voice webhook: the record must say ended by then, or the
     // webhook would resume the call the bot just ended.
     if (this.resumable) {
-      void this.end(this.endReason, () => this.close(1000, reason));
+      void this.end(this.endReason, () => this.close(code, reason));
       return;
     }
-    this.close(1000, reason);
+    this.close(code, reason);
     void this.end(this.endReason);
   }
 
