@@ -22,6 +22,7 @@ import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FliteEngine } from "./engines/flite.js";
 import { createDefinition } from "./service.js";
+import { unsaidRest } from "./fallback.js";
 import { maxChunkSeconds } from "./speaker.js";
 import { startTts as startTtsService } from "./test-support/harness.js";
 
@@ -160,16 +161,21 @@ describe("tts with TTS_ENGINES=openai,flite", () => {
     expect(await metric(tts, "voicebot_tts_engine_errors_total", { engine: "openai", phase: "before_audio" })).toBe(2);
   });
 
-  it("closes the chunk with the audio that exists when openai's stream is cut mid-way", async () => {
+  it("has flite say the sentence again when openai's stream is cut before a word was through: a restart, not a sentence lost", async () => {
     openaiReply = () => ({ cutAfterChunks: 4 });
     const { parts, failures } = await speakChunk(SENTENCE);
+    openaiReply = () => ({});
     expect(failures).toEqual([]);
     expect(parts.at(-1)!.chunkDone).toBe(true);
     expect(parts.at(-1)!.turnDone).toBe(true);
     const seconds = Buffer.concat(parts.map((p) => p.payload)).length / 8000;
-    expect(seconds).toBeGreaterThan(0.2);
-    expect(seconds).toBeLessThan(0.6); // about 4 × 100 ms, not a restart in flite
-    expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "openai", outcome: "partial" })).toBe(1);
+    const flite = (await fliteSpeech(SENTENCE, 8000)).length / 8000;
+    expect(seconds).toBeGreaterThan(0.3 + flite - 0.1); // openai's 0.4 s, then flite's whole sentence
+    expect(seconds).toBeLessThan(0.5 + flite + 0.1);
+    expect(await metric(tts, "voicebot_tts_failovers_total", { from: "openai", reason: "broke" })).toBe(1);
+    expect(await metric(tts, "voicebot_tts_engine_errors_total", { engine: "openai", phase: "after_audio" })).toBe(1);
+    expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "flite", outcome: "ok" })).toBe(3);
+    expect(await metric(tts, "voicebot_tts_chunks_total", { outcome: "partial" })).toBe(0);
   });
 
   it("cuts audio far longer than its text could take (an engine fault: two minutes for 'Hello.'): the chunk ends there as a partial one", async () => {
@@ -183,7 +189,60 @@ describe("tts with TTS_ENGINES=openai,flite", () => {
     const seconds = Buffer.concat(parts.map((p) => p.payload)).length / 8000;
     expect(seconds).toBeGreaterThan(maxChunkSeconds("Hello.", 1) - 0.5);
     expect(seconds).toBeLessThan(maxChunkSeconds("Hello.", 1) + 1.5); // cut at the first piece past the limit
-    expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "openai", outcome: "partial" })).toBe(2);
+    expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "openai", outcome: "partial" })).toBe(1);
+  });
+});
+
+describe("tts with TTS_ENGINES=openai,elevenlabs: a stream that breaks off mid-sentence", () => {
+  let tts: ServiceHandle;
+  beforeAll(async () => {
+    tts = await startTts({ TTS_ENGINES: "openai,elevenlabs", TTS_STALL_MS: "1000", TTS_ENGINE_COOLDOWN_MS: "0", TTS_MAX_LAG_MS: "500" });
+  });
+  afterAll(async () => {
+    openaiReply = () => ({});
+    await tts?.stop();
+  });
+
+  it("has ElevenLabs say what the caller may not have heard, from a word before the break; the chunk is never cached", async () => {
+    // 25 pieces of 100 ms: 2.5 s said, estimated at 10 characters a second as 25 characters ("Thanks for calling Acme
+    // d|ental"): the word the estimate falls in and the one before it are said again.
+    openaiReply = () => ({ cutAfterChunks: 25 });
+    const rest = "Acme dental, this is the virtual assistant. How can I help you today?";
+    expect(unsaidRest(SENTENCE, 2.5)).toBe(rest);
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      const asked = elevenlabs.speeches.length;
+      const { parts, failures } = await speakChunk(SENTENCE);
+      expect(failures).toEqual([]);
+      expect(parts[0].text).toBe(SENTENCE);
+      expect(parts.at(-1)!.turnDone).toBe(true);
+      expect(elevenlabs.speeches.length).toBe(asked + 1);
+      expect(elevenlabs.speeches.at(-1)!.text).toBe(rest);
+      const seconds = Buffer.concat(parts.map((p) => p.payload)).length / 8000;
+      const restSeconds = (await fliteSpeech(rest, 8000)).length / 8000;
+      expect(seconds).toBeGreaterThan(2.4 + restSeconds);
+      expect(seconds).toBeLessThan(2.6 + restSeconds + 0.05);
+      // Two voices in one chunk are not cached: the second attempt asks openai again.
+      expect(openai.speeches.filter((s) => s.input === SENTENCE).length).toBeGreaterThanOrEqual(attempt);
+    }
+    expect(await metric(tts, "voicebot_tts_failovers_total", { from: "openai", reason: "broke" })).toBe(2);
+    expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "elevenlabs", outcome: "ok" })).toBe(2);
+    expect(await metric(tts, "voicebot_tts_cache_lookups_total", { result: "hit" })).toBe(0);
+  });
+
+  it("moves the rest on when openai trickles slower than real time (TTS_MAX_LAG_MS), and when it stalls mid-stream", async () => {
+    // 100 ms of audio every 250 ms: 0.4 x real time, 650 ms behind after the sixth piece.
+    for (const [reply, reason] of [[{ intervalMs: 250 }, "slow"], [{ stallAfterChunks: 3 }, "broke"]] as const) {
+      openaiReply = () => reply;
+      const asked = elevenlabs.speeches.length;
+      const before = await metric(tts, "voicebot_tts_failovers_total", { from: "openai", reason });
+      const { parts, failures } = await speakChunk(SENTENCE);
+      expect(failures).toEqual([]);
+      expect(parts.at(-1)!.chunkDone).toBe(true);
+      expect(elevenlabs.speeches.length).toBe(asked + 1);
+      expect(elevenlabs.speeches.at(-1)!.text).toBe(SENTENCE); // under a second said: the sentence again
+      expect(await metric(tts, "voicebot_tts_failovers_total", { from: "openai", reason })).toBe(before + 1);
+      expect(await openai.speeches.at(-1)!.delivery.ended).toBe("client-closed");
+    }
   });
 });
 
@@ -226,10 +285,11 @@ describe("tts with TTS_ENGINES=openai,flite and a cool-down", () => {
 
 describe("tts with TTS_ENGINES=elevenlabs", () => {
   it("publishes ElevenLabs' μ-law speech as BotAudio parts, byte for byte", async () => {
+    const earlier = elevenlabs.requests.length;
     const tts = await startTts({ TTS_ENGINES: "elevenlabs" });
     try {
       // Starting costs no synthesis: at most the free keep-warm GET /v1/models.
-      expect(elevenlabs.requests.filter((r) => r.method !== "GET" || r.path !== "/v1/models")).toEqual([]);
+      expect(elevenlabs.requests.slice(earlier).filter((r) => r.method !== "GET" || r.path !== "/v1/models")).toEqual([]);
       const { parts, failures } = await speakChunk(SENTENCE);
       expect(failures).toEqual([]);
       const bytes = expectSpeech(parts);

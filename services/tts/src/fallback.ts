@@ -5,13 +5,18 @@ import type { TtsEngine } from "./engine.js";
 type EngineRequest = Parameters<TtsEngine["synthesize"]>[0];
 
 export interface FallbackRequest extends EngineRequest {
-  /** Told which engine is speaking, once its first audio arrives (index 0 = the primary engine). */
-  onEngine?: (label: string, index: number) => void;
+  /**
+   * Told which engine is speaking, once its first audio arrives (index 0 = the primary engine); `continuing` when
+   * it says the rest of a chunk another engine broke off (the chunk's audio is then a mix of two voices).
+   */
+  onEngine?: (label: string, index: number, continuing: boolean) => void;
   /** Only the primary engine, no failover (a cache prefetch: only the primary engine's audio is cached). */
   primaryOnly?: boolean;
 }
 
-export type FailoverReason = "error" | "stall" | "empty";
+/** Why a chunk moved on: before audio, the engine failed, stalled or ended without audio; after it, the engine
+ *  broke off (error or stall mid-stream) or fell behind real time (`slow`), and the next engine says the rest. */
+export type FailoverReason = "error" | "stall" | "empty" | "broke" | "slow";
 
 export interface FallbackOptions {
   /** An engine that yields nothing for this long is given up (before audio: the next engine takes over). */
@@ -21,6 +26,12 @@ export interface FallbackOptions {
    * for this long (0 = always in list order), so an outage costs one stall, not one per sentence and synthesis slot.
    */
   cooldownMs?: number;
+  /**
+   * A chunk whose audio has begun and whose engine then falls this far behind real time (the caller's playout runs
+   * dry) is moved on as if it broke off (0 = never). An engine streams faster than real time; one that trickles
+   * makes the caller hear the sentence in pieces.
+   */
+  maxLagMs?: number;
   /** A chunk moved past a failing engine. */
   onFailover?: (engine: TtsEngine, reason: FailoverReason, error: string) => void;
   /** An engine began or ended a cool-down. */
@@ -31,7 +42,28 @@ export interface FallbackOptions {
 /** An engine's answer that refused the request itself (HTTP 400, 404, 422), as the engines word their errors. */
 const REQUEST_REFUSED = /\bHTTP (400|404|422)\b/;
 
-/** Every engine failed before producing audio for a chunk. */
+/**
+ * A pace no voice speaks slower than at its normal rate (engines speak 13–16 characters a second): what an engine
+ * said before it broke off is estimated at it, so the estimate errs short and a few words are said twice rather
+ * than one lost.
+ */
+const SLOWEST_CHARACTERS_PER_SECOND = 10;
+
+/**
+ * The part of `text` a listener may not have heard after `saidSeconds` of its audio at speaking `rate`: from the
+ * word the estimate falls in, one word back (so the cut word and its neighbour are heard whole). Empty when the
+ * audio already runs longer than the slowest reading of the whole text (the engine most likely said it all).
+ */
+export function unsaidRest(text: string, saidSeconds: number, rate = 1): string {
+  const saidChars = Math.floor(saidSeconds * SLOWEST_CHARACTERS_PER_SECOND * (rate > 0 ? rate : 1));
+  const trimmed = text.trim();
+  if (saidChars >= trimmed.length) return "";
+  const wordStarts = [...trimmed.matchAll(/\S+/g)].map((word) => word.index);
+  const within = wordStarts.findLastIndex((start) => start <= saidChars);
+  return trimmed.slice(wordStarts[Math.max(0, within - 1)] ?? 0);
+}
+
+/** Every engine failed before producing audio for a chunk (or, for the rest of a chunk one broke off, for that rest). */
 export class AllEnginesFailedError extends Error {
   constructor(readonly failures: string[]) {
     super(`all tts engines failed: ${failures.join("; ")}`);
@@ -44,13 +76,20 @@ export class EngineStalledError extends Error {
   }
 }
 
+export class EngineTooSlowError extends Error {
+  constructor(engine: string, lagMs: number) {
+    super(`${engine} fell ${lagMs} ms behind real time`);
+  }
+}
+
 /**
  * An ordered list of engines behind the TtsEngine interface. An engine that throws, stalls or ends without audio
- * before its first samples hands the chunk to the next one. Once audio has begun there is no failover (the caller
- * would hear the start twice): an error or a stall then ends the stream with that error. Audio comes out at the
- * primary engine's sample rate; a later engine with another rate is resampled to it. An engine that failed cools
- * down: later chunks try it after the others until the cool-down has passed (as a last resort still), and its
- * first audio after that makes it healthy again.
+ * before its first samples hands the chunk to the next one. One that breaks off after its audio began (an error, a
+ * stall, or falling behind real time) hands the next one the part of the text it may not have said (`unsaidRest`):
+ * the caller hears a few words twice in another voice rather than a sentence cut short; with no engine left, the
+ * stream ends with the error. Audio comes out at the primary engine's sample rate; a later engine with another rate
+ * is resampled to it. An engine that failed cools down: later chunks try it after the others until the cool-down
+ * has passed (as a last resort still), and its first audio after that makes it healthy again.
  */
 export class FallbackEngine implements TtsEngine {
   readonly label: string;
@@ -82,7 +121,10 @@ export class FallbackEngine implements TtsEngine {
           if (!REQUEST_REFUSED.test(error)) this.cool(engine);
           this.options.onFailover?.(engine, reason, error);
         };
-    for (const engine of engines) {
+    // What is left to say: the whole text, or what an engine that broke off may not have said.
+    let text = request.text;
+    let continuing = false;
+    for (const [position, engine] of engines.entries()) {
       // The engine's place in TTS_ENGINES: 0 is the primary engine (whose voice the request names, whose audio is cached).
       const index = this.engines.indexOf(engine);
       throwIfAborted(request.signal);
@@ -90,24 +132,32 @@ export class FallbackEngine implements TtsEngine {
       const signal = request.signal ? AbortSignal.any([request.signal, attempt.signal]) : attempt.signal;
       const resampler = engine.sampleRate === this.sampleRate ? undefined : new Resampler(engine.sampleRate, this.sampleRate);
       let iterator: AsyncIterator<Int16Array> | undefined;
-      let began = false;
+      let samples = 0;
+      let firstAudioAt = 0;
       try {
         // A request's voice names a voice of the primary engine; the others speak in their own default voice.
-        const audio = engine.synthesize({ text: request.text, voice: index === 0 ? request.voice : undefined, rate: request.rate, signal });
+        const audio = engine.synthesize({ text, voice: index === 0 ? request.voice : undefined, rate: request.rate, signal });
         iterator = audio[Symbol.asyncIterator]();
         for (;;) {
           const next = await this.nextWithin(iterator, engine, request.signal);
           if (next.done) break;
           if (next.value.length === 0) continue;
-          if (!began) {
-            began = true;
+          if (samples === 0) {
+            firstAudioAt = this.now();
             this.healthy(engine);
-            request.onEngine?.(engine.label, index);
+            request.onEngine?.(engine.label, index, continuing);
           }
+          samples += next.value.length;
           const pcm = resampler ? resampler.push(next.value) : next.value;
           if (pcm.length > 0) yield pcm;
+          // Slow audio is better than none: moved on only with an engine to take the rest and a rest to say.
+          const lagMs = this.now() - firstAudioAt - (samples / engine.sampleRate) * 1000;
+          const maxLagMs = this.options.maxLagMs ?? 0;
+          if (maxLagMs > 0 && lagMs > maxLagMs && failover && position < engines.length - 1 && unsaidRest(text, samples / engine.sampleRate, request.rate)) {
+            throw new EngineTooSlowError(engine.label, Math.round(lagMs));
+          }
         }
-        if (began) {
+        if (samples > 0) {
           const tail = resampler?.flush();
           if (tail && tail.length > 0) yield tail;
           return;
@@ -116,10 +166,17 @@ export class FallbackEngine implements TtsEngine {
         failover?.(engine, "empty", "no audio");
       } catch (error) {
         throwIfAborted(request.signal);
-        if (began) throw error;
-        const reason: FailoverReason = error instanceof EngineStalledError ? "stall" : "error";
-        failures.push(`${engine.label}: ${errorText(error)}`);
-        failover?.(engine, reason, errorText(error));
+        if (samples === 0) {
+          const reason: FailoverReason = error instanceof EngineStalledError ? "stall" : "error";
+          failures.push(`${engine.label}: ${errorText(error)}`);
+          failover?.(engine, reason, errorText(error));
+          continue;
+        }
+        const rest = unsaidRest(text, samples / engine.sampleRate, request.rate);
+        if (!failover || !rest || position === engines.length - 1) throw error;
+        failover(engine, error instanceof EngineTooSlowError ? "slow" : "broke", errorText(error));
+        text = rest;
+        continuing = true;
       } finally {
         // Stops the engine's work (e.g. its process) if it is still going: stalled, failed or abandoned by our caller.
         attempt.abort(new Error("synthesis attempt ended"));

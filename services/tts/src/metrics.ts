@@ -47,7 +47,7 @@ export class TtsMetrics {
     });
     this.failovers = new Counter({
       name: "voicebot_tts_failovers_total",
-      help: "Chunks moved to the next engine, by the engine that failed and why (error, stall, empty)",
+      help: "Chunks moved to the next engine, by the engine that failed and why: before audio error, stall, empty; after it broke (the next engine says the rest) or slow (behind real time)",
       labelNames: ["from", "reason"],
       registers,
     });

@@ -63,6 +63,8 @@ export interface EngineSettings {
   stallMs: number;
   /** TTS_ENGINE_COOLDOWN_MS: how long a failed engine is tried after the others. */
   cooldownMs: number;
+  /** TTS_MAX_LAG_MS: an engine whose audio falls this far behind real time mid-chunk hands the rest on (0 = never). */
+  maxLagMs: number;
   /** The listed engines with their settings read, in failover order. */
   entries: EngineEntry[];
 }
@@ -80,15 +82,16 @@ export function readEngineSettings(env: EnvReader, registry: EngineRegistry = de
     voice: env.string("TTS_VOICE", entries[0].defaultVoice),
     stallMs: env.int("TTS_STALL_MS", 3_000, { min: 100, max: 60_000 }),
     cooldownMs: env.int("TTS_ENGINE_COOLDOWN_MS", 30_000, { min: 0, max: 3_600_000 }),
+    maxLagMs: env.int("TTS_MAX_LAG_MS", 1_500, { min: 0, max: 60_000 }),
     entries,
   };
 }
 
 /** The configured engines in failover order, behind one TtsEngine. */
-export function createEngine(settings: EngineSettings, events: Omit<FallbackOptions, "stallMs" | "cooldownMs"> & EngineEvents = {}): FallbackEngine {
+export function createEngine(settings: EngineSettings, events: Omit<FallbackOptions, "stallMs" | "cooldownMs" | "maxLagMs"> & EngineEvents = {}): FallbackEngine {
   const { onKeepWarmFailure, ...fallback } = events;
   const engines = settings.entries.map((entry, index) => entry.create(index === 0 ? settings.voice : entry.defaultVoice, { onKeepWarmFailure }));
-  return new FallbackEngine(engines, { ...fallback, stallMs: settings.stallMs, cooldownMs: settings.cooldownMs });
+  return new FallbackEngine(engines, { ...fallback, stallMs: settings.stallMs, cooldownMs: settings.cooldownMs, maxLagMs: settings.maxLagMs });
 }
 
 /** The engine a tts replica would use with this environment (for end-to-end tests that pick engines by env). */

@@ -87,8 +87,10 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
   const engine: FallbackEngine = createEngine(config, {
     onFailover: (failed, reason, error) => {
       metrics.failovers.inc({ from: failed.label, reason });
-      metrics.engineErrors.inc({ engine: failed.label, phase: "before_audio" });
-      log.warn("tts engine failed; trying the next one", { engine: failed.label, reason, error });
+      const afterAudio = reason === "broke" || reason === "slow";
+      metrics.engineErrors.inc({ engine: failed.label, phase: afterAudio ? "after_audio" : "before_audio" });
+      if (afterAudio) log.warn("tts engine broke off mid-chunk; the next one says the rest", { engine: failed.label, reason, error });
+      else log.warn("tts engine failed; trying the next one", { engine: failed.label, reason, error });
     },
     onHealth: (changed, healthy) => {
       metrics.engineHealthy.set({ engine: changed.label }, healthy ? 1 : 0);

@@ -4,7 +4,7 @@ import { withinMs } from "@voicebot/service-kit";
 import { BotAudio, isSpeakable, SynthesisFailed, TurnTiming, type SpeakRequest } from "@voicebot/proto";
 import { keys, type CallStore } from "@voicebot/state";
 import type { TtsEngine } from "./engine.js";
-import type { FallbackEngine } from "./fallback.js";
+import { AllEnginesFailedError, type FallbackEngine } from "./fallback.js";
 import { PcmEncoder, resolveFormat, type OutputFormat } from "./format.js";
 import type { Job, JobRegistry } from "./jobs.js";
 import { QueueAbortedError, type Limiter } from "./limiter.js";
@@ -240,6 +240,8 @@ export class Speaker {
     const { callId, turnId, chunkSeq } = request;
     const encoder = new PcmEncoder(engine.sampleRate, format);
     let answered = { label: "none", index: -1 };
+    // A chunk one engine broke off and another finished is two voices: never cached.
+    let mixed = false;
     const heard = this.firstAudio.begin();
     try {
       const audio = engine.synthesize({
@@ -247,8 +249,9 @@ export class Speaker {
         voice: request.voice || undefined,
         rate: options.rate,
         signal: job.signal,
-        onEngine: (label, index) => {
+        onEngine: (label, index, continuing) => {
           answered = { label, index };
+          mixed ||= continuing;
           out.engine = label;
         },
       });
@@ -263,12 +266,13 @@ export class Speaker {
       out.push(encoder.flush());
       if (!out.hasAudio) throw new Error("engine produced no audio");
       out.finish();
-      return { outcome: "ok", engine: answered.label, primary: answered.index === 0 };
+      return { outcome: "ok", engine: answered.label, primary: answered.index === 0 && !mixed };
     } catch (error) {
       if (job.signal.aborted) return { outcome: "cancelled", engine: answered.label, primary: false };
       if (out.hasAudio) {
-        // The caller already hears this chunk: close it with what exists rather than restart it in another voice.
-        metrics.engineErrors.inc({ engine: answered.label, phase: "after_audio" });
+        // The caller already hears this chunk and no engine could say the rest: close it with what exists. Engines
+        // that failed to take over the rest were counted as failovers, and so was the one that broke off then.
+        if (!(error instanceof AllEnginesFailedError)) metrics.engineErrors.inc({ engine: answered.label, phase: "after_audio" });
         log.error("tts engine failed after audio began; chunk cut short", { callId, turnId, chunkSeq, engine: answered.label, error: errorText(error) });
         out.push(encoder.flush());
         out.finish();
