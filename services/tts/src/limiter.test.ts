@@ -22,6 +22,29 @@ describe("Limiter", () => {
     expect(limiter.active).toBe(0);
   });
 
+  it("serves waiters by when they are due, equals in arrival order", async () => {
+    const limiter = new Limiter(1);
+    const release = await limiter.acquire();
+    const order: string[] = [];
+    const waiters = (
+      [
+        ["later chunk", 2_000],
+        ["first chunk", 1_000],
+        ["another first chunk", 1_000],
+        ["earliest", 500],
+      ] as const
+    ).map(([name, dueAt]) =>
+      limiter.acquire(undefined, dueAt).then((next) => {
+        order.push(name);
+        next(); // the slot passes on to the next waiter
+      }),
+    );
+    release();
+    await Promise.all(waiters);
+    expect(order).toEqual(["earliest", "first chunk", "another first chunk", "later chunk"]);
+    expect(limiter.active).toBe(0);
+  });
+
   it("drops a waiter whose signal aborts, without taking a slot", async () => {
     const limiter = new Limiter(1);
     const release = await limiter.acquire();

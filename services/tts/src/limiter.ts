@@ -6,12 +6,12 @@ export class QueueAbortedError extends Error {
 }
 
 /**
- * At most `max` holders at once, the rest wait in arrival order. A waiter whose signal aborts leaves the queue
- * at once, so cancelled work never holds up the work behind it.
+ * At most `max` holders at once, the rest wait by when they are due (earliest first; arrival order among equals).
+ * A waiter whose signal aborts leaves the queue at once, so cancelled work never holds up the work behind it.
  */
 export class Limiter {
   private running = 0;
-  private readonly waiting: Array<{ grant: () => void }> = [];
+  private readonly waiting: Array<{ grant: () => void; dueAt: number }> = [];
   /** Told when a slot is free and nobody waits (see whenSpare). */
   private spareWaiters: Array<() => void> = [];
 
@@ -54,8 +54,11 @@ export class Limiter {
     });
   }
 
-  /** Resolves with a release function once a slot is free; rejects with QueueAbortedError if `signal` aborts first. */
-  acquire(signal?: AbortSignal): Promise<() => void> {
+  /**
+   * Resolves with a release function once a slot is free; rejects with QueueAbortedError if `signal` aborts first.
+   * While slots are full, a waiter due earlier (`dueAt`, ms; default now) is served before later ones.
+   */
+  acquire(signal?: AbortSignal, dueAt = Date.now()): Promise<() => void> {
     if (signal?.aborted) return Promise.reject(new QueueAbortedError());
     if (this.running < this.max) {
       this.running++;
@@ -68,13 +71,17 @@ export class Limiter {
         reject(new QueueAbortedError());
       };
       const waiter = {
+        dueAt,
         grant: () => {
           signal?.removeEventListener("abort", onAbort);
           resolve(this.releaser());
         },
       };
       signal?.addEventListener("abort", onAbort, { once: true });
-      this.waiting.push(waiter);
+      // After every waiter due no later: the queue stays sorted, equals in arrival order.
+      let at = this.waiting.length;
+      while (at > 0 && this.waiting[at - 1].dueAt > dueAt) at--;
+      this.waiting.splice(at, 0, waiter);
     });
   }
 

@@ -44,6 +44,10 @@ const CACHE_READ_TIMEOUT_MS = 250;
  *  for longer than this). */
 const LATER_CHUNK_MAX_WAIT_MS = 50;
 
+/** How much later each chunk of a turn is due than the one before it, for synthesis slots: about the playing time
+ *  of a short sentence, so a later chunk waits behind first chunks but is never starved by them. */
+const LATER_CHUNK_SLACK_MS = 1_000;
+
 /** Audio cache namespace; the digest covers everything that changes the audio. */
 const CACHE_NAMESPACE = "tts";
 
@@ -131,7 +135,9 @@ export class Speaker {
 
     let release: () => void;
     try {
-      release = await limiter.acquire(job.signal);
+      // Slots full, a turn's first chunk (the caller waits in silence) goes before other calls' later chunks,
+      // which play only after the chunks before them: each is due a sentence's playing time later.
+      release = await limiter.acquire(job.signal, receivedAtMs + request.chunkSeq * LATER_CHUNK_SLACK_MS);
     } catch (error) {
       if (error instanceof QueueAbortedError) return this.cancelled(request, "none");
       throw error;
