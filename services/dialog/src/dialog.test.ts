@@ -247,8 +247,10 @@ describe("dialog service", () => {
     await call.turn("t1");
     await call.publish({ $case: "answeredBy", value: AnsweredBy.create({ answeredBy: "machine_end_beep", onMachine: "voicemail", detectionMs: 4_100 }) }, `${call.id}:amd`);
     expect(await call.turn("t2")).toBe("Hello, this is the demo shop calling about your order. Please call us back when it suits you. Goodbye.");
-    await waitFor(() => call.controls.length > 0, { what: "CallControl" });
-    expect(call.controls[0]).toMatchObject({ action: CallControl_Action.ACTION_HANGUP, afterTurnId: "t2" });
+    await waitFor(() => call.controls.length > 1, { what: "CallControl" });
+    // First what the agent was saying to the machine is cut off, down to anything still on its way; then the hang-up.
+    expect(call.controls[0]).toMatchObject({ action: CallControl_Action.ACTION_CLEAR, beforeTurnId: "t2", reason: "voicemail" });
+    expect(call.controls[1]).toMatchObject({ action: CallControl_Action.ACTION_HANGUP, afterTurnId: "t2" });
     // Whatever the machine records next is no caller to answer.
     await expectLateInputDropped(call);
     expect(await metric("voicebot_dialog_turns_total", { outcome: "voicemail" })).toBeGreaterThan(0);

@@ -3,6 +3,8 @@ import { errorText, isValidCallId, LogThrottle, subjects, type Bus, type Deliver
 import {
   AudioEncoding,
   AudioFormat,
+  CallControl,
+  CallControl_Action,
   DialogInput as DialogInputCodec,
   NoInput,
   PlaybackEvent_Kind,
@@ -485,6 +487,7 @@ export class TurnRunner {
         abort ??= this.deps.inFlight.begin(callId, state.turns);
         const stop = abort;
         held.lost.addEventListener("abort", () => stop.abort(), { once: true });
+        if (turnInput.kind === "voicemail" && attempt === 0) this.supersedeEarlierTurns(callId, turnsBefore + 1, fields);
         const played = await this.play(agent, state, turnsBefore, turnInput, message, receivedAt, attempt > 0, redone === true || attempt > 0, abort, held, restart);
         if (held.lost.aborted) return this.leaseLost(fields);
         turnsReached = Math.max(turnsReached, played.turns);
@@ -530,6 +533,23 @@ export class TurnRunner {
       if (abort) this.deps.inFlight.end(callId, abort);
     }
     throw new Error(`dialog state of call ${callId} kept changing during input ${inputId}`);
+  }
+
+  /**
+   * Cuts off what the bot is saying, and what it was about to say, for the turn numbered `turn`: a voicemail
+   * message goes on the machine's recording alone, not after the rest of an answer to the machine's greeting that
+   * was already on its way to tts when the verdict came. Sent before the turn's speech is queued, so ingress has it
+   * first (the speech goes through tts).
+   */
+  private supersedeEarlierTurns(callId: string, turn: number, fields: Record<string, unknown>): void {
+    const control = CallControl.create({ callId, action: CallControl_Action.ACTION_CLEAR, reason: "voicemail", beforeTurnId: `t${turn}` });
+    try {
+      this.deps.bus.publish(subjects.control(callId), CallControl, control, callId);
+      this.deps.log.info("earlier turns superseded by the voicemail message", { ...fields, beforeTurnId: control.beforeTurnId });
+    } catch (error) {
+      // The message is still left; the machine may record the end of the earlier answer before it.
+      this.deps.log.warn("could not cut off the turns before the voicemail message", { ...fields, error: errorText(error) });
+    }
   }
 
   /** Queues the timer input an engine asked for; its id comes from the input that set it, so a redo queues it once. */

@@ -10,6 +10,7 @@ import {
   AudioEncoding,
   BotAudio,
   CallControl,
+  CancelTurn,
   CallControl_Action,
   CallEnded,
   CallerAudio,
@@ -284,6 +285,34 @@ describe("bot audio playout", () => {
     expect([...new Set(afterAudio)]).toEqual([8]);
     expect(playback.items.filter((e) => e.turnId === "t1").map((e) => PlaybackEvent_Kind[e.kind])).toEqual(["KIND_CHUNK_PLAYED", "KIND_INTERRUPTED"]);
     playback.sub.unsubscribe();
+    client.close();
+  });
+
+  it("a CLEAR naming the turn that supersedes the bot's speech (a voicemail message) also drops earlier turns' audio that comes after it, and cancels their synthesis", async () => {
+    const client = await startCall();
+    const callId = client.callSid;
+    const cancels = collect(world.bus, subjects.cancel(callId), CancelTurn);
+    await world.bus.nc.flush();
+    botAudio(callId, "t1", 0, 0, frames(100, 1), { chunkDone: true, turnDone: true, text: "Hello, is this Sam?" }); // 2 s
+    await waitFor(() => client.audio().length >= 160, { what: "the greeting to play" });
+    control(callId, CallControl_Action.ACTION_CLEAR, { reason: "voicemail", beforeTurnId: "t3" });
+    await waitFor(() => client.events("clear").length === 1, { what: "clear" });
+    // The answer to the machine's greeting was on its way when the verdict came: it arrives after the CLEAR.
+    botAudio(callId, "t2", 0, 0, frames(10, 2), { chunkDone: true, text: "Sorry, I did not catch that." });
+    botAudio(callId, "t2", 1, 0, frames(10, 2), { chunkDone: true, turnDone: true });
+    botAudio(callId, "t3", 0, 0, frames(5, 3), { chunkDone: true, turnDone: true, text: "Please call us back." });
+    await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t3.0"), { what: "mark t3.0" });
+    const after = client.received.slice(client.received.findIndex((r) => r.message.event === "clear") + 1);
+    const afterAudio = Buffer.concat(after.filter((r) => r.message.event === "media").map((r) => Buffer.from(r.message.media.payload, "base64")));
+    expect([...new Set(afterAudio)]).toEqual([3]);
+    expect(afterAudio.length).toBe(5 * 160);
+    await waitFor(() => cancels.items.some((c) => c.turnId === "t2"), { what: "t2's synthesis to be cancelled" });
+    expect(cancels.items.filter((c) => c.turnId === "t2").map((c) => c.reason)).toEqual(["superseded"]);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_bot_audio_dropped_total", { reason: "superseded" })).toBe(2);
+    // A later turn (after the voicemail message) is not affected.
+    botAudio(callId, "t4", 0, 0, frames(2, 4), { chunkDone: true, turnDone: true });
+    await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t4.0"), { what: "mark t4.0" });
+    cancels.sub.unsubscribe();
     client.close();
   });
 });

@@ -104,7 +104,7 @@ export class IngressMetrics {
     });
     this.droppedBotAudio = new Counter({
       name: "voicebot_ingress_bot_audio_dropped_total",
-      help: "BotAudio parts dropped (late, duplicate, for a finished turn)",
+      help: "BotAudio parts dropped (late, duplicate, for a finished turn, superseded by a CLEAR naming a later dialog turn)",
       labelNames: ["reason"],
       registers,
     });

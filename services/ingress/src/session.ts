@@ -131,6 +131,10 @@ export class CallSession {
   /** The last barge-in by speech: which utterance cut which bot turn (it may turn out to be a cough). */
   private speechCut: { utteranceId: string; turnId: string } | undefined;
   private startedAtMs = 0;
+  /** Dialog turns numbered below this were superseded (CallControl CLEAR with `beforeTurnId`): their audio is dropped. */
+  private supersededBelow = 0;
+  /** Superseded turns already cancelled for tts (once each). */
+  private readonly supersededCancelled = new Set<string>();
   /**
    * Twilio's `<Redirect>` after our `<Connect>` brings a stream that closed without `stop` back to the voice webhook,
    * which resumes the call on a new stream: such a close leaves the call live (detach) instead of ending it.
@@ -669,6 +673,15 @@ export class CallSession {
       this.log.warn("bot audio without turnId dropped");
       return;
     }
+    if (this.supersededBelow > 0 && dialogTurnNumber(audio.turnId) < this.supersededBelow) {
+      metrics.droppedBotAudio.inc({ reason: "superseded" });
+      if (!this.supersededCancelled.has(audio.turnId)) {
+        this.supersededCancelled.add(audio.turnId);
+        this.publishCancels([audio.turnId], "superseded");
+        this.log.info("audio of a superseded turn dropped", { turnId: audio.turnId, beforeTurnId: `t${this.supersededBelow}` });
+      }
+      return;
+    }
     const now = performance.now();
     const format = audio.format;
     const usable =
@@ -824,10 +837,14 @@ export class CallSession {
     const { metrics } = this.deps;
     switch (control.action) {
       case CallControl_Action.ACTION_CLEAR: {
+        // The dialog sends its superseding CLEAR before that turn's speech exists (it goes through tts), so nothing
+        // that plays now is the new turn.
+        const before = control.beforeTurnId ? dialogTurnNumber(control.beforeTurnId) : 0;
+        if (Number.isFinite(before) && before > this.supersededBelow) this.supersededBelow = before;
         const cut = playout.clear();
         this.publishCancels(cut.map((t) => t.id), "clear");
         metrics.controls.inc({ action: "clear", outcome: "done" });
-        this.log.info("playback cleared", { reason: control.reason, cutTurns: cut.map((t) => t.id) });
+        this.log.info("playback cleared", { reason: control.reason, cutTurns: cut.map((t) => t.id), ...(before ? { beforeTurnId: control.beforeTurnId } : {}) });
         return;
       }
       case CallControl_Action.ACTION_HANGUP:
@@ -1189,4 +1206,10 @@ function rawText(data: RawData): string {
   if (Buffer.isBuffer(data)) return data.toString("utf8");
   if (Array.isArray(data)) return Buffer.concat(data).toString("utf8");
   return Buffer.from(data).toString("utf8");
+}
+
+/** The number of a dialog turn id (t<n>); Infinity for other turns (ingress's own lines), which nothing supersedes. */
+function dialogTurnNumber(turnId: string): number {
+  const match = /^t(\d{1,15})$/.exec(turnId);
+  return match ? Number(match[1]) : Number.POSITIVE_INFINITY;
 }

@@ -79,6 +79,11 @@ export interface CallControl {
   reason: string;
   /** Transfer target (phone number or SIP URI), or digits for SEND_DTMF. */
   target: string;
+  /**
+   * CLEAR from the dialog: the turn that supersedes what the bot was saying (the dialog's turn ids are t<n>, growing).
+   * Audio of the call's dialog turns numbered below it that arrives later is dropped too: it was queued before.
+   */
+  beforeTurnId: string;
 }
 
 export enum CallControl_Action {
@@ -636,7 +641,7 @@ export const PlaybackEvent: MessageFns<PlaybackEvent> = {
 };
 
 function createBaseCallControl(): CallControl {
-  return { callId: "", action: 0, afterTurnId: "", reason: "", target: "" };
+  return { callId: "", action: 0, afterTurnId: "", reason: "", target: "", beforeTurnId: "" };
 }
 
 export const CallControl: MessageFns<CallControl> = {
@@ -655,6 +660,9 @@ export const CallControl: MessageFns<CallControl> = {
     }
     if (message.target !== "") {
       writer.uint32(42).string(message.target);
+    }
+    if (message.beforeTurnId !== "") {
+      writer.uint32(50).string(message.beforeTurnId);
     }
     return writer;
   },
@@ -712,6 +720,14 @@ export const CallControl: MessageFns<CallControl> = {
             message.target = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.beforeTurnId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -734,6 +750,7 @@ export const CallControl: MessageFns<CallControl> = {
     message.afterTurnId = object.afterTurnId ?? "";
     message.reason = object.reason ?? "";
     message.target = object.target ?? "";
+    message.beforeTurnId = object.beforeTurnId ?? "";
     return message;
   },
 };
