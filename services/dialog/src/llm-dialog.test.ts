@@ -13,6 +13,7 @@ import {
   CallStarted,
   CancelTurn,
   DialogInput,
+  FalseInterruption,
   KeypadPress,
   PlaybackEvent,
   PlaybackEvent_Kind,
@@ -83,6 +84,37 @@ tools:
       headers: { Authorization: "Bearer \${POINTS_TOKEN}" }
 `;
 
+/** The points line without an LLM: "let me check" said before the webhook tool, its answer after. */
+const SCRIPTED_POINTS_AGENT = `
+greeting: { say: "Points line.", goto: menu }
+reprompt: Say points.
+intents:
+  - name: points
+    phrases: [points]
+    do:
+      say: Let me check your points for you.
+      tool: { name: check_points, args: { member_id: "123456" } }
+      results:
+        - say: You have {{result.points}} points.
+states:
+  menu:
+    prompt: Say points.
+tools:
+  - name: check_points
+    description: Loyalty points of a member.
+    parameters:
+      type: object
+      properties:
+        member_id: { type: string }
+      required: [member_id]
+    idempotent: true
+    timeoutMs: 3000
+    webhook:
+      url: "\${POINTS_URL}/points"
+      method: POST
+      headers: { Authorization: "Bearer \${POINTS_TOKEN}" }
+`;
+
 beforeAll(async () => {
   [nats, redis] = await Promise.all([startNats(), startRedis()]);
   fake = await startFakeOpenAI({ apiKey: "llm-test-key" });
@@ -107,6 +139,7 @@ beforeAll(async () => {
   agentsDir = await mkdtemp(path.join(os.tmpdir(), "vb-llm-agents-"));
   await copyFile(fileURLToPath(new URL("../agents/order-line.yaml", import.meta.url)), path.join(agentsDir, "order-line.yaml"));
   await writeFile(path.join(agentsDir, "points.yaml"), WEBHOOK_AGENT);
+  await writeFile(path.join(agentsDir, "points-scripted.yaml"), SCRIPTED_POINTS_AGENT);
 
   const env = { NATS_URL: nats.url, REDIS_URL: redis.url, HTTP_PORT: "0", LOG_LEVEL: "error", AGENTS_DIR: agentsDir };
   tools = await startService(toolsDefinition, { ...env, POINTS_URL: webhookUrl, POINTS_TOKEN: "s3cret-token" });
@@ -335,6 +368,48 @@ describe("dialog on an LLM", () => {
       { role: "assistant", content: `${first}...` },
       { role: "user", content: "what about returns" },
     ]);
+  });
+
+  describe("a cough over 'let me check' while the tool runs (a false interruption): the tool's answer is not lost", () => {
+    /** Says "points", cuts the "let me check" turn (t2) while the 600 ms webhook runs, and lets the turn finish. */
+    const coughDuringTool = async (call: TestCall, heardText: string) => {
+      webhookDelayMs = 600;
+      const cancelled = await metric("voicebot_dialog_cancelled_turns_total");
+      await call.say("points");
+      await call.turn("t2");
+      bus.publish(subjects.cancel(call.id), CancelTurn, CancelTurn.create({ callId: call.id, turnId: "t2", reason: "barge_in" }), call.id);
+      await waitFor(async () => (await metric("voicebot_dialog_cancelled_turns_total")) > cancelled, { what: "the turn to finish, cancelled", timeoutMs: 5_000 });
+      expect(webhookCalls).toHaveLength(1);
+      const interrupted = PlaybackEvent.create({ callId: call.id, turnId: "t2", kind: PlaybackEvent_Kind.KIND_INTERRUPTED, chunkSeq: 0, atMs: Date.now(), heardText });
+      await call.publish({ $case: "playback", value: interrupted }, `${call.id}:int:t2`);
+      await call.publish({ $case: "falseInterruption", value: FalseInterruption.create({ turnId: "t2", utteranceId: "9" }) }, `${call.id}:false-int:MZ1:9`);
+    };
+
+    it("scripted: the unheard rest of the turn, then the answer the tool's result gave while the bot was cut off", async () => {
+      const call = new TestCall();
+      await call.start("points-scripted");
+      expect(await call.turn("t1")).toBe("Points line. Say points.");
+      await coughDuringTool(call, "Let me check");
+      expect(await call.turn("t3")).toBe("your points for you. You have 4200 points.");
+      expect(webhookCalls).toHaveLength(1); // the tool is not run again
+    });
+
+    it("LLM: the unheard rest of the answer that called the tool, then the LLM answers the tool's result", async () => {
+      const call = new TestCall();
+      await call.start("points");
+      expect(await call.turn("t1")).toBe("Hi, this is the points line.");
+      replies.push({ text: "Let me look that up for you.", toolCalls: [{ name: "check_points", arguments: { member_id: "123456" } }] });
+      await coughDuringTool(call, "Let me look");
+      const asked = chat.requests.length;
+      replies.push((request) => ({ text: `You have ${JSON.parse(request.toolResults[0].content).points} points.` }));
+      expect(await call.turn("t3")).toBe("that up for you. You have 4200 points.");
+      expect(chat.requests.length).toBe(asked + 1);
+      // The model sees the whole sentence it said before the tool, and the tool's result, as one exchange.
+      const history = chat.requests.at(-1)!.messages.slice(-2);
+      expect(history[0]).toMatchObject({ role: "assistant", content: "Let me look that up for you." });
+      expect(history[1]).toMatchObject({ role: "tool" });
+      expect(webhookCalls).toHaveLength(1);
+    });
   });
 
   it("speaks at most about 1,200 characters of a runaway answer, so one call cannot flood the shared tts queue", async () => {

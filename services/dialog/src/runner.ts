@@ -54,6 +54,11 @@ export interface DialogState {
    * (the one playing) through `lastTurnId` (turns queued behind it were cut too).
    */
   unheard?: { turnId: string; lastTurnId: string; text: string };
+  /**
+   * What the last input's handling went on to say after a barge-in stopped its speech (a tool's answer that came
+   * while the caller talked over "let me check"): never sent, said after the unheard part if the barge-in was false.
+   */
+  unsaid?: string;
 }
 
 /**
@@ -447,10 +452,12 @@ export class TurnRunner {
           return await drop("stale_no_input");
         }
         if (turnInput.kind === "resume" && input.$case === "falseInterruption") {
-          // Only the turns that sound cut, still the latest ones: nothing was said since.
+          // Only the turns that sound cut, still the latest ones: nothing was said since. After them, what their
+          // input's handling went on to say while the bot was cut off.
           const unheard = state.unheard;
-          if (!unheard?.text || unheard.turnId !== input.value.turnId || unheard.lastTurnId !== `t${state.turns}`) return await drop("stale_false_interruption");
-          turnInput = { kind: "resume", text: unheard.text };
+          const rest = [unheard?.text, state.unsaid].filter(Boolean).join(" ");
+          if (!unheard || !rest || unheard.turnId !== input.value.turnId || unheard.lastTurnId !== `t${state.turns}`) return await drop("stale_false_interruption");
+          turnInput = { kind: "resume", text: rest };
         }
 
         // Marked before anything is said, for the replica that must finish this input if this one dies; with it the
@@ -499,6 +506,7 @@ export class TurnRunner {
           processed: [...state.processed, inputId].slice(-MAX_PROCESSED),
           spoken: [...(state.spoken ?? []), ...played.spoken].slice(-MAX_SPOKEN),
           unheard: undefined, // the conversation moved on
+          unsaid: played.cancelled && played.unsaid ? played.unsaid : undefined,
         };
         const wake = played.result.wake;
         if (wake && (await held.confirm())) await this.afterSpeech(() => this.publishWake(callId, inputId, wake), fields);
@@ -579,6 +587,8 @@ export class TurnRunner {
     turns: number;
     spoken: Array<{ turnId: string; text: string }>;
     cancelled: boolean;
+    /** What the engine said after a barge-in cancelled the speech (not sent). */
+    unsaid: string;
   }> {
     const { store, log, tools, metrics } = this.deps;
     const callId = message.callId;
@@ -692,7 +702,7 @@ export class TurnRunner {
     speech.close();
     await records;
     await Promise.all(speakQueued);
-    return { result, hints, turns: speech.turnCount, spoken, cancelled: speech.isCancelled };
+    return { result, hints, turns: speech.turnCount, spoken, cancelled: speech.isCancelled, unsaid: speech.unsaid.join(" ") };
   }
 
   /**

@@ -47,6 +47,8 @@ export class SpeechOutput {
   lastTurnId = "";
   /** Every turn id opened while handling this input. */
   readonly turnIds: string[] = [];
+  /** What the engine said after the barge-in that cancelled this speech, with the chunk held back then: never sent. */
+  readonly unsaid: string[] = [];
 
   constructor(private readonly ctx: SpeechContext) {
     this.turns = ctx.turnsSoFar;
@@ -76,7 +78,10 @@ export class SpeechOutput {
 
   /** Queues text; returns the id of the turn it went into ("" once cancelled or for empty text). */
   say(text: string, cacheable: boolean, now = false): string {
-    if (this.cancelled) return "";
+    if (this.cancelled) {
+      if (text.trim()) this.unsaid.push(text.trim());
+      return "";
+    }
     let turnId = "";
     for (const sentence of splitSentences(text)) {
       const open = this.ensureOpen();
@@ -119,6 +124,7 @@ export class SpeechOutput {
   cancel(): void {
     if (this.cancelled) return;
     this.cancelled = true;
+    if (this.open?.held) this.unsaid.push(this.open.held.text);
     if (this.open) this.open.held = undefined;
     this.close();
   }

@@ -269,6 +269,16 @@ class LlmTurn {
       case "voicemail":
         return this.scripted([input]); // a fixed message, as the agent file says it
       case "resume": {
+        // A tool's result came in while the caller was cut off, and the answer to it was never asked for: the rest
+        // of the cut answer is said, then the LLM answers the result (a scripted fallback has nothing to repeat).
+        const answering = state.history.at(-1)?.role === "tool" ? lastToolCaller(state.history) : undefined;
+        if (answering) {
+          if (input.text && this.say(input.text)) {
+            answering.content = [answering.content, input.text].filter(Boolean).join(" ");
+            answering.interrupted = undefined; // heard in full now
+          }
+          return this.converse({ kind: "resume", text: "" });
+        }
         // The history holds what was heard of the cut turn; the rest is said now, as its own turn.
         const turnId = this.say(input.text);
         if (turnId) state.history.push({ role: "assistant", content: input.text, turnId });
@@ -675,4 +685,14 @@ function trimHistory(state: LlmState): void {
   let start = state.history.length - MAX_HISTORY;
   while (start < state.history.length && state.history[start].role !== "user") start++;
   state.history = state.history.slice(start);
+}
+
+/** The assistant message whose tool calls the history's trailing tool results answer. */
+function lastToolCaller(history: HistoryMessage[]): AssistantMessage | undefined {
+  for (let i = history.length - 1; i >= 0; i--) {
+    const message = history[i];
+    if (message.role === "assistant") return message.toolCalls?.length ? message : undefined;
+    if (message.role === "user") return undefined;
+  }
+  return undefined;
 }
