@@ -496,21 +496,33 @@ export class CallStore {
     await this.setRecordField(callId, "agent", agent);
   }
 
-  /** What answering machine detection found for a placed call. */
-  async setAnsweredBy(callId: string, answeredBy: string): Promise<boolean> {
+  /**
+   * What answering machine detection found for a placed call, into its record if there is one. Returns the call's
+   * state as of that write (undefined: no record): a stream that starts after it finds the verdict (answeredBy),
+   * so exactly one of the two sees a live call without the verdict's having been seen.
+   */
+  async setAnsweredBy(callId: string, answeredBy: string): Promise<CallState | undefined> {
     return this.setRecordField(callId, "answeredBy", answeredBy);
   }
 
-  /** One field of a call's record, only into a record that exists (never a bare one for a call that is gone). */
-  private async setRecordField(callId: string, field: string, value: string): Promise<boolean> {
-    const set = await this.redis.eval(
-      "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end return 0",
+  /** The verdict of answering machine detection on the call, if any came. */
+  async answeredBy(callId: string): Promise<string | undefined> {
+    return (await this.redis.hget(keys.meta(callId), "answeredBy")) ?? undefined;
+  }
+
+  /**
+   * One field of a call's record, only into a record that exists (never a bare one for a call that is gone).
+   * Returns the record's state at the write (undefined: no record, or one without a state).
+   */
+  private async setRecordField(callId: string, field: string, value: string): Promise<CallState | undefined> {
+    const state = await this.redis.eval(
+      "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return redis.call('HGET', KEYS[1], 'state') or '' end return false",
       1,
       keys.meta(callId),
       field,
       value,
     );
-    return set === 1;
+    return typeof state === "string" ? callStateOf(state) : undefined;
   }
 
   /** The call's state and who it is between (for resuming it on a new stream); undefined without a record. */

@@ -3,7 +3,8 @@
 // once, so a human never waits for the verdict. A human (or no verdict) changes nothing but the record. A machine or
 // a fax: with `onMachine: "voicemail"` and the machine's greeting over (the beep), what the agent is saying stops
 // (CallControl CLEAR to whichever replica streams the call) and the dialog leaves the agent's voicemail message, then
-// hangs up; otherwise the call is hung up at once.
+// hangs up; otherwise the call is hung up at once. A verdict that comes before the stream has started (its
+// connection was slow) is acted on by the stream when it starts: the placed call's stream carries `onMachine`.
 import { errorText, isValidCallId, subjects, type Bus, type Logger } from "@voicebot/bus";
 import { AnsweredBy, CallControl, CallControl_Action, DialogInput } from "@voicebot/proto";
 import { sendJson, type HttpServer } from "@voicebot/service-kit";
@@ -57,51 +58,77 @@ export function registerAmdCallback(
     }
     const callSid = form.get("CallSid") ?? "";
     const answeredBy = form.get("AnsweredBy") ?? "";
-    const onMachine = new URL(req.url ?? "/", "http://ingress").searchParams.get("onMachine");
+    const onMachine = new URL(req.url ?? "/", "http://ingress").searchParams.get("onMachine") ?? "";
     if (!isValidCallId(callSid) || !ANSWERED_BY.has(answeredBy) || !isOnMachine(onMachine)) {
       metrics.amdVerdicts.inc({ answered_by: "none", outcome: "invalid" });
       sendJson(res, 400, { error: "a verdict needs a CallSid, one of Twilio's AnsweredBy values and onMachine (voicemail or hangup)" });
       return;
     }
     const detectionMs = Math.max(0, Math.min(Number(form.get("MachineDetectionDuration")) || 0, 600_000));
-    const fields = { callId: callSid, answeredBy, onMachine, detectionMs };
+    const verdict: MachineVerdict = { callSid, answeredBy, onMachine, detectionMs };
     let state: string | undefined;
     try {
-      state = await store.callState(callSid);
-      if (state) await store.setAnsweredBy(callSid, answeredBy);
+      // The state as of the write: a stream that starts after it finds the verdict in the record and acts on it.
+      state = await store.setAnsweredBy(callSid, answeredBy);
     } catch (error) {
       metrics.storeErrors.inc({ op: "set_answered_by" });
-      log.error("could not record who answered a placed call", { ...fields, error: errorText(error) });
+      log.error("could not record who answered a placed call", { ...verdict, error: errorText(error) });
       sendJson(res, 503, { error: "the call record could not be read or written" });
       return;
     }
-    const machine = answeredBy.startsWith("machine_") || answeredBy === "fax";
-    const outcome = !machine ? "recorded" : state !== "live" ? "not_live" : leavesMessage(answeredBy, onMachine) ? "voicemail" : "hung_up";
-    metrics.amdVerdicts.inc({ answered_by: answeredBy, outcome });
-    if (outcome === "not_live") {
-      // Too early (the stream has not started: the agent will greet the machine) or too late (the call ended).
-      log.warn("answering machine verdict for a call without a live stream; nothing to act on", { ...fields, state: state ?? "none" });
-    } else {
-      log.info("answering machine detection", { ...fields, outcome });
+    if (!isMachine(answeredBy) || state !== "live") {
+      const outcome = !isMachine(answeredBy) ? "recorded" : state === "dialing" ? "before_stream" : "not_live";
+      metrics.amdVerdicts.inc({ answered_by: answeredBy, outcome });
+      if (outcome === "before_stream") log.info("answering machine verdict before the stream started; the stream acts on it", { ...verdict });
+      else if (outcome === "not_live") log.warn("answering machine verdict for a call that has ended or is unknown; nothing to act on", { ...verdict, state: state ?? "none" });
+      else log.info("answering machine detection", { ...verdict, outcome });
+      res.writeHead(204).end();
+      return;
     }
-    if (outcome === "hung_up") {
-      bus.publish(subjects.control(callSid), CallControl, CallControl.create({ callId: callSid, action: CallControl_Action.ACTION_HANGUP, reason: answeredBy }), callSid);
-    } else if (outcome === "voicemail") {
-      // Queued first: the agent is cut off only once the message that follows is sure to come.
-      const inputId = `${callSid}:amd`;
-      const input = DialogInput.create({ callId: callSid, inputId, atMs: Date.now(), input: { $case: "answeredBy", value: AnsweredBy.create({ answeredBy, onMachine, detectionMs }) } });
-      try {
-        await bus.publishDurable(subjects.dialogInput(callSid), DialogInput, input, inputId, callSid);
-      } catch (error) {
-        metrics.publishErrors.inc({ message: "dialog_answeredBy" });
-        log.error("answering machine verdict could not be queued for the dialog", { ...fields, error: errorText(error) });
-        sendJson(res, 503, { error: "the verdict could not be queued" });
-        return;
-      }
-      bus.publish(subjects.control(callSid), CallControl, CallControl.create({ callId: callSid, action: CallControl_Action.ACTION_CLEAR, reason: answeredBy }), callSid);
+    try {
+      const outcome = await actOnMachine(verdict, bus);
+      metrics.amdVerdicts.inc({ answered_by: answeredBy, outcome });
+      log.info("answering machine detection", { ...verdict, outcome });
+    } catch (error) {
+      metrics.publishErrors.inc({ message: "dialog_answeredBy" });
+      log.error("answering machine verdict could not be queued for the dialog", { ...verdict, error: errorText(error) });
+      sendJson(res, 503, { error: "the verdict could not be queued" });
+      return;
     }
     res.writeHead(204).end();
   });
+}
+
+export interface MachineVerdict {
+  callSid: string;
+  answeredBy: string;
+  onMachine: OnMachine;
+  detectionMs: number;
+}
+
+/** A machine or a fax answered (not a person, not "unknown"). */
+export function isMachine(answeredBy: string): boolean {
+  return answeredBy.startsWith("machine_") || answeredBy === "fax";
+}
+
+/**
+ * What a machine's verdict does to a live call: with `voicemail` and the machine's greeting over, the agent is cut
+ * off and the dialog leaves its message; otherwise the call is hung up. Throws if the message cannot be queued
+ * (then nothing was cut off).
+ */
+export async function actOnMachine(verdict: MachineVerdict, bus: Bus): Promise<"voicemail" | "hung_up"> {
+  const { callSid, answeredBy, onMachine, detectionMs } = verdict;
+  if (!leavesMessage(answeredBy, onMachine)) {
+    bus.publish(subjects.control(callSid), CallControl, CallControl.create({ callId: callSid, action: CallControl_Action.ACTION_HANGUP, reason: answeredBy }), callSid);
+    return "hung_up";
+  }
+  // Queued first: the agent is cut off only once the message that follows is sure to come. Once per call
+  // (msgId), however many times the verdict is acted on.
+  const inputId = `${callSid}:amd`;
+  const input = DialogInput.create({ callId: callSid, inputId, atMs: Date.now(), input: { $case: "answeredBy", value: AnsweredBy.create({ answeredBy, onMachine, detectionMs }) } });
+  await bus.publishDurable(subjects.dialogInput(callSid), DialogInput, input, inputId, callSid);
+  bus.publish(subjects.control(callSid), CallControl, CallControl.create({ callId: callSid, action: CallControl_Action.ACTION_CLEAR, reason: answeredBy }), callSid);
+  return "voicemail";
 }
 
 /** A message is left only on a machine whose greeting is over, for a call placed to leave one. */

@@ -625,19 +625,26 @@ describe("ingress API: token and placing calls", () => {
     const api = await fakeTwilioApi(() => ({ status: 201, body: { sid: newCallSid(), status: "queued" } }));
     const outbound = await startPlacing(api.url);
     const sign = (url: string, form: URLSearchParams) => createHmac("sha1", "twilio-secret").update(signedPayload(url, form)).digest("base64");
-    /** Places a call with `onMachine`, answers it and starts its stream; the AMD callback URL Twilio was given. */
-    const answered = async (onMachine: string) => {
-      const placed = await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002", onMachine });
-      expect(placed.status).toBe(201);
-      const { callSid } = await placed.json();
+    /** Places a call with `onMachine`; the AMD callback URL Twilio was given. */
+    const placed = async (onMachine: string) => {
+      const response = await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002", onMachine });
+      expect(response.status).toBe(201);
+      const { callSid } = (await response.json()) as { callSid: string };
       const form = api.requests.at(-1)!.form;
-      const client = await TwilioClient.connect(outbound.wsUrl, callSid);
-      client.sendConnected();
-      client.sendStart({ from: "+15550100002", to: "+15550100001" });
-      await waitFor(() => inputsFor(callSid).some((i) => i.input?.$case === "callStarted"), { what: "DialogInput callStarted" });
-      client.echoMarks(0);
-      return { callSid, client, form, amdUrl: form.get("AsyncAmdStatusCallback")! };
+      return { callSid, form, amdUrl: form.get("AsyncAmdStatusCallback")! };
     };
+    /** The callee answers: Twilio starts the stream with the TwiML's parameters as customParameters. */
+    const startStream = async (call: Awaited<ReturnType<typeof placed>>) => {
+      const customParameters = Object.fromEntries([...call.form.get("Twiml")!.matchAll(/<Parameter name="([^"]+)" value="([^"]+)"\/>/g)].map((m) => [m[1], m[2]]));
+      expect(customParameters.onMachine).toBe(call.amdUrl.split("onMachine=")[1]);
+      const client = await TwilioClient.connect(outbound.wsUrl, call.callSid);
+      client.sendConnected();
+      client.sendStart(customParameters);
+      await waitFor(() => inputsFor(call.callSid).some((i) => i.input?.$case === "callStarted"), { what: "DialogInput callStarted" });
+      client.echoMarks(0);
+      return { ...call, client };
+    };
+    const answered = async (onMachine: string) => startStream(await placed(onMachine));
     const verdict = (amdUrl: string, callSid: string, answeredBy: string, signature?: string) => {
       const form = new URLSearchParams({ AccountSid: "ACout", CallSid: callSid, AnsweredBy: answeredBy, MachineDetectionDuration: "4100" });
       return fetch(`${outbound.baseUrl}/twilio/amd${new URL(amdUrl).search}`, {
@@ -691,12 +698,30 @@ describe("ingress API: token and placing calls", () => {
       expect(person.client.events("clear")).toEqual([]);
       expect(inputsFor(person.callSid).some((i) => i.input?.$case === "answeredBy")).toBe(false);
 
+      // A verdict before the stream started (its connection was slow): recorded, then acted on as the stream starts.
+      const early = await placed("voicemail");
+      expect((await verdict(early.amdUrl, early.callSid, "machine_end_silence")).status).toBe(204);
+      expect(await record(early.callSid)).toMatchObject({ state: "dialing", answeredBy: "machine_end_silence" });
+      expect(inputsFor(early.callSid)).toEqual([]);
+      const late = await startStream(early);
+      await waitFor(() => late.client.events("clear").length > 0, { what: "the greeting cut off as the stream starts" });
+      expect(inputsFor(early.callSid).map((i) => i.inputId)).toEqual([`${early.callSid}:start`, `${early.callSid}:amd`]);
+      const quickEarly = await placed("hangup");
+      expect((await verdict(quickEarly.amdUrl, quickEarly.callSid, "fax")).status).toBe(204);
+      const faxed = await startStream(quickEarly);
+      await faxed.client.closed;
+      await waitFor(async () => (await record(quickEarly.callSid)).state === "ended", { what: "the fax's call ended" });
+      expect(await record(quickEarly.callSid)).toMatchObject({ endReason: "bot_hangup", answeredBy: "fax" });
+
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "machine_end_beep", outcome: "voicemail" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "machine_end_silence", outcome: "before_stream" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "machine_end_silence", outcome: "voicemail" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "fax", outcome: "hung_up" })).toBe(1);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "machine_start", outcome: "hung_up" })).toBe(1);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "human", outcome: "recorded" })).toBe(1);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { outcome: "bad_signature" })).toBe(1);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { outcome: "invalid" })).toBe(1);
-      for (const call of [machine, person]) {
+      for (const call of [machine, person, late]) {
         call.client.sendStop();
         await call.client.closed;
       }

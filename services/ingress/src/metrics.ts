@@ -164,7 +164,7 @@ export class IngressMetrics {
     });
     this.amdVerdicts = new Counter({
       name: "voicebot_ingress_amd_verdicts_total",
-      help: "POST /twilio/amd: answering machine verdicts on placed calls, by Twilio's AnsweredBy and what was done (recorded: a human or unknown; voicemail: the agent's message is left; hung_up; not_live: no live stream to act on; invalid, bad_signature)",
+      help: "POST /twilio/amd: answering machine verdicts on placed calls, by Twilio's AnsweredBy and what was done (recorded: a human or unknown; voicemail: the agent's message is left; hung_up; before_stream: recorded for the stream to act on when it starts; not_live: the call ended or is unknown; invalid, bad_signature)",
       labelNames: ["answered_by", "outcome"],
       registers,
     });

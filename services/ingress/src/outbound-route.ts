@@ -65,8 +65,15 @@ export function registerOutboundRoute(
       sendJson(res, call.status ?? 400, { error: call.error });
       return;
     }
-    // from and to reach the call record as on an answered call (customParameters); the agent picks who speaks.
-    const parameters = { ...call.parameters, from: call.from, to: call.to, ...(call.agent ? { agent: call.agent } : {}) };
+    // from and to reach the call record as on an answered call (customParameters); the agent picks who speaks;
+    // onMachine tells the stream to look for a machine verdict that came before it.
+    const parameters = {
+      ...call.parameters,
+      from: call.from,
+      to: call.to,
+      ...(call.agent ? { agent: call.agent } : {}),
+      ...(call.onMachine ? { onMachine: call.onMachine } : {}),
+    };
     const twiml = streamTwiml(config.publicStreamUrl, parameters, resumeUrl(publicHttpOrigin(config.publicStreamUrl), 1, call.agent));
     if (twiml.length > MAX_TWIML_CHARS) {
       metrics.outboundCalls.inc({ outcome: "invalid" });

@@ -27,6 +27,7 @@ import {
 } from "@voicebot/proto";
 import { keys, type CallMeta, type CallStore } from "@voicebot/state";
 import WebSocket, { type RawData } from "ws";
+import { actOnMachine, isMachine, isOnMachine, type OnMachine } from "./amd-callback.js";
 import { callerAudioCodec } from "./caller-audio-codec.js";
 import { isValidAgent, parseBool, type IngressConfig } from "./config.js";
 import { ProtocolErrorReporter, RateLimiter } from "./guard.js";
@@ -464,6 +465,29 @@ export class CallSession {
       DialogInput.create({ callId, inputId: `${callId}:start`, atMs: callStarted.startedAtMs, input: { $case: "callStarted", value: callStarted } }),
     );
     this.announced = true;
+    const onMachine = callStarted.customParameters.onMachine;
+    if (isOnMachine(onMachine)) await this.machineVerdictBeforeStream(callId, onMachine);
+  }
+
+  /**
+   * A placed call's answering machine verdict can come before its stream starts (the verdict route then only records
+   * it): the stream acts on it now, as the route would have. The dialog has the greeting first, which the voicemail
+   * turn cuts off.
+   */
+  private async machineVerdictBeforeStream(callId: string, onMachine: OnMachine): Promise<void> {
+    const { store, metrics, bus } = this.deps;
+    let answeredBy: string | undefined;
+    await this.storeOp("read_answered_by", async () => void (answeredBy = await store.answeredBy(callId)));
+    if (!answeredBy || !isMachine(answeredBy)) return;
+    const verdict = { callSid: callId, answeredBy, onMachine, detectionMs: 0 };
+    try {
+      const outcome = await actOnMachine(verdict, bus);
+      metrics.amdVerdicts.inc({ answered_by: answeredBy, outcome });
+      this.log.info("answering machine verdict that came before the stream acted on", { answeredBy, onMachine, outcome });
+    } catch (error) {
+      metrics.publishErrors.inc({ message: "dialog_answeredBy" });
+      this.log.error("answering machine verdict could not be queued for the dialog", { answeredBy, error: errorText(error) });
+    }
   }
 
   /**
