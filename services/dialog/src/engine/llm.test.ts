@@ -417,6 +417,22 @@ describe("LLM engine (real openai SDK against the fake server)", () => {
     expect(breaker.state).toBe("closed");
   });
 
+  it("falls back at once on a rate limit whose Retry-After outlasts the first-token deadline, and retries one within it", async () => {
+    const { engine, metrics } = engineWith({ firstTokenTimeoutMs: 1_500, maxRetries: 1 });
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({ status: 429, message: "Rate limit reached", retryAfterSeconds: 20 });
+    expect(said(await c.speak("hello there", 0.9))).toMatch(/^Sorry, I didn't catch that\./);
+    expect(chat.requests).toHaveLength(1);
+    // The endpoint's answer, reported as it came: not the first-token deadline run out waiting for a retry.
+    const reasons = (await metrics.llmFallbacks.get()).values.map((v) => [v.labels.reason, v.value]);
+    expect(reasons).toEqual([["http_error", 1]]);
+
+    replies.push({ status: 503, message: "Overloaded", retryAfterSeconds: 0.2 }, { text: "Hello! How can I help?" });
+    expect(said(await c.speak("hi", 0.9))).toBe("Hello! How can I help?");
+    expect(chat.requests).toHaveLength(3);
+  });
+
   it("falls back when a stream chunk is malformed or the connection drops", async () => {
     const { engine, metrics } = engineWith();
     const c = new Conversation(engine);

@@ -114,6 +114,7 @@ export class OpenAiCompleter implements LlmCompleter {
       logLevel: "off", // failures are reported here, once, without request bodies
       // Idle connections kept 25 s instead of fetch's 4 s: a turn after a pause needs no new handshake.
       fetchOptions: { dispatcher: apiDispatcher() },
+      fetch: async (url, init) => noHopelessRetry(await fetch(url, init), settings.firstTokenTimeoutMs),
     });
   }
 
@@ -288,6 +289,32 @@ function toolCallOf(calls: LlmToolCall[], delta: { index?: number | null; id?: s
   }
   if (typeof delta.index !== "number" || delta.index < 0 || delta.index > 31) throw new LlmError("malformed", "a tool call delta has no valid index");
   return (calls[delta.index] ??= { id: "", name: "", arguments: "" });
+}
+
+/**
+ * An answer that asks to be retried (429, 5xx) only after the first-token deadline is reported at once instead of
+ * waited out (the SDK obeys Retry-After, and `x-should-retry: false` stops it): the caller gets the fallback now,
+ * and the failure is the endpoint's answer, not a timeout.
+ */
+export function noHopelessRetry(response: Response, firstTokenTimeoutMs: number): Response {
+  if (response.status !== 429 && response.status < 500) return response;
+  const waitMs = retryAfterMs(response.headers);
+  if (waitMs === undefined || waitMs < firstTokenTimeoutMs) return response;
+  const headers = new Headers(response.headers);
+  headers.set("x-should-retry", "false");
+  return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+}
+
+/** Retry-After-Ms or Retry-After (seconds or an HTTP date), as the SDK reads them. */
+function retryAfterMs(headers: Headers): number | undefined {
+  const millis = Number.parseFloat(headers.get("retry-after-ms") ?? "");
+  if (Number.isFinite(millis)) return millis;
+  const value = headers.get("retry-after");
+  if (!value) return undefined;
+  const seconds = Number.parseFloat(value);
+  if (Number.isFinite(seconds)) return seconds * 1000;
+  const at = Date.parse(value);
+  return Number.isFinite(at) ? at - Date.now() : undefined;
 }
 
 function classify(error: unknown): LlmError {
