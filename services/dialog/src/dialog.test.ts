@@ -60,10 +60,19 @@ class TestCall {
   private utterance = 0;
   readonly startedAtMs = Date.now() - 500;
 
-  async start(agent = "order-line"): Promise<void> {
+  /** The call's record, as ingress writes it before it queues the start; and its controls watched. */
+  async open(agent = "order-line"): Promise<void> {
     bus.subscribe(subjects.control(this.id), CallControl, (m) => void this.controls.push(m), { name: "test.control" });
     await bus.nc.flush();
     await store.createCall({ callSid: this.id, provider: "twilio", streamSid: "MZ1", agent, from: "+15551234567", to: "+15557654321", startedAt: new Date(this.startedAtMs).toISOString() });
+  }
+
+  async start(agent = "order-line"): Promise<void> {
+    await this.open(agent);
+    await this.announce(agent);
+  }
+
+  async announce(agent = "order-line"): Promise<void> {
     const started = CallStarted.create({
       callId: this.id,
       provider: "twilio",
@@ -254,6 +263,23 @@ describe("dialog service", () => {
     // Whatever the machine records next is no caller to answer.
     await expectLateInputDropped(call);
     expect(await metric("voicebot_dialog_turns_total", { outcome: "voicemail" })).toBeGreaterThan(0);
+  });
+
+  it("a machine's verdict queued before the call's start (the stream had just begun): the message without a greeting, then the hang-up", async () => {
+    const call = new TestCall();
+    await call.open();
+    const dropped = await metric("voicebot_dialog_inputs_dropped_total", { reason: "already_started" });
+    await call.publish({ $case: "answeredBy", value: AnsweredBy.create({ answeredBy: "machine_end_beep", onMachine: "voicemail" }) }, `${call.id}:amd`);
+    await call.announce();
+    await waitFor(async () => (await metric("voicebot_dialog_inputs_dropped_total", { reason: "already_started" })) > dropped, { what: "the start dropped" });
+    const [turnId] = call.turnIds();
+    expect(call.turnIds()).toEqual([turnId]);
+    expect(await call.turn(turnId)).toBe("Hello, this is the demo shop calling about your order. Please call us back when it suits you. Goodbye.");
+    await waitFor(() => call.controls.length > 1, { what: "CallControl" });
+    expect(call.controls.map((c) => [CallControl_Action[c.action], c.beforeTurnId, c.afterTurnId])).toEqual([
+      ["ACTION_CLEAR", turnId, ""],
+      ["ACTION_HANGUP", "", turnId],
+    ]);
   });
 
   it("a cough that cut the greeting off (too short to be speech) lets the greeting go on: the sentences not heard are said again", async () => {

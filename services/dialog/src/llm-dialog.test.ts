@@ -372,7 +372,7 @@ describe("dialog on an LLM", () => {
 
   describe("a cough over 'let me check' while the tool runs (a false interruption): the tool's answer is not lost", () => {
     /** Says "points", cuts the "let me check" turn (t2) while the 600 ms webhook runs, and lets the turn finish. */
-    const coughDuringTool = async (call: TestCall, heardText: string) => {
+    const cutDuringTool = async (call: TestCall, heardText: string) => {
       webhookDelayMs = 600;
       const cancelled = await metric("voicebot_dialog_cancelled_turns_total");
       await call.say("points");
@@ -382,14 +382,17 @@ describe("dialog on an LLM", () => {
       expect(webhookCalls).toHaveLength(1);
       const interrupted = PlaybackEvent.create({ callId: call.id, turnId: "t2", kind: PlaybackEvent_Kind.KIND_INTERRUPTED, chunkSeq: 0, atMs: Date.now(), heardText });
       await call.publish({ $case: "playback", value: interrupted }, `${call.id}:int:t2`);
-      await call.publish({ $case: "falseInterruption", value: FalseInterruption.create({ turnId: "t2", utteranceId: "9" }) }, `${call.id}:false-int:MZ1:9`);
     };
+    /** The sound that cut it was too short to be speech. */
+    const falseInterruption = (call: TestCall) =>
+      call.publish({ $case: "falseInterruption", value: FalseInterruption.create({ turnId: "t2", utteranceId: "9" }) }, `${call.id}:false-int:MZ1:9`);
 
     it("scripted: the unheard rest of the turn, then the answer the tool's result gave while the bot was cut off", async () => {
       const call = new TestCall();
       await call.start("points-scripted");
       expect(await call.turn("t1")).toBe("Points line. Say points.");
-      await coughDuringTool(call, "Let me check");
+      await cutDuringTool(call, "Let me check");
+      await falseInterruption(call);
       expect(await call.turn("t3")).toBe("your points for you. You have 4200 points.");
       expect(webhookCalls).toHaveLength(1); // the tool is not run again
     });
@@ -399,9 +402,10 @@ describe("dialog on an LLM", () => {
       await call.start("points");
       expect(await call.turn("t1")).toBe("Hi, this is the points line.");
       replies.push({ text: "Let me look that up for you.", toolCalls: [{ name: "check_points", arguments: { member_id: "123456" } }] });
-      await coughDuringTool(call, "Let me look");
+      await cutDuringTool(call, "Let me look");
       const asked = chat.requests.length;
       replies.push((request) => ({ text: `You have ${JSON.parse(request.toolResults[0].content).points} points.` }));
+      await falseInterruption(call);
       expect(await call.turn("t3")).toBe("that up for you. You have 4200 points.");
       expect(chat.requests.length).toBe(asked + 1);
       // The model sees the whole sentence it said before the tool, and the tool's result, as one exchange.

@@ -409,6 +409,8 @@ export class TurnRunner {
     let redone: boolean | undefined = marked ? !marked.firstTime : undefined;
     let redoLogged = false;
     let abort: AbortController | undefined;
+    /** A voicemail input's CLEAR went out (once per delivery, whichever attempt gets there first). */
+    let superseded = false;
     /** The highest turn number any attempt reached (a redone attempt sends nothing, so may count fewer). */
     let turnsReached = 0;
     let preloaded = loaded;
@@ -441,8 +443,12 @@ export class TurnRunner {
               state.turns = restartTurnBase(state.startedAtMs, receivedAt);
             }
           }
+        } else if (!state && engineInput.kind === "voicemail") {
+          // The machine's verdict was queued before the call's start (the stream had just begun): the message is
+          // the conversation, without a greeting (the start that follows is dropped as already started).
+          state = await this.recoverState(callId, receivedAt, "voicemail");
         } else if (!state) {
-          state = await this.recoverState(callId, receivedAt);
+          state = await this.recoverState(callId, receivedAt, "lost");
           restart = true;
           metrics.restarts.inc({ reason: "recovered" });
         }
@@ -491,10 +497,14 @@ export class TurnRunner {
         const agent = this.agentFor(state.agent);
         const turnsBefore = redone ? state.turns + REDO_TURN_GAP : state.turns;
         // One per delivery: a barge-in during the first attempt also stops a redone one.
-        abort ??= this.deps.inFlight.begin(callId, state.turns);
+        // A voicemail message supersedes the turn before it: ingress's cancels of that turn are not about this input.
+        abort ??= this.deps.inFlight.begin(callId, turnInput.kind === "voicemail" ? state.turns + 1 : state.turns);
         const stop = abort;
         held.lost.addEventListener("abort", () => stop.abort(), { once: true });
-        if (turnInput.kind === "voicemail" && attempt === 0) this.supersedeEarlierTurns(callId, turnsBefore + 1, fields);
+        if (turnInput.kind === "voicemail" && !superseded) {
+          superseded = true;
+          this.supersedeEarlierTurns(callId, turnsBefore + 1, fields);
+        }
         const played = await this.play(agent, state, turnsBefore, turnInput, message, receivedAt, attempt > 0, redone === true || attempt > 0, abort, held, restart);
         if (held.lost.aborted) return this.leaseLost(fields);
         turnsReached = Math.max(turnsReached, played.turns);
@@ -759,10 +769,11 @@ export class TurnRunner {
   }
 
   /** A live call without dialog state (lost, or its start input was): a new state with the agent its record names. */
-  private async recoverState(callId: string, now: number): Promise<DialogState> {
+  private async recoverState(callId: string, now: number, why: "lost" | "voicemail"): Promise<DialogState> {
     const record = await this.deps.store.getRecord(callId);
     const agent = record?.agent && this.deps.agents.has(record.agent) ? record.agent : this.deps.defaultAgent;
-    this.deps.log.warn("no dialog state for a live call; starting the conversation over", { callId, agent });
+    if (why === "lost") this.deps.log.warn("no dialog state for a live call; starting the conversation over", { callId, agent });
+    else this.deps.log.info("a machine's verdict came before the call's start; leaving the message without a greeting", { callId, agent });
     const startedAtMs = Date.parse(record?.startedAt ?? "") || now;
     return {
       agent,

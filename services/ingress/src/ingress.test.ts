@@ -297,9 +297,13 @@ describe("bot audio playout", () => {
     await waitFor(() => client.audio().length >= 160, { what: "the greeting to play" });
     control(callId, CallControl_Action.ACTION_CLEAR, { reason: "voicemail", beforeTurnId: "t3" });
     await waitFor(() => client.events("clear").length === 1, { what: "clear" });
-    // The answer to the machine's greeting was on its way when the verdict came: it arrives after the CLEAR.
+    const skipped = await metricValue(world.ingress.baseUrl, "voicebot_ingress_playout_skipped_chunks_total");
+    // The answer to the machine's greeting was on its way when the verdict came: it arrives after the CLEAR (one of
+    // its chunks failed), and so does the rest of the greeting the CLEAR cut.
+    world.bus.publish(subjects.ttsFailed(callId), SynthesisFailed, SynthesisFailed.create({ callId, turnId: "t2", chunkSeq: 2, error: "engine down" }), callId);
     botAudio(callId, "t2", 0, 0, frames(10, 2), { chunkDone: true, text: "Sorry, I did not catch that." });
-    botAudio(callId, "t2", 1, 0, frames(10, 2), { chunkDone: true, turnDone: true });
+    botAudio(callId, "t2", 1, 0, frames(10, 2), { chunkDone: true });
+    botAudio(callId, "t1", 0, 1, frames(10, 1), { chunkDone: true, turnDone: true });
     botAudio(callId, "t3", 0, 0, frames(5, 3), { chunkDone: true, turnDone: true, text: "Please call us back." });
     await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t3.0"), { what: "mark t3.0" });
     const after = client.received.slice(client.received.findIndex((r) => r.message.event === "clear") + 1);
@@ -307,8 +311,14 @@ describe("bot audio playout", () => {
     expect([...new Set(afterAudio)]).toEqual([3]);
     expect(afterAudio.length).toBe(5 * 160);
     await waitFor(() => cancels.items.some((c) => c.turnId === "t2"), { what: "t2's synthesis to be cancelled" });
-    expect(cancels.items.filter((c) => c.turnId === "t2").map((c) => c.reason)).toEqual(["superseded"]);
-    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_bot_audio_dropped_total", { reason: "superseded" })).toBe(2);
+    // Each turn cancelled once: t2 as superseded, t1 by the CLEAR that cut it.
+    expect(cancels.items.map((c) => [c.turnId, c.reason])).toEqual([
+      ["t1", "clear"],
+      ["t2", "superseded"],
+    ]);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_bot_audio_dropped_total", { reason: "superseded" })).toBe(3);
+    // Nothing of t2 was waited for or skipped: its failed chunk did not make it a turn ahead of t3.
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_playout_skipped_chunks_total")).toBe(skipped);
     // A later turn (after the voicemail message) is not affected.
     botAudio(callId, "t4", 0, 0, frames(2, 4), { chunkDone: true, turnDone: true });
     await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t4.0"), { what: "mark t4.0" });
@@ -705,6 +715,7 @@ describe("ingress API: token and placing calls", () => {
       expect(inputsFor(early.callSid)).toEqual([]);
       const late = await startStream(early);
       await waitFor(() => late.client.events("clear").length > 0, { what: "the greeting cut off as the stream starts" });
+      await waitFor(() => inputsFor(early.callSid).length === 2, { what: "the voicemail input queued after the start" });
       expect(inputsFor(early.callSid).map((i) => i.inputId)).toEqual([`${early.callSid}:start`, `${early.callSid}:amd`]);
       const quickEarly = await placed("hangup");
       expect((await verdict(quickEarly.amdUrl, quickEarly.callSid, "fax")).status).toBe(204);

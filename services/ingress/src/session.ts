@@ -697,13 +697,8 @@ export class CallSession {
       this.log.warn("bot audio without turnId dropped");
       return;
     }
-    if (this.supersededBelow > 0 && dialogTurnNumber(audio.turnId) < this.supersededBelow) {
+    if (this.turnSuperseded(audio.turnId, playout)) {
       metrics.droppedBotAudio.inc({ reason: "superseded" });
-      if (!this.supersededCancelled.has(audio.turnId)) {
-        this.supersededCancelled.add(audio.turnId);
-        this.publishCancels([audio.turnId], "superseded");
-        this.log.info("audio of a superseded turn dropped", { turnId: audio.turnId, beforeTurnId: `t${this.supersededBelow}` });
-      }
       return;
     }
     const now = performance.now();
@@ -846,9 +841,25 @@ export class CallSession {
     }
   }
 
+  /**
+   * Whether the turn was superseded (a CLEAR named a later dialog turn): nothing of it is played or waited for. The
+   * first time, tts is told to stop on it, unless the CLEAR already cut it.
+   */
+  private turnSuperseded(turnId: string, playout: CallPlayout): boolean {
+    if (this.supersededBelow === 0 || dialogTurnNumber(turnId) >= this.supersededBelow) return false;
+    if (!this.supersededCancelled.has(turnId)) {
+      this.supersededCancelled.add(turnId);
+      if (!playout.isTurnDone(turnId)) {
+        this.publishCancels([turnId], "superseded");
+        this.log.info("a superseded turn's late audio dropped", { turnId, beforeTurnId: `t${this.supersededBelow}` });
+      }
+    }
+    return true;
+  }
+
   private onSynthesisFailed(failure: SynthesisFailed): void {
     const playout = this.playout;
-    if (this.ended || !playout) return;
+    if (this.ended || !playout || this.turnSuperseded(failure.turnId, playout)) return;
     if (playout.failChunk(failure.turnId, failure.chunkSeq, "synthesis_failed", performance.now())) {
       this.log.warn("chunk could not be synthesized; playing past it", { turnId: failure.turnId, chunkSeq: failure.chunkSeq, error: failure.error });
       this.deps.scheduler.wake(playout);

@@ -24,7 +24,8 @@ describe("unsaidRest", () => {
     expect(unsaidRest("Goodbye.", 5)).toBe("");
   });
 
-  it("counts a faster speaking rate as more said", () => {
-    expect(unsaidRest(SENTENCE, 1.1, 2)).toBe(unsaidRest(SENTENCE, 2.2));
+  it("counts a slower speaking rate as less said, and a faster one not as more (engines clamp it)", () => {
+    expect(unsaidRest(SENTENCE, 4.4, 0.5)).toBe(unsaidRest(SENTENCE, 2.2));
+    expect(unsaidRest(SENTENCE, 2.2, 2)).toBe(unsaidRest(SENTENCE, 2.2));
   });
 });

@@ -52,10 +52,12 @@ const SLOWEST_CHARACTERS_PER_SECOND = 10;
 /**
  * The part of `text` a listener may not have heard after `saidSeconds` of its audio at speaking `rate`: from the
  * word the estimate falls in, one word back (so the cut word and its neighbour are heard whole). Empty when the
- * audio already runs longer than the slowest reading of the whole text (the engine most likely said it all).
+ * audio already runs longer than the slowest reading of the whole text (the engine most likely said it all). A rate
+ * below 1 slows the estimate; one above it does not speed it up (engines clamp fast rates differently).
  */
 export function unsaidRest(text: string, saidSeconds: number, rate = 1): string {
-  const saidChars = Math.floor(saidSeconds * SLOWEST_CHARACTERS_PER_SECOND * (rate > 0 ? rate : 1));
+  const pace = rate > 0 ? Math.min(1, rate) : 1;
+  const saidChars = Math.floor(saidSeconds * SLOWEST_CHARACTERS_PER_SECOND * pace);
   const trimmed = text.trim();
   if (saidChars >= trimmed.length) return "";
   const wordStarts = [...trimmed.matchAll(/\S+/g)].map((word) => word.index);

@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
+import { SpeakRequest, TurnTiming } from "@voicebot/proto";
 import { Limiter, QueueAbortedError } from "./limiter.js";
+import { dueAt } from "./speaker.js";
 
 describe("Limiter", () => {
   it("runs at most max holders and hands slots out in arrival order", async () => {
@@ -82,5 +84,22 @@ describe("Limiter", () => {
     controller.abort();
     await expect(abandoned).rejects.toBeInstanceOf(QueueAbortedError);
     busy();
+  });
+});
+
+describe("dueAt (synthesis slot order)", () => {
+  const chunk = (chunkSeq: number, dialogFirstTextMs: number) =>
+    SpeakRequest.create({ callId: "CA1", turnId: "t2", chunkSeq, timing: TurnTiming.create({ dialogFirstTextMs }) });
+
+  it("puts a turn's first chunk at its arrival and each later one a second per chunk after the turn's first text", () => {
+    expect(dueAt(chunk(0, 99_000), 100_000)).toBe(99_000);
+    // Chunk 3 streamed in 2.5 s after the turn began: due 3 s after the turn began, not 3 s after it arrived.
+    expect(dueAt(chunk(3, 100_000), 102_500)).toBe(103_000);
+  });
+
+  it("counts from the chunk's arrival when the dialog's time is missing or implausible (another host's clock)", () => {
+    expect(dueAt(chunk(2, 0), 100_000)).toBe(102_000);
+    expect(dueAt(chunk(2, 100_500), 100_000)).toBe(102_000); // after the chunk arrived
+    expect(dueAt(chunk(2, 1_000), 100_000_000)).toBe(100_002_000); // long before
   });
 });

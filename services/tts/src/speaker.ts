@@ -135,9 +135,7 @@ export class Speaker {
 
     let release: () => void;
     try {
-      // Slots full, a turn's first chunk (the caller waits in silence) goes before other calls' later chunks,
-      // which play only after the chunks before them: each is due a sentence's playing time later.
-      release = await limiter.acquire(job.signal, receivedAtMs + request.chunkSeq * LATER_CHUNK_SLACK_MS);
+      release = await limiter.acquire(job.signal, dueAt(request, receivedAtMs));
     } catch (error) {
       if (error instanceof QueueAbortedError) return this.cancelled(request, "none");
       throw error;
@@ -337,6 +335,20 @@ export class Speaker {
       request.callId,
     );
   }
+}
+
+/**
+ * When a chunk's audio is needed, to order the waiters for synthesis slots: a turn's first chunk at once (its caller
+ * waits in silence); a later one a sentence's playing time per chunk after its turn began (it plays only after the
+ * chunks before it), counted from the dialog's first text of the turn, so a chunk the LLM streamed late is not
+ * pushed back again. Never later than that counted from its own arrival.
+ */
+export function dueAt(request: SpeakRequest, receivedAtMs: number): number {
+  const slack = request.chunkSeq * LATER_CHUNK_SLACK_MS;
+  const turnBegan = Number(request.timing?.dialogFirstTextMs ?? 0);
+  // Another host's clock: only a plausible time (not after this chunk arrived, nor long before it) is used.
+  const usable = turnBegan > 0 && turnBegan <= receivedAtMs && receivedAtMs - turnBegan < 10 * 60_000;
+  return (usable ? turnBegan : receivedAtMs) + slack;
 }
 
 /**

@@ -74,8 +74,8 @@ export type FakeChatReply =
       finishReason?: string;
       usage?: { promptTokens: number; completionTokens: number };
     }
-  /** An API error; `retryAfterSeconds` sets Retry-After (a rate limit, an overloaded server). */
-  | { status: number; message?: string; type?: string; code?: string; retryAfterSeconds?: number }
+  /** An API error (after `delayMs`); `retryAfterSeconds` sets Retry-After (a rate limit, an overloaded server). */
+  | { status: number; message?: string; type?: string; code?: string; retryAfterSeconds?: number; delayMs?: number }
   /** A stream whose chunk after `afterDeltas` content pieces is cut-off JSON. */
   | { malformed: true; afterDeltas?: string[] }
   /** Never answer (the client must time out). */
@@ -124,6 +124,7 @@ export function chatCompletionsHandler(options: FakeChatOptions, chat: FakeChat)
     const id = `chatcmpl-fake${n}`;
     if ("stall" in reply) return; // the response stays open until the client gives up or stop()
     if ("status" in reply) {
+      if (reply.delayMs) await sleep(res, reply.delayMs);
       if (reply.retryAfterSeconds !== undefined) res.setHeader("retry-after", String(reply.retryAfterSeconds));
       const type = reply.type ?? (reply.status >= 500 ? "server_error" : "invalid_request_error");
       return sendOpenAIError(res, reply.status, reply.message ?? `fake error ${reply.status}`, type, reply.code ?? null);

@@ -431,6 +431,13 @@ describe("LLM engine (real openai SDK against the fake server)", () => {
     replies.push({ status: 503, message: "Overloaded", retryAfterSeconds: 0.2 }, { text: "Hello! How can I help?" });
     expect(said(await c.speak("hi", 0.9))).toBe("Hello! How can I help?");
     expect(chat.requests).toHaveLength(3);
+
+    // 1 s would fit the deadline, but not after the 700 ms the answer took: no retry either.
+    replies.push({ status: 503, message: "Overloaded", retryAfterSeconds: 1, delayMs: 700 });
+    expect(said(await c.speak("hello again", 0.9))).toMatch(/^Sorry/);
+    expect(chat.requests).toHaveLength(4);
+    const later = (await metrics.llmFallbacks.get()).values.map((v) => [v.labels.reason, v.value]);
+    expect(later).toEqual([["http_error", 2]]);
   });
 
   it("falls back when a stream chunk is malformed or the connection drops", async () => {

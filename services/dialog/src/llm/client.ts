@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from "node:async_hooks";
 import { errorText, type Logger } from "@voicebot/bus";
 import { apiDispatcher, type ApiKeepWarm } from "@voicebot/service-kit";
 import OpenAI, { APIConnectionError, APIError, APIUserAbortError } from "openai";
@@ -30,6 +31,9 @@ export class LlmError extends Error {
     super(message);
   }
 }
+
+/** When the chat request being sent began (its first-token deadline runs from there), for the fetch wrapper. */
+const requestStarted = new AsyncLocalStorage<number>();
 
 /**
  * Answers that say the request itself was bad (invalid messages, unknown model, too large): the endpoint is
@@ -114,7 +118,11 @@ export class OpenAiCompleter implements LlmCompleter {
       logLevel: "off", // failures are reported here, once, without request bodies
       // Idle connections kept 25 s instead of fetch's 4 s: a turn after a pause needs no new handshake.
       fetchOptions: { dispatcher: apiDispatcher() },
-      fetch: async (url, init) => noHopelessRetry(await fetch(url, init), settings.firstTokenTimeoutMs),
+      fetch: async (url, init) => {
+        const response = await fetch(url, init);
+        const startedAt = requestStarted.getStore() ?? Date.now();
+        return noHopelessRetry(response, settings.firstTokenTimeoutMs - (Date.now() - startedAt));
+      },
     });
   }
 
@@ -197,7 +205,7 @@ export class OpenAiCompleter implements LlmCompleter {
     };
 
     const work = (async () => {
-      const stream = await this.client.chat.completions.create(
+      const stream = await requestStarted.run(started, () => this.client.chat.completions.create(
         {
           model: settings.model,
           messages: request.messages,
@@ -210,7 +218,7 @@ export class OpenAiCompleter implements LlmCompleter {
           ...(settings.maxTokens !== undefined ? (settings.baseUrl ? { max_tokens: settings.maxTokens } : { max_completion_tokens: settings.maxTokens }) : {}),
         },
         { signal: abort.signal },
-      );
+      ));
       for await (const chunk of stream as AsyncIterable<Chunk>) {
         if (failure) break;
         if (!chunk || typeof chunk !== "object" || !Array.isArray(chunk.choices)) throw new LlmError("malformed", "a stream chunk has no choices");
@@ -292,14 +300,14 @@ function toolCallOf(calls: LlmToolCall[], delta: { index?: number | null; id?: s
 }
 
 /**
- * An answer that asks to be retried (429, 5xx) only after the first-token deadline is reported at once instead of
- * waited out (the SDK obeys Retry-After, and `x-should-retry: false` stops it): the caller gets the fallback now,
- * and the failure is the endpoint's answer, not a timeout.
+ * An answer that asks to be retried (429, 5xx) only after the first-token deadline (`leftMs` from now) is reported
+ * at once instead of waited out (the SDK obeys Retry-After, and `x-should-retry: false` stops it): the caller gets
+ * the fallback now, and the failure is the endpoint's answer, not a timeout.
  */
-export function noHopelessRetry(response: Response, firstTokenTimeoutMs: number): Response {
+export function noHopelessRetry(response: Response, leftMs: number): Response {
   if (response.status !== 429 && response.status < 500) return response;
   const waitMs = retryAfterMs(response.headers);
-  if (waitMs === undefined || waitMs < firstTokenTimeoutMs) return response;
+  if (waitMs === undefined || waitMs < leftMs) return response;
   const headers = new Headers(response.headers);
   headers.set("x-should-retry", "false");
   return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
