@@ -319,6 +319,14 @@ describe("bot audio playout", () => {
     expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_bot_audio_dropped_total", { reason: "superseded" })).toBe(3);
     // Nothing of t2 was waited for or skipped: its failed chunk did not make it a turn ahead of t3.
     expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_playout_skipped_chunks_total")).toBe(skipped);
+    // The dialog learns that neither was heard past the cut: t1 up to the CLEAR, t2 not at all.
+    const cut = await waitFor(() => inputsFor(callId).filter((i) => i.input?.$case === "playback").length === 2 && inputsFor(callId).filter((i) => i.input?.$case === "playback"), {
+      what: "INTERRUPTED for t1 and t2",
+    });
+    expect(cut.map((i) => [i.inputId, i.input?.$case === "playback" && i.input.value.heardText])).toEqual([
+      [`${callId}:int:t1`, ""],
+      [`${callId}:int:t2`, ""],
+    ]);
     // A later turn (after the voicemail message) is not affected.
     botAudio(callId, "t4", 0, 0, frames(2, 4), { chunkDone: true, turnDone: true });
     await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t4.0"), { what: "mark t4.0" });

@@ -843,7 +843,7 @@ export class CallSession {
 
   /**
    * Whether the turn was superseded (a CLEAR named a later dialog turn): nothing of it is played or waited for. The
-   * first time, tts is told to stop on it, unless the CLEAR already cut it.
+   * first time, unless the CLEAR already cut it, tts is told to stop on it and the dialog that it was not heard.
    */
   private turnSuperseded(turnId: string, playout: CallPlayout): boolean {
     if (this.supersededBelow === 0 || dialogTurnNumber(turnId) >= this.supersededBelow) return false;
@@ -851,6 +851,8 @@ export class CallSession {
       this.supersededCancelled.add(turnId);
       if (!playout.isTurnDone(turnId)) {
         this.publishCancels([turnId], "superseded");
+        // Never heard: the dialog's history and the record say so, as for a turn cut before its first word.
+        this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, { id: turnId, heardText: "" }, -1, "int");
         this.log.info("a superseded turn's late audio dropped", { turnId, beforeTurnId: `t${this.supersededBelow}` });
       }
     }
@@ -1036,7 +1038,7 @@ export class CallSession {
    * On `playback(id)` for anyone watching; with `durableTag` also to the dialog's work queue, msgId
    * `<id>:<tag>:<turnId>` (INTERRUPTED tells it what was heard; ingress itself times the caller's silence).
    */
-  private publishPlayback(kind: PlaybackEvent_Kind, turn: TurnState, chunkSeq: number, durableTag?: "played" | "int"): void {
+  private publishPlayback(kind: PlaybackEvent_Kind, turn: Pick<TurnState, "id" | "heardText">, chunkSeq: number, durableTag?: "played" | "int"): void {
     const callId = this.callSid;
     if (!callId || isNoSilenceTurn(turn.id)) return; // the dialog knows nothing of ingress's own line
     const event = PlaybackEvent.create({ callId, turnId: turn.id, kind, chunkSeq, atMs: Date.now(), heardText: turn.heardText });
