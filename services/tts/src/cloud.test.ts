@@ -245,6 +245,27 @@ describe("tts with TTS_ENGINES=openai,elevenlabs: a stream that breaks off mid-s
   });
 });
 
+describe("tts with TTS_ENGINES=openai alone", () => {
+  it("gives openai the rest of a sentence whose stream dropped mid-way: a dropped connection is not the sentence lost", async () => {
+    const tts = await startTts({ TTS_ENGINES: "openai", TTS_STALL_MS: "1000" });
+    try {
+      let requests = 0;
+      openaiReply = () => (++requests === 1 ? { cutAfterChunks: 25 } : {}); // 2.5 s, then the connection drops
+      const { parts, failures } = await speakChunk(SENTENCE);
+      expect(failures).toEqual([]);
+      expect(openai.speeches.slice(-2).map((s) => s.input)).toEqual([SENTENCE, unsaidRest(SENTENCE, 2.5)]);
+      const seconds = Buffer.concat(parts.map((p) => p.payload)).length / 8000;
+      const restSeconds = (await fliteSpeech(unsaidRest(SENTENCE, 2.5), 24000)).length / 24000;
+      expect(seconds).toBeGreaterThan(2.4 + restSeconds);
+      expect(await metric(tts, "voicebot_tts_failovers_total", { from: "openai", reason: "broke" })).toBe(1);
+      expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "openai", outcome: "ok" })).toBe(1);
+    } finally {
+      openaiReply = () => ({});
+      await tts.stop();
+    }
+  });
+});
+
 // Its own replica: a second one on the work queue (another describe's) would take some of the chunks.
 describe("tts with TTS_ENGINES=openai,elevenlabs and a cool-down", () => {
   it("never caches a chunk whose rest another engine said, even when that one is the primary (the first cooled down)", async () => {

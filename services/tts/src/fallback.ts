@@ -88,8 +88,8 @@ export class EngineTooSlowError extends Error {
  * An ordered list of engines behind the TtsEngine interface. An engine that throws, stalls or ends without audio
  * before its first samples hands the chunk to the next one. One that breaks off after its audio began (an error, a
  * stall, or falling behind real time) hands the next one the part of the text it may not have said (`unsaidRest`):
- * the caller hears a few words twice in another voice rather than a sentence cut short; with no engine left, the
- * stream ends with the error. Audio comes out at the primary engine's sample rate; a later engine with another rate
+ * the caller hears a few words twice in another voice rather than a sentence cut short. With no engine after it,
+ * the one that broke off is given the rest itself, once; after that the stream ends with the error. Audio comes out at the primary engine's sample rate; a later engine with another rate
  * is resampled to it. An engine that failed cools down: later chunks try it after the others until the cool-down
  * has passed (as a last resort still), and its first audio after that makes it healthy again.
  */
@@ -126,7 +126,10 @@ export class FallbackEngine implements TtsEngine {
     // What is left to say: the whole text, or what an engine that broke off may not have said.
     let text = request.text;
     let continuing = false;
-    for (const [position, engine] of engines.entries()) {
+    /** The only engine left broke off once and was given the rest again (a dropped connection is often just that). */
+    let retried = false;
+    for (let position = 0; position < engines.length; position++) {
+      const engine = engines[position];
       // The engine's place in TTS_ENGINES: 0 is the primary engine (whose voice the request names, whose audio is cached).
       const index = this.engines.indexOf(engine);
       throwIfAborted(request.signal);
@@ -175,7 +178,13 @@ export class FallbackEngine implements TtsEngine {
           continue;
         }
         const rest = unsaidRest(text, samples / engine.sampleRate, request.rate);
-        if (!failover || !rest || position === engines.length - 1) throw error;
+        if (!failover || !rest) throw error;
+        if (position === engines.length - 1) {
+          // No engine after it: it says the rest itself, once (not when it was only slow: it would be again).
+          if (retried || error instanceof EngineTooSlowError) throw error;
+          retried = true;
+          engines.push(engine);
+        }
         failover(engine, error instanceof EngineTooSlowError ? "slow" : "broke", errorText(error));
         text = rest;
         continuing = true;

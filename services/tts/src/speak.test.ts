@@ -414,7 +414,7 @@ describe("tts engine failover", () => {
     }
   });
 
-  it("closes the chunk with the audio that exists when its only engine dies after audio began", async () => {
+  it("gives its only engine the rest once when it dies after audio began, and closes the chunk with what exists when it dies again", async () => {
     const tts = await startTts({ TTS_ENGINES: "dying" }, engines({ dying: { defaultVoice: "x", create: () => new DyingEngine() } }));
     try {
       const callId = newCallId();
@@ -424,7 +424,8 @@ describe("tts engine failover", () => {
       const parts = audio.chunk("t1");
       expectWellFormedChunk(parts, 160);
       expect(parts.at(-1)!.turnDone).toBe(true);
-      expect(joined(parts).length).toBe(800); // the 100 ms that existed: no engine is left to say the rest
+      expect(joined(parts).length).toBe(1600); // 100 ms, then 100 ms of the retry: nothing is left to try
+      expect(await metric(tts, "voicebot_tts_failovers_total", { from: "dying", reason: "broke" })).toBe(1);
       expect(audio.failures).toEqual([]);
       expect(await metric(tts, "voicebot_tts_chunks_total", { engine: "dying", outcome: "partial" })).toBe(1);
       audio.close();
