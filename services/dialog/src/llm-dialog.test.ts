@@ -57,16 +57,8 @@ const speaks: SpeakRequest[] = [];
 let counter = 0;
 let replies: Array<FakeChatReply | ((request: FakeChatRequest) => FakeChatReply)> = [];
 
-const WEBHOOK_AGENT = `
-greeting: { say: "Points line.", goto: menu }
-reprompt: Say points.
-states:
-  menu:
-    prompt: Say points.
-toolFiller: One moment while I check that.
-llm:
-  systemPrompt: You answer questions about loyalty points.
-  greeting: Hi, this is the points line.
+/** The points webhook both points agents call. */
+const CHECK_POINTS_TOOL = `
 tools:
   - name: check_points
     description: Loyalty points of a member.
@@ -84,6 +76,18 @@ tools:
       headers: { Authorization: "Bearer \${POINTS_TOKEN}" }
 `;
 
+const WEBHOOK_AGENT = `
+greeting: { say: "Points line.", goto: menu }
+reprompt: Say points.
+states:
+  menu:
+    prompt: Say points.
+toolFiller: One moment while I check that.
+llm:
+  systemPrompt: You answer questions about loyalty points.
+  greeting: Hi, this is the points line.
+${CHECK_POINTS_TOOL}`;
+
 /** The points line without an LLM: "let me check" said before the webhook tool, its answer after. */
 const SCRIPTED_POINTS_AGENT = `
 greeting: { say: "Points line.", goto: menu }
@@ -99,21 +103,7 @@ intents:
 states:
   menu:
     prompt: Say points.
-tools:
-  - name: check_points
-    description: Loyalty points of a member.
-    parameters:
-      type: object
-      properties:
-        member_id: { type: string }
-      required: [member_id]
-    idempotent: true
-    timeoutMs: 3000
-    webhook:
-      url: "\${POINTS_URL}/points"
-      method: POST
-      headers: { Authorization: "Bearer \${POINTS_TOKEN}" }
-`;
+${CHECK_POINTS_TOOL}`;
 
 beforeAll(async () => {
   [nats, redis] = await Promise.all([startNats(), startRedis()]);
