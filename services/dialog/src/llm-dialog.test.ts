@@ -404,6 +404,18 @@ describe("dialog on an LLM", () => {
       expect(history[1]).toMatchObject({ role: "tool" });
       expect(webhookCalls).toHaveLength(1);
     });
+
+    it("LLM, a cut filler: the filler is not finished, the LLM answers the tool's result", async () => {
+      const call = new TestCall();
+      await call.start("points");
+      expect(await call.turn("t1")).toBe("Hi, this is the points line.");
+      replies.push({ toolCalls: [{ name: "check_points", arguments: { member_id: "123456" } }] });
+      replies.push((request) => ({ text: `You have ${JSON.parse(request.toolResults[0].content).points} points.` }));
+      await cutDuringTool(call, "One moment"); // t2 is the filler: nothing was said before the tool
+      expect(call.chunks("t2").map((c) => c.text).join(" ")).toBe("One moment while I check that.");
+      await falseInterruption(call);
+      expect(await call.turn("t3")).toBe("You have 4200 points.");
+    });
   });
 
   it("speaks at most about 1,200 characters of a runaway answer, so one call cannot flood the shared tts queue", async () => {

@@ -354,7 +354,7 @@ export class TurnRunner {
       const state = current.value;
       if (!state) return this.drop(item, "no_dialog_state", fields);
       if (state.processed.includes(inputId)) return this.drop(item, "duplicate", fields);
-      const engine = this.agentFor(state.agent).engine;
+      const { engine, toolFiller: filler } = this.agentFor(state.agent);
       const spoken = state.spoken?.find((t) => t.turnId === event.turnId);
       if (attempt === 0) {
         await markInterrupted(store, callId, spoken?.text ?? "", event.heardText, new Date(event.atMs || Date.now()).toISOString()).catch((error) =>
@@ -365,7 +365,8 @@ export class TurnRunner {
         ...state,
         engine: engine.interrupted ? engine.interrupted(state.engine ?? engine.initialState(), { turnId: event.turnId, heardText: event.heardText }) : state.engine,
         spoken: state.spoken?.map((t) => (t.turnId === event.turnId ? { ...t, text: event.heardText } : t)),
-        unheard: spoken ? addUnheard(state.unheard, event.turnId, unheardPart(spoken.text, event.heardText)) : state.unheard,
+        // A tool filler ("one moment...") cut off is not worth finishing: only what came after it is said again.
+        unheard: spoken ? addUnheard(state.unheard, event.turnId, spoken.text === filler ? "" : unheardPart(spoken.text, event.heardText)) : state.unheard,
         processed: [...state.processed, inputId].slice(-MAX_PROCESSED),
       };
       lease.pauseRenewal();
@@ -462,7 +463,8 @@ export class TurnRunner {
           // input's handling went on to say while the bot was cut off.
           const unheard = state.unheard;
           const rest = [unheard?.text, state.unsaid].filter(Boolean).join(" ");
-          if (!unheard || !rest || unheard.turnId !== input.value.turnId || unheard.lastTurnId !== `t${state.turns}`) return await drop("stale_false_interruption");
+          // Nothing left to say (a cut filler) still lets the engine go on (an LLM answers a tool result it got meanwhile).
+          if (!unheard || unheard.turnId !== input.value.turnId || unheard.lastTurnId !== `t${state.turns}`) return await drop("stale_false_interruption");
           turnInput = { kind: "resume", text: rest };
         }
 
