@@ -327,6 +327,13 @@ describe("bot audio playout", () => {
       [`${callId}:int:t1`, ""],
       [`${callId}:int:t2`, ""],
     ]);
+    // A CLEAR that comes after the turn it names began (reordered across NATS servers) cuts nothing.
+    const clears = client.events("clear").length;
+    control(callId, CallControl_Action.ACTION_CLEAR, { reason: "voicemail", beforeTurnId: "t3" });
+    await waitFor(async () => (await metricValue(world.ingress.baseUrl, "voicebot_ingress_controls_total", { action: "clear", outcome: "after_turn" })) === 1, {
+      what: "the late CLEAR counted",
+    });
+    expect(client.events("clear").length).toBe(clears);
     // A later turn (after the voicemail message) is not affected.
     botAudio(callId, "t4", 0, 0, frames(2, 4), { chunkDone: true, turnDone: true });
     await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t4.0"), { what: "mark t4.0" });

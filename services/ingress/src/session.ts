@@ -134,6 +134,8 @@ export class CallSession {
   private startedAtMs = 0;
   /** Dialog turns numbered below this were superseded (CallControl CLEAR with `beforeTurnId`): their audio is dropped. */
   private supersededBelow = 0;
+  /** The highest dialog turn number whose audio has come (its first part). */
+  private latestDialogTurn = 0;
   /** Superseded turns already cancelled for tts (once each). */
   private readonly supersededCancelled = new Set<string>();
   /**
@@ -734,6 +736,7 @@ export class CallSession {
       this.log.debug("bot audio part dropped", { reason: result, turnId: audio.turnId, chunkSeq: audio.chunkSeq, partSeq: audio.partSeq });
       return;
     }
+    if (audio.chunkSeq === 0 && audio.partSeq === 0) this.latestDialogTurn = Math.max(this.latestDialogTurn, finiteOr0(dialogTurnNumber(audio.turnId)));
     this.guard?.botAudio(audio.turnId);
     scheduler.wake(playout);
   }
@@ -874,10 +877,16 @@ export class CallSession {
     const { metrics } = this.deps;
     switch (control.action) {
       case CallControl_Action.ACTION_CLEAR: {
-        // The dialog sends its superseding CLEAR before that turn's speech exists (it goes through tts), so nothing
-        // that plays now is the new turn.
         const before = control.beforeTurnId ? dialogTurnNumber(control.beforeTurnId) : 0;
         if (Number.isFinite(before) && before > this.supersededBelow) this.supersededBelow = before;
+        if (Number.isFinite(before) && before > 0 && this.latestDialogTurn >= before) {
+          // The dialog sends its superseding CLEAR before that turn's speech exists, so the speech comes later, but
+          // through tts and maybe another NATS server: if it came first, it is not cut (later parts of the old turns
+          // are still dropped).
+          metrics.controls.inc({ action: "clear", outcome: "after_turn" });
+          this.log.warn("a CLEAR came after the turn it names had begun; nothing cut", { reason: control.reason, beforeTurnId: control.beforeTurnId });
+          return;
+        }
         const cut = playout.clear();
         this.publishCancels(cut.map((t) => t.id), "clear");
         metrics.controls.inc({ action: "clear", outcome: "done" });
@@ -1249,4 +1258,8 @@ function rawText(data: RawData): string {
 function dialogTurnNumber(turnId: string): number {
   const match = /^t(\d{1,15})$/.exec(turnId);
   return match ? Number(match[1]) : Number.POSITIVE_INFINITY;
+}
+
+function finiteOr0(value: number): number {
+  return Number.isFinite(value) ? value : 0;
 }
