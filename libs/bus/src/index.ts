@@ -5,3 +5,4 @@ export * from "./subjects.js";
 export type { Subscription } from "nats";
 export * from "./hot-counter.js";
 export * from "./in-order.js";
+export * from "./turn-ids.js";

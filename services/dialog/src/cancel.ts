@@ -1,3 +1,4 @@
+import { dialogTurnNumber } from "@voicebot/bus";
 import type { CancelTurn } from "@voicebot/proto";
 import type { SpeechOutput } from "./speech.js";
 
@@ -53,8 +54,8 @@ export class InFlightTurns {
     // Ingress cancels every turn ("") when the call ends: a tool being waited on is abandoned as well.
     if (turnId === "") entry.ended.abort();
     if (entry.abort.signal.aborted) return false;
-    const n = /^t(\d+)$/.exec(turnId);
-    const ours = turnId === "" || (n !== null && Number(n[1]) >= entry.startTurns) || (entry.speech?.turnIds.includes(turnId) ?? false);
+    const n = dialogTurnNumber(turnId);
+    const ours = turnId === "" || (n !== undefined && n >= entry.startTurns) || (entry.speech?.turnIds.includes(turnId) ?? false);
     if (!ours) return false;
     entry.abort.abort();
     entry.speech?.cancel();

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { errorText, isValidCallId, LogThrottle, subjects, type Bus, type Delivery, type Logger, type WorkItem } from "@voicebot/bus";
+import { dialogTurnNumber, errorText, isValidCallId, LogThrottle, subjects, type Bus, type Delivery, type Logger, type WorkItem } from "@voicebot/bus";
 import {
   AudioEncoding,
   AudioFormat,
@@ -850,8 +850,9 @@ function staleNoInput(state: DialogState, turnId: string): boolean {
   return named < heard;
 }
 
+/** A turn id's number, -1 for one that is not the dialog's (which orders before every turn). */
 function turnNumber(turnId: string): number {
-  return Number(/^t(\d+)$/.exec(turnId)?.[1] ?? -1);
+  return dialogTurnNumber(turnId) ?? -1;
 }
 
 /** The sentences of a cut turn the caller did not hear: what follows the heard ones (all of it if they differ). */

@@ -1,7 +1,7 @@
 // One Twilio media stream = one call: forwards caller audio and keys to the pipeline, plays the bot's audio back,
 // and acts on call controls. Everything that goes wrong with one stream stays inside its session.
 import { performance } from "node:perf_hooks";
-import { errorText, subjects, type Bus, type Codec, type Logger, type Subscription } from "@voicebot/bus";
+import { dialogTurnNumber, errorText, subjects, type Bus, type Codec, type Logger, type Subscription } from "@voicebot/bus";
 import { retryWhileLinkLost } from "@voicebot/service-kit";
 import {
   AudioEncoding,
@@ -736,7 +736,7 @@ export class CallSession {
       this.log.debug("bot audio part dropped", { reason: result, turnId: audio.turnId, chunkSeq: audio.chunkSeq, partSeq: audio.partSeq });
       return;
     }
-    if (audio.chunkSeq === 0 && audio.partSeq === 0) this.latestDialogTurn = Math.max(this.latestDialogTurn, finiteOr0(dialogTurnNumber(audio.turnId)));
+    if (audio.chunkSeq === 0 && audio.partSeq === 0) this.latestDialogTurn = Math.max(this.latestDialogTurn, dialogTurnNumber(audio.turnId) ?? 0);
     this.guard?.botAudio(audio.turnId);
     scheduler.wake(playout);
   }
@@ -849,7 +849,9 @@ export class CallSession {
    * first time, unless the CLEAR already cut it, tts is told to stop on it and the dialog that it was not heard.
    */
   private turnSuperseded(turnId: string, playout: CallPlayout): boolean {
-    if (this.supersededBelow === 0 || dialogTurnNumber(turnId) >= this.supersededBelow) return false;
+    // Ingress's own lines are no dialog turn: nothing supersedes them.
+    const turn = dialogTurnNumber(turnId);
+    if (turn === undefined || turn >= this.supersededBelow) return false;
     if (!this.supersededCancelled.has(turnId)) {
       this.supersededCancelled.add(turnId);
       if (!playout.isTurnDone(turnId)) {
@@ -877,9 +879,9 @@ export class CallSession {
     const { metrics } = this.deps;
     switch (control.action) {
       case CallControl_Action.ACTION_CLEAR: {
-        const before = control.beforeTurnId ? dialogTurnNumber(control.beforeTurnId) : 0;
-        if (Number.isFinite(before) && before > this.supersededBelow) this.supersededBelow = before;
-        if (Number.isFinite(before) && before > 0 && this.latestDialogTurn >= before) {
+        const before = dialogTurnNumber(control.beforeTurnId);
+        if (before !== undefined && before > this.supersededBelow) this.supersededBelow = before;
+        if (before !== undefined && before > 0 && this.latestDialogTurn >= before) {
           // The dialog sends its superseding CLEAR before that turn's speech exists, so the speech comes later, but
           // through tts and maybe another NATS server: if it came first, it is not cut (later parts of the old turns
           // are still dropped).
@@ -890,7 +892,7 @@ export class CallSession {
         const cut = playout.clear();
         this.publishCancels(cut.map((t) => t.id), "clear");
         metrics.controls.inc({ action: "clear", outcome: "done" });
-        this.log.info("playback cleared", { reason: control.reason, cutTurns: cut.map((t) => t.id), ...(before ? { beforeTurnId: control.beforeTurnId } : {}) });
+        this.log.info("playback cleared", { reason: control.reason, cutTurns: cut.map((t) => t.id), ...(control.beforeTurnId ? { beforeTurnId: control.beforeTurnId } : {}) });
         return;
       }
       case CallControl_Action.ACTION_HANGUP:
@@ -1252,14 +1254,4 @@ function rawText(data: RawData): string {
   if (Buffer.isBuffer(data)) return data.toString("utf8");
   if (Array.isArray(data)) return Buffer.concat(data).toString("utf8");
   return Buffer.from(data).toString("utf8");
-}
-
-/** The number of a dialog turn id (t<n>); Infinity for other turns (ingress's own lines), which nothing supersedes. */
-function dialogTurnNumber(turnId: string): number {
-  const match = /^t(\d{1,15})$/.exec(turnId);
-  return match ? Number(match[1]) : Number.POSITIVE_INFINITY;
-}
-
-function finiteOr0(value: number): number {
-  return Number.isFinite(value) ? value : 0;
 }
