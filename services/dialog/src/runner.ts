@@ -462,10 +462,9 @@ export class TurnRunner {
           // Only the turns that sound cut, still the latest ones: nothing was said since. After them, what their
           // input's handling went on to say while the bot was cut off.
           const unheard = state.unheard;
-          const rest = [unheard?.text, state.unsaid].filter(Boolean).join(" ");
-          // Nothing left to say (a cut filler) still lets the engine go on (an LLM answers a tool result it got meanwhile).
           if (!unheard || unheard.turnId !== input.value.turnId || unheard.lastTurnId !== `t${state.turns}`) return await drop("stale_false_interruption");
-          turnInput = { kind: "resume", text: rest };
+          // Nothing left to say (a cut filler) still lets the engine go on (an LLM answers a tool result it got meanwhile).
+          turnInput = { kind: "resume", text: [unheard.text, state.unsaid].filter(Boolean).join(" ") };
         }
 
         // Marked before anything is said, for the replica that must finish this input if this one dies; with it the

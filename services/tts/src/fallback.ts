@@ -89,9 +89,10 @@ export class EngineTooSlowError extends Error {
  * before its first samples hands the chunk to the next one. One that breaks off after its audio began (an error, a
  * stall, or falling behind real time) hands the next one the part of the text it may not have said (`unsaidRest`):
  * the caller hears a few words twice in another voice rather than a sentence cut short. With no engine after it,
- * the one that broke off is given the rest itself, once; after that the stream ends with the error. Audio comes out at the primary engine's sample rate; a later engine with another rate
- * is resampled to it. An engine that failed cools down: later chunks try it after the others until the cool-down
- * has passed (as a last resort still), and its first audio after that makes it healthy again.
+ * the one that broke off is given the rest itself, once; after that the stream ends with the error. Audio comes out
+ * at the primary engine's sample rate; a later engine with another rate is resampled to it. An engine that failed
+ * cools down: later chunks try it after the others until the cool-down has passed (as a last resort still), and its
+ * first audio after that makes it healthy again.
  */
 export class FallbackEngine implements TtsEngine {
   readonly label: string;
@@ -139,6 +140,8 @@ export class FallbackEngine implements TtsEngine {
       let iterator: AsyncIterator<Int16Array> | undefined;
       let samples = 0;
       let firstAudioAt = 0;
+      // Slow audio is better than none: its pace is watched only with an engine after it to take the rest.
+      const maxLagMs = failover && position < engines.length - 1 ? (this.options.maxLagMs ?? 0) : 0;
       try {
         // A request's voice names a voice of the primary engine; the others speak in their own default voice.
         const audio = engine.synthesize({ text, voice: index === 0 ? request.voice : undefined, rate: request.rate, signal });
@@ -155,11 +158,9 @@ export class FallbackEngine implements TtsEngine {
           samples += next.value.length;
           const pcm = resampler ? resampler.push(next.value) : next.value;
           if (pcm.length > 0) yield pcm;
-          // Slow audio is better than none: moved on only with an engine to take the rest and a rest to say.
-          const lagMs = this.now() - firstAudioAt - (samples / engine.sampleRate) * 1000;
-          const maxLagMs = this.options.maxLagMs ?? 0;
-          if (maxLagMs > 0 && lagMs > maxLagMs && failover && position < engines.length - 1 && unsaidRest(text, samples / engine.sampleRate, request.rate)) {
-            throw new EngineTooSlowError(engine.label, Math.round(lagMs));
+          if (maxLagMs > 0) {
+            const lagMs = this.now() - firstAudioAt - (samples / engine.sampleRate) * 1000;
+            if (lagMs > maxLagMs && unsaidRest(text, samples / engine.sampleRate, request.rate)) throw new EngineTooSlowError(engine.label, Math.round(lagMs));
           }
         }
         if (samples > 0) {
