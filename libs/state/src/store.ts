@@ -493,34 +493,35 @@ export class CallStore {
 
   /** Names the agent that actually runs the call in its record (one that asked for an unknown agent gets the default). */
   async setAgent(callId: string, agent: string): Promise<void> {
-    await this.setRecordField(callId, "agent", agent);
+    await this.setRecordFields(callId, ["agent", agent]);
   }
 
   /**
-   * What answering machine detection found for a placed call, into its record if there is one. Returns the call's
-   * state as of that write (undefined: no record): a stream that starts after it finds the verdict (answeredBy),
-   * so exactly one of the two sees a live call without the verdict's having been seen.
+   * What answering machine detection found for a placed call (and how long Twilio took to decide), into its record if
+   * there is one. Returns the call's state as of that write (undefined: no record): a stream that starts after it
+   * finds the verdict (machineVerdict), so exactly one of the two sees a live call without the verdict's having been
+   * seen.
    */
-  async setAnsweredBy(callId: string, answeredBy: string): Promise<CallState | undefined> {
-    return this.setRecordField(callId, "answeredBy", answeredBy);
+  async setAnsweredBy(callId: string, answeredBy: string, detectionMs: number): Promise<CallState | undefined> {
+    return this.setRecordFields(callId, ["answeredBy", answeredBy, "machineDetectionMs", String(Math.round(detectionMs))]);
   }
 
   /** The verdict of answering machine detection on the call, if any came. */
-  async answeredBy(callId: string): Promise<string | undefined> {
-    return (await this.redis.hget(keys.meta(callId), "answeredBy")) ?? undefined;
+  async machineVerdict(callId: string): Promise<{ answeredBy: string; detectionMs: number } | undefined> {
+    const [answeredBy, detectionMs] = await this.redis.hmget(keys.meta(callId), "answeredBy", "machineDetectionMs");
+    return answeredBy ? { answeredBy, detectionMs: Number(detectionMs) || 0 } : undefined;
   }
 
   /**
-   * One field of a call's record, only into a record that exists (never a bare one for a call that is gone).
-   * Returns the record's state at the write (undefined: no record, or one without a state).
+   * Fields of a call's record (name, value, ...), only into a record that exists (never a bare one for a call that
+   * is gone). Returns the record's state at the write (undefined: no record, or one without a state).
    */
-  private async setRecordField(callId: string, field: string, value: string): Promise<CallState | undefined> {
+  private async setRecordFields(callId: string, fieldsAndValues: string[]): Promise<CallState | undefined> {
     const state = await this.redis.eval(
-      "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return redis.call('HGET', KEYS[1], 'state') or '' end return false",
+      "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) return redis.call('HGET', KEYS[1], 'state') or '' end return false",
       1,
       keys.meta(callId),
-      field,
-      value,
+      ...fieldsAndValues,
     );
     return typeof state === "string" ? callStateOf(state) : undefined;
   }

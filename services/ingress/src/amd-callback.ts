@@ -69,7 +69,7 @@ export function registerAmdCallback(
     let state: string | undefined;
     try {
       // The state as of the write: a stream that starts after it finds the verdict in the record and acts on it.
-      state = await store.setAnsweredBy(callSid, answeredBy);
+      state = await store.setAnsweredBy(callSid, answeredBy, detectionMs);
     } catch (error) {
       metrics.storeErrors.inc({ op: "set_answered_by" });
       log.error("could not record who answered a placed call", { ...verdict, error: errorText(error) });

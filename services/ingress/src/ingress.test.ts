@@ -732,6 +732,9 @@ describe("ingress API: token and placing calls", () => {
       await waitFor(() => late.client.events("clear").length > 0, { what: "the greeting cut off as the stream starts" });
       await waitFor(() => inputsFor(early.callSid).length === 2, { what: "the voicemail input queued after the start" });
       expect(inputsFor(early.callSid).map((i) => i.inputId)).toEqual([`${early.callSid}:start`, `${early.callSid}:amd`]);
+      // Twilio's detection time is kept with the verdict for the stream to pass on.
+      const earlyInput = inputsFor(early.callSid)[1];
+      expect(earlyInput.input?.$case === "answeredBy" && earlyInput.input.value).toMatchObject({ answeredBy: "machine_end_silence", detectionMs: 4100 });
       const quickEarly = await placed("hangup");
       expect((await verdict(quickEarly.amdUrl, quickEarly.callSid, "fax")).status).toBe(204);
       const faxed = await startStream(quickEarly);
@@ -741,8 +744,12 @@ describe("ingress API: token and placing calls", () => {
 
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "machine_end_beep", outcome: "voicemail" })).toBe(1);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "machine_end_silence", outcome: "before_stream" })).toBe(1);
-      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "machine_end_silence", outcome: "voicemail" })).toBe(1);
-      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "fax", outcome: "hung_up" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "fax", outcome: "before_stream" })).toBe(1);
+      // A verdict is counted once, when it comes; what the stream did with an early one is counted apart.
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "machine_end_silence" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "fax" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_actions_at_stream_start_total", { answered_by: "machine_end_silence", outcome: "voicemail" })).toBe(1);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_actions_at_stream_start_total", { answered_by: "fax", outcome: "hung_up" })).toBe(1);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "machine_start", outcome: "hung_up" })).toBe(1);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { answered_by: "human", outcome: "recorded" })).toBe(1);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_amd_verdicts_total", { outcome: "bad_signature" })).toBe(1);

@@ -37,6 +37,7 @@ export class IngressMetrics {
   readonly statusCallbacks: Counter<"outcome">;
   readonly statusRelays: Counter<"outcome">;
   readonly amdVerdicts: Counter<"answered_by" | "outcome">;
+  readonly amdActionsAtStreamStart: Counter<"answered_by" | "outcome">;
   readonly playbackEvents: Counter<"kind">;
   readonly bargeIns: Counter<"by">;
   readonly bargeInsIgnored: Counter<"reason">;
@@ -164,7 +165,13 @@ export class IngressMetrics {
     });
     this.amdVerdicts = new Counter({
       name: "voicebot_ingress_amd_verdicts_total",
-      help: "POST /twilio/amd: answering machine verdicts on placed calls, by Twilio's AnsweredBy and what was done (recorded: a human or unknown; voicemail: the agent's message is left; hung_up; before_stream: recorded for the stream to act on when it starts; not_live: the call ended or is unknown; invalid, bad_signature)",
+      help: "POST /twilio/amd: answering machine verdicts on placed calls, by Twilio's AnsweredBy and what was done (recorded: a human or unknown; voicemail: the agent's message is left; hung_up; before_stream: recorded for the stream to act on when it starts, counted again in voicebot_ingress_amd_actions_at_stream_start_total; not_live: the call ended or is unknown; invalid, bad_signature). One count per verdict",
+      labelNames: ["answered_by", "outcome"],
+      registers,
+    });
+    this.amdActionsAtStreamStart = new Counter({
+      name: "voicebot_ingress_amd_actions_at_stream_start_total",
+      help: "Answering machine verdicts that came before their call's stream (amd_verdicts_total outcome before_stream), acted on when the stream started: voicemail (the agent's message is left) or hung_up",
       labelNames: ["answered_by", "outcome"],
       registers,
     });

@@ -478,14 +478,16 @@ export class CallSession {
    */
   private async machineVerdictBeforeStream(callId: string, onMachine: OnMachine): Promise<void> {
     const { store, metrics, bus } = this.deps;
-    let answeredBy: string | undefined;
-    await this.storeOp("read_answered_by", async () => void (answeredBy = await store.answeredBy(callId)));
-    if (!answeredBy || !isMachine(answeredBy)) return;
-    const verdict = { callSid: callId, answeredBy, onMachine, detectionMs: 0 };
+    let found: { answeredBy: string; detectionMs: number } | undefined;
+    await this.storeOp("read_answered_by", async () => void (found = await store.machineVerdict(callId)));
+    if (!found || !isMachine(found.answeredBy)) return;
+    const { answeredBy, detectionMs } = found;
+    const verdict = { callSid: callId, answeredBy, onMachine, detectionMs };
     try {
       const outcome = await actOnMachine(verdict, bus);
-      metrics.amdVerdicts.inc({ answered_by: answeredBy, outcome });
-      this.log.info("answering machine verdict that came before the stream acted on", { answeredBy, onMachine, outcome });
+      // The verdict itself was counted when it came (amd_verdicts_total, before_stream).
+      metrics.amdActionsAtStreamStart.inc({ answered_by: answeredBy, outcome });
+      this.log.info("answering machine verdict that came before the stream acted on", { answeredBy, onMachine, detectionMs, outcome });
     } catch (error) {
       metrics.publishErrors.inc({ message: "dialog_answeredBy" });
       this.log.error("answering machine verdict could not be queued for the dialog", { answeredBy, error: errorText(error) });
