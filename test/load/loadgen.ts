@@ -42,8 +42,11 @@ export interface LoadOptions {
   rampMs: number;
   /** Mean call length: a call lasts 0.5-1.5x this, hangs up after a reply, and a new call takes its slot. 0 = until stop(). */
   callMs: number;
-  /** The asr's endpoint silence (ASR_MIN_SILENCE_MS): the endpoint is complete this long after the last speech frame. */
-  minSilenceMs: number;
+  /**
+   * The asr's endpoint silence for the callers' speech (ASR_COMPLETE_SILENCE_MS for an expected answer, else
+   * ASR_MIN_SILENCE_MS): the endpoint is complete this long after the last speech frame.
+   */
+  endpointSilenceMs: number;
   /**
    * The chunk whose arrival lets the asr's VAD decide `chunk` (itself for a frame-by-frame VAD; Silero decides a
    * frame with the 32 ms window holding its middle sample, which may end in the next frame).
@@ -407,10 +410,10 @@ class SimCall {
         payload = speech[this.burstPos++];
         if (this.burstPos === speech.length) {
           this.burstPos = -1;
-          const { decidedBy, lastSpeech, minSilenceMs } = this.gen.options;
+          const { decidedBy, lastSpeech, endpointSilenceMs } = this.gen.options;
           this.turn!.inputEndAt = wallNow();
           this.turn!.speechEndAt = this.turn!.inputEndAt + (lastSpeech(chunk) - chunk) * FRAME_MS;
-          this.endpointChunk = decidedBy(lastSpeech(chunk) + Math.ceil(minSilenceMs / FRAME_MS));
+          this.endpointChunk = decidedBy(lastSpeech(chunk) + Math.ceil(endpointSilenceMs / FRAME_MS));
         }
       }
       this.send(

@@ -33,6 +33,8 @@ interface Options {
   rampMs: number | undefined;
   callMs: number;
   minSilenceMs: number;
+  /** ASR_COMPLETE_SILENCE_MS: the callers' "order status" is an answer the menu expects, so it ends after this. */
+  completeSilenceMs: number;
   findMax: boolean;
   start: number;
   step: number;
@@ -70,6 +72,15 @@ interface Options {
   tickMs: number;
 }
 
+/**
+ * Silence after the callers' last speech frame that lets the asr end "order status": an answer the menu expects
+ * (and the fake transcribes it so), so the complete-answer silence when it is on and below the minimum.
+ */
+function endpointSilenceMs(options: Options): number {
+  const { completeSilenceMs, minSilenceMs } = options;
+  return completeSilenceMs > 0 && completeSilenceMs < minSilenceMs ? completeSilenceMs : minSilenceMs;
+}
+
 function parseArgs(argv: string[]): Options {
   const options: Options = {
     // The most calls this repository's 2-core dev box held without errors or outbound gaps (docs/benchmarks.md).
@@ -78,6 +89,7 @@ function parseArgs(argv: string[]): Options {
     rampMs: undefined,
     callMs: 60_000,
     minSilenceMs: 600,
+    completeSilenceMs: 300,
     asrEngineMs: 0,
     lineNoiseDbfs: undefined,
     tickMs: 5,
@@ -127,6 +139,9 @@ function parseArgs(argv: string[]): Options {
         break;
       case "--min-silence":
         options.minSilenceMs = parseDuration(value());
+        break;
+      case "--complete-silence":
+        options.completeSilenceMs = parseDuration(value());
         break;
       case "--asr-engine-ms":
         options.asrEngineMs = int();
@@ -197,6 +212,7 @@ function parseArgs(argv: string[]): Options {
       case "--help":
       case "-h":
         console.log(`usage: bench:load [--calls 150] [--duration 60s] [--ramp max(5s, calls/50 s)] [--call-length 60s] [--asr-engine-ms 0] [--line-noise -65] [--tick-ms 5]
+       [--min-silence 600] [--complete-silence 300 (0: off)]
        bench:load --find-max [--start 100] [--step 100] [--max 1500] [--duration 30s] [--all-steps]
        [--vad silero|energy] [--env NAME=value] [--node-args "..."] [--quiet-below 0.3] [--outside-nice -10] [--p99-limit 20] [--gap-limit 40] [--profile asr,ingress] [--json file] [--keep]`);
         process.exit(0);
@@ -412,7 +428,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
   const profileDir = path.resolve(process.cwd(), ".run", "profiles");
   if (options.profile.length > 0) mkdirSync(profileDir, { recursive: true });
   console.log(`\n=== ${calls} calls: starting the system`);
-  const system = await startBenchSystem({ slots: calls, minSilenceMs: options.minSilenceMs, asrEngineMs: options.asrEngineMs, vad: options.vad, profile: options.profile, profileDir, env: options.env, nodeArgs: options.nodeArgs });
+  const system = await startBenchSystem({ slots: calls, minSilenceMs: options.minSilenceMs, completeSilenceMs: options.completeSilenceMs, asrEngineMs: options.asrEngineMs, vad: options.vad, profile: options.profile, profileDir, env: options.env, nodeArgs: options.nodeArgs });
   running = system;
   try {
     raiseOutsidePriority(options.outsideNice, system.fakes.pid!);
@@ -442,7 +458,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
       calls,
       rampMs,
       callMs: options.callMs,
-      minSilenceMs: options.minSilenceMs,
+      endpointSilenceMs: endpointSilenceMs(options),
       decidedBy: options.vad === "silero" ? sileroDecidedBy : (chunk) => chunk,
       lastSpeech: options.vad === "silero" ? sileroLastSpeech : (chunk) => chunk,
       speech,
@@ -990,7 +1006,7 @@ async function main(): Promise<void> {
   );
   const speech = (await speechBurst()).map((frame) => Buffer.from(frame).toString("base64"));
   const silenceText = options.lineNoiseDbfs === undefined ? "digital silence" : `white noise at ${options.lineNoiseDbfs} dBFS RMS`;
-  console.log(`caller speech: "order status", ${speech.length * FRAME_MS} ms; endpoint silence ${options.minSilenceMs} ms; between words ${silenceText}`);
+  console.log(`caller speech: "order status", ${speech.length * FRAME_MS} ms; endpoint silence ${endpointSilenceMs(options)} ms (minimum ${options.minSilenceMs}, an expected answer ${options.completeSilenceMs || "off"}); between words ${silenceText}`);
   const phases = Math.round(FRAME_MS / options.tickMs);
   console.log(`callers' frames: ${phases === 1 ? "all calls in one burst every 20 ms" : `each call on its own 20 ms clock, sent on a ${options.tickMs} ms tick (${phases} phases)`}`);
   const results: RunResult[] = [];

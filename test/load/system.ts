@@ -30,6 +30,8 @@ export interface SystemOptions {
   slots: number;
   /** The asr's endpoint silence. */
   minSilenceMs: number;
+  /** The asr's silence after an expected answer (0: off). */
+  completeSilenceMs: number;
   /** The fake transcription server's wait before it answers. */
   asrEngineMs: number;
   /** ASR_VAD (when the asr build has a choice). */
@@ -124,6 +126,7 @@ export async function startBenchSystem(options: SystemOptions): Promise<BenchSys
       ASR_OPENAI_BASE_URL: ready.openaiBaseUrl,
       ASR_OPENAI_API_KEY: OPENAI_KEY,
       ASR_MIN_SILENCE_MS: String(options.minSilenceMs),
+      ASR_COMPLETE_SILENCE_MS: String(options.completeSilenceMs),
       TTS_ENGINES: "elevenlabs",
       ELEVENLABS_BASE_URL: ready.elevenLabsBaseUrl,
       ELEVENLABS_API_KEY: ELEVENLABS_KEY,

@@ -11,6 +11,7 @@ import {
   type CallerAudio,
 } from "@voicebot/proto";
 import { keys, type CallStore } from "@voicebot/state";
+import { expectedAnswers, isCompleteAnswer } from "./complete-answer.js";
 import { looksUnfinished, type Continuations } from "./continuation.js";
 import type { AsrEngine, RecognitionHints, RecognitionResult, UtteranceRecognizer } from "./engine.js";
 import { parseHints, type ParsedHints } from "./hints.js";
@@ -40,6 +41,11 @@ export interface SessionOptions {
    * before the endpoint discards it. 0: off.
    */
   earlyFinalLeadMs: number;
+  /**
+   * In a state that expects one of a few answers, an utterance whose words so far (an early final, or a partial that
+   * came after the last speech) are exactly one of them ends after this much silence instead of the minimum. 0: off.
+   */
+  completeSilenceMs: number;
   /** Partial texts ending in one of these keep the utterance open past the minimum silence. */
   continuations: Continuations;
 }
@@ -64,6 +70,13 @@ interface OpenUtterance {
   /** The latest partial ends like an unfinished sentence ("... and", "my order number is"). */
   unfinished: boolean;
   hints: RecognitionHints;
+  /** The answers the dialog state expects, as isCompleteAnswer compares them (undefined: none, never complete). */
+  answers: Set<string> | undefined;
+  /**
+   * The words so far are one of the answers: the early recognition's (no speech since it was sent), or the latest
+   * partial's (a streaming engine revises it as more is said, so it stands until the next one).
+   */
+  complete: boolean;
   /** Everything given to the recognizer, kept only when early finals are on: an early recognizer replays it. */
   audio: Int16Array[] | undefined;
   /** Silence into the utterance's silence at which it is recognized early. */
@@ -110,6 +123,7 @@ export class CallSession {
   constructor(private readonly deps: SessionDeps) {
     this.segmenter = new Segmenter(deps.options.segmenter);
     this.segmenter.holdAtSilence = () => this.utterance?.unfinished === true;
+    this.segmenter.completeAtSilence = () => this.utterance?.complete === true && !this.utterance.unfinished;
     this.samplesPerFrame = (deps.engine.sampleRate * FRAME_MS) / 1000;
     this.vad = deps.vad.open((speech) => this.onDecision(speech));
   }
@@ -319,9 +333,12 @@ export class CallSession {
     this.deps.metrics.speechStartDelay.observe(Math.max(0, Date.now() - (onset.atMs - FRAME_MS)) / 1000);
     const hints = await this.readHints();
     if (this.stopped) return;
-    this.segmenter.setSilence(hints.minSilenceMs, hints.maxSilenceMs);
     const { engine, metrics, options } = this.deps;
-    const earlyAtMs = Math.max(MIN_EARLY_SILENCE_MS, hints.minSilenceMs - options.earlyFinalLeadMs);
+    const answers = hints.completeSilenceMs > 0 ? expectedAnswers(hints) : undefined;
+    const completeSilenceMs = answers && hints.completeSilenceMs < hints.minSilenceMs ? hints.completeSilenceMs : 0;
+    this.segmenter.setSilence(hints.minSilenceMs, hints.maxSilenceMs, completeSilenceMs);
+    // The early recognition must be in by the complete-answer silence to end the utterance there.
+    const earlyAtMs = Math.max(MIN_EARLY_SILENCE_MS, Math.min(hints.minSilenceMs - options.earlyFinalLeadMs, completeSilenceMs || Infinity));
     const early = options.earlyFinalLeadMs > 0 && engine.earlyFinals === true && earlyAtMs < hints.minSilenceMs;
     const open: OpenUtterance = {
       id,
@@ -330,6 +347,8 @@ export class CallSession {
       lastPartial: "",
       unfinished: false,
       hints: { mode: hints.mode, phrases: hints.phrases },
+      answers,
+      complete: false,
       audio: early ? [] : undefined,
       earlyAtMs,
       early: undefined,
@@ -397,17 +416,35 @@ export class CallSession {
     );
     const early: EarlyFinal = { recognizer, outcome, settled: false };
     metrics.activeSessions.inc();
-    void outcome.then(() => {
+    void outcome.then((settled) => {
       early.settled = true;
       metrics.activeSessions.dec();
+      // Still the utterance's early recognition (no speech since): its words may end the utterance now.
+      if (open.early === early && "result" in settled && isCompleteAnswer(settled.result.text, open.answers)) {
+        open.complete = true;
+        this.endIfComplete(open);
+      }
     });
     open.early = early;
+  }
+
+  /** Ends the utterance now if it is silent long enough and complete: a result that came between two frames. */
+  private endIfComplete(open: OpenUtterance): void {
+    if (this.utterance !== open || this.stopped) return;
+    try {
+      const end = this.segmenter.endIfComplete();
+      if (end) this.onEvent(end, false);
+    } catch (error) {
+      this.segmentFailed(error);
+    }
   }
 
   private dropEarly(open: OpenUtterance): void {
     const early = open.early;
     if (!early) return;
     open.early = undefined;
+    // Its words were not all the caller says.
+    open.complete = false;
     this.deps.metrics.earlyFinals.inc({ outcome: "discarded" });
     this.letGo(early.recognizer);
   }
@@ -442,11 +479,13 @@ export class CallSession {
     if (this.utterance !== open || this.stopped || open.failed || text === open.lastPartial) return;
     open.lastPartial = text;
     open.unfinished = looksUnfinished(text, this.deps.options.continuations);
+    open.complete = isCompleteAnswer(text, open.answers);
     const { bus, metrics } = this.deps;
     const label = open.recognizer?.activeEngine ?? this.deps.engine.label;
     const partial = Transcript.create({ callId: this.callId, utteranceId: open.id, text, isFinal: false, engine: label });
     bus.publish(subjects.transcript(this.callId), Transcript, partial, this.callId);
     metrics.partials.inc({ engine: label });
+    if (open.complete) this.endIfComplete(open);
   }
 
   private async finish(open: OpenUtterance, speechEndMs: number, decidedAtMs: number): Promise<void> {
@@ -518,7 +557,7 @@ export class CallSession {
 
   private async readHints(): Promise<ParsedHints> {
     const { store, log, metrics, options } = this.deps;
-    const defaults = { minSilenceMs: options.segmenter.minSilenceMs, maxSilenceMs: options.segmenter.maxSilenceMs };
+    const defaults = { minSilenceMs: options.segmenter.minSilenceMs, maxSilenceMs: options.segmenter.maxSilenceMs, completeSilenceMs: options.completeSilenceMs };
     let raw: unknown;
     for (const since = Date.now(); ; ) {
       try {

@@ -74,6 +74,8 @@ export function readAsrConfig(env: EnvReader): AsrConfig {
       },
       // 0 turns it off; only engines that recognize at the end (cloud uploads) are ever run early.
       earlyFinalLeadMs: env.int("ASR_EARLY_FINAL_LEAD_MS", 350, { min: 0, max: 10_000 }),
+      // 0 turns it off; only engines that say what was said before the end (early finals, partials) can use it.
+      completeSilenceMs: env.int("ASR_COMPLETE_SILENCE_MS", 300, { min: 0, max: 10_000 }),
       gapFillMaxMs: env.int("ASR_GAP_FILL_MAX_MS", 1_000, { min: 0, max: 10_000 }),
       // "none" turns the longer wait off.
       continuations: continuations?.trim().toLowerCase() === "none" ? [] : parseContinuations(continuations ? continuations.split(",") : DEFAULT_CONTINUATIONS),

@@ -6,7 +6,7 @@
 import { subjects, type Bus } from "@voicebot/bus";
 import { SpeechActivity, SpeechActivity_Kind, Transcript } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
-import { CallStore } from "@voicebot/state";
+import { CallStore, keys } from "@voicebot/state";
 import {
   metricSum,
   startFakeOpenAI,
@@ -41,7 +41,7 @@ let consumer: { stop(): Promise<void> } | undefined;
 let answer: (request: FakeTranscriptionRequest) => FakeTranscriptionReply | Promise<FakeTranscriptionReply>;
 const byLength = (request: FakeTranscriptionRequest): FakeTranscriptionReply => ({ text: `bytes ${request.file.wav.dataBytes}`, delayMs: 150 });
 
-async function startAsr(instanceId: string, leadMs: number): Promise<ServiceHandle> {
+async function startAsr(instanceId: string, leadMs: number, extra: Record<string, string> = {}): Promise<ServiceHandle> {
   const asr = await startService(definition, {
     NATS_URL: nats.url,
     REDIS_URL: redis.url,
@@ -54,16 +54,18 @@ async function startAsr(instanceId: string, leadMs: number): Promise<ServiceHand
     ASR_VAD: "energy",
     ASR_MIN_SILENCE_MS: String(MIN_SILENCE_MS),
     ASR_EARLY_FINAL_LEAD_MS: String(leadMs),
+    ...extra,
   });
   return asr;
 }
 
-async function ownedCall(instanceId: string) {
+async function ownedCall(instanceId: string, hints?: object) {
   const callId = newCallId();
   const speech = collect(bus, subjects.speech(callId), SpeechActivity);
   const transcripts = collect(bus, subjects.transcript(callId), Transcript);
   await bus.nc.flush();
   await startCall(bus, store, callId);
+  if (hints) await store.setJson(keys.hints(callId), hints);
   await waitFor(async () => (await store.leaseOwner(callId, "asr")) === instanceId, { what: "the asr lease" });
   return { callId, speech, transcripts };
 }
@@ -72,8 +74,8 @@ async function ownedCall(instanceId: string) {
  * One utterance (400 ms of line noise before it, `silenceMs` after) into a new call owned by `instanceId`, up to its
  * final: the call and the uploads the fake saw for it.
  */
-async function speakUntilFinal(instanceId: string, pcm: Int16Array, silenceMs = 1200) {
-  const call = await ownedCall(instanceId);
+async function speakUntilFinal(instanceId: string, pcm: Int16Array, silenceMs = 1200, hints?: object) {
+  const call = await ownedCall(instanceId, hints);
   const uploadsBefore = openai.transcriptions.length;
   await streamAudio(bus, call.callId, utteranceFrames(pcm, 400, silenceMs), 0);
   await waitFor(() => call.transcripts.some((t) => t.isFinal), { what: "the final" });
@@ -204,6 +206,73 @@ describe("early finals (ASR_EARLY_FINAL_LEAD_MS)", () => {
     expect(openai.transcriptions.length - uploadsBefore).toBe(0);
     expect(call.transcripts.filter((t) => t.isFinal)).toEqual([]);
     expect((await early("discarded")) - discardedBefore).toBe(0);
+    await store.endCall(call.callId, "test");
+  });
+});
+
+describe("complete answers (ASR_COMPLETE_SILENCE_MS, default 300)", () => {
+  let asr: ServiceHandle;
+  const orderLine = { mode: "phrases", phrases: ["order status", "agent", "goodbye"] };
+  const ended = (end: string) => metricSum(asr.ctx.registry, "voicebot_asr_utterances_total", { end });
+  /** The final of "order status" as the fake hears it (`text`, after `delayMs`), in a state with these hints. */
+  async function finalOf(text: string, delayMs: number, hints: object) {
+    answer = () => ({ text, delayMs });
+    const { call, uploads } = await speakUntilFinal("asr-complete", await synthesizeTo8kPcm("order status", "slt"), 1200, hints);
+    await store.endCall(call.callId, "test");
+    return { final: call.transcripts.find((t) => t.isFinal)!, uploads };
+  }
+  beforeAll(async () => {
+    asr = await startAsr("asr-complete", 350);
+  });
+  afterAll(async () => {
+    await asr?.stop();
+  });
+
+  it("ends an utterance that is one of the state's answers after 300 ms of silence, not 600", async () => {
+    const completeBefore = await ended("complete");
+    const { final, uploads } = await finalOf("Order status.", 20, orderLine);
+    expect(final.text).toBe("Order status.");
+    expect(uploads).toHaveLength(1);
+    // The early upload at 250 ms of silence came back complete; the end is the first frame at 300 ms.
+    expect(final.endpointWaitMs).toBeGreaterThanOrEqual(280);
+    expect(final.endpointWaitMs).toBeLessThan(420);
+    expect((await ended("complete")) - completeBefore).toBe(1);
+  });
+
+  it("ends when a slower engine's answer comes, once past 300 ms of silence", async () => {
+    const { final, uploads } = await finalOf("agent", 200, orderLine);
+    expect(uploads).toHaveLength(1);
+    // Sent at 250 ms of silence, answered ~200 ms later, between two frames: ended then, well short of 600.
+    expect(final.endpointWaitMs).toBeGreaterThanOrEqual(430);
+    expect(final.endpointWaitMs).toBeLessThan(570);
+  });
+
+  it("waits the full minimum silence for words that are not one of the answers, in a digits or free-text state, and where the state turns it off", async () => {
+    const silenceBefore = await ended("silence");
+    const cases = [
+      await finalOf("order status for my last order", 20, orderLine),
+      await finalOf("order status", 20, { mode: "digits", phrases: [] }),
+      await finalOf("order status", 20, { mode: "phrases", phrases: [] }),
+      await finalOf("order status", 20, { ...orderLine, completeSilenceMs: 0 }),
+    ];
+    for (const { final } of cases) expect(final.endpointWaitMs).toBeGreaterThanOrEqual(580);
+    expect((await ended("silence")) - silenceBefore).toBe(4);
+  });
+});
+
+describe("complete answers off (ASR_COMPLETE_SILENCE_MS=0)", () => {
+  let asr: ServiceHandle;
+  beforeAll(async () => {
+    asr = await startAsr("asr-no-complete", 350, { ASR_COMPLETE_SILENCE_MS: "0" });
+  });
+  afterAll(async () => {
+    await asr?.stop();
+  });
+
+  it("waits the minimum silence even for an expected answer", async () => {
+    answer = () => ({ text: "order status", delayMs: 20 });
+    const { call } = await speakUntilFinal("asr-no-complete", await synthesizeTo8kPcm("order status", "slt"), 1200, { mode: "phrases", phrases: ["order status"] });
+    expect(call.transcripts.find((t) => t.isFinal)!.endpointWaitMs).toBeGreaterThanOrEqual(580);
     await store.endCall(call.callId, "test");
   });
 });

@@ -113,6 +113,8 @@ describe("asr service with ASR_ENGINES=assemblyai,pocketsphinx", () => {
     expect(partials.every((p) => final.text.startsWith(p.text))).toBe(true);
     // Partials come while the caller talks, so before the final.
     expect(transcripts.indexOf(final)).toBe(transcripts.length - 1);
+    // Not one of the state's answers word for word: the whole minimum silence.
+    expect(final.endpointWaitMs).toBeGreaterThanOrEqual(580);
     await store.endCall(callId, "test");
   });
 
@@ -188,6 +190,19 @@ describe("asr service with ASR_ENGINES=assemblyai,pocketsphinx", () => {
     expect(Math.abs(final.speechEndMs - secondEndsAt)).toBeLessThan(400);
     expect(final.endpointWaitMs).toBeGreaterThanOrEqual(1400);
     expect(await metric(a, "voicebot_asr_endpoint_extensions_total")).toBe(1);
+    await store.endCall(callId, "test");
+  });
+
+  it("ends after 300 ms of silence when the latest partial is one of the state's answers", async () => {
+    script = { text: "agent", msPerWord: 50 };
+    const a = await startReplica("asr-complete");
+    const { callId, transcripts } = await ownedCall("asr-complete");
+    await streamAudio(bus, callId, utteranceFrames(await synthesizeTo8kPcm("agent", "slt")), 0);
+    const [final] = await waitFor(() => (finals(transcripts).length ? finals(transcripts) : undefined), { what: "the final", timeoutMs: 10_000 });
+    expect(final).toMatchObject({ text: "agent", engine: "assemblyai" });
+    expect(final.endpointWaitMs).toBeGreaterThanOrEqual(280);
+    expect(final.endpointWaitMs).toBeLessThan(420);
+    expect(await metric(a, "voicebot_asr_utterances_total", { end: "complete" })).toBe(1);
     await store.endCall(callId, "test");
   });
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parseHints } from "./hints.js";
 
-const defaults = { minSilenceMs: 600, maxSilenceMs: 1500 };
+const defaults = { minSilenceMs: 600, maxSilenceMs: 1500, completeSilenceMs: 300 };
 
 describe("parseHints", () => {
   it("uses free phrases and the service endpointing when nothing is stored", () => {
@@ -11,7 +11,16 @@ describe("parseHints", () => {
   it("takes the dialog's mode, phrases and silence overrides", () => {
     const { hints, problems } = parseHints({ mode: "digits", phrases: [" one ", "two"], minSilenceMs: 1200, maxSilenceMs: 3000 }, defaults);
     expect(problems).toEqual([]);
-    expect(hints).toEqual({ mode: "digits", phrases: ["one", "two"], minSilenceMs: 1200, maxSilenceMs: 3000 });
+    expect(hints).toEqual({ mode: "digits", phrases: ["one", "two"], minSilenceMs: 1200, maxSilenceMs: 3000, completeSilenceMs: 300 });
+  });
+
+  it("takes a complete-answer silence, where 0 turns it off for the state", () => {
+    expect(parseHints({ phrases: ["yes"], completeSilenceMs: 450 }, defaults).hints.completeSilenceMs).toBe(450);
+    expect(parseHints({ phrases: ["yes"], completeSilenceMs: 0 }, defaults).hints.completeSilenceMs).toBe(0);
+    expect(parseHints({ phrases: ["yes"] }, defaults).hints.completeSilenceMs).toBe(300);
+    const { hints, problems } = parseHints({ completeSilenceMs: "soon" }, defaults);
+    expect(hints.completeSilenceMs).toBe(300);
+    expect(problems).toEqual(["completeSilenceMs is not a positive number"]);
   });
 
   it("treats 0 as the default, keeps max >= min and clamps absurd values", () => {

@@ -5,6 +5,8 @@ export interface StoredHints {
   /** Endpointing overrides in ms (absent or 0 = the service defaults). */
   minSilenceMs?: number;
   maxSilenceMs?: number;
+  /** Silence after which an utterance that is exactly one of the phrases ends (0: never early; absent: the default). */
+  completeSilenceMs?: number;
 }
 
 export interface ParsedHints {
@@ -12,6 +14,8 @@ export interface ParsedHints {
   phrases: string[];
   minSilenceMs: number;
   maxSilenceMs: number;
+  /** 0: off. */
+  completeSilenceMs: number;
 }
 
 /** Silence overrides outside this range are treated as mistakes and clamped. */
@@ -22,7 +26,10 @@ const SILENCE_MAX_MS = 10_000;
  * Reads the stored hints leniently: a missing or malformed field falls back to the default, and `problems`
  * names what was wrong so the caller can log it.
  */
-export function parseHints(raw: unknown, defaults: { minSilenceMs: number; maxSilenceMs: number }): { hints: ParsedHints; problems: string[] } {
+export function parseHints(
+  raw: unknown,
+  defaults: { minSilenceMs: number; maxSilenceMs: number; completeSilenceMs: number },
+): { hints: ParsedHints; problems: string[] } {
   const problems: string[] = [];
   const hints: ParsedHints = { mode: "phrases", phrases: [], ...defaults };
   if (raw === undefined || raw === null) return { hints, problems };
@@ -39,7 +46,7 @@ export function parseHints(raw: unknown, defaults: { minSilenceMs: number; maxSi
     problems.push("phrases is not an array");
   }
 
-  const silence = (name: "minSilenceMs" | "maxSilenceMs"): number | undefined => {
+  const silence = (name: "minSilenceMs" | "maxSilenceMs" | "completeSilenceMs"): number | undefined => {
     const v = value[name];
     if (v === undefined || v === null || v === 0) return undefined;
     if (typeof v !== "number" || !Number.isFinite(v) || v < 0) {
@@ -50,5 +57,8 @@ export function parseHints(raw: unknown, defaults: { minSilenceMs: number; maxSi
   };
   hints.minSilenceMs = silence("minSilenceMs") ?? defaults.minSilenceMs;
   hints.maxSilenceMs = Math.max(hints.minSilenceMs, silence("maxSilenceMs") ?? defaults.maxSilenceMs);
+  // Here 0 means off, not the default.
+  if (value.completeSilenceMs === 0) hints.completeSilenceMs = 0;
+  else hints.completeSilenceMs = silence("completeSilenceMs") ?? defaults.completeSilenceMs;
   return { hints, problems };
 }

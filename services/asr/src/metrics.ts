@@ -111,7 +111,7 @@ export function createMetrics(registry: Registry) {
     }),
     utterances: new Counter({
       name: "voicebot_asr_utterances_total",
-      help: "Utterances found by the VAD, by how they ended (too_short ones are dropped)",
+      help: "Utterances found by the VAD, by how they ended: silence, complete (an expected answer, after ASR_COMPLETE_SILENCE_MS), max_silence, max_length, too_short (dropped)",
       labelNames: ["end"],
       registers,
     }),

@@ -155,4 +155,82 @@ describe("Segmenter", () => {
     expect(asked).toBe(1);
     expect(end).toMatchObject({ reason: "silence", held: false });
   });
+
+  describe("complete answers", () => {
+    it("ends after the complete-answer silence when the words so far are an expected answer", () => {
+      const s = new Segmenter(options);
+      let complete = false;
+      s.completeAtSilence = () => complete;
+      feed(s, "sss");
+      s.setSilence(600, 1500, 300);
+      // Not complete: a 400 ms pause does not end it.
+      expect(ofType(feed(s, "s".repeat(17) + ".".repeat(20), 3), "end")).toEqual([]);
+      complete = true; // e.g. the early recognition came back "order status"
+      const speechAgain = feed(s, "s".repeat(5) + ".".repeat(15), 40);
+      const [end] = ofType(speechAgain, "end");
+      expect(end).toMatchObject({ reason: "complete", held: false, tooShort: false });
+      expect(end.lastSpeech.index).toBe(44);
+      // Decided on the 15th silent frame (300 ms), not the 30th.
+      expect(ofType(speechAgain, "audio").at(-1)!.frame.index).toBe(59);
+      expect(s.inUtterance).toBe(false);
+    });
+
+    it("is not asked before the complete-answer silence, nor at all when that silence is off or not below the minimum", () => {
+      for (const completeSilenceMs of [0, 600, 800]) {
+        const s = new Segmenter(options);
+        let asked = 0;
+        s.completeAtSilence = () => {
+          asked++;
+          return true;
+        };
+        feed(s, "sss");
+        s.setSilence(600, 1500, completeSilenceMs);
+        const [end] = ofType(feed(s, "s".repeat(17) + ".".repeat(30), 3), "end");
+        expect(end.reason).toBe("silence");
+        expect(asked).toBe(0);
+      }
+      const s = new Segmenter(options);
+      const askedAt: number[] = [];
+      s.completeAtSilence = () => {
+        askedAt.push(s.silenceMs);
+        return false;
+      };
+      feed(s, "sss");
+      s.setSilence(600, 1500, 300);
+      feed(s, "s".repeat(17) + ".".repeat(30), 3);
+      // From the 300th ms of silence until the minimum silence takes over.
+      expect(askedAt).toEqual(Array.from({ length: 15 }, (_, i) => 300 + 20 * i));
+    });
+
+    it("ends between frames when the answer is known only after the complete-answer silence, and not before it", () => {
+      const s = new Segmenter(options);
+      let complete = false;
+      s.completeAtSilence = () => complete;
+      feed(s, "sss");
+      s.setSilence(600, 1500, 300);
+      feed(s, "s".repeat(17) + ".".repeat(10), 3); // 200 ms of silence
+      complete = true;
+      expect(s.endIfComplete()).toBeUndefined(); // too early: a breath
+      complete = false;
+      feed(s, ".".repeat(12), 30); // 440 ms, not known to be complete yet
+      expect(s.inUtterance).toBe(true);
+      expect(s.endIfComplete()).toBeUndefined();
+      complete = true; // the answer comes in between two frames
+      const end = s.endIfComplete();
+      expect(end).toMatchObject({ type: "end", reason: "complete" });
+      expect(end!.lastSpeech.index).toBe(19);
+      expect(s.inUtterance).toBe(false);
+      expect(s.endIfComplete()).toBeUndefined();
+    });
+
+    it("forgets the complete-answer silence for the next utterance", () => {
+      const s = new Segmenter(options);
+      s.completeAtSilence = () => true;
+      feed(s, "sss");
+      s.setSilence(600, 1500, 300);
+      expect(ofType(feed(s, "s".repeat(17) + ".".repeat(15), 3), "end")[0].reason).toBe("complete");
+      const next = ofType(feed(s, "s".repeat(20) + ".".repeat(30), 100), "end");
+      expect(next[0].reason).toBe("silence");
+    });
+  });
 });

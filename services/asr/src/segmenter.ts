@@ -27,7 +27,7 @@ export interface SegmenterOptions {
   maxUtteranceMs: number;
 }
 
-export type EndReason = "silence" | "max_silence" | "max_length";
+export type EndReason = "silence" | "complete" | "max_silence" | "max_length";
 
 export type SegmentEvent =
   | { type: "start"; onset: Frame; frames: Frame[] }
@@ -44,6 +44,8 @@ export type SegmentEvent =
       held: boolean;
     };
 
+type EndEvent = Extract<SegmentEvent, { type: "end" }>;
+
 interface Utterance {
   frames: number;
   speechFrames: number;
@@ -54,6 +56,8 @@ interface Utterance {
   framesSinceSustained: number;
   minSilenceFrames: number;
   maxSilenceFrames: number;
+  /** Silence after which words that already make a complete answer end the utterance (0: never early). */
+  completeSilenceFrames: number;
   held: boolean;
 }
 
@@ -78,6 +82,11 @@ export class Segmenter {
    * e.g. while the latest partial transcript ends in "and" or "my order number is".
    */
   holdAtSilence: (() => boolean) | undefined;
+  /**
+   * Asked on silent frames once the complete-answer silence is reached, before the minimum: true ends the utterance
+   * there, e.g. when the words so far are one of the answers the dialog state expects ("order status", "no").
+   */
+  completeAtSilence: (() => boolean) | undefined;
 
   constructor(private readonly options: SegmenterOptions) {
     this.startFrames = frames(options.startMs);
@@ -98,11 +107,26 @@ export class Segmenter {
     return this.current ? (this.current.speechFrames - this.startFrames) * FRAME_MS : 0;
   }
 
-  /** Changes the silence timeouts of the utterance in progress (hints arrive just after its start). */
-  setSilence(minSilenceMs: number, maxSilenceMs: number): void {
+  /**
+   * Changes the silence timeouts of the utterance in progress (hints arrive just after its start). A complete-answer
+   * silence of 0, or not below the minimum, is off.
+   */
+  setSilence(minSilenceMs: number, maxSilenceMs: number, completeSilenceMs = 0): void {
     if (!this.current) return;
     this.current.minSilenceFrames = frames(minSilenceMs);
     this.current.maxSilenceFrames = Math.max(this.current.minSilenceFrames, frames(maxSilenceMs));
+    const complete = completeSilenceMs > 0 ? frames(completeSilenceMs) : 0;
+    this.current.completeSilenceFrames = complete < this.current.minSilenceFrames ? complete : 0;
+  }
+
+  /**
+   * Ends the utterance in progress now if it has been silent for the complete-answer silence and completeAtSilence
+   * says its words are a complete answer: for a result that comes between frames. Otherwise undefined.
+   */
+  endIfComplete(): EndEvent | undefined {
+    const utterance = this.current;
+    if (!utterance || !this.completeNow(utterance)) return undefined;
+    return this.end(utterance, "complete");
   }
 
   push(frame: Frame, speech: boolean): readonly SegmentEvent[] {
@@ -132,22 +156,34 @@ export class Segmenter {
     const hold = silent && utterance.silenceRun < utterance.maxSilenceFrames && this.holdAtSilence?.() === true;
     if (hold) utterance.held = true;
     if (silent && !hold) reason = "silence";
+    else if (!silent && this.completeNow(utterance)) reason = "complete";
     else if (utterance.framesSinceSustained >= utterance.maxSilenceFrames) reason = "max_silence";
     else if (utterance.frames * FRAME_MS >= this.options.maxUtteranceMs) reason = "max_length";
-    if (reason) {
-      this.current = undefined;
-      const speechMs = utterance.speechFrames * FRAME_MS;
-      events.push({
-        type: "end",
-        reason,
-        // After a max-silence end the stray speech frames were noise: the caller stopped at the sustained speech.
-        lastSpeech: reason === "max_silence" ? utterance.lastSustained : utterance.lastSpeech,
-        speechMs,
-        tooShort: speechMs < this.options.minSpeechMs,
-        held: utterance.held,
-      });
-    }
+    if (reason) events.push(this.end(utterance, reason));
     return events;
+  }
+
+  private completeNow(utterance: Utterance): boolean {
+    return (
+      utterance.completeSilenceFrames > 0 &&
+      utterance.silenceRun >= utterance.completeSilenceFrames &&
+      utterance.silenceRun < utterance.minSilenceFrames &&
+      this.completeAtSilence?.() === true
+    );
+  }
+
+  private end(utterance: Utterance, reason: EndReason): EndEvent {
+    this.current = undefined;
+    const speechMs = utterance.speechFrames * FRAME_MS;
+    return {
+      type: "end",
+      reason,
+      // After a max-silence end the stray speech frames were noise: the caller stopped at the sustained speech.
+      lastSpeech: reason === "max_silence" ? utterance.lastSustained : utterance.lastSpeech,
+      speechMs,
+      tooShort: speechMs < this.options.minSpeechMs,
+      held: utterance.held,
+    };
   }
 
   private pushIdle(frame: Frame, speech: boolean): readonly SegmentEvent[] {
@@ -170,6 +206,7 @@ export class Segmenter {
       framesSinceSustained: 0,
       minSilenceFrames,
       maxSilenceFrames: Math.max(minSilenceFrames, frames(this.options.maxSilenceMs)),
+      completeSilenceFrames: 0,
       held: false,
     };
     return [{ type: "start", onset: buffered[buffered.length - this.startFrames], frames: buffered }];

@@ -199,14 +199,14 @@ describe("agent config validation", () => {
     expect(orderLine.states.ask_order.collect!.confirm).toBe(true);
 
     const raw = base();
-    raw.endpointing = { minSilenceMs: 400, maxSilenceMs: 900 };
+    raw.endpointing = { minSilenceMs: 400, maxSilenceMs: 900, completeSilenceMs: 250 };
     raw.toolFiller = false;
     raw.tools = [
       { name: "check_points", description: "Points.", parameters: { type: "object", properties: { id: { type: "string" } } }, webhook: { url: "${URL}/p" } },
     ];
     raw.llm = { systemPrompt: "Be brief.", model: "m", temperature: 0.2 };
     const agent = validateAgent(raw, "test");
-    expect(agent.endpointing).toEqual({ minSilenceMs: 400, maxSilenceMs: 900 });
+    expect(agent.endpointing).toEqual({ minSilenceMs: 400, maxSilenceMs: 900, completeSilenceMs: 250 });
     expect(agent.toolFiller).toBeNull();
     expect(agent.llm).toMatchObject({ systemPrompt: "Be brief.", tools: ["check_points"], temperature: 0.2 });
   });

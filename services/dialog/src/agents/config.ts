@@ -63,6 +63,8 @@ export interface HintsConfig {
   phrases?: string[];
   minSilenceMs?: number;
   maxSilenceMs?: number;
+  /** Silence after which an utterance that is exactly one of the phrases ends (0: never early). */
+  completeSilenceMs?: number;
 }
 
 export interface StateConfig {
@@ -115,6 +117,7 @@ export interface LlmConfig {
 export interface Endpointing {
   minSilenceMs?: number;
   maxSilenceMs?: number;
+  completeSilenceMs?: number;
 }
 
 export interface AgentConfig {
@@ -328,11 +331,12 @@ class Validator {
   }
 
   private endpointing(raw: unknown, path: string): Endpointing | undefined {
-    const obj = this.object(raw, path, ["minSilenceMs", "maxSilenceMs"]);
+    const obj = this.object(raw, path, ["minSilenceMs", "maxSilenceMs", "completeSilenceMs"]);
     if (!obj) return undefined;
     const endpointing: Endpointing = {
       minSilenceMs: obj.minSilenceMs === undefined ? undefined : this.int(obj.minSilenceMs, `${path}.minSilenceMs`, 0, 10_000),
       maxSilenceMs: obj.maxSilenceMs === undefined ? undefined : this.int(obj.maxSilenceMs, `${path}.maxSilenceMs`, 0, 30_000),
+      completeSilenceMs: obj.completeSilenceMs === undefined ? undefined : this.int(obj.completeSilenceMs, `${path}.completeSilenceMs`, 0, 10_000),
     };
     if (endpointing.minSilenceMs !== undefined && endpointing.maxSilenceMs !== undefined && endpointing.minSilenceMs > endpointing.maxSilenceMs) {
       this.problem(path, "minSilenceMs is more than maxSilenceMs");
@@ -533,7 +537,7 @@ class Validator {
   }
 
   private hints(raw: unknown, path: string): HintsConfig | undefined {
-    const obj = this.object(raw, path, ["mode", "phrases", "minSilenceMs", "maxSilenceMs"]);
+    const obj = this.object(raw, path, ["mode", "phrases", "minSilenceMs", "maxSilenceMs", "completeSilenceMs"]);
     if (!obj) return undefined;
     if (obj.mode !== undefined && obj.mode !== "phrases" && obj.mode !== "digits") this.problem(`${path}.mode`, `must be "phrases" or "digits"`);
     const hints: HintsConfig = {
@@ -541,6 +545,7 @@ class Validator {
       phrases: obj.phrases === undefined ? undefined : this.strings(obj.phrases, `${path}.phrases`),
       minSilenceMs: obj.minSilenceMs === undefined ? undefined : this.int(obj.minSilenceMs, `${path}.minSilenceMs`, 0, 10_000),
       maxSilenceMs: obj.maxSilenceMs === undefined ? undefined : this.int(obj.maxSilenceMs, `${path}.maxSilenceMs`, 0, 30_000),
+      completeSilenceMs: obj.completeSilenceMs === undefined ? undefined : this.int(obj.completeSilenceMs, `${path}.completeSilenceMs`, 0, 10_000),
     };
     if (hints.minSilenceMs !== undefined && hints.maxSilenceMs !== undefined && hints.minSilenceMs > hints.maxSilenceMs) {
       this.problem(path, "minSilenceMs is more than maxSilenceMs");

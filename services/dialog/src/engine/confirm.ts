@@ -30,9 +30,10 @@ export function keyItInPrompt(terminator = "#"): string {
 const DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "oh"];
 
 /** While a number is being confirmed the recognizer should expect yes/no or a new number. */
-export function confirmHints(base?: Pick<RecognitionHints, "minSilenceMs" | "maxSilenceMs">): RecognitionHints {
+export function confirmHints(base?: Pick<RecognitionHints, "minSilenceMs" | "maxSilenceMs" | "completeSilenceMs">): RecognitionHints {
   const hints: RecognitionHints = { mode: "phrases", phrases: ["yes", "no", "that's right", "correct", "wrong", ...DIGIT_WORDS] };
   if (base?.minSilenceMs !== undefined) hints.minSilenceMs = base.minSilenceMs;
   if (base?.maxSilenceMs !== undefined) hints.maxSilenceMs = base.maxSilenceMs;
+  if (base?.completeSilenceMs !== undefined) hints.completeSilenceMs = base.completeSilenceMs;
   return hints;
 }

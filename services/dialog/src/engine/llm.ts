@@ -112,6 +112,7 @@ export class LlmEngine implements DialogEngine<LlmState> {
     const endpointing = options.agent.endpointing;
     if (endpointing?.minSilenceMs !== undefined) this.hints.minSilenceMs = endpointing.minSilenceMs;
     if (endpointing?.maxSilenceMs !== undefined) this.hints.maxSilenceMs = endpointing.maxSilenceMs;
+    if (endpointing?.completeSilenceMs !== undefined) this.hints.completeSilenceMs = endpointing.completeSilenceMs;
   }
 
   initialState(): LlmState {

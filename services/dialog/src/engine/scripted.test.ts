@@ -101,6 +101,17 @@ describe("scripted engine: order line", () => {
     expect(c.outcome).toBe("greeting");
   });
 
+  it("passes the agent's complete-answer silence to the recognizer, and a state's own over it", async () => {
+    const raw = parseAgentText(readFileSync(orderLineFile, "utf8"), orderLineFile) as Record<string, any>;
+    raw.endpointing = { completeSilenceMs: 250 };
+    raw.states.ask_order.hints = { ...raw.states.ask_order.hints, completeSilenceMs: 0 };
+    const c = new Conversation(demoTools, new ScriptedEngine(validateAgent(raw, "order-line")));
+    expect(hints(await c.start())[0]).toMatchObject({ mode: "phrases", completeSilenceMs: 250 });
+    expect(hints(await c.key("1"))[0]).toMatchObject({ mode: "digits", completeSilenceMs: 0 });
+    // The order line as shipped leaves it to the asr.
+    expect(hints(await new Conversation().start())[0].completeSilenceMs).toBeUndefined();
+  });
+
   it("1 then 12345# looks the order up and reads the status back", async () => {
     const c = new Conversation();
     await c.start();

@@ -135,8 +135,10 @@ function compileState(name: string, config: StateConfig, agent: AgentConfig): Co
   // The state's own silences win over the agent's endpointing defaults.
   const minSilenceMs = config.hints?.minSilenceMs ?? agent.endpointing?.minSilenceMs;
   const maxSilenceMs = config.hints?.maxSilenceMs ?? agent.endpointing?.maxSilenceMs;
+  const completeSilenceMs = config.hints?.completeSilenceMs ?? agent.endpointing?.completeSilenceMs;
   if (minSilenceMs !== undefined) hints.minSilenceMs = minSilenceMs;
   if (maxSilenceMs !== undefined) hints.maxSilenceMs = maxSilenceMs;
+  if (completeSilenceMs !== undefined) hints.completeSilenceMs = completeSilenceMs;
   return { name, config, intents, keys, hints };
 }
 

@@ -21,6 +21,8 @@ export interface RecognitionHints {
   phrases: string[];
   minSilenceMs?: number;
   maxSilenceMs?: number;
+  /** Silence after which an utterance that is exactly one of the phrases ends; 0: never early; absent: the asr's. */
+  completeSilenceMs?: number;
 }
 
 export type ToolOutcome =
