@@ -77,8 +77,13 @@ interface Options {
  * (and the fake transcribes it so), so the complete-answer silence when it is on and below the minimum.
  */
 function endpointSilenceMs(options: Options): number {
-  const { completeSilenceMs, minSilenceMs } = options;
-  return completeSilenceMs > 0 && completeSilenceMs < minSilenceMs ? completeSilenceMs : minSilenceMs;
+  // --env overrides the bench's own settings in the services.
+  const setting = (name: string, value: number) => (options.env[name] === undefined ? value : Number(options.env[name]));
+  const minSilenceMs = setting("ASR_MIN_SILENCE_MS", options.minSilenceMs);
+  const completeSilenceMs = setting("ASR_COMPLETE_SILENCE_MS", options.completeSilenceMs);
+  // The fake transcription server gives no partials: the words come from an early final or not at all.
+  const early = setting("ASR_EARLY_FINAL_LEAD_MS", 350) > 0;
+  return early && completeSilenceMs > 0 && completeSilenceMs < minSilenceMs ? completeSilenceMs : minSilenceMs;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -1006,7 +1011,7 @@ async function main(): Promise<void> {
   );
   const speech = (await speechBurst()).map((frame) => Buffer.from(frame).toString("base64"));
   const silenceText = options.lineNoiseDbfs === undefined ? "digital silence" : `white noise at ${options.lineNoiseDbfs} dBFS RMS`;
-  console.log(`caller speech: "order status", ${speech.length * FRAME_MS} ms; endpoint silence ${endpointSilenceMs(options)} ms (minimum ${options.minSilenceMs}, an expected answer ${options.completeSilenceMs || "off"}); between words ${silenceText}`);
+  console.log(`caller speech: "order status", ${speech.length * FRAME_MS} ms; endpoint silence ${endpointSilenceMs(options)} ms (an expected answer; the minimum is ${options.env.ASR_MIN_SILENCE_MS ?? options.minSilenceMs}); between words ${silenceText}`);
   const phases = Math.round(FRAME_MS / options.tickMs);
   console.log(`callers' frames: ${phases === 1 ? "all calls in one burst every 20 ms" : `each call on its own 20 ms clock, sent on a ${options.tickMs} ms tick (${phases} phases)`}`);
   const results: RunResult[] = [];

@@ -72,15 +72,13 @@ interface OpenUtterance {
   hints: RecognitionHints;
   /** The answers the dialog state expects, as isCompleteAnswer compares them (undefined: none, never complete). */
   answers: Set<string> | undefined;
-  /**
-   * The words so far are one of the answers: the early recognition's (no speech since it was sent), or the latest
-   * partial's (a streaming engine revises it as more is said, so it stands until the next one).
-   */
+  /** The words so far are one of the answers: an early recognition's or a partial's, with no speech since. */
   complete: boolean;
   /** Everything given to the recognizer, kept only when early finals are on: an early recognizer replays it. */
   audio: Int16Array[] | undefined;
-  /** Silence into the utterance's silence at which it is recognized early. */
+  /** Silence into the utterance's silence at which it is recognized early (the first time: firstEarlyAtMs). */
   earlyAtMs: number;
+  firstEarlyAtMs: number;
   early: EarlyFinal | undefined;
   earlyTries: number;
 }
@@ -290,7 +288,10 @@ export class CallSession {
     switch (event.type) {
       case "audio":
         if (this.utterance) {
+          // Words heard before this speech are not all the caller says: a text counts only once it came after it.
+          if (speech) this.utterance.complete = false;
           this.push(this.utterance, event.frame.pcm);
+          if (!this.utterance) return;
           // Early finals only save time: a bug there must not cost the frame's end event (the final).
           try {
             this.followSilence(this.utterance, speech);
@@ -337,8 +338,10 @@ export class CallSession {
     const answers = hints.completeSilenceMs > 0 ? expectedAnswers(hints) : undefined;
     const completeSilenceMs = answers && hints.completeSilenceMs < hints.minSilenceMs ? hints.completeSilenceMs : 0;
     this.segmenter.setSilence(hints.minSilenceMs, hints.maxSilenceMs, completeSilenceMs);
-    // The early recognition must be in by the complete-answer silence to end the utterance there.
-    const earlyAtMs = Math.max(MIN_EARLY_SILENCE_MS, Math.min(hints.minSilenceMs - options.earlyFinalLeadMs, completeSilenceMs || Infinity));
+    const earlyAtMs = Math.max(MIN_EARLY_SILENCE_MS, hints.minSilenceMs - options.earlyFinalLeadMs);
+    // The first early recognition goes at the complete-answer silence if that is sooner, to end the utterance there;
+    // later ones (the caller went on) at the usual point, so pauses in a long answer cost one extra request at most.
+    const firstEarlyAtMs = completeSilenceMs > 0 ? Math.max(MIN_EARLY_SILENCE_MS, Math.min(earlyAtMs, completeSilenceMs)) : earlyAtMs;
     const early = options.earlyFinalLeadMs > 0 && engine.earlyFinals === true && earlyAtMs < hints.minSilenceMs;
     const open: OpenUtterance = {
       id,
@@ -351,6 +354,7 @@ export class CallSession {
       complete: false,
       audio: early ? [] : undefined,
       earlyAtMs,
+      firstEarlyAtMs,
       early: undefined,
       earlyTries: 0,
     };
@@ -392,7 +396,8 @@ export class CallSession {
     }
     // The segmenter has counted this frame already: the early point is crossed by the frame that reaches it.
     const silentMs = this.segmenter.silenceMs;
-    const crossed = silentMs >= open.earlyAtMs && silentMs - FRAME_MS < open.earlyAtMs;
+    const atMs = open.earlyTries === 0 ? open.firstEarlyAtMs : open.earlyAtMs;
+    const crossed = silentMs >= atMs && silentMs - FRAME_MS < atMs;
     if (!crossed || open.early || open.earlyTries >= MAX_EARLY_FINALS || !open.recognizer || open.failed) return;
     const { engine, metrics, log, options } = this.deps;
     // An utterance too short to recognize costs no request; nor does one while the cloud engine is cooling down
@@ -476,10 +481,14 @@ export class CallSession {
   private onPartial(open: OpenUtterance, full: string): void {
     const text = full.slice(0, MAX_TRANSCRIPT_CHARS);
     // Partials only while the caller is still talking; once the utterance ends the final supersedes them.
-    if (this.utterance !== open || this.stopped || open.failed || text === open.lastPartial) return;
+    if (this.utterance !== open || this.stopped || open.failed) return;
+    open.complete = isCompleteAnswer(text, open.answers);
+    if (text === open.lastPartial) {
+      if (open.complete) this.endIfComplete(open);
+      return;
+    }
     open.lastPartial = text;
     open.unfinished = looksUnfinished(text, this.deps.options.continuations);
-    open.complete = isCompleteAnswer(text, open.answers);
     const { bus, metrics } = this.deps;
     const label = open.recognizer?.activeEngine ?? this.deps.engine.label;
     const partial = Transcript.create({ callId: this.callId, utteranceId: open.id, text, isFinal: false, engine: label });

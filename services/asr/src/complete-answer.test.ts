@@ -5,9 +5,15 @@ describe("complete answers", () => {
   const answers = expectedAnswers({ mode: "phrases", phrases: ["order status", "Agent", "that's all", "no"] });
 
   it("is one of the state's answers word for word, whatever the case, punctuation or fillers", () => {
-    for (const text of ["order status", "Order status.", "um, order status please", "AGENT!", "That's all.", "no"]) {
+    for (const text of ["order status", "Order status.", "um, order status please", "AGENT!", "That's all.", "thats all", "no"]) {
       expect(isCompleteAnswer(text, answers), text).toBe(true);
     }
+  });
+
+  it("matches the dialog's phrases, which it writes without apostrophes", () => {
+    const menu = expectedAnswers({ mode: "phrases", phrases: ["thats all", "im done"] });
+    expect(isCompleteAnswer("That's all.", menu)).toBe(true);
+    expect(isCompleteAnswer("I'm done", menu)).toBe(true);
   });
 
   it("is not a longer or shorter sentence, or nothing", () => {

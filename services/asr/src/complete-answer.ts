@@ -1,5 +1,5 @@
 // "Has the caller already said all they will?" from the words so far: in a state that expects one of a few answers
-// ("order status", "agent", "no"), an utterance that is exactly one of them is over, and waiting out the full
+// ("order status", "agent", "goodbye"), an utterance that is exactly one of them is over, and waiting out the full
 // endpoint silence (600 ms) only delays the reply. It ends after a shorter silence instead (ASR_COMPLETE_SILENCE_MS).
 import { words } from "./continuation.js";
 
@@ -9,9 +9,13 @@ const DIGIT_WORD = /^(?:\d+|zero|oh|one|two|three|four|five|six|seven|eight|nine
 /** Sounds and politeness that do not change which answer was given. */
 const FILLERS = new Set(["um", "uh", "er", "erm", "hmm", "mm", "please"]);
 
-/** An answer as compared: its words in lower case, fillers left out, joined by single spaces. */
+/**
+ * An answer as compared: its words in lower case without apostrophes (the dialog writes "thats all", the engine hears
+ * "That's all."), fillers left out, joined by single spaces.
+ */
 function answerKey(text: string): string {
   return words(text)
+    .map((word) => word.replace(/'/g, ""))
     .filter((word) => !FILLERS.has(word))
     .join(" ");
 }

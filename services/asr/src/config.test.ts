@@ -20,6 +20,13 @@ describe("asr configuration", () => {
     expect(config.session.segmenter).toMatchObject({ startMs: 40, minSilenceMs: 600, maxSilenceMs: 1500 });
     expect(config.fallback).toEqual({ timeoutMs: 3000, cooldownMs: 30_000 });
     expect(config.session.continuations).toContainEqual(["order", "number"]);
+    expect(config.session.completeSilenceMs).toBe(300);
+  });
+
+  it("takes ASR_COMPLETE_SILENCE_MS as 0 (off) or at least 200 ms", () => {
+    expect(read({ ASR_COMPLETE_SILENCE_MS: "0" }).session.completeSilenceMs).toBe(0);
+    expect(read({ ASR_COMPLETE_SILENCE_MS: "250" }).session.completeSilenceMs).toBe(250);
+    expect(() => read({ ASR_COMPLETE_SILENCE_MS: "150" })).toThrow(/ASR_COMPLETE_SILENCE_MS=150 must be 0 \(off\) or at least 200/);
   });
 
   it("reads ASR_ENGINES as an ordered failover list, with each listed engine's settings", () => {

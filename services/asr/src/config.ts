@@ -53,6 +53,13 @@ function readVadConfig(env: EnvReader): VadConfig {
   };
 }
 
+/** ASR_COMPLETE_SILENCE_MS: 0 (off) or at least 200 ms (a breath is not an end). */
+function completeSilence(env: EnvReader): number {
+  const ms = env.int("ASR_COMPLETE_SILENCE_MS", 300, { min: 0, max: 10_000 });
+  if (ms > 0 && ms < 200) env.problem(`ASR_COMPLETE_SILENCE_MS=${ms} must be 0 (off) or at least 200`);
+  return ms;
+}
+
 export function readAsrConfig(env: EnvReader): AsrConfig {
   const vad = readVadConfig(env);
   const minSilenceMs = env.int("ASR_MIN_SILENCE_MS", 600, { min: 100, max: 10_000 });
@@ -75,7 +82,7 @@ export function readAsrConfig(env: EnvReader): AsrConfig {
       // 0 turns it off; only engines that recognize at the end (cloud uploads) are ever run early.
       earlyFinalLeadMs: env.int("ASR_EARLY_FINAL_LEAD_MS", 350, { min: 0, max: 10_000 }),
       // 0 turns it off; only engines that say what was said before the end (early finals, partials) can use it.
-      completeSilenceMs: env.int("ASR_COMPLETE_SILENCE_MS", 300, { min: 0, max: 10_000 }),
+      completeSilenceMs: completeSilence(env),
       gapFillMaxMs: env.int("ASR_GAP_FILL_MAX_MS", 1_000, { min: 0, max: 10_000 }),
       // "none" turns the longer wait off.
       continuations: continuations?.trim().toLowerCase() === "none" ? [] : parseContinuations(continuations ? continuations.split(",") : DEFAULT_CONTINUATIONS),

@@ -247,6 +247,27 @@ describe("complete answers (ASR_COMPLETE_SILENCE_MS, default 300)", () => {
     expect(final.endpointWaitMs).toBeLessThan(570);
   });
 
+  it("sends only the first early recognition at the complete-answer silence; after the caller goes on, the usual point", async () => {
+    // A state with a long minimum silence (1500 ms: the early point is at 1150): a pause inside the answer costs one
+    // extra upload, not one per pause.
+    answer = (request) => ({ text: `order status and more ${request.file.wav.dataBytes}`, delayMs: 20 });
+    const first = trimmed(await synthesizeTo8kPcm("order status", "slt"));
+    const second = trimmed(await synthesizeTo8kPcm("for my last order", "slt"));
+    const pause = lineNoise(450, 7);
+    const pcm = new Int16Array(first.length + pause.length + second.length);
+    pcm.set(first, 0);
+    pcm.set(pause, first.length);
+    pcm.set(second, first.length + pause.length);
+    const { call, uploads } = await speakUntilFinal("asr-complete", pcm, 2200, { ...orderLine, minSilenceMs: 1500 });
+    await store.endCall(call.callId, "test");
+    expect(uploads).toHaveLength(2);
+    const stopped = call.speech.find((a) => a.kind === SpeechActivity_Kind.KIND_STOPPED)!;
+    // The first went out in the pause, before the second part's last sound; the second 1150 ms into the final silence.
+    expect(uploads[0].request.at).toBeLessThan(stopped.atMs - 500);
+    expect(uploads[1].request.at - stopped.atMs).toBeGreaterThanOrEqual(1100);
+    expect(call.transcripts.find((t) => t.isFinal)!.endpointWaitMs).toBeGreaterThanOrEqual(1480);
+  });
+
   it("waits the full minimum silence for words that are not one of the answers, in a digits or free-text state, and where the state turns it off", async () => {
     const silenceBefore = await ended("silence");
     const cases = [

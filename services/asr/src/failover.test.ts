@@ -69,6 +69,12 @@ const finals = (transcripts: Transcript[]) => transcripts.filter((t) => t.isFina
 /** flite pads each clip with ~250 ms of silence: the caller pauses for ~800 ms between the two. */
 const PAUSE_MS = 300;
 
+/** Speech without the synthesizer's own leading and trailing silence. */
+function trimmed(pcm: Int16Array): Int16Array {
+  const loud = (x: number) => Math.abs(x) > 300;
+  return pcm.slice(pcm.findIndex(loud), pcm.findLastIndex(loud) + 1);
+}
+
 /** Two stretches of speech with `pauseMs` of line noise between them, as 20 ms μ-law frames. */
 function twoPartFrames(first: Int16Array, second: Int16Array, pauseMs: number): Uint8Array[] {
   const pause = lineNoise(pauseMs, 7);
@@ -193,17 +199,36 @@ describe("asr service with ASR_ENGINES=assemblyai,pocketsphinx", () => {
     await store.endCall(callId, "test");
   });
 
-  it("ends after 300 ms of silence when the latest partial is one of the state's answers", async () => {
-    script = { text: "agent", msPerWord: 50 };
-    const a = await startReplica("asr-complete");
-    const { callId, transcripts } = await ownedCall("asr-complete");
-    await streamAudio(bus, callId, utteranceFrames(await synthesizeTo8kPcm("agent", "slt")), 0);
-    const [final] = await waitFor(() => (finals(transcripts).length ? finals(transcripts) : undefined), { what: "the final", timeoutMs: 10_000 });
-    expect(final).toMatchObject({ text: "agent", engine: "assemblyai" });
-    expect(final.endpointWaitMs).toBeGreaterThanOrEqual(280);
-    expect(final.endpointWaitMs).toBeLessThan(420);
-    expect(await metric(a, "voicebot_asr_utterances_total", { end: "complete" })).toBe(1);
-    await store.endCall(callId, "test");
+  describe("complete answers from partials", () => {
+    /** "agent" said, with the fake's partial "agent" revealed `revealMs` after the caller's last sound. */
+    async function agentSaid(instance: string, revealMs: number) {
+      const speech = trimmed(await synthesizeTo8kPcm("agent", "slt"));
+      // The engine hears the utterance from 300 ms of pre-roll before the onset on.
+      script = { text: "agent", msPerWord: Math.max(1, 300 + (speech.length / 8000) * 1000 + revealMs) };
+      const a = await startReplica(instance);
+      const { callId, transcripts } = await ownedCall(instance);
+      await streamAudio(bus, callId, utteranceFrames(speech), 0);
+      const [final] = await waitFor(() => (finals(transcripts).length ? finals(transcripts) : undefined), { what: "the final", timeoutMs: 10_000 });
+      await store.endCall(callId, "test");
+      return { final, complete: await metric(a, "voicebot_asr_utterances_total", { end: "complete" }) };
+    }
+
+    it("ends after 300 ms of silence when a partial that came in the silence is one of the state's answers", async () => {
+      // As a streaming engine's last word comes: once the next audio shows it is over.
+      const { final, complete } = await agentSaid("asr-complete", 150);
+      expect(final).toMatchObject({ text: "agent", engine: "assemblyai" });
+      expect(final.endpointWaitMs).toBeGreaterThanOrEqual(280);
+      expect(final.endpointWaitMs).toBeLessThan(480);
+      expect(complete).toBe(1);
+    });
+
+    it("does not count a partial that came while the caller was still speaking", async () => {
+      // The whole answer was there before the caller's last sound: what followed might have been more words.
+      const { final, complete } = await agentSaid("asr-complete-stale", -250);
+      expect(final.text).toBe("agent");
+      expect(final.endpointWaitMs).toBeGreaterThanOrEqual(580);
+      expect(complete).toBe(0);
+    });
   });
 
   it("ends at the minimum silence when the partial reads as complete", async () => {

@@ -171,7 +171,7 @@ export class IngressMetrics {
     });
     this.amdActionsAtStreamStart = new Counter({
       name: "voicebot_ingress_amd_actions_at_stream_start_total",
-      help: "Answering machine verdicts that came before their call's stream (amd_verdicts_total outcome before_stream), acted on when the stream started: voicemail (the agent's message is left) or hung_up",
+      help: "Answering machine verdicts acted on when their call's stream started (those that came before it: amd_verdicts_total outcome before_stream; one racing the stream's start may be acted on by both, the message still left once): voicemail (the agent's message is left) or hung_up",
       labelNames: ["answered_by", "outcome"],
       registers,
     });

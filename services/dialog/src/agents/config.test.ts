@@ -221,7 +221,8 @@ describe("agent config validation", () => {
       { name: "c", description: "x", timeoutMs: 5 },
     ];
     raw.llm = { systemPrompt: "", tools: ["a", "nope"], temperature: 3, apiKeyEnv: "lower", baseUrl: "ftp://x" };
-    raw.endpointing = { minSilenceMs: 900, maxSilenceMs: 400 };
+    raw.endpointing = { minSilenceMs: 900, maxSilenceMs: 400, completeSilenceMs: 900 };
+    raw.states = { ...raw.states, menu: { ...raw.states.menu, hints: { completeSilenceMs: 150 } } };
     expect(problemsOf(raw)).toEqual(
       expect.arrayContaining([
         expect.stringContaining("tools[0].name: must be a tool name"),
@@ -236,6 +237,8 @@ describe("agent config validation", () => {
         expect.stringContaining("llm.apiKeyEnv: must be an environment variable name"),
         expect.stringContaining("llm.baseUrl: must be an http(s) URL"),
         expect.stringContaining("endpointing: minSilenceMs is more than maxSilenceMs"),
+        expect.stringContaining("endpointing.completeSilenceMs: must be below minSilenceMs, or it never applies"),
+        expect.stringContaining("states.menu.hints.completeSilenceMs: must be 0 (off) or at least 200"),
       ]),
     );
   });

@@ -330,13 +330,23 @@ class Validator {
     return value;
   }
 
+  /** completeSilenceMs: 0 (never early) or 200 ms up to, and below, the minimum silence given beside it. */
+  private completeSilence(raw: unknown, path: string, minSilenceMs: unknown): number | undefined {
+    if (raw === undefined) return undefined;
+    const ms = this.int(raw, `${path}.completeSilenceMs`, 0, 10_000);
+    if (ms === undefined) return undefined;
+    if (ms > 0 && ms < 200) this.problem(`${path}.completeSilenceMs`, "must be 0 (off) or at least 200");
+    if (ms > 0 && typeof minSilenceMs === "number" && ms >= minSilenceMs) this.problem(`${path}.completeSilenceMs`, "must be below minSilenceMs, or it never applies");
+    return ms;
+  }
+
   private endpointing(raw: unknown, path: string): Endpointing | undefined {
     const obj = this.object(raw, path, ["minSilenceMs", "maxSilenceMs", "completeSilenceMs"]);
     if (!obj) return undefined;
     const endpointing: Endpointing = {
       minSilenceMs: obj.minSilenceMs === undefined ? undefined : this.int(obj.minSilenceMs, `${path}.minSilenceMs`, 0, 10_000),
       maxSilenceMs: obj.maxSilenceMs === undefined ? undefined : this.int(obj.maxSilenceMs, `${path}.maxSilenceMs`, 0, 30_000),
-      completeSilenceMs: obj.completeSilenceMs === undefined ? undefined : this.int(obj.completeSilenceMs, `${path}.completeSilenceMs`, 0, 10_000),
+      completeSilenceMs: this.completeSilence(obj.completeSilenceMs, path, obj.minSilenceMs),
     };
     if (endpointing.minSilenceMs !== undefined && endpointing.maxSilenceMs !== undefined && endpointing.minSilenceMs > endpointing.maxSilenceMs) {
       this.problem(path, "minSilenceMs is more than maxSilenceMs");
@@ -545,7 +555,7 @@ class Validator {
       phrases: obj.phrases === undefined ? undefined : this.strings(obj.phrases, `${path}.phrases`),
       minSilenceMs: obj.minSilenceMs === undefined ? undefined : this.int(obj.minSilenceMs, `${path}.minSilenceMs`, 0, 10_000),
       maxSilenceMs: obj.maxSilenceMs === undefined ? undefined : this.int(obj.maxSilenceMs, `${path}.maxSilenceMs`, 0, 30_000),
-      completeSilenceMs: obj.completeSilenceMs === undefined ? undefined : this.int(obj.completeSilenceMs, `${path}.completeSilenceMs`, 0, 10_000),
+      completeSilenceMs: this.completeSilence(obj.completeSilenceMs, path, obj.minSilenceMs),
     };
     if (hints.minSilenceMs !== undefined && hints.maxSilenceMs !== undefined && hints.minSilenceMs > hints.maxSilenceMs) {
       this.problem(path, "minSilenceMs is more than maxSilenceMs");

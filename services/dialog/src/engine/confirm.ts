@@ -34,6 +34,8 @@ export function confirmHints(base?: Pick<RecognitionHints, "minSilenceMs" | "max
   const hints: RecognitionHints = { mode: "phrases", phrases: ["yes", "no", "that's right", "correct", "wrong", ...DIGIT_WORDS] };
   if (base?.minSilenceMs !== undefined) hints.minSilenceMs = base.minSilenceMs;
   if (base?.maxSilenceMs !== undefined) hints.maxSilenceMs = base.maxSilenceMs;
-  if (base?.completeSilenceMs !== undefined) hints.completeSilenceMs = base.completeSilenceMs;
+  // "No [pause] 4 5 6 7 8" is one answer: ending it after "no" would cut the number off. Only an agent that asks for
+  // it ends "yes" early here.
+  hints.completeSilenceMs = base?.completeSilenceMs ?? 0;
   return hints;
 }

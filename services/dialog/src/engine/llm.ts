@@ -545,7 +545,7 @@ class LlmTurn {
     const line = keyOnly ? keyItInPrompt() : CORRECTION_PROMPT;
     const turnId = this.say(line, { cacheable: true });
     this.state.history.push({ role: "assistant", content: line, turnId });
-    this.io.setHints({ ...this.engine.recognitionHints, mode: "phrases", phrases: confirmHints().phrases });
+    this.io.setHints(confirmHints(this.engine.recognitionHints));
     return { outcome: keyOnly ? "reprompt" : "confirm_rejected" };
   }
 
