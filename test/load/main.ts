@@ -146,7 +146,7 @@ function parseArgs(argv: string[]): Options {
         options.minSilenceMs = parseDuration(value());
         break;
       case "--complete-silence":
-        options.completeSilenceMs = parseDuration(value());
+        options.completeSilenceMs = int();
         break;
       case "--asr-engine-ms":
         options.asrEngineMs = int();
@@ -217,7 +217,7 @@ function parseArgs(argv: string[]): Options {
       case "--help":
       case "-h":
         console.log(`usage: bench:load [--calls 150] [--duration 60s] [--ramp max(5s, calls/50 s)] [--call-length 60s] [--asr-engine-ms 0] [--line-noise -65] [--tick-ms 5]
-       [--min-silence 600] [--complete-silence 300 (0: off)]
+       [--min-silence 600ms] [--complete-silence 300 (ms; 0: off)]
        bench:load --find-max [--start 100] [--step 100] [--max 1500] [--duration 30s] [--all-steps]
        [--vad silero|energy] [--env NAME=value] [--node-args "..."] [--quiet-below 0.3] [--outside-nice -10] [--p99-limit 20] [--gap-limit 40] [--profile asr,ingress] [--json file] [--keep]`);
         process.exit(0);
