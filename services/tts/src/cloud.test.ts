@@ -12,6 +12,7 @@ import {
   startFakeOpenAISpeech,
   startNats,
   startRedis,
+  startServiceProcess,
   waitFor,
   type FakeElevenLabs,
   type FakeOpenAISpeech,
@@ -241,6 +242,57 @@ describe("tts with TTS_ENGINES=openai,elevenlabs: a stream that breaks off mid-s
       expect(elevenlabs.speeches.at(-1)!.text).toBe(SENTENCE); // under a second said: the sentence again
       expect(await metric(tts, "voicebot_tts_failovers_total", { from: "openai", reason })).toBe(before + 1);
       expect(await openai.speeches.at(-1)!.delivery.ended).toBe("client-closed");
+    }
+  });
+});
+
+describe("tts with TTS_ENGINES=openai,elevenlabs in its own process, frozen mid-sentence", () => {
+  it("does not take its own stall for the engine's: no failover when the process could not run for longer than TTS_STALL_MS and TTS_MAX_LAG_MS", async () => {
+    // A CPU-throttled or paused pod: SIGSTOP while openai streams (2x real time); its audio waits in the socket.
+    const tts = await startServiceProcess("tts", {
+      NATS_URL: nats.url,
+      REDIS_URL: redis.url,
+      LOG_LEVEL: "info",
+      TTS_ENGINES: "openai,elevenlabs",
+      TTS_OPENAI_BASE_URL: openai.baseUrl,
+      TTS_OPENAI_API_KEY: OPENAI_KEY,
+      ELEVENLABS_BASE_URL: elevenlabs.baseUrl,
+      ELEVENLABS_API_KEY: ELEVENLABS_KEY,
+      TTS_STALL_MS: "1000",
+      TTS_MAX_LAG_MS: "500",
+      TTS_ENGINE_COOLDOWN_MS: "0",
+    });
+    try {
+      openaiReply = () => ({ intervalMs: 50 });
+      const askedElevenLabs = elevenlabs.speeches.length;
+      const callId = `CA${randomUUID().replace(/-/g, "")}`;
+      const parts: BotAudio[] = [];
+      const failures: SynthesisFailed[] = [];
+      const subs = [
+        client.subscribe(subjects.botAudio(callId), BotAudio, (m) => void parts.push(m), { name: "test-audio" }),
+        client.subscribe(subjects.ttsFailed(callId), SynthesisFailed, (m) => void failures.push(m), { name: "test-failed" }),
+      ];
+      await client.nc.flush();
+      const request = SpeakRequest.create({ callId, turnId: "t1", chunkSeq: 0, text: SENTENCE, turnDone: true, format: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 } });
+      client.publish(subjects.ttsSpeak, SpeakRequest, request, callId);
+      await waitFor(() => parts.length > 0, { what: "the first audio" });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      tts.process.kill("SIGSTOP");
+      await new Promise((resolve) => setTimeout(resolve, 1_600));
+      tts.process.kill("SIGCONT");
+      await waitFor(() => parts.some((p) => p.chunkDone) || failures.length > 0, { what: "the chunk to finish" });
+      subs.forEach((s) => s.unsubscribe());
+
+      expect(failures).toEqual([]);
+      expect(elevenlabs.speeches.length).toBe(askedElevenLabs);
+      const seconds = Buffer.concat(parts.map((p) => p.payload)).length / 8000;
+      expect(seconds).toBeCloseTo((await fliteSpeech(SENTENCE, 8000)).length / 8000, 0);
+      const metrics = await (await fetch(`${tts.baseUrl}/metrics`)).text();
+      expect(metrics).not.toMatch(/^voicebot_tts_failovers_total\{/m);
+      expect(metrics).toMatch(/^voicebot_tts_chunks_total\{[^}]*engine="openai"[^}]*outcome="ok"[^}]*\} 1$/m);
+    } finally {
+      openaiReply = () => ({});
+      await tts.terminate();
     }
   });
 });

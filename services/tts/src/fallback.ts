@@ -1,6 +1,7 @@
 import { Resampler } from "@voicebot/audio";
 import { errorText } from "@voicebot/bus";
 import type { TtsEngine } from "./engine.js";
+import { processLoopStalls } from "./loop-stalls.js";
 
 type EngineRequest = Parameters<TtsEngine["synthesize"]>[0];
 
@@ -37,6 +38,8 @@ export interface FallbackOptions {
   /** An engine began or ended a cool-down. */
   onHealth?: (engine: TtsEngine, healthy: boolean) => void;
   now?: () => number;
+  /** How long this process's event loop has stalled in all (LoopStalls): time the watchdogs do not charge to an engine. */
+  loopStalledMs?: () => number;
 }
 
 /** An engine's answer that refused the request itself (HTTP 400, 404, 422), as the engines word their errors. */
@@ -140,6 +143,7 @@ export class FallbackEngine implements TtsEngine {
       let iterator: AsyncIterator<Int16Array> | undefined;
       let samples = 0;
       let firstAudioAt = 0;
+      let stalledAtFirstAudio = 0;
       // Slow audio is better than none: its pace is watched only with an engine after it to take the rest.
       const maxLagMs = failover && position < engines.length - 1 ? (this.options.maxLagMs ?? 0) : 0;
       try {
@@ -152,6 +156,7 @@ export class FallbackEngine implements TtsEngine {
           if (next.value.length === 0) continue;
           if (samples === 0) {
             firstAudioAt = this.now();
+            stalledAtFirstAudio = this.loopStalledMs();
             this.healthy(engine);
             request.onEngine?.(engine.label, index, continuing);
           }
@@ -159,7 +164,8 @@ export class FallbackEngine implements TtsEngine {
           const pcm = resampler ? resampler.push(next.value) : next.value;
           if (pcm.length > 0) yield pcm;
           if (maxLagMs > 0) {
-            const lagMs = this.now() - firstAudioAt - (samples / engine.sampleRate) * 1000;
+            // Our own stalls are not the engine's: its audio waited in the socket meanwhile.
+            const lagMs = this.now() - firstAudioAt - (this.loopStalledMs() - stalledAtFirstAudio) - (samples / engine.sampleRate) * 1000;
             if (lagMs > maxLagMs && unsaidRest(text, samples / engine.sampleRate, request.rate)) throw new EngineTooSlowError(engine.label, Math.round(lagMs));
           }
         }
@@ -222,6 +228,10 @@ export class FallbackEngine implements TtsEngine {
     return (this.options.now ?? Date.now)();
   }
 
+  private loopStalledMs(): number {
+    return this.options.loopStalledMs ? this.options.loopStalledMs() : processLoopStalls().stalledMs;
+  }
+
   /** The engine's next piece of audio, unless it stalls or the caller cancels first. */
   private nextWithin(
     iterator: AsyncIterator<Int16Array>,
@@ -233,7 +243,16 @@ export class FallbackEngine implements TtsEngine {
     let timer: NodeJS.Timeout | undefined;
     let onAbort: (() => void) | undefined;
     const stopped = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new EngineStalledError(engine.label, this.options.stallMs)), this.options.stallMs);
+      // The engine gets stallMs of time this process could run: audio that came while it stalled is in the socket,
+      // to be read once the timers (this one among them) have run.
+      let stalledBefore = this.loopStalledMs();
+      const expire = () => {
+        const stalled = this.loopStalledMs() - stalledBefore;
+        if (stalled < 1) return reject(new EngineStalledError(engine.label, this.options.stallMs));
+        stalledBefore += stalled;
+        timer = setTimeout(expire, stalled);
+      };
+      timer = setTimeout(expire, this.options.stallMs);
       if (cancel) {
         onAbort = () => reject(abortError(cancel));
         cancel.addEventListener("abort", onAbort, { once: true });
