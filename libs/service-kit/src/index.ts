@@ -5,3 +5,4 @@ export * from "./service.js";
 export * from "./api-client.js";
 export * from "./link-failure.js";
 export * from "./deadline.js";
+export * from "./loop-stalls.js";

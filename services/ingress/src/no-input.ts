@@ -6,9 +6,11 @@
 // is comes with each bot turn (the dialog state's wait, e.g. longer while the caller looks for a card number), else
 // NO_INPUT_MS.
 
+import { RunnableTimer } from "@voicebot/service-kit";
+
 /** One call's timer. Any activity restarts it; it runs only while nobody speaks. */
 export class NoInputTimer {
-  private timer: NodeJS.Timeout | undefined;
+  private timer: RunnableTimer | undefined;
   private botSpeaking = false;
   private callerSpeaking = false;
   private closed = false;
@@ -73,7 +75,8 @@ export class NoInputTimer {
     this.disarm();
     // Nothing to prompt again before the first turn (the greeting) has begun.
     if (this.closed || this.waitMs <= 0 || this.botSpeaking || this.callerSpeaking || !this.lastTurnId) return;
-    this.timer = setTimeout(() => {
+    // Time this replica could run: the caller's frames that came while it stalled wait in the socket (RunnableTimer).
+    this.timer = new RunnableTimer(this.waitMs, () => {
       this.timer = undefined;
       if (this.closed) return;
       if (this.botTalking()) return this.restart(); // another turn plays on: its end starts the wait again
@@ -81,11 +84,11 @@ export class NoInputTimer {
       // Still silent after the reprompt's own turn would restart it; if the dialog sends nothing (the input was
       // stale), the caller is asked again after another wait rather than never.
       this.restart();
-    }, this.waitMs);
+    });
   }
 
   private disarm(): void {
-    clearTimeout(this.timer);
+    this.timer?.clear();
     this.timer = undefined;
   }
 }

@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { mulawEncode, parseWav, resample } from "@voicebot/audio";
+import { RunnableTimer } from "@voicebot/service-kit";
 
 /** The shipped clip: flite (voice slt) saying DEFAULT_NO_SILENCE_TEXT, μ-law 8 kHz (see the README to redo it). */
 export const DEFAULT_NO_SILENCE_FILE = fileURLToPath(new URL("../assets/no-silence.wav", import.meta.url));
@@ -49,7 +50,7 @@ export interface InputEnd {
  * the input's end.
  */
 export class SilenceGuard {
-  private timer: NodeJS.Timeout | undefined;
+  private timer: RunnableTimer | undefined;
   private readonly knownTurns = new Set<string>();
   private closed = false;
   /** Events seen so far (input ends, new turns): their order. */
@@ -78,14 +79,15 @@ export class SilenceGuard {
     if (this.deadlineMs <= 0 || this.closed) return;
     if (this.lastTurnSeq > end.seq) return; // a turn began after this input ended: it is being answered
     if (this.timer && this.armedFor && this.armedFor.seq > end.seq) return; // a later input already set the deadline
-    clearTimeout(this.timer);
+    this.timer?.clear();
     this.armedFor = end;
     const remaining = Math.max(0, end.atMs + this.deadlineMs - performance.now());
-    this.timer = setTimeout(() => {
+    // Time this replica could run: bot audio that came while it stalled waits in the socket (RunnableTimer).
+    this.timer = new RunnableTimer(remaining, () => {
       this.timer = undefined;
       this.armedFor = undefined;
       if (!this.closed) this.onSilence(input);
-    }, remaining);
+    });
   }
 
   /** Bot audio of `turnId` arrived: a new turn means the pipeline answered. */
@@ -103,7 +105,7 @@ export class SilenceGuard {
   }
 
   private disarm(): void {
-    clearTimeout(this.timer);
+    this.timer?.clear();
     this.timer = undefined;
     this.armedFor = undefined;
   }

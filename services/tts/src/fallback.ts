@@ -1,7 +1,7 @@
 import { Resampler } from "@voicebot/audio";
 import { errorText } from "@voicebot/bus";
+import { processLoopStalls, RunnableTimer } from "@voicebot/service-kit";
 import type { TtsEngine } from "./engine.js";
-import { processLoopStalls } from "./loop-stalls.js";
 
 type EngineRequest = Parameters<TtsEngine["synthesize"]>[0];
 
@@ -38,8 +38,6 @@ export interface FallbackOptions {
   /** An engine began or ended a cool-down. */
   onHealth?: (engine: TtsEngine, healthy: boolean) => void;
   now?: () => number;
-  /** How long this process's event loop has stalled in all (LoopStalls): time the watchdogs do not charge to an engine. */
-  loopStalledMs?: () => number;
 }
 
 /** An engine's answer that refused the request itself (HTTP 400, 404, 422), as the engines word their errors. */
@@ -228,8 +226,9 @@ export class FallbackEngine implements TtsEngine {
     return (this.options.now ?? Date.now)();
   }
 
+  /** How long this process's event loop has stalled in all: time the watchdogs do not charge to an engine. */
   private loopStalledMs(): number {
-    return this.options.loopStalledMs ? this.options.loopStalledMs() : processLoopStalls().stalledMs;
+    return processLoopStalls().stalledMs;
   }
 
   /** The engine's next piece of audio, unless it stalls or the caller cancels first. */
@@ -240,26 +239,18 @@ export class FallbackEngine implements TtsEngine {
   ): Promise<IteratorResult<Int16Array>> {
     const next = iterator.next();
     next.catch(() => undefined); // a late failure of an abandoned attempt is not an unhandled rejection
-    let timer: NodeJS.Timeout | undefined;
+    let timer: RunnableTimer | undefined;
     let onAbort: (() => void) | undefined;
     const stopped = new Promise<never>((_, reject) => {
-      // The engine gets stallMs of time this process could run: audio that came while it stalled is in the socket,
-      // to be read once the timers (this one among them) have run.
-      let stalledBefore = this.loopStalledMs();
-      const expire = () => {
-        const stalled = this.loopStalledMs() - stalledBefore;
-        if (stalled < 1) return reject(new EngineStalledError(engine.label, this.options.stallMs));
-        stalledBefore += stalled;
-        timer = setTimeout(expire, stalled);
-      };
-      timer = setTimeout(expire, this.options.stallMs);
+      // Time this replica could run: audio that came while it stalled waits in the socket (RunnableTimer).
+      timer = new RunnableTimer(this.options.stallMs, () => reject(new EngineStalledError(engine.label, this.options.stallMs)));
       if (cancel) {
         onAbort = () => reject(abortError(cancel));
         cancel.addEventListener("abort", onAbort, { once: true });
       }
     });
     return Promise.race([next, stopped]).finally(() => {
-      clearTimeout(timer);
+      timer?.clear();
       if (onAbort) cancel?.removeEventListener("abort", onAbort);
     });
   }

@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { errorText, type Logger } from "@voicebot/bus";
-import { apiDispatcher, type ApiKeepWarm } from "@voicebot/service-kit";
+import { apiDispatcher, RunnableTimer, type ApiKeepWarm } from "@voicebot/service-kit";
 import OpenAI, { APIConnectionError, APIError, APIUserAbortError } from "openai";
 import type { DialogMetrics } from "../metrics.js";
 import type { CircuitBreaker } from "./breaker.js";
@@ -174,14 +174,14 @@ export class OpenAiCompleter implements LlmCompleter {
     const onCancel = () => fail(new LlmError("cancelled", "the caller barged in"));
     if (handlers.signal?.aborted) onCancel();
     handlers.signal?.addEventListener("abort", onCancel);
-    // Both deadlines race the SDK (whose retry back-off does not watch the abort signal).
-    const firstTokenTimer = setTimeout(
-      () => fail(new LlmError("first_token_timeout", `no token within ${settings.firstTokenTimeoutMs} ms`)),
-      settings.firstTokenTimeoutMs,
+    // Both deadlines race the SDK (whose retry back-off does not watch the abort signal). They count time this replica
+    // could run: tokens that came while it stalled wait in the socket (RunnableTimer).
+    const firstTokenTimer = new RunnableTimer(settings.firstTokenTimeoutMs, () =>
+      fail(new LlmError("first_token_timeout", `no token within ${settings.firstTokenTimeoutMs} ms`)),
     );
-    const totalTimer = setTimeout(() => fail(new LlmError("timeout", `answer not complete within ${settings.timeoutMs} ms`)), settings.timeoutMs);
+    const totalTimer = new RunnableTimer(settings.timeoutMs, () => fail(new LlmError("timeout", `answer not complete within ${settings.timeoutMs} ms`)));
     // Started by the first token: a stream that stops mid-answer must not leave the caller waiting for the total deadline.
-    let stallTimer: NodeJS.Timeout | undefined;
+    let stallTimer: RunnableTimer | undefined;
 
     let text = "";
     let finishReason = "";
@@ -195,10 +195,9 @@ export class OpenAiCompleter implements LlmCompleter {
         return;
       }
       firstTokenMs = Date.now() - started;
-      clearTimeout(firstTokenTimer);
-      stallTimer = setTimeout(
-        () => fail(new LlmError("stalled", `no content or tool call for ${settings.stallTimeoutMs} ms mid-answer`)),
-        settings.stallTimeoutMs,
+      firstTokenTimer.clear();
+      stallTimer = new RunnableTimer(settings.stallTimeoutMs, () =>
+        fail(new LlmError("stalled", `no content or tool call for ${settings.stallTimeoutMs} ms mid-answer`)),
       );
       metrics.llmFirstToken.observe({ model: settings.model }, firstTokenMs / 1000);
       handlers.onFirstToken?.(firstTokenMs);
@@ -257,9 +256,9 @@ export class OpenAiCompleter implements LlmCompleter {
       if (failure) throw failure;
       throw classify(error);
     } finally {
-      clearTimeout(firstTokenTimer);
-      clearTimeout(totalTimer);
-      clearTimeout(stallTimer);
+      firstTokenTimer.clear();
+      totalTimer.clear();
+      stallTimer?.clear();
       handlers.signal?.removeEventListener("abort", onCancel);
     }
     // The SDK ends the iteration quietly when its request is aborted.
