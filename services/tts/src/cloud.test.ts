@@ -85,8 +85,15 @@ const startTts = (env: Record<string, string>) =>
     },
   );
 
-/** Speaks one chunk on a new call and returns its BotAudio parts once the chunk is done. */
-async function speakChunk(text: string, cacheable = false): Promise<{ parts: BotAudio[]; failures: SynthesisFailed[] }> {
+/**
+ * Speaks one chunk on a new call and returns its BotAudio parts once the chunk is done; `meanwhile` runs as soon as
+ * the request is out, with the parts as they come.
+ */
+async function speakChunk(
+  text: string,
+  cacheable = false,
+  meanwhile?: (parts: BotAudio[]) => Promise<void>,
+): Promise<{ parts: BotAudio[]; failures: SynthesisFailed[] }> {
   const callId = `CA${randomUUID().replace(/-/g, "")}`;
   const parts: BotAudio[] = [];
   const failures: SynthesisFailed[] = [];
@@ -97,6 +104,7 @@ async function speakChunk(text: string, cacheable = false): Promise<{ parts: Bot
   await client.nc.flush();
   const request = SpeakRequest.create({ callId, turnId: "t1", chunkSeq: 0, text, turnDone: true, cacheable, format: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 } });
   client.publish(subjects.ttsSpeak, SpeakRequest, request, callId);
+  await meanwhile?.(parts);
   await waitFor(() => parts.some((p) => p.chunkDone) || failures.length > 0, { what: "the chunk to finish" });
   subs.forEach((s) => s.unsubscribe());
   return { parts, failures };
@@ -265,23 +273,13 @@ describe("tts with TTS_ENGINES=openai,elevenlabs in its own process, frozen mid-
     try {
       openaiReply = () => ({ intervalMs: 50 });
       const askedElevenLabs = elevenlabs.speeches.length;
-      const callId = `CA${randomUUID().replace(/-/g, "")}`;
-      const parts: BotAudio[] = [];
-      const failures: SynthesisFailed[] = [];
-      const subs = [
-        client.subscribe(subjects.botAudio(callId), BotAudio, (m) => void parts.push(m), { name: "test-audio" }),
-        client.subscribe(subjects.ttsFailed(callId), SynthesisFailed, (m) => void failures.push(m), { name: "test-failed" }),
-      ];
-      await client.nc.flush();
-      const request = SpeakRequest.create({ callId, turnId: "t1", chunkSeq: 0, text: SENTENCE, turnDone: true, format: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 8000 } });
-      client.publish(subjects.ttsSpeak, SpeakRequest, request, callId);
-      await waitFor(() => parts.length > 0, { what: "the first audio" });
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      tts.process.kill("SIGSTOP");
-      await new Promise((resolve) => setTimeout(resolve, 1_600));
-      tts.process.kill("SIGCONT");
-      await waitFor(() => parts.some((p) => p.chunkDone) || failures.length > 0, { what: "the chunk to finish" });
-      subs.forEach((s) => s.unsubscribe());
+      const { parts, failures } = await speakChunk(SENTENCE, false, async (parts) => {
+        await waitFor(() => parts.length > 0, { what: "the first audio" });
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        tts.process.kill("SIGSTOP");
+        await new Promise((resolve) => setTimeout(resolve, 1_600));
+        tts.process.kill("SIGCONT");
+      });
 
       expect(failures).toEqual([]);
       expect(elevenlabs.speeches.length).toBe(askedElevenLabs);
