@@ -15,7 +15,7 @@ describe("LoopStalls", () => {
     try {
       await sleep(200);
       const idle = stalls.stalledMs;
-      expect(idle).toBeLessThan(190); // not the whole 200 ms (a busy test machine delays timers, and that counts)
+      expect(idle).toBeLessThan(150); // not the idle time (a tick a little late is jitter, not a stall)
       block(300);
       // Read before the checker's tick has run: the stall is counted already.
       expect(stalls.stalledMs - idle).toBeGreaterThanOrEqual(270);

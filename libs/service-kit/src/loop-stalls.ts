@@ -6,8 +6,17 @@
 
 import { performance } from "node:perf_hooks";
 
-/** How often the loop is checked; a tick later than this counts the excess as stalled. */
+/** How often the loop is checked. */
 const PERIOD_MS = 20;
+/**
+ * A tick this much later than due was a stall, and all its lateness counts. Smaller lateness is a busy machine's
+ * scheduling jitter: counted, it would add up under sustained load and stretch every deadline by a fraction.
+ */
+const STALL_MS = 50;
+
+function stalledBy(lateMs: number): number {
+  return lateMs >= STALL_MS ? lateMs : 0;
+}
 
 export class LoopStalls {
   private stalled = 0;
@@ -18,7 +27,7 @@ export class LoopStalls {
     this.lastTick = now();
     this.timer = setInterval(() => {
       const now = this.now();
-      this.stalled += Math.max(0, now - this.lastTick - PERIOD_MS);
+      this.stalled += stalledBy(now - this.lastTick - PERIOD_MS);
       this.lastTick = now;
     }, PERIOD_MS);
     this.timer.unref();
@@ -26,7 +35,7 @@ export class LoopStalls {
 
   /** Stalled time so far in ms, a stall that just ended (its tick not yet run) included. */
   get stalledMs(): number {
-    return this.stalled + Math.max(0, this.now() - this.lastTick - PERIOD_MS);
+    return this.stalled + stalledBy(this.now() - this.lastTick - PERIOD_MS);
   }
 
   close(): void {
