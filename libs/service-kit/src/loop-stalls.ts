@@ -2,7 +2,10 @@
 // came meanwhile (an engine's audio, the caller's frames, a reply) waits in a socket, and is read only after the
 // timers that came due during the stall have run. A deadline that fires then blames the other side for our own
 // stall: a tts engine taken for stalled (another voice mid-sentence, the primary cooled down for every call), an LLM
-// for slow, a caller for silent. Deadlines here count only time the process could run.
+// for slow, a caller for silent. So a deadline that comes due during a stall reads the socket before it fires
+// (StallAwareTimer), and a rate measured over a stall leaves the stall out (LoopStalls).
+//
+// performance.now() is read directly: vitest's fake timers do not move it, so these are not for fake-timer tests.
 
 import { performance } from "node:perf_hooks";
 
@@ -51,19 +54,22 @@ export function processLoopStalls(): LoopStalls {
   return shared;
 }
 
+/** A grace a deadline that came due during a stall gives the socket: enough for one turn of the loop to read it. */
+const READ_GRACE_MS = 20;
+
 /**
- * setTimeout that counts only time the process could run: when it comes due after a stall, it waits on for the
- * runnable time it still lacks (what came during the stall is read meanwhile), and only then does `onExpire` run.
+ * setTimeout that does not blame the other side for a stall of this process's own: when it comes due during a stall
+ * (it runs STALL_MS or more late), it waits one short grace so what came meanwhile is read first, and only then does
+ * `onExpire` run, unless the reader cleared or refreshed it. The deadline stays wall-clock: stall time is not given
+ * back, so sustained CPU throttling (every tick late) does not stretch it either.
  */
-export class RunnableTimer {
+export class StallAwareTimer {
   private timer: NodeJS.Timeout | undefined;
-  private startedAt = 0;
-  private stalledAtStart = 0;
+  private dueAt = 0;
 
   constructor(
     private readonly ms: number,
     private readonly onExpire: () => void,
-    private readonly stalls: LoopStalls = processLoopStalls(),
   ) {
     this.start();
   }
@@ -80,17 +86,19 @@ export class RunnableTimer {
   }
 
   private start(): void {
-    this.startedAt = performance.now();
-    this.stalledAtStart = this.stalls.stalledMs;
+    this.dueAt = performance.now() + this.ms;
     this.timer = setTimeout(() => this.due(), this.ms);
   }
 
   private due(): void {
-    const runnable = performance.now() - this.startedAt - (this.stalls.stalledMs - this.stalledAtStart);
-    if (this.ms - runnable >= 1) {
-      this.timer = setTimeout(() => this.due(), this.ms - runnable);
+    if (performance.now() - this.dueAt >= STALL_MS) {
+      this.timer = setTimeout(() => this.expire(), READ_GRACE_MS);
       return;
     }
+    this.expire();
+  }
+
+  private expire(): void {
     this.timer = undefined;
     this.onExpire();
   }

@@ -6,11 +6,11 @@
 // is comes with each bot turn (the dialog state's wait, e.g. longer while the caller looks for a card number), else
 // NO_INPUT_MS.
 
-import { RunnableTimer } from "@voicebot/service-kit";
+import { StallAwareTimer } from "@voicebot/service-kit";
 
 /** One call's timer. Any activity restarts it; it runs only while nobody speaks. */
 export class NoInputTimer {
-  private timer: RunnableTimer | undefined;
+  private timer: StallAwareTimer | undefined;
   private botSpeaking = false;
   private callerSpeaking = false;
   private closed = false;
@@ -75,8 +75,8 @@ export class NoInputTimer {
     this.disarm();
     // Nothing to prompt again before the first turn (the greeting) has begun.
     if (this.closed || this.waitMs <= 0 || this.botSpeaking || this.callerSpeaking || !this.lastTurnId) return;
-    // Time this replica could run: the caller's frames that came while it stalled wait in the socket (RunnableTimer).
-    this.timer = new RunnableTimer(this.waitMs, () => {
+    // After a stall of this replica, the caller's frames that came meanwhile are read before this fires (StallAwareTimer).
+    this.timer = new StallAwareTimer(this.waitMs, () => {
       this.timer = undefined;
       if (this.closed) return;
       if (this.botTalking()) return this.restart(); // another turn plays on: its end starts the wait again

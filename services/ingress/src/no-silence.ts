@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { mulawEncode, parseWav, resample } from "@voicebot/audio";
-import { RunnableTimer } from "@voicebot/service-kit";
+import { StallAwareTimer } from "@voicebot/service-kit";
 
 /** The shipped clip: flite (voice slt) saying DEFAULT_NO_SILENCE_TEXT, μ-law 8 kHz (see the README to redo it). */
 export const DEFAULT_NO_SILENCE_FILE = fileURLToPath(new URL("../assets/no-silence.wav", import.meta.url));
@@ -50,7 +50,7 @@ export interface InputEnd {
  * the input's end.
  */
 export class SilenceGuard {
-  private timer: RunnableTimer | undefined;
+  private timer: StallAwareTimer | undefined;
   private readonly knownTurns = new Set<string>();
   private closed = false;
   /** Events seen so far (input ends, new turns): their order. */
@@ -82,8 +82,8 @@ export class SilenceGuard {
     this.timer?.clear();
     this.armedFor = end;
     const remaining = Math.max(0, end.atMs + this.deadlineMs - performance.now());
-    // Time this replica could run: bot audio that came while it stalled waits in the socket (RunnableTimer).
-    this.timer = new RunnableTimer(remaining, () => {
+    // After a stall of this replica, bot audio that came meanwhile is read before this fires (StallAwareTimer).
+    this.timer = new StallAwareTimer(remaining, () => {
       this.timer = undefined;
       this.armedFor = undefined;
       if (!this.closed) this.onSilence(input);

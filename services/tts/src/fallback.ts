@@ -1,6 +1,6 @@
 import { Resampler } from "@voicebot/audio";
 import { errorText } from "@voicebot/bus";
-import { processLoopStalls, RunnableTimer } from "@voicebot/service-kit";
+import { processLoopStalls, StallAwareTimer } from "@voicebot/service-kit";
 import type { TtsEngine } from "./engine.js";
 
 type EngineRequest = Parameters<TtsEngine["synthesize"]>[0];
@@ -239,11 +239,11 @@ export class FallbackEngine implements TtsEngine {
   ): Promise<IteratorResult<Int16Array>> {
     const next = iterator.next();
     next.catch(() => undefined); // a late failure of an abandoned attempt is not an unhandled rejection
-    let timer: RunnableTimer | undefined;
+    let timer: StallAwareTimer | undefined;
     let onAbort: (() => void) | undefined;
     const stopped = new Promise<never>((_, reject) => {
-      // Time this replica could run: audio that came while it stalled waits in the socket (RunnableTimer).
-      timer = new RunnableTimer(this.options.stallMs, () => reject(new EngineStalledError(engine.label, this.options.stallMs)));
+      // After a stall of this replica, the audio that came meanwhile is read before this fires (StallAwareTimer).
+      timer = new StallAwareTimer(this.options.stallMs, () => reject(new EngineStalledError(engine.label, this.options.stallMs)));
       if (cancel) {
         onAbort = () => reject(abortError(cancel));
         cancel.addEventListener("abort", onAbort, { once: true });

@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { errorText, type Logger } from "@voicebot/bus";
-import { apiDispatcher, RunnableTimer, type ApiKeepWarm } from "@voicebot/service-kit";
+import { apiDispatcher, StallAwareTimer, type ApiKeepWarm } from "@voicebot/service-kit";
 import OpenAI, { APIConnectionError, APIError, APIUserAbortError } from "openai";
 import type { DialogMetrics } from "../metrics.js";
 import type { CircuitBreaker } from "./breaker.js";
@@ -174,14 +174,14 @@ export class OpenAiCompleter implements LlmCompleter {
     const onCancel = () => fail(new LlmError("cancelled", "the caller barged in"));
     if (handlers.signal?.aborted) onCancel();
     handlers.signal?.addEventListener("abort", onCancel);
-    // Both deadlines race the SDK (whose retry back-off does not watch the abort signal). They count time this replica
-    // could run: tokens that came while it stalled wait in the socket (RunnableTimer).
-    const firstTokenTimer = new RunnableTimer(settings.firstTokenTimeoutMs, () =>
+    // Both deadlines race the SDK (whose retry back-off does not watch the abort signal). After a stall of this
+    // replica, the tokens that came meanwhile are read before they fire (StallAwareTimer).
+    const firstTokenTimer = new StallAwareTimer(settings.firstTokenTimeoutMs, () =>
       fail(new LlmError("first_token_timeout", `no token within ${settings.firstTokenTimeoutMs} ms`)),
     );
-    const totalTimer = new RunnableTimer(settings.timeoutMs, () => fail(new LlmError("timeout", `answer not complete within ${settings.timeoutMs} ms`)));
+    const totalTimer = new StallAwareTimer(settings.timeoutMs, () => fail(new LlmError("timeout", `answer not complete within ${settings.timeoutMs} ms`)));
     // Started by the first token: a stream that stops mid-answer must not leave the caller waiting for the total deadline.
-    let stallTimer: RunnableTimer | undefined;
+    let stallTimer: StallAwareTimer | undefined;
 
     let text = "";
     let finishReason = "";
@@ -196,7 +196,7 @@ export class OpenAiCompleter implements LlmCompleter {
       }
       firstTokenMs = Date.now() - started;
       firstTokenTimer.clear();
-      stallTimer = new RunnableTimer(settings.stallTimeoutMs, () =>
+      stallTimer = new StallAwareTimer(settings.stallTimeoutMs, () =>
         fail(new LlmError("stalled", `no content or tool call for ${settings.stallTimeoutMs} ms mid-answer`)),
       );
       metrics.llmFirstToken.observe({ model: settings.model }, firstTokenMs / 1000);
