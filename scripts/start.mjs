@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Runs the whole voicebot locally: NATS and Redis (the ones at NATS_URL/REDIS_URL if they answer, else spawned
 // here), then the five services as separate processes with their logs prefixed, until Ctrl-C drains everything.
-// Usage: pnpm start   (builds first)   or   node scripts/start.mjs   (after pnpm build)
+// A service that exits once everything is up (a crash, a kill) is started again, as Kubernetes restarts a pod.
+// Usage: pnpm start   (builds first)   or   node scripts/start.mjs [--replicas N]   (after pnpm build)
 import { spawn } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
 import net from "node:net";
@@ -12,13 +13,47 @@ import { fileURLToPath } from "node:url";
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const env = process.env;
 const ingressPort = Number(env.INGRESS_PORT || 8080);
-const services = [
+/** The stages' HTTP ports (metrics, health) are this + 1…4, + 10 for each further replica. */
+const httpPortBase = Number(env.VOICEBOT_HTTP_PORT_BASE || 9100);
+const stages = [
   { name: "ingress", port: ingressPort, portEnv: "INGRESS_PORT" },
-  { name: "asr", port: 9101, portEnv: "HTTP_PORT" },
-  { name: "dialog", port: 9102, portEnv: "HTTP_PORT" },
-  { name: "tools", port: 9103, portEnv: "HTTP_PORT" },
-  { name: "tts", port: 9104, portEnv: "HTTP_PORT" },
+  { name: "asr", port: httpPortBase + 1, portEnv: "HTTP_PORT" },
+  { name: "dialog", port: httpPortBase + 2, portEnv: "HTTP_PORT" },
+  { name: "tools", port: httpPortBase + 3, portEnv: "HTTP_PORT" },
+  { name: "tts", port: httpPortBase + 4, portEnv: "HTTP_PORT" },
 ];
+
+/** `--replicas N` or VOICEBOT_REPLICAS: processes of each stateless stage (1–9; default 1). */
+function replicasWanted() {
+  let text = env.VOICEBOT_REPLICAS ?? "1";
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--replicas") text = argv[++i];
+    else if (argv[i].startsWith("--replicas=")) text = argv[i].slice("--replicas=".length);
+    else throw new Error(`unknown argument ${argv[i]} (usage: node scripts/start.mjs [--replicas N])`);
+  }
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 9) throw new Error(`replicas must be a whole number from 1 to 9, not ${JSON.stringify(text ?? "")}`);
+  return n;
+}
+
+let replicas;
+try {
+  replicas = replicasWanted();
+} catch (error) {
+  process.stderr.write(`start: ${error.message}\n`);
+  process.exit(2);
+}
+// Each replica of asr, dialog, tools and tts is its own process on its own HTTP port (9101, 9111, 9121, … for asr);
+// ingress runs once: it holds the callers' WebSockets on one port (in Kubernetes, replicas sit behind a Service).
+const services = stages.flatMap((stage) =>
+  Array.from({ length: stage.name === "ingress" ? 1 : replicas }, (_, i) => ({
+    ...stage,
+    label: i === 0 ? stage.name : `${stage.name}-${i + 1}`,
+    port: stage.port + 10 * i,
+  })),
+);
+const NAME_WIDTH = Math.max(7, ...services.map((s) => s.label.length));
 // Node flags of every service, as in production (Dockerfile ENTRYPOINTs; SERVICE_NODE_FLAGS in libs/testing says why).
 const serviceNodeFlags = ["--single-threaded-gc"];
 // Longer than a service's own drain timeout, so a draining call is never cut short by us.
@@ -28,13 +63,14 @@ const color = process.stdout.isTTY && !env.NO_COLOR;
 const paint = (code, text) => (color ? `\x1b[${code}m${text}\x1b[0m` : text);
 const nameColors = { ingress: 36, asr: 35, dialog: 34, tools: 33, tts: 32, nats: 90, redis: 90, start: 1 };
 const levelColors = { debug: 90, info: 32, warn: 33, error: 31 };
+const stageOf = (label) => label.replace(/-\d+$/, "");
 
 function clock(date = new Date()) {
   return date.toTimeString().slice(0, 8) + "." + String(date.getMilliseconds()).padStart(3, "0");
 }
 
 function say(message) {
-  process.stdout.write(`${paint(90, clock())} ${paint(nameColors.start, "start  ")} ${message}\n`);
+  process.stdout.write(`${paint(90, clock())} ${paint(nameColors.start, "start".padEnd(NAME_WIDTH))} ${message}\n`);
 }
 
 function formatValue(value) {
@@ -44,7 +80,7 @@ function formatValue(value) {
 
 /** One service log line (JSON) as "time name level msg k=v ...". */
 function prettyLine(name, line) {
-  const prefix = paint(nameColors[name] ?? 0, name.padEnd(7));
+  const prefix = paint(nameColors[stageOf(name)] ?? 0, name.padEnd(NAME_WIDTH));
   let record;
   try {
     record = JSON.parse(line);
@@ -75,7 +111,7 @@ function pipeLines(stream, name, format) {
   stream.on("end", () => write(format, name, partial));
 }
 
-const rawLine = (name, line) => `${paint(90, clock())} ${paint(nameColors[name] ?? 0, name.padEnd(7))} ${line}`;
+const rawLine = (name, line) => `${paint(90, clock())} ${paint(nameColors[stageOf(name)] ?? 0, name.padEnd(NAME_WIDTH))} ${line}`;
 // nats-server's startup banner and info lines are noise here; its warnings and errors are not.
 const natsLine = (name, line) => (/\[(INF|DBG|TRC)\]/.test(line) ? undefined : rawLine(name, line));
 
@@ -142,41 +178,115 @@ function freePort() {
 const isLoopback = (host) => ["127.0.0.1", "localhost", "::1", "[::1]"].includes(host);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const children = []; // { name, process, kind: "infra" | "service", exited: Promise }
+const children = []; // every Child: infrastructure we started, then the services
 let stopping = false;
+/** Set once everything was up: before that a process that exits is a set-up error and stops everything. */
+let systemUp = false;
 
-function track(name, kind, child) {
-  const entry = { name, kind, process: child, exitCode: undefined };
-  let settle;
-  entry.exited = new Promise((resolve) => (settle = resolve));
-  const finished = (code, why) => {
-    if (entry.exitCode !== undefined) return;
-    entry.exitCode = code;
-    settle(code);
-    if (!stopping) {
-      say(paint(31, `${name} ${why}: stopping everything`));
-      void shutdown(1);
-    }
-  };
-  child.once("exit", (code, signal) => finished(code ?? signal, `exited unexpectedly (${signal ?? `code ${code}`})`));
-  // A binary that cannot be run emits "error" and no "exit".
-  child.once("error", (error) => {
-    const hint =
-      error.code === "ENOENT" && kind === "infra"
-        ? ` (apt-get install ${name === "nats" ? "nats-server" : "redis-server"}, or point ${name === "nats" ? "NATS_URL" : "REDIS_URL"} at a running server)`
-        : "";
-    finished(-1, `could not be started: ${error.message}${hint}`);
-  });
-  children.push(entry);
-  return entry;
+/** Restart back-off after an unexpected exit, doubling up to the cap (as Kubernetes' CrashLoopBackOff). */
+const RESTART_FIRST_MS = 1_000;
+const RESTART_MAX_MS = 30_000;
+/** A process that ran this long before it exited starts again after the first back-off. */
+const RESTART_RESET_AFTER_MS = 60_000;
+
+/**
+ * One supervised process. Once the system is up, a process that exits on its own (a crash, a SIGKILL, or a SIGTERM
+ * from someone else: it drained first) is started again after a back-off, as a Kubernetes pod is: the other
+ * replicas, or the new process, take its calls over.
+ */
+class Child {
+  constructor(name, kind, launch, onRestarted) {
+    this.name = name;
+    this.kind = kind;
+    this.launch = launch;
+    this.onRestarted = onRestarted;
+    this.backoffMs = RESTART_FIRST_MS;
+    this.restarts = 0;
+    this.restartTimer = undefined;
+    children.push(this);
+    this.start();
+  }
+
+  start() {
+    this.restartTimer = undefined;
+    this.exitCode = undefined;
+    this.startedAt = Date.now();
+    this.process = this.launch();
+    let settle;
+    this.exited = new Promise((resolve) => (settle = resolve));
+    const finished = (code, why) => {
+      if (this.exitCode !== undefined) return;
+      this.exitCode = code;
+      settle(code);
+      if (stopping) return;
+      if (!systemUp) {
+        say(paint(31, `${this.name} ${why}: stopping everything`));
+        void shutdown(1);
+        return;
+      }
+      this.scheduleRestart(why);
+    };
+    this.process.once("exit", (code, signal) => finished(code ?? signal, signal ? `exited (${signal})` : `exited (code ${code})`));
+    // A binary that cannot be run emits "error" and no "exit".
+    this.process.once("error", (error) => {
+      const hint =
+        error.code === "ENOENT" && this.kind === "infra"
+          ? ` (apt-get install ${this.name === "nats" ? "nats-server" : "redis-server"}, or point ${this.name === "nats" ? "NATS_URL" : "REDIS_URL"} at a running server)`
+          : "";
+      finished(-1, `could not be started: ${error.message}${hint}`);
+    });
+  }
+
+  scheduleRestart(why) {
+    if (Date.now() - this.startedAt >= RESTART_RESET_AFTER_MS) this.backoffMs = RESTART_FIRST_MS;
+    const delayMs = this.backoffMs;
+    this.backoffMs = Math.min(this.backoffMs * 2, RESTART_MAX_MS);
+    this.restarts += 1;
+    say(paint(33, `${this.name} ${why}: starting it again in ${delayMs / 1000} s (restart ${this.restarts})`));
+    this.restartTimer = setTimeout(() => {
+      if (stopping) return;
+      this.start();
+      this.onRestarted?.(this);
+    }, delayMs);
+  }
+
+  get running() {
+    return this.exitCode === undefined && this.restartTimer === undefined;
+  }
+
+  kill(signal) {
+    if (this.exitCode === undefined) this.process.kill(signal);
+  }
+
+  /** SIGTERM, then SIGKILL after `timeoutMs`; resolves with the exit code (a pending restart is called off). */
+  async stop(timeoutMs) {
+    clearTimeout(this.restartTimer);
+    this.restartTimer = undefined;
+    if (this.exitCode !== undefined) return this.exitCode;
+    this.process.kill("SIGTERM");
+    const timer = setTimeout(() => {
+      say(paint(33, `${this.name} did not stop in ${timeoutMs / 1000} s: killing it`));
+      this.process.kill("SIGKILL");
+    }, timeoutMs);
+    const code = await this.exited;
+    clearTimeout(timer);
+    return code;
+  }
 }
 
-function spawnChild(name, kind, command, args, childEnv, format) {
-  // Own process group: a terminal Ctrl-C reaches only this launcher, which then drains the services in order.
-  const child = spawn(command, args, { cwd: repoRoot, env: childEnv, stdio: ["ignore", "pipe", "pipe"], detached: true });
-  pipeLines(child.stdout, name, format);
-  pipeLines(child.stderr, name, format);
-  return track(name, kind, child);
+function spawnChild(name, kind, command, args, childEnv, format, onRestarted) {
+  return new Child(
+    name,
+    kind,
+    () => {
+      // Own process group: a terminal Ctrl-C reaches only this launcher, which then drains the services in order.
+      const child = spawn(command, args, { cwd: repoRoot, env: childEnv, stdio: ["ignore", "pipe", "pipe"], detached: true });
+      pipeLines(child.stdout, name, format);
+      pipeLines(child.stderr, name, format);
+      return child;
+    },
+    onRestarted,
+  );
 }
 
 async function waitUntil(what, entry, probe, timeoutMs = 15_000) {
@@ -205,7 +315,9 @@ async function ensureNats() {
   const usePort = state === "down" && (await portFree(wanted)) ? wanted : await freePort();
   const storeDir = path.join(repoRoot, ".run", "nats");
   mkdirSync(storeDir, { recursive: true });
-  const entry = spawnChild("nats", "infra", "nats-server", ["-a", "127.0.0.1", "-p", String(usePort), "-js", "-sd", storeDir], env, natsLine);
+  const args = ["-a", "127.0.0.1", "-p", String(usePort), "-js", "-sd", storeDir];
+  // Started again on the same port and store: the services reconnect, and JetStream's queues are still there.
+  const entry = spawnChild("nats", "infra", "nats-server", args, env, natsLine, () => say(`nats-server started again at nats://127.0.0.1:${usePort}`));
   const ownUrl = `nats://127.0.0.1:${usePort}`;
   await waitUntil("nats-server", entry, async () => (await probeNats(ownUrl)) === "up");
   say(`started nats-server at ${ownUrl} (JetStream store ${path.relative(repoRoot, storeDir)})`);
@@ -224,7 +336,8 @@ async function ensureRedis() {
   const wanted = Number(port || 6379);
   const usePort = (await portFree(wanted)) ? wanted : await freePort();
   const args = ["--port", String(usePort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"];
-  const entry = spawnChild("redis", "infra", "redis-server", args, env, rawLine);
+  // Started again empty (no persistence): the services restore what live calls need or end them, telling the caller.
+  const entry = spawnChild("redis", "infra", "redis-server", args, env, rawLine, () => say(`redis-server started again at redis://127.0.0.1:${usePort} (empty)`));
   const ownUrl = `redis://127.0.0.1:${usePort}`;
   await waitUntil("redis-server", entry, async () => (await probeRedis(ownUrl)) === "up");
   say(`started redis-server at ${ownUrl} (no persistence)`);
@@ -250,11 +363,23 @@ function lanAddresses() {
     .map((a) => a.address);
 }
 
+/** After a restart: says when the service is ready again (or that it still is not, a minute on). */
+async function reportReadyAgain(service) {
+  const since = Date.now();
+  let state = { ready: false, reason: "not listening yet" };
+  while (!stopping && Date.now() - since < 60_000) {
+    state = await readiness(service.port);
+    if (state.ready) return say(`${service.label} is ready again (${((Date.now() - since) / 1000).toFixed(1)} s after its restart)`);
+    await sleep(100);
+  }
+  if (!stopping) say(paint(33, `${service.label} is still not ready a minute after its restart (${state.reason})`));
+}
+
 async function main() {
   for (const service of services) {
     const main = path.join(repoRoot, "services", service.name, "dist", "main.js");
     if (!existsSync(main)) throw new Error(`${path.relative(repoRoot, main)} is missing: build first (pnpm build)`);
-    if (!(await portFree(service.port))) throw new Error(`port ${service.port} (${service.name}) is in use`);
+    if (!(await portFree(service.port))) throw new Error(`port ${service.port} (${service.label}) is in use`);
   }
   const natsUrl = await ensureNats();
   const redisUrl = await ensureRedis();
@@ -262,7 +387,8 @@ async function main() {
   for (const service of services) {
     const childEnv = { ...env, NATS_URL: natsUrl, REDIS_URL: redisUrl, [service.portEnv]: String(service.port) };
     if (service.portEnv !== "HTTP_PORT") delete childEnv.HTTP_PORT;
-    spawnChild(service.name, "service", process.execPath, [...serviceNodeFlags, path.join("services", service.name, "dist", "main.js")], childEnv, prettyLine);
+    const args = [...serviceNodeFlags, path.join("services", service.name, "dist", "main.js")];
+    spawnChild(service.label, "service", process.execPath, args, childEnv, prettyLine, () => void reportReadyAgain(service));
   }
 
   // Ready when every service says so; while waiting, say who is still not ready and why.
@@ -273,10 +399,12 @@ async function main() {
     if (states.every((s) => s.ready)) break;
     if (Date.now() - lastReport > 15_000) {
       lastReport = Date.now();
-      say(`waiting for: ${states.filter((s) => !s.ready).map((s) => `${s.name} (${s.reason})`).join(", ")}`);
+      say(`waiting for: ${states.filter((s) => !s.ready).map((s) => `${s.label} (${s.reason})`).join(", ")}`);
     }
     await sleep(250);
   }
+
+  systemUp = true;
 
   const url = `ws://127.0.0.1:${ingressPort}/twilio`;
   const lan = lanAddresses().map((ip) => `ws://${ip}:${ingressPort}/twilio`);
@@ -290,32 +418,21 @@ async function main() {
       `  place a test call:    ${callCmd}`,
       `  call records:         http://127.0.0.1:${ingressPort}/v1/calls/<callSid>`,
       `  metrics / readiness:  http://127.0.0.1:{${services.map((s) => s.port).join(",")}}/metrics and /readyz`,
+      `  replicas:             ${replicas} of asr, dialog, tools and tts (--replicas N); a service that exits is started again`,
       "  stop:                 Ctrl-C (drains live calls first)",
       "",
     ].join("\n") + "\n",
   );
 }
 
-async function stopEntry(entry, timeoutMs) {
-  if (entry.exitCode !== undefined) return entry.exitCode;
-  entry.process.kill("SIGTERM");
-  const timer = setTimeout(() => {
-    say(paint(33, `${entry.name} did not stop in ${timeoutMs / 1000} s: killing it`));
-    entry.process.kill("SIGKILL");
-  }, timeoutMs);
-  const code = await entry.exited;
-  clearTimeout(timer);
-  return code;
-}
-
 async function shutdown(exitCode) {
   if (stopping) return;
   stopping = true;
-  const live = children.filter((c) => c.kind === "service" && c.exitCode === undefined);
+  const live = children.filter((c) => c.kind === "service" && c.running);
   if (live.length) say(`stopping ${live.map((c) => c.name).join(", ")} (draining live calls)`);
-  const codes = await Promise.all(children.filter((c) => c.kind === "service").map((c) => stopEntry(c, drainWaitMs)));
+  const codes = await Promise.all(children.filter((c) => c.kind === "service").map((c) => c.stop(drainWaitMs)));
   // Infrastructure last: the services need NATS and Redis while they drain.
-  await Promise.all(children.filter((c) => c.kind === "infra").map((c) => stopEntry(c, 5_000)));
+  await Promise.all(children.filter((c) => c.kind === "infra").map((c) => c.stop(5_000)));
   const clean = codes.every((code) => code === 0);
   say(clean ? "stopped" : `stopped (service exit codes: ${children.filter((c) => c.kind === "service").map((c) => `${c.name}=${c.exitCode}`).join(" ")})`);
   process.exit(exitCode || (clean ? 0 : 1));
@@ -327,7 +444,7 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
     signals += 1;
     if (signals > 1) {
       say(paint(31, "second signal: killing everything"));
-      for (const c of children) if (c.exitCode === undefined) c.process.kill("SIGKILL");
+      for (const c of children) c.kill("SIGKILL");
       process.exit(130);
     }
     void shutdown(0);
@@ -335,7 +452,7 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
 }
 // Safety net: never leave children behind when this process dies of an error.
 process.on("exit", () => {
-  for (const c of children) if (c.exitCode === undefined) c.process.kill("SIGKILL");
+  for (const c of children) c.kill("SIGKILL");
 });
 
 main().catch((error) => {

@@ -288,6 +288,27 @@ describe("Bus", () => {
     expect(deliveries).toEqual([1, 2]);
   });
 
+  it("work queue: finds the first message of a subject still queued, from a sequence on; none once acked", async () => {
+    const bus = await connect();
+    const queue = { name: "T_FIRST", subjects: ["t.first.*"], durable: "f" };
+    await bus.ensureWorkQueue(queue, 1_000, 5);
+    const input = (id: string) => DialogInput.create({ callId: "CA1", inputId: id });
+    await bus.publishDurable("t.first.a", DialogInput, input("a1"), "a1");
+    await bus.publishDurable("t.first.b", DialogInput, input("b1"), "b1");
+    await bus.publishDurable("t.first.a", DialogInput, input("a2"), "a2");
+    const first = await bus.firstQueued(queue.name, "t.first.a");
+    expect(first?.seq).toBe(1);
+    expect(DialogInput.decode(first!.data).inputId).toBe("a1");
+    expect((await bus.firstQueued(queue.name, "t.first.a", 2))?.seq).toBe(3);
+    expect(await bus.firstQueued(queue.name, "t.first.a", 4)).toBeUndefined();
+    expect(await bus.firstQueued(queue.name, "t.first.c")).toBeUndefined();
+    const seen: number[] = [];
+    const consumer = await bus.consume(queue, DialogInput, async (_m, item) => (seen.push(item.streamSeq), item.ack()), { name: "f", ackWaitMs: 1_000, maxDeliver: 5, concurrency: 4 });
+    await waitFor(async () => (await bus.firstQueued(queue.name, "t.first.a")) === undefined, { what: "the acked messages to leave the queue" });
+    await consumer.stop();
+    expect(seen.sort()).toEqual([1, 2, 3]);
+  });
+
   it("durable publish: outlasts a NATS cluster's stream election (no stream answers for 9 s), and is stored once", async () => {
     // While a crashed node's streams elect new leaders, publishes get "no responders" (503) for up to a Raft
     // election timeout (4-9 s in nats-server). A publish given up before that is an answer the caller never hears.

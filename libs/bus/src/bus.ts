@@ -17,6 +17,7 @@ import {
   ConsumerEvents,
   ConsumerMessages,
   JetStreamClient,
+  type JetStreamManager,
 } from "nats";
 import type { Counter, Registry } from "prom-client";
 import { natsSecurityOptions, parseNatsServers, type NatsAuth, type NatsTls } from "./connection.js";
@@ -70,6 +71,8 @@ export interface WorkItem {
   subject: string;
   /** 1 on first delivery; more when a crashed or slow worker's message came back. */
   deliveryCount: number;
+  /** The message's sequence in its stream: an earlier message of the same subject has a lower one. */
+  streamSeq: number;
   ack(): void;
   /** Give the message back to be redelivered after delayMs. */
   nak(delayMs?: number): void;
@@ -627,6 +630,7 @@ export class Bus {
     const item: WorkItem = {
       subject: msg.subject,
       deliveryCount: msg.info.redeliveryCount,
+      streamSeq: msg.seq,
       ack: () => msg.ack(),
       nak: (delayMs) => msg.nak(delayMs),
       working: () => msg.working(),
@@ -640,6 +644,24 @@ export class Bus {
       msg.nak(250);
     }
   }
+
+  /**
+   * The first message still in work queue `stream` on `subject`, from stream sequence `fromSeq` on (a work queue
+   * keeps a message until a worker acks it), or undefined when there is none.
+   */
+  async firstQueued(stream: string, subject: string, fromSeq = 1): Promise<{ seq: number; data: Uint8Array } | undefined> {
+    this.jsm ??= await this.nc.jetstreamManager();
+    try {
+      // MSG.GET with next_by_subj (NATS 2.9+); nats.js types only the direct-get form of it.
+      const found = await this.jsm.streams.getMessage(stream, { seq: fromSeq, next_by_subj: subject } as unknown as { seq: number });
+      return { seq: found.seq, data: found.data };
+    } catch (error) {
+      if ((error as { api_error?: { err_code?: number } }).api_error?.err_code === NO_MESSAGE_FOUND) return undefined;
+      throw error;
+    }
+  }
+
+  private jsm: JetStreamManager | undefined;
 
   /** Stops taking messages on every subscription, lets in-flight work finish, then closes. */
   async drain(): Promise<void> {
@@ -685,6 +707,9 @@ export interface RequestOptions {
   receiptMs?: number;
   maxSends?: number;
 }
+
+/** JetStream's error code for a message get that found nothing. */
+const NO_MESSAGE_FOUND = 10037;
 
 const RECEIPT_WANTED = "wanted";
 /** A server working on a request confirms it this often... */

@@ -1,4 +1,4 @@
-import { Bus, silentLogger, subjects } from "@voicebot/bus";
+import { Bus, silentLogger, streams, subjects } from "@voicebot/bus";
 import {
   AnsweredBy,
   AudioEncoding,
@@ -521,6 +521,29 @@ describe("dialog service", () => {
     expect(call.turnIds()).toEqual(["t1"]);
     await store.releaseLease(call.id, "dialog", "other-replica");
     expect(await call.turn("t2")).toBe(ASK);
+  });
+
+  it("keys stay in order when the replica JetStream gave the first one died before starting it", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    // The only replica consuming is one that takes "1" and dies before it marks it in progress: the input is back
+    // only after the ack wait (4 s), by when the caller's number has been queued behind it.
+    await dialog.stop();
+    const doomed = await Bus.connect({ servers: nats.url, name: "dialog-doomed", log: silentLogger, registry: new Registry() });
+    let taken = false;
+    await doomed.consume(streams.dialog, DialogInput, () => ((taken = true), new Promise<void>(() => undefined)), { name: "doomed", ackWaitMs: 4_000, maxDeliver: 10, concurrency: 1 });
+    await call.key("1");
+    await waitFor(() => taken, { what: "the doomed replica to take the key" });
+    await doomed.close();
+    dialog = await startService(definition, { NATS_URL: nats.url, REDIS_URL: redis.url, HTTP_PORT: "0", LOG_LEVEL: "error", DIALOG_LEASE_WAIT_MS: "100" });
+    await call.keys("12345#");
+
+    expect(await call.turn("t2")).toBe(ASK);
+    expect(await call.turn("t3")).toMatch(/^Order 1 2 3 4 5 has shipped/);
+    await waitFor(async () => (await call.record()).transcript.length === 5, { what: "five transcript entries" });
+    expect((await call.record()).transcript.filter((e) => e.role === "caller").map((e) => e.text)).toEqual(["1", "12345#"]);
+    expect(await metric("voicebot_dialog_earlier_input_waits_total", { outcome: "arrived" })).toBeGreaterThan(0);
   });
 
   it("drops inputs for unknown and ended calls without disturbing other calls", async () => {

@@ -7,6 +7,7 @@ export interface DialogMetrics {
   dropped: Counter<"reason">;
   reprompts: Counter<"agent">;
   leaseBusy: Counter;
+  earlierInputWaits: Counter<"outcome">;
   leaseLost: Counter;
   conflicts: Counter;
   unknownAgents: Counter;
@@ -63,6 +64,12 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
     retriesInPlace: new Counter({
       name: "voicebot_dialog_input_retries_in_place_total",
       help: "Inputs tried again in place (keeping the call's order) after Redis or NATS failed under them",
+      registers: [registry],
+    }),
+    earlierInputWaits: new Counter({
+      name: "voicebot_dialog_earlier_input_waits_total",
+      help: "Inputs that waited for an earlier input of their call still in the queue (its replica died), by outcome (arrived, gave_up)",
+      labelNames: ["outcome"],
       registers: [registry],
     }),
     leaseBusy: new Counter({

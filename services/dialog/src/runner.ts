@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { dialogTurnNumber, errorText, isValidCallId, LogThrottle, subjects, type Bus, type Delivery, type Logger, type WorkItem } from "@voicebot/bus";
+import { dialogTurnNumber, errorText, isValidCallId, LogThrottle, streams, subjects, type Bus, type Delivery, type Logger, type WorkItem } from "@voicebot/bus";
 import {
   AudioEncoding,
   AudioFormat,
@@ -148,6 +148,11 @@ const REDO_TURN_GAP = 20;
 /** Tools that act on the call; a filler before them would only delay the goodbye. */
 const NO_FILLER_TOOLS = new Set(["end_call", "transfer_to_human", "send_dtmf"]);
 const MAX_ATTEMPTS = 3;
+/** How often a waiting input looks again for the earlier one, and how long past the ack wait it waits at most. */
+const EARLIER_INPUT_POLL_MS = 100;
+const EARLIER_INPUT_GRACE_MS = 1_000;
+/** Calls remembered with an earlier input given up on (bounded: oldest forgotten first). */
+const MAX_GAVE_UP_CALLS = 10_000;
 /** How long an input is tried again in place while Redis or NATS is down or failing over (see processInOrder). */
 const RETRY_IN_PLACE_MS = 20_000;
 /** The once-scope of dialog inputs: marked when an input's turn starts. */
@@ -166,6 +171,12 @@ type Dropped = { drop: string };
 export class TurnRunner {
   /** Per call: the tail of its queue of inputs in this process. */
   private readonly chains = new Map<string, Promise<void>>();
+  /** Per call: the tail of the inputs that go ahead of its waiting input (afterEarlierInputs). */
+  private readonly earlierChains = new Map<string, Promise<void>>();
+  /** Per call: the stream sequence of its input that waits for earlier ones, while it waits. */
+  private readonly waitingAt = new Map<string, number>();
+  /** Per call: the latest earlier input given up on (waited for in vain): not waited for again here. */
+  private readonly gaveUpOn = new Map<string, number>();
 
   constructor(private readonly deps: RunnerDependencies) {}
 
@@ -185,15 +196,77 @@ export class TurnRunner {
     // Tell JetStream the input is being worked on (also while it waits behind the call's earlier inputs), so a
     // long turn does not make it hand the input to another replica; only a dead replica stops the heartbeat.
     const heartbeat = setInterval(() => item.working(), Math.max(250, Math.floor(this.deps.ackWaitMs / 3)));
-    const previous = this.chains.get(callId) ?? Promise.resolve();
+    // An input earlier than the one waiting for it (afterEarlierInputs) goes ahead of it, not behind it.
+    const waiting = this.waitingAt.get(callId);
+    const chains = waiting !== undefined && item.streamSeq < waiting ? this.earlierChains : this.chains;
+    const previous = chains.get(callId) ?? Promise.resolve();
     const task = previous.then(() => this.processInOrder({ ...message, callId }, item, receivedAt)).finally(() => clearInterval(heartbeat));
     const tail = task.catch(() => undefined);
-    this.chains.set(callId, tail);
+    chains.set(callId, tail);
     void tail.then(() => {
-      if (this.chains.get(callId) === tail) this.chains.delete(callId);
+      if (chains.get(callId) === tail) chains.delete(callId);
     });
     return task; // a rejection makes the bus nak the input for redelivery
   };
+
+  /**
+   * Waits while an earlier input of this call is still in the work queue, unacked: JetStream delivered it to a
+   * replica that died or froze before marking it in progress, and hands it out again only after the ack wait, after
+   * this one. Going on would answer the caller out of order ("1", a crash, then "2345#" taken before the "1").
+   * Gives up after the ack wait and a little (the earlier input may be stuck for good), once per earlier input here.
+   * Costs one work-queue look-up per input when nothing is missing.
+   */
+  private async afterEarlierInputs(message: DialogInput, item: WorkItem): Promise<void> {
+    const { callId, inputId } = message;
+    const giveUpAt = Date.now() + this.deps.ackWaitMs + EARLIER_INPUT_GRACE_MS;
+    let waitingFor: number | undefined;
+    try {
+      for (;;) {
+        const earlier = await this.earlierQueuedInput(callId, item);
+        if (earlier === undefined) {
+          if (waitingFor !== undefined) {
+            this.deps.metrics.earlierInputWaits.inc({ outcome: "arrived" });
+            this.deps.log.info("the earlier input was done; going on", { callId, inputId });
+          }
+          return;
+        }
+        if (waitingFor === undefined) {
+          this.waitingAt.set(callId, item.streamSeq);
+          this.deps.log.info("an earlier input of this call is still queued (its replica died?); waiting for it", { callId, inputId, earlierSeq: earlier });
+        }
+        waitingFor = earlier;
+        if (Date.now() >= giveUpAt) {
+          this.deps.metrics.earlierInputWaits.inc({ outcome: "gave_up" });
+          this.deps.log.warn("an earlier input of this call did not come back; going on without it", { callId, inputId, earlierSeq: earlier });
+          this.gaveUpOn.set(callId, earlier);
+          if (this.gaveUpOn.size > MAX_GAVE_UP_CALLS) this.gaveUpOn.delete(this.gaveUpOn.keys().next().value!);
+          return;
+        }
+        await new Promise((resolve) => setTimeout(resolve, EARLIER_INPUT_POLL_MS));
+      }
+    } finally {
+      if (waitingFor !== undefined && this.waitingAt.get(callId) === item.streamSeq) this.waitingAt.delete(callId);
+    }
+  }
+
+  /** The stream sequence of a turn-taking input of the call queued before `item`, if any (a future timer is not one). */
+  private async earlierQueuedInput(callId: string, item: WorkItem): Promise<number | undefined> {
+    let from = (this.gaveUpOn.get(callId) ?? 0) + 1;
+    for (;;) {
+      let found: { seq: number; data: Uint8Array } | undefined;
+      try {
+        found = await this.deps.bus.firstQueued(streams.dialog.name, item.subject, from);
+      } catch (error) {
+        // Not knowing is no reason to stall the caller: the lease still keeps turns one at a time.
+        const admitted = this.retryLog.admit("earlier input look-up failed");
+        if (admitted) this.deps.log.warn("looking for an earlier input of the call failed; going on", { callId, error: errorText(error), ...admitted });
+        return undefined;
+      }
+      if (!found || found.seq >= item.streamSeq) return undefined;
+      if (!isFutureTimer(found.data)) return found.seq;
+      from = found.seq + 1;
+    }
+  }
 
   /**
    * Runs an input, trying it again in place while Redis or NATS fails under it (a failover, a restart): a nak would
@@ -243,7 +316,8 @@ export class TurnRunner {
 
   private drop(item: WorkItem, reason: string, fields: Record<string, unknown>): void {
     this.deps.metrics.dropped.inc({ reason });
-    const quiet = reason === "duplicate" || reason === "conversation_over";
+    // Routine: a redelivery, or input after the goodbye or the hang-up (the caller left mid-turn).
+    const quiet = reason === "duplicate" || reason === "conversation_over" || reason === "ended_call";
     const admitted = this.droppedLog.admit(reason);
     if (admitted) this.deps.log[quiet ? "info" : "warn"]("dialog input dropped", { reason, ...fields, ...admitted });
     item.ack();
@@ -275,6 +349,7 @@ export class TurnRunner {
         return;
       }
     }
+    await this.afterEarlierInputs(message, item);
     // The call's state, the lease and the dialog state in one round trip; for a turn, with the input marked in
     // progress unless another one is (a replica died on it: it is done first, below).
     // A start is marked here only for a call without state: with one it is dropped, and a mark it left behind (its
@@ -328,7 +403,7 @@ export class TurnRunner {
       inputId: left.inputId,
       before: current.inputId,
     });
-    const detached: WorkItem = { subject: "", deliveryCount: 0, ack: () => undefined, nak: () => undefined, working: () => undefined };
+    const detached: WorkItem = { subject: "", deliveryCount: 0, streamSeq: 0, ack: () => undefined, nak: () => undefined, working: () => undefined };
     await this.turn(message, engineInput, detached, receivedAt, loaded, held, { releases: false });
     return true;
   }
@@ -863,6 +938,16 @@ export function unheardPart(spokenText: string, heardText: string): string {
 
 /** NoInput.turnId of the timer inputs an engine asks for (TurnResult.wake). */
 const WAKE_PREFIX = "wake:";
+
+/** A queued timer input not yet due: it waits in the queue on purpose, and later inputs do not wait for it. */
+function isFutureTimer(data: Uint8Array): boolean {
+  try {
+    const message = DialogInputCodec.decode(data);
+    return message.input?.$case === "noInput" && message.input.value.turnId.startsWith(WAKE_PREFIX) && message.atMs > Date.now();
+  } catch {
+    return false; // unreadable: its own delivery drops it at once
+  }
+}
 
 /** The idempotency key of a tool call (at most 200 characters, which the tools service accepts). */
 export function toolCallId(inputId: string, index: number, name: string, args: Record<string, unknown>): string {
