@@ -148,11 +148,17 @@ const REDO_TURN_GAP = 20;
 /** Tools that act on the call; a filler before them would only delay the goodbye. */
 const NO_FILLER_TOOLS = new Set(["end_call", "transfer_to_human", "send_dtmf"]);
 const MAX_ATTEMPTS = 3;
-/** How often a waiting input looks again for the earlier one, and how long past the ack wait it waits at most. */
-const EARLIER_INPUT_POLL_MS = 100;
+/**
+ * How soon a waiting input looks again for the earlier one (doubling to the most): an earlier input another replica
+ * just acked can still be found for a moment (the server removes it a little after the ack). And how long past the
+ * ack wait it waits at most.
+ */
+const EARLIER_INPUT_FIRST_POLL_MS = 5;
+const EARLIER_INPUT_MAX_POLL_MS = 160;
 const EARLIER_INPUT_GRACE_MS = 1_000;
-/** Calls remembered with an earlier input given up on (bounded: oldest forgotten first). */
-const MAX_GAVE_UP_CALLS = 10_000;
+/** Calls remembered with an earlier input given up on or acked here (bounded: oldest forgotten first). */
+const MAX_REMEMBERED_CALLS = 10_000;
+const ACKED_KEPT_PER_CALL = 4;
 /** How long an input is tried again in place while Redis or NATS is down or failing over (see processInOrder). */
 const RETRY_IN_PLACE_MS = 20_000;
 /** The once-scope of dialog inputs: marked when an input's turn starts. */
@@ -177,6 +183,21 @@ export class TurnRunner {
   private readonly waitingAt = new Map<string, number>();
   /** Per call: the latest earlier input given up on (waited for in vain): not waited for again here. */
   private readonly gaveUpOn = new Map<string, number>();
+  /** Per call: the stream sequences of its latest inputs this process acked (the queue may show them a moment longer). */
+  private readonly acked = new Map<string, number[]>();
+
+  private remembersAck(callId: string, item: WorkItem): WorkItem {
+    return {
+      ...item,
+      ack: () => {
+        item.ack();
+        const seqs = this.acked.get(callId) ?? [];
+        this.acked.delete(callId); // re-inserted last: the map's order is its age
+        this.acked.set(callId, [...seqs.slice(-(ACKED_KEPT_PER_CALL - 1)), item.streamSeq]);
+        if (this.acked.size > MAX_REMEMBERED_CALLS) this.acked.delete(this.acked.keys().next().value!);
+      },
+    };
+  }
 
   constructor(private readonly deps: RunnerDependencies) {}
 
@@ -200,7 +221,9 @@ export class TurnRunner {
     const waiting = this.waitingAt.get(callId);
     const chains = waiting !== undefined && item.streamSeq < waiting ? this.earlierChains : this.chains;
     const previous = chains.get(callId) ?? Promise.resolve();
-    const task = previous.then(() => this.processInOrder({ ...message, callId }, item, receivedAt)).finally(() => clearInterval(heartbeat));
+    const task = previous
+      .then(() => this.processInOrder({ ...message, callId }, this.remembersAck(callId, item), receivedAt))
+      .finally(() => clearInterval(heartbeat));
     const tail = task.catch(() => undefined);
     chains.set(callId, tail);
     void tail.then(() => {
@@ -220,6 +243,7 @@ export class TurnRunner {
     const { callId, inputId } = message;
     const giveUpAt = Date.now() + this.deps.ackWaitMs + EARLIER_INPUT_GRACE_MS;
     let waitingFor: number | undefined;
+    let pollMs = EARLIER_INPUT_FIRST_POLL_MS;
     try {
       for (;;) {
         const earlier = await this.earlierQueuedInput(callId, item);
@@ -239,10 +263,11 @@ export class TurnRunner {
           this.deps.metrics.earlierInputWaits.inc({ outcome: "gave_up" });
           this.deps.log.warn("an earlier input of this call did not come back; going on without it", { callId, inputId, earlierSeq: earlier });
           this.gaveUpOn.set(callId, earlier);
-          if (this.gaveUpOn.size > MAX_GAVE_UP_CALLS) this.gaveUpOn.delete(this.gaveUpOn.keys().next().value!);
+          if (this.gaveUpOn.size > MAX_REMEMBERED_CALLS) this.gaveUpOn.delete(this.gaveUpOn.keys().next().value!);
           return;
         }
-        await new Promise((resolve) => setTimeout(resolve, EARLIER_INPUT_POLL_MS));
+        await new Promise((resolve) => setTimeout(resolve, pollMs));
+        pollMs = Math.min(pollMs * 2, EARLIER_INPUT_MAX_POLL_MS);
       }
     } finally {
       if (waitingFor !== undefined && this.waitingAt.get(callId) === item.streamSeq) this.waitingAt.delete(callId);
@@ -263,7 +288,7 @@ export class TurnRunner {
         return undefined;
       }
       if (!found || found.seq >= item.streamSeq) return undefined;
-      if (!isFutureTimer(found.data)) return found.seq;
+      if (!this.acked.get(callId)?.includes(found.seq) && !isFutureTimer(found.data)) return found.seq;
       from = found.seq + 1;
     }
   }
@@ -331,6 +356,8 @@ export class TurnRunner {
     if (input.$case === "callEnded") {
       // The store's endCall already removed the call's live state; nothing is left to do.
       this.deps.log.info("call ended", { ...fields, reason: input.value.reason });
+      this.acked.delete(callId);
+      this.gaveUpOn.delete(callId);
       item.ack();
       return;
     }
