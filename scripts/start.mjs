@@ -258,10 +258,16 @@ class Child {
     if (this.exitCode === undefined) this.process.kill(signal);
   }
 
-  /** SIGTERM, then SIGKILL after `timeoutMs`; resolves with the exit code (a pending restart is called off). */
+  /**
+   * SIGTERM, then SIGKILL after `timeoutMs`; resolves with the exit code. A pending restart is called off, and counts
+   * as a clean stop: the exit that caused it was reported when it happened.
+   */
   async stop(timeoutMs) {
-    clearTimeout(this.restartTimer);
-    this.restartTimer = undefined;
+    if (this.restartTimer !== undefined) {
+      clearTimeout(this.restartTimer);
+      this.restartTimer = undefined;
+      return 0;
+    }
     if (this.exitCode !== undefined) return this.exitCode;
     this.process.kill("SIGTERM");
     const timer = setTimeout(() => {
@@ -404,6 +410,7 @@ async function main() {
     await sleep(250);
   }
 
+  if (stopping) return;
   systemUp = true;
 
   const url = `ws://127.0.0.1:${ingressPort}/twilio`;

@@ -8,7 +8,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { TwilioCallSimulator } from "@voicebot/callsim";
 import type { CallRecord } from "@voicebot/state";
-import { waitFor } from "@voicebot/testing";
+import { freePort, waitFor } from "@voicebot/testing";
 import { afterAll, expect, test } from "vitest";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -23,17 +23,6 @@ afterAll(async () => {
     await new Promise((resolve) => launcher!.once("exit", resolve));
   }
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 function portFree(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -131,8 +120,10 @@ test("pnpm start with two replicas: killed and stopped processes start again, an
     await waitForOutput(/tools is ready again/);
     await waitForOutput(/tts-2 is ready again/);
     const restarted = children(launcher.pid!, ports);
-    expect(restarted.dialog).not.toBe(pids.dialog);
-    expect(restarted["tts-2"]).not.toBe(pids["tts-2"]);
+    for (const label of ["dialog", "tools", "tts-2"]) {
+      expect(restarted[label], `${label} running again`).toBeGreaterThan(0);
+      expect(restarted[label], `${label} is a new process`).not.toBe(pids[label]);
+    }
 
     // nats-server dies: it is started again on its port and store; the services reconnect and the call goes on.
     process.kill(pids.nats, "SIGKILL");

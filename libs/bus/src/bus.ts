@@ -650,7 +650,8 @@ export class Bus {
    * keeps a message until a worker acks it), or undefined when there is none.
    */
   async firstQueued(stream: string, subject: string, fromSeq = 1): Promise<{ seq: number; data: Uint8Array } | undefined> {
-    this.jsm ??= await this.nc.jetstreamManager();
+    // A short timeout: callers go on without the answer rather than wait out a NATS outage (default 5 s).
+    this.jsm ??= await this.nc.jetstreamManager({ timeout: FIRST_QUEUED_TIMEOUT_MS });
     try {
       // MSG.GET with next_by_subj (NATS 2.9+); nats.js types only the direct-get form of it.
       const found = await this.jsm.streams.getMessage(stream, { seq: fromSeq, next_by_subj: subject } as unknown as { seq: number });
@@ -708,6 +709,7 @@ export interface RequestOptions {
   maxSends?: number;
 }
 
+const FIRST_QUEUED_TIMEOUT_MS = 1_000;
 /** JetStream's error code for a message get that found nothing. */
 const NO_MESSAGE_FOUND = 10037;
 

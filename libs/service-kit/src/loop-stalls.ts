@@ -54,35 +54,50 @@ export function processLoopStalls(): LoopStalls {
   return shared;
 }
 
-/** A grace a deadline that came due during a stall gives the socket: enough for one turn of the loop to read it. */
+/** The default grace a deadline that came due during a stall gives the socket: a few turns of the loop to read it. */
 const READ_GRACE_MS = 20;
 
+export interface StallAwareTimerOptions {
+  /**
+   * How long a deadline that came due during a stall waits before it fires (default 20 ms). Longer when what ends
+   * the wait is a round trip away (caller audio read after the stall must reach the asr and its verdict come back).
+   */
+  graceMs?: number;
+}
+
 /**
- * setTimeout that does not blame the other side for a stall of this process's own: when it comes due during a stall
- * (it runs STALL_MS or more late), it waits one short grace so what came meanwhile is read first, and only then does
- * `onExpire` run, unless the reader cleared or refreshed it. The deadline stays wall-clock: stall time is not given
- * back, so sustained CPU throttling (every tick late) does not stretch it either.
+ * setTimeout that does not blame the other side for a stall of this process's own. What came meanwhile waits in a
+ * socket and is read in the loop's poll phase, which may come after the timers: so a deadline first lets one poll
+ * phase run (setImmediate), and one that came due during a stall (it runs STALL_MS or more late) waits a short
+ * grace; only then does `onExpire` run, unless the reader cleared or refreshed it. The deadline stays wall-clock:
+ * stall time is not given back, so sustained CPU throttling (every tick late) does not stretch it either.
  */
 export class StallAwareTimer {
   private timer: NodeJS.Timeout | undefined;
+  private immediate: NodeJS.Immediate | undefined;
   private dueAt = 0;
+  private readonly graceMs: number;
 
   constructor(
     private readonly ms: number,
     private readonly onExpire: () => void,
+    options: StallAwareTimerOptions = {},
   ) {
+    this.graceMs = options.graceMs ?? READ_GRACE_MS;
     this.start();
   }
 
   /** Starts the full wait again from now. */
   refresh(): void {
-    clearTimeout(this.timer);
+    this.clear();
     this.start();
   }
 
   clear(): void {
     clearTimeout(this.timer);
+    clearImmediate(this.immediate);
     this.timer = undefined;
+    this.immediate = undefined;
   }
 
   private start(): void {
@@ -91,15 +106,17 @@ export class StallAwareTimer {
   }
 
   private due(): void {
+    this.timer = undefined;
     if (performance.now() - this.dueAt >= STALL_MS) {
-      this.timer = setTimeout(() => this.expire(), READ_GRACE_MS);
+      this.timer = setTimeout(() => this.expire(), this.graceMs);
       return;
     }
-    this.expire();
+    this.immediate = setImmediate(() => this.expire());
   }
 
   private expire(): void {
     this.timer = undefined;
+    this.immediate = undefined;
     this.onExpire();
   }
 }

@@ -68,7 +68,7 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
     }),
     earlierInputWaits: new Counter({
       name: "voicebot_dialog_earlier_input_waits_total",
-      help: "Inputs that waited for an earlier input of their call still in the queue (its replica died), by outcome (arrived, gave_up)",
+      help: "Inputs that waited for an earlier input of their call still in the queue (its replica died), by outcome (arrived, in_progress: the lease redid it, gave_up, error)",
       labelNames: ["outcome"],
       registers: [registry],
     }),

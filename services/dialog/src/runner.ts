@@ -177,15 +177,58 @@ type Dropped = { drop: string };
 export class TurnRunner {
   /** Per call: the tail of its queue of inputs in this process. */
   private readonly chains = new Map<string, Promise<void>>();
-  /** Per call: the tail of the inputs that go ahead of its waiting input (afterEarlierInputs). */
-  private readonly earlierChains = new Map<string, Promise<void>>();
-  /** Per call: the stream sequence of its input that waits for earlier ones, while it waits. */
-  private readonly waitingAt = new Map<string, number>();
+  /** Per call: its inputs this process holds (by stream sequence), each settled once it is done. */
+  private readonly held = new Map<string, Map<number, Promise<void>>>();
   /** Per call: the latest earlier input given up on (waited for in vain): not waited for again here. */
   private readonly gaveUpOn = new Map<string, number>();
   /** Per call: the stream sequences of its latest inputs this process acked (the queue may show them a moment longer). */
   private readonly acked = new Map<string, number[]>();
 
+  constructor(private readonly deps: RunnerDependencies) {}
+
+  /** Calls with an input being handled (or waiting behind one) in this process. */
+  activeCalls(): number {
+    return this.held.size;
+  }
+
+  /**
+   * The bus.consume handler: once no earlier input of the call is left in the queue (afterEarlierInputs), queues
+   * the input behind the call's earlier ones in this process, and resolves when it is done.
+   */
+  handle = (message: DialogInput, item: WorkItem, delivery: Delivery): Promise<void> => {
+    const receivedAt = Date.now();
+    const callId = message.callId || delivery.callId || "";
+    if (!isValidCallId(callId)) {
+      this.drop(item, "invalid_call_id", { callId, inputId: message.inputId });
+      return Promise.resolve();
+    }
+    // Tell JetStream the input is being worked on (also while it waits for the call's earlier inputs), so a long
+    // turn does not make it hand the input to another replica; only a dead replica stops the heartbeat.
+    const heartbeat = setInterval(() => item.working(), Math.max(250, Math.floor(this.deps.ackWaitMs / 3)));
+    const held = this.held.get(callId) ?? new Map<number, Promise<void>>();
+    this.held.set(callId, held);
+    const task = (needsOrder(message) ? this.afterEarlierInputs({ ...message, callId }, item) : Promise.resolve())
+      .then(() => {
+        const previous = this.chains.get(callId) ?? Promise.resolve();
+        const turn = previous.then(() => this.processInOrder({ ...message, callId }, this.remembersAck(callId, item), receivedAt));
+        const tail = turn.catch(() => undefined);
+        this.chains.set(callId, tail);
+        void tail.then(() => {
+          if (this.chains.get(callId) === tail) this.chains.delete(callId);
+        });
+        return turn;
+      })
+      .finally(() => clearInterval(heartbeat));
+    const settled = task.catch(() => undefined);
+    held.set(item.streamSeq, settled);
+    void settled.then(() => {
+      held.delete(item.streamSeq);
+      if (held.size === 0 && this.held.get(callId) === held) this.held.delete(callId);
+    });
+    return task; // a rejection makes the bus nak the input for redelivery
+  };
+
+  /** The item, remembering its ack for afterEarlierInputs (the server drops an acked message a little later). */
   private remembersAck(callId: string, item: WorkItem): WorkItem {
     return {
       ...item,
@@ -199,96 +242,78 @@ export class TurnRunner {
     };
   }
 
-  constructor(private readonly deps: RunnerDependencies) {}
-
-  /** Calls with an input being handled (or waiting behind one) in this process. */
-  activeCalls(): number {
-    return this.chains.size;
-  }
-
-  /** The bus.consume handler: queues the input behind the call's earlier ones and resolves when it is done. */
-  handle = (message: DialogInput, item: WorkItem, delivery: Delivery): Promise<void> => {
-    const receivedAt = Date.now();
-    const callId = message.callId || delivery.callId || "";
-    if (!isValidCallId(callId)) {
-      this.drop(item, "invalid_call_id", { callId, inputId: message.inputId });
-      return Promise.resolve();
-    }
-    // Tell JetStream the input is being worked on (also while it waits behind the call's earlier inputs), so a
-    // long turn does not make it hand the input to another replica; only a dead replica stops the heartbeat.
-    const heartbeat = setInterval(() => item.working(), Math.max(250, Math.floor(this.deps.ackWaitMs / 3)));
-    // An input earlier than the one waiting for it (afterEarlierInputs) goes ahead of it, not behind it.
-    const waiting = this.waitingAt.get(callId);
-    const chains = waiting !== undefined && item.streamSeq < waiting ? this.earlierChains : this.chains;
-    const previous = chains.get(callId) ?? Promise.resolve();
-    const task = previous
-      .then(() => this.processInOrder({ ...message, callId }, this.remembersAck(callId, item), receivedAt))
-      .finally(() => clearInterval(heartbeat));
-    const tail = task.catch(() => undefined);
-    chains.set(callId, tail);
-    void tail.then(() => {
-      if (chains.get(callId) === tail) chains.delete(callId);
-    });
-    return task; // a rejection makes the bus nak the input for redelivery
-  };
-
   /**
-   * Waits while an earlier input of this call is still in the work queue, unacked: JetStream delivered it to a
-   * replica that died or froze before marking it in progress, and hands it out again only after the ack wait, after
-   * this one. Going on would answer the caller out of order ("1", a crash, then "2345#" taken before the "1").
-   * Gives up after the ack wait and a little (the earlier input may be stuck for good), once per earlier input here.
-   * Costs one work-queue look-up per input when nothing is missing.
+   * Waits while an earlier input of this call is still in the work queue, unacked. One this process holds is waited
+   * for until it is done. Any other was delivered to a replica that died or froze: if that replica marked it in
+   * progress, taking the lease redoes it first (redoAbandoned); if it died before, JetStream hands the input out
+   * again only after the ack wait, after this one, and going on would answer the caller out of order ("1", a crash,
+   * then "2345#" taken before the "1"). Gives up after the ack wait and a little (the earlier input may be stuck for
+   * good), once per earlier input here. Costs one work-queue look-up per input when nothing is missing.
    */
   private async afterEarlierInputs(message: DialogInput, item: WorkItem): Promise<void> {
     const { callId, inputId } = message;
     const giveUpAt = Date.now() + this.deps.ackWaitMs + EARLIER_INPUT_GRACE_MS;
-    let waitingFor: number | undefined;
+    let waitedFor: number | undefined;
+    let markChecked: number | undefined;
     let pollMs = EARLIER_INPUT_FIRST_POLL_MS;
-    try {
-      for (;;) {
-        const earlier = await this.earlierQueuedInput(callId, item);
-        if (earlier === undefined) {
-          if (waitingFor !== undefined) {
-            this.deps.metrics.earlierInputWaits.inc({ outcome: "arrived" });
-            this.deps.log.info("the earlier input was done; going on", { callId, inputId });
-          }
-          return;
-        }
-        if (waitingFor === undefined) {
-          this.waitingAt.set(callId, item.streamSeq);
-          this.deps.log.info("an earlier input of this call is still queued (its replica died?); waiting for it", { callId, inputId, earlierSeq: earlier });
-        }
-        waitingFor = earlier;
-        if (Date.now() >= giveUpAt) {
-          this.deps.metrics.earlierInputWaits.inc({ outcome: "gave_up" });
-          this.deps.log.warn("an earlier input of this call did not come back; going on without it", { callId, inputId, earlierSeq: earlier });
-          this.gaveUpOn.set(callId, earlier);
-          if (this.gaveUpOn.size > MAX_REMEMBERED_CALLS) this.gaveUpOn.delete(this.gaveUpOn.keys().next().value!);
-          return;
-        }
-        await new Promise((resolve) => setTimeout(resolve, pollMs));
-        pollMs = Math.min(pollMs * 2, EARLIER_INPUT_MAX_POLL_MS);
-      }
-    } finally {
-      if (waitingFor !== undefined && this.waitingAt.get(callId) === item.streamSeq) this.waitingAt.delete(callId);
-    }
-  }
-
-  /** The stream sequence of a turn-taking input of the call queued before `item`, if any (a future timer is not one). */
-  private async earlierQueuedInput(callId: string, item: WorkItem): Promise<number | undefined> {
-    let from = (this.gaveUpOn.get(callId) ?? 0) + 1;
+    const outcome = (result: "arrived" | "gave_up" | "error" | "in_progress") => {
+      if (waitedFor !== undefined) this.deps.metrics.earlierInputWaits.inc({ outcome: result });
+    };
     for (;;) {
-      let found: { seq: number; data: Uint8Array } | undefined;
+      let earlier: { seq: number; inputId: string } | undefined;
       try {
-        found = await this.deps.bus.firstQueued(streams.dialog.name, item.subject, from);
+        earlier = await this.earlierQueuedInput(callId, item);
       } catch (error) {
         // Not knowing is no reason to stall the caller: the lease still keeps turns one at a time.
         const admitted = this.retryLog.admit("earlier input look-up failed");
-        if (admitted) this.deps.log.warn("looking for an earlier input of the call failed; going on", { callId, error: errorText(error), ...admitted });
-        return undefined;
+        if (admitted) this.deps.log.warn("looking for an earlier input of the call failed; going on", { callId, inputId, error: errorText(error), ...admitted });
+        return outcome("error");
       }
+      if (!earlier) {
+        if (waitedFor !== undefined) this.deps.log.info("the earlier input was done; going on", { callId, inputId });
+        return outcome("arrived");
+      }
+      const mine = this.held.get(callId)?.get(earlier.seq);
+      if (mine) {
+        await mine; // this process's own earlier input: on once it is done
+        continue;
+      }
+      if (markChecked !== earlier.seq) {
+        markChecked = earlier.seq;
+        // Marked in progress by the replica that died on it: the lease redoes it before this input.
+        const left = await this.deps.store.loadDialog<StoredDialogState>(callId).then(
+          (stored) => loadedDialog(stored).inProgress?.inputId,
+          () => undefined,
+        );
+        if (left === earlier.inputId) return outcome("in_progress");
+      }
+      if (waitedFor === undefined) {
+        this.deps.log.info("an earlier input of this call is still queued (its replica died?); waiting for it", { callId, inputId, earlier: earlier.inputId });
+      }
+      waitedFor = earlier.seq;
+      if (Date.now() >= giveUpAt) {
+        this.deps.log.warn("an earlier input of this call did not come back; going on without it", { callId, inputId, earlier: earlier.inputId });
+        this.gaveUpOn.delete(callId); // re-inserted last: the map's order is its age
+        this.gaveUpOn.set(callId, earlier.seq);
+        if (this.gaveUpOn.size > MAX_REMEMBERED_CALLS) this.gaveUpOn.delete(this.gaveUpOn.keys().next().value!);
+        return outcome("gave_up");
+      }
+      await new Promise((resolve) => setTimeout(resolve, pollMs));
+      pollMs = Math.min(pollMs * 2, EARLIER_INPUT_MAX_POLL_MS);
+    }
+  }
+
+  /**
+   * The first input of the call queued before `item` that it must follow, if any: not one this process acked, a
+   * timer not yet due, or the call's end.
+   */
+  private async earlierQueuedInput(callId: string, item: WorkItem): Promise<{ seq: number; inputId: string } | undefined> {
+    let from = (this.gaveUpOn.get(callId) ?? 0) + 1;
+    for (;;) {
+      const found = await this.deps.bus.firstQueued(streams.dialog.name, item.subject, from);
       if (!found || found.seq >= item.streamSeq) return undefined;
-      if (!this.acked.get(callId)?.includes(found.seq) && !isFutureTimer(found.data)) return found.seq;
+      const input = this.acked.get(callId)?.includes(found.seq) ? undefined : decodedInput(found.data);
+      if (input && needsOrder(input)) return { seq: found.seq, inputId: input.inputId };
       from = found.seq + 1;
     }
   }
@@ -356,9 +381,9 @@ export class TurnRunner {
     if (input.$case === "callEnded") {
       // The store's endCall already removed the call's live state; nothing is left to do.
       this.deps.log.info("call ended", { ...fields, reason: input.value.reason });
+      item.ack();
       this.acked.delete(callId);
       this.gaveUpOn.delete(callId);
-      item.ack();
       return;
     }
     if (input.$case === "playback" && input.value.kind !== PlaybackEvent_Kind.KIND_INTERRUPTED) {
@@ -376,7 +401,6 @@ export class TurnRunner {
         return;
       }
     }
-    await this.afterEarlierInputs(message, item);
     // The call's state, the lease and the dialog state in one round trip; for a turn, with the input marked in
     // progress unless another one is (a replica died on it: it is done first, below).
     // A start is marked here only for a call without state: with one it is dropped, and a mark it left behind (its
@@ -966,13 +990,23 @@ export function unheardPart(spokenText: string, heardText: string): string {
 /** NoInput.turnId of the timer inputs an engine asks for (TurnResult.wake). */
 const WAKE_PREFIX = "wake:";
 
-/** A queued timer input not yet due: it waits in the queue on purpose, and later inputs do not wait for it. */
-function isFutureTimer(data: Uint8Array): boolean {
+/**
+ * Whether an input takes its turn in the call's order: not the call's end, a playback event other than an
+ * interruption (acked at once), or a timer input not yet due (it waits in the queue on purpose).
+ */
+function needsOrder(message: DialogInput): boolean {
+  const input = message.input;
+  if (!input || input.$case === "callEnded") return false;
+  if (input.$case === "playback") return input.value.kind === PlaybackEvent_Kind.KIND_INTERRUPTED;
+  if (input.$case === "noInput" && input.value.turnId.startsWith(WAKE_PREFIX)) return message.atMs <= Date.now();
+  return true;
+}
+
+function decodedInput(data: Uint8Array): DialogInput | undefined {
   try {
-    const message = DialogInputCodec.decode(data);
-    return message.input?.$case === "noInput" && message.input.value.turnId.startsWith(WAKE_PREFIX) && message.atMs > Date.now();
+    return DialogInputCodec.decode(data);
   } catch {
-    return false; // unreadable: its own delivery drops it at once
+    return undefined; // unreadable: its own delivery drops it at once
   }
 }
 

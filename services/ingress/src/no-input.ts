@@ -8,6 +8,9 @@
 
 import { StallAwareTimer } from "@voicebot/service-kit";
 
+/** After a stall of this replica: time for the caller audio read then to reach the asr and its verdict to come back. */
+const AFTER_STALL_GRACE_MS = 500;
+
 /** One call's timer. Any activity restarts it; it runs only while nobody speaks. */
 export class NoInputTimer {
   private timer: StallAwareTimer | undefined;
@@ -75,7 +78,8 @@ export class NoInputTimer {
     this.disarm();
     // Nothing to prompt again before the first turn (the greeting) has begun.
     if (this.closed || this.waitMs <= 0 || this.botSpeaking || this.callerSpeaking || !this.lastTurnId) return;
-    // After a stall of this replica, the caller's frames that came meanwhile are read before this fires (StallAwareTimer).
+    // After a stall of this replica, the caller's frames that came meanwhile are read, and the asr's verdict on
+    // them (speech started) has time to come back, before this fires (StallAwareTimer).
     this.timer = new StallAwareTimer(this.waitMs, () => {
       this.timer = undefined;
       if (this.closed) return;
@@ -84,7 +88,7 @@ export class NoInputTimer {
       // Still silent after the reprompt's own turn would restart it; if the dialog sends nothing (the input was
       // stale), the caller is asked again after another wait rather than never.
       this.restart();
-    });
+    }, { graceMs: AFTER_STALL_GRACE_MS });
   }
 
   private disarm(): void {
