@@ -3,12 +3,11 @@
 // a live call goes on through a killed dialog and tools replica, a stopped tts replica and a killed nats-server.
 import { spawn, type ChildProcess } from "node:child_process";
 import { readFileSync, readdirSync } from "node:fs";
-import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { TwilioCallSimulator } from "@voicebot/callsim";
 import type { CallRecord } from "@voicebot/state";
-import { freePort, waitFor } from "@voicebot/testing";
+import { canConnect, freePort, waitFor } from "@voicebot/testing";
 import { afterAll, expect, test } from "vitest";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -24,20 +23,12 @@ afterAll(async () => {
   }
 });
 
-function portFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = net.createServer();
-    server.once("error", () => resolve(false));
-    server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
-  });
-}
-
 /** A base whose stage ports (base + 1…4 and + 11…14) are all free. */
 async function freePortBase(): Promise<number> {
   for (let attempt = 0; attempt < 50; attempt++) {
     const base = 20_000 + Math.floor(Math.random() * 400) * 100;
     const ports = [1, 2, 3, 4, 11, 12, 13, 14].map((offset) => base + offset);
-    if ((await Promise.all(ports.map(portFree))).every(Boolean)) return base;
+    if (!(await Promise.all(ports.map((port) => canConnect(port)))).some(Boolean)) return base;
   }
   throw new Error("no free port range for the stages");
 }

@@ -207,10 +207,11 @@ export class TurnRunner {
     const heartbeat = setInterval(() => item.working(), Math.max(250, Math.floor(this.deps.ackWaitMs / 3)));
     const held = this.held.get(callId) ?? new Map<number, Promise<void>>();
     this.held.set(callId, held);
-    const task = (needsOrder(message) ? this.afterEarlierInputs({ ...message, callId }, item) : Promise.resolve())
+    const input = { ...message, callId };
+    const task = (needsOrder(input) ? this.afterEarlierInputs(input, item) : Promise.resolve())
       .then(() => {
         const previous = this.chains.get(callId) ?? Promise.resolve();
-        const turn = previous.then(() => this.processInOrder({ ...message, callId }, this.remembersAck(callId, item), receivedAt));
+        const turn = previous.then(() => this.processInOrder(input, this.remembersAck(callId, item), receivedAt));
         const tail = turn.catch(() => undefined);
         this.chains.set(callId, tail);
         void tail.then(() => {
@@ -235,9 +236,7 @@ export class TurnRunner {
       ack: () => {
         item.ack();
         const seqs = this.acked.get(callId) ?? [];
-        this.acked.delete(callId); // re-inserted last: the map's order is its age
-        this.acked.set(callId, [...seqs.slice(-(ACKED_KEPT_PER_CALL - 1)), item.streamSeq]);
-        if (this.acked.size > MAX_REMEMBERED_CALLS) this.acked.delete(this.acked.keys().next().value!);
+        rememberLatest(this.acked, callId, [...seqs.slice(-(ACKED_KEPT_PER_CALL - 1)), item.streamSeq]);
       },
     };
   }
@@ -293,9 +292,7 @@ export class TurnRunner {
       waitedFor = earlier.seq;
       if (Date.now() >= giveUpAt) {
         this.deps.log.warn("an earlier input of this call did not come back; going on without it", { callId, inputId, earlier: earlier.inputId });
-        this.gaveUpOn.delete(callId); // re-inserted last: the map's order is its age
-        this.gaveUpOn.set(callId, earlier.seq);
-        if (this.gaveUpOn.size > MAX_REMEMBERED_CALLS) this.gaveUpOn.delete(this.gaveUpOn.keys().next().value!);
+        rememberLatest(this.gaveUpOn, callId, earlier.seq);
         return outcome("gave_up");
       }
       await new Promise((resolve) => setTimeout(resolve, pollMs));
@@ -1000,6 +997,13 @@ function needsOrder(message: DialogInput): boolean {
   if (input.$case === "playback") return input.value.kind === PlaybackEvent_Kind.KIND_INTERRUPTED;
   if (input.$case === "noInput" && input.value.turnId.startsWith(WAKE_PREFIX)) return message.atMs <= Date.now();
   return true;
+}
+
+/** Sets a call's entry as the newest (a Map's order is its age), forgetting the oldest past MAX_REMEMBERED_CALLS. */
+function rememberLatest<T>(map: Map<string, T>, callId: string, value: T): void {
+  map.delete(callId);
+  map.set(callId, value);
+  if (map.size > MAX_REMEMBERED_CALLS) map.delete(map.keys().next().value!);
 }
 
 function decodedInput(data: Uint8Array): DialogInput | undefined {
