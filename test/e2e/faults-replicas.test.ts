@@ -180,6 +180,32 @@ describe("one replica of a stage crashes mid-call", () => {
     await replace("asr");
   });
 
+  test("asr: the owner dies while the caller is speaking; the survivor replays the caller's audio and hears the whole utterance", async () => {
+    const sim = await connected(cluster);
+    const owner = await cluster.store.leaseOwner(sim.callSid, "asr");
+    const victim = cluster.replicas.asr.find((r) => owner === `asr-${r.port}`);
+    expect(victim, `the owner ${owner} is one of ours`).toBeDefined();
+    const survivor = cluster.replicas.asr.find((r) => r !== victim)!;
+    const replayedBefore = await cluster.metric(cluster.ingress, "voicebot_ingress_caller_audio_replayed_frames_total");
+    const said = sim.say(orderStatus); // ~0.85 s of speech after ~0.15 s of quiet
+    await sleep(550); // the owner has an utterance open: "order st…"
+    const killedAt = Date.now();
+    await cluster.kill(victim!);
+    await said;
+    const replayedMs = await logDelay(survivor, "caller audio replayed", killedAt);
+
+    const record = await cluster.waitForRecord(sim.callSid, "the utterance answered", (r) => lines(r).bot.some((b) => answers["1"].test(b)), TURN_MS);
+    const heard = record.transcript.filter((e) => e.role === "caller" && e.source === "speech").map((e) => e.text);
+    expect(heard, describeRecord(record)).toEqual(["order status"]);
+    const replayedFrames = (await cluster.metric(cluster.ingress, "voicebot_ingress_caller_audio_replayed_frames_total")) - replayedBefore;
+    // From before the onset to the takeover: the utterance and the quiet after it, no more than ingress keeps (5 s).
+    expect(replayedFrames).toBeGreaterThan(50);
+    expect(replayedFrames).toBeLessThanOrEqual(250);
+    report.push(`asr kill mid-utterance: the survivor replayed ${replayedFrames} caller frames ${replayedMs} ms after the kill and heard ${JSON.stringify(heard)}`);
+    await sim.hangUp();
+    await replace("asr");
+  });
+
   test("engines: with ElevenLabs failing, calls still get audio from flite", async () => {
     elevenFails = true;
     try {

@@ -6,7 +6,7 @@ import { synthesize } from "@voicebot/callsim";
 import { startFakeElevenLabs, waitFor, type FakeElevenLabs, type ServiceName, type ServiceProcess } from "@voicebot/testing";
 import { beforeAll, expect, test } from "vitest";
 import { WebSocket } from "ws";
-import { answers, FAULT_AGENT, faultTestHooks, lines, startCluster, type Cluster } from "./faults-cluster.js";
+import { answers, describeRecord, FAULT_AGENT, faultTestHooks, lines, startCluster, type Cluster } from "./faults-cluster.js";
 import { loudnessDbfs } from "./system.js";
 
 let cluster: Cluster;
@@ -104,18 +104,29 @@ test("every stage is replaced during one live call; its keypad flow completes an
   expect(await tts.exit).toBe(0);
   report.push(`tts: SIGTERM mid-synthesis; every chunk played (${(long.audio.length / 8000).toFixed(1)} s), exit 0 after ${drainedIn(tts.old, tts.stoppedAt)} ms`);
 
-  // asr: SIGTERM hands the call over; the new replica recognizes the next utterance.
+  // asr: SIGTERM while the caller speaks hands the call over; the new replica hears that utterance whole (ingress
+  // replays it) and the next one.
   await sim.say(orderStatus);
   // Played to its end before the caller speaks again: speech over it would be a barge-in that cuts it short.
   await sim.waitForBotTurn({ timeoutMs: TURN_MS });
   await answered(answers["1"], 1, "the first spoken answer");
-  const asr = await roll("asr");
-  expect(await asr.exit).toBe(0);
+  const oldAsr = await cluster.busy("asr");
+  await cluster.add("asr");
+  const said = sim.say(orderStatus);
+  await new Promise((resolve) => setTimeout(resolve, 550)); // "order st…": the old replica has the utterance open
+  const asrStoppedAt = Date.now();
+  const asrExit = cluster.terminate(oldAsr, 30_000);
+  await said;
+  expect(await asrExit).toBe(0);
   const successor = cluster.replicas.asr[0];
   const takeover = await successor.waitForLog((l) => l.msg === "call taken over" && l.callId === sim.callSid);
-  report.push(`asr: SIGTERM handed the call over; the new replica took it ${Date.parse(String(takeover.time)) - asr.stoppedAt} ms after the signal`);
+  await successor.waitForLog((l) => l.msg === "caller audio replayed" && l.callId === sim.callSid);
+  report.push(`asr: SIGTERM mid-utterance handed the call over; the new replica took it ${Date.parse(String(takeover.time)) - asrStoppedAt} ms after the signal and replayed the utterance`);
+  await sim.waitForBotTurn({ timeoutMs: TURN_MS });
+  await answered(answers["1"], 2, "the answer to the utterance spoken across the hand-over");
   await sim.say(orderStatus);
-  await answered(answers["1"], 2, "the second spoken answer");
+  await sim.waitForBotTurn({ timeoutMs: TURN_MS });
+  await answered(answers["1"], 3, "the third spoken answer");
 
   // The order flow, on the new replicas only.
   await sim.pressKeys("6");
@@ -123,6 +134,8 @@ test("every stage is replaced during one live call; its keypad flow completes an
   await sim.pressKeys("12345#");
   const record = await answered(/Order 1 2 3 4 5 has shipped/, 1, "the order status");
   expect(lines(record).keys).toEqual(["5", "2", "5", "7", "6", "12345#"]);
+  const heard = record.transcript.filter((e) => e.role === "caller" && e.source === "speech").map((e) => e.text);
+  expect(heard, describeRecord(record)).toEqual(["order status", "order status", "order status"]);
   expect(record.toolCalls.filter((t) => t.name === "lookup_order" && t.ok)).toHaveLength(1);
   await sim.hangUp();
 });

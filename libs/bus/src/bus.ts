@@ -382,14 +382,15 @@ export class Bus {
   }
 
   /**
-   * Answers requests; with a queue group, one replica answers each. A request that asks for a receipt (see
+   * Answers requests; with a queue group, one replica answers each. Without one, every replica gets each request and
+   * those it is not for return NOT_MINE: no answer (the one it is for answers). A request that asks for a receipt (see
    * requestWithReceipt) gets one the moment it is taken up, and again every RECEIPT_REPEAT_MS until it is answered.
    */
   serve<Req, Res>(
     subject: string,
     requestCodec: Codec<Req>,
     responseCodec: Codec<Res>,
-    handler: (request: Req, delivery: Delivery) => Promise<Res>,
+    handler: (request: Req, delivery: Delivery) => Promise<Res | typeof NOT_MINE>,
     options: SubscribeOptions,
   ): Subscription {
     const received = pendingCount(this.received, { handler: options.name });
@@ -417,7 +418,7 @@ export class Bus {
         handler(request, delivery).then(
           (response) => {
             clearInterval(stillWorking);
-            msg.respond(responseCodec.encode(response).finish());
+            if (response !== NOT_MINE) msg.respond(responseCodec.encode(response).finish());
           },
           (error) => {
             clearInterval(stillWorking);
@@ -708,6 +709,9 @@ export interface RequestOptions {
   receiptMs?: number;
   maxSends?: number;
 }
+
+/** What a `serve` handler returns for a request meant for another replica: it sends no answer. */
+export const NOT_MINE: unique symbol = Symbol("not mine");
 
 const FIRST_QUEUED_TIMEOUT_MS = 1_000;
 /** JetStream's error code for a message get that found nothing. */

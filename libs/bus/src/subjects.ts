@@ -26,6 +26,13 @@ export function callIdOfSubject(subject: string): string | undefined {
 export const subjects = {
   /** Caller audio, ingress -> the asr replica that owns the call. CallerAudio. */
   callerAudio: (callId: string) => call(callId, "audio.in"),
+  /**
+   * The caller audio the call's ingress still keeps, from a frame on (an asr replica taking the call over).
+   * CallerAudioReplayRequest -> CallerAudio. Every ingress replica listens on the wildcard; only the one streaming the
+   * call answers.
+   */
+  callerAudioReplay: (callId: string) => call(callId, "audio.replay"),
+  callerAudioReplayAll: "vb.v1.call.*.audio.replay",
   /** Bot audio, tts -> the ingress holding the call's stream. BotAudio. */
   botAudio: (callId: string) => call(callId, "audio.out"),
   /** Voice activity, asr -> ingress/dialog (barge-in). SpeechActivity. */

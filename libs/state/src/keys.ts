@@ -8,6 +8,8 @@ export const keys = {
   dialog: (callId: string) => `vb:{${callId}}:dialog`,
   hints: (callId: string) => `vb:{${callId}}:asr-hints`,
   lease: (callId: string, role: string) => `vb:{${callId}}:lease:${role}`,
+  /** How far a role's lease owner got with the call, for the replica that takes it over (store.saveProgress). */
+  progress: (callId: string, role: string) => `vb:{${callId}}:progress:${role}`,
   /** Hash of the ids seen once (commitDialog's `once`, tool claims), fields `scope:id`: one key per call, so endCall deletes them all. */
   once: (callId: string) => `vb:{${callId}}:once`,
   /** Hash of the tools' stored results by toolCallId, for requests repeated while the call is live. */
@@ -32,5 +34,5 @@ export const liveKeys = (callId: string, roles: readonly string[]) => [
   keys.hints(callId),
   keys.once(callId),
   keys.toolResults(callId),
-  ...roles.map((role) => keys.lease(callId, role)),
+  ...roles.flatMap((role) => [keys.lease(callId, role), keys.progress(callId, role)]),
 ];

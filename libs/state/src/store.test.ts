@@ -304,6 +304,24 @@ describe("CallStore", () => {
     expect(await store.orphanedCalls("asr", Date.now() + 60_000)).toEqual(expect.arrayContaining(["CR1", "CR4"]));
     expect(await store.renewLeases([], "asr", "mine", 10_000)).toEqual([]);
   });
+
+  it("an owner's progress is saved with its renewals and on its own, only while it holds the lease, and goes with the call", async () => {
+    for (const id of ["CP1", "CP2"]) await store.createCall(meta(id));
+    await store.acquireLease("CP1", "asr", "mine", 10_000);
+    await store.acquireLease("CP2", "asr", "other", 10_000);
+    await store.renewLeases(["CP1", "CP2"], "asr", "mine", 10_000, (callId) => (callId === "CP1" ? "250" : "7"));
+    expect(await store.progress("CP1", "asr")).toBe("250");
+    expect(await store.progress("CP2", "asr")).toBeUndefined(); // not its lease
+    await store.renewLeases(["CP1"], "asr", "mine", 10_000, () => undefined); // nothing new: kept
+    expect(await store.progress("CP1", "asr")).toBe("250");
+    expect(await store.saveProgress("CP1", "asr", "mine", "400")).toBe(true);
+    expect(await store.saveProgress("CP1", "asr", "other", "9")).toBe(false);
+    expect(await store.progress("CP1", "asr")).toBe("400");
+    expect(await store.redis.pttl(keys.progress("CP1", "asr"))).toBeGreaterThan(store.options.liveTtlMs - 5_000); // the live TTL
+    await store.endCall("CP1", "caller_hangup");
+    expect(await liveKeysOf("CP1")).toEqual([]);
+    expect(await store.saveProgress("CP1", "asr", "mine", "500")).toBe(false); // the lease went with the call
+  });
 });
 
 /** The call's keys other than its record (meta, transcript, tools, turns, speech). */

@@ -137,15 +137,24 @@ const RELEASE_SCRIPT = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0`;
 
-// KEYS: lease, meta. One call's lease renewal and its state, in its own slot. An ended call's lease is not taken
-// again (endCall deleted it). Returns {held, call state or ''}.
+// KEYS: lease, meta, progress. ARGV: owner, TTL, progress or '', progress TTL. One call's lease renewal and its
+// state, in its own slot; the owner's progress is saved with it (only while it holds the lease). An ended call's
+// lease is not taken again (endCall deleted it). Returns {held, call state or ''}.
 const RENEW_SCRIPT = `
 local call = redis.call('HGET', KEYS[2], 'state')
 if call == 'ended' then return {0, 'ended'} end
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] then return {0, call or ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
 return {1, call or ''}`;
+
+// KEYS: lease, progress. ARGV: owner, progress, TTL. Saves the owner's progress while it holds the lease (an owner
+// that lost it must not overwrite its successor's). Returns 1 if saved.
+const PROGRESS_SCRIPT = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1`;
 
 // KEYS: meta, lease, dialog state, once hash. ARGV: owner, lease TTL, mark or '', once field, live TTL, '1' to mark
 // only while there is no state yet. The start of a dialog turn: the call must be live, the lease free or ours; then
@@ -399,7 +408,8 @@ export class CallStore {
     redis.defineCommand("vbLease", { numberOfKeys: 1, lua: LEASE_SCRIPT });
     redis.defineCommand("vbRelease", { numberOfKeys: 1, lua: RELEASE_SCRIPT });
     redis.defineCommand("vbExtendDialog", { numberOfKeys: 2, lua: EXTEND_DIALOG_SCRIPT });
-    redis.defineCommand("vbRenew", { numberOfKeys: 2, lua: RENEW_SCRIPT });
+    redis.defineCommand("vbRenew", { numberOfKeys: 3, lua: RENEW_SCRIPT });
+    redis.defineCommand("vbProgress", { numberOfKeys: 2, lua: PROGRESS_SCRIPT });
     redis.defineCommand("vbTakeTurn", { numberOfKeys: 4, lua: TAKE_TURN_SCRIPT });
     redis.defineCommand("vbCommit", { numberOfKeys: 5, lua: COMMIT_SCRIPT });
     redis.defineCommand("vbClearMark", { numberOfKeys: 1, lua: CLEAR_MARK_SCRIPT });
@@ -709,10 +719,19 @@ export class CallStore {
    * turns out ended or lost is the caller's to drop and forget (store.releaseLease / forgetLease). Throws when
    * Redis cannot be reached; a failure of one call's script is that call's `error`.
    */
-  async renewLeases(callIds: readonly string[], role: string, owner: string, ttlMs: number): Promise<LeaseRenewal[]> {
+  async renewLeases(
+    callIds: readonly string[],
+    role: string,
+    owner: string,
+    ttlMs: number,
+    progressOf: (callId: string) => string | undefined = () => undefined,
+  ): Promise<LeaseRenewal[]> {
     if (callIds.length === 0) return [];
     const pipeline = this.redis.pipeline() as unknown as ScriptPipeline;
-    for (const callId of callIds) pipeline.vbRenew(keys.lease(callId, role), keys.meta(callId), owner, ttlMs);
+    const progressTtlMs = this.options.liveTtlMs;
+    for (const callId of callIds) {
+      pipeline.vbRenew(keys.lease(callId, role), keys.meta(callId), keys.progress(callId, role), owner, ttlMs, progressOf(callId) ?? "", progressTtlMs);
+    }
     const expiry = Date.now() + ttlMs;
     pipeline.zadd(keys.leaseIndex(role), ...callIds.flatMap((callId) => [expiry, callId]));
     const replies = await pipeline.exec();
@@ -751,6 +770,19 @@ export class CallStore {
     const released = (await scripts(this.redis).vbRelease(keys.lease(callId, role), owner)) === 1;
     if (released) await this.redis.zadd(keys.leaseIndex(role), Date.now(), callId);
     return released;
+  }
+
+  /**
+   * Saves how far `owner` got with the call (what a successor resumes from: see renewLeases' `progressOf`), while
+   * it holds the `role` lease. False when it does not.
+   */
+  async saveProgress(callId: string, role: string, owner: string, progress: string): Promise<boolean> {
+    return (await scripts(this.redis).vbProgress(keys.lease(callId, role), keys.progress(callId, role), owner, progress, this.options.liveTtlMs)) === 1;
+  }
+
+  /** The progress the call's last `role` owner saved (undefined: none yet). */
+  async progress(callId: string, role: string): Promise<string | undefined> {
+    return (await this.redis.get(keys.progress(callId, role))) ?? undefined;
   }
 
   async leaseOwner(callId: string, role: string): Promise<string | undefined> {
@@ -856,6 +888,7 @@ interface RedisWithScripts extends Redis {
   vbLease(key: string, owner: string, ttlMs: number): Promise<number>;
   vbExtendDialog(lease: string, dialog: string, owner: string, ttlMs: number, version: string): Promise<number>;
   vbRelease(key: string, owner: string): Promise<number>;
+  vbProgress(lease: string, progress: string, owner: string, value: string, ttlMs: number): Promise<number>;
   vbTakeTurn(...keysThenArgs: Arg[]): Promise<Array<string | number>>;
   vbCommit(...keysThenArgs: Arg[]): Promise<[number, string | number]>;
   vbClearMark(dialog: string, mark: string): Promise<number>;
@@ -871,7 +904,7 @@ interface RedisWithScripts extends Redis {
 }
 
 interface ScriptPipeline {
-  vbRenew(lease: string, meta: string, owner: string, ttlMs: number): ScriptPipeline;
+  vbRenew(lease: string, meta: string, progress: string, owner: string, ttlMs: number, value: string, progressTtlMs: number): ScriptPipeline;
   vbToolKeep(once: string, field: string, holder: string, claimTtlMs: number): ScriptPipeline;
   zadd(key: string, ...scoresAndMembers: Arg[]): ScriptPipeline;
   exec(): Promise<Array<[Error | null, unknown]> | null>;

@@ -28,6 +28,11 @@ const MAX_EARLY_FINALS = 3;
 const MIN_EARLY_SILENCE_MS = 200;
 /** How long an utterance's start waits for its hints while Redis is unreachable (see readHints). */
 const HINTS_WAIT_MS = 3_000;
+/**
+ * Audio before an utterance's pre-roll that a replica taking the call over replays too (see resumeFrame): a cold
+ * VAD needs some context to find the onset where the first owner found it (the utterance id is its frame index).
+ */
+const RESUME_CONTEXT_FRAMES = 10;
 /** More than a caller says in one utterance: a longer text is an engine's fault, and would bloat records and logs. */
 export const MAX_TRANSCRIPT_CHARS = 2_000;
 
@@ -59,10 +64,14 @@ export interface SessionDeps {
   log: Logger;
   metrics: AsrMetrics;
   options: SessionOptions;
+  /** A final went out (or failed to): resumeFrame moved past its utterance. */
+  onFinalPublished?: () => void;
 }
 
 interface OpenUtterance {
   id: string;
+  /** Where a replica taking the call over replays from to hear this utterance whole (see resumeFrame). */
+  resumeFrom: number;
   recognizer: UtteranceRecognizer | undefined;
   /** The engine failed on this utterance: it ends with an empty final. */
   failed: boolean;
@@ -114,6 +123,12 @@ export class CallSession {
   private stopped = false;
   /** Problems already logged for this call: a bad stream is logged once, counted always. */
   private readonly warned = new Set<string>();
+  /** The frame after the last one given to the segmenter. */
+  private segmentedTo: number | undefined;
+  /** The frame after the one that ended the last utterance: audio before it belongs to utterances dealt with. */
+  private endedAt = 0;
+  /** Where each utterance begun and not yet published (or dropped as too short) resumes, oldest first. */
+  private readonly unpublished: number[] = [];
   /** The block decoded audio is being cut from, and how much of it is taken. */
   private pcmBlock: Int16Array | undefined;
   private pcmBlockUsed = 0;
@@ -174,6 +189,27 @@ export class CallSession {
     }
     this.pushFrames(pcm, first, skip, count, receivedAt);
     return this.segmenting.pending;
+  }
+
+  /**
+   * The frame a replica taking the call over should replay the caller's audio from (store.saveProgress), so that
+   * nothing the caller said is lost and nothing recognized is heard twice: the start (less some context) of the
+   * oldest utterance whose final has not gone out, else of the audio the segmenter may still make an utterance of.
+   * Never before the end of an utterance dealt with. Undefined before any audio. Still meaningful after stop: an
+   * utterance it dropped counts as unpublished.
+   */
+  resumeFrame(): number | undefined {
+    if (this.unpublished.length > 0) return this.unpublished[0];
+    if (this.segmentedTo === undefined) return undefined;
+    return Math.max(this.endedAt, this.segmentedTo - this.segmenter.heldFrames - RESUME_CONTEXT_FRAMES);
+  }
+
+  /**
+   * Audio before `frame` belongs to utterances another replica dealt with (this one took the call over from there):
+   * resumeFrame never goes back past it.
+   */
+  resumesAt(frame: number): void {
+    this.endedAt = Math.max(this.endedAt, frame);
   }
 
   /** Stops listening: drops the utterance in progress and waits for finals already being decoded. */
@@ -265,6 +301,7 @@ export class CallSession {
   /** One decided frame through the segmenter. Returns the utterance start's promise when the frame began one. */
   private segment(frame: Frame, speech: boolean): Promise<void> | undefined {
     if (this.stopped) return undefined;
+    this.segmentedTo = frame.index + 1;
     try {
       const events = this.segmenter.push(frame, speech);
       for (let i = 0; i < events.length; i++) {
@@ -303,6 +340,7 @@ export class CallSession {
       case "end": {
         const open = this.utterance;
         this.utterance = undefined;
+        if (this.segmentedTo !== undefined) this.endedAt = this.segmentedTo;
         if (!open) return;
         // A sound too short to recognize says so: ingress may let a turn it cut off go on.
         this.publishActivity(SpeechActivity_Kind.KIND_STOPPED, open.id, (event.lastSpeech.index + 1) * FRAME_MS, event.lastSpeech.atMs, event.tooShort);
@@ -311,6 +349,7 @@ export class CallSession {
         if (event.tooShort) {
           this.deps.log.debug("utterance too short: ignored", { callId: this.callId, utteranceId: open.id, speechMs: event.speechMs });
           this.abort(open);
+          this.published(open);
           return;
         }
         const decidedAtMs = Date.now();
@@ -321,7 +360,8 @@ export class CallSession {
             // Only a dead NATS connection gets here; the chain must stay usable for the next utterance.
             this.deps.metrics.publishErrors.inc();
             this.deps.log.error("final transcript not published", { callId: this.callId, utteranceId: open.id, error: errorText(error) });
-          });
+          })
+          .finally(() => this.published(open));
         return;
       }
     }
@@ -330,6 +370,8 @@ export class CallSession {
   private async startUtterance(onset: Frame, frames: Frame[]): Promise<void> {
     // The onset frame's index is the utterance id: unique in the call and the same on whichever replica hears it.
     const id = String(onset.index);
+    const resumeFrom = Math.max(this.endedAt, (frames[0]?.index ?? onset.index) - RESUME_CONTEXT_FRAMES);
+    this.unpublished.push(resumeFrom);
     this.publishActivity(SpeechActivity_Kind.KIND_STARTED, id, onset.index * FRAME_MS, onset.atMs - FRAME_MS);
     this.deps.metrics.speechStartDelay.observe(Math.max(0, Date.now() - (onset.atMs - FRAME_MS)) / 1000);
     const hints = await this.readHints();
@@ -345,6 +387,7 @@ export class CallSession {
     const early = options.earlyFinalLeadMs > 0 && engine.earlyFinals === true && earlyAtMs < hints.minSilenceMs;
     const open: OpenUtterance = {
       id,
+      resumeFrom,
       recognizer: undefined,
       failed: false,
       lastPartial: "",
@@ -628,6 +671,13 @@ export class CallSession {
     open.audio = undefined;
     this.letGo(open.recognizer);
     this.release(open);
+  }
+
+  /** The utterance is dealt with: a successor no longer replays it. */
+  private published(open: OpenUtterance): void {
+    const at = this.unpublished.indexOf(open.resumeFrom);
+    if (at >= 0) this.unpublished.splice(at, 1);
+    this.deps.onFinalPublished?.();
   }
 
   /** Aborts a recognizer whose result is not wanted; one that throws doing so is only logged. */

@@ -120,6 +120,18 @@ export function createMetrics(registry: Registry) {
       help: "Calls taken over from a replica that stopped renewing its lease",
       registers,
     }),
+    replays: new Counter({
+      name: "voicebot_asr_replays_total",
+      help: "Caller audio asked of ingress for a call this replica claimed or took over, from where the last owner's finished work ends, by result: whole, partial (ingress no longer kept the oldest frames), none (no frames to replay), failed (no answer: heard from now on)",
+      labelNames: ["result"],
+      registers,
+    }),
+    replayedFrames: new Counter({
+      name: "voicebot_asr_replayed_frames_total",
+      help: "Caller frames of claimed or taken-over calls: replayed (heard from ingress's recent audio), too_old (asked for, no longer kept: lost)",
+      labelNames: ["outcome"],
+      registers,
+    }),
     claims: new Counter({
       name: "voicebot_asr_claims_total",
       help: "CallStarted messages handled, by result",
@@ -133,7 +145,7 @@ export function createMetrics(registry: Registry) {
     }),
     leaseErrors: new Counter({
       name: "voicebot_asr_lease_errors_total",
-      help: "Redis failures while claiming, renewing, scanning or releasing leases",
+      help: "Redis failures while claiming, renewing, scanning or releasing leases, or saving a call's progress",
       labelNames: ["operation"],
       registers,
     }),

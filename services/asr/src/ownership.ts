@@ -1,5 +1,5 @@
 import { errorText, isValidCallId, LogThrottle, queueGroups, subjects, type Bus, type Logger, type Subscription } from "@voicebot/bus";
-import { CallEnded, CallerAudio, CallStarted } from "@voicebot/proto";
+import { CallEnded, CallerAudio, CallerAudioReplayRequest, CallStarted } from "@voicebot/proto";
 import type { CallStore } from "@voicebot/state";
 import type { CallSession } from "./call-session.js";
 import type { AsrMetrics } from "./metrics.js";
@@ -7,6 +7,8 @@ import type { AsrMetrics } from "./metrics.js";
 export const LEASE_ROLE = "asr";
 /** A live call's record may be missing this long (Redis lost its data; ingress restores it) before asr lets go. */
 const RECORD_LOSS_GRACE_MS = 10_000;
+/** How long a new owner waits for ingress's recent caller audio before it listens from now on (live audio waits too). */
+const REPLAY_TIMEOUT_MS = 1_000;
 
 export interface OwnershipOptions {
   instanceId: string;
@@ -22,8 +24,8 @@ export interface OwnershipDeps {
   log: Logger;
   metrics: AsrMetrics;
   options: OwnershipOptions;
-  /** Builds the audio pipeline of a call this replica now owns. */
-  createSession(callId: string): CallSession;
+  /** Builds the audio pipeline of a call this replica now owns; it calls `onFinalPublished` after each final. */
+  createSession(callId: string, onFinalPublished: () => void): CallSession;
 }
 
 interface OwnedCall {
@@ -138,15 +140,69 @@ export class CallOwnership {
 
   private own(callId: string, how: "claimed" | "taken_over"): void {
     const { bus, log, createSession } = this.deps;
-    const session = createSession(callId);
-    const audio = bus.subscribe(subjects.callerAudio(callId), CallerAudio, (message) => session.handleAudio(message), {
-      name: "caller-audio",
-      ordered: true,
-    });
+    const session: CallSession = createSession(callId, () => void this.saveProgress(callId, session));
+    // A call taken over replays what its last owner had not finished with; live audio waits (in order) until that
+    // is heard: the session takes frames in stream order.
+    let replay: Promise<void> | undefined;
+    const audio = bus.subscribe(
+      subjects.callerAudio(callId),
+      CallerAudio,
+      (message) => (replay ? replay.then(() => session.handleAudio(message)) : session.handleAudio(message)),
+      { name: "caller-audio", ordered: true },
+    );
+    // Asked only now: ingress answers with what it kept, and whatever it publishes after that reaches the subscription.
+    if (how === "taken_over") replay = this.replay(callId, session).finally(() => (replay = undefined));
     this.owned.set(callId, { session, audio });
     log.info(how === "claimed" ? "call claimed" : "call taken over", { callId });
     // A drain that began while this claim was in flight must not leave the call stranded here.
     if (this.draining) void this.handOver(callId);
+  }
+
+  /**
+   * Hears what the call's last owner had not finished with, the words spoken while the call had no owner among them:
+   * the caller audio ingress kept from the progress that owner saved (none saved: all it kept).
+   */
+  private async replay(callId: string, session: CallSession): Promise<void> {
+    const { bus, store, log, metrics } = this.deps;
+    let fromFrame = 0;
+    try {
+      fromFrame = parseProgress(await store.progress(callId, LEASE_ROLE));
+      session.resumesAt(fromFrame);
+      const audio = await bus.request(
+        subjects.callerAudioReplay(callId),
+        CallerAudioReplayRequest,
+        CallerAudioReplayRequest.create({ callId, fromFrame }),
+        CallerAudio,
+        REPLAY_TIMEOUT_MS,
+        callId,
+      );
+      const frames = audio.frameCount;
+      const tooOld = frames > 0 ? Math.max(0, Number(audio.firstFrame) - fromFrame) : 0;
+      metrics.replays.inc({ result: frames === 0 ? "none" : tooOld > 0 ? "partial" : "whole" });
+      metrics.replayedFrames.inc({ outcome: "replayed" }, frames);
+      if (tooOld > 0) metrics.replayedFrames.inc({ outcome: "too_old" }, tooOld);
+      if (frames > 0) await session.handleAudio(audio);
+      const fields = { callId, fromFrame, firstFrame: Number(audio.firstFrame), frames, lostFrames: tooOld };
+      if (tooOld > 0) log.warn("caller audio replayed in part: ingress no longer kept the oldest frames", fields);
+      else if (fromFrame > 0 || frames > 0) log.info("caller audio replayed", fields);
+    } catch (error) {
+      metrics.replays.inc({ result: "failed" });
+      log.warn("caller audio could not be replayed: listening from now on", { callId, fromFrame, error: errorText(error) });
+    }
+  }
+
+  /** Saves the session's resume frame (after a final, or on hand-over) while this replica holds the lease. */
+  private async saveProgress(callId: string, session: CallSession): Promise<void> {
+    const { store, log, metrics, options } = this.deps;
+    const frame = session.resumeFrame();
+    if (frame === undefined) return;
+    try {
+      await store.saveProgress(callId, LEASE_ROLE, options.instanceId, String(frame));
+    } catch (error) {
+      // The next renewal saves it again; until then a successor would replay more, and may hear the last final twice.
+      metrics.leaseErrors.inc({ operation: "progress" });
+      log.warn("saving the call's asr progress failed", { callId, error: errorText(error) });
+    }
   }
 
   private async onCallEnded(message: CallEnded, subject: string): Promise<void> {
@@ -180,7 +236,10 @@ export class CallOwnership {
 
   private async handOver(callId: string): Promise<void> {
     const { store, log, metrics, options } = this.deps;
+    const session = this.owned.get(callId)?.session;
     await this.dropLocally(callId);
+    // The utterance the caller is in the middle of was dropped with the session: the successor replays it.
+    if (session) await this.saveProgress(callId, session);
     try {
       await store.handOver(callId, LEASE_ROLE, options.instanceId);
       log.info("call handed over", { callId });
@@ -213,7 +272,10 @@ export class CallOwnership {
       const callIds = [...this.owned.keys()];
       let renewals;
       try {
-        renewals = await store.renewLeases(callIds, LEASE_ROLE, options.instanceId, options.leaseMs);
+        renewals = await store.renewLeases(callIds, LEASE_ROLE, options.instanceId, options.leaseMs, (callId) => {
+          const frame = this.owned.get(callId)?.session.resumeFrame();
+          return frame === undefined ? undefined : String(frame);
+        });
       } catch (error) {
         // Redis trouble: keep listening, the next round tries again.
         metrics.leaseErrors.inc({ operation: "renew" }, callIds.length);
@@ -288,4 +350,10 @@ export class CallOwnership {
       this.scanning = false;
     }
   }
+}
+
+/** A saved resume frame; 0 (replay all that ingress kept) when none was saved or it is unreadable. */
+function parseProgress(saved: string | undefined): number {
+  const frame = saved === undefined ? 0 : Number(saved);
+  return Number.isSafeInteger(frame) && frame >= 0 ? frame : 0;
 }

@@ -93,6 +93,11 @@ export class Segmenter {
     this.preRollFrames = Math.max(0, Math.round(options.preRollMs / FRAME_MS));
   }
 
+  /** Frames held between utterances (the pre-roll and a start run so far) that a start would give the recognizer. */
+  get heldFrames(): number {
+    return this.current ? 0 : this.recent.length;
+  }
+
   get inUtterance(): boolean {
     return this.current !== undefined;
   }

@@ -92,7 +92,7 @@ export const definition: ServiceDefinition<Config> = {
       log,
       metrics,
       options: { instanceId: common.instanceId, leaseMs: config.leaseMs, orphanScanMs: config.orphanScanMs },
-      createSession: (callId) => new CallSession({ callId, bus, store, engine, vad, log, metrics, options: config.session }),
+      createSession: (callId, onFinalPublished) => new CallSession({ callId, bus, store, engine, vad, log, metrics, options: config.session, onFinalPublished }),
     });
     ownership.start();
 

@@ -55,6 +55,11 @@ export interface IngressConfig {
   inboundJitterMs: number;
   /** The caller's quiet frames, past a hangover, published several to a CallerAudio (see silence-batch.ts). */
   silenceBatch: SilenceBatchOptions;
+  /**
+   * How much of each call's recent caller audio is kept for an asr replica that takes the call over (recent-audio.ts);
+   * 0 = none. 8 KB per second per call.
+   */
+  callerAudioReplayMs: number;
   /** Set when both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are: transfers and DTMF go through the REST API. */
   twilioRest: TwilioRestConfig | undefined;
   /** Check X-Twilio-Signature on the upgrade (needs TWILIO_AUTH_TOKEN). */
@@ -140,6 +145,9 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
     bargeIn: env.bool("BARGE_IN", true),
     bargeInMinSpeechMs: env.int("BARGE_IN_MIN_SPEECH_MS", 0, { min: 0, max: 5_000 }),
     inboundJitterMs: env.int("INBOUND_JITTER_MS", 60, { min: 0, max: 1_000 }),
+    // An asr takeover comes within the lease (ASR_LEASE_MS, 1.5 s) and a scan (250 ms) of the crash; the rest covers
+    // what the caller had said of the utterance open then.
+    callerAudioReplayMs: env.int("INGRESS_CALLER_AUDIO_REPLAY_MS", 5_000, { min: 0, max: 30_000 }),
     silenceBatch: {
       maxFrames: env.int("INGRESS_SILENCE_BATCH_FRAMES", 10, { min: 0, max: 50 }),
       // Above the asr's default endpoint silence (ASR_MIN_SILENCE_MS, 600) with margin.

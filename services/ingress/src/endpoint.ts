@@ -3,8 +3,8 @@
 import type { IncomingMessage } from "node:http";
 import { performance } from "node:perf_hooks";
 import type { Duplex } from "node:stream";
-import { BusError, errorText, subjects } from "@voicebot/bus";
-import { CallEnded, CancelTurn, DialogInput, ReadinessRequest, ReadinessResponse } from "@voicebot/proto";
+import { BusError, callIdOfSubject, errorText, NOT_MINE, subjects, type Subscription } from "@voicebot/bus";
+import { CallEnded, CallerAudio, CallerAudioReplayRequest, CancelTurn, DialogInput, ReadinessRequest, ReadinessResponse } from "@voicebot/proto";
 import { WebSocketServer } from "ws";
 import { clientAddress } from "./client-address.js";
 import { callEndMessages, CallSession, STREAM_LEASE, type SessionDeps } from "./session.js";
@@ -24,6 +24,7 @@ export class TwilioEndpoint {
   private readonly refusalLog = new Map<string, { at: number; suppressed: number }>();
   private draining = false;
   private readonly pinger: NodeJS.Timeout;
+  private readonly replays: Subscription;
 
   constructor(private readonly deps: SessionDeps) {
     // Every stream is pinged a few times within the silence that drops it (see CallSession.checkAlive).
@@ -32,12 +33,29 @@ export class TwilioEndpoint {
       const now = performance.now();
       for (const session of this.sessions) session.checkAlive(now, silentMs);
     }, Math.max(250, Math.floor(Math.min(silentMs, deps.config.mediaTimeoutMs || Infinity) / 4))).unref();
+    // Every replica hears every replay request (they are rare: an asr takeover); the one streaming the call answers.
+    this.replays = deps.bus.serve(subjects.callerAudioReplayAll, CallerAudioReplayRequest, CallerAudio, async (request, delivery) => this.replay(request, delivery.subject), {
+      name: "caller-audio-replay",
+    });
     this.wss = new WebSocketServer({
       noServer: true,
       maxPayload: deps.config.maxMessageBytes,
       perMessageDeflate: false,
       clientTracking: false,
     });
+  }
+
+  private replay(request: CallerAudioReplayRequest, subject: string): CallerAudio | typeof NOT_MINE {
+    const callId = callIdOfSubject(subject);
+    const session = callId === undefined ? undefined : this.deps.liveCalls.holder(callId);
+    if (!session) return NOT_MINE;
+    const { metrics, log } = this.deps;
+    const fromFrame = Number(request.fromFrame);
+    const audio = session.recentCallerAudio(fromFrame);
+    metrics.callerAudioReplays.inc({ result: audio.frameCount > 0 ? "sent" : "none_kept" });
+    metrics.callerAudioReplayedFrames.inc(audio.frameCount);
+    log.info("caller audio sent again for an asr takeover", { callId, fromFrame, firstFrame: Number(audio.firstFrame), frames: audio.frameCount });
+    return audio;
   }
 
   /** Live streams (calls in progress, plus sockets waiting for their `start`). */
@@ -205,6 +223,7 @@ export class TwilioEndpoint {
   async close(): Promise<void> {
     this.draining = true;
     clearInterval(this.pinger);
+    this.replays.unsubscribe();
     await Promise.all([...this.sessions].map((session) => session.shutdown("ingress_shutdown")));
     this.wss.close();
   }

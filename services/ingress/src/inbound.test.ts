@@ -2,7 +2,7 @@
 // Twilio-speaking client; what the asr would receive is read back from the bus.
 import { performance } from "node:perf_hooks";
 import { subjects } from "@voicebot/bus";
-import { CallerAudio } from "@voicebot/proto";
+import { CallerAudio, CallerAudioReplayRequest } from "@voicebot/proto";
 import { describe, expect, it } from "vitest";
 import { frames, metricValue, percentile, startCall, useIngressWorld, waitFor } from "./test-support/harness.js";
 
@@ -124,3 +124,39 @@ describe("inbound jitter buffer", () => {
     heard.sub.unsubscribe();
   });
 });
+
+describe("caller audio replay", () => {
+  const replay = (callId: string, fromFrame: number, timeoutMs = 1_000) =>
+    world.bus.request(subjects.callerAudioReplay(callId), CallerAudioReplayRequest, CallerAudioReplayRequest.create({ callId, fromFrame }), CallerAudio, timeoutMs, callId);
+
+  it("sends an asr replica taking the call over the caller audio it kept, from the frame asked for", async () => {
+    const sentBefore = await metric("caller_audio_replays_total", { result: "sent" });
+    const framesBefore = await metric("caller_audio_replayed_frames_total");
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
+    const heard = listen(client.callSid);
+    await world.bus.nc.flush();
+    for (let chunk = 1; chunk <= 30; chunk++) client.sendMedia(chunk, frames(1, chunk));
+    await waitFor(() => frameStream(heard.items).length >= 30, { what: "30 frames published" });
+
+    const audio = await replay(client.callSid, 10);
+    expect(audio.callId).toBe(client.callSid);
+    expect(Number(audio.firstFrame)).toBe(10);
+    expect(audio.frameCount).toBe(20);
+    // What the asr heard live, frame for frame (frame n carries chunk n + 1).
+    expect(Array.from({ length: 20 }, (_, i) => audio.payload[i * 160])).toEqual(frameStream(heard.items).slice(10).map((f) => f.value));
+    expect(await metric("caller_audio_replays_total", { result: "sent" })).toBe(sentBefore + 1);
+    expect(await metric("caller_audio_replayed_frames_total")).toBe(framesBefore + 20);
+
+    // Past the newest frame: an answer without frames.
+    const none = await replay(client.callSid, 500);
+    expect(none.frameCount).toBe(0);
+    expect(await metric("caller_audio_replays_total", { result: "none_kept" })).toBeGreaterThanOrEqual(1);
+    heard.sub.unsubscribe();
+    client.close();
+  });
+
+  it("a call this ingress does not stream gets no answer from it", async () => {
+    await expect(replay("CAnotstreamedhere0000000000000000", 0, 300)).rejects.toThrow(/timed out/);
+  });
+});
+

@@ -4,9 +4,9 @@
 // open after that, the missing frames are concealed (silence, or a repeat of the previous frame for a single one)
 // so the recognizer sees continuous audio with correct frame numbering. Pure state: the caller drives time, and
 // the shared playout scheduler calls `pump` while frames are held (no timer per call).
+import { MULAW_SILENCE } from "@voicebot/audio";
 import { FRAME_BYTES } from "./turn-queue.js";
 
-const MULAW_SILENCE = 0xff;
 /** Gaps longer than this (1 s) are passed on as gaps, not filled: the recognizer caps its own filling. */
 export const MAX_CONCEAL_FRAMES = 50;
 /** More frames than this (2.5 s) waiting behind one gap: stop waiting for it. Bounds memory per call. */

@@ -45,6 +45,8 @@ export class IngressMetrics {
   readonly clearLatency: Histogram;
   readonly cancels: Counter<"reason">;
   readonly inboundReordered: Counter;
+  readonly callerAudioReplays: Counter<"result">;
+  readonly callerAudioReplayedFrames: Counter;
   readonly inboundDropped: Counter<"reason">;
   readonly inboundMissing: Counter;
   readonly inboundConcealed: Counter;
@@ -209,6 +211,17 @@ export class IngressMetrics {
       name: "voicebot_ingress_cancels_total",
       help: "CancelTurn messages published, by reason",
       labelNames: ["reason"],
+      registers,
+    });
+    this.callerAudioReplays = new Counter({
+      name: "voicebot_ingress_caller_audio_replays_total",
+      help: "Requests of an asr replica taking a call over for the call's recent caller audio: sent (some frames), none_kept (none from the frame asked for on)",
+      labelNames: ["result"],
+      registers,
+    });
+    this.callerAudioReplayedFrames = new Counter({
+      name: "voicebot_ingress_caller_audio_replayed_frames_total",
+      help: "Caller frames sent again to an asr replica that took a call over",
       registers,
     });
     this.inboundReordered = new Counter({

@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
-import { mulawEncode, parseWav, resample } from "@voicebot/audio";
+import { MULAW_SILENCE, mulawEncode, parseWav, resample } from "@voicebot/audio";
 import { StallAwareTimer } from "@voicebot/service-kit";
 
 /** The shipped clip: flite (voice slt) saying DEFAULT_NO_SILENCE_TEXT, μ-law 8 kHz (see the README to redo it). */
@@ -14,7 +14,6 @@ export const DEFAULT_NO_SILENCE_TEXT = "Sorry, I'm having trouble. One moment pl
 /** Turn ids of the fallback line; the pipeline's own turns are t<n>, so they never collide. */
 export const NO_SILENCE_TURN_PREFIX = "nosilence-";
 const FRAME_BYTES = 160;
-const MULAW_SILENCE = 0xff;
 
 export function isNoSilenceTurn(turnId: string): boolean {
   return turnId.startsWith(NO_SILENCE_TURN_PREFIX);

@@ -31,6 +31,7 @@ import { actOnMachine, isMachine, isOnMachine, type OnMachine } from "./amd-call
 import { callerAudioCodec } from "./caller-audio-codec.js";
 import { isValidAgent, parseBool, type IngressConfig } from "./config.js";
 import { ProtocolErrorReporter, RateLimiter } from "./guard.js";
+import { RecentCallerAudio } from "./recent-audio.js";
 import { InboundJitterBuffer, type JitterSink } from "./jitter.js";
 import type { IngressMetrics } from "./metrics.js";
 import { NoInputTimer } from "./no-input.js";
@@ -75,20 +76,20 @@ export interface SessionDeps {
  * for a live call id is someone else's: refused, or it would inject audio into that call and end it.
  */
 export class LiveCalls {
-  private readonly owners = new Map<string, object>();
+  private readonly owners = new Map<string, CallSession>();
 
-  claim(callId: string, owner: object): boolean {
+  claim(callId: string, owner: CallSession): boolean {
     const current = this.owners.get(callId);
     if (current && current !== owner) return false;
     this.owners.set(callId, owner);
     return true;
   }
 
-  release(callId: string, owner: object): void {
+  release(callId: string, owner: CallSession): void {
     if (this.owners.get(callId) === owner) this.owners.delete(callId);
   }
 
-  holder(callId: string): object | undefined {
+  holder(callId: string): CallSession | undefined {
     return this.owners.get(callId);
   }
 }
@@ -122,6 +123,8 @@ export class CallSession {
   private jitter: InboundJitterBuffer | undefined;
   /** After the jitter buffer: the caller's quiet stretches go out several frames to a message. */
   private callerAudio: SilenceBatcher | undefined;
+  /** The caller's last seconds as published, for an asr replica that takes the call over (recent-audio.ts). */
+  private recentAudio: RecentCallerAudio | undefined;
   /** Pumps the jitter buffer from the shared scheduler while it holds frames. */
   private readonly jitterPacer: Pacer = { pump: (now) => this.jitter?.pump(now) ?? false };
   private bargeIn = true;
@@ -359,7 +362,7 @@ export class CallSession {
     // A resume that reaches the replica still holding the call's old stream (a half-open socket it never saw close):
     // the new stream is Twilio's, the old one is gone.
     const holder = this.deps.liveCalls.holder(start.callSid);
-    if (start.customParameters[RESUME_PARAM] !== undefined && holder instanceof CallSession && holder !== this) holder.superseded();
+    if (start.customParameters[RESUME_PARAM] !== undefined && holder !== undefined && holder !== this) holder.superseded();
     if (!this.deps.liveCalls.claim(start.callSid, this)) {
       this.errors.report("call_already_streaming", `call ${start.callSid} already has a live stream here`, now, { closing: 1008 });
       this.close(1008, "call_already_streaming");
@@ -393,6 +396,7 @@ export class CallSession {
       else this.bargeIn = value;
     }
     this.callerAudio = new SilenceBatcher(config.silenceBatch, (block) => this.publishCallerAudio(block));
+    if (config.callerAudioReplayMs > 0) this.recentAudio = new RecentCallerAudio(Math.ceil(config.callerAudioReplayMs / FRAME_MS));
     this.jitter = new InboundJitterBuffer(config.inboundJitterMs, this.jitterSink);
     if (config.noSilenceDeadlineMs > 0 && config.noSilenceClip) {
       this.guard = new SilenceGuard(config.noSilenceDeadlineMs, (input) => this.onSilence(input));
@@ -588,6 +592,7 @@ export class CallSession {
   private publishCallerAudio(block: CallerAudioBlock): void {
     const { firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched } = block;
     const audio: CallerAudio = { callId: this.callSid!, firstFrame, frameCount, format: MULAW_8K, payload, receivedAtMs };
+    this.recentAudio?.add(firstFrame, payload, receivedAtMs);
     const subject = this.callerAudioSubject;
     const counts = this.deps.metrics.media;
     // With every other call's frames of this event-loop turn: one socket write for all (see publish-batch.ts).
@@ -598,6 +603,17 @@ export class CallSession {
       if (batched) counts.batchedMessages.value++;
       else counts.singleMessages.value++;
     }, this.callerAudioFailed);
+  }
+
+  /**
+   * The caller audio kept from `fromFrame` on, for the asr replica taking the call over (no frames when none is
+   * kept). Frames published from now on reach it live: it subscribed before it asked.
+   */
+  recentCallerAudio(fromFrame: number): CallerAudio {
+    const callId = this.callSid!;
+    const recent = this.recentAudio?.since(fromFrame);
+    if (!recent) return { callId, firstFrame: fromFrame, frameCount: 0, format: MULAW_8K, payload: Buffer.alloc(0), receivedAtMs: Date.now() };
+    return { callId, format: MULAW_8K, ...recent };
   }
 
   private readonly callerAudioFailed = (error: unknown): void => this.log.error("publishing caller audio failed", { error: errorText(error) });

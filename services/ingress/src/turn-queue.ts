@@ -2,12 +2,11 @@
 // BotAudio parts come from several tts replicas, so they may arrive in any order: turns play in the order their
 // first part (or failure) arrived, chunks in chunkSeq order, parts in partSeq order. This module is pure state;
 // CallPlayout paces it and does the I/O.
+import { MULAW_SILENCE } from "@voicebot/audio";
 import type { TurnTiming } from "@voicebot/proto";
 
 export const FRAME_BYTES = 160;
 export const FRAME_MS = 20;
-/** μ-law code of silence, used to pad a chunk's last partial frame. */
-const MULAW_SILENCE = 0xff;
 const EMPTY = Buffer.alloc(0);
 
 export interface AudioPart {

@@ -36,6 +36,17 @@ export interface CallerAudio {
   receivedAtMs: number;
 }
 
+/**
+ * Asks the ingress holding the call for the caller audio it still keeps from `from_frame` on, on subject
+ * call.<id>.audio.replay; answered with one CallerAudio (no frames when it keeps none of them). An asr replica that
+ * takes a call over (its owner died or drained) replays from where the owner's finished work ends, so the caller's
+ * words spoken across the takeover are heard whole.
+ */
+export interface CallerAudioReplayRequest {
+  callId: string;
+  fromFrame: number;
+}
+
 /** Bot audio, tts -> ingress, on subject call.<id>.audio.out. */
 export interface BotAudio {
   callId: string;
@@ -260,6 +271,73 @@ export const CallerAudio: MessageFns<CallerAudio> = {
       : undefined;
     message.payload = object.payload ?? Buffer.alloc(0);
     message.receivedAtMs = object.receivedAtMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseCallerAudioReplayRequest(): CallerAudioReplayRequest {
+  return { callId: "", fromFrame: 0 };
+}
+
+export const CallerAudioReplayRequest: MessageFns<CallerAudioReplayRequest> = {
+  encode(message: CallerAudioReplayRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.callId !== "") {
+      writer.uint32(10).string(message.callId);
+    }
+    if (message.fromFrame !== 0) {
+      writer.uint32(16).uint64(message.fromFrame);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CallerAudioReplayRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCallerAudioReplayRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.callId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.fromFrame = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<CallerAudioReplayRequest>): CallerAudioReplayRequest {
+    return CallerAudioReplayRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CallerAudioReplayRequest>): CallerAudioReplayRequest {
+    const message = createBaseCallerAudioReplayRequest();
+    message.callId = object.callId ?? "";
+    message.fromFrame = object.fromFrame ?? 0;
     return message;
   },
 };
