@@ -288,6 +288,32 @@ describe("Bus", () => {
     expect(deliveries).toEqual([1, 2]);
   });
 
+  it("work queue: a message that fails or is handed back at its last delivery is removed from the queue, counted and logged", async () => {
+    const registry = new Registry();
+    const bus = await connect(registry);
+    const queue = { name: "T_POISON", subjects: ["t.poison.*"], durable: "p" };
+    await bus.ensureWorkQueue(queue, 1_000, 3);
+    const input = (id: string) => DialogInput.create({ callId: "CA1", inputId: id });
+    await bus.publishDurable("t.poison.fails", DialogInput, input("fails"), "fails");
+    await bus.publishDurable("t.poison.naks", DialogInput, input("naks"), "naks");
+    const deliveries: Record<string, number[]> = { fails: [], naks: [] };
+    const consumer = await bus.consume(
+      queue,
+      DialogInput,
+      async (m, item) => {
+        deliveries[m.inputId].push(item.deliveryCount);
+        if (m.inputId === "fails") throw new Error("poison");
+        item.nak(10);
+      },
+      { name: "p", ackWaitMs: 1_000, maxDeliver: 3, concurrency: 4 },
+    );
+    await waitFor(async () => (await metricValue(registry, "voicebot_bus_work_items_dropped_total")) === 2, { what: "both given up on", timeoutMs: 5_000 });
+    // Without the removal each would stay in the work queue for good, never delivered again.
+    await waitFor(async () => (await bus.firstQueued(queue.name, "t.poison.*")) === undefined, { what: "the queue emptied" });
+    await consumer.stop();
+    expect(deliveries).toEqual({ fails: [1, 2, 3], naks: [1, 2, 3] });
+  });
+
   it("work queue: finds the first message of a subject still queued, from a sequence on; none once acked", async () => {
     const bus = await connect();
     const queue = { name: "T_FIRST", subjects: ["t.first.*"], durable: "f" };

@@ -130,6 +130,7 @@ export class Bus {
   private readonly js: JetStreamClient;
   private readonly decodeErrors: Counter<"handler">;
   private readonly handlerErrors: Counter<"handler">;
+  private readonly droppedWorkItems: Counter<"handler" | "reason">;
   private readonly received: Counter<"handler">;
   private readonly published: PendingCount;
   private readonly statusChanges: Counter<"type">;
@@ -151,6 +152,11 @@ export class Bus {
       (registry.getSingleMetric(name) as Counter<L> | undefined) ?? hotCounter({ name, help, labelNames, registers: [registry] });
     this.decodeErrors = metric("voicebot_bus_decode_errors_total", "Messages that failed protobuf decoding", ["handler"]);
     this.handlerErrors = metric("voicebot_bus_handler_errors_total", "Message handlers that threw", ["handler"]);
+    this.droppedWorkItems = metric(
+      "voicebot_bus_work_items_dropped_total",
+      "Work queue messages given up on at their last delivery (failed: the handler threw; handed_back: it asked for a redelivery that would never come), removed from the queue",
+      ["handler", "reason"],
+    );
     this.received = metric("voicebot_bus_messages_received_total", "Messages handled", ["handler"]);
     this.published = pendingCount(metric("voicebot_bus_messages_published_total", "Messages published", []));
     this.statusChanges = metric("voicebot_bus_connection_events_total", "NATS connection status changes", ["type"]);
@@ -571,7 +577,7 @@ export class Bus {
         void this.watchConsumer(messages, definition, options.name);
         try {
           for await (const msg of messages) {
-            const task = this.runWorkItem(msg, codec, handler, options.name, received).finally(() => inFlight.delete(task));
+            const task = this.runWorkItem(msg, codec, handler, options, received).finally(() => inFlight.delete(task));
             inFlight.add(task);
             if (inFlight.size >= options.concurrency) await Promise.race(inFlight);
           }
@@ -619,7 +625,7 @@ export class Bus {
     msg: JsMsg,
     codec: Codec<T>,
     handler: (message: T, item: WorkItem, delivery: Delivery) => Promise<void>,
-    name: string,
+    { name, maxDeliver }: ConsumeOptions,
     received: PendingCount,
   ): Promise<void> {
     const message = this.decode(codec, msg, name);
@@ -628,18 +634,31 @@ export class Bus {
       return;
     }
     received.value++;
+    const deliveryCount = msg.info.redeliveryCount;
+    // JetStream delivers a message at most maxDeliver times; one handed back after that stays in a work queue for
+    // good, where every later message of its call would find it first (bus.firstQueued). It is removed instead.
+    const lastDelivery = deliveryCount >= maxDeliver;
+    const giveUp = (reason: "failed" | "handed_back", error?: unknown) => {
+      msg.term();
+      this.droppedWorkItems.inc({ handler: name, reason });
+      const admitted = this.logThrottle.admit(`given-up:${name}`);
+      if (admitted) {
+        this.log.error("work item given up on at its last delivery", { handler: name, subject: msg.subject, deliveries: deliveryCount, reason, ...(error ? { error: errorText(error) } : {}), ...admitted });
+      }
+    };
     const item: WorkItem = {
       subject: msg.subject,
-      deliveryCount: msg.info.redeliveryCount,
+      deliveryCount,
       streamSeq: msg.seq,
       ack: () => msg.ack(),
-      nak: (delayMs) => msg.nak(delayMs),
+      nak: (delayMs) => (lastDelivery ? giveUp("handed_back") : msg.nak(delayMs)),
       working: () => msg.working(),
     };
     try {
       await handler(message, item, { subject: msg.subject, callId: callIdOf(msg) });
     } catch (error) {
       this.handlerErrors.inc({ handler: name });
+      if (lastDelivery) return giveUp("failed", error);
       const admitted = this.logThrottle.admit(`handler:${name}`);
       if (admitted) this.log.error("work item failed; it will be redelivered", { handler: name, subject: msg.subject, error: errorText(error), ...admitted });
       msg.nak(250);
