@@ -144,14 +144,20 @@ export class CallOwnership {
     // A call taken over replays what its last owner had not finished with; live audio waits (in order) until that
     // is heard: the session takes frames in stream order.
     let replay: Promise<void> | undefined;
-    const audio = bus.subscribe(
-      subjects.callerAudio(callId),
-      CallerAudio,
-      (message) => (replay ? replay.then(() => session.handleAudio(message)) : session.handleAudio(message)),
-      { name: "caller-audio", ordered: true },
-    );
+    /** The frame after the replayed ones: live messages that came in before the replay was taken hold only those. */
+    let replayedTo = 0;
+    const hear = (message: CallerAudio) =>
+      message.frameCount > 0 && Number(message.firstFrame) + message.frameCount <= replayedTo ? undefined : session.handleAudio(message);
+    const audio = bus.subscribe(subjects.callerAudio(callId), CallerAudio, (message) => (replay ? replay.then(() => hear(message)) : hear(message)), {
+      name: "caller-audio",
+      ordered: true,
+    });
     // Asked only now: ingress answers with what it kept, and whatever it publishes after that reaches the subscription.
-    if (how === "taken_over") replay = this.replay(callId, session).finally(() => (replay = undefined));
+    if (how === "taken_over") {
+      replay = this.replay(callId, session)
+        .then((end) => void (replayedTo = end))
+        .finally(() => (replay = undefined));
+    }
     this.owned.set(callId, { session, audio });
     log.info(how === "claimed" ? "call claimed" : "call taken over", { callId });
     // A drain that began while this claim was in flight must not leave the call stranded here.
@@ -160,9 +166,10 @@ export class CallOwnership {
 
   /**
    * Hears what the call's last owner had not finished with, the words spoken while the call had no owner among them:
-   * the caller audio ingress kept from the progress that owner saved (none saved: all it kept).
+   * the caller audio ingress kept from the progress that owner saved (none saved: all it kept). Returns the frame
+   * after the replayed ones (0: none).
    */
-  private async replay(callId: string, session: CallSession): Promise<void> {
+  private async replay(callId: string, session: CallSession): Promise<number> {
     const { bus, store, log, metrics } = this.deps;
     let fromFrame = 0;
     try {
@@ -184,10 +191,12 @@ export class CallOwnership {
       if (frames > 0) await session.handleAudio(audio);
       const fields = { callId, fromFrame, firstFrame: Number(audio.firstFrame), frames, lostFrames: tooOld };
       if (tooOld > 0) log.warn("caller audio replayed in part: ingress no longer kept the oldest frames", fields);
-      else if (fromFrame > 0 || frames > 0) log.info("caller audio replayed", fields);
+      else log.info("caller audio replayed", fields);
+      return Number(audio.firstFrame) + frames;
     } catch (error) {
       metrics.replays.inc({ result: "failed" });
       log.warn("caller audio could not be replayed: listening from now on", { callId, fromFrame, error: errorText(error) });
+      return 0;
     }
   }
 
