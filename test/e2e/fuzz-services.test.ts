@@ -120,6 +120,7 @@ function junkPayload(callId: string, maxBytes: number): Uint8Array {
 const SUBJECTS: Array<{ subject: (callId: string) => string; maxBytes: number; request?: boolean }> = [
   { subject: (id) => `vb.v1.call.${id}.audio.in`, maxBytes: 2_000 }, // asr: CallerAudio
   { subject: (id) => `vb.v1.call.${id}.audio.out`, maxBytes: 2_000 }, // ingress: BotAudio
+  { subject: (id) => `vb.v1.call.${id}.audio.replay`, maxBytes: 64, request: true }, // ingress: CallerAudioReplayRequest
   { subject: (id) => `vb.v1.call.${id}.speech`, maxBytes: 200 }, // ingress, dialog: SpeechActivity
   { subject: (id) => `vb.v1.call.${id}.transcript`, maxBytes: 200 },
   { subject: (id) => `vb.v1.call.${id}.control`, maxBytes: 200 }, // ingress: CallControl
