@@ -6,3 +6,4 @@ export * from "./api-client.js";
 export * from "./link-failure.js";
 export * from "./deadline.js";
 export * from "./loop-stalls.js";
+export * from "./bounded.js";

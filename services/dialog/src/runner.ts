@@ -15,7 +15,7 @@ import {
   type TurnTiming,
 } from "@voicebot/proto";
 import type { CallStore, DialogVersioned, TranscriptEntry } from "@voicebot/state";
-import { retryWhileLinkLost } from "@voicebot/service-kit";
+import { retryWhileLinkLost, setNewest } from "@voicebot/service-kit";
 import { KEYS } from "./agents/config.js";
 import type { InFlightTurns } from "./cancel.js";
 import type { DialogEngine, EngineInput, RecognitionHints, TurnIO, TurnResult } from "./engine/types.js";
@@ -236,7 +236,7 @@ export class TurnRunner {
       ack: () => {
         item.ack();
         const seqs = this.acked.get(callId) ?? [];
-        rememberLatest(this.acked, callId, [...seqs.slice(-(ACKED_KEPT_PER_CALL - 1)), item.streamSeq]);
+        setNewest(this.acked, callId, [...seqs.slice(-(ACKED_KEPT_PER_CALL - 1)), item.streamSeq], MAX_REMEMBERED_CALLS);
       },
     };
   }
@@ -292,7 +292,7 @@ export class TurnRunner {
       waitedFor = earlier.seq;
       if (Date.now() >= giveUpAt) {
         this.deps.log.warn("an earlier input of this call did not come back; going on without it", { callId, inputId, earlier: earlier.inputId });
-        rememberLatest(this.gaveUpOn, callId, earlier.seq);
+        setNewest(this.gaveUpOn, callId, earlier.seq, MAX_REMEMBERED_CALLS);
         return outcome("gave_up");
       }
       await new Promise((resolve) => setTimeout(resolve, pollMs));
@@ -997,13 +997,6 @@ function needsOrder(message: DialogInput): boolean {
   if (input.$case === "playback") return input.value.kind === PlaybackEvent_Kind.KIND_INTERRUPTED;
   if (input.$case === "noInput" && input.value.turnId.startsWith(WAKE_PREFIX)) return message.atMs <= Date.now();
   return true;
-}
-
-/** Sets a call's entry as the newest (a Map's order is its age), forgetting the oldest past MAX_REMEMBERED_CALLS. */
-function rememberLatest<T>(map: Map<string, T>, callId: string, value: T): void {
-  map.delete(callId);
-  map.set(callId, value);
-  if (map.size > MAX_REMEMBERED_CALLS) map.delete(map.keys().next().value!);
 }
 
 function decodedInput(data: Uint8Array): DialogInput | undefined {

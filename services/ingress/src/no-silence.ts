@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { MULAW_SILENCE, mulawEncode, parseWav, resample } from "@voicebot/audio";
-import { StallAwareTimer } from "@voicebot/service-kit";
+import { dropOldest, StallAwareTimer } from "@voicebot/service-kit";
 
 /** The shipped clip: flite (voice slt) saying DEFAULT_NO_SILENCE_TEXT, μ-law 8 kHz (see the README to redo it). */
 export const DEFAULT_NO_SILENCE_FILE = fileURLToPath(new URL("../assets/no-silence.wav", import.meta.url));
@@ -93,7 +93,7 @@ export class SilenceGuard {
   botAudio(turnId: string): void {
     if (this.knownTurns.has(turnId)) return;
     this.knownTurns.add(turnId);
-    if (this.knownTurns.size > MAX_KNOWN_TURNS) this.knownTurns.delete(this.knownTurns.values().next().value!);
+    dropOldest(this.knownTurns, MAX_KNOWN_TURNS);
     this.lastTurnSeq = ++this.seq;
     this.disarm();
   }

@@ -1,5 +1,6 @@
 // One call's outbound audio: paces the TurnQueue at real time into Twilio, tracks marks to learn what the
 // caller actually heard, and handles barge-in (clear). Driven by the shared PlayoutScheduler.
+import { dropOldest } from "@voicebot/service-kit";
 import { FRAME_MS, TurnQueue, type AddResult, type AudioPart, type ChunkState, type SkipReason, type TurnState } from "./turn-queue.js";
 
 export interface PlayoutOutput {
@@ -213,7 +214,7 @@ export class CallPlayout {
 
   private complete(turn: TurnState): void {
     this.completed.add(turn.id);
-    if (this.completed.size > MAX_COMPLETED_TURNS) this.completed.delete(this.completed.values().next().value!);
+    dropOldest(this.completed, MAX_COMPLETED_TURNS);
     const list = this.waiters.get(turn.id);
     this.waiters.delete(turn.id);
     for (const resolve of list ?? []) resolve();

@@ -4,6 +4,7 @@
 // CallPlayout paces it and does the I/O.
 import { MULAW_SILENCE } from "@voicebot/audio";
 import type { TurnTiming } from "@voicebot/proto";
+import { dropOldest } from "@voicebot/service-kit";
 
 export const FRAME_BYTES = 160;
 export const FRAME_MS = 20;
@@ -273,6 +274,6 @@ export class TurnQueue {
     if (index >= 0) this.turns.splice(index, 1);
     this.byId.delete(turn.id);
     this.closed.add(turn.id);
-    if (this.closed.size > MAX_CLOSED_TURNS) this.closed.delete(this.closed.values().next().value!);
+    dropOldest(this.closed, MAX_CLOSED_TURNS);
   }
 }

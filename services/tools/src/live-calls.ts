@@ -3,6 +3,8 @@
 // tool that may run twice, and its check that the call is live was made moments ago. A claim that finds the call
 // live adds it; the call's end (CallEnded, or ingress cancelling all its turns) removes it for good.
 
+import { setNewest } from "@voicebot/service-kit";
+
 /** A call stays known live this long after a claim last found it so: bounds what a missed CallEnded can do. */
 export const LIVE_CALL_TTL_MS = 30_000;
 
@@ -25,9 +27,7 @@ export class LiveCalls {
     const now = this.now();
     const endedUntil = this.ended.get(callId);
     if (endedUntil !== undefined && endedUntil > now) return;
-    this.live.delete(callId);
-    this.live.set(callId, now + this.ttlMs);
-    if (this.live.size > MAX_CALLS) this.live.delete(this.live.keys().next().value!);
+    setNewest(this.live, callId, now + this.ttlMs, MAX_CALLS);
   }
 
   isLive(callId: string): boolean {

@@ -39,7 +39,7 @@ import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
 import { promisify } from "node:util";
 import type { Logger } from "@voicebot/bus";
-import type { EnvReader } from "@voicebot/service-kit";
+import { dropOldest, type EnvReader } from "@voicebot/service-kit";
 import type { Alternative, AsrEngine, RecognitionHints, RecognitionResult, UtteranceRecognizer } from "../engine.js";
 import { buildDigitsGrammar, buildPhraseGrammar, digitsFromWords, loadDictionary, matchPhrase, spokenWords, type Dictionary, type Grammar } from "./pocketsphinx-grammar.js";
 import { TelephoneFrontEnd } from "./telephone-frontend.js";
@@ -281,7 +281,7 @@ export class PocketsphinxEngine implements AsrEngine {
       files = this.writeGrammar(hints.mode === "digits" ? buildDigitsGrammar(prepared.dict) : buildPhraseGrammar(phrases, prepared.dict), prepared);
       this.grammars.set(cacheKey, files);
       files.catch(() => this.grammars.delete(cacheKey));
-      if (this.grammars.size > 500) this.grammars.delete(this.grammars.keys().next().value!);
+      dropOldest(this.grammars, 500);
     }
     const result = await files;
     const { grammar } = result;
