@@ -368,10 +368,21 @@ export class CallSession {
   }
 
   private async startUtterance(onset: Frame, frames: Frame[]): Promise<void> {
-    // The onset frame's index is the utterance id: unique in the call and the same on whichever replica hears it.
-    const id = String(onset.index);
+    // Unpublished from here: a successor replays it even if this replica stops while it reads the hints.
     const resumeFrom = Math.max(this.endedAt, (frames[0]?.index ?? onset.index) - RESUME_CONTEXT_FRAMES);
     this.unpublished.push(resumeFrom);
+    try {
+      await this.openUtterance(onset, frames, resumeFrom);
+    } catch (error) {
+      // No utterance came of it (a bug, or NATS closed): it must not hold the progress back for good.
+      if (!this.stopped && this.utterance?.resumeFrom !== resumeFrom) this.forgetUnpublished(resumeFrom);
+      throw error;
+    }
+  }
+
+  private async openUtterance(onset: Frame, frames: Frame[], resumeFrom: number): Promise<void> {
+    // The onset frame's index is the utterance id: unique in the call and the same on whichever replica hears it.
+    const id = String(onset.index);
     this.publishActivity(SpeechActivity_Kind.KIND_STARTED, id, onset.index * FRAME_MS, onset.atMs - FRAME_MS);
     this.deps.metrics.speechStartDelay.observe(Math.max(0, Date.now() - (onset.atMs - FRAME_MS)) / 1000);
     const hints = await this.readHints();
@@ -675,9 +686,13 @@ export class CallSession {
 
   /** The utterance is dealt with: a successor no longer replays it. */
   private published(open: OpenUtterance): void {
-    const at = this.unpublished.indexOf(open.resumeFrom);
-    if (at >= 0) this.unpublished.splice(at, 1);
+    this.forgetUnpublished(open.resumeFrom);
     this.deps.onFinalPublished?.();
+  }
+
+  private forgetUnpublished(resumeFrom: number): void {
+    const at = this.unpublished.indexOf(resumeFrom);
+    if (at >= 0) this.unpublished.splice(at, 1);
   }
 
   /** Aborts a recognizer whose result is not wanted; one that throws doing so is only logged. */
