@@ -71,7 +71,9 @@ describe("work queue across a NATS restart", () => {
       const restartedAt = Date.now();
       await publish(bus, "after");
       await waitFor(() => got.includes("after"), { timeoutMs: 15_000, what: "the message after the restart" });
-      expect(Date.now() - restartedAt).toBeLessThan(3_000);
+      // Two missed 1 s heartbeats make the client pull again (~2-3 s, more on a busy machine); with nats.js's
+      // defaults the queue stood still ~30 s, which is what this bound catches.
+      expect(Date.now() - restartedAt).toBeLessThan(10_000);
       console.log(`${keepStore ? "with" : "without"} store: consumed ${Date.now() - restartedAt} ms after the restart`);
       expect(got.filter((id) => id === "before")).toHaveLength(1);
     });
