@@ -8,3 +8,9 @@ export function dialogTurnNumber(turnId: string): number | undefined {
   const match = DIALOG_TURN_ID.exec(turnId);
   return match ? Number(match[1]) : undefined;
 }
+
+/**
+ * CancelTurn reason for a dialog turn ingress will not play because a later dialog turn began first: tts stops on
+ * that turn only, and the dialog's input in progress (which may be saying the later turn) goes on.
+ */
+export const OVERTAKEN_CANCEL_REASON = "overtaken";

@@ -1,4 +1,4 @@
-import { dialogTurnNumber } from "@voicebot/bus";
+import { dialogTurnNumber, OVERTAKEN_CANCEL_REASON } from "@voicebot/bus";
 import type { CancelTurn } from "@voicebot/proto";
 import type { SpeechOutput } from "./speech.js";
 
@@ -54,6 +54,8 @@ export class InFlightTurns {
     // Ingress cancels every turn ("") when the call ends: a tool being waited on is abandoned as well.
     if (turnId === "") entry.ended.abort();
     if (entry.abort.signal.aborted) return false;
+    // Ingress dropped an old turn that came after a later one had begun: nothing the caller said, nothing to stop.
+    if (message.reason === OVERTAKEN_CANCEL_REASON) return false;
     const n = dialogTurnNumber(turnId);
     const ours = turnId === "" || (n !== undefined && n >= entry.startTurns) || (entry.speech?.turnIds.includes(turnId) ?? false);
     if (!ours) return false;

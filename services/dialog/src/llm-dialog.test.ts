@@ -7,7 +7,7 @@ import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Bus, silentLogger, subjects } from "@voicebot/bus";
+import { Bus, OVERTAKEN_CANCEL_REASON, silentLogger, subjects } from "@voicebot/bus";
 import {
   AudioEncoding,
   CallStarted,
@@ -416,6 +416,19 @@ describe("dialog on an LLM", () => {
       await falseInterruption(call);
       expect(await call.turn("t3")).toBe("You have 4200 points.");
     });
+  });
+
+  it("a cancel for a turn ingress dropped as overtaken (it came after a later turn began) does not stop the input in progress", async () => {
+    const call = new TestCall();
+    await call.start("points-scripted");
+    await call.turn("t1");
+    webhookDelayMs = 600;
+    const cancelled = await metric("voicebot_dialog_cancelled_turns_total");
+    await call.say("points");
+    await call.turn("t2");
+    bus.publish(subjects.cancel(call.id), CancelTurn, CancelTurn.create({ callId: call.id, turnId: "t2", reason: OVERTAKEN_CANCEL_REASON }), call.id);
+    expect(await call.turn("t3")).toBe("You have 4200 points.");
+    expect(await metric("voicebot_dialog_cancelled_turns_total")).toBe(cancelled);
   });
 
   it("speaks at most about 1,200 characters of a runaway answer, so one call cannot flood the shared tts queue", async () => {

@@ -340,6 +340,30 @@ describe("bot audio playout", () => {
     cancels.sub.unsubscribe();
     client.close();
   });
+
+  it("a turn whose audio first comes after a later turn began (redelivered after an outage) is not played out of order: dropped, cancelled, reported unheard", async () => {
+    const client = await startCall();
+    const callId = client.callSid;
+    const cancels = collect(world.bus, subjects.cancel(callId), CancelTurn);
+    await world.bus.nc.flush();
+    const dropped = (await metricValue(world.ingress.baseUrl, "voicebot_ingress_bot_audio_dropped_total", { reason: "overtaken" })) ?? 0;
+    botAudio(callId, "t3", 0, 0, frames(25, 3), { chunkDone: true, turnDone: true, text: "You chose two." }); // 0.5 s
+    await waitFor(() => client.audio().length >= 160, { what: "t3 to begin" });
+    botAudio(callId, "t2", 0, 0, frames(5, 2), { chunkDone: true, text: "You chose one." });
+    botAudio(callId, "t2", 1, 0, frames(5, 2), { chunkDone: true, turnDone: true });
+    // A hang-up after the dropped turn does not wait for it.
+    control(callId, CallControl_Action.ACTION_HANGUP, { afterTurnId: "t2", reason: "done" });
+    await waitFor(() => cancels.items.some((c) => c.turnId === "t2"), { what: "t2's synthesis to be cancelled" });
+    const closed = await client.closed;
+    expect(closed.code).toBe(1000);
+    expect([...new Set(client.audio())]).toEqual([3]);
+    expect(cancels.items.filter((c) => c.turnId === "t2").map((c) => c.reason)).toEqual(["overtaken"]);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_bot_audio_dropped_total", { reason: "overtaken" })).toBe(dropped + 1);
+    const unheard = await waitFor(() => inputsFor(callId).find((i) => i.input?.$case === "playback" && i.input.value.turnId === "t2"), { what: "t2 reported to the dialog" });
+    expect(unheard.inputId).toBe(`${callId}:int:t2`);
+    expect(unheard.input?.$case === "playback" && unheard.input.value.heardText).toBe("");
+    cancels.sub.unsubscribe();
+  });
 });
 
 describe("call control", () => {

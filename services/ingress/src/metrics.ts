@@ -107,7 +107,7 @@ export class IngressMetrics {
     });
     this.droppedBotAudio = new Counter({
       name: "voicebot_ingress_bot_audio_dropped_total",
-      help: "BotAudio parts dropped (late, duplicate, for a finished turn, superseded by a CLEAR naming a later dialog turn)",
+      help: "BotAudio parts dropped (late, duplicate, for a finished turn, superseded by a CLEAR naming a later dialog turn, overtaken: first came after a later dialog turn had begun playing)",
       labelNames: ["reason"],
       registers,
     });

@@ -104,6 +104,42 @@ describe("CallPlayout", () => {
     expect(order()).toEqual(["media:1,2", "mark:t1.0", "media:3", "mark:t2.0"]);
   });
 
+  it("plays the dialog's turns in its order while they have not begun; ingress's own lines keep their place", () => {
+    const { playout, run, order } = setup();
+    playout.addAudio(part("t3", 0, 0, 1, 3, { chunkDone: true, turnDone: true }), 0);
+    playout.addAudio(part("nosilence-1", 0, 0, 1, 9, { chunkDone: true, turnDone: true }), 0);
+    playout.addAudio(part("t2", 0, 0, 1, 2, { chunkDone: true, turnDone: true }), 0);
+    run(0, 100);
+    expect(order()).toEqual(["media:2", "mark:t2.0", "media:3", "mark:t3.0", "media:9", "mark:nosilence-1.0"]);
+  });
+
+  it("drops a dialog turn whose audio first comes after a later dialog turn has begun: it is done, never played", async () => {
+    const { playout, run, order, events } = setup();
+    playout.addAudio(part("t5", 0, 0, 20, 5, { chunkDone: true, turnDone: true }), 0);
+    run(0, 40); // t5 is playing
+    const waiting = playout.whenTurnDone("t4");
+    expect(playout.dropIfOvertaken("t4")).toBe(true);
+    await waiting;
+    expect(playout.isTurnDone("t4")).toBe(true);
+    expect(playout.dropIfOvertaken("t4")).toBe(false); // reported once; the rest of it is a finished turn's
+    expect(playout.addAudio(part("t4", 0, 1, 1, 4, { chunkDone: true, turnDone: true }), 60)).toBe("finished_turn");
+    expect(playout.failChunk("t4", 1, "synthesis_failed", 60)).toBe(false);
+    // Later turns, ingress's own lines and a turn that was already queued are not overtaken.
+    expect(playout.dropIfOvertaken("t6")).toBe(false);
+    expect(playout.dropIfOvertaken("nosilence-1")).toBe(false);
+    run(60, 600);
+    expect(new Set(order().filter((o) => o.startsWith("media")))).toEqual(new Set(["media:5"]));
+    expect(events).toEqual(["started t5"]);
+  });
+
+  it("a turn cut by a clear counts as begun: an older turn's late audio after it is overtaken", () => {
+    const { playout } = setup();
+    playout.addAudio(part("t7", 0, 0, 1, 7), 0);
+    playout.clear();
+    expect(playout.dropIfOvertaken("t6")).toBe(true);
+    expect(playout.dropIfOvertaken("t8")).toBe(false);
+  });
+
   it("skips a chunk that failed synthesis and pads a partial last frame with silence", () => {
     const { playout, run, order, events, audio } = setup();
     playout.addAudio({ ...part("t1", 0, 0, 1, 1, { chunkDone: true }), payload: Buffer.alloc(200, 1) }, 0);

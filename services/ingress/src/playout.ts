@@ -168,13 +168,26 @@ export class CallPlayout {
     const turns = [...cut].filter((turn) => !this.completed.has(turn.id));
     for (const turn of turns) {
       turn.pendingMarks.clear();
-      this.complete(turn);
+      this.markDone(turn.id);
       this.listener.interrupted(turn);
     }
     return turns;
   }
 
-  /** True once the turn has fully played, was given up, or was cut. */
+  /**
+   * A dialog turn whose audio comes only after a later dialog turn has begun playing (its speech request was
+   * redelivered after an outage, or its synthesis took longer than the next turn's): played now it would answer out
+   * of order, so it is not played at all, and it is done. True the first time only; its later audio is then a
+   * finished turn's.
+   */
+  dropIfOvertaken(turnId: string): boolean {
+    if (this.closed || !this.queue.isOvertaken(turnId)) return false;
+    this.queue.closeUnplayed(turnId);
+    this.markDone(turnId);
+    return true;
+  }
+
+  /** True once the turn has fully played, was given up, was cut, or was overtaken. */
   isTurnDone(turnId: string): boolean {
     return this.completed.has(turnId);
   }
@@ -208,15 +221,15 @@ export class CallPlayout {
 
   private maybeComplete(turn: TurnState): void {
     if (!turn.sendingDone || turn.pendingMarks.size > 0 || this.completed.has(turn.id)) return;
-    this.complete(turn);
+    this.markDone(turn.id);
     this.listener.turnPlayed(turn);
   }
 
-  private complete(turn: TurnState): void {
-    this.completed.add(turn.id);
+  private markDone(turnId: string): void {
+    this.completed.add(turnId);
     dropOldest(this.completed, MAX_COMPLETED_TURNS);
-    const list = this.waiters.get(turn.id);
-    this.waiters.delete(turn.id);
+    const list = this.waiters.get(turnId);
+    this.waiters.delete(turnId);
     for (const resolve of list ?? []) resolve();
   }
 }

@@ -1,7 +1,7 @@
 // One Twilio media stream = one call: forwards caller audio and keys to the pipeline, plays the bot's audio back,
 // and acts on call controls. Everything that goes wrong with one stream stays inside its session.
 import { performance } from "node:perf_hooks";
-import { dialogTurnNumber, errorText, subjects, type Bus, type Codec, type Logger, type Subscription } from "@voicebot/bus";
+import { dialogTurnNumber, errorText, OVERTAKEN_CANCEL_REASON, subjects, type Bus, type Codec, type Logger, type Subscription } from "@voicebot/bus";
 import { retryWhileLinkLost } from "@voicebot/service-kit";
 import {
   AudioEncoding,
@@ -721,6 +721,10 @@ export class CallSession {
       metrics.droppedBotAudio.inc({ reason: "superseded" });
       return;
     }
+    if (this.turnOvertaken(audio.turnId, playout)) {
+      metrics.droppedBotAudio.inc({ reason: "overtaken" });
+      return;
+    }
     const now = performance.now();
     const format = audio.format;
     const usable =
@@ -882,9 +886,21 @@ export class CallSession {
     return true;
   }
 
+  /**
+   * Whether the turn's audio came only after a later dialog turn had begun playing (CallPlayout.dropIfOvertaken):
+   * it is not played. The first time, tts is told to stop on it and the dialog that it was not heard.
+   */
+  private turnOvertaken(turnId: string, playout: CallPlayout): boolean {
+    if (!playout.dropIfOvertaken(turnId)) return false;
+    this.publishCancels([turnId], OVERTAKEN_CANCEL_REASON);
+    this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, { id: turnId, heardText: "" }, -1, "int");
+    this.log.warn("a dialog turn's audio came after a later turn had begun playing; dropped, not played out of order", { turnId, latestTurn: `t${this.latestDialogTurn}` });
+    return true;
+  }
+
   private onSynthesisFailed(failure: SynthesisFailed): void {
     const playout = this.playout;
-    if (this.ended || !playout || this.turnSuperseded(failure.turnId, playout)) return;
+    if (this.ended || !playout || this.turnSuperseded(failure.turnId, playout) || this.turnOvertaken(failure.turnId, playout)) return;
     if (playout.failChunk(failure.turnId, failure.chunkSeq, "synthesis_failed", performance.now())) {
       this.log.warn("chunk could not be synthesized; playing past it", { turnId: failure.turnId, chunkSeq: failure.chunkSeq, error: failure.error });
       this.deps.scheduler.wake(playout);

@@ -1,8 +1,10 @@
 // Reassembles one call's bot audio into a single ordered stream of 20 ms frames and marks.
 // BotAudio parts come from several tts replicas, so they may arrive in any order: turns play in the order their
-// first part (or failure) arrived, chunks in chunkSeq order, parts in partSeq order. This module is pure state;
-// CallPlayout paces it and does the I/O.
+// first part (or failure) arrived, except that a dialog turn (t<n>) goes before a later dialog turn that has not
+// begun; chunks play in chunkSeq order, parts in partSeq order. This module is pure state; CallPlayout paces it and
+// does the I/O.
 import { MULAW_SILENCE } from "@voicebot/audio";
+import { dialogTurnNumber } from "@voicebot/bus";
 import type { TurnTiming } from "@voicebot/proto";
 import { dropOldest } from "@voicebot/service-kit";
 
@@ -68,12 +70,15 @@ export class TurnState {
   readonly pendingMarks = new Set<string>();
   readonly heard: string[] = [];
   lastHeardChunk = -1;
+  /** The dialog's number for this turn (t<n>); undefined for ingress's own lines. */
+  readonly dialogTurn: number | undefined;
 
   constructor(
     readonly id: string,
     nowMs: number,
   ) {
     this.lastActivityMs = nowMs;
+    this.dialogTurn = dialogTurnNumber(id);
   }
 
   /** A chunk's no-input wait: the latest chunk's wins, as the dialog's state moves on while the turn is said. */
@@ -110,6 +115,8 @@ export class TurnQueue {
   private readonly turns: TurnState[] = [];
   private readonly byId = new Map<string, TurnState>();
   private readonly closed = new Set<string>();
+  /** The highest dialog turn number that has begun playing or is finished (-1: none). */
+  private begunDialogTurn = -1;
 
   /**
    * @param stallMs how long a turn may wait for a missing chunk or part while a later turn is queued behind it
@@ -133,6 +140,21 @@ export class TurnQueue {
 
   isClosed(turnId: string): boolean {
     return this.closed.has(turnId);
+  }
+
+  /** A dialog turn not seen before, older than a dialog turn that has begun playing or is finished. */
+  isOvertaken(turnId: string): boolean {
+    if (this.byId.has(turnId) || this.closed.has(turnId)) return false;
+    const number = dialogTurnNumber(turnId);
+    return number !== undefined && number < this.begunDialogTurn;
+  }
+
+  /** Closes a turn that will not be played, so its audio and failures are dropped as a finished turn's. */
+  closeUnplayed(turnId: string): void {
+    const turn = this.byId.get(turnId);
+    if (turn) this.finish(turn);
+    else this.closed.add(turnId);
+    dropOldest(this.closed, MAX_CLOSED_TURNS);
   }
 
   add(part: AudioPart, nowMs: number): AddResult {
@@ -252,6 +274,7 @@ export class TurnQueue {
       chunk.carry = EMPTY;
     }
     const firstOfTurn = turn.framesSent === 0;
+    if (firstOfTurn) this.noteBegun(turn);
     chunk.framesSent++;
     turn.framesSent++;
     turn.waitingSince = undefined;
@@ -264,11 +287,20 @@ export class TurnQueue {
     if (this.closed.has(turnId)) return undefined;
     const turn = new TurnState(turnId, nowMs);
     this.byId.set(turnId, turn);
-    this.turns.push(turn);
+    // The dialog's turns play in its order while they can: a later one that has not begun waits behind this one.
+    const number = turn.dialogTurn;
+    const before = number === undefined ? -1 : this.turns.findIndex((t) => t.framesSent === 0 && t.dialogTurn !== undefined && t.dialogTurn > number);
+    if (before >= 0) this.turns.splice(before, 0, turn);
+    else this.turns.push(turn);
     return turn;
   }
 
+  private noteBegun(turn: TurnState): void {
+    if (turn.dialogTurn !== undefined && turn.dialogTurn > this.begunDialogTurn) this.begunDialogTurn = turn.dialogTurn;
+  }
+
   private finish(turn: TurnState): void {
+    this.noteBegun(turn);
     turn.sendingDone = true;
     const index = this.turns.indexOf(turn);
     if (index >= 0) this.turns.splice(index, 1);
