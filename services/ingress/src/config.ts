@@ -37,6 +37,12 @@ export interface IngressConfig {
   /** Sustained inbound messages per second per connection; above it messages are dropped. */
   maxMessagesPerSecond: number;
   messageBurst: number;
+  /**
+   * Sustained keypad presses per second per stream (a burst of twice that at once); faster keys are dropped. A phone
+   * keypad cannot go faster than ~12 a second (ITU-T Q.24: 40 ms of tone and 40 ms of pause per digit), and each
+   * key is a dialog input: a client sending hundreds would fill the dialog's work queue for every call.
+   */
+  maxKeysPerSecond: number;
   /** A stream that sends no `start` within this time is closed. */
   startTimeoutMs: number;
   /** New streams are refused above this many live ones (0 = no limit). */
@@ -137,6 +143,7 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
     maxMediaBytes: env.int("INGRESS_MAX_MEDIA_BYTES", 8_000, { min: 160 }),
     maxMessagesPerSecond: env.int("INGRESS_MAX_MSGS_PER_SEC", 200, { min: 1 }),
     messageBurst: env.int("INGRESS_MSG_BURST", 400, { min: 1 }),
+    maxKeysPerSecond: env.int("INGRESS_MAX_KEYS_PER_SEC", 12, { min: 1, max: 1_000 }),
     startTimeoutMs: env.int("INGRESS_START_TIMEOUT_MS", 10_000, { min: 100 }),
     maxCalls: env.int("INGRESS_MAX_CALLS", 0, { min: 0 }),
     maxCallsPerClient: env.int("INGRESS_MAX_CALLS_PER_CLIENT", 0, { min: 0 }),

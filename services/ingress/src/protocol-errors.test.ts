@@ -183,6 +183,29 @@ describe("bad input", () => {
     expect(world.dialog.items.filter((i) => i.callId === first.callSid && i.input?.$case === "callStarted")).toHaveLength(1);
   });
 
+  it("keys faster than a keypad can send are dropped (each would be a dialog input); the keys of another call are not", async () => {
+    const flooder = await startedCall();
+    const caller = await startedCall();
+    const keys = (callSid: string) => world.dialog.items.filter((i) => i.callId === callSid && i.input?.$case === "keypad").length;
+    for (let i = 0; i < 200; i++) flooder.sendDtmf(String(i % 10)); // at once: 200 keys against 12 a second, 24 at once
+    caller.sendDtmf("1");
+    caller.sendDtmf("2");
+    await errorLogged("key_flood", flooder.streamSid);
+    await expectCounted("key_flood", 150);
+    await waitFor(() => keys(caller.callSid) === 2, { what: "the other caller's keys" });
+    await waitFor(() => keys(flooder.callSid) >= 24, { what: "the flooder's first 24 keys" });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(keys(flooder.callSid)).toBeLessThanOrEqual(30);
+    expect(flooder.ws.readyState).toBe(WebSocket.OPEN);
+    // At a keypad's pace every key goes through again.
+    await new Promise((r) => setTimeout(r, 2_000));
+    const before = keys(flooder.callSid);
+    for (const digit of "12345#") flooder.sendDtmf(digit);
+    await waitFor(() => keys(flooder.callSid) === before + 6, { what: "keys at a keypad's pace" });
+    flooder.close();
+    caller.close();
+  });
+
   it("closes a stream that keeps sending at over twice the rate limit (1008 flood); a late burst is only trimmed", async () => {
     const flooder = await startedCall();
     const startedAt = Date.now();

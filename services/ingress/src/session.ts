@@ -155,6 +155,7 @@ export class CallSession {
   /** Ordered async work of this call (record writes, durable inputs), so start < keys < end everywhere. */
   private tasks: Promise<void> = Promise.resolve();
   private readonly limiter: RateLimiter;
+  private readonly keyLimiter: RateLimiter;
   private readonly errors: ProtocolErrorReporter;
   private readonly startTimer: NodeJS.Timeout;
   private lastPublishErrorLog = 0;
@@ -186,6 +187,7 @@ export class CallSession {
     this.log = deps.log.child({ remote });
     this.errors = new ProtocolErrorReporter(this.log, deps.metrics);
     this.limiter = new RateLimiter(deps.config.maxMessagesPerSecond, deps.config.messageBurst, performance.now());
+    this.keyLimiter = new RateLimiter(deps.config.maxKeysPerSecond, 2 * deps.config.maxKeysPerSecond, performance.now());
     ws.on("message", (data, isBinary) => this.onMessage(data, isBinary));
     ws.on("pong", () => (this.lastHeardAt = performance.now()));
     ws.on("close", (code) => {
@@ -623,6 +625,9 @@ export class CallSession {
     if (!callId) return this.errors.report("event_before_start", "dtmf before start dropped", now);
     if (dtmf.streamSid && dtmf.streamSid !== this.streamSid) {
       return this.errors.report("stream_sid_mismatch", `dtmf for stream ${dtmf.streamSid.slice(0, 40)}`, now);
+    }
+    if (!this.keyLimiter.take(now)) {
+      return this.errors.report("key_flood", `more than ${this.deps.config.maxKeysPerSecond} keys a second; key dropped`, now);
     }
     // The caller's audio up to the key goes out before the key (quiet frames may be held back).
     this.callerAudio?.flush();

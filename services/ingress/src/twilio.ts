@@ -26,6 +26,7 @@ export type ProtocolErrorReason =
   | "binary_frame"
   | "oversized_message"
   | "rate_limited"
+  | "key_flood"
   | "flood"
   | "websocket_error"
   | "dead_socket"
