@@ -314,6 +314,41 @@ describe("Bus", () => {
     expect(deliveries).toEqual({ fails: [1, 2, 3], naks: [1, 2, 3] });
   });
 
+  it("work queue: items that only wait for other work give their slot back, up to the concurrency; past that they count", async () => {
+    const bus = await connect();
+    const queue = { name: "T_WAITING", subjects: ["t.waiting.*"], durable: "wt" };
+    await bus.ensureWorkQueue(queue, 5_000, 5);
+    let openGate!: () => void;
+    const gate = new Promise<void>((resolve) => (openGate = resolve));
+    const done: string[] = [];
+    const consumer = await bus.consume(
+      queue,
+      DialogInput,
+      async (m, item) => {
+        if (m.inputId.startsWith("wait")) {
+          item.waiting();
+          await gate;
+        }
+        done.push(m.inputId);
+        item.ack();
+      },
+      { name: "wt", ackWaitMs: 5_000, maxDeliver: 5, concurrency: 2 },
+    );
+    const publish = (id: string) => bus.publishDurable("t.waiting.CA1", DialogInput, DialogInput.create({ callId: "CA1", inputId: id }), id);
+    // Two waiters: neither takes one of the two slots.
+    for (const id of ["wait1", "wait2", "work1", "work2", "work3"]) await publish(id);
+    await waitFor(() => done.length === 3, { what: "the work behind two waiting items" });
+    expect(done).toEqual(["work1", "work2", "work3"]);
+    // Two more: the waiting allowance (2) is used up, so they keep their slots and the next work waits for the gate.
+    for (const id of ["wait3", "wait4", "work4"]) await publish(id);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(done).toEqual(["work1", "work2", "work3"]);
+    openGate();
+    await waitFor(() => done.length === 8, { what: "everything once the waits are over" });
+    expect(done.indexOf("work4")).toBeGreaterThan(done.indexOf("wait3"));
+    await consumer.stop();
+  });
+
   it("work queue: finds the first message of a subject still queued, from a sequence on; none once acked", async () => {
     const bus = await connect();
     const queue = { name: "T_FIRST", subjects: ["t.first.*"], durable: "f" };

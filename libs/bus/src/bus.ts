@@ -78,6 +78,13 @@ export interface WorkItem {
   nak(delayMs?: number): void;
   /** Tell JetStream the work is still going (resets the ack deadline). */
   working(): void;
+  /**
+   * The item now only waits for other work (its call's earlier input): it stops counting against the consumer's
+   * concurrency, so the process takes other calls' work meanwhile. Up to `concurrency` such items at once; past
+   * that an item keeps counting. It does not count again when its wait is over (so at most twice `concurrency`
+   * items are ever in hand).
+   */
+  waiting(): void;
 }
 
 export interface WorkQueueDefinition {
@@ -535,6 +542,7 @@ export class Bus {
   ): Promise<{ stop(): Promise<void> }> {
     await this.ensureWorkQueue(definition, options.ackWaitMs, options.maxDeliver);
     const inFlight = new Set<Promise<void>>();
+    const slots = new WorkSlots(options.concurrency);
     const received = pendingCount(this.received, { handler: options.name });
     let stopped = false;
     let current: ConsumerMessages | undefined;
@@ -577,9 +585,13 @@ export class Bus {
         void this.watchConsumer(messages, definition, options.name);
         try {
           for await (const msg of messages) {
-            const task = this.runWorkItem(msg, codec, handler, options, received).finally(() => inFlight.delete(task));
+            const slot = slots.take();
+            const task = this.runWorkItem(msg, codec, handler, options, received, slot).finally(() => {
+              inFlight.delete(task);
+              slot.settled();
+            });
             inFlight.add(task);
-            if (inFlight.size >= options.concurrency) await Promise.race(inFlight);
+            await slots.free();
           }
         } catch (error) {
           if (!stopped && !this.closing) this.log.warn("work queue consumer failed; starting it again", { handler: options.name, error: errorText(error) });
@@ -627,6 +639,7 @@ export class Bus {
     handler: (message: T, item: WorkItem, delivery: Delivery) => Promise<void>,
     { name, maxDeliver }: ConsumeOptions,
     received: PendingCount,
+    slot: WorkSlot,
   ): Promise<void> {
     const message = this.decode(codec, msg, name);
     if (message === undefined) {
@@ -653,6 +666,7 @@ export class Bus {
       ack: () => msg.ack(),
       nak: (delayMs) => (lastDelivery ? giveUp("handed_back") : msg.nak(delayMs)),
       working: () => msg.working(),
+      waiting: () => slot.waiting(),
     };
     try {
       await handler(message, item, { subject: msg.subject, callId: callIdOf(msg) });
@@ -695,6 +709,53 @@ export class Bus {
     this.closing = true;
     for (const messages of this.consumers) messages.stop();
     if (!this.nc.isClosed()) await this.nc.close();
+  }
+}
+
+interface WorkSlot {
+  waiting(): void;
+  settled(): void;
+}
+
+/**
+ * A consumer's concurrency: `limit` items counted at once, plus up to `limit` more that said they only wait for
+ * other work (WorkItem.waiting), which give their slot back.
+ */
+class WorkSlots {
+  private counted = 0;
+  private waitingItems = 0;
+  private onFree: (() => void) | undefined;
+
+  constructor(private readonly limit: number) {}
+
+  take(): WorkSlot {
+    this.counted++;
+    let state: "counted" | "waiting" | "done" = "counted";
+    return {
+      waiting: () => {
+        if (state !== "counted" || this.waitingItems >= this.limit) return;
+        state = "waiting";
+        this.waitingItems++;
+        this.release();
+      },
+      settled: () => {
+        if (state === "counted") this.release();
+        else if (state === "waiting") this.waitingItems--;
+        state = "done";
+      },
+    };
+  }
+
+  /** Resolves once fewer than `limit` items count. */
+  async free(): Promise<void> {
+    while (this.counted >= this.limit) await new Promise<void>((resolve) => (this.onFree = resolve));
+  }
+
+  private release(): void {
+    this.counted--;
+    const wake = this.onFree;
+    this.onFree = undefined;
+    wake?.();
   }
 }
 

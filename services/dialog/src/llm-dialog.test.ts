@@ -143,6 +143,7 @@ beforeAll(async () => {
     TOOL_FILLER_MS: "300",
     KEYPAD_PAUSE_MS: "400",
     DIALOG_LEASE_WAIT_MS: "100",
+    DIALOG_CONCURRENCY: "2", // so that one call's waiting inputs could hold up every other call (they must not)
   });
   bus = await Bus.connect({ servers: nats.url, name: "llm-dialog-test", log: silentLogger, registry: new Registry() });
   store = CallStore.connect(redis.url);
@@ -429,6 +430,23 @@ describe("dialog on an LLM", () => {
     bus.publish(subjects.cancel(call.id), CancelTurn, CancelTurn.create({ callId: call.id, turnId: "t2", reason: OVERTAKEN_CANCEL_REASON }), call.id);
     expect(await call.turn("t3")).toBe("You have 4200 points.");
     expect(await metric("voicebot_dialog_cancelled_turns_total")).toBe(cancelled);
+  });
+
+  it("a call's inputs waiting behind its slow one give their slot back: other calls are answered meanwhile (2 slots here)", async () => {
+    const slow = new TestCall();
+    await slow.start("points-scripted");
+    await slow.turn("t1");
+    webhookDelayMs = 2_000; // within the tool's timeout
+    await slow.say("points");
+    await slow.turn("t2"); // the filler: the tool is running
+    for (const digit of "12") await slow.key(digit);
+    await waitFor(async () => (await metric("voicebot_dialog_waiting_inputs")) === 2, { what: "two keys waiting behind the tool" });
+    const others = [new TestCall(), new TestCall()];
+    for (const call of others) await call.start();
+    for (const call of others) expect(await call.turn("t1", 1_500)).toBe(GREETING);
+    expect(slow.chunks("t3")).toEqual([]); // the tool is still running
+    expect(await slow.turn("t3")).toBe("You have 4200 points.");
+    await waitFor(async () => (await metric("voicebot_dialog_waiting_inputs")) === 0, { what: "the keys to be taken" });
   });
 
   it("speaks at most about 1,200 characters of a runaway answer, so one call cannot flood the shared tts queue", async () => {

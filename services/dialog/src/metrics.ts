@@ -8,6 +8,7 @@ export interface DialogMetrics {
   reprompts: Counter<"agent">;
   leaseBusy: Counter;
   earlierInputWaits: Counter<"outcome">;
+  waitingInputs: Gauge;
   leaseLost: Counter;
   conflicts: Counter;
   unknownAgents: Counter;
@@ -64,6 +65,11 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
     retriesInPlace: new Counter({
       name: "voicebot_dialog_input_retries_in_place_total",
       help: "Inputs tried again in place (keeping the call's order) after Redis or NATS failed under them",
+      registers: [registry],
+    }),
+    waitingInputs: new Gauge({
+      name: "voicebot_dialog_waiting_inputs",
+      help: "Inputs this replica holds that wait for an earlier input of their call (they take no DIALOG_CONCURRENCY slot)",
       registers: [registry],
     }),
     earlierInputWaits: new Counter({

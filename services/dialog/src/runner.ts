@@ -170,6 +170,11 @@ const RESTART_APOLOGY = "Sorry, we had a technical problem, so let's start again
 
 type Dropped = { drop: string };
 
+interface InputWait {
+  begins(): void;
+  ends(): void;
+}
+
 /**
  * Takes dialog inputs off the work queue and plays them as turns: one at a time per call (in arrival order in
  * this process, and across replicas through the `dialog` lease), with the state saved before the input is acked.
@@ -208,10 +213,15 @@ export class TurnRunner {
     const held = this.held.get(callId) ?? new Map<number, Promise<void>>();
     this.held.set(callId, held);
     const input = { ...message, callId };
-    const task = (needsOrder(input) ? this.afterEarlierInputs(input, item) : Promise.resolve())
+    const wait = this.waitFor(item);
+    const task = (needsOrder(input) ? this.afterEarlierInputs(input, item, wait) : Promise.resolve())
       .then(() => {
-        const previous = this.chains.get(callId) ?? Promise.resolve();
-        const turn = previous.then(() => this.processInOrder(input, this.remembersAck(callId, item), receivedAt));
+        const previous = this.chains.get(callId);
+        if (previous) wait.begins();
+        const turn = (previous ?? Promise.resolve()).then(() => {
+          wait.ends();
+          return this.processInOrder(input, this.remembersAck(callId, item), receivedAt);
+        });
         const tail = turn.catch(() => undefined);
         this.chains.set(callId, tail);
         void tail.then(() => {
@@ -219,7 +229,10 @@ export class TurnRunner {
         });
         return turn;
       })
-      .finally(() => clearInterval(heartbeat));
+      .finally(() => {
+        clearInterval(heartbeat);
+        wait.ends();
+      });
     const settled = task.catch(() => undefined);
     held.set(item.streamSeq, settled);
     void settled.then(() => {
@@ -228,6 +241,27 @@ export class TurnRunner {
     });
     return task; // a rejection makes the bus nak the input for redelivery
   };
+
+  /**
+   * An input that waits for an earlier one of its call gives its consumer slot back (WorkItem.waiting), so one
+   * call's queued keys, or a survivor's inputs waiting out a dead replica's, do not hold up other calls' turns.
+   */
+  private waitFor(item: WorkItem): InputWait {
+    const gauge = this.deps.metrics.waitingInputs;
+    let state: "no" | "waiting" | "over" = "no";
+    return {
+      begins: () => {
+        if (state !== "no") return;
+        state = "waiting";
+        item.waiting();
+        gauge.inc();
+      },
+      ends: () => {
+        if (state === "waiting") gauge.dec();
+        state = "over";
+      },
+    };
+  }
 
   /** The item, remembering its ack for afterEarlierInputs (the server drops an acked message a little later). */
   private remembersAck(callId: string, item: WorkItem): WorkItem {
@@ -249,7 +283,7 @@ export class TurnRunner {
    * then "2345#" taken before the "1"). Gives up after the ack wait and a little (the earlier input may be stuck for
    * good), once per earlier input here. Costs one work-queue look-up per input when nothing is missing.
    */
-  private async afterEarlierInputs(message: DialogInput, item: WorkItem): Promise<void> {
+  private async afterEarlierInputs(message: DialogInput, item: WorkItem, wait: InputWait): Promise<void> {
     const { callId, inputId } = message;
     const giveUpAt = Date.now() + this.deps.ackWaitMs + EARLIER_INPUT_GRACE_MS;
     let waitedFor: number | undefined;
@@ -274,6 +308,7 @@ export class TurnRunner {
       }
       const mine = this.held.get(callId)?.get(earlier.seq);
       if (mine) {
+        wait.begins();
         await mine; // this process's own earlier input: on once it is done
         continue;
       }
@@ -290,6 +325,7 @@ export class TurnRunner {
         this.deps.log.info("an earlier input of this call is still queued (its replica died?); waiting for it", { callId, inputId, earlier: earlier.inputId });
       }
       waitedFor = earlier.seq;
+      wait.begins();
       if (Date.now() >= giveUpAt) {
         this.deps.log.warn("an earlier input of this call did not come back; going on without it", { callId, inputId, earlier: earlier.inputId });
         setNewest(this.gaveUpOn, callId, earlier.seq, MAX_REMEMBERED_CALLS);
@@ -451,7 +487,7 @@ export class TurnRunner {
       inputId: left.inputId,
       before: current.inputId,
     });
-    const detached: WorkItem = { subject: "", deliveryCount: 0, streamSeq: 0, ack: () => undefined, nak: () => undefined, working: () => undefined };
+    const detached: WorkItem = { subject: "", deliveryCount: 0, streamSeq: 0, ack: () => undefined, nak: () => undefined, working: () => undefined, waiting: () => undefined };
     await this.turn(message, engineInput, detached, receivedAt, loaded, held, { releases: false });
     return true;
   }

@@ -39,6 +39,8 @@ export interface DialogConfig {
   ackWaitMs: number;
   toolFillerMs: number;
   keypadPauseMs: number;
+  /** DIALOG_CONCURRENCY: inputs handled at once by this replica (inputs waiting for their call's earlier input aside). */
+  concurrency: number;
   digitsConfirmConfidence: number;
   /** DIALOG_PREWARM_TTS: at start, have tts cache every fixed line of the agents (default on). */
   prewarmTts: boolean;
@@ -69,6 +71,7 @@ export function readDialogConfig(env: EnvReader): DialogConfig {
     ackWaitMs: env.int("DIALOG_ACK_WAIT_MS", 4_000, { min: 1_000, max: 120_000 }),
     toolFillerMs: env.int("TOOL_FILLER_MS", 1_200, { min: 100, max: 30_000 }),
     keypadPauseMs: env.int("KEYPAD_PAUSE_MS", 2_000, { min: 300, max: 30_000 }),
+    concurrency: env.int("DIALOG_CONCURRENCY", 64, { min: 1, max: 4_096 }),
     digitsConfirmConfidence: env.number("DIGITS_CONFIRM_CONFIDENCE", DEFAULT_CONFIRM_CONFIDENCE, { min: 0, max: 1 }),
     prewarmTts: env.bool("DIALOG_PREWARM_TTS", true),
     llm: {
@@ -249,7 +252,7 @@ export const definition: ServiceDefinition<DialogConfig> = {
       ackWaitMs: config.ackWaitMs,
       // Inputs handed back while another replica holds the call's turn count as deliveries too.
       maxDeliver: 10,
-      concurrency: 64,
+      concurrency: config.concurrency,
     });
     // In the background once the replica takes calls: the first calls must not wait for it.
     const stopPrewarm = new AbortController();
