@@ -3,6 +3,7 @@
 // generation growth, allocator arenas), which grows with the allocation rate; what the calls themselves keep alive is
 // the heap and buffers that survive a full collection. The services run with --inspect on a loopback port for this
 // (the bench only); nothing is attached until the sample is taken.
+import { createWriteStream } from "node:fs";
 import { WebSocket } from "ws";
 
 export interface LiveMemory {
@@ -18,10 +19,11 @@ export function inspectFlag(port: number): string {
   return `--inspect=127.0.0.1:${port}`;
 }
 
-export async function liveMemory(port: number, timeoutMs = 15_000): Promise<LiveMemory> {
-  const signal = AbortSignal.timeout(timeoutMs);
+/** With `snapshotFile`, a V8 heap snapshot is written there after the sample (`heap-diff.ts` compares two). */
+export async function liveMemory(port: number, timeoutMs = 15_000, snapshotFile?: string): Promise<LiveMemory> {
+  const signal = AbortSignal.timeout(snapshotFile ? 10 * timeoutMs : timeoutMs);
   const targets = (await (await fetch(`http://127.0.0.1:${port}/json/list`, { signal })).json()) as Array<{ webSocketDebuggerUrl: string }>;
-  const ws = new WebSocket(targets[0].webSocketDebuggerUrl, { perMessageDeflate: false });
+  const ws = new WebSocket(targets[0].webSocketDebuggerUrl, { perMessageDeflate: false, maxPayload: 1 << 30 });
   try {
     await new Promise<void>((resolve, reject) => {
       ws.once("open", resolve);
@@ -46,6 +48,17 @@ export async function liveMemory(port: number, timeoutMs = 15_000): Promise<Live
     await call("HeapProfiler.collectGarbage");
     const result = await call("Runtime.evaluate", { expression: "JSON.stringify(process.memoryUsage())", returnByValue: true });
     const usage = JSON.parse(result.result.value as string) as NodeJS.MemoryUsage;
+    if (snapshotFile) {
+      const file = createWriteStream(snapshotFile);
+      const onChunk = (data: Buffer) => {
+        const message = JSON.parse(data.toString());
+        if (message.method === "HeapProfiler.addHeapSnapshotChunk") file.write(message.params.chunk);
+      };
+      ws.on("message", onChunk);
+      await call("HeapProfiler.takeHeapSnapshot", { reportProgress: false });
+      ws.off("message", onChunk);
+      await new Promise<void>((resolve, reject) => file.end((error?: Error | null) => (error ? reject(error) : resolve())));
+    }
     return { heapUsed: usage.heapUsed, external: usage.external, rss: usage.rss };
   } finally {
     ws.terminate();

@@ -8,9 +8,10 @@
 //   --vad silero|energy (ASR_VAD)  --env NAME=value  --node-args "..."
 //   --quiet-below 0.3 (wait for a quiet machine)  --p99-limit 20  --gap-limit 40  --profile asr,ingress
 //   (node --cpu-prof; .cpuprofile files in .run/profiles)  --json out.json  --keep (logs)
+//   --heap-snapshots dir (each service idle and loaded; compare them: node test/load/dist/heap-diff.js)
 // Definitions and results: docs/benchmarks.md, section "Load".
 import { mkdirSync } from "node:fs";
-import { readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
@@ -44,6 +45,8 @@ interface Options {
   profile: ServiceName[];
   json: string | undefined;
   keep: boolean;
+  /** A directory for each service's heap snapshots, idle and loaded (compare them with heap-diff.ts). */
+  heapSnapshots?: string;
   vad: "energy" | "silero";
   /** Before each run, wait (up to 15 min) until the machine has been this idle (busy cores) for 5 s. */
   quietBelow: number | undefined;
@@ -189,6 +192,9 @@ function parseArgs(argv: string[]): Options {
       case "--keep":
         options.keep = true;
         break;
+      case "--heap-snapshots":
+        options.heapSnapshots = value();
+        break;
       case "--node-args":
         options.nodeArgs = value().split(/\s+/).filter(Boolean);
         break;
@@ -219,7 +225,7 @@ function parseArgs(argv: string[]): Options {
         console.log(`usage: bench:load [--calls 150] [--duration 60s] [--ramp max(5s, calls/50 s)] [--call-length 60s] [--asr-engine-ms 0] [--line-noise -65] [--tick-ms 5]
        [--min-silence 600ms] [--complete-silence 300 (ms; 0: off)]
        bench:load --find-max [--start 100] [--step 100] [--max 1500] [--duration 30s] [--all-steps]
-       [--vad silero|energy] [--env NAME=value] [--node-args "..."] [--quiet-below 0.3] [--outside-nice -10] [--p99-limit 20] [--gap-limit 40] [--profile asr,ingress] [--json file] [--keep]`);
+       [--vad silero|energy] [--env NAME=value] [--node-args "..."] [--quiet-below 0.3] [--outside-nice -10] [--p99-limit 20] [--gap-limit 40] [--profile asr,ingress] [--json file] [--keep] [--heap-snapshots dir]`);
         process.exit(0);
         break;
       default:
@@ -451,7 +457,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
     }
     const idleRedisUsed = Number((await system.redisInfo("memory")).used_memory);
     const idleMetrics = await allMetrics(system);
-    const idleLive = await allLiveMemory(system);
+    const idleLive = await allLiveMemory(system, options.heapSnapshots, "idle");
     const errorsBefore = await counterSnapshot(system);
     const hopFloor = await measureHopFloor(system.nats.url, system.store);
     console.log(`    ${hopFloorLine(hopFloor)}`);
@@ -511,7 +517,7 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
     // load, long enough for its playout to run dry once on every call that is talking): what the service counters
     // record during the sample is the sample's doing and is not counted as an error below.
     const beforeSample = await counterSnapshot(system);
-    const loadedLive = await allLiveMemory(system);
+    const loadedLive = await allLiveMemory(system, options.heapSnapshots, "loaded");
     // Ingress finds a call's playout ran dry at that call's next tick: up to a tick period after the pause.
     await sleep(Number(options.env.PLAYOUT_TICK_MS ?? 20) + 80);
     const afterSample = await counterSnapshot(system);
@@ -674,11 +680,13 @@ async function runOnce(options: Options, calls: number, speech: string[]): Promi
 }
 
 /** Each service's live memory after a full GC (a service whose inspector does not answer is left out). */
-async function allLiveMemory(system: BenchSystem): Promise<Record<string, LiveMemory | undefined>> {
+async function allLiveMemory(system: BenchSystem, snapshotDir?: string, phase?: string): Promise<Record<string, LiveMemory | undefined>> {
   const all: Record<string, LiveMemory | undefined> = {};
+  if (snapshotDir) await mkdir(snapshotDir, { recursive: true });
   await Promise.all(
     SERVICE_NAMES.map(async (name) => {
-      all[name] = await liveMemory(system.services[name].inspectPort).catch((error: Error) => {
+      const snapshotFile = snapshotDir ? path.join(snapshotDir, `${name}-${phase}.heapsnapshot`) : undefined;
+      all[name] = await liveMemory(system.services[name].inspectPort, undefined, snapshotFile).catch((error: Error) => {
         console.log(`    ${name}: no live-memory sample (${error.message})`);
         return undefined;
       });

@@ -35,6 +35,11 @@ function setup(leadMs = 100, stallMs = 1_000, aloneStallMs = 3_000) {
   return { playout, sent, events, run, audio, order };
 }
 
+/** The sender overwrites its buffer (as a NATS read buffer is reused). */
+function payloadsReused(buffer: Buffer): void {
+  buffer.fill(7);
+}
+
 function part(turnId: string, chunkSeq: number, partSeq: number, frameCount: number, value: number, extra: Partial<AudioPart> = {}): AudioPart {
   return {
     turnId,
@@ -78,6 +83,24 @@ describe("CallPlayout", () => {
     expect(playout.markEchoed("t1.1")).toBe(true);
     expect(events).toEqual(["started t1", 'chunk t1.0 "Hello."', 'chunk t1.1 "Hello. How are you?"', 'turn t1 last=1 "Hello. How are you?"']);
     expect(playout.isTurnDone("t1")).toBe(true);
+  });
+
+  it("cuts frames across parts of any size, in order, padding only the chunk's last frame", () => {
+    const { playout, run, audio } = setup();
+    const bytes = Buffer.from(Array.from({ length: 420 }, (_, i) => i % 251));
+    const sizes = [100, 250, 70]; // frames span parts: 100+60 | 160 | 30+70+silence
+    let at = 0;
+    sizes.forEach((size, partSeq) => {
+      const payload = bytes.subarray(at, at + size);
+      at += size;
+      playout.addAudio({ ...part("t1", 0, partSeq, 0, 0, { chunkDone: partSeq === 2, turnDone: partSeq === 2 }), payload }, 0);
+    });
+    payloadsReused(bytes); // the queue keeps copies: the sender's buffer may be reused at once
+    run(0, 100);
+    const sent = audio();
+    expect(sent.length).toBe(3 * 160);
+    expect(sent.subarray(0, 420)).toEqual(Buffer.from(Array.from({ length: 420 }, (_, i) => i % 251)));
+    expect([...sent.subarray(420)].every((b) => b === 0xff)).toBe(true);
   });
 
   it("keeps at most the lead queued ahead: 5 frames at once, then one per 20 ms", () => {

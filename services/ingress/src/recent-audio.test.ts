@@ -45,6 +45,22 @@ describe("recent caller audio", () => {
     expect(valuesOf(replay.payload)).toEqual([3, 4, 0xff, 0xff, 0xff, 8, 102]);
   });
 
+  it("keeps a silence batch's frames as silence, and holds no buffer for a stretch of them", () => {
+    const recent = new RecentCallerAudio(100);
+    recent.add(0, block(0, 30), 0); // speech: frames 0-29
+    for (let frame = 30; frame < 300; frame += 10) recent.add(frame, block(frame, 10), 0, true); // the caller listens
+    recent.add(300, block(300, 2), 0); // and speaks again
+    const replay = recent.since(0)!;
+    expect(replay.firstFrame).toBe(202);
+    expect(valuesOf(replay.payload)).toEqual([...new Array(98).fill(0xff), 300 % 256, 301 % 256]);
+    // Only the block the new speech is in holds audio (5 s of frames in half-second blocks: 11 slots).
+    const buffers = (recent as unknown as { blocks: Array<Buffer | undefined> }).blocks.filter(Boolean);
+    expect(buffers).toHaveLength(1);
+    // Quiet frames in a block that holds audio are kept as they came.
+    recent.add(302, block(302, 3), 0, true);
+    expect(valuesOf(recent.since(300)!.payload)).toEqual([44, 45, 46, 47, 48]);
+  });
+
   it("has nothing before the first frame", () => {
     expect(new RecentCallerAudio(10).since(0)).toBeUndefined();
   });

@@ -4,8 +4,10 @@
 // asks for the frames from where its predecessor's finished work ends (CallerAudioReplayRequest) and the caller's
 // words spoken across the takeover are recognized whole.
 //
-// One fixed ring of 160-byte μ-law frames per call, filled in frame order; frames that never came (a gap the jitter
-// buffer did not conceal) are kept as silence, as the asr fills them.
+// Kept in half-second blocks of 160-byte μ-law frames, in a ring by frame number. Frames that never came (a gap the
+// jitter buffer did not conceal) read as silence, as the asr fills them. So do quiet frames that went out in a
+// silence batch (caller quiet past the hangover, no utterance open: nothing the asr decides on): a block period with
+// nothing else holds no buffer, so a caller listening to the bot costs next to nothing.
 
 import { MULAW_SILENCE } from "@voicebot/audio";
 import { FRAME_BYTES } from "./turn-queue.js";
@@ -18,9 +20,14 @@ export interface RecentFrames {
   receivedAtMs: number;
 }
 
+const BLOCK_FRAMES = 25;
+const BLOCK_BYTES = BLOCK_FRAMES * FRAME_BYTES;
+
 export class RecentCallerAudio {
-  private readonly ring: Buffer;
   private readonly capacity: number;
+  /** Per slot: the audio of block period `periods[slot]` (frame / BLOCK_FRAMES), or none when all of it is silence. */
+  private readonly blocks: Array<Buffer | undefined>;
+  private readonly periods: number[];
   /** Index of the newest frame kept (-1: none yet) and of the oldest one still kept. */
   private newest = -1;
   private oldest = 0;
@@ -28,37 +35,30 @@ export class RecentCallerAudio {
 
   constructor(capacityFrames: number) {
     this.capacity = Math.max(1, Math.floor(capacityFrames));
-    this.ring = Buffer.allocUnsafe(this.capacity * FRAME_BYTES);
+    // The kept frames span one block period more than their length when they do not start on a period.
+    const slots = Math.ceil(this.capacity / BLOCK_FRAMES) + 1;
+    this.blocks = new Array<Buffer | undefined>(slots).fill(undefined);
+    this.periods = new Array<number>(slots).fill(-1);
   }
 
   get capacityFrames(): number {
     return this.capacity;
   }
 
-  /** Consecutive frames from `firstFrame` on (a published block). Frames at or before the newest one are ignored. */
-  add(firstFrame: number, payload: Uint8Array, receivedAtMs: number): void {
+  /**
+   * Consecutive frames from `firstFrame` on (a published block); `quiet`: a silence batch. Frames at or before the
+   * newest one are ignored.
+   */
+  add(firstFrame: number, payload: Uint8Array, receivedAtMs: number, quiet = false): void {
     const count = Math.floor(payload.length / FRAME_BYTES);
     if (count === 0) return;
-    let skip = 0;
-    if (this.newest < 0) {
-      this.oldest = firstFrame;
-    } else if (firstFrame <= this.newest) {
-      skip = Math.min(count, this.newest + 1 - firstFrame);
-      if (skip === count) return;
-    } else if (firstFrame > this.newest + 1) {
-      // Lost frames: silence, at most a ring's worth.
-      for (let frame = Math.max(this.newest + 1, firstFrame - this.capacity); frame < firstFrame; frame++) {
-        const at = (frame % this.capacity) * FRAME_BYTES;
-        this.ring.fill(MULAW_SILENCE, at, at + FRAME_BYTES);
-      }
-    }
-    // The ring's last `capacity` frames of the block, in at most two pieces (the ring wraps once at most).
-    const from = Math.max(skip, count - this.capacity);
-    for (let i = from; i < count; ) {
-      const slot = (firstFrame + i) % this.capacity;
-      const run = Math.min(count - i, this.capacity - slot);
-      this.ring.set(payload.subarray(i * FRAME_BYTES, (i + run) * FRAME_BYTES), slot * FRAME_BYTES);
-      i += run;
+    let from = 0;
+    if (this.newest < 0) this.oldest = firstFrame;
+    else if (firstFrame <= this.newest) from = this.newest + 1 - firstFrame;
+    if (from >= count) return;
+    // Only the ring's worth of a longer block.
+    for (let i = Math.max(from, count - this.capacity); i < count; i++) {
+      this.write(firstFrame + i, payload.subarray(i * FRAME_BYTES, (i + 1) * FRAME_BYTES), quiet);
     }
     this.newest = firstFrame + count - 1;
     this.oldest = Math.max(this.oldest, this.newest - this.capacity + 1);
@@ -71,13 +71,33 @@ export class RecentCallerAudio {
     const first = Math.max(Math.floor(fromFrame), this.oldest);
     if (first > this.newest) return undefined;
     const frameCount = this.newest - first + 1;
-    const payload = Buffer.allocUnsafe(frameCount * FRAME_BYTES);
-    for (let i = 0; i < frameCount; ) {
-      const slot = (first + i) % this.capacity;
-      const run = Math.min(frameCount - i, this.capacity - slot);
-      this.ring.copy(payload, i * FRAME_BYTES, slot * FRAME_BYTES, (slot + run) * FRAME_BYTES);
-      i += run;
+    const payload = Buffer.alloc(frameCount * FRAME_BYTES, MULAW_SILENCE);
+    for (let i = 0; i < frameCount; i++) {
+      const frame = first + i;
+      const period = Math.floor(frame / BLOCK_FRAMES);
+      const slot = period % this.blocks.length;
+      const block = this.blocks[slot];
+      if (!block || this.periods[slot] !== period) continue; // silence
+      const at = (frame % BLOCK_FRAMES) * FRAME_BYTES;
+      block.copy(payload, i * FRAME_BYTES, at, at + FRAME_BYTES);
     }
     return { firstFrame: first, frameCount, payload, receivedAtMs: this.newestAtMs };
+  }
+
+  private write(frame: number, bytes: Uint8Array, quiet: boolean): void {
+    const period = Math.floor(frame / BLOCK_FRAMES);
+    const slot = period % this.blocks.length;
+    if (this.periods[slot] !== period) {
+      // The slot's older period is out of the ring: its buffer is reused, or let go while the caller is quiet.
+      this.periods[slot] = period;
+      const old = this.blocks[slot];
+      this.blocks[slot] = quiet || !old ? undefined : old.fill(MULAW_SILENCE);
+    }
+    let block = this.blocks[slot];
+    if (!block) {
+      if (quiet) return;
+      block = this.blocks[slot] = Buffer.alloc(BLOCK_BYTES, MULAW_SILENCE);
+    }
+    block.set(bytes, (frame % BLOCK_FRAMES) * FRAME_BYTES);
   }
 }

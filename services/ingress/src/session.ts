@@ -592,9 +592,9 @@ export class CallSession {
   };
 
   private publishCallerAudio(block: CallerAudioBlock): void {
-    const { firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched } = block;
+    const { firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched, quiet } = block;
     const audio: CallerAudio = { callId: this.callSid!, firstFrame, frameCount, format: MULAW_8K, payload, receivedAtMs };
-    this.recentAudio?.add(firstFrame, payload, receivedAtMs);
+    this.recentAudio?.add(firstFrame, payload, receivedAtMs, quiet);
     const subject = this.callerAudioSubject;
     const counts = this.deps.metrics.media;
     // With every other call's frames of this event-loop turn: one socket write for all (see publish-batch.ts).

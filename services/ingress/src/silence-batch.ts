@@ -41,6 +41,8 @@ export interface CallerAudioBlock {
   receivedFrames: number;
   /** Quiet frames held back and sent together. */
   batched: boolean;
+  /** Frames that went through a batch (maybe alone): quiet, past the hangover, with no utterance open. */
+  quiet: boolean;
 }
 
 /** The asr's open utterance is forgotten after this (its STOPPED was lost): it caps an utterance at 60 s. */
@@ -58,7 +60,13 @@ export function isQuiet(payload: Uint8Array, levelDbfs: number): boolean {
 }
 
 interface Held {
-  parts: Buffer[];
+  /**
+   * The held frames, copied into a buffer of the batch's size: a decoded Twilio frame is a view into an 8 KB pool
+   * slab, and holding views kept a slab alive per call (the load bench's heap snapshots).
+   */
+  payload: Buffer;
+  bytes: number;
+  messages: number;
   firstFrame: number;
   frameCount: number;
   receivedAtMs: number;
@@ -88,11 +96,11 @@ export class SilenceBatcher {
   /** `frameCount` frames from `firstFrame`, in stream order (the jitter buffer's output). */
   add(firstFrame: number, payload: Buffer, frameCount: number, receivedAtMs: number, concealed: boolean): void {
     const receivedFrames = concealed ? 0 : frameCount;
-    if (this.maxFrames <= 1) return this.emit({ firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched: false });
+    if (this.maxFrames <= 1) return this.emit({ firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched: false, quiet: false });
     if (!isQuiet(payload, this.levelDbfs)) {
       this.quietRun = 0;
       this.flush();
-      return this.emit({ firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched: false });
+      return this.emit({ firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched: false, quiet: false });
     }
     const pastHangover = this.quietRun >= this.hangoverFrames;
     this.quietRun += frameCount;
@@ -100,19 +108,22 @@ export class SilenceBatcher {
     const batchable = pastHangover && !this.asrListening() && payload.length === frameCount * FRAME_BYTES && frameCount < this.maxFrames;
     if (!batchable) {
       this.flush();
-      return this.emit({ firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched: false });
+      return this.emit({ firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched: false, quiet: false });
+    }
+    // A message holds consecutive frames only: a gap (or a full message) starts the next one.
+    const open = this.held;
+    if (open && (open.firstFrame + open.frameCount !== firstFrame || open.frameCount + frameCount > this.maxFrames)) this.flush();
+    if (!this.held) {
+      const room = Buffer.allocUnsafeSlow(this.maxFrames * FRAME_BYTES);
+      this.held = { payload: room, bytes: 0, messages: 0, firstFrame, frameCount: 0, receivedAtMs, receivedFrames: 0 };
     }
     const held = this.held;
-    // A message holds consecutive frames only: a gap (or a full message) starts the next one.
-    if (held && (held.firstFrame + held.frameCount !== firstFrame || held.frameCount + frameCount > this.maxFrames)) this.flush();
-    if (!this.held) {
-      this.held = { parts: [payload], firstFrame, frameCount, receivedAtMs, receivedFrames };
-    } else {
-      this.held.parts.push(payload);
-      this.held.frameCount += frameCount;
-      this.held.receivedAtMs = receivedAtMs;
-      this.held.receivedFrames += receivedFrames;
-    }
+    held.payload.set(payload, held.bytes);
+    held.bytes += payload.length;
+    held.messages++;
+    held.frameCount += frameCount;
+    held.receivedAtMs = receivedAtMs;
+    held.receivedFrames += receivedFrames;
     if (this.held.frameCount >= this.maxFrames) this.flush();
   }
 
@@ -121,9 +132,8 @@ export class SilenceBatcher {
     const held = this.held;
     if (!held) return;
     this.held = undefined;
-    const payload = held.parts.length === 1 ? held.parts[0] : Buffer.concat(held.parts);
     const { firstFrame, frameCount, receivedAtMs, receivedFrames } = held;
-    this.emit({ firstFrame, frameCount, payload, receivedAtMs, receivedFrames, batched: held.parts.length > 1 });
+    this.emit({ firstFrame, frameCount, payload: held.payload.subarray(0, held.bytes), receivedAtMs, receivedFrames, batched: held.messages > 1, quiet: true });
   }
 
   /** The asr heard the caller start an utterance: its endpointing needs every frame as it comes. */

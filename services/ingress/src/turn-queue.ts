@@ -10,7 +10,6 @@ import { dropOldest } from "@voicebot/service-kit";
 
 export const FRAME_BYTES = 160;
 export const FRAME_MS = 20;
-const EMPTY = Buffer.alloc(0);
 
 export interface AudioPart {
   turnId: string;
@@ -29,11 +28,18 @@ export type AddResult = "accepted" | "finished_turn" | "late_chunk" | "duplicate
 export type SkipReason = "synthesis_failed" | "bad_format" | "stalled" | "empty";
 
 export class ChunkState {
+  /** Parts that came ahead of an earlier one, by partSeq. */
   readonly parts = new Map<number, Uint8Array>();
   nextPart = 0;
   lastPart: number | undefined;
-  /** Bytes taken from parts in order but not yet sent (less than a frame, or waiting for lead). */
-  carry: Buffer = EMPTY;
+  /**
+   * Parts taken in order whose audio is not all sent: the first from `readyOffset` on. Frames are cut from them as
+   * they are (no copy into one growing buffer, which copied a chunk's audio again with every part).
+   */
+  private readonly ready: Uint8Array[] = [];
+  private readyOffset = 0;
+  /** Bytes in `ready` not yet sent (less than a frame, or waiting for lead). */
+  readyBytes = 0;
   framesSent = 0;
   text = "";
   timing: TurnTiming | undefined;
@@ -47,6 +53,46 @@ export class ChunkState {
   truncate(): void {
     this.parts.clear();
     this.lastPart = this.nextPart - 1;
+  }
+
+  /** Makes the parts that are next in order ready to send. */
+  takeInOrderParts(): void {
+    for (let part = this.parts.get(this.nextPart); part !== undefined; part = this.parts.get(this.nextPart)) {
+      this.parts.delete(this.nextPart);
+      this.nextPart++;
+      if (part.length === 0) continue;
+      this.ready.push(part);
+      this.readyBytes += part.length;
+    }
+  }
+
+  /** The next 20 ms of ready audio (readyBytes > 0); a short last frame is padded with silence. */
+  takeFrame(): Buffer {
+    const head = this.ready[0];
+    if (head.length - this.readyOffset >= FRAME_BYTES) {
+      const frame = Buffer.from(head.buffer, head.byteOffset + this.readyOffset, FRAME_BYTES);
+      this.consume(FRAME_BYTES);
+      return frame;
+    }
+    // The frame spans parts, or is the chunk's short last one.
+    const frame = Buffer.alloc(FRAME_BYTES, MULAW_SILENCE);
+    for (let filled = 0; filled < FRAME_BYTES && this.ready.length > 0; ) {
+      const part = this.ready[0];
+      const n = Math.min(FRAME_BYTES - filled, part.length - this.readyOffset);
+      frame.set(part.subarray(this.readyOffset, this.readyOffset + n), filled);
+      filled += n;
+      this.consume(n);
+    }
+    return frame;
+  }
+
+  private consume(bytes: number): void {
+    this.readyBytes -= bytes;
+    this.readyOffset += bytes;
+    if (this.readyOffset >= this.ready[0].length) {
+      this.ready.shift();
+      this.readyOffset = 0;
+    }
   }
 }
 
@@ -171,7 +217,9 @@ export class TurnQueue {
     }
     if (part.partSeq < chunk.nextPart || chunk.parts.has(part.partSeq)) return "duplicate";
     if (chunk.lastPart !== undefined && part.partSeq > chunk.lastPart) return "duplicate";
-    chunk.parts.set(part.partSeq, part.payload);
+    // A copy of its own: a decoded message's bytes are a view into the NATS read buffer (an 8 KB slab), and a view
+    // queued here for seconds kept the whole slab alive (5x the audio's size in the load bench's heap snapshots).
+    chunk.parts.set(part.partSeq, new Uint8Array(part.payload));
     if (part.chunkDone) chunk.lastPart = part.partSeq;
     if (part.turnDone && part.chunkDone) turn.last = part.chunkSeq;
     if (part.text && !chunk.text) chunk.text = part.text;
@@ -206,7 +254,7 @@ export class TurnQueue {
       let chunk = turn.chunks.get(seq);
       const failure = turn.failed.get(seq);
       if (failure) {
-        if (!chunk || (chunk.framesSent === 0 && chunk.carry.length === 0)) {
+        if (!chunk || (chunk.framesSent === 0 && chunk.readyBytes === 0)) {
           turn.chunks.delete(seq);
           turn.next++;
           return { kind: "skipped", turn, chunkSeq: seq, reason: failure };
@@ -215,13 +263,8 @@ export class TurnQueue {
         chunk.truncate();
       }
       if (chunk) {
-        while (chunk.parts.has(chunk.nextPart)) {
-          const part = chunk.parts.get(chunk.nextPart)!;
-          chunk.parts.delete(chunk.nextPart);
-          chunk.nextPart++;
-          if (part.length > 0) chunk.carry = chunk.carry.length === 0 ? Buffer.from(part) : Buffer.concat([chunk.carry, part]);
-        }
-        if (chunk.carry.length >= FRAME_BYTES || (chunk.complete && chunk.carry.length > 0)) {
+        chunk.takeInOrderParts();
+        if (chunk.readyBytes >= FRAME_BYTES || (chunk.complete && chunk.readyBytes > 0)) {
           if (!frameAllowed) return FULL;
           return this.takeFrame(turn, chunk);
         }
@@ -238,7 +281,7 @@ export class TurnQueue {
       if (nowMs - Math.max(turn.waitingSince, turn.lastActivityMs) < limit) return { kind: "wait", turn };
       if (chunk) {
         chunk.truncate();
-        if (chunk.framesSent === 0 && chunk.carry.length === 0) {
+        if (chunk.framesSent === 0 && chunk.readyBytes === 0) {
           turn.chunks.delete(seq);
           turn.next++;
           return { kind: "skipped", turn, chunkSeq: seq, reason: "stalled" };
@@ -264,15 +307,7 @@ export class TurnQueue {
   }
 
   private takeFrame(turn: TurnState, chunk: ChunkState): QueueStep {
-    let frame: Buffer;
-    if (chunk.carry.length >= FRAME_BYTES) {
-      frame = chunk.carry.subarray(0, FRAME_BYTES);
-      chunk.carry = chunk.carry.subarray(FRAME_BYTES);
-    } else {
-      frame = Buffer.alloc(FRAME_BYTES, MULAW_SILENCE);
-      chunk.carry.copy(frame);
-      chunk.carry = EMPTY;
-    }
+    const frame = chunk.takeFrame();
     const firstOfTurn = turn.framesSent === 0;
     if (firstOfTurn) this.noteBegun(turn);
     chunk.framesSent++;

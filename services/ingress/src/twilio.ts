@@ -255,7 +255,10 @@ export class MediaMessages {
   private readonly head: Buffer;
 
   constructor(streamSid: string) {
-    this.head = Buffer.from(`{"event":"media","streamSid":${JSON.stringify(streamSid)},"media":{"payload":"`);
+    // A buffer of its own (Buffer.from would cut it from an 8 KB pool slab, which the call would then keep alive).
+    const head = `{"event":"media","streamSid":${JSON.stringify(streamSid)},"media":{"payload":"`;
+    this.head = Buffer.alloc(Buffer.byteLength(head));
+    this.head.write(head);
   }
 
   /** The UTF-8 text of one `media` message carrying `payload`. */
