@@ -112,10 +112,9 @@ export function isMachine(answeredBy: string): boolean {
 }
 
 /**
- * What a machine's verdict does to a live call: with `voicemail` and the machine's greeting over, the dialog cuts
- * the agent off (its CLEAR names the message's turn) and leaves its message; otherwise the call is hung up. Throws
- * if the message cannot be queued (then nothing was cut off). No CLEAR of ingress's own: sent after the input it
- * could come after the dialog's and cut the message itself (seen in CI).
+ * What a machine's verdict does to a live call: with `voicemail` and the machine's greeting over, the agent is cut
+ * off and the dialog leaves its message; otherwise the call is hung up. Throws if the message cannot be queued
+ * (then nothing was cut off).
  */
 export async function actOnMachine(verdict: MachineVerdict, bus: Bus): Promise<"voicemail" | "hung_up"> {
   const { callSid, answeredBy, onMachine, detectionMs } = verdict;
@@ -128,6 +127,7 @@ export async function actOnMachine(verdict: MachineVerdict, bus: Bus): Promise<"
   const inputId = `${callSid}:amd`;
   const input = DialogInput.create({ callId: callSid, inputId, atMs: Date.now(), input: { $case: "answeredBy", value: AnsweredBy.create({ answeredBy, onMachine, detectionMs }) } });
   await bus.publishDurable(subjects.dialogInput(callSid), DialogInput, input, inputId, callSid);
+  bus.publish(subjects.control(callSid), CallControl, CallControl.create({ callId: callSid, action: CallControl_Action.ACTION_CLEAR, reason: answeredBy }), callSid);
   return "voicemail";
 }
 

@@ -341,6 +341,27 @@ describe("bot audio playout", () => {
     client.close();
   });
 
+  it("the verdict's own CLEAR coming after the dialog's superseding CLEAR and the message's start cuts nothing", async () => {
+    const client = await startCall();
+    const callId = client.callSid;
+    botAudio(callId, "t1", 0, 0, frames(100, 1), { chunkDone: true, turnDone: true, text: "Hello, is this Sam?" }); // 2 s
+    await waitFor(() => client.audio().length >= 160, { what: "the greeting to play" });
+    control(callId, CallControl_Action.ACTION_CLEAR, { reason: "voicemail", beforeTurnId: "t2" });
+    await waitFor(() => client.events("clear").length === 1, { what: "the dialog's clear" });
+    botAudio(callId, "t2", 0, 0, frames(25, 2), { chunkDone: true, turnDone: true, text: "Please call us back." });
+    await waitFor(() => client.audio().includes(2), { what: "the message to begin" });
+    control(callId, CallControl_Action.ACTION_CLEAR, { reason: "machine_end_beep" });
+    await waitFor(async () => (await metricValue(world.ingress.baseUrl, "voicebot_ingress_controls_total", { action: "clear", outcome: "superseded_already" })) === 1, {
+      what: "the verdict's CLEAR counted",
+    });
+    await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t2.0"), { what: "the whole message" });
+    expect(client.events("clear")).toHaveLength(1);
+    const after = client.received.slice(client.received.findIndex((r) => r.message.event === "clear") + 1);
+    const message = Buffer.concat(after.filter((r) => r.message.event === "media").map((r) => Buffer.from(r.message.media.payload, "base64")));
+    expect(message.length).toBe(25 * 160);
+    client.close();
+  });
+
   it("a turn whose audio first comes after a later turn began (redelivered after an outage) is not played out of order: dropped, cancelled, reported unheard", async () => {
     const client = await startCall();
     const callId = client.callSid;
@@ -721,13 +742,12 @@ describe("ingress API: token and placing calls", () => {
       expect((await verdict(machine.amdUrl, machine.callSid, "robot")).status).toBe(400);
       expect(inputsFor(machine.callSid).some((i) => i.input?.$case === "answeredBy")).toBe(false);
       expect((await verdict(machine.amdUrl, machine.callSid, "machine_end_beep")).status).toBe(204);
-      // The dialog is asked to leave the message; it cuts the greeting off itself (its CLEAR names the message's
-      // turn), so ingress sends none that could come after the message had begun.
+      // The greeting is cut off, and the dialog is asked to leave the message.
+      await waitFor(() => machine.client.events("clear").length > 0, { what: "the greeting cut off" });
       const input = await waitFor(() => inputsFor(machine.callSid).find((i) => i.input?.$case === "answeredBy"), { what: "DialogInput answeredBy" });
       expect(input.inputId).toBe(`${machine.callSid}:amd`);
       expect(input.input?.$case === "answeredBy" && input.input.value).toMatchObject({ answeredBy: "machine_end_beep", onMachine: "voicemail", detectionMs: 4100 });
       expect(await record(machine.callSid)).toMatchObject({ state: "live", answeredBy: "machine_end_beep" });
-      expect(machine.client.events("clear")).toHaveLength(0);
 
       // Hang up on machines: Twilio's quick verdict ends the call at once.
       const quick = await answered("hangup");
@@ -754,6 +774,7 @@ describe("ingress API: token and placing calls", () => {
       expect(await record(early.callSid)).toMatchObject({ state: "dialing", answeredBy: "machine_end_silence" });
       expect(inputsFor(early.callSid)).toEqual([]);
       const late = await startStream(early);
+      await waitFor(() => late.client.events("clear").length > 0, { what: "the greeting cut off as the stream starts" });
       await waitFor(() => inputsFor(early.callSid).length === 2, { what: "the voicemail input queued after the start" });
       expect(inputsFor(early.callSid).map((i) => i.inputId)).toEqual([`${early.callSid}:start`, `${early.callSid}:amd`]);
       // Twilio's detection time is kept with the verdict for the stream to pass on.

@@ -919,6 +919,14 @@ export class CallSession {
     switch (control.action) {
       case CallControl_Action.ACTION_CLEAR: {
         const before = dialogTurnNumber(control.beforeTurnId);
+        if (before === undefined && this.supersededBelow > 0) {
+          // A plain CLEAR (ingress's own, on a voicemail verdict) after the dialog's superseding one: that one cut
+          // all that played then, and older turns' audio is dropped as it comes; this one could only cut the
+          // message (the dialog may have started it before the verdict's CLEAR arrived: seen in CI).
+          metrics.controls.inc({ action: "clear", outcome: "superseded_already" });
+          this.log.info("a CLEAR after the dialog's superseding CLEAR; nothing cut", { reason: control.reason, supersededBelow: `t${this.supersededBelow}` });
+          return;
+        }
         if (before !== undefined && before > this.supersededBelow) this.supersededBelow = before;
         if (before !== undefined && before > 0 && this.latestDialogTurn >= before) {
           // The dialog sends its superseding CLEAR before that turn's speech exists, so the speech comes later, but
