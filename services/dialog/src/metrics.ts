@@ -69,7 +69,7 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
     }),
     waitingInputs: new Gauge({
       name: "voicebot_dialog_waiting_inputs",
-      help: "Inputs this replica holds that wait for an earlier input of their call (they take no DIALOG_CONCURRENCY slot)",
+      help: "Inputs this replica holds that wait for an earlier input of their call (up to DIALOG_CONCURRENCY of them give their consumer slot back)",
       registers: [registry],
     }),
     earlierInputWaits: new Counter({

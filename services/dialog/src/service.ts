@@ -39,7 +39,10 @@ export interface DialogConfig {
   ackWaitMs: number;
   toolFillerMs: number;
   keypadPauseMs: number;
-  /** DIALOG_CONCURRENCY: inputs handled at once by this replica (inputs waiting for their call's earlier input aside). */
+  /**
+   * DIALOG_CONCURRENCY: inputs this replica takes at once; up to as many more that wait for their call's earlier
+   * input give their slot back, so at most twice this many are ever in hand.
+   */
   concurrency: number;
   digitsConfirmConfidence: number;
   /** DIALOG_PREWARM_TTS: at start, have tts cache every fixed line of the agents (default on). */

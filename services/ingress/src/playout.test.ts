@@ -103,6 +103,16 @@ describe("CallPlayout", () => {
     expect([...sent.subarray(420)].every((b) => b === 0xff)).toBe(true);
   });
 
+  it("a chunk that fails after some of its audio came plays that audio, whether or not a tick ran in between", () => {
+    const { playout, run, order, events } = setup();
+    playout.addAudio(part("t1", 0, 0, 2, 1), 0);
+    playout.failChunk("t1", 0, "synthesis_failed", 0); // before any tick took the part
+    playout.addAudio(part("t1", 1, 0, 1, 2, { chunkDone: true, turnDone: true }), 0);
+    run(0, 200);
+    expect(order()).toEqual(["media:1", "mark:t1.0", "media:2", "mark:t1.1"]);
+    expect(events.filter((e) => e.startsWith("skipped"))).toEqual([]);
+  });
+
   it("keeps at most the lead queued ahead: 5 frames at once, then one per 20 ms", () => {
     const { playout, sent } = setup(100);
     playout.addAudio(part("t1", 0, 0, 50, 9, { chunkDone: true, turnDone: true }), 0);

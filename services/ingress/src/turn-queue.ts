@@ -252,6 +252,8 @@ export class TurnQueue {
       }
       const seq = turn.next;
       let chunk = turn.chunks.get(seq);
+      // Before a failure is looked at: audio that came in order before it is played.
+      chunk?.takeInOrderParts();
       const failure = turn.failed.get(seq);
       if (failure) {
         if (!chunk || (chunk.framesSent === 0 && chunk.readyBytes === 0)) {
