@@ -882,9 +882,7 @@ export class CallSession {
     if (!this.supersededCancelled.has(turnId)) {
       this.supersededCancelled.add(turnId);
       if (!playout.isTurnDone(turnId)) {
-        this.publishCancels([turnId], "superseded");
-        // Never heard: the dialog's history and the record say so, as for a turn cut before its first word.
-        this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, { id: turnId, heardText: "" }, -1, "int");
+        this.dropUnheard(turnId, "superseded");
         this.log.info("a superseded turn's late audio dropped", { turnId, beforeTurnId: `t${this.supersededBelow}` });
       }
     }
@@ -897,10 +895,18 @@ export class CallSession {
    */
   private turnOvertaken(turnId: string, playout: CallPlayout): boolean {
     if (!playout.dropIfOvertaken(turnId)) return false;
-    this.publishCancels([turnId], OVERTAKEN_CANCEL_REASON);
-    this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, { id: turnId, heardText: "" }, -1, "int");
+    this.dropUnheard(turnId, OVERTAKEN_CANCEL_REASON);
     this.log.warn("a dialog turn's audio came after a later turn had begun playing; dropped, not played out of order", { turnId, latestTurn: `t${this.latestDialogTurn}` });
     return true;
+  }
+
+  /**
+   * A turn the caller will never hear: tts stops on it, and the dialog's history and the record say it was not
+   * heard, as for a turn cut before its first word.
+   */
+  private dropUnheard(turnId: string, reason: string): void {
+    this.publishCancels([turnId], reason);
+    this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, { id: turnId, heardText: "" }, -1, "int");
   }
 
   private onSynthesisFailed(failure: SynthesisFailed): void {

@@ -265,7 +265,6 @@ export class TurnQueue {
         chunk.truncate();
       }
       if (chunk) {
-        chunk.takeInOrderParts();
         if (chunk.readyBytes >= FRAME_BYTES || (chunk.complete && chunk.readyBytes > 0)) {
           if (!frameAllowed) return FULL;
           return this.takeFrame(turn, chunk);
