@@ -39,6 +39,12 @@ import {
 
 const world = useIngressWorld({ env: { DEFAULT_AGENT: "order-line", PLAYOUT_LEAD_MS: "100" } });
 
+/** The bot audio the caller got after the stream's first `clear`. */
+function audioAfterClear(client: TwilioClient): Buffer {
+  const after = client.received.slice(client.received.findIndex((r) => r.message.event === "clear") + 1);
+  return Buffer.concat(after.filter((r) => r.message.event === "media").map((r) => Buffer.from(r.message.media.payload, "base64")));
+}
+
 function inputsFor(callSid: string) {
   return world.dialog.items.filter((i) => i.callId === callSid);
 }
@@ -280,8 +286,7 @@ describe("bot audio playout", () => {
     botAudio(callId, "t1", 1, 1, frames(5, 7), { chunkDone: true });
     botAudio(callId, "t2", 0, 0, frames(3, 8), { chunkDone: true, turnDone: true });
     await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t2.0"), { what: "mark t2.0" });
-    const after = client.received.slice(client.received.findIndex((r) => r.message.event === "clear") + 1);
-    const afterAudio = Buffer.concat(after.filter((r) => r.message.event === "media").map((r) => Buffer.from(r.message.media.payload, "base64")));
+    const afterAudio = audioAfterClear(client);
     expect([...new Set(afterAudio)]).toEqual([8]);
     expect(playback.items.filter((e) => e.turnId === "t1").map((e) => PlaybackEvent_Kind[e.kind])).toEqual(["KIND_CHUNK_PLAYED", "KIND_INTERRUPTED"]);
     playback.sub.unsubscribe();
@@ -306,8 +311,7 @@ describe("bot audio playout", () => {
     botAudio(callId, "t1", 0, 1, frames(10, 1), { chunkDone: true, turnDone: true });
     botAudio(callId, "t3", 0, 0, frames(5, 3), { chunkDone: true, turnDone: true, text: "Please call us back." });
     await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t3.0"), { what: "mark t3.0" });
-    const after = client.received.slice(client.received.findIndex((r) => r.message.event === "clear") + 1);
-    const afterAudio = Buffer.concat(after.filter((r) => r.message.event === "media").map((r) => Buffer.from(r.message.media.payload, "base64")));
+    const afterAudio = audioAfterClear(client);
     expect([...new Set(afterAudio)]).toEqual([3]);
     expect(afterAudio.length).toBe(5 * 160);
     await waitFor(() => cancels.items.some((c) => c.turnId === "t2"), { what: "t2's synthesis to be cancelled" });
@@ -356,8 +360,7 @@ describe("bot audio playout", () => {
     });
     await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t2.0"), { what: "the whole message" });
     expect(client.events("clear")).toHaveLength(1);
-    const after = client.received.slice(client.received.findIndex((r) => r.message.event === "clear") + 1);
-    const message = Buffer.concat(after.filter((r) => r.message.event === "media").map((r) => Buffer.from(r.message.media.payload, "base64")));
+    const message = audioAfterClear(client);
     expect(message.length).toBe(25 * 160);
     client.close();
   });
