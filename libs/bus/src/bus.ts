@@ -607,7 +607,7 @@ export class Bus {
       stop: async () => {
         // Stop pulling new work, then let the work in hand finish (rolling updates lose nothing).
         stopped = true;
-        current?.stop();
+        if (current) stopPulling(current);
         wake?.();
         await loop.catch(() => undefined);
         await Promise.allSettled(inFlight);
@@ -701,7 +701,7 @@ export class Bus {
   /** Stops taking messages on every subscription, lets in-flight work finish, then closes. */
   async drain(): Promise<void> {
     this.closing = true;
-    for (const messages of this.consumers) messages.stop();
+    for (const messages of this.consumers) stopPulling(messages);
     if (!this.nc.isClosed()) await this.nc.drain().catch(() => this.nc.close());
   }
 
@@ -710,6 +710,22 @@ export class Bus {
     for (const messages of this.consumers) messages.stop();
     if (!this.nc.isClosed()) await this.nc.close();
   }
+}
+
+/**
+ * Ends a pull consumer without losing what the server already sent it: UNSUB, then a round trip, so every message
+ * sent before the UNSUB reaches the iterator before it ends. `ConsumerMessages.stop()` unsubscribes at once and drops
+ * the messages still on the wire, which the server then holds as delivered until their ack wait runs out (a turn
+ * two seconds late in every rolling update). nats.js drains only whole connections or plain subscriptions, so this
+ * reaches the consumer's own subscription.
+ */
+function stopPulling(messages: ConsumerMessages): void {
+  const subscription = (messages as unknown as { sub?: Subscription }).sub;
+  if (!subscription || subscription.isClosed()) return messages.stop();
+  if (subscription.isDraining()) return;
+  // When the drain has run, nats.js ends the iterator after the messages it holds (consumer.js: sub.closed while
+  // draining); stop() is the fallback when the connection is gone.
+  subscription.drain().catch(() => messages.stop());
 }
 
 interface WorkSlot {
