@@ -361,6 +361,26 @@ describe("dialog on an LLM", () => {
     ]);
   });
 
+  it("a turn ingress dropped unplayed (its audio came too late) goes into the history as unheard, and is no barge-in", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    replies.push({ text: "Orders ship within two days." });
+    await call.say("tell me about shipping");
+    expect(await call.turn("t2")).toBe("Orders ship within two days.");
+    const [bargeIns, overtaken] = [await metric("voicebot_dialog_barge_ins_total"), await metric("voicebot_dialog_unplayed_turns_total", { reason: "overtaken" })];
+    const dropped = PlaybackEvent.create({ callId: call.id, turnId: "t2", kind: PlaybackEvent_Kind.KIND_INTERRUPTED, chunkSeq: -1, atMs: Date.now(), heardText: "", reason: "overtaken" });
+    await call.publish({ $case: "playback", value: dropped }, `${call.id}:int:t2`);
+    await waitFor(async () => (await metric("voicebot_dialog_unplayed_turns_total", { reason: "overtaken" })) === overtaken + 1, { what: "the unplayed turn to be applied" });
+    expect(await metric("voicebot_dialog_barge_ins_total")).toBe(bargeIns);
+    replies.push({ text: "Returns are free." });
+    await call.say("what about returns");
+    expect(await call.turn("t3")).toBe("Returns are free.");
+    // The caller never heard t2's answer: the LLM is not told it was said.
+    const history = chat.requests.at(-1)!.messages;
+    expect(history.some((m: { content?: unknown }) => m.content === "Orders ship within two days.")).toBe(false);
+  });
+
   describe("a cough over 'let me check' while the tool runs (a false interruption): the tool's answer is not lost", () => {
     /** Says "points", cuts the "let me check" turn (t2) while the 600 ms webhook runs, and lets the turn finish. */
     const cutDuringTool = async (call: TestCall, heardText: string) => {

@@ -21,6 +21,7 @@ export interface DialogMetrics {
   llmCircuit: Gauge<"model">;
   llmKeepWarmFailures: Counter;
   bargeIns: Counter;
+  unplayedTurns: Counter<"reason">;
   cancelledTurns: Counter;
   confirmations: Counter<"outcome">;
   fillers: Counter;
@@ -149,6 +150,12 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
     bargeIns: new Counter({
       name: "voicebot_dialog_barge_ins_total",
       help: "Bot turns the caller talked over (PlaybackEvent INTERRUPTED inputs applied to the history)",
+      registers: [registry],
+    }),
+    unplayedTurns: new Counter({
+      name: "voicebot_dialog_unplayed_turns_total",
+      help: "Bot turns ingress dropped unplayed because their audio came too late (reason: superseded, overtaken); applied to the history as unheard",
+      labelNames: ["reason"],
       registers: [registry],
     }),
     cancelledTurns: new Counter({

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { dialogTurnNumber, errorText, isValidCallId, LogThrottle, streams, subjects, type Bus, type Delivery, type Logger, type WorkItem } from "@voicebot/bus";
+import { dialogTurnNumber, errorText, isValidCallId, LogThrottle, OVERTAKEN_CANCEL_REASON, streams, subjects, type Bus, type Delivery, type Logger, type WorkItem } from "@voicebot/bus";
 import {
   AudioEncoding,
   AudioFormat,
@@ -148,6 +148,8 @@ const REDO_TURN_GAP = 20;
 /** Tools that act on the call; a filler before them would only delay the goodbye. */
 const NO_FILLER_TOOLS = new Set(["end_call", "transfer_to_human", "send_dtmf"]);
 const MAX_ATTEMPTS = 3;
+/** PlaybackEvent reasons of a turn ingress dropped unplayed (its audio came too late): no barge-in. */
+const UNPLAYED_REASONS = new Set(["superseded", OVERTAKEN_CANCEL_REASON]);
 /**
  * How soon a waiting input looks again for the earlier one (doubling to the most): an earlier input another replica
  * just acked can still be found for a moment (the server removes it a little after the ack). And how long past the
@@ -534,8 +536,14 @@ export class TurnRunner {
       if (commit.saved) {
         lease.releasedBySave();
         item.ack();
-        metrics.bargeIns.inc();
-        log.info("barge-in applied", { ...fields, chunkSeq: event.chunkSeq, heard: event.heardText.length });
+        if (event.reason) {
+          // A label from the bus: known values only, so a stray one cannot grow the series.
+          metrics.unplayedTurns.inc({ reason: UNPLAYED_REASONS.has(event.reason) ? event.reason : "other" });
+          log.info("unplayed turn applied as unheard", { ...fields, reason: event.reason });
+        } else {
+          metrics.bargeIns.inc();
+          log.info("barge-in applied", { ...fields, chunkSeq: event.chunkSeq, heard: event.heardText.length });
+        }
         return;
       }
       lease.resumeRenewal();

@@ -327,9 +327,10 @@ describe("bot audio playout", () => {
     const cut = await waitFor(() => inputsFor(callId).filter((i) => i.input?.$case === "playback").length === 2 && inputsFor(callId).filter((i) => i.input?.$case === "playback"), {
       what: "INTERRUPTED for t1 and t2",
     });
-    expect(cut.map((i) => [i.inputId, i.input?.$case === "playback" && i.input.value.heardText])).toEqual([
-      [`${callId}:int:t1`, ""],
-      [`${callId}:int:t2`, ""],
+    // t1 was cut by a clear (no reason); t2 was dropped unplayed, which the dialog must not count as a barge-in.
+    expect(cut.map((i) => [i.inputId, i.input?.$case === "playback" && i.input.value.heardText, i.input?.$case === "playback" && i.input.value.reason])).toEqual([
+      [`${callId}:int:t1`, "", ""],
+      [`${callId}:int:t2`, "", "superseded"],
     ]);
     // A CLEAR that comes after the turn it names began (reordered across NATS servers) cuts nothing.
     const clears = client.events("clear").length;
@@ -385,7 +386,7 @@ describe("bot audio playout", () => {
     expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_bot_audio_dropped_total", { reason: "overtaken" })).toBe(dropped + 1);
     const unheard = await waitFor(() => inputsFor(callId).find((i) => i.input?.$case === "playback" && i.input.value.turnId === "t2"), { what: "t2 reported to the dialog" });
     expect(unheard.inputId).toBe(`${callId}:int:t2`);
-    expect(unheard.input?.$case === "playback" && unheard.input.value.heardText).toBe("");
+    expect(unheard.input?.$case === "playback" && unheard.input.value).toMatchObject({ heardText: "", reason: "overtaken" });
     cancels.sub.unsubscribe();
   });
 });

@@ -904,9 +904,9 @@ export class CallSession {
    * A turn the caller will never hear: tts stops on it, and the dialog's history and the record say it was not
    * heard, as for a turn cut before its first word.
    */
-  private dropUnheard(turnId: string, reason: string): void {
+  private dropUnheard(turnId: string, reason: "superseded" | typeof OVERTAKEN_CANCEL_REASON): void {
     this.publishCancels([turnId], reason);
-    this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, { id: turnId, heardText: "" }, -1, "int");
+    this.publishPlayback(PlaybackEvent_Kind.KIND_INTERRUPTED, { id: turnId, heardText: "" }, -1, "int", reason);
   }
 
   private onSynthesisFailed(failure: SynthesisFailed): void {
@@ -1101,11 +1101,12 @@ export class CallSession {
   /**
    * On `playback(id)` for anyone watching; with `durableTag` also to the dialog's work queue, msgId
    * `<id>:<tag>:<turnId>` (INTERRUPTED tells it what was heard; ingress itself times the caller's silence).
+   * `reason`: why an INTERRUPTED turn was dropped unplayed (none when a clear cut it).
    */
-  private publishPlayback(kind: PlaybackEvent_Kind, turn: Pick<TurnState, "id" | "heardText">, chunkSeq: number, durableTag?: "played" | "int"): void {
+  private publishPlayback(kind: PlaybackEvent_Kind, turn: Pick<TurnState, "id" | "heardText">, chunkSeq: number, durableTag?: "played" | "int", reason = ""): void {
     const callId = this.callSid;
     if (!callId || isNoSilenceTurn(turn.id)) return; // the dialog knows nothing of ingress's own line
-    const event = PlaybackEvent.create({ callId, turnId: turn.id, kind, chunkSeq, atMs: Date.now(), heardText: turn.heardText });
+    const event = PlaybackEvent.create({ callId, turnId: turn.id, kind, chunkSeq, atMs: Date.now(), heardText: turn.heardText, reason });
     if (this.publish(subjects.playback(callId), PlaybackEvent, event, "playback")) {
       this.deps.metrics.playbackEvents.inc({ kind: PlaybackEvent_Kind[kind] ?? String(kind) });
     }

@@ -58,6 +58,12 @@ export interface PlaybackEvent {
   atMs: number;
   /** Text of the turn the caller actually heard (for INTERRUPTED/TURN_PLAYED). */
   heardText: string;
+  /**
+   * INTERRUPTED only: empty when playback was cut by a clear (the caller talked over it, or a CallControl CLEAR);
+   * "superseded" or "overtaken" when ingress dropped the turn unplayed because its audio came too late (after a
+   * CLEAR naming a later turn, or after a later turn had begun playing). Either way the caller heard heard_text.
+   */
+  reason: string;
 }
 
 export enum PlaybackEvent_Kind {
@@ -526,7 +532,7 @@ export const KeypadPress: MessageFns<KeypadPress> = {
 };
 
 function createBasePlaybackEvent(): PlaybackEvent {
-  return { callId: "", turnId: "", kind: 0, chunkSeq: 0, atMs: 0, heardText: "" };
+  return { callId: "", turnId: "", kind: 0, chunkSeq: 0, atMs: 0, heardText: "", reason: "" };
 }
 
 export const PlaybackEvent: MessageFns<PlaybackEvent> = {
@@ -548,6 +554,9 @@ export const PlaybackEvent: MessageFns<PlaybackEvent> = {
     }
     if (message.heardText !== "") {
       writer.uint32(50).string(message.heardText);
+    }
+    if (message.reason !== "") {
+      writer.uint32(58).string(message.reason);
     }
     return writer;
   },
@@ -613,6 +622,14 @@ export const PlaybackEvent: MessageFns<PlaybackEvent> = {
             message.heardText = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -636,6 +653,7 @@ export const PlaybackEvent: MessageFns<PlaybackEvent> = {
     message.chunkSeq = object.chunkSeq ?? 0;
     message.atMs = object.atMs ?? 0;
     message.heardText = object.heardText ?? "";
+    message.reason = object.reason ?? "";
     return message;
   },
 };
