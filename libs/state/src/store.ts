@@ -71,6 +71,18 @@ export interface CallRecord extends CallMeta {
   speech: SpeechChunkEntry[];
   /** Who answered a placed call, when answering machine detection ran (Twilio's AnsweredBy: human, machine_end_beep, fax...). */
   answeredBy?: string;
+  /** Where a call that ended with reason `transfer` was sent (a phone number or SIP URI), when the voice webhook dials it. */
+  transferTo?: string;
+}
+
+/** What the voice webhook needs of a call to resume it, hang it up or transfer it ("" for a field not set). */
+export interface CallParties {
+  state: CallState | undefined;
+  agent: string;
+  from: string;
+  to: string;
+  endReason: string;
+  transferTo: string;
 }
 
 export interface CallStoreOptions {
@@ -537,10 +549,10 @@ export class CallStore {
   }
 
   /** The call's state and who it is between (for resuming it on a new stream); undefined without a record. */
-  async callParties(callId: string): Promise<{ state: CallState | undefined; agent: string; from: string; to: string } | undefined> {
-    const [state, agent, from, to] = await this.redis.hmget(keys.meta(callId), "state", "agent", "from", "to");
+  async callParties(callId: string): Promise<CallParties | undefined> {
+    const [state, agent, from, to, endReason, transferTo] = await this.redis.hmget(keys.meta(callId), "state", "agent", "from", "to", "endReason", "transferTo");
     if (state === null) return undefined;
-    return { state: callStateOf(state), agent: agent ?? "", from: from ?? "", to: to ?? "" };
+    return { state: callStateOf(state), agent: agent ?? "", from: from ?? "", to: to ?? "", endReason: endReason ?? "", transferTo: transferTo ?? "" };
   }
 
   async callState(callId: string): Promise<CallState | undefined> {
@@ -552,8 +564,8 @@ export class CallStore {
    * leases, and the idempotency marks and stored tool results (nothing acts for an ended call any more: every
    * write that depends on them checks the call's state in the same script).
    */
-  async endCall(callId: string, reason: string, endedAt = new Date()): Promise<void> {
-    const tx = this.redis.multi().hset(keys.meta(callId), { state: "ended", endedAt: endedAt.toISOString(), endReason: reason });
+  async endCall(callId: string, reason: string, endedAt = new Date(), { transferTo }: { transferTo?: string } = {}): Promise<void> {
+    const tx = this.redis.multi().hset(keys.meta(callId), { state: "ended", endedAt: endedAt.toISOString(), endReason: reason, ...(transferTo ? { transferTo } : {}) });
     for (const key of recordKeys(callId)) tx.pexpire(key, this.options.recordTtlMs);
     tx.del(...liveKeys(callId, leaseRoles));
     for (const role of leaseRoles) tx.zrem(keys.leaseIndex(role), callId);
@@ -614,6 +626,7 @@ export class CallStore {
       turns: turns.map((e) => JSON.parse(e) as TurnEntry),
       speech: speech.map((e) => JSON.parse(e) as SpeechChunkEntry),
       ...(meta.answeredBy ? { answeredBy: meta.answeredBy } : {}),
+      ...(meta.transferTo ? { transferTo: meta.transferTo } : {}),
     };
   }
 

@@ -81,7 +81,7 @@ export class TwilioEndpoint {
       }
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {
-      const session = new CallSession(ws, this.deps, client);
+      const session = new CallSession(ws, this.deps, client, req.headers.host);
       this.sessions.add(session);
       if (limitPerClient > 0) this.perClient.set(client, (this.perClient.get(client) ?? 0) + 1);
       void session.finished.then(() => {

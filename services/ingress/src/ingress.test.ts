@@ -436,6 +436,23 @@ describe("call control", () => {
     await waitFor(async () => (await getRecord(client.callSid)).body.endReason === "transfer", { what: "transfer recorded" });
   });
 
+  it("TRANSFER without REST credentials on a stream of our voice webhook: the webhook's redirect dials the target", async () => {
+    // Our TwiML follows <Connect><Stream> with a <Redirect> back to the voice webhook: after the stream closes,
+    // Twilio asks it what next, and it must dial the transfer's target rather than hang up the ended call.
+    const client = await startCall({ vbResumable: "1" });
+    control(client.callSid, CallControl_Action.ACTION_TRANSFER, { target: " sip:desk@pbx.example.com " });
+    expect((await client.closed).code).toBe(1000);
+    const record = (await getRecord(client.callSid)).body;
+    expect(record).toMatchObject({ state: "ended", endReason: "transfer", transferTo: "sip:desk@pbx.example.com" });
+    const redirect = await fetch(`${world.ingress.baseUrl}/twilio/voice?vbResume=1`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ CallSid: client.callSid, AccountSid: "ACtest", From: "+15550100003", To: "+15550100004" }).toString(),
+    });
+    expect(await redirect.text()).toBe(`<?xml version="1.0" encoding="UTF-8"?><Response><Dial><Sip>sip:desk@pbx.example.com</Sip></Dial></Response>`);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "transfer" })).toBe(1);
+  });
+
   it("TRANSFER with REST credentials redirects the call to <Dial> through the Twilio API", async () => {
     const requests: Array<{ method: string; url: string; auth: string; body: string }> = [];
     const api = http.createServer((req, res) => {
@@ -460,6 +477,91 @@ describe("call control", () => {
       expect(new URLSearchParams(requests[0].body).get("Twiml")).toBe("<Response><Dial>+15550123</Dial></Response>");
       await waitFor(async () => (await getRecord(client.callSid)).body.endReason === "transfer", { what: "transfer recorded" });
       expect(JSON.stringify(logs)).not.toContain("secret-token");
+    } finally {
+      await rest.handle.stop();
+      api.close();
+    }
+  });
+});
+
+describe("keypad tones to the far end (SEND_DTMF)", () => {
+  it("after its turn has played, redirects the call to play the tones; the call comes back through the voice webhook on a new stream and goes on", async () => {
+    const requests: string[] = [];
+    const api = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (d) => (body += d));
+      req.on("end", () => {
+        requests.push(new URLSearchParams(body).get("Twiml") ?? "");
+        res.writeHead(200, { "content-type": "application/json" }).end('{"sid":"CA"}');
+      });
+    });
+    await new Promise<void>((resolve) => api.listen(0, "127.0.0.1", resolve));
+    const apiUrl = `http://127.0.0.1:${(api.address() as { port: number }).port}`;
+    const rest = await startIngress({ ...world.env(), TWILIO_ACCOUNT_SID: "ACabc", TWILIO_AUTH_TOKEN: "secret-token", TWILIO_API_BASE_URL: apiUrl });
+    try {
+      const client = await startCall({ vbResumable: "1", agent: "pharmacy" }, rest.wsUrl);
+      const callId = client.callSid;
+      botAudio(callId, "t2", 0, 0, frames(25, 2), { chunkDone: true, turnDone: true, text: "I will press one for billing." });
+      control(callId, CallControl_Action.ACTION_SEND_DTMF, { target: "1w2#", afterTurnId: "t2", reason: "send_dtmf" });
+      await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t2.0"), { what: "the turn's audio and mark" });
+      await new Promise((r) => setTimeout(r, 150));
+      expect(requests).toEqual([]); // the tones would cut the bot's own sentence off
+      client.sendMark("t2.0");
+      await waitFor(() => requests.length === 1, { what: "the redirect through the REST API" });
+      const host = new URL(rest.baseUrl).host;
+      expect(requests[0]).toBe(`<Response><Play digits="1w2#"/><Redirect method="POST">https://${host}/twilio/voice?vbResume=1&amp;agent=pharmacy</Redirect></Response>`);
+      // Twilio leaves the stream for the new TwiML: this `stop` is no hang-up.
+      client.sendStop();
+      expect((await client.closed).code).toBe(1000);
+      await new Promise((r) => setTimeout(r, 100));
+      expect((await getRecord(callId)).body.state).toBe("live");
+      // After the tones, the redirect: the webhook connects the live call to a new stream, which resumes it.
+      const redirect = await fetch(`${rest.baseUrl}/twilio/voice?vbResume=1&agent=pharmacy`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+        body: new URLSearchParams({ CallSid: callId, AccountSid: "ACtest" }).toString(),
+      });
+      const twiml = await redirect.text();
+      expect(twiml).toContain('<Parameter name="vbResume" value="1"/>');
+      const resumed = await TwilioClient.connect(rest.wsUrl, callId);
+      resumed.sendConnected();
+      resumed.sendStart({ agent: "pharmacy", vbResume: "1", vbResumable: "1" });
+      await waitFor(async () => (await metricValue(rest.baseUrl, "voicebot_ingress_resumes_total", { outcome: "resumed" })) === 1, { what: "the call resumed" });
+      // Nothing was cut, so the dialog is not told the line dropped (it would prompt the far end again).
+      await new Promise((r) => setTimeout(r, 200));
+      expect(inputsFor(callId).filter((i) => i.inputId.includes(":resume:"))).toEqual([]);
+      expect(await metricValue(rest.baseUrl, "voicebot_ingress_controls_total", { action: "send_dtmf", outcome: "done" })).toBe(1);
+      // The conversation goes on: the next turn plays on the new stream.
+      botAudio(callId, "t3", 0, 0, frames(5, 3), { chunkDone: true, turnDone: true, text: "Now I am through." });
+      await waitFor(() => resumed.events("mark").some((m) => m.message.mark.name === "t3.0"), { what: "the next turn on the new stream" });
+      resumed.sendStop();
+      await waitFor(async () => (await getRecord(callId)).body.endReason === "caller_hangup", { what: "the hang-up recorded" });
+    } finally {
+      await rest.handle.stop();
+      api.close();
+    }
+  });
+
+  it("on a stream without a voice webhook to come back to, the call ends after the tones", async () => {
+    const requests: string[] = [];
+    const api = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (d) => (body += d));
+      req.on("end", () => {
+        requests.push(new URLSearchParams(body).get("Twiml") ?? "");
+        res.writeHead(200, { "content-type": "application/json" }).end('{"sid":"CA"}');
+      });
+    });
+    await new Promise<void>((resolve) => api.listen(0, "127.0.0.1", resolve));
+    const apiUrl = `http://127.0.0.1:${(api.address() as { port: number }).port}`;
+    const rest = await startIngress({ ...world.env(), TWILIO_ACCOUNT_SID: "ACabc", TWILIO_AUTH_TOKEN: "secret-token", TWILIO_API_BASE_URL: apiUrl });
+    try {
+      const client = await startCall({}, rest.wsUrl);
+      control(client.callSid, CallControl_Action.ACTION_SEND_DTMF, { target: "9", reason: "send_dtmf" });
+      await waitFor(() => requests.length === 1, { what: "the redirect through the REST API" });
+      expect(requests[0]).toBe(`<Response><Play digits="9"/></Response>`);
+      client.sendStop();
+      await waitFor(async () => (await getRecord(client.callSid)).body.endReason === "sent_dtmf", { what: "the end recorded" });
     } finally {
       await rest.handle.stop();
       api.close();
@@ -915,14 +1017,18 @@ describe("voice webhook", () => {
       // The bot hung up (the record says ended before the stream closes): the redirect hangs up.
       await store.endCall(callSid, "bot_hangup");
       expect(await (await post(world.ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: callSid })).text()).toContain("<Response><Hangup/></Response>");
-      // No record at all (Redis lost it): the call starts over on a fresh stream.
-      const fresh = await (await post(world.ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: "CAunknown0123456789abcdef012345678" })).text();
+      // No record at all (Redis lost it, or no stream of the call ever started): the call starts over on a fresh
+      // stream, still counting, so a stream that is refused every time ends in a hang-up, not an endless loop.
+      const unknown = "CAunknown0123456789abcdef012345678";
+      const fresh = await (await post(world.ingress.baseUrl, "/twilio/voice?vbResume=1", { ...form, CallSid: unknown })).text();
       expect(fresh).toContain('<Parameter name="vbResumable" value="1"/>');
       expect(fresh).not.toContain('name="vbResume"');
+      expect(fresh).toContain(`<Redirect method="POST">https://${host}/twilio/voice?vbResume=2</Redirect>`);
+      expect(await (await post(world.ingress.baseUrl, "/twilio/voice?vbResume=6", { ...form, CallSid: unknown })).text()).toContain("<Response><Hangup/></Response>");
       expect((await post(world.ingress.baseUrl, "/twilio/voice?vbResume=x", form)).status).toBe(400);
       expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resumed" })).toBe(1);
       expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resume_ended" })).toBe(1);
-      expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resume_limit" })).toBe(1);
+      expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_voice_webhooks_total", { outcome: "resume_limit" })).toBe(2);
     } finally {
       await store.close();
     }

@@ -155,7 +155,7 @@ export class IngressMetrics {
     });
     this.voiceWebhooks = new Counter({
       name: "voicebot_ingress_voice_webhooks_total",
-      help: "POST /twilio/voice: answered with stream TwiML, or refused (invalid, bad_signature)",
+      help: "POST /twilio/voice: answered with stream TwiML (answered, resumed), hung up (resume_ended, resume_limit), dialed a transfer target (transfer), or refused (invalid, bad_signature)",
       labelNames: ["outcome"],
       registers,
     });

@@ -42,7 +42,9 @@ import { SilenceBatcher, type CallerAudioBlock } from "./silence-batch.js";
 import type { Pacer, PlayoutScheduler } from "./scheduler.js";
 import { MULAW_SILENCE } from "@voicebot/audio";
 import { FRAME_BYTES, type SkipReason, type TurnState } from "./turn-queue.js";
-import { RESUMABLE_PARAM, RESUME_PARAM } from "./resume.js";
+import { RESUMABLE_PARAM, RESUME_PARAM, resumeUrl } from "./resume.js";
+import { publicHttpOrigin } from "./signature.js";
+import { publicHost } from "./voice-webhook.js";
 import { turnLatency } from "./turn-record.js";
 import {
   clearMessage,
@@ -146,6 +148,14 @@ export class CallSession {
    * which resumes the call on a new stream: such a close leaves the call live (detach) instead of ending it.
    */
   private resumable = false;
+  /** Which resume of its call this stream is (0: the call's first stream). */
+  private resumeCount = 0;
+  /** Where the voice webhook is, for TwiML that brings the call back to a new stream (undefined: unknown). */
+  private readonly webhookOrigin: string | undefined;
+  /** The call was redirected to play keypad tones and comes back on a new stream: the `stop` that follows ends only this stream. */
+  private redirectedForTones = false;
+  /** A transfer the voice webhook carries out after the stream closes (no Twilio REST credentials): its target. */
+  private transferTo: string | undefined;
   /** Added to Twilio's chunk numbers: a resumed stream counts from 1 again, the call's frames go on. */
   private frameOffset = 0;
   private endReason: string | undefined;
@@ -183,8 +193,13 @@ export class CallSession {
     private readonly ws: WebSocket,
     private readonly deps: SessionDeps,
     remote: string,
+    host?: string,
   ) {
     this.log = deps.log.child({ remote });
+    // The voice webhook is on the origin Twilio reached this stream on (as the webhook's own TwiML builds it).
+    const publicOrigin = deps.config.publicStreamUrl ? publicHttpOrigin(deps.config.publicStreamUrl) : undefined;
+    const hostName = publicHost(host);
+    this.webhookOrigin = publicOrigin ?? (hostName ? `https://${hostName}` : undefined);
     this.errors = new ProtocolErrorReporter(this.log, deps.metrics);
     this.limiter = new RateLimiter(deps.config.maxMessagesPerSecond, deps.config.messageBurst, performance.now());
     this.keyLimiter = new RateLimiter(deps.config.maxKeysPerSecond, 2 * deps.config.maxKeysPerSecond, performance.now());
@@ -351,6 +366,12 @@ export class CallSession {
         if (!this.playout.markEchoed(message.name)) this.log.debug("mark echo ignored (cleared or unknown)", { mark: message.name });
         return;
       case "stop":
+        if (this.redirectedForTones && this.endReason === undefined) {
+          // Twilio left the stream to play our tones; its <Redirect> brings the call back on a new stream.
+          this.close(1000, "stop");
+          void this.detach("the call was redirected to play keypad tones; it comes back on a new stream");
+          return;
+        }
         this.endReason ??= "caller_hangup";
         this.close(1000, "stop");
         void this.end(this.endReason);
@@ -448,6 +469,8 @@ export class CallSession {
     this.resumable = params[RESUMABLE_PARAM] === "1";
     this.announcement = { meta, callStarted };
     const resume = params[RESUME_PARAM];
+    const resumeCount = Number(resume);
+    this.resumeCount = Number.isInteger(resumeCount) && resumeCount > 0 ? resumeCount : 0;
     if (resume !== undefined) {
       this.log.info("stream resumes a call", { agent, resume, tracks: start.tracks });
       this.enqueue(() => this.resumeCall(meta, callStarted, resume));
@@ -953,7 +976,7 @@ export class CallSession {
         void this.runFinalAction(control, playout);
         return;
       case CallControl_Action.ACTION_SEND_DTMF:
-        void this.sendDigits(control.target);
+        void this.sendDigits(control, playout);
         return;
       default:
         metrics.controls.inc({ action: "unknown", outcome: "ignored" });
@@ -964,26 +987,14 @@ export class CallSession {
   /** HANGUP / TRANSFER: after `afterTurnId` has played (or the safety timeout), end the stream. */
   private async runFinalAction(control: CallControl, playout: CallPlayout): Promise<void> {
     const action = control.action === CallControl_Action.ACTION_HANGUP ? "hangup" : "transfer";
-    const { metrics, config } = this.deps;
+    const { metrics } = this.deps;
     if (this.finalActionPending) {
       metrics.controls.inc({ action, outcome: "ignored" });
       this.log.warn("call control ignored: a hang-up or transfer is already pending", { action });
       return;
     }
     this.finalActionPending = true;
-    const turnId = control.afterTurnId;
-    if (turnId && !playout.isTurnDone(turnId)) {
-      this.log.info("call control waits for the turn to play", { action, afterTurnId: turnId });
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = await Promise.race([
-        playout.whenTurnDone(turnId).then(() => false),
-        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), config.controlTimeoutMs))),
-      ]);
-      clearTimeout(timer);
-      if (timedOut && !this.ended) {
-        this.log.warn("turn did not finish playing in time; acting anyway", { action, afterTurnId: turnId, timeoutMs: config.controlTimeoutMs });
-      }
-    }
+    await this.afterTurnPlayed(control.afterTurnId, playout, action);
     if (this.ended) {
       metrics.controls.inc({ action, outcome: "call_ended" });
       return;
@@ -997,10 +1008,31 @@ export class CallSession {
     await this.transfer(control.target);
   }
 
+  /** Resolves once turn `turnId` has played (every mark echoed), or after CONTROL_TIMEOUT_MS. */
+  private async afterTurnPlayed(turnId: string, playout: CallPlayout, action: string): Promise<void> {
+    if (!turnId || playout.isTurnDone(turnId)) return;
+    const { config } = this.deps;
+    this.log.info("call control waits for the turn to play", { action, afterTurnId: turnId });
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      playout.whenTurnDone(turnId).then(() => false),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), config.controlTimeoutMs))),
+    ]);
+    clearTimeout(timer);
+    if (timedOut && !this.ended) {
+      this.log.warn("turn did not finish playing in time; acting anyway", { action, afterTurnId: turnId, timeoutMs: config.controlTimeoutMs });
+    }
+  }
+
   private async transfer(target: string): Promise<void> {
     const { twilioApi, metrics } = this.deps;
     const twiml = dialTwiml(target);
-    if (!twilioApi) {
+    if (!twilioApi && this.resumable && twiml) {
+      // The TwiML after <Connect> is our voice webhook's <Redirect>: it finds the call ended as a transfer and
+      // dials the target the record names.
+      this.transferTo = target.trim();
+      this.log.info("transfer: closing the stream; the voice webhook's redirect dials the target (no Twilio REST credentials)", { target });
+    } else if (!twilioApi) {
       this.log.info("transfer: closing the stream so the TwiML after <Connect> takes over (no Twilio REST credentials)", { target });
     } else if (!twiml) {
       metrics.twilioApi.inc({ action: "transfer", outcome: "invalid_target" });
@@ -1020,29 +1052,50 @@ export class CallSession {
     if (!this.ended) this.finish("transfer");
   }
 
-  private async sendDigits(digits: string): Promise<void> {
+  /**
+   * SEND_DTMF: after `afterTurnId` has played, the call is redirected (Twilio REST API) to TwiML that plays the
+   * tones. Twilio leaves <Connect><Stream> for it and sends this stream `stop`. On a stream of our voice webhook
+   * the TwiML then redirects back to the webhook, which resumes the call on a new stream, so the conversation goes
+   * on (an agent working through a phone menu); otherwise the call ends after the tones (`sent_dtmf`).
+   */
+  private async sendDigits(control: CallControl, playout: CallPlayout): Promise<void> {
     const { twilioApi, metrics } = this.deps;
     if (!twilioApi) {
       metrics.controls.inc({ action: "send_dtmf", outcome: "unsupported" });
       this.log.warn("SEND_DTMF is unsupported on media streams without the Twilio REST API; ignored");
       return;
     }
-    const twiml = playDigitsTwiml(digits);
-    if (!twiml) {
+    if (!playDigitsTwiml(control.target)) {
       metrics.controls.inc({ action: "send_dtmf", outcome: "invalid_target" });
-      this.log.error("SEND_DTMF target is not keypad digits; ignored", { length: digits.length });
+      this.log.error("SEND_DTMF target is not keypad digits; ignored", { length: control.target.length });
       return;
     }
-    const ownReason = this.endReason === undefined;
-    if (ownReason) this.endReason = "sent_dtmf"; // Twilio answers the redirect with `stop`
+    await this.afterTurnPlayed(control.afterTurnId, playout, "send_dtmf");
+    if (this.ended || this.finalActionPending || this.redirectedForTones) {
+      metrics.controls.inc({ action: "send_dtmf", outcome: this.ended ? "call_ended" : "ignored" });
+      if (!this.ended) this.log.warn("SEND_DTMF ignored: the call is already leaving this stream", { finalActionPending: this.finalActionPending });
+      return;
+    }
+    // Resumes are counted against loops of failing streams; tones sent from a first stream count as the first.
+    const comeBack =
+      this.resumable && this.webhookOrigin ? resumeUrl(this.webhookOrigin, Math.max(1, this.resumeCount), this.announcement?.meta.agent || undefined) : undefined;
+    const twiml = playDigitsTwiml(control.target, comeBack)!;
+    if (comeBack) {
+      this.redirectedForTones = true;
+      // Nothing is cut: the stream that resumes the call must not take it for a dropped line and re-prompt.
+      const callId = this.callSid;
+      if (callId && this.announced) await this.storeOp("mark_handover", () => this.deps.store.markHandover(callId));
+    } else {
+      this.endReason ??= "sent_dtmf";
+    }
     try {
       await twilioApi.updateCallTwiml(this.callSid!, twiml);
       metrics.twilioApi.inc({ action: "send_dtmf", outcome: "ok" });
       metrics.controls.inc({ action: "send_dtmf", outcome: "done" });
-      // Twilio leaves <Connect><Stream> to run the new TwiML: this stream gets `stop`.
-      this.log.info("keypad tones sent through the Twilio REST API (<Play digits>)");
+      this.log.info(comeBack ? "keypad tones sent through the Twilio REST API; the call comes back on a new stream" : "keypad tones sent through the Twilio REST API; the call ends after them (no voice webhook to come back to)");
     } catch (error) {
-      if (ownReason && !this.ended) this.endReason = undefined;
+      this.redirectedForTones = false;
+      if (!comeBack && this.endReason === "sent_dtmf" && !this.ended) this.endReason = undefined;
       metrics.twilioApi.inc({ action: "send_dtmf", outcome: "error" });
       metrics.controls.inc({ action: "send_dtmf", outcome: "error" });
       this.log.error("SEND_DTMF through the Twilio REST API failed", { error: errorText(error) });
@@ -1156,7 +1209,7 @@ export class CallSession {
       const { ended, input: endInput } = callEndMessages(callId, reason, endedAtMs);
       this.publish(subjects.ended(callId), CallEnded, ended, "call_ended");
       const input = this.publishInput(endInput);
-      const endCall = () => this.deps.store.endCall(callId, reason, new Date(endedAtMs));
+      const endCall = () => this.deps.store.endCall(callId, reason, new Date(endedAtMs), { transferTo: this.transferTo });
       // Before a resumable stream closes, the record must say ended (the redirect would resume the call): a Redis
       // failover is waited out for a while.
       await this.storeOp("end_call", recorded ? () => retryWhileLinkLost(endCall, { limitMs: END_RECORD_RETRY_MS }) : endCall);

@@ -134,10 +134,15 @@ export function streamTwiml(streamUrl: string, parameters: Record<string, string
 
 export const HANGUP_TWIML = "<Response><Hangup/></Response>";
 
-/** `<Play digits>` TwiML (w = half-second pause); undefined for anything but keypad digits. */
-export function playDigitsTwiml(digits: string): string | undefined {
+/**
+ * `<Play digits>` TwiML (w = half-second pause), then, with `thenRedirectTo`, a `<Redirect>` there (the voice
+ * webhook, which resumes the call on a new stream); undefined for anything but keypad digits.
+ */
+export function playDigitsTwiml(digits: string, thenRedirectTo?: string): string | undefined {
   const d = digits.trim();
-  return DIGITS.test(d) ? `<Response><Play digits="${xmlEscape(d)}"/></Response>` : undefined;
+  if (!DIGITS.test(d)) return undefined;
+  const redirect = thenRedirectTo ? `<Redirect method="POST">${xmlEscape(thenRedirectTo)}</Redirect>` : "";
+  return `<Response><Play digits="${xmlEscape(d)}"/>${redirect}</Response>`;
 }
 
 /** Characters XML 1.0 forbids even escaped (controls, U+FFFE/U+FFFF, lone surrogates): one would make the TwiML ill-formed. */

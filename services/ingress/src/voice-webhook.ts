@@ -2,7 +2,8 @@
 // It answers TwiML that connects the call's media stream here, with the caller's From and To and the agent of the
 // webhook URL (?agent=...) as the stream's custom parameters, so the call record has them. A `<Redirect>` back here
 // follows the stream: a stream that closes without `stop` (its ingress died or handed the call over) comes back as
-// ?vbResume=n, and a live call is connected to a new stream that resumes it (resume.ts); an ended one is hung up.
+// ?vbResume=n, and a live call is connected to a new stream that resumes it (resume.ts); an ended one is hung up,
+// or, when the bot transferred it without Twilio REST credentials, dialed through to the transfer's target.
 import type { Logger } from "@voicebot/bus";
 import { errorText, isValidCallId, LogThrottle } from "@voicebot/bus";
 import { sendJson, type HttpServer } from "@voicebot/service-kit";
@@ -11,7 +12,7 @@ import { isValidAgent, type IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
 import { MAX_RESUMES, RESUME_PARAM, RESUME_QUERY, resumeUrl } from "./resume.js";
 import { publicHttpOrigin, readWebhookForm, signedByTwilio } from "./signature.js";
-import { HANGUP_TWIML, streamTwiml } from "./twilio-rest.js";
+import { dialTwiml, HANGUP_TWIML, streamTwiml } from "./twilio-rest.js";
 
 const MAX_BODY_BYTES = 64 * 1024;
 /** Twilio's form fields copied into the stream's parameters (From/To as the record's from/to). */
@@ -94,20 +95,29 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
       // Redis away: keep the caller; the new stream finds out what is left of the call.
       const admitted = throttle.admit("unreadable");
       if (admitted) log.warn("resume: the call record is unreadable; resuming the call anyway", { callId: callSid, error: errorText(error), ...admitted });
-      call = { state: "live", agent: agent ?? "", from: parameters.from ?? "", to: parameters.to ?? "" };
+      call = { state: "live", agent: agent ?? "", from: parameters.from ?? "", to: parameters.to ?? "", endReason: "", transferTo: "" };
     }
     if (call?.state === "ended") {
+      // A transfer without Twilio REST credentials: the bot closed the stream so that this redirect dials the target.
+      const dial = call.endReason === "transfer" && call.transferTo ? dialTwiml(call.transferTo) : undefined;
+      if (dial) {
+        log.info("transfer: dialing the target the call record names", { callId: callSid });
+        return answer("transfer", dial);
+      }
       log.info("resume: the call has ended; hanging up", { callId: callSid });
       return answer("resume_ended", HANGUP_TWIML);
-    }
-    if (!call) {
-      const admitted = throttle.admit("no_record");
-      if (admitted) log.warn("resume: no record of the call; starting it over", { callId: callSid, resume, ...admitted });
-      return answer("answered", streamTwiml(streamUrl, parameters, resumeUrl(origin, 1, agent)));
     }
     if (resume > MAX_RESUMES) {
       log.warn("resume: the call was resumed too many times; hanging up", { callId: callSid, resume });
       return answer("resume_limit", HANGUP_TWIML);
+    }
+    if (!call) {
+      // Redis lost the record, or no stream of this call ever started (each one refused: at capacity, draining, a
+      // bad signature, no start): start it over, still counting, so a stream that can never start ends in a
+      // hang-up rather than an endless loop of silence.
+      const admitted = throttle.admit("no_record");
+      if (admitted) log.warn("resume: no record of the call; starting it over", { callId: callSid, resume, ...admitted });
+      return answer("answered", streamTwiml(streamUrl, parameters, resumeUrl(origin, resume + 1, agent)));
     }
     const callAgent = call.agent || agent;
     const resumed = { ...(call.from ? { from: call.from } : {}), ...(call.to ? { to: call.to } : {}), ...(callAgent ? { agent: callAgent } : {}), [RESUME_PARAM]: String(resume) };
