@@ -104,6 +104,8 @@ const TEXT_FRAME = { binary: false };
 /** The lease role of the ingress replica streaming a call (renewed by the endpoint, see keepStreams). */
 export const STREAM_LEASE = "stream";
 const FRAME_MS = 20;
+/** Control messages (not media) a stream may send a second past the message rate limit: marks, keys, stop. */
+const CONTROL_MESSAGES_PER_SEC = 50;
 /** How long the end of a call is retried while Redis is unreachable, before its resumable stream closes anyway. */
 const END_RECORD_RETRY_MS = 10_000;
 
@@ -166,6 +168,8 @@ export class CallSession {
   private tasks: Promise<void> = Promise.resolve();
   private readonly limiter: RateLimiter;
   private readonly keyLimiter: RateLimiter;
+  /** Past the message rate limit, Twilio's few control messages (mark echoes, keys, stop) still pass, at this rate. */
+  private readonly controlLimiter: RateLimiter;
   private readonly errors: ProtocolErrorReporter;
   private readonly startTimer: NodeJS.Timeout;
   private lastPublishErrorLog = 0;
@@ -203,6 +207,7 @@ export class CallSession {
     this.errors = new ProtocolErrorReporter(this.log, deps.metrics);
     this.limiter = new RateLimiter(deps.config.maxMessagesPerSecond, deps.config.messageBurst, performance.now());
     this.keyLimiter = new RateLimiter(deps.config.maxKeysPerSecond, 2 * deps.config.maxKeysPerSecond, performance.now());
+    this.controlLimiter = new RateLimiter(CONTROL_MESSAGES_PER_SEC, 2 * CONTROL_MESSAGES_PER_SEC, performance.now());
     ws.on("message", (data, isBinary) => this.onMessage(data, isBinary));
     ws.on("pong", () => (this.lastHeardAt = performance.now()));
     ws.on("close", (code) => {
@@ -323,7 +328,12 @@ export class CallSession {
 
   private handleMessage(data: RawData, isBinary: boolean): void {
     const now = performance.now();
-    if (!this.limiter.take(now)) {
+    // Twilio's backlog after a network stall comes at once, over the limit: its media may be dropped (the jitter
+    // buffer conceals the gap), but not a mark echo (what the caller heard), a key or the stop among it. So a
+    // message over the limit that is not media as Twilio writes it gets a second chance on a small bucket of its
+    // own (and is dropped after parsing if it was media after all).
+    const overLimit = !this.limiter.take(now);
+    if (overLimit && (isBinary || looksLikeMedia(data) || !this.controlLimiter.take(now))) {
       if (this.limiter.flooding && !this.ending) {
         this.errors.report("flood", `over twice the message rate limit for seconds on end; closing the stream`, now);
         this.finish("flood", 1008);
@@ -347,6 +357,10 @@ export class CallSession {
       if (fatal) this.close(1008, error.reason);
       return;
     }
+    if (overLimit && message.event === "media") {
+      this.errors.report("rate_limited", "message rate above the limit; message dropped", now);
+      return;
+    }
     if (this.ended) return;
     switch (message.event) {
       case "connected":
@@ -363,9 +377,15 @@ export class CallSession {
         return;
       case "mark":
         if (!this.playout) return this.errors.report("event_before_start", "mark before start", now);
+        if (message.streamSid && message.streamSid !== this.streamSid) {
+          return this.errors.report("stream_sid_mismatch", `mark for stream ${message.streamSid.slice(0, 40)}`, now);
+        }
         if (!this.playout.markEchoed(message.name)) this.log.debug("mark echo ignored (cleared or unknown)", { mark: message.name });
         return;
       case "stop":
+        if (message.streamSid && this.streamSid && message.streamSid !== this.streamSid) {
+          return this.errors.report("stream_sid_mismatch", `stop for stream ${message.streamSid.slice(0, 40)}`, now);
+        }
         if (this.redirectedForTones && this.endReason === undefined) {
           // Twilio left the stream to play our tones; its <Redirect> brings the call back on a new stream.
           this.close(1000, "stop");
@@ -1355,6 +1375,13 @@ export class CallSession {
       this.log.error("call record write failed", { op, error: errorText(error) });
     }
   }
+}
+
+const MEDIA_PREFIX = Buffer.from('{"event":"media"');
+
+/** Whether a text frame starts as every Twilio `media` message does (a cheap look, before any parsing). */
+function looksLikeMedia(data: RawData): boolean {
+  return Buffer.isBuffer(data) && data.length > MEDIA_PREFIX.length && MEDIA_PREFIX.equals(data.subarray(0, MEDIA_PREFIX.length));
 }
 
 function rawText(data: RawData): string {
