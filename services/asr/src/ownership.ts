@@ -50,6 +50,7 @@ export class CallOwnership {
   private renewing = false;
   private scanning = false;
   private draining = false;
+  /** Claims, orphan scans and drain-time hand-overs in flight: a drain waits for them all. */
   private readonly claims = new Set<Promise<void>>();
 
   constructor(private readonly deps: OwnershipDeps) {}
@@ -70,16 +71,20 @@ export class CallOwnership {
     });
     this.subs.push(bus.subscribe(subjects.endedAll, CallEnded, (message, delivery) => this.onCallEnded(message, delivery.subject), { name: "call-ended" }));
     this.renewTimer = setInterval(() => void this.renewAll(), Math.max(50, Math.floor(options.leaseMs / 3)));
-    this.scanTimer = setInterval(() => void this.scanOrphans(), options.orphanScanMs);
+    // Tracked like a claim: a drain waits for a scan in flight, whose take-overs it then hands over.
+    this.scanTimer = setInterval(() => void this.track(this.scanOrphans()), options.orphanScanMs);
   }
 
   /** Stops claiming, then gives every owned call back (lease released, marked orphaned) for another replica. */
   async drain(): Promise<void> {
     this.draining = true;
-    this.claimSub?.unsubscribe();
+    // Drained, not unsubscribed: a CallStarted the server already sent this replica would be dropped by an UNSUB,
+    // and no other replica would ever claim that call. Each one still comes in, is claimed and handed over.
+    await this.claimSub?.drain().catch(() => this.claimSub?.unsubscribe());
     this.claimSub = undefined;
     clearInterval(this.scanTimer);
-    await Promise.allSettled(this.claims);
+    // Claims and take-overs in flight hand their calls over as they finish (own): wait for those too.
+    while (this.claims.size > 0) await Promise.allSettled([...this.claims]);
     const callIds = [...this.owned.keys()];
     await Promise.all(callIds.map((callId) => this.handOver(callId)));
     clearInterval(this.renewTimer);
@@ -113,7 +118,8 @@ export class CallOwnership {
       if (admitted) log.warn("CallStarted with an invalid call id dropped", { callId: callId.slice(0, 140), ...admitted });
       return;
     }
-    if (this.draining || this.owned.has(callId) || this.pending.has(callId)) return;
+    // Claimed even while draining (the claim subscription's last messages): own() then hands the call over at once.
+    if (this.owned.has(callId) || this.pending.has(callId)) return;
     this.pending.add(callId);
     try {
       if ((await store.callState(callId)) !== "live") {
@@ -161,7 +167,7 @@ export class CallOwnership {
     this.owned.set(callId, { session, audio });
     log.info(how === "claimed" ? "call claimed" : "call taken over", { callId });
     // A drain that began while this claim was in flight must not leave the call stranded here.
-    if (this.draining) void this.handOver(callId);
+    if (this.draining) void this.track(this.handOver(callId));
   }
 
   /**

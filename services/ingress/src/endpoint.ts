@@ -12,6 +12,8 @@ import { signedUrl, validTwilioSignature } from "./signature.js";
 
 /** Calls whose lost stream one replica ends at a time, and the lock that keeps two replicas from ending one call. */
 const SWEEP_PARALLEL = 10;
+/** While draining, how often streams that started since are looked at for a hand-over. */
+const DRAIN_RECHECK_MS = 250;
 const SWEEP_LOCK = "stream-sweep";
 
 export class TwilioEndpoint {
@@ -215,8 +217,19 @@ export class TwilioEndpoint {
     this.draining = true;
     if (this.sessions.size === 0) return;
     const idle = new Promise<void>((resolve) => this.idleWaiters.push(resolve));
-    for (const session of this.sessions) if (session.canHandOver) void session.handOver(this.deps.config.handoverWaitMs);
+    const askedToLeave = new Set<CallSession>();
+    const handOverResumable = () => {
+      for (const session of this.sessions) {
+        if (askedToLeave.has(session) || !session.canHandOver) continue;
+        askedToLeave.add(session);
+        void session.handOver(this.deps.config.handoverWaitMs);
+      }
+    };
+    handOverResumable();
+    // A stream accepted just before the drain gets its `start`, and with it a resumable call, only afterwards.
+    const latecomers = setInterval(handOverResumable, DRAIN_RECHECK_MS);
     await idle;
+    clearInterval(latecomers);
   }
 
   /** Ends whatever is still live (after a drain timeout) and closes the endpoint. */

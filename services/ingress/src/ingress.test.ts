@@ -612,6 +612,20 @@ describe("drain", () => {
     await stop;
     await waitFor(async () => (await getRecord(client.callSid)).body.state === "ended", { what: "record ended" });
   });
+
+  it("hands over a resumable call whose stream was accepted before the drain but started after it", async () => {
+    const draining = await startIngress(world.env());
+    const client = await TwilioClient.connect(draining.wsUrl, newCallSid());
+    client.sendConnected();
+    const stop = draining.handle.stop();
+    await waitFor(async () => (await fetch(`${draining.baseUrl}/readyz`)).status === 503, { what: "readyz 503" });
+    client.sendStart({ vbResumable: "1" });
+    // Handed over (1001: Twilio's <Redirect> brings it to another replica), not kept until the drain times out.
+    expect((await client.closed).code).toBe(1001);
+    await stop;
+    const record = (await getRecord(client.callSid)).body;
+    expect(record.state).toBe("live");
+  });
 });
 
 describe("ingress API: token and placing calls", () => {

@@ -278,6 +278,7 @@ export class CallSession {
    */
   async handOver(maxWaitMs: number): Promise<void> {
     const deadline = Date.now() + maxWaitMs;
+    await this.tasks; // a call that just started is announced (its record written) before it is handed over
     // Quiet: nothing unheard, the caller not mid-utterance, no answer on its way (the caller's input ended and no turn
     // began since: its audio would reach no stream), and never with a hang-up or transfer pending (it would be lost).
     const busy = () =>
