@@ -698,7 +698,10 @@ export class Bus {
 
   private jsm: JetStreamManager | undefined;
 
-  /** Stops taking messages on every subscription, lets in-flight work finish, then closes. */
+  /**
+   * Stops taking messages on every subscription, delivers those already sent, then closes. Work-queue handlers still
+   * running are not waited for (their acks would fail once closed): stop each consumer first (`consume().stop()`).
+   */
   async drain(): Promise<void> {
     this.closing = true;
     for (const messages of this.consumers) stopPulling(messages);
