@@ -71,6 +71,8 @@ export type FakeChatReply =
       keepAliveMs?: number;
       /** Tool call deltas without `index`, as Google Gemini's OpenAI-compatible endpoint sends them. */
       omitToolCallIndex?: boolean;
+      /** The function name again in every tool call delta, as some compatible servers send it (OpenAI: first only). */
+      repeatToolCallName?: boolean;
       finishReason?: string;
       usage?: { promptTokens: number; completionTokens: number };
     }
@@ -196,7 +198,8 @@ export function chatCompletionsHandler(options: FakeChatOptions, chat: FakeChat)
       const numbered = reply.omitToolCallIndex ? {} : { index };
       if (!(await send({ tool_calls: [{ ...numbered, id: call.id, type: "function", function: { name: call.name, arguments: "" } }] }))) return;
       for (const piece of split(call.arguments, call.pieces)) {
-        if (!(await send({ tool_calls: [{ ...numbered, function: { arguments: piece } }] }))) return;
+        const name = reply.repeatToolCallName ? { name: call.name } : {};
+        if (!(await send({ tool_calls: [{ ...numbered, function: { ...name, arguments: piece } }] }))) return;
       }
     }
     if (!(await send({}, finishReason))) return;

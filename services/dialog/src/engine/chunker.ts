@@ -56,6 +56,12 @@ export class ClauseChunker {
   }
 }
 
+/**
+ * A keypad key named in a sentence: `*` or `#` standing alone (space, quote or bracket before; space, punctuation,
+ * the end or a digit after: "*67") or right after a digit ("12345#"), not at a line's start (a bullet or heading).
+ */
+const KEYPAD_SYMBOL = /([^\s*#][ \t]+["'(]?|\d)([*#])(?=["')]?(?:[\s.,!?;:]|$)|\d)/g;
+
 /** Text with something to say: a letter or a digit. */
 export function hasWords(text: string): boolean {
   return /[\p{L}\p{N}]/u.test(text);
@@ -71,6 +77,11 @@ export function speakable(text: string): string {
     .replace(/```[\s\S]*?```/g, " ")
     .replace(/<\/?[a-zA-Z][^<>]*>/g, " ")
     .replace(/\bhttps?:\/\/(?:www\.)?([^\s/?#]+)[^\s]*/gi, "$1")
+    // The phone's keys, not markup: a lone * or # inside a line (after a word or digit: "press * then 1", "12345#").
+    .replace(KEYPAD_SYMBOL, (match: string, before: string, key: string, at: number, whole: string) => {
+      const name = key === "*" ? "star" : "pound";
+      return `${before}${/\d$/.test(before) ? " " : ""}${name}${/\d/.test(whole[at + match.length] ?? "") ? " " : ""}`;
+    })
     .replace(/\*+|`+|~~/g, "")
     .replace(/^\s*#+\s|^\s*>\s/gm, " ")
     .replace(/^\s*[-\u2022]\s+/gm, " ")

@@ -366,6 +366,23 @@ describe("LLM engine (real openai SDK against the fake server)", () => {
     expect(chat.requests).toHaveLength(1);
   });
 
+  it("a transfer that fails keeps the history in the API's order: the line said for it belongs to the answer that called it", async () => {
+    const failingTransfer = (name: string, args: Record<string, unknown>): ToolOutcome =>
+      name === "transfer_to_human" ? { ok: false, errorCode: "not_allowed", errorMessage: "no transfer target is configured", ms: 1 } : defaultTools(name, args);
+    const c = new Conversation(engineWith().engine, failingTransfer);
+    await c.start();
+    replies.push({ toolCalls: [{ name: "transfer_to_human", arguments: { reason: "caller asked" } }] }, { text: "I can't transfer you right now, sorry." });
+    const events = await c.speak("let me talk to a person", 0.9);
+    expect(said(events)).toBe("Transferring you to an agent now. I can't transfer you right now, sorry.");
+    expect(c.done).toBe(false);
+    // What the second round sent: an assistant message with tool_calls is followed at once by its results.
+    const sent = chat.requests[1].messages as Array<{ role: string; content?: unknown; tool_calls?: Array<{ id: string }>; tool_call_id?: string }>;
+    const asked = sent.findIndex((m) => m.role === "assistant" && m.tool_calls?.length);
+    expect(sent[asked].content).toBe("Transferring you to an agent now.");
+    expect(sent[asked + 1]).toMatchObject({ role: "tool", tool_call_id: sent[asked].tool_calls![0].id });
+    expect(sent.slice(asked + 2)).toEqual([]);
+  });
+
   it("falls back to the scripted agent when the first token is too slow", async () => {
     const { engine, metrics } = engineWith({ firstTokenTimeoutMs: 300 });
     const c = new Conversation(engine);
@@ -591,6 +608,16 @@ describe("LLM answers and tool calls that cannot be used as they came", () => {
     expect(await counts(metrics.llmFallbacks)).toEqual({ malformed: 1 });
   });
 
+  it("takes a tool call whose name comes again in every delta (some compatible servers) as one name", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    replies.push({ toolCalls: [{ name: "lookup_order", arguments: { order_number: "12345" }, argumentChunks: 3 }], repeatToolCallName: true });
+    replies.push({ text: "It has shipped." });
+    const events = await c.speak("order one two three four five", 0.95);
+    expect(toolsOf(events)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+    expect(said(events)).toBe("It has shipped.");
+  });
+
   it("speaks at most 1,200 characters of one answer, stops the stream there, and keeps what was said in the history", async () => {
     const { engine, metrics, warnings } = engineWith();
     const c = new Conversation(engine);
@@ -738,5 +765,16 @@ describe("clause chunker", () => {
     expect(speakable('Let me check. <break time="2s"/> <emphasis level="strong">Done</emphasis>.')).toBe("Let me check. Done.");
     expect(speakable("See https://www.example.com/orders/12345?ref=a for details.")).toBe("See example.com for details.");
     expect(speakable("Is 3 < 5 and 7 > 2?")).toBe("Is 3 < 5 and 7 > 2?");
+  });
+
+  it("says the phone's keys named in a sentence, and still drops markdown's stars, bullets and headings", async () => {
+    const { speakable } = await import("./chunker.js");
+    expect(speakable("Press * then 1.")).toBe("Press star then 1.");
+    expect(speakable("Key in your order number, then press #.")).toBe("Key in your order number, then press pound.");
+    expect(speakable("Enter 12345# now, or dial *67 first.")).toBe("Enter 12345 pound now, or dial star 67 first.");
+    expect(speakable("Press the * key or the '#' key")).toBe("Press the star key or the 'pound' key");
+    expect(speakable("# Options\n* first item\n* second item")).toBe("Options first item second item");
+    expect(speakable("This is **bold** and *this* is not a key.")).toBe("This is bold and this is not a key.");
+    expect(speakable("Written in C# or F#.")).toBe("Written in C# or F#.");
   });
 });

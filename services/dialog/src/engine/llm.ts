@@ -481,7 +481,11 @@ class LlmTurn {
     if (HANGS_UP.has(name) && !this.spoke && DEFAULT_LINES[name]) {
       const line = DEFAULT_LINES[name];
       const turnId = this.say(line, { cacheable: true });
-      this.state.history.push({ role: "assistant", content: line, turnId });
+      // The line is part of the answer that called the tool. A message of its own would sit between that answer's
+      // tool_calls and their results, which the API refuses (400) on the next round: when the tool fails, and on
+      // every later turn of the call.
+      const answer = this.state.history.findLast((m) => m.role === "assistant" && m.toolCalls?.some((c) => c.id === id));
+      if (answer) Object.assign(answer, { content: line, turnId });
     }
     const outcome = await this.io.callTool(name, args, declaration.timeoutMs ? { timeoutMs: declaration.timeoutMs } : {});
     if (outcome.ok) {

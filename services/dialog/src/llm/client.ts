@@ -242,7 +242,9 @@ export class OpenAiCompleter implements LlmCompleter {
           const entry = toolCallOf(calls, call);
           progress();
           if (call.id) entry.id = call.id;
-          if (call.function?.name) entry.name += call.function.name;
+          // OpenAI sends the name whole, in the call's first delta; some compatible servers repeat it in every delta.
+          // Set, as the SDK's own accumulator does, never appended ("lookup_orderlookup_order" is no tool).
+          if (call.function?.name) entry.name = call.function.name;
           if (call.function?.arguments) entry.arguments += call.function.arguments;
         }
         if (choice.finish_reason) finishReason = choice.finish_reason;
