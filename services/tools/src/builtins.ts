@@ -72,8 +72,9 @@ export function builtinTools(deps: BuiltinDependencies): Tool[] {
       const requested = optionalString(args, "target", 200);
       const target = requested ?? deps.transferTarget;
       if (!isDialableTarget(target)) throw new InvalidArgumentsError(`target ${JSON.stringify(target)} is not an E.164 number or SIP URI`);
-      // A caller can steer what an agent asks for; only configured numbers may be dialled.
-      if (requested && requested !== deps.transferTarget && deps.allowedTransferTargets.length > 0 && !deps.allowedTransferTargets.includes(requested)) {
+      // A caller can steer what an agent asks for ("transfer me to +88..."): only configured numbers may be dialled,
+      // TRANSFER_TARGET and those TRANSFER_ALLOWED_TARGETS lists (none by default: a model-chosen number is toll fraud).
+      if (requested && requested !== deps.transferTarget && !deps.allowedTransferTargets.includes(requested)) {
         throw new InvalidArgumentsError(`target ${JSON.stringify(requested)} is not an allowed transfer target`);
       }
       deps.control(

@@ -16,7 +16,7 @@ let callCounter = 0;
 
 beforeAll(async () => {
   [nats, redis] = await Promise.all([startNats(), startRedis()]);
-  service = await startService(definition, { NATS_URL: nats.url, REDIS_URL: redis.url, HTTP_PORT: "0", LOG_LEVEL: "error" });
+  service = await startService(definition, { NATS_URL: nats.url, REDIS_URL: redis.url, HTTP_PORT: "0", LOG_LEVEL: "error", TRANSFER_ALLOWED_TARGETS: "+15557654321" });
   bus = await Bus.connect({ servers: nats.url, name: "tools-test", log: silentLogger, registry: new Registry() });
   store = CallStore.connect(redis.url);
 });
@@ -135,6 +135,8 @@ describe("tools service", () => {
     expect((await call(callId, "transfer_to_human", {}, { turnId: "t3" })).ok).toBe(true);
     expect((await call(callId, "transfer_to_human", { target: "+15557654321", reason: "billing" }, { turnId: "t5" })).ok).toBe(true);
     expect(await call(callId, "transfer_to_human", { target: "not a number" })).toMatchObject({ ok: false, errorCode: "invalid_arguments" });
+    // A number the model chose (a caller can steer it) that is neither TRANSFER_TARGET nor allowed is not dialled.
+    expect(await call(callId, "transfer_to_human", { target: "+881234567890" })).toMatchObject({ ok: false, errorCode: "invalid_arguments" });
     await waitFor(() => received.length === 2, { what: "two CallControls" });
     expect(received[0]).toMatchObject({ action: CallControl_Action.ACTION_TRANSFER, target: "+15550100", afterTurnId: "t3" });
     expect(received[1]).toMatchObject({ action: CallControl_Action.ACTION_TRANSFER, target: "+15557654321", afterTurnId: "t5", reason: "billing" });
