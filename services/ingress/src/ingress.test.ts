@@ -263,6 +263,23 @@ describe("bot audio playout", () => {
     client.close();
   });
 
+  it("a turn whose last chunk failed ends there: a hang-up after it goes ahead at once, not after the playout stall", async () => {
+    const client = await startCall();
+    const callId = client.callSid;
+    client.echoMarks(0);
+    const playback = collect(world.bus, subjects.playback(callId), PlaybackEvent);
+    await world.bus.nc.flush();
+    botAudio(callId, "t2", 0, 0, frames(2, 1), { chunkDone: true, text: "Goodbye." });
+    control(callId, CallControl_Action.ACTION_HANGUP, { afterTurnId: "t2", reason: "done" });
+    // The turn's last chunk (turn_done on its speak request) could not be synthesized: no part will say turnDone.
+    world.bus.publish(subjects.ttsFailed(callId), SynthesisFailed, SynthesisFailed.create({ callId, turnId: "t2", chunkSeq: 1, error: "all engines failed", turnDone: true }), callId);
+    const started = Date.now();
+    expect((await client.closed).code).toBe(1000);
+    expect(Date.now() - started).toBeLessThan(3_000); // PLAYOUT_ALONE_STALL_MS is 30 s
+    await waitFor(() => playback.items.some((e) => e.turnId === "t2" && e.kind === PlaybackEvent_Kind.KIND_TURN_PLAYED), { what: "TURN_PLAYED for t2" });
+    playback.sub.unsubscribe();
+  });
+
   it("CLEAR sends clear, drops queued audio and reports INTERRUPTED with the last chunk heard", async () => {
     const client = await startCall();
     const callId = client.callSid;

@@ -73,9 +73,9 @@ export class CallPlayout {
     return this.queue.add(part, nowMs);
   }
 
-  failChunk(turnId: string, chunkSeq: number, reason: SkipReason, nowMs: number): boolean {
+  failChunk(turnId: string, chunkSeq: number, reason: SkipReason, nowMs: number, turnDone = false): boolean {
     if (this.closed) return false;
-    return this.queue.fail(turnId, chunkSeq, reason, nowMs);
+    return this.queue.fail(turnId, chunkSeq, reason, nowMs, turnDone);
   }
 
   /**

@@ -956,7 +956,7 @@ export class CallSession {
   private onSynthesisFailed(failure: SynthesisFailed): void {
     const playout = this.playout;
     if (this.ended || !playout || this.turnSuperseded(failure.turnId, playout) || this.turnOvertaken(failure.turnId, playout)) return;
-    if (playout.failChunk(failure.turnId, failure.chunkSeq, "synthesis_failed", performance.now())) {
+    if (playout.failChunk(failure.turnId, failure.chunkSeq, "synthesis_failed", performance.now(), failure.turnDone)) {
       this.log.warn("chunk could not be synthesized; playing past it", { turnId: failure.turnId, chunkSeq: failure.chunkSeq, error: failure.error });
       this.deps.scheduler.wake(playout);
     }

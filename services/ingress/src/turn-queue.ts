@@ -101,7 +101,7 @@ export class TurnState {
   readonly failed = new Map<number, SkipReason>();
   /** The chunk to play next. */
   next = 0;
-  /** chunkSeq of the turn's final chunk, once a part with turnDone arrived. */
+  /** chunkSeq of the turn's final chunk, once a part with turnDone arrived (or that chunk failed). */
   last: number | undefined;
   framesSent = 0;
   /** Every chunk has been sent (or skipped); only marks may still be pending. */
@@ -230,11 +230,13 @@ export class TurnQueue {
   }
 
   /** A chunk that will never come (synthesis failed, unusable audio): play past it. */
-  fail(turnId: string, chunkSeq: number, reason: SkipReason, nowMs: number): boolean {
+  /** A chunk that will have no audio; `turnDone`: it was the turn's last, so the turn ends after it. */
+  fail(turnId: string, chunkSeq: number, reason: SkipReason, nowMs: number, turnDone = false): boolean {
     const turn = this.turn(turnId, nowMs);
     if (!turn || chunkSeq < turn.next || turn.failed.has(chunkSeq)) return false;
     turn.lastActivityMs = nowMs;
     turn.failed.set(chunkSeq, reason);
+    if (turnDone) turn.last ??= chunkSeq;
     return true;
   }
 

@@ -9,7 +9,7 @@ import { MemoryAudioCache } from "./memory-cache.js";
 import { TtsMetrics } from "./metrics.js";
 import { PrefetchQueue } from "./prefetch.js";
 import { createEngine, defaultEngines, readEngineSettings, type EngineRegistry, type EngineSettings } from "./registry.js";
-import { Speaker } from "./speaker.js";
+import { publishUnspoken, Speaker } from "./speaker.js";
 import { warmUp } from "./warmup.js";
 
 export interface TtsConfig extends EngineSettings {
@@ -161,6 +161,7 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
         if (sentAtMs > 0 && receivedAtMs - sentAtMs > config.maxRequestAgeMs) {
           metrics.badRequests.inc({ reason: "stale" });
           log.warn("speak request too old to be worth speaking; dropped", { callId: request.callId, turnId: request.turnId, ageMs: receivedAtMs - sentAtMs });
+          publishUnspoken(bus, request, `stale: ${receivedAtMs - sentAtMs} ms old`);
           return;
         }
         await speaker.speak(request, receivedAtMs);

@@ -266,13 +266,26 @@ describe("tts with flite", () => {
   it("answers a request it cannot serve with SynthesisFailed, and keeps serving others", async () => {
     const callId = newCallId();
     const audio = await listen(callId);
-    speak({ callId, text: "Hello there.", format: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 12345 } });
+    speak({ callId, text: "Hello there.", turnDone: true, format: { encoding: AudioEncoding.AUDIO_ENCODING_MULAW, sampleRate: 12345 } });
     await waitFor(() => audio.failures.length === 1, { what: "SynthesisFailed" });
-    expect(audio.failures[0]).toMatchObject({ callId, turnId: "t1", chunkSeq: 0 });
+    // It was the turn's last chunk: ingress ends the turn there instead of waiting for more.
+    expect(audio.failures[0]).toMatchObject({ callId, turnId: "t1", chunkSeq: 0, turnDone: true });
     expect(audio.failures[0].error).toMatch(/sample rate/);
     speak({ callId, turnId: "t2", text: "Hello there." });
     await audio.done("t2");
     expect(audio.parts.every((p) => p.turnId === "t2")).toBe(true);
+    audio.close();
+  });
+
+  it("drops a request too old to be worth speaking (TTS_MAX_REQUEST_AGE_MS) and says so, so ingress plays past it", async () => {
+    const callId = newCallId();
+    const audio = await listen(callId);
+    const stale = Date.now() - 61_000;
+    speak({ callId, turnId: "t4", chunkSeq: 2, text: "Too late to say.", turnDone: true, timing: { dialogStartMs: stale, dialogFirstTextMs: stale } as SpeakRequest["timing"] });
+    await waitFor(() => audio.failures.length === 1, { what: "SynthesisFailed for the stale request" });
+    expect(audio.failures[0]).toMatchObject({ callId, turnId: "t4", chunkSeq: 2, turnDone: true });
+    expect(audio.failures[0].error).toMatch(/^stale/);
+    expect(audio.parts).toEqual([]);
     audio.close();
   });
 });

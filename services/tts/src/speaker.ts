@@ -328,13 +328,21 @@ export class Speaker {
 
   private fail(request: SpeakRequest, job: Job, error: string): void {
     if (job.signal.aborted) return;
-    this.deps.bus.publish(
-      subjects.ttsFailed(request.callId),
-      SynthesisFailed,
-      SynthesisFailed.create({ callId: request.callId, turnId: request.turnId, chunkSeq: request.chunkSeq, error }),
-      request.callId,
-    );
+    publishUnspoken(this.deps.bus, request, error);
   }
+}
+
+/**
+ * Tells ingress a chunk will have no audio, so it plays past it at once; when it was the turn's last, the turn ends
+ * there (a hang-up after it, the caller's no-input wait) instead of waiting out the playout stall.
+ */
+export function publishUnspoken(bus: Bus, request: SpeakRequest, error: string): void {
+  bus.publish(
+    subjects.ttsFailed(request.callId),
+    SynthesisFailed,
+    SynthesisFailed.create({ callId: request.callId, turnId: request.turnId, chunkSeq: request.chunkSeq, error, turnDone: request.turnDone }),
+    request.callId,
+  );
 }
 
 /**

@@ -13,10 +13,12 @@ export interface SynthesisFailed {
   turnId: string;
   chunkSeq: number;
   error: string;
+  /** The failed chunk was its turn's last (SpeakRequest.turn_done): nothing of the turn follows it. */
+  turnDone: boolean;
 }
 
 function createBaseSynthesisFailed(): SynthesisFailed {
-  return { callId: "", turnId: "", chunkSeq: 0, error: "" };
+  return { callId: "", turnId: "", chunkSeq: 0, error: "", turnDone: false };
 }
 
 export const SynthesisFailed: MessageFns<SynthesisFailed> = {
@@ -32,6 +34,9 @@ export const SynthesisFailed: MessageFns<SynthesisFailed> = {
     }
     if (message.error !== "") {
       writer.uint32(34).string(message.error);
+    }
+    if (message.turnDone !== false) {
+      writer.uint32(40).bool(message.turnDone);
     }
     return writer;
   },
@@ -81,6 +86,14 @@ export const SynthesisFailed: MessageFns<SynthesisFailed> = {
             message.error = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.turnDone = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -102,6 +115,7 @@ export const SynthesisFailed: MessageFns<SynthesisFailed> = {
     message.turnId = object.turnId ?? "";
     message.chunkSeq = object.chunkSeq ?? 0;
     message.error = object.error ?? "";
+    message.turnDone = object.turnDone ?? false;
     return message;
   },
 };
