@@ -320,7 +320,7 @@ describe("early finals off (ASR_EARLY_FINAL_LEAD_MS=0)", () => {
 
 describe("which engines run early", () => {
   const openaiEngine = () => new OpenAIEngine({ baseUrl: "http://127.0.0.1:9/v1", apiKey: "k", model: "gpt-4o-mini-transcribe", timeoutMs: 1000, stream: true, keepWarmMs: 0 });
-  const assemblyEngine = () => new AssemblyAIEngine({ apiKey: "k", baseUrl: "wss://127.0.0.1:9", finalTimeoutMs: 1000 });
+  const assemblyEngine = () => new AssemblyAIEngine({ apiKey: "k", baseUrl: "wss://127.0.0.1:9", finalTimeoutMs: 1000, speechModel: "universal-streaming-english" });
 
   it("a cloud upload engine does; a streaming one does not", () => {
     expect(openaiEngine().earlyFinals).toBe(true);

@@ -166,6 +166,9 @@ export async function startFakeAssemblyAI(options: FakeAssemblyAIOptions = {}): 
     const bytesPerSample = ENCODINGS[session.encoding];
     if (!bytesPerSample) return fail(3006, `Invalid Message: unsupported encoding ${session.encoding}`);
     if (!Number.isInteger(session.sampleRate) || session.sampleRate <= 0) return fail(3006, "Invalid Message: sample_rate must be a positive integer");
+    // The API's documentation has said both that speech_model is required and that it defaults to a Pro model:
+    // the fake holds a client to the strict reading.
+    if (!session.query.speech_model) return fail(3006, "Invalid Message: speech_model is required");
     if (session.query.keyterms_prompt !== undefined) {
       try {
         const parsed: unknown = JSON.parse(session.query.keyterms_prompt);

@@ -20,7 +20,7 @@ describe("AssemblyAIEngine against a fake Universal Streaming server", () => {
   let script: FakeAssemblyAIScript = {};
   const engines: AssemblyAIEngine[] = [];
   const engine = (overrides: Partial<AssemblyAIConfig> = {}) => {
-    const e = new AssemblyAIEngine({ apiKey: API_KEY, baseUrl: fake.url, finalTimeoutMs: 2000, ...overrides });
+    const e = new AssemblyAIEngine({ apiKey: API_KEY, baseUrl: fake.url, finalTimeoutMs: 2000, speechModel: "universal-streaming-english", ...overrides });
     engines.push(e);
     return e;
   };
@@ -58,6 +58,7 @@ describe("AssemblyAIEngine against a fake Universal Streaming server", () => {
     expect(session.authorization).toBe(API_KEY);
     expect(session.sampleRate).toBe(8000);
     expect(session.encoding).toBe("pcm_s16le");
+    expect(session.query.speech_model).toBe("universal-streaming-english"); // always named: no surprise model
     expect(session.keyterms).toEqual(["book a table", "cancel my order"]);
     expect(session.audioMs).toBeCloseTo(1300, 0);
     expect(session.audioChunksMs.every((ms) => ms >= 50 && ms <= 1000)).toBe(true);

@@ -5,7 +5,7 @@
 
 import type { Logger } from "@voicebot/bus";
 import type { EnvReader } from "@voicebot/service-kit";
-import { AssemblyAI, type StreamingTranscriber, type StreamingWord, type TurnEvent } from "assemblyai";
+import { AssemblyAI, type StreamingSpeechModel, type StreamingTranscriber, type StreamingWord, type TurnEvent } from "assemblyai";
 import type { AsrEngine, RecognitionHints, RecognitionResult, UtteranceRecognizer } from "../engine.js";
 import { normalizeSpokenDigits } from "./spoken-digits.js";
 
@@ -18,6 +18,12 @@ export interface AssemblyAIConfig {
   baseUrl: string;
   /** ASSEMBLYAI_FINAL_TIMEOUT_MS: longest wait from finish() to the final transcript. */
   finalTimeoutMs: number;
+  /**
+   * ASSEMBLYAI_SPEECH_MODEL: the streaming model, always sent (the API has documented it both as required and as
+   * defaulting to a pricier Pro model): universal-streaming-english (default), universal-streaming-multilingual,
+   * u3-rt-pro, ...
+   */
+  speechModel: string;
 }
 
 export function readAssemblyAIConfig(env: EnvReader): AssemblyAIConfig {
@@ -25,6 +31,7 @@ export function readAssemblyAIConfig(env: EnvReader): AssemblyAIConfig {
     apiKey: env.string("ASSEMBLYAI_API_KEY", ""),
     baseUrl: env.url("ASSEMBLYAI_BASE_URL", ASSEMBLYAI_DEFAULT_BASE_URL, ["wss"]),
     finalTimeoutMs: env.int("ASSEMBLYAI_FINAL_TIMEOUT_MS", 3000, { min: 100, max: 60_000 }),
+    speechModel: env.string("ASSEMBLYAI_SPEECH_MODEL", "universal-streaming-english"),
   };
 }
 
@@ -87,6 +94,7 @@ export class AssemblyAIEngine implements AsrEngine {
       // Raw 16-bit PCM: exactly the samples we were given (μ-law would re-quantize anything the service
       // filtered, to save 64 kbit/s that do not matter here).
       encoding: "pcm_s16le",
+      speechModel: this.config.speechModel as StreamingSpeechModel,
       ...(keyterms.length > 0 ? { keytermsPrompt: keyterms } : {}),
       connectTimeout: CONNECT_TIMEOUT_MS,
       maxConnectionRetries: 0,

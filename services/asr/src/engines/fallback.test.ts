@@ -30,7 +30,7 @@ const engines: FallbackEngine[] = [];
 function setup(options: { apiKey?: string; timeoutMs?: number; cooldownMs?: number; second?: PocketsphinxEngine } = {}) {
   const registry = new Registry();
   const metrics = createMetrics(registry);
-  const assemblyai = new AssemblyAIEngine({ apiKey: options.apiKey ?? API_KEY, baseUrl: fake.url, finalTimeoutMs: 5000 });
+  const assemblyai = new AssemblyAIEngine({ apiKey: options.apiKey ?? API_KEY, baseUrl: fake.url, finalTimeoutMs: 5000, speechModel: "universal-streaming-english" });
   const engine = new FallbackEngine([assemblyai, options.second ?? pocketsphinx], { timeoutMs: options.timeoutMs ?? 800, cooldownMs: options.cooldownMs ?? 30_000 }, metrics);
   engines.push(engine);
   const value = (name: string, labels: Record<string, string> = {}) => metricSum(registry, name, labels);
