@@ -195,11 +195,17 @@ class FallbackRecognizer implements UtteranceRecognizer {
   private startNext(after: { engine: AsrEngine; reason: FailoverReason } | undefined): void {
     let from = after;
     for (let engine = this.remaining.shift(); engine; engine = this.remaining.shift()) {
-      let recognizer: UtteranceRecognizer;
+      let recognizer: UtteranceRecognizer | undefined;
       try {
         recognizer = engine.start(this.hints);
         for (const pcm of this.audio) recognizer.push(pcm);
       } catch (error) {
+        // Started but refused the audio: its socket or decoder must not outlive it.
+        try {
+          recognizer?.abort();
+        } catch {
+          /* it failed already */
+        }
         this.lastError = error instanceof Error ? error : new Error(String(error));
         this.parent.failed(engine, "start_error", error);
         if (from) this.parent.failedOver(from.engine, engine, from.reason);

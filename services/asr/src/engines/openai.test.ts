@@ -82,6 +82,13 @@ describe("OpenAIEngine against a fake OpenAI server", () => {
     expect(request.stream).toBe(false);
     expect(request.include).toEqual([]);
     expect(request.prompt).toBeUndefined();
+    // whisper-1 cannot stream: asked for JSON even when streaming is on; the diarizing model is asked for no logprobs.
+    await utterance(engine({ model: "whisper-1" }), "phrases").finish();
+    expect(fake.transcriptions.at(-1)!.stream).toBe(false);
+    await utterance(engine({ model: "gpt-4o-transcribe-diarize" }), "phrases").finish();
+    expect(fake.transcriptions.at(-1)!.include).toEqual([]);
+    await utterance(engine({ model: "gpt-4o-transcribe-2025-03-20" }), "phrases").finish();
+    expect(fake.transcriptions.at(-1)!.include).toEqual(["logprobs"]);
   });
 
   it("retries one server error and then succeeds", async () => {

@@ -11,6 +11,9 @@ import type { AsrEngine, RecognitionHints, RecognitionResult, UtteranceRecognize
 import { fetchWithBufferedMultipart } from "./buffered-multipart.js";
 import { normalizeSpokenDigits } from "./spoken-digits.js";
 
+/** gpt-4o-transcribe and gpt-4o-mini-transcribe, dated snapshots included. */
+const LOGPROB_MODELS = /^gpt-4o(?:-mini)?-transcribe(?:-\d{4}-\d{2}-\d{2})?$/;
+
 export interface OpenAIAsrConfig {
   /** ASR_OPENAI_BASE_URL: API base including /v1 (default https://api.openai.com/v1). */
   baseUrl: string;
@@ -196,12 +199,14 @@ class OpenAIRecognizer implements UtteranceRecognizer {
       model: this.config.model,
       ...(prompt ? { prompt } : {}),
       ...(this.config.language ? { language: this.config.language } : {}),
-      // Token log probabilities give a confidence; only the gpt-4o transcription models offer them.
-      ...(this.config.model.startsWith("gpt-4o") ? { include: ["logprobs" as const] } : {}),
+      // Token log probabilities give a confidence; only the plain gpt-4o transcription models offer them (the
+      // diarizing one refuses the request).
+      ...(LOGPROB_MODELS.test(this.config.model) ? { include: ["logprobs" as const] } : {}),
     } satisfies Omit<TranscriptionCreateParams, "stream">;
     const options = { signal: this.controller.signal };
 
-    if (!this.config.stream) {
+    // OpenAI's whisper-1 cannot stream: it would answer JSON that no stream event comes out of.
+    if (!this.config.stream || this.config.model === "whisper-1") {
       const response = await this.client.audio.transcriptions.create({ ...params, stream: false, response_format: "json" }, options);
       return this.result(response.text, response.logprobs?.map((l) => l.logprob));
     }
