@@ -152,6 +152,11 @@ describe("webhook tools", () => {
     expect(JSON.parse(result.resultJson)).toEqual({ text: "gold member" });
     expect(received[0].url).toBe("/tier?src=bot&member_id=123456&flags=%5B%22a%22%5D");
     expect(received[0].body).toBe("");
+    // The URL's own parameters are not the model's to replace (src here; an account or a key elsewhere).
+    const replaced = await executor.handle(request(await newCall(), "tier", { member_id: "123456", src: "attacker" }));
+    expect(replaced).toMatchObject({ ok: false, errorCode: "invalid_arguments" });
+    expect(replaced.errorMessage).toContain('"src" would replace a query parameter');
+    expect(received).toHaveLength(1);
   });
 
   it("refuses a JSON answer over 64 KiB as too large (not as invalid JSON); one at the limit is taken", async () => {
@@ -197,6 +202,11 @@ describe("webhook tools", () => {
     expect(failed).toMatchObject({ ok: false, errorCode: "failed" });
     expect(received).toHaveLength(1);
     expect(failed.errorMessage).toBe("get_points: HTTP 500: server error, you sent Bearer ***");
+    // Echoed across the 300-character cut, the secret still leaves nothing of itself.
+    received.length = 0;
+    handler = (req, _body, res) => void res.writeHead(500).end(`${"x".repeat(288)} ${req.headers.authorization}`);
+    const cut = await executor.handle(request(await newCall(), "get_points", { member_id: "123456" }));
+    expect(cut.errorMessage).not.toContain("tok-");
 
     received.length = 0;
     handler = (_req, _body, res) => void res.writeHead(404, { "content-type": "application/json" }).end('{"error":"no such member"}');

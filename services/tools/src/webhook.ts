@@ -32,7 +32,10 @@ export function webhookTool(declaration: DeclaredTool & { webhook: WebhookConfig
       const hasBody = !["GET", "DELETE"].includes(webhook.method);
       if (!hasBody) {
         for (const [key, value] of Object.entries(args)) {
-          if (value !== undefined && value !== null) url.searchParams.set(key, typeof value === "object" ? JSON.stringify(value) : String(value));
+          if (value === undefined || value === null) continue;
+          // The configured URL's own parameters (an account, a key) are not the model's to replace.
+          if (url.searchParams.has(key)) throw new InvalidArgumentsError(`argument ${JSON.stringify(key)} would replace a query parameter of the webhook's URL`);
+          url.searchParams.set(key, typeof value === "object" ? JSON.stringify(value) : String(value));
         }
       }
       let response: Response;
@@ -61,7 +64,8 @@ export function webhookTool(declaration: DeclaredTool & { webhook: WebhookConfig
       }
       const { body, truncated } = await readLimited(response);
       if (!response.ok) {
-        const text = `${name}: HTTP ${response.status}${body.trim() ? `: ${scrub(body.trim().slice(0, MAX_ERROR_TEXT))}` : ""}`;
+        // Scrubbed before the cut: a secret echoed across it would otherwise keep its first characters.
+        const text = `${name}: HTTP ${response.status}${body.trim() ? `: ${scrub(body.trim()).slice(0, MAX_ERROR_TEXT)}` : ""}`;
         const retryable = response.status >= 500 || response.status === 408 || response.status === 429;
         throw retryable ? new Error(text) : new PermanentToolError(text);
       }

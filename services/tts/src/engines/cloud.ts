@@ -50,7 +50,7 @@ export function fetchedAnswer(response: Response): AnswerBody {
 export async function assertAudio(engine: string, answer: AnswerBody, secret: string): Promise<void> {
   const type = answer.contentType;
   if (!NOT_AUDIO.test(type)) return;
-  throw new Error(`${engine}: expected audio but the server sent ${type}: ${hideSecret(await snippet(answer), secret)}`);
+  throw new Error(`${engine}: expected audio but the server sent ${type}: ${await snippet(answer, secret)}`);
 }
 
 /**
@@ -95,15 +95,18 @@ function frameLength(b: Uint8Array, at: number): number | undefined {
 
 export class NotRawAudioError extends Error {}
 
-/** The start of a response body as one line, for error messages (bodies can be whole HTML pages). */
-export async function snippet(answer: AnswerBody, max = 300): Promise<string> {
+/**
+ * The start of a response body as one line, for error messages (bodies can be whole HTML pages). `secret` is
+ * hidden before the cut: cut first, a secret echoed across the cut would keep its first characters.
+ */
+export async function snippet(answer: AnswerBody, secret: string, max = 300): Promise<string> {
   let text: string;
   try {
     text = await answer.text();
   } catch (error) {
-    return `(body unreadable: ${causes(error)})`;
+    return `(body unreadable: ${hideSecret(causes(error), secret)})`;
   }
-  const line = text.replace(/\s+/g, " ").trim();
+  const line = hideSecret(text, secret).replace(/\s+/g, " ").trim();
   return line.length > max ? `${line.slice(0, max)}…` : line || "(empty body)";
 }
 

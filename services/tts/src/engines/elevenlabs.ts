@@ -162,7 +162,7 @@ export class ElevenLabsEngine implements TtsEngine {
         clearTimeout(timer);
       }
       if (answer.status < 200 || answer.status > 299) {
-        throw new Error(`elevenlabs: HTTP ${answer.status}: ${hideSecret(await errorDetail(answer), this.apiKey)}`);
+        throw new Error(`elevenlabs: HTTP ${answer.status}: ${await errorDetail(answer, this.apiKey)}`);
       }
       await assertAudio("elevenlabs", answer, this.apiKey);
       const l16 = this.outputFormat === "ulaw_8000" ? undefined : new L16ChunkDecoder();
@@ -189,8 +189,8 @@ export class ElevenLabsEngine implements TtsEngine {
 }
 
 /** The message of an ElevenLabs error body: {"detail": {"status"|"code", "message"}} or a validation list. */
-async function errorDetail(answer: StreamingAnswer): Promise<string> {
-  const body = await snippet(answer, 2000);
+async function errorDetail(answer: StreamingAnswer, secret: string): Promise<string> {
+  const body = await snippet(answer, secret, 2000);
   try {
     const { detail } = JSON.parse(body) as { detail?: unknown };
     if (Array.isArray(detail)) {
