@@ -52,6 +52,14 @@ export interface ServiceHandle {
  */
 export async function runService<C>(definition: ServiceDefinition<C>, env = process.env): Promise<void> {
   const log = createLogger({ service: definition.name }, (env.LOG_LEVEL as "info") ?? "info");
+  // A signal before the service is up (NATS unreachable, a slow warm-up) stops it at once: it holds no call yet, and
+  // as PID 1 in a container a signal without a handler is ignored, so the pod would wait for SIGKILL.
+  const onSignalWhileStarting = (signal: NodeJS.Signals) => {
+    log.info("signal received while starting; exiting", { signal });
+    process.exit(0);
+  };
+  process.on("SIGTERM", onSignalWhileStarting);
+  process.on("SIGINT", onSignalWhileStarting);
   let handle: ServiceHandle;
   try {
     handle = await startService(definition, env);
@@ -59,6 +67,8 @@ export async function runService<C>(definition: ServiceDefinition<C>, env = proc
     log.error(error instanceof ConfigError ? error.message : "service failed to start", { error: errorText(error) });
     process.exit(error instanceof ConfigError ? 2 : 1);
   }
+  process.off("SIGTERM", onSignalWhileStarting);
+  process.off("SIGINT", onSignalWhileStarting);
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {
