@@ -40,7 +40,9 @@ export class ClauseChunker {
     let match: RegExpExecArray | null;
     while ((match = sentence.exec(text))) {
       const end = match.index + match[0].length;
-      // "3.5" and "e.g." inside a sentence are no sentence ends; only a following space or line break counts.
+      // "3.5" inside a sentence is no sentence end: only a following space or line break counts. Nor is the period
+      // of "Dr. Smith", "9 a.m. tomorrow" or a list's "1. ": cut there, tts would say them apart, with a pause.
+      if (match[0] === "." && NOT_A_SENTENCE_END.test(text.slice(0, end))) continue;
       if (speakable(text.slice(0, end))) return end;
     }
     const clause = /[,;:]["')\]]*(?=\s)|\s[-\u2013\u2014]\s/g;
@@ -61,6 +63,9 @@ export class ClauseChunker {
  * the end or a digit after: "*67") or right after a digit ("12345#"), not at a line's start (a bullet or heading).
  */
 const KEYPAD_SYMBOL = /([^\s*#][ \t]+["'(]?|\d)([*#])(?=["')]?(?:[\s.,!?;:]|$)|\d)/g;
+
+/** Text ending in a period that ends no sentence: a title or a common abbreviation, or a list item's number. */
+const NOT_A_SENTENCE_END = /(?:(?:^|[\s("'])(?:mr|mrs|ms|dr|prof|st|jr|sr|vs|e\.g|i\.e|a\.m|p\.m)|(?:^|\n)[ \t]*\d{1,2})\.$/i;
 
 /** Text with something to say: a letter or a digit. */
 export function hasWords(text: string): boolean {

@@ -11,7 +11,7 @@ import { OpenAiCompleter } from "../llm/client.js";
 import { EnvReader } from "@voicebot/service-kit";
 import { createDialogMetrics } from "../metrics.js";
 import { llmSettingsFor, readDialogConfig } from "../service.js";
-import { LlmEngine, type LlmState } from "./llm.js";
+import { LlmEngine, trimHistory, type LlmState } from "./llm.js";
 import { ScriptedEngine } from "./scripted.js";
 import type { EngineInput, RecognitionHints, ToolOutcome, TurnIO } from "./types.js";
 
@@ -758,6 +758,26 @@ describe("clause chunker", () => {
     expect(out).toEqual(["It costs 3.50 dollars.", "Sure, we ship to most countries in Europe,", "and fast!", "Next day delivery"]);
     const long = new ClauseChunker();
     expect(long.push("word ".repeat(60))).toEqual([("word ".repeat(44)).trim()]);
+  });
+
+  it("trims the history at a caller's line, and never to nothing when the window holds none", () => {
+    const round = (i: number): LlmState["history"] => [
+      { role: "assistant", content: "", toolCalls: [{ id: `c${i}`, name: "lookup_order", arguments: "{}" }] },
+      { role: "tool", toolCallId: `c${i}`, content: "{}" },
+    ];
+    const state = { history: [{ role: "user", content: "first" }, ...Array.from({ length: 20 }, (_, i) => round(i)).flat(), { role: "user", content: "second" }, ...Array.from({ length: 30 }, (_, i) => round(100 + i)).flat()] } as LlmState;
+    trimHistory(state);
+    // 81 messages: the window of 60 holds no caller line, so it starts at the caller's last one.
+    expect(state.history[0]).toEqual({ role: "user", content: "second" });
+    expect(state.history).toHaveLength(61);
+  });
+
+  it("does not cut a sentence at a title, a common abbreviation or a list item's number", async () => {
+    const { ClauseChunker } = await import("./chunker.js");
+    const chunker = new ClauseChunker();
+    const chunks = chunker.push("Dr. Smith will see you at 9 a.m. tomorrow. Bring your card, e.g. a library card. Steps:\n1. Park\n2. Check in\n");
+    expect(chunks).toEqual(["Dr. Smith will see you at 9 a.m. tomorrow.", "Bring your card, e.g. a library card.", "Steps:", "1. Park", "2. Check in"]);
+    expect(chunker.push("Call Mr. Jones. ")).toEqual(["Call Mr. Jones."]);
   });
 
   it("drops markup tags and says a web address as its site", async () => {

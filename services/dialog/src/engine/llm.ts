@@ -685,11 +685,16 @@ function keypadToken(seq: number): string {
 }
 
 /** Keeps the history bounded, cutting only in front of a caller message so tool calls keep their results. */
-function trimHistory(state: LlmState): void {
-  if (state.history.length <= MAX_HISTORY) return;
-  let start = state.history.length - MAX_HISTORY;
-  while (start < state.history.length && state.history[start].role !== "user") start++;
-  state.history = state.history.slice(start);
+/** Keeps the history within MAX_HISTORY messages, cut where a window may start: at a caller's line. */
+export function trimHistory(state: LlmState): void {
+  const history = state.history;
+  if (history.length <= MAX_HISTORY) return;
+  let start = history.length - MAX_HISTORY;
+  while (start < history.length && history[start].role !== "user") start++;
+  // No caller line in the window (one turn of many tool rounds): keep from the caller's last line before it rather
+  // than lose the whole history (a window may never start inside a tool call's results).
+  if (start === history.length) start = history.findLastIndex((m) => m.role === "user");
+  if (start > 0) state.history = history.slice(start);
 }
 
 /** The assistant message whose tool calls the history's trailing tool results answer. */
