@@ -18,6 +18,20 @@ const meta = (callSid: string) => ({ callSid, provider: "twilio", streamSid: "MZ
 const claimer = { holder: "tools-test", ttlMs: 60_000, takeStale: false };
 
 describe("CallStore", () => {
+  it("keeps a live call's record alive the live TTL from its last activity, not from its start", async () => {
+    await store.createCall(meta("CTTL"));
+    await store.redis.pexpire(keys.meta("CTTL"), 5_000); // as if the call had been live for hours
+    await store.appendTranscript("CTTL", { role: "caller", text: "still here", at: "t1" });
+    expect(await store.redis.pttl(keys.meta("CTTL"))).toBeGreaterThan(55_000);
+    await store.redis.pexpire(keys.meta("CTTL"), 5_000);
+    await store.commitDialog("CTTL", { state: "menu" }, "0");
+    expect(await store.redis.pttl(keys.meta("CTTL"))).toBeGreaterThan(55_000);
+    // An ended call's record keeps the record TTL: an append does not bring it back to the live one.
+    await store.endCall("CTTL", "caller_hangup");
+    await store.appendTranscript("CTTL", { role: "bot", text: "late line", at: "t2" });
+    expect(await store.redis.pttl(keys.meta("CTTL"))).toBeGreaterThan(3_500_000);
+  });
+
   it("keeps an ordered call record that outlives the call by the record TTL", async () => {
     await store.createCall(meta("CA1"));
     await store.appendTranscript("CA1", { role: "bot", text: "hello", at: "t1" });

@@ -210,6 +210,7 @@ local version = redis.call('HGET', KEYS[1], 'v') or '0'
 if version ~= ARGV[1] then return {0, call or ''} end
 local nextVersion = tonumber(version) + 1
 redis.call('HSET', KEYS[1], 'v', tostring(nextVersion), 'd', ARGV[2])
+if call == 'live' then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
 if ARGV[7] == 'set' then redis.call('HSET', KEYS[1], 'p', ARGV[8]) elseif ARGV[7] == 'clear' then redis.call('HDEL', KEYS[1], 'p') end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local first = -1
@@ -231,7 +232,10 @@ return 0`;
 // TTL), and the once field is not checked: endCall deleted the once hash, and no input of an ended call is redone.
 // Returns 0 when the once field was seen before (nothing appended), else 1.
 const APPEND_SCRIPT = `
-local ended = redis.call('HGET', KEYS[1], 'state') == 'ended'
+local state = redis.call('HGET', KEYS[1], 'state')
+local ended = state == 'ended'
+-- A live call's record lives the live TTL from its last activity, not from its start.
+if state == 'live' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 if ARGV[4] ~= '' and not ended then
   if redis.call('HSETNX', KEYS[3], ARGV[4], '1') == 0 then return 0 end
   redis.call('PEXPIRE', KEYS[3], ARGV[2])
