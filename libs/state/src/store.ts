@@ -83,6 +83,20 @@ export interface CallParties {
   to: string;
   endReason: string;
   transferTo: string;
+  /** A placed call's stream parameters (createDialingCall); {} for none. */
+  streamParams: Record<string, string>;
+}
+
+/** A JSON object of strings, as createDialingCall stored it; anything else reads as none. */
+function parseStreamParams(text: string | null): Record<string, string> {
+  if (!text) return {};
+  try {
+    const parsed: unknown = JSON.parse(text);
+    if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) return {};
+    return Object.fromEntries(Object.entries(parsed).filter((entry): entry is [string, string] => typeof entry[1] === "string"));
+  } catch {
+    return {};
+  }
 }
 
 export interface CallStoreOptions {
@@ -266,6 +280,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
 redis.call('HSET', KEYS[1], 'callSid', ARGV[2], 'agent', ARGV[3], 'provider', 'twilio', 'from', ARGV[4], 'to', ARGV[5], 'state', 'dialing')
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'streamParams', ARGV[6]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1`;
 
@@ -492,9 +507,17 @@ export class CallStore {
    * The record of an outbound call just placed (state dialing) for `ttlMs`: until its stream starts (createCall) or
    * a status callback ends it (endUnanswered). Nothing is overwritten if either got there first.
    */
-  async createDialingCall(call: { callSid: string; agent: string; from: string; to: string }, ttlMs: number): Promise<boolean> {
-    const { callSid, agent, from, to } = call;
-    return (await scripts(this.redis).vbDialing(keys.meta(callSid), ttlMs, callSid, agent, from, to)) === 1;
+  /**
+   * Records a placed call as dialing until its stream starts. `streamParams`: the custom parameters its TwiML gives
+   * the stream, kept so that a call whose first stream never connected starts with them through the redirect.
+   */
+  async createDialingCall(
+    call: { callSid: string; agent: string; from: string; to: string; streamParams?: Record<string, string> },
+    ttlMs: number,
+  ): Promise<boolean> {
+    const { callSid, agent, from, to, streamParams } = call;
+    const params = streamParams ? JSON.stringify(streamParams) : "";
+    return (await scripts(this.redis).vbDialing(keys.meta(callSid), ttlMs, callSid, agent, from, to, params)) === 1;
   }
 
   /** Ends an outbound call that never streamed (see END_UNANSWERED_SCRIPT). True if this ended it. */
@@ -554,9 +577,20 @@ export class CallStore {
 
   /** The call's state and who it is between (for resuming it on a new stream); undefined without a record. */
   async callParties(callId: string): Promise<CallParties | undefined> {
-    const [state, agent, from, to, endReason, transferTo] = await this.redis.hmget(keys.meta(callId), "state", "agent", "from", "to", "endReason", "transferTo");
+    const [state, agent, from, to, endReason, transferTo, streamParams] = await this.redis.hmget(
+      keys.meta(callId),
+      ...["state", "agent", "from", "to", "endReason", "transferTo", "streamParams"],
+    );
     if (state === null) return undefined;
-    return { state: callStateOf(state), agent: agent ?? "", from: from ?? "", to: to ?? "", endReason: endReason ?? "", transferTo: transferTo ?? "" };
+    return {
+      state: callStateOf(state),
+      agent: agent ?? "",
+      from: from ?? "",
+      to: to ?? "",
+      endReason: endReason ?? "",
+      transferTo: transferTo ?? "",
+      streamParams: parseStreamParams(streamParams),
+    };
   }
 
   async callState(callId: string): Promise<CallState | undefined> {
@@ -916,7 +950,7 @@ interface RedisWithScripts extends Redis {
   vbMarkHandover(meta: string): Promise<number>;
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
   vbCreate(meta: string, ttlMs: number, ...fields: string[]): Promise<number>;
-  vbDialing(meta: string, ttlMs: number, callSid: string, agent: string, from: string, to: string): Promise<number>;
+  vbDialing(meta: string, ttlMs: number, callSid: string, agent: string, from: string, to: string, streamParams: string): Promise<number>;
   vbEndUnanswered(meta: string, callSid: string, endedAt: string, reason: string, recordTtlMs: number, from: string, to: string): Promise<number>;
 }
 

@@ -782,6 +782,16 @@ describe("ingress API: token and placing calls", () => {
 
       const dialing = await (await fetch(`${outbound.baseUrl}/v1/calls/${answer.callSid}`, { headers: bearer(TOKEN) })).json();
       expect(dialing).toMatchObject({ callSid: answer.callSid, agent: "pharmacy", from: "+15550100002", to: "+15550100001", state: "dialing" });
+      // Had the first stream failed to connect, Twilio's <Redirect> would start the call with its own parameters.
+      const redirect = await fetch(`${outbound.baseUrl}/twilio/voice?vbResume=1&agent=pharmacy`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+        body: new URLSearchParams({ CallSid: answer.callSid, AccountSid: "ACout" }).toString(),
+      });
+      expect(await redirect.text()).toContain(
+        `<Parameter name="campaign" value="refill &lt;7&gt;"/><Parameter name="from" value="+15550100002"/><Parameter name="to" value="+15550100001"/>` +
+          `<Parameter name="agent" value="pharmacy"/><Parameter name="vbResume" value="1"/>`,
+      );
 
       // The callee answers: Twilio opens the stream with the TwiML's parameters as customParameters.
       const customParameters = Object.fromEntries([...twiml.matchAll(/<Parameter name="([^"]+)" value="([^"]+)"\/>/g)].map((m) => [m[1], m[2].replace("&lt;", "<").replace("&gt;", ">")]));

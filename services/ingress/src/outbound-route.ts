@@ -93,7 +93,7 @@ export function registerOutboundRoute(
       log.info("outbound call placed", { callId: placed.sid, agent: call.agent ?? config.defaultAgent, status: placed.status });
       // GET /v1/calls/:sid says "dialing" until the stream starts or a status report ends the call. The call is
       // placed whatever happens here: a failed write costs only that state.
-      const dialing = { callSid: placed.sid, agent: call.agent ?? config.defaultAgent, from: call.from, to: call.to };
+      const dialing = { callSid: placed.sid, agent: call.agent ?? config.defaultAgent, from: call.from, to: call.to, streamParams: parameters };
       await store.createDialingCall(dialing, call.ringTimeoutS * 1000 + DIALING_RECORD_GRACE_MS).catch((error: unknown) => {
         metrics.storeErrors.inc({ op: "create_dialing_call" });
         log.warn("could not record a placed call as dialing", { callId: placed.sid, error: errorText(error) });

@@ -95,7 +95,7 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
       // Redis away: keep the caller; the new stream finds out what is left of the call.
       const admitted = throttle.admit("unreadable");
       if (admitted) log.warn("resume: the call record is unreadable; resuming the call anyway", { callId: callSid, error: errorText(error), ...admitted });
-      call = { state: "live", agent: agent ?? "", from: parameters.from ?? "", to: parameters.to ?? "", endReason: "", transferTo: "" };
+      call = { state: "live", agent: agent ?? "", from: parameters.from ?? "", to: parameters.to ?? "", endReason: "", transferTo: "", streamParams: {} };
     }
     if (call?.state === "ended") {
       // A transfer without Twilio REST credentials: the bot closed the stream so that this redirect dials the target.
@@ -120,7 +120,16 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
       return answer("answered", streamTwiml(streamUrl, parameters, resumeUrl(origin, resume + 1, agent)));
     }
     const callAgent = call.agent || agent;
-    const resumed = { ...(call.from ? { from: call.from } : {}), ...(call.to ? { to: call.to } : {}), ...(callAgent ? { agent: callAgent } : {}), [RESUME_PARAM]: String(resume) };
+    // A placed call whose first stream never connected starts now: with the parameters its own TwiML gave it (the
+    // client's, and onMachine for a machine verdict that came before any stream).
+    const placedWith = call.state === "dialing" ? call.streamParams : {};
+    const resumed = {
+      ...placedWith,
+      ...(call.from ? { from: call.from } : {}),
+      ...(call.to ? { to: call.to } : {}),
+      ...(callAgent ? { agent: callAgent } : {}),
+      [RESUME_PARAM]: String(resume),
+    };
     log.info("resume: connecting the call to a new stream", { callId: callSid, resume });
     return answer("resumed", streamTwiml(streamUrl, resumed, resumeUrl(origin, resume + 1, callAgent)));
   });
