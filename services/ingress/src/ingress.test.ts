@@ -996,6 +996,9 @@ describe("ingress API: token and placing calls", () => {
 
       // Forged or malformed reports change nothing and are not passed on.
       expect((await report({ CallStatus: "completed" }, "bm90LWEtc2lnbmF0dXJl")).status).toBe(403);
+      // Its log line names the URLs tried without their query: the relay holds the client's URL and its query.
+      const refusal = await waitFor(() => logs.find((l) => l.msg === "status callback refused: bad X-Twilio-Signature"), { what: "the refusal logged" });
+      expect(JSON.stringify(refusal)).not.toContain("tenant");
       expect((await report({ CallStatus: "exploded" })).status).toBe(400);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_status_callbacks_total", { outcome: "ended_unanswered" })).toBe(1);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_status_callbacks_total", { outcome: "reported" })).toBe(1);

@@ -41,7 +41,8 @@ export function registerStatusCallback(
     const { signed, urls } = signedByTwilio(req, form, authToken, config.publicStreamUrl);
     if (!signed) {
       metrics.statusCallbacks.inc({ outcome: "bad_signature" });
-      log.warn("status callback refused: bad X-Twilio-Signature", { urls });
+      // Without their query: the relay names the client's URL, which may carry the client's own secret.
+      log.warn("status callback refused: bad X-Twilio-Signature", { urls: urls.map(withoutQuery) });
       sendJson(res, 403, { error: "bad X-Twilio-Signature" });
       return;
     }
@@ -103,4 +104,10 @@ async function passOn(
     const { origin, pathname } = new URL(relay);
     log.warn("could not pass a call's status on to its statusCallback", { callId: call.callSid, status: call.status, url: origin + pathname, error: errorText(error) });
   }
+}
+
+/** A URL as a log may show it: its query (which may carry a secret) left out. */
+function withoutQuery(url: string): string {
+  const at = url.indexOf("?");
+  return at < 0 ? url : `${url.slice(0, at)}?…`;
 }
