@@ -17,6 +17,8 @@ export const keys = {
   /** Live calls per owner role, scored by lease expiry, so a replica can find calls whose owner died. */
   leaseIndex: (role: string) => `vb:leases:${role}`,
   cache: (namespace: string, digest: string) => `vb:cache:${namespace}:${digest}`,
+  /** A client request's Idempotency-Key (store.claimRequest), by its digest: what it asked and what it was answered. */
+  request: (scope: string, digest: string) => `vb:request:${scope}:${digest}`,
 } as const;
 
 /** Keys that make up the call record; they outlive the call by the record TTL. */

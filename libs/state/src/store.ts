@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { Redis } from "ioredis";
 import { redisConnectionOptions, type RedisTarget } from "./connection.js";
 import { keys, liveKeys, recordKeys } from "./keys.js";
@@ -73,6 +74,12 @@ export interface CallRecord extends CallMeta {
   answeredBy?: string;
   /** Where a call that ended with reason `transfer` was sent (a phone number or SIP URI), when the voice webhook dials it. */
   transferTo?: string;
+}
+
+export type RequestClaim = { kind: "claimed" | "pending" | "mismatch" } | { kind: "done"; answer: string };
+
+function digestOf(text: string): string {
+  return createHash("sha256").update(text).digest("base64url");
 }
 
 /** What the voice webhook needs of a call to resume it, hang it up or transfer it ("" for a field not set). */
@@ -284,6 +291,20 @@ if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'streamParams', ARGV[6]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1`;
 
+// KEYS: request. ARGV: fingerprint, claim TTL. The first request with an Idempotency-Key claims it; a later one
+// finds the answer it got (or that it is still being answered, or that the key came with another request).
+const CLAIM_REQUEST_SCRIPT = `
+local fingerprint = redis.call('HGET', KEYS[1], 'f')
+if not fingerprint then
+  redis.call('HSET', KEYS[1], 'f', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {'claimed'}
+end
+if fingerprint ~= ARGV[1] then return {'mismatch'} end
+local answer = redis.call('HGET', KEYS[1], 'a')
+if answer then return {'done', answer} end
+return {'pending'}`;
+
 // KEYS: meta. ARGV: call sid, endedAt, reason, record TTL, from, to. An outbound call that ended without a stream
 // (busy, no answer, failed, cancelled, or answered while the stream never came): ended with that reason, whether its
 // record says dialing or does not exist yet; a call that went live is left to its stream. Returns 1 if it ended it.
@@ -452,6 +473,7 @@ export class CallStore {
     redis.defineCommand("vbMarkHandover", { numberOfKeys: 1, lua: MARK_HANDOVER_SCRIPT });
     redis.defineCommand("vbCreate", { numberOfKeys: 1, lua: CREATE_SCRIPT });
     redis.defineCommand("vbDialing", { numberOfKeys: 1, lua: DIALING_SCRIPT });
+    redis.defineCommand("vbClaimRequest", { numberOfKeys: 1, lua: CLAIM_REQUEST_SCRIPT });
     redis.defineCommand("vbEndUnanswered", { numberOfKeys: 1, lua: END_UNANSWERED_SCRIPT });
   }
 
@@ -518,6 +540,28 @@ export class CallStore {
     const { callSid, agent, from, to, streamParams } = call;
     const params = streamParams ? JSON.stringify(streamParams) : "";
     return (await scripts(this.redis).vbDialing(keys.meta(callSid), ttlMs, callSid, agent, from, to, params)) === 1;
+  }
+
+  /**
+   * Claims a client request's Idempotency-Key in `scope` for `fingerprint` (what the request asked) for
+   * `claimTtlMs`, the longest it may take to answer: `claimed` (go ahead, then settleRequest), `done` with the
+   * answer the first request got, `pending` (the first is still being answered), or `mismatch` (the key came with
+   * another request). The key is stored as its digest.
+   */
+  async claimRequest(scope: string, key: string, fingerprint: string, claimTtlMs: number): Promise<RequestClaim> {
+    const [kind, answer] = await scripts(this.redis).vbClaimRequest(keys.request(scope, digestOf(key)), fingerprint, claimTtlMs);
+    if (kind === "done") return { kind, answer: answer ?? "" };
+    return { kind: kind as "claimed" | "pending" | "mismatch" };
+  }
+
+  /**
+   * Settles a claimed request: with `answer`, later requests with its key get it for `keepMs`; without, the claim
+   * is let go (nothing was done: the key may be used again).
+   */
+  async settleRequest(scope: string, key: string, answer: string | undefined, keepMs: number): Promise<void> {
+    const request = keys.request(scope, digestOf(key));
+    if (answer === undefined) await this.redis.del(request);
+    else await this.redis.multi().hset(request, "a", answer).pexpire(request, keepMs).exec();
   }
 
   /** Ends an outbound call that never streamed (see END_UNANSWERED_SCRIPT). True if this ended it. */
@@ -951,6 +995,7 @@ interface RedisWithScripts extends Redis {
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
   vbCreate(meta: string, ttlMs: number, ...fields: string[]): Promise<number>;
   vbDialing(meta: string, ttlMs: number, callSid: string, agent: string, from: string, to: string, streamParams: string): Promise<number>;
+  vbClaimRequest(request: string, fingerprint: string, claimTtlMs: number): Promise<string[]>;
   vbEndUnanswered(meta: string, callSid: string, endedAt: string, reason: string, recordTtlMs: number, from: string, to: string): Promise<number>;
 }
 

@@ -715,6 +715,45 @@ describe("ingress API: token and placing calls", () => {
     expect((await refused.json()).error).toMatch(/INGRESS_API_TOKEN/);
   });
 
+  it("with an Idempotency-Key, a repeated request gets the first one's answer instead of ringing the callee again", async () => {
+    const api = await fakeTwilioApi((form) =>
+      form.get("To") === "+15550109999"
+        ? { status: 400, body: { code: 21211, message: "The 'To' number is not a valid phone number.", status: 400 } }
+        : { status: 201, body: { sid: newCallSid(), status: "queued" } },
+    );
+    const outbound = await startPlacing(api.url);
+    try {
+      const key = { ...bearer(TOKEN), "idempotency-key": `order-${newCallSid()}` };
+      const call = { to: "+15550100001", from: "+15550100002", agent: "pharmacy" };
+      const first = await placeCall(outbound.baseUrl, call, key);
+      expect(first.status).toBe(201);
+      const placed = await first.json();
+      const again = await placeCall(outbound.baseUrl, call, key);
+      expect(again.status).toBe(201);
+      expect(again.headers.get("idempotent-replayed")).toBe("true");
+      expect(await again.json()).toEqual(placed);
+      expect(api.requests).toHaveLength(1); // rung once
+      // The same key with another request is refused; a request without a key is placed as before.
+      const other = await placeCall(outbound.baseUrl, { ...call, to: "+15550100009" }, key);
+      expect(other.status).toBe(422);
+      expect((await other.json()).error).toMatch(/different request/);
+      expect((await placeCall(outbound.baseUrl, call)).status).toBe(201);
+      expect(api.requests).toHaveLength(2);
+      // A call Twilio definitely did not place frees its key: the same request again is tried again, not answered
+      // from memory.
+      const badKey = { ...bearer(TOKEN), "idempotency-key": `bad-${newCallSid()}` };
+      expect((await placeCall(outbound.baseUrl, { ...call, to: "+15550109999" }, badKey)).status).toBe(422);
+      const retried = await placeCall(outbound.baseUrl, { ...call, to: "+15550109999" }, badKey);
+      expect(retried.status).toBe(422);
+      expect(retried.headers.get("idempotent-replayed")).toBeNull();
+      expect(api.requests).toHaveLength(4);
+      expect((await placeCall(outbound.baseUrl, call, { ...bearer(TOKEN), "idempotency-key": "no spaces allowed" })).status).toBe(400);
+    } finally {
+      await outbound.handle.stop();
+      api.close();
+    }
+  });
+
   it("places a call through the Twilio API with TwiML that streams the answered call here, with its agent", async () => {
     const api = await fakeTwilioApi((form) => {
       switch (form.get("To")) {

@@ -149,7 +149,7 @@ export class IngressMetrics {
     });
     this.outboundCalls = new Counter({
       name: "voicebot_ingress_outbound_calls_total",
-      help: "POST /v1/calls: calls placed through the Twilio API, or why not (invalid, not_configured, refused, rate_limited, twilio_error, unreachable, unknown = Twilio may have placed it)",
+      help: "POST /v1/calls: calls placed through the Twilio API, or why not (invalid, not_configured, refused, rate_limited, twilio_error, unreachable, unknown = Twilio may have placed it, unavailable = the Idempotency-Key could not be checked; idempotent_done / _pending / _mismatch = a repeat of a key)",
       labelNames: ["outcome"],
       registers,
     });

@@ -4,7 +4,7 @@
 import type { IncomingMessage } from "node:http";
 import { errorText, type Logger } from "@voicebot/bus";
 import { readBody, sendJson, type HttpServer } from "@voicebot/service-kit";
-import type { CallStore } from "@voicebot/state";
+import type { CallStore, RequestClaim } from "@voicebot/state";
 import { isOnMachine, machineDetection, ON_MACHINE, type OnMachine } from "./amd-callback.js";
 import { refuseWithoutToken } from "./api-auth.js";
 import { isValidAgent, type IngressConfig } from "./config.js";
@@ -27,6 +27,13 @@ const MAX_PARAMETER_CHARS = 500;
 const RING_TIMEOUT_S = { min: 5, max: 600, default: 60 };
 /** A placed call's "dialing" record outlives its ring time by this much if no status report ever ends it. */
 const DIALING_RECORD_GRACE_MS = 3_600_000;
+/** Idempotency-Key: what a client may send (RFC 9110 token-ish, as Stripe and Twilio take them). */
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
+const IDEMPOTENCY_SCOPE = "place-call";
+/** A request with a key is answered within this (Twilio's request timeout is well under it); then the key is free. */
+const IDEMPOTENCY_CLAIM_MS = 120_000;
+/** How long a placed call's answer is given again for its key. */
+const IDEMPOTENCY_KEEP_MS = 24 * 3_600_000;
 
 export interface OutboundCall {
   to: string;
@@ -57,6 +64,12 @@ export function registerOutboundRoute(
       sendJson(res, 503, { error: "placing calls needs INGRESS_API_TOKEN, TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_STREAM_URL" });
       return;
     }
+    const idempotencyKey = req.headers["idempotency-key"];
+    if (idempotencyKey !== undefined && (typeof idempotencyKey !== "string" || !IDEMPOTENCY_KEY.test(idempotencyKey))) {
+      metrics.outboundCalls.inc({ outcome: "invalid" });
+      sendJson(res, 400, { error: "Idempotency-Key must be 1-255 printable ASCII characters" });
+      return;
+    }
     const body = await readJson(req);
     const call = "error" in body ? body : parseOutboundCall(body.value);
     if ("error" in call) {
@@ -64,6 +77,47 @@ export function registerOutboundRoute(
       if (call.status === 413) res.setHeader("connection", "close");
       sendJson(res, call.status ?? 400, { error: call.error });
       return;
+    }
+    // With an Idempotency-Key, a retried request (the client timed out, or lost the answer) gets the first one's
+    // answer instead of ringing the callee again.
+    // Settled before the client hears it: a retry sent after this answer finds it.
+    const answer = async (status: number, json: Record<string, unknown>) => {
+      if (idempotencyKey !== undefined) {
+        // A definite "not placed" frees the key for another try; a placed call or an unknown outcome is kept.
+        const keep = status === 201 || status === 504;
+        await store
+          .settleRequest(IDEMPOTENCY_SCOPE, idempotencyKey, keep ? JSON.stringify({ status, json }) : undefined, IDEMPOTENCY_KEEP_MS)
+          .catch((error: unknown) => {
+            metrics.storeErrors.inc({ op: "settle_request" });
+            log.warn("could not keep the answer of a request with an Idempotency-Key", { error: errorText(error) });
+          });
+      }
+      sendJson(res, status, json);
+    };
+    if (idempotencyKey !== undefined) {
+      let claim: RequestClaim;
+      try {
+        claim = await store.claimRequest(IDEMPOTENCY_SCOPE, idempotencyKey, JSON.stringify(call), IDEMPOTENCY_CLAIM_MS);
+      } catch (error) {
+        metrics.storeErrors.inc({ op: "claim_request" });
+        metrics.outboundCalls.inc({ outcome: "unavailable" });
+        log.warn("Idempotency-Key could not be checked; call not placed", { error: errorText(error) });
+        sendJson(res, 503, { error: "the Idempotency-Key cannot be checked right now (call state store unreachable); nothing was placed" });
+        return;
+      }
+      if (claim.kind !== "claimed") {
+        metrics.outboundCalls.inc({ outcome: `idempotent_${claim.kind}` });
+        if (claim.kind === "done") {
+          const first = JSON.parse(claim.answer) as { status: number; json: Record<string, unknown> };
+          res.setHeader("idempotent-replayed", "true");
+          sendJson(res, first.status, first.json);
+        } else if (claim.kind === "pending") {
+          sendJson(res, 409, { error: "a request with this Idempotency-Key is still being answered" });
+        } else {
+          sendJson(res, 422, { error: "this Idempotency-Key was used with a different request" });
+        }
+        return;
+      }
     }
     // from and to reach the call record as on an answered call (customParameters); the agent picks who speaks;
     // onMachine tells the stream to look for a machine verdict that came before it.
@@ -77,7 +131,7 @@ export function registerOutboundRoute(
     const twiml = streamTwiml(config.publicStreamUrl, parameters, resumeUrl(publicHttpOrigin(config.publicStreamUrl), 1, call.agent));
     if (twiml.length > MAX_TWIML_CHARS) {
       metrics.outboundCalls.inc({ outcome: "invalid" });
-      sendJson(res, 400, { error: `the parameters make TwiML of ${twiml.length} characters; Twilio takes at most ${MAX_TWIML_CHARS}` });
+      await answer(400, { error: `the parameters make TwiML of ${twiml.length} characters; Twilio takes at most ${MAX_TWIML_CHARS}` });
       return;
     }
     try {
@@ -98,7 +152,7 @@ export function registerOutboundRoute(
         metrics.storeErrors.inc({ op: "create_dialing_call" });
         log.warn("could not record a placed call as dialing", { callId: placed.sid, error: errorText(error) });
       });
-      sendJson(res, 201, { callSid: placed.sid, status: placed.status, agent: call.agent ?? config.defaultAgent });
+      await answer(201, { callSid: placed.sid, status: placed.status, agent: call.agent ?? config.defaultAgent });
     } catch (error) {
       const { outcome, status } = failureOf(error);
       metrics.outboundCalls.inc({ outcome });
@@ -107,7 +161,7 @@ export function registerOutboundRoute(
       else if (outcome === "twilio_error") log.error("outbound call not placed: Twilio refused this platform's request (credentials, account)", fields);
       else log.warn("outbound call not placed", fields);
       const hint = outcome === "unknown" ? "; check Twilio's call log before placing it again" : "";
-      sendJson(res, status, { error: errorText(error) + hint });
+      await answer(status, { error: errorText(error) + hint });
     }
   });
 }
@@ -116,14 +170,16 @@ export function registerOutboundRoute(
  * What a failed Twilio request means for the client:
  * - 400 is about this call (a number Twilio will not dial, an unverified caller id): 422, the client's to fix;
  * - 429 (Twilio's rate limit): 503, to try again later;
- * - any other answer is about this platform (credentials, account): 502;
- * - no answer, or an unreadable one, after the request went out: 504, the call may exist (a blind retry could ring
- *   the callee twice);
+ * - any other 4xx is about this platform (credentials, account): 502;
+ * - a 5xx, no answer, or an unreadable one, after the request went out: 504, the call may exist (a blind retry could
+ *   ring the callee twice);
  * - not reachable at all: 502, nothing happened.
  */
 function failureOf(error: unknown): { outcome: string; status: number } {
   if (!(error instanceof TwilioApiError)) return { outcome: "unknown", status: 504 };
   if (error.outcomeUnknown) return { outcome: "unknown", status: 504 };
+  // A server error may come after the call was created.
+  if (error.status !== undefined && error.status >= 500) return { outcome: "unknown", status: 504 };
   if (error.status === 400) return { outcome: "refused", status: 422 };
   if (error.status === 429) return { outcome: "rate_limited", status: 503 };
   if (error.status !== undefined) return { outcome: "twilio_error", status: 502 };
