@@ -402,7 +402,10 @@ describe("scripted engine: confirming uncertain digits", () => {
 
   it("takes a keyed-in number instead", async () => {
     const c = await asked();
-    expect(await c.keys("5555")).toEqual([]);
+    // Nothing said while keying; the recognizer goes back to listening for digits.
+    const keyed = await c.keys("5555");
+    expect(keyed.filter((e) => e.type !== "hints")).toEqual([]);
+    expect(hints(keyed).map((h) => h.mode)).toEqual(["digits"]);
     const pound = await c.key("#");
     expect(tools(pound)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "5555" } }]);
   });
@@ -412,8 +415,31 @@ describe("scripted engine: confirming uncertain digits", () => {
     await c.start();
     await c.key("1");
     expect(said(await c.speak("one two", 0.99))).toBe("I heard 1 2. Is that right? Say yes, or key in the number.");
-    expect(said(await c.speak("yes", 0.99))).toMatch(/doesn't look like an order number/);
+    const yes = await c.speak("yes", 0.99);
+    expect(said(yes)).toMatch(/doesn't look like an order number/);
+    // The recognizer listens for a number again, not for yes or no (a local one would hear the number as one word).
+    expect(hints(yes).at(-1)?.mode).toBe("digits");
     expect(tools(c.events)).toEqual([]);
+  });
+
+  it("a caller whose number keeps being read back wrong reaches the state's escalation, not an endless readback", async () => {
+    const c = await asked();
+    const outcomes: string[] = [];
+    for (let i = 0; i < 6 && c.outcome !== "max_reprompts"; i++) {
+      await c.speak("no", 0.9);
+      outcomes.push(c.outcome);
+      if (c.outcome === "max_reprompts") break;
+      await c.speak("one two three four five", 0.6);
+    }
+    expect(outcomes.at(-1)).toBe("max_reprompts");
+    expect(outcomes.length).toBeLessThanOrEqual(4);
+  });
+
+  it("listens for the number again when a keyed entry ends a readback", async () => {
+    const c = await asked();
+    const key = await c.key("5");
+    expect(hints(key).at(-1)?.mode).toBe("digits");
+    expect(c.state.confirm).toBeUndefined();
   });
 
   it("repeats the question on silence or something else, then asks for the keypad", async () => {

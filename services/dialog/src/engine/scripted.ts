@@ -215,7 +215,7 @@ class Turn {
     const current = this.current;
     const collect = current.config.collect;
     if (collect && (/^\d$/.test(digit) || digit === collect.terminator)) {
-      this.state.confirm = undefined; // a keyed entry replaces a number being confirmed
+      this.endConfirm(); // a keyed entry replaces a number being confirmed
       if (digit === collect.terminator) {
         const entry = this.state.keypad;
         this.state.keypad = "";
@@ -247,31 +247,40 @@ class Turn {
     if (digits && !(answer === "yes" && digits === pending.value)) {
       // A new number corrects the one read back ("no, 1 2 3 4 6", or just the digits).
       if (validLength(digits) && confidence >= this.options.digitsConfirmConfidence) {
-        this.state.confirm = undefined;
+        this.endConfirm();
         await this.collected(digits);
         return "corrected";
       }
       return this.askConfirm(digits, pending.asks + 1);
     }
     if (answer === "yes") {
-      this.state.confirm = undefined;
+      this.endConfirm();
       if (!validLength(pending.value)) return this.miss(collect.invalid);
       await this.collected(pending.value);
       return "confirmed";
     }
     if (answer === "no") {
-      this.state.confirm = undefined;
-      this.state.reprompts = 0;
-      this.say(CORRECTION_PROMPT, {});
-      this.io.setHints(this.current.hints);
-      return "confirm_rejected";
+      // Counted as a miss: a caller whose words keep coming out as a wrong number ("agent" heard as "8") must
+      // reach the state's escalation rather than go round the readback for good.
+      const outcome = await this.miss(CORRECTION_PROMPT);
+      return outcome === "reprompt" ? "confirm_rejected" : outcome;
     }
     const intent = matchSpeech(text, this.current.intents);
     if (intent) {
-      this.state.confirm = undefined;
+      this.endConfirm();
       return this.intent(intent);
     }
     return this.askConfirm(pending.value, pending.asks + 1);
+  }
+
+  /**
+   * Ends a readback: the recognizer listens for the state's own answers again (its digits), not for yes or no. Left
+   * on the readback's words, a number said next would come out of a local recognizer as one word.
+   */
+  private endConfirm(): void {
+    if (!this.state.confirm) return;
+    this.state.confirm = undefined;
+    this.io.setHints(this.current.hints);
   }
 
   /** Reads the digits back; after too many tries asks for the keypad instead. */
@@ -309,7 +318,7 @@ class Turn {
   private async miss(text?: string): Promise<string> {
     const config = this.current.config;
     this.state.keypad = "";
-    this.state.confirm = undefined;
+    this.endConfirm();
     this.state.reprompts += 1;
     const max = config.maxReprompts ?? this.agent.maxReprompts;
     const escalation = config.onMaxReprompts ?? this.agent.onMaxReprompts;
