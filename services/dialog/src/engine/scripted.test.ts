@@ -435,6 +435,19 @@ describe("scripted engine: confirming uncertain digits", () => {
     expect(outcomes.length).toBeLessThanOrEqual(4);
   });
 
+  it("takes a whole keyed number when the caller waits without pressing pound", async () => {
+    const c = new Conversation();
+    await c.start();
+    await c.key("1");
+    await c.keys("12345");
+    const waited = await c.send({ kind: "noInput" });
+    expect(tools(waited)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+    // Too few digits for a number: reprompted as before.
+    await c.key("1");
+    await c.keys("12");
+    expect(tools(await c.send({ kind: "noInput" }))).toEqual([]);
+  });
+
   it("listens for the number again when a keyed entry ends a readback", async () => {
     const c = await asked();
     const key = await c.key("5");

@@ -168,9 +168,18 @@ class Turn {
       case "start":
         await this.run(this.agent.greeting, {});
         return "greeting";
-      case "noInput":
+      case "noInput": {
         if (this.state.confirm) return this.askConfirm(this.state.confirm.value, this.state.confirm.asks + 1);
+        // Keyed a whole number and waited without the terminator: take it, as a pause after the last key means.
+        const collect = this.current.config.collect;
+        const entry = this.state.keypad;
+        if (collect && entry.length >= collect.minLength) {
+          this.state.keypad = "";
+          this.io.heard({ text: entry, source: "keypad" });
+          return this.collected(entry);
+        }
         return this.miss();
+      }
       case "speech":
         this.io.heard({ text: input.text, source: "speech", confidence: input.confidence });
         return this.speech(input.text, input.confidence);
