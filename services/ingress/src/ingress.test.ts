@@ -501,20 +501,38 @@ describe("call control", () => {
   });
 });
 
+/** A Twilio REST API stand-in: records each request and answers as `answer` says. */
+async function fakeTwilioApi(answer: (form: URLSearchParams) => { status: number; body: unknown; delayMs?: number }) {
+  const requests: Array<{ url: string; auth: string; form: URLSearchParams }> = [];
+  const api = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => (body += d));
+    req.on("end", () => {
+      const form = new URLSearchParams(body);
+      requests.push({ url: req.url!, auth: req.headers.authorization ?? "", form });
+      const { status, body: json, delayMs = 0 } = answer(form);
+      setTimeout(() => res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(json)), delayMs);
+    });
+  });
+  await new Promise<void>((resolve) => api.listen(0, "127.0.0.1", resolve));
+  const close = () => {
+    api.close();
+    api.closeAllConnections(); // kept-alive connections too: the next request must find nobody listening
+  };
+  return { url: `http://127.0.0.1:${(api.address() as { port: number }).port}`, requests, close };
+}
+
+/** An ingress with Twilio REST credentials against a fake of the API that answers every request with 200. */
+async function startWithTwilioApi() {
+  const api = await fakeTwilioApi(() => ({ status: 200, body: { sid: "CA" } }));
+  const rest = await startIngress({ ...world.env(), TWILIO_ACCOUNT_SID: "ACabc", TWILIO_AUTH_TOKEN: "secret-token", TWILIO_API_BASE_URL: api.url });
+  const twimls = () => api.requests.map((r) => r.form.get("Twiml") ?? "");
+  return { rest, twimls, stop: async () => (await rest.handle.stop(), api.close()) };
+}
+
 describe("keypad tones to the far end (SEND_DTMF)", () => {
   it("after its turn has played, redirects the call to play the tones; the call comes back through the voice webhook on a new stream and goes on", async () => {
-    const requests: string[] = [];
-    const api = http.createServer((req, res) => {
-      let body = "";
-      req.on("data", (d) => (body += d));
-      req.on("end", () => {
-        requests.push(new URLSearchParams(body).get("Twiml") ?? "");
-        res.writeHead(200, { "content-type": "application/json" }).end('{"sid":"CA"}');
-      });
-    });
-    await new Promise<void>((resolve) => api.listen(0, "127.0.0.1", resolve));
-    const apiUrl = `http://127.0.0.1:${(api.address() as { port: number }).port}`;
-    const rest = await startIngress({ ...world.env(), TWILIO_ACCOUNT_SID: "ACabc", TWILIO_AUTH_TOKEN: "secret-token", TWILIO_API_BASE_URL: apiUrl });
+    const { rest, twimls, stop } = await startWithTwilioApi();
     try {
       const client = await startCall({ vbResumable: "1", agent: "pharmacy" }, rest.wsUrl);
       const callId = client.callSid;
@@ -522,11 +540,11 @@ describe("keypad tones to the far end (SEND_DTMF)", () => {
       control(callId, CallControl_Action.ACTION_SEND_DTMF, { target: "1w2#", afterTurnId: "t2", reason: "send_dtmf" });
       await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t2.0"), { what: "the turn's audio and mark" });
       await new Promise((r) => setTimeout(r, 150));
-      expect(requests).toEqual([]); // the tones would cut the bot's own sentence off
+      expect(twimls()).toEqual([]); // the tones would cut the bot's own sentence off
       client.sendMark("t2.0");
-      await waitFor(() => requests.length === 1, { what: "the redirect through the REST API" });
+      await waitFor(() => twimls().length === 1, { what: "the redirect through the REST API" });
       const host = new URL(rest.baseUrl).host;
-      expect(requests[0]).toBe(`<Response><Play digits="1w2#"/><Redirect method="POST">https://${host}/twilio/voice?vbResume=1&amp;agent=pharmacy</Redirect></Response>`);
+      expect(twimls()[0]).toBe(`<Response><Play digits="1w2#"/><Redirect method="POST">https://${host}/twilio/voice?vbResume=1&amp;agent=pharmacy</Redirect></Response>`);
       // Twilio leaves the stream for the new TwiML: this `stop` is no hang-up.
       client.sendStop();
       expect((await client.closed).code).toBe(1000);
@@ -554,34 +572,21 @@ describe("keypad tones to the far end (SEND_DTMF)", () => {
       resumed.sendStop();
       await waitFor(async () => (await getRecord(callId)).body.endReason === "caller_hangup", { what: "the hang-up recorded" });
     } finally {
-      await rest.handle.stop();
-      api.close();
+      await stop();
     }
   });
 
   it("on a stream without a voice webhook to come back to, the call ends after the tones", async () => {
-    const requests: string[] = [];
-    const api = http.createServer((req, res) => {
-      let body = "";
-      req.on("data", (d) => (body += d));
-      req.on("end", () => {
-        requests.push(new URLSearchParams(body).get("Twiml") ?? "");
-        res.writeHead(200, { "content-type": "application/json" }).end('{"sid":"CA"}');
-      });
-    });
-    await new Promise<void>((resolve) => api.listen(0, "127.0.0.1", resolve));
-    const apiUrl = `http://127.0.0.1:${(api.address() as { port: number }).port}`;
-    const rest = await startIngress({ ...world.env(), TWILIO_ACCOUNT_SID: "ACabc", TWILIO_AUTH_TOKEN: "secret-token", TWILIO_API_BASE_URL: apiUrl });
+    const { rest, twimls, stop } = await startWithTwilioApi();
     try {
       const client = await startCall({}, rest.wsUrl);
       control(client.callSid, CallControl_Action.ACTION_SEND_DTMF, { target: "9", reason: "send_dtmf" });
-      await waitFor(() => requests.length === 1, { what: "the redirect through the REST API" });
-      expect(requests[0]).toBe(`<Response><Play digits="9"/></Response>`);
+      await waitFor(() => twimls().length === 1, { what: "the redirect through the REST API" });
+      expect(twimls()[0]).toBe(`<Response><Play digits="9"/></Response>`);
       client.sendStop();
       await waitFor(async () => (await getRecord(client.callSid)).body.endReason === "sent_dtmf", { what: "the end recorded" });
     } finally {
-      await rest.handle.stop();
-      api.close();
+      await stop();
     }
   });
 });
@@ -649,27 +654,6 @@ describe("ingress API: token and placing calls", () => {
   const TOKEN = "api-token-0123456789abcdef";
   const STREAM_URL = "wss://voice.example.com/twilio";
   const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
-
-  /** A Twilio REST API stand-in: records each request and answers as `answer` says. */
-  async function fakeTwilioApi(answer: (form: URLSearchParams) => { status: number; body: unknown; delayMs?: number }) {
-    const requests: Array<{ url: string; auth: string; form: URLSearchParams }> = [];
-    const api = http.createServer((req, res) => {
-      let body = "";
-      req.on("data", (d) => (body += d));
-      req.on("end", () => {
-        const form = new URLSearchParams(body);
-        requests.push({ url: req.url!, auth: req.headers.authorization ?? "", form });
-        const { status, body: json, delayMs = 0 } = answer(form);
-        setTimeout(() => res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(json)), delayMs);
-      });
-    });
-    await new Promise<void>((resolve) => api.listen(0, "127.0.0.1", resolve));
-    const close = () => {
-      api.close();
-      api.closeAllConnections(); // kept-alive connections too: the next request must find nobody listening
-    };
-    return { url: `http://127.0.0.1:${(api.address() as { port: number }).port}`, requests, close };
-  }
 
   /** An ingress that may place calls: the API token, Twilio credentials against `apiUrl`, a public stream URL. */
   function startPlacing(apiUrl: string, extra: Record<string, string> = {}) {
