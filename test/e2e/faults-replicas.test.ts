@@ -157,6 +157,10 @@ describe("one replica of a stage crashes mid-call", () => {
     const sim = await connected(cluster);
     await sim.say(orderStatus);
     await cluster.waitForRecord(sim.callSid, "the first utterance answered", (r) => lines(r).bot.filter((b) => answers["1"].test(b)).length >= 1, TURN_MS);
+    // Played to the end before the second utterance: begun late (a loaded machine), its barge-in would cut it to
+    // nothing heard, and the record would hold one answer too few.
+    let answer = await sim.waitForBotTurn({ timeoutMs: TURN_MS });
+    while (!answer.marks.some((m) => m.startsWith("t"))) answer = await sim.waitForBotTurn({ timeoutMs: TURN_MS });
     const owner = await cluster.store.leaseOwner(sim.callSid, "asr");
     const victim = cluster.replicas.asr.find((r) => owner === `asr-${r.port}`);
     expect(victim, `the owner ${owner} is one of ours`).toBeDefined();
