@@ -43,8 +43,7 @@ import type { Pacer, PlayoutScheduler } from "./scheduler.js";
 import { MULAW_SILENCE } from "@voicebot/audio";
 import { FRAME_BYTES, type SkipReason, type TurnState } from "./turn-queue.js";
 import { RESUMABLE_PARAM, RESUME_PARAM, resumeUrl } from "./resume.js";
-import { publicHttpOrigin } from "./signature.js";
-import { publicHost } from "./voice-webhook.js";
+import { publicHost, webhookOrigin } from "./voice-webhook.js";
 import { turnLatency } from "./turn-record.js";
 import {
   clearMessage,
@@ -201,9 +200,7 @@ export class CallSession {
   ) {
     this.log = deps.log.child({ remote });
     // The voice webhook is on the origin Twilio reached this stream on (as the webhook's own TwiML builds it).
-    const publicOrigin = deps.config.publicStreamUrl ? publicHttpOrigin(deps.config.publicStreamUrl) : undefined;
-    const hostName = publicHost(host);
-    this.webhookOrigin = publicOrigin ?? (hostName ? `https://${hostName}` : undefined);
+    this.webhookOrigin = webhookOrigin(deps.config, publicHost(host));
     this.errors = new ProtocolErrorReporter(this.log, deps.metrics);
     this.limiter = new RateLimiter(deps.config.maxMessagesPerSecond, deps.config.messageBurst, performance.now());
     this.keyLimiter = new RateLimiter(deps.config.maxKeysPerSecond, 2 * deps.config.maxKeysPerSecond, performance.now());

@@ -34,6 +34,15 @@ export function publicHost(header: string | undefined): string | undefined {
   }
 }
 
+/**
+ * The voice webhook's origin as Twilio sees it (https://host[:port]): TWILIO_STREAM_URL's host when set, else the
+ * Host Twilio called (`host`, checked by publicHost); undefined when neither is known.
+ */
+export function webhookOrigin(config: Pick<IngressConfig, "publicStreamUrl">, host: string | undefined): string | undefined {
+  if (config.publicStreamUrl) return publicHttpOrigin(config.publicStreamUrl);
+  return host ? `https://${host}` : undefined;
+}
+
 export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressConfig; store: CallStore; log: Logger; metrics: IngressMetrics }): void {
   const { config, store, log, metrics } = deps;
   // Webhooks that come back about calls we know nothing of are worth a sample in the log, not a line each.
@@ -72,7 +81,7 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
       return;
     }
     const streamUrl = config.publicStreamUrl ?? `wss://${host}/twilio`;
-    const origin = config.publicStreamUrl ? publicHttpOrigin(config.publicStreamUrl) : `https://${host}`;
+    const origin = webhookOrigin(config, host)!;
     const answer = (outcome: string, twiml: string) => {
       metrics.voiceWebhooks.inc({ outcome });
       res.writeHead(200, { "content-type": "text/xml; charset=utf-8" });
