@@ -288,6 +288,41 @@ describe("Bus", () => {
     expect(deliveries).toEqual([1, 2]);
   });
 
+  it("work queue: a message redelivered while its handler still runs here (the process stalled past the ack wait) is not run twice", async () => {
+    const registry = new Registry();
+    const bus = await connect(registry);
+    const queue = { name: "T_IN_HAND", subjects: ["t.inhand.*"], durable: "ih" };
+    await bus.ensureWorkQueue(queue, 500, 5);
+    const runs: string[] = [];
+    const consumer = await bus.consume(
+      queue,
+      DialogInput,
+      async (m, item) => {
+        runs.push(`${m.inputId}:${item.deliveryCount}`);
+        if (m.inputId === "waits") {
+          // No heartbeat for three ack waits while the process runs on: JetStream delivers it again meanwhile.
+          await new Promise((resolve) => setTimeout(resolve, 1_600));
+        } else {
+          // The process itself stands still (paused): the redelivery waits in the socket until after this ack.
+          const until = Date.now() + 1_600;
+          while (Date.now() < until);
+        }
+        item.ack();
+      },
+      { name: "ih", ackWaitMs: 500, maxDeliver: 5, concurrency: 4 },
+    );
+    for (const id of ["waits", "frozen"]) {
+      const redelivered = await metricValue(registry, "voicebot_bus_redelivered_in_hand_total");
+      await bus.publishDurable(`t.inhand.${id}`, DialogInput, DialogInput.create({ callId: "CA1", inputId: id }), id);
+      await waitFor(async () => (await metricValue(registry, "voicebot_bus_redelivered_in_hand_total")) > redelivered, { what: "a redelivery while in hand", timeoutMs: 3_000 });
+      // The late ack of the first delivery removes the message: nothing comes back after it.
+      await waitFor(async () => (await bus.firstQueued(queue.name, "t.inhand.*")) === undefined, { what: "the message acked", timeoutMs: 3_000 });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    await consumer.stop();
+    expect(runs).toEqual(["waits:1", "frozen:1"]);
+  });
+
   it("work queue: a message that fails or is handed back at its last delivery is removed from the queue, counted and logged", async () => {
     const registry = new Registry();
     const bus = await connect(registry);

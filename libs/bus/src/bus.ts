@@ -139,6 +139,7 @@ export class Bus {
   private readonly handlerErrors: Counter<"handler">;
   private readonly droppedWorkItems: Counter<"handler" | "reason">;
   private readonly received: Counter<"handler">;
+  private readonly redeliveredInHand: Counter<"handler">;
   private readonly published: PendingCount;
   private readonly statusChanges: Counter<"type">;
   private readonly resentRequests: Counter<"subject" | "reason">;
@@ -165,6 +166,11 @@ export class Bus {
       ["handler", "reason"],
     );
     this.received = metric("voicebot_bus_messages_received_total", "Messages handled", ["handler"]);
+    this.redeliveredInHand = metric(
+      "voicebot_bus_redelivered_in_hand_total",
+      "Work queue messages JetStream delivered again while this process was still at work on them (it stalled past the ack wait); not run twice",
+      ["handler"],
+    );
     this.published = pendingCount(metric("voicebot_bus_messages_published_total", "Messages published", []));
     this.statusChanges = metric("voicebot_bus_connection_events_total", "NATS connection status changes", ["type"]);
     this.resentRequests = metric(
@@ -542,6 +548,18 @@ export class Bus {
   ): Promise<{ stop(): Promise<void> }> {
     await this.ensureWorkQueue(definition, options.ackWaitMs, options.maxDeliver);
     const inFlight = new Set<Promise<void>>();
+    /** Messages whose handler is running, by stream sequence, with how many times JetStream has delivered them. */
+    const inHand = new Map<number, { deliveries: number; acked: boolean }>();
+    /** Messages acked here lately, by stream sequence, oldest first: a redelivery already on its way is not run. */
+    const recentlyAcked = new Map<number, number>();
+    const rememberAcked = (seq: number) => {
+      const now = Date.now();
+      recentlyAcked.set(seq, now);
+      for (const [oldSeq, at] of recentlyAcked) {
+        if (now - at < options.ackWaitMs) break;
+        recentlyAcked.delete(oldSeq);
+      }
+    };
     const slots = new WorkSlots(options.concurrency);
     const received = pendingCount(this.received, { handler: options.name });
     let stopped = false;
@@ -585,9 +603,30 @@ export class Bus {
         void this.watchConsumer(messages, definition, options.name);
         try {
           for await (const msg of messages) {
+            // This process stalled (a paused or CPU-starved pod) past the ack wait between heartbeats, and JetStream
+            // gave a message back to this consumer that its handler still has, or acked just before the redelivery
+            // left the server. Running it again would do the work twice (a sentence spoken twice).
+            const held = inHand.get(msg.seq);
+            const ackedAt = recentlyAcked.get(msg.seq);
+            if (held || ackedAt !== undefined) {
+              if (held) {
+                held.deliveries = msg.info.redeliveryCount; // the handler at work acks it; this delivery counts
+                msg.working();
+              } else {
+                msg.ack();
+              }
+              this.redeliveredInHand.inc({ handler: options.name });
+              const admitted = this.logThrottle.admit(`in-hand:${options.name}`);
+              if (admitted) this.log.warn("work item redelivered while in hand here; not run again", { handler: options.name, subject: msg.subject, deliveries: msg.info.redeliveryCount, ...admitted });
+              continue;
+            }
+            const record = { deliveries: msg.info.redeliveryCount, acked: false };
+            inHand.set(msg.seq, record);
             const slot = slots.take();
-            const task = this.runWorkItem(msg, codec, handler, options, received, slot).finally(() => {
+            const task = this.runWorkItem(msg, codec, handler, options, received, slot, record).finally(() => {
               inFlight.delete(task);
+              inHand.delete(msg.seq);
+              if (record.acked) rememberAcked(msg.seq);
               slot.settled();
             });
             inFlight.add(task);
@@ -640,6 +679,7 @@ export class Bus {
     { name, maxDeliver }: ConsumeOptions,
     received: PendingCount,
     slot: WorkSlot,
+    held: { deliveries: number; acked: boolean },
   ): Promise<void> {
     const message = this.decode(codec, msg, name);
     if (message === undefined) {
@@ -650,21 +690,25 @@ export class Bus {
     const deliveryCount = msg.info.redeliveryCount;
     // JetStream delivers a message at most maxDeliver times; one handed back after that stays in a work queue for
     // good, where every later message of its call would find it first (bus.firstQueued). It is removed instead.
-    const lastDelivery = deliveryCount >= maxDeliver;
+    // A redelivery that came while the handler ran counts too (see consume).
+    const lastDelivery = () => held.deliveries >= maxDeliver;
     const giveUp = (reason: "failed" | "handed_back", error?: unknown) => {
       msg.term();
       this.droppedWorkItems.inc({ handler: name, reason });
       const admitted = this.logThrottle.admit(`given-up:${name}`);
       if (admitted) {
-        this.log.error("work item given up on at its last delivery", { handler: name, subject: msg.subject, deliveries: deliveryCount, reason, ...(error ? { error: errorText(error) } : {}), ...admitted });
+        this.log.error("work item given up on at its last delivery", { handler: name, subject: msg.subject, deliveries: held.deliveries, reason, ...(error ? { error: errorText(error) } : {}), ...admitted });
       }
     };
     const item: WorkItem = {
       subject: msg.subject,
       deliveryCount,
       streamSeq: msg.seq,
-      ack: () => msg.ack(),
-      nak: (delayMs) => (lastDelivery ? giveUp("handed_back") : msg.nak(delayMs)),
+      ack: () => {
+        held.acked = true;
+        msg.ack();
+      },
+      nak: (delayMs) => (lastDelivery() ? giveUp("handed_back") : msg.nak(delayMs)),
       working: () => msg.working(),
       waiting: () => slot.waiting(),
     };
@@ -672,7 +716,7 @@ export class Bus {
       await handler(message, item, { subject: msg.subject, callId: callIdOf(msg) });
     } catch (error) {
       this.handlerErrors.inc({ handler: name });
-      if (lastDelivery) return giveUp("failed", error);
+      if (lastDelivery()) return giveUp("failed", error);
       const admitted = this.logThrottle.admit(`handler:${name}`);
       if (admitted) this.log.error("work item failed; it will be redelivered", { handler: name, subject: msg.subject, error: errorText(error), ...admitted });
       msg.nak(250);

@@ -257,6 +257,7 @@ describe("tts with TTS_ENGINES=openai,elevenlabs: a stream that breaks off mid-s
 describe("tts with TTS_ENGINES=openai,elevenlabs in its own process, frozen mid-sentence", () => {
   it("does not take its own stall for the engine's: no failover when the process could not run for longer than TTS_STALL_MS and TTS_MAX_LAG_MS", async () => {
     // A CPU-throttled or paused pod: SIGSTOP while openai streams (2x real time); its audio waits in the socket.
+    // Frozen past the speak queue's ack wait (2 s) too: JetStream's redelivery of the chunk must not say it twice.
     const tts = await startServiceProcess("tts", {
       NATS_URL: nats.url,
       REDIS_URL: redis.url,
@@ -277,7 +278,7 @@ describe("tts with TTS_ENGINES=openai,elevenlabs in its own process, frozen mid-
         await waitFor(() => parts.length > 0, { what: "the first audio" });
         await new Promise((resolve) => setTimeout(resolve, 300));
         tts.process.kill("SIGSTOP");
-        await new Promise((resolve) => setTimeout(resolve, 1_600));
+        await new Promise((resolve) => setTimeout(resolve, 2_400));
         tts.process.kill("SIGCONT");
       });
 
@@ -288,6 +289,7 @@ describe("tts with TTS_ENGINES=openai,elevenlabs in its own process, frozen mid-
       const metrics = await (await fetch(`${tts.baseUrl}/metrics`)).text();
       expect(metrics).not.toMatch(/^voicebot_tts_failovers_total\{/m);
       expect(metrics).toMatch(/^voicebot_tts_chunks_total\{[^}]*engine="openai"[^}]*outcome="ok"[^}]*\} 1$/m);
+      expect(metrics).toMatch(/^voicebot_bus_messages_received_total\{handler="speak"[^}]*\} 1$/m); // run once
     } finally {
       openaiReply = () => ({});
       await tts.terminate();
