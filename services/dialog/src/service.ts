@@ -158,7 +158,7 @@ export async function loadEngines(
   const breakers = new Map<string, CircuitBreaker>();
   const agents = new Map<string, LoadedAgent>();
   for (const [name, agentConfig] of configs) {
-    const scripted = new ScriptedEngine(agentConfig, { digitsConfirmConfidence: config.digitsConfirmConfidence });
+    const scripted = new ScriptedEngine(agentConfig, { digitsConfirmConfidence: config.digitsConfirmConfidence, keypadPauseMs: config.keypadPauseMs });
     const settings = llmSettingsFor(agentConfig, config);
     let engine: Agent["engine"] = scripted;
     if (settings) {

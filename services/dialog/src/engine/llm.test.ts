@@ -346,6 +346,9 @@ describe("LLM engine (real openai SDK against the fake server)", () => {
     await c.key("4");
     const current = c.wake!.token;
     expect(current).toBe("kp4");
+    // Nothing recognized meanwhile (a key's tone): the entry and its timer go on, and the LLM is not asked.
+    expect(await c.speak("", 0)).toEqual([]);
+    expect(c.outcome).toBe("keying");
     expect(await c.send({ kind: "wake", token: "kp3" })).toEqual([]);
     expect(c.outcome).toBe("wake_stale");
     replies.push({ text: "Thanks. Is 1 2 3 4 your whole order number?" });
@@ -397,6 +400,12 @@ describe("LLM engine (real openai SDK against the fake server)", () => {
     expect((await metrics.llmFallbacks.get()).values).toEqual([
       expect.objectContaining({ labels: { agent: "order-line", reason: "first_token_timeout" }, value: 1 }),
     ]);
+    // A full-length entry there waits for its pound; the scripted agent's wake ends it (order not found: it asks again).
+    await c.keys("123456789012");
+    expect(c.wake).toEqual({ afterMs: expect.any(Number), token: expect.stringMatching(/^scripted:/) });
+    const woken = await c.send({ kind: "wake", token: c.wake!.token });
+    expect(toolsOf(woken)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "123456789012" } }]);
+    expect(c.state.scriptedOwns).toBe(true);
     // The number goes to the scripted agent that asked for it, without the LLM.
     const number = await c.keys("12345#");
     expect(toolsOf(number)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);

@@ -85,7 +85,7 @@ const DEFAULT_LINES: Record<string, string> = {
 };
 const BRIDGE = "Sorry, I had a problem there.";
 
-type Outcome = { outcome: string; done?: boolean };
+type Outcome = Omit<TurnResult<LlmState>, "state">;
 type Refusal = "unknown_tool" | "invalid_arguments" | "arguments_too_large";
 
 /**
@@ -242,6 +242,7 @@ class LlmTurn {
       case "start":
         return this.greet();
       case "wake": {
+        if (state.scriptedOwns) return this.scripted([input]); // its own full-length entry's pause
         // A keypad entry that ended with a pause; stale if more keys or other input came since.
         if (input.token !== keypadToken(state.keypad.seq) || !state.keypad.digits) return { outcome: "wake_stale" };
         return this.keypadEntry(this.takeKeypad());
@@ -256,6 +257,8 @@ class LlmTurn {
       }
       case "speech": {
         if (state.scriptedOwns) return this.scripted([input]);
+        // Nothing recognized while keys are being pressed (a key's tone): the entry and its pause timer go on.
+        if (!input.text.trim() && state.keypad.digits) return { outcome: "keying" };
         // Keys pressed just before speaking are part of what the caller said.
         if (state.keypad.digits) this.noteKeypad(this.takeKeypad());
         this.io.heard({ text: input.text, source: "speech", confidence: input.confidence });
@@ -654,7 +657,7 @@ class LlmTurn {
     this.state.scriptedOwns = !result.done && this.options.fallback.isCollecting(result.state);
     if (said.length > 0) this.state.history.push({ role: "assistant", content: said.join(" "), turnId });
     if (!this.state.scriptedOwns) this.io.setHints(this.engine.recognitionHints);
-    return { outcome: result.outcome, ...(result.done ? { done: true } : {}) };
+    return { outcome: result.outcome, ...(result.done ? { done: true } : {}), ...(result.wake ? { wake: result.wake } : {}) };
   }
 }
 

@@ -39,6 +39,8 @@ class Conversation {
   done = false;
   events: Event[] = [];
   outcome = "";
+  /** The wake the last turn asked for. */
+  wake: { afterMs: number; token: string } | undefined;
 
   constructor(
     private readonly tools: ToolFn = demoTools,
@@ -65,6 +67,7 @@ class Conversation {
     this.state = result.state;
     this.done = result.done === true;
     this.outcome = result.outcome;
+    this.wake = result.wake;
     this.events.push(...events);
     return events;
   }
@@ -293,16 +296,46 @@ describe("scripted engine: order line", () => {
     expect(c.state.reprompts).toBe(0);
   });
 
-  it("ends a keypad entry at the maximum length and rejects too-short entries", async () => {
+  it("rejects too-short entries; a full-length entry waits a pause for its pound, which is then not a stray key", async () => {
     const c = new Conversation();
     await c.start();
     await c.key("1");
     const tooShort = await c.keys("12#");
     expect(said(tooShort)).toMatch(/doesn't look like an order number/);
     expect(tools(tooShort)).toEqual([]);
-    const long = await c.keys("123456789012");
-    expect(long.find((e) => e.type === "heard")).toEqual({ type: "heard", text: "123456789012", source: "keypad" });
-    expect(tools(long)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "123456789012" } }]);
+    expect(c.wake).toBeUndefined();
+    // maxLength 12: the twelfth key asks for a wake instead of answering at once...
+    expect(await c.keys("123456789012")).toEqual([]);
+    expect(c.wake).toEqual({ afterMs: 2_000, token: expect.any(String) });
+    const pound = await c.key("#");
+    expect(pound.find((e) => e.type === "heard")).toEqual({ type: "heard", text: "123456789012#", source: "keypad" });
+    expect(tools(pound)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "123456789012" } }]);
+    // ...and without the pound the wake takes the entry (not found: still asking); a wake from before a later
+    // input is stale.
+    await c.keys("123456789012");
+    const wake = c.wake!;
+    const woken = await c.send({ kind: "wake", token: wake.token });
+    expect(woken.find((e) => e.type === "heard")).toEqual({ type: "heard", text: "123456789012", source: "keypad" });
+    expect(tools(woken)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "123456789012" } }]);
+    expect(await c.send({ kind: "wake", token: wake.token })).toEqual([]);
+    expect(c.outcome).toBe("wake_ignored");
+    // A thirteenth key makes it no order number.
+    const tooLong = await c.keys("1234567890123");
+    expect(said(tooLong)).toMatch(/doesn't look like an order number/);
+    expect(tools(tooLong)).toEqual([]);
+  });
+
+  it("an empty transcript while keys are pressed (a key's tone) leaves the entry going; otherwise it is a miss", async () => {
+    const c = new Conversation();
+    await c.start();
+    await c.key("1");
+    await c.keys("123");
+    expect(said(await c.speak("", 0))).toBe("");
+    expect(c.outcome).toBe("keying");
+    const rest = await c.keys("45#");
+    expect(tools(rest)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+    await c.key("1");
+    expect(said(await c.speak("", 0))).toMatch(/^Sorry/);
   });
 
   it("understands agent and goodbye while collecting digits, and * drops a half entry", async () => {

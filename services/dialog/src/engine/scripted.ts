@@ -12,6 +12,8 @@ export interface ScriptedState {
   slots: Record<string, string>;
   /** Digits of a keypad entry in progress. */
   keypad: string;
+  /** Counts inputs: a `wake` asked for at one is stale once another came. */
+  inputs?: number;
   /** Spoken digits read back to the caller, waiting for a yes, a no or a new number. */
   confirm?: { value: string; asks: number };
 }
@@ -19,6 +21,8 @@ export interface ScriptedState {
 export interface ScriptedOptions {
   /** Spoken digits recognized with less confidence than this are read back for confirmation. */
   digitsConfirmConfidence: number;
+  /** A keyed entry at its maximum length waits this long for the terminator (KEYPAD_PAUSE_MS). */
+  keypadPauseMs: number;
 }
 
 interface CompiledIntent {
@@ -60,13 +64,13 @@ export class ScriptedEngine implements DialogEngine<ScriptedState> {
     readonly agent: AgentConfig,
     options: Partial<ScriptedOptions> = {},
   ) {
-    this.options = { digitsConfirmConfidence: DEFAULT_CONFIRM_CONFIDENCE, ...options };
+    this.options = { digitsConfirmConfidence: DEFAULT_CONFIRM_CONFIDENCE, keypadPauseMs: DEFAULT_KEYPAD_PAUSE_MS, ...options };
     for (const [name, config] of Object.entries(agent.states)) this.states.set(name, compileState(name, config, agent));
     this.startState = agent.greeting.goto ?? Object.keys(agent.states)[0];
   }
 
   initialState(): ScriptedState {
-    return { state: "", reprompts: 0, slots: {}, keypad: "" };
+    return { state: "", reprompts: 0, slots: {}, keypad: "", inputs: 0 };
   }
 
   /**
@@ -94,9 +98,10 @@ export class ScriptedEngine implements DialogEngine<ScriptedState> {
   }
 
   async turn(input: EngineInput, previous: ScriptedState, io: TurnIO): Promise<TurnResult<ScriptedState>> {
-    // The scripted agent sets no timers, so a wake can only be a leftover of an LLM turn: nothing to do.
-    if (input.kind === "wake") return { state: previous, outcome: "wake_ignored" };
+    // A wake from an earlier input (or a leftover of an LLM turn) has nothing to do.
+    if (input.kind === "wake" && input.token !== inputToken(previous)) return { state: previous, outcome: "wake_ignored" };
     const state = this.adopt(previous);
+    if (input.kind !== "wake") state.inputs = (state.inputs ?? 0) + 1;
     // A state that vanished from the config (redeployed mid-call) continues from the start state.
     if (input.kind !== "start" && !this.states.has(state.state)) {
       state.state = this.startState;
@@ -106,7 +111,8 @@ export class ScriptedEngine implements DialogEngine<ScriptedState> {
     }
     const turn = new Turn(this.agent, this.states, state, io, this.options);
     const outcome = await turn.play(input);
-    return { state, outcome, done: turn.done };
+    const wake = turn.waitForTerminator ? { wake: { afterMs: this.options.keypadPauseMs, token: inputToken(state) } } : {};
+    return { state, outcome, done: turn.done, ...wake };
   }
 }
 
@@ -144,12 +150,21 @@ function compileState(name: string, config: StateConfig, agent: AgentConfig): Co
 
 type Flow = "moved" | "ended" | undefined;
 
+const DEFAULT_KEYPAD_PAUSE_MS = 2_000;
+
+/** The token of a wake asked for at the state's latest input. */
+function inputToken(state: ScriptedState | undefined): string {
+  return `scripted:${state?.inputs ?? 0}`;
+}
+
 /** An agent without a voicemail message hangs up on a machine. */
 const HANG_UP_ON_MACHINE: Action = { tool: { name: "end_call", args: { reason: "answering machine" }, timeoutMs: 0 }, end: true };
 
 /** One turn of the scripted engine: mutates `state` and acts through `io`. */
 class Turn {
   done = false;
+  /** A full-length entry waits a moment for its terminator (the engine asks for a wake). */
+  waitForTerminator = false;
 
   constructor(
     private readonly agent: AgentConfig,
@@ -185,8 +200,14 @@ class Turn {
         return this.speech(input.text, input.confidence);
       case "keypad":
         return this.keypad(input.digit);
-      case "wake":
-        return "wake_ignored";
+      case "wake": {
+        // A full-length entry and no terminator after it: the pause ends it.
+        const entry = this.state.keypad;
+        if (!this.current.config.collect || !entry) return "wake_ignored";
+        this.state.keypad = "";
+        this.io.heard({ text: entry, source: "keypad" });
+        return this.collected(entry);
+      }
       case "resume":
         this.io.say(input.text, { cacheable: false });
         return "resumed";
@@ -200,6 +221,8 @@ class Turn {
   private async speech(text: string, confidence: number): Promise<string> {
     const current = this.current;
     const collect = current.config.collect;
+    // Nothing recognized while keys are being pressed (a key's tone, a breath): the entry goes on.
+    if (!text.trim() && this.state.keypad) return "keying";
     this.state.keypad = ""; // speaking abandons a half-keyed entry
     if (collect) {
       if (this.state.confirm) return this.confirming(text, confidence);
@@ -233,6 +256,13 @@ class Turn {
       }
       this.state.keypad += digit;
       if (this.state.keypad.length < collect.maxLength) return "collecting";
+      if (this.state.keypad.length === collect.maxLength) {
+        // Taken now, the terminator the prompt asked for would come in after the answer started, cut it off (a key
+        // barges in) and land on the next state as a key nobody meant. It ends the entry, or a short pause does.
+        this.waitForTerminator = true;
+        return "collecting";
+      }
+      // A key past the maximum: not a number of this kind.
       const entry = this.state.keypad;
       this.state.keypad = "";
       this.io.heard({ text: entry, source: "keypad" });
