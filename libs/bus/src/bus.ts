@@ -606,9 +606,11 @@ export class Bus {
             // This process stalled (a paused or CPU-starved pod) past the ack wait between heartbeats, and JetStream
             // gave a message back to this consumer that its handler still has, or acked just before the redelivery
             // left the server. Running it again would do the work twice (a sentence spoken twice).
-            const held = inHand.get(msg.seq);
-            const ackedAt = recentlyAcked.get(msg.seq);
-            if (held || ackedAt !== undefined) {
+            // Only a redelivery can be one: a stream made again (NATS lost its store) numbers new messages from 1.
+            const redelivered = msg.info.redeliveryCount > 1;
+            const held = redelivered ? inHand.get(msg.seq) : undefined;
+            const ackedAt = redelivered ? recentlyAcked.get(msg.seq) : undefined;
+            if (held || (ackedAt !== undefined && Date.now() - ackedAt < options.ackWaitMs)) {
               if (held) {
                 held.deliveries = msg.info.redeliveryCount; // the handler at work acks it; this delivery counts
                 msg.working();
