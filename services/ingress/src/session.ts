@@ -375,15 +375,11 @@ export class CallSession {
         return;
       case "mark":
         if (!this.playout) return this.errors.report("event_before_start", "mark before start", now);
-        if (message.streamSid && message.streamSid !== this.streamSid) {
-          return this.errors.report("stream_sid_mismatch", `mark for stream ${message.streamSid.slice(0, 40)}`, now);
-        }
+        if (this.foreignStream("mark", message.streamSid, now)) return;
         if (!this.playout.markEchoed(message.name)) this.log.debug("mark echo ignored (cleared or unknown)", { mark: message.name });
         return;
       case "stop":
-        if (message.streamSid && this.streamSid && message.streamSid !== this.streamSid) {
-          return this.errors.report("stream_sid_mismatch", `stop for stream ${message.streamSid.slice(0, 40)}`, now);
-        }
+        if (this.streamSid && this.foreignStream("stop", message.streamSid, now)) return;
         if (this.redirectedForTones && this.endReason === undefined) {
           // Twilio left the stream to play our tones; its <Redirect> brings the call back on a new stream.
           this.close(1000, "stop");
@@ -598,9 +594,7 @@ export class CallSession {
     const callId = this.callSid;
     if (!callId) return this.errors.report("media_before_start", "media before start dropped", now);
     this.lastMediaAt = now;
-    if (media.streamSid && media.streamSid !== this.streamSid) {
-      return this.errors.report("stream_sid_mismatch", `media for stream ${media.streamSid.slice(0, 40)}`, now);
-    }
+    if (this.foreignStream("media", media.streamSid, now)) return;
     if (media.track !== "inbound") return; // only the caller's side goes to recognition
     if (media.payload.length !== FRAME_BYTES) {
       // Twilio sends 20 ms (160 bytes) per chunk, and a chunk number is a 20 ms step of the caller's timeline: the
@@ -661,12 +655,17 @@ export class CallSession {
 
   private readonly callerAudioFailed = (error: unknown): void => this.log.error("publishing caller audio failed", { error: errorText(error) });
 
+  /** A message naming another stream than this socket's: reported and dropped (a message without one is ours). */
+  private foreignStream(event: string, streamSid: string | undefined, now: number): boolean {
+    if (!streamSid || streamSid === this.streamSid) return false;
+    this.errors.report("stream_sid_mismatch", `${event} for stream ${streamSid.slice(0, 40)}`, now);
+    return true;
+  }
+
   private onDtmf(dtmf: DtmfMessage, now: number): void {
     const callId = this.callSid;
     if (!callId) return this.errors.report("event_before_start", "dtmf before start dropped", now);
-    if (dtmf.streamSid && dtmf.streamSid !== this.streamSid) {
-      return this.errors.report("stream_sid_mismatch", `dtmf for stream ${dtmf.streamSid.slice(0, 40)}`, now);
-    }
+    if (this.foreignStream("dtmf", dtmf.streamSid, now)) return;
     if (!this.keyLimiter.take(now)) {
       return this.errors.report("key_flood", `more than ${this.deps.config.maxKeysPerSecond} keys a second; key dropped`, now);
     }
