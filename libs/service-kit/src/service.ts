@@ -97,6 +97,7 @@ export async function startService<C>(definition: ServiceDefinition<C>, env: Nod
   if (definition.portEnv) common.httpPort = reader.int(definition.portEnv, common.httpPort, { min: 0, max: 65535 });
   const config = definition.readConfig(reader);
   const recordTtlMs = reader.int("CALL_RECORD_TTL_SECONDS", defaultStoreOptions.recordTtlMs / 1000, { min: 3600 }) * 1000;
+  const recordMaxEntries = reader.int("CALL_RECORD_MAX_ENTRIES", 2_000, { min: 100, max: 100_000 });
   reader.done();
 
   const log = createLogger({ service: definition.name, instance: common.instanceId }, common.logLevel);
@@ -107,7 +108,7 @@ export async function startService<C>(definition: ServiceDefinition<C>, env: Nod
   let draining = false;
   let running: RunningService | undefined;
   let bus: Bus | undefined;
-  const store = CallStore.connect(common.redis, { ...defaultStoreOptions, recordTtlMs });
+  const store = CallStore.connect(common.redis, { ...defaultStoreOptions, recordTtlMs, recordMaxEntries });
   // Why Redis cannot be reached (a wrong password, a TLS problem, a failover) goes to the log: once per kind every 10 s.
   const redisErrors = new LogThrottle(10_000, 50);
   store.redis.on("error", (error: Error) => {

@@ -55,6 +55,47 @@ describe("CallStore", () => {
     expect(await store.getRecord("nope")).toBeUndefined();
   });
 
+  it("endCallUnlessLeased ends a live call only while nobody holds the lease (a stream that took the call up keeps it)", async () => {
+    await store.createCall(meta("CLOST"));
+    await store.commitDialog("CLOST", { state: "menu" }, "0");
+    expect(await store.acquireLease("CLOST", "stream", "ingress-b", 10_000)).toBe(true);
+    expect(await store.endCallUnlessLeased("CLOST", "stream", "stream_lost")).toBe(false);
+    expect(await store.callState("CLOST")).toBe("live");
+    expect((await store.loadDialog("CLOST")).value).toEqual({ state: "menu" });
+    await store.releaseLease("CLOST", "stream", "ingress-b");
+    expect(await store.endCallUnlessLeased("CLOST", "stream", "stream_lost", new Date("2026-01-01T00:00:00Z"))).toBe(true);
+    expect(await store.getRecord("CLOST")).toMatchObject({ state: "ended", endReason: "stream_lost", endedAt: "2026-01-01T00:00:00.000Z" });
+    expect(await liveKeysOf("CLOST")).toEqual([]);
+    expect(await store.redis.pttl(keys.meta("CLOST"))).toBeGreaterThan(3_500_000);
+    expect(await store.redis.zscore(keys.leaseIndex("stream"), "CLOST")).toBeNull();
+    // Ended already (or no record): nothing to do.
+    expect(await store.endCallUnlessLeased("CLOST", "stream", "again")).toBe(false);
+    expect((await store.getRecord("CLOST"))!.endReason).toBe("stream_lost");
+    expect(await store.endCallUnlessLeased("CNONE", "stream", "stream_lost")).toBe(false);
+    expect(await store.redis.exists(keys.meta("CNONE"))).toBe(0);
+  });
+
+  it("keeps a long call's record bounded: each list its latest entries, the record counting those it dropped", async () => {
+    const small = CallStore.connect(redis.url, { liveTtlMs: 60_000, recordTtlMs: 3_600_000, recordMaxEntries: 3 });
+    try {
+      await small.createCall(meta("CLONG"));
+      for (let i = 1; i <= 5; i++) await small.appendTranscript("CLONG", { role: "caller", text: `line ${i}`, at: `t${i}` });
+      await small.appendTurn("CLONG", { turnId: "t1", latencyMs: 500, inputEndAt: "t6", firstAudioAt: "t7", stages: {} });
+      const record = await small.getRecord("CLONG");
+      expect(record!.transcript.map((t) => t.text)).toEqual(["line 3", "line 4", "line 5"]);
+      expect(record!.turns).toHaveLength(1);
+      expect(record!.trimmedEntries).toBe(2);
+      expect(await small.redis.llen(keys.transcript("CLONG"))).toBe(3);
+      // A stray append for a call without a record leaves no meta behind (it would never expire).
+      for (let i = 1; i <= 5; i++) await small.appendTranscript("CSTRAY", { role: "caller", text: `line ${i}`, at: `t${i}` });
+      expect(await small.redis.exists(keys.meta("CSTRAY"))).toBe(0);
+      expect(await small.redis.llen(keys.transcript("CSTRAY"))).toBe(3);
+      expect(await store.getRecord("CA1")).not.toHaveProperty("trimmedEntries");
+    } finally {
+      await small.close();
+    }
+  });
+
   it("an outbound call's record: dialing until its stream starts, or ended without one (busy, no answer) by its status", async () => {
     const placed = { callSid: "CAout1", agent: "pharmacy", from: "+15550100002", to: "+15550100001" };
     expect(await store.createDialingCall(placed, 120_000)).toBe(true);

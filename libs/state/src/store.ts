@@ -74,6 +74,8 @@ export interface CallRecord extends CallMeta {
   answeredBy?: string;
   /** Where a call that ended with reason `transfer` was sent (a phone number or SIP URI), when the voice webhook dials it. */
   transferTo?: string;
+  /** Oldest entries dropped from the lists to keep a long call's record bounded (CALL_RECORD_MAX_ENTRIES a list). */
+  trimmedEntries?: number;
 }
 
 export type RequestClaim = { kind: "claimed" | "pending" | "mismatch" } | { kind: "done"; answer: string };
@@ -118,9 +120,15 @@ export interface CallStoreOptions {
    * gave in the benchmarks (~0.3 s), and longer than a short stall that passes by itself.
    */
   linkTimeoutMs?: number;
+  /**
+   * Most entries a call record keeps per list (caller lines, turns, tool calls, speech chunks): a call that goes on
+   * for hours keeps its latest ones, and the record says how many older ones it dropped. Default 2,000.
+   */
+  recordMaxEntries?: number;
 }
 
 const DEFAULT_LINK_TIMEOUT_MS = 5_000;
+const DEFAULT_RECORD_MAX_ENTRIES = 2_000;
 
 export const defaultStoreOptions: CallStoreOptions = {
   liveTtlMs: 6 * 60 * 60 * 1000,
@@ -248,7 +256,23 @@ const CLEAR_MARK_SCRIPT = `
 if redis.call('HGET', KEYS[1], 'p') == ARGV[1] then return redis.call('HDEL', KEYS[1], 'p') end
 return 0`;
 
-// KEYS: meta, record list, once hash. ARGV: entry, live TTL, record TTL, once field or ''. Appends to a record list.
+// KEYS: the lease that must be free, the record keys (meta first), the live keys, the lease indexes. ARGV: check the
+// lease and that the call is live ('1') or not ('0'), how many record and live keys, record TTL, call id, endedAt,
+// reason, transferTo or ''. Marks the call ended, keeps its record for the record TTL and deletes the rest.
+// Returns 1, or 0 when the check failed (nothing changed).
+const END_CALL_SCRIPT = `
+local records, lives = tonumber(ARGV[2]), tonumber(ARGV[3])
+local meta = KEYS[2]
+if ARGV[1] == '1' and (redis.call('EXISTS', KEYS[1]) == 1 or redis.call('HGET', meta, 'state') ~= 'live') then return 0 end
+redis.call('HSET', meta, 'state', 'ended', 'endedAt', ARGV[6], 'endReason', ARGV[7])
+if ARGV[8] ~= '' then redis.call('HSET', meta, 'transferTo', ARGV[8]) end
+for i = 2, 1 + records do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+for i = 2 + records, 1 + records + lives do redis.call('DEL', KEYS[i]) end
+for i = 2 + records + lives, #KEYS do redis.call('ZREM', KEYS[i], ARGV[5]) end
+return 1`;
+
+// KEYS: meta, record list, once hash. ARGV: entry, live TTL, record TTL, once field or '', most entries. Appends to
+// a record list, dropping its oldest entries past the most (counted in the record's 'trimmed' field).
 // Once the call has ended the list keeps the record's remaining life (an append must not renew it to the live
 // TTL), and the once field is not checked: endCall deleted the once hash, and no input of an ended call is redone.
 // Returns 0 when the once field was seen before (nothing appended), else 1.
@@ -261,7 +285,13 @@ if ARGV[4] ~= '' and not ended then
   if redis.call('HSETNX', KEYS[3], ARGV[4], '1') == 0 then return 0 end
   redis.call('PEXPIRE', KEYS[3], ARGV[2])
 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
+local length = redis.call('RPUSH', KEYS[2], ARGV[1])
+local most = tonumber(ARGV[5])
+if length > most then
+  redis.call('LTRIM', KEYS[2], length - most, -1)
+  -- Only a record that exists (and so expires) is counted in: a stray append must not make a meta without a TTL.
+  if state then redis.call('HINCRBY', KEYS[1], 'trimmed', length - most) end
+end
 local ttl = tonumber(ARGV[2])
 if ended then
   ttl = redis.call('PTTL', KEYS[1])
@@ -466,6 +496,7 @@ export class CallStore {
     redis.defineCommand("vbCommit", { numberOfKeys: 5, lua: COMMIT_SCRIPT });
     redis.defineCommand("vbClearMark", { numberOfKeys: 1, lua: CLEAR_MARK_SCRIPT });
     redis.defineCommand("vbAppend", { numberOfKeys: 3, lua: APPEND_SCRIPT });
+    redis.defineCommand("vbEndCall", { lua: END_CALL_SCRIPT }); // the key count comes first
     redis.defineCommand("vbToolClaim", { numberOfKeys: 3, lua: TOOL_CLAIM_SCRIPT });
     redis.defineCommand("vbToolSave", { numberOfKeys: 2, lua: TOOL_SAVE_SCRIPT });
     redis.defineCommand("vbToolKeep", { numberOfKeys: 1, lua: TOOL_KEEP_SCRIPT });
@@ -647,11 +678,24 @@ export class CallStore {
    * write that depends on them checks the call's state in the same script).
    */
   async endCall(callId: string, reason: string, endedAt = new Date(), { transferTo }: { transferTo?: string } = {}): Promise<void> {
-    const tx = this.redis.multi().hset(keys.meta(callId), { state: "ended", endedAt: endedAt.toISOString(), endReason: reason, ...(transferTo ? { transferTo } : {}) });
-    for (const key of recordKeys(callId)) tx.pexpire(key, this.options.recordTtlMs);
-    tx.del(...liveKeys(callId, leaseRoles));
-    for (const role of leaseRoles) tx.zrem(keys.leaseIndex(role), callId);
-    await tx.exec();
+    await this.end(callId, reason, endedAt, transferTo ?? "", "");
+  }
+
+  /**
+   * endCall, only if the call is live and nobody holds its `role` lease, checked in the same script: a call that a
+   * new stream took up a moment ago is not ended as lost. Returns whether it ended the call.
+   */
+  async endCallUnlessLeased(callId: string, role: (typeof leaseRoles)[number], reason: string, endedAt = new Date()): Promise<boolean> {
+    return (await this.end(callId, reason, endedAt, "", keys.lease(callId, role))) === 1;
+  }
+
+  private async end(callId: string, reason: string, endedAt: Date, transferTo: string, unlessLeased: string): Promise<number> {
+    const record = recordKeys(callId);
+    const live = liveKeys(callId, leaseRoles);
+    const indexes = leaseRoles.map((role) => keys.leaseIndex(role));
+    const all = [unlessLeased || keys.meta(callId), ...record, ...live, ...indexes];
+    const args = [unlessLeased ? "1" : "0", record.length, live.length, this.options.recordTtlMs, callId, endedAt.toISOString(), reason, transferTo];
+    return scripts(this.redis).vbEndCall(all.length, ...all, ...args);
   }
 
   async appendTranscript(callId: string, entry: TranscriptEntry): Promise<void> {
@@ -680,7 +724,8 @@ export class CallStore {
 
   private async append(callId: string, key: string, entry: unknown, once = ""): Promise<number> {
     const { liveTtlMs, recordTtlMs } = this.options;
-    return scripts(this.redis).vbAppend(keys.meta(callId), key, keys.once(callId), JSON.stringify(entry), liveTtlMs, recordTtlMs, once);
+    const most = this.options.recordMaxEntries ?? DEFAULT_RECORD_MAX_ENTRIES;
+    return scripts(this.redis).vbAppend(keys.meta(callId), key, keys.once(callId), JSON.stringify(entry), liveTtlMs, recordTtlMs, once, most);
   }
 
   async getRecord(callId: string): Promise<CallRecord | undefined> {
@@ -709,6 +754,7 @@ export class CallStore {
       speech: speech.map((e) => JSON.parse(e) as SpeechChunkEntry),
       ...(meta.answeredBy ? { answeredBy: meta.answeredBy } : {}),
       ...(meta.transferTo ? { transferTo: meta.transferTo } : {}),
+      ...(meta.trimmed ? { trimmedEntries: Number(meta.trimmed) } : {}),
     };
   }
 
@@ -987,7 +1033,8 @@ interface RedisWithScripts extends Redis {
   vbTakeTurn(...keysThenArgs: Arg[]): Promise<Array<string | number>>;
   vbCommit(...keysThenArgs: Arg[]): Promise<[number, string | number]>;
   vbClearMark(dialog: string, mark: string): Promise<number>;
-  vbAppend(meta: string, list: string, once: string, entry: string, liveTtlMs: number, recordTtlMs: number, onceField: string): Promise<number>;
+  vbEndCall(numberOfKeys: number, ...keysThenArgs: Arg[]): Promise<number>;
+  vbAppend(meta: string, list: string, once: string, entry: string, liveTtlMs: number, recordTtlMs: number, onceField: string, mostEntries: number): Promise<number>;
   vbToolClaim(meta: string, results: string, once: string, toolCallId: string, field: string, ttlMs: number, holder: string, claimTtlMs: number, takeStale: string): Promise<string[]>;
   vbToolKeep(once: string, field: string, holder: string, claimTtlMs: number): Promise<number>;
   vbResume(meta: string, streamSid: string): Promise<string[]>;

@@ -181,9 +181,10 @@ export class TwilioEndpoint {
           return;
         }
         // The record first: a stream that comes now finds the call ended and closes; then every stage lets it go.
+        // Not if a stream took the call up since the checks above (the same script checks the lease).
         const reason = "stream_lost";
         const endedAtMs = Date.now();
-        await store.endCall(callId, reason, new Date(endedAtMs));
+        if (!(await store.endCallUnlessLeased(callId, STREAM_LEASE, reason, new Date(endedAtMs)))) return;
         bus.publish(subjects.cancel(callId), CancelTurn, CancelTurn.create({ callId, turnId: "", reason }), callId);
         const { ended, input } = callEndMessages(callId, reason, endedAtMs);
         bus.publish(subjects.ended(callId), CallEnded, ended, callId);
