@@ -102,6 +102,9 @@ export interface ConsumeOptions {
   concurrency: number;
 }
 
+/** How many acked messages a consumer remembers, to ack a redelivery of one again instead of running it. */
+const RECENTLY_ACKED_KEPT = 4_096;
+
 /** A durable publish waits this long for the stream's ack before it is sent again... */
 /** How long ensureStream waits for a NATS cluster's JetStream to answer (a leader election). */
 const JETSTREAM_READY_MS = 30_000;
@@ -550,15 +553,15 @@ export class Bus {
     const inFlight = new Set<Promise<void>>();
     /** Messages whose handler is running, by stream sequence, with how many times JetStream has delivered them. */
     const inHand = new Map<number, { deliveries: number; acked: boolean }>();
-    /** Messages acked here lately, by stream sequence, oldest first: a redelivery already on its way is not run. */
-    const recentlyAcked = new Map<number, number>();
+    /**
+     * The latest messages acked here, by stream sequence: a redelivery that was on its way (or waited in the client)
+     * when the ack went, or whose ack was lost, is acked again instead of run. Forgotten when the consumer is made
+     * again, since a stream NATS made anew numbers its messages from 1 again.
+     */
+    const recentlyAcked = new Set<number>();
     const rememberAcked = (seq: number) => {
-      const now = Date.now();
-      recentlyAcked.set(seq, now);
-      for (const [oldSeq, at] of recentlyAcked) {
-        if (now - at < options.ackWaitMs) break;
-        recentlyAcked.delete(oldSeq);
-      }
+      recentlyAcked.add(seq);
+      if (recentlyAcked.size > RECENTLY_ACKED_KEPT) recentlyAcked.delete(recentlyAcked.values().next().value!);
     };
     const slots = new WorkSlots(options.concurrency);
     const received = pendingCount(this.received, { handler: options.name });
@@ -609,8 +612,7 @@ export class Bus {
             // Only a redelivery can be one: a stream made again (NATS lost its store) numbers new messages from 1.
             const redelivered = msg.info.redeliveryCount > 1;
             const held = redelivered ? inHand.get(msg.seq) : undefined;
-            const ackedAt = redelivered ? recentlyAcked.get(msg.seq) : undefined;
-            if (held || (ackedAt !== undefined && Date.now() - ackedAt < options.ackWaitMs)) {
+            if (held || (redelivered && recentlyAcked.has(msg.seq))) {
               if (held) {
                 held.deliveries = msg.info.redeliveryCount; // the handler at work acks it; this delivery counts
                 msg.working();
@@ -627,7 +629,7 @@ export class Bus {
             const slot = slots.take();
             const task = this.runWorkItem(msg, codec, handler, options, received, slot, record).finally(() => {
               inFlight.delete(task);
-              inHand.delete(msg.seq);
+              if (inHand.get(msg.seq) === record) inHand.delete(msg.seq);
               if (record.acked) rememberAcked(msg.seq);
               slot.settled();
             });
@@ -639,6 +641,7 @@ export class Bus {
         }
         this.consumers.delete(messages);
         messages = undefined;
+        recentlyAcked.clear();
         // Not asked to stop: the server lost the queue or the consumer failed. A short pause keeps a queue that
         // fails at once from spinning this loop.
         if (!stopped && !this.closing) await pause(RESTART_PAUSE_MS);
