@@ -310,15 +310,20 @@ describe("scripted engine: order line", () => {
     const pound = await c.key("#");
     expect(pound.find((e) => e.type === "heard")).toEqual({ type: "heard", text: "123456789012#", source: "keypad" });
     expect(tools(pound)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "123456789012" } }]);
-    // ...and without the pound the wake takes the entry (not found: still asking); a wake from before a later
-    // input is stale.
+    // ...and without the pound the wake takes the entry (not found: still asking), even after a transcript of
+    // nothing (a key's tone) came meanwhile; a wake from before a later key is stale.
+    await c.keys("123456789012");
+    const early = c.wake!;
+    expect(said(await c.key("*"))).toMatch(/^Sorry/); // ends that entry
     await c.keys("123456789012");
     const wake = c.wake!;
+    expect(wake.token).not.toBe(early.token);
+    expect(await c.speak("", 0)).toEqual([]);
+    expect(await c.send({ kind: "wake", token: early.token })).toEqual([]);
+    expect(c.outcome).toBe("wake_ignored");
     const woken = await c.send({ kind: "wake", token: wake.token });
     expect(woken.find((e) => e.type === "heard")).toEqual({ type: "heard", text: "123456789012", source: "keypad" });
     expect(tools(woken)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "123456789012" } }]);
-    expect(await c.send({ kind: "wake", token: wake.token })).toEqual([]);
-    expect(c.outcome).toBe("wake_ignored");
     // A thirteenth key makes it no order number.
     const tooLong = await c.keys("1234567890123");
     expect(said(tooLong)).toMatch(/doesn't look like an order number/);

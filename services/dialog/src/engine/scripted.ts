@@ -12,8 +12,8 @@ export interface ScriptedState {
   slots: Record<string, string>;
   /** Digits of a keypad entry in progress. */
   keypad: string;
-  /** Counts inputs: a `wake` asked for at one is stale once another came. */
-  inputs?: number;
+  /** Counts key presses: a `wake` asked for at one is stale once another key came. */
+  keys?: number;
   /** Spoken digits read back to the caller, waiting for a yes, a no or a new number. */
   confirm?: { value: string; asks: number };
 }
@@ -70,7 +70,7 @@ export class ScriptedEngine implements DialogEngine<ScriptedState> {
   }
 
   initialState(): ScriptedState {
-    return { state: "", reprompts: 0, slots: {}, keypad: "", inputs: 0 };
+    return { state: "", reprompts: 0, slots: {}, keypad: "", keys: 0 };
   }
 
   /**
@@ -98,10 +98,10 @@ export class ScriptedEngine implements DialogEngine<ScriptedState> {
   }
 
   async turn(input: EngineInput, previous: ScriptedState, io: TurnIO): Promise<TurnResult<ScriptedState>> {
-    // A wake from an earlier input (or a leftover of an LLM turn) has nothing to do.
-    if (input.kind === "wake" && input.token !== inputToken(previous)) return { state: previous, outcome: "wake_ignored" };
     const state = this.adopt(previous);
-    if (input.kind !== "wake") state.inputs = (state.inputs ?? 0) + 1;
+    // A wake from before a later key (or a leftover of an LLM turn) has nothing to do.
+    if (input.kind === "wake" && input.token !== keysToken(state)) return { state: previous, outcome: "wake_ignored" };
+    if (input.kind === "keypad") state.keys = (state.keys ?? 0) + 1;
     // A state that vanished from the config (redeployed mid-call) continues from the start state.
     if (input.kind !== "start" && !this.states.has(state.state)) {
       state.state = this.startState;
@@ -111,7 +111,7 @@ export class ScriptedEngine implements DialogEngine<ScriptedState> {
     }
     const turn = new Turn(this.agent, this.states, state, io, this.options);
     const outcome = await turn.play(input);
-    const wake = turn.waitForTerminator ? { wake: { afterMs: this.options.keypadPauseMs, token: inputToken(state) } } : {};
+    const wake = turn.waitForTerminator ? { wake: { afterMs: this.options.keypadPauseMs, token: keysToken(state) } } : {};
     return { state, outcome, done: turn.done, ...wake };
   }
 }
@@ -152,9 +152,9 @@ type Flow = "moved" | "ended" | undefined;
 
 const DEFAULT_KEYPAD_PAUSE_MS = 2_000;
 
-/** The token of a wake asked for at the state's latest input. */
-function inputToken(state: ScriptedState | undefined): string {
-  return `scripted:${state?.inputs ?? 0}`;
+/** The token of a wake asked for at the state's latest key press. */
+function keysToken(state: ScriptedState): string {
+  return `scripted:${state.keys ?? 0}`;
 }
 
 /** An agent without a voicemail message hangs up on a machine. */
@@ -196,6 +196,8 @@ class Turn {
         return this.miss();
       }
       case "speech":
+        // Nothing recognized while keys are being pressed (a key's tone, a breath): the entry goes on.
+        if (!input.text.trim() && this.state.keypad) return "keying";
         this.io.heard({ text: input.text, source: "speech", confidence: input.confidence });
         return this.speech(input.text, input.confidence);
       case "keypad":
@@ -221,8 +223,6 @@ class Turn {
   private async speech(text: string, confidence: number): Promise<string> {
     const current = this.current;
     const collect = current.config.collect;
-    // Nothing recognized while keys are being pressed (a key's tone, a breath): the entry goes on.
-    if (!text.trim() && this.state.keypad) return "keying";
     this.state.keypad = ""; // speaking abandons a half-keyed entry
     if (collect) {
       if (this.state.confirm) return this.confirming(text, confidence);
