@@ -86,6 +86,13 @@ describe("CallStore", () => {
       expect(record!.turns).toHaveLength(1);
       expect(record!.trimmedEntries).toBe(2);
       expect(await small.redis.llen(keys.transcript("CLONG"))).toBe(3);
+      // A line is rewritten in place only if it is still where it was read: the next append moves every line.
+      const lines = await small.transcriptLines("CLONG");
+      await small.appendTranscript("CLONG", { role: "caller", text: "line 6", at: "t6" });
+      expect(await small.replaceTranscriptEntry("CLONG", 0, lines[0], { role: "bot", text: "moved", at: "t3" })).toBe(false);
+      const now = await small.transcriptLines("CLONG");
+      expect(await small.replaceTranscriptEntry("CLONG", 0, now[0], { role: "bot", text: "line 4, heard", at: "t4" })).toBe(true);
+      expect((await small.getRecord("CLONG"))!.transcript.map((t) => t.text)).toEqual(["line 4, heard", "line 5", "line 6"]);
       // A stray append for a call without a record leaves no meta behind (it would never expire).
       for (let i = 1; i <= 5; i++) await small.appendTranscript("CSTRAY", { role: "caller", text: `line ${i}`, at: `t${i}` });
       expect(await small.redis.exists(keys.meta("CSTRAY"))).toBe(0);

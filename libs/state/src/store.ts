@@ -271,6 +271,13 @@ for i = 2 + records, 1 + records + lives do redis.call('DEL', KEYS[i]) end
 for i = 2 + records + lives, #KEYS do redis.call('ZREM', KEYS[i], ARGV[5]) end
 return 1`;
 
+// KEYS: a record list. ARGV: index, the entry expected there, its replacement. Replaces it only if it is still there
+// (an append that trimmed the list moves every entry). Returns 1 if replaced.
+const REPLACE_ENTRY_SCRIPT = `
+if redis.call('LINDEX', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('LSET', KEYS[1], ARGV[1], ARGV[3])
+return 1`;
+
 // KEYS: meta, record list, once hash. ARGV: entry, live TTL, record TTL, once field or '', most entries. Appends to
 // a record list, dropping its oldest entries past the most (counted in the record's 'trimmed' field).
 // Once the call has ended the list keeps the record's remaining life (an append must not renew it to the live
@@ -496,6 +503,7 @@ export class CallStore {
     redis.defineCommand("vbCommit", { numberOfKeys: 5, lua: COMMIT_SCRIPT });
     redis.defineCommand("vbClearMark", { numberOfKeys: 1, lua: CLEAR_MARK_SCRIPT });
     redis.defineCommand("vbAppend", { numberOfKeys: 3, lua: APPEND_SCRIPT });
+    redis.defineCommand("vbReplaceEntry", { numberOfKeys: 1, lua: REPLACE_ENTRY_SCRIPT });
     redis.defineCommand("vbEndCall", { lua: END_CALL_SCRIPT }); // the key count comes first
     redis.defineCommand("vbToolClaim", { numberOfKeys: 3, lua: TOOL_CLAIM_SCRIPT });
     redis.defineCommand("vbToolSave", { numberOfKeys: 2, lua: TOOL_SAVE_SCRIPT });
@@ -720,6 +728,16 @@ export class CallStore {
    */
   async appendTranscriptOnce(callId: string, scope: string, id: string, entry: TranscriptEntry): Promise<boolean> {
     return (await this.append(callId, keys.transcript(callId), entry, onceField(scope, id))) === 1;
+  }
+
+  /** The call's transcript as stored (JSON lines), for replaceTranscriptEntry. */
+  async transcriptLines(callId: string): Promise<string[]> {
+    return this.redis.lrange(keys.transcript(callId), 0, -1);
+  }
+
+  /** Replaces the transcript line at `index` if it is still `expected` (see REPLACE_ENTRY_SCRIPT). */
+  async replaceTranscriptEntry(callId: string, index: number, expected: string, replacement: TranscriptEntry): Promise<boolean> {
+    return (await scripts(this.redis).vbReplaceEntry(keys.transcript(callId), index, expected, JSON.stringify(replacement))) === 1;
   }
 
   private async append(callId: string, key: string, entry: unknown, once = ""): Promise<number> {
@@ -1033,6 +1051,7 @@ interface RedisWithScripts extends Redis {
   vbTakeTurn(...keysThenArgs: Arg[]): Promise<Array<string | number>>;
   vbCommit(...keysThenArgs: Arg[]): Promise<[number, string | number]>;
   vbClearMark(dialog: string, mark: string): Promise<number>;
+  vbReplaceEntry(list: string, index: number, expected: string, replacement: string): Promise<number>;
   vbEndCall(numberOfKeys: number, ...keysThenArgs: Arg[]): Promise<number>;
   vbAppend(meta: string, list: string, once: string, entry: string, liveTtlMs: number, recordTtlMs: number, onceField: string, mostEntries: number): Promise<number>;
   vbToolClaim(meta: string, results: string, once: string, toolCallId: string, field: string, ttlMs: number, holder: string, claimTtlMs: number, takeStale: string): Promise<string[]>;
