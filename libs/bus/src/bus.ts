@@ -551,16 +551,18 @@ export class Bus {
   ): Promise<{ stop(): Promise<void> }> {
     await this.ensureWorkQueue(definition, options.ackWaitMs, options.maxDeliver);
     const inFlight = new Set<Promise<void>>();
-    /** Messages whose handler is running, by stream sequence, with how many times JetStream has delivered them. */
-    const inHand = new Map<number, { deliveries: number; acked: boolean }>();
+    // Messages are known by stream sequence and stored time: a stream NATS made anew (it lost its store) numbers
+    // its messages from 1 again, and a redelivery carries the time its message was stored.
+    const identity = (msg: JsMsg) => `${msg.seq}:${msg.info.timestampNanos}`;
+    /** Messages whose handler is running, with how many times JetStream has delivered them. */
+    const inHand = new Map<string, { deliveries: number; acked: boolean }>();
     /**
-     * The latest messages acked here, by stream sequence: a redelivery that was on its way (or waited in the client)
-     * when the ack went, or whose ack was lost, is acked again instead of run. Forgotten when the consumer is made
-     * again, since a stream NATS made anew numbers its messages from 1 again.
+     * The latest messages acked here: a redelivery that was on its way (or waited in the client) when the ack went,
+     * or whose ack was lost, is acked again instead of run.
      */
-    const recentlyAcked = new Set<number>();
-    const rememberAcked = (seq: number) => {
-      recentlyAcked.add(seq);
+    const recentlyAcked = new Set<string>();
+    const rememberAcked = (id: string) => {
+      recentlyAcked.add(id);
       if (recentlyAcked.size > RECENTLY_ACKED_KEPT) recentlyAcked.delete(recentlyAcked.values().next().value!);
     };
     const slots = new WorkSlots(options.concurrency);
@@ -609,10 +611,10 @@ export class Bus {
             // This process stalled (a paused or CPU-starved pod) past the ack wait between heartbeats, and JetStream
             // gave a message back to this consumer that its handler still has, or acked just before the redelivery
             // left the server. Running it again would do the work twice (a sentence spoken twice).
-            // Only a redelivery can be one: a stream made again (NATS lost its store) numbers new messages from 1.
+            const id = identity(msg);
             const redelivered = msg.info.redeliveryCount > 1;
-            const held = redelivered ? inHand.get(msg.seq) : undefined;
-            if (held || (redelivered && recentlyAcked.has(msg.seq))) {
+            const held = redelivered ? inHand.get(id) : undefined;
+            if (held || (redelivered && recentlyAcked.has(id))) {
               if (held) {
                 held.deliveries = msg.info.redeliveryCount; // the handler at work acks it; this delivery counts
                 msg.working();
@@ -625,12 +627,12 @@ export class Bus {
               continue;
             }
             const record = { deliveries: msg.info.redeliveryCount, acked: false };
-            inHand.set(msg.seq, record);
+            inHand.set(id, record);
             const slot = slots.take();
             const task = this.runWorkItem(msg, codec, handler, options, received, slot, record).finally(() => {
               inFlight.delete(task);
-              if (inHand.get(msg.seq) === record) inHand.delete(msg.seq);
-              if (record.acked) rememberAcked(msg.seq);
+              if (inHand.get(id) === record) inHand.delete(id);
+              if (record.acked) rememberAcked(id);
               slot.settled();
             });
             inFlight.add(task);
@@ -641,7 +643,6 @@ export class Bus {
         }
         this.consumers.delete(messages);
         messages = undefined;
-        recentlyAcked.clear();
         // Not asked to stop: the server lost the queue or the consumer failed. A short pause keeps a queue that
         // fails at once from spinning this loop.
         if (!stopped && !this.closing) await pause(RESTART_PAUSE_MS);
