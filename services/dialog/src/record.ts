@@ -14,12 +14,15 @@ export async function markInterrupted(store: CallStore, callId: string, spokenTe
     const lines = await store.transcriptLines(callId);
     const found = findSpoken(lines, spokenText, heardText);
     if (found === "done") return;
-    if (found === undefined) break;
+    if (found === undefined) {
+      // The line is not in the record (it was never recorded, or the record was trimmed): note what was heard.
+      await store.appendTranscript(callId, { role: "bot", text: heardText, at, interrupted: true });
+      return;
+    }
     const { index, entry } = found;
     if (await store.replaceTranscriptEntry(callId, index, lines[index], { ...entry, text: heardText, interrupted: true })) return;
   }
-  // The line is not in the record (it was never recorded, or the record was trimmed): note what was heard.
-  await store.appendTranscript(callId, { role: "bot", text: heardText, at, interrupted: true });
+  // Appends kept moving the line: it stays as it was said rather than a second line being added for it.
 }
 
 /** The latest bot line that said `spokenText` and is not marked yet; "done" when it was marked already. */
