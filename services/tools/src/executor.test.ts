@@ -228,6 +228,29 @@ describe("ToolExecutor", () => {
     expect(await store.toolResult("CAdied", "lookup-1")).toEqual(again);
   });
 
+  it("a repeat that reaches the replica still running the tool (its claim lapsed while it was frozen) gets that execution's result", async () => {
+    let refunds = 0;
+    let started = false;
+    const refund: Tool = {
+      name: "refund",
+      defaultTimeoutMs: 10_000,
+      run: async () => ((started = true), await new Promise((r) => setTimeout(r, 500)), { refunded: ++refunds }),
+    };
+    const registry = new Registry();
+    const executor = new ToolExecutor([refund], store, createExecutorMetrics(registry), silentLogger, "tools-frozen");
+    await liveCall("CAlapsed");
+    const first = executor.handle(request("CAlapsed", "refund"));
+    await waitFor(() => started, { what: "the tool running" });
+    // Its claim ran out while this process could not keep it (frozen): to Redis it looks like a dead replica's.
+    await store.redis.hset(keys.once("CAlapsed"), "tool:refund-1", "tools-frozen 1");
+    const repeat = await executor.handle(request("CAlapsed", "refund", { repeat: true }));
+    expect(repeat).toMatchObject({ ok: true });
+    expect(JSON.parse(repeat.resultJson)).toEqual({ refunded: 1 });
+    expect(await first).toEqual(repeat);
+    expect(refunds).toBe(1);
+    expect(await metricSum(registry, "voicebot_tools_duplicate_requests_total", { kind: "stale" })).toBe(0);
+  });
+
   it("a replica keeps the claim of a tool that runs long: a concurrent repeat elsewhere waits for its result instead of taking it over", async () => {
     let runs = 0;
     const slowLookup: Tool = {

@@ -103,8 +103,11 @@ export class ToolExecutor {
   private readonly running = new Map<string, Set<AbortController>>();
   /** Calls a claim found live lately: their idempotent tools run without one. */
   private readonly liveCalls = new LiveCalls();
-  /** The claims of the tools running here, kept alive while they run. */
-  private readonly claimsHeld = new Set<{ callId: string; toolCallId: string }>();
+  /**
+   * The tools running here, by call and tool call id: their claims are kept alive while they run, and a repeat of
+   * one that reaches this replica waits for its result (its claim may have lapsed while this process was frozen).
+   */
+  private readonly claimsHeld = new Map<string, { claim: { callId: string; toolCallId: string }; result: Promise<ToolCallResult> }>();
   private claimKeeper: NodeJS.Timeout | undefined;
 
   /**
@@ -173,6 +176,12 @@ export class ToolExecutor {
     // starved): nobody would hear the answer, and a tool with effects run now could be run again under a new id.
     if (request.deadlineUnixMs > 0 && arrived > request.deadlineUnixMs + CLOCK_SKEW_MS) {
       return this.refuse(request, "expired", `taken up ${arrived - request.deadlineUnixMs} ms after the requester stopped waiting`);
+    }
+    const runningHere = this.claimsHeld.get(claimKey(callId, toolCallId));
+    if (runningHere) {
+      this.metrics.duplicates.inc({ kind: "waited" });
+      this.log.info("tool request repeated while this replica runs it: answered with that execution's result", { callId, toolCallId, tool: name });
+      return runningHere.result;
     }
     // Resolved once: its timeout, whether it may run twice, and the execution all come from it.
     const tool = this.resolve(request.agent, name);
@@ -243,12 +252,15 @@ export class ToolExecutor {
   /** runAndStore, keeping this replica's claim on the call alive until the answer goes out. */
   private async runHoldingClaim(request: ToolCallRequest, tool: Tool | undefined, deadline: number, cancelled: AbortSignal): Promise<ToolCallResult> {
     const claim = { callId: request.callId, toolCallId: request.toolCallId };
-    this.claimsHeld.add(claim);
+    const key = claimKey(claim.callId, claim.toolCallId);
+    const result = this.runAndStore(request, tool, deadline, cancelled);
+    const held = { claim, result };
+    this.claimsHeld.set(key, held);
     this.claimKeeper ??= setInterval(() => this.keepClaims(), CLAIM_KEEP_MS).unref();
     try {
-      return await this.runAndStore(request, tool, deadline, cancelled);
+      return await result;
     } finally {
-      this.claimsHeld.delete(claim);
+      if (this.claimsHeld.get(key) === held) this.claimsHeld.delete(key);
       if (this.claimsHeld.size === 0) {
         clearInterval(this.claimKeeper);
         this.claimKeeper = undefined;
@@ -259,7 +271,7 @@ export class ToolExecutor {
   private readonly keepLog = new LogThrottle();
 
   private keepClaims(): void {
-    this.store.keepToolClaims(this.holder, [...this.claimsHeld], CLAIM_TTL_MS).catch((error: unknown) => {
+    this.store.keepToolClaims(this.holder, [...this.claimsHeld.values()].map((held) => held.claim), CLAIM_TTL_MS).catch((error: unknown) => {
       // Tried again at the next tick. Missed for the claim's whole life, a repeat may take it over and run an
       // idempotent tool a second time, or be told a tool with effects has an unknown outcome.
       this.metrics.linkRetries.inc({ step: "keep-claims" });
@@ -506,4 +518,8 @@ export function parseArguments(json: string): { ok: true; value: Record<string, 
   }
   if (!value || typeof value !== "object" || Array.isArray(value)) return { ok: false, message: "arguments must be a JSON object" };
   return { ok: true, value: value as Record<string, unknown> };
+}
+
+function claimKey(callId: string, toolCallId: string): string {
+  return `${callId}\u0000${toolCallId}`;
 }
