@@ -92,6 +92,17 @@ describe("no turn ends in silence", () => {
     // "#" ends the entry: it must be answered.
     client.sendDtmf("#");
     await waitFor(async () => (await fallbacks()) === before + 1, { what: "the fallback line after #", timeoutMs: 5_000 });
+    await waitFor(() => client.events("media").length > 0, { what: "its audio" });
+
+    // Something said (a final) and then a number keyed: the deadline runs from the latest key, not mid-entry.
+    world.bus.publish(subjects.transcript(client.callSid), Transcript, Transcript.create({ callId: client.callSid, utteranceId: "5", text: "", isFinal: true }), client.callSid);
+    for (const digit of "345") {
+      await new Promise((r) => setTimeout(r, DEADLINE_MS * 0.6));
+      client.sendDtmf(digit);
+    }
+    await new Promise((r) => setTimeout(r, DEADLINE_MS * 0.6));
+    expect(await fallbacks()).toBe(before + 1);
+    await waitFor(async () => (await fallbacks()) === before + 2, { what: "the fallback line once the keys stop", timeoutMs: 5_000 });
     client.close();
   });
 
@@ -232,6 +243,23 @@ describe("SilenceGuard", () => {
     g.botAudio("t1"); // the reply starts while the look-up is out
     g.inputEnded("keypad", end);
     expect(g.armed).toBe(false);
+    g.close();
+  });
+
+  it("a caller still keying digits moves an armed deadline to the latest key; with nothing armed a digit arms nothing", async () => {
+    const fired: string[] = [];
+    const g = guard(fired);
+    g.callerBusy(g.inputEnd());
+    expect(g.armed).toBe(false);
+    g.inputEnded("speech");
+    const spokeAt = performance.now();
+    await new Promise((r) => setTimeout(r, DEADLINE_MS * 0.75));
+    g.callerBusy(g.inputEnd());
+    await new Promise((r) => setTimeout(r, DEADLINE_MS * 0.5));
+    expect(fired).toEqual([]); // past the speech's deadline
+    await waitFor(() => fired.length === 1, { what: "the deadline from the key" });
+    expect(fired).toEqual(["speech"]);
+    expect(performance.now() - spokeAt).toBeGreaterThan(DEADLINE_MS * 1.7);
     g.close();
   });
 

@@ -56,8 +56,9 @@ export class SilenceGuard {
   private seq = 0;
   /** When the latest new bot turn began (its `seq`). */
   private lastTurnSeq = 0;
-  /** The input the armed deadline is for. */
+  /** The input the armed deadline is for, and its name for the log. */
   private armedFor: InputEnd | undefined;
+  private armedInput = "";
 
   constructor(
     private readonly deadlineMs: number,
@@ -80,6 +81,7 @@ export class SilenceGuard {
     if (this.timer && this.armedFor && this.armedFor.seq > end.seq) return; // a later input already set the deadline
     this.timer?.clear();
     this.armedFor = end;
+    this.armedInput = input;
     const remaining = Math.max(0, end.atMs + this.deadlineMs - performance.now());
     // After a stall of this replica, bot audio that came meanwhile is read before this fires (StallAwareTimer).
     this.timer = new StallAwareTimer(remaining, () => {
@@ -87,6 +89,15 @@ export class SilenceGuard {
       this.armedFor = undefined;
       if (!this.closed) this.onSilence(input);
     });
+  }
+
+  /**
+   * The caller is still at it (a digit of an entry the dialog answers only at its end): an armed deadline runs
+   * from here, so a caller keying a long number after saying something is not told "one moment" mid-entry.
+   */
+  callerBusy(end: InputEnd): void {
+    if (!this.timer || !this.armedFor || this.armedFor.seq > end.seq) return;
+    this.inputEnded(this.armedInput, end);
   }
 
   /** Bot audio of `turnId` arrived: a new turn means the pipeline answered. */

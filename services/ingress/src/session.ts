@@ -695,7 +695,10 @@ export class CallSession {
   private async keyPressed(callId: string, digit: string, end: InputEnd): Promise<void> {
     if (digit !== "#" && digit !== "*") {
       const hints = await this.deps.store.getJson<{ mode?: unknown }>(keys.hints(callId)).catch(() => undefined);
-      if (hints?.mode === "digits") return;
+      if (hints?.mode === "digits") {
+        if (!this.ended) this.guard?.callerBusy(end);
+        return;
+      }
     }
     // Armed as of the key (`end`): a reply that began during the look-up counts, and the deadline runs from the key.
     if (!this.ended) this.guard?.inputEnded("keypad", end);
