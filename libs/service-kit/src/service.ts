@@ -1,6 +1,6 @@
 import { Bus, errorText, Logger, LogThrottle, parseNatsServers, queueGroups, subjects, type Subscription } from "@voicebot/bus";
 import { ReadinessRequest, ReadinessResponse } from "@voicebot/proto";
-import { CallStore, defaultStoreOptions, describeRedisTarget } from "@voicebot/state";
+import { CallStore, DEFAULT_RECORD_MAX_ENTRIES, defaultStoreOptions, describeRedisTarget } from "@voicebot/state";
 import { collectDefaultMetrics, Gauge, Registry } from "prom-client";
 import { ConfigError, EnvReader, readCommonConfig, type CommonConfig } from "./config.js";
 import { HttpServer, sendJson } from "./http.js";
@@ -97,7 +97,7 @@ export async function startService<C>(definition: ServiceDefinition<C>, env: Nod
   if (definition.portEnv) common.httpPort = reader.int(definition.portEnv, common.httpPort, { min: 0, max: 65535 });
   const config = definition.readConfig(reader);
   const recordTtlMs = reader.int("CALL_RECORD_TTL_SECONDS", defaultStoreOptions.recordTtlMs / 1000, { min: 3600 }) * 1000;
-  const recordMaxEntries = reader.int("CALL_RECORD_MAX_ENTRIES", 2_000, { min: 100, max: 100_000 });
+  const recordMaxEntries = reader.int("CALL_RECORD_MAX_ENTRIES", DEFAULT_RECORD_MAX_ENTRIES, { min: 100, max: 100_000 });
   reader.done();
 
   const log = createLogger({ service: definition.name, instance: common.instanceId }, common.logLevel);

@@ -128,7 +128,8 @@ export interface CallStoreOptions {
 }
 
 const DEFAULT_LINK_TIMEOUT_MS = 5_000;
-const DEFAULT_RECORD_MAX_ENTRIES = 2_000;
+/** CallStoreOptions.recordMaxEntries when not given (CALL_RECORD_MAX_ENTRIES). */
+export const DEFAULT_RECORD_MAX_ENTRIES = 2_000;
 
 export const defaultStoreOptions: CallStoreOptions = {
   liveTtlMs: 6 * 60 * 60 * 1000,
