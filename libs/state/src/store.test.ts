@@ -1,4 +1,4 @@
-import { startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { startRedis, startTcpProxy, waitFor, type ServerHandle } from "@voicebot/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { keys } from "./keys.js";
 import { CallStore } from "./store.js";
@@ -100,6 +100,32 @@ describe("CallStore", () => {
       expect(await store.getRecord("CA1")).not.toHaveProperty("trimmedEntries");
     } finally {
       await small.close();
+    }
+  });
+
+  it("records an append once when the link drops after Redis ran it and before its reply (ioredis sends it again)", async () => {
+    await store.createCall(meta("CRESENT"));
+    const proxy = await startTcpProxy(Number(new URL(redis.url).port));
+    const linked = CallStore.connect(`redis://127.0.0.1:${proxy.port}`, { liveTtlMs: 60_000, recordTtlMs: 3_600_000 });
+    try {
+      await linked.appendTranscript("CRESENT", { role: "bot", text: "hello", at: "t1" });
+      proxy.delayMs = 1_000; // Redis runs the next command; its reply waits in the proxy
+      const appended = linked.appendTurn("CRESENT", { turnId: "t1", latencyMs: 500, inputEndAt: "t1", firstAudioAt: "t2", stages: {} });
+      const line = linked.appendTranscript("CRESENT", { role: "bot", text: "hello again", at: "t3" });
+      await waitFor(async () => (await store.redis.llen(keys.transcript("CRESENT"))) === 2);
+      proxy.cut();
+      proxy.delayMs = 0;
+      proxy.restore(); // the next connection gets through
+      await Promise.all([appended, line]);
+      const record = await store.getRecord("CRESENT");
+      expect(record!.turns.map((turn) => turn.turnId)).toEqual(["t1"]);
+      expect(record!.transcript.map((entry) => entry.text)).toEqual(["hello", "hello again"]);
+      // Distinct entries with the same words are both kept (each carries its time).
+      await linked.appendTranscript("CRESENT", { role: "bot", text: "hello again", at: "t4" });
+      expect((await store.getRecord("CRESENT"))!.transcript).toHaveLength(3);
+    } finally {
+      await linked.close();
+      await proxy.close();
     }
   });
 

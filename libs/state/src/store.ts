@@ -283,7 +283,12 @@ return 1`;
 // a record list, dropping its oldest entries past the most (counted in the record's 'trimmed' field).
 // Once the call has ended the list keeps the record's remaining life (an append must not renew it to the live
 // TTL), and the once field is not checked: endCall deleted the once hash, and no input of an ended call is redone.
-// Returns 0 when the once field was seen before (nothing appended), else 1.
+// An entry equal to one of the list's latest is not appended again: ioredis sends a command again when its link
+// dropped before the reply, though Redis may have run it (every entry carries its time, so two distinct ones differ).
+// Returns 0 when the once field or the entry was seen before (nothing appended), else 1.
+/** How many of a list's latest entries an append compares with (appends of other stages may land in between). */
+const RESENT_APPEND_WINDOW = 16;
+
 const APPEND_SCRIPT = `
 local state = redis.call('HGET', KEYS[1], 'state')
 local ended = state == 'ended'
@@ -292,6 +297,9 @@ if state == 'live' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 if ARGV[4] ~= '' and not ended then
   if redis.call('HSETNX', KEYS[3], ARGV[4], '1') == 0 then return 0 end
   redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
+for _, recent in ipairs(redis.call('LRANGE', KEYS[2], -${RESENT_APPEND_WINDOW}, -1)) do
+  if recent == ARGV[1] then return 0 end
 end
 local length = redis.call('RPUSH', KEYS[2], ARGV[1])
 local most = tonumber(ARGV[5])
