@@ -4,7 +4,7 @@
 // replica, which resumes it: same call, same dialog state, no second greeting. A TCP proxy in front of the ingress
 // replicas stands for the Kubernetes Service (it stops sending to a replica that died or is draining).
 
-import { dialThroughWebhook, synthesize, type TwilioCallSimulator } from "@voicebot/callsim";
+import { dialThroughWebhook, synthesize, TwilioCallSimulator } from "@voicebot/callsim";
 import { startTcpProxy, waitFor, type TcpProxy } from "@voicebot/testing";
 import { beforeAll, expect, test } from "vitest";
 import { answers, faultTestHooks, lines, logDelay, startCluster, type Cluster } from "./faults-cluster.js";
@@ -90,6 +90,27 @@ test("the replica streaming a call is killed: Twilio's redirect resumes it on th
   await sim.hangUp();
   const ended = await cluster.waitForRecord(sim.callSid, "the call ended", (r) => r.state === "ended");
   expect(ended.endReason).toBe("caller_hangup");
+});
+
+test("a plain start for a call live on one replica, sent to the other, is refused and does not take the call over", async () => {
+  await twoIngress();
+  const [holder, other] = cluster.replicas.ingress;
+  service.targetPort = holder.port;
+  const sim = await dial();
+  // Not Twilio: it brings a call back on a new stream only through the redirect, as a resume.
+  const errorsBefore = await cluster.metric(other, "voicebot_ingress_protocol_errors_total");
+  const intruder = new TwilioCallSimulator({ url: `ws://127.0.0.1:${other.port}/twilio`, callSid: sim.callSid });
+  await intruder.connect();
+  expect(await intruder.closed).toBe(1008);
+  expect(intruder.closeDetails?.reason).toBe("call_already_streaming");
+  expect(await cluster.metric(other, "voicebot_ingress_protocol_errors_total")).toBe(errorsBefore + 1);
+  // The call goes on on its own stream, untouched.
+  await pressAndExpect(sim, "1");
+  const record = (await cluster.record(sim.callSid))!;
+  expect(record).toMatchObject({ state: "live", streamSid: sim.streamSid });
+  expect(sim.isClosed).toBe(false);
+  await sim.hangUp();
+  await cluster.waitForRecord(sim.callSid, "the call ended", (r) => r.state === "ended");
 });
 
 test("SIGTERM: a draining ingress hands its live call over at a quiet moment and exits without waiting for the call's end", async () => {

@@ -316,11 +316,15 @@ end
 redis.call('PEXPIRE', KEYS[2], ttl)
 return 1`;
 
-// KEYS: meta. ARGV: live TTL, then field, value pairs. A call's record, unless the call has ended: a call sid is
-// used once, so a stream that starts one again (not a resume) must not bring it back to life. Returns 1 if written.
+// KEYS: meta. ARGV: live TTL, the stream's id, then field, value pairs. A call's record, unless the call has ended
+// (a call sid is used once: a stream that starts one again, not a resume, must not bring it back to life) or is live
+// on another stream (a start for a live call is not Twilio's: it resumes a call with a resume, and must not take
+// it over). The same stream writing it again (a retry) is fine. Returns 1 if written, 0 ended, -1 live elsewhere.
 const CREATE_SCRIPT = `
-if redis.call('HGET', KEYS[1], 'state') == 'ended' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+local found = redis.call('HMGET', KEYS[1], 'state', 'streamSid')
+if found[1] == 'ended' then return 0 end
+if found[1] == 'live' and found[2] ~= ARGV[2] then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('HSET', KEYS[1], 'state', 'live')
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1`;
@@ -567,10 +571,14 @@ export class CallStore {
 
   // ---- call record ----
 
-  /** The record of a call whose stream started (state live). False, and nothing written, if the call has ended. */
-  async createCall(meta: CallMeta): Promise<boolean> {
+  /**
+   * The record of a call whose stream started (state live): "created", or, with nothing written, "ended" when the call
+   * has ended or "live_elsewhere" when it is live on another stream (see CREATE_SCRIPT).
+   */
+  async createCall(meta: CallMeta): Promise<"created" | "ended" | "live_elsewhere"> {
     const fields = Object.entries(meta).flatMap(([name, value]) => (value === undefined ? [] : [name, String(value)]));
-    return (await scripts(this.redis).vbCreate(keys.meta(meta.callSid), this.options.liveTtlMs, ...fields)) === 1;
+    const outcome = await scripts(this.redis).vbCreate(keys.meta(meta.callSid), this.options.liveTtlMs, meta.streamSid, ...fields);
+    return outcome === 1 ? "created" : outcome === 0 ? "ended" : "live_elsewhere";
   }
 
   /**

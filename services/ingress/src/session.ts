@@ -497,12 +497,17 @@ export class CallSession {
   /** A new call: its record, this replica's stream lease, the asr's claim and the dialog's greeting. */
   private async announceCall(meta: CallMeta, callStarted: CallStarted): Promise<void> {
     const callId = meta.callSid;
-    let created = true;
-    await this.storeOp("create_call", async () => void (created = await this.deps.store.createCall(meta)));
-    if (!created) {
+    const created = await this.createRecord(meta);
+    if (created === "ended") {
       // A call sid is used once: a new stream (not a resume) for a call that ended would be a call without a dialog.
       this.errors.report("call_ended", "a stream started for a call that has ended; closing it", Date.now());
       return void this.closeAndDetach(1008, "call_ended", "the call's record says it ended");
+    }
+    if (created === "live_elsewhere") {
+      // Twilio brings a call back on a new stream only as a resume: a plain start for a call that is live on another
+      // stream (of any replica) must not take it over.
+      this.errors.report("call_already_streaming", `call ${callId} already has a live stream`, Date.now(), { closing: 1008 });
+      return void this.closeAndDetach(1008, "call_already_streaming", "the call is live on another stream");
     }
     await this.takeStream(callId);
     this.publish(subjects.callStarted, CallStarted, callStarted, "call_started");
@@ -1313,8 +1318,13 @@ export class CallSession {
     this.log.warn("the call's record vanished from Redis; writing it again and restarting the conversation", { restart: n });
     this.enqueue(async () => {
       try {
-        await this.storeOp("create_call", async () => void (await this.deps.store.createCall(announcement.meta)));
+        const created = await this.createRecord(announcement.meta);
         if (this.ended) return;
+        if (created === "ended" || created === "live_elsewhere") {
+          // Written again meanwhile by another stream of the call (it resumed elsewhere), or ended: not ours to restart.
+          this.log.warn("the call's record came back before this stream wrote it; not restarting the conversation", { found: created });
+          return;
+        }
         this.publish(subjects.callStarted, CallStarted, announcement.callStarted, "call_started");
         await this.publishInput(
           DialogInput.create({
@@ -1365,6 +1375,13 @@ export class CallSession {
       this.deps.metrics.publishErrors.inc({ message: `dialog_${input.input?.$case ?? "input"}` });
       this.log.error("dialog input could not be published", { inputId: input.inputId, error: errorText(error) });
     }
+  }
+
+  /** The call's record written (store.createCall); undefined when Redis failed (the call goes on without it). */
+  private async createRecord(meta: CallMeta): Promise<Awaited<ReturnType<CallStore["createCall"]>> | undefined> {
+    let created: Awaited<ReturnType<CallStore["createCall"]>> | undefined;
+    await this.storeOp("create_call", async () => void (created = await this.deps.store.createCall(meta)));
+    return created;
   }
 
   private async storeOp(op: string, run: () => Promise<void>): Promise<void> {
