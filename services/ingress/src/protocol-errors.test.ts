@@ -170,6 +170,36 @@ describe("bad input", () => {
     await client.closed;
   });
 
+  it("places a client's longer media chunks (40 ms each) as that many frames by chunk number, reordered ones too", async () => {
+    const client = await TwilioClient.connect(world.ingress.wsUrl, newCallSid());
+    client.sendStart();
+    const audio = collect(world.bus, subjects.callerAudio(client.callSid), CallerAudio);
+    await world.bus.nc.flush();
+    const before = await metricValue(world.ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "bad_payload_size" });
+    const chunk = (n: number) => Buffer.concat([frames(1, 2 * n - 1), frames(1, 2 * n)]); // frames 2n-1 and 2n
+    for (const n of [1, 3, 2, 4, 5]) client.sendMedia(n, chunk(n));
+    await waitFor(() => audio.items.reduce((n, a) => n + a.frameCount, 0) >= 10, { what: "ten frames of caller audio" });
+    const payload = Buffer.concat(audio.items.map((a) => Buffer.from(a.payload)));
+    expect(audio.items[0].firstFrame).toBe(0);
+    expect([...payload].filter((_, i) => i % 160 === 0)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "bad_payload_size" })).toBe(before);
+    audio.sub.unsubscribe();
+    client.sendStop();
+    await client.closed;
+  });
+
+  it("takes nothing more from a stream it is closing: a start right after a refused one does not become a call", async () => {
+    const client = await TwilioClient.connect(world.ingress.wsUrl, newCallSid());
+    client.sendStart({}, { mediaFormat: { encoding: "audio/l16", sampleRate: 16000, channels: 1 } });
+    client.sendStart(); // in the same read as the refused one, before our close reaches the client
+    expect((await client.closed).code).toBe(1008);
+    await expectCounted("unsupported_media_format");
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(world.dialog.items.filter((i) => i.callId === client.callSid)).toEqual([]);
+    const record = await fetch(`${world.ingress.baseUrl}/v1/calls/${client.callSid}`);
+    expect(record.status).toBe(404);
+  });
+
   it("refuses a new stream (not a resume) for a call that has ended", async () => {
     const first = await startedCall();
     first.sendStop();

@@ -159,6 +159,11 @@ export class CallSession {
   private transferTo: string | undefined;
   /** Added to Twilio's chunk numbers: a resumed stream counts from 1 again, the call's frames go on. */
   private frameOffset = 0;
+  /**
+   * 20 ms frames in one media chunk of this stream, from its first one: 1 for Twilio. A client that sends longer
+   * chunks (40 ms, 100 ms) has each placed as that many frames of the timeline, by its chunk number.
+   */
+  private framesPerChunk = 0;
   private endReason: string | undefined;
   private ended = false;
   private ending: Promise<void> | undefined;
@@ -316,6 +321,9 @@ export class CallSession {
 
   private onMessage(data: RawData, isBinary: boolean): void {
     this.lastHeardAt = performance.now();
+    // Once this side is closing the socket, nothing the peer still sends counts: a start after a refused one must
+    // not become a call (ws goes on delivering messages until the close handshake ends).
+    if (this.ws.readyState !== WebSocket.OPEN) return;
     try {
       this.handleMessage(data, isBinary);
     } catch (error) {
@@ -601,17 +609,43 @@ export class CallSession {
     this.lastMediaAt = now;
     if (this.foreignStream("media", media.streamSid, now)) return;
     if (media.track !== "inbound") return; // only the caller's side goes to recognition
-    if (media.payload.length !== FRAME_BYTES) {
-      // Twilio sends 20 ms (160 bytes) per chunk, and a chunk number is a 20 ms step of the caller's timeline: the
-      // payload is fitted to it (padded with silence or cut) so the audio after it stays in place.
-      this.errors.report("bad_payload_size", `media payload of ${media.payload.length} bytes, not ${FRAME_BYTES}; fitted to one 20 ms frame`, now);
-      const frame = Buffer.alloc(FRAME_BYTES, MULAW_SILENCE);
-      media.payload.copy(frame, 0, 0, FRAME_BYTES);
-      media = { ...media, payload: frame };
-    }
     const jitter = this.jitter!;
-    // In order: forwarded right here. Ahead of a gap: held, and the shared scheduler closes the gap in time.
-    if (jitter.push(media.chunk, media.payload, now, Date.now()) === "held") this.deps.scheduler.wake(this.jitterPacer);
+    if (this.framesPerChunk === 0) this.learnChunkLength(media.payload.length);
+    const perChunk = this.framesPerChunk;
+    if (perChunk === 1 && media.payload.length === FRAME_BYTES) {
+      // Twilio: one 20 ms frame per chunk. In order: forwarded right here. Ahead of a gap: held, and the shared
+      // scheduler closes the gap in time.
+      if (jitter.push(media.chunk, media.payload, now, Date.now()) === "held") this.deps.scheduler.wake(this.jitterPacer);
+      return;
+    }
+    let payload = media.payload;
+    const chunkBytes = perChunk * FRAME_BYTES;
+    if (payload.length !== chunkBytes) {
+      // A chunk number is a fixed step of the caller's timeline: the payload is fitted to it (padded with silence or
+      // cut) so the audio after it stays in place.
+      this.errors.report("bad_payload_size", `media payload of ${payload.length} bytes, not ${chunkBytes}; fitted to ${perChunk * FRAME_MS} ms`, now);
+      const fitted = Buffer.alloc(chunkBytes, MULAW_SILENCE);
+      payload.copy(fitted, 0, 0, chunkBytes);
+      payload = fitted;
+    }
+    const firstFrame = (media.chunk - 1) * perChunk + 1;
+    const receivedAtMs = Date.now();
+    let held = false;
+    for (let i = 0; i < perChunk; i++) {
+      held = jitter.push(firstFrame + i, payload.subarray(i * FRAME_BYTES, (i + 1) * FRAME_BYTES), now, receivedAtMs) === "held" || held;
+    }
+    if (held) this.deps.scheduler.wake(this.jitterPacer);
+  }
+
+  /** The stream's chunk length, from its first media payload: whole 20 ms frames, at least one (see framesPerChunk). */
+  private learnChunkLength(payloadBytes: number): void {
+    this.framesPerChunk = Math.max(1, Math.round(payloadBytes / FRAME_BYTES));
+    if (this.framesPerChunk > 1) {
+      this.log.info("the caller's media chunks are longer than Twilio's 20 ms; each is placed as that many frames", {
+        chunkMs: this.framesPerChunk * FRAME_MS,
+        payloadBytes,
+      });
+    }
   }
 
   private readonly jitterSink: JitterSink = {
