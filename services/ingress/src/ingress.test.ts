@@ -763,6 +763,8 @@ describe("ingress API: token and placing calls", () => {
         { to: "+15550100001", from: "me" },
         { to: "+15550100001", from: "+15550100002", agent: "no spaces" },
         { to: "+15550100001", from: "+15550100002", parameters: { agent: "x" } },
+        { to: "+15550100001", from: "+15550100002", parameters: { vbResume: "3" } },
+        { to: "+15550100001", from: "+15550100002", parameters: { onMachine: "hangup" } },
         { to: "+15550100001", from: "+15550100002", ringTimeoutS: 1 },
         { to: "+15550100001", from: "+15550100002", statusCallback: "http://plain.example.com/status" },
         { to: "+15550100001", from: "+15550100002", parameters: Object.fromEntries(Array.from({ length: 12 }, (_, i) => [`p${i}`, "&".repeat(400)])) },
@@ -832,7 +834,7 @@ describe("ingress API: token and placing calls", () => {
       expect(invalidNumber.status).toBe(422);
       expect((await invalidNumber.json()).error).toBe("Twilio API answered 400: The 'To' number +15550109999 is not a valid phone number. (code 21211)");
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "placed" })).toBe(1);
-      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "invalid" })).toBe(8);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "invalid" })).toBe(10);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "refused" })).toBe(1);
 
       // Twilio refusing this platform (credentials), rate-limiting it, and answering too late (the call may exist).

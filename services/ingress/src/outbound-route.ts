@@ -9,7 +9,7 @@ import { isOnMachine, machineDetection, ON_MACHINE, type OnMachine } from "./amd
 import { refuseWithoutToken } from "./api-auth.js";
 import { isValidAgent, type IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
-import { resumeUrl } from "./resume.js";
+import { RESUMABLE_PARAM, RESUME_PARAM, resumeUrl } from "./resume.js";
 import { publicHttpOrigin } from "./signature.js";
 import { statusCallbackUrl } from "./status-callback.js";
 import { streamTwiml, TwilioApiError, type TwilioRestClient } from "./twilio-rest.js";
@@ -21,7 +21,8 @@ const PARAMETER_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 const MAX_PARAMETERS = 16;
 /** Twilio's limit on the Twiml parameter of a call. */
 const MAX_TWIML_CHARS = 4_000;
-const RESERVED_PARAMETERS = new Set(["agent", "from", "to"]);
+/** Names with fields of their own, or that the stream's own parameters use (resume bookkeeping, the machine verdict). */
+const RESERVED_PARAMETERS = new Set(["agent", "from", "to", "onMachine", RESUME_PARAM, RESUMABLE_PARAM]);
 const MAX_PARAMETER_CHARS = 500;
 /** Twilio's ring timeout range (seconds); its default is 60. */
 const RING_TIMEOUT_S = { min: 5, max: 600, default: 60 };
@@ -200,7 +201,7 @@ export function parseOutboundCall(value: unknown): OutboundCall | { error: strin
     if (entries.length > MAX_PARAMETERS) return { error: `at most ${MAX_PARAMETERS} parameters` };
     for (const [name, text] of entries) {
       if (!PARAMETER_NAME.test(name) || RESERVED_PARAMETERS.has(name)) {
-        return { error: `parameter name ${JSON.stringify(name.slice(0, 80))} is not allowed (1-64 letters, digits, '_', '.', '-'; agent, from and to have fields of their own)` };
+        return { error: `parameter name ${JSON.stringify(name.slice(0, 80))} is not allowed (1-64 letters, digits, '_', '.', '-'; not ${[...RESERVED_PARAMETERS].join(", ")})` };
       }
       if (typeof text !== "string" || text.length > MAX_PARAMETER_CHARS) return { error: `parameter ${name} must be a string of at most ${MAX_PARAMETER_CHARS} characters` };
       params[name] = text;
