@@ -10,3 +10,9 @@ export interface TtsEngine {
   warmUp?(signal: AbortSignal): Promise<void>;
   close(): Promise<void>;
 }
+
+/**
+ * The engine cannot serve this request as asked (a voice it does not know), while it is well: the chunk moves to the
+ * next engine, and the engine keeps serving every other call (no cool-down).
+ */
+export class RequestRefusedError extends Error {}

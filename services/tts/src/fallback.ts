@@ -1,7 +1,7 @@
 import { Resampler } from "@voicebot/audio";
 import { errorText } from "@voicebot/bus";
 import { processLoopStalls, StallAwareTimer } from "@voicebot/service-kit";
-import type { TtsEngine } from "./engine.js";
+import { RequestRefusedError, type TtsEngine } from "./engine.js";
 
 type EngineRequest = Parameters<TtsEngine["synthesize"]>[0];
 
@@ -119,11 +119,12 @@ export class FallbackEngine implements TtsEngine {
     // Without a next engine to move to, a failure is the caller's to report, not a failover.
     const failover = request.primaryOnly
       ? undefined
-      : (engine: TtsEngine, reason: FailoverReason, error: string) => {
+      : (engine: TtsEngine, reason: FailoverReason, error: unknown) => {
+          const text = errorText(error);
           // A refusal of this request (a voice the engine does not know, text it rejects) says nothing of the
           // engine's health: other calls keep it.
-          if (!REQUEST_REFUSED.test(error)) this.cool(engine);
-          this.options.onFailover?.(engine, reason, error);
+          if (!(error instanceof RequestRefusedError) && !REQUEST_REFUSED.test(text)) this.cool(engine);
+          this.options.onFailover?.(engine, reason, text);
         };
     // What is left to say: the whole text, or what an engine that broke off may not have said.
     let text = request.text;
@@ -179,7 +180,7 @@ export class FallbackEngine implements TtsEngine {
         if (samples === 0) {
           const reason: FailoverReason = error instanceof EngineStalledError ? "stall" : "error";
           failures.push(`${engine.label}: ${errorText(error)}`);
-          failover?.(engine, reason, errorText(error));
+          failover?.(engine, reason, error);
           continue;
         }
         const rest = unsaidRest(text, samples / engine.sampleRate, request.rate);
@@ -190,7 +191,7 @@ export class FallbackEngine implements TtsEngine {
           retried = true;
           engines.push(engine);
         }
-        failover(engine, error instanceof EngineTooSlowError ? "slow" : "broke", errorText(error));
+        failover(engine, error instanceof EngineTooSlowError ? "slow" : "broke", error);
         text = rest;
         continuing = true;
       } finally {

@@ -1,6 +1,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { describe, it, expect, afterAll } from "vitest";
 import { EspeakEngine } from "./espeak.js";
+import { RequestRefusedError } from "../engine.js";
 
 const SENTENCE = "Your order one two three four five has shipped.";
 
@@ -70,8 +71,10 @@ describe("EspeakEngine", () => {
     expect((await collect(engine.synthesize({ text: "" }))).pcm.length).toBe(0);
   });
 
-  it("reports an unknown voice with espeak-ng's message", async () => {
-    await expect(collect(engine.synthesize({ text: SENTENCE, voice: "xx-nosuch" }))).rejects.toThrow(/espeak-ng exited with code 1: .*voice does not exist/);
+  it("reports an unknown voice with espeak-ng's message, as a refusal of the request (not an engine failure)", async () => {
+    const refused = collect(engine.synthesize({ text: SENTENCE, voice: "xx-nosuch" }));
+    await expect(refused).rejects.toThrow(/espeak-ng: unknown voice "xx-nosuch": .*voice does not exist/);
+    await expect(refused).rejects.toBeInstanceOf(RequestRefusedError);
   });
 
   it("stops quickly when aborted mid-synthesis", async () => {

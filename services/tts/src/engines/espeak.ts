@@ -5,9 +5,12 @@
 // mbrola voices (mb-*) are 16 kHz and get resampled to the engine's rate.
 
 import { Resampler, WavStreamParser } from "@voicebot/audio";
-import type { SynthesisRequest, TtsEngine } from "../engine.js";
+import { RequestRefusedError, type SynthesisRequest, type TtsEngine } from "../engine.js";
 import { pieces, startEngineProcess, type EngineProcess } from "./process.js";
 import { groupSentences } from "./text.js";
+
+/** What espeak-ng says on stderr when asked for a voice it does not have. */
+const UNKNOWN_VOICE = /voice does not exist/i;
 
 export interface EspeakEngineOptions {
   /** Path or name of the binary (default "espeak-ng", found on PATH). */
@@ -77,6 +80,9 @@ export class EspeakEngine implements TtsEngine {
         parser.end();
         const tail = resampler?.flush();
         if (tail) yield* pieces(tail, this.pieceSamples, signal);
+      } catch (error) {
+        if (UNKNOWN_VOICE.test(proc.stderr())) throw new RequestRefusedError(`espeak-ng: unknown voice ${JSON.stringify(args[2])}: ${proc.stderr()}`);
+        throw error;
       } finally {
         proc.kill(); // no-op if it exited; stops it if the caller stopped early or aborted
         await proc.done.catch(() => undefined); // and it is gone once we return

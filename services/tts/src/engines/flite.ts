@@ -16,7 +16,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseWav, resample } from "@voicebot/audio";
-import type { SynthesisRequest, TtsEngine } from "../engine.js";
+import { RequestRefusedError, type SynthesisRequest, type TtsEngine } from "../engine.js";
 import { pieces, startEngineProcess, type EngineProcess } from "./process.js";
 import { splitSentences } from "./text.js";
 
@@ -118,7 +118,7 @@ export class FliteEngine implements TtsEngine {
   private async checkVoice(voice: string): Promise<void> {
     if (voice.includes("/") || voice.endsWith(".flitevox")) return; // a voice file: flite reports load errors
     const voices = await this.listVoices();
-    if (!voices.has(voice)) throw new Error(`flite: unknown voice ${JSON.stringify(voice)} (available: ${[...voices].join(", ")})`);
+    if (!voices.has(voice)) throw new RequestRefusedError(`flite: unknown voice ${JSON.stringify(voice)} (available: ${[...voices].join(", ")})`);
   }
 
   private scratchDir(): Promise<string> {
