@@ -21,6 +21,9 @@ describe("normalizeSpokenDigits", () => {
     ["oh, sorry", "oh, sorry"],
     ["Oh, four five", "Oh, 45"],
     ["", ""],
+    // Words that every object has as a property are words, not numbers.
+    ["constructor toString one", "constructor toString 1"],
+    ["double constructor", "double constructor"],
   ];
   for (const [input, expected] of cases) {
     it(`${JSON.stringify(input)} → ${JSON.stringify(expected)}`, () => {

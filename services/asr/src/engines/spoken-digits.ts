@@ -19,7 +19,7 @@ const ZERO_LETTERS = new Set(["oh", "o"]);
 type Token = { word: string; raw: string };
 
 function isDigitWord(word: string): boolean {
-  return word in UNITS || word in TEENS || word in TENS || /^\d+$/.test(word);
+  return Object.hasOwn(UNITS, word) || Object.hasOwn(TEENS, word) || Object.hasOwn(TENS, word) || /^\d+$/.test(word);
 }
 
 export function normalizeSpokenDigits(text: string): string {
@@ -28,7 +28,7 @@ export function normalizeSpokenDigits(text: string): string {
     // "twenty-one" is two words; "407-12" and "4.07" are one digit group.
     const cleaned = raw.toLowerCase().replace(/^[^\p{L}\p{N}]+|[^\p{L}\p{N}]+$/gu, "");
     if (/^[\d][\d\-.,/]*\d$|^\d$/.test(cleaned)) tokens.push({ word: cleaned.replace(/\D/g, ""), raw });
-    else if (cleaned.includes("-") && cleaned.split("-").every((p) => p in TENS || p in UNITS)) {
+    else if (cleaned.includes("-") && cleaned.split("-").every((p) => Object.hasOwn(TENS, p) || Object.hasOwn(UNITS, p))) {
       for (const part of cleaned.split("-")) tokens.push({ word: part, raw: part });
     } else tokens.push({ word: cleaned, raw });
   }
@@ -43,15 +43,15 @@ export function normalizeSpokenDigits(text: string): string {
     const { word, raw } = tokens[i];
     const next = tokens[i + 1]?.word;
     if (/^\d+$/.test(word)) run += word;
-    else if (word in UNITS) run += UNITS[word];
-    else if (word in TEENS) run += TEENS[word];
-    else if (word in TENS) {
+    else if (Object.hasOwn(UNITS, word)) run += UNITS[word];
+    else if (Object.hasOwn(TEENS, word)) run += TEENS[word];
+    else if (Object.hasOwn(TENS, word)) {
       // "twenty one" → 21, "twenty" → 20.
-      if (next !== undefined && next in UNITS && next !== "zero") {
+      if (next !== undefined && Object.hasOwn(UNITS, next) && next !== "zero") {
         run += TENS[word] + UNITS[next];
         i++;
       } else run += TENS[word] + "0";
-    } else if (word in REPEAT && next !== undefined && (next in UNITS || ZERO_LETTERS.has(next))) {
+    } else if (Object.hasOwn(REPEAT, word) && next !== undefined && (Object.hasOwn(UNITS, next) || ZERO_LETTERS.has(next))) {
       run += (UNITS[next] ?? "0").repeat(REPEAT[word]);
       i++;
     } else if (ZERO_LETTERS.has(word) && (run !== "" || (next !== undefined && isDigitWord(next) && !/[,;:!?.]$/.test(raw)))) run += "0";
