@@ -120,8 +120,10 @@ describe("dialog Redis use", () => {
       return ToolCallResult.create({ callId, toolCallId: request.toolCallId, name: request.name, ok: true, resultJson: JSON.stringify(order) });
     };
     const dropped = await metric("voicebot_dialog_inputs_dropped_total", { reason: "ended_call" });
+    const conflicts = await metric("voicebot_dialog_state_conflicts_total");
     for (const [i, digit] of [..."12345#"].entries()) await key(callId, digit, i + 2);
     await waitFor(async () => (await metric("voicebot_dialog_inputs_dropped_total", { reason: "ended_call" })) > dropped, { what: "the turn to be dropped" });
+    expect(await metric("voicebot_dialog_state_conflicts_total")).toBe(conflicts); // a hang-up is not a state conflict
     await waitFor(() => speaks.some((s) => s.callId === callId && s.turnId === "t3" && s.turnDone), { what: "the answer spoken" });
 
     expect(await store.redis.exists(keys.hints(callId), keys.dialog(callId))).toBe(0);

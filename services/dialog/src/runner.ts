@@ -547,8 +547,8 @@ export class TurnRunner {
         return;
       }
       lease.resumeRenewal();
+      if (commit.call !== "live") return this.drop(item, "ended_call", fields); // hung up meanwhile: not a conflict
       metrics.conflicts.inc();
-      if (commit.call !== "live") return this.drop(item, "ended_call", fields);
     }
     throw new Error(`dialog state of call ${callId} kept changing during input ${inputId}`);
   }
@@ -646,8 +646,8 @@ export class TurnRunner {
           });
           if (!commit.saved && commit.leaseLost) return this.leaseLost(fields);
           if (!commit.saved) {
-            metrics.conflicts.inc();
             if (commit.call !== "live") return this.drop(item, "ended_call", fields);
+            metrics.conflicts.inc();
             continue;
           }
           redone ??= commit.firstTime === false;
@@ -710,10 +710,10 @@ export class TurnRunner {
           return;
         }
         lease?.resumeRenewal();
+        if (commit.call !== "live") return this.drop(item, "ended_call", fields); // hung up meanwhile: not a conflict
         // Someone saved in between (a lease that expired mid-turn): redo on the new state without repeating speech.
         metrics.conflicts.inc();
         log.warn("dialog state changed during the turn; redoing it", { ...fields, attempt });
-        if (commit.call !== "live") return this.drop(item, "ended_call", fields);
       }
     } finally {
       if (abort) this.deps.inFlight.end(callId, abort);
