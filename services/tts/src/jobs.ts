@@ -13,6 +13,18 @@ interface Entry extends Job {
 
 export type CancelReason = "cancel" | "ended";
 
+/** Why a job was cut off when the process stopped: its chunk is not done, and another replica should speak it. */
+export class ShuttingDownError extends Error {
+  constructor() {
+    super("tts shutting down");
+  }
+}
+
+/** Whether the job was cut off by the process stopping (not by a cancel or the call's end). */
+export function wasShutDown(job: Job): boolean {
+  return job.signal.reason instanceof ShuttingDownError;
+}
+
 /**
  * The work in flight per call, so a CancelTurn or CallEnded can stop exactly that call's (or turn's) work.
  * Cancelled turns and ended calls are remembered for a while: a SpeakRequest that was already on its way when
@@ -88,8 +100,9 @@ export class JobRegistry {
   }
 
   /** Aborts everything (shutdown after a drain timed out). */
+  /** The process stops (its drain ran out of time): every job is cut off, to be handed back (see wasShutDown). */
   abortAll(): void {
-    for (const set of this.calls.values()) for (const entry of set) entry.controller.abort(new Error("tts shutting down"));
+    for (const set of this.calls.values()) for (const entry of set) entry.controller.abort(new ShuttingDownError());
   }
 
   /** Distinct calls with work queued or in flight. */

@@ -148,6 +148,7 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
       const receivedAtMs = Date.now();
       // Tell JetStream the chunk is in hand while it waits for a synthesis slot and while it is spoken.
       const heartbeat = setInterval(() => item.working(), Math.max(100, Math.floor(config.ackWaitMs / 3)));
+      let handedBack = false;
       try {
         if (item.deliveryCount > 1) {
           log.warn("speak request redelivered: the replica that had it stopped before finishing", {
@@ -164,10 +165,15 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
           publishUnspoken(bus, request, `stale: ${receivedAtMs - sentAtMs} ms old`);
           return;
         }
-        await speaker.speak(request, receivedAtMs);
+        if ((await speaker.speak(request, receivedAtMs)) === "handed_back") {
+          // Cut off by the process stopping (its drain ran out of time): another replica speaks it.
+          handedBack = true;
+          log.warn("speak request handed back unfinished: this replica is stopping", { callId: request.callId, turnId: request.turnId, chunkSeq: request.chunkSeq });
+        }
       } finally {
         clearInterval(heartbeat);
-        item.ack();
+        if (handedBack) item.nak();
+        else item.ack();
       }
     },
     // A small local queue: requests beyond it stay in the stream for a less busy replica.

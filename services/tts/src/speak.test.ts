@@ -359,6 +359,31 @@ describe("tts drain", () => {
     expectWellFormedChunk(audio.chunk("t1"), 160);
     audio.close();
   });
+
+  it("hands a chunk it could not finish within DRAIN_TIMEOUT_MS back to the queue, for another replica to speak", async () => {
+    const paced = new PacedEngine(defaultEngines.flite.create("slt"));
+    const stopping = await startTts({ TTS_ENGINES: "paced", DRAIN_TIMEOUT_MS: "300" }, { paced: { defaultVoice: "slt", create: () => paced } });
+    let next: ServiceHandle | undefined;
+    try {
+      const callId = newCallId();
+      const audio = await listen(callId);
+      speak({ callId, text: SENTENCE, turnDone: true });
+      await waitFor(() => audio.parts.length >= 2, { what: "the first parts" });
+      next = await startTts({ TTS_ENGINES: "flite" });
+      await stopping.stop(); // the drain runs out of time mid-sentence
+      await audio.done("t1");
+      // The other replica said the chunk from its start: its parts are numbered from 0 again, the last one closes it.
+      const parts = audio.parts.slice(audio.parts.findLastIndex((p) => p.partSeq === 0));
+      expectWellFormedChunk(parts, 160);
+      expect(joined(parts).length / 8000).toBeGreaterThan(2.5);
+      expect(audio.failures).toEqual([]);
+      expect(await metric(next, "voicebot_tts_chunks_total", { outcome: "ok" })).toBe(1);
+      audio.close();
+    } finally {
+      await stopping.stop();
+      await next?.stop();
+    }
+  });
 });
 
 describe("tts engine failover", () => {

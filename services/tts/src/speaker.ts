@@ -6,7 +6,7 @@ import { keys, type CallStore } from "@voicebot/state";
 import type { TtsEngine } from "./engine.js";
 import { AllEnginesFailedError, type FallbackEngine } from "./fallback.js";
 import { PcmEncoder, resolveFormat, type OutputFormat } from "./format.js";
-import type { Job, JobRegistry } from "./jobs.js";
+import { wasShutDown, type Job, type JobRegistry } from "./jobs.js";
 import { QueueAbortedError, type Limiter } from "./limiter.js";
 import type { MemoryAudioCache } from "./memory-cache.js";
 import type { ChunkOutcome, PrefetchOutcome, TtsMetrics } from "./metrics.js";
@@ -63,7 +63,8 @@ export class Speaker {
 
   constructor(private readonly deps: SpeakerDeps) {}
 
-  async speak(request: SpeakRequest, receivedAtMs = Date.now()): Promise<void> {
+  /** Speaks one chunk. "handed_back" when the process stopped before it was done: the request should go to another replica. */
+  async speak(request: SpeakRequest, receivedAtMs = Date.now()): Promise<"done" | "handed_back"> {
     const { log, metrics, jobs } = this.deps;
     const { callId, turnId, chunkSeq } = request;
     if (!isValidCallId(callId) || !turnId) {
@@ -74,14 +75,14 @@ export class Speaker {
         const fields = { callId: callId.slice(0, 140), turnId: turnId.slice(0, 140), chunkSeq, ...admitted };
         log.error("speak request dropped: it needs a valid call id and a turn id", fields);
       }
-      return;
+      return "done";
     }
     const started = jobs.start(callId, turnId, chunkSeq);
     if ("refused" in started) {
       metrics.cancellations.inc({ reason: started.refused });
       metrics.chunks.inc({ engine: "none", outcome: "cancelled" });
       log.debug("speak request dropped: turn cancelled or call ended", { callId, turnId, chunkSeq, reason: started.refused });
-      return;
+      return "done";
     }
     const job = started.job;
     try {
@@ -93,6 +94,7 @@ export class Speaker {
     } finally {
       jobs.finish(job);
     }
+    return wasShutDown(job) ? "handed_back" : "done";
   }
 
   private async serve(request: SpeakRequest, job: Job, receivedAtMs: number): Promise<void> {
