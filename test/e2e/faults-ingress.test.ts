@@ -5,6 +5,7 @@
 // replicas stands for the Kubernetes Service (it stops sending to a replica that died or is draining).
 
 import { dialThroughWebhook, synthesize, TwilioCallSimulator } from "@voicebot/callsim";
+import { keys } from "@voicebot/state";
 import { startTcpProxy, waitFor, type TcpProxy } from "@voicebot/testing";
 import { beforeAll, expect, test } from "vitest";
 import { answers, faultTestHooks, lines, logDelay, startCluster, type Cluster } from "./faults-cluster.js";
@@ -151,6 +152,24 @@ test("the bot hangs up a resumable call: the redirect that follows finds it ende
   const record = await cluster.waitForRecord(sim.callSid, "the call ended", (r) => r.state === "ended");
   expect(record.endReason).toBe("bot_hangup");
   expect(lines(record).bot.at(-1)).toBe("Goodbye.");
+});
+
+test("the replica streaming a call dies while the bot's goodbye plays: the stream that resumes the call hangs up", async () => {
+  await twoIngress();
+  const [victim, survivor] = cluster.replicas.ingress;
+  service.targetPort = victim.port;
+  const sim = await dial();
+  await sim.pressKeys("9"); // "Goodbye." and the bot hangs up once it has played
+  await waitFor(async () => (await cluster.store.redis.exists(keys.finalAction(sim.callSid))) === 1, { what: "the bot's hang-up asked for" });
+  service.targetPort = survivor.port;
+  await cluster.kill(victim);
+  await waitFor(() => sim.resumes === 1, { what: "the call resumed on a new stream", timeoutMs: 10_000 });
+  await sim.closed;
+  expect(sim.closeDetails?.by).toBe("server");
+  const record = await cluster.waitForRecord(sim.callSid, "the call ended", (r) => r.state === "ended");
+  expect(record.endReason).toBe("bot_hangup");
+  expect(lines(record).bot.filter((b) => b.startsWith("Say again."))).toEqual([]); // nothing prompted after the goodbye
+  expect(await cluster.store.redis.exists(keys.finalAction(sim.callSid))).toBe(0);
 });
 
 test("a stream lost for good (its ingress died, no resume came): the call is ended everywhere once its stream lease lapses", async () => {

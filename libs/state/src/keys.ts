@@ -14,6 +14,8 @@ export const keys = {
   once: (callId: string) => `vb:{${callId}}:once`,
   /** Hash of the tools' stored results by toolCallId, for requests repeated while the call is live. */
   toolResults: (callId: string) => `vb:{${callId}}:tool-results`,
+  /** The hang-up or transfer the bot asked for, until the call ends (store.saveFinalAction). */
+  finalAction: (callId: string) => `vb:{${callId}}:final-action`,
   /** Live calls per owner role, scored by lease expiry, so a replica can find calls whose owner died. */
   leaseIndex: (role: string) => `vb:leases:${role}`,
   cache: (namespace: string, digest: string) => `vb:cache:${namespace}:${digest}`,
@@ -36,5 +38,6 @@ export const liveKeys = (callId: string, roles: readonly string[]) => [
   keys.hints(callId),
   keys.once(callId),
   keys.toolResults(callId),
+  keys.finalAction(callId),
   ...roles.flatMap((role) => [keys.lease(callId, role), keys.progress(callId, role)]),
 ];

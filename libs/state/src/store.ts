@@ -78,6 +78,25 @@ export interface CallRecord extends CallMeta {
   trimmedEntries?: number;
 }
 
+/** A hang-up or transfer the bot asked for (store.saveFinalAction). */
+export interface FinalAction {
+  action: "hangup" | "transfer";
+  /** For a transfer: the number or SIP URI to dial. */
+  target?: string;
+  reason: string;
+}
+
+function parseFinalAction(text: string | undefined): FinalAction | undefined {
+  if (!text) return undefined;
+  try {
+    const parsed = JSON.parse(text) as Partial<FinalAction>;
+    if (parsed.action !== "hangup" && parsed.action !== "transfer") return undefined;
+    return { action: parsed.action, reason: String(parsed.reason ?? ""), ...(typeof parsed.target === "string" ? { target: parsed.target } : {}) };
+  } catch {
+    return undefined;
+  }
+}
+
 export type RequestClaim = { kind: "claimed" | "pending" | "mismatch" } | { kind: "done"; answer: string };
 
 function digestOf(text: string): string {
@@ -140,15 +159,21 @@ export const defaultStoreOptions: CallStoreOptions = {
 /** asr: who recognizes the call; dialog: who takes its turn; stream: which ingress streams it (Twilio's socket). */
 export const leaseRoles = ["asr", "dialog", "stream"] as const;
 
-// KEYS: meta. ARGV: the new stream's id. A call resumed on a new media stream: the record names that stream, if the
-// call is still live, and the hand-over mark of its last stream is taken. Returns {state or '', startedAt or '',
-// handedOver '1' or ''}.
+// KEYS: meta, final action. ARGV: the new stream's id. A call resumed on a new media stream: the record names that
+// stream, if the call is still live, and the hand-over mark of its last stream is taken. Returns {state or '',
+// startedAt or '', handedOver '1' or '', the final action's JSON or ''}.
 const RESUME_SCRIPT = `
 local call = redis.call('HGET', KEYS[1], 'state')
 local handover = redis.call('HGET', KEYS[1], 'handover') or ''
 if call == 'live' then redis.call('HSET', KEYS[1], 'streamSid', ARGV[1]) end
 redis.call('HDEL', KEYS[1], 'handover')
-return {call or '', redis.call('HGET', KEYS[1], 'startedAt') or '', handover}`;
+return {call or '', redis.call('HGET', KEYS[1], 'startedAt') or '', handover, redis.call('GET', KEYS[2]) or ''}`;
+
+// KEYS: meta, final action. ARGV: the action's JSON, TTL. Kept only for a live call. Returns 1 if saved.
+const FINAL_ACTION_SCRIPT = `
+if redis.call('HGET', KEYS[1], 'state') ~= 'live' then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1`;
 
 // KEYS: meta. Marks a live call's stream as handed over on purpose (never creates or revives a record).
 const MARK_HANDOVER_SCRIPT = `
@@ -521,7 +546,8 @@ export class CallStore {
     redis.defineCommand("vbToolClaim", { numberOfKeys: 3, lua: TOOL_CLAIM_SCRIPT });
     redis.defineCommand("vbToolSave", { numberOfKeys: 2, lua: TOOL_SAVE_SCRIPT });
     redis.defineCommand("vbToolKeep", { numberOfKeys: 1, lua: TOOL_KEEP_SCRIPT });
-    redis.defineCommand("vbResume", { numberOfKeys: 1, lua: RESUME_SCRIPT });
+    redis.defineCommand("vbResume", { numberOfKeys: 2, lua: RESUME_SCRIPT });
+    redis.defineCommand("vbFinalAction", { numberOfKeys: 2, lua: FINAL_ACTION_SCRIPT });
     redis.defineCommand("vbMarkHandover", { numberOfKeys: 1, lua: MARK_HANDOVER_SCRIPT });
     redis.defineCommand("vbCreate", { numberOfKeys: 1, lua: CREATE_SCRIPT });
     redis.defineCommand("vbDialing", { numberOfKeys: 1, lua: DIALING_SCRIPT });
@@ -630,9 +656,21 @@ export class CallStore {
    * A live call continues on a new media stream (its ingress died or handed it over): the record names the new
    * stream. Returns the call's state and start time; nothing is written unless it is live.
    */
-  async resumeCall(callId: string, streamSid: string): Promise<{ state: CallState | undefined; startedAt: string | undefined; handedOver: boolean }> {
-    const [state, startedAt, handover] = (await scripts(this.redis).vbResume(keys.meta(callId), streamSid)) as [string, string, string];
-    return { state: callStateOf(state), startedAt: startedAt || undefined, handedOver: handover === "1" };
+  async resumeCall(
+    callId: string,
+    streamSid: string,
+  ): Promise<{ state: CallState | undefined; startedAt: string | undefined; handedOver: boolean; finalAction: FinalAction | undefined }> {
+    const [state, startedAt, handover, final] = (await scripts(this.redis).vbResume(keys.meta(callId), keys.finalAction(callId), streamSid)) as string[];
+    return { state: callStateOf(state), startedAt: startedAt || undefined, handedOver: handover === "1", finalAction: parseFinalAction(final) };
+  }
+
+  /**
+   * Keeps the hang-up or transfer the bot asked for while the call is live: the control message reaches only the
+   * stream of that moment, and a stream that resumes the call (its ingress died first) acts on it. False when the
+   * call is not live.
+   */
+  async saveFinalAction(callId: string, action: FinalAction): Promise<boolean> {
+    return (await scripts(this.redis).vbFinalAction(keys.meta(callId), keys.finalAction(callId), JSON.stringify(action), this.options.liveTtlMs)) === 1;
   }
 
   /** The call's stream is being handed over on purpose (nothing cut): the stream that resumes it learns so. */
@@ -1073,7 +1111,8 @@ interface RedisWithScripts extends Redis {
   vbAppend(meta: string, list: string, once: string, entry: string, liveTtlMs: number, recordTtlMs: number, onceField: string, mostEntries: number): Promise<number>;
   vbToolClaim(meta: string, results: string, once: string, toolCallId: string, field: string, ttlMs: number, holder: string, claimTtlMs: number, takeStale: string): Promise<string[]>;
   vbToolKeep(once: string, field: string, holder: string, claimTtlMs: number): Promise<number>;
-  vbResume(meta: string, streamSid: string): Promise<string[]>;
+  vbResume(meta: string, finalAction: string, streamSid: string): Promise<string[]>;
+  vbFinalAction(meta: string, finalAction: string, action: string, ttlMs: number): Promise<number>;
   vbMarkHandover(meta: string): Promise<number>;
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
   vbCreate(meta: string, ttlMs: number, ...fields: string[]): Promise<number>;

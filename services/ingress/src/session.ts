@@ -588,6 +588,15 @@ export class CallSession {
     this.announced = true;
     this.deps.metrics.resumes.inc({ outcome: "resumed" });
     this.log.info("call resumed on this stream", { frameOffset: this.frameOffset, handedOver: found?.handedOver === true });
+    const final = found?.finalAction;
+    if (final) {
+      // The bot had asked to hang up or transfer, and the stream that was to do it is gone (the message reached only
+      // that one, or none): done now, as nothing is left to say (the dialog took the conversation as over).
+      this.log.warn("the call resumes with the bot's hang-up or transfer still to do; doing it now", { action: final.action });
+      const action = final.action === "hangup" ? CallControl_Action.ACTION_HANGUP : CallControl_Action.ACTION_TRANSFER;
+      this.onControl(CallControl.create({ callId, action, target: final.target ?? "", reason: final.reason, afterTurnId: "" }));
+      return;
+    }
     if (found?.handedOver) return;
     // The line was cut (its ingress died): whatever the bot was saying is lost, and a turn cut short never tells
     // the dialog it played, so nothing would start its wait for the caller. The dialog takes it as no input and

@@ -4,8 +4,8 @@ import { InvalidArgumentsError, optionalString, type Tool } from "./tool.js";
 
 export interface BuiltinDependencies {
   orders: OrderSource;
-  /** Publishes a CallControl on the call's control subject. */
-  control(callId: string, message: CallControl): void;
+  /** Publishes a CallControl on the call's control subject (a hang-up or transfer is kept in the call's state first). */
+  control(callId: string, message: CallControl): Promise<void>;
   /** Where transfer_to_human sends the caller when the request names no target. */
   transferTarget: string;
   /** If non-empty, the only targets a request may name (the default target is always allowed). */
@@ -56,7 +56,7 @@ export function builtinTools(deps: BuiltinDependencies): Tool[] {
     defaultTimeoutMs: 2_000,
     async run(args, ctx) {
       const reason = optionalString(args, "reason", 200) ?? "bot ended the call";
-      deps.control(
+      await deps.control(
         ctx.callId,
         CallControl.create({ callId: ctx.callId, action: CallControl_Action.ACTION_HANGUP, afterTurnId: ctx.turnId, reason }),
       );
@@ -77,7 +77,7 @@ export function builtinTools(deps: BuiltinDependencies): Tool[] {
       if (requested && requested !== deps.transferTarget && !deps.allowedTransferTargets.includes(requested)) {
         throw new InvalidArgumentsError(`target ${JSON.stringify(requested)} is not an allowed transfer target`);
       }
-      deps.control(
+      await deps.control(
         ctx.callId,
         CallControl.create({ callId: ctx.callId, action: CallControl_Action.ACTION_TRANSFER, afterTurnId: ctx.turnId, reason, target }),
       );
@@ -92,7 +92,7 @@ export function builtinTools(deps: BuiltinDependencies): Tool[] {
       const digits = optionalString(args, "digits", MAX_DTMF_DIGITS);
       if (digits === undefined) throw new InvalidArgumentsError("digits is required");
       if (!DTMF.test(digits)) throw new InvalidArgumentsError(`digits may only hold 0-9, *, #, and w or W (a pause)`);
-      deps.control(
+      await deps.control(
         ctx.callId,
         CallControl.create({ callId: ctx.callId, action: CallControl_Action.ACTION_SEND_DTMF, afterTurnId: ctx.turnId, target: digits, reason: "send_dtmf" }),
       );

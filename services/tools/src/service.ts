@@ -1,7 +1,8 @@
 import { fileURLToPath } from "node:url";
-import { queueGroups, subjects } from "@voicebot/bus";
-import { CallControl, CallEnded, CancelTurn, ToolCallRequest, ToolCallResult } from "@voicebot/proto";
+import { errorText, queueGroups, subjects } from "@voicebot/bus";
+import { CallControl, CallControl_Action, CallEnded, CancelTurn, ToolCallRequest, ToolCallResult } from "@voicebot/proto";
 import { ConfigError, type EnvReader, type ServiceDefinition } from "@voicebot/service-kit";
+import type { FinalAction } from "@voicebot/state";
 import { defaultAgentsDir, loadDeclaredTools, ToolConfigError, type DeclaredTool } from "./agents.js";
 import { BUILTIN_TOOL_NAMES, builtinTools, isDialableTarget } from "./builtins.js";
 import { createExecutorMetrics, ToolExecutor, type ToolResolver } from "./executor.js";
@@ -106,7 +107,16 @@ export const definition: ServiceDefinition<ToolsConfig> = {
     }
     const builtins = builtinTools({
       orders,
-      control: (callId, message) => ctx.bus.publish(subjects.control(callId), CallControl, message, callId),
+      control: async (callId, message) => {
+        const final = finalActionOf(message);
+        if (final) {
+          // Kept for a stream that resumes the call: the message reaches only the stream of this moment.
+          await ctx.store.saveFinalAction(callId, final).catch((error) => {
+            ctx.log.warn("the bot's hang-up or transfer was not kept for a resumed stream", { callId, error: errorText(error) });
+          });
+        }
+        ctx.bus.publish(subjects.control(callId), CallControl, message, callId);
+      },
       transferTarget: config.transferTarget,
       allowedTransferTargets: config.allowedTransferTargets,
     });
@@ -163,4 +173,11 @@ export const definition: ServiceDefinition<ToolsConfig> = {
 /** vb.v1.call.<id>.<kind>: the call id token of a per-call subject. */
 function callIdOf(subject: string): string {
   return subject.split(".")[3] ?? "";
+}
+
+/** The hang-up or transfer a control message asks for, as the call's state keeps it (undefined for other controls). */
+function finalActionOf(message: CallControl): FinalAction | undefined {
+  if (message.action === CallControl_Action.ACTION_HANGUP) return { action: "hangup", reason: message.reason };
+  if (message.action === CallControl_Action.ACTION_TRANSFER) return { action: "transfer", target: message.target, reason: message.reason };
+  return undefined;
 }
