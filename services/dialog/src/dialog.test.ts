@@ -523,6 +523,24 @@ describe("dialog service", () => {
     expect(await call.turn("t2")).toBe(ASK);
   });
 
+  it("an input that waits past its deliveries for another replica's long turn waits in place: played, not given up", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    await waitFor(() => store.acquireLease(call.id, "dialog", "slow-replica", 10_000), { what: "the dialog lease" });
+    const dropped = await metric("voicebot_bus_work_items_dropped_total");
+    await call.key("1");
+    // Handed back with growing delays, the input reaches its last deliveries after ~12 s; the other replica's turn
+    // (a slow webhook, several LLM rounds) goes on past them, renewing its lease.
+    const renewing = setInterval(() => void store.acquireLease(call.id, "dialog", "slow-replica", 10_000), 2_000);
+    await new Promise((resolve) => setTimeout(resolve, 16_000));
+    clearInterval(renewing);
+    expect(call.turnIds()).toEqual(["t1"]);
+    await store.releaseLease(call.id, "dialog", "slow-replica");
+    expect(await call.turn("t2")).toBe(ASK);
+    expect(await metric("voicebot_bus_work_items_dropped_total")).toBe(dropped);
+  }, 40_000);
+
   it("keys stay in order when the replica JetStream gave the first one died before starting it", async () => {
     const call = new TestCall();
     await call.start();

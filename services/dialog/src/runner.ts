@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import { createHash } from "node:crypto";
 import { dialogTurnNumber, errorText, isValidCallId, LogThrottle, OVERTAKEN_CANCEL_REASON, streams, subjects, type Bus, type Delivery, type Logger, type WorkItem } from "@voicebot/bus";
 import {
@@ -129,6 +130,13 @@ export interface RunnerDependencies {
   /** A tool still running after this long gets a filler line. */
   toolFillerMs: number;
 }
+
+/** Deliveries of a dialog input the work queue makes (an input handed back while another replica has the turn counts). */
+export const DIALOG_INPUT_MAX_DELIVER = 10;
+/** An input at its last deliveries waits in place for a long turn of another replica at most this long. */
+const MAX_LEASE_WAIT_IN_PLACE_MS = 5 * 60_000;
+/** How often such an input looks at the lease again (besides the lease's own wait). */
+const LEASE_POLL_MS = 100;
 
 const MAX_PROCESSED = 50;
 const MAX_SPOKEN = 10;
@@ -444,14 +452,31 @@ export class TurnRunner {
       "interrupted" in engineInput
         ? undefined
         : { mark: inProgressMark(message), once: { scope: DIALOG_INPUT_SCOPE, id: inputId }, onlyWithoutState: input.$case === "callStarted" };
-    const start = await this.deps.lease.acquire<StoredDialogState>(callId, mark);
-    if (start.kind === "not_live") return this.drop(item, start.call === "ended" ? "ended_call" : "unknown_call", fields);
+    let start = await this.deps.lease.acquire<StoredDialogState>(callId, mark);
     if (start.kind === "busy") {
       this.deps.metrics.leaseBusy.inc();
-      this.deps.log.info("another replica is taking a turn of this call; input handed back", { ...fields, delivery: item.deliveryCount });
-      item.nak(Math.min(50 * 4 ** Math.max(0, item.deliveryCount - 1), 2_000));
-      return;
+      if (item.deliveryCount < DIALOG_INPUT_MAX_DELIVER - 1) {
+        this.deps.log.info("another replica is taking a turn of this call; input handed back", { ...fields, delivery: item.deliveryCount });
+        item.nak(Math.min(50 * 4 ** Math.max(0, item.deliveryCount - 1), 2_000));
+        return;
+      }
+      // Handed back once more it would be given up at its last delivery (a long turn: LLM rounds, a slow webhook).
+      // It waits here instead for as long as the turn holding the call goes on: its replica renews the lease while
+      // alive, and one that dies lets it lapse.
+      this.deps.log.info("another replica's turn of this call runs long; the input waits for it here", { ...fields, delivery: item.deliveryCount });
+      const waitUntil = Date.now() + MAX_LEASE_WAIT_IN_PLACE_MS;
+      item.waiting();
+      while (start.kind === "busy" && Date.now() < waitUntil) {
+        item.working();
+        await sleep(LEASE_POLL_MS);
+        start = await this.deps.lease.acquire<StoredDialogState>(callId, mark);
+      }
+      if (start.kind === "busy") {
+        item.nak();
+        return;
+      }
     }
+    if (start.kind === "not_live") return this.drop(item, start.call === "ended" ? "ended_call" : "unknown_call", fields);
     const held = start.turn;
     try {
       const first = loadedDialog(held.dialog);

@@ -13,7 +13,7 @@ import { CircuitBreaker, type CircuitState } from "./llm/breaker.js";
 import { OpenAiCompleter, type LlmSettings } from "./llm/client.js";
 import { createDialogMetrics, type DialogMetrics } from "./metrics.js";
 import { prewarmRequests, prewarmTts, type PrewarmAgent } from "./prewarm.js";
-import { TurnRunner, type Agent } from "./runner.js";
+import { DIALOG_INPUT_MAX_DELIVER, TurnRunner, type Agent } from "./runner.js";
 import { ToolClient } from "./tools.js";
 
 /** LLM settings from the environment; each one set here wins over the agent file. */
@@ -253,8 +253,8 @@ export const definition: ServiceDefinition<DialogConfig> = {
     const consumer = await ctx.bus.consume(streams.dialog, DialogInput, runner.handle, {
       name: "dialog.in",
       ackWaitMs: config.ackWaitMs,
-      // Inputs handed back while another replica holds the call's turn count as deliveries too.
-      maxDeliver: 10,
+      // Inputs handed back while another replica holds the call's turn count as deliveries too (the last ones wait).
+      maxDeliver: DIALOG_INPUT_MAX_DELIVER,
       concurrency: config.concurrency,
     });
     // In the background once the replica takes calls: the first calls must not wait for it.
