@@ -361,6 +361,34 @@ describe("dialog on an LLM", () => {
     ]);
   });
 
+  it("a cough that stopped an answer mid-generation (a false interruption): the LLM is asked for the rest of it", async () => {
+    const call = new TestCall();
+    await call.start();
+    await call.turn("t1");
+    const long = "Our shipping policy is simple. Orders ship within two days. Delivery takes three to five days. Express delivery takes one day.";
+    replies.push({ text: long, eventIntervalMs: 120 });
+    await call.say("tell me about shipping");
+    await waitFor(() => call.chunks("t2").length >= 1, { what: "the first chunk" });
+    const cancelled = await metric("voicebot_dialog_cancelled_turns_total");
+    bus.publish(subjects.cancel(call.id), CancelTurn, CancelTurn.create({ callId: call.id, turnId: "t2", reason: "barge_in" }), call.id);
+    await waitFor(async () => (await metric("voicebot_dialog_cancelled_turns_total")) > cancelled, { what: "the turn to be cancelled" });
+    const sent = call.chunks("t2").map((c) => c.text).join(" ");
+    expect(sent).not.toContain("Express delivery");
+    const heard = "Our shipping policy is simple.";
+    const interrupted = PlaybackEvent.create({ callId: call.id, turnId: "t2", kind: PlaybackEvent_Kind.KIND_INTERRUPTED, chunkSeq: 0, atMs: Date.now(), heardText: heard });
+    await call.publish({ $case: "playback", value: interrupted }, `${call.id}:int:t2`);
+    const asked = chat.requests.length;
+    replies.push({ text: "Express delivery takes one day." });
+    await call.publish({ $case: "falseInterruption", value: FalseInterruption.create({ turnId: "t2", utteranceId: "7" }) }, `${call.id}:false-int:MZ1:7`);
+    // What was sent and not heard is said again, then the LLM's rest of the answer.
+    const unheard = sent.slice(heard.length).trim();
+    expect(await call.turn("t3")).toBe([unheard, "Express delivery takes one day."].filter(Boolean).join(" "));
+    expect(chat.requests.length).toBe(asked + 1);
+    const messages = chat.requests.at(-1)!.messages;
+    expect(messages.at(-1)).toMatchObject({ role: "user", content: expect.stringMatching(/^\(A noise on the line cut your answer off/) });
+    expect(messages.some((m: { role: string; content?: unknown }) => m.role === "assistant" && m.content === `${heard}...`)).toBe(true);
+  });
+
   it("a turn ingress dropped unplayed (its audio came too late) goes into the history as unheard, and is no barge-in", async () => {
     const call = new TestCall();
     await call.start();

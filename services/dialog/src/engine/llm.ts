@@ -8,6 +8,9 @@ import type { ScriptedEngine, ScriptedState } from "./scripted.js";
 import { spokenDigits, spokenNumbers } from "./text.js";
 import type { DialogEngine, EngineInput, RecognitionHints, TurnIO, TurnResult } from "./types.js";
 
+/** Tells the LLM to finish an answer a noise cut short (not the caller: they said nothing). */
+const UNFINISHED_ANSWER_NOTE = "(A noise on the line cut your answer off; the caller said nothing. Go on from where it stopped, without repeating it.)";
+
 type UserMessage = { role: "user"; content: string; source: "speech" | "keypad" | "system" };
 type AssistantMessage = {
   role: "assistant";
@@ -17,6 +20,8 @@ type AssistantMessage = {
   turnId?: string;
   /** The caller talked over it: `content` is only what they heard. */
   interrupted?: boolean;
+  /** Its generation was stopped by that barge-in, before the LLM finished the answer. */
+  unfinished?: boolean;
 };
 type ToolMessage = { role: "tool"; toolCallId: string; content: string };
 export type HistoryMessage = UserMessage | AssistantMessage | ToolMessage;
@@ -284,8 +289,15 @@ class LlmTurn {
           return this.converse({ kind: "resume", text: "" });
         }
         // The history holds what was heard of the cut turn; the rest is said now, as its own turn.
+        const cut = state.history.at(-1);
         const turnId = this.say(input.text);
         if (turnId) state.history.push({ role: "assistant", content: input.text, turnId });
+        if (cut?.role === "assistant" && cut.unfinished) {
+          // The noise also stopped the answer's generation: the LLM is asked for the rest of it.
+          cut.unfinished = undefined;
+          state.history.push({ role: "user", content: UNFINISHED_ANSWER_NOTE, source: "system" });
+          return this.converse({ kind: "resume", text: "" });
+        }
         return { outcome: "resumed" };
       }
       case "noInput": {
@@ -380,10 +392,11 @@ class LlmTurn {
           },
         );
       } catch (error) {
-        // What the caller already heard stays in the history.
-        if (spoken.length > 0) this.state.history.push({ role: "assistant", content: spoken.join(" "), turnId });
         const reason = error instanceof LlmError ? error.reason : "connection";
-        if (reason === "cancelled" || this.io.signal?.aborted) return { outcome: "cancelled" };
+        const cancelled = reason === "cancelled" || this.io.signal?.aborted === true;
+        // What the caller already heard stays in the history.
+        if (spoken.length > 0) this.state.history.push({ role: "assistant", content: spoken.join(" "), turnId, ...(cancelled ? { unfinished: true } : {}) });
+        if (cancelled) return { outcome: "cancelled" };
         return this.fallback(input, reason, keypadEntry);
       }
       const rest = chunker.flush();
