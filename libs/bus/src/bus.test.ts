@@ -303,7 +303,9 @@ describe("Bus", () => {
           // No heartbeat for three ack waits while the process runs on: JetStream delivers it again meanwhile.
           await new Promise((resolve) => setTimeout(resolve, 1_600));
         } else {
-          // The process itself stands still (paused): the redelivery waits in the socket until after this ack.
+          // The process itself stands still (paused) while the consumer has a pull out (it reads on once the item
+          // has started): the redelivery waits in the socket until after this ack.
+          await new Promise((resolve) => setTimeout(resolve, 50));
           const until = Date.now() + 1_600;
           while (Date.now() < until);
         }
@@ -382,6 +384,45 @@ describe("Bus", () => {
     await waitFor(() => done.length === 8, { what: "everything once the waits are over" });
     expect(done.indexOf("work4")).toBeGreaterThan(done.indexOf("wait3"));
     await consumer.stop();
+  });
+
+  it("work queue: a busy consumer takes no more than it can start; the rest stay in the queue for another replica", async () => {
+    const queue = { name: "T_BUSY", subjects: ["t.busy.*"], durable: "busy" };
+    const busy = await connect();
+    await busy.ensureWorkQueue(queue, 30_000, 5);
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const started: string[] = [];
+    const first = await busy.consume(
+      queue,
+      DialogInput,
+      async (m, item) => {
+        started.push(m.inputId);
+        await gate;
+        item.ack();
+      },
+      { name: "busy", ackWaitMs: 30_000, maxDeliver: 5, concurrency: 8 },
+    );
+    for (let i = 0; i < 20; i++) await busy.publishDurable(`t.busy.CA${i}`, DialogInput, DialogInput.create({ callId: `CA${i}`, inputId: `in${i}` }), `in${i}`);
+    await waitFor(() => started.length === 8, { what: "the first replica's 8 slots busy" });
+    // An idle replica gets all the rest at once, not only what the busy one did not pull ahead.
+    const idle = await connect();
+    const taken: string[] = [];
+    const second = await idle.consume(
+      queue,
+      DialogInput,
+      async (m, item) => {
+        taken.push(m.inputId);
+        item.ack();
+      },
+      { name: "busy", ackWaitMs: 30_000, maxDeliver: 5, concurrency: 20 },
+    );
+    await waitFor(() => taken.length === 12, { what: "the other 12 messages at the idle replica", timeoutMs: 3_000 });
+    expect(started).toHaveLength(8);
+    release();
+    await first.stop();
+    await second.stop();
+    expect(started).toHaveLength(8);
   });
 
   it("work queue: finds the first message of a subject still queued, from a sequence on; none once acked", async () => {

@@ -583,7 +583,11 @@ export class Bus {
       // Heartbeats every second: when the consumer's leader moves to another node of a NATS cluster (its node
       // died), the pull waiting there is gone without a word, and two missed heartbeats are what makes the client
       // pull again. With the defaults (30 s pulls, 15 s heartbeats) the queue stood still ~30 s.
-      return consumer.consume({ max_messages: options.concurrency, expires: 5_000, idle_heartbeat: 1_000 });
+      // One message a pull: nats.js sends the next pull when the loop below reads on, and the loop reads on only
+      // with a slot free, so a busy replica holds nothing it cannot start. Pulling `concurrency` ahead, it held up
+      // to 3/4 of that more, unheartbeated: an idle replica could not have them, and past the ack wait JetStream
+      // gave them to another replica while this one still ran them later (a sentence synthesized twice).
+      return consumer.consume({ max_messages: 1, expires: 5_000, idle_heartbeat: 1_000 });
     };
     let messages: ConsumerMessages | undefined = await open();
     const loop = (async () => {
