@@ -11,7 +11,7 @@ import { sendJson, type HttpServer } from "@voicebot/service-kit";
 import type { CallStore } from "@voicebot/state";
 import type { IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
-import { publicHttpOrigin, readWebhookForm, signedByTwilio } from "./signature.js";
+import { logBadSignature, publicHttpOrigin, readWebhookForm, signedByTwilio } from "./signature.js";
 
 const MAX_BODY_BYTES = 64 * 1024;
 const AMD_PATH = "/twilio/amd";
@@ -52,7 +52,7 @@ export function registerAmdCallback(
     const { signed, urls } = signedByTwilio(req, form, authToken, config.publicStreamUrl);
     if (!signed) {
       metrics.amdVerdicts.inc({ answered_by: "none", outcome: "bad_signature" });
-      log.warn("answering machine verdict refused: bad X-Twilio-Signature", { urls });
+      logBadSignature(log, "answering machine verdict refused: bad X-Twilio-Signature", urls);
       sendJson(res, 403, { error: "bad X-Twilio-Signature" });
       return;
     }

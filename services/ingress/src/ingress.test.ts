@@ -767,6 +767,7 @@ describe("ingress API: token and placing calls", () => {
         { to: "+15550100001", from: "+15550100002", parameters: { onMachine: "hangup" } },
         { to: "+15550100001", from: "+15550100002", ringTimeoutS: 1 },
         { to: "+15550100001", from: "+15550100002", statusCallback: "http://plain.example.com/status" },
+        { to: "+15550100001", from: "+15550100002", statusCallback: "https://user:secret@hooks.example.com/status" },
         { to: "+15550100001", from: "+15550100002", parameters: Object.fromEntries(Array.from({ length: 12 }, (_, i) => [`p${i}`, "&".repeat(400)])) },
         [],
       ]) {
@@ -834,7 +835,7 @@ describe("ingress API: token and placing calls", () => {
       expect(invalidNumber.status).toBe(422);
       expect((await invalidNumber.json()).error).toBe("Twilio API answered 400: The 'To' number +15550109999 is not a valid phone number. (code 21211)");
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "placed" })).toBe(1);
-      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "invalid" })).toBe(10);
+      expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "invalid" })).toBe(11);
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_outbound_calls_total", { outcome: "refused" })).toBe(1);
 
       // Twilio refusing this platform (credentials), rate-limiting it, and answering too late (the call may exist).
@@ -990,18 +991,23 @@ describe("ingress API: token and placing calls", () => {
       req.on("data", (d) => (body += d));
       req.on("end", () => {
         relayed.push({ url: req.url!, signature: String(req.headers["x-twilio-signature"]), form: new URLSearchParams(body) });
-        res.writeHead(204).end();
+        // A client URL that sends the report on elsewhere (an internal address, say): not followed.
+        if (req.url!.startsWith("/moved")) res.writeHead(307, { location: "/calls/stolen" }).end();
+        else res.writeHead(204).end();
       });
     });
     await new Promise<void>((resolve) => crm.listen(0, "127.0.0.1", resolve));
     const api = await fakeTwilioApi(() => ({ status: 201, body: { sid: newCallSid(), status: "queued" } }));
     const outbound = await startPlacing(api.url);
     try {
-      const crmUrl = `https://127.0.0.1:${(crm.address() as { port: number }).port}/calls/status?tenant=7`;
+      const crmOrigin = `https://127.0.0.1:${(crm.address() as { port: number }).port}`;
+      // As a client may write it: the report is requested, and signed, as fetch sends it (the space as %20).
+      const crmUrl = `${crmOrigin}/calls/status?tenant=7&team=a b`;
+      const requested = `${crmOrigin}/calls/status?tenant=7&team=a%20b`;
       const placed = await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002", agent: "pharmacy", statusCallback: crmUrl });
       const { callSid } = await placed.json();
       const statusUrl = api.requests[0].form.get("StatusCallback")!;
-      expect(statusUrl).toBe(`https://voice.example.com/twilio/status?relay=${encodeURIComponent(crmUrl)}`);
+      expect(statusUrl).toBe(`https://voice.example.com/twilio/status?relay=${encodeURIComponent(requested)}`);
 
       const sign = (url: string, form: URLSearchParams) => createHmac("sha1", "twilio-secret").update(signedPayload(url, form)).digest("base64");
       const report = (fields: Record<string, string>, signature?: string) => {
@@ -1034,10 +1040,23 @@ describe("ingress API: token and placing calls", () => {
       await waitFor(() => relayed.length === 2, { what: "both reports passed on" });
       expect(relayed.map((r) => r.form.get("CallStatus"))).toEqual(["ringing", "no-answer"]);
       for (const { url, signature, form } of relayed) {
-        expect(url).toBe("/calls/status?tenant=7");
-        expect(signature).toBe(sign(crmUrl, form));
+        expect(url).toBe("/calls/status?tenant=7&team=a%20b");
+        expect(signature).toBe(sign(requested, form));
       }
       expect(await metricValue(outbound.baseUrl, "voicebot_ingress_status_relays_total", { outcome: "ok" })).toBe(2);
+
+      // A client URL that redirects: the report is not sent on to where it points.
+      const moved = await (await placeCall(outbound.baseUrl, { to: "+15550100001", from: "+15550100002", statusCallback: `${crmOrigin}/moved` })).json();
+      const movedStatusUrl = api.requests[1].form.get("StatusCallback")!;
+      const movedForm = new URLSearchParams({ AccountSid: "ACout", CallSid: moved.callSid, From: "+15550100002", To: "+15550100001", CallStatus: "ringing" });
+      const movedReport = await fetch(`${outbound.baseUrl}/twilio/status${new URL(movedStatusUrl).search}`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", "x-twilio-signature": sign(movedStatusUrl, movedForm) },
+        body: movedForm.toString(),
+      });
+      expect(movedReport.status).toBe(204);
+      await waitFor(async () => (await metricValue(outbound.baseUrl, "voicebot_ingress_status_relays_total", { outcome: "failed" })) === 1, { what: "the relay to fail" });
+      expect(relayed.map((r) => r.url)).toEqual(["/calls/status?tenant=7&team=a%20b", "/calls/status?tenant=7&team=a%20b", "/moved"]);
     } finally {
       await outbound.handle.stop();
       api.close();
@@ -1179,9 +1198,12 @@ describe("voice webhook", () => {
       const good = await post(signed.baseUrl, "/twilio/voice?agent=pharmacy", form, { "x-twilio-signature": signature });
       expect(good.status).toBe(200);
       expect(await good.text()).toContain('<Stream url="wss://voice.example.com/twilio">');
+      const logged = logs.length;
       expect((await post(signed.baseUrl, "/twilio/voice?agent=pharmacy", form)).status).toBe(403);
       expect((await post(signed.baseUrl, "/twilio/voice?agent=pharmacy", { ...form, From: "+15550100009" }, { "x-twilio-signature": signature })).status).toBe(403);
       expect((await post(signed.baseUrl, "/twilio/voice?agent=support", form, { "x-twilio-signature": signature })).status).toBe(403);
+      // Anyone can send these: counted each, logged at most once a second.
+      expect(logs.slice(logged).filter((l) => l.msg === "voice webhook refused: bad X-Twilio-Signature")).toHaveLength(1);
       // The webhook may have its own public name (not the stream's), and the number's URL may spell out :443.
       const sign = (signedUrl: string) =>
         createHmac("sha1", "tok").update(signedUrl + Object.keys(form).sort().map((name) => name + form[name as keyof typeof form]).join("")).digest("base64");

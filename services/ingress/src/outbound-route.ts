@@ -214,8 +214,9 @@ export function parseOutboundCall(value: unknown): OutboundCall | { error: strin
     }
     ring = ringTimeoutS;
   }
-  if (statusCallback !== undefined && (typeof statusCallback !== "string" || !isHttpsUrl(statusCallback))) {
-    return { error: "statusCallback must be an https:// URL" };
+  const relay = typeof statusCallback === "string" ? httpsUrl(statusCallback) : undefined;
+  if (statusCallback !== undefined && relay === undefined) {
+    return { error: "statusCallback must be an https:// URL without user or password (authenticate it with a secret in its query)" };
   }
   if (onMachine !== undefined && !isOnMachine(onMachine)) return { error: `onMachine must be one of ${ON_MACHINE.join(", ")}` };
   return {
@@ -224,17 +225,22 @@ export function parseOutboundCall(value: unknown): OutboundCall | { error: strin
     agent: agent as string | undefined,
     parameters: params,
     ringTimeoutS: ring,
-    statusCallback: statusCallback as string | undefined,
+    statusCallback: relay,
     onMachine,
   };
 }
 
-function isHttpsUrl(text: string): boolean {
-  if (text.length > 2_000) return false;
+/**
+ * The URL as fetch will send it (normalised: the report is signed over exactly what is requested), if it is https
+ * and carries no credentials (fetch refuses those, and would put the URL in its error); else undefined.
+ */
+function httpsUrl(text: string): string | undefined {
+  if (text.length > 2_000) return undefined;
   try {
-    return new URL(text).protocol === "https:";
+    const url = new URL(text);
+    return url.protocol === "https:" && !url.username && !url.password ? url.href : undefined;
   } catch {
-    return false;
+    return undefined;
   }
 }
 

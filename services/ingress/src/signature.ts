@@ -1,5 +1,6 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { LogThrottle, type Logger } from "@voicebot/bus";
 import { readBody, sendJson } from "@voicebot/service-kit";
 
 /**
@@ -83,4 +84,14 @@ export function signedByTwilio(
   const header = req.headers["x-twilio-signature"];
   const signature = typeof header === "string" ? header : undefined;
   return { signed: urls.some((url) => validTwilioSignature(authToken, signedPayload(url, form), signature)), urls };
+}
+
+/** Refused webhooks are anyone's to send: one line a second per kind, each URL cut short (the metric counts them all). */
+const refusals = new LogThrottle(1_000);
+const MAX_LOGGED_URL_CHARS = 200;
+
+/** Logs a webhook refused for its signature, with the URLs it was checked against (see signedByTwilio). */
+export function logBadSignature(log: Logger, message: string, urls: readonly string[]): void {
+  const admitted = refusals.admit(message);
+  if (admitted) log.warn(message, { urls: urls.map((url) => url.slice(0, MAX_LOGGED_URL_CHARS)), ...admitted });
 }

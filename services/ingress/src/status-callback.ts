@@ -7,7 +7,7 @@ import { sendJson, type HttpServer } from "@voicebot/service-kit";
 import type { CallStore } from "@voicebot/state";
 import type { IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
-import { publicHttpOrigin, readWebhookForm, signedByTwilio, signedPayload, twilioSignature } from "./signature.js";
+import { logBadSignature, publicHttpOrigin, readWebhookForm, signedByTwilio, signedPayload, twilioSignature } from "./signature.js";
 
 const MAX_BODY_BYTES = 64 * 1024;
 const STATUS_PATH = "/twilio/status";
@@ -42,7 +42,7 @@ export function registerStatusCallback(
     if (!signed) {
       metrics.statusCallbacks.inc({ outcome: "bad_signature" });
       // Without their query: the relay names the client's URL, which may carry the client's own secret.
-      log.warn("status callback refused: bad X-Twilio-Signature", { urls: urls.map(withoutQuery) });
+      logBadSignature(log, "status callback refused: bad X-Twilio-Signature", urls.map(withoutQuery));
       sendJson(res, 403, { error: "bad X-Twilio-Signature" });
       return;
     }
@@ -94,6 +94,8 @@ async function passOn(
       headers: { "content-type": "application/x-www-form-urlencoded", "x-twilio-signature": twilioSignature(authToken, signedPayload(relay, form)) },
       body: form.toString(),
       signal: AbortSignal.timeout(RELAY_TIMEOUT_MS),
+      // The report goes where the client said, not where that server sends it on (an internal address).
+      redirect: "error",
     });
     await response.body?.cancel();
     if (!response.ok) throw new Error(`HTTP ${response.status}`);

@@ -10,8 +10,10 @@ describe("TwiML escaping", () => {
     });
     expect(twiml).toBe(
       `<Response><Connect><Stream url="wss://voice.example.com/twilio"><Parameter name="from" value="+1555"/>` +
-        `<Parameter name="to" value="+1555"/><Parameter name="name" value="tab\tnewline\n&lt;é &amp; 😀&gt;"/></Stream></Connect></Response>`,
+        `<Parameter name="to" value="+1555"/><Parameter name="name" value="tab&#9;newline&#10;&lt;é &amp; 😀&gt;"/></Stream></Connect></Response>`,
     );
+    // A line break or tab written as is would reach the stream as a space (XML's attribute-value normalisation).
+    expect(streamTwiml("wss://x/twilio", { note: "a\r\nb" })).toContain('value="a&#13;&#10;b"');
     // A 500-character cut that split a pair leaves a lone half: gone too.
     expect(streamTwiml("wss://x/twilio", { to: "😀".slice(0, 1) })).toContain('<Parameter name="to" value=""/>');
     expect(dialTwiml("+15550100001")).toBe("<Response><Dial>+15550100001</Dial></Response>");

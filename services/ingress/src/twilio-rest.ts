@@ -150,5 +150,8 @@ const NOT_XML = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\uFFFE\uFFFF]|[\uD800-\u
 
 /** Text safe in XML content and attribute values; characters XML cannot carry are dropped. */
 function xmlEscape(text: string): string {
-  return text.replace(NOT_XML, "").replace(/[<>&"']/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&apos;" })[c]!);
+  // Line breaks and tabs as references: in an attribute value XML would read them as spaces.
+  return text
+    .replace(NOT_XML, "")
+    .replace(/[<>&"'\n\r\t]/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&apos;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;" })[c]!);
 }

@@ -11,7 +11,7 @@ import type { CallStore } from "@voicebot/state";
 import { isValidAgent, type IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
 import { MAX_RESUMES, RESUME_PARAM, RESUME_QUERY, resumeUrl } from "./resume.js";
-import { publicHttpOrigin, readWebhookForm, signedByTwilio } from "./signature.js";
+import { logBadSignature, publicHttpOrigin, readWebhookForm, signedByTwilio } from "./signature.js";
 import { dialTwiml, HANGUP_TWIML, streamTwiml } from "./twilio-rest.js";
 
 const MAX_BODY_BYTES = 64 * 1024;
@@ -54,7 +54,7 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
       const { signed, urls } = signedByTwilio(req, form, config.authToken!, config.publicStreamUrl);
       if (!signed) {
         metrics.voiceWebhooks.inc({ outcome: "bad_signature" });
-        log.warn("voice webhook refused: bad X-Twilio-Signature", { urls });
+        logBadSignature(log, "voice webhook refused: bad X-Twilio-Signature", urls);
         sendJson(res, 403, { error: "bad X-Twilio-Signature" });
         return;
       }
