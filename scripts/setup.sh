@@ -30,7 +30,9 @@ fi
 
 if ! command -v pnpm >/dev/null 2>&1; then
   echo "setup: installing pnpm"
-  npm install -g pnpm@10 >/dev/null 2>&1 || { echo "setup: could not install pnpm (npm install -g pnpm@10)" >&2; exit 1; }
+  # npm's global prefix belongs to root when Node.js came from a system package: sudo then, as for apt-get.
+  npm_sudo=""; [ "$(id -u)" -ne 0 ] && [ ! -w "$(npm prefix -g)/lib" ] && command -v sudo >/dev/null 2>&1 && npm_sudo=sudo
+  $npm_sudo npm install -g pnpm@10 >/dev/null 2>&1 || { echo "setup: could not install pnpm (npm install -g pnpm@10)" >&2; exit 1; }
 fi
 
 # Install npm dependencies when the lockfile changed since the last install.

@@ -4,7 +4,7 @@
 // A service that exits once everything is up (a crash, a kill) is started again, as Kubernetes restarts a pod.
 // Usage: pnpm start   (builds first)   or   node scripts/start.mjs [--replicas N]   (after pnpm build)
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -280,6 +280,24 @@ class Child {
   }
 }
 
+/**
+ * A server binary's full path: Debian installs nats-server (and, on some releases, redis-server) in /usr/sbin, which
+ * is not on a normal user's PATH. The bare name when it is nowhere (the spawn error then says how to install it).
+ */
+function serverBinary(name) {
+  const dirs = (env.PATH ?? "").split(path.delimiter).concat(["/usr/sbin", "/usr/local/sbin", "/sbin"]);
+  for (const dir of dirs.filter(Boolean)) {
+    const candidate = path.join(dir, name);
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      /* keep looking */
+    }
+  }
+  return name;
+}
+
 function spawnChild(name, kind, command, args, childEnv, format, onRestarted) {
   return new Child(
     name,
@@ -323,7 +341,7 @@ async function ensureNats() {
   mkdirSync(storeDir, { recursive: true });
   const args = ["-a", "127.0.0.1", "-p", String(usePort), "-js", "-sd", storeDir];
   // Started again on the same port and store: the services reconnect, and JetStream's queues are still there.
-  const entry = spawnChild("nats", "infra", "nats-server", args, env, natsLine, () => say(`nats-server started again at nats://127.0.0.1:${usePort}`));
+  const entry = spawnChild("nats", "infra", serverBinary("nats-server"), args, env, natsLine, () => say(`nats-server started again at nats://127.0.0.1:${usePort}`));
   const ownUrl = `nats://127.0.0.1:${usePort}`;
   await waitUntil("nats-server", entry, async () => (await probeNats(ownUrl)) === "up");
   say(`started nats-server at ${ownUrl} (JetStream store ${path.relative(repoRoot, storeDir)})`);
@@ -343,7 +361,7 @@ async function ensureRedis() {
   const usePort = (await portFree(wanted)) ? wanted : await freePort();
   const args = ["--port", String(usePort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"];
   // Started again empty (no persistence): the services restore what live calls need or end them, telling the caller.
-  const entry = spawnChild("redis", "infra", "redis-server", args, env, rawLine, () => say(`redis-server started again at redis://127.0.0.1:${usePort} (empty)`));
+  const entry = spawnChild("redis", "infra", serverBinary("redis-server"), args, env, rawLine, () => say(`redis-server started again at redis://127.0.0.1:${usePort} (empty)`));
   const ownUrl = `redis://127.0.0.1:${usePort}`;
   await waitUntil("redis-server", entry, async () => (await probeRedis(ownUrl)) === "up");
   say(`started redis-server at ${ownUrl} (no persistence)`);

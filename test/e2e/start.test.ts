@@ -66,6 +66,8 @@ test("pnpm start with two replicas: killed and stopped processes start again, an
     cwd: repoRoot,
     env: {
       ...process.env,
+      // A normal user's PATH, without the sbin directories where Debian puts nats-server.
+      PATH: (process.env.PATH ?? "").split(":").filter((dir) => !dir.endsWith("sbin")).join(":"),
       NATS_URL: `nats://127.0.0.1:${natsPort}`,
       REDIS_URL: `redis://127.0.0.1:${redisPort}`,
       INGRESS_PORT: String(ingressPort),
