@@ -11,6 +11,8 @@
 //   --verbose             list every utterance that was not recognized exactly
 //   --service-env K=V     extra environment for the asr process (repeatable), e.g. ASR_VAD=energy
 //   --engine-only         also decode every clip with pocketsphinx directly (no VAD, no service), for comparison
+//   --digits-state        pocketsphinx on the order-number state: digit strings with and without the state's
+//                         phrases in its grammar, and those phrases ("agent") said there
 
 import { writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -18,7 +20,7 @@ import { parseArgs } from "node:util";
 import { cpuPerCallSecond, measureCapacity, type CapacityResult } from "./capacity.js";
 import { buildCalls, conditions, defaultCacheDir, SNRS, SPEEDS, VOICES, type Clip } from "./dataset.js";
 import { ErrorRate, ms, normalizeWords, pct, percentile, table } from "./scoring.js";
-import { runEngineOnly } from "./engine-only.js";
+import { runDigitsState, runEngineOnly } from "./engine-only.js";
 import { runServiceBench, type ServiceRunResult, type UtteranceOutcome } from "./service-run.js";
 
 const { values: args } = parseArgs({
@@ -31,6 +33,7 @@ const { values: args } = parseArgs({
     json: { type: "string" },
     verbose: { type: "boolean", default: false },
     "engine-only": { type: "boolean", default: false },
+    "digits-state": { type: "boolean", default: false },
     "service-env": { type: "string", multiple: true, default: [] },
   },
 });
@@ -284,6 +287,39 @@ async function main(): Promise<void> {
       ]),
     );
     results.engineOnly = { werPhrases: overall.phrases.rate, digitsExact: overall.digits.exactRate, digitErrorRate: overall.digits.rate };
+  }
+  if (args["digits-state"]) {
+    log("decoding the order-number state's utterances with pocketsphinx directly...");
+    const state = await runDigitsState(calls);
+    const { phrases } = state;
+    console.log("\n== pocketsphinx in the order-number state (digits grammar; each clip ±300 ms, no VAD or service):");
+    console.log(
+      table([
+        ["grammar", "digits exact", "digit errors", "its phrases said: right / other phrase / digits / nothing"],
+        ["digits alone", pct(state.digitsAlone.exactRate), pct(state.digitsAlone.rate), `— (no phrase can be heard; ${phrases.said} said)`],
+        [
+          "digits + the state's phrases",
+          pct(state.digitsWithPhrases.exactRate),
+          pct(state.digitsWithPhrases.rate),
+          `${phrases.right} / ${phrases.otherPhrase} / ${phrases.digits} / ${phrases.nothing} of ${phrases.said}`,
+        ],
+      ]),
+    );
+    const asPhrase = Object.entries(state.digitsAsPhrase).sort((a, b) => b[1] - a[1]);
+    console.log(`digit strings heard as a phrase: ${asPhrase.reduce((n, [, c]) => n + c, 0)} of ${state.digitsWithPhrases.count}${asPhrase.length ? ` (${asPhrase.map(([p, c]) => `${p} ${c}`).join(", ")})` : ""}`);
+    console.log(
+      table([
+        ["line", "its phrases heard right", "digit strings taken for a phrase", "digit strings exact"],
+        ...Object.entries(state.bySnr).map(([snr, n]) => [snr, `${n.right} of ${n.phrases}`, `${n.asPhrase} of ${n.digits}`, `${n.exact} of ${n.digits}`]),
+      ]),
+    );
+    results.digitsState = {
+      digitsAsPhrase: state.digitsAsPhrase,
+      bySnr: state.bySnr,
+      digitsAlone: { exact: state.digitsAlone.exactRate, errorRate: state.digitsAlone.rate },
+      digitsWithPhrases: { exact: state.digitsWithPhrases.exactRate, errorRate: state.digitsWithPhrases.rate },
+      phrases,
+    };
   }
   if (!args["skip-capacity"]) {
     results.capacity = await reportCapacity(clips, quick ? 200 : Number(args["capacity-calls"]), quick);

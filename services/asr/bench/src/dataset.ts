@@ -56,6 +56,17 @@ export const HINT_PHRASES = [
   "yes", "yeah", "yes please", "sure",
 ];
 
+/**
+ * What the demo agent's order-number state (digits mode) listens for besides the number: its global intents'
+ * phrases and keywords (ask for a person, say goodbye, ask for the order menu again).
+ */
+export const DIGITS_STATE_PHRASES = [
+  "agent", "an agent", "a person", "real person", "representative", "human", "operator", "someone", "customer service",
+  "goodbye", "good bye", "bye", "bye bye", "that's all", "that is all", "that's it", "hang up", "i'm done",
+  "order status", "check an order", "check my order", "track my order", "track an order", "where is my order", "order",
+  "status", "track", "tracking", "package", "delivery",
+];
+
 /** What the callers say in phrases mode (all within the hints). */
 export const TEST_PHRASES = [
   "order status", "check my order", "where is my order", "track my order", "agent", "customer service",

@@ -16,7 +16,9 @@
 // probability (0.01 for the first digit, 0.002 for each further one) is the word insertion penalty: with
 // the JSGF equivalent of <digit>+ pocketsphinx inserted digits into every pause (9/40 strings right); with
 // these 25/40. A "pound" with no digit before it is not allowed: line noise boosted by the front end came
-// out as "hash".
+// out as "hash". A digits state's own phrases ("agent", "goodbye") are ways through too, all of them together
+// weighted as one more first digit; the engine takes one only when the N-best list is sure of it (see
+// MIN_DIGITS_STATE_PHRASE_CONFIDENCE: numbers read as before, the phrases heard on a clean line about half the time).
 //
 // The garbage-only grammar ("competitor") is decoded next to the phrases grammar for the confidence: the
 // difference of the two best-path scores says how much better the phrase explains the audio than anything
@@ -76,6 +78,8 @@ const DIGIT_FIRST = 0.01;
 const DIGIT_NEXT = 0.002;
 const DIGIT_POUND = 0.01;
 const DIGIT_NOTHING = 0.001;
+/** All of a digits state's phrases together, as one more first word. */
+const DIGIT_PHRASES = 0.01;
 
 export interface PhraseEntry {
   /** The phrase as the hints gave it; this is what the engine returns. */
@@ -174,8 +178,8 @@ function keyOf(...parts: string[]): string {
   return h.digest("hex").slice(0, 20);
 }
 
-/** The phrases grammar. Phrases with no usable word are skipped; `phrases` may come back empty. */
-export function buildPhraseGrammar(phrases: string[], dict: Dictionary): Grammar {
+/** The phrases as dictionary words, each once; those with no usable word are skipped (and said so). */
+function phraseEntries(phrases: readonly string[], dict: Dictionary): { entries: PhraseEntry[]; skippedPhrases: string[]; skippedWords: string[] } {
   const entries: PhraseEntry[] = [];
   const skippedPhrases: string[] = [];
   const skippedWords: string[] = [];
@@ -192,6 +196,12 @@ export function buildPhraseGrammar(phrases: string[], dict: Dictionary): Grammar
     seen.add(id);
     entries.push({ text, words });
   }
+  return { entries, skippedPhrases, skippedWords };
+}
+
+/** The phrases grammar. Phrases with no usable word are skipped; `phrases` may come back empty. */
+export function buildPhraseGrammar(phrases: string[], dict: Dictionary): Grammar {
+  const { entries, skippedPhrases, skippedWords } = phraseEntries(phrases, dict);
   const phraseVocabulary = new Set(entries.flatMap((e) => e.words));
   const garbageWords = GARBAGE_WORDS.filter((w) => !phraseVocabulary.has(w) && dict.has(w));
 
@@ -235,8 +245,16 @@ export function buildPhraseGrammar(phrases: string[], dict: Dictionary): Grammar
   };
 }
 
-export function buildDigitsGrammar(dict: Dictionary): Grammar {
+/**
+ * The digits grammar; with `phrases` (what else the state listens for: "agent", "goodbye"), each of them is a way
+ * through too, instead of the digits, so a caller asked for a number can still ask for a person.
+ */
+export function buildDigitsGrammar(dict: Dictionary, phrases: readonly string[] = []): Grammar {
   const digitWords = Object.keys(DIGIT_WORDS);
+  // A phrase made of digit and pound words only is a number: the digit paths read it.
+  const numberWords = new Set([...digitWords, ...POUND_WORDS]);
+  const { entries: all, skippedPhrases, skippedWords } = phraseEntries(phrases, dict);
+  const entries = all.filter((entry) => !entry.words.every((word) => numberWords.has(word)));
   const fsg = new FsgWriter();
   const inDigits = fsg.newState(); // 2
   for (const w of digitWords) fsg.add(0, inDigits, DIGIT_FIRST, w);
@@ -244,9 +262,17 @@ export function buildDigitsGrammar(dict: Dictionary): Grammar {
   fsg.add(inDigits, 1, 1);
   for (const w of POUND_WORDS) fsg.add(inDigits, 1, DIGIT_POUND, w);
   fsg.add(0, 1, DIGIT_NOTHING);
+  for (const entry of entries) {
+    let from = 0;
+    entry.words.forEach((word, i) => {
+      const to = i === entry.words.length - 1 ? 1 : fsg.newState();
+      fsg.add(from, to, i === 0 ? DIGIT_PHRASES / entries.length : 1, word);
+      from = to;
+    });
+  }
   const fsgText = fsg.text("digits");
-  const dictionary = dictText([...digitWords, ...POUND_WORDS], dict, false);
-  return { mode: "digits", fsg: fsgText, dict: dictionary, phrases: [], skippedPhrases: [], skippedWords: [], key: keyOf(fsgText, dictionary) };
+  const dictionary = dictText([...digitWords, ...POUND_WORDS, ...entries.flatMap((e) => e.words)], dict, false);
+  return { mode: "digits", fsg: fsgText, dict: dictionary, phrases: entries, skippedPhrases, skippedWords, key: keyOf(fsgText, dictionary) };
 }
 
 /** Hypothesis words without fillers ("<sil>", "[NOISE]") and garbage phones. */

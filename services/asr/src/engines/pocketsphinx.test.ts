@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chunks, silence8k, synthesizeTo8kPcm, type Voice } from "../../test/fixtures/make-audio.js";
 import type { RecognitionHints, RecognitionResult } from "../engine.js";
-import { defaultPocketsphinxConfig, digitsResult, marginConfidence, MODEL_CMN_INIT, PocketsphinxEngine } from "./pocketsphinx.js";
+import { defaultPocketsphinxConfig, digitsResult, digitsStatePhraseResult, marginConfidence, MODEL_CMN_INIT, PocketsphinxEngine } from "./pocketsphinx.js";
 import { buildDigitsGrammar, buildPhraseGrammar, digitsFromWords, matchPhrase, phraseWords, spokenWords, type Dictionary } from "./pocketsphinx-grammar.js";
 import { TelephoneFrontEnd } from "./telephone-frontend.js";
 
@@ -156,6 +156,16 @@ describe("pocketsphinx grammar", () => {
     expect(g.dict).not.toContain("ph_");
   });
 
+  it("lets a digits grammar hear the state's phrases too, leaving a phrase of digit words to the digits", () => {
+    const g = buildDigitsGrammar(DICT, ["agent", "order status", "1 2", "Agent"]);
+    expect(g.phrases.map((p) => p.text)).toEqual(["agent", "order status"]);
+    expect(g.fsg).toContain("TRANSITION 0 1 0.005 agent\n");
+    expect(g.fsg).toMatch(/TRANSITION 0 (\d+) 0\.005 order\n/);
+    expect(g.fsg).toMatch(/TRANSITION \d+ 1 1 status\n/);
+    expect(g.dict).toContain("agent ");
+    expect(g.key).not.toBe(buildDigitsGrammar(DICT).key);
+  });
+
   it("reads results back", () => {
     expect(spokenWords("<sil> ph_ay want my order status(2) [NOISE]")).toEqual(["want", "my", "order", "status"]);
     const phrases = [{ text: "Order", words: ["order"] }, { text: "Order status", words: ["order", "status"] }];
@@ -178,6 +188,16 @@ describe("pocketsphinx grammar", () => {
     expect(digitsResult("", [{ digits: "1", score: -5 }])).toEqual({ text: "", confidence: 0, alternatives: [] });
     expect(marginConfidence(-1000, -1500)).toBeGreaterThan(0.99);
     expect(marginConfidence(-1000, -1000)).toBeLessThan(0.2);
+  });
+
+  it("takes a phrase heard in a digits state only when the N-best list is sure of it (a number taken for 'goodbye' ends the call)", () => {
+    const phrases = [{ text: "agent", words: ["agent"] }, { text: "goodbye", words: ["goodbye"] }];
+    const sure = digitsStatePhraseResult(phrases[0], [{ words: ["agent"], score: -1000 }, { words: ["one", "two"], score: -3000 }], phrases);
+    expect(sure.text).toBe("agent");
+    expect(sure.confidence).toBeGreaterThan(0.9);
+    // A number about as likely: nothing (the state asks again) rather than a guess.
+    const torn = digitsStatePhraseResult(phrases[1], [{ words: ["goodbye"], score: -1000 }, { words: ["two", "five"], score: -1050 }], phrases);
+    expect(torn).toEqual({ text: "", confidence: 0, alternatives: [] });
   });
 });
 
@@ -309,6 +329,15 @@ describe.skipIf(!HAVE_TOOLS)("PocketsphinxEngine on synthesized phone audio", ()
         expect(alt.text).not.toBe(result.text);
         expect(alt.confidence).toBeLessThanOrEqual(1);
       }
+    }
+  }, 30_000);
+
+  it("hears the state's phrases in a digits state (\"agent\" while asked for a number), and still reads the number", async () => {
+    const hints = { mode: "digits" as const, phrases: ["agent", "goodbye", "order status"] };
+    for (const voice of ["slt", "awb"] as const) {
+      expect((await recognize(engine, hints, await callAudio("agent", voice))).result.text).toBe("agent");
+      const { result } = await recognize(engine, hints, await callAudio("one two three four five", voice));
+      expect(editDistance(result.text, "12345")).toBeLessThanOrEqual(1);
     }
   }, 30_000);
 
