@@ -584,9 +584,11 @@ export class Bus {
       // died), the pull waiting there is gone without a word, and two missed heartbeats are what makes the client
       // pull again. With the defaults (30 s pulls, 15 s heartbeats) the queue stood still ~30 s.
       // One message a pull: nats.js sends the next pull when the loop below reads on, and the loop reads on only
-      // with a slot free, so a busy replica holds nothing it cannot start. Pulling `concurrency` ahead, it held up
-      // to 3/4 of that more, unheartbeated: an idle replica could not have them, and past the ack wait JetStream
-      // gave them to another replica while this one still ran them later (a sentence synthesized twice).
+      // with a slot free, so a replica that is busy for a moment holds nothing it cannot start. Pulling
+      // `concurrency` ahead, it held up to 3/4 of that more, unheartbeated: an idle replica could not have them,
+      // and past the ack wait JetStream gave them to another replica while this one still ran them later (a
+      // sentence synthesized twice). Left: busy for over 2 s with no pull out, nats.js's heartbeat monitor queues
+      // one more pull a second, which all go out once a slot frees (one message each).
       return consumer.consume({ max_messages: 1, expires: 5_000, idle_heartbeat: 1_000 });
     };
     let messages: ConsumerMessages | undefined = await open();

@@ -466,7 +466,10 @@ export class TurnRunner {
       this.deps.log.info("another replica's turn of this call runs long; the input waits for it here", { ...fields, delivery: item.deliveryCount });
       const waitUntil = Date.now() + MAX_LEASE_WAIT_IN_PLACE_MS;
       item.waiting();
-      while (start.kind === "busy" && Date.now() < waitUntil) {
+      // Not while this replica drains, unless this is its last delivery: handed back, the input goes to a replica
+      // that stays (and waits there), but handed back from its last delivery it would be given up.
+      const lastDelivery = item.deliveryCount >= DIALOG_INPUT_MAX_DELIVER;
+      while (start.kind === "busy" && Date.now() < waitUntil && (lastDelivery || !this.draining)) {
         item.working();
         await sleep(LEASE_POLL_MS);
         start = await this.deps.lease.acquire<StoredDialogState>(callId, mark);

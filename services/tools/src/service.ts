@@ -108,14 +108,15 @@ export const definition: ServiceDefinition<ToolsConfig> = {
     const builtins = builtinTools({
       orders,
       control: async (callId, message) => {
+        ctx.bus.publish(subjects.control(callId), CallControl, message, callId);
         const final = finalActionOf(message);
+        // Kept for a stream that resumes the call (the message reaches only the stream of this moment): a backup, so
+        // the control does not wait for it (a slow Redis must not make a hang-up late or report it failed).
         if (final) {
-          // Kept for a stream that resumes the call: the message reaches only the stream of this moment.
-          await ctx.store.saveFinalAction(callId, final).catch((error) => {
+          void ctx.store.saveFinalAction(callId, final).catch((error) => {
             ctx.log.warn("the bot's hang-up or transfer was not kept for a resumed stream", { callId, error: errorText(error) });
           });
         }
-        ctx.bus.publish(subjects.control(callId), CallControl, message, callId);
       },
       transferTarget: config.transferTarget,
       allowedTransferTargets: config.allowedTransferTargets,
