@@ -16,3 +16,11 @@ export interface TtsEngine {
  * next engine, and the engine keeps serving every other call (no cool-down).
  */
 export class RequestRefusedError extends Error {}
+
+/** HTTP statuses with which a provider refuses the request itself (a voice it does not know, text it rejects). */
+const REFUSED_STATUSES = new Set([400, 404, 422]);
+
+/** The error for a provider's failed answer: a refusal of this request for those statuses, else the engine's failure. */
+export function providerError(status: number | undefined, message: string): Error {
+  return status !== undefined && REFUSED_STATUSES.has(status) ? new RequestRefusedError(message) : new Error(message);
+}

@@ -40,9 +40,6 @@ export interface FallbackOptions {
   now?: () => number;
 }
 
-/** An engine's answer that refused the request itself (HTTP 400, 404, 422), as the engines word their errors. */
-const REQUEST_REFUSED = /\bHTTP (400|404|422)\b/;
-
 /**
  * A pace no voice speaks slower than at its normal rate (engines speak 13–16 characters a second): what an engine
  * said before it broke off is estimated at it, so the estimate errs short and a few words are said twice rather
@@ -120,11 +117,10 @@ export class FallbackEngine implements TtsEngine {
     const failover = request.primaryOnly
       ? undefined
       : (engine: TtsEngine, reason: FailoverReason, error: unknown) => {
-          const text = errorText(error);
           // A refusal of this request (a voice the engine does not know, text it rejects) says nothing of the
           // engine's health: other calls keep it.
-          if (!(error instanceof RequestRefusedError) && !REQUEST_REFUSED.test(text)) this.cool(engine);
-          this.options.onFailover?.(engine, reason, text);
+          if (!(error instanceof RequestRefusedError)) this.cool(engine);
+          this.options.onFailover?.(engine, reason, errorText(error));
         };
     // What is left to say: the whole text, or what an engine that broke off may not have said.
     let text = request.text;

@@ -14,7 +14,7 @@
 
 import { mulawDecode } from "@voicebot/audio";
 import { hideSecret, type EnvReader } from "@voicebot/service-kit";
-import type { SynthesisRequest, TtsEngine } from "../engine.js";
+import { providerError, type SynthesisRequest, type TtsEngine } from "../engine.js";
 import { assertAudio, assertRawStart, causes, L16ChunkDecoder, NotRawAudioError, snippet } from "./cloud.js";
 import { StreamingHttpClient, type StreamingAnswer } from "./http-stream.js";
 import { groupSentences } from "./text.js";
@@ -162,7 +162,7 @@ export class ElevenLabsEngine implements TtsEngine {
         clearTimeout(timer);
       }
       if (answer.status < 200 || answer.status > 299) {
-        throw new Error(`elevenlabs: HTTP ${answer.status}: ${await errorDetail(answer, this.apiKey)}`);
+        throw providerError(answer.status, `elevenlabs: HTTP ${answer.status}: ${await errorDetail(answer, this.apiKey)}`);
       }
       await assertAudio("elevenlabs", answer, this.apiKey);
       const l16 = this.outputFormat === "ulaw_8000" ? undefined : new L16ChunkDecoder();

@@ -10,7 +10,7 @@
 
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from "openai";
 import { ApiKeepWarm, apiDispatcher, hideSecret, type EnvReader } from "@voicebot/service-kit";
-import type { SynthesisRequest, TtsEngine } from "../engine.js";
+import { providerError, type SynthesisRequest, type TtsEngine } from "../engine.js";
 import { assertAudio, assertRawStart, bodyChunks, causes, fetchedAnswer, L16ChunkDecoder } from "./cloud.js";
 import { groupSentences } from "./text.js";
 
@@ -173,7 +173,7 @@ export class OpenAIEngine implements TtsEngine {
     else if (error instanceof APIUserAbortError) text = "request aborted";
     else if (error instanceof APIError) text = `HTTP ${error.status ?? "?"}: ${error.message.replace(/^\d{3} /, "")}`;
     else text = causes(error);
-    return new Error(`openai speech request failed: ${hideSecret(text, this.apiKey)}`);
+    return providerError(error instanceof APIError ? error.status : undefined, `openai speech request failed: ${hideSecret(text, this.apiKey)}`);
   }
 }
 
