@@ -78,6 +78,9 @@ export interface CallRecord extends CallMeta {
   trimmedEntries?: number;
 }
 
+/** What store.createCall did: wrote the record, or found the call ended or live on another stream. */
+export type CallCreation = "created" | "ended" | "live_elsewhere";
+
 /** A hang-up or transfer the bot asked for (store.saveFinalAction). */
 export interface FinalAction {
   action: "hangup" | "transfer";
@@ -601,7 +604,7 @@ export class CallStore {
    * The record of a call whose stream started (state live): "created", or, with nothing written, "ended" when the call
    * has ended or "live_elsewhere" when it is live on another stream (see CREATE_SCRIPT).
    */
-  async createCall(meta: CallMeta): Promise<"created" | "ended" | "live_elsewhere"> {
+  async createCall(meta: CallMeta): Promise<CallCreation> {
     const fields = Object.entries(meta).flatMap(([name, value]) => (value === undefined ? [] : [name, String(value)]));
     const outcome = await scripts(this.redis).vbCreate(keys.meta(meta.callSid), this.options.liveTtlMs, meta.streamSid, ...fields);
     return outcome === 1 ? "created" : outcome === 0 ? "ended" : "live_elsewhere";

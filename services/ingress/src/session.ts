@@ -25,7 +25,7 @@ import {
   SynthesisFailed,
   Transcript,
 } from "@voicebot/proto";
-import { keys, type CallMeta, type CallStore } from "@voicebot/state";
+import { keys, type CallCreation, type CallMeta, type CallStore } from "@voicebot/state";
 import WebSocket, { type RawData } from "ws";
 import { actOnMachine, isMachine, isOnMachine, type OnMachine } from "./amd-callback.js";
 import { callerAudioCodec } from "./caller-audio-codec.js";
@@ -1421,8 +1421,8 @@ export class CallSession {
   }
 
   /** The call's record written (store.createCall); undefined when Redis failed (the call goes on without it). */
-  private async createRecord(meta: CallMeta): Promise<Awaited<ReturnType<CallStore["createCall"]>> | undefined> {
-    let created: Awaited<ReturnType<CallStore["createCall"]>> | undefined;
+  private async createRecord(meta: CallMeta): Promise<CallCreation | undefined> {
+    let created: CallCreation | undefined;
     await this.storeOp("create_call", async () => void (created = await this.deps.store.createCall(meta)));
     return created;
   }

@@ -4,7 +4,7 @@ import { InvalidArgumentsError, optionalString, type Tool } from "./tool.js";
 
 export interface BuiltinDependencies {
   orders: OrderSource;
-  /** Publishes a CallControl on the call's control subject (a hang-up or transfer is kept in the call's state first). */
+  /** Publishes a CallControl on the call's control subject (a hang-up or transfer is also kept in the call's state). */
   control(callId: string, message: CallControl): Promise<void>;
   /** Where transfer_to_human sends the caller when the request names no target. */
   transferTarget: string;
