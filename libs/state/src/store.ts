@@ -114,6 +114,8 @@ export interface CallParties {
   to: string;
   endReason: string;
   transferTo: string;
+  /** ISO time the call started ("" when unknown). */
+  startedAt: string;
   /** A placed call's stream parameters (createDialingCall); {} for none. */
   streamParams: Record<string, string>;
 }
@@ -718,9 +720,9 @@ export class CallStore {
 
   /** The call's state and who it is between (for resuming it on a new stream); undefined without a record. */
   async callParties(callId: string): Promise<CallParties | undefined> {
-    const [state, agent, from, to, endReason, transferTo, streamParams] = await this.redis.hmget(
+    const [state, agent, from, to, endReason, transferTo, startedAt, streamParams] = await this.redis.hmget(
       keys.meta(callId),
-      ...["state", "agent", "from", "to", "endReason", "transferTo", "streamParams"],
+      ...["state", "agent", "from", "to", "endReason", "transferTo", "startedAt", "streamParams"],
     );
     if (state === null) return undefined;
     return {
@@ -730,6 +732,7 @@ export class CallStore {
       to: to ?? "",
       endReason: endReason ?? "",
       transferTo: transferTo ?? "",
+      startedAt: startedAt ?? "",
       streamParams: parseStreamParams(streamParams),
     };
   }

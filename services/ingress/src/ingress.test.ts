@@ -1092,12 +1092,14 @@ describe("voice webhook", () => {
     try {
       const host = new URL(world.ingress.baseUrl).host;
       const callSid = "CAresume0123456789abcdef0123456789";
-      await store.createCall({ callSid, provider: "twilio", streamSid: "MZold", agent: "pharmacy", from: "+15550100003", to: "+15550100004", startedAt: new Date().toISOString() });
+      const startedAt = new Date(Date.now() - 61_000);
+      await store.createCall({ callSid, provider: "twilio", streamSid: "MZold", agent: "pharmacy", from: "+15550100003", to: "+15550100004", startedAt: startedAt.toISOString() });
       const resumed = await post(world.ingress.baseUrl, "/twilio/voice?vbResume=2&agent=pharmacy", { ...form, CallSid: callSid });
+      // The new stream learns when the call started, to number its caller frames on from the call's first.
       expect(await resumed.text()).toBe(
         `<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://${host}/twilio">` +
           `<Parameter name="from" value="+15550100003"/><Parameter name="to" value="+15550100004"/><Parameter name="agent" value="pharmacy"/>` +
-          `<Parameter name="vbResume" value="2"/><Parameter name="vbResumable" value="1"/></Stream></Connect>` +
+          `<Parameter name="vbResume" value="2"/><Parameter name="vbStartedAt" value="${startedAt.getTime()}"/><Parameter name="vbResumable" value="1"/></Stream></Connect>` +
           `<Redirect method="POST">https://${host}/twilio/voice?vbResume=3&amp;agent=pharmacy</Redirect></Response>`,
       );
       // Resumed too often (a stream that fails at once every time): hung up rather than looped.
@@ -1257,6 +1259,43 @@ describe("streams that stop without ending their call", () => {
     expect(inputsFor(callSid).filter((i) => i.input?.$case === "callStarted")).toHaveLength(1); // no second greeting
     second.sendStop();
     await second.closed;
+    await waitFor(() => ended(callSid), { what: "the end once the caller hung up" });
+    audio.sub.unsubscribe();
+  });
+
+  it("a resumed stream's frames sent with its start, as Twilio does, go on from the call's clock: from the webhook's start time, or held for the record", async () => {
+    const first = await startCall({ vbResumable: "1" });
+    const callSid = first.callSid;
+    await waitFor(async () => ((await getRecord(callSid)).body.state === "live" ? true : undefined), { what: "live record" });
+    const startedAtMs = Date.parse((await getRecord(callSid)).body.startedAt as string);
+    first.close();
+    await first.closed;
+    await new Promise((r) => setTimeout(r, 600));
+    const audio = collect(world.bus, subjects.callerAudio(callSid), CallerAudio);
+    // Twilio sends start and the first media at once: nothing waits for this replica's record look-up.
+    const resumeWith = async (resume: string, extra: Record<string, string>) => {
+      const stream = await TwilioClient.connect(world.ingress.wsUrl, callSid);
+      stream.sendConnected();
+      stream.sendStart({ vbResumable: "1", vbResume: resume, ...extra });
+      for (let chunk = 1; chunk <= 5; chunk++) stream.sendMedia(chunk, frames(1, 0x7f));
+      const at = audio.items.length;
+      await waitFor(() => (audio.items.slice(at).reduce((n, m) => n + m.frameCount, 0) >= 5 ? true : undefined), { what: `resume ${resume}'s 5 frames` });
+      const firstFrames = audio.items.slice(at).map((m) => m.firstFrame);
+      stream.close();
+      await stream.closed;
+      return firstFrames;
+    };
+    // Without the webhook's parameter the frames wait for the record (numbered from 0 they were taken for repeats).
+    const held = await resumeWith("1", {});
+    expect(Math.min(...held)).toBeGreaterThanOrEqual(600 / 20);
+    // The webhook's start time is used at once (here a minute before the record's, to tell the two apart).
+    const named = await resumeWith("2", { vbStartedAt: String(startedAtMs - 60_000) });
+    expect(Math.min(...named)).toBeGreaterThanOrEqual(60_000 / 20);
+    const ender = await TwilioClient.connect(world.ingress.wsUrl, callSid);
+    ender.sendConnected();
+    ender.sendStart({ vbResumable: "1", vbResume: "3" });
+    ender.sendStop();
+    await ender.closed;
     await waitFor(() => ended(callSid), { what: "the end once the caller hung up" });
     audio.sub.unsubscribe();
   });

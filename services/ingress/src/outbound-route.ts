@@ -9,7 +9,7 @@ import { isOnMachine, machineDetection, ON_MACHINE, type OnMachine } from "./amd
 import { refuseWithoutToken } from "./api-auth.js";
 import { isValidAgent, type IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
-import { RESUMABLE_PARAM, RESUME_PARAM, resumeUrl } from "./resume.js";
+import { RESUMABLE_PARAM, RESUME_PARAM, resumeUrl, STARTED_AT_PARAM } from "./resume.js";
 import { publicHttpOrigin } from "./signature.js";
 import { statusCallbackUrl } from "./status-callback.js";
 import { streamTwiml, TwilioApiError, type TwilioRestClient } from "./twilio-rest.js";
@@ -22,7 +22,7 @@ const MAX_PARAMETERS = 16;
 /** Twilio's limit on the Twiml parameter of a call. */
 const MAX_TWIML_CHARS = 4_000;
 /** Names with fields of their own, or that the stream's own parameters use (resume bookkeeping, the machine verdict). */
-const RESERVED_PARAMETERS = new Set(["agent", "from", "to", "onMachine", RESUME_PARAM, RESUMABLE_PARAM]);
+const RESERVED_PARAMETERS = new Set(["agent", "from", "to", "onMachine", RESUME_PARAM, RESUMABLE_PARAM, STARTED_AT_PARAM]);
 const MAX_PARAMETER_CHARS = 500;
 /** Twilio's ring timeout range (seconds); its default is 60. */
 const RING_TIMEOUT_S = { min: 5, max: 600, default: 60 };

@@ -6,6 +6,11 @@
 export const RESUMABLE_PARAM = "vbResumable";
 /** Custom parameter: this stream resumes a live call, for the n-th time. */
 export const RESUME_PARAM = "vbResume";
+/**
+ * Custom parameter of a resuming stream: when the call started (ms since the epoch, from its record), so that the new
+ * stream numbers its frames on from the call's first frame at once, before (or without) its own record look-up.
+ */
+export const STARTED_AT_PARAM = "vbStartedAt";
 /** Query parameter of the redirect: which resume it asks for. */
 export const RESUME_QUERY = "vbResume";
 /** A call resumed this many times is not resumed again (a stream that keeps failing at once would loop forever). */

@@ -42,7 +42,7 @@ import { SilenceBatcher, type CallerAudioBlock } from "./silence-batch.js";
 import type { Pacer, PlayoutScheduler } from "./scheduler.js";
 import { MULAW_SILENCE } from "@voicebot/audio";
 import { FRAME_BYTES, type SkipReason, type TurnState } from "./turn-queue.js";
-import { RESUMABLE_PARAM, RESUME_PARAM, resumeUrl } from "./resume.js";
+import { RESUMABLE_PARAM, RESUME_PARAM, resumeUrl, STARTED_AT_PARAM } from "./resume.js";
 import { publicHost, webhookOrigin } from "./voice-webhook.js";
 import { turnLatency } from "./turn-record.js";
 import {
@@ -103,6 +103,10 @@ const TEXT_FRAME = { binary: false };
 /** The lease role of the ingress replica streaming a call (renewed by the endpoint, see keepStreams). */
 export const STREAM_LEASE = "stream";
 const FRAME_MS = 20;
+/** A resumed stream's start naming a call older than this is not believed (see STARTED_AT_PARAM). */
+const MAX_CALL_AGE_MS = 24 * 3_600_000;
+/** Caller frames held while a resumed stream's frame offset is looked up: 10 s, far beyond a Redis round trip. */
+const MAX_FRAMES_BEFORE_OFFSET = 500;
 /** Control messages (not media) a stream may send a second past the message rate limit: marks, keys, stop. */
 const CONTROL_MESSAGES_PER_SEC = 50;
 /** How long the end of a call is retried while Redis is unreachable, before its resumable stream closes anyway. */
@@ -159,6 +163,11 @@ export class CallSession {
   private transferTo: string | undefined;
   /** Added to Twilio's chunk numbers: a resumed stream counts from 1 again, the call's frames go on. */
   private frameOffset = 0;
+  /**
+   * A resumed stream's caller frames while its frame offset is not known yet (its record look-up is under way):
+   * numbered from 0 they would be behind the call's frames, and the asr would drop them as repeats.
+   */
+  private framesBeforeOffset: Array<{ frame: number; payload: Buffer; frameCount: number; receivedAtMs: number; concealed: boolean }> | undefined;
   /**
    * 20 ms frames in one media chunk of this stream, from its first one: 1 for Twilio. A client that sends longer
    * chunks (40 ms, 100 ms) has each placed as that many frames of the timeline, by its chunk number.
@@ -495,6 +504,14 @@ export class CallSession {
     this.resumeCount = Number.isInteger(resumeCount) && resumeCount > 0 ? resumeCount : 0;
     if (resume !== undefined) {
       this.log.info("stream resumes a call", { agent, resume, tracks: start.tracks });
+      // The voice webhook names when the call started: the frames go on from there at once. Without it, they wait for
+      // the record (resumeCall).
+      const callStartedAt = Number(params[STARTED_AT_PARAM]);
+      if (Number.isInteger(callStartedAt) && callStartedAt <= startedAtMs && startedAtMs - callStartedAt <= MAX_CALL_AGE_MS) {
+        this.frameOffset = Math.round((startedAtMs - callStartedAt) / FRAME_MS);
+      } else {
+        this.framesBeforeOffset = [];
+      }
       this.enqueue(() => this.resumeCall(meta, callStarted, resume));
       return;
     }
@@ -562,11 +579,15 @@ export class CallSession {
       found = await this.deps.store.resumeCall(callId, meta.streamSid);
     } catch (error) {
       this.deps.metrics.storeErrors.inc({ op: "resume_call" });
-      this.log.error("could not look up the call to resume; resuming it anyway", { error: errorText(error) });
+      this.log.error("could not look up the call to resume; resuming it anyway", {
+        error: errorText(error),
+        ...(this.framesBeforeOffset ? { frameOffset: "unknown: the caller's frames are numbered from 0 and the asr may take them for repeats" } : {}),
+      });
     }
-    if (this.ended) return;
+    if (this.ended) return void (this.framesBeforeOffset = undefined);
     if (found?.state === "ended") {
       // Ended meanwhile (the caller hung up during the gap, or the sweeper gave up on it): nothing to resume.
+      this.framesBeforeOffset = undefined;
       this.deps.metrics.resumes.inc({ outcome: "call_ended" });
       this.log.warn("the call to resume has ended; closing the stream", { state: found.state });
       void this.closeAndDetach(1000, "call_ended", "the call had ended");
@@ -577,12 +598,15 @@ export class CallSession {
       // started (its first stream did not connect): start it now.
       this.deps.metrics.resumes.inc({ outcome: "record_lost" });
       this.log.warn("the call to resume has no record; starting it over");
+      this.frameOffset = 0;
+      this.forwardFramesBeforeOffset();
       await this.announceCall(meta, callStarted);
       return;
     }
     // The call's frames go on from where its first stream's clock says they are now: numbers never go back.
     const callStartedAt = found?.startedAt ? Date.parse(found.startedAt) : Number.NaN;
-    if (Number.isFinite(callStartedAt)) this.frameOffset = Math.max(0, Math.round((this.startedAtMs - callStartedAt) / FRAME_MS));
+    if (this.framesBeforeOffset && Number.isFinite(callStartedAt)) this.frameOffset = Math.max(0, Math.round((this.startedAtMs - callStartedAt) / FRAME_MS));
+    this.forwardFramesBeforeOffset();
     await this.takeStream(callId);
     this.publish(subjects.callStarted, CallStarted, callStarted, "call_started");
     this.announced = true;
@@ -646,6 +670,16 @@ export class CallSession {
     if (held) this.deps.scheduler.wake(this.jitterPacer);
   }
 
+  /** The frames that came while the resumed call's frame offset was looked up, numbered with it now. */
+  private forwardFramesBeforeOffset(): void {
+    const waiting = this.framesBeforeOffset;
+    if (!waiting) return;
+    this.framesBeforeOffset = undefined;
+    for (const { frame, payload, frameCount, receivedAtMs, concealed } of waiting) {
+      this.callerAudio!.add(this.frameOffset + frame, payload, frameCount, receivedAtMs, concealed);
+    }
+  }
+
   /** The stream's chunk length, from its first media payload: whole 20 ms frames, at least one (see framesPerChunk). */
   private learnChunkLength(payloadBytes: number): void {
     this.framesPerChunk = Math.max(1, Math.round(payloadBytes / FRAME_BYTES));
@@ -658,8 +692,15 @@ export class CallSession {
   }
 
   private readonly jitterSink: JitterSink = {
-    forward: (chunk, payload, frameCount, receivedAtMs, concealed) =>
-      this.callerAudio!.add(this.frameOffset + chunk - 1, payload, frameCount, receivedAtMs, concealed),
+    forward: (chunk, payload, frameCount, receivedAtMs, concealed) => {
+      const waiting = this.framesBeforeOffset;
+      if (!waiting) return this.callerAudio!.add(this.frameOffset + chunk - 1, payload, frameCount, receivedAtMs, concealed);
+      if (waiting.length >= MAX_FRAMES_BEFORE_OFFSET) {
+        this.deps.metrics.inboundDropped.inc({ reason: "offset_unknown" });
+        return;
+      }
+      waiting.push({ frame: chunk - 1, payload: Buffer.from(payload), frameCount, receivedAtMs, concealed });
+    },
     reordered: () => this.deps.metrics.inboundReordered.inc(),
     dropped: (reason) => {
       this.deps.metrics.inboundDropped.inc({ reason });

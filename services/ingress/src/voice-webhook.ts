@@ -10,7 +10,7 @@ import { sendJson, type HttpServer } from "@voicebot/service-kit";
 import type { CallStore } from "@voicebot/state";
 import { isValidAgent, type IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
-import { MAX_RESUMES, RESUME_PARAM, RESUME_QUERY, resumeUrl } from "./resume.js";
+import { MAX_RESUMES, RESUME_PARAM, RESUME_QUERY, resumeUrl, STARTED_AT_PARAM } from "./resume.js";
 import { logBadSignature, publicHttpOrigin, readWebhookForm, signedByTwilio } from "./signature.js";
 import { dialTwiml, HANGUP_TWIML, streamTwiml } from "./twilio-rest.js";
 
@@ -104,7 +104,7 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
       // Redis away: keep the caller; the new stream finds out what is left of the call.
       const admitted = throttle.admit("unreadable");
       if (admitted) log.warn("resume: the call record is unreadable; resuming the call anyway", { callId: callSid, error: errorText(error), ...admitted });
-      call = { state: "live", agent: agent ?? "", from: parameters.from ?? "", to: parameters.to ?? "", endReason: "", transferTo: "", streamParams: {} };
+      call = { state: "live", agent: agent ?? "", from: parameters.from ?? "", to: parameters.to ?? "", endReason: "", transferTo: "", startedAt: "", streamParams: {} };
     }
     if (call?.state === "ended") {
       // A transfer without Twilio REST credentials: the bot closed the stream so that this redirect dials the target.
@@ -132,12 +132,14 @@ export function registerVoiceWebhook(http: HttpServer, deps: { config: IngressCo
     // A placed call whose first stream never connected starts now: with the parameters its own TwiML gave it (the
     // client's, and onMachine for a machine verdict that came before any stream).
     const placedWith = call.state === "dialing" ? call.streamParams : {};
+    const startedAtMs = call.state === "live" ? Date.parse(call.startedAt) : Number.NaN;
     const resumed = {
       ...placedWith,
       ...(call.from ? { from: call.from } : {}),
       ...(call.to ? { to: call.to } : {}),
       ...(callAgent ? { agent: callAgent } : {}),
       [RESUME_PARAM]: String(resume),
+      ...(Number.isFinite(startedAtMs) ? { [STARTED_AT_PARAM]: String(startedAtMs) } : {}),
     };
     log.info("resume: connecting the call to a new stream", { callId: callSid, resume });
     return answer("resumed", streamTwiml(streamUrl, resumed, resumeUrl(origin, resume + 1, callAgent)));
