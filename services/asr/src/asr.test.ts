@@ -171,6 +171,28 @@ describe("asr service", () => {
     }
   });
 
+  it("a claim that fails on a lost Redis link is tried again: the call is owned once the link is back", async () => {
+    const link = await startTcpProxy(redis.port);
+    try {
+      const a = await startReplica("asr-claim-retry", { REDIS_URL: `redis://127.0.0.1:${link.port}`, LOG_LEVEL: "error" });
+      link.cut();
+      const callId = newCallId();
+      const transcripts = collect(bus, subjects.transcript(callId), Transcript);
+      await bus.nc.flush();
+      await startCall(bus, store, callId); // CallStarted reaches one replica, once
+      await waitFor(async () => (await metric(a, "voicebot_asr_lease_errors_total")) >= 1 || undefined, { what: "the failed claim" });
+      link.restore();
+      await waitFor(async () => (await store.leaseOwner(callId, "asr")) === "asr-claim-retry" || undefined, { what: "the claim tried again", timeoutMs: 10_000 });
+      expect(await metricSum(a.ctx.registry, "voicebot_asr_claims_total", { result: "claimed" })).toBe(1);
+      await streamAudio(bus, callId, utteranceFrames(await synthesizeTo8kPcm("goodbye", "kal")), 0);
+      await waitFor(() => finals(transcripts).length === 1 || undefined, { what: "the final", timeoutMs: 10_000 });
+      await store.endCall(callId, "test");
+    } finally {
+      link.restore();
+      await link.close();
+    }
+  });
+
   it("Silero hears no speech in clicks, tones or faint noise: nothing is published", async () => {
     const a = await startReplica("asr-clicks");
     const { callId, speech, transcripts } = await ownedCall("asr-clicks");

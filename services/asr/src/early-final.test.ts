@@ -336,3 +336,30 @@ describe("which engines run early", () => {
     expect(new FallbackEngine([assemblyEngine(), openaiEngine()], { timeoutMs: 1000, cooldownMs: 60_000 }).earlyFinals).toBe(false);
   });
 });
+
+describe("lease renewal", () => {
+  it("a call lost while its final is still being recognized does not hold up the renewal of the replica's other calls", async () => {
+    const asr = await startAsr("asr-renew", 0, { ASR_LEASE_MS: "900" });
+    try {
+      const lost = await ownedCall("asr-renew");
+      const other = await ownedCall("asr-renew");
+      // The lost call's final takes its time (a slow engine, up to the engine's own deadline).
+      answer = () => ({ text: "slow", delayMs: 2_500 });
+      const uploadsBefore = openai.transcriptions.length;
+      await streamAudio(bus, lost.callId, utteranceFrames(await synthesizeTo8kPcm("order status", "slt"), 400, 800), 0);
+      await waitFor(() => openai.transcriptions.length > uploadsBefore || undefined, { what: "the slow upload" });
+      // Another replica took the call (this one looked stalled): the next round drops it here, finishing its final.
+      await store.takeLease(lost.callId, "asr", "asr-intruder", 10_000);
+      const until = Date.now() + 2_000;
+      while (Date.now() < until) {
+        expect(await store.leaseOwner(other.callId, "asr")).toBe("asr-renew");
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      await waitFor(() => lost.transcripts.some((t) => t.isFinal) || undefined, { what: "the lost call's final, finished", timeoutMs: 5_000 });
+      await store.endCall(lost.callId, "test");
+      await store.endCall(other.callId, "test");
+    } finally {
+      await asr.stop();
+    }
+  });
+});

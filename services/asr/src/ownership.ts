@@ -7,6 +7,8 @@ import type { AsrMetrics } from "./metrics.js";
 export const LEASE_ROLE = "asr";
 /** A live call's record may be missing this long (Redis lost its data; ingress restores it) before asr lets go. */
 const RECORD_LOSS_GRACE_MS = 10_000;
+/** Waits before each new try of a claim that failed on Redis (then it is given up): ~8 s in all. */
+const CLAIM_RETRY_MS = [250, 500, 1_000, 2_000, 4_000];
 /** How long a new owner waits for ingress's recent caller audio before it listens from now on (live audio waits too). */
 const REPLAY_TIMEOUT_MS = 1_000;
 
@@ -122,29 +124,43 @@ export class CallOwnership {
     if (this.owned.has(callId) || this.pending.has(callId)) return;
     this.pending.add(callId);
     try {
-      if ((await store.callState(callId)) !== "live") {
-        metrics.claims.inc({ result: "not_live" });
-        const admitted = this.badInputLog.admit("not_live");
-        if (admitted) log.warn("CallStarted for a call that is not live: ignored", { callId, ...admitted });
-        return;
+      // CallStarted reaches one replica, once: a claim given up on leaves the call with no asr (the orphan scan finds
+      // only calls with a lease), so one that fails on Redis is tried again for a while.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          if ((await store.callState(callId)) !== "live") {
+            metrics.claims.inc({ result: "not_live" });
+            const admitted = this.badInputLog.admit("not_live");
+            if (admitted) log.warn("CallStarted for a call that is not live: ignored", { callId, ...admitted });
+            return;
+          }
+          // Takes or renews: a retry after a lease written but unanswered (or not indexed) holds it.
+          if (!(await store.acquireLease(callId, LEASE_ROLE, options.instanceId, options.leaseMs))) {
+            metrics.claims.inc({ result: "held" });
+            log.info("call already owned by another asr replica", { callId, owner: await store.leaseOwner(callId, LEASE_ROLE).catch(() => undefined) });
+            return;
+          }
+          metrics.claims.inc({ result: "claimed" });
+          // Claimed late, the call's first words went by unheard: they are asked for, as in a takeover.
+          this.own(callId, attempt === 0 ? "claimed" : "claimed_late");
+          return;
+        } catch (error) {
+          metrics.leaseErrors.inc({ operation: "claim" });
+          const retryInMs = CLAIM_RETRY_MS[attempt];
+          if (retryInMs === undefined) {
+            log.error("claiming a call failed; given up: no asr hears it unless it is started again", { callId, attempts: attempt + 1, error: errorText(error) });
+            return;
+          }
+          log.warn("claiming a call failed; trying again", { callId, retryInMs, error: errorText(error) });
+          await new Promise((resolve) => setTimeout(resolve, retryInMs));
+        }
       }
-      if (!(await store.acquireLease(callId, LEASE_ROLE, options.instanceId, options.leaseMs))) {
-        metrics.claims.inc({ result: "held" });
-        log.info("call already owned by another asr replica", { callId, owner: await store.leaseOwner(callId, LEASE_ROLE).catch(() => undefined) });
-        return;
-      }
-      metrics.claims.inc({ result: "claimed" });
-      this.own(callId, "claimed");
-    } catch (error) {
-      // Nothing in Redis says we own it; if a lease was written, the orphan scan picks the call up once it expires.
-      metrics.leaseErrors.inc({ operation: "claim" });
-      log.error("claiming a call failed", { callId, error: errorText(error) });
     } finally {
       this.pending.delete(callId);
     }
   }
 
-  private own(callId: string, how: "claimed" | "taken_over"): void {
+  private own(callId: string, how: "claimed" | "claimed_late" | "taken_over"): void {
     const { bus, log, createSession } = this.deps;
     const session: CallSession = createSession(callId, () => void this.saveProgress(callId, session));
     // A call taken over replays what its last owner had not finished with; live audio waits (in order) until that
@@ -159,13 +175,13 @@ export class CallOwnership {
       ordered: true,
     });
     // Asked only now: ingress answers with what it kept, and whatever it publishes after that reaches the subscription.
-    if (how === "taken_over") {
+    if (how !== "claimed") {
       replay = this.replay(callId, session)
         .then((end) => void (replayedTo = end))
         .finally(() => (replay = undefined));
     }
     this.owned.set(callId, { session, audio });
-    log.info(how === "claimed" ? "call claimed" : "call taken over", { callId });
+    log.info(how === "taken_over" ? "call taken over" : how === "claimed" ? "call claimed" : "call claimed after failed tries", { callId });
     // A drain that began while this claim was in flight must not leave the call stranded here.
     if (this.draining) void this.track(this.handOver(callId));
   }
@@ -236,6 +252,15 @@ export class CallOwnership {
     this.recordMissingSince.delete(callId);
     call.audio.unsubscribe();
     await call.session.stop();
+  }
+
+  /** dropLocally for a renewal round, which goes on without waiting: a failure is logged, not thrown. */
+  private async dropInBackground(callId: string): Promise<void> {
+    try {
+      await this.dropLocally(callId);
+    } catch (error) {
+      this.deps.log.warn("stopping a dropped call's session failed", { callId, error: errorText(error) });
+    }
   }
 
   private async releaseAndForget(callId: string): Promise<void> {
@@ -319,12 +344,13 @@ export class CallOwnership {
         } else if (state !== "live") {
           this.recordMissingSince.delete(callId);
           log.info("call no longer live: asr stops listening", { callId, state: state ?? "gone" });
-          await this.dropLocally(callId);
-          await this.releaseAndForget(callId);
+          // Not waited for here: a final still being recognized (up to the engine's deadline) would hold up the
+          // renewal of every other call of this replica, whose leases would lapse. Tracked, so a drain waits for it.
+          void this.track(this.dropInBackground(callId).then(() => this.releaseAndForget(callId)));
         } else if (!held) {
           metrics.leaseLosses.inc();
           log.warn("lease taken by another replica: dropping the call", { callId });
-          await this.dropLocally(callId);
+          void this.track(this.dropInBackground(callId));
         }
       }
       if (failures > 0) {
