@@ -71,6 +71,8 @@ export type FakeChatReply =
       keepAliveMs?: number;
       /** Tool call deltas without `index`, as Google Gemini's OpenAI-compatible endpoint sends them. */
       omitToolCallIndex?: boolean;
+      /** Every tool call's deltas with `index` 0, each call with its own id (Ollama, some gateways). */
+      sameToolCallIndex?: boolean;
       /** The function name again in every tool call delta, as some compatible servers send it (OpenAI: first only). */
       repeatToolCallName?: boolean;
       finishReason?: string;
@@ -195,7 +197,7 @@ export function chatCompletionsHandler(options: FakeChatOptions, chat: FakeChat)
     }
     if (stalled()) return stall();
     for (const [index, call] of calls.entries()) {
-      const numbered = reply.omitToolCallIndex ? {} : { index };
+      const numbered = reply.omitToolCallIndex ? {} : { index: reply.sameToolCallIndex ? 0 : index };
       if (!(await send({ tool_calls: [{ ...numbered, id: call.id, type: "function", function: { name: call.name, arguments: "" } }] }))) return;
       for (const piece of split(call.arguments, call.pieces)) {
         const name = reply.repeatToolCallName ? { name: call.name } : {};

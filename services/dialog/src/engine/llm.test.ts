@@ -617,6 +617,25 @@ describe("LLM answers and tool calls that cannot be used as they came", () => {
     expect(await counts(metrics.llmFallbacks)).toEqual({ malformed: 1 });
   });
 
+  it("takes parallel tool calls that all come as index 0 (Ollama, some gateways) apart, by their ids", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    replies.push({
+      toolCalls: [
+        { id: "o1", name: "lookup_order", arguments: { order_number: "12345" }, argumentChunks: 3 },
+        { id: "o2", name: "lookup_order", arguments: { order_number: "67890" }, argumentChunks: 2 },
+      ],
+      sameToolCallIndex: true,
+    });
+    replies.push({ text: "The first has shipped; I cannot find the second." });
+    const events = await c.speak("order one two three four five and order six seven eight nine zero", 0.95);
+    expect(toolsOf(events)).toEqual([
+      { type: "tool", name: "lookup_order", args: { order_number: "12345" } },
+      { type: "tool", name: "lookup_order", args: { order_number: "67890" } },
+    ]);
+    expect(said(events)).toBe("The first has shipped; I cannot find the second.");
+  });
+
   it("takes a tool call whose name comes again in every delta (some compatible servers) as one name", async () => {
     const c = new Conversation(engineWith().engine);
     await c.start();
@@ -675,6 +694,20 @@ describe("LLM answers and tool calls that cannot be used as they came", () => {
     expect(stored[0].arguments.length).toBeLessThan(100);
     expect(JSON.parse(stored[0].arguments)).toEqual({ omitted: expect.any(String) });
     expect(chat.requests[1].request.body.length).toBeLessThan(20_000);
+  });
+
+  it("keeps tool arguments that are no JSON object as valid JSON in the history (servers parse earlier calls again)", async () => {
+    const { engine } = engineWith();
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({ toolCalls: [{ name: "lookup_order", arguments: '{"order_number": "123",' }, { name: "lookup_order", arguments: "" }, { name: "lookup_order", arguments: "[1]" }] });
+    replies.push({ text: "Sorry, what is your order number?" });
+    await c.speak("where is order 123", 0.95);
+    replies.push({ text: "Let me check." });
+    await c.speak("one two three", 0.95);
+    const sent = JSON.parse(chat.requests.at(-1)!.request.body) as { messages: Array<{ tool_calls?: Array<{ function: { arguments: string } }> }> };
+    const args = sent.messages.flatMap((m) => m.tool_calls ?? []).map((call) => JSON.parse(call.function.arguments));
+    expect(args.slice(0, 3)).toEqual([{ invalid_json: '{"order_number": "123",' }, {}, { invalid_json: "[1]" }]);
   });
 
   it("logs and counts every tool call it refuses itself, by reason", async () => {

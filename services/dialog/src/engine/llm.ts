@@ -691,9 +691,24 @@ function withUniqueIds(calls: LlmToolCall[]): LlmToolCall[] {
  */
 function storedCall(call: LlmToolCall): LlmToolCall {
   const name = VALID_TOOL_NAME.test(call.name) ? call.name : INVALID_TOOL_NAME;
-  const tooLarge = call.arguments.length > MAX_TOOL_ARGUMENTS_CHARS;
-  const args = tooLarge ? JSON.stringify({ omitted: `${call.arguments.length} characters, over the limit` }) : call.arguments;
-  return { id: call.id, name, arguments: args };
+  return { id: call.id, name, arguments: storedArguments(call.arguments) };
+}
+
+/**
+ * A tool call's arguments as the history keeps them: a JSON object. Servers such as vLLM parse the earlier calls of
+ * every request again, and one they cannot parse fails every later request of the call (an HTTP 500, which also
+ * counts against the endpoint's breaker for every call).
+ */
+function storedArguments(text: string): string {
+  if (text.length > MAX_TOOL_ARGUMENTS_CHARS) return JSON.stringify({ omitted: `${text.length} characters, over the limit` });
+  if (!text.trim()) return "{}";
+  try {
+    const parsed: unknown = JSON.parse(text);
+    if (parsed && typeof parsed === "object" && !Array.isArray(parsed)) return text;
+  } catch {
+    /* kept as text, below */
+  }
+  return JSON.stringify({ invalid_json: text });
 }
 
 function keypadToken(seq: number): string {

@@ -188,6 +188,7 @@ export class OpenAiCompleter implements LlmCompleter {
     let firstTokenMs = -1;
     let stopped = false;
     const calls: LlmToolCall[] = [];
+    const callsByIndex = new Map<number, LlmToolCall>();
     /** Content or a tool call arrived (keep-alive comments and empty chunks are no progress). */
     const progress = () => {
       if (stallTimer) {
@@ -239,7 +240,7 @@ export class OpenAiCompleter implements LlmCompleter {
           }
         }
         for (const call of delta.tool_calls ?? []) {
-          const entry = toolCallOf(calls, call);
+          const entry = toolCallOf(calls, callsByIndex, call);
           progress();
           if (call.id) entry.id = call.id;
           // OpenAI sends the name whole, in the call's first delta; some compatible servers repeat it in every delta.
@@ -281,9 +282,10 @@ export class OpenAiCompleter implements LlmCompleter {
 /**
  * The tool call a streamed delta belongs to. OpenAI numbers them (`index`); some compatible endpoints (Google
  * Gemini) send none: there a delta with an id starts a call (or continues the one with that id), a delta without
- * one continues the latest call.
+ * one continues the latest call. Others (Ollama, some gateways) number every call 0: there a delta whose id differs
+ * from its index's call starts another call, which the index's deltas without an id then continue (`byIndex`).
  */
-function toolCallOf(calls: LlmToolCall[], delta: { index?: number | null; id?: string }): LlmToolCall {
+function toolCallOf(calls: LlmToolCall[], byIndex: Map<number, LlmToolCall>, delta: { index?: number | null; id?: string }): LlmToolCall {
   if (delta.index === undefined || delta.index === null) {
     if (delta.id) {
       const known = calls.find((call) => call.id === delta.id);
@@ -297,7 +299,15 @@ function toolCallOf(calls: LlmToolCall[], delta: { index?: number | null; id?: s
     return latest;
   }
   if (typeof delta.index !== "number" || delta.index < 0 || delta.index > 31) throw new LlmError("malformed", "a tool call delta has no valid index");
-  return (calls[delta.index] ??= { id: "", name: "", arguments: "" });
+  const current = byIndex.get(delta.index) ?? calls[delta.index];
+  if (current && current.id && delta.id && delta.id !== current.id) {
+    if (calls.length >= 32) throw new LlmError("malformed", "too many tool calls");
+    const started = { id: delta.id, name: "", arguments: "" };
+    calls.push(started);
+    byIndex.set(delta.index, started);
+    return started;
+  }
+  return current ?? (calls[delta.index] = { id: "", name: "", arguments: "" });
 }
 
 /**
