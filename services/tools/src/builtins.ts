@@ -44,8 +44,9 @@ export function builtinTools(deps: BuiltinDependencies): Tool[] {
         status: order.status,
         ...(order.carrier ? { carrier: order.carrier } : {}),
         ...(order.trackingNumber ? { tracking_number: order.trackingNumber } : {}),
-        ...(order.etaDate ? { eta: order.etaDate, eta_text: spokenDate(order.etaDate) } : {}),
-        ...(order.deliveredDate ? { delivered_on: order.deliveredDate, delivered_text: spokenDate(order.deliveredDate) } : {}),
+        // A date the database holds in another form is passed on as it is, without the words for it.
+        ...(order.etaDate ? { eta: order.etaDate, ...withText("eta_text", order.etaDate) } : {}),
+        ...(order.deliveredDate ? { delivered_on: order.deliveredDate, ...withText("delivered_text", order.deliveredDate) } : {}),
         ...(order.items ? { items: order.items } : {}),
       };
     },
@@ -100,4 +101,10 @@ export function builtinTools(deps: BuiltinDependencies): Tool[] {
     },
   };
   return [lookupOrder, endCall, transferToHuman, sendDtmf];
+}
+
+/** `{ [field]: "Thursday, March 6" }` for a calendar date, `{}` for anything else. */
+function withText(field: string, date: string): Record<string, string> {
+  const text = spokenDate(date);
+  return text ? { [field]: text } : {};
 }

@@ -430,5 +430,9 @@ describe("arguments and orders", () => {
     const source = JsonFileOrderSource.fromEntries([{ order_number: 42, status: "shipped", eta_in_days: 2 }], () => new Date("2025-03-04T23:30:00Z"));
     expect(await source.findOrder("42")).toMatchObject({ orderNumber: "42", status: "shipped", etaDate: "2025-03-06" });
     expect(spokenDate("2025-03-06")).toBe("Thursday, March 6");
+    // No calendar day: no words for it (a RangeError here failed every lookup of the order).
+    expect(spokenDate("2025-02-30")).toBeUndefined();
+    expect(spokenDate("Thu Mar 06 2025")).toBeUndefined();
+    expect(() => JsonFileOrderSource.fromEntries([{ order_number: "7", status: "shipped", eta: "2025-02-30" }])).toThrow(/orders\[0\]\.eta: must be a calendar date/);
   });
 });

@@ -81,6 +81,15 @@ describe("lookup_order from PostgreSQL", () => {
     expect(JSON.parse((await lookup("99999")).resultJson)).toEqual({ found: false, order_number: "99999" });
   });
 
+  it("reads timestamp columns as their calendar day (a table made by someone else)", async () => {
+    const other = `${schema}.orders_ts`;
+    await pool.query(`CREATE TABLE ${other} (order_number text PRIMARY KEY, status text NOT NULL, eta timestamptz, delivered_on timestamp)`);
+    // Noon UTC: the same day in the session's time zone, whichever the server has.
+    await pool.query(`INSERT INTO ${other} VALUES ('777', 'shipped', '2025-03-06 12:00:00+00', '2025-03-01 08:00:00')`);
+    const order = await new PgOrderSource(pool, other).findOrder("777");
+    expect(order).toMatchObject({ orderNumber: "777", etaDate: "2025-03-06", deliveredDate: "2025-03-01" });
+  });
+
   it("sees changes in the database at once (no caching)", async () => {
     await pool.query(`UPDATE ${table} SET status = 'delivered', delivered_on = '2025-03-07' WHERE order_number = '67890'`);
     expect(JSON.parse((await lookup("67890")).resultJson)).toMatchObject({ status: "delivered", delivered_text: "Friday, March 7" });

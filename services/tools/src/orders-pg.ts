@@ -4,6 +4,8 @@ import type { Order, OrderSource } from "./orders.js";
 /** `orders` or `schema.orders`: plain identifiers only, because the name is put into SQL. */
 const TABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$/;
 const DATE_OID = 1082;
+const TIMESTAMP_OID = 1114;
+const TIMESTAMPTZ_OID = 1184;
 
 export function isValidTableName(table: string): boolean {
   return TABLE_NAME.test(table);
@@ -31,9 +33,11 @@ export function ordersTableSql(table: string): string {
 }
 
 export function createPool(url: string): pg.Pool {
-  // Calendar dates stay "YYYY-MM-DD" strings: a JS Date would shift them by the server's time zone.
+  // Calendar dates stay "YYYY-MM-DD" strings: a JS Date would shift them by the server's time zone. A timestamp
+  // column is read as its day in the database session's time zone ("2025-03-06 17:30:00+00" -> "2025-03-06").
   const types = new pg.TypeOverrides();
   types.setTypeParser(DATE_OID, (value: string) => value);
+  for (const oid of [TIMESTAMP_OID, TIMESTAMPTZ_OID]) types.setTypeParser(oid, (value: string) => (/^\d{4}-\d{2}-\d{2}[ T]/.test(value) ? value.slice(0, 10) : value));
   return new pg.Pool({
     connectionString: url,
     max: 10,

@@ -127,8 +127,8 @@ function parseOrders(raw: unknown, file: string): Map<string, OrderFileEntry> {
       if (e[key] !== undefined && typeof e[key] !== "string") problems.push(`${where}.${key}: must be a string`);
     }
     for (const key of ["eta", "delivered_on"] as const) {
-      if (e[key] !== undefined && (typeof e[key] !== "string" || !DATE.test(e[key] as string))) {
-        problems.push(`${where}.${key}: must be a date YYYY-MM-DD`);
+      if (e[key] !== undefined && (typeof e[key] !== "string" || spokenDate(e[key] as string) === undefined)) {
+        problems.push(`${where}.${key}: must be a calendar date YYYY-MM-DD`);
       }
     }
     for (const key of ["eta_in_days", "delivered_days_ago"] as const) {
@@ -151,7 +151,10 @@ function addDays(from: Date, days: number): string {
 
 const SPOKEN_DATE = new Intl.DateTimeFormat("en-US", { weekday: "long", month: "long", day: "numeric", timeZone: "UTC" });
 
-/** "2025-03-06" -> "Thursday, March 6", for reading a date to the caller. */
-export function spokenDate(date: string): string {
-  return SPOKEN_DATE.format(new Date(`${date}T00:00:00Z`));
+/** "2025-03-06" -> "Thursday, March 6", for reading a date to the caller; undefined for no calendar date ("2025-02-30"). */
+export function spokenDate(date: string): string | undefined {
+  if (!DATE.test(date)) return undefined;
+  const day = new Date(`${date}T00:00:00Z`);
+  if (Number.isNaN(day.getTime()) || day.toISOString().slice(0, 10) !== date) return undefined;
+  return SPOKEN_DATE.format(day);
 }
