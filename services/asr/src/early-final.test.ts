@@ -363,3 +363,35 @@ describe("lease renewal", () => {
     }
   });
 });
+
+describe("hand-over on drain", () => {
+  it("a replica drained while a final is still being recognized keeps the call's lease until that final is out", async () => {
+    const a = await startAsr("asr-drain-a", 0, { ASR_LEASE_MS: "900" });
+    const call = await ownedCall("asr-drain-a");
+    const b = await startAsr("asr-drain-b", 0, { ASR_LEASE_MS: "900" });
+    try {
+      answer = () => ({ text: "slow", delayMs: 2_500 });
+      const uploadsBefore = openai.transcriptions.length;
+      await streamAudio(bus, call.callId, utteranceFrames(await synthesizeTo8kPcm("order status", "slt"), 400, 800), 0);
+      await waitFor(() => openai.transcriptions.length > uploadsBefore || undefined, { what: "the slow upload" });
+      const stopping = a.stop();
+      const owners: Array<{ at: number; owner: string }> = [];
+      while (!call.transcripts.some((t) => t.isFinal)) {
+        const at = Date.now();
+        owners.push({ at, owner: (await store.leaseOwner(call.callId, "asr")) ?? "none" });
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      await stopping;
+      const final = call.transcripts.find((t) => t.isFinal)!;
+      expect(final.text).toBe("slow");
+      // Until its final went out, the call stayed A's (a lapsed lease would have let B take it over before).
+      const firstOther = owners.find((o) => o.owner !== "asr-drain-a");
+      if (firstOther) expect(firstOther.at).toBeGreaterThanOrEqual(final.finalAtMs - 10);
+      await waitFor(async () => (await store.leaseOwner(call.callId, "asr")) === "asr-drain-b" || undefined, { what: "B to take the call after the hand-over" });
+      await store.endCall(call.callId, "test");
+    } finally {
+      await a.stop().catch(() => undefined);
+      await b.stop();
+    }
+  });
+});

@@ -276,10 +276,17 @@ export class CallOwnership {
 
   private async handOver(callId: string): Promise<void> {
     const { store, log, metrics, options } = this.deps;
-    const session = this.owned.get(callId)?.session;
+    const call = this.owned.get(callId);
+    if (!call) return;
+    // Stops hearing and finishes the finals in flight while still owning the call: the renewals go on meanwhile (a
+    // final may take an engine's deadline, longer than a lease), or another replica would take the call over from
+    // the progress saved before that utterance and recognize it a second time.
+    call.audio.unsubscribe();
+    await call.session.stop();
+    if (this.owned.get(callId) !== call) return; // dropped meanwhile: ended, or taken by another replica
     await this.dropLocally(callId);
     // The utterance the caller is in the middle of was dropped with the session: the successor replays it.
-    if (session) await this.saveProgress(callId, session);
+    await this.saveProgress(callId, call.session);
     try {
       await store.handOver(callId, LEASE_ROLE, options.instanceId);
       log.info("call handed over", { callId });
