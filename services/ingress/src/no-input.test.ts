@@ -5,7 +5,9 @@ import { performance } from "node:perf_hooks";
 import { subjects } from "@voicebot/bus";
 import { SpeechActivity, SpeechActivity_Kind, Transcript } from "@voicebot/proto";
 import { describe, expect, it } from "vitest";
+import { CallStore } from "@voicebot/state";
 import {
+  TwilioClient,
   frames,
   metricValue,
   publishBotAudio,
@@ -13,7 +15,6 @@ import {
   startIngress,
   useIngressWorld,
   waitFor,
-  type TwilioClient,
 } from "./test-support/harness.js";
 
 const NO_INPUT_MS = 600;
@@ -51,6 +52,30 @@ describe("a silent caller is prompted again", () => {
     expect(new Set(noInputsOf(client).map((i) => i.inputId)).size).toBe(2);
     expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_no_inputs_total")).toBeGreaterThanOrEqual(before + 2);
     client.close();
+  });
+
+  it("a call handed over at a quiet moment (a draining replica) is prompted again on its new stream if the caller stays silent", async () => {
+    const first = await startCall(world.ingress.wsUrl, world.dialog.items, { vbResumable: "1" });
+    first.echoMarks(0);
+    await botSays(first, "t1");
+    const store = CallStore.connect(world.redis.url);
+    try {
+      await store.markHandover(first.callSid); // as a draining ingress does before it closes with 1001
+    } finally {
+      await store.close();
+    }
+    first.close();
+    await first.closed;
+    const second = await TwilioClient.connect(world.ingress.wsUrl, first.callSid);
+    second.sendConnected();
+    const resumedAt = performance.now();
+    second.sendStart({ vbResumable: "1", vbResume: "1" });
+    // Naming no turn: t1 played on the old stream.
+    const unnamed = () => noInputsOf(second).find((i) => i.input?.$case === "noInput" && i.input.value.turnId === "");
+    await waitFor(unnamed, { what: "a noInput on the new stream", timeoutMs: 5_000 });
+    expect(performance.now() - resumedAt).toBeGreaterThanOrEqual(NO_INPUT_MS - 50);
+    second.sendStop();
+    await second.closed;
   });
 
   it("after a reprompt turn, names the new turn", async () => {

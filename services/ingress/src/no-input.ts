@@ -19,6 +19,8 @@ export class NoInputTimer {
   private closed = false;
   /** The last bot turn that began: what the caller is being asked to answer. */
   private lastTurnId = "";
+  /** The call came to this stream at a quiet moment (see resumedQuiet): the wait runs before any turn of its own. */
+  private resumedQuietly = false;
   /** The wait after the last bot turn that named one (0 = off). */
   private waitMs: number;
 
@@ -69,6 +71,16 @@ export class NoInputTimer {
     this.restart();
   }
 
+  /**
+   * The call was handed to this stream at a quiet moment (a draining replica's hand-over, the way back from keypad
+   * tones): the caller may be thinking about a question this stream never played, and is asked again (a noInput
+   * naming no turn) if they stay silent for the default wait. The turn's own wait stayed with the old stream.
+   */
+  resumedQuiet(): void {
+    this.resumedQuietly = true;
+    this.restart();
+  }
+
   close(): void {
     this.closed = true;
     this.disarm();
@@ -77,7 +89,7 @@ export class NoInputTimer {
   private restart(): void {
     this.disarm();
     // Nothing to prompt again before the first turn (the greeting) has begun.
-    if (this.closed || this.waitMs <= 0 || this.botSpeaking || this.callerSpeaking || !this.lastTurnId) return;
+    if (this.closed || this.waitMs <= 0 || this.botSpeaking || this.callerSpeaking || (!this.lastTurnId && !this.resumedQuietly)) return;
     // After a stall of this replica, the caller's frames that came meanwhile are read, and the asr's verdict on
     // them (speech started) has time to come back, before this fires (StallAwareTimer).
     this.timer = new StallAwareTimer(this.waitMs, () => {

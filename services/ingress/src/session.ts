@@ -621,7 +621,11 @@ export class CallSession {
       this.onControl(CallControl.create({ callId, action, target: final.target ?? "", reason: final.reason, afterTurnId: "" }));
       return;
     }
-    if (found?.handedOver) return;
+    if (found?.handedOver) {
+      // Nothing was cut, but this stream's silence timer knows of no turn: it is started here.
+      this.noInput?.resumedQuiet();
+      return;
+    }
     // The line was cut (its ingress died): whatever the bot was saying is lost, and a turn cut short never tells
     // the dialog it played, so nothing would start its wait for the caller. The dialog takes it as no input and
     // prompts the caller again rather than leave both sides waiting.
