@@ -576,6 +576,28 @@ describe("keypad tones to the far end (SEND_DTMF)", () => {
     }
   });
 
+  it("a drain that begins while the tones' redirect is on its way waits for it instead of handing the call over", async () => {
+    // Handed over first, the old TwiML's <Redirect> would resume the call on another replica, whose stream the
+    // tones' `stop` would then end as a hang-up.
+    const api = await fakeTwilioApi(() => ({ status: 200, body: { sid: "CA" }, delayMs: 600 }));
+    const rest = await startIngress({ ...world.env(), TWILIO_ACCOUNT_SID: "ACabc", TWILIO_AUTH_TOKEN: "secret-token", TWILIO_API_BASE_URL: api.url });
+    try {
+      const client = await startCall({ vbResumable: "1" }, rest.wsUrl);
+      control(client.callSid, CallControl_Action.ACTION_SEND_DTMF, { target: "9", reason: "send_dtmf" });
+      await waitFor(() => api.requests.length === 1 || undefined, { what: "the redirect request on its way" });
+      const stopping = rest.handle.stop();
+      const first = await Promise.race([client.closed.then(() => "closed"), new Promise((r) => setTimeout(() => r("open"), 400))]);
+      expect(first).toBe("open");
+      await new Promise((r) => setTimeout(r, 400)); // the REST answer is in: Twilio leaves the stream for the tones
+      client.sendStop();
+      expect((await client.closed).code).toBe(1000);
+      await stopping;
+      expect((await getRecord(client.callSid)).body.state).toBe("live"); // the tones' redirect brings it back
+    } finally {
+      api.close();
+    }
+  });
+
   it("on a stream without a voice webhook to come back to, the call ends after the tones", async () => {
     const { rest, twimls, stop } = await startWithTwilioApi();
     try {

@@ -159,6 +159,8 @@ export class CallSession {
   private readonly webhookOrigin: string | undefined;
   /** The call was redirected to play keypad tones and comes back on a new stream: the `stop` that follows ends only this stream. */
   private redirectedForTones = false;
+  /** SEND_DTMF is under way (waiting for its turn to play, or for the REST API): a hand-over waits for it. */
+  private tonesPending = false;
   /** A transfer the voice webhook carries out after the stream closes (no Twilio REST credentials): its target. */
   private transferTo: string | undefined;
   /** Added to Twilio's chunk numbers: a resumed stream counts from 1 again, the call's frames go on. */
@@ -294,7 +296,11 @@ export class CallSession {
     // began since: its audio would reach no stream), and never with a hang-up or transfer pending (it would be lost).
     const busy = () =>
       this.playout?.hasPendingAudio === true || this.callerAudio?.callerSpeaking === true || this.guard?.armed === true;
-    while (!this.ended && (this.finalActionPending || (busy() && Date.now() < deadline))) {
+    // Nor while keypad tones are on their way: closed before Twilio has the tones' TwiML, the old TwiML's <Redirect>
+    // would resume the call elsewhere, whose stream the tones' `stop` then ends as a hang-up. Once Twilio has it,
+    // its `stop` is waited for (the tones' own redirect moves the call), for as long as a quiet moment would be.
+    const leaving = () => this.redirectedForTones && Date.now() < deadline;
+    while (!this.ended && (this.finalActionPending || this.tonesPending || leaving() || (busy() && Date.now() < deadline))) {
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
     if (!this.ended && this.endReason === undefined) await this.handOverNow("handover");
@@ -1172,6 +1178,15 @@ export class CallSession {
    * on (an agent working through a phone menu); otherwise the call ends after the tones (`sent_dtmf`).
    */
   private async sendDigits(control: CallControl, playout: CallPlayout): Promise<void> {
+    this.tonesPending = true;
+    try {
+      await this.sendDigitsNow(control, playout);
+    } finally {
+      this.tonesPending = false;
+    }
+  }
+
+  private async sendDigitsNow(control: CallControl, playout: CallPlayout): Promise<void> {
     const { twilioApi, metrics } = this.deps;
     if (!twilioApi) {
       metrics.controls.inc({ action: "send_dtmf", outcome: "unsupported" });
