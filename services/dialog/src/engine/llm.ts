@@ -627,7 +627,10 @@ class LlmTurn {
       const turnId = this.say(BRIDGE, { cacheable: true });
       this.state.history.push({ role: "assistant", content: BRIDGE, turnId });
     }
-    const inputs = keypadEntry !== undefined ? this.scriptedKeys(keypadEntry) : [input];
+    // A resume with nothing left to say (the LLM was to answer a tool's result, or finish its cut answer) would be
+    // silence from the scripted agent: it asks its question again instead.
+    const asScripted: EngineInput = input.kind === "resume" && !input.text ? { kind: "noInput" } : input;
+    const inputs = keypadEntry !== undefined ? this.scriptedKeys(keypadEntry) : [asScripted];
     const result = await this.scripted(inputs, true);
     return { ...result, outcome: `fallback` };
   }
