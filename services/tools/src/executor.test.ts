@@ -399,6 +399,27 @@ describe("ToolExecutor", () => {
     });
   });
 
+  it("does not run a tool for a call whose end it has heard, though the record does not say ended yet, nor one whose end comes during its claim", async () => {
+    let transfers = 0;
+    const transfer: Tool = { name: "transfer", defaultTimeoutMs: 2_000, run: async () => ({ transferred: ++transfers }) };
+    const executor = new ToolExecutor([transfer], store, createExecutorMetrics(new Registry()), silentLogger);
+    // Ingress announces the hang-up (CancelTurn "" and CallEnded) before its record write lands.
+    await liveCall("CAhungup");
+    executor.cancelCall("CAhungup");
+    expect(await executor.handle(request("CAhungup", "transfer"))).toMatchObject({ ok: false, errorMessage: "the call has ended" });
+    // The end arrives while the claim's round trip is under way (Redis slow for a moment).
+    await liveCall("CAmidclaim");
+    const pauser = CallStore.connect(redis.url);
+    await pauser.redis.call("CLIENT", "PAUSE", "300", "ALL");
+    const answer = executor.handle(request("CAmidclaim", "transfer"));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    executor.cancelCall("CAmidclaim");
+    expect(await answer).toMatchObject({ ok: false, errorCode: "cancelled" });
+    await pauser.close();
+    await executor.idle();
+    expect(transfers).toBe(0);
+  });
+
   it("refuses ended calls", async () => {
     const executor = new ToolExecutor([], store, createExecutorMetrics(new Registry()), silentLogger);
     await liveCall("CAended");

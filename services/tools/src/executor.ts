@@ -177,6 +177,9 @@ export class ToolExecutor {
     if (request.deadlineUnixMs > 0 && arrived > request.deadlineUnixMs + CLOCK_SKEW_MS) {
       return this.refuse(request, "expired", `taken up ${arrived - request.deadlineUnixMs} ms after the requester stopped waiting`);
     }
+    // Ingress announces a hang-up before its record says so: a tool request of that moment (a turn still running) is
+    // not run, a transfer or a webhook with effects least of all.
+    if (this.liveCalls.hasEnded(callId)) return this.refuse(request, "failed", "the call has ended");
     const runningHere = this.claimsHeld.get(claimKey(callId, toolCallId));
     if (runningHere) {
       this.metrics.duplicates.inc({ kind: "waited" });
@@ -415,6 +418,11 @@ export class ToolExecutor {
       if (cancelled.aborted) onCancel();
       else cancelled.addEventListener("abort", onCancel, { once: true });
     });
+    // The call ended while its claim was on its way: not started (a built-in's control message goes out at once).
+    if (cancelled.aborted) {
+      clearTimeout(timer);
+      return { ok: false, code: "cancelled", message: `${tool.name} not run: the call ended` };
+    }
     const run = this.runWithRetries(tool, args, request, abort.signal, Date.now() + timeoutMs);
     try {
       const value = await Promise.race([run, stopped]);

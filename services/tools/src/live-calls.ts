@@ -38,6 +38,12 @@ export class LiveCalls {
     return false;
   }
 
+  /** The call's end was heard here lately (its record may not say so yet: ingress writes it after announcing it). */
+  hasEnded(callId: string): boolean {
+    const until = this.ended.get(callId);
+    return until !== undefined && until > this.now();
+  }
+
   callEnded(callId: string): void {
     const now = this.now();
     this.live.delete(callId);
