@@ -189,11 +189,13 @@ describe("CallStore", () => {
     const b = { holder: "tools-b", ttlMs: 300, takeStale: false };
     expect(await store.claimToolCall("CA7", "t1", a)).toEqual({ kind: "claimed" });
     expect(await store.claimToolCall("CA7", "t1", b)).toEqual({ kind: "taken" });
+    // The same claim sent again (ioredis resends a script whose reply a lost link took) is its holder's own.
+    expect(await store.claimToolCall("CA7", "t1", a)).toEqual({ kind: "claimed" });
     // Kept past its first life by its holder; another holder's keep does not touch it.
     for (let i = 0; i < 3; i++) {
       await new Promise((r) => setTimeout(r, 150));
-      expect(await store.keepToolClaims("tools-a", [{ callId: "CA7", toolCallId: "t1" }], 300)).toBe(1);
-      expect(await store.keepToolClaims("tools-b", [{ callId: "CA7", toolCallId: "t1" }], 300)).toBe(0);
+      expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-a" }], 300)).toBe(1);
+      expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-b" }], 300)).toBe(0);
     }
     expect(await store.claimToolCall("CA7", "t1", b)).toEqual({ kind: "taken" });
     // Its holder stops keeping it (died, froze): stale, and taken over only by a caller that may run it twice.
@@ -202,14 +204,14 @@ describe("CallStore", () => {
     expect(await store.claimToolCall("CA7", "t1", { ...b, takeStale: true })).toEqual({ kind: "claimed", takenOver: true });
     expect(await store.claimToolCall("CA7", "t1", a)).toEqual({ kind: "taken" });
     // The old holder, woken, cannot keep what was taken over.
-    expect(await store.keepToolClaims("tools-a", [{ callId: "CA7", toolCallId: "t1" }], 300)).toBe(0);
-    expect(await store.keepToolClaims("tools-b", [{ callId: "CA7", toolCallId: "t1" }], 300)).toBe(1);
+    expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-a" }], 300)).toBe(0);
+    expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-b" }], 300)).toBe(1);
     // A claim an older version wrote (no expiry) is held for good, as it was.
     await store.redis.hset(keys.once("CA7"), "tool:t2", "1");
     expect(await store.claimToolCall("CA7", "t2", { ...b, takeStale: true })).toEqual({ kind: "taken" });
     // After the hang-up nothing is kept or written back.
     await store.endCall("CA7", "caller_hangup");
-    expect(await store.keepToolClaims("tools-b", [{ callId: "CA7", toolCallId: "t1" }], 300)).toBe(0);
+    expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-b" }], 300)).toBe(0);
     expect(await liveKeysOf("CA7")).toEqual([]);
   });
 

@@ -398,9 +398,11 @@ return 1`;
 
 // KEYS: meta, tool results hash, once hash. ARGV: toolCallId, once field, TTL, holder, claim TTL, take a stale
 // claim ('1' or '0'). Before running a tool: the call must be live; then its stored result, else the claim
-// ("<holder> <expires at, Redis ms>", kept alive by its holder while the tool runs). Returns {call state or ''} |
-// {'live', 'stored', result} | {'live', 'claimed' | 'retaken'} | {'live', 'taken'} (another request holds the
-// claim) | {'live', 'stale'} (its holder stopped keeping it: died or froze; not taken over).
+// ("<holder> <expires at, Redis ms>", kept alive by its holder while the tool runs; the holder names the request).
+// Returns {call state or ''} | {'live', 'stored', result} | {'live', 'claimed' | 'retaken'} | {'live', 'taken'}
+// (another request holds the claim) | {'live', 'stale'} (its holder stopped keeping it: died or froze; not taken
+// over). A claim the same holder already has is claimed again: ioredis sends a script again after a lost link
+// when its reply was lost, and that request must not find itself holding the claim and wait for itself.
 const TOOL_CLAIM_SCRIPT = `
 local call = redis.call('HGET', KEYS[1], 'state')
 if call ~= 'live' then return {call or ''} end
@@ -412,10 +414,13 @@ local held = redis.call('HGET', KEYS[3], ARGV[2])
 local kind = 'claimed'
 if held then
   -- A claim without an expiry was written by an older version: it is held for good, as it was then.
-  local expires = tonumber(string.match(held, ' (%d+)$'))
-  if not expires or expires > now then return {'live', 'taken'} end
-  if ARGV[6] ~= '1' then return {'live', 'stale'} end
-  kind = 'retaken'
+  local holder, expiry = string.match(held, '^(.*) (%d+)$')
+  if holder ~= ARGV[4] then
+    local expires = tonumber(expiry)
+    if not expires or expires > now then return {'live', 'taken'} end
+    if ARGV[6] ~= '1' then return {'live', 'stale'} end
+    kind = 'retaken'
+  end
 end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[4] .. ' ' .. (now + tonumber(ARGV[5])))
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
@@ -521,7 +526,7 @@ export type ToolClaim<T> =
 
 /** Who claims a tool call (store.claimToolCall), and for how long without keeping it (store.keepToolClaims). */
 export interface ToolClaimHolder {
-  /** The replica's instance name; no spaces. */
+  /** Names the request that claims: the replica and the request (no spaces), so that a claim resent is its own. */
   holder: string;
   ttlMs: number;
   /** Take over a stale claim (the tool may run twice); else it is reported as stale. */
@@ -1054,10 +1059,10 @@ export class CallStore {
   }
 
   /** Extends the tool claims `holder` still has, in one round trip; returns how many it still had. */
-  async keepToolClaims(holder: string, claims: ReadonlyArray<{ callId: string; toolCallId: string }>, ttlMs: number): Promise<number> {
+  async keepToolClaims(claims: ReadonlyArray<{ callId: string; toolCallId: string; holder: string }>, ttlMs: number): Promise<number> {
     if (claims.length === 0) return 0;
     const pipeline = this.redis.pipeline() as unknown as ScriptPipeline;
-    for (const { callId, toolCallId } of claims) pipeline.vbToolKeep(keys.once(callId), onceField("tool", toolCallId), holder, ttlMs);
+    for (const { callId, toolCallId, holder } of claims) pipeline.vbToolKeep(keys.once(callId), onceField("tool", toolCallId), holder, ttlMs);
     const replies = await pipeline.exec();
     if (!replies) throw new Error("tool claim pipeline was discarded");
     let kept = 0;

@@ -107,7 +107,7 @@ export class ToolExecutor {
    * The tools running here, by call and tool call id: their claims are kept alive while they run, and a repeat of
    * one that reaches this replica waits for its result (its claim may have lapsed while this process was frozen).
    */
-  private readonly claimsHeld = new Map<string, { claim: { callId: string; toolCallId: string }; result: Promise<ToolCallResult> }>();
+  private readonly claimsHeld = new Map<string, { claim: { callId: string; toolCallId: string; holder: string }; result: Promise<ToolCallResult> }>();
   private claimKeeper: NodeJS.Timeout | undefined;
 
   /**
@@ -192,14 +192,15 @@ export class ToolExecutor {
     // The dialog waits the tool's timeout from sending the request: time spent here waiting for Redis comes out of
     // it, and so does time the request spent on its way (by the requester's deadline, when it gives one).
     const deadline = Math.min(arrived + timeoutMs, request.deadlineUnixMs > 0 ? request.deadlineUnixMs + CLOCK_SKEW_MS : Number.POSITIVE_INFINITY);
-    const claimAs: ToolClaimHolder = { holder: this.holder, ttlMs: CLAIM_TTL_MS, takeStale: tool?.idempotent === true };
+    // Each request claims as itself: a claim ioredis sent again after a lost link is then this request's own.
+    const claimAs: ToolClaimHolder = { holder: `${this.holder}.${randomBytes(4).toString("hex")}`, ttlMs: CLAIM_TTL_MS, takeStale: tool?.idempotent === true };
     if (tool?.idempotent && !request.repeat && this.liveCalls.isLive(callId)) {
       // Running it twice is harmless and a claim found the call live moments ago: no round trip before it runs.
       // The claim still goes out, unawaited: a repeat of this request (a turn redone after its dialog replica died,
       // marked `repeat`, which always claims first) finds it and waits for this execution's result.
       this.metrics.unclaimed.inc();
       this.keepStoring(request, () => this.store.claimToolCall(callId, toolCallId, claimAs));
-      return this.runHoldingClaim(request, tool, deadline, cancelled);
+      return this.runHoldingClaim(request, tool, deadline, cancelled, claimAs.holder);
     }
     // The call's state, a stored result and the claim in one Redis round trip (every round trip here is on the
     // caller's wait for the answer), atomic with endCall: nothing is claimed for an ended call, so a request that
@@ -226,7 +227,7 @@ export class ToolExecutor {
       }
       // Running it again is harmless: the caller gets an answer rather than a timeout.
       this.log.warn("duplicate tool request found no result of the first execution: running the idempotent tool again", { callId, toolCallId, tool: name });
-      return this.runHoldingClaim(request, tool, deadline, cancelled);
+      return this.runHoldingClaim(request, tool, deadline, cancelled, claimAs.holder);
     }
     switch (claim.kind) {
       case "not_live":
@@ -249,12 +250,12 @@ export class ToolExecutor {
       this.metrics.duplicates.inc({ kind: "taken_over" });
       this.log.warn("tool request's first execution was lost with its replica: running the idempotent tool again", { callId, toolCallId, tool: name });
     }
-    return this.runHoldingClaim(request, tool, deadline, cancelled);
+    return this.runHoldingClaim(request, tool, deadline, cancelled, claimAs.holder);
   }
 
   /** runAndStore, keeping this replica's claim on the call alive until the answer goes out. */
-  private async runHoldingClaim(request: ToolCallRequest, tool: Tool | undefined, deadline: number, cancelled: AbortSignal): Promise<ToolCallResult> {
-    const claim = { callId: request.callId, toolCallId: request.toolCallId };
+  private async runHoldingClaim(request: ToolCallRequest, tool: Tool | undefined, deadline: number, cancelled: AbortSignal, holder: string): Promise<ToolCallResult> {
+    const claim = { callId: request.callId, toolCallId: request.toolCallId, holder };
     const key = claimKey(claim.callId, claim.toolCallId);
     const result = this.runAndStore(request, tool, deadline, cancelled);
     const held = { claim, result };
@@ -274,7 +275,7 @@ export class ToolExecutor {
   private readonly keepLog = new LogThrottle();
 
   private keepClaims(): void {
-    this.store.keepToolClaims(this.holder, [...this.claimsHeld.values()].map((held) => held.claim), CLAIM_TTL_MS).catch((error: unknown) => {
+    this.store.keepToolClaims([...this.claimsHeld.values()].map((held) => held.claim), CLAIM_TTL_MS).catch((error: unknown) => {
       // Tried again at the next tick. Missed for the claim's whole life, a repeat may take it over and run an
       // idempotent tool a second time, or be told a tool with effects has an unknown outcome.
       this.metrics.linkRetries.inc({ step: "keep-claims" });
