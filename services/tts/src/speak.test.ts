@@ -12,7 +12,7 @@ import {
   TurnTiming,
 } from "@voicebot/proto";
 import { ConfigError, startService, type ServiceHandle } from "@voicebot/service-kit";
-import { metricSum, startNats, startRedis, waitFor, type ServerHandle } from "@voicebot/testing";
+import { metricSum, startNats, startRedis, startTcpProxy, waitFor, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { TtsEngine } from "./engine.js";
@@ -382,6 +382,32 @@ describe("tts drain", () => {
     } finally {
       await stopping.stop();
       await next?.stop();
+    }
+  });
+});
+
+describe("tts drain: a spoken chunk is not handed back", () => {
+  it("a chunk whose audio all went out is not spoken again when the drain cuts off its cache write", async () => {
+    const link = await startTcpProxy(redis.port);
+    const stopping = await startTts({ TTS_ENGINES: "flite", DRAIN_TIMEOUT_MS: "300", REDIS_URL: `redis://127.0.0.1:${link.port}` });
+    let next: ServiceHandle | undefined;
+    try {
+      const callId = newCallId();
+      const audio = await listen(callId);
+      link.blackhole(); // the cache read gives up at once; the cache write after the audio hangs
+      speak({ callId, text: "Thank you for waiting.", turnDone: true, cacheable: true });
+      await audio.done("t1");
+      next = await startTts({ TTS_ENGINES: "flite" });
+      await stopping.stop(); // the drain runs out of time during the cache write
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      expect(audio.parts.filter((p) => p.partSeq === 0)).toHaveLength(1); // heard once
+      expect(await metric(next, "voicebot_tts_chunks_total", {})).toBe(0);
+      audio.close();
+    } finally {
+      link.restore();
+      await stopping.stop();
+      await next?.stop();
+      await link.close();
     }
   });
 });

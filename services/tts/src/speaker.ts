@@ -153,7 +153,9 @@ export class Speaker {
     if (result.outcome === "cancelled") this.cancelled(request, result.engine, false);
 
     // Only the primary engine's audio is cached: a failover voice must not be replayed for days.
-    if (cacheKey && result.outcome === "ok" && result.primary) await this.writeCache(cacheKey, out.collected(), { callId: request.callId });
+    // Not waited for: the chunk is done for the caller (and acked) as soon as its audio is out. A Redis slow to take the
+    // write must not hold it, or a drain cut off there would hand a chunk heard in full to another replica to say again.
+    if (cacheKey && result.outcome === "ok" && result.primary) void this.writeCache(cacheKey, out.collected(), { callId: request.callId });
   }
 
   /** False when the write failed (counted and logged: the line is synthesized again next time). */
