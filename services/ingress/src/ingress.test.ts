@@ -598,6 +598,21 @@ describe("keypad tones to the far end (SEND_DTMF)", () => {
     }
   });
 
+  it("a bot hang-up with Twilio REST credentials hangs the call up through the API (whatever TwiML follows <Connect> does not run), then closes", async () => {
+    const { rest, twimls, stop } = await startWithTwilioApi();
+    try {
+      const client = await startCall({}, rest.wsUrl); // a number's own TwiML: it may <Dial> after <Connect>
+      client.echoMarks(0);
+      botAudio(client.callSid, "t2", 0, 0, frames(2, 1), { chunkDone: true, turnDone: true, text: "Goodbye." });
+      control(client.callSid, CallControl_Action.ACTION_HANGUP, { afterTurnId: "t2", reason: "done" });
+      expect((await client.closed).code).toBe(1000);
+      expect(twimls()).toEqual(["<Response><Hangup/></Response>"]);
+      await waitFor(async () => (await getRecord(client.callSid)).body.endReason === "bot_hangup", { what: "the end recorded" });
+    } finally {
+      await stop();
+    }
+  });
+
   it("on a stream without a voice webhook to come back to, the call ends after the tones", async () => {
     const { rest, twimls, stop } = await startWithTwilioApi();
     try {

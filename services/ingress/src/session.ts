@@ -56,7 +56,7 @@ import {
   type MediaMessage,
   type StartMessage,
 } from "./twilio.js";
-import { dialTwiml, playDigitsTwiml, type TwilioRestClient } from "./twilio-rest.js";
+import { dialTwiml, HANGUP_TWIML, playDigitsTwiml, type TwilioRestClient } from "./twilio-rest.js";
 
 export interface SessionDeps {
   bus: Bus;
@@ -1120,11 +1120,30 @@ export class CallSession {
     }
     if (action === "hangup") {
       this.log.info("bot hangs up", { reason: control.reason });
+      this.endReason ??= "bot_hangup"; // Twilio answers the hang-up with `stop`
+      await this.hangUpThroughApi();
       metrics.controls.inc({ action, outcome: "done" });
-      this.finish("bot_hangup");
+      if (!this.ended) this.finish("bot_hangup");
       return;
     }
     await this.transfer(control.target);
+  }
+
+  /**
+   * With Twilio REST credentials the call itself is hung up: closing the stream alone runs whatever TwiML follows
+   * <Connect> (a number's own TwiML may <Dial> there), and a resumable stream's redirect relies on the ended record.
+   * Without them, or when the API fails, closing the stream is all there is.
+   */
+  private async hangUpThroughApi(): Promise<void> {
+    const { twilioApi, metrics } = this.deps;
+    if (!twilioApi) return;
+    try {
+      await twilioApi.updateCallTwiml(this.callSid!, HANGUP_TWIML);
+      metrics.twilioApi.inc({ action: "hangup", outcome: "ok" });
+    } catch (error) {
+      metrics.twilioApi.inc({ action: "hangup", outcome: "error" });
+      this.log.error("hang-up through the Twilio REST API failed; closing the stream instead", { error: errorText(error) });
+    }
   }
 
   /** Resolves once turn `turnId` has played (every mark echoed), or after CONTROL_TIMEOUT_MS. */
