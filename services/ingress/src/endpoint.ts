@@ -8,7 +8,7 @@ import { CallEnded, CallerAudio, CallerAudioReplayRequest, CancelTurn, DialogInp
 import { WebSocketServer } from "ws";
 import { clientAddress } from "./client-address.js";
 import { callEndMessages, CallSession, STREAM_LEASE, type SessionDeps } from "./session.js";
-import { signedUrl, validTwilioSignature } from "./signature.js";
+import { signedUrls, validTwilioSignature } from "./signature.js";
 
 /** Calls whose lost stream one replica ends at a time, and the lock that keeps two replicas from ending one call. */
 const SWEEP_PARALLEL = 10;
@@ -76,10 +76,11 @@ export class TwilioEndpoint {
       return this.reject(socket, 429, "Too Many Requests", "client_limit", { client, limit: limitPerClient });
     }
     if (config.validateSignature) {
-      const url = signedUrl(req, config.publicStreamUrl);
-      const signature = req.headers["x-twilio-signature"];
-      if (!validTwilioSignature(config.authToken!, url, typeof signature === "string" ? signature : undefined)) {
-        return this.reject(socket, 403, "Forbidden", "bad_signature", { url, client });
+      const urls = signedUrls(req, config.publicStreamUrl);
+      const header = req.headers["x-twilio-signature"];
+      const signature = typeof header === "string" ? header : undefined;
+      if (!urls.some((url) => validTwilioSignature(config.authToken!, url, signature))) {
+        return this.reject(socket, 403, "Forbidden", "bad_signature", { urls: urls.map((url) => url.slice(0, 200)), client });
       }
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {

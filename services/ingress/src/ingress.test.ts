@@ -638,7 +638,13 @@ describe("stream admission", () => {
       await expect(TwilioClient.connect(signed.wsUrl, newCallSid(), { "x-twilio-signature": "bm9wZQ==" })).rejects.toThrow(/403/);
       const client = await TwilioClient.connect(signed.wsUrl, newCallSid(), { "x-twilio-signature": signature });
       client.close();
-      expect(await metricValue(signed.baseUrl, "voicebot_ingress_rejected_streams_total", { reason: "bad_signature" })).toBe(2);
+      // A number's own TwiML may point at another query or path on the same host: Twilio signed that URL.
+      const other = "wss://voice.example.com/twilio?tenant=b";
+      const otherSigned = createHmac("sha1", "tok").update(other).digest("base64");
+      const second = await TwilioClient.connect(`${signed.wsUrl}?tenant=b`, newCallSid(), { "x-twilio-signature": otherSigned });
+      second.close();
+      await expect(TwilioClient.connect(`${signed.wsUrl}?tenant=c`, newCallSid(), { "x-twilio-signature": otherSigned })).rejects.toThrow(/403/);
+      expect(await metricValue(signed.baseUrl, "voicebot_ingress_rejected_streams_total", { reason: "bad_signature" })).toBe(3);
     } finally {
       await signed.handle.stop();
     }

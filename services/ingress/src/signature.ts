@@ -25,9 +25,21 @@ export function publicHttpOrigin(publicStreamUrl: string): string {
   return `${stream.protocol === "ws:" ? "http:" : "https:"}//${stream.host}`;
 }
 
-/** The URL Twilio signed: the configured public stream URL (exactly the <Stream url>), else one built from Host. */
-export function signedUrl(req: IncomingMessage, publicStreamUrl: string | undefined): string {
-  return publicStreamUrl ?? `wss://${req.headers.host ?? "localhost"}${req.url ?? "/"}`;
+/**
+ * The URLs Twilio may have signed (the <Stream url> as given, which this side cannot see): the configured public
+ * stream URL exactly (our TwiML's), the path and query requested on that URL's host (a number's own TwiML may add a
+ * query or use another path), and the same on the request's Host.
+ */
+export function signedUrls(req: IncomingMessage, publicStreamUrl: string | undefined): string[] {
+  const path = req.url ?? "/";
+  const urls = new Set<string>();
+  if (publicStreamUrl) {
+    urls.add(publicStreamUrl);
+    const stream = new URL(publicStreamUrl);
+    urls.add(`${stream.protocol}//${stream.host}${path}`);
+  }
+  if (req.headers.host) urls.add(`wss://${req.headers.host}${path}`);
+  return [...urls];
 }
 
 /**
