@@ -576,6 +576,30 @@ describe("keypad tones to the far end (SEND_DTMF)", () => {
     }
   });
 
+  it("a call away for keypad tones longer than the stream lease is not ended as lost meanwhile", async () => {
+    const api = await fakeTwilioApi(() => ({ status: 200, body: { sid: "CA" } }));
+    const rest = await startIngress({
+      ...world.env(),
+      TWILIO_ACCOUNT_SID: "ACabc",
+      TWILIO_AUTH_TOKEN: "secret-token",
+      TWILIO_API_BASE_URL: api.url,
+      INGRESS_STREAM_LEASE_MS: "1000",
+      INGRESS_RECORD_CHECK_MS: "250",
+    });
+    try {
+      const client = await startCall({ vbResumable: "1" }, rest.wsUrl);
+      control(client.callSid, CallControl_Action.ACTION_SEND_DTMF, { target: `1${"w".repeat(8)}2`, reason: "send_dtmf" }); // ~4.6 s
+      await waitFor(() => api.requests.length === 1 || undefined, { what: "the redirect through the REST API" });
+      client.sendStop(); // Twilio leaves the stream to play the tones
+      await client.closed;
+      await new Promise((r) => setTimeout(r, 2_500)); // past the 1 s lease, within the tones
+      expect((await getRecord(client.callSid)).body.state).toBe("live");
+    } finally {
+      await rest.handle.stop();
+      api.close();
+    }
+  });
+
   it("a drain that begins while the tones' redirect is on its way waits for it instead of handing the call over", async () => {
     // Handed over first, the old TwiML's <Redirect> would resume the call on another replica, whose stream the
     // tones' `stop` would then end as a hang-up.

@@ -56,7 +56,7 @@ import {
   type MediaMessage,
   type StartMessage,
 } from "./twilio.js";
-import { dialTwiml, HANGUP_TWIML, playDigitsTwiml, type TwilioRestClient } from "./twilio-rest.js";
+import { dialTwiml, digitsPlayMs, HANGUP_TWIML, playDigitsTwiml, type TwilioRestClient } from "./twilio-rest.js";
 
 export interface SessionDeps {
   bus: Bus;
@@ -161,6 +161,8 @@ export class CallSession {
   private redirectedForTones = false;
   /** SEND_DTMF is under way (waiting for its turn to play, or for the REST API): a hand-over waits for it. */
   private tonesPending = false;
+  /** How long the keypad tones of the redirect take to play (see digitsPlayMs). */
+  private tonesMs = 0;
   /** A transfer the voice webhook carries out after the stream closes (no Twilio REST credentials): its target. */
   private transferTo: string | undefined;
   /** Added to Twilio's chunk numbers: a resumed stream counts from 1 again, the call's frames go on. */
@@ -404,8 +406,12 @@ export class CallSession {
       case "stop":
         if (this.streamSid && this.foreignStream("stop", message.streamSid, now)) return;
         if (this.redirectedForTones && this.endReason === undefined) {
-          // Twilio left the stream to play our tones; its <Redirect> brings the call back on a new stream.
+          // Twilio left the stream to play our tones; its <Redirect> brings the call back on a new stream. The stream
+          // lease, no longer renewed here, is made to outlast the tones: the sweeper would end a long string's call.
           this.close(1000, "stop");
+          const { store, config, instanceId } = this.deps;
+          const callId = this.callSid!;
+          this.enqueue(() => this.storeOp("take_stream", () => store.takeLease(callId, STREAM_LEASE, instanceId, config.streamLeaseMs + this.tonesMs)));
           void this.detach("the call was redirected to play keypad tones; it comes back on a new stream");
           return;
         }
@@ -1229,6 +1235,7 @@ export class CallSession {
     const twiml = playDigitsTwiml(control.target, comeBack)!;
     if (comeBack) {
       this.redirectedForTones = true;
+      this.tonesMs = digitsPlayMs(control.target);
       // Nothing is cut: the stream that resumes the call must not take it for a dropped line and re-prompt.
       const callId = this.callSid;
       if (callId && this.announced) await this.storeOp("mark_handover", () => this.deps.store.markHandover(callId));

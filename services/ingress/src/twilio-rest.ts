@@ -138,6 +138,13 @@ export const HANGUP_TWIML = "<Response><Hangup/></Response>";
  * `<Play digits>` TwiML (w = half-second pause), then, with `thenRedirectTo`, a `<Redirect>` there (the voice
  * webhook, which resumes the call on a new stream); undefined for anything but keypad digits.
  */
+/** About how long Twilio takes to play `digits` (a tone with its gap per key, half a second per `w`), generously. */
+export function digitsPlayMs(digits: string): number {
+  let ms = 0;
+  for (const key of digits.trim()) ms += key === "w" ? 500 : 300;
+  return ms;
+}
+
 export function playDigitsTwiml(digits: string, thenRedirectTo?: string): string | undefined {
   const d = digits.trim();
   if (!DIGITS.test(d)) return undefined;
