@@ -88,6 +88,14 @@ describe("AssemblyAIEngine against a fake Universal Streaming server", () => {
     expect(fake.sessions.at(-1)!.audioChunksMs).toEqual([140]);
   });
 
+  it("an utterance sent all at once (a failover's replay, a session still opening) keeps the turn the server ended inside it", async () => {
+    // The server's own endpointing ends turn 0 at a pause within the audio; its Turn comes after ForceEndpoint went.
+    script = { turns: ["my order number is", "four oh seven"] };
+    const recognizer = engine().start({ mode: "digits", phrases: [] });
+    for (const frame of frames(1400)) recognizer.push(frame);
+    await expect(recognizer.finish()).resolves.toMatchObject({ text: "my order number is 407" });
+  });
+
   it("sends 20 ms pushes as messages of at least 50 ms, padding the last one with silence", async () => {
     script = { text: "no" };
     const recognizer = engine().start({ mode: "phrases", phrases: [] });
