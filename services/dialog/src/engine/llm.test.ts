@@ -200,6 +200,28 @@ describe("LLM engine (real openai SDK against the fake server)", () => {
     expect(afterApology).toMatch(/say order status or press 1/);
   });
 
+  it("a barge-in cuts what was heard across every message of the turn (streamed text, then a readback)", async () => {
+    const { engine } = engineWith();
+    const c = new Conversation(engine);
+    await c.start();
+    c.state.history.push(
+      { role: "user", content: "order one two three four five" },
+      { role: "assistant", content: "Let me look that up.", turnId: "t2" },
+      { role: "assistant", content: "I heard 1 2 3 4 5. Is that right?", turnId: "t2" },
+    );
+    const next = engine.interrupted(c.state, { turnId: "t2", heardText: "Let me look that up. I heard 1 2 3" });
+    expect(next.history.slice(-2)).toEqual([
+      { role: "assistant", content: "Let me look that up.", turnId: "t2" },
+      { role: "assistant", content: "I heard 1 2 3", turnId: "t2", interrupted: true },
+    ]);
+    // Cut inside the first: the second was not heard at all.
+    const early = engine.interrupted(c.state, { turnId: "t2", heardText: "Let me" });
+    expect(early.history.slice(-2)).toEqual([
+      { role: "assistant", content: "Let me", turnId: "t2", interrupted: true },
+      { role: "assistant", content: "", turnId: "t2", interrupted: true },
+    ]);
+  });
+
   it("says the part of a cut turn the caller did not hear again, without asking the LLM, and keeps it in the history", async () => {
     const c = new Conversation(engineWith().engine);
     await c.start();

@@ -155,13 +155,19 @@ export class LlmEngine implements DialogEngine<LlmState> {
 
   interrupted(state: LlmState, event: { turnId: string; heardText: string }): LlmState {
     const next = this.adopt(state);
-    for (let i = next.history.length - 1; i >= 0; i--) {
-      const message = next.history[i];
-      if (message.role === "assistant" && message.turnId === event.turnId) {
-        message.content = event.heardText;
-        message.interrupted = true;
-        break;
+    // A turn may span several messages (an answer, then an apology or a readback): what was heard is their text from
+    // the start; the message it ends in keeps only that, and any after it were not heard at all.
+    let heard: string | undefined = event.heardText.trim();
+    for (const message of next.history) {
+      if (message.role !== "assistant" || message.turnId !== event.turnId) continue;
+      const content = message.content.trim();
+      if (heard !== undefined && heard.startsWith(content) && heard.length > content.length) {
+        heard = heard.slice(content.length).trimStart(); // heard in full
+        continue;
       }
+      message.content = heard ?? "";
+      message.interrupted = true;
+      heard = undefined;
     }
     return next;
   }
