@@ -609,6 +609,12 @@ export class TurnRunner {
     let superseded = false;
     /** The highest turn number any attempt reached (a redone attempt sends nothing, so may count fewer). */
     let turnsReached = 0;
+    /**
+     * An attempt of this delivery got as far as speaking (play): a later one replays without saying it again. Not
+     * `attempt > 0`: an attempt that stopped before (its mark's save refused, e.g. sent again by ioredis after a lost
+     * reply) said nothing, and its redo must speak, or the caller hears silence for a turn taken as answered.
+     */
+    let spokeBefore = false;
     let preloaded = loaded;
     try {
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
@@ -701,7 +707,9 @@ export class TurnRunner {
           superseded = true;
           this.supersedeEarlierTurns(callId, turnsBefore + 1, fields);
         }
-        const played = await this.play(agent, state, turnsBefore, turnInput, message, receivedAt, attempt > 0, redone === true || attempt > 0, abort, held, restart);
+        const replay = spokeBefore;
+        spokeBefore = true;
+        const played = await this.play(agent, state, turnsBefore, turnInput, message, receivedAt, replay, redone === true || replay, abort, held, restart);
         if (held.lost.aborted) return this.leaseLost(fields);
         turnsReached = Math.max(turnsReached, played.turns);
         const next: DialogState = {
