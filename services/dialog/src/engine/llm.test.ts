@@ -622,7 +622,8 @@ describe("LLM answers and tool calls that cannot be used as they came", () => {
     await waitFor(() => chat.requests[0].closedByClient, { what: "the stalled request to be closed" });
   });
 
-  it("takes tool call deltas without an index (Google Gemini's compatible endpoint), by their ids", async () => {
+  /** Two lookups streamed in one answer with the given numbering of their deltas: both run, then the answer is said. */
+  async function twoParallelLookups(numbering: { omitToolCallIndex?: boolean; sameToolCallIndex?: boolean }) {
     const c = new Conversation(engineWith().engine);
     await c.start();
     replies.push({
@@ -630,7 +631,7 @@ describe("LLM answers and tool calls that cannot be used as they came", () => {
         { id: "g1", name: "lookup_order", arguments: { order_number: "12345" }, argumentChunks: 3 },
         { id: "g2", name: "lookup_order", arguments: { order_number: "67890" }, argumentChunks: 2 },
       ],
-      omitToolCallIndex: true,
+      ...numbering,
       finishReason: "stop",
     });
     replies.push({ text: "The first has shipped; I cannot find the second." });
@@ -641,6 +642,10 @@ describe("LLM answers and tool calls that cannot be used as they came", () => {
     ]);
     expect(said(events)).toBe("The first has shipped; I cannot find the second.");
     expect(chat.rejected).toEqual([]);
+  }
+
+  it("takes tool call deltas without an index (Google Gemini's compatible endpoint), by their ids", async () => {
+    await twoParallelLookups({ omitToolCallIndex: true });
 
     // A delta with neither an index nor an id, before any call started, belongs to no call.
     const { engine, metrics } = engineWith();
@@ -652,22 +657,7 @@ describe("LLM answers and tool calls that cannot be used as they came", () => {
   });
 
   it("takes parallel tool calls that all come as index 0 (Ollama, some gateways) apart, by their ids", async () => {
-    const c = new Conversation(engineWith().engine);
-    await c.start();
-    replies.push({
-      toolCalls: [
-        { id: "o1", name: "lookup_order", arguments: { order_number: "12345" }, argumentChunks: 3 },
-        { id: "o2", name: "lookup_order", arguments: { order_number: "67890" }, argumentChunks: 2 },
-      ],
-      sameToolCallIndex: true,
-    });
-    replies.push({ text: "The first has shipped; I cannot find the second." });
-    const events = await c.speak("order one two three four five and order six seven eight nine zero", 0.95);
-    expect(toolsOf(events)).toEqual([
-      { type: "tool", name: "lookup_order", args: { order_number: "12345" } },
-      { type: "tool", name: "lookup_order", args: { order_number: "67890" } },
-    ]);
-    expect(said(events)).toBe("The first has shipped; I cannot find the second.");
+    await twoParallelLookups({ sameToolCallIndex: true });
   });
 
   it("takes a tool call whose name comes again in every delta (some compatible servers) as one name", async () => {
