@@ -411,7 +411,9 @@ export class CallSession {
           this.close(1000, "stop");
           const { store, config, instanceId } = this.deps;
           const callId = this.callSid!;
-          this.enqueue(() => this.storeOp("take_stream", () => store.takeLease(callId, STREAM_LEASE, instanceId, config.streamLeaseMs + this.tonesMs)));
+          // Only while still this replica's (the new stream may already have taken it), and at once, not after the
+          // call's other record writes.
+          void this.storeOp("extend_stream_lease", async () => void (await store.acquireLease(callId, STREAM_LEASE, instanceId, config.streamLeaseMs + this.tonesMs)));
           void this.detach("the call was redirected to play keypad tones; it comes back on a new stream");
           return;
         }
@@ -610,7 +612,8 @@ export class CallSession {
       // started (its first stream did not connect): start it now.
       this.deps.metrics.resumes.inc({ outcome: "record_lost" });
       this.log.warn("the call to resume has no record; starting it over");
-      this.frameOffset = 0;
+      // Frames already numbered from the start time the stream was given keep that numbering (never backwards).
+      if (this.framesBeforeOffset) this.frameOffset = 0;
       this.forwardFramesBeforeOffset();
       await this.announceCall(meta, callStarted);
       return;

@@ -26,20 +26,16 @@ export function publicHttpOrigin(publicStreamUrl: string): string {
 }
 
 /**
- * The URLs Twilio may have signed (the <Stream url> as given, which this side cannot see): the configured public
- * stream URL exactly (our TwiML's), the path and query requested on that URL's host (a number's own TwiML may add a
- * query or use another path), and the same on the request's Host.
+ * The URLs Twilio may have signed (the <Stream url> as given, which this side cannot see). With the public stream URL
+ * configured: that URL exactly (our TwiML's), or the path and query requested on its host (a number's own TwiML may
+ * add a query or use another path), never the client's Host (a signature made for another host with the same auth
+ * token must not pass here). Without it: the requested path on the request's Host.
  */
 export function signedUrls(req: IncomingMessage, publicStreamUrl: string | undefined): string[] {
   const path = req.url ?? "/";
-  const urls = new Set<string>();
-  if (publicStreamUrl) {
-    urls.add(publicStreamUrl);
-    const stream = new URL(publicStreamUrl);
-    urls.add(`${stream.protocol}//${stream.host}${path}`);
-  }
-  if (req.headers.host) urls.add(`wss://${req.headers.host}${path}`);
-  return [...urls];
+  if (!publicStreamUrl) return [`wss://${req.headers.host ?? "localhost"}${path}`];
+  const stream = new URL(publicStreamUrl);
+  return [...new Set([publicStreamUrl, `${stream.protocol}//${stream.host}${path}`])];
 }
 
 /**

@@ -138,13 +138,6 @@ export const HANGUP_TWIML = "<Response><Hangup/></Response>";
  * `<Play digits>` TwiML (w = half-second pause), then, with `thenRedirectTo`, a `<Redirect>` there (the voice
  * webhook, which resumes the call on a new stream); undefined for anything but keypad digits.
  */
-/** About how long Twilio takes to play `digits` (a tone with its gap per key, half a second per `w`), generously. */
-export function digitsPlayMs(digits: string): number {
-  let ms = 0;
-  for (const key of digits.trim()) ms += key === "w" ? 500 : 300;
-  return ms;
-}
-
 export function playDigitsTwiml(digits: string, thenRedirectTo?: string): string | undefined {
   const d = digits.trim();
   if (!DIGITS.test(d)) return undefined;
@@ -161,4 +154,11 @@ function xmlEscape(text: string): string {
   return text
     .replace(NOT_XML, "")
     .replace(/[<>&"'\n\r\t]/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&apos;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;" })[c]!);
+}
+
+/** About how long Twilio takes to play `digits` (a tone with its gap per key, 0.5 s per `w`, 1 s per `W`), generously. */
+export function digitsPlayMs(digits: string): number {
+  let ms = 0;
+  for (const key of digits.trim()) ms += key === "w" ? 500 : key === "W" ? 1_000 : 300;
+  return ms;
 }

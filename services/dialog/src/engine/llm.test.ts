@@ -303,7 +303,7 @@ describe("LLM engine (real openai SDK against the fake server)", () => {
     expect(chat.requests.length - requestsBefore).toBe(4);
     expect(chat.requests.at(-1)!.toolChoice).toBe("none");
     expect(toolsOf(events)).toHaveLength(3); // the first three rounds' calls only
-    console.log("SAID", JSON.stringify(said(events))); expect(said(events)).not.toBe(""); // the scripted agent answered
+    expect(said(events)).not.toBe(""); // the scripted agent answered
     expect(c.outcome).toBe("fallback");
     const fallbacks = (await metrics.llmFallbacks.get()).values;
     expect(fallbacks).toContainEqual(expect.objectContaining({ labels: { agent: "order-line", reason: "tool_loop" }, value: 1 }));
