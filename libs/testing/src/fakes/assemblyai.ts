@@ -33,6 +33,8 @@ export interface FakeAssemblyAIScript {
   garbage?: { afterAudioMs: number; frame: string | Buffer };
   /** Delay the end-of-turn Turn and the Termination by this long. */
   finalDelayMs?: number;
+  /** Delay the Termination (after the forced end-of-turn Turn) by this long more. */
+  terminationDelayMs?: number;
   /** Also send a formatted copy of each ended turn, as with `format_turns=true` (default: when requested). */
   formatTurns?: boolean;
 }
@@ -291,10 +293,12 @@ export async function startFakeAssemblyAI(options: FakeAssemblyAIOptions = {}): 
           break;
         case "Terminate":
           terminated = true;
-          forceEndpoint(() => {
-            send({ type: "Termination", audio_duration_seconds: Math.round(session.audioMs / 1000), session_duration_seconds: 1 });
-            ws.close(1000);
-          });
+          forceEndpoint(() =>
+            later(script.terminationDelayMs ?? 0, () => {
+              send({ type: "Termination", audio_duration_seconds: Math.round(session.audioMs / 1000), session_duration_seconds: 1 });
+              ws.close(1000);
+            }),
+          );
           break;
         case "UpdateConfiguration":
         case "KeepAlive":

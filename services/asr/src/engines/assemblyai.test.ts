@@ -96,6 +96,20 @@ describe("AssemblyAIEngine against a fake Universal Streaming server", () => {
     await expect(recognizer.finish()).resolves.toMatchObject({ text: "my order number is 407" });
   });
 
+  it("a short answer whose backlog went at Begin and whose end streamed live is final at the forced Turn, not the later Termination", async () => {
+    script = { text: "yes", terminationDelayMs: 1_500 };
+    const recognizer = engine().start({ mode: "phrases", phrases: [] });
+    for (const frame of frames(800)) recognizer.push(frame); // held while the session opens
+    await waitFor(() => (fake.sessions.at(-1)?.audioMs ?? 0) >= 800 || undefined, { what: "the backlog at the fake" });
+    for (const frame of frames(600)) {
+      recognizer.push(frame);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const finishing = Date.now();
+    await expect(recognizer.finish()).resolves.toMatchObject({ text: "yes" });
+    expect(Date.now() - finishing).toBeLessThan(1_000);
+  });
+
   it("sends 20 ms pushes as messages of at least 50 ms, padding the last one with silence", async () => {
     script = { text: "no" };
     const recognizer = engine().start({ mode: "phrases", phrases: [] });

@@ -45,11 +45,11 @@ const CONNECT_TIMEOUT_MS = 2000;
 // Keyterms prompting limits of the streaming API.
 const MAX_KEYTERMS = 100;
 const MAX_KEYTERM_CHARS = 50;
-// More than BURST_WINDOW_MS + SENT_AHEAD_MS of audio sent within the last BURST_WINDOW_MS before the end of an
-// utterance was a burst (see sentAhead): ahead of real time by more than the server's own end-of-turn silence can
-// hide in (~400 ms), so a pause inside it may have ended a turn.
-const BURST_WINDOW_MS = 1000;
-const SENT_AHEAD_MS = 300;
+// Audio sent at once, longer than the server's own end-of-turn silence (~400 ms) with a word on each side: a pause
+// inside it may end a turn (see sentAhead) ...
+const BURST_MS = 700;
+// ... whose Turn the server sends within about this long of the burst (it recognizes faster than real time).
+const BURST_SETTLE_MS = 500;
 // Bound on audio held while the session opens (the service caps utterances well below this).
 const MAX_HELD_SAMPLES = SAMPLE_RATE * 60;
 
@@ -132,13 +132,14 @@ class AssemblyAIRecognizer implements UtteranceRecognizer {
   /** ForceEndpoint and Terminate were sent: the next end-of-turn Turn is the answer (unless sentAhead). */
   private ending = false;
   /**
-   * Just before ForceEndpoint, more audio went than real time (a burst: held while the session opened, a failover's
-   * replay): the server may still be ending turns inside it by its own endpointing, so the answer is its
-   * Termination, after every Turn, not the first end-of-turn Turn.
+   * A burst of audio (held while the session opened, a failover's replay) went just before ForceEndpoint: the server
+   * may still be ending turns inside it by its own endpointing, so the answer is its Termination, after every Turn,
+   * not the first end-of-turn Turn. A burst long enough before (the usual backlog of a session opened at the
+   * utterance's start) has had its Turns by then.
    */
   private sentAhead = false;
-  /** Audio messages sent within the last BURST_WINDOW_MS: when, and how many samples. */
-  private recentSends: Array<{ at: number; samples: number }> = [];
+  /** When the latest burst (over BURST_MS of audio at once) was sent. */
+  private burstSentAt: number | undefined;
   /** The SDK's close() was called (it sends Terminate when the socket is open). */
   private closing = false;
   private failure?: Error;
@@ -216,9 +217,7 @@ class AssemblyAIRecognizer implements UtteranceRecognizer {
       return this.fail(new Error(`assemblyai: could not end the turn: ${describe(error)}`));
     }
     this.ending = true;
-    const since = Date.now() - BURST_WINDOW_MS;
-    const recentMs = (this.recentSends.reduce((sum, sent) => (sent.at >= since ? sum + sent.samples : sum), 0) / SAMPLE_RATE) * 1000;
-    this.sentAhead = recentMs > BURST_WINDOW_MS + SENT_AHEAD_MS;
+    this.sentAhead = this.burstSentAt !== undefined && Date.now() - this.burstSentAt < BURST_SETTLE_MS;
     // Terminate makes the server flush and answer Termination: the answer when no end-of-turn Turn comes
     // (nothing was said, or the server had already ended the turn by its own endpointing).
     this.closing = true;
@@ -249,6 +248,7 @@ class AssemblyAIRecognizer implements UtteranceRecognizer {
       at += piece.length;
     }
     const total = final ? all.length : this.heldSamples;
+    if ((total / SAMPLE_RATE) * 1000 > BURST_MS) this.burstSentAt = Date.now();
     let offset = 0;
     while (total - offset >= MIN_CHUNK_SAMPLES) {
       let take = Math.min(MAX_CHUNK_SAMPLES, total - offset);
@@ -256,17 +256,10 @@ class AssemblyAIRecognizer implements UtteranceRecognizer {
       const rest = total - offset - take;
       if (rest > 0 && rest < MIN_CHUNK_SAMPLES) take -= MIN_CHUNK_SAMPLES;
       this.transcriber.sendAudio(all.slice(offset, offset + take).buffer);
-      this.noteSent(take);
       offset += take;
     }
     this.held = offset < total ? [all.slice(offset, total)] : [];
     this.heldSamples = total - offset;
-  }
-
-  private noteSent(samples: number): void {
-    const now = Date.now();
-    while (this.recentSends.length > 0 && this.recentSends[0].at < now - BURST_WINDOW_MS) this.recentSends.shift();
-    this.recentSends.push({ at: now, samples });
   }
 
   private onTurn(turn: TurnEvent): void {
