@@ -633,10 +633,9 @@ class LlmTurn {
       const turnId = this.say(BRIDGE, { cacheable: true });
       this.state.history.push({ role: "assistant", content: BRIDGE, turnId });
     }
-    // A resume with nothing left to say (the LLM was to answer a tool's result, or finish its cut answer) would be
-    // silence from the scripted agent: it asks its question again instead.
-    const asScripted: EngineInput = input.kind === "resume" && !input.text ? { kind: "noInput" } : input;
-    const inputs = keypadEntry !== undefined ? this.scriptedKeys(keypadEntry) : [asScripted];
+    // A resume with nothing left to say (the LLM was to answer a tool's result, or finish its cut answer): the scripted
+    // agent asks its question again.
+    const inputs = keypadEntry !== undefined ? this.scriptedKeys(keypadEntry) : [input];
     const result = await this.scripted(inputs, true);
     return { ...result, outcome: `fallback` };
   }

@@ -211,7 +211,10 @@ class Turn {
         return this.collected(entry);
       }
       case "resume":
-        this.io.say(input.text, { cacheable: false });
+        // Nothing left unheard (the LLM was to go on from there, and could not): the state's question is asked again,
+        // not counted as a miss of the caller's.
+        if (!input.text) this.io.say(this.current.config.prompt, {});
+        else this.io.say(input.text, { cacheable: false });
         return "resumed";
       case "voicemail":
         // Done once its end_call succeeded (set by run); if that failed, the call is not over and goes on.
