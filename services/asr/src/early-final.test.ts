@@ -339,18 +339,19 @@ describe("which engines run early", () => {
 
 describe("lease renewal", () => {
   it("a call lost while its final is still being recognized does not hold up the renewal of the replica's other calls", async () => {
-    const asr = await startAsr("asr-renew", 0, { ASR_LEASE_MS: "900" });
+    // A lease that lapses a second after its renewals stop; the slow final takes longer than that.
+    const asr = await startAsr("asr-renew", 0, { ASR_LEASE_MS: "1500", ASR_ENGINE_TIMEOUT_MS: "10000" });
     try {
       const lost = await ownedCall("asr-renew");
       const other = await ownedCall("asr-renew");
       // The lost call's final takes its time (a slow engine, up to the engine's own deadline).
-      answer = () => ({ text: "slow", delayMs: 2_500 });
+      answer = () => ({ text: "slow", delayMs: 4_000 });
       const uploadsBefore = openai.transcriptions.length;
       await streamAudio(bus, lost.callId, utteranceFrames(await synthesizeTo8kPcm("order status", "slt"), 400, 800), 0);
       await waitFor(() => openai.transcriptions.length > uploadsBefore || undefined, { what: "the slow upload" });
       // Another replica took the call (this one looked stalled): the next round drops it here, finishing its final.
       await store.takeLease(lost.callId, "asr", "asr-intruder", 10_000);
-      const until = Date.now() + 2_000;
+      const until = Date.now() + 3_000;
       while (Date.now() < until) {
         expect(await store.leaseOwner(other.callId, "asr")).toBe("asr-renew");
         await new Promise((resolve) => setTimeout(resolve, 100));
@@ -366,11 +367,11 @@ describe("lease renewal", () => {
 
 describe("hand-over on drain", () => {
   it("a replica drained while a final is still being recognized keeps the call's lease until that final is out", async () => {
-    const a = await startAsr("asr-drain-a", 0, { ASR_LEASE_MS: "900" });
+    const a = await startAsr("asr-drain-a", 0, { ASR_LEASE_MS: "1500", ASR_ENGINE_TIMEOUT_MS: "10000" });
     const call = await ownedCall("asr-drain-a");
-    const b = await startAsr("asr-drain-b", 0, { ASR_LEASE_MS: "900" });
+    const b = await startAsr("asr-drain-b", 0, { ASR_LEASE_MS: "1500" });
     try {
-      answer = () => ({ text: "slow", delayMs: 2_500 });
+      answer = () => ({ text: "slow", delayMs: 4_000 });
       const uploadsBefore = openai.transcriptions.length;
       await streamAudio(bus, call.callId, utteranceFrames(await synthesizeTo8kPcm("order status", "slt"), 400, 800), 0);
       await waitFor(() => openai.transcriptions.length > uploadsBefore || undefined, { what: "the slow upload" });

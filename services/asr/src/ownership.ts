@@ -146,7 +146,9 @@ export class CallOwnership {
           return;
         } catch (error) {
           metrics.leaseErrors.inc({ operation: "claim" });
-          const retryInMs = CLAIM_RETRY_MS[attempt];
+          // A drain waits for claims in flight: while draining, tried again at once (own() then hands the call over).
+          const wait = CLAIM_RETRY_MS[attempt];
+          const retryInMs = wait !== undefined && this.draining ? 0 : wait;
           if (retryInMs === undefined) {
             log.error("claiming a call failed; given up: no asr hears it unless it is started again", { callId, attempts: attempt + 1, error: errorText(error) });
             return;

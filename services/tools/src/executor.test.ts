@@ -410,7 +410,7 @@ describe("ToolExecutor", () => {
     // The end arrives while the claim's round trip is under way (Redis slow for a moment).
     await liveCall("CAmidclaim");
     const pauser = CallStore.connect(redis.url);
-    await pauser.redis.call("CLIENT", "PAUSE", "300", "ALL");
+    await pauser.redis.call("CLIENT", "PAUSE", "1500", "ALL");
     const answer = executor.handle(request("CAmidclaim", "transfer"));
     await new Promise((resolve) => setTimeout(resolve, 100));
     executor.cancelCall("CAmidclaim");
