@@ -590,7 +590,8 @@ export class Bus {
       // Pulling `concurrency` ahead, it held up to that many, unheartbeated: an idle replica could not have them, and
       // past the ack wait JetStream gave them to another replica too. One at a time, every message waited for its
       // own pull round trip: at 100 calls keyed inputs waited p99 77-122 ms in the queue (5-28 ms with 4 ahead).
-      // Left: busy for over 2 s with no pull out, nats.js's heartbeat monitor queues one more pull a second.
+      // Left: busy in every slot for over 2 s (no pull out, so no heartbeats), nats.js's heartbeat monitor queues one
+      // more pull a second, each for up to 4, all sent once a slot frees (it was `concurrency` each before).
       return consumer.consume({ max_messages: Math.min(options.concurrency, WORK_QUEUE_PREFETCH), expires: 5_000, idle_heartbeat: 1_000 });
     };
     let messages: ConsumerMessages | undefined = await open();
