@@ -166,13 +166,14 @@ export const leaseRoles = ["asr", "dialog", "stream"] as const;
 
 // KEYS: meta, final action. ARGV: the new stream's id. A call resumed on a new media stream: the record names that
 // stream, if the call is still live, and the hand-over mark of its last stream is taken. Returns {state or '',
-// startedAt or '', handedOver '1' or '', the final action's JSON or ''}.
+// startedAt or '', handedOver '1' or '', the final action's JSON or '', the no-input wait at the hand-over or ''}.
 const RESUME_SCRIPT = `
 local call = redis.call('HGET', KEYS[1], 'state')
 local handover = redis.call('HGET', KEYS[1], 'handover') or ''
+local wait = redis.call('HGET', KEYS[1], 'handoverNoInputMs') or ''
 if call == 'live' then redis.call('HSET', KEYS[1], 'streamSid', ARGV[1]) end
-redis.call('HDEL', KEYS[1], 'handover')
-return {call or '', redis.call('HGET', KEYS[1], 'startedAt') or '', handover, redis.call('GET', KEYS[2]) or ''}`;
+redis.call('HDEL', KEYS[1], 'handover', 'handoverNoInputMs')
+return {call or '', redis.call('HGET', KEYS[1], 'startedAt') or '', handover, redis.call('GET', KEYS[2]) or '', wait}`;
 
 // KEYS: meta, final action. ARGV: the action's JSON, TTL. Kept only for a live call. Returns 1 if saved.
 const FINAL_ACTION_SCRIPT = `
@@ -180,9 +181,11 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'live' then return 0 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return 1`;
 
-// KEYS: meta. Marks a live call's stream as handed over on purpose (never creates or revives a record).
+// KEYS: meta. ARGV: the caller's no-input wait at that moment (ms, or ''). Marks a live call's stream as handed over
+// on purpose (never creates or revives a record).
 const MARK_HANDOVER_SCRIPT = `
 if redis.call('HGET', KEYS[1], 'state') ~= 'live' then return 0 end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'handoverNoInputMs', ARGV[1]) end
 return redis.call('HSET', KEYS[1], 'handover', '1')`;
 
 const LEASE_SCRIPT = `
@@ -669,9 +672,16 @@ export class CallStore {
   async resumeCall(
     callId: string,
     streamSid: string,
-  ): Promise<{ state: CallState | undefined; startedAt: string | undefined; handedOver: boolean; finalAction: FinalAction | undefined }> {
-    const [state, startedAt, handover, final] = (await scripts(this.redis).vbResume(keys.meta(callId), keys.finalAction(callId), streamSid)) as string[];
-    return { state: callStateOf(state), startedAt: startedAt || undefined, handedOver: handover === "1", finalAction: parseFinalAction(final) };
+  ): Promise<{ state: CallState | undefined; startedAt: string | undefined; handedOver: boolean; finalAction: FinalAction | undefined; noInputMs: number | undefined }> {
+    const [state, startedAt, handover, final, wait] = (await scripts(this.redis).vbResume(keys.meta(callId), keys.finalAction(callId), streamSid)) as string[];
+    const noInputMs = wait ? Number(wait) : Number.NaN;
+    return {
+      state: callStateOf(state),
+      startedAt: startedAt || undefined,
+      handedOver: handover === "1",
+      finalAction: parseFinalAction(final),
+      noInputMs: Number.isInteger(noInputMs) && noInputMs >= 0 ? noInputMs : undefined,
+    };
   }
 
   /**
@@ -683,9 +693,12 @@ export class CallStore {
     return (await scripts(this.redis).vbFinalAction(keys.meta(callId), keys.finalAction(callId), JSON.stringify(action), this.options.liveTtlMs)) === 1;
   }
 
-  /** The call's stream is being handed over on purpose (nothing cut): the stream that resumes it learns so. */
-  async markHandover(callId: string): Promise<void> {
-    await scripts(this.redis).vbMarkHandover(keys.meta(callId));
+  /**
+   * The call's stream is being handed over on purpose (nothing cut): the stream that resumes it learns so, and how
+   * long the caller's silence may last there before they are prompted again (`noInputMs`: the wait running now).
+   */
+  async markHandover(callId: string, noInputMs?: number): Promise<void> {
+    await scripts(this.redis).vbMarkHandover(keys.meta(callId), noInputMs === undefined ? "" : String(Math.round(noInputMs)));
   }
 
   /** Names the agent that actually runs the call in its record (one that asked for an unknown agent gets the default). */
@@ -1124,7 +1137,7 @@ interface RedisWithScripts extends Redis {
   vbToolKeep(once: string, field: string, holder: string, claimTtlMs: number): Promise<number>;
   vbResume(meta: string, finalAction: string, streamSid: string): Promise<string[]>;
   vbFinalAction(meta: string, finalAction: string, action: string, ttlMs: number): Promise<number>;
-  vbMarkHandover(meta: string): Promise<number>;
+  vbMarkHandover(meta: string, noInputMs: string): Promise<number>;
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
   vbCreate(meta: string, ttlMs: number, ...fields: string[]): Promise<number>;
   vbDialing(meta: string, ttlMs: number, callSid: string, agent: string, from: string, to: string, streamParams: string): Promise<number>;

@@ -78,6 +78,24 @@ describe("a silent caller is prompted again", () => {
     await second.closed;
   });
 
+  it("a drain's hand-over carries the turn's own no-input wait to the new stream", async () => {
+    const draining = await startIngress({ ...world.env(), NO_INPUT_MS: String(NO_INPUT_MS), NO_SILENCE_DEADLINE_MS: "0" });
+    const first = await startCall(draining.wsUrl, world.dialog.items, { vbResumable: "1" });
+    first.echoMarks(0);
+    await botSays(first, "t1", 2_000); // the state gives the caller 2 s (a number to find)
+    await draining.handle.stop(); // a quiet moment: handed over at once
+    expect((await first.closed).code).toBe(1001);
+    const second = await TwilioClient.connect(world.ingress.wsUrl, first.callSid);
+    second.sendConnected();
+    const resumedAt = performance.now();
+    second.sendStart({ vbResumable: "1", vbResume: "1" });
+    const unnamed = () => noInputsOf(second).find((i) => i.input?.$case === "noInput" && i.input.value.turnId === "");
+    await waitFor(unnamed, { what: "a noInput on the new stream", timeoutMs: 5_000 });
+    expect(performance.now() - resumedAt).toBeGreaterThanOrEqual(2_000 - 50); // not NO_INPUT_MS (600)
+    second.sendStop();
+    await second.closed;
+  });
+
   it("after a reprompt turn, names the new turn", async () => {
     const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);

@@ -71,12 +71,18 @@ export class NoInputTimer {
     this.restart();
   }
 
+  /** The wait that runs after the bot's turn now (the turn's own, else the default; 0 = off): kept over a hand-over. */
+  get currentWaitMs(): number {
+    return this.waitMs;
+  }
+
   /**
    * The call was handed to this stream at a quiet moment (a draining replica's hand-over, the way back from keypad
    * tones): the caller may be thinking about a question this stream never played, and is asked again (a noInput
-   * naming no turn) if they stay silent for the default wait. The turn's own wait stayed with the old stream.
+   * naming no turn) if they stay silent for the wait the old stream had (`waitMs`; unknown: the default).
    */
-  resumedQuiet(): void {
+  resumedQuiet(waitMs?: number): void {
+    if (waitMs !== undefined) this.waitMs = waitMs;
     this.resumedQuietly = true;
     this.restart();
   }

@@ -314,7 +314,7 @@ export class CallSession {
     this.deps.metrics.handovers.inc();
     const callId = this.callSid;
     // The stream that resumes the call must not take this for a cut line (see resumeCall).
-    if (callId && this.announced) await this.storeOp("mark_handover", () => this.deps.store.markHandover(callId));
+    if (callId && this.announced) await this.storeOp("mark_handover", () => this.deps.store.markHandover(callId, this.noInput?.currentWaitMs));
     return this.closeAndDetach(1001, why, why === "handover" ? "handed over to another ingress replica" : why);
   }
 
@@ -638,7 +638,7 @@ export class CallSession {
     }
     if (found?.handedOver) {
       // Nothing was cut, but this stream's silence timer knows of no turn: it is started here.
-      this.noInput?.resumedQuiet();
+      this.noInput?.resumedQuiet(found.noInputMs);
       return;
     }
     // The line was cut (its ingress died): whatever the bot was saying is lost, and a turn cut short never tells
@@ -1241,7 +1241,7 @@ export class CallSession {
       this.tonesMs = digitsPlayMs(control.target);
       // Nothing is cut: the stream that resumes the call must not take it for a dropped line and re-prompt.
       const callId = this.callSid;
-      if (callId && this.announced) await this.storeOp("mark_handover", () => this.deps.store.markHandover(callId));
+      if (callId && this.announced) await this.storeOp("mark_handover", () => this.deps.store.markHandover(callId, this.noInput?.currentWaitMs));
     } else {
       this.endReason ??= "sent_dtmf";
     }
