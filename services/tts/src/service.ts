@@ -247,6 +247,7 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
       await prefetches.close();
       await speakConsumer.stop();
       await jobs.whenIdle();
+      await speaker.cacheWritesDone(); // before the store closes
     },
     async close() {
       await prefetches.close();

@@ -12,6 +12,7 @@ import {
   TurnTiming,
 } from "@voicebot/proto";
 import { ConfigError, startService, type ServiceHandle } from "@voicebot/service-kit";
+import { CallStore } from "@voicebot/state";
 import { metricSum, startNats, startRedis, startTcpProxy, waitFor, type ServerHandle } from "@voicebot/testing";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -407,6 +408,33 @@ describe("tts drain: a spoken chunk is not handed back", () => {
       link.restore();
       await stopping.stop();
       await next?.stop();
+      await link.close();
+    }
+  });
+});
+
+describe("tts drain: cache writes", () => {
+  it("a drain waits for the cache writes of chunks already spoken before the store closes", async () => {
+    const link = await startTcpProxy(redis.port);
+    const tts = await startTts({ TTS_ENGINES: "flite", REDIS_URL: `redis://127.0.0.1:${link.port}` });
+    const direct = CallStore.connect(redis.url);
+    const cached = () => direct.redis.keys("vb:cache:tts:*");
+    try {
+      const before = (await cached()).length;
+      const callId = newCallId();
+      const audio = await listen(callId);
+      const text = `Your reference is ${newCallId().slice(-6)}.`; // not cached yet anywhere
+      link.delayMs = 800; // Redis answers late: the write is still under way when the drain starts
+      speak({ callId, text, turnDone: true, cacheable: true });
+      await audio.done("t1");
+      await tts.stop();
+      expect(await metric(tts, "voicebot_tts_cache_write_errors_total", {})).toBe(0);
+      expect((await cached()).length).toBe(before + 1);
+      audio.close();
+    } finally {
+      link.delayMs = 0;
+      await tts.stop();
+      await direct.close();
       await link.close();
     }
   });

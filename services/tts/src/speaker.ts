@@ -61,7 +61,15 @@ export class Speaker {
   private readonly badRequestLog = new LogThrottle();
   private readonly firstAudio = new FirstAudioWaits();
 
+  /** Cache writes of chunks already done (not waited for by their chunk): a drain waits for them. */
+  private readonly cacheWrites = new Set<Promise<boolean>>();
+
   constructor(private readonly deps: SpeakerDeps) {}
+
+  /** Resolves once the cache writes under way have ended (each is bounded by the store's command deadline). */
+  async cacheWritesDone(): Promise<void> {
+    await Promise.allSettled([...this.cacheWrites]);
+  }
 
   /** Speaks one chunk. "handed_back" when the process stopped before it was done: the request should go to another replica. */
   async speak(request: SpeakRequest, receivedAtMs = Date.now()): Promise<"done" | "handed_back"> {
@@ -155,7 +163,11 @@ export class Speaker {
     // Only the primary engine's audio is cached: a failover voice must not be replayed for days.
     // Not waited for: the chunk is done for the caller (and acked) as soon as its audio is out. A Redis slow to take the
     // write must not hold it, or a drain cut off there would hand a chunk heard in full to another replica to say again.
-    if (cacheKey && result.outcome === "ok" && result.primary) void this.writeCache(cacheKey, out.collected(), { callId: request.callId });
+    if (cacheKey && result.outcome === "ok" && result.primary) {
+      const write = this.writeCache(cacheKey, out.collected(), { callId: request.callId });
+      this.cacheWrites.add(write);
+      void write.finally(() => this.cacheWrites.delete(write));
+    }
   }
 
   /** False when the write failed (counted and logged: the line is synthesized again next time). */
