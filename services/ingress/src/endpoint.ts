@@ -8,7 +8,7 @@ import { CallEnded, CallerAudio, CallerAudioReplayRequest, CancelTurn, DialogInp
 import { WebSocketServer } from "ws";
 import { clientAddress } from "./client-address.js";
 import { callEndMessages, CallSession, STREAM_LEASE, type SessionDeps } from "./session.js";
-import { signedUrls, validTwilioSignature } from "./signature.js";
+import { loggedUrls, signedUrls, validTwilioSignature } from "./signature.js";
 
 /** Calls whose lost stream one replica ends at a time, and the lock that keeps two replicas from ending one call. */
 const SWEEP_PARALLEL = 10;
@@ -80,7 +80,7 @@ export class TwilioEndpoint {
       const header = req.headers["x-twilio-signature"];
       const signature = typeof header === "string" ? header : undefined;
       if (!urls.some((url) => validTwilioSignature(config.authToken!, url, signature))) {
-        return this.reject(socket, 403, "Forbidden", "bad_signature", { urls: urls.map((url) => url.slice(0, 200)), client });
+        return this.reject(socket, 403, "Forbidden", "bad_signature", { urls: loggedUrls(urls), client });
       }
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {

@@ -522,7 +522,7 @@ export class CallSession {
       // the record (resumeCall).
       const callStartedAt = Number(params[STARTED_AT_PARAM]);
       if (Number.isInteger(callStartedAt) && callStartedAt <= startedAtMs && startedAtMs - callStartedAt <= MAX_CALL_AGE_MS) {
-        this.frameOffset = Math.round((startedAtMs - callStartedAt) / FRAME_MS);
+        this.frameOffset = this.framesSince(callStartedAt);
       } else {
         this.framesBeforeOffset = [];
       }
@@ -620,7 +620,7 @@ export class CallSession {
     }
     // The call's frames go on from where its first stream's clock says they are now: numbers never go back.
     const callStartedAt = found?.startedAt ? Date.parse(found.startedAt) : Number.NaN;
-    if (this.framesBeforeOffset && Number.isFinite(callStartedAt)) this.frameOffset = Math.max(0, Math.round((this.startedAtMs - callStartedAt) / FRAME_MS));
+    if (this.framesBeforeOffset && Number.isFinite(callStartedAt)) this.frameOffset = this.framesSince(callStartedAt);
     this.forwardFramesBeforeOffset();
     await this.takeStream(callId);
     this.publish(subjects.callStarted, CallStarted, callStarted, "call_started");
@@ -687,6 +687,11 @@ export class CallSession {
       held = jitter.push(firstFrame + i, payload.subarray(i * FRAME_BYTES, (i + 1) * FRAME_BYTES), now, receivedAtMs) === "held" || held;
     }
     if (held) this.deps.scheduler.wake(this.jitterPacer);
+  }
+
+  /** The 20 ms frames from the call's start (ms since the epoch) to this stream's: its frame offset. */
+  private framesSince(callStartedAtMs: number): number {
+    return Math.max(0, Math.round((this.startedAtMs - callStartedAtMs) / FRAME_MS));
   }
 
   /** The frames that came while the resumed call's frame offset was looked up, numbered with it now. */

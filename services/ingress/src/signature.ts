@@ -101,5 +101,10 @@ const MAX_LOGGED_URL_CHARS = 200;
 /** Logs a webhook refused for its signature, with the URLs it was checked against (see signedByTwilio). */
 export function logBadSignature(log: Logger, message: string, urls: readonly string[]): void {
   const admitted = refusals.admit(message);
-  if (admitted) log.warn(message, { urls: urls.map((url) => url.slice(0, MAX_LOGGED_URL_CHARS)), ...admitted });
+  if (admitted) log.warn(message, { urls: loggedUrls(urls), ...admitted });
+}
+
+/** URLs as they go into a log line: anyone's to send, so each cut short. */
+export function loggedUrls(urls: readonly string[]): string[] {
+  return urls.map((url) => url.slice(0, MAX_LOGGED_URL_CHARS));
 }

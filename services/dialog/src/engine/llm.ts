@@ -465,12 +465,8 @@ class LlmTurn {
         this.refuse(call, "arguments_too_large", `The arguments are ${call.arguments.length} characters of JSON; the limit is ${MAX_TOOL_ARGUMENTS_CHARS}.`);
         continue;
       }
-      let args: Record<string, unknown>;
-      try {
-        const parsed: unknown = call.arguments.trim() ? JSON.parse(call.arguments) : {};
-        if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) throw new Error("not an object");
-        args = parsed as Record<string, unknown>;
-      } catch {
+      const args = argumentsObject(call.arguments);
+      if (!args) {
         this.refuse(call, "invalid_arguments", "The arguments must be a JSON object.");
         continue;
       }
@@ -710,13 +706,18 @@ function storedCall(call: LlmToolCall): LlmToolCall {
 function storedArguments(text: string): string {
   if (text.length > MAX_TOOL_ARGUMENTS_CHARS) return JSON.stringify({ omitted: `${text.length} characters, over the limit` });
   if (!text.trim()) return "{}";
+  return argumentsObject(text) ? text : JSON.stringify({ invalid_json: text });
+}
+
+/** A tool call's arguments as the object they must be (none given: {}); undefined when they are no JSON object. */
+function argumentsObject(text: string): Record<string, unknown> | undefined {
+  if (!text.trim()) return {};
   try {
     const parsed: unknown = JSON.parse(text);
-    if (parsed && typeof parsed === "object" && !Array.isArray(parsed)) return text;
+    return parsed && typeof parsed === "object" && !Array.isArray(parsed) ? (parsed as Record<string, unknown>) : undefined;
   } catch {
-    /* kept as text, below */
+    return undefined;
   }
-  return JSON.stringify({ invalid_json: text });
 }
 
 function keypadToken(seq: number): string {
