@@ -95,7 +95,7 @@ export interface IngressConfig {
   streamLeaseMs: number;
   /** A draining ingress waits at most this long for a quiet moment to hand a resumable call over. */
   handoverWaitMs: number;
-  /** A stream whose peer sent nothing, pongs included, for this long is dropped (a half-open link). */
+  /** A stream whose peer answered no ping for this long is dropped (a half-open link, or a peer that stopped reading). */
   deadSocketMs: number;
   /** A started stream with no `media` this long is ended as `media_timeout` (0 = never). */
   mediaTimeoutMs: number;

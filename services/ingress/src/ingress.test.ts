@@ -1417,6 +1417,30 @@ describe("dead sockets", () => {
       await quick.handle.stop();
     }
   });
+
+  it("drops a stream whose peer goes on sending audio but reads nothing (the bot's audio would pile up in ingress)", async () => {
+    const quick = await startIngress({ ...world.env(), INGRESS_DEAD_SOCKET_MS: "1500" });
+    const silence = new Uint8Array(160).fill(0xff);
+    const client = await TwilioClient.connect(quick.wsUrl, newCallSid());
+    let chunk = 0;
+    const sender = setInterval(() => client.ws.readyState === client.ws.OPEN && client.sendMedia(++chunk, silence), 20);
+    try {
+      client.sendConnected();
+      client.sendStart({});
+      await waitFor(() => inputsFor(client.callSid).some((i) => i.input?.$case === "callStarted"), { what: "started" });
+      // Reading stops; its media goes on every 20 ms: what it sends says nothing of what it reads.
+      (client.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+      await waitFor(() => inputsFor(client.callSid).some((i) => i.input?.$case === "callEnded"), { what: "the call ended", timeoutMs: 10_000 });
+      expect(chunk).toBeGreaterThan(75); // it was still sending when dropped
+      expect(await metricValue(quick.baseUrl, "voicebot_ingress_protocol_errors_total", { reason: "dead_socket" })).toBe(1);
+      const dropped = logs.findLast((l) => l.reason === "dead_socket");
+      expect(dropped).toMatchObject({ msg: "twilio protocol error", closing: "terminate" });
+      expect(typeof dropped!.unsentBytes).toBe("number");
+    } finally {
+      clearInterval(sender);
+      await quick.handle.stop();
+    }
+  });
 });
 
 describe("a stream without audio", () => {

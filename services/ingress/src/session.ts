@@ -190,8 +190,8 @@ export class CallSession {
   private readonly errors: ProtocolErrorReporter;
   private readonly startTimer: NodeJS.Timeout;
   private lastPublishErrorLog = 0;
-  /** When Twilio's side last sent anything (a message or a pong): see checkAlive. */
-  private lastHeardAt = performance.now();
+  /** When Twilio's side last answered a ping (it reads what we send): see checkAlive. */
+  private lastPongAt = performance.now();
   /** Twilio sends `media` every 20 ms for the whole call, silence included. */
   private lastMediaAt = performance.now();
   private closeCode: number | undefined;
@@ -224,7 +224,7 @@ export class CallSession {
     this.keyLimiter = new RateLimiter(deps.config.maxKeysPerSecond, 2 * deps.config.maxKeysPerSecond, performance.now());
     this.controlLimiter = new RateLimiter(CONTROL_MESSAGES_PER_SEC, 2 * CONTROL_MESSAGES_PER_SEC, performance.now());
     ws.on("message", (data, isBinary) => this.onMessage(data, isBinary));
-    ws.on("pong", () => (this.lastHeardAt = performance.now()));
+    ws.on("pong", () => (this.lastPongAt = performance.now()));
     ws.on("close", (code) => {
       this.closeCode = code;
       // No `stop` and not ended by us: Twilio's side went away (our process restarting, the network). The call
@@ -257,8 +257,10 @@ export class CallSession {
 
   /**
    * A socket whose peer vanished without a close (a half-open TCP link: a network path gone, a crashed proxy) would
-   * hold its call forever, renewing the stream lease. Twilio sends media every 20 ms and every WebSocket peer answers
-   * a ping: one that has said nothing for `silentMs` is dropped (the call then resumes or ends as for any close).
+   * hold its call forever, renewing the stream lease; one whose peer still sends but no longer reads (a stuck client)
+   * would pile the bot's audio up in this process without bound. Every WebSocket peer that reads answers a ping: one
+   * that has answered none for `silentMs` is dropped, however much it sends (the call then resumes or ends as for
+   * any close).
    */
   checkAlive(now: number, silentMs: number): void {
     if (this.ending) return;
@@ -269,8 +271,9 @@ export class CallSession {
       this.finish("media_timeout");
       return;
     }
-    if (now - this.lastHeardAt > silentMs) {
-      this.errors.report("dead_socket", `nothing from the peer for ${Math.round((now - this.lastHeardAt) / 1000)} s, pings unanswered`, now, { closing: "terminate" });
+    if (now - this.lastPongAt > silentMs) {
+      const unsentBytes = this.ws.bufferedAmount;
+      this.errors.report("dead_socket", `pings unanswered for ${Math.round((now - this.lastPongAt) / 1000)} s: the peer reads nothing`, now, { closing: "terminate", unsentBytes });
       this.ws.terminate();
       return;
     }
@@ -337,7 +340,6 @@ export class CallSession {
   // ---- Twilio -> us ----
 
   private onMessage(data: RawData, isBinary: boolean): void {
-    this.lastHeardAt = performance.now();
     // Once this side is closing the socket, nothing the peer still sends counts: a start after a refused one must
     // not become a call (ws goes on delivering messages until the close handshake ends).
     if (this.ws.readyState !== WebSocket.OPEN) return;
