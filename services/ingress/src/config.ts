@@ -75,6 +75,8 @@ export interface IngressConfig {
   authToken: string | undefined;
   /** Bearer token of the ingress API (/v1/...); unset: call records are open and calls cannot be placed. */
   apiToken: string | undefined;
+  /** A placed call's statusCallback may be on a private, loopback or link-local address (a CRM inside the cluster). */
+  statusCallbackPrivate: boolean;
   /** No new bot turn this long after the caller's input ended: play the fallback line (0 = off). */
   noSilenceDeadlineMs: number;
   /** Neither the bot nor the caller heard this long after the bot's turn: the dialog prompts again (0 = off). */
@@ -168,6 +170,7 @@ export function readIngressConfig(env: EnvReader): IngressConfig {
     publicStreamUrl,
     authToken,
     apiToken,
+    statusCallbackPrivate: env.bool("STATUS_CALLBACK_ALLOW_PRIVATE", false),
     noSilenceDeadlineMs,
     noInputMs: env.int("NO_INPUT_MS", 8_000, { min: 0, max: 120_000 }),
     noSilenceClip,

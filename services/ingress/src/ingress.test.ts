@@ -3,7 +3,9 @@
 import { createHmac } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
+import dns from "node:dns";
 import net from "node:net";
+import os from "node:os";
 import { performance } from "node:perf_hooks";
 import { subjects } from "@voicebot/bus";
 import {
@@ -23,6 +25,7 @@ import {
 import { CallStore, keys, type CallRecord } from "@voicebot/state";
 import { ensureTestCertificate, trustTestCertificateInProcess } from "@voicebot/testing";
 import { describe, expect, it } from "vitest";
+import { isPublicAddress } from "./public-address.js";
 import { signedPayload } from "./signature.js";
 import {
   collect,
@@ -1065,7 +1068,8 @@ describe("ingress API: token and placing calls", () => {
     });
     await new Promise<void>((resolve) => crm.listen(0, "127.0.0.1", resolve));
     const api = await fakeTwilioApi(() => ({ status: 201, body: { sid: newCallSid(), status: "queued" } }));
-    const outbound = await startPlacing(api.url);
+    // The client's server is on loopback here: allowed by its setting (see the next test for the default).
+    const outbound = await startPlacing(api.url, { STATUS_CALLBACK_ALLOW_PRIVATE: "true" });
     try {
       const crmOrigin = `https://127.0.0.1:${(crm.address() as { port: number }).port}`;
       // As a client may write it: the report is requested, and signed, as fetch sends it (the space as %20).
@@ -1128,6 +1132,74 @@ describe("ingress API: token and placing calls", () => {
       await outbound.handle.stop();
       api.close();
       crm.close();
+    }
+  });
+
+  it("refuses a statusCallback on a private address, at placing when it is one and at relaying when its name resolves to one", async () => {
+    const api = await fakeTwilioApi(() => ({ status: 201, body: { sid: newCallSid(), status: "queued" } }));
+    const outbound = await startPlacing(api.url);
+    try {
+      const call = { to: "+15550100001", from: "+15550100002" };
+      for (const url of [
+        "https://127.0.0.1/status",
+        "https://0x7f.1/status", // 127.0.0.1 as a URL parser reads it
+        "https://[::1]/status",
+        "https://[::ffff:10.0.0.7]/status",
+        "https://10.0.0.7/status",
+        "https://172.20.1.1/status",
+        "https://192.168.1.1/status",
+        "https://169.254.169.254/latest/meta-data",
+        "https://100.64.0.1/status",
+        "https://[fd00::1]/status",
+        "https://[fe80::1]/status",
+        "https://localhost/status",
+        "https://LOCALHOST./status",
+        "https://crm.localhost/status",
+      ]) {
+        const refused = await placeCall(outbound.baseUrl, { ...call, statusCallback: url });
+        expect({ url, status: refused.status }).toEqual({ url, status: 400 });
+        expect((await refused.json()).error).toMatch(/^statusCallback must be on a public address \(.+\); STATUS_CALLBACK_ALLOW_PRIVATE=true allows private ones$/);
+      }
+      expect(api.requests).toHaveLength(0);
+
+      // A name is judged on the addresses it resolves to when the report is passed on (they may change after placing):
+      // this machine's own name resolves to one of its own addresses.
+      const ownName = os.hostname();
+      const ownAddresses = await dns.promises.lookup(ownName, { all: true });
+      expect(ownAddresses.length, `${ownName} resolves`).toBeGreaterThan(0);
+      expect(ownAddresses.some((a) => isPublicAddress(a.address)), `${ownName} resolves to a private address here`).toBe(false);
+      let internalHits = 0;
+      const { cert, key } = await ensureTestCertificate();
+      const internal = https.createServer({ cert, key }, (_req, res) => {
+        internalHits++;
+        res.writeHead(204).end();
+      });
+      await new Promise<void>((resolve) => internal.listen(0, "0.0.0.0", resolve));
+      try {
+        const port = (internal.address() as { port: number }).port;
+        const placed = await placeCall(outbound.baseUrl, { ...call, statusCallback: `https://${ownName}:${port}/status?key=crm-secret` });
+        expect(placed.status).toBe(201);
+        const { callSid } = await placed.json();
+        const statusUrl = api.requests[0].form.get("StatusCallback")!;
+        const form = new URLSearchParams({ AccountSid: "ACout", CallSid: callSid, From: "+15550100002", To: "+15550100001", CallStatus: "ringing" });
+        const signature = createHmac("sha1", "twilio-secret").update(signedPayload(statusUrl, form)).digest("base64");
+        const report = await fetch(`${outbound.baseUrl}/twilio/status${new URL(statusUrl).search}`, {
+          method: "POST",
+          headers: { "content-type": "application/x-www-form-urlencoded", "x-twilio-signature": signature },
+          body: form.toString(),
+        });
+        expect(report.status).toBe(204); // Twilio's report is taken; only passing it on is refused
+        await waitFor(async () => (await metricValue(outbound.baseUrl, "voicebot_ingress_status_relays_total", { outcome: "refused" })) === 1, { what: "the relay refused" });
+        const refusal = logs.findLast((l) => String(l.msg).startsWith("statusCallback refused: not a public address"));
+        expect(refusal).toMatchObject({ callId: callSid, url: `https://${ownName}:${port}/status`, error: `${ownName} resolves to no public address` });
+        expect(JSON.stringify(refusal)).not.toContain("crm-secret");
+        expect(internalHits).toBe(0);
+      } finally {
+        internal.close();
+      }
+    } finally {
+      await outbound.handle.stop();
+      api.close();
     }
   });
 });

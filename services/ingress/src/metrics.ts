@@ -179,7 +179,7 @@ export class IngressMetrics {
     });
     this.statusRelays = new Counter({
       name: "voicebot_ingress_status_relays_total",
-      help: "Progress reports passed on to the statusCallback given to POST /v1/calls (ok, failed)",
+      help: "Progress reports passed on to the statusCallback given to POST /v1/calls (ok, failed, refused: not a public address)",
       labelNames: ["outcome"],
       registers,
     });

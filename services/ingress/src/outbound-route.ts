@@ -10,6 +10,7 @@ import { refuseWithoutToken } from "./api-auth.js";
 import { isValidAgent, type IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
 import { RESUMABLE_PARAM, RESUME_PARAM, resumeUrl, STARTED_AT_PARAM } from "./resume.js";
+import { privateHostReason } from "./public-address.js";
 import { publicHttpOrigin } from "./signature.js";
 import { statusCallbackUrl } from "./status-callback.js";
 import { streamTwiml, TwilioApiError, type TwilioRestClient } from "./twilio-rest.js";
@@ -72,7 +73,7 @@ export function registerOutboundRoute(
       return;
     }
     const body = await readJson(req);
-    const call = "error" in body ? body : parseOutboundCall(body.value);
+    const call = "error" in body ? body : parseOutboundCall(body.value, { statusCallbackPrivate: config.statusCallbackPrivate });
     if ("error" in call) {
       metrics.outboundCalls.inc({ outcome: "invalid" });
       if (call.status === 413) res.setHeader("connection", "close");
@@ -188,7 +189,7 @@ function failureOf(error: unknown): { outcome: string; status: number } {
 }
 
 /** The request body's fields, checked; `error` says what is wrong in terms the caller of the API can act on. */
-export function parseOutboundCall(value: unknown): OutboundCall | { error: string; status?: number } {
+export function parseOutboundCall(value: unknown, { statusCallbackPrivate = false } = {}): OutboundCall | { error: string; status?: number } {
   if (!value || typeof value !== "object" || Array.isArray(value)) return { error: "the body must be a JSON object" };
   const { to, from, agent, parameters, ringTimeoutS, statusCallback, onMachine } = value as Record<string, unknown>;
   if (typeof to !== "string" || !(E164.test(to) || SIP_URI.test(to))) return { error: "to must be a phone number in E.164 form (+15551234567) or a sip: URI" };
@@ -217,6 +218,10 @@ export function parseOutboundCall(value: unknown): OutboundCall | { error: strin
   const relay = typeof statusCallback === "string" ? httpsUrl(statusCallback) : undefined;
   if (statusCallback !== undefined && relay === undefined) {
     return { error: "statusCallback must be an https:// URL without user or password (authenticate it with a secret in its query)" };
+  }
+  const privateHost = relay && !statusCallbackPrivate ? privateHostReason(new URL(relay).hostname) : undefined;
+  if (privateHost) {
+    return { error: `statusCallback must be on a public address (${privateHost}); STATUS_CALLBACK_ALLOW_PRIVATE=true allows private ones` };
   }
   if (onMachine !== undefined && !isOnMachine(onMachine)) return { error: `onMachine must be one of ${ON_MACHINE.join(", ")}` };
   return {

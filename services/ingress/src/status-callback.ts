@@ -2,11 +2,13 @@
 // POST /v1/calls. A call that ends without ever streaming here (busy, no answer, failed, cancelled, or answered while
 // its stream never connected) gets a record saying so; an answered call's record is its stream's. Each report is
 // passed on to the statusCallback the client gave, signed for that URL as Twilio signs its own.
+import https from "node:https";
 import { errorText, isValidCallId, type Logger } from "@voicebot/bus";
 import { sendJson, type HttpServer } from "@voicebot/service-kit";
 import type { CallStore } from "@voicebot/state";
 import type { IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
+import { NotPublicError, privateHostReason, publicOnlyLookup } from "./public-address.js";
 import { logBadSignature, publicHttpOrigin, readWebhookForm, signedByTwilio, signedPayload, twilioSignature } from "./signature.js";
 
 const MAX_BODY_BYTES = 64 * 1024;
@@ -86,26 +88,53 @@ async function passOn(
   form: URLSearchParams,
   authToken: string,
   call: { callSid: string; status: string },
-  { log, metrics }: { log: Logger; metrics: IngressMetrics },
+  { config, log, metrics }: { config: IngressConfig; log: Logger; metrics: IngressMetrics },
 ): Promise<void> {
   try {
-    const response = await fetch(relay, {
-      method: "POST",
-      headers: { "content-type": "application/x-www-form-urlencoded", "x-twilio-signature": twilioSignature(authToken, signedPayload(relay, form)) },
-      body: form.toString(),
-      signal: AbortSignal.timeout(RELAY_TIMEOUT_MS),
-      // The report goes where the client said, not where that server sends it on (an internal address).
-      redirect: "error",
-    });
-    await response.body?.cancel();
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const status = await postForm(relay, form, twilioSignature(authToken, signedPayload(relay, form)), config.statusCallbackPrivate);
+    // The report goes where the client said, not where that server sends it on (an internal address): no redirect.
+    if (status < 200 || status > 299) throw new Error(`HTTP ${status}`);
     metrics.statusRelays.inc({ outcome: "ok" });
   } catch (error) {
-    metrics.statusRelays.inc({ outcome: "failed" });
+    const refused = error instanceof NotPublicError;
+    metrics.statusRelays.inc({ outcome: refused ? "refused" : "failed" });
     // The URL without its query, which may carry the client's own secret.
     const { origin, pathname } = new URL(relay);
-    log.warn("could not pass a call's status on to its statusCallback", { callId: call.callSid, status: call.status, url: origin + pathname, error: errorText(error) });
+    log.warn(refused ? "statusCallback refused: not a public address (STATUS_CALLBACK_ALLOW_PRIVATE=true allows it)" : "could not pass a call's status on to its statusCallback", {
+      callId: call.callSid,
+      status: call.status,
+      url: origin + pathname,
+      error: errorText(error),
+    });
   }
+}
+
+/** POSTs the form to an https URL (connecting to public addresses only unless `anyAddress`); resolves to the status. */
+function postForm(url: string, form: URLSearchParams, signature: string, anyAddress: boolean): Promise<number> {
+  // A literal IP is connected to without a lookup: judged here.
+  const literalRefusal = anyAddress ? undefined : privateHostReason(new URL(url).hostname);
+  if (literalRefusal) return Promise.reject(new NotPublicError(literalRefusal));
+  const body = form.toString();
+  return new Promise((resolve, reject) => {
+    const request = https.request(url, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", "content-length": Buffer.byteLength(body), "x-twilio-signature": signature },
+      lookup: anyAddress ? undefined : publicOnlyLookup,
+      timeout: RELAY_TIMEOUT_MS,
+    });
+    const deadline = setTimeout(() => request.destroy(new Error(`no answer within ${RELAY_TIMEOUT_MS} ms`)), RELAY_TIMEOUT_MS);
+    request.on("timeout", () => request.destroy(new Error(`idle for ${RELAY_TIMEOUT_MS} ms`)));
+    request.on("error", (error) => {
+      clearTimeout(deadline);
+      reject(error);
+    });
+    request.on("response", (response) => {
+      clearTimeout(deadline);
+      response.resume(); // the answer's body is not read
+      resolve(response.statusCode ?? 0);
+    });
+    request.end(body);
+  });
 }
 
 /** A URL as a log may show it: its query (which may carry a secret) left out. */
