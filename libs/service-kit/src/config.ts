@@ -35,11 +35,11 @@ export class EnvReader {
   }
 
   int(name: string, fallback: number, range: { min?: number; max?: number } = {}): number {
-    const raw = this.env[name];
+    const raw = this.env[name]?.trim();
     if (raw === undefined || raw === "") return fallback;
-    const value = Number(raw);
-    const { min = -Infinity, max = Infinity } = range;
-    if (!Number.isInteger(value) || value < min || value > max) {
+    const value = INTEGER.test(raw) ? Number(raw) : NaN;
+    const { min = -Infinity, max = defaultMax(name) } = range;
+    if (!Number.isSafeInteger(value) || value < min || value > max) {
       this.problems.push(`${name}=${JSON.stringify(raw)} must be an integer${rangeText(min, max)}`);
       return fallback;
     }
@@ -47,10 +47,10 @@ export class EnvReader {
   }
 
   number(name: string, fallback: number, range: { min?: number; max?: number } = {}): number {
-    const raw = this.env[name];
+    const raw = this.env[name]?.trim();
     if (raw === undefined || raw === "") return fallback;
-    const value = Number(raw);
-    const { min = -Infinity, max = Infinity } = range;
+    const value = DECIMAL.test(raw) ? Number(raw) : NaN;
+    const { min = -Infinity, max = defaultMax(name) } = range;
     if (!Number.isFinite(value) || value < min || value > max) {
       this.problems.push(`${name}=${JSON.stringify(raw)} must be a number${rangeText(min, max)}`);
       return fallback;
@@ -59,7 +59,7 @@ export class EnvReader {
   }
 
   bool(name: string, fallback: boolean): boolean {
-    const raw = this.env[name]?.toLowerCase();
+    const raw = this.env[name]?.trim().toLowerCase();
     if (raw === undefined || raw === "") return fallback;
     if (["1", "true", "yes", "on"].includes(raw)) return true;
     if (["0", "false", "no", "off"].includes(raw)) return false;
@@ -117,6 +117,16 @@ export class EnvReader {
   done(): void {
     if (this.problems.length > 0) throw new ConfigError(`invalid configuration: ${this.problems.join("; ")}`);
   }
+}
+
+/** Written as people write numbers: not " " (which Number reads as 0), "0x1F", "1e3" or "Infinity". */
+const INTEGER = /^[+-]?\d+$/;
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)$/;
+/** Node runs a timer longer than this at once (with only a warning): a duration in ms past it meant "very long". */
+const MAX_TIMER_MS = 2_147_483_647;
+
+function defaultMax(name: string): number {
+  return name.endsWith("_MS") ? MAX_TIMER_MS : Infinity;
 }
 
 function rangeText(min: number, max: number): string {

@@ -61,6 +61,24 @@ describe("HttpServer", () => {
     expect(lines.some((l) => l.level === "debug" && l.msg === "http client went away mid-request")).toBe(true);
   });
 
+  it("logs a failed or aborted request by its path, never its query (a client's URL or secret may ride there)", async () => {
+    const { http, port, lines, rejected } = await start();
+    http.route("POST", /^\/fails$/, async () => {
+      throw new Error("boom");
+    });
+    const failed = await fetch(`http://127.0.0.1:${port}/fails?relay=https%3A%2F%2Fcrm.example.com%2Fs%3Fkey%3Dclient-secret`, { method: "POST" });
+    expect(failed.status).toBe(500);
+    const client = connect(port);
+    client.socket.write("POST /echo?token=client-secret HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nFrom=1");
+    await sleep(50);
+    client.socket.destroy();
+    const deadline = performance.now() + 2_000;
+    while ((await rejected("client_aborted")) < 1 && performance.now() < deadline) await sleep(20);
+    expect(lines.find((l) => l.msg === "http request refused")).toMatchObject({ reason: "handler_failed", target: "/fails?…" });
+    expect(lines.find((l) => l.msg === "http client went away mid-request")).toMatchObject({ target: "/echo?…" });
+    expect(JSON.stringify(lines)).not.toContain("client-secret");
+  });
+
   it("has headers and request timeouts far below Node's 300 s", async () => {
     const { http } = await start();
     expect(http.server.headersTimeout).toBe(10_000);

@@ -98,7 +98,7 @@ export class HttpServer {
     this.log.warn("http request refused", {
       reason,
       method: req.method,
-      target: (req.url ?? "").slice(0, 120),
+      target: loggedTarget(req.url),
       ...(error === undefined ? {} : { error: errorText(error) }),
     });
   }
@@ -130,7 +130,7 @@ export class HttpServer {
           // Counted apart so that alerts on handler_failed fire on our faults only; nobody is left to answer.
           res.destroy();
           this.rejected.inc({ reason: "client_aborted" });
-          this.log.debug("http client went away mid-request", { method: req.method, target: (req.url ?? "").slice(0, 120), error: errorText(error) });
+          this.log.debug("http client went away mid-request", { method: req.method, target: loggedTarget(req.url), error: errorText(error) });
           return;
         }
         if (!res.headersSent) sendJson(res, 500, { error: "internal error" });
@@ -199,4 +199,11 @@ export function readBody(req: http.IncomingMessage, maxBytes: number): Promise<B
     req.on("end", onEnd);
     req.on("error", onError);
   });
+}
+
+/** A request target as logs show it: the query (a client's URL or secret may ride in it) left out, the path cut. */
+export function loggedTarget(url: string | undefined): string {
+  const text = url ?? "";
+  const at = text.indexOf("?");
+  return at < 0 ? text.slice(0, 120) : `${text.slice(0, Math.min(at, 120))}?…`;
 }

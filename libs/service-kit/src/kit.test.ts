@@ -21,6 +21,25 @@ describe("EnvReader", () => {
       expect(message).toContain("unknown nope");
     }
   });
+  it("takes numbers only as people write them, and no duration past what a timer can wait", () => {
+    const env = new EnvReader({ PORT: " 8080 ", BLANK: " ", HEX: "0x1F90", EXP: "1e3", INF: "Infinity", SHARE: "0.25", BAD_RATIO: "1/4", DRAIN_TIMEOUT_MS: "9999999999", LONG_MS: "2147483647" });
+    expect(env.int("PORT", 1)).toBe(8080);
+    expect(env.int("BLANK", 7)).toBe(7); // blank is unset, not 0
+    expect(env.number("SHARE", 1)).toBe(0.25);
+    expect(env.int("LONG_MS", 1, { min: 0 })).toBe(2_147_483_647);
+    for (const name of ["HEX", "EXP"]) expect(env.int(name, 1)).toBe(1);
+    for (const name of ["INF", "BAD_RATIO"]) expect(env.number(name, 1)).toBe(1);
+    expect(env.int("DRAIN_TIMEOUT_MS", 30_000, { min: 0 })).toBe(30_000);
+    try {
+      env.done();
+      expect.unreachable("bad values are reported");
+    } catch (error) {
+      const message = (error as Error).message;
+      for (const name of ["HEX=", "EXP=", "INF=", "BAD_RATIO=", "DRAIN_TIMEOUT_MS="]) expect(message).toContain(name);
+      for (const name of ["PORT=", "BLANK=", "SHARE=", "LONG_MS="]) expect(message).not.toContain(name);
+      expect(message).toContain("DRAIN_TIMEOUT_MS=\"9999999999\" must be an integer between 0 and 2147483647");
+    }
+  });
   it("uses defaults for unset values", () => {
     const env = new EnvReader({});
     expect(env.int("X", 5)).toBe(5);
@@ -46,6 +65,10 @@ describe("logger", () => {
     expect(JSON.parse(lines[1])).toMatchObject({ servers: "nats://***@nats-0:4222,nats://ops:***@nats-1:4222", error: "at tls://***@h:4222" });
     log.info("an @ in the password", { target: "redis://:p@ss@redis:6379/1" });
     expect(JSON.parse(lines[2]).target).toBe("redis://:***@redis:6379/1");
+    // Deeper than redaction looks: left out, not written as it is.
+    log.info("deep", { a: { b: { c: { d: { e: { password: "deep-secret" } } } } } });
+    expect(lines[3]).not.toContain("deep-secret");
+    expect(JSON.parse(lines[3]).a.b.c.d.e).toBe("[…]");
   });
 });
 
@@ -120,6 +143,29 @@ describe("startService", () => {
     const handle = await starting;
     onTestFinished(() => handle.stop());
     await waitFor(async () => (await fetch(`http://127.0.0.1:${handle.ctx.port}/readyz`)).status === 200, { what: "ready" });
+  });
+
+  it("closes its engines and links even when the drain fails", async () => {
+    let closed = false;
+    const definition: ServiceDefinition<undefined> = {
+      name: "tools",
+      defaultHttpPort: 0,
+      readConfig: () => undefined,
+      start: async () => ({
+        activeCalls: () => 0,
+        drain: async () => {
+          throw new Error("queue gone");
+        },
+        close: async () => {
+          closed = true;
+        },
+      }),
+    };
+    const handle = await startService(definition, { NATS_URL: nats.url, REDIS_URL: redis.url, HTTP_PORT: "0", LOG_LEVEL: "error" });
+    const base = `http://127.0.0.1:${handle.ctx.port}`;
+    await handle.stop();
+    expect(closed).toBe(true);
+    await expect(fetch(`${base}/healthz`)).rejects.toThrow(); // the HTTP server closed too
   });
 
   it("rejects a bad configuration with a ConfigError naming the variable", async () => {

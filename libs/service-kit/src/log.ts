@@ -21,7 +21,9 @@ export function hideSecret(text: string, secret: string): string {
 export function redact(value: unknown, depth = 0): unknown {
   if (typeof value === "string") return hideUserinfo(value);
   if (value instanceof Error) return hideUserinfo(value.message);
-  if (!value || typeof value !== "object" || depth > 4) return value;
+  if (!value || typeof value !== "object") return value;
+  // Deeper than any field we log on purpose: left out rather than written unredacted.
+  if (depth > 4) return "[…]";
   if (Array.isArray(value)) return value.map((v) => redact(v, depth + 1));
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(value)) out[k] = SECRET_FIELD.test(k) && v ? "***" : redact(v, depth + 1);

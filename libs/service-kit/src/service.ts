@@ -212,7 +212,14 @@ export async function startService<C>(definition: ServiceDefinition<C>, env: Nod
       draining = true;
       syncPing();
       log.info("drain started", { activeCalls: running?.activeCalls() ?? 0, timeoutMs: common.drainTimeoutMs });
-      const drained = running!.drain().then(() => true);
+      // A drain that fails is logged: the links and engines are closed all the same.
+      const drained = running!.drain().then(
+        () => true,
+        (error: unknown) => {
+          log.error("drain failed; closing anyway", { activeCalls: running?.activeCalls() ?? 0, error: errorText(error) });
+          return true;
+        },
+      );
       const timedOut = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), common.drainTimeoutMs).unref());
       if (!(await Promise.race([drained, timedOut]))) {
         log.warn("drain timeout reached with calls still active", { activeCalls: running?.activeCalls() ?? 0 });
