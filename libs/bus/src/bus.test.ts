@@ -1,6 +1,6 @@
 import { CallEnded, CallStarted, DialogInput, KeypadPress } from "@voicebot/proto";
 import { startNats, waitFor, type ServerHandle } from "@voicebot/testing";
-import { headers as natsHeaders } from "nats";
+import { connect as natsConnect, headers as natsHeaders } from "nats";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Bus, BusError } from "./bus.js";
@@ -286,6 +286,20 @@ describe("Bus", () => {
     await new Promise((r) => setTimeout(r, 700));
     await consumer.stop();
     expect(deliveries).toEqual([1, 2]);
+  });
+
+  it("work queue: a consumer that exists with another ack wait and delivery limit takes the new ones (a rolling update changed them)", async () => {
+    const bus = await connect();
+    const queue = { name: "T_SETTINGS", subjects: ["t.settings.*"], durable: "s" };
+    await bus.ensureWorkQueue(queue, 500, 5);
+    await bus.ensureWorkQueue(queue, 2_000, 7);
+    const nc = await natsConnect({ servers: nats.url });
+    try {
+      const info = await (await nc.jetstreamManager()).consumers.info(queue.name, queue.durable);
+      expect({ ackWait: info.config.ack_wait, maxDeliver: info.config.max_deliver }).toEqual({ ackWait: 2_000_000_000, maxDeliver: 7 });
+    } finally {
+      await nc.close();
+    }
   });
 
   it("work queue: a message redelivered while its handler still runs here (the process stalled past the ack wait) is not run twice", async () => {

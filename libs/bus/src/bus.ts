@@ -463,13 +463,16 @@ export class Bus {
     await this.ensureStream(definition);
     await this.whenJetStreamReady(definition.name, async () => {
       const jsm = await this.nc.jetstreamManager();
-      await jsm.consumers.add(definition.name, {
-        durable_name: definition.durable,
-        ack_policy: AckPolicy.Explicit,
-        deliver_policy: DeliverPolicy.All,
-        ack_wait: nanos(ackWaitMs),
-        max_deliver: maxDeliver,
-      });
+      const settings = { ack_wait: nanos(ackWaitMs), max_deliver: maxDeliver };
+      try {
+        await jsm.consumers.add(definition.name, { durable_name: definition.durable, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ...settings });
+      } catch (error) {
+        // NATS 2.10 on creates only: a consumer made with other settings (an ack wait changed by a rolling update)
+        // is refused as existing, and every new replica would fail to start. It is updated instead.
+        if (!consumerExists(error)) throw error;
+        await jsm.consumers.update(definition.name, definition.durable, settings);
+        this.log.info("work queue consumer settings updated", { stream: definition.name, ackWaitMs, maxDeliver });
+      }
     });
   }
 
@@ -596,7 +599,8 @@ export class Bus {
     };
     let messages: ConsumerMessages | undefined = await open();
     const loop = (async () => {
-      while (!stopped && !this.closing) {
+      // A connection closed for good (credentials revoked) makes /healthz fail and the process restart: no retrying.
+      while (!stopped && !this.closing && !this.nc.isClosed()) {
         if (!messages) {
           try {
             await this.ensureWorkQueue(definition, options.ackWaitMs, options.maxDeliver);
@@ -897,4 +901,10 @@ function callHeaders(callId: string | undefined): MsgHdrs | undefined {
 
 export function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/** NATS 2.10+'s answer to creating a consumer that exists with other settings (JSConsumerAlreadyExists, 10148). */
+function consumerExists(error: unknown): boolean {
+  const apiError = (error as { api_error?: { err_code?: number } }).api_error;
+  return apiError?.err_code === 10148 || /consumer already exists/i.test(errorText(error));
 }

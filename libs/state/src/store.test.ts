@@ -183,6 +183,18 @@ describe("CallStore", () => {
     expect((await store.loadDialog("CA5")).value).toBeUndefined();
   });
 
+  it("an Idempotency-Key is claimed once; its holder's claim sent again is still its own; later requests get the answer", async () => {
+    const key = `order-${Date.now()}`;
+    expect(await store.claimRequest("place-call", key, "body-1", 5_000, "request-a")).toEqual({ kind: "claimed" });
+    // ioredis sends the script again when a lost link took its reply: not a second request waiting for the first.
+    expect(await store.claimRequest("place-call", key, "body-1", 5_000, "request-a")).toEqual({ kind: "claimed" });
+    expect(await store.claimRequest("place-call", key, "body-1", 5_000, "request-b")).toEqual({ kind: "pending" });
+    expect(await store.claimRequest("place-call", key, "body-2", 5_000, "request-b")).toEqual({ kind: "mismatch" });
+    await store.settleRequest("place-call", key, '{"status":201}', 60_000);
+    expect(await store.claimRequest("place-call", key, "body-1", 5_000, "request-c")).toEqual({ kind: "done", answer: '{"status":201}' });
+    expect(await store.claimRequest("place-call", key, "body-1", 5_000, "request-a")).toEqual({ kind: "done", answer: '{"status":201}' });
+  });
+
   it("a tool claim lasts while its holder keeps it; a stale one is reported, or taken over when asked", async () => {
     await store.createCall(meta("CA7"));
     const a = { holder: "tools-a", ttlMs: 300, takeStale: false };

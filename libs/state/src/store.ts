@@ -374,18 +374,20 @@ if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'streamParams', ARGV[6]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1`;
 
-// KEYS: request. ARGV: fingerprint, claim TTL. The first request with an Idempotency-Key claims it; a later one
-// finds the answer it got (or that it is still being answered, or that the key came with another request).
+// KEYS: request. ARGV: fingerprint, claim TTL, holder. The first request with an Idempotency-Key claims it; a later
+// one finds the answer it got (or that it is still being answered, or that the key came with another request). The
+// holder's own claim sent again (ioredis resends a script whose reply a lost link took) is claimed, not pending.
 const CLAIM_REQUEST_SCRIPT = `
 local fingerprint = redis.call('HGET', KEYS[1], 'f')
 if not fingerprint then
-  redis.call('HSET', KEYS[1], 'f', ARGV[1])
+  redis.call('HSET', KEYS[1], 'f', ARGV[1], 'h', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {'claimed'}
 end
 if fingerprint ~= ARGV[1] then return {'mismatch'} end
 local answer = redis.call('HGET', KEYS[1], 'a')
 if answer then return {'done', answer} end
+if redis.call('HGET', KEYS[1], 'h') == ARGV[3] then return {'claimed'} end
 return {'pending'}`;
 
 // KEYS: meta. ARGV: call sid, endedAt, reason, record TTL, from, to. An outbound call that ended without a stream
@@ -641,10 +643,10 @@ export class CallStore {
    * Claims a client request's Idempotency-Key in `scope` for `fingerprint` (what the request asked) for
    * `claimTtlMs`, the longest it may take to answer: `claimed` (go ahead, then settleRequest), `done` with the
    * answer the first request got, `pending` (the first is still being answered), or `mismatch` (the key came with
-   * another request). The key is stored as its digest.
+   * another request). The key is stored as its digest. `holder` names this request (unique per request).
    */
-  async claimRequest(scope: string, key: string, fingerprint: string, claimTtlMs: number): Promise<RequestClaim> {
-    const [kind, answer] = await scripts(this.redis).vbClaimRequest(keys.request(scope, digestOf(key)), fingerprint, claimTtlMs);
+  async claimRequest(scope: string, key: string, fingerprint: string, claimTtlMs: number, holder: string): Promise<RequestClaim> {
+    const [kind, answer] = await scripts(this.redis).vbClaimRequest(keys.request(scope, digestOf(key)), fingerprint, claimTtlMs, holder);
     if (kind === "done") return { kind, answer: answer ?? "" };
     return { kind: kind as "claimed" | "pending" | "mismatch" };
   }
@@ -1141,7 +1143,7 @@ interface RedisWithScripts extends Redis {
   vbToolSave(meta: string, results: string, toolCallId: string, result: string, ttlMs: number): Promise<number>;
   vbCreate(meta: string, ttlMs: number, ...fields: string[]): Promise<number>;
   vbDialing(meta: string, ttlMs: number, callSid: string, agent: string, from: string, to: string, streamParams: string): Promise<number>;
-  vbClaimRequest(request: string, fingerprint: string, claimTtlMs: number): Promise<string[]>;
+  vbClaimRequest(request: string, fingerprint: string, claimTtlMs: number, holder: string): Promise<string[]>;
   vbEndUnanswered(meta: string, callSid: string, endedAt: string, reason: string, recordTtlMs: number, from: string, to: string): Promise<number>;
 }
 

@@ -1,6 +1,7 @@
 // POST /v1/calls: places a call through the Twilio API. Once the callee answers, Twilio runs TwiML that connects the
 // call's media stream to this platform (TWILIO_STREAM_URL), and from the stream's `start` on, the call is like any
 // answered one: the agent named here greets the callee.
+import { randomUUID } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import { errorText, type Logger } from "@voicebot/bus";
 import { readBody, sendJson, type HttpServer } from "@voicebot/service-kit";
@@ -99,7 +100,7 @@ export function registerOutboundRoute(
     if (idempotencyKey !== undefined) {
       let claim: RequestClaim;
       try {
-        claim = await store.claimRequest(IDEMPOTENCY_SCOPE, idempotencyKey, JSON.stringify(call), IDEMPOTENCY_CLAIM_MS);
+        claim = await store.claimRequest(IDEMPOTENCY_SCOPE, idempotencyKey, JSON.stringify(call), IDEMPOTENCY_CLAIM_MS, randomUUID());
       } catch (error) {
         metrics.storeErrors.inc({ op: "claim_request" });
         metrics.outboundCalls.inc({ outcome: "unavailable" });
