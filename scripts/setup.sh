@@ -25,7 +25,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
   echo "setup: installing Debian packages: ${missing[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" pocketsphinx-en-us >/dev/null
+  # Through env: sudo resets the environment, and debconf would stop to ask without a terminal.
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" pocketsphinx-en-us >/dev/null
 fi
 
 if ! command -v pnpm >/dev/null 2>&1; then

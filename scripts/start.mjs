@@ -57,7 +57,8 @@ const NAME_WIDTH = Math.max(7, ...services.map((s) => s.label.length));
 // Node flags of every service, as in production (Dockerfile ENTRYPOINTs; SERVICE_NODE_FLAGS in libs/testing says why).
 const serviceNodeFlags = ["--single-threaded-gc"];
 // Longer than a service's own drain timeout, so a draining call is never cut short by us.
-const drainWaitMs = Number(env.DRAIN_TIMEOUT_MS || 30_000) + 10_000;
+// A timer past 2^31-1 ms fires at once: the services refuse such a DRAIN_TIMEOUT_MS, and this wait is kept below it.
+const drainWaitMs = Math.min(Number(env.DRAIN_TIMEOUT_MS) || 30_000, 2_147_483_647 - 10_000) + 10_000;
 
 const color = process.stdout.isTTY && !env.NO_COLOR;
 const paint = (code, text) => (color ? `\x1b[${code}m${text}\x1b[0m` : text);
@@ -254,8 +255,18 @@ class Child {
     return this.exitCode === undefined && this.restartTimer === undefined;
   }
 
+  /**
+   * SIGKILL goes to the child's whole process group (it leads one: spawned detached), so the engines a service runs
+   * (pocketsphinx, flite, espeak-ng) go with it; SIGTERM to the service alone, which still needs them to drain.
+   */
   kill(signal) {
-    if (this.exitCode === undefined) this.process.kill(signal);
+    if (this.exitCode !== undefined) return;
+    try {
+      if (signal === "SIGKILL") process.kill(-this.process.pid, signal);
+      else this.process.kill(signal);
+    } catch {
+      this.process.kill(signal); // the group is gone already
+    }
   }
 
   /**
@@ -269,10 +280,10 @@ class Child {
       return 0;
     }
     if (this.exitCode !== undefined) return this.exitCode;
-    this.process.kill("SIGTERM");
+    this.kill("SIGTERM");
     const timer = setTimeout(() => {
       say(paint(33, `${this.name} did not stop in ${timeoutMs / 1000} s: killing it`));
-      this.process.kill("SIGKILL");
+      this.kill("SIGKILL");
     }, timeoutMs);
     const code = await this.exited;
     clearTimeout(timer);
@@ -326,12 +337,15 @@ async function waitUntil(what, entry, probe, timeoutMs = 15_000) {
 /** Uses the NATS at NATS_URL if it answers; otherwise runs one (JetStream on, store in .run/nats). */
 async function ensureNats() {
   const url = env.NATS_URL || "nats://127.0.0.1:4222";
-  const first = url.split(",")[0].trim();
-  const state = await probeNats(first);
-  if (state === "up") {
+  // As the services take it: a comma-separated list, "host:port" meaning nats://host:port. Any server up will do.
+  const servers = url.split(",").map((s) => s.trim()).filter(Boolean).map((s) => (s.includes("://") ? s : `nats://${s}`));
+  const states = await Promise.all(servers.map(probeNats));
+  if (states.includes("up")) {
     say(`using NATS at ${url.replace(/\/\/[^@/,]*@/g, "//***@")}`);
     return url;
   }
+  const first = servers[0];
+  const state = states[0];
   const { hostname, port } = new URL(first);
   if (state === "down" && !isLoopback(hostname)) throw new Error(`NATS_URL does not answer (${hostname}:${port || 4222})`);
   if (state === "no-jetstream") say(paint(33, `the NATS at ${hostname}:${port || 4222} has no JetStream; starting our own`));
@@ -351,6 +365,11 @@ async function ensureNats() {
 /** Uses the Redis at REDIS_URL if it answers; otherwise runs one without persistence. */
 async function ensureRedis() {
   const url = env.REDIS_URL || "redis://127.0.0.1:6379";
+  // A TLS server (rediss://) cannot be probed in plain text, nor can Sentinels be stood in for: used as configured.
+  if (url.startsWith("rediss:") || env.REDIS_SENTINELS) {
+    say(`using Redis at ${env.REDIS_SENTINELS ? `Sentinels ${env.REDIS_SENTINELS}` : url.replace(/\/\/([^@/]*):([^@/]*)@/, "//$1:***@")} (not probed)`);
+    return url;
+  }
   if ((await probeRedis(url)) === "up") {
     say(`using Redis at ${url.replace(/\/\/([^@/]*):([^@/]*)@/, "//$1:***@")}`);
     return url;
@@ -455,7 +474,12 @@ async function shutdown(exitCode) {
   stopping = true;
   const live = children.filter((c) => c.kind === "service" && c.running);
   if (live.length) say(`stopping ${live.map((c) => c.name).join(", ")} (draining live calls)`);
-  const codes = await Promise.all(children.filter((c) => c.kind === "service").map((c) => c.stop(drainWaitMs)));
+  // Ingress first: its live calls need every other stage while it drains them (asr hears, dialog answers, tts
+  // speaks); the stages then stop with nothing left to do.
+  const stages = children.filter((c) => c.kind === "service");
+  const isIngress = (c) => c.name === "ingress" || c.name.startsWith("ingress-");
+  const ingressCodes = await Promise.all(stages.filter(isIngress).map((c) => c.stop(drainWaitMs)));
+  const codes = ingressCodes.concat(await Promise.all(stages.filter((c) => !isIngress(c)).map((c) => c.stop(drainWaitMs))));
   // Infrastructure last: the services need NATS and Redis while they drain.
   await Promise.all(children.filter((c) => c.kind === "infra").map((c) => c.stop(5_000)));
   const clean = codes.every((code) => code === 0);

@@ -132,7 +132,6 @@ test("pnpm start with two replicas: killed and stopped processes start again, an
       return key >= 0 && transcript.slice(key + 1).some((e) => e.role === "bot" && /key in your order number/.test(e.text));
     };
     await waitFor(promptAfterKey, { what: "the number prompt after NATS came back", timeoutMs: 30_000 });
-    await sim.hangUp();
   } catch (error) {
     const transcript = await fetch(`http://127.0.0.1:${ingressPort}/v1/calls/${callSid}`)
       .then(async (res) => ((await res.json()) as CallRecord).transcript.map((e) => `${e.role}: ${e.text}`).join("\n"))
@@ -140,7 +139,20 @@ test("pnpm start with two replicas: killed and stopped processes start again, an
     throw new Error(`${(error as Error).message}\n--- the call's transcript ---\n${transcript}\n--- launcher output (last 60 lines) ---\n${output.slice(-60).join("\n")}`);
   }
 
+  // Ctrl-C with the call still live: ingress drains it while every other stage still runs; they stop after it.
+  const running = children(launcher.pid!, ports);
+  const goneAt: Record<string, number> = {};
+  const sweep = () => {
+    const now = children(launcher!.pid!, ports);
+    for (const label of Object.keys(running)) if (!(label in now)) goneAt[label] ??= performance.now();
+  };
+  const watching = setInterval(sweep, 20);
   launcher.kill("SIGINT");
   expect(await exited).toBe(0);
+  clearInterval(watching);
+  sweep();
   await waitForOutput(/start +stopped$/, 1_000);
+  for (const label of ["asr", "dialog", "tools", "tts", "tts-2", "nats"]) {
+    expect(goneAt[label] - goneAt.ingress, `${label} stopped after ingress`).toBeGreaterThanOrEqual(0);
+  }
 }, 240_000);
