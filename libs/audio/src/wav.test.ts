@@ -11,12 +11,16 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const pcm = Int16Array.from({ length: 801 }, (_, i) => Math.round(9000 * Math.sin(i / 5)));
 
 /** Hand-built WAV: header fields as given, chunks in order. */
-function buildWav(fmt: { format: number; channels: number; rate: number; bits: number }, data: Uint8Array, opts: { dataSize?: number; before?: Uint8Array } = {}): Uint8Array {
+function buildWav(
+  fmt: { format: number; channels: number; rate: number; bits: number },
+  data: Uint8Array,
+  opts: { dataSize?: number; riffSize?: number; before?: Uint8Array } = {},
+): Uint8Array {
   const before = opts.before ?? new Uint8Array(0);
   const out = new Uint8Array(12 + 24 + before.length + 8 + data.length);
   const v = new DataView(out.buffer);
   out.set(new TextEncoder().encode("RIFF"), 0);
-  v.setUint32(4, out.length - 8, true);
+  v.setUint32(4, opts.riffSize ?? out.length - 8, true);
   out.set(new TextEncoder().encode("WAVEfmt "), 8);
   v.setUint32(16, 16, true);
   v.setUint16(20, fmt.format, true);
@@ -71,9 +75,21 @@ describe("wav", () => {
     expect(back.pcm.every((s) => s === -1000)).toBe(true);
   });
 
-  it.each([0, 0xffffffff, 0x7ffff000])("takes the rest of the file when the data size is %i (streamed)", (dataSize) => {
-    const back = parseWav(buildWav({ format: 1, channels: 1, rate: 16000, bits: 16 }, bytesOf(pcm), { dataSize }));
+  it.each([
+    [0, 36], // the header of a writer that wrote it for no samples yet and could not patch it (a pipe)
+    [0, 0],
+    [0, 0xffffffff],
+    [0xffffffff, undefined],
+    [0x7ffff000, 0x7ffff024], // espeak-ng
+  ])("takes the rest of the file when the data size is %i and the RIFF size %s (streamed)", (dataSize, riffSize) => {
+    const back = parseWav(buildWav({ format: 1, channels: 1, rate: 16000, bits: 16 }, bytesOf(pcm), { dataSize, riffSize }));
     expect(back.pcm).toEqual(pcm);
+  });
+
+  it("reads an empty data chunk as no audio when the RIFF size counts chunks after it (metadata, not samples)", () => {
+    const list = new Uint8Array([...new TextEncoder().encode("LIST"), 26, 0, 0, 0, ...new TextEncoder().encode("INFOISFT"), 14, 0, 0, 0, ...new TextEncoder().encode("Lavf60.3.100\0\0")]);
+    const wav = buildWav({ format: 1, channels: 1, rate: 8000, bits: 16 }, list, { dataSize: 0 });
+    expect(parseWav(wav).pcm.length).toBe(0);
   });
 
   it("skips odd-sized chunks with their pad byte and reads from an odd offset", () => {

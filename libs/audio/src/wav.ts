@@ -26,9 +26,13 @@ interface WavFormat {
   bits: number;
 }
 
-/** Data chunk sizes that mean "unknown, read to the end": left unpatched by a streaming writer. */
-function isStreamedSize(size: number): boolean {
-  return size === 0 || size >= 0x7fff0000; // 0xFFFFFFFF, espeak-ng's 0x7FFFF000, ...
+/**
+ * Data chunk sizes that mean "unknown, read to the end": left unpatched by a streaming writer. A 0 is that unless the
+ * RIFF size counts chunks after the data chunk: then the data chunk is empty and those (metadata) are no audio.
+ */
+function isStreamedSize(size: number, riffSize: number, dataStart: number): boolean {
+  const unpatched = (n: number) => n >= 0x7fff0000; // 0xFFFFFFFF, espeak-ng's 0x7FFFF000, ...
+  return unpatched(size) || (size === 0 && (unpatched(riffSize) || riffSize + 8 <= dataStart));
 }
 
 type HeaderResult = { fmt: WavFormat; dataStart: number; dataSize: number | undefined } | "need-more";
@@ -65,7 +69,7 @@ function readHeader(buf: Uint8Array, complete: boolean): HeaderResult {
       checkFormat(fmt);
     } else if (id === "data") {
       if (!fmt) throw new Error("parseWav: data chunk before fmt chunk");
-      return { fmt, dataStart: body, dataSize: isStreamedSize(size) ? undefined : size };
+      return { fmt, dataStart: body, dataSize: isStreamedSize(size, view.getUint32(4, true), body) ? undefined : size };
     }
     offset = body + size + (size & 1); // chunks are padded to an even length
   }
