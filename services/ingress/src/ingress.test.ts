@@ -665,6 +665,10 @@ describe("stream admission", () => {
       await expect(TwilioClient.connect(signed.wsUrl, newCallSid(), { "x-twilio-signature": "bm9wZQ==" })).rejects.toThrow(/403/);
       const client = await TwilioClient.connect(signed.wsUrl, newCallSid(), { "x-twilio-signature": signature });
       client.close();
+      // Signed with the default port written out: Twilio's own validators take both forms.
+      const withPort = createHmac("sha1", "tok").update("wss://voice.example.com:443/twilio?tenant=a").digest("base64");
+      const third = await TwilioClient.connect(signed.wsUrl, newCallSid(), { "x-twilio-signature": withPort });
+      third.close();
       // A number's own TwiML may point at another query or path on the same host: Twilio signed that URL.
       const other = "wss://voice.example.com/twilio?tenant=b";
       const otherSigned = createHmac("sha1", "tok").update(other).digest("base64");

@@ -33,9 +33,27 @@ export function publicHttpOrigin(publicStreamUrl: string): string {
  */
 export function signedUrls(req: IncomingMessage, publicStreamUrl: string | undefined): string[] {
   const path = req.url ?? "/";
-  if (!publicStreamUrl) return [`wss://${req.headers.host ?? "localhost"}${path}`];
+  if (!publicStreamUrl) return withAndWithoutPort([`wss://${req.headers.host ?? "localhost"}${path}`]);
   const stream = new URL(publicStreamUrl);
-  return [...new Set([publicStreamUrl, `${stream.protocol}//${stream.host}${path}`])];
+  return withAndWithoutPort([publicStreamUrl, `${stream.protocol}//${stream.host}${path}`]);
+}
+
+/** Each URL, and it with its default port written out or left out (Twilio's own validators try both). */
+function withAndWithoutPort(urls: string[]): string[] {
+  const all = new Set<string>();
+  for (const text of urls) {
+    all.add(text);
+    let url: URL;
+    try {
+      url = new URL(text);
+    } catch {
+      continue; // a Host header that is no host name
+    }
+    const rest = text.replace(/^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i, ""); // the path and query exactly as given
+    const defaultPort = url.protocol === "wss:" || url.protocol === "https:" ? "443" : "80";
+    all.add(url.port ? `${url.protocol}//${url.hostname}${rest}` : `${url.protocol}//${url.hostname}:${defaultPort}${rest}`);
+  }
+  return [...all];
 }
 
 /**

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { dialTwiml, streamTwiml } from "./twilio-rest.js";
+import { dialTwiml, digitsPlayMs, playDigitsTwiml, streamTwiml } from "./twilio-rest.js";
 
 describe("TwiML escaping", () => {
   it("drops characters XML 1.0 forbids (controls, U+FFFE/U+FFFF, lone surrogates) and keeps every real character", () => {
@@ -17,5 +17,13 @@ describe("TwiML escaping", () => {
     // A 500-character cut that split a pair leaves a lone half: gone too.
     expect(streamTwiml("wss://x/twilio", { to: "😀".slice(0, 1) })).toContain('<Parameter name="to" value=""/>');
     expect(dialTwiml("+15550100001")).toBe("<Response><Dial>+15550100001</Dial></Response>");
+  });
+});
+
+describe("keypad tones TwiML", () => {
+  it("writes a one-second pause (W) as the two half-second pauses Twilio documents (w), and refuses what is no key", () => {
+    expect(playDigitsTwiml("1W2w#")).toBe('<Response><Play digits="1ww2w#"/></Response>');
+    expect(digitsPlayMs("1W2w#")).toBe(300 + 1_000 + 300 + 500 + 300);
+    expect(playDigitsTwiml("12a")).toBeUndefined();
   });
 });

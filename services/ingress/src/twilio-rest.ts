@@ -142,7 +142,8 @@ export function playDigitsTwiml(digits: string, thenRedirectTo?: string): string
   const d = digits.trim();
   if (!DIGITS.test(d)) return undefined;
   const redirect = thenRedirectTo ? `<Redirect method="POST">${xmlEscape(thenRedirectTo)}</Redirect>` : "";
-  return `<Response><Play digits="${xmlEscape(d)}"/>${redirect}</Response>`;
+  // Twilio documents `w` only (half a second): a one-second `W` is written as two.
+  return `<Response><Play digits="${xmlEscape(d.replace(/W/g, "ww"))}"/>${redirect}</Response>`;
 }
 
 /** Characters XML 1.0 forbids even escaped (controls, U+FFFE/U+FFFF, lone surrogates): one would make the TwiML ill-formed. */
