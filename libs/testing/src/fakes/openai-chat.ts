@@ -73,6 +73,11 @@ export type FakeChatReply =
       omitToolCallIndex?: boolean;
       /** Every tool call's deltas with `index` 0, each call with its own id (Ollama, some gateways). */
       sameToolCallIndex?: boolean;
+      /**
+       * Tool calls numbered from this index: gateways that translate Claude or Bedrock number a call by its place
+       * among all content blocks, so after text the first call is index 1.
+       */
+      toolCallIndexFrom?: number;
       /** The function name again in every tool call delta, as some compatible servers send it (OpenAI: first only). */
       repeatToolCallName?: boolean;
       finishReason?: string;
@@ -197,7 +202,7 @@ export function chatCompletionsHandler(options: FakeChatOptions, chat: FakeChat)
     }
     if (stalled()) return stall();
     for (const [index, call] of calls.entries()) {
-      const numbered = reply.omitToolCallIndex ? {} : { index: reply.sameToolCallIndex ? 0 : index };
+      const numbered = reply.omitToolCallIndex ? {} : { index: reply.sameToolCallIndex ? 0 : index + (reply.toolCallIndexFrom ?? 0) };
       if (!(await send({ tool_calls: [{ ...numbered, id: call.id, type: "function", function: { name: call.name, arguments: "" } }] }))) return;
       for (const piece of split(call.arguments, call.pieces)) {
         const name = reply.repeatToolCallName ? { name: call.name } : {};
@@ -289,6 +294,15 @@ function parseChatRequest(request: FakeOpenAIRequest): FakeChatRequest {
   if (body.tool_choice !== undefined && tools.length === 0) throw new Error("'tool_choice' is only allowed when 'tools' are specified.");
   if (body.temperature !== undefined && (typeof body.temperature !== "number" || body.temperature < 0 || body.temperature > 2)) {
     throw new Error("Invalid 'temperature': expected a number between 0 and 2.");
+  }
+  // As OpenAI answers for its reasoning models (o1, o3, o4-mini, gpt-5, ...).
+  if (/(^|\/)(o\d|gpt-5)/i.test(body.model)) {
+    if (body.temperature !== undefined && body.temperature !== 1) {
+      throw new Error(`Unsupported value: 'temperature' does not support ${body.temperature} with this model. Only the default (1) value is supported.`);
+    }
+    if (body.max_tokens !== undefined) {
+      throw new Error("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.");
+    }
   }
 
   const messages = body.messages as FakeChatMessage[];

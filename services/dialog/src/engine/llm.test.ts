@@ -7,7 +7,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { validateAgent, type AgentConfig } from "../agents/config.js";
 import { parseAgentText } from "../agents/load.js";
 import { CircuitBreaker } from "../llm/breaker.js";
-import { OpenAiCompleter } from "../llm/client.js";
+import { generationLimits, OpenAiCompleter, REASONING_TOKENS } from "../llm/client.js";
 import { EnvReader } from "@voicebot/service-kit";
 import { createDialogMetrics } from "../metrics.js";
 import { llmSettingsFor, readDialogConfig } from "../service.js";
@@ -62,7 +62,7 @@ function warningsInto(lines: LogLine[]): Logger {
 }
 
 function engineWith(
-  options: { firstTokenTimeoutMs?: number; stallTimeoutMs?: number; breakerFailures?: number; cooldownMs?: number; maxRetries?: number } = {},
+  options: { firstTokenTimeoutMs?: number; stallTimeoutMs?: number; breakerFailures?: number; cooldownMs?: number; maxRetries?: number; model?: string; maxTokens?: number } = {},
 ) {
   const metrics = createDialogMetrics(new Registry());
   const warnings: LogLine[] = [];
@@ -72,8 +72,9 @@ function engineWith(
     {
       baseUrl: fake.baseUrl,
       apiKey: "test-key",
-      model: "fake-model",
+      model: options.model ?? "fake-model",
       temperature: orderLine.llm!.temperature,
+      maxTokens: options.maxTokens,
       firstTokenTimeoutMs: options.firstTokenTimeoutMs ?? 1_500,
       stallTimeoutMs: options.stallTimeoutMs ?? 3_000,
       timeoutMs: 5_000,
@@ -658,6 +659,45 @@ describe("LLM answers and tool calls that cannot be used as they came", () => {
 
   it("takes parallel tool calls that all come as index 0 (Ollama, some gateways) apart, by their ids", async () => {
     await twoParallelLookups({ sameToolCallIndex: true });
+  });
+
+  it("takes tool calls numbered after the answer's text (gateways that number content blocks): index 1 is the first call", async () => {
+    const c = new Conversation(engineWith().engine);
+    await c.start();
+    replies.push({ text: "One moment, let me check.", toolCalls: [{ name: "lookup_order", arguments: { order_number: "12345" } }], toolCallIndexFrom: 1 });
+    replies.push({ text: "It has shipped." });
+    const events = await c.speak("order one two three four five", 0.95);
+    expect(toolsOf(events)).toEqual([{ type: "tool", name: "lookup_order", args: { order_number: "12345" } }]);
+    expect(said(events)).toBe("One moment, let me check. It has shipped.");
+  });
+
+  it("sends a reasoning model (gpt-5, o-series) no temperature and a token cap with room for its reasoning; others the agent's", async () => {
+    const agentTemperature = orderLine.llm!.temperature;
+    expect(agentTemperature).toBeDefined();
+    expect(agentTemperature).not.toBe(1);
+    for (const model of ["gpt-5-mini", "o4-mini", "openai/gpt-5.1"]) {
+      const c = new Conversation(engineWith({ model, maxTokens: 300 }).engine);
+      await c.start();
+      replies.push({ text: "It has shipped." });
+      expect(said(await c.speak("where is my order", 0.95))).toBe("It has shipped.");
+      const body = chat.requests.at(-1)!.body;
+      expect({ model, temperature: body.temperature, max_tokens: body.max_tokens, max_completion_tokens: body.max_completion_tokens }).toEqual({
+        model,
+        temperature: undefined,
+        max_tokens: undefined,
+        max_completion_tokens: 300 + REASONING_TOKENS,
+      });
+    }
+    // Another model on a compatible server (vLLM, Ollama): the agent's temperature, and max_tokens.
+    const c = new Conversation(engineWith({ maxTokens: 300 }).engine);
+    await c.start();
+    replies.push({ text: "It has shipped." });
+    await c.speak("where is my order", 0.95);
+    expect(chat.requests.at(-1)!.body).toMatchObject({ temperature: agentTemperature, max_tokens: 300 });
+    expect(chat.requests.at(-1)!.body.max_completion_tokens).toBeUndefined();
+    // On OpenAI itself: max_completion_tokens.
+    expect(generationLimits({ baseUrl: "https://api.openai.com/v1", model: "gpt-4.1-mini", temperature: 0.3, maxTokens: 300 })).toEqual({ temperature: 0.3, max_completion_tokens: 300 });
+    expect(generationLimits({ baseUrl: "", model: "gpt-4.1-mini", maxTokens: 300 })).toEqual({ max_completion_tokens: 300 });
   });
 
   it("takes a tool call whose name comes again in every delta (some compatible servers) as one name", async () => {

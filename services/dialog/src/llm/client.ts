@@ -32,6 +32,31 @@ export class LlmError extends Error {
   }
 }
 
+/**
+ * OpenAI's reasoning models (o1, o3, o4-mini, gpt-5, ...), wherever they are served (OpenAI, Azure, a gateway): they
+ * refuse any temperature but the default and max_tokens (400 on every turn), and count their hidden reasoning in
+ * max_completion_tokens, so a voice answer's small cap would go to reasoning and leave the answer empty.
+ */
+const REASONING_MODEL = /(^|\/)(o\d|gpt-5)/i;
+/** Room for a reasoning model's hidden reasoning on top of the answer's own cap. */
+export const REASONING_TOKENS = 2_048;
+
+/** Temperature and the answer's token cap, in the parameters the model and its server take. */
+export function generationLimits(settings: Pick<LlmSettings, "baseUrl" | "model" | "temperature" | "maxTokens">): {
+  temperature?: number;
+  max_tokens?: number;
+  max_completion_tokens?: number;
+} {
+  const { baseUrl, model, temperature, maxTokens } = settings;
+  if (REASONING_MODEL.test(model)) return maxTokens === undefined ? {} : { max_completion_tokens: maxTokens + REASONING_TOKENS };
+  // OpenAI itself wants max_completion_tokens; compatible servers (vLLM, Ollama, ...) know max_tokens.
+  const openAi = !baseUrl || /^https:\/\/api\.openai\.com(\/|$)/i.test(baseUrl);
+  return {
+    ...(temperature !== undefined ? { temperature } : {}),
+    ...(maxTokens !== undefined ? (openAi ? { max_completion_tokens: maxTokens } : { max_tokens: maxTokens }) : {}),
+  };
+}
+
 /** When the chat request being sent began (its first-token deadline runs from there), for the fetch wrapper. */
 const requestStarted = new AsyncLocalStorage<number>();
 
@@ -212,10 +237,7 @@ export class OpenAiCompleter implements LlmCompleter {
           ...(request.tools.length > 0 ? { tools: request.tools, tool_choice: request.toolChoice } : {}),
           stream: true,
           stream_options: { include_usage: true },
-          ...(settings.temperature !== undefined ? { temperature: settings.temperature } : {}),
-          // OpenAI itself wants max_completion_tokens (its reasoning models refuse max_tokens); compatible
-          // servers (vLLM, Ollama, ...) know max_tokens.
-          ...(settings.maxTokens !== undefined ? (settings.baseUrl ? { max_tokens: settings.maxTokens } : { max_completion_tokens: settings.maxTokens }) : {}),
+          ...generationLimits(settings),
         },
         { signal: abort.signal },
       ));
@@ -268,12 +290,12 @@ export class OpenAiCompleter implements LlmCompleter {
     if (failure) throw failure;
     // Tool calls of a stopped answer may be incomplete: none are run.
     if (stopped) return { text, toolCalls: [], finishReason: "stopped", firstTokenMs };
+    // Indexes may leave gaps (gateways that number a call by its place among all content blocks): the calls in order.
     const toolCalls = calls.filter(Boolean);
     for (const call of toolCalls) {
       if (!call.name) throw new LlmError("malformed", "a tool call has no function name");
       if (!call.id) call.id = `call_${Math.random().toString(36).slice(2, 12)}`;
     }
-    if (calls.length !== toolCalls.length) throw new LlmError("malformed", "tool call indexes have gaps");
     if (!text.trim() && toolCalls.length === 0) throw new LlmError("empty", `the answer is empty (finish reason ${finishReason || "none"})`);
     return { text, toolCalls, finishReason, firstTokenMs };
   }
