@@ -2,6 +2,7 @@ import { rmsDbfs } from "@voicebot/audio";
 import { EnvReader } from "@voicebot/service-kit";
 import { freePort, startFakeElevenLabs, waitFor, type FakeElevenLabs, type FakeElevenLabsSpeechRequest, type FakeTtsReply } from "@voicebot/testing";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { RequestRefusedError } from "../engine.js";
 import { AllEnginesFailedError, FallbackEngine } from "../fallback.js";
 import { ELEVENLABS_DEFAULT_VOICE_ID, ElevenLabsEngine, readElevenLabsConfig, type ElevenLabsEngineOptions } from "./elevenlabs.js";
 import { FliteEngine } from "./flite.js";
@@ -167,14 +168,36 @@ describe("ElevenLabsEngine against a fake ElevenLabs API", () => {
     const echoed = await collectUntilError(tts.synthesize({ text: "Hello." }));
     expect(echoed.error?.message).toBe("elevenlabs: HTTP 401: invalid_api_key: Key *** was revoked");
 
-    for (const [status, code] of [[429, "too_many_concurrent_requests"], [500, "internal_error"]] as const) {
-      reply = () => ({ status, message: "try later" });
+    for (const [status, code] of [[429, "system_busy"], [500, "internal_error"]] as const) {
+      reply = () => ({ status, code, message: "try later" });
       const count = fake.speeches.length;
       const failed = await collectUntilError(tts.synthesize({ text: "Hello." }));
       expect(failed.samples).toBe(0);
       expect(failed.error?.message).toBe(`elevenlabs: HTTP ${status}: ${code}: try later`);
+      expect(failed.error).not.toBeInstanceOf(RequestRefusedError); // the engine's failure: it cools down
       expect(fake.speeches.length).toBe(count + 1);
     }
+  });
+
+  it("asks again after a 429 for the plan's concurrency limit (a burst), then refuses only that request: no cool-down", async () => {
+    const tts = engine();
+    // The limit passes after one refusal: the sentence is spoken, a little later.
+    let refusals = 1;
+    reply = () => (refusals-- > 0 ? { status: 429, code: "too_many_concurrent_requests", message: "Too many concurrent requests" } : {});
+    let count = fake.speeches.length;
+    const spoken = await collectUntilError(tts.synthesize({ text: "Hello." }));
+    expect(spoken.error).toBeUndefined();
+    expect(spoken.samples).toBeGreaterThan(0);
+    expect(fake.speeches.length).toBe(count + 2);
+
+    // It does not pass: after two more tries this one request is refused, so it moves on without cooling the engine.
+    reply = () => ({ status: 429, code: "too_many_concurrent_requests", message: "Too many concurrent requests" });
+    count = fake.speeches.length;
+    const refused = await collectUntilError(tts.synthesize({ text: "Hello." }));
+    expect(refused.samples).toBe(0);
+    expect(refused.error).toBeInstanceOf(RequestRefusedError);
+    expect(refused.error?.message).toBe("elevenlabs: HTTP 429: too_many_concurrent_requests: Too many concurrent requests");
+    expect(fake.speeches.length).toBe(count + 3);
   });
 
   it("fails before any audio when the server is unreachable, answers with something other than audio, or never answers", async () => {

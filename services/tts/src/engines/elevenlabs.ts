@@ -14,7 +14,7 @@
 
 import { mulawDecode } from "@voicebot/audio";
 import { hideSecret, type EnvReader } from "@voicebot/service-kit";
-import { providerError, type SynthesisRequest, type TtsEngine } from "../engine.js";
+import { providerError, RequestRefusedError, type SynthesisRequest, type TtsEngine } from "../engine.js";
 import { assertAudio, assertRawStart, causes, L16ChunkDecoder, NotRawAudioError, snippet } from "./cloud.js";
 import { StreamingHttpClient, type StreamingAnswer } from "./http-stream.js";
 import { groupSentences } from "./text.js";
@@ -120,9 +120,17 @@ export class ElevenLabsEngine implements TtsEngine {
     const texts = groupSentences(req.text, MAX_TEXT_CHARS);
     let audio = false;
     for (const text of texts) {
-      for await (const pcm of this.speak(text, voiceId, voiceSettings, req.signal)) {
-        audio = true;
-        yield pcm;
+      for (let attempt = 0; ; attempt++) {
+        try {
+          for await (const pcm of this.speak(text, voiceId, voiceSettings, req.signal, attempt)) {
+            audio = true;
+            yield pcm;
+          }
+          break;
+        } catch (error) {
+          if (!(error instanceof ConcurrencyLimitError)) throw error;
+          await delay(error.retryInMs, req.signal);
+        }
       }
     }
     if (texts.length > 0 && !audio) throw new Error("elevenlabs: the response held no audio");
@@ -134,12 +142,13 @@ export class ElevenLabsEngine implements TtsEngine {
     this.http.close();
   }
 
-  /** One request: its audio as it arrives. */
+  /** One request (`attempt` counts those refused for the concurrency limit before): its audio as it arrives. */
   private async *speak(
     text: string,
     voiceId: string,
     voiceSettings: Record<string, unknown> | undefined,
     cancel: AbortSignal | undefined,
+    attempt: number,
   ): AsyncGenerator<Int16Array> {
     const mine = new AbortController();
     const signal = cancel ? AbortSignal.any([cancel, mine.signal]) : mine.signal;
@@ -162,7 +171,17 @@ export class ElevenLabsEngine implements TtsEngine {
         clearTimeout(timer);
       }
       if (answer.status < 200 || answer.status > 299) {
-        throw providerError(answer.status, `elevenlabs: HTTP ${answer.status}: ${await errorDetail(answer, this.apiKey)}`);
+        const detail = await errorDetail(answer, this.apiKey);
+        const message = `elevenlabs: HTTP ${answer.status}: ${detail.text}`;
+        if (answer.status === 429 && detail.name === TOO_MANY_CONCURRENT) {
+          // The plan's limit on requests at once (a burst), not an outage: asked again shortly, then this one request
+          // goes to the next engine while every other call keeps this voice (no cool-down).
+          if (attempt < CONCURRENCY_RETRY_MS.length) {
+            throw new ConcurrencyLimitError(message, CONCURRENCY_RETRY_MS[attempt]);
+          }
+          throw new RequestRefusedError(message);
+        }
+        throw providerError(answer.status, message);
       }
       await assertAudio("elevenlabs", answer, this.apiKey);
       const l16 = this.outputFormat === "ulaw_8000" ? undefined : new L16ChunkDecoder();
@@ -188,24 +207,57 @@ export class ElevenLabsEngine implements TtsEngine {
   }
 }
 
-/** The message of an ElevenLabs error body: {"detail": {"status"|"code", "message"}} or a validation list. */
-async function errorDetail(answer: StreamingAnswer, secret: string): Promise<string> {
+/** ElevenLabs' 429 for more requests at once than the plan allows (others, e.g. system_busy, are the service's). */
+const TOO_MANY_CONCURRENT = "too_many_concurrent_requests";
+/** Waits before asking again after that 429: a burst of sentences across calls passes within them. */
+const CONCURRENCY_RETRY_MS = [150, 400];
+
+/** A 429 for the concurrency limit, to be asked again after `retryInMs`. */
+class ConcurrencyLimitError extends Error {
+  constructor(
+    message: string,
+    readonly retryInMs: number,
+  ) {
+    super(message);
+  }
+}
+
+function delay(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    signal?.throwIfAborted();
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/**
+ * An ElevenLabs error body, {"detail": {"status"|"code", "message"}} or a validation list: its error name (code or
+ * status) and the text to report.
+ */
+async function errorDetail(answer: StreamingAnswer, secret: string): Promise<{ name?: string; text: string }> {
   const body = await snippet(answer, secret, 2000);
   try {
     const { detail } = JSON.parse(body) as { detail?: unknown };
     if (Array.isArray(detail)) {
-      return detail.map((d: { loc?: unknown[]; msg?: string }) => `${(d.loc ?? []).join(".")}: ${d.msg ?? "invalid"}`).join("; ");
+      return { text: detail.map((d: { loc?: unknown[]; msg?: string }) => `${(d.loc ?? []).join(".")}: ${d.msg ?? "invalid"}`).join("; ") };
     }
     if (detail && typeof detail === "object") {
       const { status, code, message } = detail as { status?: string; code?: string; message?: string };
       const name = code ?? status;
-      return [name, message].filter(Boolean).join(": ") || body;
+      return { name, text: [name, message].filter(Boolean).join(": ") || body };
     }
-    if (typeof detail === "string") return detail;
+    if (typeof detail === "string") return { text: detail };
   } catch {
     // not JSON: the text itself says what went wrong
   }
-  return body.length > 300 ? `${body.slice(0, 300)}…` : body;
+  return { text: body.length > 300 ? `${body.slice(0, 300)}…` : body };
 }
 
 export interface ElevenLabsEngineConfig extends ElevenLabsEngineOptions {
