@@ -218,7 +218,8 @@ export async function startFakeAssemblyAI(options: FakeAssemblyAIOptions = {}): 
         turn_order: turn,
         turn_is_formatted: formatted,
         end_of_turn: endOfTurn,
-        transcript: words.map((w) => w.text).join(" "),
+        // As the real service: an unfinished turn's transcript holds only its finalized words (all are in `words`).
+        transcript: words.filter((w) => w.word_is_final).map((w) => w.text).join(" "),
         end_of_turn_confidence: endOfTurn ? 0.9 : 0.1,
         words,
       };

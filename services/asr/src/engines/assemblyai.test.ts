@@ -46,6 +46,8 @@ describe("AssemblyAIEngine against a fake Universal Streaming server", () => {
     for (const frame of frames(1000)) recognizer.push(frame);
     await waitFor(() => partials.length >= 2, { what: "partials", timeoutMs: 5000 });
     for (const frame of frames(300)) recognizer.push(frame);
+    // The newest word is in the partial before the turn ends (the Turn's transcript holds only finalized words).
+    await waitFor(() => partials.at(-1) === "i want to book a table", { what: "a partial with the last word", timeoutMs: 5000 });
 
     const result = await recognizer.finish();
     expect(result.text).toBe("i want to book a table");

@@ -264,7 +264,10 @@ class AssemblyAIRecognizer implements UtteranceRecognizer {
 
   private onTurn(turn: TurnEvent): void {
     if (this.state === "done") return;
-    const text: TurnText = { order: turn.turn_order, transcript: turn.transcript ?? "", words: turn.words ?? [] };
+    const words = turn.words ?? [];
+    // An unfinished turn's transcript holds only its finalized words; its words hold the latest guess of the rest too.
+    const transcript = !turn.end_of_turn && words.length > 0 ? words.map((w) => w.text).join(" ") : (turn.transcript ?? "");
+    const text: TurnText = { order: turn.turn_order, transcript, words };
     if (turn.end_of_turn) {
       // A formatted copy (format_turns) replaces the unformatted one of the same turn.
       this.finals.set(turn.turn_order, text);
