@@ -17,6 +17,7 @@ export interface DialogMetrics {
   llmTokens: Counter<"model" | "kind">;
   llmFallbacks: Counter<"agent" | "reason">;
   llmAnswersCut: Counter<"agent">;
+  llmHistoryShortened: Counter<"agent">;
   llmToolCallsRefused: Counter<"agent" | "reason">;
   llmCircuit: Gauge<"model">;
   llmKeepWarmFailures: Counter;
@@ -127,6 +128,12 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
     llmAnswersCut: new Counter({
       name: "voicebot_dialog_llm_answers_cut_total",
       help: "LLM answers cut off at the most one input may speak (the rest was not read from the stream)",
+      labelNames: ["agent"],
+      registers: [registry],
+    }),
+    llmHistoryShortened: new Counter({
+      name: "voicebot_dialog_llm_history_shortened_total",
+      help: "Conversations cut to their later half because they outgrew the model's context window (the request was sent again)",
       labelNames: ["agent"],
       registers: [registry],
     }),

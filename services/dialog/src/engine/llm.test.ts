@@ -661,6 +661,29 @@ describe("LLM answers and tool calls that cannot be used as they came", () => {
     await twoParallelLookups({ sameToolCallIndex: true });
   });
 
+  it("a conversation that outgrew the model's context is asked again with its later half, and stays cut for later turns", async () => {
+    const { engine, metrics } = engineWith();
+    const c = new Conversation(engine);
+    await c.start();
+    // A model with a small window: more than 6 messages (system prompt included) do not fit.
+    const CONTEXT = 6;
+    const answer = (text: string) => (request: FakeChatRequest): FakeChatReply =>
+      request.messages.length > CONTEXT
+        ? { status: 400, code: "context_length_exceeded", message: "This model's maximum context length is 4096 tokens. However, your messages resulted in 5012 tokens." }
+        : { text };
+    for (let i = 1; i <= 3; i++) {
+      replies.length = 0;
+      replies.push(answer(`Answer ${i}.`), answer(`Answer ${i}.`)); // a second request only if the first is refused
+      expect(said(await c.speak(`question number ${i}`, 0.95))).toBe(`Answer ${i}.`);
+    }
+    expect(await counts(metrics.llmFallbacks)).toEqual({});
+    expect(await counts(metrics.llmHistoryShortened)).toEqual({ "order-line": 1 });
+    // The cut was at a caller's line; the current question is always in it.
+    const last = chat.requests.at(-1)!;
+    expect(last.messages.filter((m) => m.role !== "system")[0].role).toBe("user");
+    expect(last.lastUser).toBe("question number 3");
+  });
+
   it("takes tool calls numbered after the answer's text (gateways that number content blocks): index 1 is the first call", async () => {
     const c = new Conversation(engineWith().engine);
     await c.start();

@@ -364,6 +364,8 @@ class LlmTurn {
 
   /** LLM rounds until an answer without tool calls; any failure hands the input to the scripted agent. */
   private async converse(input: EngineInput, keypadEntry?: string): Promise<Outcome> {
+    /** The history was cut for a model whose context it outgrew (once a turn). */
+    let shortened = false;
     for (let round = 0; round < MAX_ROUNDS; round++) {
       if (this.io.signal?.aborted) return { outcome: "cancelled" };
       const chunker = new ClauseChunker();
@@ -403,6 +405,15 @@ class LlmTurn {
         // What the caller already heard stays in the history.
         if (spoken.length > 0) this.state.history.push({ role: "assistant", content: spoken.join(" "), turnId, ...(cancelled ? { unfinished: true } : {}) });
         if (cancelled) return { outcome: "cancelled" };
+        if (reason === "context_length" && !shortened && spoken.length === 0 && shortenHistory(this.state)) {
+          // A model with a small context (a local 4-8k one) outgrew the call: asked again with its later half, so
+          // this and every later turn is not the fallback's.
+          shortened = true;
+          this.options.metrics.llmHistoryShortened.inc({ agent: this.options.agent.name });
+          this.options.log.warn("llm context exceeded: asking again with the later half of the conversation", { agent: this.options.agent.name, messages: this.state.history.length });
+          round--;
+          continue;
+        }
         return this.fallback(input, reason, keypadEntry);
       }
       const rest = chunker.flush();
@@ -724,7 +735,22 @@ function keypadToken(seq: number): string {
   return `kp${seq}`;
 }
 
-/** Keeps the history bounded, cutting only in front of a caller message so tool calls keep their results. */
+/**
+ * Cuts the history to about its later half, at a caller's line (tool calls keep their results); false when there is
+ * no earlier caller line to cut at (the current one must stay).
+ */
+export function shortenHistory(state: LlmState): boolean {
+  const history = state.history;
+  let start = Math.floor(history.length / 2);
+  while (start < history.length && history[start].role !== "user") start++;
+  if (start >= history.length || start === history.findLastIndex((m) => m.role === "user")) {
+    start = history.findLastIndex((m) => m.role === "user");
+  }
+  if (start <= 0) return false;
+  state.history = history.slice(start);
+  return true;
+}
+
 /** Keeps the history within MAX_HISTORY messages, cut where a window may start: at a caller's line. */
 export function trimHistory(state: LlmState): void {
   const history = state.history;

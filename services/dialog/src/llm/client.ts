@@ -19,7 +19,9 @@ export type LlmFailure =
   | "malformed"
   | "empty"
   | "circuit_open"
-  | "cancelled";
+  | "cancelled"
+  /** The conversation no longer fits the model's context window (a 400 the history causes, not the endpoint). */
+  | "context_length";
 
 export class LlmError extends Error {
   constructor(
@@ -358,11 +360,19 @@ function retryAfterMs(headers: Headers): number | undefined {
   return Number.isFinite(at) ? at - Date.now() : undefined;
 }
 
+/** How OpenAI and compatible servers (vLLM, llama.cpp, gateways) word a request over the model's context window. */
+const CONTEXT_TOO_LONG = /context[_ ]length|maximum context|context window|too many tokens|prompt is too long/i;
+
 function classify(error: unknown): LlmError {
   if (error instanceof LlmError) return error;
   if (error instanceof APIUserAbortError) return new LlmError("cancelled", "aborted");
   if (error instanceof APIConnectionError) return new LlmError("connection", error.message);
-  if (error instanceof APIError && error.status !== undefined) return new LlmError("http_error", `HTTP ${error.status}: ${error.message}`, error.status);
+  if (error instanceof APIError && error.status !== undefined) {
+    if ((error.status === 400 || error.status === 413) && (error.code === "context_length_exceeded" || CONTEXT_TOO_LONG.test(error.message))) {
+      return new LlmError("context_length", `HTTP ${error.status}: ${error.message}`, error.status);
+    }
+    return new LlmError("http_error", `HTTP ${error.status}: ${error.message}`, error.status);
+  }
   // An error event inside the stream.
   if (error instanceof APIError) return new LlmError("http_error", `error in the stream: ${error.message}`);
   if (error instanceof SyntaxError) return new LlmError("malformed", `a stream chunk is not JSON: ${error.message}`);
