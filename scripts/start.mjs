@@ -58,7 +58,8 @@ const NAME_WIDTH = Math.max(7, ...services.map((s) => s.label.length));
 const serviceNodeFlags = ["--single-threaded-gc"];
 // Longer than a service's own drain timeout, so a draining call is never cut short by us.
 // A timer past 2^31-1 ms fires at once: the services refuse such a DRAIN_TIMEOUT_MS, and this wait is kept below it.
-const drainWaitMs = Math.min(Number(env.DRAIN_TIMEOUT_MS) || 30_000, 2_147_483_647 - 10_000) + 10_000;
+const drainTimeoutMs = env.DRAIN_TIMEOUT_MS?.trim() ? Number(env.DRAIN_TIMEOUT_MS) : 30_000;
+const drainWaitMs = Math.min(Number.isFinite(drainTimeoutMs) ? Math.max(0, drainTimeoutMs) : 30_000, 2_147_483_647 - 10_000) + 10_000;
 
 const color = process.stdout.isTTY && !env.NO_COLOR;
 const paint = (code, text) => (color ? `\x1b[${code}m${text}\x1b[0m` : text);

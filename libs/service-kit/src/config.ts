@@ -37,7 +37,7 @@ export class EnvReader {
   int(name: string, fallback: number, range: { min?: number; max?: number } = {}): number {
     const raw = this.env[name]?.trim();
     if (raw === undefined || raw === "") return fallback;
-    const value = INTEGER.test(raw) ? Number(raw) : NaN;
+    const value = DECIMAL.test(raw) ? Number(raw) : NaN;
     const { min = -Infinity, max = defaultMax(name) } = range;
     if (!Number.isSafeInteger(value) || value < min || value > max) {
       this.problems.push(`${name}=${JSON.stringify(raw)} must be an integer${rangeText(min, max)}`);
@@ -119,9 +119,11 @@ export class EnvReader {
   }
 }
 
-/** Written as people write numbers: not " " (which Number reads as 0), "0x1F", "1e3" or "Infinity". */
-const INTEGER = /^[+-]?\d+$/;
-const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)$/;
+/**
+ * Decimal numbers, exponent form included (Helm prints an unquoted 2592000 as "2.592e+06"); not " " (which Number
+ * reads as 0), "0x1F" or "Infinity". An integer must come out whole.
+ */
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
 /** Node runs a timer longer than this at once (with only a warning): a duration in ms past it meant "very long". */
 const MAX_TIMER_MS = 2_147_483_647;
 

@@ -22,12 +22,24 @@ describe("EnvReader", () => {
     }
   });
   it("takes numbers only as people write them, and no duration past what a timer can wait", () => {
-    const env = new EnvReader({ PORT: " 8080 ", BLANK: " ", HEX: "0x1F90", EXP: "1e3", INF: "Infinity", SHARE: "0.25", BAD_RATIO: "1/4", DRAIN_TIMEOUT_MS: "9999999999", LONG_MS: "2147483647" });
+    const env = new EnvReader({
+      PORT: " 8080 ",
+      BLANK: " ",
+      HEX: "0x1F90",
+      HELM_TTL: "2.592e+06", // Helm's rendering of an unquoted 2592000
+      PART: "2.5",
+      INF: "Infinity",
+      SHARE: "0.25",
+      BAD_RATIO: "1/4",
+      DRAIN_TIMEOUT_MS: "9999999999",
+      LONG_MS: "2147483647",
+    });
     expect(env.int("PORT", 1)).toBe(8080);
     expect(env.int("BLANK", 7)).toBe(7); // blank is unset, not 0
+    expect(env.int("HELM_TTL", 1)).toBe(2_592_000);
     expect(env.number("SHARE", 1)).toBe(0.25);
     expect(env.int("LONG_MS", 1, { min: 0 })).toBe(2_147_483_647);
-    for (const name of ["HEX", "EXP"]) expect(env.int(name, 1)).toBe(1);
+    for (const name of ["HEX", "PART"]) expect(env.int(name, 1)).toBe(1);
     for (const name of ["INF", "BAD_RATIO"]) expect(env.number(name, 1)).toBe(1);
     expect(env.int("DRAIN_TIMEOUT_MS", 30_000, { min: 0 })).toBe(30_000);
     try {
@@ -35,8 +47,8 @@ describe("EnvReader", () => {
       expect.unreachable("bad values are reported");
     } catch (error) {
       const message = (error as Error).message;
-      for (const name of ["HEX=", "EXP=", "INF=", "BAD_RATIO=", "DRAIN_TIMEOUT_MS="]) expect(message).toContain(name);
-      for (const name of ["PORT=", "BLANK=", "SHARE=", "LONG_MS="]) expect(message).not.toContain(name);
+      for (const name of ["HEX=", "PART=", "INF=", "BAD_RATIO=", "DRAIN_TIMEOUT_MS="]) expect(message).toContain(name);
+      for (const name of ["PORT=", "BLANK=", "HELM_TTL=", "SHARE=", "LONG_MS="]) expect(message).not.toContain(name);
       expect(message).toContain("DRAIN_TIMEOUT_MS=\"9999999999\" must be an integer between 0 and 2147483647");
     }
   });

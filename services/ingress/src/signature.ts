@@ -38,20 +38,17 @@ export function signedUrls(req: IncomingMessage, publicStreamUrl: string | undef
   return withAndWithoutPort([publicStreamUrl, `${stream.protocol}//${stream.host}${path}`]);
 }
 
-/** Each URL, and it with its default port written out or left out (Twilio's own validators try both). */
+/** Each URL, and with its default port written out or left out (Twilio's own validators try both); others kept. */
 function withAndWithoutPort(urls: string[]): string[] {
   const all = new Set<string>();
   for (const text of urls) {
     all.add(text);
-    let url: URL;
-    try {
-      url = new URL(text);
-    } catch {
-      continue; // a Host header that is no host name
-    }
-    const rest = text.replace(/^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i, ""); // the path and query exactly as given
-    const defaultPort = url.protocol === "wss:" || url.protocol === "https:" ? "443" : "80";
-    all.add(url.port ? `${url.protocol}//${url.hostname}${rest}` : `${url.protocol}//${url.hostname}:${defaultPort}${rest}`);
+    const parts = /^(wss?|https?):\/\/([^/?#:]+|\[[^\]]*\])(?::(\d+))?(.*)$/i.exec(text);
+    if (!parts) continue;
+    const [, scheme, host, port, rest] = parts;
+    const defaultPort = /^(wss|https)$/i.test(scheme) ? "443" : "80";
+    if (port === undefined) all.add(`${scheme}://${host}:${defaultPort}${rest}`);
+    else if (port === defaultPort) all.add(`${scheme}://${host}${rest}`);
   }
   return [...all];
 }

@@ -682,6 +682,16 @@ describe("LLM answers and tool calls that cannot be used as they came", () => {
     const last = chat.requests.at(-1)!;
     expect(last.messages.filter((m) => m.role !== "system")[0].role).toBe("user");
     expect(last.lastUser).toBe("question number 3");
+
+    // Refused even when cut (too long by itself: max_tokens over the window): the scripted agent answers, and the
+    // conversation is kept as it was, not lost for nothing.
+    const firstBefore = c.state.history[0];
+    replies.length = 0;
+    const tooLong = { status: 400, code: "context_length_exceeded", message: "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens." };
+    replies.push(tooLong, tooLong);
+    await c.speak("question number 4", 0.95);
+    expect(await counts(metrics.llmFallbacks)).toEqual({ context_length: 1 });
+    expect(c.state.history[0]).toEqual(firstBefore);
   });
 
   it("takes tool calls numbered after the answer's text (gateways that number content blocks): index 1 is the first call", async () => {

@@ -364,8 +364,8 @@ class LlmTurn {
 
   /** LLM rounds until an answer without tool calls; any failure hands the input to the scripted agent. */
   private async converse(input: EngineInput, keypadEntry?: string): Promise<Outcome> {
-    /** The history was cut for a model whose context it outgrew (once a turn). */
-    let shortened = false;
+    /** The messages cut from the front of the history for a model whose context it outgrew (once a turn). */
+    let cutAway: HistoryMessage[] | undefined;
     for (let round = 0; round < MAX_ROUNDS; round++) {
       if (this.io.signal?.aborted) return { outcome: "cancelled" };
       const chunker = new ClauseChunker();
@@ -405,14 +405,22 @@ class LlmTurn {
         // What the caller already heard stays in the history.
         if (spoken.length > 0) this.state.history.push({ role: "assistant", content: spoken.join(" "), turnId, ...(cancelled ? { unfinished: true } : {}) });
         if (cancelled) return { outcome: "cancelled" };
-        if (reason === "context_length" && !shortened && spoken.length === 0 && shortenHistory(this.state)) {
-          // A model with a small context (a local 4-8k one) outgrew the call: asked again with its later half, so
-          // this and every later turn is not the fallback's.
-          shortened = true;
-          this.options.metrics.llmHistoryShortened.inc({ agent: this.options.agent.name });
-          this.options.log.warn("llm context exceeded: asking again with the later half of the conversation", { agent: this.options.agent.name, messages: this.state.history.length });
-          round--;
-          continue;
+        if (reason === "context_length") {
+          if (cutAway === undefined) {
+            const before = this.state.history;
+            if (spoken.length === 0 && shortenHistory(this.state)) {
+              // A model with a small context (a local 4-8k one) outgrew the call: asked again with its later half,
+              // so that this and every later turn is not the fallback's.
+              cutAway = before.slice(0, before.length - this.state.history.length);
+              this.options.metrics.llmHistoryShortened.inc({ agent: this.options.agent.name });
+              this.options.log.warn("llm context exceeded: asking again with the later half of the conversation", { agent: this.options.agent.name, messages: this.state.history.length });
+              round--;
+              continue;
+            }
+          } else {
+            // Cut in vain (the request is too long by itself, e.g. max_tokens over the window): the conversation is kept.
+            this.state.history = [...cutAway, ...this.state.history];
+          }
         }
         return this.fallback(input, reason, keypadEntry);
       }

@@ -60,7 +60,7 @@ function snrDb(reference: Int16Array, out: Int16Array): number {
 
 describe("ElevenLabsEngine against a fake ElevenLabs API", () => {
   let fake: FakeElevenLabs;
-  let reply: (request: FakeElevenLabsSpeechRequest) => FakeTtsReply;
+  let reply: (request: FakeElevenLabsSpeechRequest) => FakeTtsReply | Promise<FakeTtsReply>;
   const engines: ElevenLabsEngine[] = [];
   const engine = (options: Partial<ElevenLabsEngineOptions> = {}) => {
     const made = new ElevenLabsEngine({ apiKey: API_KEY, baseUrl: fake.baseUrl, ...options });
@@ -198,6 +198,18 @@ describe("ElevenLabsEngine against a fake ElevenLabs API", () => {
     expect(refused.error).toBeInstanceOf(RequestRefusedError);
     expect(refused.error?.message).toBe("elevenlabs: HTTP 429: too_many_concurrent_requests: Too many concurrent requests");
     expect(fake.speeches.length).toBe(count + 3);
+
+    // Slow refusals: asked again only within a second in all (the caller would hear the wait).
+    reply = async () => {
+      await new Promise((r) => setTimeout(r, 450));
+      return { status: 429, code: "too_many_concurrent_requests", message: "Too many concurrent requests" };
+    };
+    count = fake.speeches.length;
+    const startedAt = performance.now();
+    const slow = await collectUntilError(tts.synthesize({ text: "Hello." }));
+    expect(slow.error).toBeInstanceOf(RequestRefusedError);
+    expect(fake.speeches.length).toBe(count + 2);
+    expect(performance.now() - startedAt).toBeLessThan(1_300);
   });
 
   it("fails before any audio when the server is unreachable, answers with something other than audio, or never answers", async () => {

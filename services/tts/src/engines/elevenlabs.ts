@@ -120,6 +120,7 @@ export class ElevenLabsEngine implements TtsEngine {
     const texts = groupSentences(req.text, MAX_TEXT_CHARS);
     let audio = false;
     for (const text of texts) {
+      const firstAskedAt = Date.now();
       for (let attempt = 0; ; attempt++) {
         try {
           for await (const pcm of this.speak(text, voiceId, voiceSettings, req.signal, attempt)) {
@@ -129,6 +130,9 @@ export class ElevenLabsEngine implements TtsEngine {
           break;
         } catch (error) {
           if (!(error instanceof ConcurrencyLimitError)) throw error;
+          // Within a second in all: longer, the caller hears the wait, and the stall watch (TTS_STALL_MS) would
+          // take it for an engine failure.
+          if (Date.now() - firstAskedAt + error.retryInMs > CONCURRENCY_RETRY_BUDGET_MS) throw new RequestRefusedError(error.message);
           await delay(error.retryInMs, req.signal);
         }
       }
@@ -211,6 +215,8 @@ export class ElevenLabsEngine implements TtsEngine {
 const TOO_MANY_CONCURRENT = "too_many_concurrent_requests";
 /** Waits before asking again after that 429: a burst of sentences across calls passes within them. */
 const CONCURRENCY_RETRY_MS = [150, 400];
+/** The most a sentence waits for the concurrency limit, its refused requests included. */
+const CONCURRENCY_RETRY_BUDGET_MS = 1_000;
 
 /** A 429 for the concurrency limit, to be asked again after `retryInMs`. */
 class ConcurrencyLimitError extends Error {
