@@ -144,9 +144,15 @@ function webhookConfig(
   // `${NAME}` is filled from the environment (a Kubernetes secret), so no secret lives in the agent file.
   const fill = (value: string, field: string) =>
     value.replace(SECRET, (_m, name: string) => {
-      const secret = env(name);
+      // A Secret made from a file often ends in a newline: HTTP trims it from a header, so the value sent (and the
+      // one to hide in error texts) is the trimmed one.
+      const secret = env(name)?.trim();
       if (secret === undefined || secret === "") {
         problem(field, `uses \${${name}}, which is not set in the environment`);
+        return "";
+      }
+      if (/[\r\n]/.test(secret)) {
+        problem(field, `uses \${${name}}, whose value holds a line break`);
         return "";
       }
       secrets.push(secret);

@@ -63,6 +63,16 @@ describe("ToolExecutor", () => {
     expect(result).toMatchObject({ ok: false, errorCode: "failed", errorMessage: "database down" });
   });
 
+  it("answers a request it fails on itself (a result it cannot write out) with outcome_unknown, counted and logged", async () => {
+    const odd: Tool = { name: "odd", defaultTimeoutMs: 1_000, run: async () => ({ points: BigInt(42) }) };
+    const registry = new Registry();
+    const executor = new ToolExecutor([odd], store, createExecutorMetrics(registry), silentLogger);
+    await liveCall("CAodd");
+    const result = await executor.handle(request("CAodd", "odd"));
+    expect(result).toMatchObject({ ok: false, errorCode: "outcome_unknown" });
+    expect(await metricSum(registry, "voicebot_tools_internal_errors_total")).toBe(1);
+  });
+
   it("lets a duplicate wait for the execution that claimed the id", async () => {
     let runs = 0;
     const counted: Tool = {

@@ -39,6 +39,7 @@ export interface ExecutorMetrics {
   retries: Counter<"tool">;
   storeErrors: Counter;
   linkRetries: Counter<"step">;
+  internalErrors: Counter;
 }
 
 /** Which tool runs a request: the tools of the request's agent first (webhooks, overrides), then the built-ins. */
@@ -85,6 +86,11 @@ export function createExecutorMetrics(registry: Registry): ExecutorMetrics {
       name: "voicebot_tools_link_retries_total",
       help: "Redis steps of a tool request tried again in place because Redis was unreachable or failing over, by step",
       labelNames: ["step"],
+      registers: [registry],
+    }),
+    internalErrors: new Counter({
+      name: "voicebot_tools_internal_errors_total",
+      help: "Tool requests the tools service failed on itself (answered outcome_unknown instead of left unanswered)",
       registers: [registry],
     }),
   };
@@ -145,7 +151,13 @@ export class ToolExecutor {
     let set = this.running.get(callId);
     if (!set) this.running.set(callId, (set = new Set()));
     set.add(cancel);
-    const task = this.handleOnce(request, cancel.signal);
+    const task = this.handleOnce(request, cancel.signal).catch((error: unknown) => {
+      // Our own fault (a store answer we cannot read, a bug): the dialog still gets an answer now, not a timeout and
+      // a resend that could run the tool again. Whether it ran is not known here.
+      this.metrics.internalErrors.inc();
+      this.log.error("tool request failed inside the tools service", { callId, toolCallId: request.toolCallId, tool: request.name, error: errorText(error) });
+      return this.errorResult(request, "outcome_unknown", "the tools service failed while handling this request; whether the tool ran is unknown");
+    });
     this.inFlight.set(task, callId);
     try {
       return await task;

@@ -5,7 +5,7 @@ import { Bus, silentLogger, subjects } from "@voicebot/bus";
 import { ToolCallRequest, ToolCallResult } from "@voicebot/proto";
 import { startService, type ServiceHandle } from "@voicebot/service-kit";
 import { CallStore } from "@voicebot/state";
-import { freePort, startNats, startRedis, type ServerHandle } from "@voicebot/testing";
+import { freePort, startNats, startRedis, startTcpProxy, type ServerHandle } from "@voicebot/testing";
 import type pg from "pg";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -105,5 +105,27 @@ describe("lookup_order from PostgreSQL", () => {
     const source = new PgOrderSource(down, table);
     await expect(source.findOrder("12345")).rejects.toThrow();
     await down.end();
+  });
+
+  it("gives up on a query to a database gone silent (no reset: a partition), and frees the pool's connection", async () => {
+    const proxy = await startTcpProxy(Number(new URL(DATABASE_URL).port || 5432), new URL(DATABASE_URL).hostname);
+    const url = new URL(DATABASE_URL);
+    url.host = `127.0.0.1:${proxy.port}`;
+    const silent = createPool(url.toString(), { queryTimeoutMs: 500 });
+    try {
+      const source = new PgOrderSource(silent, table);
+      expect(await source.findOrder("12345")).toMatchObject({ orderNumber: "12345" });
+      proxy.blackhole();
+      const started = performance.now();
+      await expect(source.findOrder("12345")).rejects.toThrow(/timeout/i);
+      expect(performance.now() - started).toBeLessThan(2_000);
+      // The connection that timed out is not kept: the pool can close at once.
+      const ending = performance.now();
+      await silent.end();
+      expect(performance.now() - ending).toBeLessThan(2_000);
+    } finally {
+      proxy.restore();
+      await proxy.close();
+    }
   });
 });

@@ -32,7 +32,7 @@ export function ordersTableSql(table: string): string {
 )`;
 }
 
-export function createPool(url: string): pg.Pool {
+export function createPool(url: string, { queryTimeoutMs = 6_000 } = {}): pg.Pool {
   // Calendar dates stay "YYYY-MM-DD" strings: a JS Date would shift them by the server's time zone. A timestamp
   // column is read as its day in the database session's time zone ("2025-03-06 17:30:00+00" -> "2025-03-06").
   const types = new pg.TypeOverrides();
@@ -44,6 +44,10 @@ export function createPool(url: string): pg.Pool {
     connectionTimeoutMillis: 2_000,
     idleTimeoutMillis: 30_000,
     statement_timeout: 5_000,
+    // The server's statement_timeout cannot end a query to a host that vanished (a failover, a partition): the
+    // client gives up too, and the connection is dropped instead of holding a pool slot for TCP's ~15 minutes.
+    query_timeout: queryTimeoutMs,
+    keepAlive: true,
     types,
   });
 }

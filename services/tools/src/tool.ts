@@ -30,6 +30,11 @@ export function optionalString(args: Record<string, unknown>, name: string, maxL
   const value = args[name];
   if (value === undefined || value === null || value === "") return undefined;
   if (typeof value !== "string" && typeof value !== "number") throw new InvalidArgumentsError(`${name} must be a string`);
+  // A long number lost its digits when the JSON was parsed (12345678901234567890 reads as ...7000): say so, rather
+  // than look up some other number.
+  if (typeof value === "number" && !(Number.isSafeInteger(value) || (Number.isFinite(value) && Math.abs(value) < 1e15))) {
+    throw new InvalidArgumentsError(`${name} must be sent as a string (a number this long loses digits)`);
+  }
   const text = String(value);
   if (text.length > maxLength) throw new InvalidArgumentsError(`${name} is longer than ${maxLength} characters`);
   return text;

@@ -100,10 +100,14 @@ describe("tools service", () => {
     expect(noDigits).toMatchObject({ ok: false, errorCode: "invalid_arguments" });
     const missing = await call(callId, "lookup_order", {});
     expect(missing).toMatchObject({ ok: false, errorCode: "invalid_arguments" });
+    // A number too long for JSON's numbers lost digits on parsing: refused, not looked up as some other number.
+    const lossy = await call(callId, "lookup_order", '{"order_number": 12345678901234567890}');
+    expect(lossy).toMatchObject({ ok: false, errorCode: "invalid_arguments", errorMessage: "order_number must be sent as a string (a number this long loses digits)" });
 
-    const record = await waitForToolCalls(callId, 4);
+    const record = await waitForToolCalls(callId, 5);
     expect(record!.toolCalls.map((t) => [t.name, t.ok])).toEqual([
       ["launch_rocket", false],
+      ["lookup_order", false],
       ["lookup_order", false],
       ["lookup_order", false],
       ["lookup_order", false],

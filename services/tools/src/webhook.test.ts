@@ -105,6 +105,21 @@ describe("declared tools", () => {
     ]);
     expect(problems.join("\n")).not.toContain("tok-very-secret");
   });
+
+  it("takes a secret from a file-made Secret without its trailing newline (what HTTP sends, what errors must hide)", () => {
+    const problems: string[] = [];
+    const fromFiles = (name: string) => ({ CRM_URL: "https://crm.example.com", CRM_TOKEN: "tok-from-file\n", TWO_LINES: "tok\nsecond" })[name];
+    const tools = declaredTools(
+      { tools: [POINTS, { name: "broken", webhook: { url: "https://crm.example.com/x", headers: { "X-Key": "${TWO_LINES}" } } }] },
+      "crm",
+      "crm.yaml",
+      fromFiles,
+      BUILTIN_TOOL_NAMES,
+      problems,
+    );
+    expect(tools[0].webhook).toMatchObject({ headers: { Authorization: "Bearer tok-from-file" }, secrets: ["https://crm.example.com", "tok-from-file"] });
+    expect(problems).toEqual(["crm.yaml: tools[1] (broken).webhook.headers.X-Key: uses ${TWO_LINES}, whose value holds a line break"]);
+  });
 });
 
 describe("webhook tools", () => {
@@ -170,6 +185,24 @@ describe("webhook tools", () => {
     const fits = await executor.handle(request(await newCall(), "get_points", { member_id: "123456" }));
     expect(fits.ok).toBe(true);
     expect(JSON.parse(fits.resultJson).items).toHaveLength(64 * 1024 - 13);
+  });
+
+  it("refuses a JSON answer nested too deeply to be written out again, with an answer, not a crash or silence", async () => {
+    const { executor } = executorFor(declare([POINTS]));
+    const depth = 20_000; // 40 KB, within the size limit; JSON.stringify overflows its stack on it
+    handler = (_req, _body, res) => void res.writeHead(200, { "content-type": "application/json" }).end("[".repeat(depth) + "]".repeat(depth));
+    const deep = await executor.handle(request(await newCall(), "get_points", { member_id: "123456" }));
+    expect(deep).toMatchObject({ ok: false, errorCode: "failed", errorMessage: "get_points: the response is nested over 64 levels deep" });
+    // 64 levels are taken.
+    handler = (_req, _body, res) => void res.writeHead(200, { "content-type": "application/json" }).end("[".repeat(64) + "]".repeat(64));
+    expect((await executor.handle(request(await newCall(), "get_points", { member_id: "123456" }))).ok).toBe(true);
+  });
+
+  it("takes two agents' webhook tools whose schemas carry the same $id (a copied agent file)", () => {
+    const withId = (description: string) => ({ ...POINTS, parameters: { ...POINTS.parameters, $id: "https://schemas.example.com/points", description } });
+    const resolve = toolResolver([], new Map([["crm", declare([withId("points")])], ["crm-copy", declare([withId("points, edited")])]]));
+    expect(resolve("crm", "get_points")).toBeDefined();
+    expect(resolve("crm-copy", "get_points")).toBeDefined();
   });
 
   it("checks the arguments against the schema before calling", async () => {

@@ -7,10 +7,10 @@ import { InvalidArgumentsError, PermanentToolError, type Tool } from "./tool.js"
 export const WEBHOOK_DEFAULT_TIMEOUT_MS = 5_000;
 /** Most of a response body that is read (the rest is not what a phone conversation needs). */
 const MAX_RESPONSE_BYTES = 64 * 1024;
+/** Deepest nesting of a JSON response taken (a few thousand levels overflow JSON.stringify's stack). */
+const MAX_RESPONSE_DEPTH = 64;
 /** Most of an error body quoted back (to the LLM and the call record). */
 const MAX_ERROR_TEXT = 300;
-
-const ajv = new Ajv({ allErrors: true, strict: false });
 
 /**
  * An HTTP webhook declared in an agent file: arguments are checked against the declared JSON Schema, then sent
@@ -20,6 +20,8 @@ const ajv = new Ajv({ allErrors: true, strict: false });
  */
 export function webhookTool(declaration: DeclaredTool & { webhook: WebhookConfig }): Tool {
   const { name, webhook } = declaration;
+  // An Ajv of its own: schemas of different agents (a copied agent file) may carry the same $id.
+  const ajv = new Ajv({ allErrors: true, strict: false });
   const validate: ValidateFunction = ajv.compile(declaration.parameters ?? { type: "object" });
   const scrub = (text: string) => webhook.secrets.reduce(hideSecret, text);
   return {
@@ -73,11 +75,15 @@ export function webhookTool(declaration: DeclaredTool & { webhook: WebhookConfig
       if (/json/i.test(response.headers.get("content-type") ?? "") || /^[[{]/.test(body.trim())) {
         // Cut JSON would not parse: say why, rather than blame the webhook's JSON.
         if (truncated) throw new PermanentToolError(`${name}: the response is over ${MAX_RESPONSE_BYTES / 1024} KiB (the most a tool result may be)`);
+        let value: unknown;
         try {
-          return JSON.parse(body);
+          value = JSON.parse(body);
         } catch {
           throw new PermanentToolError(`${name}: the response is not valid JSON`);
         }
+        // Parsed, deep nesting still overflows the stack when written out again (result, record, history).
+        if (nestedDeeperThan(value, MAX_RESPONSE_DEPTH)) throw new PermanentToolError(`${name}: the response is nested over ${MAX_RESPONSE_DEPTH} levels deep`);
+        return value;
       }
       return { text: body.slice(0, 4_000) };
     },
@@ -101,4 +107,16 @@ async function readLimited(response: Response): Promise<{ body: string; truncate
     }
   }
   return { body: Buffer.concat(chunks).subarray(0, MAX_RESPONSE_BYTES).toString("utf8"), truncated: size > MAX_RESPONSE_BYTES };
+}
+
+/** Whether a parsed JSON value nests arrays or objects deeper than `limit` (walked without recursion). */
+function nestedDeeperThan(value: unknown, limit: number): boolean {
+  const pending: Array<[unknown, number]> = [[value, 0]];
+  while (pending.length > 0) {
+    const [item, depth] = pending.pop()!;
+    if (item === null || typeof item !== "object") continue;
+    if (depth >= limit) return true;
+    for (const child of Object.values(item)) pending.push([child, depth + 1]);
+  }
+  return false;
 }
