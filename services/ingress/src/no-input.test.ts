@@ -137,6 +137,25 @@ describe("a silent caller is prompted again", () => {
     client.close();
   });
 
+  it("an utterance whose STOPPED was lost (an asr handing the call over) ends with its final: the wait runs again", async () => {
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
+    client.echoMarks(0);
+    await botSays(client, "t1");
+    speech(client.callSid, SpeechActivity_Kind.KIND_STARTED); // utterance u1; its STOPPED never comes
+    await sleep(NO_INPUT_MS * 2);
+    expect(noInputsOf(client)).toEqual([]);
+    // Another utterance's final does not end u1.
+    world.bus.publish(subjects.transcript(client.callSid), Transcript, Transcript.create({ callId: client.callSid, utteranceId: "u0", text: "um", isFinal: true }), client.callSid);
+    await sleep(NO_INPUT_MS * 2);
+    expect(noInputsOf(client)).toEqual([]);
+    // u1's final does: the caller is silent again and is asked again after the wait.
+    const finalAt = performance.now();
+    world.bus.publish(subjects.transcript(client.callSid), Transcript, Transcript.create({ callId: client.callSid, utteranceId: "u1", text: "hello", isFinal: true }), client.callSid);
+    await waitFor(() => noInputsOf(client)[0], { what: "a noInput after the final", timeoutMs: 5_000 });
+    expect(performance.now() - finalAt).toBeGreaterThanOrEqual(NO_INPUT_MS - 50);
+    client.close();
+  });
+
   it("does not count a turn that plays on after the one before it ended (their events cross) as silence", async () => {
     const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);

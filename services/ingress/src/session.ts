@@ -823,7 +823,7 @@ export class CallSession {
     if (!transcript.isFinal || this.ended) return;
     // Armed at the speech's end already, unless that STOPPED never came (then from now).
     if (!this.speechEndsArmed.delete(transcript.utteranceId)) this.guard?.inputEnded("speech");
-    this.noInput?.callerInput();
+    this.noInput?.callerInput(transcript.utteranceId);
   }
 
   /**
@@ -932,7 +932,7 @@ export class CallSession {
     // While the asr has an utterance open, its endpointing counts every frame: none may wait in a batch.
     if (activity.kind === SpeechActivity_Kind.KIND_STARTED) {
       this.callerAudio?.speechStarted();
-      this.noInput?.callerSpeechStarted();
+      this.noInput?.callerSpeechStarted(activity.utteranceId);
     } else if (activity.kind === SpeechActivity_Kind.KIND_STOPPED) {
       this.callerAudio?.speechStopped();
       this.noInput?.callerSpeechStopped();
