@@ -144,6 +144,27 @@ describe("no turn ends in silence", () => {
     expect(await fallbacks()).toBe(before + 1); // the late final does not start another deadline
     client.close();
   });
+
+  it("does not play the fallback over a caller who is speaking: it plays when they stop, if that speech wants no answer", async () => {
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
+    client.echoMarks(0);
+    const activity = (kind: SpeechActivity_Kind, utteranceId: string, discarded = false) =>
+      world.bus.publish(subjects.speech(client.callSid), SpeechActivity, SpeechActivity.create({ callId: client.callSid, kind, utteranceId, atMs: Date.now(), discarded }), client.callSid);
+    const before = await fallbacks();
+    client.sendDtmf("1"); // an input the dialog answers: the deadline runs
+    await new Promise((r) => setTimeout(r, DEADLINE_MS / 2));
+    activity(SpeechActivity_Kind.KIND_STARTED, "5"); // the caller goes on talking past the deadline
+    await new Promise((r) => setTimeout(r, DEADLINE_MS + 300));
+    expect(await fallbacks()).toBe(before);
+    expect(fallbackMark(client)).toBeUndefined();
+    // It was noise (no answer owed for it): the fallback for the key now.
+    const stoppedAt = performance.now();
+    activity(SpeechActivity_Kind.KIND_STOPPED, "5", true);
+    const firstMedia = await waitFor(() => client.events("media")[0], { what: "the fallback line after the speech", timeoutMs: 5_000 });
+    expect(firstMedia.at - stoppedAt).toBeLessThan(DEADLINE_MS);
+    expect(await fallbacks()).toBe(before + 1);
+    client.close();
+  });
 });
 
 describe("a call whose record vanished from Redis", () => {

@@ -62,7 +62,8 @@ export class SilenceGuard {
 
   constructor(
     private readonly deadlineMs: number,
-    private readonly onSilence: (input: string) => void,
+    /** `end`: the input the deadline ran from (to arm again with it). */
+    private readonly onSilence: (input: string, end: InputEnd) => void,
   ) {}
 
   get armed(): boolean {
@@ -87,7 +88,7 @@ export class SilenceGuard {
     this.timer = new StallAwareTimer(remaining, () => {
       this.timer = undefined;
       this.armedFor = undefined;
-      if (!this.closed) this.onSilence(input);
+      if (!this.closed) this.onSilence(input, end);
     });
   }
 

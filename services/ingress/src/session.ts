@@ -198,6 +198,8 @@ export class CallSession {
   /** Plays the fallback line when the pipeline leaves an input unanswered. */
   private guard: SilenceGuard | undefined;
   private noInput: NoInputTimer | undefined;
+  /** The fallback line's deadline ran out while the caller was speaking: played when they stop (see speechEnded). */
+  private silenceWhileSpeaking: { input: string; end: InputEnd } | undefined;
   private noInputs = 0;
   private fallbacks = 0;
   /** What announced the call (kept to announce it again if its record vanishes). */
@@ -469,7 +471,7 @@ export class CallSession {
     if (config.callerAudioReplayMs > 0) this.recentAudio = new RecentCallerAudio(Math.ceil(config.callerAudioReplayMs / FRAME_MS));
     this.jitter = new InboundJitterBuffer(config.inboundJitterMs, this.jitterSink);
     if (config.noSilenceDeadlineMs > 0 && config.noSilenceClip) {
-      this.guard = new SilenceGuard(config.noSilenceDeadlineMs, (input) => this.onSilence(input));
+      this.guard = new SilenceGuard(config.noSilenceDeadlineMs, (input, end) => this.onSilence(input, end));
     }
     // Always kept: an agent may set a wait for its states even where NO_INPUT_MS (the default) is 0.
     this.noInput = new NoInputTimer(config.noInputMs, (turnId, waitMs) => this.onNoInput(turnId, waitMs), () => this.playout?.hasPendingAudio === true);
@@ -831,6 +833,11 @@ export class CallSession {
    * here, so a slow or stalled recognizer counts against it too. A sound too short to be speech gets no answer.
    */
   private speechEnded(activity: SpeechActivity): void {
+    const deferred = this.silenceWhileSpeaking;
+    this.silenceWhileSpeaking = undefined;
+    // The deadline ran out while the caller spoke, and this speech asks for no answer of its own: the fallback now
+    // (unless a turn began since the input it was for; speech that wants an answer arms its own deadline below).
+    if (deferred && (activity.discarded || !activity.utteranceId)) this.guard?.inputEnded(deferred.input, deferred.end);
     if (!this.guard || activity.discarded || !activity.utteranceId) return;
     this.guard.inputEnded("speech");
     this.speechEndsArmed.add(activity.utteranceId);
@@ -853,10 +860,15 @@ export class CallSession {
   }
 
   /** Nothing answered the caller's input in time: ingress says the fallback line itself, as a turn of its own. */
-  private onSilence(input: string): void {
+  private onSilence(input: string, end: InputEnd): void {
     const playout = this.playout;
     const clip = this.deps.config.noSilenceClip;
     if (this.ended || !playout || !clip || this.finalActionPending) return;
+    if (this.callerAudio?.callerSpeaking) {
+      // Not over the caller's words (nothing would cut it: no bot turn was playing when they began): when they stop.
+      this.silenceWhileSpeaking = { input, end };
+      return;
+    }
     const { config, metrics, scheduler } = this.deps;
     const turnId = `${NO_SILENCE_TURN_PREFIX}${++this.fallbacks}`;
     const text = config.noSilenceText;
