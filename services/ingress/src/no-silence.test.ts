@@ -152,7 +152,6 @@ describe("no turn ends in silence", () => {
       world.bus.publish(subjects.speech(client.callSid), SpeechActivity, SpeechActivity.create({ callId: client.callSid, kind, utteranceId, atMs: Date.now(), discarded }), client.callSid);
     const before = await fallbacks();
     client.sendDtmf("1"); // an input the dialog answers: the deadline runs
-    await new Promise((r) => setTimeout(r, DEADLINE_MS / 2));
     activity(SpeechActivity_Kind.KIND_STARTED, "5"); // the caller goes on talking past the deadline
     await new Promise((r) => setTimeout(r, DEADLINE_MS + 300));
     expect(await fallbacks()).toBe(before);
@@ -164,6 +163,16 @@ describe("no turn ends in silence", () => {
     expect(firstMedia.at - stoppedAt).toBeLessThan(DEADLINE_MS);
     expect(await fallbacks()).toBe(before + 1);
     client.close();
+
+    // The speech's STOPPED is lost (an asr handing over) and its final comes: it ends the speech, the fallback plays.
+    const second = await startCall(world.ingress.wsUrl, world.dialog.items);
+    second.echoMarks(0);
+    world.bus.publish(subjects.speech(second.callSid), SpeechActivity, SpeechActivity.create({ callId: second.callSid, kind: SpeechActivity_Kind.KIND_STARTED, utteranceId: "7", atMs: Date.now() }), second.callSid);
+    await new Promise((r) => setTimeout(r, 100));
+    world.bus.publish(subjects.transcript(second.callSid), Transcript, Transcript.create({ callId: second.callSid, utteranceId: "7", text: "hello", isFinal: true }), second.callSid);
+    await waitFor(() => second.events("media")[0], { what: "the fallback line after the final", timeoutMs: 5_000 });
+    expect(await fallbacks()).toBe(before + 2);
+    second.close();
   });
 });
 

@@ -93,6 +93,22 @@ export class SilenceGuard {
   }
 
   /**
+   * The deadline for `input` ran out while the caller was speaking: `onSilence` is asked again in `ms`, unless a new
+   * bot turn (disarms) or a later input (a deadline of its own) comes first.
+   */
+  deferred(input: string, end: InputEnd, ms: number): void {
+    if (this.closed) return;
+    this.timer?.clear();
+    this.armedFor = end;
+    this.armedInput = input;
+    this.timer = new StallAwareTimer(ms, () => {
+      this.timer = undefined;
+      this.armedFor = undefined;
+      if (!this.closed) this.onSilence(input, end);
+    });
+  }
+
+  /**
    * The caller is still at it (a digit of an entry the dialog answers only at its end): an armed deadline runs
    * from here, so a caller keying a long number after saying something is not told "one moment" mid-entry.
    */

@@ -111,6 +111,8 @@ const MAX_FRAMES_BEFORE_OFFSET = 500;
 const CONTROL_MESSAGES_PER_SEC = 50;
 /** How long the end of a call is retried while Redis is unreachable, before its resumable stream closes anyway. */
 const END_RECORD_RETRY_MS = 10_000;
+/** The fallback line's deadline ran out while the caller spoke: whether they stopped is looked at again this often. */
+const SILENCE_RECHECK_MS = 250;
 
 /** The call's end as every stage hears it: CallEnded, and the dialog's input (msgId `<id>:end`, stored once). */
 export function callEndMessages(callId: string, reason: string, endedAtMs: number): { ended: CallEnded; input: DialogInput } {
@@ -198,8 +200,8 @@ export class CallSession {
   /** Plays the fallback line when the pipeline leaves an input unanswered. */
   private guard: SilenceGuard | undefined;
   private noInput: NoInputTimer | undefined;
-  /** The fallback line's deadline ran out while the caller was speaking: played when they stop (see speechEnded). */
-  private silenceWhileSpeaking: { input: string; end: InputEnd } | undefined;
+  /** The caller's utterance the asr said STARTED for and no STOPPED yet (its final ends it if the STOPPED was lost). */
+  private openUtterance: string | undefined;
   private noInputs = 0;
   private fallbacks = 0;
   /** What announced the call (kept to announce it again if its record vanishes). */
@@ -825,6 +827,11 @@ export class CallSession {
     if (!transcript.isFinal || this.ended) return;
     // Armed at the speech's end already, unless that STOPPED never came (then from now).
     if (!this.speechEndsArmed.delete(transcript.utteranceId)) this.guard?.inputEnded("speech");
+    if (transcript.utteranceId && transcript.utteranceId === this.openUtterance) {
+      // Its STOPPED was lost (an asr handing the call over mid-utterance): the final says the caller stopped.
+      this.openUtterance = undefined;
+      this.callerAudio?.speechStopped();
+    }
     this.noInput?.callerInput(transcript.utteranceId);
   }
 
@@ -833,11 +840,6 @@ export class CallSession {
    * here, so a slow or stalled recognizer counts against it too. A sound too short to be speech gets no answer.
    */
   private speechEnded(activity: SpeechActivity): void {
-    const deferred = this.silenceWhileSpeaking;
-    this.silenceWhileSpeaking = undefined;
-    // The deadline ran out while the caller spoke, and this speech asks for no answer of its own: the fallback now
-    // (unless a turn began since the input it was for; speech that wants an answer arms its own deadline below).
-    if (deferred && (activity.discarded || !activity.utteranceId)) this.guard?.inputEnded(deferred.input, deferred.end);
     if (!this.guard || activity.discarded || !activity.utteranceId) return;
     this.guard.inputEnded("speech");
     this.speechEndsArmed.add(activity.utteranceId);
@@ -865,8 +867,9 @@ export class CallSession {
     const clip = this.deps.config.noSilenceClip;
     if (this.ended || !playout || !clip || this.finalActionPending) return;
     if (this.callerAudio?.callerSpeaking) {
-      // Not over the caller's words (nothing would cut it: no bot turn was playing when they began): when they stop.
-      this.silenceWhileSpeaking = { input, end };
+      // Not over the caller's words (nothing would cut it: no bot turn was playing when they began): looked at again
+      // shortly. Speech that owes an answer arms a deadline of its own when it ends; a turn that begins cancels it.
+      this.guard?.deferred(input, end, SILENCE_RECHECK_MS);
       return;
     }
     const { config, metrics, scheduler } = this.deps;
@@ -943,9 +946,11 @@ export class CallSession {
     if (this.ended || !this.playout) return;
     // While the asr has an utterance open, its endpointing counts every frame: none may wait in a batch.
     if (activity.kind === SpeechActivity_Kind.KIND_STARTED) {
+      this.openUtterance = activity.utteranceId;
       this.callerAudio?.speechStarted();
       this.noInput?.callerSpeechStarted(activity.utteranceId);
     } else if (activity.kind === SpeechActivity_Kind.KIND_STOPPED) {
+      this.openUtterance = undefined;
       this.callerAudio?.speechStopped();
       this.noInput?.callerSpeechStopped();
     }

@@ -90,7 +90,8 @@ export function declaredTools(
     problems.push(`${file}: tools: must be a list of tools`);
     return [];
   }
-  const ajv = new Ajv({ allErrors: true, strict: false });
+  // Schemas are not registered by their $id: two tools (a copied one) may carry the same.
+  const ajv = new Ajv({ allErrors: true, strict: false, addUsedSchema: false });
   const tools: DeclaredTool[] = [];
   list.forEach((item, i) => {
     const problem = (field: string, text: string) => problems.push(`${file}: tools[${i}]${name ? ` (${name})` : ""}${field ? `.${field}` : ""}: ${text}`);

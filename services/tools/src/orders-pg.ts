@@ -48,6 +48,7 @@ export function createPool(url: string, { queryTimeoutMs = 6_000 } = {}): pg.Poo
     // client gives up too, and the connection is dropped instead of holding a pool slot for TCP's ~15 minutes.
     query_timeout: queryTimeoutMs,
     keepAlive: true,
+    keepAliveInitialDelayMillis: 10_000,
     types,
   });
 }

@@ -203,6 +203,11 @@ describe("webhook tools", () => {
     const resolve = toolResolver([], new Map([["crm", declare([withId("points")])], ["crm-copy", declare([withId("points, edited")])]]));
     expect(resolve("crm", "get_points")).toBeDefined();
     expect(resolve("crm-copy", "get_points")).toBeDefined();
+    // And two tools of one file.
+    const problems: string[] = [];
+    const both = declare([withId("points"), { ...withId("points, again"), name: "get_points_again" }], problems);
+    expect(problems).toEqual([]);
+    expect(both.map((t) => t.name)).toEqual(["get_points", "get_points_again"]);
   });
 
   it("checks the arguments against the schema before calling", async () => {

@@ -7,6 +7,9 @@ import { InvalidArgumentsError, PermanentToolError, type Tool } from "./tool.js"
 export const WEBHOOK_DEFAULT_TIMEOUT_MS = 5_000;
 /** Most of a response body that is read (the rest is not what a phone conversation needs). */
 const MAX_RESPONSE_BYTES = 64 * 1024;
+/** Schemas are not registered by their $id: tools of different agents (a copied agent file) may carry the same. */
+const ajv = new Ajv({ allErrors: true, strict: false, addUsedSchema: false });
+
 /** Deepest nesting of a JSON response taken (a few thousand levels overflow JSON.stringify's stack). */
 const MAX_RESPONSE_DEPTH = 64;
 /** Most of an error body quoted back (to the LLM and the call record). */
@@ -20,8 +23,6 @@ const MAX_ERROR_TEXT = 300;
  */
 export function webhookTool(declaration: DeclaredTool & { webhook: WebhookConfig }): Tool {
   const { name, webhook } = declaration;
-  // An Ajv of its own: schemas of different agents (a copied agent file) may carry the same $id.
-  const ajv = new Ajv({ allErrors: true, strict: false });
   const validate: ValidateFunction = ajv.compile(declaration.parameters ?? { type: "object" });
   const scrub = (text: string) => webhook.secrets.reduce(hideSecret, text);
   return {
