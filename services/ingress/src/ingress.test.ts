@@ -364,6 +364,36 @@ describe("bot audio playout", () => {
     client.close();
   });
 
+  it("a superseding CLEAR that comes after its turn's first audio, while an older turn still plays, cuts the older turn and plays the new one at once", async () => {
+    const client = await startCall();
+    const callId = client.callSid;
+    const cancels = collect(world.bus, subjects.cancel(callId), CancelTurn);
+    await world.bus.nc.flush();
+    // t5 plays its first of three chunks; the message (t6) arrives behind it; then the dialog's CLEAR naming t6.
+    botAudio(callId, "t5", 0, 0, frames(100, 5), { chunkDone: true, text: "Hello, is this Sam?" }); // 2 s
+    await waitFor(() => client.audio().length >= 160, { what: "t5 to play" });
+    botAudio(callId, "t6", 0, 0, frames(10, 6), { chunkDone: true, turnDone: true, text: "Please call us back." });
+    await new Promise((r) => setTimeout(r, 50));
+    const clearedAt = performance.now();
+    control(callId, CallControl_Action.ACTION_CLEAR, { reason: "voicemail", beforeTurnId: "t6" });
+    await waitFor(() => client.events("clear").length === 1, { what: "clear" });
+    // t5's later chunks come after the CLEAR: dropped. t6 plays at once, not after a stall.
+    botAudio(callId, "t5", 1, 0, frames(10, 5), { chunkDone: true });
+    botAudio(callId, "t5", 2, 0, frames(10, 5), { chunkDone: true, turnDone: true });
+    await waitFor(() => client.events("mark").some((m) => m.message.mark.name === "t6.0"), { what: "mark t6.0" });
+    const sixStarted = client.events("media").find((m) => m.at > clearedAt && Buffer.from(m.message.media.payload, "base64")[0] === 6)!.at;
+    expect(sixStarted - clearedAt).toBeLessThan(1_000);
+    expect([...new Set(audioAfterClear(client))]).toEqual([6]);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_controls_total", { action: "clear", outcome: "after_turn_cut" })).toBe(1);
+    // t5 is reported cut as heard up to the CLEAR (by the clear itself), once.
+    await waitFor(() => cancels.items.some((c) => c.turnId === "t5"), { what: "t5's synthesis cancelled" });
+    expect(cancels.items.map((c) => [c.turnId, c.reason])).toEqual([["t5", "clear"]]);
+    const interrupted = await waitFor(() => inputsFor(callId).filter((i) => i.input?.$case === "playback"), { what: "t5 interrupted" });
+    expect(interrupted.map((i) => i.inputId)).toEqual([`${callId}:int:t5`]);
+    cancels.sub.unsubscribe();
+    client.close();
+  });
+
   it("the verdict's own CLEAR coming after the dialog's superseding CLEAR and the message's start cuts nothing", async () => {
     const client = await startCall();
     const callId = client.callSid;

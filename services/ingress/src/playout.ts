@@ -158,9 +158,26 @@ export class CallPlayout {
    */
   clear(): TurnState[] {
     if (this.closed) return [];
+    return this.cut(this.queue.dropAll());
+  }
+
+  /**
+   * A superseding CLEAR (dialog turn `before` replaces the bot's speech) that came after that turn's audio: the
+   * older dialog turns are cut as by clear(), the newer ones stay queued and play next. Nothing is cut once a turn
+   * numbered `before` or later has begun playing (Twilio's buffer holds it then).
+   */
+  clearBefore(before: number): TurnState[] {
+    if (this.closed || this.queue.hasBegunFrom(before)) return [];
+    const dropped = this.queue.dropBefore(before);
+    if (dropped.length === 0 && this.marks.size === 0) return []; // the older turns have all been heard
+    return this.cut(dropped);
+  }
+
+  /** Empties Twilio's buffer (every sent frame's turn is cut with it) and reports the cut turns interrupted. */
+  private cut(dropped: TurnState[]): TurnState[] {
     const cut = new Set<TurnState>();
     for (const mark of this.marks.values()) cut.add(mark.turn);
-    for (const turn of this.queue.dropAll()) cut.add(turn);
+    for (const turn of dropped) cut.add(turn);
     this.marks.clear();
     this.bufferedUntil = 0;
     this.starved = false;

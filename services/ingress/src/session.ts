@@ -1111,10 +1111,18 @@ export class CallSession {
         if (before !== undefined && before > this.supersededBelow) this.supersededBelow = before;
         if (before !== undefined && before > 0 && this.latestDialogTurn >= before) {
           // The dialog sends its superseding CLEAR before that turn's speech exists, so the speech comes later, but
-          // through tts and maybe another NATS server: if it came first, it is not cut (later parts of the old turns
-          // are still dropped).
-          metrics.controls.inc({ action: "clear", outcome: "after_turn" });
-          this.log.warn("a CLEAR came after the turn it names had begun; nothing cut", { reason: control.reason, beforeTurnId: control.beforeTurnId });
+          // through tts and maybe another NATS server: if it came first, it is not cut. The older turns still
+          // playing or queued ahead of it are (else the new turn waited behind their dropped chunks for the stall
+          // limit), unless it has begun playing already.
+          const cut = playout.clearBefore(before);
+          this.publishCancels(cut.map((t) => t.id), "clear");
+          metrics.controls.inc({ action: "clear", outcome: cut.length > 0 ? "after_turn_cut" : "after_turn" });
+          this.log.warn(cut.length > 0 ? "a CLEAR came after the audio of the turn it names; the older turns cut, that turn kept" : "a CLEAR came after the turn it names had begun; nothing cut", {
+            reason: control.reason,
+            beforeTurnId: control.beforeTurnId,
+            cutTurns: cut.map((t) => t.id),
+          });
+          if (cut.length > 0) this.deps.scheduler.wake(playout);
           return;
         }
         const cut = playout.clear();

@@ -302,6 +302,18 @@ export class TurnQueue {
     }
   }
 
+  /** Whether a dialog turn numbered `from` or later has begun playing (or is finished). */
+  hasBegunFrom(from: number): boolean {
+    return this.begunDialogTurn >= from;
+  }
+
+  /** Drops the queued dialog turns numbered below `before` (a superseding CLEAR); their late audio will be ignored. */
+  dropBefore(before: number): TurnState[] {
+    const dropped = this.turns.filter((turn) => turn.dialogTurn !== undefined && turn.dialogTurn < before);
+    for (const turn of dropped) this.finish(turn);
+    return dropped;
+  }
+
   /** Drops every queued turn (barge-in); their late audio will be ignored. */
   dropAll(): TurnState[] {
     const dropped = this.turns.splice(0);
