@@ -366,13 +366,14 @@ async function ensureNats() {
 /** Uses the Redis at REDIS_URL if it answers; otherwise runs one without persistence. */
 async function ensureRedis() {
   const url = env.REDIS_URL || "redis://127.0.0.1:6379";
+  const shown = url.replace(/\/\/([^@/]*):([^@/]*)@/, "//$1:***@");
   // A TLS server (rediss://) cannot be probed in plain text, nor can Sentinels be stood in for: used as configured.
   if (url.startsWith("rediss:") || env.REDIS_SENTINELS) {
-    say(`using Redis at ${env.REDIS_SENTINELS ? `Sentinels ${env.REDIS_SENTINELS}` : url.replace(/\/\/([^@/]*):([^@/]*)@/, "//$1:***@")} (not probed)`);
+    say(`using Redis at ${env.REDIS_SENTINELS ? `Sentinels ${env.REDIS_SENTINELS}` : shown} (not probed)`);
     return url;
   }
   if ((await probeRedis(url)) === "up") {
-    say(`using Redis at ${url.replace(/\/\/([^@/]*):([^@/]*)@/, "//$1:***@")}`);
+    say(`using Redis at ${shown}`);
     return url;
   }
   const { hostname, port } = new URL(url);

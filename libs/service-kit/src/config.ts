@@ -35,24 +35,21 @@ export class EnvReader {
   }
 
   int(name: string, fallback: number, range: { min?: number; max?: number } = {}): number {
-    const raw = this.env[name]?.trim();
-    if (raw === undefined || raw === "") return fallback;
-    const value = DECIMAL.test(raw) ? Number(raw) : NaN;
-    const { min = -Infinity, max = defaultMax(name) } = range;
-    if (!Number.isSafeInteger(value) || value < min || value > max) {
-      this.problems.push(`${name}=${JSON.stringify(raw)} must be an integer${rangeText(min, max)}`);
-      return fallback;
-    }
-    return value;
+    return this.numeric(name, fallback, range, "an integer", Number.isSafeInteger);
   }
 
   number(name: string, fallback: number, range: { min?: number; max?: number } = {}): number {
+    return this.numeric(name, fallback, range, "a number", Number.isFinite);
+  }
+
+  /** A decimal number within `range` that `valid` accepts; the fallback (and a problem reported) otherwise. */
+  private numeric(name: string, fallback: number, range: { min?: number; max?: number }, what: string, valid: (value: number) => boolean): number {
     const raw = this.env[name]?.trim();
     if (raw === undefined || raw === "") return fallback;
     const value = DECIMAL.test(raw) ? Number(raw) : NaN;
     const { min = -Infinity, max = defaultMax(name) } = range;
-    if (!Number.isFinite(value) || value < min || value > max) {
-      this.problems.push(`${name}=${JSON.stringify(raw)} must be a number${rangeText(min, max)}`);
+    if (!valid(value) || value < min || value > max) {
+      this.problems.push(`${name}=${JSON.stringify(raw)} must be ${what}${rangeText(min, max)}`);
       return fallback;
     }
     return value;

@@ -7,22 +7,20 @@
 // NO_INPUT_MS.
 
 import { StallAwareTimer } from "@voicebot/service-kit";
+import { UTTERANCE_STALE_MS } from "./silence-batch.js";
 
 /** After a stall of this replica: time for the caller audio read then to reach the asr and its verdict to come back. */
 const AFTER_STALL_GRACE_MS = 500;
-/**
- * The caller counts as speaking at most this long without a STOPPED (the asr caps an utterance at 60 s): a STOPPED
- * that was lost (an asr replica handing the call over mid-utterance) must not keep the wait off for the whole call.
- */
-export const CALLER_SPEAKING_STALE_MS = 65_000;
 
 /** One call's timer. Any activity restarts it; it runs only while nobody speaks. */
 export class NoInputTimer {
   private timer: StallAwareTimer | undefined;
   private botSpeaking = false;
-  /** The caller's open utterance (its id; "" when the asr named none), undefined while they are not speaking. */
-  private callerUtterance: string | undefined;
-  /** Ends an utterance whose STOPPED never came. */
+  private callerSpeaking = false;
+  /**
+   * Ends an utterance whose STOPPED never came after UTTERANCE_STALE_MS (a STOPPED lost in an asr hand-over must not
+   * keep the wait off for the whole call).
+   */
   private staleSpeech: NodeJS.Timeout | undefined;
   private closed = false;
   /** The last bot turn that began: what the caller is being asked to answer. */
@@ -63,32 +61,27 @@ export class NoInputTimer {
     this.restart();
   }
 
-  callerSpeechStarted(utteranceId = ""): void {
-    this.callerUtterance = utteranceId;
+  callerSpeechStarted(): void {
+    this.callerSpeaking = true;
     this.disarm();
     clearTimeout(this.staleSpeech);
-    this.staleSpeech = setTimeout(() => this.speechEnded(), CALLER_SPEAKING_STALE_MS);
+    this.staleSpeech = setTimeout(() => this.callerSpeechStopped(), UTTERANCE_STALE_MS);
     this.staleSpeech.unref?.();
   }
 
-  /** The caller's speech ended; it may come to nothing (too short, not understood), so the wait starts again. */
-  callerSpeechStopped(): void {
-    this.speechEnded();
-  }
-
   /**
-   * A key or a final transcript (`finalOf`: its utterance): the caller is there. A final ends its utterance even if
-   * its STOPPED was lost. An answer disarms the wait when its audio starts.
+   * The caller's speech ended (its STOPPED, or its final when the STOPPED was lost); it may come to nothing (too
+   * short, not understood), so the wait starts again.
    */
-  callerInput(finalOf?: string): void {
-    if (finalOf !== undefined && finalOf !== "" && this.callerUtterance === finalOf) return this.speechEnded();
+  callerSpeechStopped(): void {
+    clearTimeout(this.staleSpeech);
+    this.staleSpeech = undefined;
+    this.callerSpeaking = false;
     this.restart();
   }
 
-  private speechEnded(): void {
-    clearTimeout(this.staleSpeech);
-    this.staleSpeech = undefined;
-    this.callerUtterance = undefined;
+  /** A key or a final transcript: the caller is there. An answer disarms it when its audio starts. */
+  callerInput(): void {
     this.restart();
   }
 
@@ -117,7 +110,7 @@ export class NoInputTimer {
   private restart(): void {
     this.disarm();
     // Nothing to prompt again before the first turn (the greeting) has begun.
-    if (this.closed || this.waitMs <= 0 || this.botSpeaking || this.callerUtterance !== undefined || (!this.lastTurnId && !this.resumedQuietly)) return;
+    if (this.closed || this.waitMs <= 0 || this.botSpeaking || this.callerSpeaking || (!this.lastTurnId && !this.resumedQuietly)) return;
     // After a stall of this replica, the caller's frames that came meanwhile are read, and the asr's verdict on
     // them (speech started) has time to come back, before this fires (StallAwareTimer).
     this.timer = new StallAwareTimer(this.waitMs, () => {

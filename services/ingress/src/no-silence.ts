@@ -80,16 +80,7 @@ export class SilenceGuard {
     if (this.deadlineMs <= 0 || this.closed) return;
     if (this.lastTurnSeq > end.seq) return; // a turn began after this input ended: it is being answered
     if (this.timer && this.armedFor && this.armedFor.seq > end.seq) return; // a later input already set the deadline
-    this.timer?.clear();
-    this.armedFor = end;
-    this.armedInput = input;
-    const remaining = Math.max(0, end.atMs + this.deadlineMs - performance.now());
-    // After a stall of this replica, bot audio that came meanwhile is read before this fires (StallAwareTimer).
-    this.timer = new StallAwareTimer(remaining, () => {
-      this.timer = undefined;
-      this.armedFor = undefined;
-      if (!this.closed) this.onSilence(input, end);
-    });
+    this.arm(input, end, Math.max(0, end.atMs + this.deadlineMs - performance.now()));
   }
 
   /**
@@ -97,10 +88,14 @@ export class SilenceGuard {
    * bot turn (disarms) or a later input (a deadline of its own) comes first.
    */
   deferred(input: string, end: InputEnd, ms: number): void {
-    if (this.closed) return;
+    if (!this.closed) this.arm(input, end, ms);
+  }
+
+  private arm(input: string, end: InputEnd, ms: number): void {
     this.timer?.clear();
     this.armedFor = end;
     this.armedInput = input;
+    // After a stall of this replica, bot audio that came meanwhile is read before this fires (StallAwareTimer).
     this.timer = new StallAwareTimer(ms, () => {
       this.timer = undefined;
       this.armedFor = undefined;

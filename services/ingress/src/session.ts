@@ -831,8 +831,10 @@ export class CallSession {
       // Its STOPPED was lost (an asr handing the call over mid-utterance): the final says the caller stopped.
       this.openUtterance = undefined;
       this.callerAudio?.speechStopped();
+      this.noInput?.callerSpeechStopped();
+    } else {
+      this.noInput?.callerInput();
     }
-    this.noInput?.callerInput(transcript.utteranceId);
   }
 
   /**
@@ -948,7 +950,7 @@ export class CallSession {
     if (activity.kind === SpeechActivity_Kind.KIND_STARTED) {
       this.openUtterance = activity.utteranceId;
       this.callerAudio?.speechStarted();
-      this.noInput?.callerSpeechStarted(activity.utteranceId);
+      this.noInput?.callerSpeechStarted();
     } else if (activity.kind === SpeechActivity_Kind.KIND_STOPPED) {
       this.openUtterance = undefined;
       this.callerAudio?.speechStopped();

@@ -46,7 +46,7 @@ export interface CallerAudioBlock {
 }
 
 /** The asr's open utterance is forgotten after this (its STOPPED was lost): it caps an utterance at 60 s. */
-const UTTERANCE_STALE_MS = 65_000;
+export const UTTERANCE_STALE_MS = 65_000;
 
 /** The asr's default Silero gate (ASR_VAD_GATE_DBFS) less 2.73 dB: the highest level that keeps the guarantee. */
 export const SAFE_SILENCE_LEVEL_DBFS = -55 - 10 * Math.log10((3 * FRAME_BYTES) / 256);

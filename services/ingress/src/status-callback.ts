@@ -4,7 +4,7 @@
 // passed on to the statusCallback the client gave, signed for that URL as Twilio signs its own.
 import https from "node:https";
 import { errorText, isValidCallId, type Logger } from "@voicebot/bus";
-import { sendJson, type HttpServer } from "@voicebot/service-kit";
+import { loggedTarget, sendJson, type HttpServer } from "@voicebot/service-kit";
 import type { CallStore } from "@voicebot/state";
 import type { IngressConfig } from "./config.js";
 import type { IngressMetrics } from "./metrics.js";
@@ -44,7 +44,7 @@ export function registerStatusCallback(
     if (!signed) {
       metrics.statusCallbacks.inc({ outcome: "bad_signature" });
       // Without their query: the relay names the client's URL, which may carry the client's own secret.
-      logBadSignature(log, "status callback refused: bad X-Twilio-Signature", urls.map(withoutQuery));
+      logBadSignature(log, "status callback refused: bad X-Twilio-Signature", urls.map(loggedTarget));
       sendJson(res, 403, { error: "bad X-Twilio-Signature" });
       return;
     }
@@ -120,10 +120,8 @@ function postForm(url: string, form: URLSearchParams, signature: string, anyAddr
       method: "POST",
       headers: { "content-type": "application/x-www-form-urlencoded", "content-length": Buffer.byteLength(body), "x-twilio-signature": signature },
       lookup: anyAddress ? undefined : publicOnlyLookup,
-      timeout: RELAY_TIMEOUT_MS,
     });
     const deadline = setTimeout(() => request.destroy(new Error(`no answer within ${RELAY_TIMEOUT_MS} ms`)), RELAY_TIMEOUT_MS);
-    request.on("timeout", () => request.destroy(new Error(`idle for ${RELAY_TIMEOUT_MS} ms`)));
     request.on("error", (error) => {
       clearTimeout(deadline);
       reject(error);
@@ -137,8 +135,3 @@ function postForm(url: string, form: URLSearchParams, signature: string, anyAddr
   });
 }
 
-/** A URL as a log may show it: its query (which may carry a secret) left out. */
-function withoutQuery(url: string): string {
-  const at = url.indexOf("?");
-  return at < 0 ? url : `${url.slice(0, at)}?…`;
-}

@@ -8,6 +8,12 @@ import { fileURLToPath } from "node:url";
 import { Ajv } from "ajv";
 import { parse as parseYaml } from "yaml";
 
+/**
+ * Compiles the webhook tools' argument schemas (checked here, used by webhook.ts: each compiled once). Not registered
+ * by their $id: tools of one file or of several agents (a copied one) may carry the same.
+ */
+export const schemas = new Ajv({ allErrors: true, strict: false, addUsedSchema: false });
+
 export const WEBHOOK_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"] as const;
 export type WebhookMethod = (typeof WEBHOOK_METHODS)[number];
 
@@ -90,8 +96,6 @@ export function declaredTools(
     problems.push(`${file}: tools: must be a list of tools`);
     return [];
   }
-  // Schemas are not registered by their $id: two tools (a copied one) may carry the same.
-  const ajv = new Ajv({ allErrors: true, strict: false, addUsedSchema: false });
   const tools: DeclaredTool[] = [];
   list.forEach((item, i) => {
     const problem = (field: string, text: string) => problems.push(`${file}: tools[${i}]${name ? ` (${name})` : ""}${field ? `.${field}` : ""}: ${text}`);
@@ -111,7 +115,7 @@ export function declaredTools(
     }
     if (obj.parameters !== undefined) {
       try {
-        ajv.compile(obj.parameters as object);
+        schemas.compile(obj.parameters as object);
         tool.parameters = obj.parameters as Record<string, unknown>;
       } catch (error) {
         problem("parameters", `is not a valid JSON Schema: ${(error as Error).message}`);

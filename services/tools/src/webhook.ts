@@ -1,15 +1,12 @@
 import { apiDispatcher, hideSecret } from "@voicebot/service-kit";
-import { Ajv, type ValidateFunction } from "ajv";
-import type { DeclaredTool, WebhookConfig } from "./agents.js";
+import type { ValidateFunction } from "ajv";
+import { schemas, type DeclaredTool, type WebhookConfig } from "./agents.js";
 import { InvalidArgumentsError, PermanentToolError, type Tool } from "./tool.js";
 
 /** Used when neither the request nor the declaration sets a timeout. */
 export const WEBHOOK_DEFAULT_TIMEOUT_MS = 5_000;
 /** Most of a response body that is read (the rest is not what a phone conversation needs). */
 const MAX_RESPONSE_BYTES = 64 * 1024;
-/** Schemas are not registered by their $id: tools of different agents (a copied agent file) may carry the same. */
-const ajv = new Ajv({ allErrors: true, strict: false, addUsedSchema: false });
-
 /** Deepest nesting of a JSON response taken (a few thousand levels overflow JSON.stringify's stack). */
 const MAX_RESPONSE_DEPTH = 64;
 /** Most of an error body quoted back (to the LLM and the call record). */
@@ -23,14 +20,14 @@ const MAX_ERROR_TEXT = 300;
  */
 export function webhookTool(declaration: DeclaredTool & { webhook: WebhookConfig }): Tool {
   const { name, webhook } = declaration;
-  const validate: ValidateFunction = ajv.compile(declaration.parameters ?? { type: "object" });
+  const validate: ValidateFunction = schemas.compile(declaration.parameters ?? { type: "object" });
   const scrub = (text: string) => webhook.secrets.reduce(hideSecret, text);
   return {
     name,
     defaultTimeoutMs: declaration.timeoutMs ?? WEBHOOK_DEFAULT_TIMEOUT_MS,
     idempotent: declaration.idempotent ?? false,
     async run(args, ctx) {
-      if (!validate(args)) throw new InvalidArgumentsError(ajv.errorsText(validate.errors, { dataVar: "arguments" }));
+      if (!validate(args)) throw new InvalidArgumentsError(schemas.errorsText(validate.errors, { dataVar: "arguments" }));
       const url = new URL(webhook.url);
       const hasBody = !["GET", "DELETE"].includes(webhook.method);
       if (!hasBody) {

@@ -748,27 +748,27 @@ function keypadToken(seq: number): string {
  * no earlier caller line to cut at (the current one must stay).
  */
 export function shortenHistory(state: LlmState): boolean {
-  const history = state.history;
-  let start = Math.floor(history.length / 2);
-  while (start < history.length && history[start].role !== "user") start++;
-  if (start >= history.length || start === history.findLastIndex((m) => m.role === "user")) {
-    start = history.findLastIndex((m) => m.role === "user");
-  }
-  if (start <= 0) return false;
-  state.history = history.slice(start);
-  return true;
+  return cutAtCallerLine(state, Math.floor(state.history.length / 2));
 }
 
 /** Keeps the history within MAX_HISTORY messages, cut where a window may start: at a caller's line. */
 export function trimHistory(state: LlmState): void {
+  if (state.history.length > MAX_HISTORY) cutAtCallerLine(state, state.history.length - MAX_HISTORY);
+}
+
+/**
+ * Drops the history before the first caller's line at or after `from`. With none there (one turn of many tool
+ * rounds), it keeps from the caller's last line rather than lose the whole history (a window may never start inside
+ * a tool call's results). False when nothing is dropped.
+ */
+function cutAtCallerLine(state: LlmState, from: number): boolean {
   const history = state.history;
-  if (history.length <= MAX_HISTORY) return;
-  let start = history.length - MAX_HISTORY;
+  let start = from;
   while (start < history.length && history[start].role !== "user") start++;
-  // No caller line in the window (one turn of many tool rounds): keep from the caller's last line before it rather
-  // than lose the whole history (a window may never start inside a tool call's results).
   if (start === history.length) start = history.findLastIndex((m) => m.role === "user");
-  if (start > 0) state.history = history.slice(start);
+  if (start <= 0) return false;
+  state.history = history.slice(start);
+  return true;
 }
 
 /** The assistant message whose tool calls the history's trailing tool results answer. */

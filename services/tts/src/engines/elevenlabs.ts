@@ -12,6 +12,7 @@
 //   (eleven_flash_v2_5, ~75 ms) is the latency lever.
 // - No retries: failing at once lets the FallbackEngine hand the chunk to the next engine.
 
+import { setTimeout as sleep } from "node:timers/promises";
 import { mulawDecode } from "@voicebot/audio";
 import { hideSecret, type EnvReader } from "@voicebot/service-kit";
 import { providerError, RequestRefusedError, type SynthesisRequest, type TtsEngine } from "../engine.js";
@@ -123,17 +124,19 @@ export class ElevenLabsEngine implements TtsEngine {
       const firstAskedAt = Date.now();
       for (let attempt = 0; ; attempt++) {
         try {
-          for await (const pcm of this.speak(text, voiceId, voiceSettings, req.signal, attempt)) {
+          for await (const pcm of this.speak(text, voiceId, voiceSettings, req.signal)) {
             audio = true;
             yield pcm;
           }
           break;
         } catch (error) {
           if (!(error instanceof ConcurrencyLimitError)) throw error;
-          // Within a second in all: longer, the caller hears the wait, and the stall watch (TTS_STALL_MS) would
-          // take it for an engine failure.
-          if (Date.now() - firstAskedAt + error.retryInMs > CONCURRENCY_RETRY_BUDGET_MS) throw new RequestRefusedError(error.message);
-          await delay(error.retryInMs, req.signal);
+          // The plan's limit on requests at once (a burst), not an outage: asked again shortly, within a second in
+          // all (longer, the caller hears the wait, and the stall watch, TTS_STALL_MS, would take it for an engine
+          // failure); then this one request goes to the next engine, every other call keeping this voice.
+          const waitMs = CONCURRENCY_RETRY_MS[attempt];
+          if (waitMs === undefined || Date.now() - firstAskedAt + waitMs > CONCURRENCY_RETRY_BUDGET_MS) throw new RequestRefusedError(error.message);
+          await sleep(waitMs, undefined, { signal: req.signal }).catch(() => req.signal?.throwIfAborted());
         }
       }
     }
@@ -146,13 +149,12 @@ export class ElevenLabsEngine implements TtsEngine {
     this.http.close();
   }
 
-  /** One request (`attempt` counts those refused for the concurrency limit before): its audio as it arrives. */
+  /** One request: its audio as it arrives. */
   private async *speak(
     text: string,
     voiceId: string,
     voiceSettings: Record<string, unknown> | undefined,
     cancel: AbortSignal | undefined,
-    attempt: number,
   ): AsyncGenerator<Int16Array> {
     const mine = new AbortController();
     const signal = cancel ? AbortSignal.any([cancel, mine.signal]) : mine.signal;
@@ -177,15 +179,7 @@ export class ElevenLabsEngine implements TtsEngine {
       if (answer.status < 200 || answer.status > 299) {
         const detail = await errorDetail(answer, this.apiKey);
         const message = `elevenlabs: HTTP ${answer.status}: ${detail.text}`;
-        if (answer.status === 429 && detail.name === TOO_MANY_CONCURRENT) {
-          // The plan's limit on requests at once (a burst), not an outage: asked again shortly, then this one request
-          // goes to the next engine while every other call keeps this voice (no cool-down).
-          if (attempt < CONCURRENCY_RETRY_MS.length) {
-            throw new ConcurrencyLimitError(message, CONCURRENCY_RETRY_MS[attempt]);
-          }
-          throw new RequestRefusedError(message);
-        }
-        throw providerError(answer.status, message);
+        throw answer.status === 429 && detail.name === TOO_MANY_CONCURRENT ? new ConcurrencyLimitError(message) : providerError(answer.status, message);
       }
       await assertAudio("elevenlabs", answer, this.apiKey);
       const l16 = this.outputFormat === "ulaw_8000" ? undefined : new L16ChunkDecoder();
@@ -218,30 +212,8 @@ const CONCURRENCY_RETRY_MS = [150, 400];
 /** The most a sentence waits for the concurrency limit, its refused requests included. */
 const CONCURRENCY_RETRY_BUDGET_MS = 1_000;
 
-/** A 429 for the concurrency limit, to be asked again after `retryInMs`. */
-class ConcurrencyLimitError extends Error {
-  constructor(
-    message: string,
-    readonly retryInMs: number,
-  ) {
-    super(message);
-  }
-}
-
-function delay(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve, reject) => {
-    signal?.throwIfAborted();
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal!.reason);
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
-}
+/** A 429 for the plan's concurrency limit (see synthesize: asked again, then refused for this request only). */
+class ConcurrencyLimitError extends Error {}
 
 /**
  * An ElevenLabs error body, {"detail": {"status"|"code", "message"}} or a validation list: its error name (code or
