@@ -44,17 +44,22 @@ function connect(port: number) {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** `times` clients that go away mid-body of a POST to `target`; waits (≤ 2 s) until the server counted them. */
+async function abortMidBody(port: number, target: string, times: number, rejected: (reason: string) => Promise<number>): Promise<void> {
+  for (let i = 0; i < times; i++) {
+    const client = connect(port);
+    client.socket.write(`POST ${target} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nFrom=1`);
+    await sleep(50);
+    client.socket.destroy();
+  }
+  const deadline = performance.now() + 2_000;
+  while ((await rejected("client_aborted")) < times && performance.now() < deadline) await sleep(20);
+}
+
 describe("HttpServer", () => {
   it("counts a client that goes away mid-body as client_aborted, not as a failed handler, and logs no warning", async () => {
     const { port, lines, rejected } = await start();
-    for (let i = 0; i < 3; i++) {
-      const client = connect(port);
-      client.socket.write("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nFrom=1");
-      await sleep(50);
-      client.socket.destroy();
-    }
-    const deadline = performance.now() + 2_000;
-    while ((await rejected("client_aborted")) < 3 && performance.now() < deadline) await sleep(20);
+    await abortMidBody(port, "/echo", 3, rejected);
     expect(await rejected("client_aborted")).toBe(3);
     expect(await rejected("handler_failed")).toBe(0);
     expect(lines.filter((l) => l.level === "warn" || l.level === "error")).toEqual([]);
@@ -68,12 +73,7 @@ describe("HttpServer", () => {
     });
     const failed = await fetch(`http://127.0.0.1:${port}/fails?relay=https%3A%2F%2Fcrm.example.com%2Fs%3Fkey%3Dclient-secret`, { method: "POST" });
     expect(failed.status).toBe(500);
-    const client = connect(port);
-    client.socket.write("POST /echo?token=client-secret HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nFrom=1");
-    await sleep(50);
-    client.socket.destroy();
-    const deadline = performance.now() + 2_000;
-    while ((await rejected("client_aborted")) < 1 && performance.now() < deadline) await sleep(20);
+    await abortMidBody(port, "/echo?token=client-secret", 1, rejected);
     expect(lines.find((l) => l.msg === "http request refused")).toMatchObject({ reason: "handler_failed", target: "/fails?…" });
     expect(lines.find((l) => l.msg === "http client went away mid-request")).toMatchObject({ target: "/echo?…" });
     expect(JSON.stringify(lines)).not.toContain("client-secret");

@@ -41,6 +41,12 @@ function fallbackMark(client: TwilioClient, n = 1): number | undefined {
 
 const fallbacks = () => metricValue(world.ingress.baseUrl, "voicebot_ingress_no_silence_fallbacks_total");
 
+/** Publishes the asr's speech events of the client's call, as the asr does. */
+function speechActivityOf(client: TwilioClient) {
+  return (kind: SpeechActivity_Kind, utteranceId: string, discarded = false) =>
+    world.bus.publish(subjects.speech(client.callSid), SpeechActivity, SpeechActivity.create({ callId: client.callSid, kind, utteranceId, atMs: Date.now(), discarded }), client.callSid);
+}
+
 describe("no turn ends in silence", () => {
   it("ships a clip of the fallback line: μ-law 8 kHz in whole frames, a few seconds of speech", () => {
     expect(clip.length % 160).toBe(0);
@@ -124,8 +130,7 @@ describe("no turn ends in silence", () => {
   it("runs from the end of the caller's speech, so a recognizer slow to give its final still costs no more than the deadline; once", async () => {
     const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);
-    const activity = (kind: SpeechActivity_Kind, utteranceId: string, discarded = false) =>
-      world.bus.publish(subjects.speech(client.callSid), SpeechActivity, SpeechActivity.create({ callId: client.callSid, kind, utteranceId, atMs: Date.now(), discarded }), client.callSid);
+    const activity = speechActivityOf(client);
     const before = await fallbacks();
     // A cough: too short to be speech, no answer is owed.
     activity(SpeechActivity_Kind.KIND_STARTED, "3");
@@ -148,8 +153,7 @@ describe("no turn ends in silence", () => {
   it("does not play the fallback over a caller who is speaking: it plays when they stop, if that speech wants no answer", async () => {
     const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);
-    const activity = (kind: SpeechActivity_Kind, utteranceId: string, discarded = false) =>
-      world.bus.publish(subjects.speech(client.callSid), SpeechActivity, SpeechActivity.create({ callId: client.callSid, kind, utteranceId, atMs: Date.now(), discarded }), client.callSid);
+    const activity = speechActivityOf(client);
     const before = await fallbacks();
     client.sendDtmf("1"); // an input the dialog answers: the deadline runs
     activity(SpeechActivity_Kind.KIND_STARTED, "5"); // the caller goes on talking past the deadline
@@ -167,7 +171,7 @@ describe("no turn ends in silence", () => {
     // The speech's STOPPED is lost (an asr handing over) and its final comes: it ends the speech, the fallback plays.
     const second = await startCall(world.ingress.wsUrl, world.dialog.items);
     second.echoMarks(0);
-    world.bus.publish(subjects.speech(second.callSid), SpeechActivity, SpeechActivity.create({ callId: second.callSid, kind: SpeechActivity_Kind.KIND_STARTED, utteranceId: "7", atMs: Date.now() }), second.callSid);
+    speechActivityOf(second)(SpeechActivity_Kind.KIND_STARTED, "7");
     await new Promise((r) => setTimeout(r, 100));
     world.bus.publish(subjects.transcript(second.callSid), Transcript, Transcript.create({ callId: second.callSid, utteranceId: "7", text: "hello", isFinal: true }), second.callSid);
     await waitFor(() => second.events("media")[0], { what: "the fallback line after the final", timeoutMs: 5_000 });
