@@ -114,9 +114,11 @@ describe("InboundJitterBuffer", () => {
     const far = 2 + MAX_CONCEAL_FRAMES + 5;
     push(far, 10);
     buffer.pump(70);
-    expect(chunks()).toEqual(["1", String(far)]);
+    expect(chunks()).toEqual(["1"]); // a lone frame far ahead waits for the next one to show the jump is real
+    push(far + 1, 80);
+    expect(chunks()).toEqual(["1", String(far), String(far + 1)]);
     expect(stats).toMatchObject({ missing: far - 2, concealed: 0 });
-    expect(push(far + 1, 80)).toBe("forwarded");
+    expect(push(far + 2, 100)).toBe("forwarded");
   });
 
   it("bounds what it holds: past the limit the oldest gap is closed at once", () => {
@@ -154,6 +156,29 @@ describe("InboundJitterBuffer", () => {
     for (let c = 11; c <= 13; c++) expect(push(c, c * 20 + 1_000)).toBe("forwarded");
     expect(chunks()).toEqual(Array.from({ length: 13 }, (_, i) => String(i + 1)));
     expect(stats.duplicate).toBe(0);
+  });
+
+  it("keeps the stream when a lone frame numbered far ahead comes just before a pause in the audio", () => {
+    const { push, chunks, stats, buffer } = setup();
+    for (let c = 1; c <= 3; c++) push(c, c * 20);
+    expect(push(100_000, 70)).toBe("held");
+    for (let t = 80; t <= 1_500; t += 5) buffer.pump(t); // the link stalls for 1.5 s; the hold runs out meanwhile
+    for (let c = 4; c <= 10; c++) expect(push(c, 1_500 + c * 20)).toBe("forwarded");
+    buffer.pump(1_800);
+    expect(buffer.holding).toBe(false);
+    expect(chunks()).toEqual(Array.from({ length: 10 }, (_, i) => String(i + 1)));
+    expect(stats).toMatchObject({ implausible: 1, duplicate: 0, late: 0, missing: 0 });
+  });
+
+  it("drops a lone frame far ahead that is still waiting when the stream ends", () => {
+    const { push, chunks, stats, buffer } = setup();
+    push(1, 0);
+    push(5_000, 20);
+    buffer.pump(1_000);
+    buffer.flushAll();
+    expect(chunks()).toEqual(["1"]);
+    expect(stats.implausible).toBe(1);
+    expect(buffer.holding).toBe(false);
   });
 
   it("still jumps over a long real gap: nothing came in order after the frame ahead", () => {

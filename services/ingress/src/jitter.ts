@@ -22,7 +22,7 @@ export interface JitterSink {
   forward(chunk: number, payload: Buffer, frames: number, receivedAtMs: number, concealed: boolean): void;
   /** A held frame passed on because the frame it waited for arrived late: it came out of order. */
   reordered(): void;
-  /** `implausible`: a lone frame numbered far ahead while the frames in order kept coming (a bad chunk number). */
+  /** `implausible`: a lone frame numbered far ahead that no frame followed (a bad chunk number). */
   dropped(reason: "duplicate" | "late" | "implausible"): void;
   /** `missing` frames never came in time; `concealed` of them were filled in (0 when the gap was too long). */
   gap(missing: number, concealed: number): void;
@@ -73,8 +73,8 @@ export class InboundJitterBuffer {
       return "forwarded";
     }
     this.held.set(chunk, { payload, receivedAtMs, arrivedAt: nowMs });
-    if (this.held.size > MAX_HELD_FRAMES) this.closeGap();
-    if (this.holdMs === 0) this.pump(nowMs);
+    if (this.held.size > MAX_HELD_FRAMES) this.closeGap(true);
+    this.pump(nowMs); // closes at once a gap whose hold is over (no hold time; a far gap this frame confirms)
     return "held";
   }
 
@@ -84,28 +84,35 @@ export class InboundJitterBuffer {
       let earliest = Infinity;
       for (const frame of this.held.values()) earliest = Math.min(earliest, frame.arrivedAt);
       if (nowMs - earliest < this.holdMs) break;
-      this.closeGap();
+      if (!this.closeGap(false)) break;
     }
     return this.held.size > 0;
   }
 
   /** End of the stream: pass on everything held, closing the gaps now. */
   flushAll(): void {
-    while (this.held.size > 0) this.closeGap();
+    while (this.held.size > 0) this.closeGap(true);
   }
 
-  /** Gives up on the frames missing before the lowest held one, then passes on the run that follows. */
-  private closeGap(): void {
+  /**
+   * Gives up on the frames missing before the lowest held one, then passes on the run that follows. False when it
+   * did nothing: the lowest is a lone frame far ahead, waiting for the frame after it to show the jump is real.
+   * `force` (too much held, end of stream) drops such a frame instead.
+   */
+  private closeGap(force: boolean): boolean {
     let lowest = Infinity;
     for (const chunk of this.held.keys()) lowest = Math.min(lowest, chunk);
     const missing = lowest - this.next;
     const frame = this.held.get(lowest)!;
-    if (missing > MAX_CONCEAL_FRAMES && this.lastInOrderAt > frame.arrivedAt) {
-      // Numbered over a second ahead, yet the frames in order kept arriving after it: its number is wrong, not the
-      // stream's. Jumping to it would make every later frame look like a duplicate and leave the caller unheard.
+    if (missing > MAX_CONCEAL_FRAMES && !this.held.has(lowest + 1)) {
+      // Numbered over a second ahead, and no frame after it: its number may be wrong, not the stream's. Jumping to
+      // it would make every later frame look like a duplicate and leave the caller unheard for the rest of the
+      // call. A real jump (the stream going on after a long gap) shows itself by its next frame, 20 ms later; the
+      // frames in order arriving after it, or having to give it up, show a wrong number.
+      if (!force && this.lastInOrderAt <= frame.arrivedAt) return false;
       this.held.delete(lowest);
       this.sink.dropped("implausible");
-      return;
+      return true;
     }
     if (missing <= MAX_CONCEAL_FRAMES) {
       const repeat = missing === 1 && this.lastPayload?.length === FRAME_BYTES;
@@ -118,6 +125,7 @@ export class InboundJitterBuffer {
     }
     this.next = lowest;
     this.releaseRun(false);
+    return true;
   }
 
   /** Passes on held frames that are now in order (`reordered`: because the frame they waited for arrived). */
