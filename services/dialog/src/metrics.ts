@@ -102,7 +102,7 @@ export function createDialogMetrics(registry: Registry): DialogMetrics {
     }),
     llmRequests: new Counter({
       name: "voicebot_dialog_llm_requests_total",
-      help: "LLM requests by outcome (ok, first_token_timeout, timeout, stalled, http_error, connection, malformed, empty, circuit_open, cancelled)",
+      help: "LLM requests by outcome (ok, first_token_timeout, timeout, stalled, truncated, http_error, connection, malformed, empty, circuit_open, cancelled)",
       labelNames: ["model", "outcome"],
       registers: [registry],
     }),

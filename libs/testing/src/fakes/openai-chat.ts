@@ -89,8 +89,8 @@ export type FakeChatReply =
   | { malformed: true; afterDeltas?: string[] }
   /** Never answer (the client must time out). */
   | { stall: true }
-  /** Send `afterDeltas`, then drop the connection. */
-  | { reset: true; afterDeltas?: string[] };
+  /** Send `afterDeltas`, then drop the connection (`clean`: end the response properly, with no finish reason and no `[DONE]`, as a proxy's timeout may). */
+  | { reset: true; afterDeltas?: string[]; clean?: boolean };
 
 export interface FakeChatOptions {
   reply(request: FakeChatRequest): FakeChatReply | Promise<FakeChatReply>;
@@ -144,7 +144,8 @@ export function chatCompletionsHandler(options: FakeChatOptions, chat: FakeChat)
       for (const delta of reply.afterDeltas ?? []) writeSse(res, chunk(id, parsed, { content: delta }, null, parsed.includeUsage));
       if ("reset" in reply) {
         await sleep(res, 50); // let the pieces reach the client before the connection drops
-        res.destroy();
+        if (reply.clean) res.end();
+        else res.destroy();
         return;
       }
       res.write(`data: {"id":"${id}","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"wor\n\n`);

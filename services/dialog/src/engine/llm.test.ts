@@ -524,6 +524,20 @@ describe("LLM engine (real openai SDK against the fake server)", () => {
     expect(reasons.length).toBe(2);
   });
 
+  it("falls back when the stream ends cleanly mid-answer (no finish reason, no [DONE]): the cut answer is not taken as whole", async () => {
+    const { engine, metrics } = engineWith();
+    const c = new Conversation(engine);
+    await c.start();
+    replies.push({ reset: true, clean: true, afterDeltas: ["Your order has ", "shipped. It ", "will"] });
+    const events = await c.speak("hello", 0.9);
+    expect(said(events)).toMatch(/^Your order has shipped\. Sorry, I had a problem there\. Sorry, I didn't catch that\./);
+    expect(said(events)).not.toContain("will");
+    expect((await metrics.llmFallbacks.get()).values.map((v) => [v.labels.reason, v.value])).toEqual([["truncated", 1]]);
+    // An answer complete by its usage chunk alone (a server that names no finish reason) is still whole.
+    replies.push({ text: "Thanks, bye for now.", finishReason: "" });
+    expect(said(await c.speak("thanks", 0.9))).toBe("Thanks, bye for now.");
+  });
+
   it("stops at once when the caller barges in, without falling back", async () => {
     const c = new Conversation(engineWith().engine);
     await c.start();

@@ -14,6 +14,8 @@ export type LlmFailure =
   | "first_token_timeout"
   | "timeout"
   | "stalled"
+  /** The stream ended without a finish reason (or usage): cut mid-answer, e.g. by a proxy's timeout. */
+  | "truncated"
   | "http_error"
   | "connection"
   | "malformed"
@@ -212,6 +214,8 @@ export class OpenAiCompleter implements LlmCompleter {
 
     let text = "";
     let finishReason = "";
+    /** The final usage chunk came: the answer is complete even from a server that names no finish reason. */
+    let usageSeen = false;
     let firstTokenMs = -1;
     let stopped = false;
     const calls: LlmToolCall[] = [];
@@ -247,6 +251,7 @@ export class OpenAiCompleter implements LlmCompleter {
         if (failure) break;
         if (!chunk || typeof chunk !== "object" || !Array.isArray(chunk.choices)) throw new LlmError("malformed", "a stream chunk has no choices");
         if (chunk.usage) {
+          usageSeen = true;
           metrics.llmTokens.inc({ model: settings.model, kind: "prompt" }, chunk.usage.prompt_tokens ?? 0);
           metrics.llmTokens.inc({ model: settings.model, kind: "completion" }, chunk.usage.completion_tokens ?? 0);
         }
@@ -292,6 +297,10 @@ export class OpenAiCompleter implements LlmCompleter {
     if (failure) throw failure;
     // Tool calls of a stopped answer may be incomplete: none are run.
     if (stopped) return { text, toolCalls: [], finishReason: "stopped", firstTokenMs };
+    // The SDK ends quietly when the body ends without `[DONE]`: a finish reason (or the usage after it) is the
+    // only sign the answer is whole. A cut one fails as a stall does, only sooner (the caller may hear half a word
+    // otherwise, and its tool calls' arguments may be cut).
+    if (!finishReason && !usageSeen) throw new LlmError("truncated", `the stream ended mid-answer, without a finish reason (${text.length} characters)`);
     // Indexes may leave gaps (gateways that number a call by its place among all content blocks): the calls in order.
     const toolCalls = calls.filter(Boolean);
     for (const call of toolCalls) {
