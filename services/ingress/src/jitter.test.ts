@@ -170,6 +170,17 @@ describe("InboundJitterBuffer", () => {
     expect(stats).toMatchObject({ implausible: 1, duplicate: 0, late: 0, missing: 0 });
   });
 
+  it("jumps over a long real gap when the stream goes on after it with frames of its own out of order or lost", () => {
+    const { push, chunks, stats, buffer } = setup();
+    push(1, 0);
+    push(500, 5_000);
+    push(502, 5_040); // 501 never comes
+    push(503, 5_060);
+    buffer.pump(5_200);
+    expect(chunks()).toEqual(["1", "500", "~501x1", "502", "503"]);
+    expect(stats).toMatchObject({ implausible: 0, missing: 499 });
+  });
+
   it("drops a lone frame far ahead that is still waiting when the stream ends", () => {
     const { push, chunks, stats, buffer } = setup();
     push(1, 0);

@@ -104,11 +104,11 @@ export class InboundJitterBuffer {
     for (const chunk of this.held.keys()) lowest = Math.min(lowest, chunk);
     const missing = lowest - this.next;
     const frame = this.held.get(lowest)!;
-    if (missing > MAX_CONCEAL_FRAMES && !this.held.has(lowest + 1)) {
+    if (missing > MAX_CONCEAL_FRAMES && !this.followed(lowest)) {
       // Numbered over a second ahead, and no frame after it: its number may be wrong, not the stream's. Jumping to
       // it would make every later frame look like a duplicate and leave the caller unheard for the rest of the
-      // call. A real jump (the stream going on after a long gap) shows itself by its next frame, 20 ms later; the
-      // frames in order arriving after it, or having to give it up, show a wrong number.
+      // call. A real jump (the stream going on after a long gap) shows itself by the frames after it, the next one
+      // 20 ms later; the frames in order arriving after it, or having to give it up, show a wrong number.
       if (!force && this.lastInOrderAt <= frame.arrivedAt) return false;
       this.held.delete(lowest);
       this.sink.dropped("implausible");
@@ -126,6 +126,12 @@ export class InboundJitterBuffer {
     this.next = lowest;
     this.releaseRun(false);
     return true;
+  }
+
+  /** Another held frame comes less than the concealment limit after `chunk` (the stream goes on from there). */
+  private followed(chunk: number): boolean {
+    for (const other of this.held.keys()) if (other > chunk && other - chunk <= MAX_CONCEAL_FRAMES) return true;
+    return false;
   }
 
   /** Passes on held frames that are now in order (`reordered`: because the frame they waited for arrived). */
