@@ -53,6 +53,25 @@ function turnParts(chunkFrames: number[]): Part[] {
   return parts;
 }
 
+/**
+ * When this process's event loop (the test's, and the in-process ingress's) stalled for 25 ms or more: a 5 ms
+ * timer's late ticks. A gap in the playout over such a stall is the machine's, not the pacer's.
+ */
+function stallProbe() {
+  const stalls: Array<[number, number]> = [];
+  let last = performance.now();
+  const timer = setInterval(() => {
+    const now = performance.now();
+    if (now - last >= 25 + 5) stalls.push([last, now]);
+    last = now;
+  }, 5);
+  return {
+    stop: () => clearInterval(timer),
+    /** The interval [from, to] overlaps a stall. */
+    overlaps: (from: number, to: number) => stalls.some(([a, b]) => a < to && b > from),
+  };
+}
+
 /** Frame values in wire order, and the arrival time of every media message. */
 function wire(client: TwilioClient) {
   const media = client.events("media");
@@ -75,6 +94,7 @@ describe("outbound playout under bus jitter", () => {
     // 4 s of speech in 3 chunks. tts makes audio faster than real time (here 2x) and hands it out in bursts of
     // 1-3 parts; each message then takes 0-60 ms on the bus, independently, so parts also overtake each other.
     const parts = turnParts([60, 80, 60]);
+    const probe = stallProbe();
     const start = performance.now();
     const timers: NodeJS.Timeout[] = [];
     for (let i = 0; i < parts.length; ) {
@@ -94,14 +114,19 @@ describe("outbound playout under bus jitter", () => {
 
     await waitFor(() => client.events("mark").length === 3, { what: "three marks", timeoutMs: 10_000 });
     timers.forEach(clearTimeout);
+    probe.stop();
     const { values, times } = wire(client);
     expect(values).toEqual(Array.from({ length: 200 }, (_, i) => i % 250)); // every frame, in order, once
-    const gaps = times.slice(1).map((t, i) => t - times[i]);
+    const allGaps = times.slice(1).map((t, i) => t - times[i]);
+    // Gaps over a stall of this process are left out (a busy machine's, not the pacer's); a pacer that bunches
+    // frames or waits for late parts makes gaps no stall explains. Most gaps must remain.
+    const gaps = allGaps.filter((_, i) => !probe.overlaps(times[i] - 5, times[i + 1]));
+    expect(gaps.length).toBeGreaterThanOrEqual(allGaps.length * 0.8);
     const p50 = percentile(gaps, 50);
     const p99 = percentile(gaps, 99);
     const underruns = (await metricValue(world.ingress.baseUrl, "voicebot_ingress_playout_underruns_total")) - underrunsBefore;
     console.log(
-      `outbound gaps between media sends (${gaps.length}): p50 ${p50.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${Math.max(...gaps).toFixed(1)} ms; ` +
+      `outbound gaps between media sends (${gaps.length} of ${allGaps.length} outside stalls of this process): p50 ${p50.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${Math.max(...gaps).toFixed(1)} ms; ` +
         `underruns ${underruns}; 4 s of audio sent in ${(times.at(-1)! - start).toFixed(0)} ms`,
     );
     expect(p99).toBeLessThanOrEqual(60);
