@@ -249,7 +249,7 @@ describe("asr service", () => {
     expect(speech[0].kind).toBe(SpeechActivity_Kind.KIND_STARTED);
     const delay = arrived - onsetAt;
     expect(delay).toBeGreaterThan(0);
-    expect(delay).toBeLessThan(200); // about 65 ms here, with room for a busy test machine
+    expect(delay).toBeLessThan(400); // about 65 ms here, with room for a busy test machine (the endpoint is 600 ms past the speech)
     await store.endCall(callId, "test");
   });
 

@@ -110,29 +110,31 @@ describe("a silent caller is prompted again", () => {
   });
 
   it("waits while the caller speaks or the bot talks, and starts over after each", async () => {
+    // The turn's own wait (noInputMs), long enough that the steps below keep clear of it on a busy machine.
+    const WAIT_MS = 1_500;
     const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     client.echoMarks(0);
-    await botSays(client, "t1");
+    await botSays(client, "t1", WAIT_MS);
     // The caller speaks for longer than the wait: nothing is sent meanwhile.
     speech(client.callSid, SpeechActivity_Kind.KIND_STARTED);
-    await sleep(NO_INPUT_MS * 2);
+    await sleep(WAIT_MS * 2);
     expect(noInputsOf(client)).toEqual([]);
     // The speech ends and comes to nothing (too short, no transcript): the wait starts over from its end.
     const stoppedAt = performance.now();
     speech(client.callSid, SpeechActivity_Kind.KIND_STOPPED);
     await waitFor(() => noInputsOf(client)[0], { what: "a noInput after the speech", timeoutMs: 5_000 });
-    expect(performance.now() - stoppedAt).toBeGreaterThanOrEqual(NO_INPUT_MS - 50);
+    expect(performance.now() - stoppedAt).toBeGreaterThanOrEqual(WAIT_MS - 50);
 
     // A final transcript or a key starts the wait over; an answer that begins to play stops it.
     const sent = noInputsOf(client).length;
-    await sleep(NO_INPUT_MS / 2);
+    await sleep(WAIT_MS / 2);
     world.bus.publish(subjects.transcript(client.callSid), Transcript, Transcript.create({ callId: client.callSid, utteranceId: "u2", text: "hello", isFinal: true }), client.callSid);
-    await sleep(NO_INPUT_MS / 2 + 100);
+    await sleep(WAIT_MS / 2 + 100);
     client.sendDtmf("1");
-    await sleep(NO_INPUT_MS / 2 + 100);
+    await sleep(WAIT_MS / 2 + 100);
     expect(noInputsOf(client).length).toBe(sent);
-    publishBotAudio(world.bus, client.callSid, "t2", 0, 0, frames(100, 0x55), { chunkDone: true, turnDone: false }); // 2 s of speech
-    await sleep(NO_INPUT_MS + 300);
+    publishBotAudio(world.bus, client.callSid, "t2", 0, 0, frames(150, 0x55), { chunkDone: true, turnDone: false }); // 3 s of speech
+    await sleep(WAIT_MS + 300);
     expect(noInputsOf(client).length).toBe(sent);
     client.close();
   });

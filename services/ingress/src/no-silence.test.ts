@@ -21,7 +21,8 @@ import {
   type TwilioClient,
 } from "./test-support/harness.js";
 
-const DEADLINE_MS = 400;
+// Long enough that a busy machine's timer slips and NATS hops stay well inside the steps of each test.
+const DEADLINE_MS = 1_000;
 const world = useIngressWorld({ env: { NO_SILENCE_DEADLINE_MS: String(DEADLINE_MS), INGRESS_RECORD_CHECK_MS: "200" } });
 let store: CallStore;
 const clip = loadNoSilenceClip(DEFAULT_NO_SILENCE_FILE);
@@ -211,7 +212,7 @@ describe("a call whose record vanished from Redis", () => {
 describe("the deadline is decided by what happened in order", () => {
   // A key needs a hints look-up in Redis before the deadline arms. With Redis this slow, the dialog's answer (a
   // cached prompt) arrives while the look-up is still out: the call has been answered, the guard must stay off.
-  const REDIS_DELAY_MS = 500;
+  const REDIS_DELAY_MS = 2_000; // longer than the deadline
   let link: TcpProxy;
   let slowIngress: Ingress;
 
@@ -262,7 +263,7 @@ describe("the deadline is decided by what happened in order", () => {
     // The look-up took longer than the deadline: the line plays as soon as it is known the key needs an answer.
     const at = client.events("media")[0].at - pressedAt;
     expect(at).toBeGreaterThanOrEqual(REDIS_DELAY_MS - 5);
-    expect(at).toBeLessThan(REDIS_DELAY_MS + 250);
+    expect(at).toBeLessThan(REDIS_DELAY_MS + 500);
     client.close();
   });
 });
