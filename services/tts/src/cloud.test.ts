@@ -347,7 +347,8 @@ describe("tts with TTS_ENGINES=openai,elevenlabs and a cool-down", () => {
 
 describe("tts with TTS_ENGINES=openai,flite and a cool-down", () => {
   it("tries a provider that stalled after flite for TTS_ENGINE_COOLDOWN_MS: one stall, not one per sentence; then openai again", async () => {
-    const tts = await startTts({ TTS_ENGINES: "openai,flite", TTS_STALL_MS: "1000", TTS_ENGINE_COOLDOWN_MS: "1500" });
+    // A cool-down that outlasts flite saying the stalled sentence and the next one on a busy machine.
+    const tts = await startTts({ TTS_ENGINES: "openai,flite", TTS_STALL_MS: "1000", TTS_ENGINE_COOLDOWN_MS: "6000" });
     try {
       // A refusal of one request (an unknown voice) says nothing of the engine: it is not cooled down.
       openaiReply = () => ({ status: 400, message: "Invalid voice" });
@@ -369,7 +370,7 @@ describe("tts with TTS_ENGINES=openai,flite and a cool-down", () => {
 
       // Cooled down, and the provider well again: openai speaks, and is healthy.
       openaiReply = () => ({});
-      await new Promise((r) => setTimeout(r, 1_600));
+      await new Promise((r) => setTimeout(r, 6_100));
       const back = await speakChunk(SENTENCE);
       expectSpeech(back.parts);
       expect(openai.speeches.length).toBe(requests + 1);
