@@ -158,6 +158,19 @@ describe("InboundJitterBuffer", () => {
     expect(stats.duplicate).toBe(0);
   });
 
+  it("drops a few frames numbered far ahead together while the stream goes on in order", () => {
+    const { push, chunks, stats, buffer } = setup();
+    for (let c = 1; c <= 3; c++) push(c, c * 20);
+    push(100_000, 70);
+    push(100_001, 71);
+    for (let c = 4; c <= 10; c++) expect(push(c, c * 20)).toBe("forwarded");
+    buffer.pump(1_000);
+    expect(buffer.holding).toBe(false);
+    expect(stats).toMatchObject({ implausible: 2, duplicate: 0 });
+    expect(push(11, 1_020)).toBe("forwarded");
+    expect(chunks()).toEqual(Array.from({ length: 11 }, (_, i) => String(i + 1)));
+  });
+
   it("keeps the stream when a lone frame numbered far ahead comes just before a pause in the audio", () => {
     const { push, chunks, stats, buffer } = setup();
     for (let c = 1; c <= 3; c++) push(c, c * 20);

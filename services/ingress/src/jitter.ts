@@ -104,15 +104,18 @@ export class InboundJitterBuffer {
     for (const chunk of this.held.keys()) lowest = Math.min(lowest, chunk);
     const missing = lowest - this.next;
     const frame = this.held.get(lowest)!;
-    if (missing > MAX_CONCEAL_FRAMES && !this.followed(lowest)) {
-      // Numbered over a second ahead, and no frame after it: its number may be wrong, not the stream's. Jumping to
-      // it would make every later frame look like a duplicate and leave the caller unheard for the rest of the
-      // call. A real jump (the stream going on after a long gap) shows itself by the frames after it, the next one
-      // 20 ms later; the frames in order arriving after it, or having to give it up, show a wrong number.
-      if (!force && this.lastInOrderAt <= frame.arrivedAt) return false;
-      this.held.delete(lowest);
-      this.sink.dropped("implausible");
-      return true;
+    if (missing > MAX_CONCEAL_FRAMES) {
+      // Numbered over a second ahead: its number may be wrong, not the stream's. Jumping to it would make every
+      // later frame look like a duplicate and leave the caller unheard for the rest of the call. Frames in order
+      // that arrived after it show a wrong number; a real jump (the stream going on after a long gap) shows itself
+      // by the frames after it, the next one 20 ms later. Until one or the other, it waits (dropped if forced).
+      const wrong = this.lastInOrderAt > frame.arrivedAt;
+      if (wrong || !this.followed(lowest)) {
+        if (!wrong && !force) return false;
+        this.held.delete(lowest);
+        this.sink.dropped("implausible");
+        return true;
+      }
     }
     if (missing <= MAX_CONCEAL_FRAMES) {
       const repeat = missing === 1 && this.lastPayload?.length === FRAME_BYTES;
