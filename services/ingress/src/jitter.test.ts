@@ -194,6 +194,41 @@ describe("InboundJitterBuffer", () => {
     expect(stats).toMatchObject({ implausible: 0, missing: 499 });
   });
 
+  it("drops a stray frame far ahead when the stream goes on further still (a backlog let through in pieces)", () => {
+    const { push, chunks, stats, buffer } = setup();
+    push(1, 0);
+    push(480, 8_000); // a stray of the backlog
+    for (let c = 601; c <= 605; c++) push(c, 8_000 + (c - 600) * 20); // the live stream
+    buffer.pump(8_200);
+    expect(chunks()).toEqual(["1", "601", "602", "603", "604", "605"]);
+    expect(stats).toMatchObject({ implausible: 1, missing: 599 });
+    expect(buffer.holding).toBe(false);
+  });
+
+  it("the frames of one longer message numbered far ahead do not vouch for each other", () => {
+    const { buffer, chunks, stats } = setup(0);
+    const push = (chunk: number, now: number) => buffer.push(chunk, Buffer.alloc(160, chunk % 256), now, 1_000 + now);
+    push(1, 0);
+    push(2, 20);
+    // A 40 ms message with a wrong chunk number: two frames at once, then the stream goes on in order.
+    push(20_001, 30);
+    push(20_002, 30);
+    expect(chunks()).toEqual(["1", "2"]);
+    push(3, 40);
+    buffer.pump(50);
+    push(4, 60);
+    expect(chunks()).toEqual(["1", "2", "3", "4"]);
+    expect(stats).toMatchObject({ implausible: 2, duplicate: 0 });
+
+    // A real jump in 40 ms messages: the next message vouches for the first, whose frames all play.
+    push(30_001, 100);
+    push(30_002, 100);
+    push(30_003, 140);
+    push(30_004, 140);
+    expect(chunks().slice(4)).toEqual(["30001", "30002", "30003", "30004"]);
+    expect(stats.implausible).toBe(2);
+  });
+
   it("drops a lone frame far ahead that is still waiting when the stream ends", () => {
     const { push, chunks, stats, buffer } = setup();
     push(1, 0);

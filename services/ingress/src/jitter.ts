@@ -108,10 +108,12 @@ export class InboundJitterBuffer {
       // Numbered over a second ahead: its number may be wrong, not the stream's. Jumping to it would make every
       // later frame look like a duplicate and leave the caller unheard for the rest of the call. Frames in order
       // that arrived after it show a wrong number; a real jump (the stream going on after a long gap) shows itself
-      // by the frames after it, the next one 20 ms later. Until one or the other, it waits (dropped if forced).
+      // by the frames after it, the next one 20 ms later. Until anything arrives after it, it waits (dropped if
+      // forced); when frames that came later do not follow it, it is dropped (the stream goes on without it).
       const wrong = this.lastInOrderAt > frame.arrivedAt;
-      if (wrong || !this.followed(lowest)) {
-        if (!wrong && !force) return false;
+      const after = this.arrivedAfter(lowest, frame.arrivedAt);
+      if (wrong || after !== "following") {
+        if (!wrong && !force && after === "nothing") return false;
         this.held.delete(lowest);
         this.sink.dropped("implausible");
         return true;
@@ -131,10 +133,19 @@ export class InboundJitterBuffer {
     return true;
   }
 
-  /** Another held frame comes less than the concealment limit after `chunk` (the stream goes on from there). */
-  private followed(chunk: number): boolean {
-    for (const other of this.held.keys()) if (other > chunk && other - chunk <= MAX_CONCEAL_FRAMES) return true;
-    return false;
+  /**
+   * What arrived after frame `chunk` (at `arrivedAt`) among the held frames: one less than the concealment limit
+   * after it (`following`: the stream goes on from there), only others, or nothing. The frames of one longer media
+   * message arrive together: they do not vouch for each other.
+   */
+  private arrivedAfter(chunk: number, arrivedAt: number): "following" | "others" | "nothing" {
+    let found: "others" | "nothing" = "nothing";
+    for (const [other, held] of this.held) {
+      if (held.arrivedAt <= arrivedAt) continue;
+      if (other > chunk && other - chunk <= MAX_CONCEAL_FRAMES) return "following";
+      found = "others";
+    }
+    return found;
   }
 
   /** Passes on held frames that are now in order (`reordered`: because the frame they waited for arrived). */

@@ -251,7 +251,8 @@ export class OpenAiCompleter implements LlmCompleter {
         if (failure) break;
         if (!chunk || typeof chunk !== "object" || !Array.isArray(chunk.choices)) throw new LlmError("malformed", "a stream chunk has no choices");
         if (chunk.usage) {
-          usageSeen = true;
+          // The usage chunk after the last choice has no choices (some servers put usage on every chunk too).
+          if (chunk.choices.length === 0) usageSeen = true;
           metrics.llmTokens.inc({ model: settings.model, kind: "prompt" }, chunk.usage.prompt_tokens ?? 0);
           metrics.llmTokens.inc({ model: settings.model, kind: "completion" }, chunk.usage.completion_tokens ?? 0);
         }
