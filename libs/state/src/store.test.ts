@@ -197,33 +197,35 @@ describe("CallStore", () => {
 
   it("a tool claim lasts while its holder keeps it; a stale one is reported, or taken over when asked", async () => {
     await store.createCall(meta("CA7"));
-    const a = { holder: "tools-a", ttlMs: 300, takeStale: false };
-    const b = { holder: "tools-b", ttlMs: 300, takeStale: false };
+    // A claim's life well above a busy machine's stalls: kept every third of it, stale after a little more than it.
+    const TTL_MS = 1_000;
+    const a = { holder: "tools-a", ttlMs: TTL_MS, takeStale: false };
+    const b = { holder: "tools-b", ttlMs: TTL_MS, takeStale: false };
     expect(await store.claimToolCall("CA7", "t1", a)).toEqual({ kind: "claimed" });
     expect(await store.claimToolCall("CA7", "t1", b)).toEqual({ kind: "taken" });
     // The same claim sent again (ioredis resends a script whose reply a lost link took) is its holder's own.
     expect(await store.claimToolCall("CA7", "t1", a)).toEqual({ kind: "claimed" });
     // Kept past its first life by its holder; another holder's keep does not touch it.
     for (let i = 0; i < 3; i++) {
-      await new Promise((r) => setTimeout(r, 150));
-      expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-a" }], 300)).toBe(1);
-      expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-b" }], 300)).toBe(0);
+      await new Promise((r) => setTimeout(r, TTL_MS / 3));
+      expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-a" }], TTL_MS)).toBe(1);
+      expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-b" }], TTL_MS)).toBe(0);
     }
     expect(await store.claimToolCall("CA7", "t1", b)).toEqual({ kind: "taken" });
     // Its holder stops keeping it (died, froze): stale, and taken over only by a caller that may run it twice.
-    await new Promise((r) => setTimeout(r, 350));
+    await new Promise((r) => setTimeout(r, TTL_MS + 100));
     expect(await store.claimToolCall("CA7", "t1", b)).toEqual({ kind: "stale" });
     expect(await store.claimToolCall("CA7", "t1", { ...b, takeStale: true })).toEqual({ kind: "claimed", takenOver: true });
     expect(await store.claimToolCall("CA7", "t1", a)).toEqual({ kind: "taken" });
     // The old holder, woken, cannot keep what was taken over.
-    expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-a" }], 300)).toBe(0);
-    expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-b" }], 300)).toBe(1);
+    expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-a" }], TTL_MS)).toBe(0);
+    expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-b" }], TTL_MS)).toBe(1);
     // A claim an older version wrote (no expiry) is held for good, as it was.
     await store.redis.hset(keys.once("CA7"), "tool:t2", "1");
     expect(await store.claimToolCall("CA7", "t2", { ...b, takeStale: true })).toEqual({ kind: "taken" });
     // After the hang-up nothing is kept or written back.
     await store.endCall("CA7", "caller_hangup");
-    expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-b" }], 300)).toBe(0);
+    expect(await store.keepToolClaims([{ callId: "CA7", toolCallId: "t1", holder: "tools-b" }], TTL_MS)).toBe(0);
     expect(await liveKeysOf("CA7")).toEqual([]);
   });
 
