@@ -27,6 +27,8 @@ export interface TtsConfig extends EngineSettings {
   memoryCacheBytes: number;
   /** TTS_MEMORY_CACHE_TTL_S: a copy is read again from Redis after this long (a line deleted there is re-spoken). */
   memoryCacheMaxAgeMs: number;
+  /** TTS_LATER_CHUNK_WAIT_MS: the longest a cached later chunk of a turn waits for the first audio of a synthesis. */
+  laterChunkWaitMs: number;
 }
 
 export interface TtsServiceOptions {
@@ -54,6 +56,7 @@ export function readTtsConfig(env: EnvReader, registry: EngineRegistry = default
     maxRequestAgeMs: env.int("TTS_MAX_REQUEST_AGE_MS", 60_000, { min: 1_000 }),
     memoryCacheBytes: env.int("TTS_MEMORY_CACHE_MB", 32, { min: 0, max: 4_096 }) * 1024 * 1024,
     memoryCacheMaxAgeMs: env.int("TTS_MEMORY_CACHE_TTL_S", 600, { min: 1, max: 86_400 }) * 1000,
+    laterChunkWaitMs: env.int("TTS_LATER_CHUNK_WAIT_MS", 50, { min: 0, max: 10_000 }),
   };
 }
 
@@ -118,6 +121,7 @@ async function startTts(ctx: ServiceContext, config: TtsConfig): Promise<Running
       cacheTtlMs: config.cacheTtlMs,
       firstPartFrames: FIRST_PART_FRAMES,
       maxPartFrames: MAX_PART_FRAMES,
+      laterChunkWaitMs: config.laterChunkWaitMs,
     },
   });
   const prefetches: PrefetchQueue = new PrefetchQueue({

@@ -560,27 +560,37 @@ describe("tts engine failover", () => {
 });
 
 describe("tts turn order", () => {
-  it("publishes a cached later chunk after the first audio of a synthesis in progress, or after 50 ms", async () => {
+  it("publishes a cached later chunk after the first audio of a synthesis in progress, or after TTS_LATER_CHUNK_WAIT_MS (50)", async () => {
+    const later = "Is there anything else?";
+    {
+      // A long wait, so that the order is the rule's and not a busy machine's timing.
+      const held = new HeldEngine();
+      const tts = await startTts({ TTS_ENGINES: "held", TTS_STALL_MS: "10000", TTS_LATER_CHUNK_WAIT_MS: "5000" }, { ...defaultEngines, held: { defaultVoice: "x", create: () => held } });
+      try {
+        await speakAndTime(later); // now cached
+
+        // Chunk 0 is being synthesized (its first audio held back); chunk 1 is in the cache.
+        const callId = newCallId();
+        const audio = await listen(callId);
+        held.open = false;
+        speak({ callId, chunkSeq: 0, text: "Order 1 0 0 0 4 2 has shipped." });
+        speak({ callId, chunkSeq: 1, text: later, cacheable: true, turnDone: true });
+        await sleep(300);
+        expect(audio.parts).toEqual([]);
+        held.open = true;
+        await audio.done("t1", 0);
+        await audio.done("t1", 1);
+        const firstOf = (chunkSeq: number) => audio.parts.findIndex((p) => p.chunkSeq === chunkSeq);
+        expect(firstOf(0)).toBeLessThan(firstOf(1));
+        audio.close();
+      } finally {
+        await tts.stop();
+      }
+    }
     const held = new HeldEngine();
     const tts = await startTts({ TTS_ENGINES: "held", TTS_STALL_MS: "10000" }, { ...defaultEngines, held: { defaultVoice: "x", create: () => held } });
     try {
-      const later = "Is there anything else?";
-      await speakAndTime(later); // now cached
-
-      // Chunk 0 is being synthesized (its first audio held back); chunk 1 is in the cache.
-      const callId = newCallId();
-      const audio = await listen(callId);
-      held.open = false;
-      speak({ callId, chunkSeq: 0, text: "Order 1 0 0 0 4 2 has shipped." });
-      speak({ callId, chunkSeq: 1, text: later, cacheable: true, turnDone: true });
-      await sleep(25);
-      expect(audio.parts).toEqual([]);
-      held.open = true;
-      await audio.done("t1", 0);
-      await audio.done("t1", 1);
-      const firstOf = (chunkSeq: number) => audio.parts.findIndex((p) => p.chunkSeq === chunkSeq);
-      expect(firstOf(0)).toBeLessThan(firstOf(1));
-      audio.close();
+      await speakAndTime(later); // cached (a replica of its own: its memory copy too)
 
       // A synthesis that has no audio for long does not hold the cached chunk back for more than 50 ms.
       const stuck = newCallId();

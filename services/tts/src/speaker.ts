@@ -22,6 +22,11 @@ export interface SpeakerOptions {
   firstPartFrames: number;
   /** Most frames in a later part (10 = 200 ms). */
   maxPartFrames: number;
+  /**
+   * The longest a cached later chunk of a turn waits for the first audio of the replica's syntheses in progress
+   * (its turn's earlier chunks play for longer than this), so a synthesized first chunk is not queued behind it.
+   */
+  laterChunkWaitMs: number;
 }
 
 export interface SpeakerDeps {
@@ -39,10 +44,6 @@ export interface SpeakerDeps {
 
 /** A slow Redis must not delay the bot more than this: past it, the engines speak instead. */
 const CACHE_READ_TIMEOUT_MS = 250;
-
-/** The longest a cached later chunk of a turn waits for syntheses' first audio (its turn's earlier chunks play
- *  for longer than this). */
-const LATER_CHUNK_MAX_WAIT_MS = 50;
 
 /** How much later each chunk of a turn is due than the one before it, for synthesis slots: about the playing time
  *  of a short sentence, so a later chunk waits behind first chunks but is never starved by them. */
@@ -131,7 +132,7 @@ export class Speaker {
       // A later chunk of a turn plays only after the chunks before it: its audio gives way to the syntheses
       // waiting for their first audio here (often the chunk before it), briefly. Published at once, two cached
       // chunks (40 parts) beside a synthesized one delayed its first audio from 2 to 5 ms (p50).
-      if (cached && request.chunkSeq > 0) await this.firstAudio.settled(LATER_CHUNK_MAX_WAIT_MS);
+      if (cached && request.chunkSeq > 0) await this.firstAudio.settled(this.deps.options.laterChunkWaitMs);
       if (job.signal.aborted) return this.cancelled(request, "none");
       if (cached) {
         out.source = "cache";
