@@ -110,6 +110,21 @@ describe("inbound jitter buffer", () => {
     client.close();
   });
 
+  it("takes media without chunk numbers (a client that numbers none) in the order it arrives", async () => {
+    const client = await startCall(world.ingress.wsUrl, world.dialog.items);
+    const heard = listen(client.callSid);
+    await world.bus.nc.flush();
+    for (let value = 1; value <= 5; value++) {
+      client.send({ event: "media", streamSid: client.streamSid, media: { payload: frames(1, value).toString("base64") } });
+    }
+    client.sendMedia(6, frames(1, 6)); // numbered from there on: goes on in order
+    await waitFor(() => frameStream(heard.items).length === 6, { what: "6 frames" });
+    expect(frameStream(heard.items)).toEqual([1, 2, 3, 4, 5, 6].map((value, frame) => ({ frame, value })));
+    expect(await metric("protocol_errors_total", { reason: "bad_media" })).toBe(0);
+    heard.sub.unsubscribe();
+    client.close();
+  });
+
   it("passes on what is held when the call ends", async () => {
     const client = await startCall(world.ingress.wsUrl, world.dialog.items);
     const heard = listen(client.callSid);

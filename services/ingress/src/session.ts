@@ -196,6 +196,9 @@ export class CallSession {
   private lastPongAt = performance.now();
   /** Twilio sends `media` every 20 ms for the whole call, silence included. */
   private lastMediaAt = performance.now();
+  /** The highest chunk number of this stream's caller media so far (an unnumbered chunk is the next one). */
+  private latestChunk = 0;
+  private unnumberedMediaSeen = false;
   private closeCode: number | undefined;
   /** Plays the fallback line when the pipeline leaves an input unanswered. */
   private guard: SilenceGuard | undefined;
@@ -667,13 +670,23 @@ export class CallSession {
     this.lastMediaAt = now;
     if (this.foreignStream("media", media.streamSid, now)) return;
     if (media.track !== "inbound") return; // only the caller's side goes to recognition
+    let chunk = media.chunk;
+    if (chunk === 0) {
+      // Not numbered (not Twilio, which numbers every chunk): the next one after the stream's latest, as it arrives.
+      if (!this.unnumberedMediaSeen) {
+        this.unnumberedMediaSeen = true;
+        this.log.info("media without chunk numbers: taken in the order it arrives", { streamSid: this.streamSid });
+      }
+      chunk = this.latestChunk + 1;
+    }
+    this.latestChunk = Math.max(this.latestChunk, chunk);
     const jitter = this.jitter!;
     if (this.framesPerChunk === 0) this.learnChunkLength(media.payload.length);
     const perChunk = this.framesPerChunk;
     if (perChunk === 1 && media.payload.length === FRAME_BYTES) {
       // Twilio: one 20 ms frame per chunk. In order: forwarded right here. Ahead of a gap: held, and the shared
       // scheduler closes the gap in time.
-      if (jitter.push(media.chunk, media.payload, now, Date.now()) === "held") this.deps.scheduler.wake(this.jitterPacer);
+      if (jitter.push(chunk, media.payload, now, Date.now()) === "held") this.deps.scheduler.wake(this.jitterPacer);
       return;
     }
     let payload = media.payload;
@@ -686,7 +699,7 @@ export class CallSession {
       payload.copy(fitted, 0, 0, chunkBytes);
       payload = fitted;
     }
-    const firstFrame = (media.chunk - 1) * perChunk + 1;
+    const firstFrame = (chunk - 1) * perChunk + 1;
     const receivedAtMs = Date.now();
     let held = false;
     for (let i = 0; i < perChunk; i++) {

@@ -57,7 +57,7 @@ export interface MediaMessage {
   event: "media";
   streamSid: string | undefined;
   track: string;
-  /** Twilio's 1-based chunk counter. */
+  /** Twilio's 1-based chunk counter; 0 when the message carries none (a client that does not number its media). */
   chunk: number;
   /** ms since the stream started. */
   timestamp: number;
@@ -213,8 +213,11 @@ function parseMedia(raw: Json, streamSid: string | undefined, limits: ParseLimit
   if (!isObject(media)) throw new ProtocolError("bad_media", "media without a media object");
   const track = media.track === undefined ? "inbound" : media.track;
   if (typeof track !== "string") throw new ProtocolError("bad_media", "media.track is not a string");
-  const chunk = counter(media.chunk);
-  if (chunk === undefined || chunk < 1) throw new ProtocolError("bad_media", "media.chunk must be a positive integer");
+  // Twilio numbers every chunk; a client that numbers none has its media taken in the order it arrives.
+  const chunk = media.chunk === undefined || media.chunk === null ? 0 : counter(media.chunk);
+  if (chunk === undefined || (chunk < 1 && media.chunk !== undefined && media.chunk !== null)) {
+    throw new ProtocolError("bad_media", "media.chunk must be a positive integer");
+  }
   const timestamp = counter(media.timestamp) ?? 0;
   const payloadText = media.payload;
   if (typeof payloadText !== "string" || payloadText.length % 4 !== 0 || !BASE64.test(payloadText)) {
