@@ -191,6 +191,30 @@ describe("bad input", () => {
     await client.closed;
   });
 
+  it("serves a client that leaves out what Twilio always sends: the media format, sequence numbers and chunk numbers", async () => {
+    const client = await TwilioClient.connect(world.ingress.wsUrl, newCallSid());
+    const errorsBefore = await metricValue(world.ingress.baseUrl, "voicebot_ingress_protocol_errors_total");
+    // No mediaFormat: Twilio's only format for these streams, μ-law 8 kHz, is taken. A different one is still refused.
+    client.send({ event: "start", streamSid: client.streamSid, start: { streamSid: client.streamSid, callSid: client.callSid } });
+    await waitFor(() => world.dialog.items.some((i) => i.callId === client.callSid && i.input?.$case === "callStarted"), { what: "call started" });
+    const audio = collect(world.bus, subjects.callerAudio(client.callSid), CallerAudio);
+    await world.bus.nc.flush();
+    for (let value = 1; value <= 3; value++) client.send({ event: "media", streamSid: client.streamSid, media: { payload: frames(1, value).toString("base64") } });
+    await waitFor(() => audio.items.reduce((n, a) => n + a.frameCount, 0) >= 3, { what: "three frames of caller audio" });
+    // Keys without sequence numbers: each one its own dialog input.
+    for (const digit of ["4", "2"]) client.send({ event: "dtmf", streamSid: client.streamSid, dtmf: { digit } });
+    const keys = await waitFor(() => {
+      const found = world.dialog.items.filter((i) => i.callId === client.callSid && i.input?.$case === "keypad");
+      return found.length === 2 ? found : undefined;
+    }, { what: "two keypad inputs" });
+    expect(keys.map((k) => (k.input?.$case === "keypad" ? k.input.value.digit : ""))).toEqual(["4", "2"]);
+    expect(new Set(keys.map((k) => k.inputId)).size).toBe(2);
+    expect(await metricValue(world.ingress.baseUrl, "voicebot_ingress_protocol_errors_total")).toBe(errorsBefore);
+    audio.sub.unsubscribe();
+    client.sendStop();
+    await client.closed;
+  });
+
   it("takes nothing more from a stream it is closing: a start right after a refused one does not become a call", async () => {
     const client = await TwilioClient.connect(world.ingress.wsUrl, newCallSid());
     client.sendStart({}, { mediaFormat: { encoding: "audio/l16", sampleRate: 16000, channels: 1 } });

@@ -199,6 +199,8 @@ export class CallSession {
   /** The highest chunk number of this stream's caller media so far (an unnumbered chunk is the next one). */
   private latestChunk = 0;
   private unnumberedMediaSeen = false;
+  /** Keys of a client that numbers no message, counted on this stream. */
+  private unnumberedKeys = 0;
   private closeCode: number | undefined;
   /** Plays the fallback line when the pipeline leaves an input unanswered. */
   private guard: SilenceGuard | undefined;
@@ -808,7 +810,8 @@ export class CallSession {
     if (this.bargeIn && this.playout?.hasPendingAudio) this.cutOff("keypad");
     const atMs = Date.now();
     // Sequence numbers start again on a resumed call's new stream: the stream id keeps its keys apart from the old one's.
-    const inputId = `${callId}:dtmf:${this.streamSid}:${dtmf.sequenceNumber}`;
+    // A client that numbers no message has its keys counted here instead.
+    const inputId = `${callId}:dtmf:${this.streamSid}:${dtmf.sequenceNumber ?? `k${++this.unnumberedKeys}`}`;
     // The digit itself is not logged: callers key in card and account numbers.
     this.log.info("keypad press", { inputId });
     if (this.guard) void this.keyPressed(callId, dtmf.digit, this.guard.inputEnd());

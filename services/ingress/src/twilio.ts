@@ -67,7 +67,8 @@ export interface MediaMessage {
 export interface DtmfMessage {
   event: "dtmf";
   streamSid: string | undefined;
-  sequenceNumber: number;
+  /** The message's sequence number; undefined from a client that numbers no message (Twilio numbers every one). */
+  sequenceNumber: number | undefined;
   digit: string;
 }
 
@@ -149,7 +150,9 @@ export function parseJsonMessage(text: string, limits: ParseLimits): InboundMess
       const digit = isObject(dtmf) ? dtmf.digit : undefined;
       if (typeof digit !== "string" || !DTMF_DIGIT.test(digit)) throw new ProtocolError("bad_dtmf", "dtmf.digit must be one key");
       const sequenceNumber = counter(raw.sequenceNumber);
-      if (sequenceNumber === undefined) throw new ProtocolError("bad_dtmf", "dtmf without a valid sequenceNumber");
+      if (sequenceNumber === undefined && raw.sequenceNumber !== undefined && raw.sequenceNumber !== null) {
+        throw new ProtocolError("bad_dtmf", "dtmf with an invalid sequenceNumber");
+      }
       return { event: "dtmf", streamSid, sequenceNumber, digit: digit.toUpperCase() };
     }
     case "mark": {
@@ -177,7 +180,8 @@ function parseStart(raw: Json): StartMessage {
   if (typeof callSid !== "string" || !isValidCallId(callSid)) {
     throw new ProtocolError("invalid_call_sid", `invalid callSid ${JSON.stringify(callSid).slice(0, 80)}`, true);
   }
-  const format = start.mediaFormat;
+  // Twilio's bidirectional streams carry μ-law 8 kHz only: a start that names no format is taken as that one.
+  const format = start.mediaFormat ?? { encoding: "audio/x-mulaw", sampleRate: 8000, channels: 1 };
   if (
     !isObject(format) ||
     format.encoding !== "audio/x-mulaw" ||
