@@ -118,8 +118,13 @@ describe("inbound jitter buffer", () => {
       client.send({ event: "media", streamSid: client.streamSid, media: { payload: frames(1, value).toString("base64") } });
     }
     client.sendMedia(6, frames(1, 6)); // numbered from there on: goes on in order
-    await waitFor(() => frameStream(heard.items).length === 6, { what: "6 frames" });
-    expect(frameStream(heard.items)).toEqual([1, 2, 3, 4, 5, 6].map((value, frame) => ({ frame, value })));
+    client.sendMedia(5_000, frames(1, 99)); // a bogus number: the unnumbered media after it does not follow it
+    for (let value = 7; value <= 9; value++) {
+      client.send({ event: "media", streamSid: client.streamSid, media: { payload: frames(1, value).toString("base64") } });
+    }
+    await waitFor(() => frameStream(heard.items).length === 9, { what: "9 frames" });
+    await sleep(HOLD_MS + 100);
+    expect(frameStream(heard.items)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9].map((value, frame) => ({ frame, value })));
     expect(await metric("protocol_errors_total", { reason: "bad_media" })).toBe(0);
     heard.sub.unsubscribe();
     client.close();

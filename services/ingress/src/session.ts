@@ -196,7 +196,10 @@ export class CallSession {
   private lastPongAt = performance.now();
   /** Twilio sends `media` every 20 ms for the whole call, silence included. */
   private lastMediaAt = performance.now();
-  /** The highest chunk number of this stream's caller media so far (an unnumbered chunk is the next one). */
+  /**
+   * The highest chunk number of this stream's caller audio passed on so far (an unnumbered chunk is the next one):
+   * what the jitter buffer forwarded, so a bogus number it dropped does not carry the count away.
+   */
   private latestChunk = 0;
   private unnumberedMediaSeen = false;
   /** Keys of a client that numbers no message, counted on this stream. */
@@ -681,7 +684,6 @@ export class CallSession {
       }
       chunk = this.latestChunk + 1;
     }
-    this.latestChunk = Math.max(this.latestChunk, chunk);
     const jitter = this.jitter!;
     if (this.framesPerChunk === 0) this.learnChunkLength(media.payload.length);
     const perChunk = this.framesPerChunk;
@@ -738,6 +740,7 @@ export class CallSession {
 
   private readonly jitterSink: JitterSink = {
     forward: (chunk, payload, frameCount, receivedAtMs, concealed) => {
+      this.latestChunk = Math.max(this.latestChunk, Math.ceil((chunk + frameCount - 1) / Math.max(1, this.framesPerChunk)));
       const waiting = this.framesBeforeOffset;
       if (!waiting) return this.callerAudio!.add(this.frameOffset + chunk - 1, payload, frameCount, receivedAtMs, concealed);
       if (waiting.length >= MAX_FRAMES_BEFORE_OFFSET) {
@@ -811,7 +814,8 @@ export class CallSession {
     const atMs = Date.now();
     // Sequence numbers start again on a resumed call's new stream: the stream id keeps its keys apart from the old one's.
     // A client that numbers no message has its keys counted here instead.
-    const inputId = `${callId}:dtmf:${this.streamSid}:${dtmf.sequenceNumber ?? `k${++this.unnumberedKeys}`}`;
+    // (with its stream's start time: such a client may reuse a stream id when the call goes on on a new stream).
+    const inputId = `${callId}:dtmf:${this.streamSid}:${dtmf.sequenceNumber ?? `k${this.startedAtMs.toString(36)}.${++this.unnumberedKeys}`}`;
     // The digit itself is not logged: callers key in card and account numbers.
     this.log.info("keypad press", { inputId });
     if (this.guard) void this.keyPressed(callId, dtmf.digit, this.guard.inputEnd());

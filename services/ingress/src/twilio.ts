@@ -150,7 +150,7 @@ export function parseJsonMessage(text: string, limits: ParseLimits): InboundMess
       const digit = isObject(dtmf) ? dtmf.digit : undefined;
       if (typeof digit !== "string" || !DTMF_DIGIT.test(digit)) throw new ProtocolError("bad_dtmf", "dtmf.digit must be one key");
       const sequenceNumber = counter(raw.sequenceNumber);
-      if (sequenceNumber === undefined && raw.sequenceNumber !== undefined && raw.sequenceNumber !== null) {
+      if (sequenceNumber === undefined && raw.sequenceNumber !== undefined) {
         throw new ProtocolError("bad_dtmf", "dtmf with an invalid sequenceNumber");
       }
       return { event: "dtmf", streamSid, sequenceNumber, digit: digit.toUpperCase() };
@@ -181,7 +181,7 @@ function parseStart(raw: Json): StartMessage {
     throw new ProtocolError("invalid_call_sid", `invalid callSid ${JSON.stringify(callSid).slice(0, 80)}`, true);
   }
   // Twilio's bidirectional streams carry μ-law 8 kHz only: a start that names no format is taken as that one.
-  const format = start.mediaFormat ?? { encoding: "audio/x-mulaw", sampleRate: 8000, channels: 1 };
+  const format = start.mediaFormat === undefined ? { encoding: "audio/x-mulaw", sampleRate: 8000, channels: 1 } : start.mediaFormat;
   if (
     !isObject(format) ||
     format.encoding !== "audio/x-mulaw" ||
@@ -218,8 +218,8 @@ function parseMedia(raw: Json, streamSid: string | undefined, limits: ParseLimit
   const track = media.track === undefined ? "inbound" : media.track;
   if (typeof track !== "string") throw new ProtocolError("bad_media", "media.track is not a string");
   // Twilio numbers every chunk; a client that numbers none has its media taken in the order it arrives.
-  const chunk = media.chunk === undefined || media.chunk === null ? 0 : counter(media.chunk);
-  if (chunk === undefined || (chunk < 1 && media.chunk !== undefined && media.chunk !== null)) {
+  const chunk = media.chunk === undefined ? 0 : counter(media.chunk);
+  if (chunk === undefined || (chunk < 1 && media.chunk !== undefined)) {
     throw new ProtocolError("bad_media", "media.chunk must be a positive integer");
   }
   const timestamp = counter(media.timestamp) ?? 0;
