@@ -22,7 +22,7 @@ export interface JitterSink {
   forward(chunk: number, payload: Buffer, frames: number, receivedAtMs: number, concealed: boolean): void;
   /** A held frame passed on because the frame it waited for arrived late: it came out of order. */
   reordered(): void;
-  /** `implausible`: a frame numbered far ahead that frames in order, or no frame after it, showed wrong. */
+  /** `implausible`: a lone frame numbered far ahead that no frame followed (a bad chunk number). */
   dropped(reason: "duplicate" | "late" | "implausible"): void;
   /** `missing` frames never came in time; `concealed` of them were filled in (0 when the gap was too long). */
   gap(missing: number, concealed: number): void;
@@ -50,11 +50,6 @@ export class InboundJitterBuffer {
     private readonly holdMs: number,
     private readonly sink: JitterSink,
   ) {}
-
-  /** The highest frame passed on so far (concealed or skipped ones included); 0 before any. */
-  get passedOn(): number {
-    return this.next - 1;
-  }
 
   /** True while frames are held for a gap (the scheduler keeps pumping until then). */
   get holding(): boolean {

@@ -196,6 +196,11 @@ export class CallSession {
   private lastPongAt = performance.now();
   /** Twilio sends `media` every 20 ms for the whole call, silence included. */
   private lastMediaAt = performance.now();
+  /**
+   * The highest chunk number of this stream's caller audio passed on so far (an unnumbered chunk is the next one):
+   * what the jitter buffer forwarded, so a bogus number it dropped does not carry the count away.
+   */
+  private latestChunk = 0;
   private unnumberedMediaSeen = false;
   /** Keys of a client that numbers no message, counted on this stream. */
   private unnumberedKeys = 0;
@@ -670,19 +675,18 @@ export class CallSession {
     this.lastMediaAt = now;
     if (this.foreignStream("media", media.streamSid, now)) return;
     if (media.track !== "inbound") return; // only the caller's side goes to recognition
-    const jitter = this.jitter!;
-    if (this.framesPerChunk === 0) this.learnChunkLength(media.payload.length);
-    const perChunk = this.framesPerChunk;
     let chunk = media.chunk;
     if (chunk === 0) {
-      // Not numbered (not Twilio, which numbers every chunk): the one after what the jitter buffer passed on (not
-      // after a bogus number it will drop), as it arrives.
+      // Not numbered (not Twilio, which numbers every chunk): the next one after the stream's latest, as it arrives.
       if (!this.unnumberedMediaSeen) {
         this.unnumberedMediaSeen = true;
         this.log.info("media without chunk numbers: taken in the order it arrives", { streamSid: this.streamSid });
       }
-      chunk = Math.ceil(jitter.passedOn / perChunk) + 1;
+      chunk = this.latestChunk + 1;
     }
+    const jitter = this.jitter!;
+    if (this.framesPerChunk === 0) this.learnChunkLength(media.payload.length);
+    const perChunk = this.framesPerChunk;
     if (perChunk === 1 && media.payload.length === FRAME_BYTES) {
       // Twilio: one 20 ms frame per chunk. In order: forwarded right here. Ahead of a gap: held, and the shared
       // scheduler closes the gap in time.
@@ -736,6 +740,7 @@ export class CallSession {
 
   private readonly jitterSink: JitterSink = {
     forward: (chunk, payload, frameCount, receivedAtMs, concealed) => {
+      this.latestChunk = Math.max(this.latestChunk, Math.ceil((chunk + frameCount - 1) / Math.max(1, this.framesPerChunk)));
       const waiting = this.framesBeforeOffset;
       if (!waiting) return this.callerAudio!.add(this.frameOffset + chunk - 1, payload, frameCount, receivedAtMs, concealed);
       if (waiting.length >= MAX_FRAMES_BEFORE_OFFSET) {
@@ -808,8 +813,8 @@ export class CallSession {
     if (this.bargeIn && this.playout?.hasPendingAudio) this.cutOff("keypad");
     const atMs = Date.now();
     // Sequence numbers start again on a resumed call's new stream: the stream id keeps its keys apart from the old one's.
-    // A client that numbers no message has its keys counted here, with its stream's start time (such a client may
-    // reuse a stream id when the call goes on on a new stream).
+    // A client that numbers no message has its keys counted here instead.
+    // (with its stream's start time: such a client may reuse a stream id when the call goes on on a new stream).
     const inputId = `${callId}:dtmf:${this.streamSid}:${dtmf.sequenceNumber ?? `k${this.startedAtMs.toString(36)}.${++this.unnumberedKeys}`}`;
     // The digit itself is not logged: callers key in card and account numbers.
     this.log.info("keypad press", { inputId });

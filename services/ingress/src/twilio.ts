@@ -217,11 +217,10 @@ function parseMedia(raw: Json, streamSid: string | undefined, limits: ParseLimit
   if (!isObject(media)) throw new ProtocolError("bad_media", "media without a media object");
   const track = media.track === undefined ? "inbound" : media.track;
   if (typeof track !== "string") throw new ProtocolError("bad_media", "media.track is not a string");
-  // Twilio numbers every chunk; a client that numbers none (0 here) has its media taken in the order it arrives.
-  let chunk = 0;
-  if (media.chunk !== undefined) {
-    chunk = counter(media.chunk) ?? 0;
-    if (chunk < 1) throw new ProtocolError("bad_media", "media.chunk must be a positive integer");
+  // Twilio numbers every chunk; a client that numbers none has its media taken in the order it arrives.
+  const chunk = media.chunk === undefined ? 0 : counter(media.chunk);
+  if (chunk === undefined || (chunk < 1 && media.chunk !== undefined)) {
+    throw new ProtocolError("bad_media", "media.chunk must be a positive integer");
   }
   const timestamp = counter(media.timestamp) ?? 0;
   const payloadText = media.payload;
